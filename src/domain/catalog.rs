@@ -1,0 +1,725 @@
+//! The catalog: billable metrics, products and rate cards, shared by every customer.
+//!
+//! The catalog is append-mostly: metrics and products are immutable once created (archive and
+//! recreate, as in Metronome), rate cards only gain rates. Each change bumps
+//! [`Catalog::version`], and every rate remembers the version that added it, so replaying a
+//! usage input rates it against exactly the catalog it was first rated against (a rate added
+//! later with a back-dated `starting_at` does not rewrite history on replay).
+//!
+//! The lookup structures (metrics by event type, products by metric) exist so that rating an
+//! event costs a few hash lookups, not a scan of the catalog.
+
+use std::hash::{Hash, Hasher};
+
+use rust_decimal::Decimal;
+use rustc_hash::{FxHashMap, FxHasher};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{Id, Timestamp};
+use super::money::{CreditType, Money, parse_exact_decimal};
+use super::rejection::Rejection;
+use super::usage::UsageEvent;
+
+/// How a billable metric turns matching events into a quantity within a billing period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Aggregation {
+    Count,
+    Sum,
+    Max,
+    Unique,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTypeFilter {
+    pub in_values: Option<Vec<String>>,
+    pub not_in_values: Option<Vec<String>>,
+}
+
+/// One property condition; every condition of a metric must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyFilter {
+    pub name: String,
+    pub exists: Option<bool>,
+    pub in_values: Option<Vec<String>>,
+    pub not_in_values: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillableMetric {
+    pub id: Id,
+    pub name: String,
+    pub aggregation: Aggregation,
+    /// The property aggregated by SUM, MAX and UNIQUE; unused by COUNT.
+    pub aggregation_key: Option<String>,
+    pub event_type_filter: EventTypeFilter,
+    pub property_filters: Vec<PropertyFilter>,
+    pub group_keys: Vec<Vec<String>>,
+    pub archived_at: Option<Timestamp>,
+}
+
+/// What one event adds to a metric's aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contribution {
+    Count,
+    Sum(Decimal),
+    Max(Decimal),
+    /// A stable 64-bit hash of the unique value (the aggregate keeps hashes, not strings).
+    Unique(u64),
+}
+
+impl BillableMetric {
+    /// Checks a new metric's definition.
+    ///
+    /// # Errors
+    /// [`Rejection::MissingField`] / [`Rejection::InvalidField`] naming the offending field.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        if self.name.trim().is_empty() {
+            return Err(Rejection::MissingField("name"));
+        }
+        match (self.aggregation, &self.aggregation_key) {
+            (Aggregation::Count, _) => {}
+            (_, None) => return Err(Rejection::MissingField("aggregation_key")),
+            (_, Some(key)) if key.is_empty() => {
+                return Err(Rejection::MissingField("aggregation_key"));
+            }
+            _ => {}
+        }
+        for filter in &self.property_filters {
+            if filter.name.is_empty() {
+                return Err(Rejection::MissingField("property_filters[].name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the event passes the event type and property filters.
+    pub fn matches(&self, event: &UsageEvent) -> bool {
+        let types = &self.event_type_filter;
+        if let Some(values) = &types.in_values {
+            if !values.iter().any(|v| v == &event.event_type) {
+                return false;
+            }
+        }
+        if let Some(values) = &types.not_in_values {
+            if values.iter().any(|v| v == &event.event_type) {
+                return false;
+            }
+        }
+        self.property_filters.iter().all(|filter| {
+            let value = event.property(&filter.name);
+            if let Some(exists) = filter.exists {
+                if exists != value.is_some() {
+                    return false;
+                }
+            }
+            if let Some(values) = &filter.in_values {
+                match value {
+                    Some(v) if values.iter().any(|x| x == v) => {}
+                    _ => return false,
+                }
+            }
+            if let (Some(values), Some(v)) = (&filter.not_in_values, value) {
+                if values.iter().any(|x| x == v) {
+                    return false;
+                }
+            }
+            true
+        })
+    }
+
+    /// What a matching event adds, or `None` when the aggregated property is missing or not a
+    /// number (such an event is accepted and contributes nothing, as in Metronome).
+    pub fn contribution(&self, event: &UsageEvent) -> Option<Contribution> {
+        if self.aggregation == Aggregation::Count {
+            return Some(Contribution::Count);
+        }
+        let raw = event.property(self.aggregation_key.as_deref()?)?;
+        match self.aggregation {
+            Aggregation::Count => Some(Contribution::Count),
+            Aggregation::Sum => parse_exact_decimal(raw).ok().map(Contribution::Sum),
+            Aggregation::Max => parse_exact_decimal(raw).ok().map(Contribution::Max),
+            Aggregation::Unique => {
+                let mut hasher = FxHasher::default();
+                raw.hash(&mut hasher);
+                Some(Contribution::Unique(hasher.finish()))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProductKind {
+    /// Billed from a billable metric's quantity.
+    Usage { billable_metric_id: Id },
+    /// A fixed item, used to invoice commits (threshold commits name one).
+    Fixed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: Id,
+    pub name: String,
+    pub kind: ProductKind,
+    pub tags: Vec<String>,
+    pub created_at: Timestamp,
+    pub archived_at: Option<Timestamp>,
+}
+
+/// One tier of a TIERED rate: `size` units at `price` each; the last tier has no size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    pub price: Money,
+    pub size: Option<Decimal>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Price {
+    Flat(Money),
+    Tiered(Vec<Tier>),
+}
+
+impl Price {
+    /// Checks a rate's price.
+    ///
+    /// # Errors
+    /// [`Rejection::InvalidField`] for a negative price, an empty tier list, a non-positive tier
+    /// size, or a sized last tier.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        match self {
+            Price::Flat(price) if price.is_negative() => {
+                Err(Rejection::invalid("price", "must not be negative"))
+            }
+            Price::Flat(_) => Ok(()),
+            Price::Tiered(tiers) => {
+                let Some((last, rest)) = tiers.split_last() else {
+                    return Err(Rejection::invalid("tiers", "at least one tier is required"));
+                };
+                for tier in rest {
+                    match tier.size {
+                        Some(size) if size > Decimal::ZERO => {}
+                        _ => {
+                            return Err(Rejection::invalid(
+                                "tiers[].size",
+                                "every tier but the last needs a positive size",
+                            ));
+                        }
+                    }
+                }
+                if last.size.is_some() && tiers.len() > 1 && last.size <= Some(Decimal::ZERO) {
+                    return Err(Rejection::invalid("tiers[].size", "must be positive"));
+                }
+                if tiers.iter().any(|t| t.price.is_negative()) {
+                    return Err(Rejection::invalid("tiers[].price", "must not be negative"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The charge for a total quantity within one billing period.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`].
+    pub fn charge_for(&self, quantity: Decimal) -> Result<Money, Rejection> {
+        match self {
+            Price::Flat(price) => price.checked_mul(quantity),
+            Price::Tiered(tiers) => {
+                let mut left = quantity.max(Decimal::ZERO);
+                let mut total = Money::ZERO;
+                for (i, tier) in tiers.iter().enumerate() {
+                    if left.is_zero() {
+                        break;
+                    }
+                    let is_last = i + 1 == tiers.len();
+                    let take = match tier.size {
+                        Some(size) if !is_last => left.min(size),
+                        _ => left,
+                    };
+                    total = total.checked_add(tier.price.checked_mul(take)?)?;
+                    left -= take;
+                }
+                Ok(total)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub product_id: Id,
+    pub price: Price,
+    /// Whether the customer may use the product; usage of a non-entitled product is not billed.
+    pub entitled: bool,
+    pub starting_at: Timestamp,
+    pub ending_before: Option<Timestamp>,
+    pub credit_type_id: Id,
+    /// The catalog version that added this rate (see the module doc).
+    pub added_in_version: u64,
+}
+
+impl Rate {
+    pub fn covers(&self, at: Timestamp) -> bool {
+        self.starting_at <= at && self.ending_before.is_none_or(|end| at < end)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateCard {
+    pub id: Id,
+    pub name: String,
+    pub description: Option<String>,
+    pub fiat_credit_type: CreditType,
+    pub aliases: Vec<String>,
+    pub created_at: Timestamp,
+    /// Rates per product, in the order they were added.
+    pub rates: FxHashMap<Id, Vec<Rate>>,
+}
+
+impl RateCard {
+    /// The rate of `product` in effect at `at`, as the catalog stood at `version`. When several
+    /// rates overlap, the latest-starting one wins (then the latest added).
+    pub fn rate_at(&self, product: Id, at: Timestamp, version: u64) -> Option<&Rate> {
+        self.rates
+            .get(&product)?
+            .iter()
+            .filter(|r| r.added_in_version <= version && r.covers(at))
+            .max_by_key(|r| (r.starting_at, r.added_in_version))
+    }
+}
+
+/// A change to the catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CatalogChange {
+    CreateBillableMetric(BillableMetric),
+    ArchiveBillableMetric { id: Id, at: Timestamp },
+    CreateProduct(Product),
+    ArchiveProduct { id: Id, at: Timestamp },
+    CreateRateCard(RateCard),
+    /// Adds rates to a rate card (their `added_in_version` is set on apply).
+    AddRates { rate_card_id: Id, rates: Vec<Rate> },
+}
+
+/// Every catalog object plus the indexes rating needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    version: u64,
+    metrics: FxHashMap<Id, BillableMetric>,
+    products: FxHashMap<Id, Product>,
+    rate_cards: FxHashMap<Id, RateCard>,
+    #[serde(skip)]
+    index: CatalogIndex,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CatalogIndex {
+    /// Metrics whose event type filter lists the key in `in_values`.
+    metrics_by_event_type: FxHashMap<String, Vec<Id>>,
+    /// Metrics without an `in_values` list: candidates for every event.
+    metrics_for_any_type: Vec<Id>,
+    /// USAGE products billed from each metric.
+    products_by_metric: FxHashMap<Id, Vec<Id>>,
+}
+
+impl Catalog {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn metric(&self, id: Id) -> Option<&BillableMetric> {
+        self.metrics.get(&id)
+    }
+
+    pub fn product(&self, id: Id) -> Option<&Product> {
+        self.products.get(&id)
+    }
+
+    pub fn rate_card(&self, id: Id) -> Option<&RateCard> {
+        self.rate_cards.get(&id)
+    }
+
+    pub fn metrics(&self) -> impl Iterator<Item = &BillableMetric> {
+        self.metrics.values()
+    }
+
+    pub fn products(&self) -> impl Iterator<Item = &Product> {
+        self.products.values()
+    }
+
+    pub fn rate_cards(&self) -> impl Iterator<Item = &RateCard> {
+        self.rate_cards.values()
+    }
+
+    /// Metrics that may match an event of `event_type` (each still needs `matches`).
+    pub fn candidate_metrics<'a>(
+        &'a self,
+        event_type: &str,
+    ) -> impl Iterator<Item = &'a BillableMetric> + 'a {
+        let typed = self
+            .index
+            .metrics_by_event_type
+            .get(event_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        typed
+            .iter()
+            .chain(self.index.metrics_for_any_type.iter())
+            .filter_map(|id| self.metrics.get(id))
+    }
+
+    pub fn products_of_metric(&self, metric: Id) -> &[Id] {
+        self.index
+            .products_by_metric
+            .get(&metric)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Applies a change, validating everything first.
+    ///
+    /// # Errors
+    /// A [`Rejection`] naming what is wrong; the catalog is unchanged then.
+    pub fn apply(&mut self, change: CatalogChange) -> Result<(), Rejection> {
+        match change {
+            CatalogChange::CreateBillableMetric(metric) => {
+                metric.validate()?;
+                if self.metrics.contains_key(&metric.id) {
+                    return Err(Rejection::AlreadyExists);
+                }
+                self.metrics.insert(metric.id, metric);
+            }
+            CatalogChange::ArchiveBillableMetric { id, at } => {
+                let metric = self
+                    .metrics
+                    .get_mut(&id)
+                    .ok_or_else(|| Rejection::BillableMetricNotFound(id.to_string()))?;
+                metric.archived_at.get_or_insert(at);
+            }
+            CatalogChange::CreateProduct(product) => {
+                if product.name.trim().is_empty() {
+                    return Err(Rejection::MissingField("name"));
+                }
+                if self.products.contains_key(&product.id) {
+                    return Err(Rejection::AlreadyExists);
+                }
+                if let ProductKind::Usage { billable_metric_id } = product.kind {
+                    if !self.metrics.contains_key(&billable_metric_id) {
+                        return Err(Rejection::BillableMetricNotFound(
+                            billable_metric_id.to_string(),
+                        ));
+                    }
+                }
+                self.products.insert(product.id, product);
+            }
+            CatalogChange::ArchiveProduct { id, at } => {
+                let product = self
+                    .products
+                    .get_mut(&id)
+                    .ok_or_else(|| Rejection::ProductNotFound(id.to_string()))?;
+                product.archived_at.get_or_insert(at);
+            }
+            CatalogChange::CreateRateCard(card) => {
+                if card.name.trim().is_empty() {
+                    return Err(Rejection::MissingField("name"));
+                }
+                if self.rate_cards.contains_key(&card.id) {
+                    return Err(Rejection::AlreadyExists);
+                }
+                if !card.rates.is_empty() {
+                    return Err(Rejection::invalid("rates", "add rates with addRate(s)"));
+                }
+                self.rate_cards.insert(card.id, card);
+            }
+            CatalogChange::AddRates {
+                rate_card_id,
+                mut rates,
+            } => {
+                let card = self
+                    .rate_cards
+                    .get(&rate_card_id)
+                    .ok_or_else(|| Rejection::RateCardNotFound(rate_card_id.to_string()))?;
+                for rate in &rates {
+                    if !self.products.contains_key(&rate.product_id) {
+                        return Err(Rejection::ProductNotFound(rate.product_id.to_string()));
+                    }
+                    rate.price.validate()?;
+                    if rate.ending_before.is_some_and(|end| end <= rate.starting_at) {
+                        return Err(Rejection::invalid(
+                            "ending_before",
+                            "must be after starting_at",
+                        ));
+                    }
+                    if rate.credit_type_id != card.fiat_credit_type.id {
+                        return Err(Rejection::Unsupported(
+                            "credit_type_id: rates must use the rate card's fiat credit type"
+                                .into(),
+                        ));
+                    }
+                }
+                // Validated: apply whole.
+                let version = self.version + 1;
+                let card = self
+                    .rate_cards
+                    .get_mut(&rate_card_id)
+                    .expect("checked above");
+                for rate in &mut rates {
+                    rate.added_in_version = version;
+                }
+                for rate in rates {
+                    card.rates.entry(rate.product_id).or_default().push(rate);
+                }
+            }
+        }
+        self.version += 1;
+        self.rebuild_index();
+        Ok(())
+    }
+
+    /// Rebuilds the lookup indexes (after a change or after decoding a snapshot).
+    pub fn rebuild_index(&mut self) {
+        let mut index = CatalogIndex::default();
+        let mut metric_ids: Vec<&Id> = self.metrics.keys().collect();
+        metric_ids.sort_unstable();
+        for id in metric_ids {
+            let metric = &self.metrics[id];
+            if metric.archived_at.is_some() {
+                continue;
+            }
+            match &metric.event_type_filter.in_values {
+                Some(values) => {
+                    for value in values {
+                        let ids = index
+                            .metrics_by_event_type
+                            .entry(value.clone())
+                            .or_default();
+                        if !ids.contains(id) {
+                            ids.push(*id);
+                        }
+                    }
+                }
+                None => index.metrics_for_any_type.push(*id),
+            }
+        }
+        let mut products: Vec<&Product> = self.products.values().collect();
+        products.sort_unstable_by_key(|p| p.id);
+        for product in products {
+            if let ProductKind::Usage { billable_metric_id } = product.kind {
+                index
+                    .products_by_metric
+                    .entry(billable_metric_id)
+                    .or_default()
+                    .push(product.id);
+            }
+        }
+        self.index = index;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(text: &str) -> Decimal {
+        parse_exact_decimal(text).unwrap()
+    }
+
+    fn event(event_type: &str, props: &[(&str, &str)]) -> UsageEvent {
+        UsageEvent {
+            transaction_id: "t".into(),
+            event_type: event_type.into(),
+            timestamp: Timestamp(0),
+            properties: props
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn metric(aggregation: Aggregation, key: Option<&str>) -> BillableMetric {
+        BillableMetric {
+            id: Id::from_u128(1),
+            name: "m".into(),
+            aggregation,
+            aggregation_key: key.map(str::to_owned),
+            event_type_filter: EventTypeFilter {
+                in_values: Some(vec!["api_call".into()]),
+                not_in_values: None,
+            },
+            property_filters: vec![],
+            group_keys: vec![],
+            archived_at: None,
+        }
+    }
+
+    #[test]
+    fn event_type_and_property_filters_all_must_hold() {
+        let mut m = metric(Aggregation::Count, None);
+        m.property_filters = vec![
+            PropertyFilter {
+                name: "region".into(),
+                exists: Some(true),
+                in_values: Some(vec!["eu".into(), "us".into()]),
+                not_in_values: None,
+            },
+            PropertyFilter {
+                name: "tier".into(),
+                exists: None,
+                in_values: None,
+                not_in_values: Some(vec!["free".into()]),
+            },
+        ];
+        assert!(m.matches(&event("api_call", &[("region", "eu")])));
+        assert!(m.matches(&event("api_call", &[("region", "us"), ("tier", "pro")])));
+        assert!(!m.matches(&event("api_call", &[("region", "ap")])));
+        assert!(!m.matches(&event("api_call", &[])));
+        assert!(!m.matches(&event("api_call", &[("region", "eu"), ("tier", "free")])));
+        assert!(!m.matches(&event("login", &[("region", "eu")])));
+        m.event_type_filter = EventTypeFilter {
+            in_values: None,
+            not_in_values: Some(vec!["login".into()]),
+        };
+        assert!(m.matches(&event("anything", &[("region", "eu")])));
+        assert!(!m.matches(&event("login", &[("region", "eu")])));
+    }
+
+    #[test]
+    fn contributions_follow_the_aggregation() {
+        let e = event("api_call", &[("tokens", "12.5"), ("user", "alice")]);
+        assert_eq!(metric(Aggregation::Count, None).contribution(&e), Some(Contribution::Count));
+        assert_eq!(
+            metric(Aggregation::Sum, Some("tokens")).contribution(&e),
+            Some(Contribution::Sum(d("12.5")))
+        );
+        assert_eq!(
+            metric(Aggregation::Max, Some("tokens")).contribution(&e),
+            Some(Contribution::Max(d("12.5")))
+        );
+        assert!(matches!(
+            metric(Aggregation::Unique, Some("user")).contribution(&e),
+            Some(Contribution::Unique(_))
+        ));
+        assert_eq!(metric(Aggregation::Sum, Some("missing")).contribution(&e), None);
+        assert_eq!(metric(Aggregation::Sum, Some("user")).contribution(&e), None);
+    }
+
+    #[test]
+    fn invalid_metrics_are_rejected() {
+        assert_eq!(
+            metric(Aggregation::Sum, None).validate(),
+            Err(Rejection::MissingField("aggregation_key"))
+        );
+        let mut m = metric(Aggregation::Count, None);
+        m.name = " ".into();
+        assert_eq!(m.validate(), Err(Rejection::MissingField("name")));
+    }
+
+    #[test]
+    fn tiered_prices_charge_each_tier_at_its_price() {
+        let tiered = Price::Tiered(vec![
+            Tier { price: Money::from_i64(10), size: Some(d("100")) },
+            Tier { price: Money::from_i64(5), size: Some(d("900")) },
+            Tier { price: Money::from_i64(1), size: None },
+        ]);
+        tiered.validate().unwrap();
+        assert_eq!(tiered.charge_for(d("50")).unwrap(), Money::from_i64(500));
+        assert_eq!(tiered.charge_for(d("100")).unwrap(), Money::from_i64(1000));
+        assert_eq!(tiered.charge_for(d("150")).unwrap(), Money::from_i64(1250));
+        assert_eq!(tiered.charge_for(d("2000")).unwrap(), Money::from_i64(1000 + 4500 + 1000));
+        assert_eq!(
+            Price::Flat(Money::parse("0.0087").unwrap()).charge_for(d("1000")).unwrap(),
+            Money::parse("8.7").unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_prices_are_rejected() {
+        assert!(Price::Flat(Money::from_i64(-1)).validate().is_err());
+        assert!(Price::Tiered(vec![]).validate().is_err());
+        let unsized_middle = Price::Tiered(vec![
+            Tier { price: Money::from_i64(1), size: None },
+            Tier { price: Money::from_i64(1), size: None },
+        ]);
+        assert!(unsized_middle.validate().is_err());
+    }
+
+    #[test]
+    fn rates_added_later_are_invisible_to_earlier_versions() {
+        let mut catalog = Catalog::default();
+        let m = metric(Aggregation::Count, None);
+        catalog.apply(CatalogChange::CreateBillableMetric(m.clone())).unwrap();
+        let product = Product {
+            id: Id::from_u128(2),
+            name: "calls".into(),
+            kind: ProductKind::Usage { billable_metric_id: m.id },
+            tags: vec![],
+            created_at: Timestamp(0),
+            archived_at: None,
+        };
+        catalog.apply(CatalogChange::CreateProduct(product.clone())).unwrap();
+        let card = RateCard {
+            id: Id::from_u128(3),
+            name: "list".into(),
+            description: None,
+            fiat_credit_type: CreditType::usd_cents(),
+            aliases: vec![],
+            created_at: Timestamp(0),
+            rates: FxHashMap::default(),
+        };
+        catalog.apply(CatalogChange::CreateRateCard(card.clone())).unwrap();
+        let rate = |price: i64, start: i64| Rate {
+            product_id: product.id,
+            price: Price::Flat(Money::from_i64(price)),
+            entitled: true,
+            starting_at: Timestamp(start),
+            ending_before: None,
+            credit_type_id: card.fiat_credit_type.id,
+            added_in_version: 0,
+        };
+        catalog
+            .apply(CatalogChange::AddRates { rate_card_id: card.id, rates: vec![rate(2, 0)] })
+            .unwrap();
+        let v1 = catalog.version();
+        catalog
+            .apply(CatalogChange::AddRates { rate_card_id: card.id, rates: vec![rate(3, 10)] })
+            .unwrap();
+        let card = catalog.rate_card(card.id).unwrap();
+        let price_of = |r: Option<&Rate>| r.map(|r| r.price.clone());
+        assert_eq!(price_of(card.rate_at(product.id, Timestamp(20), v1)), Some(Price::Flat(Money::from_i64(2))));
+        assert_eq!(
+            price_of(card.rate_at(product.id, Timestamp(20), catalog.version())),
+            Some(Price::Flat(Money::from_i64(3)))
+        );
+        assert_eq!(catalog.candidate_metrics("api_call").count(), 1);
+        assert_eq!(catalog.candidate_metrics("other").count(), 0);
+        assert_eq!(catalog.products_of_metric(m.id), &[product.id]);
+    }
+
+    #[test]
+    fn a_rate_for_an_unknown_product_changes_nothing() {
+        let mut catalog = Catalog::default();
+        let card = RateCard {
+            id: Id::from_u128(3),
+            name: "list".into(),
+            description: None,
+            fiat_credit_type: CreditType::usd_cents(),
+            aliases: vec![],
+            created_at: Timestamp(0),
+            rates: FxHashMap::default(),
+        };
+        catalog.apply(CatalogChange::CreateRateCard(card.clone())).unwrap();
+        let version = catalog.version();
+        let err = catalog.apply(CatalogChange::AddRates {
+            rate_card_id: card.id,
+            rates: vec![Rate {
+                product_id: Id::from_u128(99),
+                price: Price::Flat(Money::from_i64(1)),
+                entitled: true,
+                starting_at: Timestamp(0),
+                ending_before: None,
+                credit_type_id: card.fiat_credit_type.id,
+                added_in_version: 0,
+            }],
+        });
+        assert!(matches!(err, Err(Rejection::ProductNotFound(_))));
+        assert_eq!(catalog.version(), version);
+    }
+}

@@ -1,0 +1,862 @@
+//! Contract state: commits and credits with their access segments, usage periods with their
+//! draft invoices, purchase invoices, threshold configurations and workflows.
+//!
+//! Data and the small rules that belong to one object live here (segment eligibility, the
+//! drawdown order key, ledger rendering); the rules that move money between objects are in
+//! `customer.rs`.
+
+use std::cmp::Ordering;
+
+use rust_decimal::Decimal;
+use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::Contribution;
+use super::gate::{PaymentGateConfig, Workflow, WorkflowKind};
+use super::ids::{Id, Timestamp};
+use super::money::{CreditType, Money};
+use super::rejection::Rejection;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitKind {
+    Prepaid,
+    Postpaid,
+    Credit,
+}
+
+/// One access segment: `amount` usable for usage in `[starting_at, ending_before)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub id: Id,
+    pub amount: Money,
+    pub starting_at: Timestamp,
+    pub ending_before: Timestamp,
+    /// Drawn so far by usage; `amount - drawn` is what remains.
+    pub drawn: Money,
+}
+
+impl Segment {
+    pub fn covers(&self, at: Timestamp) -> bool {
+        self.starting_at <= at && at < self.ending_before
+    }
+
+    pub fn overlaps(&self, start: Timestamp, end: Timestamp) -> bool {
+        self.starting_at < end && start < self.ending_before
+    }
+
+    /// What remains, floored at zero.
+    pub fn remaining(&self) -> Money {
+        self.amount
+            .checked_sub(self.drawn)
+            .unwrap_or(Money::ZERO)
+            .floor_zero()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceScheduleItem {
+    pub id: Id,
+    pub timestamp: Timestamp,
+    pub amount: Money,
+    pub quantity: Decimal,
+    pub unit_price: Money,
+    pub invoice_id: Id,
+}
+
+/// Whether a commit's balance can be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Release {
+    Released { at: Timestamp },
+    /// Withheld until the workflow's payment succeeds.
+    Gated { workflow_id: Id },
+    /// The purchase failed: never usable.
+    Canceled { at: Timestamp },
+}
+
+/// Amount drawn from one segment by one usage invoice (one ledger entry, updated in place).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deduction {
+    pub segment: usize,
+    pub invoice_id: Id,
+    pub amount: Money,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub id: Id,
+    pub kind: CommitKind,
+    pub product_id: Id,
+    pub name: String,
+    pub description: Option<String>,
+    /// Lower draws first.
+    pub priority: Decimal,
+    /// Empty means every product.
+    pub applicable_product_ids: Vec<Id>,
+    pub applicable_product_tags: Vec<String>,
+    pub segments: Vec<Segment>,
+    pub invoice_schedule: Vec<InvoiceScheduleItem>,
+    pub release: Release,
+    /// The threshold feature that created this commit, `None` for commits a user added.
+    pub created_by_threshold: Option<WorkflowKind>,
+    pub created_at: Timestamp,
+    pub deductions: Vec<Deduction>,
+    pub archived_at: Option<Timestamp>,
+}
+
+impl Commit {
+    pub fn is_released(&self) -> bool {
+        matches!(self.release, Release::Released { .. }) && self.archived_at.is_none()
+    }
+
+    /// Free balances (credits, complimentary commits) draw before paid ones.
+    pub fn is_free(&self) -> bool {
+        self.kind == CommitKind::Credit || self.invoice_schedule.is_empty()
+    }
+
+    pub fn applies_to(&self, product: Id, product_tags: &[String]) -> bool {
+        if self.applicable_product_ids.is_empty() && self.applicable_product_tags.is_empty() {
+            return true;
+        }
+        self.applicable_product_ids.contains(&product)
+            || self
+                .applicable_product_tags
+                .iter()
+                .any(|tag| product_tags.contains(tag))
+    }
+
+    /// Counts toward the prepaid balance B (released prepaid commits and credits).
+    pub fn counts_in_balance(&self) -> bool {
+        self.is_released() && matches!(self.kind, CommitKind::Prepaid | CommitKind::Credit)
+    }
+
+    /// Remaining balance of the segments accessible at `at` (expired and future ones count 0).
+    pub fn balance_at(&self, at: Timestamp) -> Result<Money, Rejection> {
+        if !self.is_released() {
+            return Ok(Money::ZERO);
+        }
+        let mut total = Money::ZERO;
+        for segment in self.segments.iter().filter(|s| s.covers(at)) {
+            total = total.checked_add(segment.remaining())?;
+        }
+        Ok(total)
+    }
+
+    pub fn total_amount(&self) -> Result<Money, Rejection> {
+        let mut total = Money::ZERO;
+        for segment in &self.segments {
+            total = total.checked_add(segment.amount)?;
+        }
+        Ok(total)
+    }
+
+    /// Adds `amount` to the deduction of `segment` by `invoice` (one ledger line per pair).
+    pub fn record_deduction(
+        &mut self,
+        segment: usize,
+        invoice_id: Id,
+        amount: Money,
+        at: Timestamp,
+    ) -> Result<(), Rejection> {
+        let seg = &mut self.segments[segment];
+        seg.drawn = seg.drawn.checked_add(amount)?;
+        match self
+            .deductions
+            .iter_mut()
+            .find(|d| d.segment == segment && d.invoice_id == invoice_id)
+        {
+            Some(existing) => {
+                existing.amount = existing.amount.checked_add(amount)?;
+                existing.at = existing.at.max(at);
+            }
+            None => self.deductions.push(Deduction { segment, invoice_id, amount, at }),
+        }
+        Ok(())
+    }
+
+    /// The commit's ledger in Metronome's entry types, as of `as_of`.
+    pub fn ledger(&self, contract_id: Id, as_of: Timestamp) -> Vec<LedgerEntry> {
+        let names = LedgerNames::of(self.kind);
+        let mut entries = Vec::new();
+        let purchase_invoice = self.invoice_schedule.first().map(|i| i.invoice_id);
+        for (index, segment) in self.segments.iter().enumerate() {
+            match self.release {
+                Release::Released { at } => {
+                    entries.push(LedgerEntry {
+                        entry_type: names.start,
+                        amount: segment.amount,
+                        segment_id: segment.id,
+                        timestamp: segment.starting_at.max(at),
+                        invoice_id: None,
+                        contract_id: None,
+                    });
+                }
+                Release::Canceled { at } => {
+                    entries.push(LedgerEntry {
+                        entry_type: names.canceled,
+                        amount: Money::ZERO.checked_sub(segment.amount).unwrap_or(Money::ZERO),
+                        segment_id: segment.id,
+                        timestamp: at,
+                        invoice_id: purchase_invoice,
+                        contract_id: None,
+                    });
+                    continue;
+                }
+                Release::Gated { .. } => continue,
+            }
+            for deduction in self.deductions.iter().filter(|d| d.segment == index) {
+                entries.push(LedgerEntry {
+                    entry_type: names.deduction,
+                    amount: Money::ZERO.checked_sub(deduction.amount).unwrap_or(Money::ZERO),
+                    segment_id: segment.id,
+                    timestamp: deduction.at,
+                    invoice_id: Some(deduction.invoice_id),
+                    contract_id: Some(contract_id),
+                });
+            }
+            if segment.ending_before <= as_of && segment.remaining().is_positive() {
+                entries.push(LedgerEntry {
+                    entry_type: names.expiration,
+                    amount: Money::ZERO
+                        .checked_sub(segment.remaining())
+                        .unwrap_or(Money::ZERO),
+                    segment_id: segment.id,
+                    timestamp: segment.ending_before,
+                    invoice_id: None,
+                    contract_id: None,
+                });
+            }
+        }
+        entries.sort_by_key(|e| e.timestamp);
+        entries
+    }
+}
+
+/// Drawdown order (Metronome's prioritization rules): prepaid commits and credits before
+/// postpaid commits; then lower `priority`; then free before paid; then fewer applicable
+/// products; then earlier `ending_before`; then earlier `starting_at`; then id, so the order is
+/// total and replay-stable.
+pub fn draw_order(a: (&Commit, &Segment), b: (&Commit, &Segment)) -> Ordering {
+    let key = |(commit, segment): (&Commit, &Segment)| {
+        let group = u8::from(commit.kind == CommitKind::Postpaid);
+        let scope = if commit.applicable_product_ids.is_empty()
+            && commit.applicable_product_tags.is_empty()
+        {
+            usize::MAX
+        } else {
+            commit.applicable_product_ids.len() + commit.applicable_product_tags.len()
+        };
+        (
+            group,
+            commit.priority,
+            u8::from(!commit.is_free()),
+            scope,
+            segment.ending_before,
+            segment.starting_at,
+            commit.id,
+            segment.id,
+        )
+    };
+    key(a).cmp(&key(b))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerEntryType {
+    PrepaidCommitSegmentStart,
+    PrepaidCommitAutomatedInvoiceDeduction,
+    PrepaidCommitCanceled,
+    PrepaidCommitExpiration,
+    PostpaidCommitInitialBalance,
+    PostpaidCommitAutomatedInvoiceDeduction,
+    PostpaidCommitCanceled,
+    PostpaidCommitExpiration,
+    CreditSegmentStart,
+    CreditAutomatedInvoiceDeduction,
+    CreditCanceled,
+    CreditExpiration,
+}
+
+impl LedgerEntryType {
+    /// Metronome's name of the entry type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerEntryType::PrepaidCommitSegmentStart => "PREPAID_COMMIT_SEGMENT_START",
+            LedgerEntryType::PrepaidCommitAutomatedInvoiceDeduction => {
+                "PREPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION"
+            }
+            LedgerEntryType::PrepaidCommitCanceled => "PREPAID_COMMIT_CANCELED",
+            LedgerEntryType::PrepaidCommitExpiration => "PREPAID_COMMIT_EXPIRATION",
+            LedgerEntryType::PostpaidCommitInitialBalance => "POSTPAID_COMMIT_INITIAL_BALANCE",
+            LedgerEntryType::PostpaidCommitAutomatedInvoiceDeduction => {
+                "POSTPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION"
+            }
+            LedgerEntryType::PostpaidCommitCanceled => "POSTPAID_COMMIT_CANCELED",
+            LedgerEntryType::PostpaidCommitExpiration => "POSTPAID_COMMIT_EXPIRATION",
+            LedgerEntryType::CreditSegmentStart => "CREDIT_SEGMENT_START",
+            LedgerEntryType::CreditAutomatedInvoiceDeduction => {
+                "CREDIT_AUTOMATED_INVOICE_DEDUCTION"
+            }
+            LedgerEntryType::CreditCanceled => "CREDIT_CANCELED",
+            LedgerEntryType::CreditExpiration => "CREDIT_EXPIRATION",
+        }
+    }
+}
+
+struct LedgerNames {
+    start: LedgerEntryType,
+    deduction: LedgerEntryType,
+    canceled: LedgerEntryType,
+    expiration: LedgerEntryType,
+}
+
+impl LedgerNames {
+    fn of(kind: CommitKind) -> LedgerNames {
+        use LedgerEntryType as T;
+        match kind {
+            CommitKind::Prepaid => LedgerNames {
+                start: T::PrepaidCommitSegmentStart,
+                deduction: T::PrepaidCommitAutomatedInvoiceDeduction,
+                canceled: T::PrepaidCommitCanceled,
+                expiration: T::PrepaidCommitExpiration,
+            },
+            CommitKind::Postpaid => LedgerNames {
+                start: T::PostpaidCommitInitialBalance,
+                deduction: T::PostpaidCommitAutomatedInvoiceDeduction,
+                canceled: T::PostpaidCommitCanceled,
+                expiration: T::PostpaidCommitExpiration,
+            },
+            CommitKind::Credit => LedgerNames {
+                start: T::CreditSegmentStart,
+                deduction: T::CreditAutomatedInvoiceDeduction,
+                canceled: T::CreditCanceled,
+                expiration: T::CreditExpiration,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub entry_type: LedgerEntryType,
+    pub amount: Money,
+    pub segment_id: Id,
+    pub timestamp: Timestamp,
+    pub invoice_id: Option<Id>,
+    pub contract_id: Option<Id>,
+}
+
+/// A metric's running aggregate for one product within one billing period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Aggregate {
+    Count(Decimal),
+    Sum(Decimal),
+    Max(Option<Decimal>),
+    Unique(FxHashSet<u64>),
+}
+
+impl Aggregate {
+    pub fn empty_for(contribution: &Contribution) -> Aggregate {
+        match contribution {
+            Contribution::Count => Aggregate::Count(Decimal::ZERO),
+            Contribution::Sum(_) => Aggregate::Sum(Decimal::ZERO),
+            Contribution::Max(_) => Aggregate::Max(None),
+            Contribution::Unique(_) => Aggregate::Unique(FxHashSet::default()),
+        }
+    }
+
+    pub fn quantity(&self) -> Decimal {
+        match self {
+            Aggregate::Count(q) | Aggregate::Sum(q) => *q,
+            Aggregate::Max(q) => q.unwrap_or(Decimal::ZERO),
+            Aggregate::Unique(set) => Decimal::from(set.len()),
+        }
+    }
+
+    /// The quantity after adding `contribution`, without changing the aggregate.
+    pub fn quantity_with(&self, contribution: &Contribution) -> Result<Decimal, Rejection> {
+        Ok(match (self, contribution) {
+            (Aggregate::Count(q), Contribution::Count) => {
+                q.checked_add(Decimal::ONE).ok_or(Rejection::AmountOverflow)?
+            }
+            (Aggregate::Sum(q), Contribution::Sum(v)) => {
+                q.checked_add(*v).ok_or(Rejection::AmountOverflow)?
+            }
+            (Aggregate::Max(q), Contribution::Max(v)) => q.map_or(*v, |q| q.max(*v)),
+            (Aggregate::Unique(set), Contribution::Unique(h)) => {
+                Decimal::from(set.len() + usize::from(!set.contains(h)))
+            }
+            _ => self.quantity(),
+        })
+    }
+
+    /// Adds `contribution` (called after every check passed).
+    pub fn add(&mut self, contribution: &Contribution) {
+        match (self, contribution) {
+            (Aggregate::Count(q), Contribution::Count) => *q += Decimal::ONE,
+            (Aggregate::Sum(q), Contribution::Sum(v)) => *q += *v,
+            (Aggregate::Max(q), Contribution::Max(v)) => *q = Some(q.map_or(*v, |q| q.max(*v))),
+            (Aggregate::Unique(set), Contribution::Unique(h)) => {
+                set.insert(*h);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One product's usage within a billing period: a line of the draft usage invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageLine {
+    pub product_id: Id,
+    pub aggregate: Aggregate,
+    /// Total charge of the line so far.
+    pub charged: Money,
+    /// Part of `charged` drawn from commits and credits; the rest is outstanding.
+    pub covered: Money,
+}
+
+impl UsageLine {
+    pub fn uncovered(&self) -> Money {
+        self.charged
+            .checked_sub(self.covered)
+            .unwrap_or(Money::ZERO)
+            .floor_zero()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvoiceStatus {
+    Draft,
+    Finalized,
+    Void,
+}
+
+impl InvoiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceStatus::Draft => "DRAFT",
+            InvoiceStatus::Finalized => "FINALIZED",
+            InvoiceStatus::Void => "VOID",
+        }
+    }
+}
+
+/// A billing period's usage and its invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsagePeriod {
+    pub invoice_id: Id,
+    pub starting_at: Timestamp,
+    pub ending_before: Timestamp,
+    pub status: InvoiceStatus,
+    pub lines: Vec<UsageLine>,
+}
+
+impl UsagePeriod {
+    pub fn uncovered(&self) -> Result<Money, Rejection> {
+        let mut total = Money::ZERO;
+        for line in &self.lines {
+            total = total.checked_add(line.uncovered())?;
+        }
+        Ok(total)
+    }
+}
+
+/// A SCHEDULED invoice: the purchase of a commit (a `commit_purchase` line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseInvoice {
+    pub id: Id,
+    pub commit_id: Id,
+    pub product_id: Id,
+    pub name: String,
+    pub status: InvoiceStatus,
+    pub issued_at: Timestamp,
+    /// Purchase amount before tax.
+    pub subtotal: Money,
+    pub tax: Money,
+    pub total: Money,
+    /// The gate workflow collecting it, if any.
+    pub workflow_id: Option<Id>,
+    /// Provider-side status (`PAID`, `PAYMENT_FAILED`, `VOID`, ...), Metronome's
+    /// `external_invoice.external_status`.
+    pub external_status: Option<String>,
+}
+
+/// Discount on the charged amount of a threshold purchase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discount {
+    /// Share of the access amount actually charged (0.9 = 10% off).
+    pub payment_fraction: Decimal,
+}
+
+/// The commit a threshold configuration issues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThresholdCommit {
+    pub product_id: Id,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub priority: Option<Decimal>,
+    pub applicable_product_ids: Vec<Id>,
+    pub applicable_product_tags: Vec<String>,
+}
+
+/// Which of the two threshold features a configuration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ThresholdKind {
+    /// `spend_threshold_configuration`: fires when outstanding spend `S >= threshold`.
+    Spend,
+    /// `prepaid_balance_threshold_configuration`: fires when balance `B <= threshold`.
+    PrepaidBalance,
+}
+
+impl ThresholdKind {
+    pub fn workflow_kind(self) -> WorkflowKind {
+        match self {
+            ThresholdKind::Spend => WorkflowKind::Spend,
+            ThresholdKind::PrepaidBalance => WorkflowKind::PrepaidBalance,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ThresholdKind::Spend => "spend",
+            ThresholdKind::PrepaidBalance => "prepaid balance",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThresholdConfig {
+    pub kind: ThresholdKind,
+    pub commit: ThresholdCommit,
+    pub is_enabled: bool,
+    pub gate: PaymentGateConfig,
+    pub threshold_amount: Money,
+    /// Prepaid balance only: the balance a recharge brings B back to.
+    pub recharge_to_amount: Option<Money>,
+    pub discount: Option<Discount>,
+    /// How many times it fired; the sequence in the next workflow's id.
+    pub triggers: u64,
+}
+
+/// Engine-wide limits the core enforces (configurable; defaults are Metronome's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Smallest prepaid `threshold_amount`, in USD cents ($5).
+    pub prepaid_threshold_min_usd_cents: Money,
+    /// Smallest gap `recharge_to_amount - threshold_amount`, in USD cents ($10).
+    pub recharge_gap_min_usd_cents: Money,
+    /// How long a usage invoice stays DRAFT after its period ends, so that events back-dated
+    /// by up to the ingest window still land on it (34 days, Metronome's backdating limit).
+    pub draft_grace_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            prepaid_threshold_min_usd_cents: Money::from_i64(500),
+            recharge_gap_min_usd_cents: Money::from_i64(1000),
+            draft_grace_ms: 34 * super::ids::MS_PER_DAY,
+        }
+    }
+}
+
+impl ThresholdConfig {
+    /// Checks a configuration against Metronome's rules; minimums apply to USD cents (other
+    /// credit types are whole units and have no published minimum).
+    ///
+    /// # Errors
+    /// [`Rejection::ThresholdTooLow`], [`Rejection::RechargeGapTooSmall`],
+    /// [`Rejection::InvalidField`] or [`Rejection::MissingField`].
+    pub fn validate(&self, credit_type: &CreditType, limits: &Limits) -> Result<(), Rejection> {
+        let field = match self.kind {
+            ThresholdKind::Spend => "spend_threshold_configuration",
+            ThresholdKind::PrepaidBalance => "prepaid_balance_threshold_configuration",
+        };
+        self.gate.validate(&format!("{field}.payment_gate_config"))?;
+        if let Some(discount) = &self.discount {
+            if discount.payment_fraction <= Decimal::ZERO || discount.payment_fraction > Decimal::ONE
+            {
+                return Err(Rejection::invalid(
+                    &format!("{field}.discount_configuration.payment_fraction"),
+                    "must be in (0, 1]",
+                ));
+            }
+        }
+        if self.commit.priority.is_some_and(|p| p < Decimal::ZERO) {
+            return Err(Rejection::invalid(
+                &format!("{field}.commit.priority"),
+                "must not be negative",
+            ));
+        }
+        match self.kind {
+            ThresholdKind::Spend => {
+                if !self.threshold_amount.is_positive() {
+                    return Err(Rejection::invalid(
+                        &format!("{field}.threshold_amount"),
+                        "must be positive",
+                    ));
+                }
+                if self.recharge_to_amount.is_some() {
+                    return Err(Rejection::invalid(
+                        &format!("{field}.recharge_to_amount"),
+                        "applies to prepaid balance thresholds only",
+                    ));
+                }
+                if !self.commit.applicable_product_ids.is_empty()
+                    || !self.commit.applicable_product_tags.is_empty()
+                {
+                    // A scoped spend commit could leave spend uncovered and re-trigger forever.
+                    return Err(Rejection::invalid(
+                        &format!("{field}.commit"),
+                        "spend threshold commits apply to all products",
+                    ));
+                }
+            }
+            ThresholdKind::PrepaidBalance => {
+                let Some(recharge_to) = self.recharge_to_amount else {
+                    return Err(Rejection::MissingField(
+                        "prepaid_balance_threshold_configuration.recharge_to_amount",
+                    ));
+                };
+                if self.threshold_amount.is_negative() {
+                    return Err(Rejection::invalid(
+                        &format!("{field}.threshold_amount"),
+                        "must not be negative",
+                    ));
+                }
+                let (min, gap) = if credit_type.is_usd_cents() {
+                    (limits.prepaid_threshold_min_usd_cents, limits.recharge_gap_min_usd_cents)
+                } else {
+                    (Money::ZERO, Money::ZERO)
+                };
+                if self.threshold_amount < min {
+                    return Err(Rejection::ThresholdTooLow(min.to_string()));
+                }
+                let floor = self.threshold_amount.checked_add(gap)?;
+                if recharge_to < floor || recharge_to <= self.threshold_amount {
+                    return Err(Rejection::RechargeGapTooSmall(gap.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A contract: a customer's agreement under one rate card, with its balances and thresholds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contract {
+    pub id: Id,
+    pub customer_id: Id,
+    pub rate_card_id: Id,
+    pub name: Option<String>,
+    pub starting_at: Timestamp,
+    pub ending_before: Option<Timestamp>,
+    pub credit_type: CreditType,
+    pub uniqueness_key: Option<String>,
+    pub created_at: Timestamp,
+    pub commits: Vec<Commit>,
+    pub periods: Vec<UsagePeriod>,
+    pub purchases: Vec<PurchaseInvoice>,
+    pub spend_threshold: Option<ThresholdConfig>,
+    pub prepaid_threshold: Option<ThresholdConfig>,
+    pub workflows: Vec<Workflow>,
+    /// Uniqueness keys of edits already applied (a repeat is refused with 409).
+    pub edit_keys: Vec<String>,
+    pub edits: u64,
+    /// Segments in drawdown order, as (commit index, segment index); rebuilt when commits
+    /// change, so an event does not sort.
+    #[serde(skip)]
+    pub draw_order: Vec<(usize, usize)>,
+}
+
+impl Contract {
+    pub fn covers(&self, at: Timestamp) -> bool {
+        self.starting_at <= at && self.ending_before.is_none_or(|end| at < end)
+    }
+
+    pub fn end_or_forever(&self) -> Timestamp {
+        self.ending_before.unwrap_or(Timestamp::END_OF_TIME)
+    }
+
+    pub fn threshold(&self, kind: ThresholdKind) -> Option<&ThresholdConfig> {
+        match kind {
+            ThresholdKind::Spend => self.spend_threshold.as_ref(),
+            ThresholdKind::PrepaidBalance => self.prepaid_threshold.as_ref(),
+        }
+    }
+
+    pub fn threshold_mut(&mut self, kind: ThresholdKind) -> Option<&mut ThresholdConfig> {
+        match kind {
+            ThresholdKind::Spend => self.spend_threshold.as_mut(),
+            ThresholdKind::PrepaidBalance => self.prepaid_threshold.as_mut(),
+        }
+    }
+
+    pub fn commit(&self, id: Id) -> Option<&Commit> {
+        self.commits.iter().find(|c| c.id == id)
+    }
+
+    pub fn workflow(&self, id: Id) -> Option<&Workflow> {
+        self.workflows.iter().find(|w| w.id == id)
+    }
+
+    /// The in-flight workflow of a kind, if any (at most one exists: the safety rule).
+    pub fn in_flight(&self, kind: WorkflowKind) -> Option<&Workflow> {
+        self.workflows
+            .iter()
+            .find(|w| w.kind == kind && !w.state.is_terminal())
+    }
+
+    /// Outstanding spend S: usage charges on DRAFT usage invoices not covered by any commit or
+    /// credit.
+    pub fn outstanding_spend(&self) -> Result<Money, Rejection> {
+        let mut total = Money::ZERO;
+        for period in self.periods.iter().filter(|p| p.status == InvoiceStatus::Draft) {
+            total = total.checked_add(period.uncovered()?)?;
+        }
+        Ok(total)
+    }
+
+    /// Balance B: what remains of released prepaid commits and credits accessible at `at`.
+    pub fn balance(&self, at: Timestamp) -> Result<Money, Rejection> {
+        let mut total = Money::ZERO;
+        for commit in self.commits.iter().filter(|c| c.counts_in_balance()) {
+            total = total.checked_add(commit.balance_at(at)?)?;
+        }
+        Ok(total)
+    }
+
+    pub fn rebuild_draw_order(&mut self) {
+        let mut order: Vec<(usize, usize)> = Vec::new();
+        for (ci, commit) in self.commits.iter().enumerate() {
+            if !commit.is_released() {
+                continue;
+            }
+            for si in 0..commit.segments.len() {
+                order.push((ci, si));
+            }
+        }
+        let commits = &self.commits;
+        order.sort_by(|&(ca, sa), &(cb, sb)| {
+            draw_order(
+                (&commits[ca], &commits[ca].segments[sa]),
+                (&commits[cb], &commits[cb].segments[sb]),
+            )
+        });
+        self.draw_order = order;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(id: u128, kind: CommitKind, priority: i64, paid: bool) -> Commit {
+        Commit {
+            id: Id::from_u128(id),
+            kind,
+            product_id: Id::from_u128(500),
+            name: format!("c{id}"),
+            description: None,
+            priority: Decimal::from(priority),
+            applicable_product_ids: vec![],
+            applicable_product_tags: vec![],
+            segments: vec![Segment {
+                id: Id::from_u128(id * 10),
+                amount: Money::from_i64(100),
+                starting_at: Timestamp(0),
+                ending_before: Timestamp(1_000),
+                drawn: Money::ZERO,
+            }],
+            invoice_schedule: if paid {
+                vec![InvoiceScheduleItem {
+                    id: Id::from_u128(id * 100),
+                    timestamp: Timestamp(0),
+                    amount: Money::from_i64(100),
+                    quantity: Decimal::ONE,
+                    unit_price: Money::from_i64(100),
+                    invoice_id: Id::from_u128(id * 1000),
+                }]
+            } else {
+                vec![]
+            },
+            release: Release::Released { at: Timestamp(0) },
+            created_by_threshold: None,
+            created_at: Timestamp(0),
+            deductions: vec![],
+            archived_at: None,
+        }
+    }
+
+    #[test]
+    fn drawdown_order_follows_metronome_rules() {
+        let postpaid_low_priority = commit(1, CommitKind::Postpaid, 1, true);
+        let paid_prepaid = commit(2, CommitKind::Prepaid, 10, true);
+        let credit = commit(3, CommitKind::Credit, 10, false);
+        let urgent_paid = commit(4, CommitKind::Prepaid, 5, true);
+        let mut scoped = commit(5, CommitKind::Prepaid, 10, true);
+        scoped.applicable_product_ids = vec![Id::from_u128(77)];
+        let mut early_end = commit(6, CommitKind::Prepaid, 10, true);
+        early_end.segments[0].ending_before = Timestamp(500);
+        let mut contract_commits = vec![
+            postpaid_low_priority,
+            paid_prepaid,
+            credit,
+            urgent_paid,
+            scoped,
+            early_end,
+        ];
+        contract_commits.sort_by(|a, b| draw_order((a, &a.segments[0]), (b, &b.segments[0])));
+        let ids: Vec<u128> = contract_commits.iter().map(|c| c.id.as_u128()).collect();
+        // priority 5 first; at priority 10 the free credit, then the scoped commit, then the
+        // earlier-ending one; postpaid last despite its priority 1.
+        assert_eq!(ids, vec![4, 3, 5, 6, 2, 1]);
+    }
+
+    #[test]
+    fn balance_counts_only_released_accessible_prepaid_segments() {
+        let mut c = commit(1, CommitKind::Prepaid, 1, true);
+        c.segments[0].drawn = Money::from_i64(30);
+        assert_eq!(c.balance_at(Timestamp(10)).unwrap(), Money::from_i64(70));
+        assert_eq!(c.balance_at(Timestamp(1_000)).unwrap(), Money::ZERO);
+        c.release = Release::Gated { workflow_id: Id::from_u128(9) };
+        assert_eq!(c.balance_at(Timestamp(10)).unwrap(), Money::ZERO);
+        assert!(!commit(2, CommitKind::Postpaid, 1, true).counts_in_balance());
+    }
+
+    #[test]
+    fn ledger_has_one_deduction_per_segment_and_invoice() {
+        let mut c = commit(1, CommitKind::Prepaid, 1, true);
+        let invoice = Id::from_u128(42);
+        c.record_deduction(0, invoice, Money::from_i64(10), Timestamp(5)).unwrap();
+        c.record_deduction(0, invoice, Money::from_i64(15), Timestamp(7)).unwrap();
+        let ledger = c.ledger(Id::from_u128(1), Timestamp(2_000));
+        let types: Vec<&str> = ledger.iter().map(|e| e.entry_type.as_str()).collect();
+        assert_eq!(
+            types,
+            vec![
+                "PREPAID_COMMIT_SEGMENT_START",
+                "PREPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION",
+                "PREPAID_COMMIT_EXPIRATION"
+            ]
+        );
+        assert_eq!(ledger[1].amount, Money::from_i64(-25));
+        assert_eq!(ledger[2].amount, Money::from_i64(-75));
+        c.release = Release::Canceled { at: Timestamp(3) };
+        let canceled = c.ledger(Id::from_u128(1), Timestamp(2_000));
+        assert_eq!(canceled.len(), 1);
+        assert_eq!(canceled[0].entry_type.as_str(), "PREPAID_COMMIT_CANCELED");
+    }
+
+    #[test]
+    fn aggregates_compute_quantities() {
+        let mut unique = Aggregate::empty_for(&Contribution::Unique(1));
+        assert_eq!(unique.quantity_with(&Contribution::Unique(1)).unwrap(), Decimal::ONE);
+        unique.add(&Contribution::Unique(1));
+        assert_eq!(unique.quantity_with(&Contribution::Unique(1)).unwrap(), Decimal::ONE);
+        assert_eq!(unique.quantity_with(&Contribution::Unique(2)).unwrap(), Decimal::TWO);
+        let mut max = Aggregate::empty_for(&Contribution::Max(Decimal::ONE));
+        max.add(&Contribution::Max(Decimal::from(5)));
+        max.add(&Contribution::Max(Decimal::from(3)));
+        assert_eq!(max.quantity(), Decimal::from(5));
+    }
+}

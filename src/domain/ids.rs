@@ -1,0 +1,295 @@
+//! Ids and time, the two things the core is handed rather than makes.
+//!
+//! Every object the core creates (workflow, commit, invoice, webhook) gets an id derived from its
+//! cause with a name-based UUID (v5), so replaying the same inputs after a crash re-creates the
+//! same ids and a payment provider sees the same idempotency key. Objects created at the edge
+//! (customers, contracts) arrive with their ids inside the input.
+//!
+//! Time is a [`Timestamp`] in Unix milliseconds supplied with each input; the core never reads a
+//! clock. Calendar arithmetic (month boundaries of billing periods) is done here on civil dates,
+//! UTC only.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An object id, a UUID in Metronome's textual form.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Id(Uuid);
+
+/// Namespace of every derived id, so Tollgate's ids never collide with other v5 users.
+const NAMESPACE: Uuid = Uuid::from_u128(0x8f3c_5a1e_9d24_4b7a_a6e2_0c51_7d3e_94b8);
+
+impl Id {
+    pub const fn from_u128(value: u128) -> Id {
+        Id(Uuid::from_u128(value))
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Id {
+        Id(Uuid::from_bytes(bytes))
+    }
+
+    /// Parses a UUID, `None` when the text is not one.
+    pub fn parse(text: &str) -> Option<Id> {
+        Uuid::from_str(text).ok().map(Id)
+    }
+
+    /// Derives the id of an object from its cause: the parent id, what kind of child it is, and
+    /// a sequence number distinguishing siblings.
+    pub fn derive(parent: Id, kind: &str, seq: u64) -> Id {
+        let mut name = Vec::with_capacity(16 + kind.len() + 9);
+        name.extend_from_slice(parent.0.as_bytes());
+        name.extend_from_slice(kind.as_bytes());
+        name.push(0);
+        name.extend_from_slice(&seq.to_be_bytes());
+        Id(Uuid::new_v5(&NAMESPACE, &name))
+    }
+
+    /// Derives an id from an arbitrary string key (a client's `uniqueness_key`, an alias).
+    pub fn from_key(kind: &str, key: &str) -> Id {
+        let mut name = Vec::with_capacity(kind.len() + 1 + key.len());
+        name.extend_from_slice(kind.as_bytes());
+        name.push(0);
+        name.extend_from_slice(key.as_bytes());
+        Id(Uuid::new_v5(&NAMESPACE, &name))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    pub fn as_u128(&self) -> u128 {
+        self.0.as_u128()
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A point in time, milliseconds since the Unix epoch, UTC.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+pub const MS_PER_HOUR: i64 = 3_600_000;
+pub const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
+
+impl Timestamp {
+    /// Far future used for open-ended schedules ("perpetual" contracts): 9999-12-31.
+    pub const END_OF_TIME: Timestamp = Timestamp(253_402_214_400_000);
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn plus_ms(self, ms: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// Floors to the start of the hour (Metronome's schedule boundaries are hour-aligned).
+    pub fn floor_hour(self) -> Timestamp {
+        Timestamp(self.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR)
+    }
+
+    /// Start of the calendar month (UTC) containing this instant.
+    pub fn month_start(self) -> Timestamp {
+        let (y, m, _) = civil_from_days(self.0.div_euclid(MS_PER_DAY));
+        Timestamp(days_from_civil(y, m, 1) * MS_PER_DAY)
+    }
+
+    /// Start of the calendar month following the one containing this instant.
+    pub fn next_month_start(self) -> Timestamp {
+        let (y, m, _) = civil_from_days(self.0.div_euclid(MS_PER_DAY));
+        let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        Timestamp(days_from_civil(y, m, 1) * MS_PER_DAY)
+    }
+
+    /// Civil date and time parts (year, month, day, hour, minute, second, millisecond).
+    pub fn parts(self) -> (i64, u32, u32, u32, u32, u32, u32) {
+        let days = self.0.div_euclid(MS_PER_DAY);
+        let ms_of_day = self.0.rem_euclid(MS_PER_DAY);
+        let (y, m, d) = civil_from_days(days);
+        let secs = ms_of_day / 1000;
+        (
+            y,
+            m,
+            d,
+            (secs / 3600) as u32,
+            ((secs / 60) % 60) as u32,
+            (secs % 60) as u32,
+            (ms_of_day % 1000) as u32,
+        )
+    }
+
+    /// Builds a timestamp from civil UTC parts; `None` when a part is out of range.
+    pub fn from_parts(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32) -> Option<Self> {
+        if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
+            return None;
+        }
+        if h > 23 || mi > 59 || s > 60 || ms > 999 {
+            return None;
+        }
+        let days = days_from_civil(y, mo, d);
+        let secs = i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s.min(59));
+        Some(Timestamp(days * MS_PER_DAY + secs * 1000 + i64::from(ms)))
+    }
+
+    /// RFC 3339 in UTC with millisecond precision when needed: `2025-01-23T01:23:45Z`,
+    /// `2025-01-23T01:23:45.120Z`.
+    pub fn to_rfc3339(self) -> String {
+        let (y, mo, d, h, mi, s, ms) = self.parts();
+        if ms == 0 {
+            format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+        } else {
+            format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+        }
+    }
+
+    /// Parses RFC 3339 (`Z` or `±hh:mm` offset, optional fraction, 4-digit year).
+    pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+        let b = text.as_bytes();
+        if b.len() < 20 {
+            return None;
+        }
+        let num = |range: std::ops::Range<usize>| -> Option<u32> {
+            let part = text.get(range)?;
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            part.parse().ok()
+        };
+        if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+            return None;
+        }
+        if b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let (y, mo, d) = (i64::from(num(0..4)?), num(5..7)?, num(8..10)?);
+        let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        let mut i = 19;
+        let mut ms = 0_u32;
+        if b[i] == b'.' {
+            let start = i + 1;
+            i = start;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let frac = text.get(start..i)?;
+            if frac.is_empty() {
+                return None;
+            }
+            let padded: String = frac.chars().chain("000".chars()).take(3).collect();
+            ms = padded.parse().ok()?;
+        }
+        let offset_ms: i64 = match b.get(i)? {
+            b'Z' | b'z' if i + 1 == b.len() => 0,
+            sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+                let oh = i64::from(num(i + 1..i + 3)?);
+                let om = i64::from(num(i + 4..i + 6)?);
+                if oh > 23 || om > 59 {
+                    return None;
+                }
+                let value = (oh * 60 + om) * 60_000;
+                if *sign == b'+' { value } else { -value }
+            }
+            _ => return None,
+        };
+        let local = Timestamp::from_parts(y, mo, d, h, mi, s, ms)?;
+        Some(Timestamp(local.0 - offset_ms))
+    }
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if is_leap(y) => 29,
+        _ => 28,
+    }
+}
+
+// Howard Hinnant's days-from-civil algorithms (public domain), proleptic Gregorian calendar.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let parent = Id::from_u128(42);
+        assert_eq!(Id::derive(parent, "workflow", 1), Id::derive(parent, "workflow", 1));
+        assert_ne!(Id::derive(parent, "workflow", 1), Id::derive(parent, "workflow", 2));
+        assert_ne!(Id::derive(parent, "workflow", 1), Id::derive(parent, "invoice", 1));
+        // Stable across builds: a changed derivation would re-key every payment.
+        assert_eq!(
+            Id::derive(parent, "workflow", 1).to_string(),
+            Id::derive(Id::from_u128(42), "workflow", 1).to_string()
+        );
+    }
+
+    #[test]
+    fn rfc3339_roundtrips_and_handles_offsets() {
+        let t = Timestamp::parse_rfc3339("2025-01-23T01:23:45Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2025-01-23T01:23:45Z");
+        let with_offset = Timestamp::parse_rfc3339("2025-01-23T03:23:45.5+02:00").unwrap();
+        assert_eq!(with_offset.to_rfc3339(), "2025-01-23T01:23:45.500Z");
+        assert_eq!(Timestamp::parse_rfc3339("1970-01-01T00:00:00Z"), Some(Timestamp(0)));
+        for bad in [
+            "2025-01-23",
+            "2025-13-01T00:00:00Z",
+            "2025-02-30T00:00:00Z",
+            "2025-01-23T01:23:45",
+            "25-01-23T01:23:45Z",
+            "2025-01-23T01:23:45.Z",
+            "2025-01-23T01:23:45Zjunk",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn month_boundaries_follow_the_calendar() {
+        let t = Timestamp::parse_rfc3339("2024-02-29T13:00:00Z").unwrap();
+        assert_eq!(t.month_start().to_rfc3339(), "2024-02-01T00:00:00Z");
+        assert_eq!(t.next_month_start().to_rfc3339(), "2024-03-01T00:00:00Z");
+        let dec = Timestamp::parse_rfc3339("2025-12-31T23:59:59Z").unwrap();
+        assert_eq!(dec.next_month_start().to_rfc3339(), "2026-01-01T00:00:00Z");
+        assert_eq!(dec.floor_hour().to_rfc3339(), "2025-12-31T23:00:00Z");
+    }
+}

@@ -1,0 +1,30 @@
+//! The billing rules: pure, deterministic, no I/O.
+//!
+//! Everything that decides about money lives here: exact money and credit types, the catalog
+//! and rating, commits and drawdown, both thresholds, the payment gate workflow and the effects
+//! it asks for. The core imports std, serde, rust_decimal and pure data crates (uuid for ids,
+//! serde_json only for exact JSON numbers and webhook bodies); never actix, tokio, rocksdb,
+//! reqwest or a clock. Time and the ids of edge-created objects arrive with each input, so the
+//! same inputs always give the same state, the same effects and the same ids.
+
+pub mod catalog;
+pub mod contract;
+pub mod customer;
+pub mod effects;
+pub mod fixtures;
+pub mod gate;
+pub mod ids;
+pub mod money;
+pub mod rejection;
+pub mod usage;
+
+pub use catalog::Catalog;
+pub use contract::Limits;
+pub use customer::{Applied, Ctx, Customer, Input};
+pub use effects::Effect;
+pub use ids::{Id, Timestamp};
+pub use money::Money;
+pub use rejection::Rejection;
+
+#[cfg(test)]
+mod rules_tests;

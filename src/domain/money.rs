@@ -1,0 +1,385 @@
+//! Money: an exact decimal amount in a credit type's unit.
+//!
+//! USD amounts are **cents** (Metronome's `USD (cents)` credit type), other fiat currencies are in
+//! whole units, custom pricing units in their own unit. Arithmetic is checked and never passes
+//! through floats: JSON numbers are read from their exact text (`serde_json`'s
+//! `arbitrary_precision`), and a number needing more than 28 significant digits is refused
+//! instead of rounded. The single rounding rule of the engine, half-up to the currency's minor
+//! unit, lives in [`Money::to_minor_units`] and is applied only where money leaves the engine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use super::ids::Id;
+use super::rejection::Rejection;
+
+/// An exact amount in some credit type's unit. No `Add` impl on purpose: every operation can
+/// overflow and says so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(Decimal);
+
+impl Money {
+    pub const ZERO: Money = Money(Decimal::ZERO);
+
+    pub fn from_decimal(value: Decimal) -> Money {
+        Money(value.normalize())
+    }
+
+    pub fn from_i64(value: i64) -> Money {
+        Money(Decimal::from(value))
+    }
+
+    pub fn as_decimal(self) -> Decimal {
+        self.0
+    }
+
+    /// Parses the exact text of a number (`"0.1"`, `"12"`, `"1.5e3"`).
+    ///
+    /// # Errors
+    /// [`Rejection::InvalidAmount`] for text that is not a number or needs more precision than
+    /// 28 significant digits (never silently rounded).
+    pub fn parse(text: &str) -> Result<Money, Rejection> {
+        parse_exact_decimal(text).map(Money::from_decimal)
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0.is_sign_negative() && !self.0.is_zero()
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.0.is_sign_positive() && !self.0.is_zero()
+    }
+
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] when the sum leaves Decimal's range.
+    pub fn checked_add(self, other: Money) -> Result<Money, Rejection> {
+        self.0
+            .checked_add(other.0)
+            .map(Money)
+            .ok_or(Rejection::AmountOverflow)
+    }
+
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] when the difference leaves Decimal's range.
+    pub fn checked_sub(self, other: Money) -> Result<Money, Rejection> {
+        self.0
+            .checked_sub(other.0)
+            .map(Money)
+            .ok_or(Rejection::AmountOverflow)
+    }
+
+    /// Multiplies by a dimensionless factor (a quantity, a payment fraction).
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] when the product leaves Decimal's range.
+    pub fn checked_mul(self, factor: Decimal) -> Result<Money, Rejection> {
+        self.0
+            .checked_mul(factor)
+            .map(Money)
+            .ok_or(Rejection::AmountOverflow)
+    }
+
+    pub fn min(self, other: Money) -> Money {
+        if self <= other { self } else { other }
+    }
+
+    pub fn max(self, other: Money) -> Money {
+        if self >= other { self } else { other }
+    }
+
+    /// Floors a negative amount at zero (balances are never shown below zero per segment).
+    pub fn floor_zero(self) -> Money {
+        self.max(Money::ZERO)
+    }
+
+    /// The engine's one rounding rule: half-up (away from zero on .5) to the minor unit of
+    /// `credit_type`, returned as an integer count of minor units. Used only where money leaves
+    /// the engine (a payment provider charge).
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] when the amount does not fit in `i64` minor units, and
+    /// [`Rejection::UnsupportedCreditType`] for custom pricing units, which have no minor unit.
+    pub fn to_minor_units(self, credit_type: &CreditType) -> Result<i64, Rejection> {
+        let scale = match credit_type.unit {
+            CreditUnit::UsdCents => Decimal::ONE,
+            CreditUnit::Fiat { minor_exponent, .. } => Decimal::from(10_i64.pow(minor_exponent)),
+            CreditUnit::Custom => return Err(Rejection::UnsupportedCreditType),
+        };
+        let minor = self
+            .0
+            .checked_mul(scale)
+            .ok_or(Rejection::AmountOverflow)?
+            .round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero);
+        i64::try_from(minor).map_err(|_| Rejection::AmountOverflow)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Parses a decimal number from its exact text, refusing anything that would need rounding.
+///
+/// # Errors
+/// [`Rejection::InvalidAmount`].
+pub fn parse_exact_decimal(text: &str) -> Result<Decimal, Rejection> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 64 {
+        return Err(Rejection::InvalidAmount);
+    }
+    let value = if text.contains(['e', 'E']) {
+        let value = Decimal::from_scientific(text).map_err(|_| Rejection::InvalidAmount)?;
+        // from_scientific can round; prove exactness by comparing significant digits.
+        if significant_digits(text) > 28 {
+            return Err(Rejection::InvalidAmount);
+        }
+        value
+    } else {
+        Decimal::from_str_exact(text).map_err(|_| Rejection::InvalidAmount)?
+    };
+    Ok(value.normalize())
+}
+
+fn significant_digits(text: &str) -> usize {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let trimmed = digits.trim_start_matches('0').trim_end_matches('0');
+    trimmed.len()
+}
+
+/// Binary encodings (bincode: checkpoints, the log) store the 16-byte Decimal; human-readable
+/// ones (JSON) write an exact JSON number.
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            let number = serde_json::Number::from_str(&self.0.to_string())
+                .map_err(serde::ser::Error::custom)?;
+            number.serialize(serializer)
+        } else {
+            serializer.serialize_bytes(&self.0.serialize())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(JsonMoneyVisitor)
+        } else {
+            deserializer.deserialize_bytes(BinaryMoneyVisitor)
+        }
+    }
+}
+
+struct BinaryMoneyVisitor;
+
+impl de::Visitor<'_> for BinaryMoneyVisitor {
+    type Value = Money;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("16 bytes of a serialized Decimal")
+    }
+
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Money, E> {
+        let raw: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| E::invalid_length(bytes.len(), &self))?;
+        Ok(Money(Decimal::deserialize(raw)))
+    }
+}
+
+struct JsonMoneyVisitor;
+
+impl<'de> de::Visitor<'de> for JsonMoneyVisitor {
+    type Value = Money;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an exact decimal number (at most 28 significant digits)")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Money, E> {
+        Ok(Money::from_i64(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Money, E> {
+        Ok(Money(Decimal::from(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Money, E> {
+        // Only reachable without serde_json's arbitrary_precision; refuse rather than guess.
+        Err(E::custom(
+            "amount arrived as a binary float; it must be read exactly",
+        ))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Money, E> {
+        Money::parse(v).map_err(|_| E::custom(format!("invalid amount {v:?}: {}", EXACT_HINT)))
+    }
+
+    // serde_json with arbitrary_precision hands numbers over as a one-entry map holding the
+    // number's exact text.
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Money, A::Error> {
+        let Some((_, text)) = map.next_entry::<String, String>()? else {
+            return Err(de::Error::custom("empty object is not an amount"));
+        };
+        Money::parse(&text)
+            .map_err(|_| de::Error::custom(format!("invalid amount {text}: {EXACT_HINT}")))
+    }
+}
+
+const EXACT_HINT: &str = "amounts must be exact decimals with at most 28 significant digits";
+
+/// How a credit type's amounts are denominated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreditUnit {
+    /// Metronome's default: US dollars counted in cents.
+    UsdCents,
+    /// Another fiat currency in whole units; `minor_exponent` digits after the point are its
+    /// minor unit (2 for EUR, 0 for JPY).
+    Fiat { minor_exponent: u32 },
+    /// A custom pricing unit (credits, tokens): no minor unit, not payable directly.
+    Custom,
+}
+
+/// A credit type: the unit an amount is counted in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditType {
+    pub id: Id,
+    pub name: String,
+    /// ISO 4217 code for fiat credit types (`"USD"`), `None` for custom pricing units.
+    pub currency: Option<String>,
+    pub unit: CreditUnit,
+}
+
+/// Metronome's fixed id of the `USD (cents)` credit type.
+pub const USD_CENTS_ID: &str = "2714e483-4ff1-48e4-9e25-ac732e8f24f2";
+
+impl CreditType {
+    pub fn usd_cents() -> CreditType {
+        CreditType {
+            id: Id::parse(USD_CENTS_ID).expect("constant is a valid uuid"),
+            name: "USD (cents)".to_owned(),
+            currency: Some("USD".to_owned()),
+            unit: CreditUnit::UsdCents,
+        }
+    }
+
+    /// A fiat credit type counted in whole units of `currency`.
+    pub fn fiat(id: Id, currency: &str, minor_exponent: u32) -> CreditType {
+        CreditType {
+            id,
+            name: currency.to_owned(),
+            currency: Some(currency.to_owned()),
+            unit: CreditUnit::Fiat { minor_exponent },
+        }
+    }
+
+    pub fn is_usd_cents(&self) -> bool {
+        self.unit == CreditUnit::UsdCents
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(text: &str) -> Money {
+        Money::parse(text).unwrap()
+    }
+
+    #[test]
+    fn decimal_fractions_add_exactly() {
+        assert_eq!(m("0.1").checked_add(m("0.2")).unwrap(), m("0.3"));
+    }
+
+    #[test]
+    fn json_numbers_are_read_without_floats() {
+        let values: Vec<Money> = serde_json::from_str("[0.1, 0.2, 0.3, 1e2, 7]").unwrap();
+        let sum = values[0].checked_add(values[1]).unwrap();
+        assert_eq!(sum, values[2]);
+        assert_eq!(values[3], Money::from_i64(100));
+        assert_eq!(values[4], Money::from_i64(7));
+        // A value f64 cannot hold exactly survives untouched.
+        let exact: Money = serde_json::from_str("0.1234567890123456789012345678").unwrap();
+        assert_eq!(exact.to_string(), "0.1234567890123456789012345678");
+    }
+
+    #[test]
+    fn json_numbers_with_too_many_digits_are_rejected_not_rounded() {
+        let err = serde_json::from_str::<Money>("1.00000000000000000000000000001").unwrap_err();
+        assert!(err.to_string().contains("28 significant digits"), "{err}");
+        assert!(serde_json::from_str::<Money>("123456789012345678901234567890").is_err());
+        assert!(serde_json::from_str::<Money>("1.2345678901234567890123456789e5").is_err());
+        assert_eq!(
+            Money::parse("0.00000000000000000000000000001"),
+            Err(Rejection::InvalidAmount)
+        );
+    }
+
+    #[test]
+    fn json_strings_are_accepted_as_amounts() {
+        let value: Money = serde_json::from_str("\"12.50\"").unwrap();
+        assert_eq!(value, m("12.5"));
+        assert!(serde_json::from_str::<Money>("\"twelve\"").is_err());
+    }
+
+    #[test]
+    fn json_output_is_an_exact_number() {
+        assert_eq!(serde_json::to_string(&m("0.30")).unwrap(), "0.3");
+        assert_eq!(
+            serde_json::to_string(&m("12345678901234567890.123")).unwrap(),
+            "12345678901234567890.123"
+        );
+    }
+
+    #[test]
+    fn binary_encoding_roundtrips() {
+        let config = bincode::config::standard();
+        for text in ["0", "-3.25", "79228162514264337593543950335", "0.000001"] {
+            let bytes = bincode::serde::encode_to_vec(m(text), config).unwrap();
+            let (back, _): (Money, _) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+            assert_eq!(back, m(text));
+        }
+    }
+
+    #[test]
+    fn arithmetic_overflow_is_a_rejection() {
+        let max = Money::from_decimal(Decimal::MAX);
+        assert_eq!(max.checked_add(Money::from_i64(1)), Err(Rejection::AmountOverflow));
+        assert_eq!(
+            Money::from_decimal(Decimal::MIN).checked_sub(Money::from_i64(1)),
+            Err(Rejection::AmountOverflow)
+        );
+        assert_eq!(max.checked_mul(Decimal::TWO), Err(Rejection::AmountOverflow));
+    }
+
+    #[test]
+    fn minor_units_round_half_up_once() {
+        let usd = CreditType::usd_cents();
+        assert_eq!(m("1234.5").to_minor_units(&usd), Ok(1235));
+        assert_eq!(m("1234.49999").to_minor_units(&usd), Ok(1234));
+        let eur = CreditType::fiat(Id::from_u128(7), "EUR", 2);
+        assert_eq!(m("10.005").to_minor_units(&eur), Ok(1001));
+        let jpy = CreditType::fiat(Id::from_u128(8), "JPY", 0);
+        assert_eq!(m("99.5").to_minor_units(&jpy), Ok(100));
+        let custom = CreditType {
+            id: Id::from_u128(9),
+            name: "tokens".into(),
+            currency: None,
+            unit: CreditUnit::Custom,
+        };
+        assert_eq!(
+            m("1").to_minor_units(&custom),
+            Err(Rejection::UnsupportedCreditType)
+        );
+    }
+}

@@ -1,0 +1,784 @@
+//! Tests of the billing rules through `Customer::apply`, one rule each, including both seed
+//! examples of the spec verbatim.
+
+use rust_decimal::Decimal;
+
+use super::contract::{InvoiceStatus, Limits, Release, ThresholdKind};
+use super::customer::{Applied, ContractEdit, Ctx, Customer, Input, ThresholdUpdate};
+use super::effects::{Effect, PaymentStatus, WebhookType};
+use super::fixtures::{self, CONTRACT, CUSTOMER, T0};
+use super::gate::{
+    GateType, OutcomeSource, PaymentOutcome, PaymentResult, ProviderError, WorkflowKind,
+    WorkflowState,
+};
+use super::ids::{Id, MS_PER_DAY, Timestamp};
+use super::money::Money;
+use super::rejection::Rejection;
+use super::{Catalog, catalog::CatalogChange};
+
+struct World {
+    catalog: Catalog,
+    limits: Limits,
+    customer: Customer,
+    at: Timestamp,
+    tx: u64,
+}
+
+impl World {
+    fn new(with_stripe: bool) -> World {
+        let mut world = World {
+            catalog: fixtures::catalog(),
+            limits: Limits::default(),
+            customer: Customer::default(),
+            at: T0.plus_ms(MS_PER_DAY),
+            tx: 0,
+        };
+        world
+            .apply(Input::CreateCustomer(fixtures::profile(CUSTOMER, with_stripe)))
+            .unwrap();
+        world
+    }
+
+    fn apply(&mut self, input: Input) -> Result<Applied, Rejection> {
+        self.at = self.at.plus_ms(1_000);
+        let ctx = Ctx {
+            at: self.at,
+            catalog: &self.catalog,
+            catalog_version: self.catalog.version(),
+            limits: &self.limits,
+        };
+        self.customer.apply(&input, &ctx)
+    }
+
+    fn calls(&mut self, n: usize) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for _ in 0..n {
+            self.tx += 1;
+            let event = fixtures::api_call(&format!("tx{}", self.tx), self.at);
+            effects.extend(self.apply(Input::RecordUsage(event)).unwrap().effects);
+        }
+        effects
+    }
+
+    fn outcome(&mut self, workflow_id: Id, source: OutcomeSource, result: PaymentResult) -> Result<Applied, Rejection> {
+        self.apply(Input::PaymentOutcome(PaymentOutcome {
+            workflow_id,
+            source,
+            result,
+            payment_intent_id: (source == OutcomeSource::Stripe).then(|| "pi_123".to_owned()),
+        }))
+    }
+
+    fn contract(&self) -> &super::contract::Contract {
+        &self.customer.contracts[0]
+    }
+
+    fn outstanding(&self) -> Money {
+        self.contract().outstanding_spend().unwrap()
+    }
+
+    fn balance(&self) -> Money {
+        self.contract().balance(self.at).unwrap()
+    }
+}
+
+fn webhooks(effects: &[Effect]) -> Vec<(WebhookType, &super::effects::Webhook)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Webhook(w) => Some((w.webhook_type, w)),
+            Effect::RequestPayment(_) => None,
+        })
+        .collect()
+}
+
+fn types(effects: &[Effect]) -> Vec<&'static str> {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Webhook(w) => w.webhook_type.as_str(),
+            Effect::RequestPayment(_) => "request_payment",
+        })
+        .collect()
+}
+
+fn usd(cents: i64) -> Money {
+    Money::from_i64(cents)
+}
+
+#[test]
+fn seed_usage_hits_100_dollars_invoice_payment_succeeds_commit_released_outstanding_back_to_zero() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+
+    // 99 calls at $1: $99 outstanding, below the threshold.
+    assert!(world.calls(99).is_empty());
+    assert_eq!(world.outstanding(), usd(9_900));
+
+    // The 100th call: user hit $100 of usage.
+    let effects = world.calls(1);
+    assert_eq!(
+        types(&effects),
+        vec!["payment_gate.threshold_reached", "payment_gate.external_initiate"]
+    );
+    let workflow = world.contract().workflows[0].clone();
+    assert_eq!(workflow.kind, WorkflowKind::Spend);
+    assert_eq!(workflow.state, WorkflowState::AwaitingExternal);
+    // -> invoice: SCHEDULED purchase of $100 with the commit, unreleased.
+    let purchase = &world.contract().purchases[0];
+    assert_eq!((purchase.total, purchase.status), (usd(10_000), InvoiceStatus::Finalized));
+    let commit = world.contract().commit(workflow.commit_id).unwrap();
+    assert_eq!(commit.release, Release::Gated { workflow_id: workflow.id });
+    assert_eq!(commit.total_amount().unwrap(), usd(10_000));
+    assert_eq!(world.outstanding(), usd(10_000), "unreleased commit covers nothing");
+    let initiate = webhooks(&effects)[1].1.to_json();
+    assert_eq!(initiate["properties"]["invoice_total"], serde_json::json!(10_000));
+    assert_eq!(initiate["properties"]["invoice_currency"], "USD");
+    assert_eq!(initiate["properties"]["workflow_type"], "spend");
+
+    // -> payment succeeds -> commit released -> outstanding spend back to $0.
+    let effects = world
+        .outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap()
+        .effects;
+    assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
+    assert_eq!(webhooks(&effects)[0].1.payment_status, Some(PaymentStatus::Paid));
+    assert!(world.contract().commit(workflow.commit_id).unwrap().is_released());
+    assert_eq!(world.outstanding(), Money::ZERO);
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Released);
+    let ledger: Vec<&str> = world
+        .contract()
+        .commit(workflow.commit_id)
+        .unwrap()
+        .ledger(CONTRACT, world.at)
+        .iter()
+        .map(|e| e.entry_type.as_str())
+        .collect();
+    assert_eq!(
+        ledger,
+        vec!["PREPAID_COMMIT_SEGMENT_START", "PREPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION"]
+    );
+}
+
+#[test]
+fn seed_balance_fell_below_20_dollars_charge_brings_it_to_50_payment_succeeds_commit_released() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(2_000, 5_000, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    assert_eq!(world.balance(), usd(5_000));
+
+    assert!(world.calls(29).is_empty());
+    assert_eq!(world.balance(), usd(2_100));
+    // The 30th call brings B to exactly $20: B <= threshold fires.
+    assert_eq!(world.calls(1).len(), 2);
+    let workflow = world.contract().workflows[0].clone();
+    assert_eq!(workflow.kind, WorkflowKind::PrepaidBalance);
+    assert_eq!(workflow.access_amount, usd(3_000), "charge to bring it to $50");
+
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(1_999, 5_000, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    assert!(world.calls(30).is_empty(), "$20.00 is not below $19.99");
+    // Balance falls below $20 ...
+    let effects = world.calls(1);
+    assert_eq!(world.balance(), usd(1_900));
+    assert_eq!(
+        types(&effects),
+        vec!["payment_gate.threshold_reached", "payment_gate.external_initiate"]
+    );
+    assert_eq!(webhooks(&effects)[0].1.to_json()["properties"]["workflow_type"], "prepaid_balance");
+    // ... -> charge to bring it to $50 ...
+    let workflow = world.contract().workflows[0].clone();
+    assert_eq!(workflow.access_amount, usd(3_100));
+    assert_eq!(workflow.invoice_total, usd(3_100));
+    assert_eq!(world.balance(), usd(1_900), "the recharge is not usable before payment");
+    // ... -> payment succeeds -> commit released.
+    world
+        .outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap();
+    assert_eq!(world.balance(), usd(5_000));
+    assert!(world.contract().commit(workflow.commit_id).unwrap().is_released());
+}
+
+#[test]
+fn none_gate_releases_at_once_without_payment_status() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::None));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    let effects = world.calls(5);
+    assert_eq!(types(&effects), vec!["payment_gate.threshold_reached"]);
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Released);
+    assert_eq!(world.outstanding(), Money::ZERO);
+    // Later usage draws from the released commit first... it is fully used; S grows again.
+    world.calls(3);
+    assert_eq!(world.outstanding(), usd(300));
+}
+
+#[test]
+fn usage_crossing_threshold_while_a_workflow_is_in_flight_charges_once() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(1_000, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    let first = world.calls(10);
+    assert_eq!(first.len(), 2);
+    // Far past the threshold again while in flight: nothing new.
+    assert!(world.calls(50).is_empty());
+    assert_eq!(world.contract().workflows.len(), 1);
+    let workflow = world.contract().workflows[0].clone();
+    assert_eq!(workflow.access_amount, usd(1_000));
+    // It ends: the commit covers its $10, $50 remain outstanding and the next evaluation (at
+    // the end of the workflow) decides again.
+    let effects = world
+        .outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap()
+        .effects;
+    assert_eq!(
+        types(&effects),
+        vec![
+            "payment_gate.payment_status",
+            "payment_gate.threshold_reached",
+            "payment_gate.external_initiate"
+        ]
+    );
+    assert_eq!(world.contract().workflows.len(), 2);
+    assert_eq!(world.contract().workflows[1].access_amount, usd(5_000));
+    assert_ne!(world.contract().workflows[1].id, workflow.id);
+}
+
+#[test]
+fn failed_payment_voids_invoice_cancels_commit_and_disables_the_configuration() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(1_000, 5_000, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(40);
+    let workflow = world.contract().workflows[0].clone();
+    let effects = world
+        .outcome(
+            workflow.id,
+            OutcomeSource::External,
+            PaymentResult::Failed { error: None },
+        )
+        .unwrap()
+        .effects;
+    assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
+    assert_eq!(webhooks(&effects)[0].1.payment_status, Some(PaymentStatus::Failed));
+    let contract = world.contract();
+    assert_eq!(contract.workflows[0].state, WorkflowState::Failed);
+    assert_eq!(contract.purchases.last().unwrap().status, InvoiceStatus::Void);
+    let commit = contract.commit(workflow.commit_id).unwrap();
+    assert!(matches!(commit.release, Release::Canceled { .. }));
+    assert_eq!(
+        commit.ledger(CONTRACT, world.at)[0].entry_type.as_str(),
+        "PREPAID_COMMIT_CANCELED"
+    );
+    assert!(!contract.prepaid_threshold.as_ref().unwrap().is_enabled);
+    // No automatic retry: more usage does nothing.
+    assert!(world.calls(5).is_empty());
+    // A repeated outcome changes nothing.
+    assert_eq!(
+        world.outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid),
+        Err(Rejection::WorkflowAlreadyEnded)
+    );
+    // Re-enabling evaluates at once and starts a new attempt.
+    let applied = world
+        .apply(Input::EditContract(ContractEdit {
+            edit_id: Id::from_u128(77),
+            contract_id: CONTRACT,
+            update_prepaid_threshold: Some(ThresholdUpdate {
+                is_enabled: Some(true),
+                ..ThresholdUpdate::default()
+            }),
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    assert_eq!(
+        types(&applied.effects),
+        vec!["payment_gate.threshold_reached", "payment_gate.external_initiate"]
+    );
+    assert_eq!(world.contract().workflows.len(), 2);
+}
+
+#[test]
+fn stripe_gate_requests_payment_and_reports_action_required_once() {
+    let mut world = World::new(true);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    let effects = world.calls(5);
+    assert_eq!(types(&effects), vec!["payment_gate.threshold_reached", "request_payment"]);
+    let Effect::RequestPayment(request) = &effects[1] else { unreachable!() };
+    assert_eq!(request.amount, usd(500));
+    assert_eq!(request.stripe_customer_id, "cus_test");
+    let workflow_id = request.workflow_id;
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Charging);
+
+    let action = PaymentResult::ActionRequired { error_message: Some("three_d_secure_redirect".into()) };
+    let effects = world.outcome(workflow_id, OutcomeSource::Stripe, action.clone()).unwrap().effects;
+    assert_eq!(types(&effects), vec!["payment_gate.payment_pending_action_required"]);
+    let body = webhooks(&effects)[0].1.to_json();
+    assert_eq!(body["properties"]["billing_provider"]["stripe"]["payment_intent_id"], "pi_123");
+    assert!(world.outcome(workflow_id, OutcomeSource::Stripe, action).unwrap().effects.is_empty());
+    assert_eq!(
+        world.outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid),
+        Err(Rejection::WorkflowGateMismatch)
+    );
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, PaymentResult::Paid)
+        .unwrap()
+        .effects;
+    assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
+    assert_eq!(world.outstanding(), Money::ZERO);
+}
+
+#[test]
+fn stripe_decline_code_reaches_the_payment_status_webhook() {
+    let mut world = World::new(true);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(5);
+    let workflow_id = world.contract().workflows[0].id;
+    let error = ProviderError {
+        error_type: Some("card_error".into()),
+        code: Some("card_declined".into()),
+        decline_code: Some("insufficient_funds".into()),
+        message: Some("Your card has insufficient funds.".into()),
+    };
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, PaymentResult::Failed { error: Some(error) })
+        .unwrap()
+        .effects;
+    let body = webhooks(&effects)[0].1.to_json();
+    assert_eq!(body["properties"]["payment_status"], "failed");
+    assert_eq!(
+        body["properties"]["billing_provider"]["stripe"]["error"]["decline_code"],
+        "insufficient_funds"
+    );
+    assert_eq!(body["properties"]["error_message"], "Your card has insufficient funds.");
+}
+
+#[test]
+fn a_stripe_gate_needs_the_customers_stripe_configuration() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
+    assert_eq!(world.apply(Input::CreateContract(spec)), Err(Rejection::StripeNotConfigured));
+    assert!(world.customer.contracts.is_empty());
+}
+
+#[test]
+fn payment_gated_commit_is_withheld_until_paid_without_threshold_reached() {
+    let mut world = World::new(false);
+    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    let mut commit = fixtures::prepaid_commit(2_000, 10);
+    commit.payment_gate = Some(fixtures::gate(GateType::External));
+    let applied = world
+        .apply(Input::EditContract(ContractEdit {
+            edit_id: Id::from_u128(5),
+            contract_id: CONTRACT,
+            uniqueness_key: Some("purchase-123".into()),
+            add_commits: vec![commit.clone()],
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    assert_eq!(types(&applied.effects), vec!["payment_gate.external_initiate"]);
+    assert_eq!(applied.created.len(), 1);
+    let body = webhooks(&applied.effects)[0].1.to_json();
+    assert_eq!(body["properties"]["workflow_type"], "manual_commit");
+    assert_eq!(body["properties"]["invoice_total"], serde_json::json!(2_000));
+    assert_eq!(world.balance(), Money::ZERO);
+    let workflow_id = world.contract().workflows[0].id;
+    world.outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid).unwrap();
+    assert_eq!(world.balance(), usd(2_000));
+    // The same uniqueness key again: 409, nothing added.
+    let again = world.apply(Input::EditContract(ContractEdit {
+        edit_id: Id::from_u128(6),
+        contract_id: CONTRACT,
+        uniqueness_key: Some("purchase-123".into()),
+        add_commits: vec![commit],
+        ..ContractEdit::default()
+    }));
+    assert_eq!(again, Err(Rejection::UniquenessKeyReused));
+    assert_eq!(world.contract().commits.len(), 1);
+}
+
+#[test]
+fn released_commits_draw_free_before_paid_and_cover_spend() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(300, 10)];
+    spec.credits = vec![fixtures::credit(200, 10)];
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(3);
+    let contract = world.contract();
+    let remaining: Vec<Money> = contract.commits.iter().map(|c| c.balance_at(world.at).unwrap()).collect();
+    assert_eq!(remaining, vec![usd(200), Money::ZERO], "the free credit drains first");
+    assert_eq!(world.outstanding(), Money::ZERO);
+    world.calls(3);
+    assert_eq!(world.outstanding(), usd(100));
+    assert_eq!(world.balance(), Money::ZERO);
+}
+
+#[test]
+fn tiered_rates_charge_the_period_total_across_tiers() {
+    let mut world = World::new(false);
+    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    let at = world.at;
+    world.apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "600"))).unwrap();
+    world.apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "900.5"))).unwrap();
+    // 1000 at 2 cents + 500.5 at 1 cent.
+    assert_eq!(world.outstanding(), Money::parse("2500.5").unwrap());
+    // A negative SUM value lowers the charge.
+    world.apply(Input::RecordUsage(fixtures::llm_tokens("c", at, "-500.5"))).unwrap();
+    assert_eq!(world.outstanding(), usd(2_000));
+}
+
+#[test]
+fn a_negative_usage_value_gives_drawn_balance_back() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.credits = vec![fixtures::credit(10_000, 1)];
+    world.apply(Input::CreateContract(spec)).unwrap();
+    let at = world.at;
+    world.apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "100"))).unwrap();
+    assert_eq!(world.balance(), usd(9_800));
+    world.apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "-40"))).unwrap();
+    assert_eq!(world.balance(), usd(9_880));
+    assert_eq!(world.outstanding(), Money::ZERO);
+}
+
+#[test]
+fn discount_lowers_the_invoice_not_the_access_amount() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    let mut config = fixtures::prepaid_threshold(500, 5_000, GateType::External);
+    config.discount = Some(fixtures::discount("0.9"));
+    spec.prepaid_threshold = Some(config);
+    // No balance at all: B = 0 <= $5 fires at creation.
+    let applied = world.apply(Input::CreateContract(spec)).unwrap();
+    assert_eq!(applied.effects.len(), 2);
+    let workflow = &world.contract().workflows[0];
+    assert_eq!(workflow.access_amount, usd(5_000));
+    assert_eq!(workflow.invoice_total, usd(4_500));
+}
+
+#[test]
+fn threshold_configurations_are_validated() {
+    let cases: Vec<(super::contract::ThresholdConfig, Rejection)> = vec![
+        (
+            fixtures::prepaid_threshold(499, 5_000, GateType::None),
+            Rejection::ThresholdTooLow("500".into()),
+        ),
+        (
+            fixtures::prepaid_threshold(500, 1_499, GateType::None),
+            Rejection::RechargeGapTooSmall("1000".into()),
+        ),
+        (
+            {
+                let mut c = fixtures::prepaid_threshold(500, 5_000, GateType::None);
+                c.recharge_to_amount = None;
+                c
+            },
+            Rejection::MissingField("prepaid_balance_threshold_configuration.recharge_to_amount"),
+        ),
+        (
+            fixtures::spend_threshold(0, GateType::None),
+            Rejection::InvalidField(
+                "spend_threshold_configuration.threshold_amount: must be positive".into(),
+            ),
+        ),
+        (
+            {
+                let mut c = fixtures::spend_threshold(100, GateType::None);
+                c.commit.applicable_product_ids = vec![fixtures::API_PRODUCT];
+                c
+            },
+            Rejection::InvalidField(
+                "spend_threshold_configuration.commit: spend threshold commits apply to all products"
+                    .into(),
+            ),
+        ),
+        (
+            {
+                let mut c = fixtures::spend_threshold(100, GateType::None);
+                c.commit.product_id = fixtures::API_PRODUCT;
+                c
+            },
+            Rejection::WrongProductType("commit.product_id must be a FIXED product".into()),
+        ),
+        (
+            {
+                let mut c = fixtures::spend_threshold(100, GateType::None);
+                c.discount = Some(fixtures::discount("1.5"));
+                c
+            },
+            Rejection::InvalidField(
+                "spend_threshold_configuration.discount_configuration.payment_fraction: must be in (0, 1]"
+                    .into(),
+            ),
+        ),
+    ];
+    for (config, expected) in cases {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        match config.kind {
+            ThresholdKind::Spend => spec.spend_threshold = Some(config),
+            ThresholdKind::PrepaidBalance => spec.prepaid_threshold = Some(config),
+        }
+        assert_eq!(world.apply(Input::CreateContract(spec)), Err(expected));
+        assert!(world.customer.contracts.is_empty());
+    }
+    // The limits are configuration.
+    let mut world = World::new(false);
+    world.limits.prepaid_threshold_min_usd_cents = usd(100);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(200, 5_000, GateType::None));
+    assert!(world.apply(Input::CreateContract(spec)).is_ok());
+}
+
+#[test]
+fn rejected_edits_change_nothing() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(3);
+    let before = world.customer.clone();
+    let bad_edits = vec![
+        (
+            ContractEdit {
+                add_spend_threshold: Some(fixtures::spend_threshold(100, GateType::None)),
+                ..ContractEdit::default()
+            },
+            Rejection::ThresholdConfigExists("spend"),
+        ),
+        (
+            ContractEdit {
+                update_prepaid_threshold: Some(ThresholdUpdate::default()),
+                ..ContractEdit::default()
+            },
+            Rejection::ThresholdConfigMissing("prepaid balance"),
+        ),
+        (
+            ContractEdit {
+                // A valid threshold update plus an invalid commit: the whole edit is refused.
+                update_spend_threshold: Some(ThresholdUpdate {
+                    threshold_amount: Some(usd(100)),
+                    ..ThresholdUpdate::default()
+                }),
+                add_commits: vec![{
+                    let mut c = fixtures::prepaid_commit(100, 1);
+                    c.access_schedule.clear();
+                    c
+                }],
+                ..ContractEdit::default()
+            },
+            Rejection::InvalidField(
+                "add_commits[0].access_schedule.schedule_items: at least one item is required"
+                    .into(),
+            ),
+        ),
+    ];
+    for (mut edit, expected) in bad_edits {
+        edit.contract_id = CONTRACT;
+        assert_eq!(world.apply(Input::EditContract(edit)), Err(expected));
+        assert_eq!(world.customer, before);
+    }
+    let unknown = ContractEdit { contract_id: Id::from_u128(1), ..ContractEdit::default() };
+    assert_eq!(world.apply(Input::EditContract(unknown)), Err(Rejection::ContractNotFound));
+    assert_eq!(
+        world.outcome(Id::from_u128(9), OutcomeSource::External, PaymentResult::Paid),
+        Err(Rejection::WorkflowNotFound)
+    );
+    assert_eq!(world.customer, before);
+}
+
+#[test]
+fn lowering_the_threshold_evaluates_at_once() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::None));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(3);
+    let applied = world
+        .apply(Input::EditContract(ContractEdit {
+            contract_id: CONTRACT,
+            update_spend_threshold: Some(ThresholdUpdate {
+                threshold_amount: Some(usd(200)),
+                ..ThresholdUpdate::default()
+            }),
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    assert_eq!(types(&applied.effects), vec!["payment_gate.threshold_reached"]);
+    assert_eq!(world.outstanding(), Money::ZERO);
+}
+
+#[test]
+fn disabling_stops_evaluation_but_lets_the_in_flight_workflow_finish() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(5);
+    let workflow_id = world.contract().workflows[0].id;
+    world
+        .apply(Input::EditContract(ContractEdit {
+            contract_id: CONTRACT,
+            update_spend_threshold: Some(ThresholdUpdate {
+                is_enabled: Some(false),
+                ..ThresholdUpdate::default()
+            }),
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    world.calls(20);
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap()
+        .effects;
+    assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
+    assert_eq!(world.contract().workflows.len(), 1);
+    assert_eq!(world.outstanding(), usd(2_000));
+}
+
+#[test]
+fn periods_close_after_the_grace_and_leave_outstanding_spend() {
+    let mut world = World::new(false);
+    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    world.calls(2);
+    assert_eq!(world.outstanding(), usd(200));
+    world.at = Timestamp::parse_rfc3339("2025-02-15T00:00:00Z").unwrap();
+    world.apply(Input::Tick).unwrap();
+    assert_eq!(world.outstanding(), usd(200), "January stays draft during the grace");
+    world.at = Timestamp::parse_rfc3339("2025-03-07T00:00:00Z").unwrap();
+    world.apply(Input::Tick).unwrap();
+    assert_eq!(world.contract().periods[0].status, InvoiceStatus::Finalized);
+    assert_eq!(world.outstanding(), Money::ZERO);
+}
+
+#[test]
+fn purchase_invoices_void_only_when_no_payment_is_in_flight() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(1_000, 1)];
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::External));
+    world.apply(Input::CreateContract(spec)).unwrap();
+    world.calls(20);
+    let purchases = world.contract().purchases.clone();
+    let gated = purchases.iter().find(|p| p.workflow_id.is_some()).unwrap().id;
+    let plain = purchases.iter().find(|p| p.workflow_id.is_none()).unwrap().id;
+    assert!(matches!(
+        world.apply(Input::VoidInvoice { invoice_id: gated }),
+        Err(Rejection::InvoiceNotVoidable(_))
+    ));
+    world.apply(Input::VoidInvoice { invoice_id: plain }).unwrap();
+    assert_eq!(
+        world.apply(Input::VoidInvoice { invoice_id: plain }),
+        Err(Rejection::InvoiceNotVoidable("already void"))
+    );
+    let usage_invoice = world.contract().periods[0].invoice_id;
+    assert!(matches!(
+        world.apply(Input::VoidInvoice { invoice_id: usage_invoice }),
+        Err(Rejection::InvoiceNotVoidable(_))
+    ));
+    assert_eq!(
+        world.apply(Input::VoidInvoice { invoice_id: Id::from_u128(3) }),
+        Err(Rejection::InvoiceNotFound)
+    );
+}
+
+#[test]
+fn rates_added_after_an_input_do_not_change_its_replay() {
+    let mut world = World::new(false);
+    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    let version = world.catalog.version();
+    world
+        .catalog
+        .apply(CatalogChange::AddRates {
+            rate_card_id: fixtures::RATE_CARD,
+            rates: vec![super::catalog::Rate {
+                product_id: fixtures::API_PRODUCT,
+                price: super::catalog::Price::Flat(usd(7)),
+                entitled: true,
+                starting_at: T0,
+                ending_before: None,
+                credit_type_id: super::money::CreditType::usd_cents().id,
+                added_in_version: 0,
+            }],
+        })
+        .unwrap();
+    let ctx = Ctx {
+        at: world.at,
+        catalog: &world.catalog,
+        catalog_version: version,
+        limits: &world.limits,
+    };
+    world
+        .customer
+        .apply(&Input::RecordUsage(fixtures::api_call("x", world.at)), &ctx)
+        .unwrap();
+    assert_eq!(world.outstanding(), usd(100));
+    world.calls(1);
+    assert_eq!(world.outstanding(), usd(107));
+}
+
+#[test]
+fn webhook_bodies_have_metronome_shape_and_stable_ids() {
+    let run = || {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.spend_threshold = Some(fixtures::spend_threshold(100, GateType::External));
+        world.apply(Input::CreateContract(spec)).unwrap();
+        world.calls(1)
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b, "same inputs, same effects and ids");
+    let body = webhooks(&a)[0].1.to_json();
+    assert_eq!(body["type"], "payment_gate.threshold_reached");
+    assert_eq!(body["properties"]["customer_id"], CUSTOMER.to_string());
+    assert_eq!(body["properties"]["contract_id"], CONTRACT.to_string());
+    assert!(body["properties"]["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(Id::parse(body["id"].as_str().unwrap()).is_some());
+    let ids: Vec<Id> = a.iter().map(Effect::id).collect();
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn usage_outside_the_contract_or_matching_no_metric_is_ignored() {
+    let mut world = World::new(false);
+    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    let before = world.customer.clone();
+    let early = fixtures::api_call("early", T0.plus_ms(-1));
+    world.apply(Input::RecordUsage(early)).unwrap();
+    let mut unknown = fixtures::api_call("other", world.at);
+    unknown.event_type = "page_view".into();
+    world.apply(Input::RecordUsage(unknown)).unwrap();
+    let bad_sum = fixtures::llm_tokens("bad", world.at, "lots");
+    world.apply(Input::RecordUsage(bad_sum)).unwrap();
+    assert_eq!(world.customer, before);
+    assert_eq!(world.outstanding(), Money::ZERO);
+    let _ = Decimal::ZERO;
+}
+
+#[test]
+fn usage_for_a_customer_that_does_not_exist_is_refused() {
+    let catalog = fixtures::catalog();
+    let limits = Limits::default();
+    let ctx = Ctx { at: T0, catalog: &catalog, catalog_version: catalog.version(), limits: &limits };
+    let mut nobody = Customer::default();
+    assert_eq!(
+        nobody.apply(&Input::RecordUsage(fixtures::api_call("x", T0)), &ctx),
+        Err(Rejection::CustomerNotFound)
+    );
+}

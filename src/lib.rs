@@ -1,0 +1,7 @@
+//! Tollgate: usage-based threshold billing and auto-recharge with payment-gated commits.
+//!
+//! Layering (see `../shared/DESIGN.md`): `domain` is the pure rules, `storage` is the only place
+//! bytes reach disk, `actors` owns state and concurrency behind the `Engine` facade, `http` is
+//! the only place status codes exist.
+pub mod domain;
+pub mod storage;
