@@ -291,12 +291,21 @@ impl RateCard {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CatalogChange {
     CreateBillableMetric(BillableMetric),
-    ArchiveBillableMetric { id: Id, at: Timestamp },
+    ArchiveBillableMetric {
+        id: Id,
+        at: Timestamp,
+    },
     CreateProduct(Product),
-    ArchiveProduct { id: Id, at: Timestamp },
+    ArchiveProduct {
+        id: Id,
+        at: Timestamp,
+    },
     CreateRateCard(RateCard),
     /// Adds rates to a rate card (their `added_in_version` is set on apply).
-    AddRates { rate_card_id: Id, rates: Vec<Rate> },
+    AddRates {
+        rate_card_id: Id,
+        rates: Vec<Rate>,
+    },
 }
 
 /// Every catalog object plus the indexes rating needs.
@@ -442,7 +451,10 @@ impl Catalog {
                         return Err(Rejection::ProductNotFound(rate.product_id.to_string()));
                     }
                     rate.price.validate()?;
-                    if rate.ending_before.is_some_and(|end| end <= rate.starting_at) {
+                    if rate
+                        .ending_before
+                        .is_some_and(|end| end <= rate.starting_at)
+                    {
                         return Err(Rejection::invalid(
                             "ending_before",
                             "must be after starting_at",
@@ -584,7 +596,10 @@ mod tests {
     #[test]
     fn contributions_follow_the_aggregation() {
         let e = event("api_call", &[("tokens", "12.5"), ("user", "alice")]);
-        assert_eq!(metric(Aggregation::Count, None).contribution(&e), Some(Contribution::Count));
+        assert_eq!(
+            metric(Aggregation::Count, None).contribution(&e),
+            Some(Contribution::Count)
+        );
         assert_eq!(
             metric(Aggregation::Sum, Some("tokens")).contribution(&e),
             Some(Contribution::Sum(d("12.5")))
@@ -597,8 +612,14 @@ mod tests {
             metric(Aggregation::Unique, Some("user")).contribution(&e),
             Some(Contribution::Unique(_))
         ));
-        assert_eq!(metric(Aggregation::Sum, Some("missing")).contribution(&e), None);
-        assert_eq!(metric(Aggregation::Sum, Some("user")).contribution(&e), None);
+        assert_eq!(
+            metric(Aggregation::Sum, Some("missing")).contribution(&e),
+            None
+        );
+        assert_eq!(
+            metric(Aggregation::Sum, Some("user")).contribution(&e),
+            None
+        );
     }
 
     #[test]
@@ -615,17 +636,31 @@ mod tests {
     #[test]
     fn tiered_prices_charge_each_tier_at_its_price() {
         let tiered = Price::Tiered(vec![
-            Tier { price: Money::from_i64(10), size: Some(d("100")) },
-            Tier { price: Money::from_i64(5), size: Some(d("900")) },
-            Tier { price: Money::from_i64(1), size: None },
+            Tier {
+                price: Money::from_i64(10),
+                size: Some(d("100")),
+            },
+            Tier {
+                price: Money::from_i64(5),
+                size: Some(d("900")),
+            },
+            Tier {
+                price: Money::from_i64(1),
+                size: None,
+            },
         ]);
         tiered.validate().unwrap();
         assert_eq!(tiered.charge_for(d("50")).unwrap(), Money::from_i64(500));
         assert_eq!(tiered.charge_for(d("100")).unwrap(), Money::from_i64(1000));
         assert_eq!(tiered.charge_for(d("150")).unwrap(), Money::from_i64(1250));
-        assert_eq!(tiered.charge_for(d("2000")).unwrap(), Money::from_i64(1000 + 4500 + 1000));
         assert_eq!(
-            Price::Flat(Money::parse("0.0087").unwrap()).charge_for(d("1000")).unwrap(),
+            tiered.charge_for(d("2000")).unwrap(),
+            Money::from_i64(1000 + 4500 + 1000)
+        );
+        assert_eq!(
+            Price::Flat(Money::parse("0.0087").unwrap())
+                .charge_for(d("1000"))
+                .unwrap(),
             Money::parse("8.7").unwrap()
         );
     }
@@ -635,8 +670,14 @@ mod tests {
         assert!(Price::Flat(Money::from_i64(-1)).validate().is_err());
         assert!(Price::Tiered(vec![]).validate().is_err());
         let unsized_middle = Price::Tiered(vec![
-            Tier { price: Money::from_i64(1), size: None },
-            Tier { price: Money::from_i64(1), size: None },
+            Tier {
+                price: Money::from_i64(1),
+                size: None,
+            },
+            Tier {
+                price: Money::from_i64(1),
+                size: None,
+            },
         ]);
         assert!(unsized_middle.validate().is_err());
     }
@@ -645,16 +686,22 @@ mod tests {
     fn rates_added_later_are_invisible_to_earlier_versions() {
         let mut catalog = Catalog::default();
         let m = metric(Aggregation::Count, None);
-        catalog.apply(CatalogChange::CreateBillableMetric(m.clone())).unwrap();
+        catalog
+            .apply(CatalogChange::CreateBillableMetric(m.clone()))
+            .unwrap();
         let product = Product {
             id: Id::from_u128(2),
             name: "calls".into(),
-            kind: ProductKind::Usage { billable_metric_id: m.id },
+            kind: ProductKind::Usage {
+                billable_metric_id: m.id,
+            },
             tags: vec![],
             created_at: Timestamp(0),
             archived_at: None,
         };
-        catalog.apply(CatalogChange::CreateProduct(product.clone())).unwrap();
+        catalog
+            .apply(CatalogChange::CreateProduct(product.clone()))
+            .unwrap();
         let card = RateCard {
             id: Id::from_u128(3),
             name: "list".into(),
@@ -664,7 +711,9 @@ mod tests {
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
         };
-        catalog.apply(CatalogChange::CreateRateCard(card.clone())).unwrap();
+        catalog
+            .apply(CatalogChange::CreateRateCard(card.clone()))
+            .unwrap();
         let rate = |price: i64, start: i64| Rate {
             product_id: product.id,
             price: Price::Flat(Money::from_i64(price)),
@@ -675,15 +724,24 @@ mod tests {
             added_in_version: 0,
         };
         catalog
-            .apply(CatalogChange::AddRates { rate_card_id: card.id, rates: vec![rate(2, 0)] })
+            .apply(CatalogChange::AddRates {
+                rate_card_id: card.id,
+                rates: vec![rate(2, 0)],
+            })
             .unwrap();
         let v1 = catalog.version();
         catalog
-            .apply(CatalogChange::AddRates { rate_card_id: card.id, rates: vec![rate(3, 10)] })
+            .apply(CatalogChange::AddRates {
+                rate_card_id: card.id,
+                rates: vec![rate(3, 10)],
+            })
             .unwrap();
         let card = catalog.rate_card(card.id).unwrap();
         let price_of = |r: Option<&Rate>| r.map(|r| r.price.clone());
-        assert_eq!(price_of(card.rate_at(product.id, Timestamp(20), v1)), Some(Price::Flat(Money::from_i64(2))));
+        assert_eq!(
+            price_of(card.rate_at(product.id, Timestamp(20), v1)),
+            Some(Price::Flat(Money::from_i64(2)))
+        );
         assert_eq!(
             price_of(card.rate_at(product.id, Timestamp(20), catalog.version())),
             Some(Price::Flat(Money::from_i64(3)))
@@ -705,7 +763,9 @@ mod tests {
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
         };
-        catalog.apply(CatalogChange::CreateRateCard(card.clone())).unwrap();
+        catalog
+            .apply(CatalogChange::CreateRateCard(card.clone()))
+            .unwrap();
         let version = catalog.version();
         let err = catalog.apply(CatalogChange::AddRates {
             rate_card_id: card.id,

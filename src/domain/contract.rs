@@ -66,11 +66,17 @@ pub struct InvoiceScheduleItem {
 /// Whether a commit's balance can be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Release {
-    Released { at: Timestamp },
+    Released {
+        at: Timestamp,
+    },
     /// Withheld until the workflow's payment succeeds.
-    Gated { workflow_id: Id },
+    Gated {
+        workflow_id: Id,
+    },
     /// The purchase failed: never usable.
-    Canceled { at: Timestamp },
+    Canceled {
+        at: Timestamp,
+    },
 }
 
 /// Amount drawn from one segment by one usage invoice (one ledger entry, updated in place).
@@ -169,7 +175,12 @@ impl Commit {
                 existing.amount = existing.amount.checked_add(amount)?;
                 existing.at = existing.at.max(at);
             }
-            None => self.deductions.push(Deduction { segment, invoice_id, amount, at }),
+            None => self.deductions.push(Deduction {
+                segment,
+                invoice_id,
+                amount,
+                at,
+            }),
         }
         Ok(())
     }
@@ -194,7 +205,9 @@ impl Commit {
                 Release::Canceled { at } => {
                     entries.push(LedgerEntry {
                         entry_type: names.canceled,
-                        amount: Money::ZERO.checked_sub(segment.amount).unwrap_or(Money::ZERO),
+                        amount: Money::ZERO
+                            .checked_sub(segment.amount)
+                            .unwrap_or(Money::ZERO),
                         segment_id: segment.id,
                         timestamp: at,
                         invoice_id: purchase_invoice,
@@ -207,7 +220,9 @@ impl Commit {
             for deduction in self.deductions.iter().filter(|d| d.segment == index) {
                 entries.push(LedgerEntry {
                     entry_type: names.deduction,
-                    amount: Money::ZERO.checked_sub(deduction.amount).unwrap_or(Money::ZERO),
+                    amount: Money::ZERO
+                        .checked_sub(deduction.amount)
+                        .unwrap_or(Money::ZERO),
                     segment_id: segment.id,
                     timestamp: deduction.at,
                     invoice_id: Some(deduction.invoice_id),
@@ -375,9 +390,9 @@ impl Aggregate {
     /// The quantity after adding `contribution`, without changing the aggregate.
     pub fn quantity_with(&self, contribution: &Contribution) -> Result<Decimal, Rejection> {
         Ok(match (self, contribution) {
-            (Aggregate::Count(q), Contribution::Count) => {
-                q.checked_add(Decimal::ONE).ok_or(Rejection::AmountOverflow)?
-            }
+            (Aggregate::Count(q), Contribution::Count) => q
+                .checked_add(Decimal::ONE)
+                .ok_or(Rejection::AmountOverflow)?,
             (Aggregate::Sum(q), Contribution::Sum(v)) => {
                 q.checked_add(*v).ok_or(Rejection::AmountOverflow)?
             }
@@ -571,9 +586,11 @@ impl ThresholdConfig {
             ThresholdKind::Spend => "spend_threshold_configuration",
             ThresholdKind::PrepaidBalance => "prepaid_balance_threshold_configuration",
         };
-        self.gate.validate(&format!("{field}.payment_gate_config"))?;
+        self.gate
+            .validate(&format!("{field}.payment_gate_config"))?;
         if let Some(discount) = &self.discount {
-            if discount.payment_fraction <= Decimal::ZERO || discount.payment_fraction > Decimal::ONE
+            if discount.payment_fraction <= Decimal::ZERO
+                || discount.payment_fraction > Decimal::ONE
             {
                 return Err(Rejection::invalid(
                     &format!("{field}.discount_configuration.payment_fraction"),
@@ -624,7 +641,10 @@ impl ThresholdConfig {
                     ));
                 }
                 let (min, gap) = if credit_type.is_usd_cents() {
-                    (limits.prepaid_threshold_min_usd_cents, limits.recharge_gap_min_usd_cents)
+                    (
+                        limits.prepaid_threshold_min_usd_cents,
+                        limits.recharge_gap_min_usd_cents,
+                    )
                 } else {
                     (Money::ZERO, Money::ZERO)
                 };
@@ -710,7 +730,11 @@ impl Contract {
     /// credit.
     pub fn outstanding_spend(&self) -> Result<Money, Rejection> {
         let mut total = Money::ZERO;
-        for period in self.periods.iter().filter(|p| p.status == InvoiceStatus::Draft) {
+        for period in self
+            .periods
+            .iter()
+            .filter(|p| p.status == InvoiceStatus::Draft)
+        {
             total = total.checked_add(period.uncovered()?)?;
         }
         Ok(total)
@@ -797,7 +821,7 @@ mod tests {
         scoped.applicable_product_ids = vec![Id::from_u128(77)];
         let mut early_end = commit(6, CommitKind::Prepaid, 10, true);
         early_end.segments[0].ending_before = Timestamp(500);
-        let mut contract_commits = vec![
+        let mut contract_commits = [
             postpaid_low_priority,
             paid_prepaid,
             credit,
@@ -818,7 +842,9 @@ mod tests {
         c.segments[0].drawn = Money::from_i64(30);
         assert_eq!(c.balance_at(Timestamp(10)).unwrap(), Money::from_i64(70));
         assert_eq!(c.balance_at(Timestamp(1_000)).unwrap(), Money::ZERO);
-        c.release = Release::Gated { workflow_id: Id::from_u128(9) };
+        c.release = Release::Gated {
+            workflow_id: Id::from_u128(9),
+        };
         assert_eq!(c.balance_at(Timestamp(10)).unwrap(), Money::ZERO);
         assert!(!commit(2, CommitKind::Postpaid, 1, true).counts_in_balance());
     }
@@ -827,8 +853,10 @@ mod tests {
     fn ledger_has_one_deduction_per_segment_and_invoice() {
         let mut c = commit(1, CommitKind::Prepaid, 1, true);
         let invoice = Id::from_u128(42);
-        c.record_deduction(0, invoice, Money::from_i64(10), Timestamp(5)).unwrap();
-        c.record_deduction(0, invoice, Money::from_i64(15), Timestamp(7)).unwrap();
+        c.record_deduction(0, invoice, Money::from_i64(10), Timestamp(5))
+            .unwrap();
+        c.record_deduction(0, invoice, Money::from_i64(15), Timestamp(7))
+            .unwrap();
         let ledger = c.ledger(Id::from_u128(1), Timestamp(2_000));
         let types: Vec<&str> = ledger.iter().map(|e| e.entry_type.as_str()).collect();
         assert_eq!(
@@ -850,10 +878,19 @@ mod tests {
     #[test]
     fn aggregates_compute_quantities() {
         let mut unique = Aggregate::empty_for(&Contribution::Unique(1));
-        assert_eq!(unique.quantity_with(&Contribution::Unique(1)).unwrap(), Decimal::ONE);
+        assert_eq!(
+            unique.quantity_with(&Contribution::Unique(1)).unwrap(),
+            Decimal::ONE
+        );
         unique.add(&Contribution::Unique(1));
-        assert_eq!(unique.quantity_with(&Contribution::Unique(1)).unwrap(), Decimal::ONE);
-        assert_eq!(unique.quantity_with(&Contribution::Unique(2)).unwrap(), Decimal::TWO);
+        assert_eq!(
+            unique.quantity_with(&Contribution::Unique(1)).unwrap(),
+            Decimal::ONE
+        );
+        assert_eq!(
+            unique.quantity_with(&Contribution::Unique(2)).unwrap(),
+            Decimal::TWO
+        );
         let mut max = Aggregate::empty_for(&Contribution::Max(Decimal::ONE));
         max.add(&Contribution::Max(Decimal::from(5)));
         max.add(&Contribution::Max(Decimal::from(3)));

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{Catalog, Contribution, ProductKind};
 use super::contract::{
     Commit, CommitKind, Contract, Discount, InvoiceScheduleItem, InvoiceStatus, Limits,
-    PurchaseInvoice, Release, Segment, ThresholdCommit, ThresholdConfig, ThresholdKind,
-    UsageLine, UsagePeriod,
+    PurchaseInvoice, Release, Segment, ThresholdCommit, ThresholdConfig, ThresholdKind, UsageLine,
+    UsagePeriod,
 };
 use super::effects::{Effect, PaymentRequest, PaymentStatus, Webhook, WebhookType};
 use super::gate::{
@@ -169,17 +169,33 @@ pub struct ContractEdit {
 /// Every input that changes a customer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Input {
-    CreateCustomer(CustomerProfile),
+    CreateCustomer(Box<CustomerProfile>),
     SetIngestAliases(Vec<String>),
     SetStripeBilling(StripeBilling),
     ArchiveCustomer,
     RecordUsage(UsageEvent),
-    CreateContract(ContractSpec),
-    EditContract(ContractEdit),
+    CreateContract(Box<ContractSpec>),
+    EditContract(Box<ContractEdit>),
     PaymentOutcome(PaymentOutcome),
-    VoidInvoice { invoice_id: Id },
+    VoidInvoice {
+        invoice_id: Id,
+    },
     /// Time passed: close billing periods, expire segments, evaluate thresholds.
     Tick,
+}
+
+impl Input {
+    pub fn create_customer(profile: CustomerProfile) -> Input {
+        Input::CreateCustomer(Box::new(profile))
+    }
+
+    pub fn create_contract(spec: ContractSpec) -> Input {
+        Input::CreateContract(Box::new(spec))
+    }
+
+    pub fn edit(edit: ContractEdit) -> Input {
+        Input::EditContract(Box::new(edit))
+    }
 }
 
 /// The result of an accepted input.
@@ -232,7 +248,7 @@ impl Customer {
                 if profile.name.trim().is_empty() {
                     return Err(Rejection::MissingField("name"));
                 }
-                self.profile = Some(profile.clone());
+                self.profile = Some((**profile).clone());
             }
             Input::SetIngestAliases(aliases) => {
                 self.profile_mut()?.ingest_aliases = aliases.clone();
@@ -308,8 +324,8 @@ impl Customer {
                     });
                     let (old_charged, old_quantity, new_quantity) = match line {
                         Some(li) => {
-                            let l = &contract.periods[period.expect("line implies period")].lines
-                                [li];
+                            let l =
+                                &contract.periods[period.expect("line implies period")].lines[li];
                             let old = l.aggregate.quantity();
                             (l.charged, old, l.aggregate.quantity_with(&contribution)?)
                         }
@@ -378,8 +394,15 @@ impl Customer {
             line.aggregate.add(&charge.contribution);
             line.charged = charge.new_charged;
             if charge.delta.is_positive() {
-                let covered =
-                    draw_down(contract, charge.product_id, tags, event.timestamp, invoice_id, charge.delta, ctx.at)?;
+                let covered = draw_down(
+                    contract,
+                    charge.product_id,
+                    tags,
+                    event.timestamp,
+                    invoice_id,
+                    charge.delta,
+                    ctx.at,
+                )?;
                 let line = &mut contract.periods[pi].lines[li];
                 line.covered = line.covered.checked_add(covered)?;
             } else if charge.delta.is_negative() {
@@ -415,7 +438,11 @@ impl Customer {
         }
         if let Some(key) = &spec.uniqueness_key {
             validate_uniqueness_key(key)?;
-            if self.contracts.iter().any(|c| c.uniqueness_key.as_ref() == Some(key)) {
+            if self
+                .contracts
+                .iter()
+                .any(|c| c.uniqueness_key.as_ref() == Some(key))
+            {
                 return Err(Rejection::UniquenessKeyReused);
             }
         }
@@ -423,8 +450,14 @@ impl Customer {
             .catalog
             .rate_card(spec.rate_card_id)
             .ok_or_else(|| Rejection::RateCardNotFound(spec.rate_card_id.to_string()))?;
-        if spec.ending_before.is_some_and(|end| end <= spec.starting_at) {
-            return Err(Rejection::invalid("ending_before", "must be after starting_at"));
+        if spec
+            .ending_before
+            .is_some_and(|end| end <= spec.starting_at)
+        {
+            return Err(Rejection::invalid(
+                "ending_before",
+                "must be after starting_at",
+            ));
         }
         for (field, list) in [("commits", &spec.commits), ("credits", &spec.credits)] {
             for (i, commit) in list.iter().enumerate() {
@@ -437,7 +470,10 @@ impl Customer {
                 validate_commit(commit, &format!("{field}[{i}]"), ctx, profile)?;
             }
         }
-        for config in [&spec.spend_threshold, &spec.prepaid_threshold].into_iter().flatten() {
+        for config in [&spec.spend_threshold, &spec.prepaid_threshold]
+            .into_iter()
+            .flatten()
+        {
             validate_threshold(config, &card.fiat_credit_type, ctx, profile)?;
         }
         // Checked: build the contract.
@@ -503,7 +539,11 @@ impl Customer {
             contract.prepaid_threshold.clone(),
         ];
         let changes = [
-            (ThresholdKind::Spend, &edit.add_spend_threshold, &edit.update_spend_threshold),
+            (
+                ThresholdKind::Spend,
+                &edit.add_spend_threshold,
+                &edit.update_spend_threshold,
+            ),
             (
                 ThresholdKind::PrepaidBalance,
                 &edit.add_prepaid_threshold,
@@ -561,7 +601,14 @@ impl Customer {
                     let contract = &mut self.contracts[ci];
                     start_manual_workflow(contract, id, spec, gate, ctx)?;
                     let stripe = self.profile.as_ref().and_then(|p| p.stripe.clone());
-                    begin_gate(&mut self.contracts[ci], customer_id, id_of_workflow(id), stripe, ctx, applied)?;
+                    begin_gate(
+                        &mut self.contracts[ci],
+                        customer_id,
+                        id_of_workflow(id),
+                        stripe,
+                        ctx,
+                        applied,
+                    )?;
                 }
                 None => {
                     let contract = &mut self.contracts[ci];
@@ -629,7 +676,9 @@ impl Customer {
                 }
                 return Ok(());
             }
-            WorkflowState::Initiated | WorkflowState::AwaitingExternal | WorkflowState::Charging => {
+            WorkflowState::Initiated
+            | WorkflowState::AwaitingExternal
+            | WorkflowState::Charging => {
                 return Err(Rejection::WorkflowGateMismatch);
             }
         }
@@ -738,9 +787,22 @@ impl Customer {
                     }
                 };
                 let stripe = self.profile.as_ref().and_then(|p| p.stripe.clone());
-                let workflow_id =
-                    start_threshold_workflow(&mut self.contracts[ci], customer_id, kind, access, ctx, applied)?;
-                begin_gate(&mut self.contracts[ci], customer_id, workflow_id, stripe, ctx, applied)?;
+                let workflow_id = start_threshold_workflow(
+                    &mut self.contracts[ci],
+                    customer_id,
+                    kind,
+                    access,
+                    ctx,
+                    applied,
+                )?;
+                begin_gate(
+                    &mut self.contracts[ci],
+                    customer_id,
+                    workflow_id,
+                    stripe,
+                    ctx,
+                    applied,
+                )?;
             }
         }
         Ok(())
@@ -768,7 +830,10 @@ impl Customer {
             }
             for period in &contract.periods {
                 for line in &period.lines {
-                    debug_assert!(line.covered <= line.charged.floor_zero(), "line overcovered");
+                    debug_assert!(
+                        line.covered <= line.charged.floor_zero(),
+                        "line overcovered"
+                    );
                 }
             }
         }
@@ -776,12 +841,18 @@ impl Customer {
 }
 
 fn product_tags(catalog: &Catalog, product: Id) -> &[String] {
-    catalog.product(product).map(|p| p.tags.as_slice()).unwrap_or(&[])
+    catalog
+        .product(product)
+        .map(|p| p.tags.as_slice())
+        .unwrap_or(&[])
 }
 
 fn validate_uniqueness_key(key: &str) -> Result<(), Rejection> {
     if key.is_empty() || key.chars().count() > 128 {
-        return Err(Rejection::invalid("uniqueness_key", "must be 1 to 128 characters"));
+        return Err(Rejection::invalid(
+            "uniqueness_key",
+            "must be 1 to 128 characters",
+        ));
     }
     Ok(())
 }
@@ -879,7 +950,11 @@ fn give_back(
 /// Applies a newly usable commit to usage already charged but not covered on draft invoices
 /// whose period overlaps its segments: this is how a released spend-threshold commit brings
 /// outstanding spend back to zero.
-fn cover_outstanding(contract: &mut Contract, commit_id: Id, ctx: &Ctx<'_>) -> Result<(), Rejection> {
+fn cover_outstanding(
+    contract: &mut Contract,
+    commit_id: Id,
+    ctx: &Ctx<'_>,
+) -> Result<(), Rejection> {
     let Some(ci) = contract.commits.iter().position(|c| c.id == commit_id) else {
         return Ok(());
     };
@@ -887,7 +962,10 @@ fn cover_outstanding(contract: &mut Contract, commit_id: Id, ctx: &Ctx<'_>) -> R
         if contract.periods[pi].status != InvoiceStatus::Draft {
             continue;
         }
-        let (start, end) = (contract.periods[pi].starting_at, contract.periods[pi].ending_before);
+        let (start, end) = (
+            contract.periods[pi].starting_at,
+            contract.periods[pi].ending_before,
+        );
         let invoice_id = contract.periods[pi].invoice_id;
         for li in 0..contract.periods[pi].lines.len() {
             let line = &contract.periods[pi].lines[li];
@@ -964,7 +1042,10 @@ fn validate_commit(
         unit_price.checked_mul(*quantity)?;
     }
     if spec.priority.is_some_and(|p| p.is_sign_negative()) {
-        return Err(Rejection::invalid(&format!("{field}.priority"), "must not be negative"));
+        return Err(Rejection::invalid(
+            &format!("{field}.priority"),
+            "must not be negative",
+        ));
     }
     match spec.kind {
         CommitKind::Postpaid if spec.invoice_schedule.is_empty() => {
@@ -1190,7 +1271,10 @@ fn start_threshold_workflow(
     ctx: &Ctx<'_>,
     applied: &mut Applied,
 ) -> Result<Id, Rejection> {
-    let config = contract.threshold(kind).expect("evaluated config exists").clone();
+    let config = contract
+        .threshold(kind)
+        .expect("evaluated config exists")
+        .clone();
     let sequence = config.triggers + 1;
     let workflow_kind = kind.workflow_kind();
     let workflow_id = Id::derive(contract.id, workflow_kind.as_str(), sequence);
@@ -1351,11 +1435,15 @@ fn begin_gate(
             let billing = stripe.ok_or(Rejection::StripeNotConfigured)?;
             contract.workflows[wi].state = WorkflowState::Charging;
             let workflow = &contract.workflows[wi];
-            let stripe_config = workflow.gate.stripe.clone().unwrap_or(super::gate::StripeConfig {
-                payment_type: super::gate::StripePaymentType::Invoice,
-                invoice_metadata: Vec::new(),
-                on_session_payment: false,
-            });
+            let stripe_config = workflow
+                .gate
+                .stripe
+                .clone()
+                .unwrap_or(super::gate::StripeConfig {
+                    payment_type: super::gate::StripePaymentType::Invoice,
+                    invoice_metadata: Vec::new(),
+                    on_session_payment: false,
+                });
             let name = contract
                 .commit(workflow.commit_id)
                 .map(|c| c.name.clone())
@@ -1463,7 +1551,12 @@ fn fail_workflow(
     applied.effects.push(Effect::Webhook(hook));
 }
 
-fn webhook(workflow: &Workflow, webhook_type: WebhookType, customer_id: Id, at: Timestamp) -> Webhook {
+fn webhook(
+    workflow: &Workflow,
+    webhook_type: WebhookType,
+    customer_id: Id,
+    at: Timestamp,
+) -> Webhook {
     Webhook {
         id: Id::derive(workflow.id, webhook_type.as_str(), 0),
         webhook_type,

@@ -232,11 +232,11 @@ impl Workflow {
         if self.state.is_terminal() {
             return Err(Rejection::WorkflowAlreadyEnded);
         }
-        let source_fits = match (self.gate.gate_type, outcome.source) {
-            (GateType::External, OutcomeSource::External) => true,
-            (GateType::Stripe, OutcomeSource::Stripe) => true,
-            _ => false,
-        };
+        let source_fits = matches!(
+            (self.gate.gate_type, outcome.source),
+            (GateType::External, OutcomeSource::External)
+                | (GateType::Stripe, OutcomeSource::Stripe)
+        );
         if !source_fits {
             return Err(Rejection::WorkflowGateMismatch);
         }
@@ -266,7 +266,10 @@ mod tests {
             invoice_id: Id::from_u128(4),
             access_amount: Money::from_i64(100),
             invoice_total: Money::from_i64(100),
-            gate: PaymentGateConfig { gate_type: gate, ..PaymentGateConfig::none() },
+            gate: PaymentGateConfig {
+                gate_type: gate,
+                ..PaymentGateConfig::none()
+            },
             state,
             started_at: Timestamp(0),
             ended_at: None,
@@ -276,14 +279,28 @@ mod tests {
     }
 
     fn outcome(source: OutcomeSource, result: PaymentResult) -> PaymentOutcome {
-        PaymentOutcome { workflow_id: Id::from_u128(1), source, result, payment_intent_id: None }
+        PaymentOutcome {
+            workflow_id: Id::from_u128(1),
+            source,
+            result,
+            payment_intent_id: None,
+        }
     }
 
     #[test]
     fn gates_choose_the_first_state() {
-        assert_eq!(Workflow::first_state(GateType::None), WorkflowState::Released);
-        assert_eq!(Workflow::first_state(GateType::External), WorkflowState::AwaitingExternal);
-        assert_eq!(Workflow::first_state(GateType::Stripe), WorkflowState::Charging);
+        assert_eq!(
+            Workflow::first_state(GateType::None),
+            WorkflowState::Released
+        );
+        assert_eq!(
+            Workflow::first_state(GateType::External),
+            WorkflowState::AwaitingExternal
+        );
+        assert_eq!(
+            Workflow::first_state(GateType::Stripe),
+            WorkflowState::Charging
+        );
     }
 
     #[test]
@@ -294,7 +311,10 @@ mod tests {
             Ok(WorkflowState::Released)
         );
         assert_eq!(
-            external.next_state(&outcome(OutcomeSource::External, PaymentResult::Failed { error: None })),
+            external.next_state(&outcome(
+                OutcomeSource::External,
+                PaymentResult::Failed { error: None }
+            )),
             Ok(WorkflowState::Failed)
         );
         assert_eq!(
@@ -305,7 +325,9 @@ mod tests {
         assert_eq!(
             stripe.next_state(&outcome(
                 OutcomeSource::Stripe,
-                PaymentResult::ActionRequired { error_message: None }
+                PaymentResult::ActionRequired {
+                    error_message: None
+                }
             )),
             Ok(WorkflowState::ActionRequired)
         );
@@ -326,7 +348,10 @@ mod tests {
     fn unsupported_tax_types_are_refused() {
         let mut gate = PaymentGateConfig::none();
         gate.tax_type = TaxType::Stripe;
-        assert!(matches!(gate.validate("payment_gate_config"), Err(Rejection::Unsupported(_))));
+        assert!(matches!(
+            gate.validate("payment_gate_config"),
+            Err(Rejection::Unsupported(_))
+        ));
         gate.tax_type = TaxType::Precalculated;
         assert!(gate.validate("payment_gate_config").is_err());
         gate.precalculated_tax = Some((Money::from_i64(120), Some("VAT".into())));

@@ -253,9 +253,18 @@ mod tests {
     #[test]
     fn derived_ids_are_stable_and_distinct() {
         let parent = Id::from_u128(42);
-        assert_eq!(Id::derive(parent, "workflow", 1), Id::derive(parent, "workflow", 1));
-        assert_ne!(Id::derive(parent, "workflow", 1), Id::derive(parent, "workflow", 2));
-        assert_ne!(Id::derive(parent, "workflow", 1), Id::derive(parent, "invoice", 1));
+        assert_eq!(
+            Id::derive(parent, "workflow", 1),
+            Id::derive(parent, "workflow", 1)
+        );
+        assert_ne!(
+            Id::derive(parent, "workflow", 1),
+            Id::derive(parent, "workflow", 2)
+        );
+        assert_ne!(
+            Id::derive(parent, "workflow", 1),
+            Id::derive(parent, "invoice", 1)
+        );
         // Stable across builds: a changed derivation would re-key every payment.
         assert_eq!(
             Id::derive(parent, "workflow", 1).to_string(),
@@ -269,7 +278,10 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2025-01-23T01:23:45Z");
         let with_offset = Timestamp::parse_rfc3339("2025-01-23T03:23:45.5+02:00").unwrap();
         assert_eq!(with_offset.to_rfc3339(), "2025-01-23T01:23:45.500Z");
-        assert_eq!(Timestamp::parse_rfc3339("1970-01-01T00:00:00Z"), Some(Timestamp(0)));
+        assert_eq!(
+            Timestamp::parse_rfc3339("1970-01-01T00:00:00Z"),
+            Some(Timestamp(0))
+        );
         for bad in [
             "2025-01-23",
             "2025-13-01T00:00:00Z",

@@ -28,3 +28,6 @@ pub use rejection::Rejection;
 
 #[cfg(test)]
 mod rules_tests;
+
+#[cfg(test)]
+mod proptests;

@@ -354,12 +354,18 @@ mod tests {
     #[test]
     fn arithmetic_overflow_is_a_rejection() {
         let max = Money::from_decimal(Decimal::MAX);
-        assert_eq!(max.checked_add(Money::from_i64(1)), Err(Rejection::AmountOverflow));
+        assert_eq!(
+            max.checked_add(Money::from_i64(1)),
+            Err(Rejection::AmountOverflow)
+        );
         assert_eq!(
             Money::from_decimal(Decimal::MIN).checked_sub(Money::from_i64(1)),
             Err(Rejection::AmountOverflow)
         );
-        assert_eq!(max.checked_mul(Decimal::TWO), Err(Rejection::AmountOverflow));
+        assert_eq!(
+            max.checked_mul(Decimal::TWO),
+            Err(Rejection::AmountOverflow)
+        );
     }
 
     #[test]

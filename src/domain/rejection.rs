@@ -84,7 +84,9 @@ pub enum Rejection {
     #[error("already exists")]
     AlreadyExists,
     /// A STRIPE gate needs the customer to have a Stripe billing configuration.
-    #[error("payment_gate_type STRIPE requires a Stripe billing provider configuration on the customer")]
+    #[error(
+        "payment_gate_type STRIPE requires a Stripe billing provider configuration on the customer"
+    )]
     StripeNotConfigured,
 }
 
@@ -161,7 +163,11 @@ mod tests {
             Rejection::StripeNotConfigured,
         ];
         let mut codes: Vec<&str> = all.iter().map(Rejection::code).collect();
-        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')));
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+        );
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), all.len());

@@ -34,7 +34,10 @@ impl World {
             tx: 0,
         };
         world
-            .apply(Input::CreateCustomer(fixtures::profile(CUSTOMER, with_stripe)))
+            .apply(Input::CreateCustomer(Box::new(fixtures::profile(
+                CUSTOMER,
+                with_stripe,
+            ))))
             .unwrap();
         world
     }
@@ -60,7 +63,12 @@ impl World {
         effects
     }
 
-    fn outcome(&mut self, workflow_id: Id, source: OutcomeSource, result: PaymentResult) -> Result<Applied, Rejection> {
+    fn outcome(
+        &mut self,
+        workflow_id: Id,
+        source: OutcomeSource,
+        result: PaymentResult,
+    ) -> Result<Applied, Rejection> {
         self.apply(Input::PaymentOutcome(PaymentOutcome {
             workflow_id,
             source,
@@ -111,7 +119,7 @@ fn seed_usage_hits_100_dollars_invoice_payment_succeeds_commit_released_outstand
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
 
     // 99 calls at $1: $99 outstanding, below the threshold.
     assert!(world.calls(99).is_empty());
@@ -121,20 +129,38 @@ fn seed_usage_hits_100_dollars_invoice_payment_succeeds_commit_released_outstand
     let effects = world.calls(1);
     assert_eq!(
         types(&effects),
-        vec!["payment_gate.threshold_reached", "payment_gate.external_initiate"]
+        vec![
+            "payment_gate.threshold_reached",
+            "payment_gate.external_initiate"
+        ]
     );
     let workflow = world.contract().workflows[0].clone();
     assert_eq!(workflow.kind, WorkflowKind::Spend);
     assert_eq!(workflow.state, WorkflowState::AwaitingExternal);
     // -> invoice: SCHEDULED purchase of $100 with the commit, unreleased.
     let purchase = &world.contract().purchases[0];
-    assert_eq!((purchase.total, purchase.status), (usd(10_000), InvoiceStatus::Finalized));
+    assert_eq!(
+        (purchase.total, purchase.status),
+        (usd(10_000), InvoiceStatus::Finalized)
+    );
     let commit = world.contract().commit(workflow.commit_id).unwrap();
-    assert_eq!(commit.release, Release::Gated { workflow_id: workflow.id });
+    assert_eq!(
+        commit.release,
+        Release::Gated {
+            workflow_id: workflow.id
+        }
+    );
     assert_eq!(commit.total_amount().unwrap(), usd(10_000));
-    assert_eq!(world.outstanding(), usd(10_000), "unreleased commit covers nothing");
+    assert_eq!(
+        world.outstanding(),
+        usd(10_000),
+        "unreleased commit covers nothing"
+    );
     let initiate = webhooks(&effects)[1].1.to_json();
-    assert_eq!(initiate["properties"]["invoice_total"], serde_json::json!(10_000));
+    assert_eq!(
+        initiate["properties"]["invoice_total"],
+        serde_json::json!(10_000)
+    );
     assert_eq!(initiate["properties"]["invoice_currency"], "USD");
     assert_eq!(initiate["properties"]["workflow_type"], "spend");
 
@@ -144,8 +170,17 @@ fn seed_usage_hits_100_dollars_invoice_payment_succeeds_commit_released_outstand
         .unwrap()
         .effects;
     assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
-    assert_eq!(webhooks(&effects)[0].1.payment_status, Some(PaymentStatus::Paid));
-    assert!(world.contract().commit(workflow.commit_id).unwrap().is_released());
+    assert_eq!(
+        webhooks(&effects)[0].1.payment_status,
+        Some(PaymentStatus::Paid)
+    );
+    assert!(
+        world
+            .contract()
+            .commit(workflow.commit_id)
+            .unwrap()
+            .is_released()
+    );
     assert_eq!(world.outstanding(), Money::ZERO);
     assert_eq!(world.contract().workflows[0].state, WorkflowState::Released);
     let ledger: Vec<&str> = world
@@ -158,7 +193,10 @@ fn seed_usage_hits_100_dollars_invoice_payment_succeeds_commit_released_outstand
         .collect();
     assert_eq!(
         ledger,
-        vec!["PREPAID_COMMIT_SEGMENT_START", "PREPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION"]
+        vec![
+            "PREPAID_COMMIT_SEGMENT_START",
+            "PREPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION"
+        ]
     );
 }
 
@@ -167,8 +205,12 @@ fn seed_balance_fell_below_20_dollars_charge_brings_it_to_50_payment_succeeds_co
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
-    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(2_000, 5_000, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(
+        2_000,
+        5_000,
+        GateType::External,
+    ));
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     assert_eq!(world.balance(), usd(5_000));
 
     assert!(world.calls(29).is_empty());
@@ -177,33 +219,57 @@ fn seed_balance_fell_below_20_dollars_charge_brings_it_to_50_payment_succeeds_co
     assert_eq!(world.calls(1).len(), 2);
     let workflow = world.contract().workflows[0].clone();
     assert_eq!(workflow.kind, WorkflowKind::PrepaidBalance);
-    assert_eq!(workflow.access_amount, usd(3_000), "charge to bring it to $50");
+    assert_eq!(
+        workflow.access_amount,
+        usd(3_000),
+        "charge to bring it to $50"
+    );
 
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
-    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(1_999, 5_000, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(
+        1_999,
+        5_000,
+        GateType::External,
+    ));
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     assert!(world.calls(30).is_empty(), "$20.00 is not below $19.99");
     // Balance falls below $20 ...
     let effects = world.calls(1);
     assert_eq!(world.balance(), usd(1_900));
     assert_eq!(
         types(&effects),
-        vec!["payment_gate.threshold_reached", "payment_gate.external_initiate"]
+        vec![
+            "payment_gate.threshold_reached",
+            "payment_gate.external_initiate"
+        ]
     );
-    assert_eq!(webhooks(&effects)[0].1.to_json()["properties"]["workflow_type"], "prepaid_balance");
+    assert_eq!(
+        webhooks(&effects)[0].1.to_json()["properties"]["workflow_type"],
+        "prepaid_balance"
+    );
     // ... -> charge to bring it to $50 ...
     let workflow = world.contract().workflows[0].clone();
     assert_eq!(workflow.access_amount, usd(3_100));
     assert_eq!(workflow.invoice_total, usd(3_100));
-    assert_eq!(world.balance(), usd(1_900), "the recharge is not usable before payment");
+    assert_eq!(
+        world.balance(),
+        usd(1_900),
+        "the recharge is not usable before payment"
+    );
     // ... -> payment succeeds -> commit released.
     world
         .outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid)
         .unwrap();
     assert_eq!(world.balance(), usd(5_000));
-    assert!(world.contract().commit(workflow.commit_id).unwrap().is_released());
+    assert!(
+        world
+            .contract()
+            .commit(workflow.commit_id)
+            .unwrap()
+            .is_released()
+    );
 }
 
 #[test]
@@ -211,7 +277,7 @@ fn none_gate_releases_at_once_without_payment_status() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::None));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     let effects = world.calls(5);
     assert_eq!(types(&effects), vec!["payment_gate.threshold_reached"]);
     assert_eq!(world.contract().workflows[0].state, WorkflowState::Released);
@@ -226,7 +292,7 @@ fn usage_crossing_threshold_while_a_workflow_is_in_flight_charges_once() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(1_000, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     let first = world.calls(10);
     assert_eq!(first.len(), 2);
     // Far past the threshold again while in flight: nothing new.
@@ -258,8 +324,12 @@ fn failed_payment_voids_invoice_cancels_commit_and_disables_the_configuration() 
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
-    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(1_000, 5_000, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(
+        1_000,
+        5_000,
+        GateType::External,
+    ));
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(40);
     let workflow = world.contract().workflows[0].clone();
     let effects = world
@@ -271,10 +341,16 @@ fn failed_payment_voids_invoice_cancels_commit_and_disables_the_configuration() 
         .unwrap()
         .effects;
     assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
-    assert_eq!(webhooks(&effects)[0].1.payment_status, Some(PaymentStatus::Failed));
+    assert_eq!(
+        webhooks(&effects)[0].1.payment_status,
+        Some(PaymentStatus::Failed)
+    );
     let contract = world.contract();
     assert_eq!(contract.workflows[0].state, WorkflowState::Failed);
-    assert_eq!(contract.purchases.last().unwrap().status, InvoiceStatus::Void);
+    assert_eq!(
+        contract.purchases.last().unwrap().status,
+        InvoiceStatus::Void
+    );
     let commit = contract.commit(workflow.commit_id).unwrap();
     assert!(matches!(commit.release, Release::Canceled { .. }));
     assert_eq!(
@@ -291,7 +367,7 @@ fn failed_payment_voids_invoice_cancels_commit_and_disables_the_configuration() 
     );
     // Re-enabling evaluates at once and starts a new attempt.
     let applied = world
-        .apply(Input::EditContract(ContractEdit {
+        .apply(Input::edit(ContractEdit {
             edit_id: Id::from_u128(77),
             contract_id: CONTRACT,
             update_prepaid_threshold: Some(ThresholdUpdate {
@@ -303,7 +379,10 @@ fn failed_payment_voids_invoice_cancels_commit_and_disables_the_configuration() 
         .unwrap();
     assert_eq!(
         types(&applied.effects),
-        vec!["payment_gate.threshold_reached", "payment_gate.external_initiate"]
+        vec![
+            "payment_gate.threshold_reached",
+            "payment_gate.external_initiate"
+        ]
     );
     assert_eq!(world.contract().workflows.len(), 2);
 }
@@ -313,21 +392,43 @@ fn stripe_gate_requests_payment_and_reports_action_required_once() {
     let mut world = World::new(true);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     let effects = world.calls(5);
-    assert_eq!(types(&effects), vec!["payment_gate.threshold_reached", "request_payment"]);
-    let Effect::RequestPayment(request) = &effects[1] else { unreachable!() };
+    assert_eq!(
+        types(&effects),
+        vec!["payment_gate.threshold_reached", "request_payment"]
+    );
+    let Effect::RequestPayment(request) = &effects[1] else {
+        unreachable!()
+    };
     assert_eq!(request.amount, usd(500));
     assert_eq!(request.stripe_customer_id, "cus_test");
     let workflow_id = request.workflow_id;
     assert_eq!(world.contract().workflows[0].state, WorkflowState::Charging);
 
-    let action = PaymentResult::ActionRequired { error_message: Some("three_d_secure_redirect".into()) };
-    let effects = world.outcome(workflow_id, OutcomeSource::Stripe, action.clone()).unwrap().effects;
-    assert_eq!(types(&effects), vec!["payment_gate.payment_pending_action_required"]);
+    let action = PaymentResult::ActionRequired {
+        error_message: Some("three_d_secure_redirect".into()),
+    };
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
+        .unwrap()
+        .effects;
+    assert_eq!(
+        types(&effects),
+        vec!["payment_gate.payment_pending_action_required"]
+    );
     let body = webhooks(&effects)[0].1.to_json();
-    assert_eq!(body["properties"]["billing_provider"]["stripe"]["payment_intent_id"], "pi_123");
-    assert!(world.outcome(workflow_id, OutcomeSource::Stripe, action).unwrap().effects.is_empty());
+    assert_eq!(
+        body["properties"]["billing_provider"]["stripe"]["payment_intent_id"],
+        "pi_123"
+    );
+    assert!(
+        world
+            .outcome(workflow_id, OutcomeSource::Stripe, action)
+            .unwrap()
+            .effects
+            .is_empty()
+    );
     assert_eq!(
         world.outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid),
         Err(Rejection::WorkflowGateMismatch)
@@ -345,7 +446,7 @@ fn stripe_decline_code_reaches_the_payment_status_webhook() {
     let mut world = World::new(true);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(5);
     let workflow_id = world.contract().workflows[0].id;
     let error = ProviderError {
@@ -355,7 +456,11 @@ fn stripe_decline_code_reaches_the_payment_status_webhook() {
         message: Some("Your card has insufficient funds.".into()),
     };
     let effects = world
-        .outcome(workflow_id, OutcomeSource::Stripe, PaymentResult::Failed { error: Some(error) })
+        .outcome(
+            workflow_id,
+            OutcomeSource::Stripe,
+            PaymentResult::Failed { error: Some(error) },
+        )
         .unwrap()
         .effects;
     let body = webhooks(&effects)[0].1.to_json();
@@ -364,7 +469,10 @@ fn stripe_decline_code_reaches_the_payment_status_webhook() {
         body["properties"]["billing_provider"]["stripe"]["error"]["decline_code"],
         "insufficient_funds"
     );
-    assert_eq!(body["properties"]["error_message"], "Your card has insufficient funds.");
+    assert_eq!(
+        body["properties"]["error_message"],
+        "Your card has insufficient funds."
+    );
 }
 
 #[test]
@@ -372,18 +480,25 @@ fn a_stripe_gate_needs_the_customers_stripe_configuration() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
-    assert_eq!(world.apply(Input::CreateContract(spec)), Err(Rejection::StripeNotConfigured));
+    assert_eq!(
+        world.apply(Input::CreateContract(Box::new(spec))),
+        Err(Rejection::StripeNotConfigured)
+    );
     assert!(world.customer.contracts.is_empty());
 }
 
 #[test]
 fn payment_gated_commit_is_withheld_until_paid_without_threshold_reached() {
     let mut world = World::new(false);
-    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    world
+        .apply(Input::CreateContract(Box::new(fixtures::contract(
+            CONTRACT,
+        ))))
+        .unwrap();
     let mut commit = fixtures::prepaid_commit(2_000, 10);
     commit.payment_gate = Some(fixtures::gate(GateType::External));
     let applied = world
-        .apply(Input::EditContract(ContractEdit {
+        .apply(Input::edit(ContractEdit {
             edit_id: Id::from_u128(5),
             contract_id: CONTRACT,
             uniqueness_key: Some("purchase-123".into()),
@@ -391,17 +506,25 @@ fn payment_gated_commit_is_withheld_until_paid_without_threshold_reached() {
             ..ContractEdit::default()
         }))
         .unwrap();
-    assert_eq!(types(&applied.effects), vec!["payment_gate.external_initiate"]);
+    assert_eq!(
+        types(&applied.effects),
+        vec!["payment_gate.external_initiate"]
+    );
     assert_eq!(applied.created.len(), 1);
     let body = webhooks(&applied.effects)[0].1.to_json();
     assert_eq!(body["properties"]["workflow_type"], "manual_commit");
-    assert_eq!(body["properties"]["invoice_total"], serde_json::json!(2_000));
+    assert_eq!(
+        body["properties"]["invoice_total"],
+        serde_json::json!(2_000)
+    );
     assert_eq!(world.balance(), Money::ZERO);
     let workflow_id = world.contract().workflows[0].id;
-    world.outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid).unwrap();
+    world
+        .outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap();
     assert_eq!(world.balance(), usd(2_000));
     // The same uniqueness key again: 409, nothing added.
-    let again = world.apply(Input::EditContract(ContractEdit {
+    let again = world.apply(Input::edit(ContractEdit {
         edit_id: Id::from_u128(6),
         contract_id: CONTRACT,
         uniqueness_key: Some("purchase-123".into()),
@@ -418,11 +541,19 @@ fn released_commits_draw_free_before_paid_and_cover_spend() {
     let mut spec = fixtures::contract(CONTRACT);
     spec.commits = vec![fixtures::prepaid_commit(300, 10)];
     spec.credits = vec![fixtures::credit(200, 10)];
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(3);
     let contract = world.contract();
-    let remaining: Vec<Money> = contract.commits.iter().map(|c| c.balance_at(world.at).unwrap()).collect();
-    assert_eq!(remaining, vec![usd(200), Money::ZERO], "the free credit drains first");
+    let remaining: Vec<Money> = contract
+        .commits
+        .iter()
+        .map(|c| c.balance_at(world.at).unwrap())
+        .collect();
+    assert_eq!(
+        remaining,
+        vec![usd(200), Money::ZERO],
+        "the free credit drains first"
+    );
     assert_eq!(world.outstanding(), Money::ZERO);
     world.calls(3);
     assert_eq!(world.outstanding(), usd(100));
@@ -432,14 +563,24 @@ fn released_commits_draw_free_before_paid_and_cover_spend() {
 #[test]
 fn tiered_rates_charge_the_period_total_across_tiers() {
     let mut world = World::new(false);
-    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    world
+        .apply(Input::CreateContract(Box::new(fixtures::contract(
+            CONTRACT,
+        ))))
+        .unwrap();
     let at = world.at;
-    world.apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "600"))).unwrap();
-    world.apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "900.5"))).unwrap();
+    world
+        .apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "600")))
+        .unwrap();
+    world
+        .apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "900.5")))
+        .unwrap();
     // 1000 at 2 cents + 500.5 at 1 cent.
     assert_eq!(world.outstanding(), Money::parse("2500.5").unwrap());
     // A negative SUM value lowers the charge.
-    world.apply(Input::RecordUsage(fixtures::llm_tokens("c", at, "-500.5"))).unwrap();
+    world
+        .apply(Input::RecordUsage(fixtures::llm_tokens("c", at, "-500.5")))
+        .unwrap();
     assert_eq!(world.outstanding(), usd(2_000));
 }
 
@@ -448,11 +589,15 @@ fn a_negative_usage_value_gives_drawn_balance_back() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.credits = vec![fixtures::credit(10_000, 1)];
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     let at = world.at;
-    world.apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "100"))).unwrap();
+    world
+        .apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "100")))
+        .unwrap();
     assert_eq!(world.balance(), usd(9_800));
-    world.apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "-40"))).unwrap();
+    world
+        .apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "-40")))
+        .unwrap();
     assert_eq!(world.balance(), usd(9_880));
     assert_eq!(world.outstanding(), Money::ZERO);
 }
@@ -465,7 +610,7 @@ fn discount_lowers_the_invoice_not_the_access_amount() {
     config.discount = Some(fixtures::discount("0.9"));
     spec.prepaid_threshold = Some(config);
     // No balance at all: B = 0 <= $5 fires at creation.
-    let applied = world.apply(Input::CreateContract(spec)).unwrap();
+    let applied = world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     assert_eq!(applied.effects.len(), 2);
     let workflow = &world.contract().workflows[0];
     assert_eq!(workflow.access_amount, usd(5_000));
@@ -535,7 +680,10 @@ fn threshold_configurations_are_validated() {
             ThresholdKind::Spend => spec.spend_threshold = Some(config),
             ThresholdKind::PrepaidBalance => spec.prepaid_threshold = Some(config),
         }
-        assert_eq!(world.apply(Input::CreateContract(spec)), Err(expected));
+        assert_eq!(
+            world.apply(Input::CreateContract(Box::new(spec))),
+            Err(expected)
+        );
         assert!(world.customer.contracts.is_empty());
     }
     // The limits are configuration.
@@ -543,7 +691,7 @@ fn threshold_configurations_are_validated() {
     world.limits.prepaid_threshold_min_usd_cents = usd(100);
     let mut spec = fixtures::contract(CONTRACT);
     spec.prepaid_threshold = Some(fixtures::prepaid_threshold(200, 5_000, GateType::None));
-    assert!(world.apply(Input::CreateContract(spec)).is_ok());
+    assert!(world.apply(Input::CreateContract(Box::new(spec))).is_ok());
 }
 
 #[test]
@@ -551,7 +699,7 @@ fn rejected_edits_change_nothing() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(3);
     let before = world.customer.clone();
     let bad_edits = vec![
@@ -591,13 +739,23 @@ fn rejected_edits_change_nothing() {
     ];
     for (mut edit, expected) in bad_edits {
         edit.contract_id = CONTRACT;
-        assert_eq!(world.apply(Input::EditContract(edit)), Err(expected));
+        assert_eq!(world.apply(Input::edit(edit)), Err(expected));
         assert_eq!(world.customer, before);
     }
-    let unknown = ContractEdit { contract_id: Id::from_u128(1), ..ContractEdit::default() };
-    assert_eq!(world.apply(Input::EditContract(unknown)), Err(Rejection::ContractNotFound));
+    let unknown = ContractEdit {
+        contract_id: Id::from_u128(1),
+        ..ContractEdit::default()
+    };
     assert_eq!(
-        world.outcome(Id::from_u128(9), OutcomeSource::External, PaymentResult::Paid),
+        world.apply(Input::edit(unknown)),
+        Err(Rejection::ContractNotFound)
+    );
+    assert_eq!(
+        world.outcome(
+            Id::from_u128(9),
+            OutcomeSource::External,
+            PaymentResult::Paid
+        ),
         Err(Rejection::WorkflowNotFound)
     );
     assert_eq!(world.customer, before);
@@ -608,10 +766,10 @@ fn lowering_the_threshold_evaluates_at_once() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::None));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(3);
     let applied = world
-        .apply(Input::EditContract(ContractEdit {
+        .apply(Input::edit(ContractEdit {
             contract_id: CONTRACT,
             update_spend_threshold: Some(ThresholdUpdate {
                 threshold_amount: Some(usd(200)),
@@ -620,7 +778,10 @@ fn lowering_the_threshold_evaluates_at_once() {
             ..ContractEdit::default()
         }))
         .unwrap();
-    assert_eq!(types(&applied.effects), vec!["payment_gate.threshold_reached"]);
+    assert_eq!(
+        types(&applied.effects),
+        vec!["payment_gate.threshold_reached"]
+    );
     assert_eq!(world.outstanding(), Money::ZERO);
 }
 
@@ -629,11 +790,11 @@ fn disabling_stops_evaluation_but_lets_the_in_flight_workflow_finish() {
     let mut world = World::new(false);
     let mut spec = fixtures::contract(CONTRACT);
     spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(5);
     let workflow_id = world.contract().workflows[0].id;
     world
-        .apply(Input::EditContract(ContractEdit {
+        .apply(Input::edit(ContractEdit {
             contract_id: CONTRACT,
             update_spend_threshold: Some(ThresholdUpdate {
                 is_enabled: Some(false),
@@ -655,12 +816,20 @@ fn disabling_stops_evaluation_but_lets_the_in_flight_workflow_finish() {
 #[test]
 fn periods_close_after_the_grace_and_leave_outstanding_spend() {
     let mut world = World::new(false);
-    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    world
+        .apply(Input::CreateContract(Box::new(fixtures::contract(
+            CONTRACT,
+        ))))
+        .unwrap();
     world.calls(2);
     assert_eq!(world.outstanding(), usd(200));
     world.at = Timestamp::parse_rfc3339("2025-02-15T00:00:00Z").unwrap();
     world.apply(Input::Tick).unwrap();
-    assert_eq!(world.outstanding(), usd(200), "January stays draft during the grace");
+    assert_eq!(
+        world.outstanding(),
+        usd(200),
+        "January stays draft during the grace"
+    );
     world.at = Timestamp::parse_rfc3339("2025-03-07T00:00:00Z").unwrap();
     world.apply(Input::Tick).unwrap();
     assert_eq!(world.contract().periods[0].status, InvoiceStatus::Finalized);
@@ -673,27 +842,41 @@ fn purchase_invoices_void_only_when_no_payment_is_in_flight() {
     let mut spec = fixtures::contract(CONTRACT);
     spec.commits = vec![fixtures::prepaid_commit(1_000, 1)];
     spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::External));
-    world.apply(Input::CreateContract(spec)).unwrap();
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     world.calls(20);
     let purchases = world.contract().purchases.clone();
-    let gated = purchases.iter().find(|p| p.workflow_id.is_some()).unwrap().id;
-    let plain = purchases.iter().find(|p| p.workflow_id.is_none()).unwrap().id;
+    let gated = purchases
+        .iter()
+        .find(|p| p.workflow_id.is_some())
+        .unwrap()
+        .id;
+    let plain = purchases
+        .iter()
+        .find(|p| p.workflow_id.is_none())
+        .unwrap()
+        .id;
     assert!(matches!(
         world.apply(Input::VoidInvoice { invoice_id: gated }),
         Err(Rejection::InvoiceNotVoidable(_))
     ));
-    world.apply(Input::VoidInvoice { invoice_id: plain }).unwrap();
+    world
+        .apply(Input::VoidInvoice { invoice_id: plain })
+        .unwrap();
     assert_eq!(
         world.apply(Input::VoidInvoice { invoice_id: plain }),
         Err(Rejection::InvoiceNotVoidable("already void"))
     );
     let usage_invoice = world.contract().periods[0].invoice_id;
     assert!(matches!(
-        world.apply(Input::VoidInvoice { invoice_id: usage_invoice }),
+        world.apply(Input::VoidInvoice {
+            invoice_id: usage_invoice
+        }),
         Err(Rejection::InvoiceNotVoidable(_))
     ));
     assert_eq!(
-        world.apply(Input::VoidInvoice { invoice_id: Id::from_u128(3) }),
+        world.apply(Input::VoidInvoice {
+            invoice_id: Id::from_u128(3)
+        }),
         Err(Rejection::InvoiceNotFound)
     );
 }
@@ -701,7 +884,11 @@ fn purchase_invoices_void_only_when_no_payment_is_in_flight() {
 #[test]
 fn rates_added_after_an_input_do_not_change_its_replay() {
     let mut world = World::new(false);
-    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    world
+        .apply(Input::CreateContract(Box::new(fixtures::contract(
+            CONTRACT,
+        ))))
+        .unwrap();
     let version = world.catalog.version();
     world
         .catalog
@@ -739,7 +926,7 @@ fn webhook_bodies_have_metronome_shape_and_stable_ids() {
         let mut world = World::new(false);
         let mut spec = fixtures::contract(CONTRACT);
         spec.spend_threshold = Some(fixtures::spend_threshold(100, GateType::External));
-        world.apply(Input::CreateContract(spec)).unwrap();
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
         world.calls(1)
     };
     let (a, b) = (run(), run());
@@ -748,7 +935,12 @@ fn webhook_bodies_have_metronome_shape_and_stable_ids() {
     assert_eq!(body["type"], "payment_gate.threshold_reached");
     assert_eq!(body["properties"]["customer_id"], CUSTOMER.to_string());
     assert_eq!(body["properties"]["contract_id"], CONTRACT.to_string());
-    assert!(body["properties"]["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        body["properties"]["timestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
     assert!(Id::parse(body["id"].as_str().unwrap()).is_some());
     let ids: Vec<Id> = a.iter().map(Effect::id).collect();
     assert_ne!(ids[0], ids[1]);
@@ -757,7 +949,11 @@ fn webhook_bodies_have_metronome_shape_and_stable_ids() {
 #[test]
 fn usage_outside_the_contract_or_matching_no_metric_is_ignored() {
     let mut world = World::new(false);
-    world.apply(Input::CreateContract(fixtures::contract(CONTRACT))).unwrap();
+    world
+        .apply(Input::CreateContract(Box::new(fixtures::contract(
+            CONTRACT,
+        ))))
+        .unwrap();
     let before = world.customer.clone();
     let early = fixtures::api_call("early", T0.plus_ms(-1));
     world.apply(Input::RecordUsage(early)).unwrap();
@@ -775,7 +971,12 @@ fn usage_outside_the_contract_or_matching_no_metric_is_ignored() {
 fn usage_for_a_customer_that_does_not_exist_is_refused() {
     let catalog = fixtures::catalog();
     let limits = Limits::default();
-    let ctx = Ctx { at: T0, catalog: &catalog, catalog_version: catalog.version(), limits: &limits };
+    let ctx = Ctx {
+        at: T0,
+        catalog: &catalog,
+        catalog_version: catalog.version(),
+        limits: &limits,
+    };
     let mut nobody = Customer::default();
     assert_eq!(
         nobody.apply(&Input::RecordUsage(fixtures::api_call("x", T0)), &ctx),

@@ -1,0 +1,97 @@
+//! The `meta` column family: a generic key-value space for data shared by all partitions
+//! (catalog objects, config fingerprints). It owns plain get/put/delete/prefix-scan with the
+//! store's durability. It must not impose a key scheme; callers namespace their keys with
+//! prefixes (e.g. `b"catalog/metric/"`) and scan by prefix.
+
+use rocksdb::ReadOptions;
+
+use super::{CF_META, StorageError, Store};
+
+/// A `meta` key and its value.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
+impl Store {
+    /// Stores `value` under `key`, replacing any previous value.
+    ///
+    /// # Errors
+    /// RocksDB write errors.
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.inner
+            .db
+            .put_cf_opt(self.cf(CF_META)?, key, value, &self.inner.write_opts)?;
+        Ok(())
+    }
+
+    /// The value under `key`.
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.inner.db.get_cf(self.cf(CF_META)?, key)?)
+    }
+
+    /// Removes `key`; removing an absent key is not an error.
+    ///
+    /// # Errors
+    /// RocksDB write errors.
+    pub fn meta_delete(&self, key: &[u8]) -> Result<(), StorageError> {
+        self.inner
+            .db
+            .delete_cf_opt(self.cf(CF_META)?, key, &self.inner.write_opts)?;
+        Ok(())
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order. Meant for catalog
+    /// loading at startup; it collects, so keep prefixes narrower than "everything" when the
+    /// space grows large.
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StorageError> {
+        let mut read_opts = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            read_opts.set_iterate_upper_bound(end);
+        }
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_META)?, read_opts);
+        it.seek(prefix);
+        let mut found = Vec::new();
+        while let Some((key, value)) = it.item() {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            found.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(found)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when there is none
+/// (an empty prefix, or all `0xff`).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix_range() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
