@@ -3,5 +3,9 @@
 //! Layering (see `../shared/DESIGN.md`): `domain` is the pure rules, `storage` is the only place
 //! bytes reach disk, `actors` owns state and concurrency behind the `Engine` facade, `http` is
 //! the only place status codes exist.
+pub mod actors;
+pub mod config;
 pub mod domain;
+pub mod http;
+pub mod startup;
 pub mod storage;

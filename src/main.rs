@@ -1,1 +1,65 @@
-fn main() {}
+//! `tollgate`: parse the command line, load config, init tracing, build, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+
+/// Usage-based threshold billing and auto-recharge with payment-gated commits, speaking
+/// Metronome's API.
+#[derive(Parser)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server (RocksDB in `storage.data_dir`).
+    Serve {
+        /// Config file layered over the built-in defaults (config/default.toml);
+        /// TOLLGATE__SECTION__KEY environment variables override both.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print it, and exit.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(config) => config,
+                Err(message) => {
+                    eprintln!("tollgate: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            tollgate::startup::init_tracing(&config);
+            match tollgate::startup::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("tollgate: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(config) => {
+                println!("configuration is valid: {config:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("tollgate: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -682,10 +682,66 @@ pub struct Contract {
     /// Uniqueness keys of edits already applied (a repeat is refused with 409).
     pub edit_keys: Vec<String>,
     pub edits: u64,
-    /// Segments in drawdown order, as (commit index, segment index); rebuilt when commits
-    /// change, so an event does not sort.
+    /// Released segments in drawdown order, as (commit index, segment index); kept in order
+    /// as commits are released, so an event does not sort.
     #[serde(skip)]
     pub draw_order: Vec<(usize, usize)>,
+    /// Derived state that makes a usage event cost the same however many commits, workflows and
+    /// periods the contract has accumulated. Never persisted; rebuilt by
+    /// [`Contract::rebuild_caches`]; ignored by `==`.
+    #[serde(skip)]
+    pub caches: ContractCaches,
+}
+
+/// What [`Contract`] derives from its own fields to answer a usage event in constant time.
+///
+/// Every cache is either exact or says it does not know (`None`): the running totals S and B are
+/// kept with [`Money::exact_add`] and dropped the moment a step would round, and then the next
+/// evaluation sums from scratch. `Default` is "not built": [`Customer::apply`] builds it before
+/// the first input after a checkpoint is decoded.
+///
+/// [`Customer::apply`]: super::customer::Customer::apply
+#[derive(Clone, Debug, Default)]
+pub struct ContractCaches {
+    built: bool,
+    /// The entries of `draw_order` whose segment has something left, in the same order: a
+    /// drawdown skips exhausted segments without looking at them.
+    pub(super) live: Vec<(usize, usize)>,
+    /// Set when `draw_order` may differ from what [`Contract::rebuild_draw_order`] would give
+    /// (a released commit was canceled), so the next release rebuilds it instead of inserting.
+    draw_order_stale: bool,
+    /// Outstanding spend S, exactly as [`Contract::outstanding_spend`] computes it.
+    outstanding: Option<Money>,
+    /// Balance B over a window of time in which no segment of a counted commit starts or ends.
+    balance: Option<BalanceWindow>,
+    /// Index of the latest workflow of each threshold kind (spend, prepaid balance): a new one
+    /// starts only when none is in flight, so only the latest can be.
+    latest_threshold_workflow: [Option<usize>; 2],
+}
+
+/// B is the same at every instant of `[from, until)`: the set of accessible segments is.
+#[derive(Clone, Copy, Debug)]
+struct BalanceWindow {
+    value: Money,
+    from: Timestamp,
+    until: Timestamp,
+}
+
+/// Caches are derived: two contracts with equal fields are equal whatever their caches hold.
+impl PartialEq for ContractCaches {
+    fn eq(&self, _: &ContractCaches) -> bool {
+        true
+    }
+}
+
+impl Eq for ContractCaches {}
+
+fn threshold_slot(kind: WorkflowKind) -> Option<usize> {
+    match kind {
+        WorkflowKind::Spend => Some(0),
+        WorkflowKind::PrepaidBalance => Some(1),
+        WorkflowKind::ManualCommit => None,
+    }
 }
 
 impl Contract {
@@ -726,6 +782,18 @@ impl Contract {
             .find(|w| w.kind == kind && !w.state.is_terminal())
     }
 
+    /// [`Contract::in_flight`] for a threshold kind in constant time, from the caches: the
+    /// latest workflow of the kind, if it has not ended. Falls back to the scan when the caches
+    /// are not built or for manual commits (of which several may be in flight).
+    pub fn in_flight_tracked(&self, kind: WorkflowKind) -> Option<&Workflow> {
+        match threshold_slot(kind) {
+            Some(slot) if self.caches.built => self.caches.latest_threshold_workflow[slot]
+                .map(|wi| &self.workflows[wi])
+                .filter(|w| !w.state.is_terminal()),
+            _ => self.in_flight(kind),
+        }
+    }
+
     /// Outstanding spend S: usage charges on DRAFT usage invoices not covered by any commit or
     /// credit.
     pub fn outstanding_spend(&self) -> Result<Money, Rejection> {
@@ -749,6 +817,7 @@ impl Contract {
         Ok(total)
     }
 
+    /// Sorts every released segment into `draw_order` from scratch (and the live list with it).
     pub fn rebuild_draw_order(&mut self) {
         let mut order: Vec<(usize, usize)> = Vec::new();
         for (ci, commit) in self.commits.iter().enumerate() {
@@ -767,6 +836,286 @@ impl Contract {
             )
         });
         self.draw_order = order;
+        self.caches.draw_order_stale = false;
+        self.caches.live = self
+            .draw_order
+            .iter()
+            .copied()
+            .filter(|&(ci, si)| self.commits[ci].segments[si].remaining().is_positive())
+            .collect();
+    }
+
+    /// Rebuilds every derived cache from the contract's fields: after decoding a checkpoint, or
+    /// after changing fields other than through [`Customer::apply`].
+    ///
+    /// [`Customer::apply`]: super::customer::Customer::apply
+    pub fn rebuild_caches(&mut self) {
+        self.rebuild_draw_order();
+        self.caches.outstanding = None;
+        self.caches.balance = None;
+        let mut latest = [None; 2];
+        for (wi, workflow) in self.workflows.iter().enumerate() {
+            if let Some(slot) = threshold_slot(workflow.kind) {
+                latest[slot] = Some(wi);
+            }
+        }
+        self.caches.latest_threshold_workflow = latest;
+        self.caches.built = true;
+    }
+
+    /// Builds the caches if they are not (a contract just decoded or built by hand).
+    pub fn ensure_caches(&mut self) {
+        if !self.caches.built {
+            self.rebuild_caches();
+        }
+    }
+
+    /// Records that workflow `wi`, of a threshold kind, was just added.
+    pub(super) fn threshold_workflow_added(&mut self, wi: usize) {
+        if let Some(slot) = threshold_slot(self.workflows[wi].kind) {
+            self.caches.latest_threshold_workflow[slot] = Some(wi);
+        }
+    }
+
+    /// The total order of drawdown: [`draw_order`], then the order the segments were added in
+    /// (what the stable sort of [`Contract::rebuild_draw_order`] keeps for equal keys).
+    fn draw_cmp(&self, (ca, sa): (usize, usize), (cb, sb): (usize, usize)) -> Ordering {
+        let (a, b) = (&self.commits[ca], &self.commits[cb]);
+        draw_order((a, &a.segments[sa]), (b, &b.segments[sb])).then((ca, sa).cmp(&(cb, sb)))
+    }
+
+    /// Commit `ci` just became usable (added released, or its payment succeeded) after being
+    /// out of `draw_order`: its segments join the drawdown order and B.
+    pub(super) fn commit_released(&mut self, ci: usize) {
+        if self.caches.draw_order_stale || !self.caches.built {
+            self.rebuild_caches();
+            return;
+        }
+        for si in 0..self.commits[ci].segments.len() {
+            let at = self
+                .draw_order
+                .partition_point(|&entry| self.draw_cmp(entry, (ci, si)) == Ordering::Less);
+            self.draw_order.insert(at, (ci, si));
+            if self.commits[ci].segments[si].remaining().is_positive() {
+                self.insert_live((ci, si));
+            }
+        }
+        if let Some(mut window) = self.caches.balance {
+            let commit = &self.commits[ci];
+            if commit.counts_in_balance() {
+                for segment in &commit.segments {
+                    for boundary in [segment.starting_at, segment.ending_before] {
+                        if window.from < boundary && boundary < window.until {
+                            window.until = boundary;
+                        }
+                    }
+                }
+                let mut value = Some(window.value);
+                for segment in commit.segments.iter().filter(|s| s.covers(window.from)) {
+                    value = value.and_then(|v| v.exact_add(segment.remaining()));
+                }
+                self.caches.balance = value.map(|value| BalanceWindow { value, ..window });
+            }
+        }
+    }
+
+    /// A released commit `ci` was canceled: B changes, and `draw_order` keeps its segments (as
+    /// it always did) until the next rebuild.
+    pub(super) fn released_commit_canceled(&mut self, _ci: usize) {
+        self.caches.balance = None;
+        self.caches.draw_order_stale = true;
+    }
+
+    fn insert_live(&mut self, entry: (usize, usize)) {
+        let at = self
+            .caches
+            .live
+            .partition_point(|&e| self.draw_cmp(e, entry) == Ordering::Less);
+        if self.caches.live.get(at) != Some(&entry) {
+            self.caches.live.insert(at, entry);
+        }
+    }
+
+    /// Segment `si` of commit `ci` went from `before` to `after` remaining (a drawdown, a give
+    /// back): B and the live list follow. A drawdown loop that removes exhausted entries from
+    /// the live list itself passes `keep_live`.
+    pub(super) fn segment_changed(
+        &mut self,
+        (ci, si): (usize, usize),
+        before: Money,
+        after: Money,
+        keep_live: bool,
+    ) {
+        if let Some(window) = &mut self.caches.balance {
+            let commit = &self.commits[ci];
+            if commit.counts_in_balance() && commit.segments[si].covers(window.from) {
+                match window
+                    .value
+                    .exact_sub(before)
+                    .and_then(|v| v.exact_add(after))
+                {
+                    Some(value) => window.value = value,
+                    None => self.caches.balance = None,
+                }
+            }
+        }
+        if keep_live || before.is_positive() == after.is_positive() {
+            return;
+        }
+        if after.is_positive() {
+            if self.draw_order.contains(&(ci, si)) {
+                self.insert_live((ci, si));
+            }
+        } else if let Some(at) = self.caches.live.iter().position(|&e| e == (ci, si)) {
+            self.caches.live.remove(at);
+        }
+    }
+
+    /// Records a drawdown from segment `si` of commit `ci` and keeps the caches.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`].
+    pub fn deduct(
+        &mut self,
+        (ci, si): (usize, usize),
+        invoice_id: Id,
+        amount: Money,
+        at: Timestamp,
+    ) -> Result<(), Rejection> {
+        let before = self.commits[ci].segments[si].remaining();
+        self.commits[ci].record_deduction(si, invoice_id, amount, at)?;
+        let after = self.commits[ci].segments[si].remaining();
+        self.segment_changed((ci, si), before, after, false);
+        Ok(())
+    }
+
+    /// A line of period `pi` changed from `before` to `after` uncovered: S follows.
+    pub(super) fn line_changed(&mut self, pi: usize, before: Money, after: Money) {
+        if self.periods[pi].status != InvoiceStatus::Draft {
+            return;
+        }
+        if let Some(outstanding) = self.caches.outstanding {
+            self.caches.outstanding = outstanding
+                .exact_sub(before)
+                .and_then(|v| v.exact_add(after));
+        }
+    }
+
+    /// Periods changed status wholesale (a tick): S is summed again when next needed.
+    pub(super) fn periods_changed(&mut self) {
+        self.caches.outstanding = None;
+    }
+
+    /// Outstanding spend S, equal to [`Contract::outstanding_spend`], in constant time while
+    /// the cache holds.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`], exactly when [`Contract::outstanding_spend`] fails.
+    pub fn outstanding_spend_tracked(&mut self) -> Result<Money, Rejection> {
+        if let Some(outstanding) = self.caches.outstanding {
+            return Ok(outstanding);
+        }
+        let mut total = Some(Money::ZERO);
+        for period in self
+            .periods
+            .iter()
+            .filter(|p| p.status == InvoiceStatus::Draft)
+        {
+            for line in &period.lines {
+                total = total.and_then(|t| t.exact_add(line.uncovered()));
+            }
+        }
+        match total {
+            Some(total) => {
+                if self.caches.built {
+                    self.caches.outstanding = Some(total);
+                }
+                Ok(total)
+            }
+            None => self.outstanding_spend(),
+        }
+    }
+
+    /// Balance B at `at`, equal to [`Contract::balance`], in constant time while `at` stays in
+    /// the window where the accessible segments do not change.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`], exactly when [`Contract::balance`] fails.
+    pub fn balance_tracked(&mut self, at: Timestamp) -> Result<Money, Rejection> {
+        if let Some(window) = self.caches.balance {
+            if window.from <= at && at < window.until {
+                return Ok(window.value);
+            }
+        }
+        let mut window = BalanceWindow {
+            value: Money::ZERO,
+            from: Timestamp(i64::MIN),
+            until: Timestamp(i64::MAX),
+        };
+        let mut value = Some(Money::ZERO);
+        for commit in self.commits.iter().filter(|c| c.counts_in_balance()) {
+            for segment in &commit.segments {
+                for boundary in [segment.starting_at, segment.ending_before] {
+                    if boundary <= at {
+                        window.from = window.from.max(boundary);
+                    } else {
+                        window.until = window.until.min(boundary);
+                    }
+                }
+                if segment.covers(at) {
+                    value = value.and_then(|v| v.exact_add(segment.remaining()));
+                }
+            }
+        }
+        match value {
+            Some(value) => {
+                if self.caches.built {
+                    self.caches.balance = Some(BalanceWindow { value, ..window });
+                }
+                Ok(value)
+            }
+            None => {
+                self.caches.balance = None;
+                self.balance(at)
+            }
+        }
+    }
+
+    /// Checks every cache against the fields it derives from (debug builds and tests).
+    ///
+    /// # Panics
+    /// When a cache disagrees: a bug in keeping it.
+    pub fn check_caches(&self) {
+        if !self.caches.built {
+            return;
+        }
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_caches();
+        if !self.caches.draw_order_stale {
+            assert_eq!(self.draw_order, rebuilt.draw_order, "draw order drifted");
+        }
+        let live: Vec<(usize, usize)> = self
+            .draw_order
+            .iter()
+            .copied()
+            .filter(|&(ci, si)| self.commits[ci].segments[si].remaining().is_positive())
+            .collect();
+        assert_eq!(self.caches.live, live, "live segments drifted");
+        if let Some(outstanding) = self.caches.outstanding {
+            assert_eq!(Ok(outstanding), self.outstanding_spend(), "S drifted");
+        }
+        if let Some(window) = self.caches.balance {
+            assert_eq!(Ok(window.value), self.balance(window.from), "B drifted");
+            let last = Timestamp(window.until.0.saturating_sub(1));
+            assert_eq!(Ok(window.value), self.balance(last), "B window too wide");
+        }
+        for kind in [WorkflowKind::Spend, WorkflowKind::PrepaidBalance] {
+            assert_eq!(
+                self.in_flight_tracked(kind).map(|w| w.id),
+                self.in_flight(kind).map(|w| w.id),
+                "in-flight {kind:?} drifted"
+            );
+        }
     }
 }
 

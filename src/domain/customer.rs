@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Contribution, ProductKind};
 use super::contract::{
-    Commit, CommitKind, Contract, Discount, InvoiceScheduleItem, InvoiceStatus, Limits,
-    PurchaseInvoice, Release, Segment, ThresholdCommit, ThresholdConfig, ThresholdKind, UsageLine,
-    UsagePeriod,
+    Commit, CommitKind, Contract, ContractCaches, Discount, InvoiceScheduleItem, InvoiceStatus,
+    Limits, PurchaseInvoice, Release, Segment, ThresholdCommit, ThresholdConfig, ThresholdKind,
+    UsageLine, UsagePeriod,
 };
 use super::effects::{Effect, PaymentRequest, PaymentStatus, Webhook, WebhookType};
 use super::gate::{
@@ -213,6 +213,7 @@ pub struct Customer {
 }
 
 /// One charge computed in the check phase of a usage event, applied after.
+#[derive(Clone, Copy)]
 struct Charge {
     contract: usize,
     period_bounds: (Timestamp, Timestamp),
@@ -220,6 +221,38 @@ struct Charge {
     contribution: Contribution,
     new_charged: Money,
     delta: Money,
+}
+
+/// How many charges of one event are kept without touching the heap: an event usually rates
+/// one product of one contract; more spill to a `Vec`.
+const CHARGES_INLINE: usize = 4;
+
+/// The charges of one event, inline up to [`CHARGES_INLINE`].
+#[derive(Default)]
+struct Charges {
+    inline: [Option<Charge>; CHARGES_INLINE],
+    spill: Vec<Charge>,
+}
+
+impl Charges {
+    fn push(&mut self, charge: Charge) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(charge),
+            None => self.spill.push(charge),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inline[0].is_none()
+    }
+
+    /// In the order pushed.
+    fn iter(&self) -> impl Iterator<Item = &Charge> {
+        self.inline
+            .iter()
+            .map_while(Option::as_ref)
+            .chain(&self.spill)
+    }
 }
 
 impl Customer {
@@ -230,7 +263,7 @@ impl Customer {
     /// Rebuilds derived caches after decoding a checkpoint.
     pub fn rebuild_caches(&mut self) {
         for contract in &mut self.contracts {
-            contract.rebuild_draw_order();
+            contract.rebuild_caches();
         }
     }
 
@@ -239,6 +272,21 @@ impl Customer {
     /// # Errors
     /// A [`Rejection`] when the input is refused; the state is then unchanged.
     pub fn apply(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
+        for contract in &mut self.contracts {
+            contract.ensure_caches();
+        }
+        let result = self.apply_checked(input, ctx);
+        if result.is_err() {
+            // A refusal found while applying may leave a cache half-updated: derive them all
+            // again before the next input.
+            for contract in &mut self.contracts {
+                contract.caches = ContractCaches::default();
+            }
+        }
+        result
+    }
+
+    fn apply_checked(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
         let mut applied = Applied::default();
         match input {
             Input::CreateCustomer(profile) => {
@@ -287,7 +335,7 @@ impl Customer {
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
         let customer_id = self.profile()?.id;
-        let mut charges: Vec<Charge> = Vec::new();
+        let mut charges = Charges::default();
         // Check phase: every charge computed with checked arithmetic, nothing changed yet.
         for (ci, contract) in self.contracts.iter().enumerate() {
             if !contract.covers(event.timestamp) {
@@ -311,11 +359,19 @@ impl Customer {
                     if !rate.entitled {
                         continue;
                     }
-                    let bounds = period_bounds(contract, event.timestamp);
-                    let period = contract
-                        .periods
-                        .iter()
-                        .rposition(|p| p.starting_at == bounds.0);
+                    // The period holding the event is usually the latest one: finding it by
+                    // its bounds avoids the calendar arithmetic of `period_bounds`.
+                    let period = contract.periods.iter().rposition(|p| {
+                        p.starting_at <= event.timestamp && event.timestamp < p.ending_before
+                    });
+                    let bounds = match period {
+                        Some(pi) => {
+                            let p = &contract.periods[pi];
+                            (p.starting_at, p.ending_before)
+                        }
+                        None => period_bounds(contract, event.timestamp),
+                    };
+                    debug_assert_eq!(bounds, period_bounds(contract, event.timestamp));
                     let line = period.and_then(|p| {
                         contract.periods[p]
                             .lines
@@ -359,11 +415,9 @@ impl Customer {
             return Ok(());
         }
         // Everything checked: from here the input applies.
-        let mut touched: Vec<usize> = Vec::with_capacity(1);
-        for charge in charges {
+        for charge in charges.iter() {
             let tags = product_tags(ctx.catalog, charge.product_id);
             let contract = &mut self.contracts[charge.contract];
-            // Look up again: a period opened by an earlier charge of this event shifts indexes.
             let pi = match contract
                 .periods
                 .iter()
@@ -391,6 +445,7 @@ impl Customer {
             };
             let invoice_id = contract.periods[pi].invoice_id;
             let line = &mut contract.periods[pi].lines[li];
+            let uncovered_before = line.uncovered();
             line.aggregate.add(&charge.contribution);
             line.charged = charge.new_charged;
             if charge.delta.is_positive() {
@@ -413,12 +468,16 @@ impl Customer {
                     contract.periods[pi].lines[li].covered = charge.new_charged.floor_zero();
                 }
             }
-            if !touched.contains(&charge.contract) {
-                touched.push(charge.contract);
-            }
+            let uncovered_after = contract.periods[pi].lines[li].uncovered();
+            contract.line_changed(pi, uncovered_before, uncovered_after);
         }
-        for ci in touched {
-            self.evaluate(ci, customer_id, ctx, applied)?;
+        // Charges come contract by contract: evaluate each touched contract once, in order.
+        let mut last = None;
+        for charge in charges.iter() {
+            if last != Some(charge.contract) {
+                last = Some(charge.contract);
+                self.evaluate(charge.contract, customer_id, ctx, applied)?;
+            }
         }
         Ok(())
     }
@@ -502,12 +561,13 @@ impl Customer {
             edit_keys: Vec::new(),
             edits: 0,
             draw_order: Vec::new(),
+            caches: ContractCaches::default(),
         };
         for (i, commit) in spec.commits.iter().chain(&spec.credits).enumerate() {
             let id = Id::derive(spec.id, "commit", i as u64);
             add_ungated_commit(&mut contract, id, commit, ctx)?;
         }
-        contract.rebuild_draw_order();
+        contract.rebuild_caches();
         self.contracts.push(contract);
         let ci = self.contracts.len() - 1;
         // Thresholds evaluate at once on creation.
@@ -600,11 +660,17 @@ impl Customer {
                 Some(gate) => {
                     let contract = &mut self.contracts[ci];
                     start_manual_workflow(contract, id, spec, gate, ctx)?;
-                    let stripe = self.profile.as_ref().and_then(|p| p.stripe.clone());
+                    let workflow_id = id_of_workflow(id);
+                    let wi = contract
+                        .workflows
+                        .iter()
+                        .position(|w| w.id == workflow_id)
+                        .ok_or(Rejection::WorkflowNotFound)?;
+                    let stripe = self.profile.as_ref().and_then(|p| p.stripe.as_ref());
                     begin_gate(
                         &mut self.contracts[ci],
                         customer_id,
-                        id_of_workflow(id),
+                        wi,
                         stripe,
                         ctx,
                         applied,
@@ -613,8 +679,11 @@ impl Customer {
                 None => {
                     let contract = &mut self.contracts[ci];
                     add_ungated_commit(contract, id, spec, ctx)?;
-                    contract.rebuild_draw_order();
-                    cover_outstanding(contract, id, ctx)?;
+                    contract.commit_released(contract.commits.len() - 1);
+                    // The first commit with this id (ids come from the edit's id).
+                    if let Some(commit) = contract.commits.iter().position(|c| c.id == id) {
+                        cover_outstanding(contract, commit, ctx)?;
+                    }
                 }
             }
         }
@@ -731,6 +800,7 @@ impl Customer {
                     purchase.status = InvoiceStatus::Finalized;
                 }
             }
+            contract.periods_changed();
         }
         for ci in 0..self.contracts.len() {
             self.evaluate(ci, customer_id, ctx, applied)?;
@@ -751,11 +821,12 @@ impl Customer {
     ) -> Result<(), Rejection> {
         for kind in [ThresholdKind::Spend, ThresholdKind::PrepaidBalance] {
             for _ in 0..TRIGGERS_PER_INPUT_MAX {
-                let contract = &self.contracts[ci];
+                let contract = &mut self.contracts[ci];
                 let Some(config) = contract.threshold(kind) else {
                     break;
                 };
-                if !config.is_enabled || contract.in_flight(kind.workflow_kind()).is_some() {
+                if !config.is_enabled || contract.in_flight_tracked(kind.workflow_kind()).is_some()
+                {
                     break;
                 }
                 // Only a contract in force at the input's time is evaluated; a contract that
@@ -763,21 +834,22 @@ impl Customer {
                 if !contract.covers(ctx.at) {
                     break;
                 }
+                let threshold_amount = config.threshold_amount;
+                let recharge_to_amount = config.recharge_to_amount;
                 let access = match kind {
                     ThresholdKind::Spend => {
-                        let outstanding = contract.outstanding_spend()?;
-                        if outstanding < config.threshold_amount || !outstanding.is_positive() {
+                        let outstanding = contract.outstanding_spend_tracked()?;
+                        if outstanding < threshold_amount || !outstanding.is_positive() {
                             break;
                         }
                         outstanding
                     }
                     ThresholdKind::PrepaidBalance => {
-                        let balance = contract.balance(ctx.at)?;
-                        if balance > config.threshold_amount {
+                        let balance = contract.balance_tracked(ctx.at)?;
+                        if balance > threshold_amount {
                             break;
                         }
-                        let recharge_to = config
-                            .recharge_to_amount
+                        let recharge_to = recharge_to_amount
                             .ok_or(Rejection::MissingField("recharge_to_amount"))?;
                         let access = recharge_to.checked_sub(balance)?;
                         if !access.is_positive() {
@@ -786,8 +858,8 @@ impl Customer {
                         access
                     }
                 };
-                let stripe = self.profile.as_ref().and_then(|p| p.stripe.clone());
-                let workflow_id = start_threshold_workflow(
+                let stripe = self.profile.as_ref().and_then(|p| p.stripe.as_ref());
+                let wi = start_threshold_workflow(
                     &mut self.contracts[ci],
                     customer_id,
                     kind,
@@ -798,7 +870,7 @@ impl Customer {
                 begin_gate(
                     &mut self.contracts[ci],
                     customer_id,
-                    workflow_id,
+                    wi,
                     stripe,
                     ctx,
                     applied,
@@ -814,6 +886,7 @@ impl Customer {
             return;
         }
         for contract in &self.contracts {
+            contract.check_caches();
             for kind in [WorkflowKind::Spend, WorkflowKind::PrepaidBalance] {
                 let in_flight = contract
                     .workflows
@@ -881,7 +954,8 @@ fn open_period(contract: &mut Contract, (start, end): (Timestamp, Timestamp)) ->
 }
 
 /// Draws `amount` of usage at `usage_at` from eligible released segments in drawdown order;
-/// returns how much was covered.
+/// returns how much was covered. Only segments with something left are visited (the live list,
+/// a subsequence of `draw_order`): an exhausted one could give nothing.
 fn draw_down(
     contract: &mut Contract,
     product: Id,
@@ -892,18 +966,29 @@ fn draw_down(
     at: Timestamp,
 ) -> Result<Money, Rejection> {
     let mut left = amount;
-    for i in 0..contract.draw_order.len() {
-        let (ci, si) = contract.draw_order[i];
+    let mut i = 0;
+    while i < contract.caches.live.len() {
+        let (ci, si) = contract.caches.live[i];
         let commit = &contract.commits[ci];
         let segment = &commit.segments[si];
         if !segment.covers(usage_at) || !commit.applies_to(product, tags) {
+            i += 1;
             continue;
         }
-        let take = left.min(segment.remaining());
+        let before = segment.remaining();
+        let take = left.min(before);
         if !take.is_positive() {
+            i += 1;
             continue;
         }
         contract.commits[ci].record_deduction(si, invoice_id, take, at)?;
+        let after = contract.commits[ci].segments[si].remaining();
+        contract.segment_changed((ci, si), before, after, true);
+        if after.is_positive() {
+            i += 1;
+        } else {
+            contract.caches.live.remove(i);
+        }
         left = left.checked_sub(take)?;
         if left.is_zero() {
             break;
@@ -928,6 +1013,7 @@ fn give_back(
         if !commit.applies_to(product, tags) {
             continue;
         }
+        let before = commit.segments[si].remaining();
         let Some(deduction) = commit
             .deductions
             .iter_mut()
@@ -939,6 +1025,8 @@ fn give_back(
         deduction.amount = deduction.amount.checked_sub(back)?;
         let segment = &mut commit.segments[si];
         segment.drawn = segment.drawn.checked_sub(back)?;
+        let after = segment.remaining();
+        contract.segment_changed((ci, si), before, after, false);
         left = left.checked_sub(back)?;
         if left.is_zero() {
             break;
@@ -947,17 +1035,10 @@ fn give_back(
     Ok(())
 }
 
-/// Applies a newly usable commit to usage already charged but not covered on draft invoices
-/// whose period overlaps its segments: this is how a released spend-threshold commit brings
-/// outstanding spend back to zero.
-fn cover_outstanding(
-    contract: &mut Contract,
-    commit_id: Id,
-    ctx: &Ctx<'_>,
-) -> Result<(), Rejection> {
-    let Some(ci) = contract.commits.iter().position(|c| c.id == commit_id) else {
-        return Ok(());
-    };
+/// Applies a newly usable commit (index `ci`) to usage already charged but not covered on draft
+/// invoices whose period overlaps its segments: this is how a released spend-threshold commit
+/// brings outstanding spend back to zero.
+fn cover_outstanding(contract: &mut Contract, ci: usize, ctx: &Ctx<'_>) -> Result<(), Rejection> {
     for pi in 0..contract.periods.len() {
         if contract.periods[pi].status != InvoiceStatus::Draft {
             continue;
@@ -969,7 +1050,8 @@ fn cover_outstanding(
         let invoice_id = contract.periods[pi].invoice_id;
         for li in 0..contract.periods[pi].lines.len() {
             let line = &contract.periods[pi].lines[li];
-            let mut left = line.uncovered();
+            let uncovered_before = line.uncovered();
+            let mut left = uncovered_before;
             let product = line.product_id;
             let tags = product_tags(ctx.catalog, product);
             if !left.is_positive() || !contract.commits[ci].applies_to(product, tags) {
@@ -984,7 +1066,7 @@ fn cover_outstanding(
                 if !take.is_positive() {
                     continue;
                 }
-                contract.commits[ci].record_deduction(si, invoice_id, take, ctx.at)?;
+                contract.deduct((ci, si), invoice_id, take, ctx.at)?;
                 left = left.checked_sub(take)?;
                 let line = &mut contract.periods[pi].lines[li];
                 line.covered = line.covered.checked_add(take)?;
@@ -992,6 +1074,8 @@ fn cover_outstanding(
                     break;
                 }
             }
+            let uncovered_after = contract.periods[pi].lines[li].uncovered();
+            contract.line_changed(pi, uncovered_before, uncovered_after);
         }
     }
     Ok(())
@@ -1262,7 +1346,7 @@ fn start_manual_workflow(
 }
 
 /// Starts a threshold workflow: the withheld commit of `access`, its purchase invoice and the
-/// `threshold_reached` webhook. Returns the workflow id.
+/// `threshold_reached` webhook. Returns the workflow's index.
 fn start_threshold_workflow(
     contract: &mut Contract,
     customer_id: Id,
@@ -1270,11 +1354,8 @@ fn start_threshold_workflow(
     access: Money,
     ctx: &Ctx<'_>,
     applied: &mut Applied,
-) -> Result<Id, Rejection> {
-    let config = contract
-        .threshold(kind)
-        .expect("evaluated config exists")
-        .clone();
+) -> Result<usize, Rejection> {
+    let config = contract.threshold(kind).expect("evaluated config exists");
     let sequence = config.triggers + 1;
     let workflow_kind = kind.workflow_kind();
     let workflow_id = Id::derive(contract.id, workflow_kind.as_str(), sequence);
@@ -1307,6 +1388,7 @@ fn start_threshold_workflow(
         kind,
         ctx,
     );
+    let gate = config.gate.clone();
     // Checked: record the trigger.
     contract
         .threshold_mut(kind)
@@ -1334,7 +1416,7 @@ fn start_threshold_workflow(
         invoice_id,
         access_amount: access,
         invoice_total: total,
-        gate: config.gate.clone(),
+        gate,
         state: WorkflowState::Initiated,
         started_at: ctx.at,
         ended_at: None,
@@ -1348,7 +1430,9 @@ fn start_threshold_workflow(
         ctx.at,
     )));
     contract.workflows.push(workflow);
-    Ok(workflow_id)
+    let wi = contract.workflows.len() - 1;
+    contract.threshold_workflow_added(wi);
+    Ok(wi)
 }
 
 fn commit_for_threshold(
@@ -1391,20 +1475,16 @@ fn commit_for_threshold(
     }
 }
 
-/// Moves a new workflow out of INITIATED according to its gate.
+/// Moves a new workflow (index `wi`) out of INITIATED according to its gate.
 fn begin_gate(
     contract: &mut Contract,
     customer_id: Id,
-    workflow_id: Id,
-    stripe: Option<super::customer::StripeBilling>,
+    wi: usize,
+    stripe: Option<&StripeBilling>,
     ctx: &Ctx<'_>,
     applied: &mut Applied,
 ) -> Result<(), Rejection> {
-    let wi = contract
-        .workflows
-        .iter()
-        .position(|w| w.id == workflow_id)
-        .ok_or(Rejection::WorkflowNotFound)?;
+    let workflow_id = contract.workflows[wi].id;
     let gate_type = contract.workflows[wi].gate.gate_type;
     match gate_type {
         GateType::None => {
@@ -1458,12 +1538,23 @@ fn begin_gate(
                 amount: workflow.invoice_total,
                 credit_type: contract.credit_type.clone(),
                 stripe: stripe_config,
-                stripe_customer_id: billing.stripe_customer_id,
+                stripe_customer_id: billing.stripe_customer_id.clone(),
                 description: name,
             }));
         }
     }
     Ok(())
+}
+
+/// Finds the first element whose id is `id`. A threshold workflow's commit and invoice have ids
+/// derived from the workflow's own (unique) id, so the only one is searched from the end, where
+/// it was just added; other ids come from the edge and keep the first-match rule.
+fn index_of<T>(items: &[T], unique: bool, is: impl Fn(&T) -> bool) -> Option<usize> {
+    if unique {
+        items.iter().rposition(is)
+    } else {
+        items.iter().position(is)
+    }
 }
 
 fn release_workflow(
@@ -1477,12 +1568,17 @@ fn release_workflow(
     let commit_id = contract.workflows[wi].commit_id;
     let invoice_id = contract.workflows[wi].invoice_id;
     let gate_type = contract.workflows[wi].gate.gate_type;
-    if let Some(commit) = contract.commits.iter_mut().find(|c| c.id == commit_id) {
+    let unique = contract.workflows[wi].kind != WorkflowKind::ManualCommit;
+    let commit = index_of(&contract.commits, unique, |c| c.id == commit_id);
+    let mut was_released = false;
+    if let Some(ci) = commit {
+        let commit = &mut contract.commits[ci];
+        was_released = commit.is_released();
         commit.release = Release::Released { at: ctx.at };
     }
-    if let Some(purchase) = contract.purchases.iter_mut().find(|p| p.id == invoice_id) {
+    if let Some(pi) = index_of(&contract.purchases, unique, |p| p.id == invoice_id) {
         if gate_type != GateType::None {
-            purchase.external_status = Some("PAID".into());
+            contract.purchases[pi].external_status = Some("PAID".into());
         }
     }
     let workflow = &mut contract.workflows[wi];
@@ -1491,11 +1587,17 @@ fn release_workflow(
     if outcome.payment_intent_id.is_some() {
         workflow.payment_intent_id = outcome.payment_intent_id.clone();
     }
-    let workflow = workflow.clone();
-    contract.rebuild_draw_order();
-    cover_outstanding(contract, commit_id, ctx)?;
+    match commit {
+        Some(ci) if !was_released => contract.commit_released(ci),
+        // Not the usual gated commit: sort the drawdown order again from scratch.
+        _ => contract.rebuild_caches(),
+    }
+    if let Some(ci) = commit {
+        cover_outstanding(contract, ci, ctx)?;
+    }
     if gate_type != GateType::None {
-        let mut hook = webhook(&workflow, WebhookType::PaymentStatus, customer_id, ctx.at);
+        let workflow = &contract.workflows[wi];
+        let mut hook = webhook(workflow, WebhookType::PaymentStatus, customer_id, ctx.at);
         hook.invoice_id = Some(workflow.invoice_id);
         hook.payment_status = Some(PaymentStatus::Paid);
         hook.payment_intent_id = workflow.payment_intent_id.clone();
@@ -1518,8 +1620,12 @@ fn fail_workflow(
     };
     let commit_id = contract.workflows[wi].commit_id;
     let invoice_id = contract.workflows[wi].invoice_id;
-    if let Some(commit) = contract.commits.iter_mut().find(|c| c.id == commit_id) {
-        commit.release = Release::Canceled { at: ctx.at };
+    if let Some(ci) = contract.commits.iter().position(|c| c.id == commit_id) {
+        let was_released = contract.commits[ci].is_released();
+        contract.commits[ci].release = Release::Canceled { at: ctx.at };
+        if was_released {
+            contract.released_commit_canceled(ci);
+        }
     }
     if let Some(purchase) = contract.purchases.iter_mut().find(|p| p.id == invoice_id) {
         purchase.status = InvoiceStatus::Void;

@@ -35,7 +35,15 @@ pub const T0: Timestamp = Timestamp(1_735_689_600_000);
 /// the first 1000, then 1 cent).
 pub fn catalog() -> Catalog {
     let mut catalog = Catalog::default();
-    let changes = vec![
+    for change in catalog_changes() {
+        catalog.apply(change).expect("fixture catalog is valid");
+    }
+    catalog
+}
+
+/// The changes that build [`catalog`], in order (engine tests apply them through the log).
+pub fn catalog_changes() -> Vec<CatalogChange> {
+    vec![
         CatalogChange::CreateBillableMetric(BillableMetric {
             id: API_METRIC,
             name: "API calls".into(),
@@ -100,11 +108,7 @@ pub fn catalog() -> Catalog {
                 ),
             ],
         },
-    ];
-    for change in changes {
-        catalog.apply(change).expect("fixture catalog is valid");
-    }
-    catalog
+    ]
 }
 
 fn usage_product(id: Id, name: &str, metric: Id) -> Product {

@@ -86,6 +86,23 @@ impl Money {
             .ok_or(Rejection::AmountOverflow)
     }
 
+    /// `self + other` when the sum is exact, `None` when it overflows or would be rounded.
+    ///
+    /// `rust_decimal` keeps the larger scale of two non-zero operands and only lowers it (by
+    /// rounding) when the exact sum does not fit in 96 bits; a sum with an operand of zero is the
+    /// other operand. Running totals kept incrementally use this, so that a cached total is always
+    /// the exact sum of its terms (and therefore equal to the same terms summed from scratch).
+    pub fn exact_add(self, other: Money) -> Option<Money> {
+        let sum = self.0.checked_add(other.0)?;
+        exact(self.0, other.0, sum).then_some(Money(sum))
+    }
+
+    /// `self - other` when the difference is exact (see [`Money::exact_add`]).
+    pub fn exact_sub(self, other: Money) -> Option<Money> {
+        let difference = self.0.checked_sub(other.0)?;
+        exact(self.0, other.0, difference).then_some(Money(difference))
+    }
+
     pub fn min(self, other: Money) -> Money {
         if self <= other { self } else { other }
     }
@@ -125,6 +142,11 @@ impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// Whether `result` of adding or subtracting `a` and `b` is exact: no rounding lowered its scale.
+fn exact(a: Decimal, b: Decimal, result: Decimal) -> bool {
+    a.is_zero() || b.is_zero() || result.scale() == a.scale().max(b.scale())
 }
 
 /// Parses a decimal number from its exact text, refusing anything that would need rounding.
@@ -366,6 +388,21 @@ mod tests {
             max.checked_mul(Decimal::TWO),
             Err(Rejection::AmountOverflow)
         );
+    }
+
+    #[test]
+    fn exact_sums_refuse_rounding_that_checked_sums_accept() {
+        assert_eq!(m("0.1").exact_add(m("0.25")), Some(m("0.35")));
+        assert_eq!(m("0.35").exact_sub(m("0.35")), Some(Money::ZERO));
+        assert_eq!(Money::ZERO.exact_sub(m("1.5")), Some(m("-1.5")));
+        // 28 digits and a fraction: the exact sum needs 30 digits, so checked_add rounds it.
+        let big = m("7922816251426433759354395033.5");
+        assert!(big.checked_add(Money::from_i64(1)).is_ok());
+        assert_eq!(big.exact_add(Money::from_i64(1)), None);
+        assert_eq!(big.exact_sub(m("-1")), None);
+        let max = Money::from_decimal(Decimal::MAX);
+        assert_eq!(max.exact_add(Money::from_i64(1)), None);
+        assert_eq!(max.exact_sub(max), Some(Money::ZERO));
     }
 
     #[test]

@@ -342,6 +342,32 @@ impl Run {
                 _ => assert!(matches!(commit.release, Release::Gated { .. })),
             }
         }
+        // The constant-time answers evaluation uses (kept incrementally) equal the answers
+        // summed from scratch.
+        contract.check_caches();
+        let mut tracked = contract.clone();
+        assert_eq!(
+            tracked.outstanding_spend_tracked(),
+            contract.outstanding_spend(),
+            "tracked S differs"
+        );
+        assert_eq!(
+            tracked.balance_tracked(self.at),
+            contract.balance(self.at),
+            "tracked B differs"
+        );
+        assert_eq!(
+            tracked.balance_tracked(self.at.plus_ms(MS_PER_DAY)),
+            contract.balance(self.at.plus_ms(MS_PER_DAY)),
+            "tracked B differs a day later"
+        );
+        for kind in [WorkflowKind::Spend, WorkflowKind::PrepaidBalance] {
+            assert_eq!(
+                tracked.in_flight_tracked(kind),
+                contract.in_flight(kind),
+                "tracked in-flight {kind:?} differs"
+            );
+        }
         let _ = ThresholdKind::Spend;
     }
 }

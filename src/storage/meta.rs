@@ -68,6 +68,71 @@ impl Store {
         it.status()?;
         Ok(found)
     }
+
+    /// Up to `limit` entries under `prefix` whose key is greater than `after` (a cursor for
+    /// paging through large key spaces such as customer listings).
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn meta_scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<MetaEntry>, StorageError> {
+        let mut read_opts = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            read_opts.set_iterate_upper_bound(end);
+        }
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_META)?, read_opts);
+        match after {
+            Some(cursor) => {
+                it.seek(cursor);
+                if it.key() == Some(cursor) {
+                    it.next();
+                }
+            }
+            None => it.seek(prefix),
+        }
+        let mut found = Vec::new();
+        while let Some((key, value)) = it.item() {
+            if !key.starts_with(prefix) || found.len() >= limit {
+                break;
+            }
+            found.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(found)
+    }
+
+    /// Writes and deletes many keys in one write batch (one fsync in `Fsync` mode): customer
+    /// states at a checkpoint, registry entries of one input.
+    ///
+    /// # Errors
+    /// RocksDB write errors; nothing is written then.
+    pub fn meta_write_batch(
+        &self,
+        puts: &[(Vec<u8>, Vec<u8>)],
+        deletes: &[Vec<u8>],
+    ) -> Result<(), StorageError> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let cf = self.cf(CF_META)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        for (key, value) in puts {
+            batch.put_cf(cf, key, value);
+        }
+        for key in deletes {
+            batch.delete_cf(cf, key);
+        }
+        self.inner.db.write_opt(batch, &self.inner.write_opts)?;
+        Ok(())
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when there is none

@@ -1,0 +1,351 @@
+//! `CustomerActor`: the one writer of one customer's state.
+//!
+//! It lives on its partition's arbiter, receives the customer's inputs in log order (one message
+//! per customer per batch, never one per event), applies them with the pure domain, writes the
+//! resulting effects to the outbox before answering anyone, and hands them to the webhook and
+//! payment actors. Its state is checkpointed by the partition worker; an idle actor is evicted
+//! after writing its state and is re-created from it on the next input.
+//!
+//! The same [`apply_logged`] function runs live and during recovery replay, so both reach the
+//! same state, effects and ids.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix::{Actor, Context, Handler, Message};
+use tokio::sync::oneshot;
+
+use super::entry::{PersistedCustomer, STATE_VERSION, state_key};
+use super::metrics::EngineMetrics;
+use super::outbox::{OutboxEffect, OutboxEntry, payment_outbox_id, webhook_outbox_id};
+use super::shared::Shared;
+use crate::domain::customer::{Applied, Ctx, Input};
+use crate::domain::effects::{Effect, WebhookType};
+use crate::domain::{Id, Rejection, Timestamp};
+use crate::storage::{self, StorageError};
+
+/// One logged input on its way to the customer.
+pub struct Sequenced {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub catalog_version: u64,
+    pub input: Input,
+    /// Who waits for the verdict (control inputs); usage is acknowledged at durability.
+    pub reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+}
+
+/// Applies inputs in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyInputs(pub Vec<Sequenced>);
+
+/// Returns the encoded state if it changed since the last snapshot (checkpoint).
+#[derive(Message)]
+#[rtype(result = "Option<Vec<u8>>")]
+pub struct Snapshot {
+    /// Encode even if unchanged (after a failed checkpoint write).
+    pub force: bool,
+}
+
+/// Returns the encoded state if it changed, then stops (idle eviction).
+#[derive(Message)]
+#[rtype(result = "Option<Vec<u8>>")]
+pub struct Evict;
+
+pub type QueryFn = Box<dyn FnOnce(&PersistedCustomer) -> Box<dyn Any + Send> + Send>;
+
+/// Reads the state (HTTP reads: contracts, balances, invoices).
+#[derive(Message)]
+#[rtype(result = "Box<dyn Any + Send>")]
+pub struct Query(pub QueryFn);
+
+pub struct CustomerActor {
+    pub id: Id,
+    pub partition: u16,
+    pub state: PersistedCustomer,
+    pub dirty: bool,
+    pub shared: Arc<Shared>,
+}
+
+impl Actor for CustomerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
+        self.shared.metrics.actors_resident.fetch_add(1, Relaxed);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.metrics.actors_resident.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Handler<ApplyInputs> for CustomerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyInputs, _: &mut Self::Context) {
+        let count = msg.0.len();
+        let mut effects = Vec::new();
+        let mut replies = Vec::new();
+        let mut last_seq = self.state.applied_seq;
+        for sequenced in msg.0 {
+            let result = apply_logged(
+                &self.shared,
+                &mut self.state,
+                sequenced.seq,
+                sequenced.at,
+                sequenced.catalog_version,
+                &sequenced.input,
+                true,
+            );
+            last_seq = last_seq.max(sequenced.seq);
+            if let Ok(applied) = &result {
+                effects.extend(applied.effects.iter().cloned());
+            }
+            if let Some(reply) = sequenced.reply {
+                replies.push((reply, result));
+            }
+        }
+        self.dirty = true;
+        // Effects reach the outbox before anyone hears of the input's outcome, and before this
+        // actor can be snapshotted (the next message), so a checkpoint never covers an input
+        // whose effects are not in the outbox.
+        let persisted = persist_effects(&self.shared, (self.partition, last_seq), &effects);
+        match persisted {
+            Ok(entries) => self.shared.notify_effects(entries),
+            Err(error) => {
+                // The input is durable in the log; replay after a restart re-creates these
+                // effects. Failing loudly is better than answering success without them.
+                tracing::error!(%error, customer = %self.id, "outbox write failed; restart to recover");
+                for (reply, _) in replies.drain(..) {
+                    let _ =
+                        reply.send(Err(Rejection::Unsupported("storage failure; retry".into())));
+                }
+            }
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
+        self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
+    }
+}
+
+impl Handler<Snapshot> for CustomerActor {
+    type Result = Option<Vec<u8>>;
+
+    fn handle(&mut self, msg: Snapshot, _: &mut Self::Context) -> Option<Vec<u8>> {
+        if !self.dirty && !msg.force {
+            return None;
+        }
+        match storage::encode(STATE_VERSION, &self.state) {
+            Ok(bytes) => {
+                self.dirty = false;
+                Some(bytes)
+            }
+            Err(error) => {
+                tracing::error!(%error, customer = %self.id, "state encoding failed");
+                None
+            }
+        }
+    }
+}
+
+impl Handler<Evict> for CustomerActor {
+    type Result = Option<Vec<u8>>;
+
+    fn handle(&mut self, _: Evict, ctx: &mut Self::Context) -> Option<Vec<u8>> {
+        use actix::ActorContext;
+        ctx.stop();
+        storage::encode(STATE_VERSION, &self.state).ok()
+    }
+}
+
+impl Handler<Query> for CustomerActor {
+    type Result = actix::MessageResult<Query>;
+
+    fn handle(&mut self, msg: Query, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult((msg.0)(&self.state))
+    }
+}
+
+/// Loads a customer's last written state, or an empty one.
+///
+/// # Errors
+/// Storage read or decode errors (a corrupt state must stop the engine, not reset a customer).
+pub fn load_state(shared: &Shared, customer: Id) -> Result<PersistedCustomer, StorageError> {
+    match shared.store.meta_get(&state_key(customer))? {
+        Some(bytes) => {
+            let mut state: PersistedCustomer = storage::decode(STATE_VERSION, &bytes)?;
+            state.customer.rebuild_caches();
+            Ok(state)
+        }
+        None => Ok(PersistedCustomer::default()),
+    }
+}
+
+/// Applies one logged input to a customer's state: the function both live actors and recovery
+/// use. Inputs at or below the state's `applied_seq` were applied before the state was written
+/// and are skipped.
+pub fn apply_logged(
+    shared: &Shared,
+    state: &mut PersistedCustomer,
+    seq: u64,
+    at: Timestamp,
+    catalog_version: u64,
+    input: &Input,
+    live: bool,
+) -> Result<Applied, Rejection> {
+    if seq <= state.applied_seq {
+        return Ok(Applied::default());
+    }
+    state.applied_seq = seq;
+    let catalog = shared.catalog();
+    // Usage that arrives in the log before its customer's creation applied is parked, then
+    // applied right after creation (deterministic: it depends only on log order).
+    if let Input::RecordUsage(event) = input {
+        if state.customer.profile.is_none() {
+            state.parked.push(super::entry::Parked {
+                at,
+                catalog_version,
+                event: event.clone(),
+            });
+            return Ok(Applied::default());
+        }
+    }
+    let old_aliases: Vec<String> = state
+        .customer
+        .profile
+        .as_ref()
+        .map(|p| p.ingest_aliases.clone())
+        .unwrap_or_default();
+    let ctx = Ctx {
+        at,
+        catalog: &catalog,
+        catalog_version,
+        limits: &shared.settings.limits,
+    };
+    let result = state.customer.apply(input, &ctx);
+    let metrics = &shared.metrics;
+    let mut applied = match result {
+        Ok(applied) => applied,
+        Err(rejection) => {
+            EngineMetrics::add(&metrics.inputs_rejected, 1);
+            return Err(rejection);
+        }
+    };
+    EngineMetrics::add(&metrics.inputs_applied, 1);
+    if matches!(
+        input,
+        Input::CreateCustomer(_)
+            | Input::SetIngestAliases(_)
+            | Input::SetStripeBilling(_)
+            | Input::ArchiveCustomer
+    ) {
+        if let Some(profile) = &state.customer.profile {
+            shared.record_profile(profile, &old_aliases, live);
+        }
+    }
+    if matches!(input, Input::CreateCustomer(_)) {
+        for parked in std::mem::take(&mut state.parked) {
+            let ctx = Ctx {
+                at: parked.at,
+                catalog: &catalog,
+                catalog_version: parked.catalog_version,
+                limits: &shared.settings.limits,
+            };
+            match state
+                .customer
+                .apply(&Input::RecordUsage(parked.event), &ctx)
+            {
+                Ok(more) => applied.effects.extend(more.effects),
+                Err(rejection) => {
+                    EngineMetrics::add(&metrics.inputs_rejected, 1);
+                    tracing::warn!(%rejection, "parked usage rejected");
+                }
+            }
+        }
+    }
+    count_workflow_effects(metrics, &applied.effects);
+    Ok(applied)
+}
+
+fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
+    for effect in effects {
+        let counter = match effect {
+            Effect::RequestPayment(_) => &metrics.payment_requests,
+            Effect::Webhook(hook) => match (hook.webhook_type, hook.payment_status) {
+                (WebhookType::ThresholdReached, _) => &metrics.workflows_started,
+                (WebhookType::PaymentStatus, Some(crate::domain::effects::PaymentStatus::Paid)) => {
+                    &metrics.workflows_released
+                }
+                (WebhookType::PaymentStatus, _) => &metrics.workflows_failed,
+                (WebhookType::PaymentPendingActionRequired, _) => {
+                    &metrics.workflows_action_required
+                }
+                (WebhookType::ExternalInitiate, _) => continue,
+            },
+        };
+        EngineMetrics::add(counter, 1);
+    }
+}
+
+/// Writes effects to the outbox (one entry per webhook destination, one per payment) and
+/// returns the entries written, for delivery.
+///
+/// # Errors
+/// Storage errors; nothing was written then.
+pub fn persist_effects(
+    shared: &Shared,
+    cause: (u16, u64),
+    effects: &[Effect],
+) -> Result<Vec<([u8; 16], OutboxEntry)>, StorageError> {
+    if effects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = shared.clock.now_ms();
+    let mut entries = Vec::new();
+    let mut workflows = Vec::new();
+    for effect in effects {
+        let (workflow, customer) = match effect {
+            Effect::Webhook(hook) => (hook.workflow_id, hook.customer_id),
+            Effect::RequestPayment(request) => (request.workflow_id, request.customer_id),
+        };
+        workflows.push((
+            super::entry::workflow_key(workflow),
+            customer.as_bytes().to_vec(),
+        ));
+    }
+    // Before the outbox: once anyone hears of a workflow, its owner can be found.
+    shared.store.meta_write_batch(&workflows, &[])?;
+    for effect in effects {
+        match effect {
+            Effect::Webhook(hook) => {
+                let body = serde_json::to_vec(&hook.to_json())
+                    .map_err(|e| StorageError::Encode(e.to_string()))?;
+                for url in &shared.settings.webhook_urls {
+                    let effect = OutboxEffect::Webhook {
+                        webhook_id: hook.id,
+                        event_type: hook.webhook_type.as_str().to_owned(),
+                        destination_url: url.clone(),
+                        body: body.clone(),
+                    };
+                    entries.push((
+                        webhook_outbox_id(hook.id, url),
+                        OutboxEntry::new(effect, cause, now),
+                    ));
+                }
+            }
+            Effect::RequestPayment(request) => entries.push((
+                payment_outbox_id(request.workflow_id),
+                OutboxEntry::new(OutboxEffect::Payment(request.clone()), cause, now),
+            )),
+        }
+    }
+    let mut encoded = Vec::with_capacity(entries.len());
+    for (id, entry) in &entries {
+        encoded.push((*id, storage::encode(super::outbox::OUTBOX_VERSION, entry)?));
+    }
+    shared.store.put_outbox(&encoded, cause)?;
+    Ok(entries)
+}

@@ -1,0 +1,676 @@
+//! The `Engine` facade: the only thing `src/http/` calls. It hides actix (arbiters, actors,
+//! mailboxes) behind plain async methods, so a later move to other runtimes touches this
+//! module only.
+//!
+//! Start-up order matters: open storage, load the catalog and registry, recover every partition
+//! (checkpoint + log suffix), then start the webhook and payment actors (which read the outbox
+//! that recovery completed), then the partitions, then release late events; only then does the
+//! engine report ready.
+
+use std::any::Any;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::clock::SharedClock;
+use super::customer::QueryFn;
+use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+use super::metrics::EngineMetrics;
+use super::partition::{self, Control, PendingRecord, Submission};
+use super::payment::{PaymentActor, PaymentProvider};
+use super::shared::{EngineSettings, LateRelease, Shared};
+use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
+use crate::domain::catalog::CatalogChange;
+use crate::domain::customer::{Applied, CustomerProfile, Input};
+use crate::domain::usage::UsageEvent;
+use crate::domain::{Catalog, Id, Rejection};
+use crate::storage::{
+    self, AppendBatch, Durability, LogRecord, StorageError, Store, StoreOptions, StoreStats,
+};
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// The domain refused the input; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Too much accepted work is waiting; the caller should retry after a pause.
+    #[error("overloaded; retry later")]
+    Overloaded,
+    /// The engine is still recovering.
+    #[error("not ready")]
+    NotReady,
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Everything needed to start an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub dedupe_window_ms: i64,
+    pub dedupe_memory_entries: usize,
+    pub settings: EngineSettings,
+    pub webhooks: WebhookSettings,
+    /// Queued submissions per partition before senders wait.
+    pub submit_capacity: usize,
+}
+
+/// One event to ingest with the customer key it named (an id or an ingest alias).
+#[derive(Clone, Debug)]
+pub struct IngestEvent {
+    pub customer_key: String,
+    pub event: UsageEvent,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngestReceipt {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    catalog_lock: Arc<Mutex<()>>,
+    profile_lock: Arc<Mutex<()>>,
+    ready: Arc<AtomicBool>,
+    webhook_stats: Arc<WebhookStats>,
+}
+
+impl Engine {
+    /// Opens the data directory, recovers, and starts every actor. Must run inside an actix
+    /// system.
+    ///
+    /// # Errors
+    /// Storage errors, a corrupt log or state, or a partition count that differs from the one
+    /// the data directory was created with.
+    pub async fn start(
+        config: EngineConfig,
+        clock: SharedClock,
+        provider: Option<Arc<dyn PaymentProvider>>,
+    ) -> Result<Engine, EngineError> {
+        let started = Instant::now();
+        let store = Store::open(
+            &config.data_dir,
+            StoreOptions {
+                durability: config.durability,
+                dedupe_window_ms: config.dedupe_window_ms,
+                dedupe_memory_entries: config.dedupe_memory_entries,
+            },
+        )?;
+        let partitions = fix_partition_count(&store, config.settings.partitions)?;
+        let mut settings = config.settings.clone();
+        settings.partitions = partitions;
+        let catalog = load_catalog(&store)?;
+        let metrics = Arc::new(EngineMetrics::default());
+        let shared = Arc::new(Shared::new(
+            store,
+            settings,
+            Arc::clone(&clock),
+            metrics,
+            catalog,
+        ));
+        let customers = shared.load_registry()?;
+        // Recover partitions in parallel, one thread each.
+        let recovered: Vec<Result<partition::Recovered, EngineError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..partitions)
+                    .map(|p| {
+                        let shared = &shared;
+                        scope.spawn(move || partition::recover(shared, p))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(EngineError::Internal("recovery panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+        let mut states = Vec::with_capacity(recovered.len());
+        let mut replayed_total = 0;
+        for result in recovered {
+            let (map, last, replayed) = result?;
+            replayed_total += replayed;
+            states.push((map, last));
+        }
+        let webhook_stats = Arc::new(WebhookStats::default());
+        let webhook = WebhookActor::start(
+            shared.store.clone(),
+            config.webhooks.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&webhook_stats),
+        );
+        let _ = shared.webhook.set(webhook);
+        let _ = shared
+            .payment
+            .set(PaymentActor::start(Arc::clone(&shared), provider));
+        let mut handles = Vec::with_capacity(states.len());
+        for (p, (map, last)) in states.into_iter().enumerate() {
+            let arbiter = actix::Arbiter::new();
+            let (tx, rx) = oneshot::channel();
+            let shared_p = Arc::clone(&shared);
+            let capacity = config.submit_capacity;
+            let spawned = arbiter.spawn_fn(move || {
+                let handle = partition::start(p as u16, shared_p, map, last, capacity);
+                let _ = tx.send(handle);
+            });
+            if !spawned {
+                return Err(EngineError::Internal(
+                    "partition arbiter did not start".into(),
+                ));
+            }
+            handles.push(
+                rx.await
+                    .map_err(|_| EngineError::Internal("partition did not start".into()))?,
+            );
+            // The arbiter keeps running after its handle drops.
+            std::mem::forget(arbiter);
+        }
+        let _ = shared.handles.set(handles);
+        let (late_tx, late_rx) = mpsc::unbounded_channel();
+        let _ = shared.late_release.set(late_tx);
+        let engine = Engine {
+            shared: Arc::clone(&shared),
+            catalog_lock: Arc::new(Mutex::new(())),
+            profile_lock: Arc::new(Mutex::new(())),
+            ready: Arc::new(AtomicBool::new(false)),
+            webhook_stats,
+        };
+        actix_rt::spawn(release_late_loop(Arc::clone(&shared), late_rx));
+        engine.sweep_late()?;
+        let metrics = &shared.metrics;
+        metrics.recovery_replayed.store(replayed_total, Relaxed);
+        metrics
+            .recovery_millis
+            .store(started.elapsed().as_millis() as u64, Relaxed);
+        tracing::info!(
+            partitions,
+            customers,
+            replayed = replayed_total,
+            millis = started.elapsed().as_millis() as u64,
+            "engine recovered"
+        );
+        engine.ready.store(true, Relaxed);
+        Ok(engine)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.shared.metrics
+    }
+
+    pub fn webhook_stats(&self) -> &WebhookStats {
+        &self.webhook_stats
+    }
+
+    pub fn store_stats(&self) -> StoreStats {
+        self.shared.store.stats()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.shared.settings
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.shared.catalog()
+    }
+
+    /// The customer an id or alias names.
+    pub fn resolve(&self, key: &str) -> Option<Id> {
+        self.shared.registry.resolve(key)
+    }
+
+    pub fn customer_exists(&self, customer: Id) -> bool {
+        self.shared.registry.contains(customer)
+    }
+
+    pub fn alias_owner(&self, alias: &str) -> Option<Id> {
+        self.shared.registry.alias_owner(alias)
+    }
+
+    /// Inputs waiting to be applied in a partition (backpressure gauge).
+    pub fn pending_inputs(&self) -> usize {
+        self.shared.pending.iter().map(|p| p.load(Relaxed)).sum()
+    }
+
+    /// Appends usage events durably (deduplicated by transaction id) and returns once they
+    /// are; applying them to balances and thresholds follows within milliseconds.
+    ///
+    /// # Errors
+    /// [`EngineError::Overloaded`] before anything is appended when a partition has too much
+    /// accepted work waiting; storage errors (some partitions' events may then be durable:
+    /// retrying the batch is safe, duplicates are ignored).
+    pub async fn ingest(&self, events: Vec<IngestEvent>) -> Result<IngestReceipt, EngineError> {
+        if !self.is_ready() {
+            return Err(EngineError::NotReady);
+        }
+        let shared = &self.shared;
+        let partitions = shared.settings.partitions;
+        let version = shared.catalog().version();
+        let resolved = shared
+            .registry
+            .resolve_all(events.iter().map(|e| e.customer_key.as_str()));
+        let mut per_partition: Vec<Vec<PendingRecord>> =
+            (0..partitions).map(|_| Vec::new()).collect();
+        for (event, customer) in events.into_iter().zip(resolved) {
+            let dedupe_key = Some(entry::transaction_key(&event.event.transaction_id));
+            let (partition, entry) = match customer {
+                Some(customer_id) => (
+                    shared.partition_of(customer_id),
+                    LogEntry::Customer {
+                        customer_id,
+                        catalog_version: version,
+                        input: Input::RecordUsage(event.event),
+                    },
+                ),
+                None => (
+                    entry::partition_of_key(&event.customer_key, partitions),
+                    LogEntry::Unmatched {
+                        key: event.customer_key,
+                        event: event.event,
+                    },
+                ),
+            };
+            per_partition[usize::from(partition)].push(PendingRecord {
+                dedupe_key,
+                entry,
+                reply: None,
+            });
+        }
+        self.admit(&per_partition)?;
+        let mut acks = Vec::new();
+        let mut total = 0;
+        for (p, records) in per_partition.into_iter().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            total += records.len();
+            let (ack, answer) = oneshot::channel();
+            self.submit(p as u16, Submission { records, ack }).await?;
+            acks.push(answer);
+        }
+        let mut receipt = IngestReceipt::default();
+        for answer in acks {
+            let appended = answer
+                .await
+                .map_err(|_| EngineError::Internal("partition stopped".into()))??;
+            receipt.duplicates += appended.seqs.iter().filter(|s| s.is_none()).count();
+        }
+        receipt.accepted = total - receipt.duplicates;
+        EngineMetrics::add(&shared.metrics.events_accepted, receipt.accepted as u64);
+        Ok(receipt)
+    }
+
+    /// Checks every partition has room, then counts the records as pending.
+    fn admit(&self, per_partition: &[Vec<PendingRecord>]) -> Result<(), EngineError> {
+        let max = self.shared.settings.pending_inputs_max;
+        for (p, records) in per_partition.iter().enumerate() {
+            if !records.is_empty() && self.shared.pending[p].load(Relaxed) + records.len() > max {
+                EngineMetrics::add(&self.shared.metrics.overloaded, 1);
+                return Err(EngineError::Overloaded);
+            }
+        }
+        for (p, records) in per_partition.iter().enumerate() {
+            self.shared.pending[p].fetch_add(records.len(), Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn submit(&self, partition: u16, submission: Submission) -> Result<(), EngineError> {
+        let handle = self.shared.handle(partition).ok_or(EngineError::NotReady)?;
+        handle
+            .submit
+            .send(submission)
+            .await
+            .map_err(|_| EngineError::Internal("partition stopped".into()))
+    }
+
+    /// Appends one input for a customer and returns the domain's verdict once applied.
+    ///
+    /// # Errors
+    /// [`EngineError::Rejected`] when the domain refused it (the refused input stays in the log
+    /// and is refused again identically on replay, changing nothing), overload, storage.
+    pub async fn apply(&self, customer: Id, input: Input) -> Result<Applied, EngineError> {
+        if !self.is_ready() {
+            return Err(EngineError::NotReady);
+        }
+        let partition = self.shared.partition_of(customer);
+        let (reply, verdict) = oneshot::channel();
+        let record = PendingRecord {
+            dedupe_key: None,
+            entry: LogEntry::Customer {
+                customer_id: customer,
+                catalog_version: self.shared.catalog().version(),
+                input,
+            },
+            reply: Some(reply),
+        };
+        let mut per_partition: Vec<Vec<PendingRecord>> = (0..self.shared.settings.partitions)
+            .map(|_| Vec::new())
+            .collect();
+        per_partition[usize::from(partition)].push(record);
+        self.admit(&per_partition)?;
+        let record = per_partition
+            .swap_remove(usize::from(partition))
+            .pop()
+            .expect("pushed above");
+        let (ack, appended) = oneshot::channel();
+        self.submit(
+            partition,
+            Submission {
+                records: vec![record],
+                ack,
+            },
+        )
+        .await?;
+        appended
+            .await
+            .map_err(|_| EngineError::Internal("partition stopped".into()))??;
+        let applied = verdict
+            .await
+            .map_err(|_| EngineError::Internal("customer actor stopped".into()))??;
+        Ok(applied)
+    }
+
+    /// Creates a customer; its ingest aliases must be free.
+    ///
+    /// # Errors
+    /// [`Rejection::AliasInUse`], [`Rejection::AlreadyExists`], and as [`Engine::apply`].
+    pub async fn create_customer(&self, profile: CustomerProfile) -> Result<Applied, EngineError> {
+        let _guard = self.profile_lock.lock().await;
+        if self.shared.registry.contains(profile.id) {
+            return Err(Rejection::AlreadyExists.into());
+        }
+        self.check_aliases_free(profile.id, &profile.ingest_aliases)?;
+        let id = profile.id;
+        self.apply(id, Input::create_customer(profile)).await
+    }
+
+    /// Replaces a customer's ingest aliases.
+    ///
+    /// # Errors
+    /// [`Rejection::AliasInUse`], [`Rejection::CustomerNotFound`], and as [`Engine::apply`].
+    pub async fn set_ingest_aliases(
+        &self,
+        customer: Id,
+        aliases: Vec<String>,
+    ) -> Result<Applied, EngineError> {
+        let _guard = self.profile_lock.lock().await;
+        if !self.shared.registry.contains(customer) {
+            return Err(Rejection::CustomerNotFound.into());
+        }
+        self.check_aliases_free(customer, &aliases)?;
+        self.apply(customer, Input::SetIngestAliases(aliases)).await
+    }
+
+    fn check_aliases_free(&self, customer: Id, aliases: &[String]) -> Result<(), EngineError> {
+        for alias in aliases {
+            match self.shared.registry.alias_owner(alias) {
+                Some(owner) if owner != customer => {
+                    return Err(Rejection::AliasInUse(alias.clone()).into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a catalog change: validated on a copy, appended durably, then published.
+    ///
+    /// # Errors
+    /// [`EngineError::Rejected`] (nothing written), storage errors.
+    pub async fn change_catalog(&self, change: CatalogChange) -> Result<(), EngineError> {
+        let _guard = self.catalog_lock.lock().await;
+        let mut next = (*self.shared.catalog()).clone();
+        next.apply(change.clone())?;
+        let payload = storage::encode(entry::LOG_VERSION, &LogEntry::Catalog(change))?;
+        self.shared
+            .store
+            .append(AppendBatch {
+                partition: CATALOG_PARTITION,
+                at_ms: self.shared.clock.now_ms(),
+                records: vec![LogRecord {
+                    dedupe_key: None,
+                    payload,
+                }],
+            })
+            .await?;
+        self.shared.set_catalog(next);
+        Ok(())
+    }
+
+    /// Reads a customer's state through its actor.
+    ///
+    /// # Errors
+    /// [`Rejection::CustomerNotFound`] for an unknown customer.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        customer: Id,
+        f: impl FnOnce(&PersistedCustomer) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        if !self.shared.registry.contains(customer) {
+            return Err(Rejection::CustomerNotFound.into());
+        }
+        let partition = self.shared.partition_of(customer);
+        let handle = self.shared.handle(partition).ok_or(EngineError::NotReady)?;
+        let (reply, answer) = oneshot::channel();
+        let f: QueryFn = Box::new(move |state| Box::new(f(state)) as Box<dyn Any + Send>);
+        handle
+            .control
+            .send(Control::Query { customer, f, reply })
+            .map_err(|_| EngineError::Internal("partition stopped".into()))?;
+        let answer = answer
+            .await
+            .map_err(|_| EngineError::Internal("customer actor stopped".into()))?;
+        answer
+            .downcast::<R>()
+            .map(|r| *r)
+            .map_err(|_| EngineError::Internal("query answer type".into()))
+    }
+
+    /// The customer whose contract runs a workflow.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn workflow_customer(&self, workflow: Id) -> Result<Option<Id>, EngineError> {
+        Ok(self
+            .shared
+            .store
+            .meta_get(&entry::workflow_key(workflow))?
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok())
+            .map(Id::from_bytes))
+    }
+
+    /// A page of customer profiles in id order, after the cursor id.
+    ///
+    /// # Errors
+    /// Storage or decode errors.
+    pub fn list_profiles(
+        &self,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<Vec<CustomerProfile>, EngineError> {
+        let cursor = after.map(entry::profile_key);
+        let page =
+            self.shared
+                .store
+                .meta_scan_page(entry::PROFILE_PREFIX, cursor.as_deref(), limit)?;
+        let mut profiles = Vec::with_capacity(page.len());
+        for (_, value) in page {
+            profiles.push(storage::decode(META_VERSION, &value)?);
+        }
+        Ok(profiles)
+    }
+
+    /// Writes a checkpoint of every partition now (shutdown, tests).
+    ///
+    /// # Errors
+    /// The first partition's failure.
+    pub async fn checkpoint(&self) -> Result<(), EngineError> {
+        for p in 0..self.shared.settings.partitions {
+            let handle = self.shared.handle(p).ok_or(EngineError::NotReady)?;
+            let (reply, answer) = oneshot::channel();
+            handle
+                .control
+                .send(Control::Checkpoint(reply))
+                .map_err(|_| EngineError::Internal("partition stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| EngineError::Internal("partition stopped".into()))??;
+        }
+        Ok(())
+    }
+
+    /// Releases every late event whose key resolves now and forgets expired ones.
+    fn sweep_late(&self) -> Result<(), EngineError> {
+        let mut keys: Vec<String> = Vec::new();
+        let now = self.shared.clock.now_ms();
+        let mut expired = Vec::new();
+        for (key, value) in self.shared.store.meta_scan_prefix(entry::LATE_PREFIX)? {
+            let rest = &key[entry::LATE_PREFIX.len()..];
+            let Some(end) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let customer_key = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let late: LateEvent = storage::decode(META_VERSION, &value)?;
+            if now - late.at_ms > self.shared.settings.late_window_ms {
+                expired.push(key);
+            } else if self.shared.registry.resolve(&customer_key).is_some()
+                && !keys.contains(&customer_key)
+            {
+                keys.push(customer_key);
+            }
+        }
+        self.shared.store.meta_write_batch(&[], &expired)?;
+        if !keys.is_empty() {
+            if let Some(sink) = self.shared.late_release.get() {
+                let _ = sink.send(LateRelease { keys });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Re-submits late events to the customers their keys now name.
+async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LateRelease>) {
+    while let Some(release) = rx.recv().await {
+        for key in release.keys {
+            if let Err(error) = release_key(&shared, &key).await {
+                tracing::error!(%error, key, "releasing late events failed; retried at restart");
+            }
+        }
+    }
+}
+
+async fn release_key(shared: &Shared, key: &str) -> Result<(), EngineError> {
+    let Some(customer) = shared.registry.resolve(key) else {
+        return Ok(());
+    };
+    let entries = shared.store.meta_scan_prefix(&entry::late_prefix(key))?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let partition = shared.partition_of(customer);
+    let version = shared.catalog().version();
+    for chunk in entries.chunks(100) {
+        let mut records = Vec::with_capacity(chunk.len());
+        let mut keys = Vec::with_capacity(chunk.len());
+        for (meta_key, value) in chunk {
+            let late: LateEvent = storage::decode(META_VERSION, value)?;
+            records.push(PendingRecord {
+                dedupe_key: Some(entry::late_apply_key(&late.event.transaction_id)),
+                entry: LogEntry::Customer {
+                    customer_id: customer,
+                    catalog_version: version,
+                    input: Input::RecordUsage(late.event),
+                },
+                reply: None,
+            });
+            keys.push(meta_key.clone());
+        }
+        let count = records.len();
+        shared.pending[usize::from(partition)].fetch_add(count, Relaxed);
+        let handle = shared.handle(partition).ok_or(EngineError::NotReady)?;
+        let (ack, answer) = oneshot::channel();
+        handle
+            .submit
+            .send(Submission { records, ack })
+            .await
+            .map_err(|_| EngineError::Internal("partition stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| EngineError::Internal("partition stopped".into()))??;
+        // Durable in the customer's log: the late copies can go.
+        shared.store.meta_write_batch(&[], &keys)?;
+        EngineMetrics::add(&shared.metrics.events_late_released, count as u64);
+    }
+    Ok(())
+}
+
+/// Fixes the partition count at first start: customers are assigned by it, so it cannot change
+/// for a data directory.
+fn fix_partition_count(store: &Store, configured: u16) -> Result<u16, EngineError> {
+    match store.meta_get(entry::PARTITIONS_KEY)? {
+        Some(bytes) => {
+            let stored = <[u8; 2]>::try_from(bytes.as_slice())
+                .map(u16::from_be_bytes)
+                .map_err(|_| EngineError::Internal("corrupt partition count".into()))?;
+            if stored != configured {
+                tracing::warn!(
+                    stored,
+                    configured,
+                    "partition count is fixed by the data directory; using the stored value"
+                );
+            }
+            Ok(stored)
+        }
+        None => {
+            let partitions = configured.max(1);
+            store.meta_write_batch(
+                &[(
+                    entry::PARTITIONS_KEY.to_vec(),
+                    partitions.to_be_bytes().to_vec(),
+                )],
+                &[],
+            )?;
+            Ok(partitions)
+        }
+    }
+}
+
+/// Rebuilds the catalog from its log (catalog changes are few; the log is never trimmed).
+fn load_catalog(store: &Store) -> Result<Catalog, EngineError> {
+    let mut catalog = Catalog::default();
+    store.replay(CATALOG_PARTITION, 0, |_, _, bytes| {
+        let entry: LogEntry = storage::decode(entry::LOG_VERSION, bytes)?;
+        if let LogEntry::Catalog(change) = entry {
+            if let Err(rejection) = catalog.apply(change) {
+                tracing::error!(%rejection, "a logged catalog change no longer applies");
+            }
+        }
+        Ok(())
+    })?;
+    Ok(catalog)
+}

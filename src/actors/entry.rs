@@ -1,0 +1,135 @@
+//! What the engine writes to the log and to `meta`, and the keys it uses there.
+//!
+//! | meta key | value |
+//! |---|---|
+//! | `cs/` ++ customer id (16 bytes) | [`PersistedCustomer`]: a customer's state and the last seq it reflects |
+//! | `cust/` ++ customer id | [`crate::domain::customer::CustomerProfile`] (listing, lookups) |
+//! | `alias/` ++ alias | customer id (16 bytes) |
+//! | `late/` ++ key ++ `\0` ++ transaction id | [`LateEvent`]: usage for an unknown customer |
+//! | `engine/partitions` | partition count fixed at first start (u16 BE) |
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::catalog::CatalogChange;
+use crate::domain::customer::{Customer, Input};
+use crate::domain::usage::UsageEvent;
+use crate::domain::{Id, Timestamp};
+
+/// Version byte of encoded log entries.
+pub const LOG_VERSION: u8 = 1;
+/// Version byte of encoded customer states.
+pub const STATE_VERSION: u8 = 1;
+/// Version byte of other meta values.
+pub const META_VERSION: u8 = 1;
+
+/// The log partition that carries catalog changes (never trimmed, replayed whole at start).
+pub const CATALOG_PARTITION: u16 = u16::MAX;
+
+/// One record of a partition log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LogEntry {
+    /// An input for one customer, with the catalog version it is rated against.
+    Customer {
+        customer_id: Id,
+        catalog_version: u64,
+        input: Input,
+    },
+    /// Usage whose `customer_id` matched no customer or alias when it arrived.
+    Unmatched { key: String, event: UsageEvent },
+    /// A change to the shared catalog (only in [`CATALOG_PARTITION`]).
+    Catalog(CatalogChange),
+}
+
+/// A customer's state as checkpointed: the state and the last log seq applied to it. Replay
+/// skips inputs at or below `applied_seq`, so writing a state at any time is safe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedCustomer {
+    pub applied_seq: u64,
+    pub customer: Customer,
+    /// Usage that reached the customer's log before its `CreateCustomer` input applied (an
+    /// alias registered a moment earlier); applied, in order, right after creation.
+    pub parked: Vec<Parked>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    pub at: Timestamp,
+    pub catalog_version: u64,
+    pub event: UsageEvent,
+}
+
+/// Usage kept for an unknown customer key (34 days at most).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateEvent {
+    pub at_ms: i64,
+    pub event: UsageEvent,
+}
+
+pub fn state_key(customer: Id) -> Vec<u8> {
+    let mut key = b"cs/".to_vec();
+    key.extend_from_slice(customer.as_bytes());
+    key
+}
+
+pub fn profile_key(customer: Id) -> Vec<u8> {
+    let mut key = b"cust/".to_vec();
+    key.extend_from_slice(customer.as_bytes());
+    key
+}
+
+pub const PROFILE_PREFIX: &[u8] = b"cust/";
+pub const ALIAS_PREFIX: &[u8] = b"alias/";
+pub const LATE_PREFIX: &[u8] = b"late/";
+pub const PARTITIONS_KEY: &[u8] = b"engine/partitions";
+
+pub fn alias_key(alias: &str) -> Vec<u8> {
+    let mut key = ALIAS_PREFIX.to_vec();
+    key.extend_from_slice(alias.as_bytes());
+    key
+}
+
+pub fn late_prefix(customer_key: &str) -> Vec<u8> {
+    let mut key = LATE_PREFIX.to_vec();
+    key.extend_from_slice(customer_key.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn late_key(customer_key: &str, transaction_id: &str) -> Vec<u8> {
+    let mut key = late_prefix(customer_key);
+    key.extend_from_slice(transaction_id.as_bytes());
+    key
+}
+
+/// The dedupe key of an ingested transaction id.
+pub fn transaction_key(transaction_id: &str) -> Vec<u8> {
+    let mut key = b"tx:".to_vec();
+    key.extend_from_slice(transaction_id.as_bytes());
+    key
+}
+
+/// The dedupe key of a late event re-submitted to its customer: a crash between re-submission
+/// and cleanup re-submits, and this key makes the second copy a duplicate.
+pub fn late_apply_key(transaction_id: &str) -> Vec<u8> {
+    let mut key = b"late:".to_vec();
+    key.extend_from_slice(transaction_id.as_bytes());
+    key
+}
+
+/// The partition owning a customer.
+pub fn partition_of(customer: Id, partitions: u16) -> u16 {
+    // The low bits of a UUID are random (v4) or hash output (v5): a fair spread.
+    (customer.as_u128() % u128::from(partitions.max(1))) as u16
+}
+
+/// The partition keeping late events of an unknown key.
+pub fn partition_of_key(key: &str, partitions: u16) -> u16 {
+    partition_of(Id::from_key("late-key", key), partitions)
+}
+
+/// `wf/` ++ workflow id -> customer id: the release endpoint names only the workflow.
+pub fn workflow_key(workflow: Id) -> Vec<u8> {
+    let mut key = b"wf/".to_vec();
+    key.extend_from_slice(workflow.as_bytes());
+    key
+}

@@ -1,0 +1,26 @@
+//! The engine: actors that own state and concurrency, behind the [`Engine`] facade.
+//!
+//! ```text
+//! Engine::ingest / apply ─► partition submitter ─► storage group commit (log, dedupe)
+//!                                                      │ durable, in seq order
+//!                         partition worker ◄───────────┘
+//!                           └─► CustomerActor (domain::apply) ─► outbox ─► WebhookActor
+//!                                                                     └──► PaymentActor
+//! ```
+//! actix stays inside this module: `src/http/` sees only [`Engine`], [`EngineError`] and domain
+//! types.
+
+pub mod clock;
+pub mod customer;
+pub mod engine;
+pub mod entry;
+pub mod metrics;
+pub mod outbox;
+pub mod partition;
+pub mod payment;
+pub mod registry;
+pub mod shared;
+pub mod webhook;
+
+pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt};
+pub use shared::EngineSettings;

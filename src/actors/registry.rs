@@ -1,0 +1,108 @@
+//! Which customers exist and which ingest aliases name them, shared by every partition.
+//!
+//! Derived from customer inputs: the customer actor that applies `CreateCustomer` or
+//! `SetIngestAliases` updates this map and persists it in `meta` (`alias/`, `cust/`), and start-up
+//! loads it back. Ingest reads it to attribute events; a key it does not know yet makes the event
+//! "late" (kept and applied when the alias appears).
+
+use std::sync::RwLock;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::domain::Id;
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: RwLock<RegistryMaps>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryMaps {
+    customers: FxHashSet<Id>,
+    aliases: FxHashMap<String, Id>,
+}
+
+impl Registry {
+    /// The customer named by `key`: its id, or one of its ingest aliases.
+    pub fn resolve(&self, key: &str) -> Option<Id> {
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = maps.aliases.get(key) {
+            return Some(*id);
+        }
+        Id::parse(key).filter(|id| maps.customers.contains(id))
+    }
+
+    /// Resolves many keys under one lock.
+    pub fn resolve_all<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Option<Id>> {
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        keys.map(|key| {
+            maps.aliases
+                .get(key)
+                .copied()
+                .or_else(|| Id::parse(key).filter(|id| maps.customers.contains(id)))
+        })
+        .collect()
+    }
+
+    pub fn contains(&self, customer: Id) -> bool {
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        maps.customers.contains(&customer)
+    }
+
+    /// The customer an alias belongs to, if any.
+    pub fn alias_owner(&self, alias: &str) -> Option<Id> {
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        maps.aliases.get(alias).copied()
+    }
+
+    /// Records a customer and replaces its aliases (removing those it no longer has).
+    pub fn set(&self, customer: Id, old_aliases: &[String], aliases: &[String]) {
+        let mut maps = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        maps.customers.insert(customer);
+        for alias in old_aliases {
+            if maps.aliases.get(alias) == Some(&customer) {
+                maps.aliases.remove(alias);
+            }
+        }
+        for alias in aliases {
+            maps.aliases.insert(alias.clone(), customer);
+        }
+    }
+
+    pub fn customer_count(&self) -> usize {
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        maps.customers.len()
+    }
+
+    /// Every customer id (for periodic ticks).
+    pub fn customers(&self) -> Vec<Id> {
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        maps.customers.iter().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_and_ids_resolve_and_removed_aliases_do_not() {
+        let registry = Registry::default();
+        let id = Id::from_u128(7);
+        registry.set(id, &[], &["team@example.com".into(), "t1".into()]);
+        assert_eq!(registry.resolve("team@example.com"), Some(id));
+        assert_eq!(registry.resolve(&id.to_string()), Some(id));
+        assert_eq!(registry.resolve(&Id::from_u128(8).to_string()), None);
+        registry.set(
+            id,
+            &["team@example.com".into(), "t1".into()],
+            &["t2".into()],
+        );
+        assert_eq!(registry.resolve("team@example.com"), None);
+        assert_eq!(registry.resolve("t2"), Some(id));
+        assert_eq!(
+            registry.resolve_all(["t2", "nobody"].into_iter()),
+            vec![Some(id), None]
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! Configuration: `config/default.toml` (built in), then the `--config` file, then environment
+//! variables `TOLLGATE__SECTION__KEY`. Unknown keys are refused, and [`Config::validate`] checks
+//! values, so a typo stops start-up with a clear message instead of being ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::actors::EngineSettings;
+use crate::actors::engine::EngineConfig;
+use crate::actors::webhook::{Destination, WebhookSettings};
+use crate::domain::ids::MS_PER_DAY;
+use crate::domain::{Limits, Money};
+use crate::storage::Durability;
+
+/// The built-in defaults (the same text as `config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub engine: EngineSection,
+    pub limits: LimitsConfig,
+    pub webhooks: WebhooksConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub workers: usize,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub dedupe_window_days: i64,
+    pub dedupe_memory_entries: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub partitions: u16,
+    pub mailbox_capacity: usize,
+    pub pending_inputs_max: usize,
+    pub checkpoint_interval_ms: u64,
+    pub checkpoint_every_inputs: u64,
+    pub evict_idle_ms: i64,
+    pub tick_interval_ms: u64,
+    pub late_window_days: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub prepaid_threshold_min_usd_cents: i64,
+    pub recharge_gap_min_usd_cents: i64,
+    pub draft_grace_days: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub timeout_ms: u64,
+    pub first_retry_ms: i64,
+    pub max_interval_ms: i64,
+    pub give_up_after_ms: i64,
+    pub concurrency_per_destination: usize,
+    pub destinations: Vec<DestinationConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub url: String,
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Loads the layered configuration.
+    ///
+    /// # Errors
+    /// A message naming the file, key or value that is wrong.
+    pub fn load(file: Option<&Path>) -> Result<Config, String> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("TOLLGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("auth.tokens")
+                .try_parsing(true),
+        );
+        let config: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        if self.auth.tokens.is_empty() {
+            return Err("auth.tokens: at least one token is required".into());
+        }
+        if let Some(t) = self.auth.tokens.iter().find(|t| t.trim().len() < 8) {
+            return Err(format!("auth.tokens: {t:?} is shorter than 8 characters"));
+        }
+        if self.http.body_limit_bytes < 1024 {
+            return Err("http.body_limit_bytes: must be at least 1024".into());
+        }
+        if !(1..=400).contains(&self.storage.dedupe_window_days) {
+            return Err("storage.dedupe_window_days: must be between 1 and 400".into());
+        }
+        if self.engine.partitions > 1024 {
+            return Err("engine.partitions: at most 1024".into());
+        }
+        if self.engine.mailbox_capacity == 0 || self.engine.pending_inputs_max < 100 {
+            return Err(
+                "engine.mailbox_capacity must be > 0 and engine.pending_inputs_max >= 100".into(),
+            );
+        }
+        if self.engine.checkpoint_interval_ms < 100 || self.engine.tick_interval_ms < 1_000 {
+            return Err(
+                "engine.checkpoint_interval_ms must be >= 100 and engine.tick_interval_ms >= 1000"
+                    .into(),
+            );
+        }
+        if self.limits.prepaid_threshold_min_usd_cents < 0
+            || self.limits.recharge_gap_min_usd_cents < 0
+            || self.limits.draft_grace_days < 0
+        {
+            return Err("limits: values must not be negative".into());
+        }
+        let w = &self.webhooks;
+        if w.timeout_ms == 0
+            || w.first_retry_ms <= 0
+            || w.max_interval_ms < w.first_retry_ms
+            || w.give_up_after_ms <= 0
+            || w.concurrency_per_destination == 0
+        {
+            return Err("webhooks: timeouts, intervals and concurrency must be positive, max_interval_ms >= first_retry_ms".into());
+        }
+        for (i, d) in w.destinations.iter().enumerate() {
+            if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
+                return Err(format!(
+                    "webhooks.destinations[{i}].url: must start with http:// or https://"
+                ));
+            }
+            if d.secret.is_empty() {
+                return Err(format!(
+                    "webhooks.destinations[{i}].secret: must not be empty"
+                ));
+            }
+        }
+        if self.logging.level.trim().is_empty() {
+            return Err("logging.level: must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// # Errors
+    /// When `http.listen` is not `host:port`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.http.listen.parse().map_err(|_| {
+            format!(
+                "http.listen: {:?} is not an address like 127.0.0.1:8080",
+                self.http.listen
+            )
+        })
+    }
+
+    pub fn partitions(&self) -> u16 {
+        if self.engine.partitions == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get().min(1024) as u16)
+                .unwrap_or(1)
+        } else {
+            self.engine.partitions
+        }
+    }
+
+    /// The engine's part of the configuration.
+    pub fn engine_config(&self) -> EngineConfig {
+        let e = &self.engine;
+        let l = &self.limits;
+        let w = &self.webhooks;
+        EngineConfig {
+            data_dir: self.storage.data_dir.clone(),
+            durability: self.storage.durability,
+            dedupe_window_ms: self.storage.dedupe_window_days * MS_PER_DAY,
+            dedupe_memory_entries: self.storage.dedupe_memory_entries,
+            settings: EngineSettings {
+                partitions: self.partitions(),
+                limits: Limits {
+                    prepaid_threshold_min_usd_cents: Money::from_i64(
+                        l.prepaid_threshold_min_usd_cents,
+                    ),
+                    recharge_gap_min_usd_cents: Money::from_i64(l.recharge_gap_min_usd_cents),
+                    draft_grace_ms: l.draft_grace_days * MS_PER_DAY,
+                },
+                webhook_urls: w.destinations.iter().map(|d| d.url.clone()).collect(),
+                mailbox_capacity: e.mailbox_capacity,
+                pending_inputs_max: e.pending_inputs_max,
+                checkpoint_interval_ms: e.checkpoint_interval_ms,
+                checkpoint_every_inputs: e.checkpoint_every_inputs,
+                evict_idle_ms: e.evict_idle_ms,
+                tick_interval_ms: e.tick_interval_ms,
+                late_window_ms: e.late_window_days * MS_PER_DAY,
+            },
+            webhooks: WebhookSettings {
+                destinations: w
+                    .destinations
+                    .iter()
+                    .map(|d| Destination {
+                        url: d.url.clone(),
+                        secret: d.secret.clone(),
+                    })
+                    .collect(),
+                timeout_ms: w.timeout_ms,
+                first_retry_ms: w.first_retry_ms,
+                max_interval_ms: w.max_interval_ms,
+                give_up_after_ms: w.give_up_after_ms,
+                concurrency_per_destination: w.concurrency_per_destination,
+            },
+            submit_capacity: 1024,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_defaults_load_and_validate() {
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.http.listen, "127.0.0.1:8080");
+        assert_eq!(config.storage.durability, Durability::Fsync);
+        assert!(config.partitions() >= 1);
+        assert_eq!(config.engine_config().dedupe_window_ms, 34 * MS_PER_DAY);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[storage]\ndurability = \"wal\"\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.storage.durability, Durability::Wal);
+        std::fs::write(&path, "[storage]\ndurabilty = \"wal\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err();
+        assert!(err.contains("durabilty"), "{err}");
+        std::fs::write(&path, "[storage]\ndurability = \"sometimes\"\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+        assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let mut config = Config::load(None).unwrap();
+        config.http.listen = "localhost".into();
+        assert!(config.validate().unwrap_err().contains("http.listen"));
+        let mut config = Config::load(None).unwrap();
+        config.auth.tokens = vec![];
+        assert!(config.validate().unwrap_err().contains("auth.tokens"));
+        let mut config = Config::load(None).unwrap();
+        config.webhooks.destinations = vec![DestinationConfig {
+            url: "ftp://x".into(),
+            secret: "s".into(),
+        }];
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("destinations[0].url")
+        );
+    }
+}

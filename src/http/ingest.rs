@@ -1,0 +1,247 @@
+//! `POST /v1/ingest`: a JSON array of 1-100 usage events, all-or-nothing.
+//!
+//! The whole batch is validated before anything is appended; the first bad event is named by
+//! index and field in a 400. A 200 (empty body) means every event is durable in the log
+//! (deduplicated by `transaction_id` for 34 days); rating follows within milliseconds.
+
+use actix_web::{HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::actors::IngestEvent;
+use crate::domain::Timestamp;
+use crate::domain::ids::{MS_PER_DAY, MS_PER_HOUR};
+use crate::domain::usage::UsageEvent;
+
+/// Metronome's batch limits.
+pub const EVENTS_PER_REQUEST_MAX: usize = 100;
+pub const TRANSACTION_ID_CHARS_MAX: usize = 128;
+/// Events may be back-dated this far (Metronome: 34 days) ...
+pub const BACKDATE_MAX_MS: i64 = 34 * MS_PER_DAY;
+/// ... and dated this far ahead.
+pub const FUTURE_MAX_MS: i64 = 24 * MS_PER_HOUR;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/ingest", web::post().to(ingest));
+}
+
+/// Reads a request body (decompressed per Content-Encoding) up to `limit` bytes.
+///
+/// # Errors
+/// 413 over the limit, 400 for a broken stream or bad gzip.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<web::BytesMut> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => {
+                ApiError::PayloadTooLarge(format!("request body is over {limit} bytes"))
+            }
+            other => ApiError::BadRequest(format!("unreadable request body: {other}")),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "request body is over {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    transaction_id: Option<Value>,
+    customer_id: Option<Value>,
+    event_type: Option<Value>,
+    timestamp: Option<Value>,
+    properties: Option<Value>,
+}
+
+async fn ingest(state: web::Data<AppState>, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let body = read_body(payload, state.body_limit).await?;
+    let events = parse_batch(&body, state.engine.now_ms())?;
+    state.engine.ingest(events).await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// Parses and validates a whole batch.
+///
+/// # Errors
+/// 400 naming the first bad event's index and field.
+pub fn parse_batch(body: &[u8], now_ms: i64) -> ApiResult<Vec<IngestEvent>> {
+    let raw: Vec<Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body must be a JSON array of events: {e}")))?;
+    if raw.is_empty() || raw.len() > EVENTS_PER_REQUEST_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "a batch holds 1 to {EVENTS_PER_REQUEST_MAX} events, got {}",
+            raw.len()
+        )));
+    }
+    let mut events = Vec::with_capacity(raw.len());
+    for (i, value) in raw.into_iter().enumerate() {
+        events.push(parse_event(i, value, now_ms)?);
+    }
+    Ok(events)
+}
+
+fn bad(i: usize, field: &str, why: &str) -> ApiError {
+    ApiError::BadRequest(format!("event[{i}].{field}: {why}"))
+}
+
+fn required_string(i: usize, field: &str, value: Option<Value>) -> ApiResult<String> {
+    match value {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(bad(i, field, "must not be empty")),
+        Some(Value::Null) | None => Err(bad(i, field, "is required")),
+        Some(_) => Err(bad(i, field, "must be a string")),
+    }
+}
+
+fn parse_event(i: usize, value: Value, now_ms: i64) -> ApiResult<IngestEvent> {
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(format!(
+            "event[{i}]: must be an object"
+        )));
+    }
+    let raw: RawEvent = serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("event[{i}]: {e}")))?;
+    let transaction_id = required_string(i, "transaction_id", raw.transaction_id)?;
+    if transaction_id.chars().count() > TRANSACTION_ID_CHARS_MAX {
+        return Err(bad(
+            i,
+            "transaction_id",
+            &format!("must be at most {TRANSACTION_ID_CHARS_MAX} characters"),
+        ));
+    }
+    let customer_id = required_string(i, "customer_id", raw.customer_id)?;
+    let event_type = required_string(i, "event_type", raw.event_type)?;
+    let timestamp_text = required_string(i, "timestamp", raw.timestamp)?;
+    let timestamp = Timestamp::parse_rfc3339(&timestamp_text).ok_or_else(|| {
+        bad(
+            i,
+            "timestamp",
+            "must be RFC 3339, e.g. 2025-01-23T01:23:45Z",
+        )
+    })?;
+    if timestamp.millis() < now_ms - BACKDATE_MAX_MS {
+        return Err(bad(i, "timestamp", "is more than 34 days in the past"));
+    }
+    if timestamp.millis() > now_ms + FUTURE_MAX_MS {
+        return Err(bad(i, "timestamp", "is more than 24 hours in the future"));
+    }
+    let properties = match raw.properties {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(key, value)| property_text(value).map(|text| (key, text)))
+            .collect(),
+        Some(_) => return Err(bad(i, "properties", "must be an object")),
+    };
+    Ok(IngestEvent {
+        customer_key: customer_id,
+        event: UsageEvent {
+            transaction_id,
+            event_type,
+            timestamp,
+            properties,
+        },
+    })
+}
+
+/// A property value as text: strings as they are, numbers with their exact digits (serde_json
+/// keeps them under `arbitrary_precision`), booleans as `true`/`false`, nested values as JSON;
+/// `null` means absent.
+fn property_text(value: Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_750_000_000_000;
+
+    fn ts(offset_ms: i64) -> String {
+        Timestamp(NOW + offset_ms).to_rfc3339()
+    }
+
+    fn message(result: ApiResult<Vec<IngestEvent>>) -> String {
+        match result {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_batch_keeps_exact_property_values() {
+        let body = format!(
+            r#"[{{"transaction_id":"a","customer_id":"c","event_type":"t","timestamp":"{}","properties":{{"n":0.1000000000000000055511151231257827,"s":"x","b":true,"z":null}},"extra":1}}]"#,
+            ts(0)
+        );
+        let events = parse_batch(body.as_bytes(), NOW).unwrap();
+        let props = &events[0].event.properties;
+        assert!(props.contains(&("n".into(), "0.1000000000000000055511151231257827".into())));
+        assert!(props.contains(&("b".into(), "true".into())));
+        assert!(!props.iter().any(|(k, _)| k == "z"));
+    }
+
+    #[test]
+    fn the_first_bad_event_is_named_by_index_and_field() {
+        let good = format!(
+            r#"{{"transaction_id":"a","customer_id":"c","event_type":"t","timestamp":"{}"}}"#,
+            ts(0)
+        );
+        let cases = [
+            (
+                format!(r#"[{good},{{"customer_id":"c","event_type":"t","timestamp":"{}"}}]"#, ts(0)),
+                "event[1].transaction_id: is required",
+            ),
+            (
+                format!(r#"[{good},{{"transaction_id":"{}","customer_id":"c","event_type":"t","timestamp":"{}"}}]"#, "x".repeat(129), ts(0)),
+                "event[1].transaction_id: must be at most 128",
+            ),
+            (
+                format!(r#"[{{"transaction_id":"a","customer_id":"","event_type":"t","timestamp":"{}"}}]"#, ts(0)),
+                "event[0].customer_id: must not be empty",
+            ),
+            (
+                format!(r#"[{{"transaction_id":"a","customer_id":"c","event_type":"t","timestamp":"{}"}}]"#, ts(-35 * MS_PER_DAY)),
+                "event[0].timestamp: is more than 34 days in the past",
+            ),
+            (
+                format!(r#"[{{"transaction_id":"a","customer_id":"c","event_type":"t","timestamp":"{}"}}]"#, ts(25 * MS_PER_HOUR)),
+                "event[0].timestamp: is more than 24 hours",
+            ),
+            (
+                r#"[{"transaction_id":"a","customer_id":"c","event_type":"t","timestamp":"yesterday"}]"#.to_owned(),
+                "event[0].timestamp: must be RFC 3339",
+            ),
+            (
+                format!(r#"[{{"transaction_id":7,"customer_id":"c","event_type":"t","timestamp":"{}"}}]"#, ts(0)),
+                "event[0].transaction_id: must be a string",
+            ),
+            (
+                format!(r#"[{{"transaction_id":"a","customer_id":"c","event_type":"t","timestamp":"{}","properties":[1]}}]"#, ts(0)),
+                "event[0].properties: must be an object",
+            ),
+            ("[]".to_owned(), "a batch holds 1 to 100 events, got 0"),
+            ("{}".to_owned(), "body must be a JSON array"),
+            ("[1]".to_owned(), "event[0]: must be an object"),
+        ];
+        for (body, expected) in cases {
+            let got = message(parse_batch(body.as_bytes(), NOW));
+            assert!(got.starts_with(expected), "{got} vs {expected}");
+        }
+        let too_many = format!("[{}]", vec![good; 101].join(","));
+        assert!(message(parse_batch(too_many.as_bytes(), NOW)).contains("got 101"));
+    }
+}

@@ -1,0 +1,169 @@
+//! The Metronome-compatible HTTP API (actix-web). Wire shapes (Metronome's, as the official SDK
+//! sends and expects them) are converted to domain types here; the only place status codes
+//! exist is `error.rs`. Handlers talk to the engine through [`Engine`] only.
+
+pub mod error;
+pub mod ingest;
+pub mod ops;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use crate::actors::Engine;
+use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Engine,
+    pub body_limit: usize,
+    tokens: Vec<Vec<u8>>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, tokens: &[String], body_limit: usize) -> AppState {
+        AppState {
+            engine,
+            body_limit,
+            tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+        }
+    }
+
+    /// Whether `candidate` is one of the configured tokens, compared in constant time.
+    fn token_ok(&self, candidate: &[u8]) -> bool {
+        let mut any = false;
+        for token in &self.tokens {
+            any |= constant_time_eq(token, candidate);
+        }
+        any
+    }
+}
+
+/// Compares without an early exit on the first differing byte (length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// Paths served without a token.
+const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/openapi.json"];
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !PUBLIC_PATHS.contains(&req.path()) {
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .ok_or(ApiError::Engine(crate::actors::EngineError::NotReady))?;
+        let header = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .unwrap_or("");
+        if !state.token_ok(token.trim().as_bytes()) {
+            return Err(ApiError::Unauthorized.into());
+        }
+    }
+    next.call(req).await
+}
+
+/// JSON body errors become 400 (or 413) with a `{"message"}` body.
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(move |error, _| {
+            use actix_web::error::JsonPayloadError;
+            let api = match &error {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => {
+                    ApiError::PayloadTooLarge(format!("request body is over {limit} bytes"))
+                }
+                JsonPayloadError::ContentType => {
+                    ApiError::BadRequest("Content-Type must be application/json".into())
+                }
+                other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
+            };
+            api.into()
+        })
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    ops::routes(cfg);
+    ingest::routes(cfg);
+}
+
+/// A bound, not yet running API server (binding first lets tests use port 0).
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds `listener` and builds the server.
+    ///
+    /// # Errors
+    /// I/O errors from binding.
+    pub fn build(
+        listener: TcpListener,
+        engine: Engine,
+        tokens: &[String],
+        body_limit: usize,
+        workers: usize,
+    ) -> std::io::Result<Application> {
+        let port = listener.local_addr()?.port();
+        let state = web::Data::from(Arc::new(AppState::new(engine, tokens, body_limit)));
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(json_config(body_limit))
+                .app_data(web::PayloadConfig::new(body_limit))
+                .wrap(from_fn(require_token))
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
+                .configure(routes)
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+                }))
+        })
+        .shutdown_timeout(30)
+        .listen(listener)?;
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        Ok(Application {
+            port,
+            server: server.run(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs until the server stops (SIGTERM / SIGINT: stop accepting, finish in-flight
+    /// requests).
+    ///
+    /// # Errors
+    /// I/O errors from the server.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}

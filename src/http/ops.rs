@@ -1,0 +1,229 @@
+//! Operational endpoints of our own: `/health` (the process lives), `/ready` (recovery done,
+//! accepting work) and `/metrics` (Prometheus text format).
+
+use std::fmt::Write;
+
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use crate::actors::metrics::EngineMetrics;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if state.engine.is_ready() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"message": "recovering"}))
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let engine = &state.engine;
+    let m = engine.metrics();
+    let g = EngineMetrics::get;
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "tollgate_ingest_events_accepted_total",
+        "counter",
+        "Usage events accepted (durable, not duplicates).",
+        g(&m.events_accepted),
+    );
+    metric(
+        &mut out,
+        "tollgate_ingest_events_duplicate_total",
+        "counter",
+        "Usage events ignored as duplicate transaction ids.",
+        g(&m.events_duplicate),
+    );
+    metric(
+        &mut out,
+        "tollgate_ingest_events_late_total",
+        "counter",
+        "Usage events kept for a customer not known yet.",
+        g(&m.events_late),
+    );
+    metric(
+        &mut out,
+        "tollgate_ingest_events_late_released_total",
+        "counter",
+        "Late events applied once their customer appeared.",
+        g(&m.events_late_released),
+    );
+    metric(
+        &mut out,
+        "tollgate_ingest_rejected_total",
+        "counter",
+        "Requests refused with 429 because too much work was waiting.",
+        g(&m.overloaded),
+    );
+    metric(
+        &mut out,
+        "tollgate_inputs_applied_total",
+        "counter",
+        "Inputs applied by customer actors.",
+        g(&m.inputs_applied),
+    );
+    metric(
+        &mut out,
+        "tollgate_inputs_rejected_total",
+        "counter",
+        "Inputs the domain refused.",
+        g(&m.inputs_rejected),
+    );
+    metric(
+        &mut out,
+        "tollgate_inputs_pending",
+        "gauge",
+        "Inputs accepted but not applied yet.",
+        engine.pending_inputs(),
+    );
+    metric(
+        &mut out,
+        "tollgate_actors_resident",
+        "gauge",
+        "Customer actors in memory.",
+        m.actors_resident.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
+        "tollgate_actors_evicted_total",
+        "counter",
+        "Idle customer actors evicted.",
+        g(&m.actors_evicted),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tollgate_workflows_total Payment gate workflow transitions.\n# TYPE tollgate_workflows_total counter"
+    );
+    for (state_name, value) in [
+        ("started", g(&m.workflows_started)),
+        ("released", g(&m.workflows_released)),
+        ("failed", g(&m.workflows_failed)),
+        ("action_required", g(&m.workflows_action_required)),
+    ] {
+        let _ = writeln!(
+            out,
+            "tollgate_workflows_total{{state=\"{state_name}\"}} {value}"
+        );
+    }
+    metric(
+        &mut out,
+        "tollgate_payment_requests_total",
+        "counter",
+        "Charges sent to the payment provider.",
+        g(&m.payment_requests),
+    );
+    let w = engine.webhook_stats().snapshot();
+    metric(
+        &mut out,
+        "tollgate_webhook_delivered_total",
+        "counter",
+        "Webhooks delivered (2xx).",
+        w.delivered,
+    );
+    metric(
+        &mut out,
+        "tollgate_webhook_attempts_total",
+        "counter",
+        "Webhook delivery attempts.",
+        w.attempts,
+    );
+    metric(
+        &mut out,
+        "tollgate_webhook_retries_total",
+        "counter",
+        "Failed webhook attempts that will be retried.",
+        w.retries,
+    );
+    metric(
+        &mut out,
+        "tollgate_webhook_dead_letters_total",
+        "counter",
+        "Webhooks given up on and dead-lettered.",
+        w.dead_lettered,
+    );
+    metric(
+        &mut out,
+        "tollgate_webhook_pending",
+        "gauge",
+        "Webhooks waiting for delivery.",
+        w.pending,
+    );
+    let s = engine.store_stats();
+    metric(
+        &mut out,
+        "tollgate_log_appends_total",
+        "counter",
+        "Append requests to the partition logs.",
+        s.appends,
+    );
+    metric(
+        &mut out,
+        "tollgate_log_records_total",
+        "counter",
+        "Records appended.",
+        s.records,
+    );
+    metric(
+        &mut out,
+        "tollgate_log_fsyncs_total",
+        "counter",
+        "Group-commit writes (one fsync each in fsync mode).",
+        s.fsyncs,
+    );
+    metric(
+        &mut out,
+        "tollgate_log_persist_last_microseconds",
+        "gauge",
+        "Duration of the last group-commit write.",
+        s.last_persist_micros,
+    );
+    metric(
+        &mut out,
+        "tollgate_checkpoints_total",
+        "counter",
+        "Checkpoints written.",
+        g(&m.checkpoints),
+    );
+    metric(
+        &mut out,
+        "tollgate_checkpoint_last_microseconds",
+        "gauge",
+        "Duration of the last checkpoint.",
+        g(&m.checkpoint_last_micros),
+    );
+    metric(
+        &mut out,
+        "tollgate_recovery_replayed_inputs",
+        "gauge",
+        "Inputs replayed at the last start.",
+        g(&m.recovery_replayed),
+    );
+    metric(
+        &mut out,
+        "tollgate_recovery_milliseconds",
+        "gauge",
+        "Duration of the last recovery.",
+        g(&m.recovery_millis),
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}

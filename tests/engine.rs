@@ -1,0 +1,358 @@
+//! Engine-level tests (no HTTP): temp data dirs, a local webhook receiver, the real actors.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::{Receiver, engine_config, eventually};
+use tollgate::actors::clock::SystemClock;
+use tollgate::actors::{Engine, IngestEvent};
+use tollgate::domain::customer::{ContractEdit, Input, ThresholdUpdate};
+use tollgate::domain::fixtures::{self, CONTRACT, CUSTOMER};
+use tollgate::domain::gate::{GateType, OutcomeSource, PaymentOutcome, PaymentResult};
+use tollgate::domain::{Id, Money, Timestamp};
+
+async fn engine_with_catalog(dir: &std::path::Path, receiver: Option<&Receiver>) -> Engine {
+    let config = engine_config(dir, receiver.map(|r| r.url.as_str()));
+    let engine = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    for change in fixtures::catalog_changes() {
+        engine.change_catalog(change).await.unwrap();
+    }
+    engine
+}
+
+fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+/// A customer with a contract covering now and the given thresholds.
+async fn customer_with_contract(
+    engine: &Engine,
+    customer: Id,
+    alias: &str,
+    spend: Option<tollgate::domain::contract::ThresholdConfig>,
+    prepaid: Option<tollgate::domain::contract::ThresholdConfig>,
+    commits: Vec<tollgate::domain::customer::CommitSpec>,
+) {
+    let mut profile = fixtures::profile(customer, false);
+    profile.ingest_aliases = vec![alias.to_owned()];
+    engine.create_customer(profile).await.unwrap();
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.starting_at = now().month_start();
+    spec.ending_before = None;
+    spec.spend_threshold = spend;
+    spec.prepaid_threshold = prepaid;
+    spec.commits = commits
+        .into_iter()
+        .map(|mut c| {
+            c.access_schedule = vec![(
+                c.access_schedule[0].0,
+                spec.starting_at,
+                Timestamp::END_OF_TIME,
+            )];
+            c.invoice_schedule = c
+                .invoice_schedule
+                .into_iter()
+                .map(|(_, p, q)| (spec.starting_at, p, q))
+                .collect();
+            c
+        })
+        .collect();
+    engine
+        .apply(customer, Input::create_contract(spec))
+        .await
+        .unwrap();
+}
+
+fn calls(key: &str, prefix: &str, n: usize) -> Vec<IngestEvent> {
+    (0..n)
+        .map(|i| IngestEvent {
+            customer_key: key.to_owned(),
+            event: fixtures::api_call(&format!("{prefix}-{i}"), now()),
+        })
+        .collect()
+}
+
+async fn outstanding(engine: &Engine, customer: Id) -> Money {
+    engine
+        .query(customer, |s| {
+            s.customer.contracts[0].outstanding_spend().unwrap()
+        })
+        .await
+        .unwrap()
+}
+
+async fn workflows(engine: &Engine, customer: Id) -> Vec<tollgate::domain::gate::Workflow> {
+    engine
+        .query(customer, |s| s.customer.contracts[0].workflows.clone())
+        .await
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn usage_crossing_a_spend_threshold_sends_signed_webhooks_and_release_clears_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+    customer_with_contract(
+        &engine,
+        CUSTOMER,
+        "acme",
+        Some(fixtures::spend_threshold(1_000, GateType::External)),
+        None,
+        vec![],
+    )
+    .await;
+    let receipt = engine.ingest(calls("acme", "a", 10)).await.unwrap();
+    assert_eq!(receipt.accepted, 10);
+    eventually("the external_initiate webhook", || {
+        receiver.of_type("payment_gate.external_initiate").len() == 1
+    })
+    .await;
+    let initiate = &receiver.of_type("payment_gate.external_initiate")[0];
+    assert!(initiate.signature_valid);
+    assert_eq!(initiate.body["properties"]["invoice_total"], 1000);
+    assert_eq!(receiver.of_type("payment_gate.threshold_reached").len(), 1);
+    let workflow_id =
+        Id::parse(initiate.body["properties"]["workflow_id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        engine.workflow_customer(workflow_id).unwrap(),
+        Some(CUSTOMER)
+    );
+    engine
+        .apply(
+            CUSTOMER,
+            Input::PaymentOutcome(PaymentOutcome {
+                workflow_id,
+                source: OutcomeSource::External,
+                result: PaymentResult::Paid,
+                payment_intent_id: None,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outstanding(&engine, CUSTOMER).await, Money::ZERO);
+    eventually("payment_status webhook", || {
+        receiver.of_type("payment_gate.payment_status").len() == 1
+    })
+    .await;
+    // The same outcome again is refused and changes nothing.
+    let again = engine
+        .apply(
+            CUSTOMER,
+            Input::PaymentOutcome(PaymentOutcome {
+                workflow_id,
+                source: OutcomeSource::External,
+                result: PaymentResult::Paid,
+                payment_intent_id: None,
+            }),
+        )
+        .await;
+    assert!(again.is_err());
+}
+
+#[actix_rt::test]
+async fn duplicate_transaction_ids_are_accepted_and_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_catalog(dir.path(), None).await;
+    customer_with_contract(&engine, CUSTOMER, "acme", None, None, vec![]).await;
+    let first = engine.ingest(calls("acme", "d", 5)).await.unwrap();
+    assert_eq!((first.accepted, first.duplicates), (5, 0));
+    // The same batch again, and a batch repeating one id inside itself.
+    let again = engine.ingest(calls("acme", "d", 5)).await.unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 5));
+    let mut inner = calls("acme", "e", 2);
+    inner.push(inner[0].clone());
+    let inner = engine.ingest(inner).await.unwrap();
+    assert_eq!((inner.accepted, inner.duplicates), (2, 1));
+    eventually_money(&engine, CUSTOMER, Money::from_i64(700)).await;
+}
+
+async fn eventually_money(engine: &Engine, customer: Id, expected: Money) {
+    for _ in 0..200 {
+        if outstanding(engine, customer).await == expected {
+            return;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(outstanding(engine, customer).await, expected);
+}
+
+#[actix_rt::test]
+async fn usage_for_an_unknown_alias_is_kept_and_applied_when_the_alias_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_catalog(dir.path(), None).await;
+    customer_with_contract(&engine, CUSTOMER, "acme", None, None, vec![]).await;
+    let receipt = engine.ingest(calls("later-co", "l", 3)).await.unwrap();
+    assert_eq!(receipt.accepted, 3);
+    eventually("late events kept", || {
+        engine
+            .metrics()
+            .events_late
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 3
+    })
+    .await;
+    assert_eq!(outstanding(&engine, CUSTOMER).await, Money::ZERO);
+    engine
+        .set_ingest_aliases(CUSTOMER, vec!["acme".into(), "later-co".into()])
+        .await
+        .unwrap();
+    eventually_money(&engine, CUSTOMER, Money::from_i64(300)).await;
+    // Re-sending the late events after they were applied does nothing.
+    let again = engine.ingest(calls("later-co", "l", 3)).await.unwrap();
+    assert_eq!(again.duplicates, 3);
+    eventually_money(&engine, CUSTOMER, Money::from_i64(300)).await;
+}
+
+#[actix_rt::test]
+async fn many_concurrent_batches_crossing_one_threshold_start_exactly_one_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+    customer_with_contract(
+        &engine,
+        CUSTOMER,
+        "acme",
+        Some(fixtures::spend_threshold(500, GateType::External)),
+        None,
+        vec![],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let engine = engine.clone();
+        tasks.push(actix_rt::spawn(async move {
+            engine
+                .ingest(calls("acme", &format!("c{t}"), 10))
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    eventually_money(&engine, CUSTOMER, Money::from_i64(20_000)).await;
+    let flows = workflows(&engine, CUSTOMER).await;
+    assert_eq!(flows.len(), 1, "one crossing, one workflow: {flows:?}");
+    eventually("threshold webhook", || {
+        receiver.of_type("payment_gate.threshold_reached").len() == 1
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_receiver_answering_500_gets_retries_with_the_same_id_and_fresh_valid_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    *receiver.status.lock().unwrap() = 500;
+    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+    customer_with_contract(
+        &engine,
+        CUSTOMER,
+        "acme",
+        Some(fixtures::spend_threshold(100, GateType::None)),
+        None,
+        vec![],
+    )
+    .await;
+    engine.ingest(calls("acme", "r", 1)).await.unwrap();
+    eventually("three failed attempts", || receiver.count() >= 3).await;
+    // Ingest is unaffected by the failing receiver.
+    let receipt = engine.ingest(calls("acme", "s", 50)).await.unwrap();
+    assert_eq!(receipt.accepted, 50);
+    *receiver.status.lock().unwrap() = 200;
+    eventually("a delivery after recovery", || {
+        engine.webhook_stats().snapshot().delivered >= 1
+    })
+    .await;
+    let all = receiver.of_type("payment_gate.threshold_reached");
+    let first_id = all[0].id.clone();
+    let same: Vec<_> = all.iter().filter(|r| r.id == first_id).collect();
+    assert!(same.len() >= 3);
+    assert!(
+        same.iter()
+            .all(|r| r.signature_valid && r.body == same[0].body)
+    );
+}
+
+#[actix_rt::test]
+async fn checkpoints_and_eviction_keep_state_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = engine_config(dir.path(), None);
+    config.settings.evict_idle_ms = 0;
+    let engine = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    for change in fixtures::catalog_changes() {
+        engine.change_catalog(change).await.unwrap();
+    }
+    customer_with_contract(
+        &engine,
+        CUSTOMER,
+        "acme",
+        None,
+        Some(fixtures::prepaid_threshold(500, 5_000, GateType::External)),
+        vec![fixtures::prepaid_commit(10_000, 10)],
+    )
+    .await;
+    engine.ingest(calls("acme", "k", 30)).await.unwrap();
+    engine.checkpoint().await.unwrap();
+    // Idle actors are evicted (after writing state) and re-created from it on demand.
+    eventually("eviction", || {
+        engine
+            .metrics()
+            .actors_evicted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    })
+    .await;
+    let balance = engine
+        .query(CUSTOMER, |s| {
+            s.customer.contracts[0]
+                .balance(Timestamp(i64::MAX / 4).min(now()))
+                .unwrap()
+        })
+        .await
+        .unwrap();
+    assert_eq!(balance, Money::from_i64(7_000));
+    engine.ingest(calls("acme", "k2", 66)).await.unwrap();
+    eventually_workflow(&engine).await;
+    let flows = workflows(&engine, CUSTOMER).await;
+    // B fell to $5 (the threshold) on the 65th call: recharge to $50.
+    assert_eq!(flows[0].access_amount, Money::from_i64(5_000 - 500));
+    // Re-enabling after nothing failed is an edit like any other.
+    engine
+        .apply(
+            CUSTOMER,
+            Input::edit(ContractEdit {
+                edit_id: Id::from_u128(1),
+                contract_id: CONTRACT,
+                update_prepaid_threshold: Some(ThresholdUpdate {
+                    is_enabled: Some(true),
+                    ..ThresholdUpdate::default()
+                }),
+                ..ContractEdit::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(workflows(&engine, CUSTOMER).await.len(), 1);
+}
+
+async fn eventually_workflow(engine: &Engine) {
+    for _ in 0..200 {
+        if !workflows(engine, CUSTOMER).await.is_empty() {
+            return;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no workflow started");
+}
