@@ -2,9 +2,11 @@
 //! sends and expects them) are converted to domain types here; the only place status codes
 //! exist is `error.rs`. Handlers talk to the engine through [`Engine`] only.
 
+pub mod catalog;
 pub mod error;
 pub mod ingest;
 pub mod ops;
+pub mod wire;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -105,6 +107,7 @@ fn json_config(limit: usize) -> web::JsonConfig {
 fn routes(cfg: &mut web::ServiceConfig) {
     ops::routes(cfg);
     ingest::routes(cfg);
+    catalog::routes(cfg);
 }
 
 /// A bound, not yet running API server (binding first lets tests use port 0).
