@@ -225,6 +225,7 @@ pub fn apply_logged(
         catalog_version,
         limits: &shared.settings.limits,
     };
+    let invoices_before = invoice_count(state);
     let result = state.customer.apply(input, &ctx);
     let metrics = &shared.metrics;
     let mut applied = match result {
@@ -267,7 +268,42 @@ pub fn apply_logged(
         }
     }
     count_workflow_effects(metrics, &applied.effects);
+    if invoice_count(state) != invoices_before {
+        index_invoices(shared, state);
+    }
     Ok(applied)
+}
+
+fn invoice_count(state: &PersistedCustomer) -> usize {
+    state
+        .customer
+        .contracts
+        .iter()
+        .map(|c| c.purchases.len() + c.periods.len())
+        .sum()
+}
+
+/// Records which customer owns each invoice (voiding names only the invoice). Idempotent; a
+/// failed write is repaired by replay.
+fn index_invoices(shared: &Shared, state: &PersistedCustomer) {
+    let Some(customer) = state.customer.id() else {
+        return;
+    };
+    let value = customer.as_bytes().to_vec();
+    let mut puts = Vec::new();
+    for contract in &state.customer.contracts {
+        for id in contract
+            .purchases
+            .iter()
+            .map(|p| p.id)
+            .chain(contract.periods.iter().map(|p| p.invoice_id))
+        {
+            puts.push((super::entry::invoice_key(id), value.clone()));
+        }
+    }
+    if let Err(error) = shared.store.meta_write_batch(&puts, &[]) {
+        tracing::error!(%error, %customer, "invoice index write failed");
+    }
 }
 
 fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {

@@ -503,6 +503,19 @@ impl Engine {
             .map(Id::from_bytes))
     }
 
+    /// The customer an invoice belongs to.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn invoice_customer(&self, invoice: Id) -> Result<Option<Id>, EngineError> {
+        Ok(self
+            .shared
+            .store
+            .meta_get(&entry::invoice_key(invoice))?
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok())
+            .map(Id::from_bytes))
+    }
+
     /// A page of customer profiles in id order, after the cursor id.
     ///
     /// # Errors

@@ -133,3 +133,10 @@ pub fn workflow_key(workflow: Id) -> Vec<u8> {
     key.extend_from_slice(workflow.as_bytes());
     key
 }
+
+/// `inv/` ++ invoice id -> customer id: voiding names only the invoice.
+pub fn invoice_key(invoice: Id) -> Vec<u8> {
+    let mut key = b"inv/".to_vec();
+    key.extend_from_slice(invoice.as_bytes());
+    key
+}

@@ -4,7 +4,7 @@
 //! index and field in a 400. A 200 (empty body) means every event is durable in the log
 //! (deduplicated by `transaction_id` for 34 days); rating follows within milliseconds.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -28,11 +28,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/ingest", web::post().to(ingest));
 }
 
-/// Reads a request body (decompressed per Content-Encoding) up to `limit` bytes.
+/// Reads a request body (decompressed per Content-Encoding) up to `limit` bytes after
+/// decompression, so a small gzip bomb cannot exceed the limit either.
 ///
 /// # Errors
 /// 413 over the limit, 400 for a broken stream or bad gzip.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<web::BytesMut> {
+pub async fn read_body(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> ApiResult<web::BytesMut> {
+    let mut payload =
+        actix_web::dev::Decompress::from_headers(payload.into_inner(), request.headers());
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
@@ -60,8 +67,12 @@ struct RawEvent {
     properties: Option<Value>,
 }
 
-async fn ingest(state: web::Data<AppState>, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let body = read_body(payload, state.body_limit).await?;
+async fn ingest(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let body = read_body(&request, payload, state.body_limit).await?;
     let events = parse_batch(&body, state.engine.now_ms())?;
     state.engine.ingest(events).await?;
     Ok(HttpResponse::Ok().finish())

@@ -2,10 +2,15 @@
 //! sends and expects them) are converted to domain types here; the only place status codes
 //! exist is `error.rs`. Handlers talk to the engine through [`Engine`] only.
 
+pub mod balances;
 pub mod catalog;
+pub mod contracts;
+pub mod customers;
 pub mod error;
+pub mod fields;
 pub mod ingest;
 pub mod ops;
+pub mod render;
 pub mod wire;
 
 use std::net::TcpListener;
@@ -108,6 +113,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
     ops::routes(cfg);
     ingest::routes(cfg);
     catalog::routes(cfg);
+    customers::routes(cfg);
+    contracts::routes(cfg);
+    balances::routes(cfg);
 }
 
 /// A bound, not yet running API server (binding first lets tests use port 0).

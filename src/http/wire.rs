@@ -136,9 +136,8 @@ pub fn parse_decimal(field: &str, value: &Value) -> ApiResult<rust_decimal::Deci
         Value::String(s) => s.clone(),
         _ => return Err(ApiError::BadRequest(format!("{field}: must be a number"))),
     };
-    parse_exact_decimal(&text).map_err(|_| {
-        ApiError::BadRequest(format!("{field}: {text} is not an exact number"))
-    })
+    parse_exact_decimal(&text)
+        .map_err(|_| ApiError::BadRequest(format!("{field}: {text} is not an exact number")))
 }
 
 /// Case-insensitive enum parsing (Metronome accepts `PREPAID` and `prepaid`).
@@ -152,7 +151,10 @@ pub fn parse_enum<T: Copy>(field: &str, text: &str, choices: &[(&str, T)]) -> Ap
         .map(|(_, v)| *v)
         .ok_or_else(|| {
             let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-            ApiError::BadRequest(format!("{field}: {text:?} is not one of {}", names.join(", ")))
+            ApiError::BadRequest(format!(
+                "{field}: {text:?} is not one of {}",
+                names.join(", ")
+            ))
         })
 }
 
@@ -167,11 +169,20 @@ mod tests {
 
     #[test]
     fn pages_follow_the_cursor_and_end_with_none() {
-        let items: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        let items: Vec<String> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let (p1, c1) = page_after(items.clone(), None, 2, Clone::clone);
-        assert_eq!((p1, c1.clone()), (vec!["a".to_string(), "b".into()], Some("b".into())));
+        assert_eq!(
+            (p1, c1.clone()),
+            (vec!["a".to_string(), "b".into()], Some("b".into()))
+        );
         let (p2, c2) = page_after(items.clone(), c1.as_deref(), 2, Clone::clone);
-        assert_eq!((p2, c2.clone()), (vec!["c".to_string(), "d".into()], Some("d".into())));
+        assert_eq!(
+            (p2, c2.clone()),
+            (vec!["c".to_string(), "d".into()], Some("d".into()))
+        );
         let (p3, c3) = page_after(items.clone(), c2.as_deref(), 2, Clone::clone);
         assert_eq!((p3, c3), (vec!["e".to_string()], None));
         let (p4, c4) = page_after(items, Some("e"), 2, Clone::clone);

@@ -5,6 +5,7 @@
 mod support;
 
 mod catalog;
+mod contracts;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -30,9 +31,12 @@ pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
     let config = support::engine_config(dir.path(), Some(&receiver.url));
-    let engine = Engine::start(config, Arc::new(SystemClock), None).await.unwrap();
+    let engine = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let app = Application::build(listener, engine.clone(), &[TOKEN.to_owned()], 1 << 20, 1).unwrap();
+    let app =
+        Application::build(listener, engine.clone(), &[TOKEN.to_owned()], 1 << 20, 1).unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
@@ -76,7 +80,8 @@ async fn decode(response: reqwest::Response) -> (u16, Value) {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
     };
     (status, body)
 }
@@ -102,7 +107,12 @@ async fn requests_without_a_valid_token_get_401_with_a_message() {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     for open in ["/health", "/ready", "/metrics"] {
-        let r = app.client.get(format!("{}{open}", app.base)).send().await.unwrap();
+        let r = app
+            .client
+            .get(format!("{}{open}", app.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200, "{open}");
     }
 }

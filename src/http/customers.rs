@@ -1,0 +1,417 @@
+//! Customers: create, get, list, ingest aliases, archive, billing provider configurations, and
+//! their invoices (list, get) plus `POST /v1/invoices/void`.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::contracts::new_id;
+use super::error::{ApiError, ApiResult};
+use super::fields::Obj;
+use super::render;
+use super::wire;
+use crate::domain::customer::{CustomerProfile, Input, StripeBilling};
+use crate::domain::{Id, Timestamp};
+
+/// Metronome truncates longer names.
+const CUSTOMER_NAME_CHARS_MAX: usize = 160;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/customers", web::post().to(create))
+        .route("/v1/customers", web::get().to(list))
+        .route("/v1/customers/archive", web::post().to(archive))
+        .route("/v1/customers/{customer_id}", web::get().to(get))
+        .route(
+            "/v1/customers/{customer_id}/setIngestAliases",
+            web::post().to(set_aliases),
+        )
+        .route(
+            "/v1/setCustomerBillingProviderConfigurations",
+            web::post().to(set_billing),
+        )
+        .route(
+            "/v1/getCustomerBillingProviderConfigurations",
+            web::post().to(get_billing),
+        )
+        .route(
+            "/v1/customers/{customer_id}/invoices",
+            web::get().to(list_invoices),
+        )
+        .route(
+            "/v1/customers/{customer_id}/invoices/{invoice_id}",
+            web::get().to(get_invoice),
+        )
+        .route("/v1/invoices/void", web::post().to(void_invoice));
+}
+
+fn path_customer(state: &AppState, text: &str) -> ApiResult<Id> {
+    let id = wire::parse_id("customer_id", text)?;
+    if !state.engine.customer_exists(id) {
+        return Err(ApiError::NotFound(format!("customer {id} not found")));
+    }
+    Ok(id)
+}
+
+/// A Stripe billing configuration from Metronome's `customer_billing_provider_configurations`
+/// item or `setCustomerBillingProviderConfigurations` item.
+fn stripe_billing(customer: Id, item: &Obj<'_>) -> ApiResult<Option<StripeBilling>> {
+    let provider = item.req_str("billing_provider")?;
+    if !provider.eq_ignore_ascii_case("stripe") {
+        return Err(ApiError::BadRequest(format!(
+            "{}: only stripe is supported",
+            item.path("billing_provider")
+        )));
+    }
+    let config = item.req_obj("configuration")?;
+    Ok(Some(StripeBilling {
+        configuration_id: Id::derive(customer, "billing-provider-configuration", 0),
+        stripe_customer_id: config.req_str("stripe_customer_id")?.to_owned(),
+        collection_method: config
+            .str("stripe_collection_method")?
+            .unwrap_or("charge_automatically")
+            .to_owned(),
+    }))
+}
+
+async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    obj.unsupported("billing_config")?;
+    obj.unsupported("customer_revenue_system_configurations")?;
+    let name: String = obj
+        .req_str("name")?
+        .chars()
+        .take(CUSTOMER_NAME_CHARS_MAX)
+        .collect();
+    let mut ingest_aliases = obj.strs("ingest_aliases")?;
+    let external_id = obj.str("external_id")?.map(str::to_owned);
+    // `external_id` is Metronome's deprecated single alias: it names the customer in events.
+    if let Some(external) = &external_id {
+        if !ingest_aliases.contains(external) {
+            ingest_aliases.push(external.clone());
+        }
+    }
+    if ingest_aliases.iter().any(String::is_empty) {
+        return Err(ApiError::BadRequest(
+            "ingest_aliases: must not contain empty strings".into(),
+        ));
+    }
+    let id = new_id();
+    let mut stripe = None;
+    for item in obj.objs("customer_billing_provider_configurations")? {
+        stripe = stripe_billing(id, &item)?;
+    }
+    let profile = CustomerProfile {
+        id,
+        name,
+        external_id,
+        ingest_aliases,
+        custom_fields: obj.string_map("custom_fields")?,
+        stripe,
+        created_at: Timestamp(state.engine.now_ms()),
+        archived_at: None,
+    };
+    let mut response = render::customer_detail(&profile);
+    state.engine.create_customer(profile).await?;
+    // `Customer` (the create response) is the small shape.
+    if let Some(map) = response.as_object_mut() {
+        for field in ["customer_config", "created_at", "updated_at"] {
+            map.remove(field);
+        }
+    }
+    Ok(wire::data(response))
+}
+
+async fn profile(state: &AppState, customer: Id) -> ApiResult<CustomerProfile> {
+    state
+        .engine
+        .query(customer, |s| s.customer.profile.clone())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("customer {customer} not found")))
+}
+
+async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let customer = path_customer(&state, &path)?;
+    Ok(wire::data(render::customer_detail(
+        &profile(&state, customer).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    next_page: Option<String>,
+    customer_ids: Option<String>,
+    ingest_alias: Option<String>,
+    only_archived: Option<bool>,
+}
+
+async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiResult<HttpResponse> {
+    let limit = wire::page_limit(query.limit)?;
+    let only_archived = query.only_archived.unwrap_or(false);
+    let wanted: Option<Vec<Id>> = match &query.customer_ids {
+        Some(ids) => Some(
+            ids.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| wire::parse_id("customer_ids", s))
+                .collect::<ApiResult<_>>()?,
+        ),
+        None => None,
+    };
+    let by_alias = query
+        .ingest_alias
+        .as_deref()
+        .map(|alias| state.engine.alias_owner(alias));
+    let mut cursor = wire::parse_opt_id(
+        "next_page",
+        query.next_page.as_deref().filter(|c| !c.is_empty()),
+    )?;
+    let mut items = Vec::new();
+    // Scan profiles in id order, filtering, until the page is full.
+    loop {
+        let batch = state.engine.list_profiles(cursor, 200)?;
+        let exhausted = batch.len() < 200;
+        for profile in &batch {
+            cursor = Some(profile.id);
+            let archived = profile.archived_at.is_some();
+            let keep = archived == only_archived
+                && wanted.as_ref().is_none_or(|ids| ids.contains(&profile.id))
+                && by_alias.is_none_or(|owner| owner == Some(profile.id));
+            if keep {
+                items.push(render::customer_detail(profile));
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+        if items.len() == limit || exhausted {
+            let more = items.len() == limit && !state.engine.list_profiles(cursor, 1)?.is_empty();
+            let next = if more {
+                cursor.map(|c| c.to_string())
+            } else {
+                None
+            };
+            return Ok(wire::page(items, next));
+        }
+    }
+}
+
+async fn set_aliases(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let customer = path_customer(&state, &path)?;
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    if !obj.present("ingest_aliases") {
+        return Err(ApiError::BadRequest("ingest_aliases is required".into()));
+    }
+    let aliases = obj.strs("ingest_aliases")?;
+    if aliases.iter().any(String::is_empty) {
+        return Err(ApiError::BadRequest(
+            "ingest_aliases: must not contain empty strings".into(),
+        ));
+    }
+    state.engine.set_ingest_aliases(customer, aliases).await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+async fn archive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let customer = path_customer(&state, obj.req_str("id")?)?;
+    state.engine.apply(customer, Input::ArchiveCustomer).await?;
+    Ok(wire::id_response(customer))
+}
+
+async fn set_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let items = obj.objs("data")?;
+    if items.is_empty() {
+        return Err(ApiError::BadRequest(
+            "data: at least one configuration is required".into(),
+        ));
+    }
+    // Validate all, then apply.
+    let mut configs = Vec::new();
+    for item in &items {
+        let customer = path_customer(&state, item.req_str("customer_id")?)?;
+        let billing = stripe_billing(customer, item)?.expect("stripe only");
+        configs.push((customer, billing));
+    }
+    let mut out = Vec::new();
+    for (customer, billing) in configs {
+        let response = billing_json(customer, &billing);
+        state
+            .engine
+            .apply(customer, Input::SetStripeBilling(billing))
+            .await?;
+        out.push(response);
+    }
+    Ok(wire::data(out))
+}
+
+fn billing_json(customer: Id, billing: &StripeBilling) -> Value {
+    json!({
+        "id": billing.configuration_id.to_string(),
+        "customer_id": customer.to_string(),
+        "billing_provider": "stripe",
+        "archived_at": null,
+        "configuration": {
+            "stripe_customer_id": billing.stripe_customer_id,
+            "stripe_collection_method": billing.collection_method,
+        },
+        "delivery_method": "direct_to_billing_provider",
+        "delivery_method_id": Id::derive(customer, "delivery-method", 0).to_string(),
+        "delivery_method_configuration": {},
+    })
+}
+
+async fn get_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let customer = path_customer(&state, obj.req_str("customer_id")?)?;
+    let profile = profile(&state, customer).await?;
+    let items: Vec<Value> = profile
+        .stripe
+        .iter()
+        .map(|b| billing_json(customer, b))
+        .collect();
+    Ok(wire::data(items))
+}
+
+#[derive(Deserialize)]
+struct InvoiceQuery {
+    limit: Option<usize>,
+    next_page: Option<String>,
+    contract_id: Option<String>,
+    status: Option<String>,
+    #[serde(rename = "type")]
+    invoice_type: Option<String>,
+    starting_on: Option<String>,
+    ending_before: Option<String>,
+    sort: Option<String>,
+}
+
+/// Every invoice of a customer as (sort time, id, JSON).
+async fn invoices(state: &AppState, customer: Id) -> ApiResult<Vec<(Timestamp, String, Value)>> {
+    let contracts = state
+        .engine
+        .query(customer, |s| s.customer.contracts.clone())
+        .await?;
+    let catalog = state.engine.catalog();
+    let mut out = Vec::new();
+    for contract in &contracts {
+        for period in &contract.periods {
+            out.push((
+                period.starting_at,
+                period.invoice_id.to_string(),
+                render::usage_invoice(customer, contract, period, &catalog),
+            ));
+        }
+        for purchase in &contract.purchases {
+            out.push((
+                purchase.issued_at,
+                purchase.id.to_string(),
+                render::purchase_invoice(customer, contract, purchase),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+async fn list_invoices(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<InvoiceQuery>,
+) -> ApiResult<HttpResponse> {
+    let customer = path_customer(&state, &path)?;
+    let limit = wire::page_limit(query.limit)?;
+    let contract = wire::parse_opt_id("contract_id", query.contract_id.as_deref())?;
+    let starting_on = wire::parse_opt_time("starting_on", query.starting_on.as_deref())?;
+    let ending_before = wire::parse_opt_time("ending_before", query.ending_before.as_deref())?;
+    let descending = match query.sort.as_deref() {
+        None | Some("date_asc") => false,
+        Some("date_desc") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "sort: {other:?} is not one of date_asc, date_desc"
+            )));
+        }
+    };
+    let mut all = invoices(&state, customer).await?;
+    all.retain(|(at, _, json)| {
+        contract.is_none_or(|c| json["contract_id"] == c.to_string())
+            && query.status.as_deref().is_none_or(|s| {
+                json["status"]
+                    .as_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
+            })
+            && query.invoice_type.as_deref().is_none_or(|t| {
+                json["type"]
+                    .as_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(t))
+            })
+            && starting_on.is_none_or(|t| *at >= t)
+            && ending_before.is_none_or(|t| *at < t)
+    });
+    all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if descending {
+        all.reverse();
+    }
+    // Cursor: the position after the last item served (stable for an unchanged list).
+    let start: usize = match query.next_page.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::BadRequest("next_page: not a cursor from this API".into()))?,
+        None => 0,
+    };
+    let total = all.len();
+    let page: Vec<Value> = all
+        .into_iter()
+        .skip(start)
+        .take(limit)
+        .map(|(_, _, j)| j)
+        .collect();
+    let end = start + page.len();
+    let next = (end < total).then(|| end.to_string());
+    Ok(wire::page(page, next))
+}
+
+async fn get_invoice(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (customer_text, invoice_text) = path.into_inner();
+    let customer = path_customer(&state, &customer_text)?;
+    let invoice = wire::parse_id("invoice_id", &invoice_text)?.to_string();
+    invoices(&state, customer)
+        .await?
+        .into_iter()
+        .find(|(_, id, _)| *id == invoice)
+        .map(|(_, _, json)| wire::data(json))
+        .ok_or_else(|| ApiError::NotFound(format!("invoice {invoice} not found")))
+}
+
+async fn void_invoice(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let invoice = obj.req_id("id")?;
+    let customer = state
+        .engine
+        .invoice_customer(invoice)?
+        .ok_or_else(|| ApiError::NotFound(format!("invoice {invoice} not found")))?;
+    state
+        .engine
+        .apply(
+            customer,
+            Input::VoidInvoice {
+                invoice_id: invoice,
+            },
+        )
+        .await?;
+    Ok(wire::id_response(invoice))
+}
