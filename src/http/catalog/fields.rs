@@ -190,8 +190,14 @@ impl Fields {
         }
     }
 
-    fn missing(&self, key: &str) -> ApiError {
+    /// A 400 for a missing field.
+    pub fn missing(&self, key: &str) -> ApiError {
         ApiError::BadRequest(format!("{} is required", self.name(key)))
+    }
+
+    /// A 400 for a field that is required in this case (`... is required for USAGE products`).
+    pub fn missing_for(&self, key: &str, case: &str) -> ApiError {
+        ApiError::BadRequest(format!("{} is required for {case}", self.name(key)))
     }
 }
 

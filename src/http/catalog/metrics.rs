@@ -133,9 +133,9 @@ fn parse_metric(mut body: Fields) -> ApiResult<BillableMetric> {
     let aggregation_key: Option<String> = body.opt("aggregation_key")?;
     let aggregation_key = aggregation_key.filter(|k| !k.is_empty());
     if aggregation != Aggregation::Count && aggregation_key.is_none() {
-        return Err(body.invalid(
+        return Err(body.missing_for(
             "aggregation_key",
-            &format!("is required for aggregation_type {aggregation_text}"),
+            &format!("aggregation_type {aggregation_text}"),
         ));
     }
     let event_type_filter = body

@@ -133,7 +133,7 @@ fn parse_product(mut body: Fields, state: &AppState, created_at: Timestamp) -> A
     let metric = body.opt_id("billable_metric_id")?;
     let kind = match (product_type, metric) {
         (ProductType::Usage, None) => {
-            return Err(body.invalid("billable_metric_id", "is required for USAGE products"));
+            return Err(body.missing_for("billable_metric_id", "USAGE products"));
         }
         (ProductType::Usage, Some(id)) => {
             let catalog = state.engine.catalog();

@@ -135,19 +135,12 @@ impl RateView {
             ),
         };
         // The domain only accepts rates in the card's fiat credit type.
-        let credit_type = if rate.credit_type_id == card.fiat_credit_type.id {
-            CreditTypeView::of(&card.fiat_credit_type)
-        } else {
-            CreditTypeView {
-                id: rate.credit_type_id.to_string(),
-                name: rate.credit_type_id.to_string(),
-            }
-        };
+        debug_assert_eq!(rate.credit_type_id, card.fiat_credit_type.id);
         RateView {
             rate_type,
             price,
             tiers,
-            credit_type,
+            credit_type: CreditTypeView::of(&card.fiat_credit_type),
         }
     }
 }
@@ -256,7 +249,7 @@ fn parse_rate(mut f: Fields, card: &RateCard, catalog: &Catalog) -> ApiResult<Ra
             }
             let price = f
                 .opt_money("price")?
-                .ok_or_else(|| f.invalid("price", "is required for FLAT rates"))?;
+                .ok_or_else(|| f.missing_for("price", "FLAT rates"))?;
             Price::Flat(price)
         }
         RateType::Tiered => {
@@ -264,13 +257,13 @@ fn parse_rate(mut f: Fields, card: &RateCard, catalog: &Catalog) -> ApiResult<Ra
                 return Err(f.invalid("price", "TIERED rates are priced by their tiers"));
             }
             let Some(tier_fields) = f.opt_objects("tiers")? else {
-                return Err(f.invalid("tiers", "is required for TIERED rates"));
+                return Err(f.missing_for("tiers", "TIERED rates"));
             };
             let mut tiers = Vec::with_capacity(tier_fields.len());
             for mut tier in tier_fields {
                 let price = tier
                     .opt_money("price")?
-                    .ok_or_else(|| tier.invalid("price", "is required"))?;
+                    .ok_or_else(|| tier.missing("price"))?;
                 let size = tier.opt_decimal("size")?;
                 tiers.push(Tier { price, size });
             }
@@ -348,7 +341,7 @@ async fn add_rates(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Ht
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, rate_card_id)?;
     let Some(items) = body.opt_objects("rates")? else {
-        return Err(body.invalid("rates", "is required"));
+        return Err(body.missing("rates"));
     };
     if items.is_empty() {
         return Err(body.invalid("rates", "must hold at least one rate"));

@@ -1,0 +1,349 @@
+//! Crash tests with the real binary: start `tollgate serve` as a child process, load it with
+//! concurrent ingest (including re-sent duplicates) crossing a spend threshold again and again,
+//! `kill -9` it at random moments several times, restart on the same data dir, and check that
+//! every acknowledged event was applied exactly once, that money adds up, that no workflow was
+//! started twice, and that every webhook is delivered with its original id.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::Receiver;
+
+const TOKEN: &str = "crash-test-token";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start_server(config: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the tollgate binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the server prints its address")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("tollgate listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..400 {
+        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {base} never became ready");
+}
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: &Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn event(tx: &str) -> Value {
+    json!({
+        "transaction_id": tx,
+        "customer_id": "crash-co",
+        "event_type": "api_call",
+        "timestamp": tollgate::domain::Timestamp(now_ms()).to_rfc3339(),
+    })
+}
+
+/// What the load generator knows: every batch it sent and whether it was acknowledged.
+#[derive(Default)]
+struct Ledger {
+    sent: BTreeMap<usize, Vec<String>>,
+    acked: BTreeSet<usize>,
+}
+
+async fn load(base: String, ledger: Arc<Mutex<Ledger>>, worker: usize, stop: Arc<Mutex<bool>>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut n = 0usize;
+    while !*stop.lock().unwrap() {
+        let batch_id = worker * 1_000_000 + n;
+        n += 1;
+        // Every third batch re-sends the previous batch's ids (a client retry).
+        let ids: Vec<String> = if n % 3 == 0 && n > 1 {
+            let previous = ledger.lock().unwrap().sent.get(&(batch_id - 1)).cloned();
+            previous.unwrap_or_default()
+        } else {
+            (0..20).map(|i| format!("w{worker}-b{n}-e{i}")).collect()
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        ledger.lock().unwrap().sent.insert(batch_id, ids.clone());
+        let body: Vec<Value> = ids.iter().map(|id| event(id)).collect();
+        let result = client
+            .post(format!("{base}/v1/ingest"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(response) = result {
+            if response.status().as_u16() == 200 {
+                ledger.lock().unwrap().acked.insert(batch_id);
+            }
+        }
+    }
+}
+
+fn write_config(dir: &std::path::Path, webhook_url: &str) -> std::path::PathBuf {
+    let path = dir.join("tollgate.toml");
+    let text = format!(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+workers = 2
+[auth]
+tokens = ["{TOKEN}"]
+[storage]
+data_dir = "{data}"
+durability = "fsync"
+[engine]
+partitions = 2
+checkpoint_interval_ms = 300
+evict_idle_ms = 150
+[webhooks]
+first_retry_ms = 100
+max_interval_ms = 500
+[[webhooks.destinations]]
+url = "{webhook_url}"
+secret = "{secret}"
+"#,
+        data = dir.join("data").display(),
+        secret = support::SECRET,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn setup(client: &reqwest::Client, base: &str) -> (String, String) {
+    // Catalog: a COUNT metric on api_call events, its USAGE product at $1, a FIXED product.
+    let (s, metric) = post(client, base, "/v1/billable-metrics/create", &json!({
+        "name": "calls", "aggregation_type": "COUNT", "event_type_filter": {"in_values": ["api_call"]}
+    })).await;
+    assert_eq!(s, 200, "{metric}");
+    let metric = metric["data"]["id"].as_str().unwrap().to_owned();
+    let (s, usage) = post(client, base, "/v1/contract-pricing/products/create", &json!({
+        "name": "API calls", "type": "USAGE", "billable_metric_id": metric
+    })).await;
+    assert_eq!(s, 200, "{usage}");
+    let usage = usage["data"]["id"].as_str().unwrap().to_owned();
+    let (_, fixed) = post(client, base, "/v1/contract-pricing/products/create", &json!({
+        "name": "Threshold charge", "type": "FIXED"
+    })).await;
+    let fixed = fixed["data"]["id"].as_str().unwrap().to_owned();
+    let (_, card) = post(client, base, "/v1/contract-pricing/rate-cards/create", &json!({"name": "list"})).await;
+    let card = card["data"]["id"].as_str().unwrap().to_owned();
+    let (s, rate) = post(client, base, "/v1/contract-pricing/rate-cards/addRate", &json!({
+        "rate_card_id": card, "product_id": usage, "entitled": true, "rate_type": "FLAT",
+        "price": 100, "starting_at": "2020-01-01T00:00:00Z"
+    })).await;
+    assert_eq!(s, 200, "{rate}");
+    let (_, customer) = post(client, base, "/v1/customers", &json!({"name": "Crash Co", "ingest_aliases": ["crash-co"]})).await;
+    let customer = customer["data"]["id"].as_str().unwrap().to_owned();
+    let start = tollgate::domain::Timestamp(now_ms()).month_start().to_rfc3339();
+    let (s, contract) = post(client, base, "/v1/contracts/create", &json!({
+        "customer_id": customer, "rate_card_id": card, "starting_at": start,
+        "spend_threshold_configuration": {
+            "commit": {"product_id": fixed}, "is_enabled": true,
+            "payment_gate_config": {"payment_gate_type": "NONE"}, "threshold_amount": 5000
+        }
+    })).await;
+    assert_eq!(s, 200, "{contract}");
+    (customer, contract["data"]["id"].as_str().unwrap().to_owned())
+}
+
+#[actix_rt::test]
+async fn kill_9_during_load_loses_no_acknowledged_event_and_charges_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config(dir.path(), &receiver.url);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, contract) = setup(&client, &server.base).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut seed = now_ms() as u64;
+    for round in 0..4 {
+        let stop = Arc::new(Mutex::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                actix_rt::spawn(load(
+                    server.base.clone(),
+                    ledger.clone(),
+                    round * 10 + w,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        // A pseudo-random moment between 300 and 1100 ms into the load.
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let delay = 300 + (seed >> 33) % 800;
+        actix_rt::time::sleep(Duration::from_millis(delay)).await;
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        *stop.lock().unwrap() = true;
+        for w in workers {
+            let _ = w.await;
+        }
+        server = start_server(&config);
+        wait_ready(&client, &server.base).await;
+    }
+    // Retry every batch that got no 200, as a client would: dedupe makes it safe.
+    let (sent, acked_count) = {
+        let ledger = ledger.lock().unwrap();
+        (ledger.sent.clone(), ledger.acked.len())
+    };
+    assert!(acked_count > 20, "the load made progress: {acked_count} batches acknowledged");
+    let unacked: Vec<Vec<String>> = {
+        let ledger = ledger.lock().unwrap();
+        sent.iter()
+            .filter(|(id, _)| !ledger.acked.contains(id))
+            .map(|(_, ids)| ids.clone())
+            .collect()
+    };
+    for ids in unacked {
+        let body: Vec<Value> = ids.iter().map(|id| event(id)).collect();
+        let (status, response) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
+        assert_eq!(status, 200, "{response}");
+    }
+    let unique: BTreeSet<&String> = sent.values().flatten().collect();
+    let expected_cents = 100 * unique.len() as i64;
+
+    // Every event applied exactly once: the usage charged equals the unique events sent.
+    let mut charged = -1;
+    let mut contract_json = Value::Null;
+    let mut usage = Value::Null;
+    for _ in 0..400 {
+        let (_, invoices) = post_get(&client, &server.base, &format!("/v1/customers/{customer}/invoices?type=USAGE")).await;
+        usage = invoices["data"][0].clone();
+        charged = usage["subtotal"].as_i64().unwrap_or(-1);
+        if charged == expected_cents {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(charged, expected_cents, "usage invoice: {usage}");
+    for _ in 0..100 {
+        let (_, c) = post(&client, &server.base, "/v2/contracts/get", &json!({"customer_id": customer, "contract_id": contract})).await;
+        contract_json = c["data"].clone();
+        let outstanding = usage["total"].as_i64().unwrap();
+        if outstanding < 5000 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        let (_, invoices) = post_get(&client, &server.base, &format!("/v1/customers/{customer}/invoices?type=USAGE")).await;
+        usage = invoices["data"][0].clone();
+    }
+    // Money adds up: threshold commits + outstanding spend = usage charged.
+    let commits = contract_json["commits"].as_array().unwrap();
+    let committed: i64 = commits
+        .iter()
+        .map(|c| c["access_schedule"]["schedule_items"][0]["amount"].as_i64().unwrap())
+        .sum();
+    let outstanding = usage["total"].as_i64().unwrap();
+    assert_eq!(committed + outstanding, expected_cents, "commits {committed} + outstanding {outstanding}");
+    assert!(outstanding < 5000, "every crossing was charged: outstanding {outstanding}");
+    eprintln!(
+        "crash test: {} batches sent, {acked_count} acknowledged before kills, {} unique events, {} threshold commits",
+        sent.len(),
+        unique.len(),
+        commits.len()
+    );
+    // No workflow started twice: one threshold commit per crossing, distinct ids.
+    let ids: BTreeSet<&str> = commits.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), commits.len());
+    // Every threshold_reached webhook is delivered, with the original ids, and no stray ones.
+    support::eventually("all webhooks delivered", || {
+        let received: BTreeSet<String> = receiver
+            .of_type("payment_gate.threshold_reached")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        received.len() == commits.len()
+    })
+    .await;
+    assert!(receiver.received.lock().unwrap().iter().all(|r| r.signature_valid));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+async fn post_get(client: &reqwest::Client, base: &str, path: &str) -> (u16, Value) {
+    let response = client
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[actix_rt::test]
+async fn sigterm_checkpoints_and_exits_zero_and_the_next_start_has_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config(dir.path(), &receiver.url);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let body: Vec<Value> = (0..30).map(|i| event(&format!("t{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
+    assert_eq!(status, 200);
+    let pid = server.child.id();
+    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "SIGTERM exits 0, got {exit:?}");
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (_, invoices) = post_get(&client, &server.base, &format!("/v1/customers/{customer}/invoices?type=USAGE")).await;
+    assert_eq!(invoices["data"][0]["subtotal"], 3000);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
