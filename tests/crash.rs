@@ -167,34 +167,75 @@ async fn setup(client: &reqwest::Client, base: &str) -> (String, String) {
     })).await;
     assert_eq!(s, 200, "{metric}");
     let metric = metric["data"]["id"].as_str().unwrap().to_owned();
-    let (s, usage) = post(client, base, "/v1/contract-pricing/products/create", &json!({
-        "name": "API calls", "type": "USAGE", "billable_metric_id": metric
-    })).await;
+    let (s, usage) = post(
+        client,
+        base,
+        "/v1/contract-pricing/products/create",
+        &json!({
+            "name": "API calls", "type": "USAGE", "billable_metric_id": metric
+        }),
+    )
+    .await;
     assert_eq!(s, 200, "{usage}");
     let usage = usage["data"]["id"].as_str().unwrap().to_owned();
-    let (_, fixed) = post(client, base, "/v1/contract-pricing/products/create", &json!({
-        "name": "Threshold charge", "type": "FIXED"
-    })).await;
+    let (_, fixed) = post(
+        client,
+        base,
+        "/v1/contract-pricing/products/create",
+        &json!({
+            "name": "Threshold charge", "type": "FIXED"
+        }),
+    )
+    .await;
     let fixed = fixed["data"]["id"].as_str().unwrap().to_owned();
-    let (_, card) = post(client, base, "/v1/contract-pricing/rate-cards/create", &json!({"name": "list"})).await;
+    let (_, card) = post(
+        client,
+        base,
+        "/v1/contract-pricing/rate-cards/create",
+        &json!({"name": "list"}),
+    )
+    .await;
     let card = card["data"]["id"].as_str().unwrap().to_owned();
-    let (s, rate) = post(client, base, "/v1/contract-pricing/rate-cards/addRate", &json!({
-        "rate_card_id": card, "product_id": usage, "entitled": true, "rate_type": "FLAT",
-        "price": 100, "starting_at": "2020-01-01T00:00:00Z"
-    })).await;
+    let (s, rate) = post(
+        client,
+        base,
+        "/v1/contract-pricing/rate-cards/addRate",
+        &json!({
+            "rate_card_id": card, "product_id": usage, "entitled": true, "rate_type": "FLAT",
+            "price": 100, "starting_at": "2020-01-01T00:00:00Z"
+        }),
+    )
+    .await;
     assert_eq!(s, 200, "{rate}");
-    let (_, customer) = post(client, base, "/v1/customers", &json!({"name": "Crash Co", "ingest_aliases": ["crash-co"]})).await;
+    let (_, customer) = post(
+        client,
+        base,
+        "/v1/customers",
+        &json!({"name": "Crash Co", "ingest_aliases": ["crash-co"]}),
+    )
+    .await;
     let customer = customer["data"]["id"].as_str().unwrap().to_owned();
-    let start = tollgate::domain::Timestamp(now_ms()).month_start().to_rfc3339();
-    let (s, contract) = post(client, base, "/v1/contracts/create", &json!({
-        "customer_id": customer, "rate_card_id": card, "starting_at": start,
-        "spend_threshold_configuration": {
-            "commit": {"product_id": fixed}, "is_enabled": true,
-            "payment_gate_config": {"payment_gate_type": "NONE"}, "threshold_amount": 5000
-        }
-    })).await;
+    let start = tollgate::domain::Timestamp(now_ms())
+        .month_start()
+        .to_rfc3339();
+    let (s, contract) = post(
+        client,
+        base,
+        "/v1/contracts/create",
+        &json!({
+            "customer_id": customer, "rate_card_id": card, "starting_at": start,
+            "spend_threshold_configuration": {
+                "commit": {"product_id": fixed}, "is_enabled": true,
+                "payment_gate_config": {"payment_gate_type": "NONE"}, "threshold_amount": 5000
+            }
+        }),
+    )
+    .await;
     assert_eq!(s, 200, "{contract}");
-    (customer, contract["data"]["id"].as_str().unwrap().to_owned())
+    (
+        customer,
+        contract["data"]["id"].as_str().unwrap().to_owned(),
+    )
 }
 
 #[actix_rt::test]
@@ -238,7 +279,10 @@ async fn kill_9_during_load_loses_no_acknowledged_event_and_charges_nothing_twic
         let ledger = ledger.lock().unwrap();
         (ledger.sent.clone(), ledger.acked.len())
     };
-    assert!(acked_count > 20, "the load made progress: {acked_count} batches acknowledged");
+    assert!(
+        acked_count > 20,
+        "the load made progress: {acked_count} batches acknowledged"
+    );
     let unacked: Vec<Vec<String>> = {
         let ledger = ledger.lock().unwrap();
         sent.iter()
@@ -259,7 +303,12 @@ async fn kill_9_during_load_loses_no_acknowledged_event_and_charges_nothing_twic
     let mut contract_json = Value::Null;
     let mut usage = Value::Null;
     for _ in 0..400 {
-        let (_, invoices) = post_get(&client, &server.base, &format!("/v1/customers/{customer}/invoices?type=USAGE")).await;
+        let (_, invoices) = post_get(
+            &client,
+            &server.base,
+            &format!("/v1/customers/{customer}/invoices?type=USAGE"),
+        )
+        .await;
         usage = invoices["data"][0].clone();
         charged = usage["subtotal"].as_i64().unwrap_or(-1);
         if charged == expected_cents {
@@ -269,25 +318,47 @@ async fn kill_9_during_load_loses_no_acknowledged_event_and_charges_nothing_twic
     }
     assert_eq!(charged, expected_cents, "usage invoice: {usage}");
     for _ in 0..100 {
-        let (_, c) = post(&client, &server.base, "/v2/contracts/get", &json!({"customer_id": customer, "contract_id": contract})).await;
+        let (_, c) = post(
+            &client,
+            &server.base,
+            "/v2/contracts/get",
+            &json!({"customer_id": customer, "contract_id": contract}),
+        )
+        .await;
         contract_json = c["data"].clone();
         let outstanding = usage["total"].as_i64().unwrap();
         if outstanding < 5000 {
             break;
         }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
-        let (_, invoices) = post_get(&client, &server.base, &format!("/v1/customers/{customer}/invoices?type=USAGE")).await;
+        let (_, invoices) = post_get(
+            &client,
+            &server.base,
+            &format!("/v1/customers/{customer}/invoices?type=USAGE"),
+        )
+        .await;
         usage = invoices["data"][0].clone();
     }
     // Money adds up: threshold commits + outstanding spend = usage charged.
     let commits = contract_json["commits"].as_array().unwrap();
     let committed: i64 = commits
         .iter()
-        .map(|c| c["access_schedule"]["schedule_items"][0]["amount"].as_i64().unwrap())
+        .map(|c| {
+            c["access_schedule"]["schedule_items"][0]["amount"]
+                .as_i64()
+                .unwrap()
+        })
         .sum();
     let outstanding = usage["total"].as_i64().unwrap();
-    assert_eq!(committed + outstanding, expected_cents, "commits {committed} + outstanding {outstanding}");
-    assert!(outstanding < 5000, "every crossing was charged: outstanding {outstanding}");
+    assert_eq!(
+        committed + outstanding,
+        expected_cents,
+        "commits {committed} + outstanding {outstanding}"
+    );
+    assert!(
+        outstanding < 5000,
+        "every crossing was charged: outstanding {outstanding}"
+    );
     eprintln!(
         "crash test: {} batches sent, {acked_count} acknowledged before kills, {} unique events, {} threshold commits",
         sent.len(),
@@ -307,7 +378,14 @@ async fn kill_9_during_load_loses_no_acknowledged_event_and_charges_nothing_twic
         received.len() == commits.len()
     })
     .await;
-    assert!(receiver.received.lock().unwrap().iter().all(|r| r.signature_valid));
+    assert!(
+        receiver
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.signature_valid)
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
@@ -336,13 +414,21 @@ async fn sigterm_checkpoints_and_exits_zero_and_the_next_start_has_everything() 
     let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
     assert_eq!(status, 200);
     let pid = server.child.id();
-    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "SIGTERM exits 0, got {exit:?}");
     server = start_server(&config);
     wait_ready(&client, &server.base).await;
-    let (_, invoices) = post_get(&client, &server.base, &format!("/v1/customers/{customer}/invoices?type=USAGE")).await;
+    let (_, invoices) = post_get(
+        &client,
+        &server.base,
+        &format!("/v1/customers/{customer}/invoices?type=USAGE"),
+    )
+    .await;
     assert_eq!(invoices["data"][0]["subtotal"], 3000);
     server.child.kill().unwrap();
     server.child.wait().unwrap();

@@ -8,7 +8,9 @@ pub mod contracts;
 pub mod customers;
 pub mod error;
 pub mod fields;
+pub mod idempotency;
 pub mod ingest;
+pub mod openapi;
 pub mod ops;
 pub mod render;
 pub mod wire;
@@ -28,6 +30,7 @@ use error::ApiError;
 pub struct AppState {
     pub engine: Engine,
     pub body_limit: usize,
+    pub in_flight_keys: idempotency::InFlight,
     tokens: Vec<Vec<u8>>,
 }
 
@@ -36,6 +39,7 @@ impl AppState {
         AppState {
             engine,
             body_limit,
+            in_flight_keys: idempotency::InFlight::default(),
             tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
         }
     }
@@ -116,6 +120,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     customers::routes(cfg);
     contracts::routes(cfg);
     balances::routes(cfg);
+    openapi::routes(cfg);
 }
 
 /// A bound, not yet running API server (binding first lets tests use port 0).
@@ -143,6 +148,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(json_config(body_limit))
                 .app_data(web::PayloadConfig::new(body_limit))
+                .wrap(from_fn(idempotency::idempotency))
                 .wrap(from_fn(require_token))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
                 .configure(routes)

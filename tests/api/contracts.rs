@@ -662,3 +662,32 @@ async fn customers_list_pages_until_next_page_is_null_and_aliases_conflict() {
     let (_, detail) = app.get(&format!("/v1/customers/{id}")).await;
     assert_eq!(detail["data"]["ingest_aliases"], json!(["renamed"]));
 }
+
+#[actix_rt::test]
+async fn idempotency_keys_replay_the_first_response_and_refuse_a_different_body() {
+    let app = app_with_catalog().await;
+    let send = |body: Value, key: &str| {
+        let request = app
+            .client
+            .post(format!("{}/v1/customers", app.base))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let status = response.status().as_u16();
+            (status, replayed, response.json::<Value>().await.unwrap())
+        }
+    };
+    let body = json!({"name": "Once", "ingest_aliases": ["once"]});
+    let (s1, r1, first) = send(body.clone(), "key-1").await;
+    let (s2, r2, second) = send(body.clone(), "key-1").await;
+    assert_eq!((s1, r1), (200, false));
+    assert_eq!((s2, r2), (200, true));
+    assert_eq!(first, second, "the same customer, not a second one");
+    let (s3, _, conflict) = send(json!({"name": "Other"}), "key-1").await;
+    assert_eq!(s3, 409, "{conflict}");
+    let (_, list) = app.get("/v1/customers").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
