@@ -647,7 +647,7 @@ async fn customers_list_pages_until_next_page_is_null_and_aliases_conflict() {
         .await;
     assert_eq!(status, 404);
     let (status, body) = app
-        .get(&format!("/v1/customers?ingest_alias=alias-2"))
+        .get("/v1/customers?ingest_alias=alias-2")
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
