@@ -26,14 +26,23 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-sdk.XXXXXX")"
 SERVER_PID=""
 cleanup() {
   local status=$?
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+  if [ -n "$SERVER_PID" ]; then
+    # SIGTERM must stop the server cleanly (SPEC section 6: checkpoint, exit 0) within 10 s.
+    local server_status=0 waited=0
     kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
+    while kill -0 "$SERVER_PID" 2>/dev/null && [ "$waited" -lt 100 ]; do
       sleep 0.1
+      waited=$((waited + 1))
     done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+      log "the server did not stop within 10 s of SIGTERM; killing it"
+      kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || server_status=$?
+    if [ "$server_status" -ne 0 ]; then
+      log "the server exited with status $server_status after SIGTERM (expected 0)"
+      [ "$status" -eq 0 ] && status=1
+    fi
   fi
   if [ "$status" -ne 0 ] && [ -f "$WORK/server.err" ]; then
     log "server log (last 40 lines):"
