@@ -62,7 +62,9 @@ async fn engine(dir: &std::path::Path, durability: Durability) -> Engine {
         webhooks: Default::default(),
         submit_capacity: 1024,
     };
-    let engine = Engine::start(config, Arc::new(SystemClock), None).await.unwrap();
+    let engine = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
     for change in fixtures::catalog_changes() {
         engine.change_catalog(change).await.unwrap();
     }
@@ -77,7 +79,10 @@ async fn engine(dir: &std::path::Path, durability: Durability) -> Engine {
         spec.commits = vec![];
         spec.spend_threshold = Some(fixtures::spend_threshold(1_000_000_000, GateType::None));
         spec.prepaid_threshold = Some(fixtures::prepaid_threshold(500, 5_000, GateType::None));
-        engine.apply(id, Input::create_contract(spec)).await.unwrap();
+        engine
+            .apply(id, Input::create_contract(spec))
+            .await
+            .unwrap();
     }
     engine
 }
@@ -96,7 +101,9 @@ async fn run(engine: &Engine, batches: u64, offset: &mut u64) -> Duration {
             })
             .collect();
         let engine = engine.clone();
-        in_flight.push(actix_rt::spawn(async move { engine.ingest(events).await.unwrap() }));
+        in_flight.push(actix_rt::spawn(async move {
+            engine.ingest(events).await.unwrap()
+        }));
         if in_flight.len() >= IN_FLIGHT {
             in_flight.remove(0).await.unwrap();
         }

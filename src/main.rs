@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             };
             tollgate::startup::init_tracing(&config);
             match tollgate::startup::serve(config) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(never) => match never {},
                 Err(message) => {
                     eprintln!("tollgate: {message}");
                     ExitCode::FAILURE

@@ -27,7 +27,7 @@ pub fn init_tracing(config: &Config) {
 ///
 /// # Errors
 /// A message for start-up failures (unusable data directory, port in use).
-pub fn serve(config: Config) -> Result<(), String> {
+pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
     let system = actix_rt::System::new();
     system.block_on(async move {
         let listener = TcpListener::bind(config.listen_addr()?)
@@ -48,14 +48,45 @@ pub fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
         tracing::info!(port = app.port(), data_dir = %config.storage.data_dir.display(), "tollgate is serving");
         println!("tollgate listening on http://{}:{}", config.listen_addr()?.ip(), app.port());
-        app.run_until_stopped()
-            .await
-            .map_err(|e| format!("server error: {e}"))?;
-        // Stopped by a signal: in-flight requests are done; checkpoint so the next start is fast.
-        if let Err(error) = engine.checkpoint().await {
-            tracing::error!(%error, "final checkpoint failed; the next start replays the log");
+        let handle = app.server_handle();
+        let server = actix_rt::spawn(app.run_until_stopped());
+        wait_for_signal().await;
+        tracing::info!("signal received: stopping");
+        // Stop accepting and let in-flight requests finish.
+        handle.stop(true).await;
+        if let Ok(Err(error)) = server.await {
+            tracing::error!(%error, "server error while stopping");
         }
-        tracing::info!("stopped");
-        Ok(())
-    })
+        // Checkpoint so the next start replays little.
+        match engine.checkpoint().await {
+            Ok(()) => tracing::info!("final checkpoint written; stopped"),
+            Err(error) => {
+                tracing::error!(%error, "final checkpoint failed; the next start replays the log")
+            }
+        }
+        Ok::<(), String>(())
+    })?;
+    // Everything acknowledged is durable (log, checkpoint). Leave without running destructors:
+    // RocksDB's must not race the engine threads that still hold the database.
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process at once; no Rust state is observed afterwards.
+    unsafe { libc::_exit(0) }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; use SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -157,6 +157,8 @@ impl Application {
                 }))
         })
         .shutdown_timeout(30)
+        // Signals are handled by the caller, which must checkpoint after the server stops.
+        .disable_signals()
         .listen(listener)?;
         if workers > 0 {
             server = server.workers(workers);

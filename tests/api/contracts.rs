@@ -646,9 +646,7 @@ async fn customers_list_pages_until_next_page_is_null_and_aliases_conflict() {
         .get("/v1/customers/00000000-0000-0000-0000-00000000ffff")
         .await;
     assert_eq!(status, 404);
-    let (status, body) = app
-        .get("/v1/customers?ingest_alias=alias-2")
-        .await;
+    let (status, body) = app.get("/v1/customers?ingest_alias=alias-2").await;
     assert_eq!(status, 200);
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
     let id = &created[0];

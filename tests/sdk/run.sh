@@ -40,15 +40,24 @@ cleanup() {
     fi
     wait "$SERVER_PID" 2>/dev/null || server_status=$?
     if [ "$server_status" -ne 0 ]; then
-      log "the server exited with status $server_status after SIGTERM (expected 0)"
+      log "FAIL: the server exited with status $server_status after SIGTERM (SPEC section 6: exit 0)"
+      [ "$status" -eq 0 ] && status=1
+    fi
+    # Any ERROR-level log line (a 5xx, a failed final checkpoint, ...) fails the run.
+    local errors
+    errors="$(cat "$WORK/server.out" "$WORK/server.err" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -E ' ERROR |"level":"ERROR"' || true)"
+    if [ -n "$errors" ]; then
+      log "FAIL: the server logged errors:"
+      echo "$errors" >&2
       [ "$status" -eq 0 ] && status=1
     fi
   fi
-  if [ "$status" -ne 0 ] && [ -f "$WORK/server.err" ]; then
-    log "server log (last 40 lines):"
-    tail -n 40 "$WORK/server.err" >&2 || true
+  if [ "$status" -ne 0 ] && [ -f "$WORK/server.out" ]; then
+    log "server output (last 25 lines of stdout and stderr):"
+    tail -n 25 "$WORK/server.out" "$WORK/server.err" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
   fi
   rm -rf "$WORK"
+  if [ "$status" -eq 0 ]; then log "PASSED"; else log "FAILED (status $status)"; fi
   exit "$status"
 }
 trap cleanup EXIT

@@ -671,4 +671,4 @@ await step('10. webhooks.unwrap: every delivery accepted; a tampered body, a wro
 
 await shutdown();
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
-console.log(`\nSDK test passed: ${passed.length} steps, ${webhooks.length} webhook deliveries verified, ${seconds} s`);
+console.log(`\nSDK flow passed: ${passed.length} steps, ${webhooks.length} webhook deliveries verified, ${seconds} s`);
