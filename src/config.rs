@@ -26,7 +26,46 @@ pub struct Config {
     pub engine: EngineSection,
     pub limits: LimitsConfig,
     pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub payments: PaymentsConfig,
     pub logging: LoggingConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsConfig {
+    pub stripe: Option<StripeConfig>,
+}
+
+/// `[payments.stripe]`: the Stripe account that collects STRIPE-gated charges.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// The account's secret key (`sk_live_...` / `sk_test_...`).
+    pub secret_key: String,
+    /// Stripe's API; tests point it at a local fake.
+    #[serde(default = "stripe_api_base")]
+    pub api_base: String,
+    /// The signing secret of the webhook endpoint configured in Stripe (`whsec_...`).
+    pub webhook_secret: String,
+    /// Path of Tollgate's endpoint receiving Stripe's webhooks.
+    #[serde(default = "stripe_webhook_path")]
+    pub webhook_path: String,
+    /// Per-request timeout of Stripe calls.
+    #[serde(default = "stripe_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn stripe_api_base() -> String {
+    crate::payments::stripe::API_BASE_DEFAULT.to_owned()
+}
+
+fn stripe_webhook_path() -> String {
+    "/v1/stripe/webhook".to_owned()
+}
+
+fn stripe_timeout_ms() -> u64 {
+    20_000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -196,6 +235,21 @@ impl Config {
                 return Err(format!(
                     "webhooks.destinations[{i}].secret: must not be empty"
                 ));
+            }
+        }
+        if let Some(stripe) = &self.payments.stripe {
+            if stripe.secret_key.trim().is_empty() || stripe.webhook_secret.trim().is_empty() {
+                return Err("payments.stripe: secret_key and webhook_secret are required".into());
+            }
+            if !(stripe.api_base.starts_with("http://") || stripe.api_base.starts_with("https://"))
+            {
+                return Err("payments.stripe.api_base: must start with http:// or https://".into());
+            }
+            if !stripe.webhook_path.starts_with('/') || stripe.timeout_ms == 0 {
+                return Err(
+                    "payments.stripe: webhook_path must start with / and timeout_ms be positive"
+                        .into(),
+                );
             }
         }
         if self.logging.level.trim().is_empty() {

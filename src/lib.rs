@@ -4,8 +4,10 @@
 //! bytes reach disk, `actors` owns state and concurrency behind the `Engine` facade, `http` is
 //! the only place status codes exist.
 pub mod actors;
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod payments;
 pub mod startup;
 pub mod storage;

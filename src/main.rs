@@ -29,6 +29,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Capacity planning: load a server (started here, or --url) and report throughput,
+    /// latency, CPU and memory; --sweep charts them against offered load.
+    #[command(long_about = tollgate::bench::LONG_ABOUT)]
+    Bench(Box<tollgate::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => tollgate::bench::run(*args),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(config) => {
                 println!("configuration is valid: {config:#?}");

@@ -9,8 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::actors::Engine;
 use crate::actors::clock::SystemClock;
+use crate::actors::payment::PaymentProvider;
 use crate::config::{Config, LogFormat};
-use crate::http::Application;
+use crate::http::stripe::StripeWebhook;
+use crate::http::{ApiOptions, Application};
+use crate::payments::stripe::{StripeProvider, StripeSettings};
 
 /// Installs the tracing subscriber (text or JSON, filter from config or `RUST_LOG`).
 pub fn init_tracing(config: &Config) {
@@ -32,18 +35,34 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
     system.block_on(async move {
         let listener = TcpListener::bind(config.listen_addr()?)
             .map_err(|e| format!("cannot listen on {}: {e}", config.http.listen))?;
-        let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), None)
+        let stripe = config.payments.stripe.as_ref().map(|s| StripeWebhook {
+            webhook_secret: s.webhook_secret.clone(),
+            webhook_path: s.webhook_path.clone(),
+            api: StripeSettings {
+                secret_key: s.secret_key.clone(),
+                api_base: s.api_base.clone(),
+                timeout_ms: s.timeout_ms,
+            },
+        });
+        let provider: Option<Arc<dyn PaymentProvider>> = match &stripe {
+            Some(s) => Some(Arc::new(StripeProvider::new(s.api.clone())?)),
+            None => None,
+        };
+        let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), provider)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
         if config.auth.tokens.iter().any(|t| t == "tollgate-dev-token") {
             tracing::warn!("using the development token `tollgate-dev-token`; set auth.tokens for production");
         }
-        let app = Application::build(
+        let app = Application::build_with(
             listener,
             engine.clone(),
-            &config.auth.tokens,
-            config.http.body_limit_bytes,
-            config.http.workers,
+            ApiOptions {
+                tokens: config.auth.tokens.clone(),
+                body_limit: config.http.body_limit_bytes,
+                workers: config.http.workers,
+                stripe,
+            },
         )
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
         tracing::info!(port = app.port(), data_dir = %config.storage.data_dir.display(), "tollgate is serving");

@@ -19,7 +19,7 @@ use crate::domain::gate::{
     GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult, StripeConfig,
     StripePaymentType, TaxType,
 };
-use crate::domain::{Id, Timestamp};
+use crate::domain::{Id, Money, Timestamp};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/contracts/create", web::post().to(create))
@@ -272,6 +272,51 @@ fn commit_spec(obj: &Obj<'_>, credit: bool, gates_allowed: bool) -> ApiResult<Co
     })
 }
 
+/// STRIPE gates need the server's Stripe account, and a charge at least Stripe's minimum.
+fn check_stripe_gates(
+    state: &AppState,
+    thresholds: &[Option<&ThresholdConfig>],
+    commits: &[CommitSpec],
+) -> ApiResult<()> {
+    use crate::payments::stripe::MINIMUM_CHARGE_MINOR_UNITS;
+    let minimum = Money::from_i64(MINIMUM_CHARGE_MINOR_UNITS);
+    let mut any = false;
+    for config in thresholds.iter().flatten() {
+        if config.gate.gate_type == GateType::Stripe {
+            any = true;
+            if config.kind == ThresholdKind::Spend && config.threshold_amount < minimum {
+                return Err(ApiError::BadRequest(format!(
+                    "spend_threshold_configuration.threshold_amount: a STRIPE gate charges at least Stripe's minimum of {minimum} cents"
+                )));
+            }
+        }
+    }
+    for (i, commit) in commits.iter().enumerate() {
+        if commit
+            .payment_gate
+            .as_ref()
+            .is_some_and(|g| g.gate_type == GateType::Stripe)
+        {
+            any = true;
+            let mut total = Money::ZERO;
+            for (_, price, quantity) in &commit.invoice_schedule {
+                total = total.checked_add(price.checked_mul(*quantity)?)?;
+            }
+            if total < minimum {
+                return Err(ApiError::BadRequest(format!(
+                    "add_commits[{i}].invoice_schedule: a STRIPE gate charges at least Stripe's minimum of {minimum} cents"
+                )));
+            }
+        }
+    }
+    if any && state.stripe.is_none() {
+        return Err(ApiError::BadRequest(
+            "payment_gate_type STRIPE needs [payments.stripe] in the server configuration".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn customer_of(state: &AppState, obj: &Obj<'_>) -> ApiResult<Id> {
     let id = obj.req_id("customer_id")?;
     if !state.engine.customer_exists(id) {
@@ -346,6 +391,14 @@ async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
             .map(|c| threshold_config(&c, ThresholdKind::PrepaidBalance))
             .transpose()?,
     };
+    check_stripe_gates(
+        &state,
+        &[
+            spec.spend_threshold.as_ref(),
+            spec.prepaid_threshold.as_ref(),
+        ],
+        &[],
+    )?;
     let id = spec.id;
     state
         .engine
@@ -509,6 +562,35 @@ async fn edit(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpRes
             .map(|c| threshold_update(&c))
             .transpose()?,
     };
+    let updated_gates: Vec<ThresholdConfig> =
+        [&edit.update_spend_threshold, &edit.update_prepaid_threshold]
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.gate.clone())
+            .map(|gate| ThresholdConfig {
+                kind: ThresholdKind::PrepaidBalance,
+                commit: ThresholdCommit {
+                    product_id: Id::default(),
+                    name: None,
+                    description: None,
+                    priority: None,
+                    applicable_product_ids: vec![],
+                    applicable_product_tags: vec![],
+                },
+                is_enabled: true,
+                gate,
+                threshold_amount: Money::ZERO,
+                recharge_to_amount: None,
+                discount: None,
+                triggers: 0,
+            })
+            .collect();
+    let mut thresholds = vec![
+        edit.add_spend_threshold.as_ref(),
+        edit.add_prepaid_threshold.as_ref(),
+    ];
+    thresholds.extend(updated_gates.iter().map(Some));
+    check_stripe_gates(&state, &thresholds, &edit.add_commits)?;
     let edit_id = edit.edit_id;
     let commit_count = edit.add_commits.len();
     let applied = state.engine.apply(customer, Input::edit(edit)).await?;

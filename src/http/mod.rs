@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod openapi;
 pub mod ops;
 pub mod render;
+pub mod stripe;
 pub mod wire;
 
 use std::net::TcpListener;
@@ -31,7 +32,18 @@ pub struct AppState {
     pub engine: Engine,
     pub body_limit: usize,
     pub in_flight_keys: idempotency::InFlight,
+    /// The Stripe account, when `[payments.stripe]` is configured (STRIPE gates need it).
+    pub stripe: Option<stripe::StripeWebhook>,
     tokens: Vec<Vec<u8>>,
+}
+
+/// Everything the API needs besides the engine.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    pub tokens: Vec<String>,
+    pub body_limit: usize,
+    pub workers: usize,
+    pub stripe: Option<stripe::StripeWebhook>,
 }
 
 impl AppState {
@@ -40,6 +52,7 @@ impl AppState {
             engine,
             body_limit,
             in_flight_keys: idempotency::InFlight::default(),
+            stripe: None,
             tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
         }
     }
@@ -73,10 +86,15 @@ async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if !PUBLIC_PATHS.contains(&req.path()) {
-        let state = req
-            .app_data::<web::Data<AppState>>()
-            .ok_or(ApiError::Engine(crate::actors::EngineError::NotReady))?;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or(ApiError::Engine(crate::actors::EngineError::NotReady))?;
+    // Stripe authenticates its webhook with a signature, not our bearer token.
+    let stripe_path = state
+        .stripe
+        .as_ref()
+        .is_some_and(|s| s.webhook_path == req.path());
+    if !PUBLIC_PATHS.contains(&req.path()) && !stripe_path {
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -141,9 +159,35 @@ impl Application {
         body_limit: usize,
         workers: usize,
     ) -> std::io::Result<Application> {
+        Application::build_with(
+            listener,
+            engine,
+            ApiOptions {
+                tokens: tokens.to_vec(),
+                body_limit,
+                workers,
+                stripe: None,
+            },
+        )
+    }
+
+    /// Binds `listener` with every option.
+    ///
+    /// # Errors
+    /// I/O errors from binding.
+    pub fn build_with(
+        listener: TcpListener,
+        engine: Engine,
+        options: ApiOptions,
+    ) -> std::io::Result<Application> {
         let port = listener.local_addr()?.port();
-        let state = web::Data::from(Arc::new(AppState::new(engine, tokens, body_limit)));
+        let (body_limit, workers) = (options.body_limit, options.workers);
+        let mut app_state = AppState::new(engine, &options.tokens, body_limit);
+        app_state.stripe = options.stripe.clone();
+        let stripe = options.stripe;
+        let state = web::Data::from(Arc::new(app_state));
         let mut server = HttpServer::new(move || {
+            let stripe = stripe.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(json_config(body_limit))
@@ -152,6 +196,7 @@ impl Application {
                 .wrap(from_fn(require_token))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
                 .configure(routes)
+                .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
                 }))

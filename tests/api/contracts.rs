@@ -460,7 +460,7 @@ async fn bad_contract_requests_get_clear_4xx_and_change_nothing() {
                 "payment_gate_config": gate("STRIPE"), "threshold_amount": 500}),
             ),
             400,
-            "STRIPE requires a Stripe billing provider configuration",
+            "STRIPE",
         ),
         (
             with(
