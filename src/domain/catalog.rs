@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{Id, Timestamp};
-use super::money::{CreditType, Money, parse_exact_decimal};
+use super::money::{CreditType, Money, fast, parse_exact_decimal};
 use super::rejection::Rejection;
 use super::usage::UsageEvent;
 
@@ -224,7 +224,7 @@ impl Price {
         match self {
             Price::Flat(price) => price.checked_mul(quantity),
             Price::Tiered(tiers) => {
-                let mut left = quantity.max(Decimal::ZERO);
+                let mut left = fast::max(quantity, Decimal::ZERO);
                 let mut total = Money::ZERO;
                 for (i, tier) in tiers.iter().enumerate() {
                     if left.is_zero() {
@@ -232,11 +232,12 @@ impl Price {
                     }
                     let is_last = i + 1 == tiers.len();
                     let take = match tier.size {
-                        Some(size) if !is_last => left.min(size),
+                        Some(size) if !is_last => fast::min(left, size),
                         _ => left,
                     };
                     total = total.checked_add(tier.price.checked_mul(take)?)?;
-                    left -= take;
+                    // take <= left: never overflows (the operator would panic, as before).
+                    left = fast::add_sub(left, take, true).unwrap_or_else(|| left - take);
                 }
                 Ok(total)
             }
@@ -327,6 +328,18 @@ struct CatalogIndex {
     metrics_for_any_type: Vec<Id>,
     /// USAGE products billed from each metric.
     products_by_metric: FxHashMap<Id, Vec<Id>>,
+    /// What rating an event of a type needs, in [`Catalog::candidate_metrics`] order: each
+    /// candidate metric with its products, so an event costs one lookup by type.
+    rating_by_event_type: FxHashMap<String, Vec<RatedMetric>>,
+    /// The same for metrics without an `in_values` list.
+    rating_for_any_type: Vec<RatedMetric>,
+}
+
+/// A candidate metric and the USAGE products billed from it (copies kept by the index).
+#[derive(Clone, Debug)]
+struct RatedMetric {
+    metric: BillableMetric,
+    products: Vec<Id>,
 }
 
 impl Catalog {
@@ -373,6 +386,24 @@ impl Catalog {
             .iter()
             .chain(self.index.metrics_for_any_type.iter())
             .filter_map(|id| self.metrics.get(id))
+    }
+
+    /// [`Catalog::candidate_metrics`] of `event_type`, each with its
+    /// [`Catalog::products_of_metric`], from one lookup.
+    pub fn rating_candidates<'a>(
+        &'a self,
+        event_type: &str,
+    ) -> impl Iterator<Item = (&'a BillableMetric, &'a [Id])> + 'a {
+        let typed = self
+            .index
+            .rating_by_event_type
+            .get(event_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        typed
+            .iter()
+            .chain(&self.index.rating_for_any_type)
+            .map(|rated| (&rated.metric, rated.products.as_slice()))
     }
 
     pub fn products_of_metric(&self, metric: Id) -> &[Id] {
@@ -522,6 +553,20 @@ impl Catalog {
                     .push(product.id);
             }
         }
+        let rated = |id: &Id| RatedMetric {
+            metric: self.metrics[id].clone(),
+            products: index
+                .products_by_metric
+                .get(id)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        index.rating_by_event_type = index
+            .metrics_by_event_type
+            .iter()
+            .map(|(event_type, ids)| (event_type.clone(), ids.iter().map(rated).collect()))
+            .collect();
+        index.rating_for_any_type = index.metrics_for_any_type.iter().map(rated).collect();
         self.index = index;
     }
 }
@@ -749,6 +794,17 @@ mod tests {
         assert_eq!(catalog.candidate_metrics("api_call").count(), 1);
         assert_eq!(catalog.candidate_metrics("other").count(), 0);
         assert_eq!(catalog.products_of_metric(m.id), &[product.id]);
+        for event_type in ["api_call", "other"] {
+            let plan: Vec<(Id, Vec<Id>)> = catalog
+                .rating_candidates(event_type)
+                .map(|(metric, products)| (metric.id, products.to_vec()))
+                .collect();
+            let expected: Vec<(Id, Vec<Id>)> = catalog
+                .candidate_metrics(event_type)
+                .map(|metric| (metric.id, catalog.products_of_metric(metric.id).to_vec()))
+                .collect();
+            assert_eq!(plan, expected);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::Contribution;
 use super::gate::{PaymentGateConfig, Workflow, WorkflowKind};
 use super::ids::{Id, Timestamp};
-use super::money::{CreditType, Money};
+use super::money::{CreditType, Money, fast};
 use super::rejection::Rejection;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,7 @@ pub struct Segment {
 }
 
 impl Segment {
+    #[inline]
     pub fn covers(&self, at: Timestamp) -> bool {
         self.starting_at <= at && at < self.ending_before
     }
@@ -45,11 +46,9 @@ impl Segment {
     }
 
     /// What remains, floored at zero.
+    #[inline]
     pub fn remaining(&self) -> Money {
-        self.amount
-            .checked_sub(self.drawn)
-            .unwrap_or(Money::ZERO)
-            .floor_zero()
+        self.amount.minus_floor_zero(self.drawn)
     }
 }
 
@@ -111,6 +110,7 @@ pub struct Commit {
 }
 
 impl Commit {
+    #[inline]
     pub fn is_released(&self) -> bool {
         matches!(self.release, Release::Released { .. }) && self.archived_at.is_none()
     }
@@ -120,6 +120,7 @@ impl Commit {
         self.kind == CommitKind::Credit || self.invoice_schedule.is_empty()
     }
 
+    #[inline]
     pub fn applies_to(&self, product: Id, product_tags: &[String]) -> bool {
         if self.applicable_product_ids.is_empty() && self.applicable_product_tags.is_empty() {
             return true;
@@ -132,6 +133,7 @@ impl Commit {
     }
 
     /// Counts toward the prepaid balance B (released prepaid commits and credits).
+    #[inline]
     pub fn counts_in_balance(&self) -> bool {
         self.is_released() && matches!(self.kind, CommitKind::Prepaid | CommitKind::Credit)
     }
@@ -157,6 +159,7 @@ impl Commit {
     }
 
     /// Adds `amount` to the deduction of `segment` by `invoice` (one ledger line per pair).
+    #[inline]
     pub fn record_deduction(
         &mut self,
         segment: usize,
@@ -166,9 +169,11 @@ impl Commit {
     ) -> Result<(), Rejection> {
         let seg = &mut self.segments[segment];
         seg.drawn = seg.drawn.checked_add(amount)?;
+        // At most one entry per (segment, invoice); the latest invoice's is near the end.
         match self
             .deductions
             .iter_mut()
+            .rev()
             .find(|d| d.segment == segment && d.invoice_id == invoice_id)
         {
             Some(existing) => {
@@ -390,11 +395,11 @@ impl Aggregate {
     /// The quantity after adding `contribution`, without changing the aggregate.
     pub fn quantity_with(&self, contribution: &Contribution) -> Result<Decimal, Rejection> {
         Ok(match (self, contribution) {
-            (Aggregate::Count(q), Contribution::Count) => q
-                .checked_add(Decimal::ONE)
-                .ok_or(Rejection::AmountOverflow)?,
+            (Aggregate::Count(q), Contribution::Count) => {
+                fast::add_sub(*q, Decimal::ONE, false).ok_or(Rejection::AmountOverflow)?
+            }
             (Aggregate::Sum(q), Contribution::Sum(v)) => {
-                q.checked_add(*v).ok_or(Rejection::AmountOverflow)?
+                fast::add_sub(*q, *v, false).ok_or(Rejection::AmountOverflow)?
             }
             (Aggregate::Max(q), Contribution::Max(v)) => q.map_or(*v, |q| q.max(*v)),
             (Aggregate::Unique(set), Contribution::Unique(h)) => {
@@ -407,8 +412,13 @@ impl Aggregate {
     /// Adds `contribution` (called after every check passed).
     pub fn add(&mut self, contribution: &Contribution) {
         match (self, contribution) {
-            (Aggregate::Count(q), Contribution::Count) => *q += Decimal::ONE,
-            (Aggregate::Sum(q), Contribution::Sum(v)) => *q += *v,
+            // Checked by `quantity_with` first; the operators (which panic) are the fallback.
+            (Aggregate::Count(q), Contribution::Count) => {
+                *q = fast::add_sub(*q, Decimal::ONE, false).unwrap_or_else(|| *q + Decimal::ONE);
+            }
+            (Aggregate::Sum(q), Contribution::Sum(v)) => {
+                *q = fast::add_sub(*q, *v, false).unwrap_or_else(|| *q + *v);
+            }
             (Aggregate::Max(q), Contribution::Max(v)) => *q = Some(q.map_or(*v, |q| q.max(*v))),
             (Aggregate::Unique(set), Contribution::Unique(h)) => {
                 set.insert(*h);
@@ -430,11 +440,9 @@ pub struct UsageLine {
 }
 
 impl UsageLine {
+    #[inline]
     pub fn uncovered(&self) -> Money {
-        self.charged
-            .checked_sub(self.covered)
-            .unwrap_or(Money::ZERO)
-            .floor_zero()
+        self.charged.minus_floor_zero(self.covered)
     }
 }
 
@@ -819,6 +827,17 @@ impl Contract {
 
     /// Sorts every released segment into `draw_order` from scratch (and the live list with it).
     pub fn rebuild_draw_order(&mut self) {
+        self.draw_order = self.sorted_draw_order();
+        self.caches.draw_order_stale = false;
+        self.caches.live = self
+            .draw_order
+            .iter()
+            .copied()
+            .filter(|&(ci, si)| self.commits[ci].segments[si].remaining().is_positive())
+            .collect();
+    }
+
+    fn sorted_draw_order(&self) -> Vec<(usize, usize)> {
         let mut order: Vec<(usize, usize)> = Vec::new();
         for (ci, commit) in self.commits.iter().enumerate() {
             if !commit.is_released() {
@@ -835,14 +854,7 @@ impl Contract {
                 (&commits[cb], &commits[cb].segments[sb]),
             )
         });
-        self.draw_order = order;
-        self.caches.draw_order_stale = false;
-        self.caches.live = self
-            .draw_order
-            .iter()
-            .copied()
-            .filter(|&(ci, si)| self.commits[ci].segments[si].remaining().is_positive())
-            .collect();
+        order
     }
 
     /// Rebuilds every derived cache from the contract's fields: after decoding a checkpoint, or
@@ -939,6 +951,7 @@ impl Contract {
     /// Segment `si` of commit `ci` went from `before` to `after` remaining (a drawdown, a give
     /// back): B and the live list follow. A drawdown loop that removes exhausted entries from
     /// the live list itself passes `keep_live`.
+    #[inline]
     pub(super) fn segment_changed(
         &mut self,
         (ci, si): (usize, usize),
@@ -990,8 +1003,11 @@ impl Contract {
     }
 
     /// A line of period `pi` changed from `before` to `after` uncovered: S follows.
+    #[inline]
     pub(super) fn line_changed(&mut self, pi: usize, before: Money, after: Money) {
-        if self.periods[pi].status != InvoiceStatus::Draft {
+        let unchanged =
+            before == after && before.as_decimal().scale() == after.as_decimal().scale();
+        if unchanged || self.periods[pi].status != InvoiceStatus::Draft {
             return;
         }
         if let Some(outstanding) = self.caches.outstanding {
@@ -1089,10 +1105,12 @@ impl Contract {
         if !self.caches.built {
             return;
         }
-        let mut rebuilt = self.clone();
-        rebuilt.rebuild_caches();
         if !self.caches.draw_order_stale {
-            assert_eq!(self.draw_order, rebuilt.draw_order, "draw order drifted");
+            assert_eq!(
+                self.draw_order,
+                self.sorted_draw_order(),
+                "draw order drifted"
+            );
         }
         let live: Vec<(usize, usize)> = self
             .draw_order

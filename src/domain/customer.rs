@@ -344,14 +344,14 @@ impl Customer {
             let Some(card) = ctx.catalog.rate_card(contract.rate_card_id) else {
                 continue;
             };
-            for metric in ctx.catalog.candidate_metrics(&event.event_type) {
+            for (metric, products) in ctx.catalog.rating_candidates(&event.event_type) {
                 if !metric.matches(event) {
                     continue;
                 }
                 let Some(contribution) = metric.contribution(event) else {
                     continue;
                 };
-                for &product_id in ctx.catalog.products_of_metric(metric.id) {
+                for &product_id in products {
                     let Some(rate) = card.rate_at(product_id, event.timestamp, ctx.catalog_version)
                     else {
                         continue;
@@ -931,6 +931,9 @@ fn validate_uniqueness_key(key: &str) -> Result<(), Rejection> {
 }
 
 /// The monthly billing period (first of month, UTC) containing `at`, clipped to the contract.
+/// Needed once per period: an event finds the period it belongs to among those already open.
+#[cold]
+#[inline(never)]
 fn period_bounds(contract: &Contract, at: Timestamp) -> (Timestamp, Timestamp) {
     let start = at.month_start().max(contract.starting_at);
     let end = at.next_month_start().min(contract.end_or_forever());
@@ -991,7 +994,8 @@ fn draw_down(
         }
         left = left.checked_sub(take)?;
         if left.is_zero() {
-            break;
+            // `amount - 0` is `amount`, bit for bit.
+            return Ok(amount);
         }
     }
     amount.checked_sub(left)

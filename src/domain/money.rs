@@ -7,6 +7,7 @@
 //! instead of rounded. The single rounding rule of the engine, half-up to the currency's minor
 //! unit, lives in [`Money::to_minor_units`] and is applied only where money leaves the engine.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
@@ -18,8 +19,23 @@ use super::rejection::Rejection;
 
 /// An exact amount in some credit type's unit. No `Add` impl on purpose: every operation can
 /// overflow and says so.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Money(Decimal);
+
+/// Numeric order, as `Decimal`'s (through [`fast::cmp`]).
+impl PartialOrd for Money {
+    #[inline]
+    fn partial_cmp(&self, other: &Money) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Money {
+    #[inline]
+    fn cmp(&self, other: &Money) -> Ordering {
+        fast::cmp(self.0, other.0)
+    }
+}
 
 impl Money {
     pub const ZERO: Money = Money(Decimal::ZERO);
@@ -45,32 +61,35 @@ impl Money {
         parse_exact_decimal(text).map(Money::from_decimal)
     }
 
+    #[inline]
     pub fn is_zero(self) -> bool {
         self.0.is_zero()
     }
 
+    #[inline]
     pub fn is_negative(self) -> bool {
         self.0.is_sign_negative() && !self.0.is_zero()
     }
 
+    #[inline]
     pub fn is_positive(self) -> bool {
         self.0.is_sign_positive() && !self.0.is_zero()
     }
 
     /// # Errors
     /// [`Rejection::AmountOverflow`] when the sum leaves Decimal's range.
+    #[inline(always)]
     pub fn checked_add(self, other: Money) -> Result<Money, Rejection> {
-        self.0
-            .checked_add(other.0)
+        fast::add_sub(self.0, other.0, false)
             .map(Money)
             .ok_or(Rejection::AmountOverflow)
     }
 
     /// # Errors
     /// [`Rejection::AmountOverflow`] when the difference leaves Decimal's range.
+    #[inline(always)]
     pub fn checked_sub(self, other: Money) -> Result<Money, Rejection> {
-        self.0
-            .checked_sub(other.0)
+        fast::add_sub(self.0, other.0, true)
             .map(Money)
             .ok_or(Rejection::AmountOverflow)
     }
@@ -79,9 +98,9 @@ impl Money {
     ///
     /// # Errors
     /// [`Rejection::AmountOverflow`] when the product leaves Decimal's range.
+    #[inline(always)]
     pub fn checked_mul(self, factor: Decimal) -> Result<Money, Rejection> {
-        self.0
-            .checked_mul(factor)
+        fast::mul(self.0, factor)
             .map(Money)
             .ok_or(Rejection::AmountOverflow)
     }
@@ -92,28 +111,47 @@ impl Money {
     /// rounding) when the exact sum does not fit in 96 bits; a sum with an operand of zero is the
     /// other operand. Running totals kept incrementally use this, so that a cached total is always
     /// the exact sum of its terms (and therefore equal to the same terms summed from scratch).
+    #[inline(always)]
     pub fn exact_add(self, other: Money) -> Option<Money> {
-        let sum = self.0.checked_add(other.0)?;
+        let sum = fast::add_sub(self.0, other.0, false)?;
         exact(self.0, other.0, sum).then_some(Money(sum))
     }
 
     /// `self - other` when the difference is exact (see [`Money::exact_add`]).
+    #[inline(always)]
     pub fn exact_sub(self, other: Money) -> Option<Money> {
-        let difference = self.0.checked_sub(other.0)?;
+        let difference = fast::add_sub(self.0, other.0, true)?;
         exact(self.0, other.0, difference).then_some(Money(difference))
     }
 
+    #[inline]
     pub fn min(self, other: Money) -> Money {
         if self <= other { self } else { other }
     }
 
+    #[inline]
     pub fn max(self, other: Money) -> Money {
         if self >= other { self } else { other }
     }
 
     /// Floors a negative amount at zero (balances are never shown below zero per segment).
+    #[inline]
     pub fn floor_zero(self) -> Money {
-        self.max(Money::ZERO)
+        if self.is_negative() {
+            Money::ZERO
+        } else {
+            self
+        }
+    }
+
+    /// `self - other` floored at zero, and zero when the difference overflows: what remains of
+    /// a segment, what a line leaves uncovered.
+    #[inline(always)]
+    pub fn minus_floor_zero(self, other: Money) -> Money {
+        match fast::add_sub(self.0, other.0, true) {
+            Some(difference) => Money(difference).floor_zero(),
+            None => Money::ZERO,
+        }
     }
 
     /// The engine's one rounding rule: half-up (away from zero on .5) to the minor unit of
@@ -144,7 +182,143 @@ impl fmt::Display for Money {
     }
 }
 
+/// Inline fast paths of `rust_decimal`'s checked add, sub, mul and its comparison, for the
+/// operands money usually has (mantissas below 2^64 at equal or close scales). Each gives bit for
+/// bit what `rust_decimal` gives (value, scale and sign); every other case calls `rust_decimal`.
+/// `fast_paths_match_rust_decimal_bit_for_bit` checks this against random operands.
+///
+/// They exist because `Decimal::checked_add` inlines its whole general algorithm, which makes
+/// every caller too large to inline and turns each cent added on the hot path into a call.
+pub mod fast {
+    use std::cmp::Ordering;
+
+    use rust_decimal::Decimal;
+
+    /// 10^0 ..= 10^19: `rust_decimal` aligns scales in 128 bits up to a difference of 19.
+    const POWERS_10: [u128; 20] = {
+        let mut powers = [1_u128; 20];
+        let mut i = 1;
+        while i < 20 {
+            powers[i] = powers[i - 1] * 10;
+            i += 1;
+        }
+        powers
+    };
+
+    /// Mantissas this large no longer fit in 96 bits.
+    const OVERFLOW_96: u128 = 1 << 96;
+
+    /// `a + b` (or `a - b`) as `Decimal::checked_add` (`checked_sub`) computes it.
+    #[inline(always)]
+    pub fn add_sub(a: Decimal, b: Decimal, subtract: bool) -> Option<Decimal> {
+        if a.is_zero() {
+            // rust_decimal: 0 + b is b; 0 - b is b with its sign flipped unless b is zero.
+            let mut result = b;
+            if subtract && !b.is_zero() {
+                result.set_sign_negative(b.is_sign_positive());
+            }
+            return Some(result);
+        }
+        if b.is_zero() {
+            return Some(a);
+        }
+        let (x, y) = (a.unpack(), b.unpack());
+        if x.hi == 0 && y.hi == 0 && x.scale.abs_diff(y.scale) < 20 {
+            // Both mantissas below 2^64: rust_decimal aligns the scales in 128 bits and keeps
+            // the result if it fits in 96 bits (its 32-bit path agrees whenever it applies).
+            let mut ma = u128::from(x.lo) | u128::from(x.mid) << 32;
+            let mut mb = u128::from(y.lo) | u128::from(y.mid) << 32;
+            let scale = x.scale.max(y.scale);
+            ma *= POWERS_10[(scale - x.scale) as usize];
+            mb *= POWERS_10[(scale - y.scale) as usize];
+            let effective_subtract = subtract ^ (x.negative != y.negative);
+            let (magnitude, negative) = if !effective_subtract {
+                (ma + mb, x.negative)
+            } else if ma >= mb {
+                (ma - mb, x.negative)
+            } else {
+                (mb - ma, !x.negative)
+            };
+            if magnitude < OVERFLOW_96 {
+                return Some(Decimal::from_parts(
+                    magnitude as u32,
+                    (magnitude >> 32) as u32,
+                    (magnitude >> 64) as u32,
+                    negative,
+                    scale,
+                ));
+            }
+        }
+        add_sub_general(a, b, subtract)
+    }
+
+    #[inline(never)]
+    fn add_sub_general(a: Decimal, b: Decimal, subtract: bool) -> Option<Decimal> {
+        if subtract {
+            a.checked_sub(b)
+        } else {
+            a.checked_add(b)
+        }
+    }
+
+    /// `a * b` as `Decimal::checked_mul` computes it.
+    #[inline(always)]
+    pub fn mul(a: Decimal, b: Decimal) -> Option<Decimal> {
+        if a.is_zero() || b.is_zero() {
+            return Some(Decimal::ZERO);
+        }
+        let (x, y) = (a.unpack(), b.unpack());
+        let scale = x.scale + y.scale;
+        if x.hi | x.mid | y.hi | y.mid == 0 && scale <= Decimal::MAX_SCALE {
+            // Two 32-bit mantissas: rust_decimal multiplies them in 64 bits, exactly.
+            let product = u64::from(x.lo) * u64::from(y.lo);
+            return Some(Decimal::from_parts(
+                product as u32,
+                (product >> 32) as u32,
+                0,
+                x.negative ^ y.negative,
+                scale,
+            ));
+        }
+        mul_general(a, b)
+    }
+
+    #[inline(never)]
+    fn mul_general(a: Decimal, b: Decimal) -> Option<Decimal> {
+        a.checked_mul(b)
+    }
+
+    /// The numeric order of `Decimal::cmp` (zero equals negative zero).
+    #[inline(always)]
+    pub fn cmp(a: Decimal, b: Decimal) -> Ordering {
+        if a.scale() == b.scale() {
+            // Same scale: the signed mantissas order the values.
+            a.mantissa().cmp(&b.mantissa())
+        } else {
+            cmp_general(a, b)
+        }
+    }
+
+    #[inline(never)]
+    fn cmp_general(a: Decimal, b: Decimal) -> Ordering {
+        a.cmp(&b)
+    }
+
+    /// `Decimal::max`: `b` only when it is greater.
+    #[inline(always)]
+    pub fn max(a: Decimal, b: Decimal) -> Decimal {
+        if cmp(a, b) == Ordering::Less { b } else { a }
+    }
+
+    /// `Decimal::min`: `b` only when it is smaller.
+    #[inline(always)]
+    pub fn min(a: Decimal, b: Decimal) -> Decimal {
+        if cmp(a, b) == Ordering::Greater { b } else { a }
+    }
+}
+
 /// Whether `result` of adding or subtracting `a` and `b` is exact: no rounding lowered its scale.
+#[inline]
 fn exact(a: Decimal, b: Decimal, result: Decimal) -> bool {
     a.is_zero() || b.is_zero() || result.scale() == a.scale().max(b.scale())
 }
@@ -403,6 +577,52 @@ mod tests {
         let max = Money::from_decimal(Decimal::MAX);
         assert_eq!(max.exact_add(Money::from_i64(1)), None);
         assert_eq!(max.exact_sub(max), Some(Money::ZERO));
+    }
+
+    /// Operands across the ranges `fast` treats differently: 32-, 64- and 96-bit mantissas,
+    /// equal and distant scales, signs, and zeros (negative and scaled ones included).
+    fn operand() -> impl proptest::strategy::Strategy<Value = Decimal> {
+        use proptest::prelude::*;
+        let mantissa = prop_oneof![
+            Just(0_u128),
+            0_u128..16,
+            0_u128..(1 << 32),
+            (1_u128 << 32) - 8..(1 << 32) + 8,
+            0_u128..(1 << 64),
+            (1_u128 << 64) - 8..(1 << 64) + 8,
+            0_u128..(1 << 96),
+            (1_u128 << 96) - 16..(1 << 96),
+        ];
+        let scale = prop_oneof![0_u32..4, 0_u32..=28, Just(28_u32)];
+        (mantissa, scale, any::<bool>()).prop_map(|(m, scale, negative)| {
+            let mut d =
+                Decimal::from_parts(m as u32, (m >> 32) as u32, (m >> 64) as u32, false, scale);
+            d.set_sign_negative(negative);
+            d
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 20_000, ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn fast_paths_match_rust_decimal_bit_for_bit(a in operand(), b in operand()) {
+            let bits = |d: Option<Decimal>| d.map(|d| d.serialize());
+            proptest::prop_assert_eq!(bits(fast::add_sub(a, b, false)), bits(a.checked_add(b)));
+            proptest::prop_assert_eq!(bits(fast::add_sub(a, b, true)), bits(a.checked_sub(b)));
+            proptest::prop_assert_eq!(bits(fast::mul(a, b)), bits(a.checked_mul(b)));
+            proptest::prop_assert_eq!(fast::cmp(a, b), a.cmp(&b));
+            proptest::prop_assert_eq!(fast::max(a, b).serialize(), a.max(b).serialize());
+            proptest::prop_assert_eq!(fast::min(a, b).serialize(), a.min(b).serialize());
+            let (x, y) = (Money(a), Money(b));
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            let exact = x.exact_add(y);
+            if let Some(sum) = exact {
+                proptest::prop_assert_eq!(Some(sum.0.serialize()), bits(a.checked_add(b)));
+            }
+        }
     }
 
     #[test]
