@@ -52,14 +52,31 @@ fn settings(partitions: u16) -> EngineSettings {
     }
 }
 
-async fn engine(dir: &std::path::Path, durability: Durability) -> Engine {
+/// With `dead_webhook_url`, every customer's spend threshold crosses every 5 events and each
+/// crossing's webhook goes to a destination that refuses connections (a receiver that is down).
+async fn engine_with(
+    dir: &std::path::Path,
+    durability: Durability,
+    dead_webhook_url: Option<&str>,
+) -> Engine {
+    let mut settings = settings(2);
+    let mut webhooks = tollgate::actors::webhook::WebhookSettings::default();
+    if let Some(url) = dead_webhook_url {
+        settings.webhook_urls = vec![url.to_owned()];
+        webhooks.destinations = vec![tollgate::actors::webhook::Destination {
+            url: url.to_owned(),
+            secret: "bench".into(),
+        }];
+        webhooks.first_retry_ms = 50;
+        webhooks.max_interval_ms = 200;
+    }
     let config = EngineConfig {
         data_dir: dir.to_path_buf(),
         durability,
         dedupe_window_ms: 34 * 86_400_000,
         dedupe_memory_entries: 1_000_000,
-        settings: settings(2),
-        webhooks: Default::default(),
+        settings,
+        webhooks,
         submit_capacity: 1024,
     };
     let engine = Engine::start(config, Arc::new(SystemClock), None)
@@ -77,7 +94,12 @@ async fn engine(dir: &std::path::Path, durability: Durability) -> Engine {
         spec.starting_at = now().month_start();
         spec.ending_before = None;
         spec.commits = vec![];
-        spec.spend_threshold = Some(fixtures::spend_threshold(1_000_000_000, GateType::None));
+        let spend = if dead_webhook_url.is_some() {
+            500
+        } else {
+            1_000_000_000
+        };
+        spec.spend_threshold = Some(fixtures::spend_threshold(spend, GateType::None));
         spec.prepaid_threshold = Some(fixtures::prepaid_threshold(500, 5_000, GateType::None));
         engine
             .apply(id, Input::create_contract(spec))
@@ -122,10 +144,19 @@ fn bench_engine(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
-    for (name, durability) in [("wal", Durability::Wal), ("fsync", Durability::Fsync)] {
+    for (name, durability, dead) in [
+        ("wal", Durability::Wal, None),
+        ("fsync", Durability::Fsync, None),
+        // Port 9 (discard) on loopback refuses connections here: a receiver that is down.
+        (
+            "wal_webhook_receiver_down",
+            Durability::Wal,
+            Some("http://127.0.0.1:9/hooks"),
+        ),
+    ] {
         let system = actix_rt::System::new();
         let dir = tempfile::tempdir().unwrap();
-        let engine = system.block_on(engine(dir.path(), durability));
+        let engine = system.block_on(engine_with(dir.path(), durability, dead));
         let mut offset = 0u64;
         group.bench_function(name, |b| {
             b.iter_custom(|iters| system.block_on(run(&engine, iters, &mut offset)))
