@@ -504,7 +504,7 @@ mod tests {
         assert_eq!(sum, values[2]);
         assert_eq!(values[3], Money::from_i64(100));
         assert_eq!(values[4], Money::from_i64(7));
-        // A value f64 cannot hold exactly survives untouched.
+        // A value a binary float cannot hold exactly survives untouched.
         let exact: Money = serde_json::from_str("0.1234567890123456789012345678").unwrap();
         assert_eq!(exact.to_string(), "0.1234567890123456789012345678");
     }
