@@ -35,6 +35,9 @@ enum Command {
     Bench(Box<tollgate::bench::BenchArgs>),
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

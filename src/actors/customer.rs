@@ -301,7 +301,7 @@ fn index_invoices(shared: &Shared, state: &PersistedCustomer) {
             puts.push((super::entry::invoice_key(id), value.clone()));
         }
     }
-    if let Err(error) = shared.store.meta_write_batch(&puts, &[]) {
+    if let Err(error) = shared.store.meta_write_derived(&puts) {
         tracing::error!(%error, %customer, "invoice index write failed");
     }
 }
@@ -353,7 +353,7 @@ pub fn persist_effects(
         ));
     }
     // Before the outbox: once anyone hears of a workflow, its owner can be found.
-    shared.store.meta_write_batch(&workflows, &[])?;
+    shared.store.meta_write_derived(&workflows)?;
     for effect in effects {
         match effect {
             Effect::Webhook(hook) => {

@@ -63,7 +63,7 @@ pub struct EngineConfig {
 }
 
 /// One event to ingest with the customer key it named (an id or an ingest alias).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngestEvent {
     pub customer_key: String,
     pub event: UsageEvent,

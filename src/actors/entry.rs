@@ -101,19 +101,24 @@ pub fn late_key(customer_key: &str, transaction_id: &str) -> Vec<u8> {
     key
 }
 
-/// The dedupe key of an ingested transaction id.
+/// The dedupe key of an ingested transaction id: a 128-bit hash of it, so keys are short and
+/// evenly spread (RocksDB compares them on every insert and lookup), whatever ids clients use.
 pub fn transaction_key(transaction_id: &str) -> Vec<u8> {
-    let mut key = b"tx:".to_vec();
-    key.extend_from_slice(transaction_id.as_bytes());
-    key
+    dedupe_key(b"tx:", transaction_id)
 }
 
 /// The dedupe key of a late event re-submitted to its customer: a crash between re-submission
 /// and cleanup re-submits, and this key makes the second copy a duplicate.
 pub fn late_apply_key(transaction_id: &str) -> Vec<u8> {
-    let mut key = b"late:".to_vec();
-    key.extend_from_slice(transaction_id.as_bytes());
-    key
+    dedupe_key(b"late:", transaction_id)
+}
+
+/// XXH3-128 of `domain` + `id`: two different ids share a key with probability 2^-128 per pair.
+fn dedupe_key(domain: &[u8], id: &str) -> Vec<u8> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(domain);
+    hasher.update(id.as_bytes());
+    hasher.digest128().to_be_bytes().to_vec()
 }
 
 /// The partition owning a customer.

@@ -213,11 +213,16 @@ impl Worker {
                 return;
             }
         };
+        // Durable: acknowledge now. Applying follows below; a read sent after this ack reaches
+        // the customer's mailbox after the inputs dispatched here (the worker handles control
+        // messages only between commits), so readers still see their own writes.
+        let seqs = appended.seqs.clone();
+        let _ = in_flight.ack.send(Ok(appended));
         let at = Timestamp(in_flight.at_ms);
         let mut batches: FxHashMap<Id, Vec<Sequenced>> = FxHashMap::default();
         let mut order: Vec<Id> = Vec::new();
         let mut not_dispatched = 0;
-        for (record, seq) in in_flight.records.into_iter().zip(&appended.seqs) {
+        for (record, seq) in in_flight.records.into_iter().zip(&seqs) {
             let Some(seq) = *seq else {
                 // A duplicate transaction id: accepted, ignored.
                 not_dispatched += 1;
@@ -278,7 +283,6 @@ impl Worker {
                 }
             }
         }
-        let _ = in_flight.ack.send(Ok(appended));
     }
 
     async fn control(&mut self, control: Control) {
@@ -464,7 +468,7 @@ pub fn keep_late(shared: &Shared, key: &str, at_ms: i64, event: crate::domain::u
             return;
         }
     };
-    if let Err(error) = shared.store.meta_write_batch(&[(late_key, value)], &[]) {
+    if let Err(error) = shared.store.meta_write_derived(&[(late_key, value)]) {
         tracing::error!(%error, "late event write failed; replay will retry");
         return;
     }

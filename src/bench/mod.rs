@@ -352,6 +352,16 @@ fn execute(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// What every run of one bench shares.
+struct Context<'a> {
+    args: &'a BenchArgs,
+    run_id: String,
+    token: String,
+    local: Option<&'a Mutex<LocalServer>>,
+    sink: Option<Arc<WebhookSink>>,
+    null_base: Option<String>,
+}
+
 fn lock(server: &Mutex<LocalServer>) -> std::sync::MutexGuard<'_, LocalServer> {
     server.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -369,15 +379,6 @@ impl Context<'_> {
     fn sample_server(&self) -> Option<machine::ProcessSample> {
         self.local.and_then(|server| lock(server).sample())
     }
-}
-
-struct Context<'a> {
-    args: &'a BenchArgs,
-    run_id: String,
-    token: String,
-    local: Option<&'a Mutex<LocalServer>>,
-    sink: Option<Arc<WebhookSink>>,
-    null_base: Option<String>,
 }
 
 /// Which server a run loads.
@@ -444,7 +445,11 @@ async fn bench(context: &Context<'_>) -> Result<Report, String> {
         Api::new(&context.base(), &context.token, 1)?
             .wait_ready()
             .await?;
-        eprintln!("restarted in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "restarted in {:.1} s at {}",
+            started.elapsed().as_secs_f64(),
+            context.base()
+        );
     }
     let tracking = context.sink.as_ref().map(|sink| {
         sink.set_customers(&ids);

@@ -341,8 +341,18 @@ impl Report {
                     self.server_rss_peak_bytes.unwrap_or(rss) as f64 / 1048576.0
                 );
             }
+            (None, Some(rss)) => {
+                let _ = writeln!(
+                    out,
+                    "server:          RSS {:.0} MiB (no events accepted: no CPU per event)",
+                    rss as f64 / 1048576.0
+                );
+            }
             _ => {
-                let _ = writeln!(out, "server:          remote (no CPU or RSS figures)");
+                let _ = writeln!(
+                    out,
+                    "server:          not started here (no CPU or RSS figures)"
+                );
             }
         }
         if let Some(cpu) = self.loader_cpu_us_per_event {

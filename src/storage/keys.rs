@@ -8,11 +8,11 @@
 use super::StorageError;
 
 /// Length of a `log` key: partition (2) + seq (8).
-const LOG_KEY_LEN: usize = 2 + 8;
+pub(crate) const LOG_KEY_LEN: usize = 2 + 8;
 /// Length of the header in front of a log record's payload: `at_ms` (8).
 const RECORD_HEADER_LEN: usize = 8;
 /// Length of a `dedupe` value: partition (2) + seq (8) + at_ms (8).
-const DEDUPE_VALUE_LEN: usize = 2 + 8 + 8;
+pub(crate) const DEDUPE_VALUE_LEN: usize = 2 + 8 + 8;
 /// Length of the seq in front of a checkpoint's state bytes.
 const CHECKPOINT_HEADER_LEN: usize = 8;
 /// Length of an `outbox_done` value: cause partition (2) + cause seq (8).

@@ -119,6 +119,26 @@ impl Store {
         puts: &[(Vec<u8>, Vec<u8>)],
         deletes: &[Vec<u8>],
     ) -> Result<(), StorageError> {
+        self.write_meta(puts, deletes, &self.inner.write_opts)
+    }
+
+    /// Writes keys that a replay of the log re-creates (indexes derived from applied inputs)
+    /// without an fsync of their own. RocksDB has one write-ahead log: the next synced write
+    /// (a log append, a checkpoint) makes these durable too, and the checkpoint that would end
+    /// their replay is written after them. A `kill -9` loses nothing either way.
+    ///
+    /// # Errors
+    /// RocksDB write errors; nothing is written then.
+    pub fn meta_write_derived(&self, puts: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StorageError> {
+        self.write_meta(puts, &[], &self.inner.derived_write_opts)
+    }
+
+    fn write_meta(
+        &self,
+        puts: &[(Vec<u8>, Vec<u8>)],
+        deletes: &[Vec<u8>],
+        opts: &rocksdb::WriteOptions,
+    ) -> Result<(), StorageError> {
         if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }
@@ -130,7 +150,7 @@ impl Store {
         for key in deletes {
             batch.delete_cf(cf, key);
         }
-        self.inner.db.write_opt(batch, &self.inner.write_opts)?;
+        self.inner.db.write_opt(batch, opts)?;
         Ok(())
     }
 }

@@ -269,6 +269,8 @@ struct Inner {
     db: Arc<DB>,
     shared: Arc<Shared>,
     write_opts: WriteOptions,
+    /// For data a replay of the log re-creates (effects, indexes): never its own fsync.
+    derived_write_opts: WriteOptions,
     dedupe_window_ms: i64,
     /// Serializes outbox and dead-letter moves. Each is read-check-write (an id must not be
     /// written back to `outbox` once it is in `outbox_done`), so two of them must not
@@ -316,6 +318,7 @@ impl Store {
                 db,
                 shared,
                 write_opts: log::write_options(opts.durability),
+                derived_write_opts: log::write_options(Durability::Wal),
                 dedupe_window_ms: opts.dedupe_window_ms,
                 outbox_lock: Mutex::new(()),
                 last_dedupe_sweep_ms: Mutex::new(None),
@@ -618,6 +621,9 @@ pub(crate) fn cf<'db>(db: &'db DB, name: &'static str) -> Result<&'db ColumnFami
         .ok_or(StorageError::MissingColumnFamily(name))
 }
 
+/// Memtable size of the `dedupe` column family (RocksDB's default is 64 MiB).
+const DEDUPE_MEMTABLE_BYTES: usize = 8 << 20;
+
 fn open_db(dir: &Path) -> Result<DB, StorageError> {
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
@@ -630,6 +636,11 @@ fn open_db(dir: &Path) -> Result<DB, StorageError> {
     // The same answer for keys still in the memtable: a whole-key bloom filter there too.
     dedupe_opts.set_memtable_whole_key_filtering(true);
     dedupe_opts.set_memtable_prefix_bloom_ratio(0.1);
+    // Dedupe keys are random (hashes of transaction ids): every insert searches the memtable's
+    // skiplist, a cache miss per level. A smaller memtable keeps more of that search in the CPU
+    // cache; flushes and compaction run on background threads. (A hash memtable made inserts
+    // cheap but its flushes, which must sort, cost more than they saved.)
+    dedupe_opts.set_write_buffer_size(DEDUPE_MEMTABLE_BYTES);
 
     let descriptors = [
         ColumnFamilyDescriptor::new(CF_LOG, Options::default()),

@@ -20,7 +20,8 @@ use super::{CF_DEAD_LETTER, CF_OUTBOX, CF_OUTBOX_DONE, StorageError, Store, Uuid
 
 impl Store {
     /// Persists new effects caused by log entry `cause` (partition, seq), in one write batch
-    /// with the store's durability. Ids already pending, delivered or dead-lettered are skipped;
+    /// without an fsync of its own: a replay of the cause re-creates them, and the next synced
+    /// write (a log append, the checkpoint that would end that replay) makes them durable. Ids already pending, delivered or dead-lettered are skipped;
     /// the first occurrence wins when `entries` repeats an id. Returns how many were written.
     ///
     /// # Errors
@@ -57,7 +58,9 @@ impl Store {
             }
         }
         if !batch.is_empty() {
-            self.inner.db.write_opt(batch, &self.inner.write_opts)?;
+            self.inner
+                .db
+                .write_opt(batch, &self.inner.derived_write_opts)?;
         }
         tracing::trace!(
             partition = cause.0,
