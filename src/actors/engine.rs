@@ -32,7 +32,7 @@ use crate::storage::{
     self, AppendBatch, Durability, LogRecord, StorageError, Store, StoreOptions, StoreStats,
 };
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum EngineError {
     /// The domain refused the input; nothing changed.
     #[error(transparent)]

@@ -8,9 +8,8 @@
 //! log, and answers reads by forwarding them to the right actor.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -54,13 +53,12 @@ pub enum Control {
     Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
 }
 
-type AppendFuture = Pin<Box<dyn Future<Output = Result<Appended, StorageError>> + Send>>;
-
+/// Records on their way to the log, queued for the worker in submission order.
 struct InFlight {
-    append: AppendFuture,
+    /// The append's outcome (the caller was acknowledged from it already).
+    durable: oneshot::Receiver<Result<Appended, StorageError>>,
     at_ms: i64,
     records: Vec<PendingRecord>,
-    ack: oneshot::Sender<Result<Appended, EngineError>>,
 }
 
 /// The handle the engine keeps for a partition.
@@ -85,6 +83,27 @@ pub struct Worker {
     last_checkpoint: Instant,
     last_tick: Instant,
     force_full_snapshot: bool,
+    /// The checkpoint being written, a chunk of states at a time between commits.
+    checkpoint: Option<CheckpointJob>,
+    /// Set while a trim runs on its own thread.
+    trimming: Arc<AtomicBool>,
+}
+
+/// States written per checkpoint step: small enough that commits (and other writers to
+/// RocksDB's single write queue) wait at most a few milliseconds behind one.
+const CHECKPOINT_CHUNK_STATES: usize = 1_000;
+
+/// A checkpoint in progress. It covers the log up to `seq`: every customer that was dirty when
+/// it started is in `remaining` until its state is written. States written later than that
+/// may reflect newer inputs, which replay skips by each state's `applied_seq`, so commits can
+/// go on between chunks.
+struct CheckpointJob {
+    seq: u64,
+    force: bool,
+    remaining: Vec<Id>,
+    states: usize,
+    started: Instant,
+    waiting: Vec<oneshot::Sender<Result<u64, EngineError>>>,
 }
 
 /// Starts a partition on the current arbiter with the states recovery produced.
@@ -122,11 +141,22 @@ pub fn start(
                 at_ms,
                 records,
             });
+            // The caller hears as soon as the records are durable, even while the worker is
+            // busy (a checkpoint, a cold customer's load); the worker applies them in order.
+            let (durable_tx, durable_rx) = oneshot::channel();
+            let ack = submission.ack;
+            actix_rt::spawn(async move {
+                let result = append.await;
+                let _ = ack.send(match &result {
+                    Ok(appended) => Ok(appended.clone()),
+                    Err(error) => Err(EngineError::Storage(error.clone())),
+                });
+                let _ = durable_tx.send(result);
+            });
             let in_flight = InFlight {
-                append: Box::pin(append),
+                durable: durable_rx,
                 at_ms,
                 records: submission.records,
-                ack: submission.ack,
             };
             if ordered_tx.send(in_flight).is_err() {
                 break;
@@ -142,6 +172,8 @@ pub fn start(
         last_checkpoint: Instant::now(),
         last_tick: Instant::now(),
         force_full_snapshot: false,
+        checkpoint: None,
+        trimming: Arc::new(AtomicBool::new(false)),
     };
     for (id, state) in recovered {
         worker.activate(id, state, true);
@@ -156,7 +188,15 @@ pub fn start(
                     None => break,
                 },
                 Some(control) = control_rx.recv() => worker.control(control).await,
+                () = std::future::ready(()), if worker.checkpoint.is_some() => {
+                    worker.checkpoint_step().await;
+                }
                 _ = timer.tick() => worker.housekeeping().await,
+            }
+            // A checkpoint advances a chunk after each commit too, so steady load cannot
+            // starve it.
+            if worker.checkpoint.is_some() {
+                worker.checkpoint_step().await;
             }
         }
     });
@@ -197,7 +237,11 @@ impl Worker {
     }
 
     async fn commit(&mut self, in_flight: InFlight) {
-        let appended = match in_flight.append.await {
+        let outcome = in_flight
+            .durable
+            .await
+            .unwrap_or(Err(StorageError::Closed));
+        let appended = match outcome {
             Ok(appended) => appended,
             Err(error) => {
                 tracing::error!(%error, partition = self.partition, "append failed");
@@ -209,15 +253,13 @@ impl Worker {
                             .send(Err(Rejection::Unsupported("storage failure; retry".into())));
                     }
                 }
-                let _ = in_flight.ack.send(Err(EngineError::Storage(error)));
                 return;
             }
         };
-        // Durable: acknowledge now. Applying follows below; a read sent after this ack reaches
-        // the customer's mailbox after the inputs dispatched here (the worker handles control
-        // messages only between commits), so readers still see their own writes.
-        let seqs = appended.seqs.clone();
-        let _ = in_flight.ack.send(Ok(appended));
+        // The caller may have been acknowledged already. A read it sends next still sees these
+        // inputs: this commit was queued before the acknowledgement, and the worker takes queued
+        // commits before control messages and dispatches them to the mailboxes reads go to.
+        let seqs = appended.seqs;
         let at = Timestamp(in_flight.at_ms);
         let mut batches: FxHashMap<Id, Vec<Sequenced>> = FxHashMap::default();
         let mut order: Vec<Id> = Vec::new();
@@ -297,10 +339,7 @@ impl Worker {
                 }
                 Err(error) => tracing::error!(%error, %customer, "customer state unreadable"),
             },
-            Control::Checkpoint(reply) => {
-                let result = self.checkpoint().await;
-                let _ = reply.send(result);
-            }
+            Control::Checkpoint(reply) => self.start_checkpoint(Some(reply)),
         }
     }
 
@@ -309,10 +348,8 @@ impl Worker {
         let due = self.last_checkpoint.elapsed()
             >= Duration::from_millis(settings.checkpoint_interval_ms)
             || self.inputs_since_checkpoint >= settings.checkpoint_every_inputs;
-        if due && self.inputs_since_checkpoint > 0 {
-            if let Err(error) = self.checkpoint().await {
-                tracing::error!(%error, partition = self.partition, "checkpoint failed");
-            }
+        if due && self.inputs_since_checkpoint > 0 && self.checkpoint.is_none() {
+            self.start_checkpoint(None);
         }
         self.evict_idle().await;
         if self.last_tick.elapsed() >= Duration::from_millis(self.shared.settings.tick_interval_ms)
@@ -322,54 +359,129 @@ impl Worker {
         }
     }
 
-    /// Writes the state of every changed resident and records the log position they cover,
-    /// then trims what no longer needs replaying.
-    async fn checkpoint(&mut self) -> Result<u64, EngineError> {
-        let started = Instant::now();
-        let seq = self.dispatched_seq;
+    /// Starts a checkpoint of everything dispatched so far (or joins the one in progress).
+    fn start_checkpoint(&mut self, reply: Option<oneshot::Sender<Result<u64, EngineError>>>) {
+        if let Some(job) = &mut self.checkpoint {
+            job.waiting.extend(reply);
+            return;
+        }
         let force = std::mem::take(&mut self.force_full_snapshot);
-        let mut waiting = Vec::new();
+        let mut remaining = Vec::new();
         for (id, resident) in &mut self.residents {
             if resident.dirty || force {
                 resident.dirty = false;
-                waiting.push((*id, resident.addr.send(Snapshot { force })));
+                remaining.push(*id);
             }
         }
-        let mut puts = Vec::with_capacity(waiting.len());
-        for (id, answer) in waiting {
+        self.inputs_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.checkpoint = Some(CheckpointJob {
+            seq: self.dispatched_seq,
+            force,
+            remaining,
+            states: 0,
+            started: Instant::now(),
+            waiting: reply.into_iter().collect(),
+        });
+    }
+
+    /// Writes the next chunk of states; after the last, records the checkpoint and starts a
+    /// trim of what no longer needs replaying.
+    async fn checkpoint_step(&mut self) {
+        let Some(job) = self.checkpoint.as_mut() else {
+            return;
+        };
+        let chunk = job
+            .remaining
+            .split_off(job.remaining.len().saturating_sub(CHECKPOINT_CHUNK_STATES));
+        let force = job.force;
+        let asked: Vec<_> = chunk
+            .iter()
+            .filter_map(|id| {
+                let resident = self.residents.get(id)?;
+                Some((*id, resident.addr.send(Snapshot { force })))
+            })
+            .collect();
+        let mut puts = Vec::with_capacity(asked.len());
+        for (id, answer) in asked {
             match answer.await {
                 Ok(Some(bytes)) => puts.push((entry::state_key(id), bytes)),
                 Ok(None) => {}
                 Err(error) => {
-                    self.force_full_snapshot = true;
-                    return Err(EngineError::Internal(format!("snapshot of {id}: {error}")));
+                    return self.fail_checkpoint(EngineError::Internal(format!(
+                        "snapshot of {id}: {error}"
+                    )));
                 }
             }
         }
-        let states = puts.len();
-        let written = self
-            .shared
-            .store
-            .meta_write_batch(&puts, &[])
-            .and_then(|()| self.shared.store.put_checkpoint(self.partition, seq, &[]));
-        if let Err(error) = written {
-            // Those actors think they are clean: write everything next time.
-            self.force_full_snapshot = true;
-            return Err(EngineError::Storage(error));
+        // Without an fsync of its own: the synced checkpoint record below follows it in the
+        // write-ahead log, and until then these states only shorten a replay.
+        if let Err(error) = self.shared.store.meta_write_derived(&puts) {
+            return self.fail_checkpoint(EngineError::Storage(error));
         }
-        self.inputs_since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        let now = self.shared.clock.now_ms();
-        if let Err(error) = self.shared.store.trim(self.partition, seq, now) {
-            tracing::warn!(%error, partition = self.partition, "trim failed");
+        let Some(job) = self.checkpoint.as_mut() else {
+            return;
+        };
+        job.states += puts.len();
+        if !job.remaining.is_empty() {
+            return;
         }
+        let seq = job.seq;
+        if let Err(error) = self.shared.store.put_checkpoint(self.partition, seq, &[]) {
+            return self.fail_checkpoint(EngineError::Storage(error));
+        }
+        let Some(job) = self.checkpoint.take() else {
+            return;
+        };
+        self.trim_in_background(seq);
         let metrics = &self.shared.metrics;
         EngineMetrics::add(&metrics.checkpoints, 1);
         metrics
             .checkpoint_last_micros
-            .store(started.elapsed().as_micros() as u64, Relaxed);
-        metrics.checkpoint_states_last.store(states as u64, Relaxed);
-        Ok(seq)
+            .store(job.started.elapsed().as_micros() as u64, Relaxed);
+        metrics.checkpoint_states_last.store(job.states as u64, Relaxed);
+        for reply in job.waiting {
+            let _ = reply.send(Ok(seq));
+        }
+    }
+
+    /// Abandons the checkpoint in progress: the actors it snapshotted think they are clean, so
+    /// the next one writes everything.
+    fn fail_checkpoint(&mut self, error: EngineError) {
+        tracing::error!(%error, partition = self.partition, "checkpoint failed");
+        self.force_full_snapshot = true;
+        self.inputs_since_checkpoint = self.inputs_since_checkpoint.max(1);
+        if let Some(job) = self.checkpoint.take() {
+            for reply in job.waiting {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Trims the log, delivered outbox entries and expired dedupe keys on a thread of its own
+    /// (a dedupe sweep reads the whole column family); skipped while the last one still runs.
+    fn trim_in_background(&self, seq: u64) {
+        if self.trimming.swap(true, Relaxed) {
+            return;
+        }
+        let (shared, trimming, partition) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.trimming),
+            self.partition,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-trim".to_owned())
+            .spawn(move || {
+                let now = shared.clock.now_ms();
+                if let Err(error) = shared.store.trim(partition, seq, now) {
+                    tracing::warn!(%error, partition, "trim failed");
+                }
+                trimming.store(false, Relaxed);
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "trim thread did not start");
+            self.trimming.store(false, Relaxed);
+        }
     }
 
     async fn evict_idle(&mut self) {
@@ -382,31 +494,41 @@ impl Worker {
             .map(|(id, _)| *id)
             .take(1_000)
             .collect();
+        let mut asked = Vec::with_capacity(idle.len());
         for id in idle {
-            let Some(resident) = self.residents.remove(&id) else {
-                continue;
-            };
-            match resident.addr.send(Evict).await {
-                Ok(Some(bytes)) => {
-                    if let Err(error) = self
-                        .shared
-                        .store
-                        .meta_write_batch(&[(entry::state_key(id), bytes.clone())], &[])
-                    {
-                        tracing::error!(%error, customer = %id, "eviction write failed; keeping the actor");
-                        if let Ok(state) = storage::decode(entry::STATE_VERSION, &bytes) {
-                            self.activate(id, state, true);
-                        }
-                        continue;
-                    }
-                    EngineMetrics::add(&self.shared.metrics.actors_evicted, 1);
-                }
+            if let Some(resident) = self.residents.remove(&id) {
+                asked.push((id, resident.addr.send(Evict)));
+            }
+        }
+        let mut evicted = Vec::with_capacity(asked.len());
+        for (id, answer) in asked {
+            match answer.await {
+                Ok(Some(bytes)) => evicted.push((id, bytes)),
                 Ok(None) | Err(_) => {
                     tracing::error!(customer = %id, "eviction lost a state; it will be replayed");
                     self.force_full_snapshot = true;
                 }
             }
         }
+        // One write for all, without an fsync of its own: the next checkpoint record, which is
+        // synced, follows it in the write-ahead log; until then the log still replays them.
+        let puts: Vec<_> = evicted
+            .iter()
+            .map(|(id, bytes)| (entry::state_key(*id), bytes.clone()))
+            .collect();
+        if let Err(error) = self.shared.store.meta_write_derived(&puts) {
+            tracing::error!(%error, "eviction write failed; keeping the actors");
+            for (id, bytes) in evicted {
+                match storage::decode(entry::STATE_VERSION, &bytes) {
+                    Ok(state) => {
+                        self.activate(id, state, true);
+                    }
+                    Err(_) => self.force_full_snapshot = true,
+                }
+            }
+            return;
+        }
+        EngineMetrics::add(&self.shared.metrics.actors_evicted, puts.len() as u64);
     }
 
     /// Appends a `Tick` for every customer of this partition, so time-driven rules (period

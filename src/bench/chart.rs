@@ -114,33 +114,12 @@ fn draw(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::bench::report::{Percentiles, WebhookCounts};
+    use crate::bench::report::test_step;
 
     fn step(offered: f64, accepted: f64, p99: f64) -> RunReport {
-        RunReport {
-            mode: "rate",
-            offered_events_per_s: offered,
-            accepted_events_per_s: accepted,
-            sent_events: 0,
-            accepted_events: 0,
-            unsent_requests: 0,
-            elapsed_s: 1.0,
-            ack_latency_ms: Percentiles {
-                count: 1,
-                p99: Some(p99),
-                ..Percentiles::default()
-            },
-            webhook_latency_ms: Percentiles::default(),
-            webhooks: WebhookCounts::default(),
-            server_cpu_us_per_event: None,
-            server_rss_bytes: None,
-            server_rss_peak_bytes: None,
-            loader_cpu_us_per_event: None,
-            errors_by_status: BTreeMap::new(),
-        }
+        test_step("rate", offered, accepted, Some(p99))
     }
 
     #[test]

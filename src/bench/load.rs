@@ -90,6 +90,8 @@ pub struct LoadOutcome {
     pub accepted_events_per_s: f64,
     pub sent_events: u64,
     pub accepted_events: u64,
+    /// Acknowledged events with a transaction id not sent before (not `--duplicates` re-sends).
+    pub acknowledged_unique_events: u64,
     pub unsent_requests: u64,
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
@@ -128,6 +130,7 @@ struct TaskResult {
     sent_events: u64,
     sent_requests: u64,
     accepted_events: u64,
+    acknowledged_unique_events: u64,
     last_ack: Option<Instant>,
 }
 
@@ -187,6 +190,7 @@ pub async fn run(
         result.sent_events += r.sent_events;
         result.sent_requests += r.sent_requests;
         result.accepted_events += r.accepted_events;
+        result.acknowledged_unique_events += r.acknowledged_unique_events;
         result.last_ack = result.last_ack.max(r.last_ack);
     }
     shared.live.done.store(true, Ordering::Relaxed);
@@ -209,6 +213,7 @@ pub async fn run(
         accepted_events_per_s: result.accepted_events as f64 / seconds,
         sent_events: result.sent_events,
         accepted_events: result.accepted_events,
+        acknowledged_unique_events: result.acknowledged_unique_events,
         unsent_requests: unsent,
         elapsed,
         latency,
@@ -346,6 +351,7 @@ async fn send_batches(shared: Arc<Shared>, task: usize) -> TaskResult {
                     .accepted_events
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
                 for event in events.iter().filter(|e| e.new) {
+                    result.acknowledged_unique_events += 1;
                     if ring.len() == DUPLICATE_RING_EVENTS {
                         ring.pop_front();
                     }

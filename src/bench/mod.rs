@@ -30,7 +30,8 @@ use load::{LoadSpec, Mode, Tracking, Workload};
 use machine::{Machine, sample_process};
 use population::{CustomerSampler, SpendTracker, crossing_plan};
 use report::{
-    Parameters, Percentiles, Report, RunReport, SweepReport, capacity_statement, capacity_step,
+    AcknowledgedCheck, Parameters, Percentiles, Report, RunReport, SweepReport, capacity_statement,
+    capacity_step,
 };
 use server::{LocalServer, ServerOptions};
 use setup::Api;
@@ -555,6 +556,14 @@ impl Bench<'_> {
             transaction_prefix: format!("{}-{}-", self.context.run_id, self.runs),
             seed: args.seed.unwrap_or_else(rand::random) ^ u64::from(self.runs),
         };
+        let api = match target {
+            Target::Tollgate => Some(Api::new(&self.context.base(), &self.context.token, 1)?),
+            Target::Null => None,
+        };
+        let accepted_before = match &api {
+            Some(api) => api.metric(ACCEPTED_METRIC).await,
+            None => None,
+        };
         let server_before = sample_server();
         let loader_before = sample_process("self");
         if let Some(tracking) = &tracking {
@@ -567,6 +576,20 @@ impl Bench<'_> {
         }
         let webhooks = tracking.as_ref().map(|t| t.sink.end_run());
         let server_after = sample_server();
+        let accepted_after = match &api {
+            Some(api) => api.metric(ACCEPTED_METRIC).await,
+            None => None,
+        };
+        let acknowledged = accepted_before.zip(accepted_after).map(|(before, after)| {
+            let server_accepted_events = after.saturating_sub(before);
+            AcknowledgedCheck {
+                unique_events: outcome.acknowledged_unique_events,
+                server_accepted_events,
+                lost_events: outcome
+                    .acknowledged_unique_events
+                    .saturating_sub(server_accepted_events),
+            }
+        });
         let per_event = |before: Option<machine::ProcessSample>,
                          after: Option<machine::ProcessSample>| {
             match (before, after) {
@@ -596,7 +619,14 @@ impl Bench<'_> {
             server_rss_peak_bytes: server_after.map(|s| s.rss_peak_bytes),
             loader_cpu_us_per_event: per_event(loader_before, loader_after),
             errors_by_status: outcome.errors_by_status,
+            acknowledged,
         };
+        if let Some(check) = report.acknowledged.as_ref().filter(|c| c.lost_events > 0) {
+            eprintln!(
+                "{label:>9}: {} acknowledged events are missing from the server's count",
+                check.lost_events
+            );
+        }
         eprintln!(
             "{label:>9}: offered {:.0} events/s, accepted {:.0} events/s, ack p99 {} ms{}",
             report.offered_events_per_s,
@@ -674,6 +704,9 @@ impl Bench<'_> {
         Ok((sweep.steps[main_index].clone(), sweep))
     }
 }
+
+/// The server counter the acknowledged check compares with.
+const ACCEPTED_METRIC: &str = "tollgate_ingest_events_accepted_total";
 
 /// Waits (bounded) until the webhooks of acknowledged crossings have arrived and the server's
 /// CPU use has fallen to idle, so a run's figures include the work its events caused.

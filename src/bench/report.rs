@@ -109,6 +109,21 @@ pub struct RunReport {
     pub loader_cpu_us_per_event: Option<f64>,
     /// Non-200 answers by status code, plus `timeout` and `connection` for requests that got none.
     pub errors_by_status: BTreeMap<String, u64>,
+    /// Whether everything acknowledged reached the engine (a Tollgate run with `/metrics`).
+    pub acknowledged: Option<AcknowledgedCheck>,
+}
+
+/// Acknowledged events against what the server counted as accepted during the run. The server
+/// may count more (a request that timed out here may still have been accepted there); it must
+/// never count fewer.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcknowledgedCheck {
+    /// Events answered 200 with a transaction id sent for the first time.
+    pub unique_events: u64,
+    /// The server's `tollgate_ingest_events_accepted_total` increase over the run.
+    pub server_accepted_events: u64,
+    /// Acknowledged unique events the server did not count: must be 0.
+    pub lost_events: u64,
 }
 
 impl RunReport {
@@ -380,32 +395,44 @@ impl Report {
     }
 }
 
+/// A run with only rates and a p99 set (tests of sweeps and charts).
+#[cfg(test)]
+pub(crate) fn test_step(
+    mode: &'static str,
+    offered: f64,
+    accepted: f64,
+    p99: Option<f64>,
+) -> RunReport {
+    RunReport {
+        mode,
+        offered_events_per_s: offered,
+        accepted_events_per_s: accepted,
+        sent_events: 0,
+        accepted_events: 0,
+        unsent_requests: 0,
+        elapsed_s: 1.0,
+        ack_latency_ms: Percentiles {
+            count: 1,
+            p99,
+            ..Percentiles::default()
+        },
+        webhook_latency_ms: Percentiles::default(),
+        webhooks: WebhookCounts::default(),
+        server_cpu_us_per_event: None,
+        server_rss_bytes: None,
+        server_rss_peak_bytes: None,
+        loader_cpu_us_per_event: None,
+        errors_by_status: BTreeMap::new(),
+        acknowledged: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn step(mode: &'static str, offered: f64, accepted: f64, p99: Option<f64>) -> RunReport {
-        RunReport {
-            mode,
-            offered_events_per_s: offered,
-            accepted_events_per_s: accepted,
-            sent_events: 0,
-            accepted_events: 0,
-            unsent_requests: 0,
-            elapsed_s: 1.0,
-            ack_latency_ms: Percentiles {
-                count: 1,
-                p99,
-                ..Percentiles::default()
-            },
-            webhook_latency_ms: Percentiles::default(),
-            webhooks: WebhookCounts::default(),
-            server_cpu_us_per_event: None,
-            server_rss_bytes: None,
-            server_rss_peak_bytes: None,
-            loader_cpu_us_per_event: None,
-            errors_by_status: BTreeMap::new(),
-        }
+        test_step(mode, offered, accepted, p99)
     }
 
     #[test]

@@ -111,9 +111,31 @@ impl Api {
         Err(last)
     }
 
+    /// One counter or gauge of `GET /metrics` (Prometheus text), `None` when unreadable.
+    pub async fn metric(&self, name: &str) -> Option<u64> {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        metric_value(&text, name)
+    }
+
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
+}
+
+/// The value of the unlabelled sample `name` in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse().ok())?
+        })
 }
 
 fn id_of(data: &Value, what: &str) -> Result<String, String> {
@@ -365,4 +387,18 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn a_metric_is_read_by_its_exact_name() {
+        let text = "# HELP tollgate_x_total X.\n# TYPE tollgate_x_total counter\n\
+                    tollgate_x_total_extra 5\ntollgate_x_total 42\ntollgate_y 7\n";
+        assert_eq!(metric_value(text, "tollgate_x_total"), Some(42));
+        assert_eq!(metric_value(text, "tollgate_y"), Some(7));
+        assert_eq!(metric_value(text, "tollgate_z"), None);
+    }
 }
