@@ -95,6 +95,13 @@ fn a_tiny_open_loop_run_with_baseline_reports_every_figure() {
     assert!(report["server_rss_bytes"].as_u64().unwrap() > 0);
     assert!(report["server_cpu_us_per_event"].as_f64().is_some());
     assert_no_5xx(&report["errors_by_status"]);
+    // Every acknowledged first-time event was counted by the server; duplicates were sent and
+    // are not among them.
+    let acknowledged = &report["acknowledged"];
+    let unique = acknowledged["unique_events"].as_u64().unwrap();
+    assert!(unique > 0, "{acknowledged}");
+    assert_eq!(acknowledged["lost_events"], 0, "{acknowledged}");
+    assert!(acknowledged["server_accepted_events"].as_u64().unwrap() >= unique);
     // Crossings happen and their signed webhooks arrive (no timing asserted).
     assert_eq!(report["webhooks"]["invalid_signatures"], 0);
     assert!(

@@ -174,9 +174,30 @@ impl Handler<Query> for CustomerActor {
 /// # Errors
 /// Storage read or decode errors (a corrupt state must stop the engine, not reset a customer).
 pub fn load_state(shared: &Shared, customer: Id) -> Result<PersistedCustomer, StorageError> {
-    match shared.store.meta_get(&state_key(customer))? {
+    decode_state(shared.store.meta_get(&state_key(customer))?.as_deref())
+}
+
+/// Loads the last written states of many customers (one batched read), or empty ones.
+///
+/// # Errors
+/// As [`load_state`].
+pub fn load_states(
+    shared: &Shared,
+    customers: &[Id],
+) -> Result<Vec<PersistedCustomer>, StorageError> {
+    let keys: Vec<Vec<u8>> = customers.iter().map(|id| state_key(*id)).collect();
+    shared
+        .store
+        .meta_multi_get(&keys)?
+        .into_iter()
+        .map(|bytes| decode_state(bytes.as_deref()))
+        .collect()
+}
+
+fn decode_state(bytes: Option<&[u8]>) -> Result<PersistedCustomer, StorageError> {
+    match bytes {
         Some(bytes) => {
-            let mut state: PersistedCustomer = storage::decode(STATE_VERSION, &bytes)?;
+            let mut state: PersistedCustomer = storage::decode(STATE_VERSION, bytes)?;
             state.customer.rebuild_caches();
             Ok(state)
         }

@@ -255,6 +255,14 @@ impl Engine {
         self.shared.pending.iter().map(|p| p.load(Relaxed)).sum()
     }
 
+    /// Whether some partition already has as much accepted-but-unapplied work as it may hold:
+    /// ingest can then answer 429 before reading and parsing a request, so a storm of retries
+    /// costs little CPU. [`Engine::ingest`] still checks exactly per partition.
+    pub fn is_saturated(&self) -> bool {
+        let max = self.shared.settings.pending_inputs_max;
+        self.shared.pending.iter().any(|p| p.load(Relaxed) >= max)
+    }
+
     /// Appends usage events durably (deduplicated by transaction id) and returns once they
     /// are; applying them to balances and thresholds follows within milliseconds.
     ///

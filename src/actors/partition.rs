@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::customer::{
     ApplyInputs, CustomerActor, Evict, Query, QueryFn, Sequenced, Snapshot, apply_logged,
-    load_state, persist_effects,
+    load_state, load_states, persist_effects,
 };
 use super::engine::EngineError;
 use super::entry::{self, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
@@ -237,10 +237,7 @@ impl Worker {
     }
 
     async fn commit(&mut self, in_flight: InFlight) {
-        let outcome = in_flight
-            .durable
-            .await
-            .unwrap_or(Err(StorageError::Closed));
+        let outcome = in_flight.durable.await.unwrap_or(Err(StorageError::Closed));
         let appended = match outcome {
             Ok(appended) => appended,
             Err(error) => {
@@ -299,6 +296,7 @@ impl Worker {
             }
         }
         self.shared.pending[usize::from(self.partition)].fetch_sub(not_dispatched, Relaxed);
+        self.activate_cold(&order).await;
         let now = self.shared.clock.now_ms();
         for id in order {
             let inputs = batches.remove(&id).unwrap_or_default();
@@ -323,6 +321,39 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Makes the customers of `ids` resident, reading the states of those that are not in one
+    /// batched read on a blocking thread: meanwhile this thread keeps acknowledging appends.
+    /// A customer whose state cannot be read stays cold; dispatch then reports it.
+    async fn activate_cold(&mut self, ids: &[Id]) {
+        let cold: Vec<Id> = ids
+            .iter()
+            .filter(|id| !self.residents.contains_key(id))
+            .copied()
+            .collect();
+        if cold.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let states = load_states(&shared, &cold);
+            (cold, states)
+        })
+        .await;
+        match loaded {
+            Ok((cold, Ok(states))) => {
+                for (id, state) in cold.into_iter().zip(states) {
+                    self.activate(id, state, false);
+                }
+            }
+            Ok((_, Err(error))) => {
+                tracing::error!(%error, partition = self.partition, "customer states unreadable");
+            }
+            Err(error) => {
+                tracing::error!(%error, partition = self.partition, "state loading stopped");
             }
         }
     }
@@ -439,7 +470,9 @@ impl Worker {
         metrics
             .checkpoint_last_micros
             .store(job.started.elapsed().as_micros() as u64, Relaxed);
-        metrics.checkpoint_states_last.store(job.states as u64, Relaxed);
+        metrics
+            .checkpoint_states_last
+            .store(job.states as u64, Relaxed);
         for reply in job.waiting {
             let _ = reply.send(Ok(seq));
         }

@@ -223,6 +223,8 @@ pub struct Report {
     pub server_rss_peak_bytes: Option<u64>,
     pub loader_cpu_us_per_event: Option<f64>,
     pub errors_by_status: BTreeMap<String, u64>,
+    /// Acknowledged events against the server's count (see [`AcknowledgedCheck`]).
+    pub acknowledged: Option<AcknowledgedCheck>,
     /// Present with `--baseline`: the null server's accepted rate under the same load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_events_per_s: Option<f64>,
@@ -265,6 +267,7 @@ impl Report {
             server_rss_peak_bytes: main.server_rss_peak_bytes,
             loader_cpu_us_per_event: main.loader_cpu_us_per_event,
             errors_by_status: main.errors_by_status.clone(),
+            acknowledged: main.acknowledged.clone(),
             baseline_events_per_s,
             baseline_ratio,
             baseline,
@@ -382,6 +385,13 @@ impl Report {
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
             let _ = writeln!(out, "errors:          {}", list.join(", "));
+        }
+        if let Some(check) = &self.acknowledged {
+            let _ = writeln!(
+                out,
+                "acknowledged:    {} unique events, {} counted by the server, {} missing",
+                check.unique_events, check.server_accepted_events, check.lost_events
+            );
         }
         if let (Some(b), Some(ratio)) = (self.baseline_events_per_s, self.baseline_ratio) {
             let _ = writeln!(

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use crate::actors::IngestEvent;
+use crate::actors::{EngineError, IngestEvent};
 use crate::domain::Timestamp;
 use crate::domain::ids::{MS_PER_DAY, MS_PER_HOUR};
 use crate::domain::usage::UsageEvent;
@@ -74,6 +74,9 @@ async fn ingest(
     request: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    if state.engine.is_saturated() {
+        return Err(EngineError::Overloaded.into());
+    }
     let body = read_body(&request, payload, state.body_limit).await?;
     let events = parse_batch(&body, state.engine.now_ms())?;
     state.engine.ingest(events).await?;

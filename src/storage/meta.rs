@@ -30,6 +30,20 @@ impl Store {
         Ok(self.inner.db.get_cf(self.cf(CF_META)?, key)?)
     }
 
+    /// The values under `keys`, in order, in one batched read.
+    ///
+    /// # Errors
+    /// The first RocksDB read error.
+    pub fn meta_multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let cf = self.cf(CF_META)?;
+        self.inner
+            .db
+            .batched_multi_get_cf(cf, keys, false)
+            .into_iter()
+            .map(|value| Ok(value?.map(|v| v.to_vec())))
+            .collect()
+    }
+
     /// Removes `key`; removing an absent key is not an error.
     ///
     /// # Errors

@@ -628,6 +628,12 @@ fn open_db(dir: &Path) -> Result<DB, StorageError> {
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
+    // Writers without an fsync (effects, states) should not wait behind the group commit's
+    // WAL sync: pipelined writes let the next group's memtable inserts overlap it.
+    db_opts.set_enable_pipelined_write(true);
+    // A writer queued behind another waits on a condition variable instead of spinning with
+    // sched_yield: with an fsync in progress, the spinning burned whole partition threads.
+    db_opts.set_enable_write_thread_adaptive_yield(false);
 
     let mut dedupe_table = BlockBasedOptions::default();
     dedupe_table.set_bloom_filter(10.0, false);
