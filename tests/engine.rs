@@ -41,10 +41,25 @@ async fn customer_with_contract(
     prepaid: Option<tollgate::domain::contract::ThresholdConfig>,
     commits: Vec<tollgate::domain::customer::CommitSpec>,
 ) {
+    let thresholds = (spend, prepaid);
+    customer_with_contract_id(engine, customer, CONTRACT, alias, thresholds, commits).await;
+}
+
+async fn customer_with_contract_id(
+    engine: &Engine,
+    customer: Id,
+    contract: Id,
+    alias: &str,
+    (spend, prepaid): (
+        Option<tollgate::domain::contract::ThresholdConfig>,
+        Option<tollgate::domain::contract::ThresholdConfig>,
+    ),
+    commits: Vec<tollgate::domain::customer::CommitSpec>,
+) {
     let mut profile = fixtures::profile(customer, false);
     profile.ingest_aliases = vec![alias.to_owned()];
     engine.create_customer(profile).await.unwrap();
-    let mut spec = fixtures::contract(CONTRACT);
+    let mut spec = fixtures::contract(contract);
     spec.starting_at = now().month_start();
     spec.ending_before = None;
     spec.spend_threshold = spend;
@@ -345,6 +360,65 @@ async fn checkpoints_and_eviction_keep_state_exact() {
         .await
         .unwrap();
     assert_eq!(workflows(&engine, CUSTOMER).await.len(), 1);
+}
+
+/// More customers per partition than one checkpoint step writes (1,000): the checkpoint goes on
+/// between commits while ingest continues, completes, and every balance stays exact.
+#[actix_rt::test]
+async fn a_checkpoint_written_in_steps_between_commits_keeps_every_balance_exact() {
+    const CUSTOMERS: u128 = 2_500;
+    const ROUNDS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_catalog(dir.path(), None).await;
+    for i in 0..CUSTOMERS {
+        customer_with_contract_id(
+            &engine,
+            Id::from_u128(100_000 + i),
+            Id::from_u128(200_000 + i),
+            &format!("c{i}"),
+            (None, None),
+            vec![fixtures::prepaid_commit(10_000, 10)],
+        )
+        .await;
+    }
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let checkpoints_before = engine.metrics().checkpoints.load(relaxed);
+    let ingest = async {
+        for round in 0..ROUNDS {
+            let events: Vec<IngestEvent> = (0..CUSTOMERS)
+                .flat_map(|i| calls(&format!("c{i}"), &format!("r{round}-c{i}"), 1))
+                .collect();
+            for batch in events.chunks(100) {
+                engine.ingest(batch.to_vec()).await.unwrap();
+            }
+        }
+    };
+    let checkpoints = async {
+        engine.checkpoint().await.unwrap();
+        engine.checkpoint().await.unwrap();
+    };
+    tokio::join!(ingest, checkpoints);
+    // Two checkpoints per partition, the first of more than one step.
+    assert!(engine.metrics().checkpoints.load(relaxed) >= checkpoints_before + 4);
+    // Every call costs $1 of the $100 commit.
+    let expected = Money::from_i64(10_000 - 100 * ROUNDS as i64);
+    for i in 0..CUSTOMERS {
+        let customer = Id::from_u128(100_000 + i);
+        let mut balance = Money::ZERO;
+        for _ in 0..200 {
+            balance = engine
+                .query(customer, |s| {
+                    s.customer.contracts[0].balance(now()).unwrap()
+                })
+                .await
+                .unwrap();
+            if balance == expected {
+                break;
+            }
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(balance, expected, "customer {i}");
+    }
 }
 
 async fn eventually_workflow(engine: &Engine) {
