@@ -397,7 +397,12 @@ async fn a_checkpoint_written_in_steps_between_commits_keeps_every_balance_exact
         engine.checkpoint().await.unwrap();
         engine.checkpoint().await.unwrap();
     };
-    tokio::join!(ingest, checkpoints);
+    // A checkpoint that never finishes its steps must fail the test, not hang it.
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        tokio::join!(ingest, checkpoints)
+    })
+    .await
+    .expect("ingest and both checkpoints finish");
     // Two checkpoints per partition, the first of more than one step.
     assert!(engine.metrics().checkpoints.load(relaxed) >= checkpoints_before + 4);
     // Every call costs $1 of the $100 commit.
