@@ -533,10 +533,14 @@ impl Worker {
                 asked.push((id, resident.addr.send(Evict)));
             }
         }
-        let mut evicted = Vec::with_capacity(asked.len());
+        let mut ids = Vec::with_capacity(asked.len());
+        let mut puts = Vec::with_capacity(asked.len());
         for (id, answer) in asked {
             match answer.await {
-                Ok(Some(bytes)) => evicted.push((id, bytes)),
+                Ok(Some(bytes)) => {
+                    ids.push(id);
+                    puts.push((entry::state_key(id), bytes));
+                }
                 Ok(None) | Err(_) => {
                     tracing::error!(customer = %id, "eviction lost a state; it will be replayed");
                     self.force_full_snapshot = true;
@@ -545,13 +549,9 @@ impl Worker {
         }
         // One write for all, without an fsync of its own: the next checkpoint record, which is
         // synced, follows it in the write-ahead log; until then the log still replays them.
-        let puts: Vec<_> = evicted
-            .iter()
-            .map(|(id, bytes)| (entry::state_key(*id), bytes.clone()))
-            .collect();
         if let Err(error) = self.shared.store.meta_write_derived(&puts) {
             tracing::error!(%error, "eviction write failed; keeping the actors");
-            for (id, bytes) in evicted {
+            for (id, (_, bytes)) in ids.into_iter().zip(puts) {
                 match storage::decode(entry::STATE_VERSION, &bytes) {
                     Ok(state) => {
                         self.activate(id, state, true);
