@@ -141,6 +141,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
     openapi::routes(cfg);
 }
 
+/// Routes a test adds to the app, behind the same middleware as the API's own (a seam for
+/// tests that need a handler answering a chosen status or waiting on a signal).
+pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
 /// A bound, not yet running API server (binding first lets tests use port 0).
 pub struct Application {
     port: u16,
@@ -180,6 +184,19 @@ impl Application {
         engine: Engine,
         options: ApiOptions,
     ) -> std::io::Result<Application> {
+        Application::build_with_routes(listener, engine, options, Arc::new(|_| {}))
+    }
+
+    /// Binds `listener` with every option and `extra` routes (tests).
+    ///
+    /// # Errors
+    /// I/O errors from binding.
+    pub fn build_with_routes(
+        listener: TcpListener,
+        engine: Engine,
+        options: ApiOptions,
+        extra: ExtraRoutes,
+    ) -> std::io::Result<Application> {
         let port = listener.local_addr()?.port();
         let (body_limit, workers) = (options.body_limit, options.workers);
         let mut app_state = AppState::new(engine, &options.tokens, body_limit);
@@ -188,6 +205,7 @@ impl Application {
         let state = web::Data::from(Arc::new(app_state));
         let mut server = HttpServer::new(move || {
             let stripe = stripe.clone();
+            let extra = extra.clone();
             App::new()
                 .app_data(state.clone())
                 .app_data(json_config(body_limit))
@@ -197,6 +215,7 @@ impl Application {
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
                 .configure(routes)
                 .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
+                .configure(move |cfg| extra(cfg))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
                 }))
