@@ -3,9 +3,11 @@
 //! exist is `error.rs`. Handlers talk to the engine through [`Engine`] only.
 
 pub mod balances;
+pub mod body;
 pub mod catalog;
 pub mod contracts;
 pub mod customers;
+pub mod edge;
 pub mod error;
 pub mod fields;
 pub mod idempotency;
@@ -210,8 +212,12 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(json_config(body_limit))
                 .app_data(web::PayloadConfig::new(body_limit))
+                .configure(edge::extractor_configs)
+                // Innermost first: handler errors become JSON before they are stored for replay.
+                .wrap(from_fn(edge::json_error_bodies))
                 .wrap(from_fn(idempotency::idempotency))
                 .wrap(from_fn(require_token))
+                .wrap(from_fn(edge::edge))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
                 .configure(routes)
                 .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
@@ -219,6 +225,9 @@ impl Application {
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
                 }))
+        })
+        .on_connect(|_, extensions| {
+            extensions.insert(edge::ConnectionState::default());
         })
         .shutdown_timeout(30)
         // Signals are handled by the caller, which must checkpoint after the server stops.
