@@ -19,6 +19,8 @@ pub enum ApiError {
     NotFound(String),
     /// The request conflicts with an earlier one (409; the SDK must not retry it).
     Conflict(String),
+    /// A request with the same `Idempotency-Key` is running (409; the SDK may retry it).
+    InProgress(String),
     /// Body over the limit (413).
     PayloadTooLarge(String),
     /// The domain refused the input.
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::InProgress(m)
             | ApiError::PayloadTooLarge(m) => m.clone(),
             ApiError::Unauthorized => "Unauthorized: a valid bearer token is required".into(),
             ApiError::Rejected(rejection) => rejection.to_string(),
@@ -99,9 +102,8 @@ impl ApiError {
                 EngineError::Rejected(rejection) => rejection.to_string(),
                 EngineError::Overloaded => "Too many requests; retry after a short pause".into(),
                 EngineError::NotReady => "Starting up; retry shortly".into(),
-                EngineError::Storage(_) | EngineError::Internal(_) => {
-                    "Internal server error".into()
-                }
+                EngineError::Storage(_) => "Service unavailable; retry shortly".into(),
+                EngineError::Internal(_) => "Internal server error".into(),
             },
         }
     }
@@ -113,16 +115,17 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected(rejection) => rejection_status(rejection),
             ApiError::Engine(error) => match error {
                 EngineError::Rejected(rejection) => rejection_status(rejection),
                 EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-                EngineError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-                EngineError::Storage(_) | EngineError::Internal(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                // Storage failed before anything was appended (the engine fail-stops on a
+                // failure after): nothing ran, so the client may retry, and the idempotency
+                // layer does not store the answer.
+                EngineError::NotReady | EngineError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+                EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -137,11 +140,13 @@ impl ResponseError for ApiError {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 response.insert_header(("Retry-After", "1"));
             }
-            // A conflict is permanent: tell Metronome's SDK not to retry (it retries 409).
+            // A conflict is permanent: tell Metronome's SDK not to retry (it retries 409);
+            // a key in progress is not.
             StatusCode::CONFLICT => {
+                let retry = matches!(self, ApiError::InProgress(_));
                 response.insert_header((
                     HeaderName::from_static("x-should-retry"),
-                    HeaderValue::from_static("false"),
+                    HeaderValue::from_static(if retry { "true" } else { "false" }),
                 ));
             }
             _ => {}
@@ -169,6 +174,12 @@ mod tests {
             (ApiError::from(EngineError::Internal("x".into())), 500),
             (ApiError::Unauthorized, 401),
             (ApiError::PayloadTooLarge("big".into()), 413),
+            (ApiError::InProgress("busy".into()), 409),
+            (ApiError::from(EngineError::NotReady), 503),
+            (
+                ApiError::from(crate::storage::StorageError::Encode("disk".into())),
+                503,
+            ),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");
@@ -177,6 +188,12 @@ mod tests {
         assert_eq!(conflict.headers().get("x-should-retry").unwrap(), "false");
         let busy = ApiError::from(EngineError::Overloaded).error_response();
         assert_eq!(busy.headers().get("retry-after").unwrap(), "1");
+        let in_progress = ApiError::InProgress("busy".into()).error_response();
+        assert_eq!(in_progress.headers().get("x-should-retry").unwrap(), "true");
+        let storage = ApiError::from(crate::storage::StorageError::Encode("secret".into()));
+        assert_eq!(storage.message(), "Service unavailable; retry shortly");
+        let storage = storage.error_response();
+        assert_eq!(storage.headers().get("retry-after").unwrap(), "1");
         // 5xx bodies do not leak causes.
         assert_eq!(
             ApiError::from(EngineError::Internal("secret detail".into())).message(),
