@@ -602,3 +602,46 @@ async fn an_early_401_on_a_post_with_a_body_reaches_the_client_as_401() {
         }
     }
 }
+
+#[actix_rt::test]
+async fn idempotency_answers_are_swept_after_24_hours_and_the_key_then_runs_again() {
+    use tollgate::http::idempotency::{InFlight, REPLAY_WINDOW_MS, sweep_expired};
+    let app = spawn_edge(no_routes()).await;
+    let send = || async {
+        let response = app
+            .post("/v1/customers")
+            .header("idempotency-key", "sweep-key")
+            .json(&json!({"name": "swept"}))
+            .send()
+            .await
+            .unwrap();
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let body: Value = response.json().await.unwrap();
+        (replayed, body["data"]["id"].as_str().unwrap().to_owned())
+    };
+    let (replayed, first_id) = send().await;
+    assert!(!replayed);
+    let store = app.engine.store();
+    let entry = b"idem/sweep-key";
+    assert!(store.meta_get(entry).unwrap().is_some());
+    let claims = InFlight::default();
+
+    app.clock.advance(REPLAY_WINDOW_MS - 1);
+    assert_eq!(
+        sweep_expired(store, &claims, app.engine.now_ms()).unwrap(),
+        0
+    );
+    assert_eq!(send().await, (true, first_id.clone()));
+
+    app.clock.advance(1);
+    assert_eq!(
+        sweep_expired(store, &claims, app.engine.now_ms()).unwrap(),
+        1
+    );
+    assert!(store.meta_get(entry).unwrap().is_none());
+    assert!(store.meta_scan_prefix(b"idem").unwrap().is_empty());
+    let (replayed, second_id) = send().await;
+    assert!(!replayed);
+    assert_ne!(second_id, first_id);
+    assert_eq!(app.customers_named("swept").await, 2);
+}
