@@ -205,6 +205,7 @@ impl Application {
         app_state.stripe = options.stripe.clone();
         let stripe = options.stripe;
         let state = web::Data::from(Arc::new(app_state));
+        let sweep_state = state.clone();
         let mut server = HttpServer::new(move || {
             let stripe = stripe.clone();
             let extra = extra.clone();
@@ -236,6 +237,7 @@ impl Application {
         if workers > 0 {
             server = server.workers(workers);
         }
+        actix_rt::spawn(idempotency::sweep_periodically(sweep_state));
         Ok(Application {
             port,
             server: server.run(),

@@ -639,7 +639,9 @@ async fn idempotency_answers_are_swept_after_24_hours_and_the_key_then_runs_agai
         1
     );
     assert!(store.meta_get(entry).unwrap().is_none());
-    assert!(store.meta_scan_prefix(b"idem").unwrap().is_empty());
+    for prefix in [&b"idem/"[..], b"idem-at/"] {
+        assert!(store.meta_scan_prefix(prefix).unwrap().is_empty());
+    }
     let (replayed, second_id) = send().await;
     assert!(!replayed);
     assert_ne!(second_id, first_id);
