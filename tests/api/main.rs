@@ -6,6 +6,7 @@ mod support;
 
 mod catalog;
 mod contracts;
+mod money_edges;
 
 use std::net::TcpListener;
 use std::sync::Arc;
