@@ -131,6 +131,16 @@ async fn load(base: String, ledger: Arc<Mutex<Ledger>>, worker: usize, stop: Arc
 }
 
 fn write_config(dir: &std::path::Path, webhook_url: &str) -> std::path::PathBuf {
+    write_config_with(dir, webhook_url, 300, 150)
+}
+
+/// A config whose checkpoints and evictions come at the given intervals.
+fn write_config_with(
+    dir: &std::path::Path,
+    webhook_url: &str,
+    checkpoint_interval_ms: u64,
+    evict_idle_ms: u64,
+) -> std::path::PathBuf {
     let path = dir.join("tollgate.toml");
     let text = format!(
         r#"
@@ -144,8 +154,8 @@ data_dir = "{data}"
 durability = "fsync"
 [engine]
 partitions = 2
-checkpoint_interval_ms = 300
-evict_idle_ms = 150
+checkpoint_interval_ms = {checkpoint_interval_ms}
+evict_idle_ms = {evict_idle_ms}
 [webhooks]
 first_retry_ms = 100
 max_interval_ms = 500
@@ -430,6 +440,70 @@ async fn sigterm_checkpoints_and_exits_zero_and_the_next_start_has_everything() 
     )
     .await;
     assert_eq!(invoices["data"][0]["subtotal"], 3000);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+async fn usage_total(client: &reqwest::Client, base: &str, customer: &str) -> Value {
+    let response = client
+        .get(format!(
+            "{base}/v1/customers/{customer}/invoices?type=USAGE&status=DRAFT"
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["data"][0]["total"].clone()
+}
+
+#[actix_rt::test]
+async fn kill_9_after_a_metric_archive_replays_every_event_to_the_same_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // No checkpoint and no eviction during the test: the restart replays everything.
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let (_, metrics) = {
+        let response = client
+            .get(format!("{}/v1/billable-metrics", server.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    let metric = metrics["data"][0]["id"].as_str().unwrap().to_owned();
+    let batch: Vec<Value> = (0..10).map(|i| event(&format!("before-{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(usage_total(&client, &server.base, &customer).await, 1000);
+    let (status, body) = post(
+        &client,
+        &server.base,
+        "/v1/billable-metrics/archive",
+        &json!({"id": metric}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Usage after the archive is not rated.
+    let batch: Vec<Value> = (0..5).map(|i| event(&format!("after-{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(usage_total(&client, &server.base, &customer).await, 1000);
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    assert_eq!(
+        usage_total(&client, &server.base, &customer).await,
+        1000,
+        "replay after the archive must reach the live run's balance"
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
