@@ -17,8 +17,9 @@ use crate::domain::{Id, Timestamp};
 
 /// Version byte of encoded log entries.
 pub const LOG_VERSION: u8 = 1;
-/// Version byte of encoded customer states.
-pub const STATE_VERSION: u8 = 1;
+/// Version byte of encoded customer states (2: usage lines record the segments they drew
+/// from). A state of another version is refused with the version named, never misread.
+pub const STATE_VERSION: u8 = 2;
 /// Version byte of other meta values.
 pub const META_VERSION: u8 = 1;
 

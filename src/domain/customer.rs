@@ -255,6 +255,35 @@ impl Charges {
     }
 }
 
+/// What an input may change, set aside before it changes it.
+enum Saved {
+    Nothing,
+    Whole(Box<Customer>),
+    /// Contracts by index (usage changes only the contracts it charges).
+    Contracts(Vec<(usize, Contract)>),
+}
+
+/// Puts [`Saved`] back when dropped, unless the input succeeded (which sets it to `Nothing`):
+/// on a refusal, and also while a panic unwinds through [`Customer::apply`].
+struct Rollback<'a> {
+    customer: &'a mut Customer,
+    saved: Saved,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.saved, Saved::Nothing) {
+            Saved::Nothing => {}
+            Saved::Whole(customer) => *self.customer = *customer,
+            Saved::Contracts(contracts) => {
+                for (ci, contract) in contracts {
+                    self.customer.contracts[ci] = contract;
+                }
+            }
+        }
+    }
+}
+
 impl Customer {
     pub fn id(&self) -> Option<Id> {
         self.profile.as_ref().map(|p| p.id)
@@ -267,7 +296,12 @@ impl Customer {
         }
     }
 
-    /// Applies one input.
+    /// Applies one input, whole or not at all.
+    ///
+    /// The input runs on the live state with a copy of what it may change set aside (the whole
+    /// customer, or for usage only the contracts it charges). A refusal, an overflow or a panic
+    /// part-way through puts the copy back, so the state is exactly as before; only success
+    /// keeps the changes. A panic still unwinds to the caller (the engine quarantines the input).
     ///
     /// # Errors
     /// A [`Rejection`] when the input is refused; the state is then unchanged.
@@ -275,18 +309,26 @@ impl Customer {
         for contract in &mut self.contracts {
             contract.ensure_caches();
         }
-        let result = self.apply_checked(input, ctx);
-        if result.is_err() {
-            // A refusal found while applying may leave a cache half-updated: derive them all
-            // again before the next input.
-            for contract in &mut self.contracts {
-                contract.caches = ContractCaches::default();
-            }
+        let mut undo = Rollback {
+            customer: self,
+            saved: Saved::Nothing,
+        };
+        if !matches!(input, Input::RecordUsage(_)) {
+            undo.saved = Saved::Whole(Box::new(undo.customer.clone()));
+        }
+        let result = undo.customer.apply_checked(input, ctx, &mut undo.saved);
+        if result.is_ok() {
+            undo.saved = Saved::Nothing;
         }
         result
     }
 
-    fn apply_checked(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
+    fn apply_checked(
+        &mut self,
+        input: &Input,
+        ctx: &Ctx<'_>,
+        saved: &mut Saved,
+    ) -> Result<Applied, Rejection> {
         let mut applied = Applied::default();
         match input {
             Input::CreateCustomer(profile) => {
@@ -307,7 +349,7 @@ impl Customer {
             Input::ArchiveCustomer => {
                 self.profile_mut()?.archived_at.get_or_insert(ctx.at);
             }
-            Input::RecordUsage(event) => self.record_usage(event, ctx, &mut applied)?,
+            Input::RecordUsage(event) => self.record_usage(event, ctx, saved, &mut applied)?,
             Input::CreateContract(spec) => self.create_contract(spec, ctx, &mut applied)?,
             Input::EditContract(edit) => self.edit_contract(edit, ctx, &mut applied)?,
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
@@ -332,6 +374,7 @@ impl Customer {
         &mut self,
         event: &UsageEvent,
         ctx: &Ctx<'_>,
+        saved: &mut Saved,
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
         let customer_id = self.profile()?.id;
@@ -392,14 +435,8 @@ impl Customer {
                                 .quantity_with(&contribution)?,
                         ),
                     };
-                    // Marginal pricing: the increment of quantity is priced by the rate in effect
-                    // at the event's time (tiers still count the period's total), so a rate
-                    // change mid-period does not re-price earlier usage.
-                    let delta = rate
-                        .price
-                        .charge_for(new_quantity)?
-                        .checked_sub(rate.price.charge_for(old_quantity)?)?;
-                    let new_charged = old_charged.checked_add(delta)?;
+                    let (new_charged, delta) =
+                        line_charge(&rate.price, old_charged, old_quantity, new_quantity)?;
                     charges.push(Charge {
                         contract: ci,
                         period_bounds: bounds,
@@ -414,7 +451,15 @@ impl Customer {
         if charges.is_empty() {
             return Ok(());
         }
-        // Everything checked: from here the input applies.
+        // Checked as far as it can be before changing anything; set aside what the rest may
+        // change (an overflow or a broken invariant further on puts it back).
+        let mut touched: Vec<(usize, Contract)> = Vec::with_capacity(1);
+        for charge in charges.iter() {
+            if !touched.iter().any(|(ci, _)| *ci == charge.contract) {
+                touched.push((charge.contract, self.contracts[charge.contract].clone()));
+            }
+        }
+        *saved = Saved::Contracts(touched);
         for charge in charges.iter() {
             let tags = product_tags(ctx.catalog, charge.product_id);
             let contract = &mut self.contracts[charge.contract];
@@ -434,12 +479,8 @@ impl Customer {
                 Some(li) => li,
                 None => {
                     let lines = &mut contract.periods[pi].lines;
-                    lines.push(UsageLine {
-                        product_id: charge.product_id,
-                        aggregate: super::contract::Aggregate::empty_for(&charge.contribution),
-                        charged: Money::ZERO,
-                        covered: Money::ZERO,
-                    });
+                    let aggregate = super::contract::Aggregate::empty_for(&charge.contribution);
+                    lines.push(UsageLine::new(charge.product_id, aggregate));
                     lines.len() - 1
                 }
             };
@@ -449,24 +490,24 @@ impl Customer {
             line.aggregate.add(&charge.contribution);
             line.charged = charge.new_charged;
             if charge.delta.is_positive() {
-                let covered = draw_down(
+                let drawn = Drawn {
+                    line: (pi, li),
+                    invoice_id,
+                    usage_at: event.timestamp,
+                };
+                draw_down(
                     contract,
                     charge.product_id,
                     tags,
-                    event.timestamp,
-                    invoice_id,
+                    drawn,
                     charge.delta,
                     ctx.at,
                 )?;
-                let line = &mut contract.periods[pi].lines[li];
-                line.covered = line.covered.checked_add(covered)?;
             } else if charge.delta.is_negative() {
-                let line = &contract.periods[pi].lines[li];
-                let excess = line.covered.checked_sub(line.charged)?;
-                if excess.is_positive() {
-                    give_back(contract, charge.product_id, tags, invoice_id, excess)?;
-                    contract.periods[pi].lines[li].covered = charge.new_charged.floor_zero();
-                }
+                // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
+                let decrease = Money::ZERO.checked_sub(charge.delta)?;
+                let back = decrease.min(contract.periods[pi].lines[li].covered);
+                give_back(contract, (pi, li), invoice_id, back)?;
             }
             let uncovered_after = contract.periods[pi].lines[li].uncovered();
             contract.line_changed(pi, uncovered_before, uncovered_after);
@@ -907,6 +948,11 @@ impl Customer {
                         line.covered <= line.charged.floor_zero(),
                         "line overcovered"
                     );
+                    let mut drawn = Money::ZERO;
+                    for draw in &line.draws {
+                        drawn = drawn.checked_add(draw.amount).expect("bounded sums");
+                    }
+                    debug_assert_eq!(drawn, line.covered, "line draws drifted from covered");
                 }
             }
         }
@@ -956,25 +1002,62 @@ fn open_period(contract: &mut Contract, (start, end): (Timestamp, Timestamp)) ->
     at
 }
 
-/// Draws `amount` of usage at `usage_at` from eligible released segments in drawdown order;
-/// returns how much was covered. Only segments with something left are visited (the live list,
-/// a subsequence of `draw_order`): an exhausted one could give nothing.
+/// Where a drawdown goes: the usage line (period, line index), its invoice and the usage time.
+#[derive(Clone, Copy)]
+struct Drawn {
+    line: (usize, usize),
+    invoice_id: Id,
+    usage_at: Timestamp,
+}
+
+/// The charge of a line after its quantity went from `old_quantity` to `new_quantity`, and the
+/// change: `(new_charged, delta)`. SPEC 2.1: a line is charged on its net quantity, floored at
+/// zero. Marginal pricing: the increment is priced by the rate in effect at the event's time
+/// (tiers still count the period's total), so a rate change mid-period does not re-price
+/// earlier usage; a net at or below zero charges nothing whatever rates applied before.
+fn line_charge(
+    price: &super::catalog::Price,
+    old_charged: Money,
+    old_quantity: Decimal,
+    new_quantity: Decimal,
+) -> Result<(Money, Money), Rejection> {
+    let floor = |q: Decimal| {
+        if q.is_sign_negative() {
+            Decimal::ZERO
+        } else {
+            q
+        }
+    };
+    let new_charged = if new_quantity.is_sign_negative() || new_quantity.is_zero() {
+        Money::ZERO
+    } else {
+        let delta = price
+            .charge_for(floor(new_quantity))?
+            .checked_sub(price.charge_for(floor(old_quantity))?)?;
+        old_charged.checked_add(delta)?.floor_zero()
+    };
+    Ok((new_charged, new_charged.checked_sub(old_charged)?))
+}
+
+/// Draws `amount` of usage from eligible released segments in drawdown order and records the
+/// draws on the line. Only segments with something left are visited (the live list, a
+/// subsequence of `draw_order`): an exhausted one could give nothing.
 fn draw_down(
     contract: &mut Contract,
     product: Id,
     tags: &[String],
-    usage_at: Timestamp,
-    invoice_id: Id,
+    drawn: Drawn,
     amount: Money,
     at: Timestamp,
-) -> Result<Money, Rejection> {
+) -> Result<(), Rejection> {
+    let (pi, li) = drawn.line;
     let mut left = amount;
     let mut i = 0;
     while i < contract.caches.live.len() {
         let (ci, si) = contract.caches.live[i];
         let commit = &contract.commits[ci];
         let segment = &commit.segments[si];
-        if !segment.covers(usage_at) || !commit.applies_to(product, tags) {
+        if !segment.covers(drawn.usage_at) || !commit.applies_to(product, tags) {
             i += 1;
             continue;
         }
@@ -984,7 +1067,8 @@ fn draw_down(
             i += 1;
             continue;
         }
-        contract.commits[ci].record_deduction(si, invoice_id, take, at)?;
+        contract.commits[ci].record_deduction(si, drawn.invoice_id, take, at)?;
+        contract.periods[pi].lines[li].record_draw((ci, si), take)?;
         let after = contract.commits[ci].segments[si].remaining();
         contract.segment_changed((ci, si), before, after, true);
         if after.is_positive() {
@@ -994,47 +1078,40 @@ fn draw_down(
         }
         left = left.checked_sub(take)?;
         if left.is_zero() {
-            // `amount - 0` is `amount`, bit for bit.
-            return Ok(amount);
+            break;
         }
     }
-    amount.checked_sub(left)
+    Ok(())
 }
 
-/// Returns `amount` of drawdown by `invoice_id` to segments, last-drawn first (usage went down,
-/// e.g. a negative SUM value).
+/// Returns `amount` of what line `(pi, li)` drew to the segments it drew from, last drawn first
+/// (usage went down, e.g. a negative SUM value).
 fn give_back(
     contract: &mut Contract,
-    product: Id,
-    tags: &[String],
+    (pi, li): (usize, usize),
     invoice_id: Id,
     amount: Money,
 ) -> Result<(), Rejection> {
     let mut left = amount;
-    for i in (0..contract.draw_order.len()).rev() {
-        let (ci, si) = contract.draw_order[i];
-        let commit = &mut contract.commits[ci];
-        if !commit.applies_to(product, tags) {
-            continue;
-        }
-        let before = commit.segments[si].remaining();
-        let Some(deduction) = commit
-            .deductions
-            .iter_mut()
-            .find(|d| d.segment == si && d.invoice_id == invoice_id)
-        else {
-            continue;
-        };
-        let back = left.min(deduction.amount);
-        deduction.amount = deduction.amount.checked_sub(back)?;
-        let segment = &mut commit.segments[si];
-        segment.drawn = segment.drawn.checked_sub(back)?;
-        let after = segment.remaining();
-        contract.segment_changed((ci, si), before, after, false);
-        left = left.checked_sub(back)?;
-        if left.is_zero() {
+    while left.is_positive() {
+        let Some(draw) = contract.periods[pi].lines[li].draws.last().copied() else {
             break;
+        };
+        let (ci, si) = (draw.commit as usize, draw.segment as usize);
+        let back = left.min(draw.amount);
+        let commit = &mut contract.commits[ci];
+        let before = commit.segments[si].remaining();
+        commit.return_deduction(si, invoice_id, back)?;
+        let after = commit.segments[si].remaining();
+        contract.segment_changed((ci, si), before, after, false);
+        let line = &mut contract.periods[pi].lines[li];
+        line.covered = line.covered.checked_sub(back)?;
+        let last = line.draws.last_mut().expect("the draw read above");
+        last.amount = last.amount.checked_sub(back)?;
+        if last.amount.is_zero() {
+            line.draws.pop();
         }
+        left = left.checked_sub(back)?;
     }
     Ok(())
 }
@@ -1072,8 +1149,7 @@ fn cover_outstanding(contract: &mut Contract, ci: usize, ctx: &Ctx<'_>) -> Resul
                 }
                 contract.deduct((ci, si), invoice_id, take, ctx.at)?;
                 left = left.checked_sub(take)?;
-                let line = &mut contract.periods[pi].lines[li];
-                line.covered = line.covered.checked_add(take)?;
+                contract.periods[pi].lines[li].record_draw((ci, si), take)?;
                 if left.is_zero() {
                     break;
                 }
