@@ -433,7 +433,17 @@ impl Engine {
         self.apply(customer, Input::SetIngestAliases(aliases)).await
     }
 
+    /// Aliases must be well-formed keys, not the id of any customer (ids resolve first, so such
+    /// an alias would be dead at best), and not another customer's alias.
     fn check_aliases_free(&self, customer: Id, aliases: &[String]) -> Result<(), EngineError> {
+        for (i, alias) in aliases.iter().enumerate() {
+            if let Some(problem) = crate::domain::ids::key_problem(alias) {
+                return Err(Rejection::invalid(&format!("ingest_aliases[{i}]"), problem).into());
+            }
+            if Id::parse(alias).is_some_and(|id| self.shared.registry.contains(id)) {
+                return Err(Rejection::AliasInUse(alias.clone()).into());
+            }
+        }
         for alias in aliases {
             match self.shared.registry.alias_owner(alias) {
                 Some(owner) if owner != customer => {
@@ -570,11 +580,10 @@ impl Engine {
         let now = self.shared.clock.now_ms();
         let mut expired = Vec::new();
         for (key, value) in self.shared.store.meta_scan_prefix(entry::LATE_PREFIX)? {
-            let rest = &key[entry::LATE_PREFIX.len()..];
-            let Some(end) = rest.iter().position(|b| *b == 0) else {
+            let Some(customer_key) = entry::late_customer_key(&key) else {
                 continue;
             };
-            let customer_key = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let customer_key = String::from_utf8_lossy(customer_key).into_owned();
             let late: LateEvent = storage::decode(META_VERSION, &value)?;
             if now - late.at_ms > self.shared.settings.late_window_ms {
                 expired.push(key);

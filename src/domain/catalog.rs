@@ -15,6 +15,7 @@ use rust_decimal::Decimal;
 use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
+use super::bounds;
 use super::ids::{Id, Timestamp};
 use super::money::{CreditType, Money, fast, parse_exact_decimal};
 use super::rejection::Rejection;
@@ -136,8 +137,10 @@ impl BillableMetric {
         let raw = event.property(self.aggregation_key.as_deref()?)?;
         match self.aggregation {
             Aggregation::Count => Some(Contribution::Count),
-            Aggregation::Sum => parse_exact_decimal(raw).ok().map(Contribution::Sum),
-            Aggregation::Max => parse_exact_decimal(raw).ok().map(Contribution::Max),
+            // A value beyond the bounds is refused at ingest; one that reaches here anyway (a
+            // metric created after the event was accepted) is ignored like a non-number.
+            Aggregation::Sum => bounded_quantity(raw).map(Contribution::Sum),
+            Aggregation::Max => bounded_quantity(raw).map(Contribution::Max),
             Aggregation::Unique => {
                 let mut hasher = FxHasher::default();
                 raw.hash(&mut hasher);
@@ -145,6 +148,13 @@ impl BillableMetric {
             }
         }
     }
+}
+
+/// A property value as a quantity, if it is a number within [`bounds::QUANTITY_MAX`].
+pub fn bounded_quantity(raw: &str) -> Option<Decimal> {
+    parse_exact_decimal(raw)
+        .ok()
+        .filter(|q| bounds::quantity_in_bounds(*q))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,10 +196,7 @@ impl Price {
     /// size, or a sized last tier.
     pub fn validate(&self) -> Result<(), Rejection> {
         match self {
-            Price::Flat(price) if price.is_negative() => {
-                Err(Rejection::invalid("price", "must not be negative"))
-            }
-            Price::Flat(_) => Ok(()),
+            Price::Flat(price) => bounds::check_price("price", *price),
             Price::Tiered(tiers) => {
                 let Some((last, rest)) = tiers.split_last() else {
                     return Err(Rejection::invalid("tiers", "at least one tier is required"));
@@ -208,8 +215,16 @@ impl Price {
                 if last.size.is_some() && tiers.len() > 1 && last.size <= Some(Decimal::ZERO) {
                     return Err(Rejection::invalid("tiers[].size", "must be positive"));
                 }
-                if tiers.iter().any(|t| t.price.is_negative()) {
-                    return Err(Rejection::invalid("tiers[].price", "must not be negative"));
+                for tier in tiers {
+                    bounds::check_price("tiers[].price", tier.price)?;
+                    if tier.size.is_some_and(|size| {
+                        size > Decimal::from_i128_with_scale(bounds::TIER_SIZE_MAX, 0)
+                    }) {
+                        return Err(Rejection::invalid(
+                            "tiers[].size",
+                            &format!("must be at most {}", bounds::TIER_SIZE_MAX),
+                        ));
+                    }
                 }
                 Ok(())
             }

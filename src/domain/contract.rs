@@ -688,6 +688,16 @@ impl ThresholdConfig {
                 "must not be negative",
             ));
         }
+        // A negative threshold has its own message below.
+        if !self.threshold_amount.is_negative() {
+            super::bounds::check_amount(
+                &format!("{field}.threshold_amount"),
+                self.threshold_amount,
+            )?;
+        }
+        if let Some(recharge_to) = self.recharge_to_amount {
+            super::bounds::check_amount(&format!("{field}.recharge_to_amount"), recharge_to)?;
+        }
         match self.kind {
             ThresholdKind::Spend => {
                 if !self.threshold_amount.is_positive() {

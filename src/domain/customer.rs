@@ -10,6 +10,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::bounds;
 use super::catalog::{Catalog, Contribution, ProductKind};
 use super::contract::{
     Commit, CommitKind, Contract, ContractCaches, Discount, InvoiceScheduleItem, InvoiceStatus,
@@ -1183,12 +1184,10 @@ fn validate_commit(
         ));
     }
     for (amount, start, end) in &spec.access_schedule {
-        if amount.is_negative() {
-            return Err(Rejection::invalid(
-                &format!("{field}.access_schedule.schedule_items[].amount"),
-                "must not be negative",
-            ));
-        }
+        bounds::check_amount(
+            &format!("{field}.access_schedule.schedule_items[].amount"),
+            *amount,
+        )?;
         if end <= start {
             return Err(Rejection::invalid(
                 &format!("{field}.access_schedule.schedule_items[].ending_before"),
@@ -1197,13 +1196,13 @@ fn validate_commit(
         }
     }
     for (_, unit_price, quantity) in &spec.invoice_schedule {
-        if unit_price.is_negative() || quantity.is_sign_negative() {
-            return Err(Rejection::invalid(
-                &format!("{field}.invoice_schedule.schedule_items[]"),
-                "amounts must not be negative",
-            ));
-        }
-        unit_price.checked_mul(*quantity)?;
+        let item = format!("{field}.invoice_schedule.schedule_items[]");
+        bounds::check_amount(&format!("{item}.unit_price"), *unit_price)?;
+        bounds::check_quantity(&format!("{item}.quantity"), *quantity)?;
+        bounds::check_amount(
+            &format!("{item}.amount"),
+            unit_price.checked_mul(*quantity)?,
+        )?;
     }
     if spec.priority.is_some_and(|p| p.is_sign_negative()) {
         return Err(Rejection::invalid(
