@@ -23,9 +23,14 @@ struct Server {
 }
 
 fn start_server(config: &std::path::Path) -> Server {
+    start_server_with_env(config, &[])
+}
+
+fn start_server_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -504,6 +509,78 @@ async fn kill_9_after_a_metric_archive_replays_every_event_to_the_same_balance()
         1000,
         "replay after the archive must reach the live run's balance"
     );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[actix_rt::test]
+async fn replay_judges_inputs_by_the_limits_they_were_accepted_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let low = [("TOLLGATE__LIMITS__PREPAID_THRESHOLD_MIN_USD_CENTS", "100")];
+    let mut server = start_server_with_env(&config, &low);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let (_, products) = post(
+        &client,
+        &server.base,
+        "/v1/contract-pricing/products/list",
+        &json!({}),
+    )
+    .await;
+    let fixed = products["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "FIXED")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let contract = |threshold: i64| {
+        json!({
+            "customer_id": customer, "rate_card_id": Value::Null, "starting_at": "2020-01-01T00:00:00Z",
+            "prepaid_balance_threshold_configuration": {
+                "commit": {"product_id": fixed}, "is_enabled": false,
+                "payment_gate_config": {"payment_gate_type": "NONE"},
+                "threshold_amount": threshold, "recharge_to_amount": threshold + 5000
+            }
+        })
+    };
+    let (_, cards) = post(
+        &client,
+        &server.base,
+        "/v1/contract-pricing/rate-cards/list",
+        &json!({}),
+    )
+    .await;
+    let card = cards["data"][0]["id"].as_str().unwrap().to_owned();
+    let mut body = contract(200);
+    body["rate_card_id"] = json!(card);
+    let (status, created) = post(&client, &server.base, "/v1/contracts/create", &body).await;
+    assert_eq!(status, 200, "{created}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    // The default minimum ($5) is in force now; the contract accepted under $1 stays.
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (_, list) = post(
+        &client,
+        &server.base,
+        "/v1/contracts/list",
+        &json!({"customer_id": customer}),
+    )
+    .await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        2,
+        "replay must keep the contract accepted under the earlier limits: {list}"
+    );
+    let (status, refused) = post(&client, &server.base, "/v1/contracts/create", &body).await;
+    assert_eq!(status, 400, "{refused}");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }

@@ -244,7 +244,7 @@ pub fn apply_logged(
         at,
         catalog: &catalog,
         catalog_version,
-        limits: &shared.settings.limits,
+        limits: catalog.limits_at(catalog_version),
     };
     let invoices_before = invoice_count(state);
     let result = state.customer.apply(input, &ctx);
@@ -274,7 +274,7 @@ pub fn apply_logged(
                 at: parked.at,
                 catalog: &catalog,
                 catalog_version: parked.catalog_version,
-                limits: &shared.settings.limits,
+                limits: catalog.limits_at(parked.catalog_version),
             };
             match state
                 .customer

@@ -108,7 +108,14 @@ impl Engine {
         let partitions = fix_partition_count(&store, config.settings.partitions)?;
         let mut settings = config.settings.clone();
         settings.partitions = partitions;
-        let catalog = load_catalog(&store)?;
+        let mut catalog = load_catalog(&store)?;
+        log_limits(
+            &store,
+            &mut catalog,
+            &config.settings.limits,
+            clock.now_ms(),
+        )
+        .await?;
         let metrics = Arc::new(EngineMetrics::default());
         let shared = Arc::new(Shared::new(
             store,
@@ -691,6 +698,33 @@ fn fix_partition_count(store: &Store, configured: u16) -> Result<u16, EngineErro
 }
 
 /// Rebuilds the catalog from its log (catalog changes are few; the log is never trimmed).
+/// Logs the configured limits when they differ from those in force, before anything is replayed
+/// or accepted: inputs already logged keep the limits they were accepted under.
+async fn log_limits(
+    store: &Store,
+    catalog: &mut Catalog,
+    limits: &crate::domain::Limits,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    if catalog.current_limits() == limits {
+        return Ok(());
+    }
+    let change = CatalogChange::SetLimits(limits.clone());
+    catalog.apply(change.clone())?;
+    let payload = storage::encode(entry::LOG_VERSION, &LogEntry::Catalog(change))?;
+    store
+        .append(AppendBatch {
+            partition: CATALOG_PARTITION,
+            at_ms: now_ms,
+            records: vec![LogRecord {
+                dedupe_key: None,
+                payload,
+            }],
+        })
+        .await?;
+    Ok(())
+}
+
 fn load_catalog(store: &Store) -> Result<Catalog, EngineError> {
     let mut catalog = Catalog::default();
     store.replay(CATALOG_PARTITION, 0, |_, _, bytes| {

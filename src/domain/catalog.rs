@@ -16,6 +16,7 @@ use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
 use super::bounds;
+use super::contract::Limits;
 use super::ids::{Id, Timestamp};
 use super::money::{CreditType, Money, fast, parse_exact_decimal};
 use super::rejection::Rejection;
@@ -322,6 +323,10 @@ pub enum CatalogChange {
         rate_card_id: Id,
         rates: Vec<Rate>,
     },
+    /// The engine-wide limits from config, logged when they differ from the last logged ones:
+    /// an input is judged by the limits in force when it was accepted, so replay does not depend
+    /// on a config edited between runs.
+    SetLimits(Limits),
 }
 
 /// Every catalog object plus the indexes rating needs.
@@ -331,6 +336,14 @@ pub struct Catalog {
     metrics: FxHashMap<Id, BillableMetric>,
     products: FxHashMap<Id, Product>,
     rate_cards: FxHashMap<Id, RateCard>,
+    /// The catalog version at which each archived metric was archived. An event accepted at an
+    /// earlier version is still rated by it (SPEC 2.1: archives, like rates, affect later events
+    /// only), so replay after a crash reaches the live run's result.
+    #[serde(default)]
+    metric_archived_in: FxHashMap<Id, u64>,
+    /// The limits in force from each version on (ascending versions).
+    #[serde(default)]
+    limits: Vec<(u64, Limits)>,
     #[serde(skip)]
     index: CatalogIndex,
 }
@@ -355,11 +368,38 @@ struct CatalogIndex {
 struct RatedMetric {
     metric: BillableMetric,
     products: Vec<Id>,
+    /// The catalog version that archived the metric, if any.
+    archived_in: Option<u64>,
+}
+
+impl RatedMetric {
+    /// Whether events accepted at `catalog_version` are rated by this metric.
+    #[inline]
+    fn rates_at(&self, catalog_version: u64) -> bool {
+        self.archived_in
+            .is_none_or(|archived| catalog_version < archived)
+    }
 }
 
 impl Catalog {
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The limits in force for an input accepted at `catalog_version`: the last logged at or
+    /// before it, or the defaults for inputs older than any logged limits.
+    pub fn limits_at(&self, catalog_version: u64) -> &Limits {
+        static DEFAULT: std::sync::LazyLock<Limits> = std::sync::LazyLock::new(Limits::default);
+        let logged = self.limits.partition_point(|(v, _)| *v <= catalog_version);
+        match logged.checked_sub(1) {
+            Some(at) => &self.limits[at].1,
+            None => &DEFAULT,
+        }
+    }
+
+    /// The limits new inputs are judged by.
+    pub fn current_limits(&self) -> &Limits {
+        self.limits_at(self.version)
     }
 
     pub fn metric(&self, id: Id) -> Option<&BillableMetric> {
@@ -386,7 +426,8 @@ impl Catalog {
         self.rate_cards.values()
     }
 
-    /// Metrics that may match an event of `event_type` (each still needs `matches`).
+    /// Metrics not archived that may match an event of `event_type` (each still needs
+    /// `matches`).
     pub fn candidate_metrics<'a>(
         &'a self,
         event_type: &str,
@@ -401,13 +442,15 @@ impl Catalog {
             .iter()
             .chain(self.index.metrics_for_any_type.iter())
             .filter_map(|id| self.metrics.get(id))
+            .filter(|metric| metric.archived_at.is_none())
     }
 
-    /// [`Catalog::candidate_metrics`] of `event_type`, each with its
-    /// [`Catalog::products_of_metric`], from one lookup.
+    /// The metrics that rate an event of `event_type` accepted at `catalog_version` (including
+    /// those archived later), each with its [`Catalog::products_of_metric`], from one lookup.
     pub fn rating_candidates<'a>(
         &'a self,
         event_type: &str,
+        catalog_version: u64,
     ) -> impl Iterator<Item = (&'a BillableMetric, &'a [Id])> + 'a {
         let typed = self
             .index
@@ -418,6 +461,7 @@ impl Catalog {
         typed
             .iter()
             .chain(&self.index.rating_for_any_type)
+            .filter(move |rated| rated.rates_at(catalog_version))
             .map(|rated| (&rated.metric, rated.products.as_slice()))
     }
 
@@ -448,6 +492,9 @@ impl Catalog {
                     .get_mut(&id)
                     .ok_or_else(|| Rejection::BillableMetricNotFound(id.to_string()))?;
                 metric.archived_at.get_or_insert(at);
+                self.metric_archived_in
+                    .entry(id)
+                    .or_insert(self.version + 1);
             }
             CatalogChange::CreateProduct(product) => {
                 if product.name.trim().is_empty() {
@@ -526,6 +573,9 @@ impl Catalog {
                     card.rates.entry(rate.product_id).or_default().push(rate);
                 }
             }
+            CatalogChange::SetLimits(limits) => {
+                self.limits.push((self.version + 1, limits));
+            }
         }
         self.version += 1;
         self.rebuild_index();
@@ -539,9 +589,6 @@ impl Catalog {
         metric_ids.sort_unstable();
         for id in metric_ids {
             let metric = &self.metrics[id];
-            if metric.archived_at.is_some() {
-                continue;
-            }
             match &metric.event_type_filter.in_values {
                 Some(values) => {
                     for value in values {
@@ -569,6 +616,7 @@ impl Catalog {
             }
         }
         let rated = |id: &Id| RatedMetric {
+            archived_in: self.metric_archived_in.get(id).copied(),
             metric: self.metrics[id].clone(),
             products: index
                 .products_by_metric
@@ -811,7 +859,7 @@ mod tests {
         assert_eq!(catalog.products_of_metric(m.id), &[product.id]);
         for event_type in ["api_call", "other"] {
             let plan: Vec<(Id, Vec<Id>)> = catalog
-                .rating_candidates(event_type)
+                .rating_candidates(event_type, catalog.version())
                 .map(|(metric, products)| (metric.id, products.to_vec()))
                 .collect();
             let expected: Vec<(Id, Vec<Id>)> = catalog
@@ -820,6 +868,39 @@ mod tests {
                 .collect();
             assert_eq!(plan, expected);
         }
+    }
+
+    #[test]
+    fn an_archived_metric_still_rates_events_accepted_before_the_archive() {
+        let mut catalog = crate::domain::fixtures::catalog();
+        let before = catalog.version();
+        catalog
+            .apply(CatalogChange::ArchiveBillableMetric {
+                id: crate::domain::fixtures::API_METRIC,
+                at: Timestamp(1),
+            })
+            .unwrap();
+        let rated_at = |catalog: &Catalog, version| {
+            catalog
+                .rating_candidates("api_call", version)
+                .map(|(metric, _)| metric.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rated_at(&catalog, before),
+            vec![crate::domain::fixtures::API_METRIC]
+        );
+        assert_eq!(rated_at(&catalog, catalog.version()), Vec::<Id>::new());
+        assert_eq!(catalog.candidate_metrics("api_call").count(), 0);
+        // Archiving again keeps the first archive's version.
+        let version = catalog.version();
+        catalog
+            .apply(CatalogChange::ArchiveBillableMetric {
+                id: crate::domain::fixtures::API_METRIC,
+                at: Timestamp(2),
+            })
+            .unwrap();
+        assert!(rated_at(&catalog, version - 1).contains(&crate::domain::fixtures::API_METRIC));
     }
 
     #[test]

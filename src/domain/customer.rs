@@ -388,7 +388,10 @@ impl Customer {
             let Some(card) = ctx.catalog.rate_card(contract.rate_card_id) else {
                 continue;
             };
-            for (metric, products) in ctx.catalog.rating_candidates(&event.event_type) {
+            for (metric, products) in ctx
+                .catalog
+                .rating_candidates(&event.event_type, ctx.catalog_version)
+            {
                 if !metric.matches(event) {
                     continue;
                 }
