@@ -45,8 +45,27 @@ pub enum EngineError {
     NotReady,
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// A storage failure stopped the engine (fail-stop): nothing more is accepted until a
+    /// restart has recovered.
+    #[error("stopped after a storage failure; retry after the restart")]
+    Unavailable,
+    /// The input reached the log but its apply panicked or overflowed: it is kept in
+    /// quarantine for the operator and changed nothing.
+    #[error("input quarantined: {0}")]
+    Quarantined(String),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl EngineError {
+    /// The error of a failed append: a full queue is back-pressure (429), anything else a
+    /// storage failure.
+    pub fn of_append(error: &StorageError) -> EngineError {
+        match error {
+            StorageError::Overloaded(_) => EngineError::Overloaded,
+            other => EngineError::Storage(other.clone()),
+        }
+    }
 }
 
 /// Everything needed to start an engine.
@@ -96,14 +115,28 @@ impl Engine {
         clock: SharedClock,
         provider: Option<Arc<dyn PaymentProvider>>,
     ) -> Result<Engine, EngineError> {
+        Engine::start_with_faults(config, clock, provider, None).await
+    }
+
+    /// [`Engine::start`] on a store whose writes and reads ask `faults` first (tests).
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub async fn start_with_faults(
+        config: EngineConfig,
+        clock: SharedClock,
+        provider: Option<Arc<dyn PaymentProvider>>,
+        faults: Option<crate::storage::faults::Faults>,
+    ) -> Result<Engine, EngineError> {
         let started = Instant::now();
-        let store = Store::open(
+        let store = Store::open_with_faults(
             &config.data_dir,
             StoreOptions {
                 durability: config.durability,
                 dedupe_window_ms: config.dedupe_window_ms,
                 dedupe_memory_entries: config.dedupe_memory_entries,
             },
+            faults,
         )?;
         let partitions = fix_partition_count(&store, config.settings.partitions)?;
         let mut settings = config.settings.clone();
@@ -211,8 +244,28 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Whether the engine accepts work: recovered, and no storage failure since.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed)
+        self.ready.load(Relaxed) && !self.shared.health.is_failed()
+    }
+
+    /// The error for work refused because the engine is not ready.
+    fn not_ready(&self) -> EngineError {
+        if self.shared.health.is_failed() {
+            EngineError::Unavailable
+        } else {
+            EngineError::NotReady
+        }
+    }
+
+    /// Resolves once a storage failure has stopped the engine (the server then exits).
+    pub async fn failed(&self) {
+        self.shared.health.failed().await;
+    }
+
+    /// What failed first, once a storage failure has stopped the engine.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.health.reason()
     }
 
     pub fn metrics(&self) -> &EngineMetrics {
@@ -279,7 +332,7 @@ impl Engine {
     /// retrying the batch is safe, duplicates are ignored).
     pub async fn ingest(&self, events: Vec<IngestEvent>) -> Result<IngestReceipt, EngineError> {
         if !self.is_ready() {
-            return Err(EngineError::NotReady);
+            return Err(self.not_ready());
         }
         let shared = &self.shared;
         let partitions = shared.settings.partitions;
@@ -369,7 +422,7 @@ impl Engine {
     /// and is refused again identically on replay, changing nothing), overload, storage.
     pub async fn apply(&self, customer: Id, input: Input) -> Result<Applied, EngineError> {
         if !self.is_ready() {
-            return Err(EngineError::NotReady);
+            return Err(self.not_ready());
         }
         let partition = self.shared.partition_of(customer);
         let (reply, verdict) = oneshot::channel();
@@ -508,7 +561,10 @@ impl Engine {
             .map_err(|_| EngineError::Internal("partition stopped".into()))?;
         let answer = answer
             .await
-            .map_err(|_| EngineError::Internal("customer actor stopped".into()))?;
+            .map_err(|_| match self.shared.health.is_failed() {
+                true => EngineError::Unavailable,
+                false => EngineError::Internal("customer actor stopped".into()),
+            })?;
         answer
             .downcast::<R>()
             .map(|r| *r)

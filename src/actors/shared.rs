@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::clock::SharedClock;
 use super::entry::{self, META_VERSION};
+use super::health::Health;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry};
 use super::partition::PartitionHandle;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub clock: SharedClock,
     pub metrics: Arc<EngineMetrics>,
     pub registry: Registry,
+    /// Fail-stop state: set by the first storage failure.
+    pub health: Arc<Health>,
     catalog: RwLock<Arc<Catalog>>,
     /// Inputs accepted but not yet applied, per partition (backpressure).
     pub pending: Vec<AtomicUsize>,
@@ -76,6 +79,7 @@ impl Shared {
             clock,
             metrics,
             registry: Registry::default(),
+            health: Arc::new(Health::default()),
             catalog: RwLock::new(Arc::new(catalog)),
             pending,
             webhook: OnceLock::new(),
@@ -114,7 +118,7 @@ impl Shared {
             .collect();
         // The log holds the input: a failure here is repaired by replay after a restart.
         if let Err(error) = self.store.meta_write_batch(&puts, &deletes) {
-            tracing::error!(%error, customer = %profile.id, "registry write failed");
+            self.health.fail_stop("registry write", &error);
         }
         if live {
             let mut keys = profile.ingest_aliases.clone();

@@ -99,7 +99,10 @@ impl ApiError {
                 EngineError::Rejected(rejection) => rejection.to_string(),
                 EngineError::Overloaded => "Too many requests; retry after a short pause".into(),
                 EngineError::NotReady => "Starting up; retry shortly".into(),
-                EngineError::Storage(_) | EngineError::Internal(_) => {
+                EngineError::Storage(_) | EngineError::Unavailable => {
+                    "Storage unavailable: the server stops and restarts; retry shortly".into()
+                }
+                EngineError::Quarantined(_) | EngineError::Internal(_) => {
                     "Internal server error".into()
                 }
             },
@@ -119,8 +122,11 @@ impl ResponseError for ApiError {
             ApiError::Engine(error) => match error {
                 EngineError::Rejected(rejection) => rejection_status(rejection),
                 EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-                EngineError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-                EngineError::Storage(_) | EngineError::Internal(_) => {
+                // Infrastructure, never the caller's fault: retry once the server is back.
+                EngineError::NotReady | EngineError::Storage(_) | EngineError::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                EngineError::Quarantined(_) | EngineError::Internal(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
             },
@@ -167,6 +173,12 @@ mod tests {
             ),
             (ApiError::from(EngineError::Overloaded), 429),
             (ApiError::from(EngineError::Internal("x".into())), 500),
+            (ApiError::from(EngineError::Quarantined("x".into())), 500),
+            (ApiError::from(EngineError::Unavailable), 503),
+            (
+                ApiError::from(crate::storage::StorageError::Injected("disk".into())),
+                503,
+            ),
             (ApiError::Unauthorized, 401),
             (ApiError::PayloadTooLarge("big".into()), 413),
         ];
