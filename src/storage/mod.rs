@@ -393,6 +393,17 @@ impl Store {
         answer.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
+    /// Writes a consistent, openable copy of the whole database to `dir` (which must not
+    /// exist), while the store keeps running: RocksDB's checkpoint (hard links of the table
+    /// files plus the write-ahead log). What a crash at this instant would leave on disk.
+    ///
+    /// # Errors
+    /// RocksDB errors (`dir` exists, another file system for hard links is copied instead).
+    pub fn copy_to(&self, dir: &Path) -> Result<(), StorageError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.inner.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     /// The last persisted seq of `partition` (0 when it has none).
     ///
     /// # Errors

@@ -29,10 +29,15 @@ pub struct TestApp {
 
 /// Starts Tollgate on 127.0.0.1:0 with a fresh data dir and a webhook receiver.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_faults(None).await
+}
+
+/// [`spawn_app`] on a store that asks `faults` before every write and read.
+pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Faults>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
     let config = support::engine_config(dir.path(), Some(&receiver.url));
-    let engine = Engine::start(config, Arc::new(SystemClock), None)
+    let engine = Engine::start_with_faults(config, Arc::new(SystemClock), None, faults)
         .await
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

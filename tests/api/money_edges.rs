@@ -367,3 +367,44 @@ async fn usage_for_a_key_that_extends_an_alias_is_never_billed_to_the_alias() {
     actix_rt::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(net_balance(&app, &acme).await, json!(9_900));
 }
+
+#[actix_rt::test]
+async fn a_storage_failure_answers_503_with_retry_after_never_400_and_ready_fails() {
+    use tollgate::storage::faults::{Faults, ScriptedFaults, StorageOp};
+    let faults = ScriptedFaults::new();
+    let app = super::spawn_app_with_faults(Some(faults.clone() as Faults)).await;
+    let customer = create_customer(&app, "disk").await;
+    faults.fail_from(StorageOp::Append, 0);
+    let response = timely(
+        app.client
+            .post(format!("{}/v1/ingest", app.base))
+            .bearer_auth(super::TOKEN)
+            .json(&json!([call("lost-disk", "disk")]))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+    // Stopped: everything is refused as unavailable until a restart, and /ready says so.
+    faults.heal();
+    let (status, body) = app
+        .post(
+            &format!("/v1/customers/{customer}/setIngestAliases"),
+            json!({"ingest_aliases": ["disk-2"]}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let ready = app
+        .client
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+}
