@@ -571,6 +571,18 @@ impl Engine {
             .map_err(|_| EngineError::Internal("query answer type".into()))
     }
 
+    /// Quarantined inputs in log order, after the entry whose key is `after` (SPEC 2.1).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn quarantined(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<super::quarantine::Quarantined>, EngineError> {
+        Ok(super::quarantine::list(&self.shared.store, after, limit)?)
+    }
+
     /// The customer whose contract runs a workflow.
     ///
     /// # Errors

@@ -408,3 +408,49 @@ async fn a_storage_failure_answers_503_with_retry_after_never_400_and_ready_fail
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
 }
+
+#[actix_rt::test]
+async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
+    use tollgate::actors::quarantine::{QuarantineCause, Quarantined};
+    use tollgate::domain::customer::Input;
+    let app = spawn_app().await;
+    let (status, body) = app.get("/v1/tollgate/quarantine").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"data": [], "next_page": null}));
+    let entries: Vec<Quarantined> = (0..3)
+        .map(|seq| Quarantined {
+            partition: 1,
+            seq: 10 - seq,
+            index: 0,
+            customer_id: fixtures::CUSTOMER,
+            at: Timestamp(now_ms()),
+            catalog_version: 7,
+            input: Input::RecordUsage(fixtures::api_call(&format!("q{seq}"), Timestamp(now_ms()))),
+            cause: QuarantineCause::Panic,
+            reason: format!("boom {seq}"),
+        })
+        .collect();
+    let puts: Vec<_> = entries.iter().map(|e| e.encoded().unwrap()).collect();
+    app.engine.store().meta_write_derived(&puts).unwrap();
+    let (status, first) = app.get("/v1/tollgate/quarantine?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    let seqs: Vec<&Value> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["seq"])
+        .collect();
+    assert_eq!(seqs, vec![&json!(8), &json!(9)]);
+    assert_eq!(first["data"][0]["cause"], "PANIC");
+    assert_eq!(first["data"][0]["reason"], "boom 2");
+    let cursor = first["next_page"].as_str().unwrap();
+    let (_, rest) = app
+        .get(&format!(
+            "/v1/tollgate/quarantine?limit=2&next_page={cursor}"
+        ))
+        .await;
+    assert_eq!(rest["data"][0]["seq"], 10);
+    assert_eq!(rest["next_page"], Value::Null);
+    let (status, _) = app.get("/v1/tollgate/quarantine?next_page=zz").await;
+    assert_eq!(status, 400);
+}
