@@ -444,14 +444,13 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
     let receiver = Receiver::start();
     let faults = ScriptedFaults::new();
     let config = engine_config(dir.path(), Some(&receiver.url));
-    let engine = Engine::start_with_faults(
-        config,
-        Arc::new(SystemClock),
-        None,
-        Some(faults.clone() as tollgate::storage::faults::Faults),
-    )
-    .await
-    .unwrap();
+    let seams = tollgate::actors::Seams {
+        clock: Arc::new(SystemClock),
+        provider: None,
+        storage_faults: Some(faults.clone() as tollgate::storage::faults::Faults),
+        webhook_transport: None,
+    };
+    let engine = Engine::start_with(config, seams).await.unwrap();
     for change in fixtures::catalog_changes() {
         engine.change_catalog(change).await.unwrap();
     }

@@ -81,6 +81,19 @@ pub struct EngineConfig {
     pub submit_capacity: usize,
 }
 
+/// What the engine talks to outside itself, each behind a trait: production wires the real
+/// ones ([`Engine::start`]); tests and the simulation replace any of them.
+pub struct Seams {
+    /// Time for the log, delivery schedules and checkpoints.
+    pub clock: SharedClock,
+    /// Collects STRIPE-gated charges; `None` leaves them waiting.
+    pub provider: Option<Arc<dyn PaymentProvider>>,
+    /// Asked before every storage write and read; `None` in production.
+    pub storage_faults: Option<crate::storage::faults::Faults>,
+    /// Delivers webhook attempts; `None` is HTTP.
+    pub webhook_transport: Option<Arc<dyn super::webhook::WebhookTransport>>,
+}
+
 /// One event to ingest with the customer key it named (an id or an ingest alias).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngestEvent {
@@ -115,19 +128,26 @@ impl Engine {
         clock: SharedClock,
         provider: Option<Arc<dyn PaymentProvider>>,
     ) -> Result<Engine, EngineError> {
-        Engine::start_with_faults(config, clock, provider, None).await
+        let seams = Seams {
+            clock,
+            provider,
+            storage_faults: None,
+            webhook_transport: None,
+        };
+        Engine::start_with(config, seams).await
     }
 
-    /// [`Engine::start`] on a store whose writes and reads ask `faults` first (tests).
+    /// [`Engine::start`] with every seam given: what tests and the simulation replace.
     ///
     /// # Errors
     /// As [`Engine::start`].
-    pub async fn start_with_faults(
-        config: EngineConfig,
-        clock: SharedClock,
-        provider: Option<Arc<dyn PaymentProvider>>,
-        faults: Option<crate::storage::faults::Faults>,
-    ) -> Result<Engine, EngineError> {
+    pub async fn start_with(config: EngineConfig, seams: Seams) -> Result<Engine, EngineError> {
+        let Seams {
+            clock,
+            provider,
+            storage_faults: faults,
+            webhook_transport,
+        } = seams;
         let started = Instant::now();
         let store = Store::open_with_faults(
             &config.data_dir,
@@ -184,11 +204,13 @@ impl Engine {
             states.push((map, last));
         }
         let webhook_stats = Arc::new(WebhookStats::default());
-        let webhook = WebhookActor::start(
+        let webhook = WebhookActor::start_with(
             shared.store.clone(),
             config.webhooks.clone(),
             Arc::clone(&clock),
             Arc::clone(&webhook_stats),
+            webhook_transport,
+            Arc::clone(&shared.health),
         );
         let _ = shared.webhook.set(webhook);
         let _ = shared

@@ -24,5 +24,5 @@ pub mod registry;
 pub mod shared;
 pub mod webhook;
 
-pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt};
+pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};
 pub use shared::EngineSettings;

@@ -37,9 +37,13 @@ pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Fau
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
     let config = support::engine_config(dir.path(), Some(&receiver.url));
-    let engine = Engine::start_with_faults(config, Arc::new(SystemClock), None, faults)
-        .await
-        .unwrap();
+    let seams = tollgate::actors::Seams {
+        clock: Arc::new(SystemClock),
+        provider: None,
+        storage_faults: faults,
+        webhook_transport: None,
+    };
+    let engine = Engine::start_with(config, seams).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let app =
         Application::build(listener, engine.clone(), &[TOKEN.to_owned()], 1 << 20, 1).unwrap();
