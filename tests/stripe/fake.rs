@@ -55,7 +55,8 @@ pub struct FakeState {
     pub invoices: Vec<Value>,
     pub invoice_payments: Vec<Value>,
     pub refunds: Vec<Value>,
-    /// Every request: method, path, answered status.
+    /// Every request as it arrives: method, path, answered status (0 until answered; a
+    /// request whose client went away stays 0).
     pub requests: Vec<(String, String, u16)>,
     /// `Stripe-Version` of every request ("" when absent).
     pub versions: Vec<String>,
@@ -182,9 +183,10 @@ impl FakeStripe {
             .map(str::to_owned)
             .filter(|_| method == "POST");
         let fingerprint = format!("{method} {path} {body_text}");
+        let index = self.log(&method, &path);
         if let Some(key) = &key {
             if let Some(answer) = self.claim(key, &fingerprint) {
-                self.log(&method, &path, answer.0);
+                self.answer(index, answer.0);
                 return reply(answer.0, answer.1);
             }
         }
@@ -213,7 +215,7 @@ impl FakeStripe {
         if charging && mode == Mode::Hang {
             actix_rt::time::sleep(hang).await;
         }
-        self.log(&method, &path, status);
+        self.answer(index, status);
         reply(status, response)
     }
 
@@ -252,12 +254,14 @@ impl FakeStripe {
         None
     }
 
-    fn log(&self, method: &str, path: &str, status: u16) {
-        self.state
-            .lock()
-            .unwrap()
-            .requests
-            .push((method.to_owned(), path.to_owned(), status));
+    fn log(&self, method: &str, path: &str) -> usize {
+        let mut s = self.state.lock().unwrap();
+        s.requests.push((method.to_owned(), path.to_owned(), 0));
+        s.requests.len() - 1
+    }
+
+    fn answer(&self, index: usize, status: u16) {
+        self.state.lock().unwrap().requests[index].2 = status;
     }
 }
 
@@ -449,34 +453,37 @@ fn route(
             let action = segments.get(3).copied().unwrap_or("");
             invoice_action(s, method, id, action, now_s)
         }
-        ("GET", ["v1", "invoice_payments"]) => {
-            let invoice = param(params, "invoice");
-            let expand = param(params, "expand[]") == Some("data.payment.payment_intent");
-            let mut data: Vec<Value> = s
-                .invoice_payments
-                .iter()
-                .rev()
-                .filter(|p| invoice.is_none_or(|i| p["invoice"] == i))
-                .cloned()
-                .collect();
-            if expand {
-                for payment in &mut data {
-                    let id = payment["payment"]["payment_intent"].clone();
-                    if let Some(intent) = s.intents.iter().find(|i| i["id"] == id) {
-                        payment["payment"]["payment_intent"] = intent.clone();
-                    }
-                }
-            }
-            (
-                200,
-                json!({"object": "list", "data": data, "has_more": false}),
-            )
-        }
+        ("GET", ["v1", "invoice_payments"]) => invoice_payments(s, params),
         _ => (
             404,
             json!({"error": {"type": "invalid_request_error", "message": format!("unknown path {method} {path}")}}),
         ),
     }
+}
+
+/// An invoice's payments, newest first, PaymentIntents expanded when asked.
+fn invoice_payments(s: &FakeState, params: &[(String, String)]) -> (u16, Value) {
+    let invoice = param(params, "invoice");
+    let expand = param(params, "expand[]") == Some("data.payment.payment_intent");
+    let mut data: Vec<Value> = s
+        .invoice_payments
+        .iter()
+        .rev()
+        .filter(|p| invoice.is_none_or(|i| p["invoice"] == i))
+        .cloned()
+        .collect();
+    if expand {
+        for payment in &mut data {
+            let id = payment["payment"]["payment_intent"].clone();
+            if let Some(intent) = s.intents.iter().find(|i| i["id"] == id) {
+                payment["payment"]["payment_intent"] = intent.clone();
+            }
+        }
+    }
+    (
+        200,
+        json!({"object": "list", "data": data, "has_more": false}),
+    )
 }
 
 fn new_intent(s: &FakeState, amount: Value, customer: Value, metadata: Value, now_s: i64) -> Value {
