@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use support::{Receiver, eventually};
 use tollgate::actors::Engine;
 use tollgate::actors::clock::{Clock, ManualClock, SystemClock};
+use tollgate::actors::payment::{PaymentSettings, Payments};
 use tollgate::http::stripe::StripeWebhook;
 use tollgate::http::{ApiOptions, Application};
 use tollgate::payments::stripe::{StripeProvider, StripeSettings, sign};
@@ -38,17 +39,22 @@ fn stripe_settings(fake: &FakeStripe) -> StripeSettings {
     }
 }
 
-fn payments(fake: &FakeStripe) -> Option<Arc<dyn tollgate::actors::payment::PaymentProvider>> {
-    Some(Arc::new(
-        StripeProvider::new(stripe_settings(fake)).unwrap(),
-    ))
+/// The Stripe REST provider against the fake, its due jobs looked for every 20 ms (the clock
+/// is driven by the tests).
+fn payments(fake: &FakeStripe) -> Option<Payments> {
+    Some(Payments {
+        provider: Arc::new(StripeProvider::new(stripe_settings(fake)).unwrap()),
+        settings: PaymentSettings {
+            scan_interval_ms: 20,
+            ..PaymentSettings::default()
+        },
+    })
 }
 
-fn webhook_config(fake: &FakeStripe) -> StripeWebhook {
+fn webhook_config() -> StripeWebhook {
     StripeWebhook {
         webhook_secret: WEBHOOK_SECRET.into(),
         webhook_path: "/v1/stripe/webhook".into(),
-        api: stripe_settings(fake),
     }
 }
 
@@ -87,7 +93,7 @@ async fn spawn(fake: &FakeStripe) -> TestApp {
             tokens: vec![TOKEN.into()],
             body_limit: 1 << 20,
             workers: 1,
-            stripe: Some(webhook_config(fake)),
+            stripe: Some(webhook_config()),
         },
     )
     .unwrap();

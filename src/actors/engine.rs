@@ -21,7 +21,7 @@ use super::customer::QueryFn;
 use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
 use super::metrics::EngineMetrics;
 use super::partition::{self, Control, PendingRecord, Submission};
-use super::payment::{PaymentActor, PaymentProvider};
+use super::payment::{PaymentActor, Payments};
 use super::shared::{EngineSettings, LateRelease, Shared};
 use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
@@ -94,7 +94,7 @@ impl Engine {
     pub async fn start(
         config: EngineConfig,
         clock: SharedClock,
-        provider: Option<Arc<dyn PaymentProvider>>,
+        payments: Option<Payments>,
     ) -> Result<Engine, EngineError> {
         let started = Instant::now();
         let store = Store::open(
@@ -153,7 +153,7 @@ impl Engine {
         let _ = shared.webhook.set(webhook);
         let _ = shared
             .payment
-            .set(PaymentActor::start(Arc::clone(&shared), provider));
+            .set(PaymentActor::start(Arc::clone(&shared), payments));
         let mut handles = Vec::with_capacity(states.len());
         for (p, (map, last)) in states.into_iter().enumerate() {
             let arbiter = actix::Arbiter::new();
