@@ -427,5 +427,12 @@ mod tests {
                 .unwrap_err()
                 .contains("destinations[0].url")
         );
+        let mut config = Config::load(None).unwrap();
+        assert_eq!(
+            config.payment_settings().action_required_timeout_ms,
+            24 * 3_600_000
+        );
+        config.payments.action_required_timeout_ms = 0;
+        assert!(config.validate().unwrap_err().contains("payments"));
     }
 }

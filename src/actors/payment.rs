@@ -332,7 +332,9 @@ fn backoff_ms((first, max): (i64, i64), tries: u32) -> i64 {
         .min(max)
 }
 
-/// The async side of one step: provider calls and outcome submissions.
+/// The async side of one step: provider calls and outcome submissions. Steps run spawned and
+/// are never cancelled; one cut short by a crash is redone by reconciling, which is why every
+/// step starts by asking the provider rather than trusting what this run remembers.
 struct Worker {
     shared: Arc<Shared>,
     payments: Payments,

@@ -407,3 +407,59 @@ impl PaymentProvider for StripeProvider {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn error(status: u16, body: Value) -> Answer<()> {
+        failure(Reply::Error { status, body })
+    }
+
+    #[test]
+    fn every_stripe_error_status_is_sorted_by_what_the_engine_may_conclude() {
+        let idempotency = json!({"error": {"type": "idempotency_error", "message": "x"}});
+        assert!(matches!(
+            error(409, idempotency.clone()),
+            Answer::InProgress(_)
+        ));
+        assert!(matches!(error(400, idempotency), Answer::KeyReused(_)));
+        for status in [429, 500, 502, 503] {
+            let body = json!({"error": {"type": "api_error"}});
+            assert!(
+                matches!(error(status, body), Answer::Transient(_)),
+                "{status}"
+            );
+        }
+        for status in [401, 403] {
+            let body = json!({"error": {"type": "invalid_request_error"}});
+            assert!(
+                matches!(error(status, body), Answer::Unauthorized(_)),
+                "{status}"
+            );
+        }
+        assert!(matches!(
+            failure::<()>(Reply::Lost("timeout".into())),
+            Answer::Transient(_)
+        ));
+        // A card decline is a refusal that names its PaymentIntent.
+        let declined = json!({"error": {"type": "card_error", "decline_code": "insufficient_funds",
+            "payment_intent": {"id": "pi_1", "status": "requires_payment_method",
+                "last_payment_error": {"type": "card_error"}}}});
+        match error(402, declined) {
+            Answer::Refused(refusal) => {
+                assert_eq!(
+                    refusal.error.decline_code.as_deref(),
+                    Some("insufficient_funds")
+                );
+                assert_eq!(refusal.object.map(|o| o.id).as_deref(), Some("pi_1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let invalid =
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing"}});
+        assert!(matches!(error(400, invalid), Answer::Refused(_)));
+    }
+}
