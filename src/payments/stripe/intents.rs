@@ -170,11 +170,13 @@ pub(super) async fn refund(
     request: &PaymentRequest,
     intent: &str,
 ) -> Answer<RefundReceipt> {
-    let mut form = vec![
-        ("payment_intent".to_owned(), intent.to_owned()),
-        ("reason".to_owned(), "duplicate".to_owned()),
-    ];
-    form.extend(metadata(request, &[]));
+    let mut form = vec![("payment_intent".to_owned(), intent.to_owned())];
+    // None of Stripe's refund reasons fits; the metadata says why.
+    let why = [(
+        "tollgate_reason".to_owned(),
+        "collected_after_workflow_failed".to_owned(),
+    )];
+    form.extend(metadata(request, &why));
     let reply = client
         .post("/v1/refunds", &form, &key(request, "refund"))
         .await;
