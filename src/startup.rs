@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::actors::Engine;
 use crate::actors::clock::SystemClock;
-use crate::actors::payment::PaymentProvider;
+use crate::actors::payment::Payments;
 use crate::config::{Config, LogFormat};
 use crate::http::stripe::StripeWebhook;
 use crate::http::{ApiOptions, Application};
@@ -41,17 +41,20 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         let stripe = config.payments.stripe.as_ref().map(|s| StripeWebhook {
             webhook_secret: s.webhook_secret.clone(),
             webhook_path: s.webhook_path.clone(),
-            api: StripeSettings {
-                secret_key: s.secret_key.clone(),
-                api_base: s.api_base.clone(),
-                timeout_ms: s.timeout_ms,
-            },
         });
-        let provider: Option<Arc<dyn PaymentProvider>> = match &stripe {
-            Some(s) => Some(Arc::new(StripeProvider::new(s.api.clone())?)),
+        // The Stripe REST implementation of the provider seam.
+        let payments = match &config.payments.stripe {
+            Some(s) => Some(Payments {
+                provider: Arc::new(StripeProvider::new(StripeSettings {
+                    secret_key: s.secret_key.clone(),
+                    api_base: s.api_base.clone(),
+                    timeout_ms: s.timeout_ms,
+                })?),
+                settings: config.payment_settings(),
+            }),
             None => None,
         };
-        let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), provider)
+        let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), payments)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
         if config.auth.tokens.iter().any(|t| t == "tollgate-dev-token") {

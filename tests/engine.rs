@@ -446,7 +446,7 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
     let config = engine_config(dir.path(), Some(&receiver.url));
     let seams = tollgate::actors::Seams {
         clock: Arc::new(SystemClock),
-        provider: None,
+        payments: None,
         storage_faults: Some(faults.clone() as tollgate::storage::faults::Faults),
         webhook_transport: None,
     };

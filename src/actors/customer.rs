@@ -23,7 +23,7 @@ use super::outbox::{OutboxEffect, OutboxEntry, payment_outbox_id, webhook_outbox
 use super::quarantine::{QuarantineCause, Quarantined, catching, panic_message};
 use super::shared::Shared;
 use crate::domain::customer::{Applied, Ctx, Input};
-use crate::domain::effects::{Effect, WebhookType};
+use crate::domain::effects::{Effect, PaymentAction, WebhookType};
 use crate::domain::{Id, Timestamp};
 use crate::storage::{self, StorageError};
 
@@ -417,7 +417,10 @@ fn index_invoices(shared: &Shared, state: &PersistedCustomer) {
 fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
     for effect in effects {
         let counter = match effect {
-            Effect::RequestPayment(_) => &metrics.payment_requests,
+            Effect::RequestPayment(request) if request.action == PaymentAction::Charge => {
+                &metrics.payment_requests
+            }
+            Effect::RequestPayment(_) => continue,
             Effect::Webhook(hook) => match (hook.webhook_type, hook.payment_status) {
                 (WebhookType::ThresholdReached, _) => &metrics.workflows_started,
                 (WebhookType::PaymentStatus, Some(crate::domain::effects::PaymentStatus::Paid)) => {
@@ -427,7 +430,7 @@ fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
                 (WebhookType::PaymentPendingActionRequired, _) => {
                     &metrics.workflows_action_required
                 }
-                (WebhookType::ExternalInitiate, _) => continue,
+                (WebhookType::ExternalInitiate | WebhookType::PaymentRefunded, _) => continue,
             },
         };
         EngineMetrics::add(counter, 1);
@@ -481,7 +484,7 @@ pub fn persist_effects(
                 }
             }
             Effect::RequestPayment(request) => entries.push((
-                payment_outbox_id(request.workflow_id),
+                payment_outbox_id(request.effect_id()),
                 OutboxEntry::new(OutboxEffect::Payment(request.clone()), cause, now),
             )),
         }

@@ -21,7 +21,7 @@ use super::customer::QueryFn;
 use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
 use super::metrics::EngineMetrics;
 use super::partition::{self, Control, PendingRecord, Submission};
-use super::payment::{PaymentActor, PaymentProvider};
+use super::payment::{PaymentActor, Payments};
 use super::shared::{EngineSettings, LateRelease, Shared};
 use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
@@ -86,8 +86,8 @@ pub struct EngineConfig {
 pub struct Seams {
     /// Time for the log, delivery schedules and checkpoints.
     pub clock: SharedClock,
-    /// Collects STRIPE-gated charges; `None` leaves them waiting.
-    pub provider: Option<Arc<dyn PaymentProvider>>,
+    /// Collects STRIPE-gated charges (provider and pacing); `None` leaves them waiting.
+    pub payments: Option<Payments>,
     /// Asked before every storage write and read; `None` in production.
     pub storage_faults: Option<crate::storage::faults::Faults>,
     /// Delivers webhook attempts; `None` is HTTP.
@@ -126,11 +126,11 @@ impl Engine {
     pub async fn start(
         config: EngineConfig,
         clock: SharedClock,
-        provider: Option<Arc<dyn PaymentProvider>>,
+        payments: Option<Payments>,
     ) -> Result<Engine, EngineError> {
         let seams = Seams {
             clock,
-            provider,
+            payments,
             storage_faults: None,
             webhook_transport: None,
         };
@@ -144,7 +144,7 @@ impl Engine {
     pub async fn start_with(config: EngineConfig, seams: Seams) -> Result<Engine, EngineError> {
         let Seams {
             clock,
-            provider,
+            payments,
             storage_faults: faults,
             webhook_transport,
         } = seams;
@@ -215,7 +215,7 @@ impl Engine {
         let _ = shared.webhook.set(webhook);
         let _ = shared
             .payment
-            .set(PaymentActor::start(Arc::clone(&shared), provider));
+            .set(PaymentActor::start(Arc::clone(&shared), payments));
         let mut handles = Vec::with_capacity(states.len());
         for (p, (map, last)) in states.into_iter().enumerate() {
             let arbiter = actix::Arbiter::new();

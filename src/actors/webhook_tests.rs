@@ -618,6 +618,8 @@ fn payment_entry(now_ms: i64) -> (Uuid16, OutboxEntry) {
         },
         stripe_customer_id: "cus_test".to_owned(),
         description: "test".to_owned(),
+        action: crate::domain::effects::PaymentAction::Charge,
+        object_id: None,
     };
     (
         crate::actors::outbox::payment_outbox_id(workflow_id),

@@ -17,10 +17,10 @@ use super::contract::{
     Limits, PurchaseInvoice, Release, Segment, ThresholdCommit, ThresholdConfig, ThresholdKind,
     UsageLine, UsagePeriod,
 };
-use super::effects::{Effect, PaymentRequest, PaymentStatus, Webhook, WebhookType};
+use super::effects::{Effect, PaymentAction, PaymentRequest, PaymentStatus, Webhook, WebhookType};
 use super::gate::{
-    GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult, Workflow,
-    WorkflowKind, WorkflowState,
+    ChargeRecord, GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult,
+    ProviderError, RefundRecord, StripePaymentType, Workflow, WorkflowKind, WorkflowState,
 };
 use super::ids::{Id, Timestamp};
 use super::money::Money;
@@ -756,8 +756,13 @@ impl Customer {
                     .map(|wi| (ci, wi))
             })
             .ok_or(Rejection::WorkflowNotFound)?;
-        let next = self.contracts[ci].workflows[wi].next_state(outcome)?;
         let contract = &mut self.contracts[ci];
+        match charge_progress(contract, customer_id, wi, outcome, ctx, applied)? {
+            Progress::Continue => {}
+            Progress::Done => return Ok(()),
+            Progress::Ended => return self.evaluate(ci, customer_id, ctx, applied),
+        }
+        let next = contract.workflows[wi].next_state(outcome)?;
         match next {
             WorkflowState::Released => {
                 release_workflow(contract, customer_id, wi, outcome, ctx, applied)?;
@@ -766,33 +771,18 @@ impl Customer {
                 fail_workflow(contract, customer_id, wi, outcome, ctx, applied);
             }
             WorkflowState::ActionRequired => {
-                let workflow = &mut contract.workflows[wi];
-                let repeat = workflow.state == WorkflowState::ActionRequired
-                    && workflow.payment_intent_id == outcome.payment_intent_id;
-                workflow.state = WorkflowState::ActionRequired;
-                workflow.payment_intent_id = outcome.payment_intent_id.clone();
-                if !repeat {
-                    let error_message = match &outcome.result {
-                        PaymentResult::ActionRequired { error_message } => error_message.clone(),
-                        _ => None,
-                    };
-                    let workflow = contract.workflows[wi].clone();
-                    let mut hook = webhook(
-                        &workflow,
-                        WebhookType::PaymentPendingActionRequired,
-                        customer_id,
-                        ctx.at,
-                    );
-                    hook.invoice_id = Some(workflow.invoice_id);
-                    hook.error_message = error_message;
-                    hook.payment_intent_id = outcome.payment_intent_id.clone();
-                    applied.effects.push(Effect::Webhook(hook));
-                }
+                action_required(contract, customer_id, wi, outcome, ctx, applied);
                 return Ok(());
             }
-            WorkflowState::Initiated
-            | WorkflowState::AwaitingExternal
-            | WorkflowState::Charging => {
+            WorkflowState::Charging => {
+                // `Pending` while CHARGING or ACTION_REQUIRED: the provider's object is known.
+                let workflow = &mut contract.workflows[wi];
+                workflow.state = WorkflowState::Charging;
+                workflow.charge.action_deadline = None;
+                note_object(workflow, outcome);
+                return Ok(());
+            }
+            WorkflowState::Initiated | WorkflowState::AwaitingExternal => {
                 return Err(Rejection::WorkflowGateMismatch);
             }
         }
@@ -846,6 +836,7 @@ impl Customer {
                 }
             }
             contract.periods_changed();
+            expire_overdue_actions(contract, customer_id, ctx, applied);
         }
         for ci in 0..self.contracts.len() {
             self.evaluate(ci, customer_id, ctx, applied)?;
@@ -1423,6 +1414,7 @@ fn start_manual_workflow(
         ended_at: None,
         payment_intent_id: None,
         error: None,
+        charge: ChargeRecord::default(),
     });
     Ok(())
 }
@@ -1504,6 +1496,7 @@ fn start_threshold_workflow(
         ended_at: None,
         payment_intent_id: None,
         error: None,
+        charge: ChargeRecord::default(),
     };
     applied.effects.push(Effect::Webhook(webhook(
         &workflow,
@@ -1595,34 +1588,11 @@ fn begin_gate(
         }
         GateType::Stripe => {
             let billing = stripe.ok_or(Rejection::StripeNotConfigured)?;
-            contract.workflows[wi].state = WorkflowState::Charging;
-            let workflow = &contract.workflows[wi];
-            let stripe_config = workflow
-                .gate
-                .stripe
-                .clone()
-                .unwrap_or(super::gate::StripeConfig {
-                    payment_type: super::gate::StripePaymentType::Invoice,
-                    invoice_metadata: Vec::new(),
-                    on_session_payment: false,
-                });
-            let name = contract
-                .commit(workflow.commit_id)
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            applied.effects.push(Effect::RequestPayment(PaymentRequest {
-                workflow_id,
-                workflow_type: workflow.kind,
-                customer_id,
-                contract_id: contract.id,
-                invoice_id: workflow.invoice_id,
-                commit_id: workflow.commit_id,
-                amount: workflow.invoice_total,
-                credit_type: contract.credit_type.clone(),
-                stripe: stripe_config,
-                stripe_customer_id: billing.stripe_customer_id.clone(),
-                description: name,
-            }));
+            let workflow = &mut contract.workflows[wi];
+            workflow.state = WorkflowState::Charging;
+            workflow.charge.stripe_customer_id = Some(billing.stripe_customer_id.clone());
+            let request = payment_request(contract, customer_id, wi, PaymentAction::Charge);
+            applied.effects.push(Effect::RequestPayment(request));
         }
     }
     Ok(())
@@ -1668,6 +1638,12 @@ fn release_workflow(
     workflow.ended_at = Some(ctx.at);
     if outcome.payment_intent_id.is_some() {
         workflow.payment_intent_id = outcome.payment_intent_id.clone();
+    }
+    note_object(workflow, outcome);
+    if gate_type == GateType::Stripe {
+        let close = PaymentAction::Close { cancel: false };
+        let request = payment_request(contract, customer_id, wi, close);
+        applied.effects.push(Effect::RequestPayment(request));
     }
     match commit {
         Some(ci) if !was_released => contract.commit_released(ci),
@@ -1720,7 +1696,15 @@ fn fail_workflow(
     if outcome.payment_intent_id.is_some() {
         workflow.payment_intent_id = outcome.payment_intent_id.clone();
     }
+    note_object(workflow, outcome);
+    workflow.charge.action_deadline = None;
     let workflow = workflow.clone();
+    if workflow.gate.gate_type == GateType::Stripe {
+        // Whatever the provider still holds must never collect for a FAILED workflow.
+        let close = PaymentAction::Close { cancel: true };
+        let request = payment_request(contract, customer_id, wi, close);
+        applied.effects.push(Effect::RequestPayment(request));
+    }
     // A failed charge disables its threshold configuration; no automatic retry.
     let kind = match workflow.kind {
         WorkflowKind::Spend => Some(ThresholdKind::Spend),
@@ -1737,6 +1721,231 @@ fn fail_workflow(
     hook.error_message = error.as_ref().and_then(|e| e.message.clone());
     hook.provider_error = error;
     applied.effects.push(Effect::Webhook(hook));
+}
+
+/// Moves workflow `wi` to ACTION_REQUIRED; the first entry starts its deadline from the limit
+/// logged with the outcome, and tells the customer's operator once per PaymentIntent.
+fn action_required(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    outcome: &PaymentOutcome,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    let workflow = &mut contract.workflows[wi];
+    let repeat = workflow.state == WorkflowState::ActionRequired
+        && workflow.payment_intent_id == outcome.payment_intent_id;
+    let (error_message, timeout_ms) = match &outcome.result {
+        PaymentResult::ActionRequired {
+            error_message,
+            timeout_ms,
+        } => (error_message.clone(), *timeout_ms),
+        _ => (None, 0),
+    };
+    if workflow.state != WorkflowState::ActionRequired {
+        // Repeats (polls) never extend the deadline.
+        workflow.charge.action_deadline = Some(ctx.at.plus_ms(timeout_ms.max(0)));
+    }
+    workflow.state = WorkflowState::ActionRequired;
+    workflow.payment_intent_id = outcome.payment_intent_id.clone();
+    note_object(workflow, outcome);
+    if !repeat {
+        let workflow = &contract.workflows[wi];
+        let mut hook = webhook(
+            workflow,
+            WebhookType::PaymentPendingActionRequired,
+            customer_id,
+            ctx.at,
+        );
+        hook.invoice_id = Some(workflow.invoice_id);
+        hook.error_message = error_message;
+        hook.payment_intent_id = outcome.payment_intent_id.clone();
+        applied.effects.push(Effect::Webhook(hook));
+    }
+}
+
+/// What [`charge_progress`] left to do.
+enum Progress {
+    /// Nothing special: the usual transition applies.
+    Continue,
+    /// The outcome was fully applied.
+    Done,
+    /// The outcome ended the workflow: evaluate again.
+    Ended,
+}
+
+/// The STRIPE cases outside the plain transition table: money arriving for a FAILED workflow
+/// (refunded, never released), the refund's report, and an ACTION_REQUIRED repeat past its
+/// deadline (FAILED; its PaymentIntent is cancelled).
+fn charge_progress(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    outcome: &PaymentOutcome,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) -> Result<Progress, Rejection> {
+    let workflow = &mut contract.workflows[wi];
+    if workflow.gate.gate_type != GateType::Stripe || outcome.source != OutcomeSource::Stripe {
+        return Ok(Progress::Continue);
+    }
+    match (&outcome.result, workflow.state) {
+        (PaymentResult::Pending { .. }, state) if state.is_terminal() => {
+            // A late report of the object: keep the id (a refund may need it), nothing else.
+            let known = workflow.charge.object_id.is_some();
+            note_object(workflow, outcome);
+            if known {
+                return Err(Rejection::WorkflowAlreadyEnded);
+            }
+            Ok(Progress::Done)
+        }
+        (PaymentResult::Paid, WorkflowState::Failed) => {
+            if workflow.charge.refund.is_some() {
+                return Err(Rejection::WorkflowAlreadyEnded);
+            }
+            workflow.charge.refund = Some(RefundRecord::Requested);
+            if workflow.payment_intent_id.is_none() {
+                workflow.payment_intent_id = outcome.payment_intent_id.clone();
+            }
+            note_object(workflow, outcome);
+            let request = payment_request(contract, customer_id, wi, PaymentAction::Refund);
+            applied.effects.push(Effect::RequestPayment(request));
+            Ok(Progress::Done)
+        }
+        (PaymentResult::Refunded { refund_id }, WorkflowState::Failed) => {
+            if workflow.charge.refund != Some(RefundRecord::Requested) {
+                return Err(Rejection::WorkflowAlreadyEnded);
+            }
+            workflow.charge.refund = Some(RefundRecord::Done {
+                refund_id: refund_id.clone(),
+            });
+            if workflow.payment_intent_id.is_none() {
+                workflow.payment_intent_id = outcome.payment_intent_id.clone();
+            }
+            let workflow = &contract.workflows[wi];
+            let mut hook = webhook(workflow, WebhookType::PaymentRefunded, customer_id, ctx.at);
+            hook.invoice_id = Some(workflow.invoice_id);
+            hook.invoice_total = Some(workflow.invoice_total);
+            hook.payment_intent_id = workflow.payment_intent_id.clone();
+            hook.refund_id = Some(refund_id.clone());
+            applied.effects.push(Effect::Webhook(hook));
+            Ok(Progress::Done)
+        }
+        (PaymentResult::ActionRequired { .. }, WorkflowState::ActionRequired)
+            if action_overdue(workflow, ctx.at) =>
+        {
+            expire_action(contract, customer_id, wi, ctx, applied);
+            Ok(Progress::Ended)
+        }
+        _ => Ok(Progress::Continue),
+    }
+}
+
+fn action_overdue(workflow: &Workflow, at: Timestamp) -> bool {
+    workflow.state == WorkflowState::ActionRequired
+        && workflow
+            .charge
+            .action_deadline
+            .is_some_and(|deadline| deadline <= at)
+}
+
+/// Fails every ACTION_REQUIRED workflow of `contract` past its deadline (from `tick`).
+fn expire_overdue_actions(
+    contract: &mut Contract,
+    customer_id: Id,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    for wi in 0..contract.workflows.len() {
+        if action_overdue(&contract.workflows[wi], ctx.at) {
+            expire_action(contract, customer_id, wi, ctx, applied);
+        }
+    }
+}
+
+fn expire_action(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    let outcome = PaymentOutcome {
+        workflow_id: contract.workflows[wi].id,
+        source: OutcomeSource::Stripe,
+        result: PaymentResult::Failed {
+            error: Some(ProviderError {
+                error_type: Some("tollgate_error".into()),
+                code: Some("action_required_timeout".into()),
+                decline_code: None,
+                message: Some("the customer did not complete the required action in time".into()),
+            }),
+        },
+        payment_intent_id: None,
+    };
+    fail_workflow(contract, customer_id, wi, &outcome, ctx, applied);
+}
+
+/// Records the provider's object of a STRIPE workflow the first time an outcome names it: a
+/// `Pending` names it outright; other outcomes name a PaymentIntent, which is the object only
+/// for the PAYMENT_INTENT payment type (an invoice's PaymentIntent is not the invoice).
+fn note_object(workflow: &mut Workflow, outcome: &PaymentOutcome) {
+    if workflow.charge.object_id.is_some() || workflow.gate.gate_type != GateType::Stripe {
+        return;
+    }
+    let by_intent = workflow
+        .gate
+        .stripe
+        .as_ref()
+        .is_some_and(|s| s.payment_type == StripePaymentType::PaymentIntent);
+    workflow.charge.object_id = match &outcome.result {
+        PaymentResult::Pending { object_id } => Some(object_id.clone()),
+        _ if by_intent => outcome.payment_intent_id.clone(),
+        _ => None,
+    };
+}
+
+/// The payment actor's request about workflow `wi` (STRIPE gates).
+fn payment_request(
+    contract: &Contract,
+    customer_id: Id,
+    wi: usize,
+    action: PaymentAction,
+) -> PaymentRequest {
+    let workflow = &contract.workflows[wi];
+    let stripe = workflow
+        .gate
+        .stripe
+        .clone()
+        .unwrap_or(super::gate::StripeConfig {
+            payment_type: StripePaymentType::Invoice,
+            invoice_metadata: Vec::new(),
+            on_session_payment: false,
+        });
+    let description = contract
+        .commit(workflow.commit_id)
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    PaymentRequest {
+        workflow_id: workflow.id,
+        workflow_type: workflow.kind,
+        customer_id,
+        contract_id: contract.id,
+        invoice_id: workflow.invoice_id,
+        commit_id: workflow.commit_id,
+        amount: workflow.invoice_total,
+        credit_type: contract.credit_type.clone(),
+        stripe,
+        stripe_customer_id: workflow
+            .charge
+            .stripe_customer_id
+            .clone()
+            .unwrap_or_default(),
+        description,
+        action,
+        object_id: workflow.charge.object_id.clone(),
+    }
 }
 
 fn webhook(
@@ -1760,5 +1969,6 @@ fn webhook(
         error_message: None,
         payment_intent_id: None,
         provider_error: None,
+        refund_id: None,
     }
 }

@@ -163,6 +163,7 @@ impl Run {
                     (2, _) => PaymentResult::Failed { error: None },
                     (_, OutcomeSource::Stripe) => PaymentResult::ActionRequired {
                         error_message: None,
+                        timeout_ms: 86_400_000,
                     },
                     (_, OutcomeSource::External) => PaymentResult::Paid,
                 };

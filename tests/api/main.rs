@@ -39,7 +39,7 @@ pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Fau
     let config = support::engine_config(dir.path(), Some(&receiver.url));
     let seams = tollgate::actors::Seams {
         clock: Arc::new(SystemClock),
-        provider: None,
+        payments: None,
         storage_faults: faults,
         webhook_transport: None,
     };
