@@ -15,8 +15,9 @@ use crate::domain::customer::{Customer, Input};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Id, Timestamp};
 
-/// Version byte of encoded log entries.
-pub const LOG_VERSION: u8 = 1;
+/// Version byte of encoded log entries (2: payment outcomes carry the ACTION_REQUIRED limit and
+/// the provider's object id; catalog changes include logged limits).
+pub const LOG_VERSION: u8 = 2;
 /// Version byte of encoded customer states (2: usage lines record the segments they drew
 /// from). A state of another version is refused with the version named, never misread.
 pub const STATE_VERSION: u8 = 2;

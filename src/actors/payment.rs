@@ -156,7 +156,8 @@ impl PaymentActor {
             let charge = payment_outbox_id(workflow);
             self.jobs.remove(&charge);
             if let Err(error) = self.shared.store.mark_delivered(charge, entry.cause) {
-                tracing::error!(%error, %workflow, "retiring a closed charge failed");
+                tracing::error!(%workflow, "retiring a closed charge failed");
+                self.shared.health.fail_stop("payment outbox write", &error);
             }
         }
         let job = Job {
@@ -174,7 +175,8 @@ impl PaymentActor {
 
     fn retire(&self, id: [u8; 16], entry: &OutboxEntry) {
         if let Err(error) = self.shared.store.mark_delivered(id, entry.cause) {
-            tracing::error!(%error, "retiring a payment request failed; redone at restart");
+            // Redone at restart (the request is still pending).
+            self.shared.health.fail_stop("payment outbox write", &error);
         }
     }
 
@@ -233,7 +235,7 @@ impl Actor for PaymentActor {
         let pending = match self.shared.store.outbox_pending() {
             Ok(pending) => pending,
             Err(error) => {
-                tracing::error!(%error, "outbox unreadable");
+                self.shared.health.fail_stop("payment outbox read", &error);
                 return;
             }
         };
@@ -301,7 +303,7 @@ impl Handler<Ran> for PaymentActor {
                 tracing::warn!(workflow = %job.request.workflow_id, attempt = job.entry.attempts, %error, "payment step not done; retrying");
                 if let Ok(bytes) = storage::encode(OUTBOX_VERSION, &job.entry) {
                     if let Err(error) = self.shared.store.update_outbox(ran.id, &bytes) {
-                        tracing::error!(%error, "payment retry state not saved");
+                        self.shared.health.fail_stop("payment retry state", &error);
                     }
                 }
             }
