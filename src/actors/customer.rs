@@ -16,8 +16,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix::{Actor, Context, Handler, Message};
 use tokio::sync::oneshot;
 
-use super::engine::EngineError;
 use super::entry::{PersistedCustomer, STATE_VERSION, state_key};
+use super::error::EngineError;
+use super::handles::QueryFn;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry, payment_outbox_id, webhook_outbox_id};
 use super::quarantine::{QuarantineCause, Quarantined, catching, panic_message};
@@ -54,8 +55,6 @@ pub struct Snapshot {
 #[derive(Message)]
 #[rtype(result = "Option<Vec<u8>>")]
 pub struct Evict;
-
-pub type QueryFn = Box<dyn FnOnce(&PersistedCustomer) -> Box<dyn Any + Send> + Send>;
 
 /// Reads the state (HTTP reads: contracts, balances, invoices).
 #[derive(Message)]
@@ -496,3 +495,7 @@ pub fn persist_effects(
     shared.store.put_outbox(&encoded, cause)?;
     Ok(entries)
 }
+
+#[cfg(test)]
+#[path = "quarantine_tests.rs"]
+mod quarantine_tests;

@@ -13,60 +13,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
-use thiserror::Error;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::clock::SharedClock;
-use super::customer::QueryFn;
 use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+pub use super::error::EngineError;
+use super::handles::{
+    self, Control, LateRelease, Mailbox, PendingRecord, QueryFn, Sinks, Submission,
+};
 use super::metrics::EngineMetrics;
-use super::partition::{self, Control, PendingRecord, Submission};
+use super::partition;
 use super::payment::{PaymentActor, Payments};
-use super::shared::{EngineSettings, LateRelease, Shared};
+use super::shared::{EngineSettings, Shared};
 use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::{Applied, CustomerProfile, Input};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Catalog, Id, Rejection};
-use crate::storage::{
-    self, AppendBatch, Durability, LogRecord, StorageError, Store, StoreOptions, StoreStats,
-};
-
-#[derive(Debug, Clone, Error)]
-pub enum EngineError {
-    /// The domain refused the input; nothing changed.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// Too much accepted work is waiting; the caller should retry after a pause.
-    #[error("overloaded; retry later")]
-    Overloaded,
-    /// The engine is still recovering.
-    #[error("not ready")]
-    NotReady,
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
-    /// A storage failure stopped the engine (fail-stop): nothing more is accepted until a
-    /// restart has recovered.
-    #[error("stopped after a storage failure; retry after the restart")]
-    Unavailable,
-    /// The input reached the log but its apply panicked or overflowed: it is kept in
-    /// quarantine for the operator and changed nothing.
-    #[error("input quarantined: {0}")]
-    Quarantined(String),
-    #[error("internal: {0}")]
-    Internal(String),
-}
-
-impl EngineError {
-    /// The error of a failed append: a full queue is back-pressure (429), anything else a
-    /// storage failure.
-    pub fn of_append(error: &StorageError) -> EngineError {
-        match error {
-            StorageError::Overloaded(_) => EngineError::Overloaded,
-            other => EngineError::Storage(other.clone()),
-        }
-    }
-}
+use crate::storage::{self, AppendBatch, Durability, LogRecord, Store, StoreOptions, StoreStats};
 
 /// Everything needed to start an engine.
 #[derive(Clone, Debug)]
@@ -170,12 +134,25 @@ impl Engine {
         )
         .await?;
         let metrics = Arc::new(EngineMetrics::default());
+        // Every handle first, then the actors that use them.
+        let (webhook_addr, webhook_mailbox) = Mailbox::<WebhookActor>::new();
+        let (payment_addr, payment_mailbox) = Mailbox::<PaymentActor>::new();
+        let (late_tx, late_rx) = mpsc::unbounded_channel();
+        let (handles, queues): (Vec<_>, Vec<_>) = (0..partitions)
+            .map(|_| handles::partition_queues(config.submit_capacity))
+            .unzip();
+        let sinks = Sinks {
+            webhooks: webhook_addr.recipient(),
+            payments: payment_addr.recipient(),
+            late_release: late_tx,
+        };
         let shared = Arc::new(Shared::new(
             store,
             settings,
             Arc::clone(&clock),
             metrics,
             catalog,
+            (sinks, handles),
         ));
         let customers = shared.load_registry()?;
         // Recover partitions in parallel, one thread each.
@@ -204,7 +181,8 @@ impl Engine {
             states.push((map, last));
         }
         let webhook_stats = Arc::new(WebhookStats::default());
-        let webhook = WebhookActor::start_with(
+        WebhookActor::start_on(
+            webhook_mailbox,
             shared.store.clone(),
             config.webhooks.clone(),
             Arc::clone(&clock),
@@ -212,35 +190,25 @@ impl Engine {
             webhook_transport,
             Arc::clone(&shared.health),
         );
-        let _ = shared.webhook.set(webhook);
-        let _ = shared
-            .payment
-            .set(PaymentActor::start(Arc::clone(&shared), payments));
-        let mut handles = Vec::with_capacity(states.len());
-        for (p, (map, last)) in states.into_iter().enumerate() {
+        PaymentActor::start_on(payment_mailbox, Arc::clone(&shared), payments);
+        for (p, ((map, last), queues)) in states.into_iter().zip(queues).enumerate() {
             let arbiter = actix::Arbiter::new();
             let (tx, rx) = oneshot::channel();
             let shared_p = Arc::clone(&shared);
-            let capacity = config.submit_capacity;
             let spawned = arbiter.spawn_fn(move || {
-                let handle = partition::start(p as u16, shared_p, map, last, capacity);
-                let _ = tx.send(handle);
+                partition::start(p as u16, shared_p, map, last, queues);
+                let _ = tx.send(());
             });
             if !spawned {
                 return Err(EngineError::Internal(
                     "partition arbiter did not start".into(),
                 ));
             }
-            handles.push(
-                rx.await
-                    .map_err(|_| EngineError::Internal("partition did not start".into()))?,
-            );
+            rx.await
+                .map_err(|_| EngineError::Internal("partition did not start".into()))?;
             // The arbiter keeps running after its handle drops.
             std::mem::forget(arbiter);
         }
-        let _ = shared.handles.set(handles);
-        let (late_tx, late_rx) = mpsc::unbounded_channel();
-        let _ = shared.late_release.set(late_tx);
         let engine = Engine {
             shared: Arc::clone(&shared),
             catalog_lock: Arc::new(Mutex::new(())),
@@ -692,9 +660,7 @@ impl Engine {
         }
         self.shared.store.meta_write_batch(&[], &expired)?;
         if !keys.is_empty() {
-            if let Some(sink) = self.shared.late_release.get() {
-                let _ = sink.send(LateRelease { keys });
-            }
+            let _ = self.shared.sinks.late_release.send(LateRelease { keys });
         }
         Ok(())
     }
@@ -704,8 +670,14 @@ impl Engine {
 async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LateRelease>) {
     while let Some(release) = rx.recv().await {
         for key in release.keys {
-            if let Err(error) = release_key(&shared, &key).await {
-                tracing::error!(%error, key, "releasing late events failed; retried at restart");
+            match release_key(&shared, &key).await {
+                Ok(()) => {}
+                Err(EngineError::Storage(error)) => {
+                    shared.health.fail_stop("late event release", &error);
+                }
+                Err(error) => {
+                    tracing::error!(%error, key, "releasing late events failed; retried at restart");
+                }
             }
         }
     }

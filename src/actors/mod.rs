@@ -14,6 +14,8 @@ pub mod clock;
 pub mod customer;
 pub mod engine;
 pub mod entry;
+pub mod error;
+pub mod handles;
 pub mod health;
 pub mod metrics;
 pub mod outbox;

@@ -18,40 +18,17 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::customer::{
-    ApplyInputs, CustomerActor, Evict, Logged, Query, QueryFn, Sequenced, Snapshot, apply_logged,
+    ApplyInputs, CustomerActor, Evict, Logged, Query, Sequenced, Snapshot, apply_logged,
     load_state, load_states, persist_effects, persist_quarantined,
 };
-use super::engine::EngineError;
 use super::entry::{self, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+use super::error::EngineError;
+use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Submission};
 use super::metrics::EngineMetrics;
 use super::shared::Shared;
-use crate::domain::customer::{Applied, Input};
+use crate::domain::customer::Input;
 use crate::domain::{Id, Timestamp};
 use crate::storage::{self, AppendBatch, Appended, LogRecord, StorageError};
-
-/// One record to append.
-pub struct PendingRecord {
-    pub dedupe_key: Option<Vec<u8>>,
-    pub entry: LogEntry,
-    /// Who waits for the domain's verdict on this input (control inputs).
-    pub reply: Option<oneshot::Sender<Result<Applied, EngineError>>>,
-}
-
-/// Records for one partition, acknowledged once durable.
-pub struct Submission {
-    pub records: Vec<PendingRecord>,
-    pub ack: oneshot::Sender<Result<Appended, EngineError>>,
-}
-
-pub enum Control {
-    Query {
-        customer: Id,
-        f: QueryFn,
-        reply: oneshot::Sender<Box<dyn std::any::Any + Send>>,
-    },
-    /// Write a checkpoint now (tests, shutdown); answers when done.
-    Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
-}
 
 /// Records on their way to the log, queued for the worker in submission order.
 struct InFlight {
@@ -59,13 +36,6 @@ struct InFlight {
     durable: oneshot::Receiver<Result<Appended, StorageError>>,
     at_ms: i64,
     records: Vec<PendingRecord>,
-}
-
-/// The handle the engine keeps for a partition.
-#[derive(Clone)]
-pub struct PartitionHandle {
-    pub submit: mpsc::Sender<Submission>,
-    pub control: mpsc::UnboundedSender<Control>,
 }
 
 struct Resident {
@@ -106,16 +76,19 @@ struct CheckpointJob {
     waiting: Vec<oneshot::Sender<Result<u64, EngineError>>>,
 }
 
-/// Starts a partition on the current arbiter with the states recovery produced.
+/// Starts a partition on the current arbiter with the states recovery produced, on the queues
+/// whose handle the engine already holds.
 pub fn start(
     partition: u16,
     shared: Arc<Shared>,
     recovered: FxHashMap<Id, PersistedCustomer>,
     last_seq: u64,
-    submit_capacity: usize,
-) -> PartitionHandle {
-    let (submit_tx, mut submit_rx) = mpsc::channel::<Submission>(submit_capacity);
-    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
+    queues: PartitionQueues,
+) {
+    let PartitionQueues {
+        submit: mut submit_rx,
+        control: mut control_rx,
+    } = queues;
     let (ordered_tx, mut ordered_rx) = mpsc::unbounded_channel::<InFlight>();
     let submitter_shared = Arc::clone(&shared);
     actix_rt::spawn(async move {
@@ -200,10 +173,6 @@ pub fn start(
             }
         }
     });
-    PartitionHandle {
-        submit: submit_tx,
-        control: control_tx,
-    }
 }
 
 impl Worker {
@@ -649,11 +618,9 @@ pub fn keep_late(shared: &Shared, key: &str, at_ms: i64, event: crate::domain::u
     // The customer may have appeared between ingest and now: check after writing, so either
     // this check or the release triggered by the registration sees the event.
     if shared.registry.resolve(key).is_some() {
-        if let Some(sink) = shared.late_release.get() {
-            let _ = sink.send(super::shared::LateRelease {
-                keys: vec![key.to_owned()],
-            });
-        }
+        let _ = shared.sinks.late_release.send(LateRelease {
+            keys: vec![key.to_owned()],
+        });
     }
 }
 

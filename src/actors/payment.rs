@@ -27,8 +27,8 @@ use actix::{Actor, AsyncContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use super::entry::LogEntry;
+use super::handles::{Mailbox, PendingRecord, Submission};
 use super::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry, payment_outbox_id};
-use super::partition::{PendingRecord, Submission};
 use super::shared::Shared;
 use crate::domain::customer::Input;
 use crate::domain::effects::{PaymentAction, PaymentRequest};
@@ -67,10 +67,7 @@ pub struct Payments {
     pub settings: PaymentSettings,
 }
 
-/// Payment requests already persisted in the outbox.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PaymentJobs(pub Vec<([u8; 16], OutboxEntry)>);
+pub use super::handles::PaymentJobs;
 
 /// What this run remembers of a charge; rebuilt by reconciling after a restart.
 #[derive(Clone, Debug, Default)]
@@ -133,13 +130,16 @@ pub struct PaymentActor {
 
 impl PaymentActor {
     /// Starts on its own arbiter and picks up every payment request left in the outbox.
-    pub fn start(shared: Arc<Shared>, payments: Option<Payments>) -> actix::Addr<PaymentActor> {
-        let arbiter = actix::Arbiter::new();
-        PaymentActor::start_in_arbiter(&arbiter.handle(), move |_| PaymentActor {
+    pub fn start_on(
+        mailbox: Mailbox<PaymentActor>,
+        shared: Arc<Shared>,
+        payments: Option<Payments>,
+    ) {
+        mailbox.start_on_new_arbiter(move |_| PaymentActor {
             shared,
             payments,
             jobs: HashMap::new(),
-        })
+        });
     }
 
     fn add(&mut self, id: [u8; 16], entry: OutboxEntry, ctx: &mut Context<Self>) {
@@ -663,11 +663,11 @@ pub async fn submit_outcome(
     shared: &Shared,
     customer: crate::domain::Id,
     outcome: PaymentOutcome,
-) -> Result<Option<Rejection>, super::engine::EngineError> {
+) -> Result<Option<Rejection>, super::error::EngineError> {
     let partition = shared.partition_of(customer);
     let handle = shared
         .handle(partition)
-        .ok_or_else(|| super::engine::EngineError::Internal("engine not started".into()))?;
+        .ok_or_else(|| super::error::EngineError::Internal("engine not started".into()))?;
     let (reply, verdict) = oneshot::channel();
     let (ack, appended) = oneshot::channel();
     shared.pending[usize::from(partition)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -687,15 +687,15 @@ pub async fn submit_outcome(
             ack,
         })
         .await
-        .map_err(|_| super::engine::EngineError::Internal("partition stopped".into()))?;
+        .map_err(|_| super::error::EngineError::Internal("partition stopped".into()))?;
     appended
         .await
-        .map_err(|_| super::engine::EngineError::Internal("partition stopped".into()))??;
+        .map_err(|_| super::error::EngineError::Internal("partition stopped".into()))??;
     match verdict.await {
-        Ok(Err(super::engine::EngineError::Rejected(rejection))) => Ok(Some(rejection)),
+        Ok(Err(super::error::EngineError::Rejected(rejection))) => Ok(Some(rejection)),
         // The outcome is in the log, but its effects may not be: the engine has failed and a
         // restart re-creates them; report the failure so nothing is retired meanwhile.
-        Ok(Err(error @ super::engine::EngineError::Storage(_))) => Err(error),
+        Ok(Err(error @ super::error::EngineError::Storage(_))) => Err(error),
         // Applied, quarantined (kept for the operator), or the actor went away after the
         // append: the outcome is in the log.
         Ok(Ok(_) | Err(_)) | Err(_) => Ok(None),

@@ -2,20 +2,15 @@
 //! customer registry, settings, the clock, counters, and the sinks effects are handed to.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock, RwLock};
-
-use actix::Addr;
-use tokio::sync::mpsc;
+use std::sync::{Arc, RwLock};
 
 use super::clock::SharedClock;
 use super::entry::{self, META_VERSION};
+use super::handles::{Enqueue, LateRelease, PartitionHandle, PaymentJobs, Sinks};
 use super::health::Health;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry};
-use super::partition::PartitionHandle;
-use super::payment::{PaymentActor, PaymentJobs};
 use super::registry::Registry;
-use super::webhook::{Enqueue, WebhookActor};
 use crate::domain::customer::CustomerProfile;
 use crate::domain::{Catalog, Id, Limits};
 use crate::storage::{self, Store};
@@ -39,12 +34,6 @@ pub struct EngineSettings {
     pub late_window_ms: i64,
 }
 
-/// A late key that may now resolve: its events are re-submitted to their customer.
-#[derive(Debug)]
-pub struct LateRelease {
-    pub keys: Vec<String>,
-}
-
 pub struct Shared {
     pub store: Store,
     pub settings: EngineSettings,
@@ -56,10 +45,10 @@ pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
     /// Inputs accepted but not yet applied, per partition (backpressure).
     pub pending: Vec<AtomicUsize>,
-    pub webhook: OnceLock<Addr<WebhookActor>>,
-    pub payment: OnceLock<Addr<PaymentActor>>,
-    pub late_release: OnceLock<mpsc::UnboundedSender<LateRelease>>,
-    pub handles: OnceLock<Vec<PartitionHandle>>,
+    /// Where persisted effects and released late keys go (made before any actor started).
+    pub sinks: Sinks,
+    /// Every partition's queues, by partition.
+    pub handles: Vec<PartitionHandle>,
 }
 
 impl Shared {
@@ -69,6 +58,7 @@ impl Shared {
         clock: SharedClock,
         metrics: Arc<EngineMetrics>,
         catalog: Catalog,
+        (sinks, handles): (Sinks, Vec<PartitionHandle>),
     ) -> Shared {
         let pending = (0..settings.partitions)
             .map(|_| AtomicUsize::new(0))
@@ -82,10 +72,8 @@ impl Shared {
             health: Arc::new(Health::default()),
             catalog: RwLock::new(Arc::new(catalog)),
             pending,
-            webhook: OnceLock::new(),
-            payment: OnceLock::new(),
-            late_release: OnceLock::new(),
-            handles: OnceLock::new(),
+            sinks,
+            handles,
         }
     }
 
@@ -123,9 +111,7 @@ impl Shared {
         if live {
             let mut keys = profile.ingest_aliases.clone();
             keys.push(profile.id.to_string());
-            if let Some(sink) = self.late_release.get() {
-                let _ = sink.send(LateRelease { keys });
-            }
+            let _ = self.sinks.late_release.send(LateRelease { keys });
         }
     }
 
@@ -152,21 +138,17 @@ impl Shared {
             .into_iter()
             .partition(|(_, e)| matches!(e.effect, OutboxEffect::Payment(_)));
         if !webhooks.is_empty() {
-            if let Some(webhook) = self.webhook.get() {
-                // The entries are durable; a lost message is re-read from the outbox at start.
-                webhook.do_send(Enqueue(webhooks));
-            }
+            // The entries are durable; a lost message is re-read from the outbox at start.
+            self.sinks.webhooks.do_send(Enqueue(webhooks));
         }
         if !payments.is_empty() {
-            if let Some(payment) = self.payment.get() {
-                payment.do_send(PaymentJobs(payments));
-            }
+            self.sinks.payments.do_send(PaymentJobs(payments));
         }
     }
 
-    /// The handle of a partition (set once the engine started).
+    /// The handle of a partition.
     pub fn handle(&self, partition: u16) -> Option<PartitionHandle> {
-        self.handles.get()?.get(usize::from(partition)).cloned()
+        self.handles.get(usize::from(partition)).cloned()
     }
 
     pub fn partition_of(&self, customer: Id) -> u16 {

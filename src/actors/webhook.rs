@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::actors::clock::SharedClock;
+use crate::actors::handles::Mailbox;
 use crate::actors::health::Health;
 use crate::actors::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry};
 use crate::domain::Id;
@@ -191,16 +192,7 @@ impl WebhookStats {
     }
 }
 
-/// Entries already persisted in the outbox by the caller (a customer actor): deliver them.
-/// Entries that are not webhooks, that this actor already tracks, or that are no longer
-/// pending in the outbox (delivered or dead-lettered before a replay re-created them) are
-/// ignored.
-///
-/// Fire-and-forget (`do_send`) is enough: the entries are durable, and every pending entry is
-/// reloaded from the outbox when the actor starts.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Enqueue(pub Vec<(Uuid16, OutboxEntry)>);
+pub use crate::actors::handles::Enqueue;
 
 /// Moves a webhook dead letter back to the outbox and schedules it at once, with a fresh retry
 /// window (operator re-drive). Answers whether a webhook dead letter with this id existed.
@@ -351,9 +343,24 @@ impl WebhookActor {
         transport: Option<Arc<dyn WebhookTransport>>,
         health: Arc<Health>,
     ) -> Addr<WebhookActor> {
+        let (addr, mailbox) = Mailbox::new();
+        WebhookActor::start_on(mailbox, store, settings, clock, stats, transport, health);
+        addr
+    }
+
+    /// [`WebhookActor::start_with`] on a mailbox made earlier (the engine hands out the
+    /// address before the actor runs).
+    pub fn start_on(
+        mailbox: Mailbox<WebhookActor>,
+        store: Store,
+        settings: WebhookSettings,
+        clock: SharedClock,
+        stats: Arc<WebhookStats>,
+        transport: Option<Arc<dyn WebhookTransport>>,
+        health: Arc<Health>,
+    ) {
         let settings = settings.sanitized();
-        let arbiter = Arbiter::new();
-        WebhookActor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
+        mailbox.start_on_new_arbiter(move |_ctx| {
             let transport = transport.unwrap_or_else(|| Arc::new(HttpTransport::new(&settings)));
             WebhookActor {
                 store,
