@@ -584,3 +584,128 @@ async fn replay_judges_inputs_by_the_limits_they_were_accepted_under() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+#[actix_rt::test]
+async fn net_zero_sum_usage_then_kill_9_restarts_and_charges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // No checkpoint or eviction: the restart replays the negative event too.
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    let base = server.base.clone();
+    wait_ready(&client, &base).await;
+    let (s, metric) = post(
+        &client,
+        &base,
+        "/v1/billable-metrics/create",
+        &json!({
+            "name": "bytes", "aggregation_type": "SUM", "aggregation_key": "bytes",
+            "event_type_filter": {"in_values": ["storage"]}
+        }),
+    )
+    .await;
+    assert_eq!(s, 200, "{metric}");
+    let metric = metric["data"]["id"].as_str().unwrap().to_owned();
+    let (_, usage) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/products/create",
+        &json!({
+            "name": "Bytes", "type": "USAGE", "billable_metric_id": metric
+        }),
+    )
+    .await;
+    let usage = usage["data"]["id"].as_str().unwrap().to_owned();
+    let (_, fixed) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/products/create",
+        &json!({
+            "name": "Prepaid", "type": "FIXED"
+        }),
+    )
+    .await;
+    let fixed = fixed["data"]["id"].as_str().unwrap().to_owned();
+    let (_, card) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/rate-cards/create",
+        &json!({"name": "list"}),
+    )
+    .await;
+    let card = card["data"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/rate-cards/addRate",
+        &json!({
+            "rate_card_id": card, "product_id": usage, "entitled": true, "rate_type": "FLAT",
+            "price": 1, "starting_at": "2020-01-01T00:00:00Z"
+        }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, customer) = post(
+        &client,
+        &base,
+        "/v1/customers",
+        &json!({"name": "Net", "ingest_aliases": ["net-co"]}),
+    )
+    .await;
+    let customer = customer["data"]["id"].as_str().unwrap().to_owned();
+    let start = tollgate::domain::Timestamp(now_ms())
+        .month_start()
+        .to_rfc3339();
+    let (s, body) = post(&client, &base, "/v1/contracts/create", &json!({
+        "customer_id": customer, "rate_card_id": card, "starting_at": start,
+        "commits": [{
+            "type": "PREPAID", "product_id": fixed,
+            "access_schedule": {"schedule_items": [{"amount": 100000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+            "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 100000}]}
+        }]
+    }))
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let at = tollgate::domain::Timestamp(now_ms()).to_rfc3339();
+    for (txn, bytes) in [("neg", -3000), ("pos", 3000)] {
+        let (s, body) = post(
+            &client,
+            &base,
+            "/v1/ingest",
+            &json!([{
+                "transaction_id": txn, "customer_id": "net-co", "event_type": "storage",
+                "timestamp": at, "properties": {"bytes": bytes}
+            }]),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let balance = |base: String| {
+        let client = client.clone();
+        let customer = customer.clone();
+        async move {
+            let (s, body) = post(
+                &client,
+                &base,
+                "/v1/contracts/customerBalances/getNetBalance",
+                &json!({"customer_id": customer}),
+            )
+            .await;
+            assert_eq!(s, 200, "{body}");
+            body["data"]["balance"].clone()
+        }
+    };
+    assert_eq!(balance(base.clone()).await, 100000);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    assert_eq!(
+        balance(server.base.clone()).await,
+        100000,
+        "replaying net-zero usage must draw nothing"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
