@@ -15,8 +15,11 @@ use tollgate::actors::clock::SystemClock;
 use tollgate::actors::customer::{ApplyInputs, CustomerActor, Sequenced};
 use tollgate::actors::engine::EngineConfig;
 use tollgate::actors::entry::PersistedCustomer;
+use tollgate::actors::handles::Sinks;
 use tollgate::actors::metrics::EngineMetrics;
+use tollgate::actors::payment::PaymentActor;
 use tollgate::actors::shared::Shared;
+use tollgate::actors::webhook::WebhookActor;
 use tollgate::actors::{Engine, EngineSettings, IngestEvent};
 use tollgate::domain::customer::{Customer, Input};
 use tollgate::domain::fixtures;
@@ -187,6 +190,7 @@ fn bench_handoff(c: &mut Criterion) {
         Arc::new(SystemClock),
         Arc::new(EngineMetrics::default()),
         fixtures::catalog(),
+        (Sinks::detached::<WebhookActor, PaymentActor>(), Vec::new()),
     ));
     let addrs: Vec<_> = system.block_on(async {
         (0..1_000u64)

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::actors::EngineSettings;
 use crate::actors::engine::EngineConfig;
+use crate::actors::payment::PaymentSettings;
 use crate::actors::webhook::{Destination, WebhookSettings};
 use crate::domain::ids::MS_PER_DAY;
 use crate::domain::{Limits, Money};
@@ -31,10 +32,45 @@ pub struct Config {
     pub logging: LoggingConfig,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[payments]`: how STRIPE-gated charges are paced (see the README's payment rules).
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsConfig {
+    /// An ACTION_REQUIRED workflow ends FAILED (its PaymentIntent cancelled) after this long.
+    /// The value in force is logged with each ACTION_REQUIRED outcome: changing it affects
+    /// workflows that enter ACTION_REQUIRED afterwards, and never replay.
+    #[serde(default = "action_required_timeout_ms")]
+    pub action_required_timeout_ms: i64,
+    /// First retry (5xx, timeouts, 409, `idempotency_error`) and poll (`processing`,
+    /// `requires_action`) delay, doubling up to `retry_max_ms`.
+    #[serde(default = "payments_retry_first_ms")]
+    pub retry_first_ms: i64,
+    #[serde(default = "payments_retry_max_ms")]
+    pub retry_max_ms: i64,
     pub stripe: Option<StripeConfig>,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> PaymentsConfig {
+        PaymentsConfig {
+            action_required_timeout_ms: action_required_timeout_ms(),
+            retry_first_ms: payments_retry_first_ms(),
+            retry_max_ms: payments_retry_max_ms(),
+            stripe: None,
+        }
+    }
+}
+
+fn action_required_timeout_ms() -> i64 {
+    24 * 3_600_000
+}
+
+fn payments_retry_first_ms() -> i64 {
+    1_000
+}
+
+fn payments_retry_max_ms() -> i64 {
+    900_000
 }
 
 /// `[payments.stripe]`: the Stripe account that collects STRIPE-gated charges.
@@ -237,6 +273,13 @@ impl Config {
                 ));
             }
         }
+        let p = &self.payments;
+        if p.action_required_timeout_ms <= 0
+            || p.retry_first_ms <= 0
+            || p.retry_max_ms < p.retry_first_ms
+        {
+            return Err("payments: action_required_timeout_ms and retry_first_ms must be positive, retry_max_ms >= retry_first_ms".into());
+        }
         if let Some(stripe) = &self.payments.stripe {
             if stripe.secret_key.trim().is_empty() || stripe.webhook_secret.trim().is_empty() {
                 return Err("payments.stripe: secret_key and webhook_secret are required".into());
@@ -276,6 +319,16 @@ impl Config {
                 .unwrap_or(1)
         } else {
             self.engine.partitions
+        }
+    }
+
+    /// How the payment actor paces STRIPE charges.
+    pub fn payment_settings(&self) -> PaymentSettings {
+        PaymentSettings {
+            action_required_timeout_ms: self.payments.action_required_timeout_ms,
+            retry_first_ms: self.payments.retry_first_ms,
+            retry_max_ms: self.payments.retry_max_ms,
+            ..PaymentSettings::default()
         }
     }
 
@@ -374,5 +427,12 @@ mod tests {
                 .unwrap_err()
                 .contains("destinations[0].url")
         );
+        let mut config = Config::load(None).unwrap();
+        assert_eq!(
+            config.payment_settings().action_required_timeout_ms,
+            24 * 3_600_000
+        );
+        config.payments.action_required_timeout_ms = 0;
+        assert!(config.validate().unwrap_err().contains("payments"));
     }
 }

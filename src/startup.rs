@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::actors::Engine;
 use crate::actors::clock::SystemClock;
-use crate::actors::payment::PaymentProvider;
+use crate::actors::payment::Payments;
 use crate::config::{Config, LogFormat};
 use crate::http::stripe::StripeWebhook;
 use crate::http::{ApiOptions, Application};
@@ -26,29 +26,35 @@ pub fn init_tracing(config: &Config) {
     };
 }
 
-/// Runs the server until it is stopped.
+/// Runs the server until it is stopped, then ends the process: exit 0 after SIGTERM, 1 with the
+/// message on stderr after a start-up failure (unusable data directory, port in use) or a
+/// storage failure (fail-stop).
 ///
 /// # Errors
-/// A message for start-up failures (unusable data directory, port in use).
+/// Never returns; the type keeps `main`'s match simple.
 pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
+    crate::actors::quarantine::install_fatal_panic_hook();
     let system = actix_rt::System::new();
-    system.block_on(async move {
+    let outcome = system.block_on(async move {
         let listener = TcpListener::bind(config.listen_addr()?)
             .map_err(|e| format!("cannot listen on {}: {e}", config.http.listen))?;
         let stripe = config.payments.stripe.as_ref().map(|s| StripeWebhook {
             webhook_secret: s.webhook_secret.clone(),
             webhook_path: s.webhook_path.clone(),
-            api: StripeSettings {
-                secret_key: s.secret_key.clone(),
-                api_base: s.api_base.clone(),
-                timeout_ms: s.timeout_ms,
-            },
         });
-        let provider: Option<Arc<dyn PaymentProvider>> = match &stripe {
-            Some(s) => Some(Arc::new(StripeProvider::new(s.api.clone())?)),
+        // The Stripe REST implementation of the provider seam.
+        let payments = match &config.payments.stripe {
+            Some(s) => Some(Payments {
+                provider: Arc::new(StripeProvider::new(StripeSettings {
+                    secret_key: s.secret_key.clone(),
+                    api_base: s.api_base.clone(),
+                    timeout_ms: s.timeout_ms,
+                })?),
+                settings: config.payment_settings(),
+            }),
             None => None,
         };
-        let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), provider)
+        let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), payments)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
         if config.auth.tokens.iter().any(|t| t == "tollgate-dev-token") {
@@ -69,8 +75,10 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         println!("tollgate listening on http://{}:{}", config.listen_addr()?.ip(), app.port());
         let handle = app.server_handle();
         let server = actix_rt::spawn(app.run_until_stopped());
-        wait_for_signal().await;
-        tracing::info!("signal received: stopping");
+        tokio::select! {
+            () = wait_for_signal() => tracing::info!("signal received: stopping"),
+            () = engine.failed() => return Err(fail_stop(handle, engine).await),
+        }
         // Stop accepting and let in-flight requests finish.
         handle.stop(true).await;
         if let Ok(Err(error)) = server.await {
@@ -84,15 +92,37 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
             }
         }
         Ok::<(), String>(())
-    })?;
+    });
     // Everything acknowledged is durable (log, checkpoint). Leave without running destructors:
     // RocksDB's must not race the engine threads that still hold the database.
     use std::io::Write;
+    let code = match outcome {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            1
+        }
+    };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // SAFETY: `_exit` ends the process at once; no Rust state is observed afterwards.
-    unsafe { libc::_exit(0) }
+    unsafe { libc::_exit(code) }
 }
+
+/// After a storage failure: stop accepting, give in-flight requests a bounded time to get their
+/// answers (503s by now), write no checkpoint, and report the failure so that `main` exits
+/// non-zero; the supervisor restarts the server and recovery replays the log.
+async fn fail_stop(handle: actix_web::dev::ServerHandle, engine: Engine) -> String {
+    let drained = tokio::time::timeout(FAIL_STOP_DRAIN, handle.stop(true)).await;
+    if drained.is_err() {
+        tracing::error!("in-flight requests did not finish within the drain time");
+    }
+    let reason = engine.failure().unwrap_or_default();
+    format!("stopped after a storage failure ({reason}); restart to recover from the log")
+}
+
+/// How long in-flight requests may take to finish after a storage failure.
+const FAIL_STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -23,9 +23,14 @@ struct Server {
 }
 
 fn start_server(config: &std::path::Path) -> Server {
+    start_server_with_env(config, &[])
+}
+
+fn start_server_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -131,6 +136,16 @@ async fn load(base: String, ledger: Arc<Mutex<Ledger>>, worker: usize, stop: Arc
 }
 
 fn write_config(dir: &std::path::Path, webhook_url: &str) -> std::path::PathBuf {
+    write_config_with(dir, webhook_url, 300, 150)
+}
+
+/// A config whose checkpoints and evictions come at the given intervals.
+fn write_config_with(
+    dir: &std::path::Path,
+    webhook_url: &str,
+    checkpoint_interval_ms: u64,
+    evict_idle_ms: u64,
+) -> std::path::PathBuf {
     let path = dir.join("tollgate.toml");
     let text = format!(
         r#"
@@ -144,8 +159,8 @@ data_dir = "{data}"
 durability = "fsync"
 [engine]
 partitions = 2
-checkpoint_interval_ms = 300
-evict_idle_ms = 150
+checkpoint_interval_ms = {checkpoint_interval_ms}
+evict_idle_ms = {evict_idle_ms}
 [webhooks]
 first_retry_ms = 100
 max_interval_ms = 500
@@ -430,6 +445,267 @@ async fn sigterm_checkpoints_and_exits_zero_and_the_next_start_has_everything() 
     )
     .await;
     assert_eq!(invoices["data"][0]["subtotal"], 3000);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+async fn usage_total(client: &reqwest::Client, base: &str, customer: &str) -> Value {
+    let response = client
+        .get(format!(
+            "{base}/v1/customers/{customer}/invoices?type=USAGE&status=DRAFT"
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["data"][0]["total"].clone()
+}
+
+#[actix_rt::test]
+async fn kill_9_after_a_metric_archive_replays_every_event_to_the_same_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // No checkpoint and no eviction during the test: the restart replays everything.
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let (_, metrics) = {
+        let response = client
+            .get(format!("{}/v1/billable-metrics", server.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    let metric = metrics["data"][0]["id"].as_str().unwrap().to_owned();
+    let batch: Vec<Value> = (0..10).map(|i| event(&format!("before-{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(usage_total(&client, &server.base, &customer).await, 1000);
+    let (status, body) = post(
+        &client,
+        &server.base,
+        "/v1/billable-metrics/archive",
+        &json!({"id": metric}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Usage after the archive is not rated.
+    let batch: Vec<Value> = (0..5).map(|i| event(&format!("after-{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(usage_total(&client, &server.base, &customer).await, 1000);
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    assert_eq!(
+        usage_total(&client, &server.base, &customer).await,
+        1000,
+        "replay after the archive must reach the live run's balance"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[actix_rt::test]
+async fn replay_judges_inputs_by_the_limits_they_were_accepted_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let low = [("TOLLGATE__LIMITS__PREPAID_THRESHOLD_MIN_USD_CENTS", "100")];
+    let mut server = start_server_with_env(&config, &low);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let (_, products) = post(
+        &client,
+        &server.base,
+        "/v1/contract-pricing/products/list",
+        &json!({}),
+    )
+    .await;
+    let fixed = products["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "FIXED")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let contract = |threshold: i64| {
+        json!({
+            "customer_id": customer, "rate_card_id": Value::Null, "starting_at": "2020-01-01T00:00:00Z",
+            "prepaid_balance_threshold_configuration": {
+                "commit": {"product_id": fixed}, "is_enabled": false,
+                "payment_gate_config": {"payment_gate_type": "NONE"},
+                "threshold_amount": threshold, "recharge_to_amount": threshold + 5000
+            }
+        })
+    };
+    let (_, cards) = post(
+        &client,
+        &server.base,
+        "/v1/contract-pricing/rate-cards/list",
+        &json!({}),
+    )
+    .await;
+    let card = cards["data"][0]["id"].as_str().unwrap().to_owned();
+    let mut body = contract(200);
+    body["rate_card_id"] = json!(card);
+    let (status, created) = post(&client, &server.base, "/v1/contracts/create", &body).await;
+    assert_eq!(status, 200, "{created}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    // The default minimum ($5) is in force now; the contract accepted under $1 stays.
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (_, list) = post(
+        &client,
+        &server.base,
+        "/v1/contracts/list",
+        &json!({"customer_id": customer}),
+    )
+    .await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        2,
+        "replay must keep the contract accepted under the earlier limits: {list}"
+    );
+    let (status, refused) = post(&client, &server.base, "/v1/contracts/create", &body).await;
+    assert_eq!(status, 400, "{refused}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[actix_rt::test]
+async fn net_zero_sum_usage_then_kill_9_restarts_and_charges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // No checkpoint or eviction: the restart replays the negative event too.
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    let base = server.base.clone();
+    wait_ready(&client, &base).await;
+    let (s, metric) = post(
+        &client,
+        &base,
+        "/v1/billable-metrics/create",
+        &json!({
+            "name": "bytes", "aggregation_type": "SUM", "aggregation_key": "bytes",
+            "event_type_filter": {"in_values": ["storage"]}
+        }),
+    )
+    .await;
+    assert_eq!(s, 200, "{metric}");
+    let metric = metric["data"]["id"].as_str().unwrap().to_owned();
+    let (_, usage) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/products/create",
+        &json!({
+            "name": "Bytes", "type": "USAGE", "billable_metric_id": metric
+        }),
+    )
+    .await;
+    let usage = usage["data"]["id"].as_str().unwrap().to_owned();
+    let (_, fixed) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/products/create",
+        &json!({
+            "name": "Prepaid", "type": "FIXED"
+        }),
+    )
+    .await;
+    let fixed = fixed["data"]["id"].as_str().unwrap().to_owned();
+    let (_, card) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/rate-cards/create",
+        &json!({"name": "list"}),
+    )
+    .await;
+    let card = card["data"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/rate-cards/addRate",
+        &json!({
+            "rate_card_id": card, "product_id": usage, "entitled": true, "rate_type": "FLAT",
+            "price": 1, "starting_at": "2020-01-01T00:00:00Z"
+        }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, customer) = post(
+        &client,
+        &base,
+        "/v1/customers",
+        &json!({"name": "Net", "ingest_aliases": ["net-co"]}),
+    )
+    .await;
+    let customer = customer["data"]["id"].as_str().unwrap().to_owned();
+    let start = tollgate::domain::Timestamp(now_ms())
+        .month_start()
+        .to_rfc3339();
+    let (s, body) = post(&client, &base, "/v1/contracts/create", &json!({
+        "customer_id": customer, "rate_card_id": card, "starting_at": start,
+        "commits": [{
+            "type": "PREPAID", "product_id": fixed,
+            "access_schedule": {"schedule_items": [{"amount": 100000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+            "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 100000}]}
+        }]
+    }))
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let at = tollgate::domain::Timestamp(now_ms()).to_rfc3339();
+    for (txn, bytes) in [("neg", -3000), ("pos", 3000)] {
+        let (s, body) = post(
+            &client,
+            &base,
+            "/v1/ingest",
+            &json!([{
+                "transaction_id": txn, "customer_id": "net-co", "event_type": "storage",
+                "timestamp": at, "properties": {"bytes": bytes}
+            }]),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let balance = |base: String| {
+        let client = client.clone();
+        let customer = customer.clone();
+        async move {
+            let (s, body) = post(
+                &client,
+                &base,
+                "/v1/contracts/customerBalances/getNetBalance",
+                &json!({"customer_id": customer}),
+            )
+            .await;
+            assert_eq!(s, 200, "{body}");
+            body["data"]["balance"].clone()
+        }
+    };
+    assert_eq!(balance(base.clone()).await, 100000);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    assert_eq!(
+        balance(server.base.clone()).await,
+        100000,
+        "replaying net-zero usage must draw nothing"
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }

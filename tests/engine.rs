@@ -435,3 +435,81 @@ async fn eventually_workflow(engine: &Engine) {
     }
     panic!("no workflow started");
 }
+
+#[actix_rt::test]
+async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effects() {
+    use tollgate::actors::EngineError;
+    use tollgate::storage::faults::{ScriptedFaults, StorageOp};
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let faults = ScriptedFaults::new();
+    let config = engine_config(dir.path(), Some(&receiver.url));
+    let seams = tollgate::actors::Seams {
+        clock: Arc::new(SystemClock),
+        payments: None,
+        storage_faults: Some(faults.clone() as tollgate::storage::faults::Faults),
+        webhook_transport: None,
+    };
+    let engine = Engine::start_with(config, seams).await.unwrap();
+    for change in fixtures::catalog_changes() {
+        engine.change_catalog(change).await.unwrap();
+    }
+    let spend = fixtures::spend_threshold(500, GateType::External);
+    customer_with_contract(&engine, CUSTOMER, "fs", Some(spend), None, vec![]).await;
+    let checkpoints: Vec<_> = (0..2)
+        .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
+        .collect();
+
+    // The events are durable; writing the workflow's effects to the outbox fails.
+    faults.fail_from(StorageOp::OutboxWrite, 0);
+    engine.ingest(calls("fs", "a", 5)).await.unwrap();
+    eventually("fail-stop", || !engine.is_ready()).await;
+    assert!(engine.failure().unwrap().contains("outbox"));
+    // Refused as an infrastructure failure (503), never as the caller's fault, and not skipped.
+    let refused = engine.ingest(calls("fs", "b", 1)).await;
+    assert!(
+        matches!(refused, Err(EngineError::Unavailable)),
+        "{refused:?}"
+    );
+    let refused = engine.apply(CUSTOMER, Input::ArchiveCustomer).await;
+    assert!(
+        matches!(refused, Err(EngineError::Unavailable)),
+        "{refused:?}"
+    );
+    assert!(
+        engine.checkpoint().await.is_err(),
+        "no checkpoint past a failure"
+    );
+    for (p, before) in checkpoints.iter().enumerate() {
+        let now = engine
+            .store()
+            .checkpoint(p as u16)
+            .unwrap()
+            .map(|(seq, _)| seq);
+        assert_eq!(&now, before, "partition {p} checkpointed past the failure");
+    }
+    assert!(
+        receiver
+            .of_type("payment_gate.threshold_reached")
+            .is_empty()
+    );
+
+    // What a restart finds on disk: recovery replays the log and re-creates the effects.
+    faults.heal();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+    let config = engine_config(&copy_dir, Some(&receiver.url));
+    let recovered = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    eventually("external_initiate after recovery", || {
+        receiver.of_type("payment_gate.external_initiate").len() == 1
+    })
+    .await;
+    assert_eq!(workflows(&recovered, CUSTOMER).await.len(), 1);
+    assert_eq!(
+        outstanding(&recovered, CUSTOMER).await,
+        Money::from_i64(500)
+    );
+}

@@ -1,316 +1,85 @@
 //! The STRIPE payment gate end to end over Tollgate's HTTP API, against a local fake Stripe
-//! that enforces `Authorization` and `Idempotency-Key` semantics and can be told to succeed,
-//! decline, require action, answer 500 or hang; plus a `kill -9` of the real binary during a
-//! Stripe call: one charge in the fake's records, not two.
+//! (`stripe/fake.rs`) that keeps idempotency keys as Stripe does (saved 500s replayed, 409 while
+//! in progress, 400 `idempotency_error` for changed parameters, expiry after 24 h on its own
+//! clock) and supports search and list by metadata. In-process tests share a manual clock with
+//! the engine and the fake, so retries, polls and the 24 h windows are driven, not waited for;
+//! the real binary is killed with `kill -9` and restarted where a restart is the point.
 
 mod support;
 
-use std::collections::HashMap;
+#[path = "stripe/fake.rs"]
+mod fake;
+
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use fake::{FakeStripe, Mode, SECRET_KEY};
 use serde_json::{Value, json};
 use support::{Receiver, eventually};
 use tollgate::actors::Engine;
-use tollgate::actors::clock::SystemClock;
+use tollgate::actors::clock::{Clock, ManualClock, SystemClock};
+use tollgate::actors::payment::{PaymentSettings, Payments};
 use tollgate::http::stripe::StripeWebhook;
 use tollgate::http::{ApiOptions, Application};
 use tollgate::payments::stripe::{StripeProvider, StripeSettings, sign};
 
 const TOKEN: &str = "stripe-test-token";
-const SECRET_KEY: &str = "sk_test_tollgate";
 const WEBHOOK_SECRET: &str = "whsec_stripe_test";
+const PINNED_VERSION: &str = "2025-03-31.basil";
+const HOUR_MS: i64 = 3_600_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Succeed,
-    Decline,
-    RequireAction,
-    /// Answer 500 this many times, then succeed.
-    Fail500(u32),
-    Hang,
-}
+// ------------------------------------------------------------------ wiring
 
-#[derive(Default)]
-struct FakeState {
-    mode: Option<Mode>,
-    /// Idempotency-Key -> (request body, status, response).
-    idempotency: HashMap<String, (String, u16, Value)>,
-    intents: Vec<Value>,
-    invoices: HashMap<String, Value>,
-    voided: Vec<String>,
-    requests: u32,
-}
-
-#[derive(Clone)]
-struct FakeStripe {
-    base: String,
-    state: Arc<Mutex<FakeState>>,
-}
-
-impl FakeStripe {
-    fn start(mode: Mode) -> FakeStripe {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(FakeState {
-            mode: Some(mode),
-            ..FakeState::default()
-        }));
-        let shared = state.clone();
-        let server = HttpServer::new(move || {
-            let shared = shared.clone();
-            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let shared = shared.clone();
-                async move { fake(shared, req, body).await }
-            }))
-        })
-        .workers(1)
-        .shutdown_timeout(1)
-        .listen(listener)
-        .unwrap()
-        .run();
-        actix_rt::spawn(server);
-        FakeStripe {
-            base: format!("http://127.0.0.1:{port}"),
-            state,
-        }
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        self.state.lock().unwrap().mode = Some(mode);
-    }
-
-    fn intents(&self) -> Vec<Value> {
-        self.state.lock().unwrap().intents.clone()
+fn stripe_settings(fake: &FakeStripe) -> StripeSettings {
+    StripeSettings {
+        secret_key: SECRET_KEY.into(),
+        api_base: fake.base.clone(),
+        timeout_ms: 1_000,
     }
 }
 
-fn form_value<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+/// The Stripe REST provider against the fake, its due jobs looked for every 20 ms (the clock
+/// is driven by the tests).
+fn payments(fake: &FakeStripe) -> Option<Payments> {
+    Some(Payments {
+        provider: Arc::new(StripeProvider::new(stripe_settings(fake)).unwrap()),
+        settings: PaymentSettings {
+            scan_interval_ms: 20,
+            ..PaymentSettings::default()
+        },
+    })
 }
 
-async fn fake(state: Arc<Mutex<FakeState>>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if auth != format!("Bearer {SECRET_KEY}") {
-        return HttpResponse::Unauthorized()
-            .json(json!({"error": {"type": "invalid_request_error", "message": "bad key"}}));
+fn webhook_config() -> StripeWebhook {
+    StripeWebhook {
+        webhook_secret: WEBHOOK_SECRET.into(),
+        webhook_path: "/v1/stripe/webhook".into(),
     }
-    let body_text = String::from_utf8_lossy(&body).into_owned();
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(key) = &key {
-        let seen = state.lock().unwrap().idempotency.get(key).cloned();
-        if let Some((seen_body, status, response)) = seen {
-            if seen_body != body_text {
-                return HttpResponse::BadRequest().json(json!({"error": {
-                    "type": "idempotency_error",
-                    "message": "Keys for idempotent requests can only be used with the same parameters they were first used with."
-                }}));
-            }
-            return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                .json(response);
-        }
-    }
-    let mode = {
-        let mut s = state.lock().unwrap();
-        s.requests += 1;
-        let mode = s.mode.unwrap_or(Mode::Succeed);
-        if let Mode::Fail500(n) = mode {
-            if req.method() == actix_web::http::Method::POST {
-                s.mode = Some(if n <= 1 {
-                    Mode::Succeed
-                } else {
-                    Mode::Fail500(n - 1)
-                });
-                return HttpResponse::InternalServerError()
-                    .json(json!({"error": {"type": "api_error", "message": "boom"}}));
-            }
-        }
-        mode
-    };
-    let form: Vec<(String, String)> = url_decode_pairs(&body_text);
-    let path = req.path().to_owned();
-    let (status, response) = {
-        let mut s = state.lock().unwrap();
-        route(&mut s, &path, &form, mode)
-    };
-    if let Some(key) = key {
-        state
-            .lock()
-            .unwrap()
-            .idempotency
-            .insert(key, (body_text, status, response.clone()));
-    }
-    // Hang after doing the work: the charge exists at Stripe but the answer never arrives.
-    if mode == Mode::Hang && req.method() == actix_web::http::Method::POST {
-        actix_rt::time::sleep(Duration::from_secs(5)).await;
-    }
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(response)
 }
 
-fn url_decode_pairs(body: &str) -> Vec<(String, String)> {
-    body.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn card_error(intent: Option<&Value>) -> Value {
-    let mut error = json!({
-        "type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds",
-        "message": "Your card has insufficient funds."
-    });
-    if let Some(intent) = intent {
-        error["payment_intent"] = intent.clone();
-    }
-    json!({"error": error})
-}
-
-fn route(s: &mut FakeState, path: &str, form: &[(String, String)], mode: Mode) -> (u16, Value) {
-    let metadata: serde_json::Map<String, Value> = form
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("metadata[")
-                .and_then(|k| k.strip_suffix(']'))
-                .map(|k| (k.to_owned(), json!(v)))
-        })
-        .collect();
-    if let Some(customer) = path.strip_prefix("/v1/customers/") {
-        return (
-            200,
-            json!({"id": customer, "invoice_settings": {"default_payment_method": "pm_card_visa"}}),
-        );
-    }
-    if path == "/v1/payment_intents" {
-        let id = format!("pi_{}", s.intents.len() + 1);
-        let status = match mode {
-            Mode::RequireAction => "requires_action",
-            Mode::Decline => "requires_payment_method",
-            _ => "succeeded",
-        };
-        let intent = json!({
-            "id": id, "object": "payment_intent", "status": status,
-            "amount": form_value(form, "amount").and_then(|a| a.parse::<i64>().ok()),
-            "currency": form_value(form, "currency"),
-            "customer": form_value(form, "customer"),
-            "metadata": metadata,
-            "next_action": if status == "requires_action" { json!({"type": "use_stripe_sdk"}) } else { Value::Null },
-        });
-        s.intents.push(intent.clone());
-        if mode == Mode::Decline {
-            return (402, card_error(Some(&intent)));
-        }
-        return (200, intent);
-    }
-    if path == "/v1/invoices" {
-        let id = format!("in_{}", s.invoices.len() + 1);
-        let invoice = json!({"id": id, "status": "draft", "metadata": metadata, "amount_due": 0});
-        s.invoices.insert(id, invoice.clone());
-        return (200, invoice);
-    }
-    if path == "/v1/invoiceitems" {
-        let invoice = form_value(form, "invoice").unwrap_or("").to_owned();
-        let amount: i64 = form_value(form, "amount")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0);
-        if let Some(inv) = s.invoices.get_mut(&invoice) {
-            inv["amount_due"] = json!(amount);
-        }
-        return (
-            200,
-            json!({"id": format!("ii_{invoice}"), "invoice": invoice, "amount": amount}),
-        );
-    }
-    if let Some(rest) = path.strip_prefix("/v1/invoices/") {
-        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
-        let Some(invoice) = s.invoices.get(id).cloned() else {
-            return (
-                404,
-                json!({"error": {"type": "invalid_request_error", "message": "no such invoice"}}),
-            );
-        };
-        return match action {
-            "finalize" => {
-                let mut inv = invoice;
-                inv["status"] = json!("open");
-                s.invoices.insert(id.to_owned(), inv.clone());
-                (200, inv)
-            }
-            "pay" if mode == Mode::Decline => (402, card_error(None)),
-            "pay" => {
-                let mut inv = invoice;
-                inv["status"] = json!("paid");
-                inv["payment_intent"] = json!(format!("pi_for_{id}"));
-                s.intents.push(json!({"id": format!("pi_for_{id}"), "invoice": id, "amount": inv["amount_due"]}));
-                s.invoices.insert(id.to_owned(), inv.clone());
-                (200, inv)
-            }
-            "void" => {
-                let mut inv = invoice;
-                inv["status"] = json!("void");
-                s.voided.push(id.to_owned());
-                s.invoices.insert(id.to_owned(), inv.clone());
-                (200, inv)
-            }
-            _ => (404, json!({"error": {"type": "invalid_request_error"}})),
-        };
-    }
-    (
-        404,
-        json!({"error": {"type": "invalid_request_error", "message": format!("unknown path {path}")}}),
-    )
-}
+// ----------------------------------------------------------------- harness
 
 struct TestApp {
     base: String,
     client: reqwest::Client,
     receiver: Receiver,
+    /// Signs Stripe webhooks (the engine's clock in-process; the system's for the binary).
+    clock: ManualClock,
     _dir: tempfile::TempDir,
 }
 
+fn system_now_ms() -> i64 {
+    SystemClock.now_ms()
+}
+
+/// Tollgate in-process on the fake's clock.
 async fn spawn(fake: &FakeStripe) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let mut config = support::engine_config(dir.path(), Some(&receiver.url));
     config.settings.partitions = 1;
-    let api = StripeSettings {
-        secret_key: SECRET_KEY.into(),
-        api_base: fake.base.clone(),
-        timeout_ms: 1_000,
-    };
-    let provider = Arc::new(StripeProvider::new(api.clone()).unwrap());
-    let engine = Engine::start(config, Arc::new(SystemClock), Some(provider))
+    let engine = Engine::start(config, Arc::new(fake.clock.clone()), payments(fake))
         .await
         .unwrap();
     for change in tollgate::domain::fixtures::catalog_changes() {
@@ -324,11 +93,7 @@ async fn spawn(fake: &FakeStripe) -> TestApp {
             tokens: vec![TOKEN.into()],
             body_limit: 1 << 20,
             workers: 1,
-            stripe: Some(StripeWebhook {
-                webhook_secret: WEBHOOK_SECRET.into(),
-                webhook_path: "/v1/stripe/webhook".into(),
-                api,
-            }),
+            stripe: Some(webhook_config()),
         },
     )
     .unwrap();
@@ -338,6 +103,7 @@ async fn spawn(fake: &FakeStripe) -> TestApp {
         base,
         client: reqwest::Client::new(),
         receiver,
+        clock: fake.clock.clone(),
         _dir: dir,
     }
 }
@@ -356,20 +122,62 @@ impl TestApp {
         let text = response.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
+
+    /// Sends a Stripe event to the webhook endpoint, signed with `secret`.
+    async fn stripe_event(&self, event: &Value, secret: &str) -> u16 {
+        let payload = serde_json::to_vec(event).unwrap();
+        let signature = sign(&payload, secret, self.clock.now_ms() / 1000);
+        self.client
+            .post(format!("{}/v1/stripe/webhook", self.base))
+            .header("Stripe-Signature", signature)
+            .header("Content-Type", "application/json")
+            .body(payload)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn now_rfc3339(&self) -> String {
+        tollgate::domain::Timestamp(self.clock.now_ms()).to_rfc3339()
+    }
+
+    fn hooks(&self, event_type: &str) -> Vec<Value> {
+        self.receiver
+            .of_type(event_type)
+            .into_iter()
+            .map(|r| r.body)
+            .collect()
+    }
+}
+
+fn statuses(app: &TestApp) -> Vec<Value> {
+    app.hooks("payment_gate.payment_status")
+}
+
+fn failed(app: &TestApp) -> Vec<Value> {
+    statuses(app)
+        .into_iter()
+        .filter(|s| s["properties"]["payment_status"] == "failed")
+        .collect()
+}
+
+/// Moves the shared clock by `step_ms` every 20 ms (real) until `done` holds, for at most
+/// about 15 s of real time.
+async fn drive(clock: &ManualClock, step_ms: i64, what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..750 {
+        if done() {
+            return;
+        }
+        clock.advance(step_ms);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out driving the clock until: {what}");
 }
 
 const COMMIT_PRODUCT: &str = "00000000-0000-0000-0000-000000002003";
 const RATE_CARD: &str = "00000000-0000-0000-0000-000000003001";
-
-fn now_rfc3339() -> String {
-    tollgate::domain::Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-    .to_rfc3339()
-}
 
 /// A customer with Stripe billing and a contract with a $5 STRIPE spend threshold, pushed
 /// over it by 5 calls. Returns the customer id.
@@ -385,8 +193,7 @@ async fn cross_stripe_threshold(app: &TestApp, alias: &str, payment_type: &str) 
         .await;
     assert_eq!(status, 200, "{customer}");
     let customer = customer["data"]["id"].as_str().unwrap().to_owned();
-    let start = tollgate::domain::Timestamp::parse_rfc3339(&now_rfc3339())
-        .unwrap()
+    let start = tollgate::domain::Timestamp(app.clock.now_ms())
         .month_start()
         .to_rfc3339();
     let (status, body) = app
@@ -404,7 +211,7 @@ async fn cross_stripe_threshold(app: &TestApp, alias: &str, payment_type: &str) 
     let events: Vec<Value> = (0..5)
         .map(|i| {
             json!({"transaction_id": format!("{alias}-{i}"), "customer_id": alias,
-                        "event_type": "api_call", "timestamp": now_rfc3339()})
+                        "event_type": "api_call", "timestamp": app.now_rfc3339()})
         })
         .collect();
     let (status, _) = app.post("/v1/ingest", json!(events)).await;
@@ -412,17 +219,25 @@ async fn cross_stripe_threshold(app: &TestApp, alias: &str, payment_type: &str) 
     customer
 }
 
-fn statuses(app: &TestApp) -> Vec<Value> {
-    app.receiver
-        .of_type("payment_gate.payment_status")
-        .into_iter()
-        .map(|r| r.body)
-        .collect()
+fn workflow_of(intent: &Value) -> String {
+    intent["metadata"]["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
+fn intent_event(event_type: &str, intent: &Value) -> Value {
+    json!({"id": format!("evt_{}", event_type), "type": event_type,
+        "data": {"object": {"id": intent["id"], "object": "payment_intent", "status": intent["status"],
+            "metadata": {"workflow_id": workflow_of(intent)}}}})
+}
+
+// -------------------------------------------------------------- happy paths
+
 #[actix_rt::test]
-async fn a_payment_intent_that_succeeds_releases_the_commit() {
-    let fake = FakeStripe::start(Mode::Succeed);
+async fn a_payment_intent_that_succeeds_releases_the_commit_and_every_request_pins_the_api_version()
+{
+    let fake = FakeStripe::start(Mode::Succeed, ManualClock::new(system_now_ms()));
     let app = spawn(&fake).await;
     cross_stripe_threshold(&app, "pi-ok", "PAYMENT_INTENT").await;
     eventually("paid", || statuses(&app).len() == 1).await;
@@ -437,11 +252,17 @@ async fn a_payment_intent_that_succeeds_releases_the_commit() {
     assert_eq!(intents[0]["amount"], 500);
     assert_eq!(intents[0]["currency"], "usd");
     assert!(intents[0]["metadata"]["workflow_id"].is_string());
+    let versions = fake.state.lock().unwrap().versions.clone();
+    assert!(!versions.is_empty());
+    assert!(
+        versions.iter().all(|v| v == PINNED_VERSION),
+        "every Stripe request pins {PINNED_VERSION}: {versions:?}"
+    );
 }
 
 #[actix_rt::test]
 async fn a_declined_card_fails_the_workflow_with_the_decline_code() {
-    let fake = FakeStripe::start(Mode::Decline);
+    let fake = FakeStripe::start(Mode::Decline, ManualClock::new(system_now_ms()));
     let app = spawn(&fake).await;
     cross_stripe_threshold(&app, "pi-decline", "PAYMENT_INTENT").await;
     eventually("failed", || statuses(&app).len() == 1).await;
@@ -451,99 +272,50 @@ async fn a_declined_card_fails_the_workflow_with_the_decline_code() {
         failed["properties"]["billing_provider"]["stripe"]["error"]["decline_code"],
         "insufficient_funds"
     );
+    assert_eq!(fake.intents().len(), 1);
+    assert!(fake.refunds().is_empty());
 }
 
 #[actix_rt::test]
 async fn requires_action_then_a_signed_stripe_webhook_releases_and_replays_change_nothing() {
-    let fake = FakeStripe::start(Mode::RequireAction);
+    let fake = FakeStripe::start(Mode::RequireAction, ManualClock::new(system_now_ms()));
     let app = spawn(&fake).await;
     cross_stripe_threshold(&app, "pi-3ds", "PAYMENT_INTENT").await;
-    eventually("action required", || {
-        app.receiver
-            .of_type("payment_gate.payment_pending_action_required")
-            .len()
-            == 1
-    })
-    .await;
-    let pending = app
-        .receiver
-        .of_type("payment_gate.payment_pending_action_required")[0]
-        .body
-        .clone();
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    let pending = app.hooks(action)[0].clone();
     assert_eq!(
         pending["properties"]["billing_provider"]["stripe"]["payment_intent_id"],
         "pi_1"
     );
-    let workflow = pending["properties"]["workflow_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let event = json!({"id": "evt_1", "type": "payment_intent.succeeded",
-        "data": {"object": {"id": "pi_1", "status": "succeeded", "metadata": {"workflow_id": workflow}}}});
-    let payload = serde_json::to_vec(&event).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let send = |signature: String, payload: Vec<u8>| {
-        app.client
-            .post(format!("{}/v1/stripe/webhook", app.base))
-            .header("Stripe-Signature", signature)
-            .header("Content-Type", "application/json")
-            .body(payload)
-            .send()
-    };
+    fake.set_intent_status("pi_1", "succeeded");
+    let event = intent_event("payment_intent.succeeded", &fake.intents()[0]);
     // A bad signature is refused and changes nothing.
-    let bad = send(sign(&payload, "whsec_wrong", now), payload.clone())
-        .await
-        .unwrap();
-    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(app.stripe_event(&event, "whsec_wrong").await, 400);
     assert!(statuses(&app).is_empty());
-    let ok = send(sign(&payload, WEBHOOK_SECRET, now), payload.clone())
-        .await
-        .unwrap();
-    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(app.stripe_event(&event, WEBHOOK_SECRET).await, 200);
     eventually("paid after 3DS", || statuses(&app).len() == 1).await;
     assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
     // The same event again (Stripe retries) and an unknown event: 200, nothing changes.
-    let again = send(sign(&payload, WEBHOOK_SECRET, now), payload.clone())
-        .await
-        .unwrap();
-    assert_eq!(again.status().as_u16(), 200);
-    let other = serde_json::to_vec(
-        &json!({"id": "evt_2", "type": "customer.updated", "data": {"object": {}}}),
-    )
-    .unwrap();
-    let other = send(sign(&other, WEBHOOK_SECRET, now), other)
-        .await
-        .unwrap();
-    assert_eq!(other.status().as_u16(), 200);
+    assert_eq!(app.stripe_event(&event, WEBHOOK_SECRET).await, 200);
+    let other = json!({"id": "evt_2", "type": "customer.updated", "data": {"object": {}}});
+    assert_eq!(app.stripe_event(&other, WEBHOOK_SECRET).await, 200);
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(statuses(&app).len(), 1);
     assert_eq!(fake.intents().len(), 1);
-}
-
-#[actix_rt::test]
-async fn stripe_500s_are_retried_under_the_same_key_and_charge_once() {
-    let fake = FakeStripe::start(Mode::Fail500(2));
-    let app = spawn(&fake).await;
-    cross_stripe_threshold(&app, "pi-500", "PAYMENT_INTENT").await;
-    eventually("paid after retries", || statuses(&app).len() == 1).await;
-    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
-    assert_eq!(fake.intents().len(), 1, "one charge");
-    assert!(fake.state.lock().unwrap().requests >= 4);
+    assert!(fake.refunds().is_empty());
 }
 
 #[actix_rt::test]
 async fn invoice_payment_type_pays_or_voids_the_stripe_invoice() {
-    let fake = FakeStripe::start(Mode::Succeed);
+    let fake = FakeStripe::start(Mode::Succeed, ManualClock::new(system_now_ms()));
     let app = spawn(&fake).await;
     cross_stripe_threshold(&app, "inv-ok", "INVOICE").await;
     eventually("invoice paid", || statuses(&app).len() == 1).await;
     assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
     {
         let s = fake.state.lock().unwrap();
-        let invoice = s.invoices.values().next().unwrap();
+        let invoice = &s.invoices[0];
         assert_eq!(invoice["status"], "paid");
         assert_eq!(invoice["amount_due"], 500);
         assert_eq!(invoice["metadata"]["team"], "a");
@@ -551,21 +323,16 @@ async fn invoice_payment_type_pays_or_voids_the_stripe_invoice() {
     fake.set_mode(Mode::Decline);
     cross_stripe_threshold(&app, "inv-decline", "INVOICE").await;
     eventually("invoice failed", || statuses(&app).len() == 2).await;
-    assert!(
-        statuses(&app)
-            .iter()
-            .any(|s| s["properties"]["payment_status"] == "failed")
-    );
-    assert_eq!(
-        fake.state.lock().unwrap().voided.len(),
-        1,
-        "the Stripe invoice is voided"
-    );
+    assert_eq!(failed(&app).len(), 1);
+    eventually("the Stripe invoice is voided", || {
+        fake.state.lock().unwrap().invoices[1]["status"] == "void"
+    })
+    .await;
 }
 
 #[actix_rt::test]
 async fn stripe_gates_below_the_minimum_or_without_billing_config_are_refused() {
-    let fake = FakeStripe::start(Mode::Succeed);
+    let fake = FakeStripe::start(Mode::Succeed, ManualClock::new(system_now_ms()));
     let app = spawn(&fake).await;
     let (_, customer) = app.post("/v1/customers", json!({"name": "plain"})).await;
     let customer = customer["data"]["id"].as_str().unwrap();
@@ -592,6 +359,228 @@ async fn stripe_gates_below_the_minimum_or_without_billing_config_are_refused() 
     );
 }
 
+// ------------------------------------------------------ unknown answers
+
+#[actix_rt::test]
+async fn a_stripe_500_saved_after_the_charge_is_reconciled_by_search_and_charges_once() {
+    let fake = FakeStripe::start(Mode::Fail500After, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-500-after", "PAYMENT_INTENT").await;
+    eventually("the charge was made and answered 500", || {
+        fake.answered(500) >= 1
+    })
+    .await;
+    // The key replays the 500 for 24 h; only a search finds the PaymentIntent it made.
+    drive(&app.clock, 60_000, "paid", || statuses(&app).len() == 1).await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    assert_eq!(fake.intents().len(), 1, "one charge");
+}
+
+#[actix_rt::test]
+async fn a_stripe_500_before_any_work_is_replayed_until_the_key_expires_then_charges_once() {
+    let fake = FakeStripe::start(Mode::Fail500Before, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-500-before", "PAYMENT_INTENT").await;
+    eventually("a 500 was answered", || fake.answered(500) >= 1).await;
+    fake.set_mode(Mode::Succeed);
+    // Saved under the key, the 500 is replayed to every retry of the next 24 h.
+    drive(&app.clock, 10 * 60_000, "paid", || {
+        statuses(&app).len() == 1
+    })
+    .await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    assert!(fake.answered(500) >= 2, "the saved 500 was replayed");
+    assert_eq!(fake.intents().len(), 1, "one charge");
+}
+
+#[actix_rt::test]
+async fn a_processing_payment_intent_whose_stripe_webhook_is_lost_is_polled_until_it_succeeds() {
+    let fake = FakeStripe::start(Mode::Processing, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-poll", "PAYMENT_INTENT").await;
+    eventually("the PaymentIntent is processing", || {
+        fake.intents().len() == 1
+    })
+    .await;
+    drive(&app.clock, 60_000, "a few polls", || {
+        fake.count("GET", "/v1/payment_intents/pi_1") >= 2
+    })
+    .await;
+    assert!(statuses(&app).is_empty(), "processing is not an outcome");
+    // The bank settles; Stripe's webhook never arrives.
+    fake.set_intent_status("pi_1", "succeeded");
+    drive(&app.clock, 60_000, "paid by polling", || {
+        statuses(&app).len() == 1
+    })
+    .await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    assert_eq!(fake.count("POST", "/v1/payment_intents"), 1, "one create");
+}
+
+#[actix_rt::test]
+async fn a_409_for_a_key_still_in_progress_does_not_fail_the_workflow_and_charges_once() {
+    let fake = FakeStripe::start(Mode::Slow, ManualClock::new(system_now_ms()));
+    fake.state.lock().unwrap().hang_ms = 4_000;
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-409", "PAYMENT_INTENT").await;
+    // The first create times out at the client (1 s) while Stripe still works on it.
+    drive(&app.clock, 2_000, "paid", || statuses(&app).len() == 1).await;
+    assert!(fake.answered(409) >= 1, "a retry met the key in progress");
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    assert!(failed(&app).is_empty());
+    assert_eq!(fake.intents().len(), 1, "one charge");
+}
+
+#[actix_rt::test]
+async fn a_400_idempotency_error_after_a_timeout_does_not_fail_the_workflow_and_charges_once() {
+    let fake = FakeStripe::start(Mode::Hang, ManualClock::new(system_now_ms()));
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.hang_ms = 3_000;
+        // Stripe's search index lags behind the create.
+        s.search_hidden = true;
+    }
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-400", "PAYMENT_INTENT").await;
+    eventually("the charge was made", || fake.intents().len() == 1).await;
+    // Meanwhile the customer's default payment method changes: the retry's parameters differ.
+    fake.state.lock().unwrap().default_payment_method = "pm_card_mastercard".into();
+    drive(&app.clock, 2_000, "a 400 idempotency_error", || {
+        fake.answered(400) >= 1
+    })
+    .await;
+    fake.state.lock().unwrap().search_hidden = false;
+    drive(&app.clock, 2_000, "paid", || !statuses(&app).is_empty()).await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    assert!(failed(&app).is_empty());
+    assert_eq!(fake.intents().len(), 1, "one charge");
+}
+
+#[actix_rt::test]
+async fn requires_capture_is_a_provider_error_the_authorization_is_cancelled_and_the_workflow_fails()
+ {
+    let fake = FakeStripe::start(Mode::RequiresCapture, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-capture", "PAYMENT_INTENT").await;
+    drive(&app.clock, 60_000, "failed", || !failed(&app).is_empty()).await;
+    let failed = &failed(&app)[0];
+    assert_eq!(
+        failed["properties"]["billing_provider"]["stripe"]["error"]["code"],
+        "requires_capture"
+    );
+    assert_eq!(fake.intents()[0]["status"], "canceled");
+    assert!(statuses(&app).len() == 1, "never released");
+}
+
+// ----------------------------------------------- ACTION_REQUIRED and refunds
+
+#[actix_rt::test]
+async fn action_required_ends_failed_after_24_hours_and_the_payment_intent_is_cancelled() {
+    let fake = FakeStripe::start(Mode::RequireAction, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    let started = app.clock.now_ms();
+    cross_stripe_threshold(&app, "pi-3ds-timeout", "PAYMENT_INTENT").await;
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    drive(&app.clock, 10 * 60_000, "23 hours", || {
+        app.clock.now_ms() >= started + 23 * HOUR_MS
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert!(statuses(&app).is_empty(), "still waiting for the customer");
+    drive(&app.clock, 10 * 60_000, "failed", || {
+        !failed(&app).is_empty()
+    })
+    .await;
+    assert!(app.clock.now_ms() >= started + 24 * HOUR_MS);
+    let failed = &failed(&app)[0];
+    assert_eq!(
+        failed["properties"]["billing_provider"]["stripe"]["error"]["code"],
+        "action_required_timeout"
+    );
+    eventually("the PaymentIntent is cancelled", || {
+        fake.intents()[0]["status"] == "canceled"
+    })
+    .await;
+    assert!(fake.refunds().is_empty());
+}
+
+#[actix_rt::test]
+async fn a_success_after_the_workflow_failed_is_refunded_once_and_reported() {
+    let fake = FakeStripe::start(Mode::RequireAction, ManualClock::new(system_now_ms()));
+    // The customer completes 3DS just as the timeout cancels the PaymentIntent.
+    fake.state.lock().unwrap().succeed_on_cancel = true;
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-late", "PAYMENT_INTENT").await;
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    drive(&app.clock, 10 * 60_000, "failed", || {
+        !failed(&app).is_empty()
+    })
+    .await;
+    let refunded = "payment_gate.payment_refunded";
+    drive(&app.clock, 60_000, "refunded", || {
+        !app.hooks(refunded).is_empty()
+    })
+    .await;
+    let hook = &app.hooks(refunded)[0];
+    assert_eq!(
+        hook["properties"]["billing_provider"]["stripe"]["payment_intent_id"],
+        "pi_1"
+    );
+    assert_eq!(
+        hook["properties"]["billing_provider"]["stripe"]["refund_id"],
+        "re_1"
+    );
+    assert_eq!(
+        hook["properties"]["workflow_id"],
+        workflow_of(&fake.intents()[0])
+    );
+    // Stripe's own webhook for the success arrives too, later: nothing more happens.
+    let event = intent_event("payment_intent.succeeded", &fake.intents()[0]);
+    assert_eq!(app.stripe_event(&event, WEBHOOK_SECRET).await, 200);
+    drive(&app.clock, 60_000, "a while", || {
+        fake.count("GET", "/v1/payment_intents/pi_1") >= 3
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.refunds().len(), 1, "refunded once");
+    assert_eq!(app.hooks(refunded).len(), 1);
+    assert_eq!(
+        statuses(&app).len(),
+        1,
+        "a FAILED workflow is never released"
+    );
+    assert_eq!(fake.intents().len(), 1);
+}
+
+#[actix_rt::test]
+async fn an_invoice_failed_by_stripe_webhook_is_voided_by_the_payment_actor() {
+    let fake = FakeStripe::start(Mode::Processing, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "inv-hook", "INVOICE").await;
+    eventually("the invoice is being paid", || {
+        fake.count("POST", "/v1/invoices/in_1/pay") == 1
+    })
+    .await;
+    let invoice = fake.state.lock().unwrap().invoices[0].clone();
+    assert!(
+        invoice.get("payment_intent").is_none(),
+        "no invoice.payment_intent in {PINNED_VERSION}"
+    );
+    let event = json!({"id": "evt_inv", "type": "invoice.payment_failed",
+        "data": {"object": {"id": "in_1", "object": "invoice", "status": "open",
+            "metadata": invoice["metadata"]}}});
+    assert_eq!(app.stripe_event(&event, WEBHOOK_SECRET).await, 200);
+    eventually("failed", || failed(&app).len() == 1).await;
+    eventually("the Stripe invoice is voided", || {
+        fake.state.lock().unwrap().invoices[0]["status"] == "void"
+    })
+    .await;
+}
+
+// ------------------------------------------------------- the real binary
+
 /// Kills the child server when the test ends, even by a panic.
 struct Guard(std::process::Child);
 
@@ -602,14 +591,14 @@ impl Drop for Guard {
     }
 }
 
-/// The real binary, killed while its Stripe call hangs, restarted against the same fake: the
-/// request is re-run with the same idempotency key and Stripe holds one charge.
-#[actix_rt::test]
-async fn kill_9_during_a_stripe_call_then_restart_charges_once() {
-    let fake = FakeStripe::start(Mode::Hang);
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start();
-    let config = dir.path().join("t.toml");
+/// A config file for the real binary against the fake.
+fn binary_config(
+    dir: &std::path::Path,
+    fake: &FakeStripe,
+    receiver: &Receiver,
+    timeout_ms: u64,
+) -> std::path::PathBuf {
+    let config = dir.join("t.toml");
     std::fs::write(
         &config,
         format!(
@@ -629,48 +618,40 @@ secret = "{secret}"
 secret_key = "{SECRET_KEY}"
 webhook_secret = "{WEBHOOK_SECRET}"
 api_base = "{api}"
-timeout_ms = 30000
+timeout_ms = {timeout_ms}
 "#,
-            data = dir.path().join("data").display(),
+            data = dir.join("data").display(),
             hook = receiver.url,
             secret = support::SECRET,
             api = fake.base,
         ),
     )
     .unwrap();
-    let start = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let base = loop {
-            let line = lines.next().unwrap().unwrap();
-            if let Some(rest) = line.strip_prefix("tollgate listening on ") {
-                break rest.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        (Guard(child), base)
+    config
+}
+
+/// Starts the binary and waits until it is ready; returns it and its base URL.
+async fn start_binary(config: &std::path::Path) -> (Guard, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let base = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.strip_prefix("tollgate listening on ") {
+            break rest.trim().to_owned();
+        }
     };
-    let (mut child, base) = start();
-    let app = TestApp {
-        base,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap(),
-        receiver: receiver.clone(),
-        _dir: tempfile::tempdir().unwrap(),
-    };
+    std::thread::spawn(move || for _ in lines {});
+    let client = reqwest::Client::new();
     for _ in 0..200 {
-        if app
-            .client
-            .get(format!("{}/ready", app.base))
+        if client
+            .get(format!("{base}/ready"))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
@@ -679,7 +660,25 @@ timeout_ms = 30000
         }
         actix_rt::time::sleep(Duration::from_millis(25)).await;
     }
-    // Catalog over the API.
+    (Guard(child), base)
+}
+
+fn binary_app(base: String, receiver: &Receiver) -> TestApp {
+    TestApp {
+        base,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        receiver: receiver.clone(),
+        clock: ManualClock::new(system_now_ms()),
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Catalog, customer and a STRIPE PAYMENT_INTENT spend threshold over the API, then the usage
+/// that crosses it.
+async fn binary_threshold(app: &TestApp) {
     let (_, metric) = app.post("/v1/billable-metrics/create", json!({"name": "calls", "aggregation_type": "COUNT", "event_type_filter": {"in_values": ["api_call"]}})).await;
     let (_, usage) = app
         .post(
@@ -711,8 +710,21 @@ timeout_ms = 30000
             "payment_gate_config": {"payment_gate_type": "STRIPE", "stripe_config": {"payment_type": "PAYMENT_INTENT"}},
             "threshold_amount": 500}})).await;
     assert_eq!(status, 200, "{body}");
-    let events: Vec<Value> = (0..5).map(|i| json!({"transaction_id": format!("k{i}"), "customer_id": "k", "event_type": "api_call", "timestamp": now_rfc3339()})).collect();
+    let events: Vec<Value> = (0..5).map(|i| json!({"transaction_id": format!("k{i}"), "customer_id": "k", "event_type": "api_call", "timestamp": app.now_rfc3339()})).collect();
     app.post("/v1/ingest", json!(events)).await;
+}
+
+/// The real binary, killed while its Stripe call hangs, restarted against the same fake: the
+/// request is reconciled and Stripe holds one charge.
+#[actix_rt::test]
+async fn kill_9_during_a_stripe_call_then_restart_charges_once() {
+    let fake = FakeStripe::start(Mode::Hang, ManualClock::new(system_now_ms()));
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = binary_config(dir.path(), &fake, &receiver, 30_000);
+    let (mut child, base) = start_binary(&config).await;
+    let app = binary_app(base, &receiver);
+    binary_threshold(&app).await;
     // The charge request reaches Stripe and hangs there; kill the server mid-call.
     eventually("the PaymentIntent was created at Stripe", || {
         fake.intents().len() == 1
@@ -722,7 +734,7 @@ timeout_ms = 30000
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     fake.set_mode(Mode::Succeed);
-    let (_child, base) = start();
+    let (_child, base) = start_binary(&config).await;
     let app = TestApp { base, ..app };
     eventually("paid after restart", || {
         statuses(&app)
@@ -732,4 +744,79 @@ timeout_ms = 30000
     .await;
     let intents = fake.intents();
     assert_eq!(intents.len(), 1, "one charge, not two: {intents:?}");
+}
+
+/// A create that timed out at the client, then `kill -9`, then a restart 25 h later (past
+/// Stripe's key window): the search finds the PaymentIntent; nothing is created again.
+#[actix_rt::test]
+async fn a_create_that_timed_out_and_a_restart_24_hours_later_find_the_payment_intent_and_charge_once()
+ {
+    let fake = FakeStripe::start(Mode::Hang, ManualClock::new(system_now_ms()));
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = binary_config(dir.path(), &fake, &receiver, 300);
+    let (mut child, base) = start_binary(&config).await;
+    let app = binary_app(base, &receiver);
+    binary_threshold(&app).await;
+    eventually("the PaymentIntent was created at Stripe", || {
+        fake.intents().len() == 1
+    })
+    .await;
+    // The client timed out (300 ms); its retry would come after a second. Crash first.
+    actix_rt::time::sleep(Duration::from_millis(600)).await;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    fake.clock.advance(25 * HOUR_MS);
+    fake.set_mode(Mode::Succeed);
+    let (_child, base) = start_binary(&config).await;
+    let app = TestApp { base, ..app };
+    eventually("paid after restart", || {
+        statuses(&app)
+            .iter()
+            .any(|s| s["properties"]["payment_status"] == "paid")
+    })
+    .await;
+    let intents = fake.intents();
+    assert_eq!(intents.len(), 1, "one charge, not two: {intents:?}");
+    assert_eq!(
+        fake.count("POST", "/v1/payment_intents"),
+        1,
+        "no create after the restart"
+    );
+}
+
+/// A PaymentIntent answered `processing`, released by Stripe's webhook; `kill -9` and a restart
+/// 25 h later: the charge is not sent again (its outbox entry was retired by the webhook's
+/// outcome).
+#[actix_rt::test]
+async fn a_processing_payment_intent_released_by_stripe_webhook_is_not_created_again_after_a_restart()
+ {
+    let fake = FakeStripe::start(Mode::Processing, ManualClock::new(system_now_ms()));
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = binary_config(dir.path(), &fake, &receiver, 2_000);
+    let (mut child, base) = start_binary(&config).await;
+    let app = binary_app(base, &receiver);
+    binary_threshold(&app).await;
+    eventually("the PaymentIntent is processing", || {
+        fake.intents().len() == 1
+    })
+    .await;
+    fake.set_intent_status("pi_1", "succeeded");
+    let event = intent_event("payment_intent.succeeded", &fake.intents()[0]);
+    assert_eq!(app.stripe_event(&event, WEBHOOK_SECRET).await, 200);
+    eventually("paid by the webhook", || statuses(&app).len() == 1).await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    fake.clock.advance(25 * HOUR_MS);
+    let (_child, _base) = start_binary(&config).await;
+    actix_rt::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        fake.count("POST", "/v1/payment_intents"),
+        1,
+        "no second create"
+    );
+    assert_eq!(fake.intents().len(), 1, "one charge");
 }

@@ -17,12 +17,15 @@ use actix::{Actor, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use super::entry::{PersistedCustomer, STATE_VERSION, state_key};
+use super::error::EngineError;
+use super::handles::QueryFn;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry, payment_outbox_id, webhook_outbox_id};
+use super::quarantine::{QuarantineCause, Quarantined, catching, panic_message};
 use super::shared::Shared;
 use crate::domain::customer::{Applied, Ctx, Input};
-use crate::domain::effects::{Effect, WebhookType};
-use crate::domain::{Id, Rejection, Timestamp};
+use crate::domain::effects::{Effect, PaymentAction, WebhookType};
+use crate::domain::{Id, Timestamp};
 use crate::storage::{self, StorageError};
 
 /// One logged input on its way to the customer.
@@ -32,7 +35,7 @@ pub struct Sequenced {
     pub catalog_version: u64,
     pub input: Input,
     /// Who waits for the verdict (control inputs); usage is acknowledged at durability.
-    pub reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+    pub reply: Option<oneshot::Sender<Result<Applied, EngineError>>>,
 }
 
 /// Applies inputs in order.
@@ -52,8 +55,6 @@ pub struct Snapshot {
 #[derive(Message)]
 #[rtype(result = "Option<Vec<u8>>")]
 pub struct Evict;
-
-pub type QueryFn = Box<dyn FnOnce(&PersistedCustomer) -> Box<dyn Any + Send> + Send>;
 
 /// Reads the state (HTTP reads: contracts, balances, invoices).
 #[derive(Message)]
@@ -87,17 +88,24 @@ impl Handler<ApplyInputs> for CustomerActor {
     fn handle(&mut self, msg: ApplyInputs, _: &mut Self::Context) {
         let count = msg.0.len();
         let mut effects = Vec::new();
+        let mut quarantined = Vec::new();
         let mut replies = Vec::new();
         let mut last_seq = self.state.applied_seq;
         for sequenced in msg.0 {
+            let logged = Logged {
+                partition: self.partition,
+                seq: sequenced.seq,
+                customer_id: self.id,
+                at: sequenced.at,
+                catalog_version: sequenced.catalog_version,
+                input: &sequenced.input,
+            };
             let result = apply_logged(
                 &self.shared,
                 &mut self.state,
-                sequenced.seq,
-                sequenced.at,
-                sequenced.catalog_version,
-                &sequenced.input,
+                logged,
                 true,
+                &mut quarantined,
             );
             last_seq = last_seq.max(sequenced.seq);
             if let Ok(applied) = &result {
@@ -108,19 +116,19 @@ impl Handler<ApplyInputs> for CustomerActor {
             }
         }
         self.dirty = true;
-        // Effects reach the outbox before anyone hears of the input's outcome, and before this
-        // actor can be snapshotted (the next message), so a checkpoint never covers an input
-        // whose effects are not in the outbox.
-        let persisted = persist_effects(&self.shared, (self.partition, last_seq), &effects);
+        // Effects and quarantined inputs reach storage before anyone hears of the inputs'
+        // outcome, and before this actor can be snapshotted (the next message), so a checkpoint
+        // never covers an input whose effects are not in the outbox.
+        let persisted = persist_quarantined(&self.shared, &quarantined)
+            .and_then(|()| persist_effects(&self.shared, (self.partition, last_seq), &effects));
         match persisted {
             Ok(entries) => self.shared.notify_effects(entries),
             Err(error) => {
-                // The input is durable in the log; replay after a restart re-creates these
-                // effects. Failing loudly is better than answering success without them.
-                tracing::error!(%error, customer = %self.id, "outbox write failed; restart to recover");
+                // The inputs are durable in the log; a restart replays them and re-creates what
+                // was not written. Fail-stop: never answer success without them.
+                self.shared.health.fail_stop("outbox write", &error);
                 for (reply, _) in replies.drain(..) {
-                    let _ =
-                        reply.send(Err(Rejection::Unsupported("storage failure; retry".into())));
+                    let _ = reply.send(Err(EngineError::Storage(error.clone())));
                 }
             }
         }
@@ -129,6 +137,24 @@ impl Handler<ApplyInputs> for CustomerActor {
         }
         self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
     }
+}
+
+/// Writes quarantined inputs to `meta`.
+///
+/// # Errors
+/// Storage errors.
+pub fn persist_quarantined(
+    shared: &Shared,
+    quarantined: &[Quarantined],
+) -> Result<(), StorageError> {
+    if quarantined.is_empty() {
+        return Ok(());
+    }
+    let mut puts = Vec::with_capacity(quarantined.len());
+    for entry in quarantined {
+        puts.push(entry.encoded()?);
+    }
+    shared.store.meta_write_derived(&puts)
 }
 
 impl Handler<Snapshot> for CustomerActor {
@@ -205,30 +231,47 @@ fn decode_state(bytes: Option<&[u8]>) -> Result<PersistedCustomer, StorageError>
     }
 }
 
+/// One logged input, as the log holds it.
+#[derive(Clone, Copy)]
+pub struct Logged<'a> {
+    pub partition: u16,
+    pub seq: u64,
+    pub customer_id: Id,
+    pub at: Timestamp,
+    pub catalog_version: u64,
+    pub input: &'a Input,
+}
+
 /// Applies one logged input to a customer's state: the function both live actors and recovery
 /// use. Inputs at or below the state's `applied_seq` were applied before the state was written
 /// and are skipped.
+///
+/// An input applies whole or not at all. One whose apply panics, and usage or a tick the domain
+/// refuses (nobody waits for their verdict), is quarantined: pushed to `quarantined` for the
+/// caller to persist with the batch's effects, and answered [`EngineError::Quarantined`].
+///
+/// # Errors
+/// [`EngineError::Rejected`] for a refused control input, [`EngineError::Quarantined`].
 pub fn apply_logged(
     shared: &Shared,
     state: &mut PersistedCustomer,
-    seq: u64,
-    at: Timestamp,
-    catalog_version: u64,
-    input: &Input,
+    logged: Logged<'_>,
     live: bool,
-) -> Result<Applied, Rejection> {
-    if seq <= state.applied_seq {
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<Applied, EngineError> {
+    if logged.seq <= state.applied_seq {
         return Ok(Applied::default());
     }
-    state.applied_seq = seq;
+    state.applied_seq = logged.seq;
     let catalog = shared.catalog();
+    let input = logged.input;
     // Usage that arrives in the log before its customer's creation applied is parked, then
     // applied right after creation (deterministic: it depends only on log order).
     if let Input::RecordUsage(event) = input {
         if state.customer.profile.is_none() {
             state.parked.push(super::entry::Parked {
-                at,
-                catalog_version,
+                at: logged.at,
+                catalog_version: logged.catalog_version,
                 event: event.clone(),
             });
             return Ok(Applied::default());
@@ -240,23 +283,8 @@ pub fn apply_logged(
         .as_ref()
         .map(|p| p.ingest_aliases.clone())
         .unwrap_or_default();
-    let ctx = Ctx {
-        at,
-        catalog: &catalog,
-        catalog_version,
-        limits: &shared.settings.limits,
-    };
     let invoices_before = invoice_count(state);
-    let result = state.customer.apply(input, &ctx);
-    let metrics = &shared.metrics;
-    let mut applied = match result {
-        Ok(applied) => applied,
-        Err(rejection) => {
-            EngineMetrics::add(&metrics.inputs_rejected, 1);
-            return Err(rejection);
-        }
-    };
-    EngineMetrics::add(&metrics.inputs_applied, 1);
+    let mut applied = guarded_apply(shared, &catalog, state, logged, 0, quarantined)?;
     if matches!(
         input,
         Input::CreateCustomer(_)
@@ -269,30 +297,88 @@ pub fn apply_logged(
         }
     }
     if matches!(input, Input::CreateCustomer(_)) {
-        for parked in std::mem::take(&mut state.parked) {
-            let ctx = Ctx {
+        let parked = std::mem::take(&mut state.parked);
+        for (index, parked) in parked.into_iter().enumerate() {
+            let usage = Input::RecordUsage(parked.event);
+            let released = Logged {
                 at: parked.at,
-                catalog: &catalog,
                 catalog_version: parked.catalog_version,
-                limits: &shared.settings.limits,
+                input: &usage,
+                ..logged
             };
-            match state
-                .customer
-                .apply(&Input::RecordUsage(parked.event), &ctx)
-            {
-                Ok(more) => applied.effects.extend(more.effects),
-                Err(rejection) => {
-                    EngineMetrics::add(&metrics.inputs_rejected, 1);
-                    tracing::warn!(%rejection, "parked usage rejected");
-                }
+            let index = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            if let Ok(more) = guarded_apply(shared, &catalog, state, released, index, quarantined) {
+                applied.effects.extend(more.effects);
             }
         }
     }
-    count_workflow_effects(metrics, &applied.effects);
+    count_workflow_effects(&shared.metrics, &applied.effects);
     if invoice_count(state) != invoices_before {
         index_invoices(shared, state);
     }
     Ok(applied)
+}
+
+/// Applies one input under `catch_unwind`, with the limits in force at its catalog version,
+/// and quarantines it if it panics or if it carries no caller and is refused.
+fn guarded_apply(
+    shared: &Shared,
+    catalog: &crate::domain::Catalog,
+    state: &mut PersistedCustomer,
+    logged: Logged<'_>,
+    index: u32,
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<Applied, EngineError> {
+    let ctx = Ctx {
+        at: logged.at,
+        catalog,
+        catalog_version: logged.catalog_version,
+        limits: catalog.limits_at(logged.catalog_version),
+    };
+    // The domain puts the state back while a panic unwinds, so the state is unchanged then.
+    let outcome = catching(|| state.customer.apply(logged.input, &ctx));
+    let metrics = &shared.metrics;
+    let (cause, reason) = match outcome {
+        Ok(Ok(applied)) => {
+            EngineMetrics::add(&metrics.inputs_applied, 1);
+            return Ok(applied);
+        }
+        Ok(Err(rejection)) if has_caller(logged.input) => {
+            EngineMetrics::add(&metrics.inputs_rejected, 1);
+            return Err(EngineError::Rejected(rejection));
+        }
+        Ok(Err(rejection)) => (QuarantineCause::Refused, rejection.to_string()),
+        Err(payload) => (QuarantineCause::Panic, panic_message(payload.as_ref())),
+    };
+    EngineMetrics::add(&metrics.inputs_quarantined, 1);
+    tracing::error!(
+        customer = %logged.customer_id,
+        partition = logged.partition,
+        seq = logged.seq,
+        index,
+        ?cause,
+        %reason,
+        "input quarantined: not applied, kept for the operator"
+    );
+    quarantined.push(Quarantined {
+        partition: logged.partition,
+        seq: logged.seq,
+        index,
+        customer_id: logged.customer_id,
+        at: logged.at,
+        catalog_version: logged.catalog_version,
+        input: logged.input.clone(),
+        cause,
+        reason: reason.clone(),
+    });
+    Err(EngineError::Quarantined(reason))
+}
+
+/// Whether someone waits for the input's verdict (a refusal is then their 4xx). Usage is
+/// acknowledged at durability and ticks come from the engine: a refusal of those is a defect
+/// to quarantine, never a silent drop.
+fn has_caller(input: &Input) -> bool {
+    !matches!(input, Input::RecordUsage(_) | Input::Tick)
 }
 
 fn invoice_count(state: &PersistedCustomer) -> usize {
@@ -323,14 +409,17 @@ fn index_invoices(shared: &Shared, state: &PersistedCustomer) {
         }
     }
     if let Err(error) = shared.store.meta_write_derived(&puts) {
-        tracing::error!(%error, %customer, "invoice index write failed");
+        shared.health.fail_stop("invoice index write", &error);
     }
 }
 
 fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
     for effect in effects {
         let counter = match effect {
-            Effect::RequestPayment(_) => &metrics.payment_requests,
+            Effect::RequestPayment(request) if request.action == PaymentAction::Charge => {
+                &metrics.payment_requests
+            }
+            Effect::RequestPayment(_) => continue,
             Effect::Webhook(hook) => match (hook.webhook_type, hook.payment_status) {
                 (WebhookType::ThresholdReached, _) => &metrics.workflows_started,
                 (WebhookType::PaymentStatus, Some(crate::domain::effects::PaymentStatus::Paid)) => {
@@ -340,7 +429,7 @@ fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
                 (WebhookType::PaymentPendingActionRequired, _) => {
                     &metrics.workflows_action_required
                 }
-                (WebhookType::ExternalInitiate, _) => continue,
+                (WebhookType::ExternalInitiate | WebhookType::PaymentRefunded, _) => continue,
             },
         };
         EngineMetrics::add(counter, 1);
@@ -394,7 +483,7 @@ pub fn persist_effects(
                 }
             }
             Effect::RequestPayment(request) => entries.push((
-                payment_outbox_id(request.workflow_id),
+                payment_outbox_id(request.effect_id()),
                 OutboxEntry::new(OutboxEffect::Payment(request.clone()), cause, now),
             )),
         }
@@ -406,3 +495,7 @@ pub fn persist_effects(
     shared.store.put_outbox(&encoded, cause)?;
     Ok(entries)
 }
+
+#[cfg(test)]
+#[path = "quarantine_tests.rs"]
+mod quarantine_tests;

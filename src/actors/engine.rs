@@ -13,41 +13,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
-use thiserror::Error;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::clock::SharedClock;
-use super::customer::QueryFn;
 use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+pub use super::error::EngineError;
+use super::handles::{
+    self, Control, LateRelease, Mailbox, PendingRecord, QueryFn, Sinks, Submission,
+};
 use super::metrics::EngineMetrics;
-use super::partition::{self, Control, PendingRecord, Submission};
-use super::payment::{PaymentActor, PaymentProvider};
-use super::shared::{EngineSettings, LateRelease, Shared};
+use super::partition;
+use super::payment::{PaymentActor, Payments};
+use super::shared::{EngineSettings, Shared};
 use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::{Applied, CustomerProfile, Input};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Catalog, Id, Rejection};
-use crate::storage::{
-    self, AppendBatch, Durability, LogRecord, StorageError, Store, StoreOptions, StoreStats,
-};
-
-#[derive(Debug, Clone, Error)]
-pub enum EngineError {
-    /// The domain refused the input; nothing changed.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// Too much accepted work is waiting; the caller should retry after a pause.
-    #[error("overloaded; retry later")]
-    Overloaded,
-    /// The engine is still recovering.
-    #[error("not ready")]
-    NotReady,
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
-    #[error("internal: {0}")]
-    Internal(String),
-}
+use crate::storage::{self, AppendBatch, Durability, LogRecord, Store, StoreOptions, StoreStats};
 
 /// Everything needed to start an engine.
 #[derive(Clone, Debug)]
@@ -60,6 +43,19 @@ pub struct EngineConfig {
     pub webhooks: WebhookSettings,
     /// Queued submissions per partition before senders wait.
     pub submit_capacity: usize,
+}
+
+/// What the engine talks to outside itself, each behind a trait: production wires the real
+/// ones ([`Engine::start`]); tests and the simulation replace any of them.
+pub struct Seams {
+    /// Time for the log, delivery schedules and checkpoints.
+    pub clock: SharedClock,
+    /// Collects STRIPE-gated charges (provider and pacing); `None` leaves them waiting.
+    pub payments: Option<Payments>,
+    /// Asked before every storage write and read; `None` in production.
+    pub storage_faults: Option<crate::storage::faults::Faults>,
+    /// Delivers webhook attempts; `None` is HTTP.
+    pub webhook_transport: Option<Arc<dyn super::webhook::WebhookTransport>>,
 }
 
 /// One event to ingest with the customer key it named (an id or an ingest alias).
@@ -94,28 +90,69 @@ impl Engine {
     pub async fn start(
         config: EngineConfig,
         clock: SharedClock,
-        provider: Option<Arc<dyn PaymentProvider>>,
+        payments: Option<Payments>,
     ) -> Result<Engine, EngineError> {
+        let seams = Seams {
+            clock,
+            payments,
+            storage_faults: None,
+            webhook_transport: None,
+        };
+        Engine::start_with(config, seams).await
+    }
+
+    /// [`Engine::start`] with every seam given: what tests and the simulation replace.
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub async fn start_with(config: EngineConfig, seams: Seams) -> Result<Engine, EngineError> {
+        let Seams {
+            clock,
+            payments,
+            storage_faults: faults,
+            webhook_transport,
+        } = seams;
         let started = Instant::now();
-        let store = Store::open(
+        let store = Store::open_with_faults(
             &config.data_dir,
             StoreOptions {
                 durability: config.durability,
                 dedupe_window_ms: config.dedupe_window_ms,
                 dedupe_memory_entries: config.dedupe_memory_entries,
             },
+            faults,
         )?;
         let partitions = fix_partition_count(&store, config.settings.partitions)?;
         let mut settings = config.settings.clone();
         settings.partitions = partitions;
-        let catalog = load_catalog(&store)?;
+        let mut catalog = load_catalog(&store)?;
+        log_limits(
+            &store,
+            &mut catalog,
+            &config.settings.limits,
+            clock.now_ms(),
+        )
+        .await?;
         let metrics = Arc::new(EngineMetrics::default());
+        // Every handle first, then the actors that use them.
+        let (webhook_addr, webhook_mailbox) = Mailbox::<WebhookActor>::new();
+        let (payment_addr, payment_mailbox) = Mailbox::<PaymentActor>::new();
+        let (late_tx, late_rx) = mpsc::unbounded_channel();
+        let (handles, queues): (Vec<_>, Vec<_>) = (0..partitions)
+            .map(|_| handles::partition_queues(config.submit_capacity))
+            .unzip();
+        let sinks = Sinks {
+            webhooks: webhook_addr.recipient(),
+            payments: payment_addr.recipient(),
+            late_release: late_tx,
+        };
         let shared = Arc::new(Shared::new(
             store,
             settings,
             Arc::clone(&clock),
             metrics,
             catalog,
+            (sinks, handles),
         ));
         let customers = shared.load_registry()?;
         // Recover partitions in parallel, one thread each.
@@ -144,41 +181,34 @@ impl Engine {
             states.push((map, last));
         }
         let webhook_stats = Arc::new(WebhookStats::default());
-        let webhook = WebhookActor::start(
+        WebhookActor::start_on(
+            webhook_mailbox,
             shared.store.clone(),
             config.webhooks.clone(),
             Arc::clone(&clock),
             Arc::clone(&webhook_stats),
+            webhook_transport,
+            Arc::clone(&shared.health),
         );
-        let _ = shared.webhook.set(webhook);
-        let _ = shared
-            .payment
-            .set(PaymentActor::start(Arc::clone(&shared), provider));
-        let mut handles = Vec::with_capacity(states.len());
-        for (p, (map, last)) in states.into_iter().enumerate() {
+        PaymentActor::start_on(payment_mailbox, Arc::clone(&shared), payments);
+        for (p, ((map, last), queues)) in states.into_iter().zip(queues).enumerate() {
             let arbiter = actix::Arbiter::new();
             let (tx, rx) = oneshot::channel();
             let shared_p = Arc::clone(&shared);
-            let capacity = config.submit_capacity;
             let spawned = arbiter.spawn_fn(move || {
-                let handle = partition::start(p as u16, shared_p, map, last, capacity);
-                let _ = tx.send(handle);
+                partition::start(p as u16, shared_p, map, last, queues);
+                let _ = tx.send(());
             });
             if !spawned {
                 return Err(EngineError::Internal(
                     "partition arbiter did not start".into(),
                 ));
             }
-            handles.push(
-                rx.await
-                    .map_err(|_| EngineError::Internal("partition did not start".into()))?,
-            );
+            rx.await
+                .map_err(|_| EngineError::Internal("partition did not start".into()))?;
             // The arbiter keeps running after its handle drops.
             std::mem::forget(arbiter);
         }
-        let _ = shared.handles.set(handles);
-        let (late_tx, late_rx) = mpsc::unbounded_channel();
-        let _ = shared.late_release.set(late_tx);
         let engine = Engine {
             shared: Arc::clone(&shared),
             catalog_lock: Arc::new(Mutex::new(())),
@@ -204,8 +234,28 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Whether the engine accepts work: recovered, and no storage failure since.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed)
+        self.ready.load(Relaxed) && !self.shared.health.is_failed()
+    }
+
+    /// The error for work refused because the engine is not ready.
+    fn not_ready(&self) -> EngineError {
+        if self.shared.health.is_failed() {
+            EngineError::Unavailable
+        } else {
+            EngineError::NotReady
+        }
+    }
+
+    /// Resolves once a storage failure has stopped the engine (the server then exits).
+    pub async fn failed(&self) {
+        self.shared.health.failed().await;
+    }
+
+    /// What failed first, once a storage failure has stopped the engine.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.health.reason()
     }
 
     pub fn metrics(&self) -> &EngineMetrics {
@@ -272,7 +322,7 @@ impl Engine {
     /// retrying the batch is safe, duplicates are ignored).
     pub async fn ingest(&self, events: Vec<IngestEvent>) -> Result<IngestReceipt, EngineError> {
         if !self.is_ready() {
-            return Err(EngineError::NotReady);
+            return Err(self.not_ready());
         }
         let shared = &self.shared;
         let partitions = shared.settings.partitions;
@@ -362,7 +412,7 @@ impl Engine {
     /// and is refused again identically on replay, changing nothing), overload, storage.
     pub async fn apply(&self, customer: Id, input: Input) -> Result<Applied, EngineError> {
         if !self.is_ready() {
-            return Err(EngineError::NotReady);
+            return Err(self.not_ready());
         }
         let partition = self.shared.partition_of(customer);
         let (reply, verdict) = oneshot::channel();
@@ -433,7 +483,17 @@ impl Engine {
         self.apply(customer, Input::SetIngestAliases(aliases)).await
     }
 
+    /// Aliases must be well-formed keys, not the id of any customer (ids resolve first, so such
+    /// an alias would be dead at best), and not another customer's alias.
     fn check_aliases_free(&self, customer: Id, aliases: &[String]) -> Result<(), EngineError> {
+        for (i, alias) in aliases.iter().enumerate() {
+            if let Some(problem) = crate::domain::ids::key_problem(alias) {
+                return Err(Rejection::invalid(&format!("ingest_aliases[{i}]"), problem).into());
+            }
+            if Id::parse(alias).is_some_and(|id| self.shared.registry.contains(id)) {
+                return Err(Rejection::AliasInUse(alias.clone()).into());
+            }
+        }
         for alias in aliases {
             match self.shared.registry.alias_owner(alias) {
                 Some(owner) if owner != customer => {
@@ -491,11 +551,26 @@ impl Engine {
             .map_err(|_| EngineError::Internal("partition stopped".into()))?;
         let answer = answer
             .await
-            .map_err(|_| EngineError::Internal("customer actor stopped".into()))?;
+            .map_err(|_| match self.shared.health.is_failed() {
+                true => EngineError::Unavailable,
+                false => EngineError::Internal("customer actor stopped".into()),
+            })?;
         answer
             .downcast::<R>()
             .map(|r| *r)
             .map_err(|_| EngineError::Internal("query answer type".into()))
+    }
+
+    /// Quarantined inputs in log order, after the entry whose key is `after` (SPEC 2.1).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn quarantined(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<super::quarantine::Quarantined>, EngineError> {
+        Ok(super::quarantine::list(&self.shared.store, after, limit)?)
     }
 
     /// The customer whose contract runs a workflow.
@@ -570,11 +645,10 @@ impl Engine {
         let now = self.shared.clock.now_ms();
         let mut expired = Vec::new();
         for (key, value) in self.shared.store.meta_scan_prefix(entry::LATE_PREFIX)? {
-            let rest = &key[entry::LATE_PREFIX.len()..];
-            let Some(end) = rest.iter().position(|b| *b == 0) else {
+            let Some(customer_key) = entry::late_customer_key(&key) else {
                 continue;
             };
-            let customer_key = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let customer_key = String::from_utf8_lossy(customer_key).into_owned();
             let late: LateEvent = storage::decode(META_VERSION, &value)?;
             if now - late.at_ms > self.shared.settings.late_window_ms {
                 expired.push(key);
@@ -586,9 +660,7 @@ impl Engine {
         }
         self.shared.store.meta_write_batch(&[], &expired)?;
         if !keys.is_empty() {
-            if let Some(sink) = self.shared.late_release.get() {
-                let _ = sink.send(LateRelease { keys });
-            }
+            let _ = self.shared.sinks.late_release.send(LateRelease { keys });
         }
         Ok(())
     }
@@ -598,8 +670,14 @@ impl Engine {
 async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LateRelease>) {
     while let Some(release) = rx.recv().await {
         for key in release.keys {
-            if let Err(error) = release_key(&shared, &key).await {
-                tracing::error!(%error, key, "releasing late events failed; retried at restart");
+            match release_key(&shared, &key).await {
+                Ok(()) => {}
+                Err(EngineError::Storage(error)) => {
+                    shared.health.fail_stop("late event release", &error);
+                }
+                Err(error) => {
+                    tracing::error!(%error, key, "releasing late events failed; retried at restart");
+                }
             }
         }
     }
@@ -682,6 +760,33 @@ fn fix_partition_count(store: &Store, configured: u16) -> Result<u16, EngineErro
 }
 
 /// Rebuilds the catalog from its log (catalog changes are few; the log is never trimmed).
+/// Logs the configured limits when they differ from those in force, before anything is replayed
+/// or accepted: inputs already logged keep the limits they were accepted under.
+async fn log_limits(
+    store: &Store,
+    catalog: &mut Catalog,
+    limits: &crate::domain::Limits,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    if catalog.current_limits() == limits {
+        return Ok(());
+    }
+    let change = CatalogChange::SetLimits(limits.clone());
+    catalog.apply(change.clone())?;
+    let payload = storage::encode(entry::LOG_VERSION, &LogEntry::Catalog(change))?;
+    store
+        .append(AppendBatch {
+            partition: CATALOG_PARTITION,
+            at_ms: now_ms,
+            records: vec![LogRecord {
+                dedupe_key: None,
+                payload,
+            }],
+        })
+        .await?;
+    Ok(())
+}
+
 fn load_catalog(store: &Store) -> Result<Catalog, EngineError> {
     let mut catalog = Catalog::default();
     store.replay(CATALOG_PARTITION, 0, |_, _, bytes| {

@@ -15,10 +15,12 @@ use crate::domain::customer::{Customer, Input};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Id, Timestamp};
 
-/// Version byte of encoded log entries.
-pub const LOG_VERSION: u8 = 1;
-/// Version byte of encoded customer states.
-pub const STATE_VERSION: u8 = 1;
+/// Version byte of encoded log entries (2: payment outcomes carry the ACTION_REQUIRED limit and
+/// the provider's object id; catalog changes include logged limits).
+pub const LOG_VERSION: u8 = 2;
+/// Version byte of encoded customer states (2: usage lines record the segments they drew
+/// from). A state of another version is refused with the version named, never misread.
+pub const STATE_VERSION: u8 = 2;
 /// Version byte of other meta values.
 pub const META_VERSION: u8 = 1;
 
@@ -88,11 +90,22 @@ pub fn alias_key(alias: &str) -> Vec<u8> {
     key
 }
 
+/// `late/` ++ key length (u32, big-endian) ++ key: length-prefixed, so no key's prefix is
+/// another key's (with a separator byte, `acme\0x` would sort under `acme`'s prefix).
 pub fn late_prefix(customer_key: &str) -> Vec<u8> {
-    let mut key = LATE_PREFIX.to_vec();
-    key.extend_from_slice(customer_key.as_bytes());
-    key.push(0);
+    let bytes = customer_key.as_bytes();
+    let mut key = Vec::with_capacity(LATE_PREFIX.len() + 4 + bytes.len());
+    key.extend_from_slice(LATE_PREFIX);
+    key.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    key.extend_from_slice(bytes);
     key
+}
+
+/// The customer key of a `late/` entry's key (the inverse of [`late_key`]'s first part).
+pub fn late_customer_key(key: &[u8]) -> Option<&[u8]> {
+    let rest = key.strip_prefix(LATE_PREFIX)?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    rest.get(..u32::from_be_bytes(*len) as usize)
 }
 
 pub fn late_key(customer_key: &str, transaction_id: &str) -> Vec<u8> {

@@ -10,6 +10,8 @@ pub struct EngineMetrics {
     pub events_late_released: AtomicU64,
     pub inputs_applied: AtomicU64,
     pub inputs_rejected: AtomicU64,
+    /// Inputs kept in quarantine instead of applied (SPEC 2.1).
+    pub inputs_quarantined: AtomicU64,
     pub actors_resident: AtomicI64,
     pub actors_evicted: AtomicU64,
     pub workflows_started: AtomicU64,

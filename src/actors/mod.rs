@@ -14,13 +14,17 @@ pub mod clock;
 pub mod customer;
 pub mod engine;
 pub mod entry;
+pub mod error;
+pub mod handles;
+pub mod health;
 pub mod metrics;
 pub mod outbox;
 pub mod partition;
 pub mod payment;
+pub mod quarantine;
 pub mod registry;
 pub mod shared;
 pub mod webhook;
 
-pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt};
+pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};
 pub use shared::EngineSettings;

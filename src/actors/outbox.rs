@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Id;
 use crate::domain::effects::PaymentRequest;
 
-/// Version byte of encoded [`OutboxEntry`] values.
-pub const OUTBOX_VERSION: u8 = 1;
+/// Version byte of encoded [`OutboxEntry`] values (2: payment requests carry their action).
+pub const OUTBOX_VERSION: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxEffect {

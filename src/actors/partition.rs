@@ -18,40 +18,17 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::customer::{
-    ApplyInputs, CustomerActor, Evict, Query, QueryFn, Sequenced, Snapshot, apply_logged,
-    load_state, load_states, persist_effects,
+    ApplyInputs, CustomerActor, Evict, Logged, Query, Sequenced, Snapshot, apply_logged,
+    load_state, load_states, persist_effects, persist_quarantined,
 };
-use super::engine::EngineError;
 use super::entry::{self, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+use super::error::EngineError;
+use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Submission};
 use super::metrics::EngineMetrics;
 use super::shared::Shared;
-use crate::domain::customer::{Applied, Input};
-use crate::domain::{Id, Rejection, Timestamp};
+use crate::domain::customer::Input;
+use crate::domain::{Id, Timestamp};
 use crate::storage::{self, AppendBatch, Appended, LogRecord, StorageError};
-
-/// One record to append.
-pub struct PendingRecord {
-    pub dedupe_key: Option<Vec<u8>>,
-    pub entry: LogEntry,
-    /// Who waits for the domain's verdict on this input (control inputs).
-    pub reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
-}
-
-/// Records for one partition, acknowledged once durable.
-pub struct Submission {
-    pub records: Vec<PendingRecord>,
-    pub ack: oneshot::Sender<Result<Appended, EngineError>>,
-}
-
-pub enum Control {
-    Query {
-        customer: Id,
-        f: QueryFn,
-        reply: oneshot::Sender<Box<dyn std::any::Any + Send>>,
-    },
-    /// Write a checkpoint now (tests, shutdown); answers when done.
-    Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
-}
 
 /// Records on their way to the log, queued for the worker in submission order.
 struct InFlight {
@@ -59,13 +36,6 @@ struct InFlight {
     durable: oneshot::Receiver<Result<Appended, StorageError>>,
     at_ms: i64,
     records: Vec<PendingRecord>,
-}
-
-/// The handle the engine keeps for a partition.
-#[derive(Clone)]
-pub struct PartitionHandle {
-    pub submit: mpsc::Sender<Submission>,
-    pub control: mpsc::UnboundedSender<Control>,
 }
 
 struct Resident {
@@ -106,16 +76,19 @@ struct CheckpointJob {
     waiting: Vec<oneshot::Sender<Result<u64, EngineError>>>,
 }
 
-/// Starts a partition on the current arbiter with the states recovery produced.
+/// Starts a partition on the current arbiter with the states recovery produced, on the queues
+/// whose handle the engine already holds.
 pub fn start(
     partition: u16,
     shared: Arc<Shared>,
     recovered: FxHashMap<Id, PersistedCustomer>,
     last_seq: u64,
-    submit_capacity: usize,
-) -> PartitionHandle {
-    let (submit_tx, mut submit_rx) = mpsc::channel::<Submission>(submit_capacity);
-    let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
+    queues: PartitionQueues,
+) {
+    let PartitionQueues {
+        submit: mut submit_rx,
+        control: mut control_rx,
+    } = queues;
     let (ordered_tx, mut ordered_rx) = mpsc::unbounded_channel::<InFlight>();
     let submitter_shared = Arc::clone(&shared);
     actix_rt::spawn(async move {
@@ -149,7 +122,7 @@ pub fn start(
                 let result = append.await;
                 let _ = ack.send(match &result {
                     Ok(appended) => Ok(appended.clone()),
-                    Err(error) => Err(EngineError::Storage(error.clone())),
+                    Err(error) => Err(EngineError::of_append(error)),
                 });
                 let _ = durable_tx.send(result);
             });
@@ -200,10 +173,6 @@ pub fn start(
             }
         }
     });
-    PartitionHandle {
-        submit: submit_tx,
-        control: control_tx,
-    }
 }
 
 impl Worker {
@@ -241,13 +210,15 @@ impl Worker {
         let appended = match outcome {
             Ok(appended) => appended,
             Err(error) => {
-                tracing::error!(%error, partition = self.partition, "append failed");
+                // Nothing of these records is in the log; the callers got the error already.
+                if !matches!(error, StorageError::Overloaded(_)) {
+                    self.shared.health.fail_stop("log append", &error);
+                }
                 let count = in_flight.records.len();
                 self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
                 for record in in_flight.records {
                     if let Some(reply) = record.reply {
-                        let _ = reply
-                            .send(Err(Rejection::Unsupported("storage failure; retry".into())));
+                        let _ = reply.send(Err(EngineError::Storage(error.clone())));
                     }
                 }
                 return;
@@ -313,11 +284,12 @@ impl Worker {
                 Err(error) => {
                     // The records are durable; a restart replays them. Refuse to go on with a
                     // state we cannot read.
-                    tracing::error!(%error, customer = %id, "customer state unreadable");
+                    self.shared.health.fail_stop("customer state read", &error);
+                    let count = inputs.len();
+                    self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
                     for input in inputs {
                         if let Some(reply) = input.reply {
-                            let _ = reply
-                                .send(Err(Rejection::Unsupported("storage failure; retry".into())));
+                            let _ = reply.send(Err(EngineError::Storage(error.clone())));
                         }
                     }
                 }
@@ -350,10 +322,15 @@ impl Worker {
                 }
             }
             Ok((_, Err(error))) => {
-                tracing::error!(%error, partition = self.partition, "customer states unreadable");
+                self.shared.health.fail_stop("customer states read", &error);
             }
             Err(error) => {
                 tracing::error!(%error, partition = self.partition, "state loading stopped");
+                let error = StorageError::Corrupt {
+                    what: "state load",
+                    detail: error.to_string(),
+                };
+                self.shared.health.fail_stop("customer states read", &error);
             }
         }
     }
@@ -368,7 +345,8 @@ impl Worker {
                         }
                     });
                 }
-                Err(error) => tracing::error!(%error, %customer, "customer state unreadable"),
+                // Dropping the reply answers the caller 503 (the engine has failed).
+                Err(error) => self.shared.health.fail_stop("customer state read", &error),
             },
             Control::Checkpoint(reply) => self.start_checkpoint(Some(reply)),
         }
@@ -392,6 +370,13 @@ impl Worker {
 
     /// Starts a checkpoint of everything dispatched so far (or joins the one in progress).
     fn start_checkpoint(&mut self, reply: Option<oneshot::Sender<Result<u64, EngineError>>>) {
+        if self.shared.health.is_failed() {
+            // No checkpoint past a storage failure: what is in memory may not be on disk.
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(EngineError::Unavailable));
+            }
+            return;
+        }
         if let Some(job) = &mut self.checkpoint {
             job.waiting.extend(reply);
             return;
@@ -419,6 +404,9 @@ impl Worker {
     /// Writes the next chunk of states; after the last, records the checkpoint and starts a
     /// trim of what no longer needs replaying.
     async fn checkpoint_step(&mut self) {
+        if self.shared.health.is_failed() {
+            return self.fail_checkpoint(EngineError::Unavailable);
+        }
         let Some(job) = self.checkpoint.as_mut() else {
             return;
         };
@@ -482,6 +470,9 @@ impl Worker {
     /// the next one writes everything.
     fn fail_checkpoint(&mut self, error: EngineError) {
         tracing::error!(%error, partition = self.partition, "checkpoint failed");
+        if let EngineError::Storage(storage) = &error {
+            self.shared.health.fail_stop("checkpoint write", storage);
+        }
         self.force_full_snapshot = true;
         self.inputs_since_checkpoint = self.inputs_since_checkpoint.max(1);
         if let Some(job) = self.checkpoint.take() {
@@ -494,7 +485,7 @@ impl Worker {
     /// Trims the log, delivered outbox entries and expired dedupe keys on a thread of its own
     /// (a dedupe sweep reads the whole column family); skipped while the last one still runs.
     fn trim_in_background(&self, seq: u64) {
-        if self.trimming.swap(true, Relaxed) {
+        if self.shared.health.is_failed() || self.trimming.swap(true, Relaxed) {
             return;
         }
         let (shared, trimming, partition) = (
@@ -507,7 +498,7 @@ impl Worker {
             .spawn(move || {
                 let now = shared.clock.now_ms();
                 if let Err(error) = shared.store.trim(partition, seq, now) {
-                    tracing::warn!(%error, partition, "trim failed");
+                    shared.health.fail_stop("trim", &error);
                 }
                 trimming.store(false, Relaxed);
             });
@@ -550,7 +541,7 @@ impl Worker {
         // One write for all, without an fsync of its own: the next checkpoint record, which is
         // synced, follows it in the write-ahead log; until then the log still replays them.
         if let Err(error) = self.shared.store.meta_write_derived(&puts) {
-            tracing::error!(%error, "eviction write failed; keeping the actors");
+            self.shared.health.fail_stop("eviction write", &error);
             for (id, (_, bytes)) in ids.into_iter().zip(puts) {
                 match storage::decode(entry::STATE_VERSION, &bytes) {
                     Ok(state) => {
@@ -616,26 +607,20 @@ impl Worker {
 /// Keeps usage for an unknown key in `meta` (34 days), or hands it on if the key resolves now.
 pub fn keep_late(shared: &Shared, key: &str, at_ms: i64, event: crate::domain::usage::UsageEvent) {
     let late_key = entry::late_key(key, &event.transaction_id);
-    let value = match storage::encode(META_VERSION, &LateEvent { at_ms, event }) {
-        Ok(value) => value,
-        Err(error) => {
-            tracing::error!(%error, "late event encoding failed");
-            return;
-        }
-    };
-    if let Err(error) = shared.store.meta_write_derived(&[(late_key, value)]) {
-        tracing::error!(%error, "late event write failed; replay will retry");
+    let written = storage::encode(META_VERSION, &LateEvent { at_ms, event })
+        .and_then(|value| shared.store.meta_write_derived(&[(late_key, value)]));
+    if let Err(error) = written {
+        // The event is in the log: recovery keeps it again.
+        shared.health.fail_stop("late event write", &error);
         return;
     }
     EngineMetrics::add(&shared.metrics.events_late, 1);
     // The customer may have appeared between ingest and now: check after writing, so either
     // this check or the release triggered by the registration sees the event.
     if shared.registry.resolve(key).is_some() {
-        if let Some(sink) = shared.late_release.get() {
-            let _ = sink.send(super::shared::LateRelease {
-                keys: vec![key.to_owned()],
-            });
-        }
+        let _ = shared.sinks.late_release.send(LateRelease {
+            keys: vec![key.to_owned()],
+        });
     }
 }
 
@@ -671,15 +656,18 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                         e.insert(load_state(shared, customer_id)?)
                     }
                 };
-                if let Ok(applied) = apply_logged(
-                    shared,
-                    state,
+                let logged = Logged {
+                    partition,
                     seq,
-                    Timestamp(at_ms),
+                    customer_id,
+                    at: Timestamp(at_ms),
                     catalog_version,
-                    &input,
-                    false,
-                ) {
+                    input: &input,
+                };
+                let mut quarantined = Vec::new();
+                let result = apply_logged(shared, state, logged, false, &mut quarantined);
+                persist_quarantined(shared, &quarantined)?;
+                if let Ok(applied) = result {
                     if !applied.effects.is_empty() {
                         pending_effects.push_back(((partition, seq), applied.effects));
                     }

@@ -1,13 +1,25 @@
-//! `PaymentActor`: carries out payment requests (STRIPE gates) through a [`PaymentProvider`]
-//! and turns each answer into a payment-outcome input on the customer's log.
+//! `PaymentActor`: carries out the payment requests of STRIPE gates through a
+//! [`PaymentProvider`] and turns what it learns into inputs on the customer's log.
 //!
-//! NONE gates release inside the domain and EXTERNAL gates wait for the operator's release call,
-//! so only provider-collected charges come here. A request stays in the outbox until its outcome
-//! input is durable; after a crash it is re-run with the same idempotency key (the workflow id),
-//! so the provider returns the same charge instead of making a second one.
+//! NONE gates release inside the domain and EXTERNAL gates wait for the operator, so only
+//! provider-collected charges come here. Each request is an outbox entry, kept until it is done:
+//! - **Charge**: reconcile first (first try, retry, restart): find the workflow's object by
+//!   `metadata.workflow_id` and continue with it; create only when the provider answered that
+//!   there is none. The object's id is logged (`Pending`) before anything else, then each state
+//!   as it is seen: a decided one as the workflow's outcome, an undecided one (`processing`,
+//!   ACTION_REQUIRED) polled with backoff until it is decided. 409 and 400 `idempotency_error`
+//!   are retried as reconciliations, never declines. Its entry is retired by the workflow's
+//!   Close, whoever decided it (this actor or Stripe's webhook).
+//! - **Close**: the workflow ended: retire the charge; after a FAILED end also cancel the
+//!   PaymentIntent or void the invoice. If that finds the money collected after all, it reports
+//!   `Paid`, which the domain answers with a refund.
+//! - **Refund**: refund in full and log `Refunded` (the domain then sends
+//!   `payment_gate.payment_refunded`).
+//!
+//! Time comes from the engine's clock; due jobs are looked for on a short real-time interval, so
+//! a manual clock drives retries and polls in tests.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,90 +27,199 @@ use actix::{Actor, AsyncContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use super::entry::LogEntry;
-use super::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry};
-use super::partition::{PendingRecord, Submission};
+use super::handles::{Mailbox, PendingRecord, Submission};
+use super::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry, payment_outbox_id};
 use super::shared::Shared;
 use crate::domain::customer::Input;
-use crate::domain::effects::PaymentRequest;
-use crate::domain::gate::{OutcomeSource, PaymentOutcome, PaymentResult};
+use crate::domain::effects::{PaymentAction, PaymentRequest};
+use crate::domain::gate::{OutcomeSource, PaymentOutcome, PaymentResult, ProviderError};
+use crate::domain::{Id, Rejection};
+use crate::payments::{Answer, ChargeStatus, PaymentProvider, ProviderObject, Refusal};
 use crate::storage;
 
-/// What a provider answered for one charge.
+/// How the actor paces its work (`[payments]` in the config).
+#[derive(Clone, Debug)]
+pub struct PaymentSettings {
+    /// ACTION_REQUIRED ends FAILED after this long; logged with each ACTION_REQUIRED outcome.
+    pub action_required_timeout_ms: i64,
+    /// First retry or poll delay, doubling up to `retry_max_ms`.
+    pub retry_first_ms: i64,
+    pub retry_max_ms: i64,
+    /// How often (real time) due jobs are looked for.
+    pub scan_interval_ms: u64,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> PaymentSettings {
+        PaymentSettings {
+            action_required_timeout_ms: 24 * 3_600_000,
+            retry_first_ms: 1_000,
+            retry_max_ms: 15 * 60 * 1_000,
+            scan_interval_ms: 1_000,
+        }
+    }
+}
+
+/// A provider and how to pace it.
+#[derive(Clone)]
+pub struct Payments {
+    pub provider: Arc<dyn PaymentProvider>,
+    pub settings: PaymentSettings,
+}
+
+pub use super::handles::PaymentJobs;
+
+/// What this run remembers of a charge; rebuilt by reconciling after a restart.
+#[derive(Clone, Debug, Default)]
+struct Memo {
+    /// The object id already logged.
+    recorded: Option<String>,
+    /// When ACTION_REQUIRED was first seen (the deadline estimate).
+    action_since_ms: Option<i64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChargeResult {
-    /// A final or intermediate outcome (paid, failed, action required).
-    Outcome {
-        result: PaymentResult,
-        payment_intent_id: Option<String>,
+enum Step {
+    /// Find the object (create it if there is none) and act on its state.
+    Reconcile,
+    /// Read the object again.
+    Poll(String),
+    /// The outcome is logged; the workflow's Close retires the job.
+    Wait,
+}
+
+enum Next {
+    /// No progress: the same step after the backoff.
+    Retry {
+        step: Step,
+        error: String,
     },
-    /// The charge was created and the provider will report through its webhook.
-    Pending { payment_intent_id: Option<String> },
-    /// A transient failure (5xx, 429, timeout): try again later with the same idempotency key.
-    Retry { error: String },
+    /// Undecided: look again after the backoff.
+    Poll(String),
+    Wait,
+    /// Finished: retire the entry.
+    Done,
 }
 
-pub type ChargeFuture = Pin<Box<dyn Future<Output = ChargeResult> + Send>>;
-
-/// A payment provider client (Stripe's REST API in `src/payments/`).
-pub trait PaymentProvider: Send + Sync + 'static {
-    /// Charges `request.amount`, idempotent on `request.workflow_id`.
-    fn charge(&self, request: PaymentRequest) -> ChargeFuture;
-}
-
-/// Payment requests already persisted in the outbox.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PaymentJobs(pub Vec<([u8; 16], OutboxEntry)>);
-
-struct Done {
-    id: [u8; 16],
+struct Job {
     entry: OutboxEntry,
-    answer: ChargeResult,
+    request: PaymentRequest,
+    step: Step,
+    due_ms: i64,
+    running: bool,
+    /// Tries since the last progress (backoff exponent).
+    tries: u32,
+    memo: Memo,
 }
 
-impl Message for Done {
+struct Ran {
+    id: [u8; 16],
+    next: Next,
+    memo: Memo,
+}
+
+impl Message for Ran {
     type Result = ();
 }
 
 pub struct PaymentActor {
     shared: Arc<Shared>,
-    provider: Option<Arc<dyn PaymentProvider>>,
-    retry_first_ms: i64,
-    retry_max_ms: i64,
+    payments: Option<Payments>,
+    jobs: HashMap<[u8; 16], Job>,
 }
 
 impl PaymentActor {
     /// Starts on its own arbiter and picks up every payment request left in the outbox.
-    pub fn start(
+    pub fn start_on(
+        mailbox: Mailbox<PaymentActor>,
         shared: Arc<Shared>,
-        provider: Option<Arc<dyn PaymentProvider>>,
-    ) -> actix::Addr<PaymentActor> {
-        let arbiter = actix::Arbiter::new();
-        PaymentActor::start_in_arbiter(&arbiter.handle(), move |_| PaymentActor {
+        payments: Option<Payments>,
+    ) {
+        mailbox.start_on_new_arbiter(move |_| PaymentActor {
             shared,
-            provider,
-            retry_first_ms: 1_000,
-            retry_max_ms: 15 * 60 * 1_000,
-        })
+            payments,
+            jobs: HashMap::new(),
+        });
     }
 
-    fn run(&self, id: [u8; 16], entry: OutboxEntry, ctx: &mut Context<Self>) {
+    fn add(&mut self, id: [u8; 16], entry: OutboxEntry, ctx: &mut Context<Self>) {
         let OutboxEffect::Payment(request) = entry.effect.clone() else {
             return;
         };
-        let Some(provider) = self.provider.clone() else {
-            tracing::error!(workflow = %request.workflow_id, "a STRIPE gate needs [payments.stripe] in the config; the charge waits");
+        if self.jobs.contains_key(&id) {
+            return;
+        }
+        if let PaymentAction::Close { .. } = request.action {
+            // Retired first: whatever the cancellation does, the charge is never re-sent. A
+            // late answer of its running step finds no job and is dropped.
+            let workflow = request.workflow_id;
+            let charge = payment_outbox_id(workflow);
+            self.jobs.remove(&charge);
+            if let Err(error) = self.shared.store.mark_delivered(charge, entry.cause) {
+                tracing::error!(%workflow, "retiring a closed charge failed");
+                self.shared.health.fail_stop("payment outbox write", &error);
+            }
+        }
+        let job = Job {
+            due_ms: entry.next_attempt_at_ms,
+            entry,
+            request,
+            step: Step::Reconcile,
+            running: false,
+            tries: 0,
+            memo: Memo::default(),
+        };
+        self.jobs.insert(id, job);
+        self.launch(id, ctx);
+    }
+
+    fn retire(&self, id: [u8; 16], entry: &OutboxEntry) {
+        if let Err(error) = self.shared.store.mark_delivered(id, entry.cause) {
+            // Redone at restart (the request is still pending).
+            self.shared.health.fail_stop("payment outbox write", &error);
+        }
+    }
+
+    /// Runs the job's step if it is due and idle.
+    fn launch(&mut self, id: [u8; 16], ctx: &mut Context<Self>) {
+        let now = self.shared.clock.now_ms();
+        let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let delay = (entry.next_attempt_at_ms - self.shared.clock.now_ms()).max(0) as u64;
+        if job.running || job.step == Step::Wait || job.due_ms > now {
+            return;
+        }
+        let Some(payments) = self.payments.clone() else {
+            if job.tries == 0 {
+                tracing::error!(workflow = %job.request.workflow_id, "a STRIPE gate needs [payments.stripe] in the config; the charge waits");
+                job.tries = 1;
+            }
+            return;
+        };
+        job.running = true;
+        let worker = Worker {
+            shared: Arc::clone(&self.shared),
+            payments,
+        };
+        let (request, step, memo) = (job.request.clone(), job.step.clone(), job.memo.clone());
         let addr = ctx.address();
         actix_rt::spawn(async move {
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            let answer = provider.charge(request).await;
-            addr.do_send(Done { id, entry, answer });
+            let mut memo = memo;
+            let next = worker.work(&request, step, &mut memo).await;
+            addr.do_send(Ran { id, next, memo });
         });
+    }
+
+    fn scan(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<[u8; 16]> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.launch(id, ctx);
+        }
+    }
+
+    fn retry_bounds(&self) -> (i64, i64) {
+        let settings = self.payments.as_ref().map(|p| &p.settings);
+        settings.map_or((1_000, 900_000), |s| (s.retry_first_ms, s.retry_max_ms))
     }
 }
 
@@ -106,19 +227,46 @@ impl Actor for PaymentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        match self.shared.store.outbox_pending() {
-            Ok(pending) => {
-                for (id, bytes) in pending {
-                    match storage::decode::<OutboxEntry>(OUTBOX_VERSION, &bytes) {
-                        Ok(entry) if matches!(entry.effect, OutboxEffect::Payment(_)) => {
-                            self.run(id, entry, ctx);
-                        }
-                        Ok(_) => {}
-                        Err(error) => tracing::error!(%error, "unreadable outbox entry"),
-                    }
-                }
+        let interval = self
+            .payments
+            .as_ref()
+            .map_or(1_000, |p| p.settings.scan_interval_ms.max(1));
+        ctx.run_interval(Duration::from_millis(interval), |act, ctx| act.scan(ctx));
+        let pending = match self.shared.store.outbox_pending() {
+            Ok(pending) => pending,
+            Err(error) => {
+                self.shared.health.fail_stop("payment outbox read", &error);
+                return;
             }
-            Err(error) => tracing::error!(%error, "outbox unreadable"),
+        };
+        let mut entries = Vec::new();
+        for (id, bytes) in pending {
+            match storage::decode::<OutboxEntry>(OUTBOX_VERSION, &bytes) {
+                Ok(entry) if matches!(entry.effect, OutboxEffect::Payment(_)) => {
+                    entries.push((id, entry));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "unreadable outbox entry"),
+            }
+        }
+        // A charge whose workflow was closed (the close is pending too) is retired, not re-run.
+        let closed: HashSet<Id> = entries
+            .iter()
+            .filter_map(|(_, e)| match &e.effect {
+                OutboxEffect::Payment(r) if matches!(r.action, PaymentAction::Close { .. }) => {
+                    Some(r.workflow_id)
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, entry) in entries {
+            let skip = matches!(&entry.effect, OutboxEffect::Payment(r)
+                if r.action == PaymentAction::Charge && closed.contains(&r.workflow_id));
+            if skip {
+                self.retire(id, &entry);
+            } else {
+                self.add(id, entry, ctx);
+            }
         }
     }
 }
@@ -128,75 +276,386 @@ impl Handler<PaymentJobs> for PaymentActor {
 
     fn handle(&mut self, jobs: PaymentJobs, ctx: &mut Self::Context) {
         for (id, entry) in jobs.0 {
-            self.run(id, entry, ctx);
+            self.add(id, entry, ctx);
         }
     }
 }
 
-impl Handler<Done> for PaymentActor {
+impl Handler<Ran> for PaymentActor {
     type Result = ();
 
-    fn handle(&mut self, done: Done, ctx: &mut Self::Context) {
-        let Done {
-            id,
-            mut entry,
-            answer,
-        } = done;
-        let OutboxEffect::Payment(request) = &entry.effect else {
-            return;
+    fn handle(&mut self, ran: Ran, ctx: &mut Self::Context) {
+        let now = self.shared.clock.now_ms();
+        let bounds = self.retry_bounds();
+        let Some(job) = self.jobs.get_mut(&ran.id) else {
+            return; // closed meanwhile
         };
-        match answer {
-            ChargeResult::Outcome {
-                result,
-                payment_intent_id,
-            } => {
-                let outcome = PaymentOutcome {
-                    workflow_id: request.workflow_id,
-                    source: OutcomeSource::Stripe,
-                    result,
-                    payment_intent_id,
-                };
-                let shared = Arc::clone(&self.shared);
-                let customer = request.customer_id;
-                let cause = entry.cause;
-                actix_rt::spawn(async move {
-                    match submit_outcome(&shared, customer, outcome).await {
-                        Ok(()) => {
-                            if let Err(error) = shared.store.mark_delivered(id, cause) {
-                                tracing::error!(%error, "marking a payment request done failed");
-                            }
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "payment outcome not recorded; retried at restart")
-                        }
-                    }
-                });
-            }
-            ChargeResult::Pending { .. } => {
-                // The provider's webhook brings the outcome; the request stays in the outbox so a
-                // restart asks again (same idempotency key, same charge).
-            }
-            ChargeResult::Retry { error } => {
-                entry.attempts += 1;
-                let backoff = self
-                    .retry_first_ms
-                    .saturating_mul(1_i64 << entry.attempts.min(20))
-                    .min(self.retry_max_ms);
-                entry.next_attempt_at_ms = self.shared.clock.now_ms() + backoff;
-                entry.last_error = Some(error.clone());
-                tracing::warn!(workflow = %request.workflow_id, attempt = entry.attempts, %error, "payment attempt failed; retrying");
-                if let Ok(bytes) = storage::encode(OUTBOX_VERSION, &entry) {
-                    if let Err(error) = self.shared.store.update_outbox(id, &bytes) {
-                        tracing::error!(%error, "payment retry state not saved");
+        job.running = false;
+        job.memo = ran.memo;
+        match ran.next {
+            Next::Retry { step, error } => {
+                job.tries += 1;
+                job.step = step;
+                job.due_ms = now + backoff_ms(bounds, job.tries);
+                job.entry.attempts += 1;
+                job.entry.next_attempt_at_ms = job.due_ms;
+                job.entry.last_error = Some(error.clone());
+                tracing::warn!(workflow = %job.request.workflow_id, attempt = job.entry.attempts, %error, "payment step not done; retrying");
+                if let Ok(bytes) = storage::encode(OUTBOX_VERSION, &job.entry) {
+                    if let Err(error) = self.shared.store.update_outbox(ran.id, &bytes) {
+                        self.shared.health.fail_stop("payment retry state", &error);
                     }
                 }
-                self.run(id, entry, ctx);
+            }
+            Next::Poll(object) => {
+                if job.step != Step::Poll(object.clone()) {
+                    job.tries = 0;
+                }
+                job.tries += 1;
+                job.step = Step::Poll(object);
+                job.due_ms = now + backoff_ms(bounds, job.tries);
+            }
+            Next::Wait => job.step = Step::Wait,
+            Next::Done => {
+                if let Some(job) = self.jobs.remove(&ran.id) {
+                    self.retire(ran.id, &job.entry);
+                }
+                return;
             }
         }
+        self.launch(ran.id, ctx);
     }
 }
 
-/// Appends a payment outcome to its customer's log and waits until it applied.
+/// `first * 2^(tries - 1)`, at most `max`.
+fn backoff_ms((first, max): (i64, i64), tries: u32) -> i64 {
+    first
+        .saturating_mul(1_i64 << tries.saturating_sub(1).min(30))
+        .min(max)
+}
+
+/// The async side of one step: provider calls and outcome submissions. Steps run spawned and
+/// are never cancelled; one cut short by a crash is redone by reconciling, which is why every
+/// step starts by asking the provider rather than trusting what this run remembers.
+struct Worker {
+    shared: Arc<Shared>,
+    payments: Payments,
+}
+
+fn retry<T>(step: Step, answer: Answer<T>) -> Next {
+    Next::Retry {
+        step,
+        error: answer.describe_failure().unwrap_or_default(),
+    }
+}
+
+impl Worker {
+    async fn work(&self, request: &PaymentRequest, step: Step, memo: &mut Memo) -> Next {
+        match request.action {
+            PaymentAction::Charge => self.charge(request, step, memo).await,
+            PaymentAction::Close { cancel: false } => Next::Done,
+            PaymentAction::Close { cancel: true } => self.cancel(request).await,
+            PaymentAction::Refund => self.refund(request).await,
+        }
+    }
+
+    /// Reconcile (or poll), then act on the object's state.
+    async fn charge(&self, request: &PaymentRequest, step: Step, memo: &mut Memo) -> Next {
+        let provider = &self.payments.provider;
+        let answer = match &step {
+            Step::Poll(id) => provider.retrieve(request, id).await,
+            Step::Reconcile | Step::Wait => match provider.find(request).await {
+                Answer::Ok(Some(found)) if found.status != ChargeStatus::Unfinished => {
+                    Answer::Ok(found)
+                }
+                // Created only when the provider said there is none; an unfinished object
+                // (draft invoice, unconfirmed PaymentIntent) is carried on, not replaced.
+                Answer::Ok(found) => provider.charge(request, found).await,
+                other => other.retype(),
+            },
+        };
+        match answer {
+            Answer::Ok(object) => self.on_object(request, object, memo).await,
+            Answer::Refused(refusal) => {
+                let Refusal { error, object } = *refusal;
+                let intent = object.as_ref().and_then(|o| o.payment_intent_id.clone());
+                if let Some(object) = &object {
+                    if let Err(next) = self.record(request, object, memo).await {
+                        return next;
+                    }
+                }
+                self.decided(
+                    request,
+                    PaymentResult::Failed { error: Some(error) },
+                    intent,
+                )
+                .await
+            }
+            // 409, 400 idempotency_error, 5xx, timeouts: unknown, so look again later.
+            other => retry(step_after(step), other),
+        }
+    }
+
+    async fn on_object(
+        &self,
+        request: &PaymentRequest,
+        object: ProviderObject,
+        memo: &mut Memo,
+    ) -> Next {
+        if let Err(next) = self.record(request, &object, memo).await {
+            return next;
+        }
+        let intent = object.payment_intent_id.clone();
+        match object.status {
+            ChargeStatus::Succeeded => self.decided(request, PaymentResult::Paid, intent).await,
+            ChargeStatus::Failed { error } => {
+                let result = PaymentResult::Failed { error: Some(error) };
+                self.decided(request, result, intent).await
+            }
+            ChargeStatus::Canceled => {
+                let error = tollgate_error("payment_canceled", "the Stripe payment was canceled");
+                let result = PaymentResult::Failed { error: Some(error) };
+                self.decided(request, result, intent).await
+            }
+            ChargeStatus::Processing => Next::Poll(object.id),
+            ChargeStatus::RequiresAction { ref next_action } => {
+                let next_action = next_action.clone();
+                self.action_required(request, &object, next_action, memo)
+                    .await
+            }
+            ChargeStatus::RequiresCapture => self.refuse_capture(request, &object.id).await,
+            ChargeStatus::Unfinished => Next::Retry {
+                step: Step::Reconcile,
+                error: format!("{} is still unfinished", object.id),
+            },
+        }
+    }
+
+    /// Logs the object's id once per run (outcomes of a PaymentIntent carry it already).
+    async fn record(
+        &self,
+        request: &PaymentRequest,
+        object: &ProviderObject,
+        memo: &mut Memo,
+    ) -> Result<(), Next> {
+        if memo.recorded.as_deref() == Some(object.id.as_str()) {
+            return Ok(());
+        }
+        let carried = object.payment_intent_id.as_deref() == Some(object.id.as_str())
+            && matches!(
+                object.status,
+                ChargeStatus::Succeeded
+                    | ChargeStatus::Failed { .. }
+                    | ChargeStatus::Canceled
+                    | ChargeStatus::RequiresAction { .. }
+            );
+        if !carried {
+            let result = PaymentResult::Pending {
+                object_id: object.id.clone(),
+            };
+            self.submit(request, result, object.payment_intent_id.clone())
+                .await
+                .map_err(|error| Next::Retry {
+                    step: Step::Reconcile,
+                    error,
+                })?;
+        }
+        memo.recorded = Some(object.id.clone());
+        Ok(())
+    }
+
+    /// ACTION_REQUIRED: logged once per run, and again once the deadline may have passed (the
+    /// domain decides on the logged time); polled meanwhile.
+    async fn action_required(
+        &self,
+        request: &PaymentRequest,
+        object: &ProviderObject,
+        next_action: Option<String>,
+        memo: &mut Memo,
+    ) -> Next {
+        let now = self.shared.clock.now_ms();
+        let timeout_ms = self.payments.settings.action_required_timeout_ms;
+        let first = memo.action_since_ms.is_none();
+        // Never later than the domain's start of the clock (it is at least the PaymentIntent's
+        // creation), so the repeat that lets the domain end it is never late.
+        let since = *memo
+            .action_since_ms
+            .get_or_insert(object.created_ms.map_or(now, |c| c.min(now)));
+        let id = object.id.clone();
+        if first || now >= since.saturating_add(timeout_ms) {
+            let result = PaymentResult::ActionRequired {
+                error_message: next_action,
+                timeout_ms,
+            };
+            let intent = object.payment_intent_id.clone();
+            if let Err(error) = self.submit(request, result, intent).await {
+                return Next::Retry {
+                    step: Step::Poll(id),
+                    error,
+                };
+            }
+        }
+        Next::Poll(id)
+    }
+
+    /// `requires_capture`: Tollgate never asks for manual capture, so the authorization is
+    /// released and the workflow fails (a capture that happened meanwhile is seen by the poll).
+    async fn refuse_capture(&self, request: &PaymentRequest, id: &str) -> Next {
+        match self.payments.provider.cancel(request, id).await {
+            Answer::Ok(object) if object.status == ChargeStatus::Canceled => {
+                let error = tollgate_error(
+                    "requires_capture",
+                    "Stripe asked for a manual capture, which Tollgate never requests; the authorization was cancelled",
+                );
+                let result = PaymentResult::Failed { error: Some(error) };
+                self.decided(request, result, object.payment_intent_id)
+                    .await
+            }
+            Answer::Ok(object) => Next::Poll(object.id),
+            other => retry(Step::Poll(id.to_owned()), other),
+        }
+    }
+
+    /// Logs a decided outcome; the workflow's Close retires the charge. A workflow that had
+    /// ended already (Stripe's webhook was first) has been closed: done.
+    async fn decided(
+        &self,
+        request: &PaymentRequest,
+        result: PaymentResult,
+        intent: Option<String>,
+    ) -> Next {
+        match self.submit_verdict(request, result, intent).await {
+            Ok(Some(Rejection::WorkflowAlreadyEnded)) => Next::Done,
+            Ok(_) => Next::Wait,
+            Err(error) => Next::Retry {
+                step: Step::Reconcile,
+                error,
+            },
+        }
+    }
+
+    /// Close after FAILED: cancel the PaymentIntent or void the invoice. Money found collected
+    /// is reported (`Paid`) so the domain refunds it.
+    async fn cancel(&self, request: &PaymentRequest) -> Next {
+        let provider = &self.payments.provider;
+        let id = match &request.object_id {
+            Some(id) => id.clone(),
+            None => match provider.find(request).await {
+                Answer::Ok(Some(object)) => object.id,
+                Answer::Ok(None) => return Next::Done,
+                other => return retry(Step::Reconcile, other),
+            },
+        };
+        match provider.cancel(request, &id).await {
+            Answer::Ok(object) => match object.status {
+                ChargeStatus::Succeeded => {
+                    match self
+                        .decided(request, PaymentResult::Paid, object.payment_intent_id)
+                        .await
+                    {
+                        Next::Wait => Next::Done,
+                        other => other,
+                    }
+                }
+                ChargeStatus::Processing => Next::Retry {
+                    step: Step::Reconcile,
+                    error: format!("{id} is processing and cannot be cancelled yet"),
+                },
+                _ => Next::Done,
+            },
+            Answer::Refused(refusal) => {
+                let error = &refusal.error;
+                tracing::warn!(workflow = %request.workflow_id, object = %id, ?error, "Stripe refused the cancellation; nothing left to cancel");
+                Next::Done
+            }
+            other => retry(Step::Reconcile, other),
+        }
+    }
+
+    async fn refund(&self, request: &PaymentRequest) -> Next {
+        let provider = &self.payments.provider;
+        let id = match &request.object_id {
+            Some(id) => id.clone(),
+            None => match provider.find(request).await {
+                Answer::Ok(Some(object)) => object.id,
+                Answer::Ok(None) => {
+                    return Next::Retry {
+                        step: Step::Reconcile,
+                        error: "the object to refund is not found yet".into(),
+                    };
+                }
+                other => return retry(Step::Reconcile, other),
+            },
+        };
+        match provider.refund(request, &id).await {
+            Answer::Ok(receipt) => {
+                let result = PaymentResult::Refunded {
+                    refund_id: receipt.id,
+                };
+                match self
+                    .submit(request, result, receipt.payment_intent_id)
+                    .await
+                {
+                    Ok(()) => Next::Done,
+                    Err(error) => Next::Retry {
+                        step: Step::Reconcile,
+                        error,
+                    },
+                }
+            }
+            other => retry(Step::Reconcile, other),
+        }
+    }
+
+    async fn submit(
+        &self,
+        request: &PaymentRequest,
+        result: PaymentResult,
+        intent: Option<String>,
+    ) -> Result<(), String> {
+        self.submit_verdict(request, result, intent)
+            .await
+            .map(|_| ())
+    }
+
+    /// Logs an outcome; `Ok(Some(_))` is the domain's refusal (the outcome is in the log anyway).
+    async fn submit_verdict(
+        &self,
+        request: &PaymentRequest,
+        result: PaymentResult,
+        intent: Option<String>,
+    ) -> Result<Option<Rejection>, String> {
+        let outcome = PaymentOutcome {
+            workflow_id: request.workflow_id,
+            source: OutcomeSource::Stripe,
+            result,
+            payment_intent_id: intent,
+        };
+        submit_outcome(&self.shared, request.customer_id, outcome)
+            .await
+            .map_err(|e| format!("outcome not recorded: {e}"))
+    }
+}
+
+/// The step to retry after an unknown answer: a poll stays a poll, anything else reconciles.
+fn step_after(step: Step) -> Step {
+    match step {
+        Step::Poll(id) => Step::Poll(id),
+        Step::Reconcile | Step::Wait => Step::Reconcile,
+    }
+}
+
+fn tollgate_error(code: &str, message: &str) -> ProviderError {
+    ProviderError {
+        error_type: Some("tollgate_error".into()),
+        code: Some(code.into()),
+        decline_code: None,
+        message: Some(message.into()),
+    }
+}
+
+/// Appends a payment outcome to its customer's log and waits until it applied; answers the
+/// domain's refusal, if any (a refused outcome is in the log all the same).
 ///
 /// # Errors
 /// Overload or storage failures (the outcome was then not recorded).
@@ -204,11 +663,11 @@ pub async fn submit_outcome(
     shared: &Shared,
     customer: crate::domain::Id,
     outcome: PaymentOutcome,
-) -> Result<(), super::engine::EngineError> {
+) -> Result<Option<Rejection>, super::error::EngineError> {
     let partition = shared.partition_of(customer);
     let handle = shared
         .handle(partition)
-        .ok_or_else(|| super::engine::EngineError::Internal("engine not started".into()))?;
+        .ok_or_else(|| super::error::EngineError::Internal("engine not started".into()))?;
     let (reply, verdict) = oneshot::channel();
     let (ack, appended) = oneshot::channel();
     shared.pending[usize::from(partition)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -228,11 +687,17 @@ pub async fn submit_outcome(
             ack,
         })
         .await
-        .map_err(|_| super::engine::EngineError::Internal("partition stopped".into()))?;
+        .map_err(|_| super::error::EngineError::Internal("partition stopped".into()))?;
     appended
         .await
-        .map_err(|_| super::engine::EngineError::Internal("partition stopped".into()))??;
-    // Any verdict (including "already ended") means the outcome is in the log.
-    let _ = verdict.await;
-    Ok(())
+        .map_err(|_| super::error::EngineError::Internal("partition stopped".into()))??;
+    match verdict.await {
+        Ok(Err(super::error::EngineError::Rejected(rejection))) => Ok(Some(rejection)),
+        // The outcome is in the log, but its effects may not be: the engine has failed and a
+        // restart re-creates them; report the failure so nothing is retired meanwhile.
+        Ok(Err(error @ super::error::EngineError::Storage(_))) => Err(error),
+        // Applied, quarantined (kept for the operator), or the actor went away after the
+        // append: the outcome is in the log.
+        Ok(Ok(_) | Err(_)) | Err(_) => Ok(None),
+    }
 }

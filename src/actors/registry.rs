@@ -22,26 +22,26 @@ struct RegistryMaps {
     aliases: FxHashMap<String, Id>,
 }
 
+impl RegistryMaps {
+    fn resolve(&self, key: &str) -> Option<Id> {
+        Id::parse(key)
+            .filter(|id| self.customers.contains(id))
+            .or_else(|| self.aliases.get(key).copied())
+    }
+}
+
 impl Registry {
-    /// The customer named by `key`: its id, or one of its ingest aliases.
+    /// The customer named by `key`: a customer id first, then an ingest alias (SPEC 2.1: an
+    /// alias can never capture the usage of the customer whose id it spells).
     pub fn resolve(&self, key: &str) -> Option<Id> {
         let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = maps.aliases.get(key) {
-            return Some(*id);
-        }
-        Id::parse(key).filter(|id| maps.customers.contains(id))
+        maps.resolve(key)
     }
 
     /// Resolves many keys under one lock.
     pub fn resolve_all<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Option<Id>> {
         let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        keys.map(|key| {
-            maps.aliases
-                .get(key)
-                .copied()
-                .or_else(|| Id::parse(key).filter(|id| maps.customers.contains(id)))
-        })
-        .collect()
+        keys.map(|key| maps.resolve(key)).collect()
     }
 
     pub fn contains(&self, customer: Id) -> bool {

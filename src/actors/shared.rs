@@ -2,19 +2,15 @@
 //! customer registry, settings, the clock, counters, and the sinks effects are handed to.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock, RwLock};
-
-use actix::Addr;
-use tokio::sync::mpsc;
+use std::sync::{Arc, RwLock};
 
 use super::clock::SharedClock;
 use super::entry::{self, META_VERSION};
+use super::handles::{Enqueue, LateRelease, PartitionHandle, PaymentJobs, Sinks};
+use super::health::Health;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry};
-use super::partition::PartitionHandle;
-use super::payment::{PaymentActor, PaymentJobs};
 use super::registry::Registry;
-use super::webhook::{Enqueue, WebhookActor};
 use crate::domain::customer::CustomerProfile;
 use crate::domain::{Catalog, Id, Limits};
 use crate::storage::{self, Store};
@@ -38,25 +34,21 @@ pub struct EngineSettings {
     pub late_window_ms: i64,
 }
 
-/// A late key that may now resolve: its events are re-submitted to their customer.
-#[derive(Debug)]
-pub struct LateRelease {
-    pub keys: Vec<String>,
-}
-
 pub struct Shared {
     pub store: Store,
     pub settings: EngineSettings,
     pub clock: SharedClock,
     pub metrics: Arc<EngineMetrics>,
     pub registry: Registry,
+    /// Fail-stop state: set by the first storage failure.
+    pub health: Arc<Health>,
     catalog: RwLock<Arc<Catalog>>,
     /// Inputs accepted but not yet applied, per partition (backpressure).
     pub pending: Vec<AtomicUsize>,
-    pub webhook: OnceLock<Addr<WebhookActor>>,
-    pub payment: OnceLock<Addr<PaymentActor>>,
-    pub late_release: OnceLock<mpsc::UnboundedSender<LateRelease>>,
-    pub handles: OnceLock<Vec<PartitionHandle>>,
+    /// Where persisted effects and released late keys go (made before any actor started).
+    pub sinks: Sinks,
+    /// Every partition's queues, by partition.
+    pub handles: Vec<PartitionHandle>,
 }
 
 impl Shared {
@@ -66,6 +58,7 @@ impl Shared {
         clock: SharedClock,
         metrics: Arc<EngineMetrics>,
         catalog: Catalog,
+        (sinks, handles): (Sinks, Vec<PartitionHandle>),
     ) -> Shared {
         let pending = (0..settings.partitions)
             .map(|_| AtomicUsize::new(0))
@@ -76,12 +69,11 @@ impl Shared {
             clock,
             metrics,
             registry: Registry::default(),
+            health: Arc::new(Health::default()),
             catalog: RwLock::new(Arc::new(catalog)),
             pending,
-            webhook: OnceLock::new(),
-            payment: OnceLock::new(),
-            late_release: OnceLock::new(),
-            handles: OnceLock::new(),
+            sinks,
+            handles,
         }
     }
 
@@ -114,14 +106,12 @@ impl Shared {
             .collect();
         // The log holds the input: a failure here is repaired by replay after a restart.
         if let Err(error) = self.store.meta_write_batch(&puts, &deletes) {
-            tracing::error!(%error, customer = %profile.id, "registry write failed");
+            self.health.fail_stop("registry write", &error);
         }
         if live {
             let mut keys = profile.ingest_aliases.clone();
             keys.push(profile.id.to_string());
-            if let Some(sink) = self.late_release.get() {
-                let _ = sink.send(LateRelease { keys });
-            }
+            let _ = self.sinks.late_release.send(LateRelease { keys });
         }
     }
 
@@ -148,21 +138,17 @@ impl Shared {
             .into_iter()
             .partition(|(_, e)| matches!(e.effect, OutboxEffect::Payment(_)));
         if !webhooks.is_empty() {
-            if let Some(webhook) = self.webhook.get() {
-                // The entries are durable; a lost message is re-read from the outbox at start.
-                webhook.do_send(Enqueue(webhooks));
-            }
+            // The entries are durable; a lost message is re-read from the outbox at start.
+            self.sinks.webhooks.do_send(Enqueue(webhooks));
         }
         if !payments.is_empty() {
-            if let Some(payment) = self.payment.get() {
-                payment.do_send(PaymentJobs(payments));
-            }
+            self.sinks.payments.do_send(PaymentJobs(payments));
         }
     }
 
-    /// The handle of a partition (set once the engine started).
+    /// The handle of a partition.
     pub fn handle(&self, partition: u16) -> Option<PartitionHandle> {
-        self.handles.get()?.get(usize::from(partition)).cloned()
+        self.handles.get(usize::from(partition)).cloned()
     }
 
     pub fn partition_of(&self, customer: Id) -> u16 {

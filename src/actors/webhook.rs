@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::actors::clock::SharedClock;
+use crate::actors::handles::Mailbox;
+use crate::actors::health::Health;
 use crate::actors::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry};
 use crate::domain::Id;
 use crate::storage::{StorageError, Store, Uuid16, decode, encode};
@@ -190,16 +192,7 @@ impl WebhookStats {
     }
 }
 
-/// Entries already persisted in the outbox by the caller (a customer actor): deliver them.
-/// Entries that are not webhooks, that this actor already tracks, or that are no longer
-/// pending in the outbox (delivered or dead-lettered before a replay re-created them) are
-/// ignored.
-///
-/// Fire-and-forget (`do_send`) is enough: the entries are durable, and every pending entry is
-/// reloaded from the outbox when the actor starts.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Enqueue(pub Vec<(Uuid16, OutboxEntry)>);
+pub use crate::actors::handles::Enqueue;
 
 /// Moves a webhook dead letter back to the outbox and schedules it at once, with a fresh retry
 /// window (operator re-drive). Answers whether a webhook dead letter with this id existed.
@@ -234,9 +227,72 @@ struct DestinationQueue {
 }
 
 /// What one HTTP attempt came to.
-enum Outcome {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx answer.
     Delivered { status: u16 },
+    /// Any other status, a timeout or a connection error.
     Failed { status: Option<u16>, error: String },
+}
+
+/// One signed attempt, ready to send: the exact stored body and the headers made for this
+/// attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRequest {
+    pub url: String,
+    /// The HTTP-date sent as `Date` and `X-Metronome-Date`.
+    pub date: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+}
+
+pub type DeliveryFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+
+/// How attempts reach receivers: HTTP in production ([`HttpTransport`]); tests and the
+/// simulation replace it with a scripted receiver (outages, slow answers, timeouts).
+pub trait WebhookTransport: Send + Sync + 'static {
+    /// Sends one attempt. Cancel-safe: dropping the future abandons the attempt.
+    fn deliver(&self, request: WebhookRequest) -> DeliveryFuture;
+}
+
+/// The production transport: a `POST` with reqwest, no redirects, bounded body reads.
+pub struct HttpTransport {
+    client: reqwest::Client,
+    timeout_ms: u64,
+}
+
+impl HttpTransport {
+    pub fn new(settings: &WebhookSettings) -> HttpTransport {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            // A redirect is not an acknowledgement: a 3xx is retried like any status
+            // outside 2xx, and a POST must not silently become a GET elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(settings.concurrency_per_destination)
+            .build()
+            // Building fails only when the TLS backend cannot initialise; with rustls and
+            // its bundled roots that is a broken build, not a runtime condition.
+            .expect("building the webhook HTTP client");
+        HttpTransport {
+            client,
+            timeout_ms: settings.timeout_ms,
+        }
+    }
+}
+
+impl WebhookTransport for HttpTransport {
+    fn deliver(&self, request: WebhookRequest) -> DeliveryFuture {
+        let builder = self
+            .client
+            .post(&request.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::USER_AGENT, USER_AGENT)
+            .header(reqwest::header::DATE, &request.date)
+            .header(HEADER_METRONOME_DATE, &request.date)
+            .header(HEADER_SIGNATURE, request.signature)
+            .body(request.body);
+        Box::pin(send(builder, self.timeout_ms))
+    }
 }
 
 pub struct WebhookActor {
@@ -244,7 +300,9 @@ pub struct WebhookActor {
     settings: WebhookSettings,
     clock: SharedClock,
     stats: Arc<WebhookStats>,
-    client: reqwest::Client,
+    transport: Arc<dyn WebhookTransport>,
+    /// Storage failures stop the engine (fail-stop).
+    health: Arc<Health>,
     /// Every pending webhook entry this actor knows, by outbox id.
     entries: FxHashMap<Uuid16, Tracked>,
     /// Due times of scheduled entries, earliest first. Stale items (the entry moved on) are
@@ -270,25 +328,47 @@ impl WebhookActor {
         clock: SharedClock,
         stats: Arc<WebhookStats>,
     ) -> Addr<WebhookActor> {
+        let health = Arc::new(Health::default());
+        WebhookActor::start_with(store, settings, clock, stats, None, health)
+    }
+
+    /// [`WebhookActor::start`] with another transport (`None`: HTTP) and the engine's health,
+    /// which a storage failure here stops.
+    #[must_use = "the actor stops when every address to it is dropped"]
+    pub fn start_with(
+        store: Store,
+        settings: WebhookSettings,
+        clock: SharedClock,
+        stats: Arc<WebhookStats>,
+        transport: Option<Arc<dyn WebhookTransport>>,
+        health: Arc<Health>,
+    ) -> Addr<WebhookActor> {
+        let (addr, mailbox) = Mailbox::new();
+        WebhookActor::start_on(mailbox, store, settings, clock, stats, transport, health);
+        addr
+    }
+
+    /// [`WebhookActor::start_with`] on a mailbox made earlier (the engine hands out the
+    /// address before the actor runs).
+    pub fn start_on(
+        mailbox: Mailbox<WebhookActor>,
+        store: Store,
+        settings: WebhookSettings,
+        clock: SharedClock,
+        stats: Arc<WebhookStats>,
+        transport: Option<Arc<dyn WebhookTransport>>,
+        health: Arc<Health>,
+    ) {
         let settings = settings.sanitized();
-        let arbiter = Arbiter::new();
-        WebhookActor::start_in_arbiter(&arbiter.handle(), move |_ctx| {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(settings.timeout_ms))
-                // A redirect is not an acknowledgement: a 3xx is retried like any status
-                // outside 2xx, and a POST must not silently become a GET elsewhere.
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(settings.concurrency_per_destination)
-                .build()
-                // Building fails only when the TLS backend cannot initialise; with rustls and
-                // its bundled roots that is a broken build, not a runtime condition.
-                .expect("building the webhook HTTP client");
+        mailbox.start_on_new_arbiter(move |_ctx| {
+            let transport = transport.unwrap_or_else(|| Arc::new(HttpTransport::new(&settings)));
             WebhookActor {
                 store,
                 settings,
                 clock,
                 stats,
-                client,
+                transport,
+                health,
                 entries: FxHashMap::default(),
                 schedule: BinaryHeap::new(),
                 destinations: FxHashMap::default(),
@@ -428,15 +508,12 @@ impl WebhookActor {
         };
         let date = http_date(self.clock.now_ms());
         let signature = sign(secret, &date, body);
-        let request = self
-            .client
-            .post(&tracked.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::USER_AGENT, USER_AGENT)
-            .header(reqwest::header::DATE, &date)
-            .header(HEADER_METRONOME_DATE, &date)
-            .header(HEADER_SIGNATURE, signature)
-            .body(body.clone());
+        let request = WebhookRequest {
+            url: tracked.url.clone(),
+            date,
+            signature,
+            body: body.clone(),
+        };
         tracked.phase = Phase::InFlight;
         let attempt = tracked.entry.attempts.saturating_add(1);
         tracing::debug!(id = %Id::from_bytes(id), url = %tracked.url, attempt, "webhook attempt");
@@ -445,11 +522,10 @@ impl WebhookActor {
         }
         self.stats.attempts.fetch_add(1, Relaxed);
         self.stats.in_flight.fetch_add(1, Relaxed);
-        let timeout_ms = self.settings.timeout_ms;
         let url = tracked.url.clone();
         // Cancel-safe: if the actor stops, the future is dropped with the request; the entry
         // is still pending in the outbox and the next start sends it again.
-        let attempt = async move { send(request, timeout_ms).await };
+        let attempt = self.transport.deliver(request);
         ctx.spawn(
             attempt
                 .into_actor(self)
@@ -483,7 +559,7 @@ impl WebhookActor {
             // The receiver has it, but the outbox still says pending: sending it again later
             // is the at-least-once promise (the receiver dedupes on the webhook id).
             Err(e) => {
-                tracing::error!(id = %Id::from_bytes(id), error = %e, "persisting a webhook delivery failed");
+                self.health.fail_stop("webhook delivery record", &e);
                 self.failed(id, Some(status), format!("persisting the delivery: {e}"));
             }
         }
@@ -530,9 +606,7 @@ impl WebhookActor {
                 return;
             }
             // The retry still happens; only the bookkeeping a restart would see is stale.
-            Err(e) => {
-                tracing::error!(id = %Id::from_bytes(id), error = %e, "persisting webhook retry state failed");
-            }
+            Err(e) => self.health.fail_stop("webhook retry state", &e),
         }
         self.schedule.push(Reverse((next_ms, id)));
     }
@@ -558,7 +632,7 @@ impl WebhookActor {
             }
             // Still pending on disk: keep it scheduled, so the next failure tries again.
             Err(e) => {
-                tracing::error!(id = %Id::from_bytes(id), error = %e, "dead-lettering a webhook failed");
+                self.health.fail_stop("webhook dead letter", &e);
                 let mut tracked = tracked;
                 tracked.entry.next_attempt_at_ms = self
                     .clock

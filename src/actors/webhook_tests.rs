@@ -618,6 +618,8 @@ fn payment_entry(now_ms: i64) -> (Uuid16, OutboxEntry) {
         },
         stripe_customer_id: "cus_test".to_owned(),
         description: "test".to_owned(),
+        action: crate::domain::effects::PaymentAction::Charge,
+        object_id: None,
     };
     (
         crate::actors::outbox::payment_outbox_id(workflow_id),
@@ -772,4 +774,104 @@ async fn no_more_requests_than_the_concurrency_bound_are_in_flight_per_destinati
     assert_eq!(receiver.max_in_flight(), 2);
     assert_eq!(h.stats.snapshot().in_flight, 0);
     assert!(h.store.outbox_pending().unwrap().is_empty());
+}
+
+// ---- the transport seam and the manual clock -----------------------------------------------
+
+/// A transport that answers from a script and records every attempt; no network.
+struct ScriptedTransport {
+    answers: Mutex<VecDeque<Outcome>>,
+    seen: Mutex<Vec<WebhookRequest>>,
+}
+
+impl WebhookTransport for ScriptedTransport {
+    fn deliver(&self, request: WebhookRequest) -> DeliveryFuture {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+        let answer = self
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+            .unwrap_or(Outcome::Delivered { status: 200 });
+        Box::pin(async move { answer })
+    }
+}
+
+#[actix_rt::test]
+async fn retries_wait_for_the_clock_and_resend_the_same_body_freshly_signed() {
+    let (dir, store) = open_store();
+    let clock = crate::actors::clock::ManualClock::new(1_700_000_000_000);
+    let transport = Arc::new(ScriptedTransport {
+        answers: Mutex::new(VecDeque::from([
+            Outcome::Failed {
+                status: Some(503),
+                error: "status 503".into(),
+            },
+            Outcome::Failed {
+                status: None,
+                error: "timed out".into(),
+            },
+        ])),
+        seen: Mutex::new(Vec::new()),
+    });
+    let url = "http://receiver.invalid/hooks";
+    let mut settings = WebhookSettings {
+        destinations: vec![Destination {
+            url: url.into(),
+            secret: SECRET.into(),
+        }],
+        first_retry_ms: 60_000,
+        max_interval_ms: 600_000,
+        ..WebhookSettings::default()
+    };
+    settings.give_up_after_ms = 24 * 60 * 60 * 1000;
+    let entry = webhook(1, url, clock.now_ms());
+    persist(&store, std::slice::from_ref(&entry));
+    let stats = Arc::new(WebhookStats::default());
+    let _addr = WebhookActor::start_with(
+        store.clone(),
+        settings,
+        Arc::new(clock.clone()),
+        Arc::clone(&stats),
+        Some(Arc::clone(&transport) as Arc<dyn WebhookTransport>),
+        Arc::new(Health::default()),
+    );
+    let attempts = || transport.seen.lock().unwrap().len();
+    let wait_for = |n: usize| async move {
+        let deadline = std::time::Instant::now() + EVENTUALLY;
+        while attempts() < n && std::time::Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(attempts(), n);
+    };
+    wait_for(1).await;
+    // Real time passes, the manual clock does not: no retry.
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(attempts(), 1);
+    clock.advance(2 * 60_000);
+    wait_for(2).await;
+    clock.advance(10 * 60_000);
+    wait_for(3).await;
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    while stats.delivered.load(Relaxed) < 1 && std::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.delivered.load(Relaxed), 1);
+    let seen = transport.seen.lock().unwrap().clone();
+    for request in &seen {
+        assert_eq!(
+            request.body,
+            body_of(&entry.1),
+            "the stored bytes, every attempt"
+        );
+        assert_eq!(
+            request.signature,
+            sign(SECRET, &request.date, &request.body)
+        );
+    }
+    assert_ne!(seen[0].date, seen[2].date, "each attempt is dated afresh");
+    drop(dir);
 }

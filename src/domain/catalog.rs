@@ -15,6 +15,8 @@ use rust_decimal::Decimal;
 use rustc_hash::{FxHashMap, FxHasher};
 use serde::{Deserialize, Serialize};
 
+use super::bounds;
+use super::contract::Limits;
 use super::ids::{Id, Timestamp};
 use super::money::{CreditType, Money, fast, parse_exact_decimal};
 use super::rejection::Rejection;
@@ -136,8 +138,10 @@ impl BillableMetric {
         let raw = event.property(self.aggregation_key.as_deref()?)?;
         match self.aggregation {
             Aggregation::Count => Some(Contribution::Count),
-            Aggregation::Sum => parse_exact_decimal(raw).ok().map(Contribution::Sum),
-            Aggregation::Max => parse_exact_decimal(raw).ok().map(Contribution::Max),
+            // A value beyond the bounds is refused at ingest; one that reaches here anyway (a
+            // metric created after the event was accepted) is ignored like a non-number.
+            Aggregation::Sum => bounded_quantity(raw).map(Contribution::Sum),
+            Aggregation::Max => bounded_quantity(raw).map(Contribution::Max),
             Aggregation::Unique => {
                 let mut hasher = FxHasher::default();
                 raw.hash(&mut hasher);
@@ -145,6 +149,13 @@ impl BillableMetric {
             }
         }
     }
+}
+
+/// A property value as a quantity, if it is a number within [`bounds::QUANTITY_MAX`].
+pub fn bounded_quantity(raw: &str) -> Option<Decimal> {
+    parse_exact_decimal(raw)
+        .ok()
+        .filter(|q| bounds::quantity_in_bounds(*q))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,10 +197,7 @@ impl Price {
     /// size, or a sized last tier.
     pub fn validate(&self) -> Result<(), Rejection> {
         match self {
-            Price::Flat(price) if price.is_negative() => {
-                Err(Rejection::invalid("price", "must not be negative"))
-            }
-            Price::Flat(_) => Ok(()),
+            Price::Flat(price) => bounds::check_price("price", *price),
             Price::Tiered(tiers) => {
                 let Some((last, rest)) = tiers.split_last() else {
                     return Err(Rejection::invalid("tiers", "at least one tier is required"));
@@ -208,8 +216,16 @@ impl Price {
                 if last.size.is_some() && tiers.len() > 1 && last.size <= Some(Decimal::ZERO) {
                     return Err(Rejection::invalid("tiers[].size", "must be positive"));
                 }
-                if tiers.iter().any(|t| t.price.is_negative()) {
-                    return Err(Rejection::invalid("tiers[].price", "must not be negative"));
+                for tier in tiers {
+                    bounds::check_price("tiers[].price", tier.price)?;
+                    if tier.size.is_some_and(|size| {
+                        size > Decimal::from_i128_with_scale(bounds::TIER_SIZE_MAX, 0)
+                    }) {
+                        return Err(Rejection::invalid(
+                            "tiers[].size",
+                            &format!("must be at most {}", bounds::TIER_SIZE_MAX),
+                        ));
+                    }
                 }
                 Ok(())
             }
@@ -307,6 +323,10 @@ pub enum CatalogChange {
         rate_card_id: Id,
         rates: Vec<Rate>,
     },
+    /// The engine-wide limits from config, logged when they differ from the last logged ones:
+    /// an input is judged by the limits in force when it was accepted, so replay does not depend
+    /// on a config edited between runs.
+    SetLimits(Limits),
 }
 
 /// Every catalog object plus the indexes rating needs.
@@ -316,6 +336,14 @@ pub struct Catalog {
     metrics: FxHashMap<Id, BillableMetric>,
     products: FxHashMap<Id, Product>,
     rate_cards: FxHashMap<Id, RateCard>,
+    /// The catalog version at which each archived metric was archived. An event accepted at an
+    /// earlier version is still rated by it (SPEC 2.1: archives, like rates, affect later events
+    /// only), so replay after a crash reaches the live run's result.
+    #[serde(default)]
+    metric_archived_in: FxHashMap<Id, u64>,
+    /// The limits in force from each version on (ascending versions).
+    #[serde(default)]
+    limits: Vec<(u64, Limits)>,
     #[serde(skip)]
     index: CatalogIndex,
 }
@@ -340,11 +368,38 @@ struct CatalogIndex {
 struct RatedMetric {
     metric: BillableMetric,
     products: Vec<Id>,
+    /// The catalog version that archived the metric, if any.
+    archived_in: Option<u64>,
+}
+
+impl RatedMetric {
+    /// Whether events accepted at `catalog_version` are rated by this metric.
+    #[inline]
+    fn rates_at(&self, catalog_version: u64) -> bool {
+        self.archived_in
+            .is_none_or(|archived| catalog_version < archived)
+    }
 }
 
 impl Catalog {
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The limits in force for an input accepted at `catalog_version`: the last logged at or
+    /// before it, or the defaults for inputs older than any logged limits.
+    pub fn limits_at(&self, catalog_version: u64) -> &Limits {
+        static DEFAULT: std::sync::LazyLock<Limits> = std::sync::LazyLock::new(Limits::default);
+        let logged = self.limits.partition_point(|(v, _)| *v <= catalog_version);
+        match logged.checked_sub(1) {
+            Some(at) => &self.limits[at].1,
+            None => &DEFAULT,
+        }
+    }
+
+    /// The limits new inputs are judged by.
+    pub fn current_limits(&self) -> &Limits {
+        self.limits_at(self.version)
     }
 
     pub fn metric(&self, id: Id) -> Option<&BillableMetric> {
@@ -371,7 +426,8 @@ impl Catalog {
         self.rate_cards.values()
     }
 
-    /// Metrics that may match an event of `event_type` (each still needs `matches`).
+    /// Metrics not archived that may match an event of `event_type` (each still needs
+    /// `matches`).
     pub fn candidate_metrics<'a>(
         &'a self,
         event_type: &str,
@@ -386,13 +442,15 @@ impl Catalog {
             .iter()
             .chain(self.index.metrics_for_any_type.iter())
             .filter_map(|id| self.metrics.get(id))
+            .filter(|metric| metric.archived_at.is_none())
     }
 
-    /// [`Catalog::candidate_metrics`] of `event_type`, each with its
-    /// [`Catalog::products_of_metric`], from one lookup.
+    /// The metrics that rate an event of `event_type` accepted at `catalog_version` (including
+    /// those archived later), each with its [`Catalog::products_of_metric`], from one lookup.
     pub fn rating_candidates<'a>(
         &'a self,
         event_type: &str,
+        catalog_version: u64,
     ) -> impl Iterator<Item = (&'a BillableMetric, &'a [Id])> + 'a {
         let typed = self
             .index
@@ -403,6 +461,7 @@ impl Catalog {
         typed
             .iter()
             .chain(&self.index.rating_for_any_type)
+            .filter(move |rated| rated.rates_at(catalog_version))
             .map(|rated| (&rated.metric, rated.products.as_slice()))
     }
 
@@ -433,6 +492,9 @@ impl Catalog {
                     .get_mut(&id)
                     .ok_or_else(|| Rejection::BillableMetricNotFound(id.to_string()))?;
                 metric.archived_at.get_or_insert(at);
+                self.metric_archived_in
+                    .entry(id)
+                    .or_insert(self.version + 1);
             }
             CatalogChange::CreateProduct(product) => {
                 if product.name.trim().is_empty() {
@@ -511,6 +573,9 @@ impl Catalog {
                     card.rates.entry(rate.product_id).or_default().push(rate);
                 }
             }
+            CatalogChange::SetLimits(limits) => {
+                self.limits.push((self.version + 1, limits));
+            }
         }
         self.version += 1;
         self.rebuild_index();
@@ -524,9 +589,6 @@ impl Catalog {
         metric_ids.sort_unstable();
         for id in metric_ids {
             let metric = &self.metrics[id];
-            if metric.archived_at.is_some() {
-                continue;
-            }
             match &metric.event_type_filter.in_values {
                 Some(values) => {
                     for value in values {
@@ -554,6 +616,7 @@ impl Catalog {
             }
         }
         let rated = |id: &Id| RatedMetric {
+            archived_in: self.metric_archived_in.get(id).copied(),
             metric: self.metrics[id].clone(),
             products: index
                 .products_by_metric
@@ -796,7 +859,7 @@ mod tests {
         assert_eq!(catalog.products_of_metric(m.id), &[product.id]);
         for event_type in ["api_call", "other"] {
             let plan: Vec<(Id, Vec<Id>)> = catalog
-                .rating_candidates(event_type)
+                .rating_candidates(event_type, catalog.version())
                 .map(|(metric, products)| (metric.id, products.to_vec()))
                 .collect();
             let expected: Vec<(Id, Vec<Id>)> = catalog
@@ -805,6 +868,39 @@ mod tests {
                 .collect();
             assert_eq!(plan, expected);
         }
+    }
+
+    #[test]
+    fn an_archived_metric_still_rates_events_accepted_before_the_archive() {
+        let mut catalog = crate::domain::fixtures::catalog();
+        let before = catalog.version();
+        catalog
+            .apply(CatalogChange::ArchiveBillableMetric {
+                id: crate::domain::fixtures::API_METRIC,
+                at: Timestamp(1),
+            })
+            .unwrap();
+        let rated_at = |catalog: &Catalog, version| {
+            catalog
+                .rating_candidates("api_call", version)
+                .map(|(metric, _)| metric.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rated_at(&catalog, before),
+            vec![crate::domain::fixtures::API_METRIC]
+        );
+        assert_eq!(rated_at(&catalog, catalog.version()), Vec::<Id>::new());
+        assert_eq!(catalog.candidate_metrics("api_call").count(), 0);
+        // Archiving again keeps the first archive's version.
+        let version = catalog.version();
+        catalog
+            .apply(CatalogChange::ArchiveBillableMetric {
+                id: crate::domain::fixtures::API_METRIC,
+                at: Timestamp(2),
+            })
+            .unwrap();
+        assert!(rated_at(&catalog, version - 1).contains(&crate::domain::fixtures::API_METRIC));
     }
 
     #[test]

@@ -190,6 +190,36 @@ impl Commit {
         Ok(())
     }
 
+    /// Takes back `amount` of segment `segment`'s drawdown by `invoice_id` (usage went down).
+    /// A deduction that falls to zero is removed: the ledger shows what usage still draws.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] when more is returned than was drawn (a broken invariant:
+    /// the input is then not applied).
+    pub fn return_deduction(
+        &mut self,
+        segment: usize,
+        invoice_id: Id,
+        amount: Money,
+    ) -> Result<(), Rejection> {
+        let at = self
+            .deductions
+            .iter()
+            .rposition(|d| d.segment == segment && d.invoice_id == invoice_id)
+            .ok_or(Rejection::AmountOverflow)?;
+        let deduction = &mut self.deductions[at];
+        if amount > deduction.amount {
+            return Err(Rejection::AmountOverflow);
+        }
+        deduction.amount = deduction.amount.checked_sub(amount)?;
+        if deduction.amount.is_zero() {
+            self.deductions.remove(at);
+        }
+        let seg = &mut self.segments[segment];
+        seg.drawn = seg.drawn.checked_sub(amount)?;
+        Ok(())
+    }
+
     /// The commit's ledger in Metronome's entry types, as of `as_of`.
     pub fn ledger(&self, contract_id: Id, as_of: Timestamp) -> Vec<LedgerEntry> {
         let names = LedgerNames::of(self.kind);
@@ -437,12 +467,58 @@ pub struct UsageLine {
     pub charged: Money,
     /// Part of `charged` drawn from commits and credits; the rest is outstanding.
     pub covered: Money,
+    /// Where `covered` came from, in the order drawn (their amounts sum to `covered`): a
+    /// decrease gives back to exactly these segments, last drawn first, and never to a segment
+    /// another line drew from.
+    pub draws: Vec<LineDraw>,
+}
+
+/// A part of a usage line's charge drawn from one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineDraw {
+    pub commit: u32,
+    pub segment: u32,
+    pub amount: Money,
 }
 
 impl UsageLine {
+    pub fn new(product_id: Id, aggregate: Aggregate) -> UsageLine {
+        UsageLine {
+            product_id,
+            aggregate,
+            charged: Money::ZERO,
+            covered: Money::ZERO,
+            draws: Vec::new(),
+        }
+    }
+
     #[inline]
     pub fn uncovered(&self) -> Money {
         self.charged.minus_floor_zero(self.covered)
+    }
+
+    /// Records that `amount` of this line was drawn from segment `si` of commit `ci`.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`].
+    pub fn record_draw(
+        &mut self,
+        (ci, si): (usize, usize),
+        amount: Money,
+    ) -> Result<(), Rejection> {
+        self.covered = self.covered.checked_add(amount)?;
+        let (commit, segment) = (ci as u32, si as u32);
+        match self.draws.last_mut() {
+            Some(last) if last.commit == commit && last.segment == segment => {
+                last.amount = last.amount.checked_add(amount)?;
+            }
+            _ => self.draws.push(LineDraw {
+                commit,
+                segment,
+                amount,
+            }),
+        }
+        Ok(())
     }
 }
 
@@ -611,6 +687,16 @@ impl ThresholdConfig {
                 &format!("{field}.commit.priority"),
                 "must not be negative",
             ));
+        }
+        // A negative threshold has its own message below.
+        if !self.threshold_amount.is_negative() {
+            super::bounds::check_amount(
+                &format!("{field}.threshold_amount"),
+                self.threshold_amount,
+            )?;
+        }
+        if let Some(recharge_to) = self.recharge_to_amount {
+            super::bounds::check_amount(&format!("{field}.recharge_to_amount"), recharge_to)?;
         }
         match self.kind {
             ThresholdKind::Spend => {

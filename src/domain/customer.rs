@@ -10,16 +10,17 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::bounds;
 use super::catalog::{Catalog, Contribution, ProductKind};
 use super::contract::{
     Commit, CommitKind, Contract, ContractCaches, Discount, InvoiceScheduleItem, InvoiceStatus,
     Limits, PurchaseInvoice, Release, Segment, ThresholdCommit, ThresholdConfig, ThresholdKind,
     UsageLine, UsagePeriod,
 };
-use super::effects::{Effect, PaymentRequest, PaymentStatus, Webhook, WebhookType};
+use super::effects::{Effect, PaymentAction, PaymentRequest, PaymentStatus, Webhook, WebhookType};
 use super::gate::{
-    GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult, Workflow,
-    WorkflowKind, WorkflowState,
+    ChargeRecord, GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult,
+    ProviderError, RefundRecord, StripePaymentType, Workflow, WorkflowKind, WorkflowState,
 };
 use super::ids::{Id, Timestamp};
 use super::money::Money;
@@ -255,6 +256,35 @@ impl Charges {
     }
 }
 
+/// What an input may change, set aside before it changes it.
+enum Saved {
+    Nothing,
+    Whole(Box<Customer>),
+    /// Contracts by index (usage changes only the contracts it charges).
+    Contracts(Vec<(usize, Contract)>),
+}
+
+/// Puts [`Saved`] back when dropped, unless the input succeeded (which sets it to `Nothing`):
+/// on a refusal, and also while a panic unwinds through [`Customer::apply`].
+struct Rollback<'a> {
+    customer: &'a mut Customer,
+    saved: Saved,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.saved, Saved::Nothing) {
+            Saved::Nothing => {}
+            Saved::Whole(customer) => *self.customer = *customer,
+            Saved::Contracts(contracts) => {
+                for (ci, contract) in contracts {
+                    self.customer.contracts[ci] = contract;
+                }
+            }
+        }
+    }
+}
+
 impl Customer {
     pub fn id(&self) -> Option<Id> {
         self.profile.as_ref().map(|p| p.id)
@@ -267,7 +297,12 @@ impl Customer {
         }
     }
 
-    /// Applies one input.
+    /// Applies one input, whole or not at all.
+    ///
+    /// The input runs on the live state with a copy of what it may change set aside (the whole
+    /// customer, or for usage only the contracts it charges). A refusal, an overflow or a panic
+    /// part-way through puts the copy back, so the state is exactly as before; only success
+    /// keeps the changes. A panic still unwinds to the caller (the engine quarantines the input).
     ///
     /// # Errors
     /// A [`Rejection`] when the input is refused; the state is then unchanged.
@@ -275,18 +310,26 @@ impl Customer {
         for contract in &mut self.contracts {
             contract.ensure_caches();
         }
-        let result = self.apply_checked(input, ctx);
-        if result.is_err() {
-            // A refusal found while applying may leave a cache half-updated: derive them all
-            // again before the next input.
-            for contract in &mut self.contracts {
-                contract.caches = ContractCaches::default();
-            }
+        let mut undo = Rollback {
+            customer: self,
+            saved: Saved::Nothing,
+        };
+        if !matches!(input, Input::RecordUsage(_)) {
+            undo.saved = Saved::Whole(Box::new(undo.customer.clone()));
+        }
+        let result = undo.customer.apply_checked(input, ctx, &mut undo.saved);
+        if result.is_ok() {
+            undo.saved = Saved::Nothing;
         }
         result
     }
 
-    fn apply_checked(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
+    fn apply_checked(
+        &mut self,
+        input: &Input,
+        ctx: &Ctx<'_>,
+        saved: &mut Saved,
+    ) -> Result<Applied, Rejection> {
         let mut applied = Applied::default();
         match input {
             Input::CreateCustomer(profile) => {
@@ -307,7 +350,7 @@ impl Customer {
             Input::ArchiveCustomer => {
                 self.profile_mut()?.archived_at.get_or_insert(ctx.at);
             }
-            Input::RecordUsage(event) => self.record_usage(event, ctx, &mut applied)?,
+            Input::RecordUsage(event) => self.record_usage(event, ctx, saved, &mut applied)?,
             Input::CreateContract(spec) => self.create_contract(spec, ctx, &mut applied)?,
             Input::EditContract(edit) => self.edit_contract(edit, ctx, &mut applied)?,
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
@@ -332,6 +375,7 @@ impl Customer {
         &mut self,
         event: &UsageEvent,
         ctx: &Ctx<'_>,
+        saved: &mut Saved,
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
         let customer_id = self.profile()?.id;
@@ -344,7 +388,10 @@ impl Customer {
             let Some(card) = ctx.catalog.rate_card(contract.rate_card_id) else {
                 continue;
             };
-            for (metric, products) in ctx.catalog.rating_candidates(&event.event_type) {
+            for (metric, products) in ctx
+                .catalog
+                .rating_candidates(&event.event_type, ctx.catalog_version)
+            {
                 if !metric.matches(event) {
                     continue;
                 }
@@ -392,14 +439,8 @@ impl Customer {
                                 .quantity_with(&contribution)?,
                         ),
                     };
-                    // Marginal pricing: the increment of quantity is priced by the rate in effect
-                    // at the event's time (tiers still count the period's total), so a rate
-                    // change mid-period does not re-price earlier usage.
-                    let delta = rate
-                        .price
-                        .charge_for(new_quantity)?
-                        .checked_sub(rate.price.charge_for(old_quantity)?)?;
-                    let new_charged = old_charged.checked_add(delta)?;
+                    let (new_charged, delta) =
+                        line_charge(&rate.price, old_charged, old_quantity, new_quantity)?;
                     charges.push(Charge {
                         contract: ci,
                         period_bounds: bounds,
@@ -414,7 +455,15 @@ impl Customer {
         if charges.is_empty() {
             return Ok(());
         }
-        // Everything checked: from here the input applies.
+        // Checked as far as it can be before changing anything; set aside what the rest may
+        // change (an overflow or a broken invariant further on puts it back).
+        let mut touched: Vec<(usize, Contract)> = Vec::with_capacity(1);
+        for charge in charges.iter() {
+            if !touched.iter().any(|(ci, _)| *ci == charge.contract) {
+                touched.push((charge.contract, self.contracts[charge.contract].clone()));
+            }
+        }
+        *saved = Saved::Contracts(touched);
         for charge in charges.iter() {
             let tags = product_tags(ctx.catalog, charge.product_id);
             let contract = &mut self.contracts[charge.contract];
@@ -434,12 +483,8 @@ impl Customer {
                 Some(li) => li,
                 None => {
                     let lines = &mut contract.periods[pi].lines;
-                    lines.push(UsageLine {
-                        product_id: charge.product_id,
-                        aggregate: super::contract::Aggregate::empty_for(&charge.contribution),
-                        charged: Money::ZERO,
-                        covered: Money::ZERO,
-                    });
+                    let aggregate = super::contract::Aggregate::empty_for(&charge.contribution);
+                    lines.push(UsageLine::new(charge.product_id, aggregate));
                     lines.len() - 1
                 }
             };
@@ -449,24 +494,24 @@ impl Customer {
             line.aggregate.add(&charge.contribution);
             line.charged = charge.new_charged;
             if charge.delta.is_positive() {
-                let covered = draw_down(
+                let drawn = Drawn {
+                    line: (pi, li),
+                    invoice_id,
+                    usage_at: event.timestamp,
+                };
+                draw_down(
                     contract,
                     charge.product_id,
                     tags,
-                    event.timestamp,
-                    invoice_id,
+                    drawn,
                     charge.delta,
                     ctx.at,
                 )?;
-                let line = &mut contract.periods[pi].lines[li];
-                line.covered = line.covered.checked_add(covered)?;
             } else if charge.delta.is_negative() {
-                let line = &contract.periods[pi].lines[li];
-                let excess = line.covered.checked_sub(line.charged)?;
-                if excess.is_positive() {
-                    give_back(contract, charge.product_id, tags, invoice_id, excess)?;
-                    contract.periods[pi].lines[li].covered = charge.new_charged.floor_zero();
-                }
+                // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
+                let decrease = Money::ZERO.checked_sub(charge.delta)?;
+                let back = decrease.min(contract.periods[pi].lines[li].covered);
+                give_back(contract, (pi, li), invoice_id, back)?;
             }
             let uncovered_after = contract.periods[pi].lines[li].uncovered();
             contract.line_changed(pi, uncovered_before, uncovered_after);
@@ -711,8 +756,13 @@ impl Customer {
                     .map(|wi| (ci, wi))
             })
             .ok_or(Rejection::WorkflowNotFound)?;
-        let next = self.contracts[ci].workflows[wi].next_state(outcome)?;
         let contract = &mut self.contracts[ci];
+        match charge_progress(contract, customer_id, wi, outcome, ctx, applied)? {
+            Progress::Continue => {}
+            Progress::Done => return Ok(()),
+            Progress::Ended => return self.evaluate(ci, customer_id, ctx, applied),
+        }
+        let next = contract.workflows[wi].next_state(outcome)?;
         match next {
             WorkflowState::Released => {
                 release_workflow(contract, customer_id, wi, outcome, ctx, applied)?;
@@ -721,33 +771,18 @@ impl Customer {
                 fail_workflow(contract, customer_id, wi, outcome, ctx, applied);
             }
             WorkflowState::ActionRequired => {
-                let workflow = &mut contract.workflows[wi];
-                let repeat = workflow.state == WorkflowState::ActionRequired
-                    && workflow.payment_intent_id == outcome.payment_intent_id;
-                workflow.state = WorkflowState::ActionRequired;
-                workflow.payment_intent_id = outcome.payment_intent_id.clone();
-                if !repeat {
-                    let error_message = match &outcome.result {
-                        PaymentResult::ActionRequired { error_message } => error_message.clone(),
-                        _ => None,
-                    };
-                    let workflow = contract.workflows[wi].clone();
-                    let mut hook = webhook(
-                        &workflow,
-                        WebhookType::PaymentPendingActionRequired,
-                        customer_id,
-                        ctx.at,
-                    );
-                    hook.invoice_id = Some(workflow.invoice_id);
-                    hook.error_message = error_message;
-                    hook.payment_intent_id = outcome.payment_intent_id.clone();
-                    applied.effects.push(Effect::Webhook(hook));
-                }
+                action_required(contract, customer_id, wi, outcome, ctx, applied);
                 return Ok(());
             }
-            WorkflowState::Initiated
-            | WorkflowState::AwaitingExternal
-            | WorkflowState::Charging => {
+            WorkflowState::Charging => {
+                // `Pending` while CHARGING or ACTION_REQUIRED: the provider's object is known.
+                let workflow = &mut contract.workflows[wi];
+                workflow.state = WorkflowState::Charging;
+                workflow.charge.action_deadline = None;
+                note_object(workflow, outcome);
+                return Ok(());
+            }
+            WorkflowState::Initiated | WorkflowState::AwaitingExternal => {
                 return Err(Rejection::WorkflowGateMismatch);
             }
         }
@@ -801,6 +836,7 @@ impl Customer {
                 }
             }
             contract.periods_changed();
+            expire_overdue_actions(contract, customer_id, ctx, applied);
         }
         for ci in 0..self.contracts.len() {
             self.evaluate(ci, customer_id, ctx, applied)?;
@@ -907,6 +943,11 @@ impl Customer {
                         line.covered <= line.charged.floor_zero(),
                         "line overcovered"
                     );
+                    let mut drawn = Money::ZERO;
+                    for draw in &line.draws {
+                        drawn = drawn.checked_add(draw.amount).expect("bounded sums");
+                    }
+                    debug_assert_eq!(drawn, line.covered, "line draws drifted from covered");
                 }
             }
         }
@@ -956,25 +997,62 @@ fn open_period(contract: &mut Contract, (start, end): (Timestamp, Timestamp)) ->
     at
 }
 
-/// Draws `amount` of usage at `usage_at` from eligible released segments in drawdown order;
-/// returns how much was covered. Only segments with something left are visited (the live list,
-/// a subsequence of `draw_order`): an exhausted one could give nothing.
+/// Where a drawdown goes: the usage line (period, line index), its invoice and the usage time.
+#[derive(Clone, Copy)]
+struct Drawn {
+    line: (usize, usize),
+    invoice_id: Id,
+    usage_at: Timestamp,
+}
+
+/// The charge of a line after its quantity went from `old_quantity` to `new_quantity`, and the
+/// change: `(new_charged, delta)`. SPEC 2.1: a line is charged on its net quantity, floored at
+/// zero. Marginal pricing: the increment is priced by the rate in effect at the event's time
+/// (tiers still count the period's total), so a rate change mid-period does not re-price
+/// earlier usage; a net at or below zero charges nothing whatever rates applied before.
+fn line_charge(
+    price: &super::catalog::Price,
+    old_charged: Money,
+    old_quantity: Decimal,
+    new_quantity: Decimal,
+) -> Result<(Money, Money), Rejection> {
+    let floor = |q: Decimal| {
+        if q.is_sign_negative() {
+            Decimal::ZERO
+        } else {
+            q
+        }
+    };
+    let new_charged = if new_quantity.is_sign_negative() || new_quantity.is_zero() {
+        Money::ZERO
+    } else {
+        let delta = price
+            .charge_for(floor(new_quantity))?
+            .checked_sub(price.charge_for(floor(old_quantity))?)?;
+        old_charged.checked_add(delta)?.floor_zero()
+    };
+    Ok((new_charged, new_charged.checked_sub(old_charged)?))
+}
+
+/// Draws `amount` of usage from eligible released segments in drawdown order and records the
+/// draws on the line. Only segments with something left are visited (the live list, a
+/// subsequence of `draw_order`): an exhausted one could give nothing.
 fn draw_down(
     contract: &mut Contract,
     product: Id,
     tags: &[String],
-    usage_at: Timestamp,
-    invoice_id: Id,
+    drawn: Drawn,
     amount: Money,
     at: Timestamp,
-) -> Result<Money, Rejection> {
+) -> Result<(), Rejection> {
+    let (pi, li) = drawn.line;
     let mut left = amount;
     let mut i = 0;
     while i < contract.caches.live.len() {
         let (ci, si) = contract.caches.live[i];
         let commit = &contract.commits[ci];
         let segment = &commit.segments[si];
-        if !segment.covers(usage_at) || !commit.applies_to(product, tags) {
+        if !segment.covers(drawn.usage_at) || !commit.applies_to(product, tags) {
             i += 1;
             continue;
         }
@@ -984,7 +1062,8 @@ fn draw_down(
             i += 1;
             continue;
         }
-        contract.commits[ci].record_deduction(si, invoice_id, take, at)?;
+        contract.commits[ci].record_deduction(si, drawn.invoice_id, take, at)?;
+        contract.periods[pi].lines[li].record_draw((ci, si), take)?;
         let after = contract.commits[ci].segments[si].remaining();
         contract.segment_changed((ci, si), before, after, true);
         if after.is_positive() {
@@ -994,47 +1073,40 @@ fn draw_down(
         }
         left = left.checked_sub(take)?;
         if left.is_zero() {
-            // `amount - 0` is `amount`, bit for bit.
-            return Ok(amount);
+            break;
         }
     }
-    amount.checked_sub(left)
+    Ok(())
 }
 
-/// Returns `amount` of drawdown by `invoice_id` to segments, last-drawn first (usage went down,
-/// e.g. a negative SUM value).
+/// Returns `amount` of what line `(pi, li)` drew to the segments it drew from, last drawn first
+/// (usage went down, e.g. a negative SUM value).
 fn give_back(
     contract: &mut Contract,
-    product: Id,
-    tags: &[String],
+    (pi, li): (usize, usize),
     invoice_id: Id,
     amount: Money,
 ) -> Result<(), Rejection> {
     let mut left = amount;
-    for i in (0..contract.draw_order.len()).rev() {
-        let (ci, si) = contract.draw_order[i];
-        let commit = &mut contract.commits[ci];
-        if !commit.applies_to(product, tags) {
-            continue;
-        }
-        let before = commit.segments[si].remaining();
-        let Some(deduction) = commit
-            .deductions
-            .iter_mut()
-            .find(|d| d.segment == si && d.invoice_id == invoice_id)
-        else {
-            continue;
-        };
-        let back = left.min(deduction.amount);
-        deduction.amount = deduction.amount.checked_sub(back)?;
-        let segment = &mut commit.segments[si];
-        segment.drawn = segment.drawn.checked_sub(back)?;
-        let after = segment.remaining();
-        contract.segment_changed((ci, si), before, after, false);
-        left = left.checked_sub(back)?;
-        if left.is_zero() {
+    while left.is_positive() {
+        let Some(draw) = contract.periods[pi].lines[li].draws.last().copied() else {
             break;
+        };
+        let (ci, si) = (draw.commit as usize, draw.segment as usize);
+        let back = left.min(draw.amount);
+        let commit = &mut contract.commits[ci];
+        let before = commit.segments[si].remaining();
+        commit.return_deduction(si, invoice_id, back)?;
+        let after = commit.segments[si].remaining();
+        contract.segment_changed((ci, si), before, after, false);
+        let line = &mut contract.periods[pi].lines[li];
+        line.covered = line.covered.checked_sub(back)?;
+        let last = line.draws.last_mut().expect("the draw read above");
+        last.amount = last.amount.checked_sub(back)?;
+        if last.amount.is_zero() {
+            line.draws.pop();
         }
+        left = left.checked_sub(back)?;
     }
     Ok(())
 }
@@ -1072,8 +1144,7 @@ fn cover_outstanding(contract: &mut Contract, ci: usize, ctx: &Ctx<'_>) -> Resul
                 }
                 contract.deduct((ci, si), invoice_id, take, ctx.at)?;
                 left = left.checked_sub(take)?;
-                let line = &mut contract.periods[pi].lines[li];
-                line.covered = line.covered.checked_add(take)?;
+                contract.periods[pi].lines[li].record_draw((ci, si), take)?;
                 if left.is_zero() {
                     break;
                 }
@@ -1107,12 +1178,10 @@ fn validate_commit(
         ));
     }
     for (amount, start, end) in &spec.access_schedule {
-        if amount.is_negative() {
-            return Err(Rejection::invalid(
-                &format!("{field}.access_schedule.schedule_items[].amount"),
-                "must not be negative",
-            ));
-        }
+        bounds::check_amount(
+            &format!("{field}.access_schedule.schedule_items[].amount"),
+            *amount,
+        )?;
         if end <= start {
             return Err(Rejection::invalid(
                 &format!("{field}.access_schedule.schedule_items[].ending_before"),
@@ -1121,13 +1190,13 @@ fn validate_commit(
         }
     }
     for (_, unit_price, quantity) in &spec.invoice_schedule {
-        if unit_price.is_negative() || quantity.is_sign_negative() {
-            return Err(Rejection::invalid(
-                &format!("{field}.invoice_schedule.schedule_items[]"),
-                "amounts must not be negative",
-            ));
-        }
-        unit_price.checked_mul(*quantity)?;
+        let item = format!("{field}.invoice_schedule.schedule_items[]");
+        bounds::check_amount(&format!("{item}.unit_price"), *unit_price)?;
+        bounds::check_quantity(&format!("{item}.quantity"), *quantity)?;
+        bounds::check_amount(
+            &format!("{item}.amount"),
+            unit_price.checked_mul(*quantity)?,
+        )?;
     }
     if spec.priority.is_some_and(|p| p.is_sign_negative()) {
         return Err(Rejection::invalid(
@@ -1345,6 +1414,7 @@ fn start_manual_workflow(
         ended_at: None,
         payment_intent_id: None,
         error: None,
+        charge: ChargeRecord::default(),
     });
     Ok(())
 }
@@ -1426,6 +1496,7 @@ fn start_threshold_workflow(
         ended_at: None,
         payment_intent_id: None,
         error: None,
+        charge: ChargeRecord::default(),
     };
     applied.effects.push(Effect::Webhook(webhook(
         &workflow,
@@ -1517,34 +1588,11 @@ fn begin_gate(
         }
         GateType::Stripe => {
             let billing = stripe.ok_or(Rejection::StripeNotConfigured)?;
-            contract.workflows[wi].state = WorkflowState::Charging;
-            let workflow = &contract.workflows[wi];
-            let stripe_config = workflow
-                .gate
-                .stripe
-                .clone()
-                .unwrap_or(super::gate::StripeConfig {
-                    payment_type: super::gate::StripePaymentType::Invoice,
-                    invoice_metadata: Vec::new(),
-                    on_session_payment: false,
-                });
-            let name = contract
-                .commit(workflow.commit_id)
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            applied.effects.push(Effect::RequestPayment(PaymentRequest {
-                workflow_id,
-                workflow_type: workflow.kind,
-                customer_id,
-                contract_id: contract.id,
-                invoice_id: workflow.invoice_id,
-                commit_id: workflow.commit_id,
-                amount: workflow.invoice_total,
-                credit_type: contract.credit_type.clone(),
-                stripe: stripe_config,
-                stripe_customer_id: billing.stripe_customer_id.clone(),
-                description: name,
-            }));
+            let workflow = &mut contract.workflows[wi];
+            workflow.state = WorkflowState::Charging;
+            workflow.charge.stripe_customer_id = Some(billing.stripe_customer_id.clone());
+            let request = payment_request(contract, customer_id, wi, PaymentAction::Charge);
+            applied.effects.push(Effect::RequestPayment(request));
         }
     }
     Ok(())
@@ -1590,6 +1638,12 @@ fn release_workflow(
     workflow.ended_at = Some(ctx.at);
     if outcome.payment_intent_id.is_some() {
         workflow.payment_intent_id = outcome.payment_intent_id.clone();
+    }
+    note_object(workflow, outcome);
+    if gate_type == GateType::Stripe {
+        let close = PaymentAction::Close { cancel: false };
+        let request = payment_request(contract, customer_id, wi, close);
+        applied.effects.push(Effect::RequestPayment(request));
     }
     match commit {
         Some(ci) if !was_released => contract.commit_released(ci),
@@ -1642,7 +1696,15 @@ fn fail_workflow(
     if outcome.payment_intent_id.is_some() {
         workflow.payment_intent_id = outcome.payment_intent_id.clone();
     }
+    note_object(workflow, outcome);
+    workflow.charge.action_deadline = None;
     let workflow = workflow.clone();
+    if workflow.gate.gate_type == GateType::Stripe {
+        // Whatever the provider still holds must never collect for a FAILED workflow.
+        let close = PaymentAction::Close { cancel: true };
+        let request = payment_request(contract, customer_id, wi, close);
+        applied.effects.push(Effect::RequestPayment(request));
+    }
     // A failed charge disables its threshold configuration; no automatic retry.
     let kind = match workflow.kind {
         WorkflowKind::Spend => Some(ThresholdKind::Spend),
@@ -1659,6 +1721,231 @@ fn fail_workflow(
     hook.error_message = error.as_ref().and_then(|e| e.message.clone());
     hook.provider_error = error;
     applied.effects.push(Effect::Webhook(hook));
+}
+
+/// Moves workflow `wi` to ACTION_REQUIRED; the first entry starts its deadline from the limit
+/// logged with the outcome, and tells the customer's operator once per PaymentIntent.
+fn action_required(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    outcome: &PaymentOutcome,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    let workflow = &mut contract.workflows[wi];
+    let repeat = workflow.state == WorkflowState::ActionRequired
+        && workflow.payment_intent_id == outcome.payment_intent_id;
+    let (error_message, timeout_ms) = match &outcome.result {
+        PaymentResult::ActionRequired {
+            error_message,
+            timeout_ms,
+        } => (error_message.clone(), *timeout_ms),
+        _ => (None, 0),
+    };
+    if workflow.state != WorkflowState::ActionRequired {
+        // Repeats (polls) never extend the deadline.
+        workflow.charge.action_deadline = Some(ctx.at.plus_ms(timeout_ms.max(0)));
+    }
+    workflow.state = WorkflowState::ActionRequired;
+    workflow.payment_intent_id = outcome.payment_intent_id.clone();
+    note_object(workflow, outcome);
+    if !repeat {
+        let workflow = &contract.workflows[wi];
+        let mut hook = webhook(
+            workflow,
+            WebhookType::PaymentPendingActionRequired,
+            customer_id,
+            ctx.at,
+        );
+        hook.invoice_id = Some(workflow.invoice_id);
+        hook.error_message = error_message;
+        hook.payment_intent_id = outcome.payment_intent_id.clone();
+        applied.effects.push(Effect::Webhook(hook));
+    }
+}
+
+/// What [`charge_progress`] left to do.
+enum Progress {
+    /// Nothing special: the usual transition applies.
+    Continue,
+    /// The outcome was fully applied.
+    Done,
+    /// The outcome ended the workflow: evaluate again.
+    Ended,
+}
+
+/// The STRIPE cases outside the plain transition table: money arriving for a FAILED workflow
+/// (refunded, never released), the refund's report, and an ACTION_REQUIRED repeat past its
+/// deadline (FAILED; its PaymentIntent is cancelled).
+fn charge_progress(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    outcome: &PaymentOutcome,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) -> Result<Progress, Rejection> {
+    let workflow = &mut contract.workflows[wi];
+    if workflow.gate.gate_type != GateType::Stripe || outcome.source != OutcomeSource::Stripe {
+        return Ok(Progress::Continue);
+    }
+    match (&outcome.result, workflow.state) {
+        (PaymentResult::Pending { .. }, state) if state.is_terminal() => {
+            // A late report of the object: keep the id (a refund may need it), nothing else.
+            let known = workflow.charge.object_id.is_some();
+            note_object(workflow, outcome);
+            if known {
+                return Err(Rejection::WorkflowAlreadyEnded);
+            }
+            Ok(Progress::Done)
+        }
+        (PaymentResult::Paid, WorkflowState::Failed) => {
+            if workflow.charge.refund.is_some() {
+                return Err(Rejection::WorkflowAlreadyEnded);
+            }
+            workflow.charge.refund = Some(RefundRecord::Requested);
+            if workflow.payment_intent_id.is_none() {
+                workflow.payment_intent_id = outcome.payment_intent_id.clone();
+            }
+            note_object(workflow, outcome);
+            let request = payment_request(contract, customer_id, wi, PaymentAction::Refund);
+            applied.effects.push(Effect::RequestPayment(request));
+            Ok(Progress::Done)
+        }
+        (PaymentResult::Refunded { refund_id }, WorkflowState::Failed) => {
+            if workflow.charge.refund != Some(RefundRecord::Requested) {
+                return Err(Rejection::WorkflowAlreadyEnded);
+            }
+            workflow.charge.refund = Some(RefundRecord::Done {
+                refund_id: refund_id.clone(),
+            });
+            if workflow.payment_intent_id.is_none() {
+                workflow.payment_intent_id = outcome.payment_intent_id.clone();
+            }
+            let workflow = &contract.workflows[wi];
+            let mut hook = webhook(workflow, WebhookType::PaymentRefunded, customer_id, ctx.at);
+            hook.invoice_id = Some(workflow.invoice_id);
+            hook.invoice_total = Some(workflow.invoice_total);
+            hook.payment_intent_id = workflow.payment_intent_id.clone();
+            hook.refund_id = Some(refund_id.clone());
+            applied.effects.push(Effect::Webhook(hook));
+            Ok(Progress::Done)
+        }
+        (PaymentResult::ActionRequired { .. }, WorkflowState::ActionRequired)
+            if action_overdue(workflow, ctx.at) =>
+        {
+            expire_action(contract, customer_id, wi, ctx, applied);
+            Ok(Progress::Ended)
+        }
+        _ => Ok(Progress::Continue),
+    }
+}
+
+fn action_overdue(workflow: &Workflow, at: Timestamp) -> bool {
+    workflow.state == WorkflowState::ActionRequired
+        && workflow
+            .charge
+            .action_deadline
+            .is_some_and(|deadline| deadline <= at)
+}
+
+/// Fails every ACTION_REQUIRED workflow of `contract` past its deadline (from `tick`).
+fn expire_overdue_actions(
+    contract: &mut Contract,
+    customer_id: Id,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    for wi in 0..contract.workflows.len() {
+        if action_overdue(&contract.workflows[wi], ctx.at) {
+            expire_action(contract, customer_id, wi, ctx, applied);
+        }
+    }
+}
+
+fn expire_action(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    let outcome = PaymentOutcome {
+        workflow_id: contract.workflows[wi].id,
+        source: OutcomeSource::Stripe,
+        result: PaymentResult::Failed {
+            error: Some(ProviderError {
+                error_type: Some("tollgate_error".into()),
+                code: Some("action_required_timeout".into()),
+                decline_code: None,
+                message: Some("the customer did not complete the required action in time".into()),
+            }),
+        },
+        payment_intent_id: None,
+    };
+    fail_workflow(contract, customer_id, wi, &outcome, ctx, applied);
+}
+
+/// Records the provider's object of a STRIPE workflow the first time an outcome names it: a
+/// `Pending` names it outright; other outcomes name a PaymentIntent, which is the object only
+/// for the PAYMENT_INTENT payment type (an invoice's PaymentIntent is not the invoice).
+fn note_object(workflow: &mut Workflow, outcome: &PaymentOutcome) {
+    if workflow.charge.object_id.is_some() || workflow.gate.gate_type != GateType::Stripe {
+        return;
+    }
+    let by_intent = workflow
+        .gate
+        .stripe
+        .as_ref()
+        .is_some_and(|s| s.payment_type == StripePaymentType::PaymentIntent);
+    workflow.charge.object_id = match &outcome.result {
+        PaymentResult::Pending { object_id } => Some(object_id.clone()),
+        _ if by_intent => outcome.payment_intent_id.clone(),
+        _ => None,
+    };
+}
+
+/// The payment actor's request about workflow `wi` (STRIPE gates).
+fn payment_request(
+    contract: &Contract,
+    customer_id: Id,
+    wi: usize,
+    action: PaymentAction,
+) -> PaymentRequest {
+    let workflow = &contract.workflows[wi];
+    let stripe = workflow
+        .gate
+        .stripe
+        .clone()
+        .unwrap_or(super::gate::StripeConfig {
+            payment_type: StripePaymentType::Invoice,
+            invoice_metadata: Vec::new(),
+            on_session_payment: false,
+        });
+    let description = contract
+        .commit(workflow.commit_id)
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    PaymentRequest {
+        workflow_id: workflow.id,
+        workflow_type: workflow.kind,
+        customer_id,
+        contract_id: contract.id,
+        invoice_id: workflow.invoice_id,
+        commit_id: workflow.commit_id,
+        amount: workflow.invoice_total,
+        credit_type: contract.credit_type.clone(),
+        stripe,
+        stripe_customer_id: workflow
+            .charge
+            .stripe_customer_id
+            .clone()
+            .unwrap_or_default(),
+        description,
+        action,
+        object_id: workflow.charge.object_id.clone(),
+    }
 }
 
 fn webhook(
@@ -1682,5 +1969,6 @@ fn webhook(
         error_message: None,
         payment_intent_id: None,
         provider_error: None,
+        refund_id: None,
     }
 }

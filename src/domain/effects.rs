@@ -13,6 +13,7 @@ use super::money::{CreditType, Money};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     Webhook(Webhook),
+    /// Work for the payment actor: a charge, or a follow-up of one (see [`PaymentAction`]).
     RequestPayment(PaymentRequest),
 }
 
@@ -20,7 +21,7 @@ impl Effect {
     pub fn id(&self) -> Id {
         match self {
             Effect::Webhook(w) => w.id,
-            Effect::RequestPayment(p) => p.workflow_id,
+            Effect::RequestPayment(p) => p.effect_id(),
         }
     }
 }
@@ -32,6 +33,8 @@ pub enum WebhookType {
     ExternalInitiate,
     PaymentStatus,
     PaymentPendingActionRequired,
+    /// Money that arrived after its workflow ended FAILED was refunded.
+    PaymentRefunded,
 }
 
 impl WebhookType {
@@ -43,6 +46,7 @@ impl WebhookType {
             WebhookType::PaymentPendingActionRequired => {
                 "payment_gate.payment_pending_action_required"
             }
+            WebhookType::PaymentRefunded => "payment_gate.payment_refunded",
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct Webhook {
     pub error_message: Option<String>,
     pub payment_intent_id: Option<String>,
     pub provider_error: Option<ProviderError>,
+    /// The provider's refund (`payment_refunded` only).
+    pub refund_id: Option<String>,
 }
 
 impl Webhook {
@@ -102,10 +108,16 @@ impl Webhook {
         if let Some(message) = &self.error_message {
             properties.insert("error_message".into(), json!(message));
         }
-        if self.payment_intent_id.is_some() || self.provider_error.is_some() {
+        if self.payment_intent_id.is_some()
+            || self.provider_error.is_some()
+            || self.refund_id.is_some()
+        {
             let mut stripe = Map::new();
             if let Some(intent) = &self.payment_intent_id {
                 stripe.insert("payment_intent_id".into(), json!(intent));
+            }
+            if let Some(refund) = &self.refund_id {
+                stripe.insert("refund_id".into(), json!(refund));
             }
             if let Some(error) = &self.provider_error {
                 let mut e = Map::new();
@@ -135,11 +147,24 @@ impl Webhook {
     }
 }
 
-/// A charge the payment provider must make (STRIPE gates only; NONE releases in the core and
-/// EXTERNAL waits for the operator).
+/// What the payment actor must do for a STRIPE workflow (NONE releases in the core and EXTERNAL
+/// waits for the operator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentAction {
+    /// Collect the money: find the workflow's PaymentIntent or invoice at the provider, create
+    /// it only if there is none, and report until it is decided.
+    Charge,
+    /// The workflow ended: stop working on its charge (retire it). With `cancel` (it ended
+    /// FAILED) also cancel the PaymentIntent or void the invoice, so it can never collect.
+    Close { cancel: bool },
+    /// Money arrived after the workflow ended FAILED: refund it in full.
+    Refund,
+}
+
+/// Work for the payment provider about one workflow's charge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRequest {
-    /// Also the provider's idempotency key.
+    /// Also the base of the provider's idempotency keys.
     pub workflow_id: Id,
     pub workflow_type: WorkflowKind,
     pub customer_id: Id,
@@ -151,4 +176,20 @@ pub struct PaymentRequest {
     pub stripe: StripeConfig,
     pub stripe_customer_id: String,
     pub description: String,
+    pub action: PaymentAction,
+    /// The provider's object for the workflow when the log knows it; otherwise the payment actor
+    /// looks it up by the workflow id.
+    pub object_id: Option<String>,
+}
+
+impl PaymentRequest {
+    /// The effect's id: the workflow id for the charge (as before follow-ups existed), derived
+    /// from it for each follow-up, so each has an outbox entry of its own.
+    pub fn effect_id(&self) -> Id {
+        match self.action {
+            PaymentAction::Charge => self.workflow_id,
+            PaymentAction::Close { .. } => Id::derive(self.workflow_id, "payment-close", 0),
+            PaymentAction::Refund => Id::derive(self.workflow_id, "payment-refund", 0),
+        }
+    }
 }

@@ -179,8 +179,26 @@ pub struct ProviderError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentResult {
     Paid,
-    Failed { error: Option<ProviderError> },
-    ActionRequired { error_message: Option<String> },
+    Failed {
+        error: Option<ProviderError>,
+    },
+    /// The customer must act (3-D Secure). The workflow ends FAILED if it still waits
+    /// `timeout_ms` after it first entered ACTION_REQUIRED: the limit travels with the logged
+    /// input, so replay never reads it from the (possibly changed) config.
+    ActionRequired {
+        error_message: Option<String>,
+        timeout_ms: i64,
+    },
+    /// The provider holds `object_id` (a PaymentIntent `pi_...` or an invoice `in_...`) for the
+    /// workflow and has not decided yet (`processing`, an invoice being paid): recorded, and the
+    /// workflow stays in flight.
+    Pending {
+        object_id: String,
+    },
+    /// Money that arrived for a FAILED workflow went back: the provider's refund `refund_id`.
+    Refunded {
+        refund_id: String,
+    },
 }
 
 /// A payment outcome: an input to the customer's log like any other.
@@ -191,6 +209,28 @@ pub struct PaymentOutcome {
     pub result: PaymentResult,
     /// Stripe's PaymentIntent (or invoice) id when the provider is Stripe.
     pub payment_intent_id: Option<String>,
+}
+
+/// What the log says about the provider's side of a STRIPE workflow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeRecord {
+    /// The Stripe customer charged (kept so follow-ups need nothing but the workflow).
+    pub stripe_customer_id: Option<String>,
+    /// The PaymentIntent or invoice created for the workflow, once known.
+    pub object_id: Option<String>,
+    /// When an ACTION_REQUIRED workflow ends FAILED (set when it first enters the state).
+    pub action_deadline: Option<Timestamp>,
+    pub refund: Option<RefundRecord>,
+}
+
+/// A refund of money that arrived after its workflow ended FAILED.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefundRecord {
+    /// The payment actor was asked to refund.
+    Requested,
+    Done {
+        refund_id: String,
+    },
 }
 
 /// One charge, from trigger to release or failure.
@@ -211,6 +251,8 @@ pub struct Workflow {
     pub ended_at: Option<Timestamp>,
     pub payment_intent_id: Option<String>,
     pub error: Option<ProviderError>,
+    /// STRIPE gates only (default otherwise).
+    pub charge: ChargeRecord,
 }
 
 impl Workflow {
@@ -246,7 +288,14 @@ impl Workflow {
             (PaymentResult::ActionRequired { .. }, OutcomeSource::Stripe) => {
                 WorkflowState::ActionRequired
             }
-            (PaymentResult::ActionRequired { .. }, OutcomeSource::External) => {
+            // Still undecided (e.g. `processing` after the customer authenticated).
+            (PaymentResult::Pending { .. }, OutcomeSource::Stripe) => WorkflowState::Charging,
+            // Refunds follow a FAILED workflow only (see `customer.rs`).
+            (PaymentResult::Refunded { .. }, _)
+            | (
+                PaymentResult::ActionRequired { .. } | PaymentResult::Pending { .. },
+                OutcomeSource::External,
+            ) => {
                 return Err(Rejection::WorkflowGateMismatch);
             }
         })
@@ -275,6 +324,7 @@ mod tests {
             ended_at: None,
             payment_intent_id: None,
             error: None,
+            charge: ChargeRecord::default(),
         }
     }
 
@@ -326,10 +376,29 @@ mod tests {
             stripe.next_state(&outcome(
                 OutcomeSource::Stripe,
                 PaymentResult::ActionRequired {
-                    error_message: None
+                    error_message: None,
+                    timeout_ms: 1,
                 }
             )),
             Ok(WorkflowState::ActionRequired)
+        );
+        assert_eq!(
+            stripe.next_state(&outcome(
+                OutcomeSource::Stripe,
+                PaymentResult::Pending {
+                    object_id: "pi_1".into()
+                }
+            )),
+            Ok(WorkflowState::Charging)
+        );
+        assert_eq!(
+            stripe.next_state(&outcome(
+                OutcomeSource::Stripe,
+                PaymentResult::Refunded {
+                    refund_id: "re_1".into()
+                }
+            )),
+            Err(Rejection::WorkflowGateMismatch)
         );
         assert_eq!(
             stripe.next_state(&outcome(OutcomeSource::External, PaymentResult::Paid)),

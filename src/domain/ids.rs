@@ -35,7 +35,13 @@ impl Id {
     }
 
     /// Parses a UUID, `None` when the text is not one.
+    /// Parses an id in its one canonical form (lowercase, hyphenated): ids are matched byte for
+    /// byte (SPEC 2.1), so `{...}`, `urn:uuid:`, upper-case or unhyphenated spellings of an id
+    /// are not that id.
     pub fn parse(text: &str) -> Option<Id> {
+        if text.len() != 36 || text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
         Uuid::from_str(text).ok().map(Id)
     }
 
@@ -303,5 +309,91 @@ mod tests {
         let dec = Timestamp::parse_rfc3339("2025-12-31T23:59:59Z").unwrap();
         assert_eq!(dec.next_month_start().to_rfc3339(), "2026-01-01T00:00:00Z");
         assert_eq!(dec.floor_hour().to_rfc3339(), "2025-12-31T23:00:00Z");
+    }
+}
+
+/// Why `key` cannot name a customer (an id or an ingest alias) or a transaction, if it cannot.
+///
+/// Keys are matched byte for byte (SPEC 2.1), so characters that print as nothing or that a
+/// copy can silently change are refused: control characters (NUL among them), Unicode format
+/// characters (zero-width spaces and joiners, direction overrides, the byte order mark) and
+/// leading or trailing whitespace. Otherwise `acme`, `acme\u{200b}` and ` acme` would be three
+/// customers that look like one.
+pub fn key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        return Some("must not be empty");
+    }
+    if key.starts_with(char::is_whitespace) || key.ends_with(char::is_whitespace) {
+        return Some("must not start or end with whitespace");
+    }
+    if key.chars().any(char::is_control) {
+        return Some("must not contain control characters");
+    }
+    if key.chars().any(is_format_char) {
+        return Some(
+            "must not contain invisible formatting characters (such as zero-width spaces)",
+        );
+    }
+    None
+}
+
+/// Unicode general category Cf (format characters), as of Unicode 15.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::key_problem;
+
+    #[test]
+    fn keys_that_look_like_others_are_refused_and_plain_ones_pass() {
+        for good in [
+            "acme",
+            "team@example.com",
+            "a b",
+            "caf\u{e9}",
+            "\u{65e5}\u{672c}",
+        ] {
+            assert_eq!(key_problem(good), None, "{good:?}");
+        }
+        for bad in [
+            "",
+            " acme",
+            "acme ",
+            "acme\t",
+            "acme\u{0}x",
+            "ac\u{7f}me",
+            "acme\u{200b}",
+            "\u{feff}acme",
+            "ac\u{202e}me",
+            "acme\u{2060}",
+            "acme\u{a0}",
+        ] {
+            assert!(key_problem(bad).is_some(), "{bad:?}");
+        }
     }
 }

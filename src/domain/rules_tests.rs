@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 
 use super::contract::{InvoiceStatus, Limits, Release, ThresholdKind};
 use super::customer::{Applied, ContractEdit, Ctx, Customer, Input, ThresholdUpdate};
-use super::effects::{Effect, PaymentStatus, WebhookType};
+use super::effects::{Effect, PaymentAction, PaymentStatus, WebhookType};
 use super::fixtures::{self, CONTRACT, CUSTOMER, T0};
 use super::gate::{
     GateType, OutcomeSource, PaymentOutcome, PaymentResult, ProviderError, WorkflowKind,
@@ -408,6 +408,7 @@ fn stripe_gate_requests_payment_and_reports_action_required_once() {
 
     let action = PaymentResult::ActionRequired {
         error_message: Some("three_d_secure_redirect".into()),
+        timeout_ms: 86_400_000,
     };
     let effects = world
         .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
@@ -437,8 +438,100 @@ fn stripe_gate_requests_payment_and_reports_action_required_once() {
         .outcome(workflow_id, OutcomeSource::Stripe, PaymentResult::Paid)
         .unwrap()
         .effects;
-    assert_eq!(types(&effects), vec!["payment_gate.payment_status"]);
+    // The release also closes the charge at the payment actor (its outbox entry is retired).
+    assert_eq!(
+        types(&effects),
+        vec!["request_payment", "payment_gate.payment_status"]
+    );
+    let Effect::RequestPayment(close) = &effects[0] else {
+        unreachable!()
+    };
+    assert_eq!(close.action, PaymentAction::Close { cancel: false });
     assert_eq!(world.outstanding(), Money::ZERO);
+}
+
+#[test]
+fn action_required_fails_at_the_logged_deadline_and_money_arriving_afterwards_is_refunded_once() {
+    let mut world = World::new(true);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+    world.calls(5);
+    let workflow_id = world.contract().workflows[0].id;
+    let pending = PaymentResult::Pending {
+        object_id: "pi_123".into(),
+    };
+    let applied = world.outcome(workflow_id, OutcomeSource::Stripe, pending);
+    assert!(applied.unwrap().effects.is_empty());
+    // The limit travels with the logged outcome (2 h here), never from the config.
+    let action = PaymentResult::ActionRequired {
+        error_message: None,
+        timeout_ms: 2 * 3_600_000,
+    };
+    world
+        .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
+        .unwrap();
+    world.at = world.at.plus_ms(3_600_000);
+    assert!(world.apply(Input::Tick).unwrap().effects.is_empty());
+    assert_eq!(
+        world.contract().workflows[0].state,
+        WorkflowState::ActionRequired
+    );
+    world.at = world.at.plus_ms(3_600_000);
+    let effects = world.apply(Input::Tick).unwrap().effects;
+    assert_eq!(
+        types(&effects),
+        vec!["request_payment", "payment_gate.payment_status"]
+    );
+    let Effect::RequestPayment(close) = &effects[0] else {
+        unreachable!()
+    };
+    assert_eq!(close.action, PaymentAction::Close { cancel: true });
+    assert_eq!(close.object_id.as_deref(), Some("pi_123"));
+    let body = webhooks(&effects)[0].1.to_json();
+    assert_eq!(
+        body["properties"]["billing_provider"]["stripe"]["error"]["code"],
+        "action_required_timeout"
+    );
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Failed);
+    // The customer completed 3DS after all: the money goes back, the workflow stays FAILED.
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, PaymentResult::Paid)
+        .unwrap()
+        .effects;
+    assert_eq!(types(&effects), vec!["request_payment"]);
+    let Effect::RequestPayment(refund) = &effects[0] else {
+        unreachable!()
+    };
+    assert_eq!(refund.action, PaymentAction::Refund);
+    assert_eq!(
+        world.outcome(workflow_id, OutcomeSource::Stripe, PaymentResult::Paid),
+        Err(Rejection::WorkflowAlreadyEnded)
+    );
+    let refunded = PaymentResult::Refunded {
+        refund_id: "re_1".into(),
+    };
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, refunded.clone())
+        .unwrap()
+        .effects;
+    assert_eq!(types(&effects), vec!["payment_gate.payment_refunded"]);
+    let body = webhooks(&effects)[0].1.to_json();
+    assert_eq!(
+        body["properties"]["billing_provider"]["stripe"]["refund_id"],
+        "re_1"
+    );
+    assert_eq!(
+        world.outcome(workflow_id, OutcomeSource::Stripe, refunded),
+        Err(Rejection::WorkflowAlreadyEnded)
+    );
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Failed);
+    let commit_id = world.contract().workflows[0].commit_id;
+    let commit = world.contract().commits.iter().find(|c| c.id == commit_id);
+    assert!(
+        !commit.unwrap().is_released(),
+        "a FAILED workflow is never released"
+    );
 }
 
 #[test]

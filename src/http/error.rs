@@ -102,8 +102,12 @@ impl ApiError {
                 EngineError::Rejected(rejection) => rejection.to_string(),
                 EngineError::Overloaded => "Too many requests; retry after a short pause".into(),
                 EngineError::NotReady => "Starting up; retry shortly".into(),
-                EngineError::Storage(_) => "Service unavailable; retry shortly".into(),
-                EngineError::Internal(_) => "Internal server error".into(),
+                EngineError::Storage(_) | EngineError::Unavailable => {
+                    "Storage unavailable: the server stops and restarts; retry shortly".into()
+                }
+                EngineError::Quarantined(_) | EngineError::Internal(_) => {
+                    "Internal server error".into()
+                }
             },
         }
     }
@@ -121,11 +125,13 @@ impl ResponseError for ApiError {
             ApiError::Engine(error) => match error {
                 EngineError::Rejected(rejection) => rejection_status(rejection),
                 EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-                // Storage failed before anything was appended (the engine fail-stops on a
-                // failure after): nothing ran, so the client may retry, and the idempotency
-                // layer does not store the answer.
-                EngineError::NotReady | EngineError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-                EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                // Infrastructure, never the caller's fault: retry once the server is back.
+                EngineError::NotReady | EngineError::Storage(_) | EngineError::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                EngineError::Quarantined(_) | EngineError::Internal(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
         }
     }
@@ -172,6 +178,12 @@ mod tests {
             ),
             (ApiError::from(EngineError::Overloaded), 429),
             (ApiError::from(EngineError::Internal("x".into())), 500),
+            (ApiError::from(EngineError::Quarantined("x".into())), 500),
+            (ApiError::from(EngineError::Unavailable), 503),
+            (
+                ApiError::from(crate::storage::StorageError::Injected("disk".into())),
+                503,
+            ),
             (ApiError::Unauthorized, 401),
             (ApiError::PayloadTooLarge("big".into()), 413),
             (ApiError::InProgress("busy".into()), 409),

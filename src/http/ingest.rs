@@ -14,9 +14,12 @@ use super::AppState;
 use super::body::{BoundedBody, Encoding, collect};
 use super::error::{ApiError, ApiResult};
 use crate::actors::{EngineError, IngestEvent};
-use crate::domain::Timestamp;
+use crate::domain::catalog::Aggregation;
+use crate::domain::ids::key_problem;
 use crate::domain::ids::{MS_PER_DAY, MS_PER_HOUR};
+use crate::domain::money::parse_exact_decimal;
 use crate::domain::usage::UsageEvent;
+use crate::domain::{Catalog, Timestamp, bounds};
 
 /// Metronome's batch limits.
 pub const EVENTS_PER_REQUEST_MAX: usize = 100;
@@ -64,6 +67,7 @@ async fn ingest(
     }
     let body = read_body(&request, payload, state.body_limit).await?;
     let events = parse_batch(&body, state.engine.now_ms())?;
+    check_quantities(&events, &state.engine.catalog())?;
     state.engine.ingest(events).await?;
     Ok(HttpResponse::Ok().finish())
 }
@@ -103,7 +107,8 @@ fn parse_well_formed(body: &[u8], now_ms: i64) -> Option<Vec<IngestEvent>> {
     for event in raw {
         let valid = !event.transaction_id.is_empty()
             && event.transaction_id.chars().count() <= TRANSACTION_ID_CHARS_MAX
-            && !event.customer_id.is_empty()
+            && key_problem(&event.transaction_id).is_none()
+            && key_problem(&event.customer_id).is_none()
             && !event.event_type.is_empty();
         if !valid {
             return None;
@@ -123,6 +128,42 @@ fn parse_well_formed(body: &[u8], now_ms: i64) -> Option<Vec<IngestEvent>> {
         });
     }
     Some(events)
+}
+
+/// Refuses a batch in which a value some SUM or MAX metric would aggregate is beyond
+/// [`bounds::QUANTITY_MAX`] (SPEC 2.1: refused at the edge, never later inside the engine).
+///
+/// # Errors
+/// 400 naming the first such event and property.
+pub fn check_quantities(events: &[IngestEvent], catalog: &Catalog) -> ApiResult<()> {
+    for (i, ingest) in events.iter().enumerate() {
+        let event = &ingest.event;
+        for metric in catalog.candidate_metrics(&event.event_type) {
+            if !matches!(metric.aggregation, Aggregation::Sum | Aggregation::Max) {
+                continue;
+            }
+            let Some(key) = metric.aggregation_key.as_deref() else {
+                continue;
+            };
+            let Some(raw) = event.property(key) else {
+                continue;
+            };
+            let out_of_bounds = parse_exact_decimal(raw)
+                .map(|quantity| !bounds::quantity_in_bounds(quantity))
+                .unwrap_or(false);
+            if out_of_bounds && metric.matches(event) {
+                return Err(bad(
+                    i,
+                    &format!("properties.{key}"),
+                    &format!(
+                        "must be between -{max} and {max} (the largest quantity one event may carry)",
+                        max = bounds::QUANTITY_MAX
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether an event's time is within what Metronome accepts.
@@ -183,7 +224,13 @@ fn parse_event(i: usize, value: Value, now_ms: i64) -> ApiResult<IngestEvent> {
             &format!("must be at most {TRANSACTION_ID_CHARS_MAX} characters"),
         ));
     }
+    if let Some(problem) = key_problem(&transaction_id) {
+        return Err(bad(i, "transaction_id", problem));
+    }
     let customer_id = required_string(i, "customer_id", raw.customer_id)?;
+    if let Some(problem) = key_problem(&customer_id) {
+        return Err(bad(i, "customer_id", problem));
+    }
     let event_type = required_string(i, "event_type", raw.event_type)?;
     let timestamp_text = required_string(i, "timestamp", raw.timestamp)?;
     let timestamp = Timestamp::parse_rfc3339(&timestamp_text).ok_or_else(|| {

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
+pub mod quarantine;
 pub mod render;
 pub mod stripe;
 pub mod wire;
@@ -140,6 +141,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     customers::routes(cfg);
     contracts::routes(cfg);
     balances::routes(cfg);
+    quarantine::routes(cfg);
     openapi::routes(cfg);
 }
 

@@ -13,6 +13,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
         Shape::Empty,
     ),
     ("post", "/v1/customers", "Create a customer", Shape::Data),
+    (
+        "get",
+        "/v1/tollgate/quarantine",
+        "List quarantined inputs (Tollgate)",
+        Shape::Page,
+    ),
     ("get", "/v1/customers", "List customers", Shape::Page),
     (
         "get",

@@ -22,7 +22,12 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if state.engine.is_ready() {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({"message": "recovering"}))
+        // The cause is logged, not shown: this endpoint needs no token.
+        let message = match state.engine.failure() {
+            Some(_) => "stopped after a storage failure; restarting",
+            None => "recovering",
+        };
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "message": message }))
     }
 }
 
@@ -86,6 +91,13 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         "counter",
         "Inputs the domain refused.",
         g(&m.inputs_rejected),
+    );
+    metric(
+        &mut out,
+        "tollgate_inputs_quarantined_total",
+        "counter",
+        "Inputs kept in quarantine instead of applied (their apply panicked or overflowed).",
+        g(&m.inputs_quarantined),
     );
     metric(
         &mut out,

@@ -1,9 +1,13 @@
 //! Stripe's webhook endpoint (`POST /v1/stripe/webhook` unless configured otherwise): verifies
-//! `Stripe-Signature`, then turns `payment_intent.succeeded`, `payment_intent.payment_failed`,
-//! `invoice.paid` and `invoice.payment_failed` into payment-outcome inputs for the workflow
-//! named in the object's metadata. Unknown events, unknown workflows and replays of events
-//! already applied change nothing and answer 200 (so Stripe stops retrying); a bad signature is
-//! a 400.
+//! `Stripe-Signature`, then turns the PaymentIntent and invoice events below into payment-outcome
+//! inputs for the workflow named in the object's `metadata.workflow_id`. It never calls Stripe:
+//! what must happen at Stripe afterwards (voiding the invoice of a FAILED workflow, refunding
+//! money that arrived after FAILED) is an effect of the logged input, carried out by the payment
+//! actor. Unknown events, unknown workflows and replays of events already applied change nothing
+//! and answer 200 (so Stripe stops retrying); a bad signature is a 400.
+//!
+//! Events are read in the shape of [`STRIPE_VERSION`](crate::payments::stripe::STRIPE_VERSION)
+//! (the webhook endpoint must be created with that version): an invoice names no PaymentIntent.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
@@ -14,14 +18,13 @@ use crate::actors::EngineError;
 use crate::domain::customer::Input;
 use crate::domain::gate::{OutcomeSource, PaymentOutcome, PaymentResult, ProviderError};
 use crate::domain::{Id, Rejection};
-use crate::payments::stripe::{self, StripeSettings};
+use crate::payments::stripe::{self, provider_error};
 
-/// What the HTTP layer knows of the Stripe account.
+/// What the HTTP layer knows of the Stripe account: only how to check its webhooks.
 #[derive(Clone, Debug)]
 pub struct StripeWebhook {
     pub webhook_secret: String,
     pub webhook_path: String,
-    pub api: StripeSettings,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, stripe: Option<&StripeWebhook>) {
@@ -49,42 +52,9 @@ async fn webhook(
     let event: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid event JSON: {e}")))?;
     let object = &event["data"]["object"];
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    let (result, intent) = match event["type"].as_str().unwrap_or("") {
-        "payment_intent.succeeded" => (PaymentResult::Paid, text(&object["id"])),
-        "payment_intent.payment_failed" => (
-            PaymentResult::Failed {
-                error: Some(error_of(&object["last_payment_error"])),
-            },
-            text(&object["id"]),
-        ),
-        "invoice.paid" => (PaymentResult::Paid, text(&object["payment_intent"])),
-        "invoice.payment_failed" => {
-            if let Some(invoice) = object["id"].as_str() {
-                let api = stripe.api.clone();
-                let invoice = invoice.to_owned();
-                let key = object["metadata"]["workflow_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                actix_rt::spawn(async move { stripe::void_invoice(&api, &invoice, &key).await });
-            }
-            (
-                PaymentResult::Failed {
-                    error: Some(ProviderError {
-                        error_type: Some("card_error".into()),
-                        code: Some("invoice_payment_failed".into()),
-                        decline_code: None,
-                        message: Some("the Stripe invoice's payment failed".into()),
-                    }),
-                },
-                text(&object["payment_intent"]),
-            )
-        }
-        other => {
-            tracing::debug!(event_type = other, "Stripe event ignored");
-            return Ok(HttpResponse::Ok().finish());
-        }
+    let Some((result, intent)) = outcome_of(event["type"].as_str().unwrap_or(""), object) else {
+        tracing::debug!(event_type = %event["type"], "Stripe event ignored");
+        return Ok(HttpResponse::Ok().finish());
     };
     let Some(workflow_id) = object["metadata"]["workflow_id"]
         .as_str()
@@ -115,12 +85,56 @@ async fn webhook(
     }
 }
 
-fn error_of(error: &Value) -> ProviderError {
-    let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
-    ProviderError {
-        error_type: text("type"),
-        code: text("code"),
-        decline_code: text("decline_code"),
-        message: text("message"),
-    }
+/// The outcome an event reports, with the PaymentIntent it names, or `None` to ignore it.
+fn outcome_of(event_type: &str, object: &Value) -> Option<(PaymentResult, Option<String>)> {
+    let id = object["id"].as_str().map(str::to_owned);
+    let failed = |code: &str, message: &str| PaymentResult::Failed {
+        error: Some(ProviderError {
+            error_type: Some("card_error".into()),
+            code: Some(code.into()),
+            decline_code: None,
+            message: Some(message.into()),
+        }),
+    };
+    Some(match event_type {
+        "payment_intent.succeeded" => (PaymentResult::Paid, id),
+        "payment_intent.payment_failed" => (
+            PaymentResult::Failed {
+                error: Some(provider_error(&object["last_payment_error"])),
+            },
+            id,
+        ),
+        "payment_intent.processing" => (
+            PaymentResult::Pending {
+                object_id: id.clone()?,
+            },
+            id,
+        ),
+        "payment_intent.canceled" => (
+            failed("payment_canceled", "the Stripe PaymentIntent was canceled"),
+            id,
+        ),
+        // Since 2025-03-31.basil an invoice has no `payment_intent`: the payment actor reads
+        // the invoice's payments when it needs the PaymentIntent (a refund).
+        "invoice.paid" => (PaymentResult::Paid, None),
+        "invoice.payment_failed" => (
+            failed(
+                "invoice_payment_failed",
+                "the Stripe invoice's payment failed",
+            ),
+            None,
+        ),
+        "invoice.voided" => (
+            failed("invoice_voided", "the Stripe invoice was voided"),
+            None,
+        ),
+        "invoice.marked_uncollectible" => (
+            failed(
+                "invoice_uncollectible",
+                "the Stripe invoice was marked uncollectible",
+            ),
+            None,
+        ),
+        _ => return None,
+    })
 }

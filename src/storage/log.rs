@@ -207,6 +207,7 @@ impl Writer {
         let group_records = decided.accepted + decided.duplicates;
         if !decided.batch.is_empty() {
             let started = Instant::now();
+            self.shared.check(super::faults::StorageOp::Append)?;
             self.db.write_opt(decided.batch, &self.write_opts)?;
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             stats.last_persist_micros.store(micros, Relaxed);

@@ -17,6 +17,9 @@ impl Store {
     /// RocksDB write errors.
     pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.inner
+            .shared
+            .check(super::faults::StorageOp::MetaWrite)?;
+        self.inner
             .db
             .put_cf_opt(self.cf(CF_META)?, key, value, &self.inner.write_opts)?;
         Ok(())
@@ -27,6 +30,7 @@ impl Store {
     /// # Errors
     /// RocksDB read errors.
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
         Ok(self.inner.db.get_cf(self.cf(CF_META)?, key)?)
     }
 
@@ -35,6 +39,7 @@ impl Store {
     /// # Errors
     /// The first RocksDB read error.
     pub fn meta_multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
         let cf = self.cf(CF_META)?;
         self.inner
             .db
@@ -50,6 +55,9 @@ impl Store {
     /// RocksDB write errors.
     pub fn meta_delete(&self, key: &[u8]) -> Result<(), StorageError> {
         self.inner
+            .shared
+            .check(super::faults::StorageOp::MetaWrite)?;
+        self.inner
             .db
             .delete_cf_opt(self.cf(CF_META)?, key, &self.inner.write_opts)?;
         Ok(())
@@ -62,6 +70,7 @@ impl Store {
     /// # Errors
     /// RocksDB read errors.
     pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
         let mut read_opts = ReadOptions::default();
         if let Some(end) = prefix_end(prefix) {
             read_opts.set_iterate_upper_bound(end);
@@ -94,6 +103,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<MetaEntry>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
         let mut read_opts = ReadOptions::default();
         if let Some(end) = prefix_end(prefix) {
             read_opts.set_iterate_upper_bound(end);
@@ -153,6 +163,9 @@ impl Store {
         deletes: &[Vec<u8>],
         opts: &rocksdb::WriteOptions,
     ) -> Result<(), StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::MetaWrite)?;
         if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }

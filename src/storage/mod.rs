@@ -32,6 +32,7 @@
 
 mod codec;
 mod dedupe;
+pub mod faults;
 mod keys;
 mod log;
 mod meta;
@@ -134,6 +135,9 @@ pub enum StorageError {
     /// The database lacks a column family this module creates on open.
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),
+    /// A test's [`faults::FaultInjector`] failed the operation (as a failing disk would).
+    #[error("injected storage fault: {0}")]
+    Injected(String),
 }
 
 /// When an append is acknowledged (`storage.durability` in config).
@@ -252,6 +256,19 @@ pub(crate) struct Shared {
     /// re-reads and deletes expired entries, so a sweep never deletes a key the writer has just
     /// re-accepted.
     dedupe_lock: Mutex<()>,
+    /// Tests' fault injection; `None` in production.
+    faults: Option<faults::Faults>,
+}
+
+impl Shared {
+    /// Asks the fault injector, if any, whether `op` may go ahead.
+    #[inline]
+    fn check(&self, op: faults::StorageOp) -> Result<(), StorageError> {
+        match &self.faults {
+            Some(faults) => faults.before(op),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Handle to the database. Cheap to clone. Dropping the last handle stops the writer thread
@@ -288,6 +305,18 @@ impl Store {
     /// an unreadable directory), corrupt keys found while recovering the seq counters, a
     /// failed thread spawn.
     pub fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
+        Store::open_with_faults(dir, opts, None)
+    }
+
+    /// [`Store::open`] with a fault injector asked before every write and read (tests).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with_faults(
+        dir: &Path,
+        opts: StoreOptions,
+        faults: Option<faults::Faults>,
+    ) -> Result<Store, StorageError> {
         if opts.dedupe_window_ms < 0 {
             // A negative window would silently turn dedupe off.
             return Err(StorageError::InvalidOptions(
@@ -301,6 +330,7 @@ impl Store {
             last_seqs: RwLock::new(seqs.clone()),
             stats: StatCounters::default(),
             dedupe_lock: Mutex::new(()),
+            faults,
         });
         let log = GroupCommit::start(
             Arc::clone(&db),
@@ -363,6 +393,17 @@ impl Store {
         answer.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
+    /// Writes a consistent, openable copy of the whole database to `dir` (which must not
+    /// exist), while the store keeps running: RocksDB's checkpoint (hard links of the table
+    /// files plus the write-ahead log). What a crash at this instant would leave on disk.
+    ///
+    /// # Errors
+    /// RocksDB errors (`dir` exists, another file system for hard links is copied instead).
+    pub fn copy_to(&self, dir: &Path) -> Result<(), StorageError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.inner.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     /// The last persisted seq of `partition` (0 when it has none).
     ///
     /// # Errors
@@ -391,6 +432,7 @@ impl Store {
         after_seq: u64,
         mut f: impl FnMut(u64, i64, &[u8]) -> Result<(), StorageError>,
     ) -> Result<u64, StorageError> {
+        self.inner.shared.check(faults::StorageOp::Read)?;
         let Some(mut expected) = after_seq.checked_add(1) else {
             return Ok(0);
         };
@@ -438,6 +480,7 @@ impl Store {
         seq: u64,
         state: &[u8],
     ) -> Result<(), StorageError> {
+        self.inner.shared.check(faults::StorageOp::Checkpoint)?;
         let last = self.last_seq(partition)?;
         let checkpointed = self.checkpoint_seq(partition)?.unwrap_or(0);
         if seq > last || seq < checkpointed {
@@ -503,6 +546,7 @@ impl Store {
         up_to_seq: u64,
         now_ms: i64,
     ) -> Result<TrimStats, StorageError> {
+        self.inner.shared.check(faults::StorageOp::Trim)?;
         let mut stats = TrimStats {
             log_trimmed_up_to: up_to_seq.min(self.checkpoint_seq(partition)?.unwrap_or(0)),
             ..TrimStats::default()

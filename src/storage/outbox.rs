@@ -31,6 +31,9 @@ impl Store {
         entries: &[(Uuid16, Vec<u8>)],
         cause: (u16, u64),
     ) -> Result<usize, StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::OutboxWrite)?;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -77,6 +80,7 @@ impl Store {
     /// # Errors
     /// RocksDB read errors, a key that is not a 16-byte id.
     pub fn outbox_pending(&self) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
         self.scan_effects(CF_OUTBOX)
     }
 
@@ -86,6 +90,9 @@ impl Store {
     /// # Errors
     /// RocksDB errors; nothing changed then.
     pub fn mark_delivered(&self, id: Uuid16, cause: (u16, u64)) -> Result<(), StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::OutboxWrite)?;
         let outbox = self.cf(CF_OUTBOX)?;
         let done = self.cf(CF_OUTBOX_DONE)?;
         let _outbox = self.lock_outbox();
@@ -103,6 +110,9 @@ impl Store {
     /// # Errors
     /// RocksDB errors.
     pub fn update_outbox(&self, id: Uuid16, value: &[u8]) -> Result<bool, StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::OutboxWrite)?;
         let outbox = self.cf(CF_OUTBOX)?;
         let _outbox = self.lock_outbox();
         if self.inner.db.get_pinned_cf(outbox, id)?.is_none() {
@@ -120,6 +130,9 @@ impl Store {
     /// # Errors
     /// RocksDB errors.
     pub fn dead_letter(&self, id: Uuid16, value: &[u8]) -> Result<bool, StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::OutboxWrite)?;
         let outbox = self.cf(CF_OUTBOX)?;
         let dead = self.cf(CF_DEAD_LETTER)?;
         let _outbox = self.lock_outbox();
@@ -138,6 +151,7 @@ impl Store {
     /// # Errors
     /// RocksDB read errors, a key that is not a 16-byte id.
     pub fn dead_letters(&self) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
         self.scan_effects(CF_DEAD_LETTER)
     }
 
@@ -147,6 +161,9 @@ impl Store {
     /// # Errors
     /// RocksDB errors.
     pub fn redrive_dead_letter(&self, id: Uuid16) -> Result<bool, StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::OutboxWrite)?;
         let outbox = self.cf(CF_OUTBOX)?;
         let dead = self.cf(CF_DEAD_LETTER)?;
         let _outbox = self.lock_outbox();

@@ -9,28 +9,28 @@ use tollgate::domain::fixtures;
 use super::support::eventually;
 use super::{TOKEN, TestApp, spawn_app};
 
-const COMMIT_PRODUCT: &str = "00000000-0000-0000-0000-000000002003";
-const RATE_CARD: &str = "00000000-0000-0000-0000-000000003001";
+pub(crate) const COMMIT_PRODUCT: &str = "00000000-0000-0000-0000-000000002003";
+pub(crate) const RATE_CARD: &str = "00000000-0000-0000-0000-000000003001";
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     tollgate::domain::Timestamp(ms).to_rfc3339()
 }
 
-fn month_start() -> String {
+pub(crate) fn month_start() -> String {
     tollgate::domain::Timestamp(now_ms())
         .month_start()
         .to_rfc3339()
 }
 
 /// The fixture catalog (api_call at $1 = 100 cents) loaded through the engine.
-async fn app_with_catalog() -> TestApp {
+pub(crate) async fn app_with_catalog() -> TestApp {
     let app = spawn_app().await;
     for change in fixtures::catalog_changes() {
         app.engine.change_catalog(change).await.unwrap();
@@ -38,7 +38,7 @@ async fn app_with_catalog() -> TestApp {
     app
 }
 
-async fn create_customer(app: &TestApp, alias: &str) -> String {
+pub(crate) async fn create_customer(app: &TestApp, alias: &str) -> String {
     let (status, body) = app
         .post(
             "/v1/customers",
@@ -50,7 +50,7 @@ async fn create_customer(app: &TestApp, alias: &str) -> String {
     body["data"]["id"].as_str().unwrap().to_owned()
 }
 
-fn gate(kind: &str) -> Value {
+pub(crate) fn gate(kind: &str) -> Value {
     json!({"payment_gate_type": kind})
 }
 
@@ -72,7 +72,7 @@ async fn ingest_calls(app: &TestApp, alias: &str, prefix: &str, n: usize) {
     }
 }
 
-async fn draft_usage_total(app: &TestApp, customer: &str) -> Value {
+pub(crate) async fn draft_usage_total(app: &TestApp, customer: &str) -> Value {
     let (status, body) = app
         .get(&format!(
             "/v1/customers/{customer}/invoices?type=USAGE&status=DRAFT"

@@ -7,6 +7,7 @@ mod support;
 mod catalog;
 mod contracts;
 mod edge;
+mod money_edges;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -29,12 +30,21 @@ pub struct TestApp {
 
 /// Starts Tollgate on 127.0.0.1:0 with a fresh data dir and a webhook receiver.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_faults(None).await
+}
+
+/// [`spawn_app`] on a store that asks `faults` before every write and read.
+pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Faults>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
     let config = support::engine_config(dir.path(), Some(&receiver.url));
-    let engine = Engine::start(config, Arc::new(SystemClock), None)
-        .await
-        .unwrap();
+    let seams = tollgate::actors::Seams {
+        clock: Arc::new(SystemClock),
+        payments: None,
+        storage_faults: faults,
+        webhook_transport: None,
+    };
+    let engine = Engine::start_with(config, seams).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let app =
         Application::build(listener, engine.clone(), &[TOKEN.to_owned()], 1 << 20, 1).unwrap();

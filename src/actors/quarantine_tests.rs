@@ -1,0 +1,182 @@
+//! Quarantine through [`apply_logged`]: a panicking and an overflowing input are kept, change
+//! nothing, and the customer's later inputs go on.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::actors::EngineError;
+use crate::actors::clock::ManualClock;
+use crate::actors::entry::PersistedCustomer;
+use crate::actors::metrics::EngineMetrics;
+use crate::actors::quarantine::{QuarantineCause, Quarantined, list};
+use crate::actors::shared::{EngineSettings, Shared};
+use crate::domain::contract::LineDraw;
+use crate::domain::fixtures::{self, CONTRACT, CUSTOMER, T0};
+use crate::domain::{Ctx, Limits, Money};
+use crate::storage::Store;
+use crate::storage::StoreOptions;
+
+fn shared(dir: &std::path::Path) -> Shared {
+    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    let settings = EngineSettings {
+        partitions: 1,
+        limits: Limits::default(),
+        webhook_urls: Vec::new(),
+        mailbox_capacity: 16,
+        pending_inputs_max: 16,
+        checkpoint_interval_ms: 60_000,
+        checkpoint_every_inputs: 1_000,
+        evict_idle_ms: 60_000,
+        tick_interval_ms: 60_000,
+        late_window_ms: 60_000,
+    };
+    Shared::new(
+        store,
+        settings,
+        Arc::new(ManualClock::new(T0.millis())),
+        Arc::new(EngineMetrics::default()),
+        fixtures::catalog(),
+        (sinks(), Vec::new()),
+    )
+}
+
+/// Sinks nobody reads: these tests persist and look at what they get back.
+fn sinks() -> crate::actors::handles::Sinks {
+    use crate::actors::{payment::PaymentActor, webhook::WebhookActor};
+    crate::actors::handles::Sinks::detached::<WebhookActor, PaymentActor>()
+}
+
+/// A customer with one contract on which 10 tokens were charged.
+fn customer_with_tokens() -> PersistedCustomer {
+    let mut state = PersistedCustomer::default();
+    let catalog = fixtures::catalog();
+    let limits = Limits::default();
+    let ctx = Ctx {
+        at: T0,
+        catalog: &catalog,
+        catalog_version: catalog.version(),
+        limits: &limits,
+    };
+    let mut contract = fixtures::contract(CONTRACT);
+    contract.commits.push(fixtures::prepaid_commit(10_000, 1));
+    for input in [
+        Input::create_customer(fixtures::profile(CUSTOMER, false)),
+        Input::create_contract(contract),
+        Input::RecordUsage(fixtures::llm_tokens("t1", T0, "10")),
+    ] {
+        state.customer.apply(&input, &ctx).unwrap();
+    }
+    state
+}
+
+fn usage(seq: u64, txn: &str, tokens: &str, catalog_version: u64) -> (u64, Input, u64) {
+    (
+        seq,
+        Input::RecordUsage(fixtures::llm_tokens(txn, T0, tokens)),
+        catalog_version,
+    )
+}
+
+fn apply(
+    shared: &Shared,
+    state: &mut PersistedCustomer,
+    (seq, input, catalog_version): (u64, Input, u64),
+    quarantined: &mut Vec<Quarantined>,
+) -> Result<crate::domain::Applied, EngineError> {
+    let logged = Logged {
+        partition: 0,
+        seq,
+        customer_id: CUSTOMER,
+        at: T0,
+        catalog_version,
+        input: &input,
+    };
+    apply_logged(shared, state, logged, true, quarantined)
+}
+
+#[test]
+fn a_panicking_apply_is_quarantined_the_state_is_unchanged_and_later_inputs_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let mut state = customer_with_tokens();
+    // A corrupt state (a draw from a commit that does not exist): giving back panics.
+    state.customer.contracts[0].periods[0].lines[0].draws[0] = LineDraw {
+        commit: 99,
+        segment: 0,
+        amount: Money::from_i64(20),
+    };
+    let before = state.customer.clone();
+    let mut quarantined = Vec::new();
+    let result = apply(
+        &shared,
+        &mut state,
+        usage(5, "neg", "-5", version),
+        &mut quarantined,
+    );
+    assert!(
+        matches!(result, Err(EngineError::Quarantined(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        state.customer, before,
+        "a quarantined input changes nothing"
+    );
+    assert_eq!(state.applied_seq, 5, "and is not applied again on replay");
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].cause, QuarantineCause::Panic);
+    assert!(
+        quarantined[0].reason.contains("index out of bounds"),
+        "{}",
+        quarantined[0].reason
+    );
+    assert_eq!(EngineMetrics::get(&shared.metrics.inputs_quarantined), 1);
+
+    // Kept durably and listed, in log order.
+    persist_quarantined(&shared, &quarantined).unwrap();
+    let listed = list(&shared.store, None, 10).unwrap();
+    assert_eq!(listed, quarantined);
+
+    // The customer's later inputs go on.
+    let mut more = Vec::new();
+    apply(
+        &shared,
+        &mut state,
+        usage(6, "pos", "5", version),
+        &mut more,
+    )
+    .unwrap();
+    assert!(more.is_empty());
+    assert_ne!(state.customer, before);
+}
+
+#[test]
+fn usage_refused_inside_the_engine_is_quarantined_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let mut state = customer_with_tokens();
+    // A line whose charge is at Decimal's limit (impossible within the bounds): any more
+    // usage overflows.
+    let line = &mut state.customer.contracts[0].periods[0].lines[0];
+    line.charged = Money::from_decimal(rust_decimal::Decimal::MAX);
+    let before = state.customer.clone();
+    let mut quarantined = Vec::new();
+    let result = apply(
+        &shared,
+        &mut state,
+        usage(7, "big", "1000000", version),
+        &mut quarantined,
+    );
+    assert!(
+        matches!(result, Err(EngineError::Quarantined(_))),
+        "{result:?}"
+    );
+    assert_eq!(state.customer, before);
+    assert_eq!(quarantined[0].cause, QuarantineCause::Refused);
+    assert!(
+        quarantined[0].reason.contains("overflow"),
+        "{}",
+        quarantined[0].reason
+    );
+}

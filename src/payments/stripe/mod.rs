@@ -1,0 +1,465 @@
+//! Stripe's REST API as a [`PaymentProvider`]: off-session PaymentIntents or invoices, found
+//! again by `metadata.workflow_id` before anything is created, every write under an idempotency
+//! key derived from the workflow id. Also the verification of Stripe's webhook signatures.
+//!
+//! Every request pins [`STRIPE_VERSION`], and only fields that exist in that version are read:
+//! since `2025-03-31.basil` an invoice has no `payment_intent` (nor `charge`, nor `paid`), so an
+//! invoice's PaymentIntent comes from its invoice payments (`/v1/invoice_payments`).
+//!
+//! Amounts go to Stripe in integer minor units: the engine's one rounding rule (half-up) is
+//! applied here, where money leaves the engine.
+
+mod intents;
+mod invoices;
+mod signature;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use self::intents::intent_object;
+pub use self::signature::{SIGNATURE_TOLERANCE_S, sign, verify_signature};
+use super::{Answer, PaymentProvider, ProviderFuture, ProviderObject, RefundReceipt};
+use crate::domain::effects::PaymentRequest;
+use crate::domain::gate::{ProviderError, StripePaymentType};
+
+/// Stripe's public API.
+pub const API_BASE_DEFAULT: &str = "https://api.stripe.com";
+/// The API version every request pins (`Stripe-Version`). The Stripe webhook endpoint must be
+/// created with the same version, so events carry the shapes read here.
+pub const STRIPE_VERSION: &str = "2025-03-31.basil";
+/// Stripe refuses charges below its minimum (USD 0.50); in the currency's minor units.
+pub const MINIMUM_CHARGE_MINOR_UNITS: i64 = 50;
+/// How many list pages the fallback lookup reads (100 objects each) when search is unavailable.
+const LIST_PAGES_MAX: usize = 10;
+
+#[derive(Clone, Debug)]
+pub struct StripeSettings {
+    pub secret_key: String,
+    pub api_base: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct StripeProvider {
+    inner: Arc<Client>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    settings: StripeSettings,
+}
+
+impl StripeProvider {
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(settings: StripeSettings) -> Result<StripeProvider, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .build()
+            .map_err(|e| format!("cannot build the Stripe client: {e}"))?;
+        Ok(StripeProvider {
+            inner: Arc::new(Client { http, settings }),
+        })
+    }
+}
+
+/// One HTTP exchange with Stripe.
+enum Reply {
+    Ok(Value),
+    /// A readable error answer.
+    Error {
+        status: u16,
+        body: Value,
+    },
+    /// No readable answer (connection error, timeout, unparseable body).
+    Lost(String),
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(String, String)],
+        idempotency_key: Option<&str>,
+    ) -> Reply {
+        let url = format!("{}{path}", self.settings.api_base.trim_end_matches('/'));
+        let method_ = match method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self
+            .http
+            .request(method_, url)
+            .bearer_auth(&self.settings.secret_key)
+            .header("Stripe-Version", STRIPE_VERSION);
+        if let Some(key) = idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        builder = match method {
+            Method::Post => builder.form(params),
+            Method::Get | Method::Delete => builder.query(params),
+        };
+        let response = match builder.send().await {
+            Ok(response) => response,
+            Err(error) => return Reply::Lost(format!("stripe request failed: {error}")),
+        };
+        let status = response.status().as_u16();
+        match response.json::<Value>().await {
+            Ok(body) if (200..300).contains(&status) => Reply::Ok(body),
+            Ok(body) => Reply::Error { status, body },
+            Err(error) => Reply::Lost(format!("stripe answered {status} unreadably: {error}")),
+        }
+    }
+
+    async fn get(&self, path: &str, query: &[(String, String)]) -> Reply {
+        self.call(Method::Get, path, query, None).await
+    }
+
+    async fn post(&self, path: &str, form: &[(String, String)], key: &str) -> Reply {
+        self.call(Method::Post, path, form, Some(key)).await
+    }
+}
+
+/// Sorts a failed reply into what the engine may conclude. `Ok` replies are the caller's.
+fn failure<T>(reply: Reply) -> Answer<T> {
+    match reply {
+        Reply::Ok(_) => Answer::Transient("unexpected success".into()),
+        Reply::Lost(error) => Answer::Transient(error),
+        Reply::Error { status, body } => {
+            let error = &body["error"];
+            let message = error["message"].as_str().unwrap_or_default().to_owned();
+            match status {
+                409 => Answer::InProgress(message),
+                400 if error["type"] == "idempotency_error" => Answer::KeyReused(message),
+                401 | 403 => Answer::Unauthorized(format!("stripe answered {status}: {message}")),
+                429 | 500..=599 => {
+                    Answer::Transient(format!("stripe answered {status}: {message}"))
+                }
+                _ => Answer::refused(
+                    provider_error(error),
+                    error
+                        .get("payment_intent")
+                        .filter(|pi| pi.is_object())
+                        .and_then(intent_object),
+                ),
+            }
+        }
+    }
+}
+
+/// Maps an `Ok` reply through `read`; anything else through [`failure`].
+fn answer<T>(reply: Reply, read: impl FnOnce(&Value) -> Option<T>) -> Answer<T> {
+    match reply {
+        Reply::Ok(body) => match read(&body) {
+            Some(value) => Answer::Ok(value),
+            None => Answer::Transient(format!("stripe answered an unexpected object: {body}")),
+        },
+        other => failure(other),
+    }
+}
+
+/// An `Ok` reply's body as it is.
+fn json(reply: Reply) -> Answer<Value> {
+    answer(reply, |v| Some(v.clone()))
+}
+
+pub(crate) fn provider_error(error: &Value) -> ProviderError {
+    let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
+    ProviderError {
+        error_type: text("type"),
+        code: text("code"),
+        decline_code: text("decline_code"),
+        message: text("message"),
+    }
+}
+
+/// A refusal made by Tollgate itself before calling Stripe (nothing was sent).
+fn refusal(code: &str, message: String) -> ProviderError {
+    ProviderError {
+        error_type: Some("invalid_request_error".into()),
+        code: Some(code.into()),
+        decline_code: None,
+        message: Some(message),
+    }
+}
+
+/// The idempotency key of one write of a workflow: the workflow id for the PaymentIntent
+/// create (the key Tollgate always used), `<workflow>-<step>` for the others.
+fn key(request: &PaymentRequest, step: &str) -> String {
+    if step.is_empty() {
+        request.workflow_id.to_string()
+    } else {
+        format!("{}-{step}", request.workflow_id)
+    }
+}
+
+/// The metadata every object carries; `workflow_id` is what [`PaymentProvider::find`] searches.
+fn metadata(request: &PaymentRequest, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut form = vec![
+        (
+            "metadata[tollgate_workflow_id]".to_owned(),
+            request.workflow_id.to_string(),
+        ),
+        (
+            "metadata[workflow_id]".to_owned(),
+            request.workflow_id.to_string(),
+        ),
+        (
+            "metadata[invoice_id]".to_owned(),
+            request.invoice_id.to_string(),
+        ),
+        (
+            "metadata[workflow_type]".to_owned(),
+            request.workflow_type.as_str().to_owned(),
+        ),
+    ];
+    for (key, value) in extra {
+        form.push((format!("metadata[{key}]"), value.clone()));
+    }
+    form
+}
+
+/// The search query for a workflow's objects.
+fn workflow_query(request: &PaymentRequest) -> Vec<(String, String)> {
+    vec![(
+        "query".to_owned(),
+        format!("metadata['workflow_id']:'{}'", request.workflow_id),
+    )]
+}
+
+/// The amount in minor units and the lower-case currency, or the refusal to charge it.
+fn amount_of(request: &PaymentRequest) -> Result<(i64, String), ProviderError> {
+    let amount = request
+        .amount
+        .to_minor_units(&request.credit_type)
+        .map_err(|e| {
+            refusal(
+                "amount_invalid",
+                format!("the amount cannot be charged: {e}"),
+            )
+        })?;
+    if amount < MINIMUM_CHARGE_MINOR_UNITS {
+        // Never silently dropped: the workflow fails and says why (see the README).
+        return Err(refusal(
+            "amount_too_small",
+            format!(
+                "{amount} minor units is below Stripe's minimum charge of {MINIMUM_CHARGE_MINOR_UNITS}"
+            ),
+        ));
+    }
+    let currency = request
+        .credit_type
+        .currency
+        .clone()
+        .unwrap_or_else(|| "usd".into())
+        .to_lowercase();
+    Ok((amount, currency))
+}
+
+/// Objects of a search or list answer whose `metadata.workflow_id` is the workflow's (search
+/// answers are filtered again: a list answer holds every object of the customer).
+fn of_workflow<'a>(list: &'a Value, request: &PaymentRequest) -> Vec<&'a Value> {
+    let id = request.workflow_id.to_string();
+    list["data"]
+        .as_array()
+        .map(|data| {
+            data.iter()
+                .filter(|o| o["metadata"]["workflow_id"].as_str() == Some(id.as_str()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Client {
+    /// The workflow's objects of one kind (`payment_intents` or `invoices`): search, or the
+    /// customer's list when this account cannot search (search answers 400/404 there).
+    async fn find_raw(&self, kind: &str, request: &PaymentRequest) -> Answer<Vec<Value>> {
+        let search = self
+            .get(&format!("/v1/{kind}/search"), &workflow_query(request))
+            .await;
+        match search {
+            Reply::Ok(body) => {
+                return Answer::Ok(of_workflow(&body, request).into_iter().cloned().collect());
+            }
+            Reply::Error {
+                status: 400 | 404, ..
+            } => {}
+            other => return failure(other),
+        }
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..LIST_PAGES_MAX {
+            let mut query = vec![
+                ("customer".to_owned(), request.stripe_customer_id.clone()),
+                ("limit".to_owned(), "100".to_owned()),
+            ];
+            if let Some(after) = &after {
+                query.push(("starting_after".to_owned(), after.clone()));
+            }
+            let body = match self.get(&format!("/v1/{kind}"), &query).await {
+                Reply::Ok(body) => body,
+                other => return failure(other),
+            };
+            found.extend(of_workflow(&body, request).into_iter().cloned());
+            after = body["data"]
+                .as_array()
+                .and_then(|d| d.last())
+                .and_then(|o| o["id"].as_str())
+                .map(str::to_owned);
+            if body["has_more"] != true || after.is_none() {
+                return Answer::Ok(found);
+            }
+        }
+        Answer::Transient(
+            "too many objects to list for this customer; search is unavailable".into(),
+        )
+    }
+}
+
+impl PaymentProvider for StripeProvider {
+    fn find(&self, request: &PaymentRequest) -> ProviderFuture<Option<ProviderObject>> {
+        let client = Arc::clone(&self.inner);
+        let request = request.clone();
+        Box::pin(async move {
+            match request.stripe.payment_type {
+                StripePaymentType::PaymentIntent => intents::find(&client, &request).await,
+                StripePaymentType::Invoice => invoices::find(&client, &request).await,
+            }
+        })
+    }
+
+    fn charge(
+        &self,
+        request: &PaymentRequest,
+        existing: Option<ProviderObject>,
+    ) -> ProviderFuture<ProviderObject> {
+        let client = Arc::clone(&self.inner);
+        let request = request.clone();
+        Box::pin(async move {
+            match request.stripe.payment_type {
+                StripePaymentType::PaymentIntent => {
+                    intents::charge(&client, &request, existing).await
+                }
+                StripePaymentType::Invoice => invoices::charge(&client, &request, existing).await,
+            }
+        })
+    }
+
+    fn retrieve(
+        &self,
+        request: &PaymentRequest,
+        object_id: &str,
+    ) -> ProviderFuture<ProviderObject> {
+        let client = Arc::clone(&self.inner);
+        let (request, id) = (request.clone(), object_id.to_owned());
+        Box::pin(async move {
+            match request.stripe.payment_type {
+                StripePaymentType::PaymentIntent => intents::retrieve(&client, &id).await,
+                StripePaymentType::Invoice => invoices::retrieve(&client, &id).await,
+            }
+        })
+    }
+
+    fn cancel(&self, request: &PaymentRequest, object_id: &str) -> ProviderFuture<ProviderObject> {
+        let client = Arc::clone(&self.inner);
+        let (request, id) = (request.clone(), object_id.to_owned());
+        Box::pin(async move {
+            match request.stripe.payment_type {
+                StripePaymentType::PaymentIntent => intents::cancel(&client, &request, &id).await,
+                StripePaymentType::Invoice => invoices::cancel(&client, &request, &id).await,
+            }
+        })
+    }
+
+    fn refund(&self, request: &PaymentRequest, object_id: &str) -> ProviderFuture<RefundReceipt> {
+        let client = Arc::clone(&self.inner);
+        let (request, id) = (request.clone(), object_id.to_owned());
+        Box::pin(async move {
+            let intent = match request.stripe.payment_type {
+                StripePaymentType::PaymentIntent => id,
+                StripePaymentType::Invoice => {
+                    match invoices::retrieve(&client, &id)
+                        .await
+                        .map(|i| i.payment_intent_id)
+                    {
+                        Answer::Ok(Some(intent)) => intent,
+                        Answer::Ok(None) => {
+                            return Answer::Transient(format!(
+                                "invoice {id} has no paid PaymentIntent yet"
+                            ));
+                        }
+                        other => return other.retype(),
+                    }
+                }
+            };
+            intents::refund(&client, &request, &intent).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn error(status: u16, body: Value) -> Answer<()> {
+        failure(Reply::Error { status, body })
+    }
+
+    #[test]
+    fn every_stripe_error_status_is_sorted_by_what_the_engine_may_conclude() {
+        let idempotency = json!({"error": {"type": "idempotency_error", "message": "x"}});
+        assert!(matches!(
+            error(409, idempotency.clone()),
+            Answer::InProgress(_)
+        ));
+        assert!(matches!(error(400, idempotency), Answer::KeyReused(_)));
+        for status in [429, 500, 502, 503] {
+            let body = json!({"error": {"type": "api_error"}});
+            assert!(
+                matches!(error(status, body), Answer::Transient(_)),
+                "{status}"
+            );
+        }
+        for status in [401, 403] {
+            let body = json!({"error": {"type": "invalid_request_error"}});
+            assert!(
+                matches!(error(status, body), Answer::Unauthorized(_)),
+                "{status}"
+            );
+        }
+        assert!(matches!(
+            failure::<()>(Reply::Lost("timeout".into())),
+            Answer::Transient(_)
+        ));
+        // A card decline is a refusal that names its PaymentIntent.
+        let declined = json!({"error": {"type": "card_error", "decline_code": "insufficient_funds",
+            "payment_intent": {"id": "pi_1", "status": "requires_payment_method",
+                "last_payment_error": {"type": "card_error"}}}});
+        match error(402, declined) {
+            Answer::Refused(refusal) => {
+                assert_eq!(
+                    refusal.error.decline_code.as_deref(),
+                    Some("insufficient_funds")
+                );
+                assert_eq!(refusal.object.map(|o| o.id).as_deref(), Some("pi_1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let invalid =
+            json!({"error": {"type": "invalid_request_error", "code": "resource_missing"}});
+        assert!(matches!(error(400, invalid), Answer::Refused(_)));
+    }
+}

@@ -1,0 +1,456 @@
+//! Money safety at the edges, over HTTP: negative usage, bounds that make overflow impossible,
+//! inputs that apply whole or not at all, and ids and aliases that cannot capture another
+//! customer's usage. Each test reproduces a way the engine once charged wrongly.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::contracts::{
+    COMMIT_PRODUCT, RATE_CARD, app_with_catalog, create_customer, draft_usage_total, gate,
+    month_start, now_ms, rfc3339,
+};
+use super::support::eventually;
+use super::{TestApp, spawn_app};
+use tollgate::domain::catalog::{CatalogChange, Price, ProductKind, Rate};
+use tollgate::domain::money::CreditType;
+use tollgate::domain::{Id, Money, Timestamp, fixtures};
+
+/// A read that must answer promptly (a dead customer actor must fail the test, not hang it).
+async fn timely<T>(future: impl std::future::Future<Output = T>) -> T {
+    actix_rt::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("the server answered within 10 s")
+}
+
+async fn net_balance(app: &TestApp, customer: &str) -> Value {
+    let (status, body) = timely(app.post(
+        "/v1/contracts/customerBalances/getNetBalance",
+        json!({"customer_id": customer}),
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["balance"].clone()
+}
+
+fn prepaid_commit(amount: Value) -> Value {
+    let start = month_start();
+    json!({
+        "type": "PREPAID",
+        "product_id": COMMIT_PRODUCT,
+        "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+        "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": amount}]}
+    })
+}
+
+fn credit(amount: Value) -> Value {
+    json!({
+        "product_id": COMMIT_PRODUCT,
+        "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": month_start(), "ending_before": "2099-01-01T00:00:00Z"}]}
+    })
+}
+
+/// A contract on the fixture rate card with one prepaid commit of `amount` cents.
+async fn contract_with_commit(app: &TestApp, customer: &str, amount: i64) -> String {
+    let (status, body) = app
+        .post(
+            "/v1/contracts/create",
+            json!({
+                "customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": month_start(),
+                "commits": [prepaid_commit(json!(amount))]
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn ingest(app: &TestApp, events: Value) -> (u16, Value) {
+    timely(app.post("/v1/ingest", events)).await
+}
+
+fn tokens(transaction_id: &str, customer: &str, amount: &str) -> Value {
+    json!({
+        "transaction_id": transaction_id, "customer_id": customer, "event_type": "llm",
+        "timestamp": rfc3339(now_ms()),
+        "properties": {"tokens": Value::Number(amount.parse().unwrap())}
+    })
+}
+
+fn call(transaction_id: &str, customer: &str) -> Value {
+    json!({
+        "transaction_id": transaction_id, "customer_id": customer, "event_type": "api_call",
+        "timestamp": rfc3339(now_ms())
+    })
+}
+
+/// The fixture catalog plus `bytes` (SUM of `bytes` on `storage` events) at a flat 1 cent.
+async fn app_with_flat_sum() -> TestApp {
+    let app = app_with_catalog().await;
+    for change in flat_sum_catalog() {
+        app.engine.change_catalog(change).await.unwrap();
+    }
+    app
+}
+
+fn flat_sum_catalog() -> Vec<CatalogChange> {
+    let metric = Id::from_u128(0x1101);
+    let product = Id::from_u128(0x2101);
+    let mut changes = fixtures::catalog_changes();
+    let CatalogChange::CreateBillableMetric(mut sum) = changes.swap_remove(1) else {
+        panic!("the fixture's second change is the SUM metric");
+    };
+    sum.id = metric;
+    sum.name = "Bytes".into();
+    sum.aggregation_key = Some("bytes".into());
+    sum.event_type_filter.in_values = Some(vec!["storage".into()]);
+    let CatalogChange::CreateProduct(mut usage) = changes.swap_remove(2) else {
+        panic!("the fixture's fourth change is the token product");
+    };
+    usage.id = product;
+    usage.name = "Bytes".into();
+    usage.kind = ProductKind::Usage {
+        billable_metric_id: metric,
+    };
+    let rate = Rate {
+        product_id: product,
+        price: Price::Flat(Money::from_i64(1)),
+        entitled: true,
+        starting_at: Timestamp(0),
+        ending_before: None,
+        credit_type_id: CreditType::usd_cents().id,
+        added_in_version: 0,
+    };
+    vec![
+        CatalogChange::CreateBillableMetric(sum),
+        CatalogChange::CreateProduct(usage),
+        CatalogChange::AddRates {
+            rate_card_id: fixtures::RATE_CARD,
+            rates: vec![rate],
+        },
+    ]
+}
+
+fn bytes(transaction_id: &str, customer: &str, amount: &str) -> Value {
+    json!({
+        "transaction_id": transaction_id, "customer_id": customer, "event_type": "storage",
+        "timestamp": rfc3339(now_ms()),
+        "properties": {"bytes": Value::Number(amount.parse().unwrap())}
+    })
+}
+
+#[actix_rt::test]
+async fn net_zero_sum_usage_draws_nothing_from_a_prepaid_commit() {
+    let app = app_with_flat_sum().await;
+    let customer = create_customer(&app, "tok").await;
+    contract_with_commit(&app, &customer, 100_000).await;
+    for (txn, amount) in [("neg", "-3000"), ("pos", "3000")] {
+        let (status, body) = ingest(&app, json!([bytes(txn, "tok", amount)])).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(net_balance(&app, &customer).await, json!(100_000));
+    assert_eq!(timely(draft_usage_total(&app, &customer)).await, json!(0));
+    // The net is back at zero: the next 500 bytes are charged from zero.
+    let (status, _) = ingest(&app, json!([bytes("more", "tok", "500")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &customer).await, json!(99_500));
+}
+
+#[actix_rt::test]
+async fn a_negative_net_charges_nothing_and_is_filled_back_to_zero_at_no_charge() {
+    let app = app_with_flat_sum().await;
+    let customer = create_customer(&app, "below").await;
+    contract_with_commit(&app, &customer, 10_000).await;
+    for (txn, amount) in [("a", "-2000"), ("b", "1000"), ("c", "1500")] {
+        let (status, body) = ingest(&app, json!([bytes(txn, "below", amount)])).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Net 500 bytes: 500 cents, although 2500 bytes of positive usage arrived.
+    assert_eq!(net_balance(&app, &customer).await, json!(9_500));
+    assert_eq!(timely(draft_usage_total(&app, &customer)).await, json!(0));
+}
+
+#[actix_rt::test]
+async fn a_negative_correction_first_gives_back_what_the_line_drew() {
+    let app = app_with_catalog().await;
+    let customer = create_customer(&app, "corr").await;
+    // 1000 cents of commit; 800 tokens cost 1600: 1000 drawn, 600 outstanding.
+    contract_with_commit(&app, &customer, 1_000).await;
+    let (status, _) = ingest(&app, json!([tokens("t1", "corr", "800")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &customer).await, json!(0));
+    assert_eq!(timely(draft_usage_total(&app, &customer)).await, json!(600));
+    // -300 tokens lower the line's charge by 600: the commit gets 600 back, outstanding stays.
+    let (status, _) = ingest(&app, json!([tokens("t2", "corr", "-300")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &customer).await, json!(600));
+    assert_eq!(timely(draft_usage_total(&app, &customer)).await, json!(600));
+    // -900 more: the net is -400, charged as zero; everything drawn goes back.
+    let (status, _) = ingest(&app, json!([tokens("t3", "corr", "-900")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &customer).await, json!(1_000));
+    assert_eq!(timely(draft_usage_total(&app, &customer)).await, json!(0));
+    // +400 fills the negative net back to zero at no charge.
+    let (status, _) = ingest(&app, json!([tokens("t4", "corr", "400")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &customer).await, json!(1_000));
+}
+
+#[actix_rt::test]
+async fn amounts_beyond_their_bounds_are_refused_naming_the_field_and_change_nothing() {
+    let app = app_with_catalog().await;
+    let customer = create_customer(&app, "huge").await;
+    let huge = Value::Number("50000000000000000000000000000".parse().unwrap());
+    let (status, body) = app
+        .post(
+            "/v1/contracts/create",
+            json!({
+                "customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": month_start(),
+                "credits": [credit(huge.clone()), credit(huge)]
+            }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("amount"),
+        "{body}"
+    );
+    let (_, list) = app
+        .post("/v1/contracts/list", json!({"customer_id": customer}))
+        .await;
+    assert_eq!(list["data"], json!([]), "a refused contract must not exist");
+
+    contract_with_commit(&app, &customer, 100_000).await;
+    let (status, body) = ingest(
+        &app,
+        json!([
+            tokens("ok", "huge", "10"),
+            tokens("big", "huge", "79000000000000000000000000000")
+        ]),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("[1].properties.tokens"),
+        "{body}"
+    );
+    // The refused batch changed nothing, and the customer's later events still apply.
+    let (status, _) = ingest(&app, json!([tokens("after", "huge", "10")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &customer).await, json!(99_980));
+}
+
+#[actix_rt::test]
+async fn a_threshold_crossing_starts_its_workflow_whatever_another_contract_holds() {
+    let app = app_with_catalog().await;
+    let customer = create_customer(&app, "two").await;
+    let huge = Value::Number("50000000000000000000000000000".parse().unwrap());
+    // A contract whose balance would overflow: refused today, and harmless if it existed.
+    app.post(
+        "/v1/contracts/create",
+        json!({
+            "customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": month_start(),
+            "credits": [credit(huge.clone()), credit(huge)],
+            "prepaid_balance_threshold_configuration": {
+                "commit": {"product_id": COMMIT_PRODUCT}, "is_enabled": true,
+                "payment_gate_config": gate("NONE"), "threshold_amount": 500, "recharge_to_amount": 5000}
+        }),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "/v1/contracts/create",
+            json!({
+                "customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": month_start(),
+                "spend_threshold_configuration": {
+                    "commit": {"product_id": COMMIT_PRODUCT}, "is_enabled": true,
+                    "payment_gate_config": gate("EXTERNAL"), "threshold_amount": 500}
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<Value> = (0..5).map(|i| call(&format!("c{i}"), "two")).collect();
+    let (status, _) = ingest(&app, json!(events)).await;
+    assert_eq!(status, 200);
+    eventually("external_initiate", || {
+        app.receiver.of_type("payment_gate.external_initiate").len() == 1
+    })
+    .await;
+    let initiate = app.receiver.of_type("payment_gate.external_initiate")[0].clone();
+    let workflow_id = initiate.body["properties"]["workflow_id"].as_str().unwrap();
+    let (status, body) = app
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            json!({"workflow_id": workflow_id, "outcome": "paid"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[actix_rt::test]
+async fn an_alias_equal_to_another_customers_id_is_refused_and_ids_win() {
+    let app = app_with_catalog().await;
+    let owner = create_customer(&app, "owner").await;
+    contract_with_commit(&app, &owner, 10_000).await;
+    let (status, body) = app
+        .post(
+            "/v1/customers",
+            json!({"name": "Thief", "ingest_aliases": [owner.clone()]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let thief = create_customer(&app, "thief").await;
+    contract_with_commit(&app, &thief, 10_000).await;
+    let (status, body) = app
+        .post(
+            &format!("/v1/customers/{thief}/setIngestAliases"),
+            json!({"ingest_aliases": ["thief", owner.clone()]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = ingest(&app, json!([call("by-id", &owner)])).await;
+    assert_eq!(status, 200);
+    assert_eq!(net_balance(&app, &owner).await, json!(9_900));
+    assert_eq!(net_balance(&app, &thief).await, json!(10_000));
+}
+
+#[actix_rt::test]
+async fn keys_with_control_format_or_edge_whitespace_characters_are_refused() {
+    let app = spawn_app().await;
+    for bad in [
+        "acme\u{0}x",
+        "acme\u{200b}",
+        " acme",
+        "acme\n",
+        "ac\u{202e}me",
+    ] {
+        let (status, body) = ingest(&app, json!([call("t-ok", bad)])).await;
+        assert_eq!(status, 400, "customer_id {bad:?}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("customer_id"),
+            "{body}"
+        );
+        let (status, body) = ingest(&app, json!([call(bad, "acme")])).await;
+        assert_eq!(status, 400, "transaction_id {bad:?}: {body}");
+        let (status, body) = app
+            .post(
+                "/v1/customers",
+                json!({"name": "Acme", "ingest_aliases": [bad]}),
+            )
+            .await;
+        assert_eq!(status, 400, "alias {bad:?}: {body}");
+    }
+}
+
+#[actix_rt::test]
+async fn usage_for_a_key_that_extends_an_alias_is_never_billed_to_the_alias() {
+    let app = app_with_catalog().await;
+    let acme = create_customer(&app, "acme").await;
+    contract_with_commit(&app, &acme, 10_000).await;
+    // A key no one has: kept as late usage for that key (or refused at the edge).
+    let (status, _) = ingest(&app, json!([call("smuggled", "acme\u{0}x")])).await;
+    assert!(status == 400 || status == 200, "{status}");
+    // Setting acme's aliases again releases late usage waiting for "acme", and only for it.
+    let (status, body) = app
+        .post(
+            &format!("/v1/customers/{acme}/setIngestAliases"),
+            json!({"ingest_aliases": ["acme", "acme-2"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = ingest(&app, json!([call("own", "acme")])).await;
+    assert_eq!(status, 200);
+    // Give a wrongly released event time to apply before looking.
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(net_balance(&app, &acme).await, json!(9_900));
+}
+
+#[actix_rt::test]
+async fn a_storage_failure_answers_503_with_retry_after_never_400_and_ready_fails() {
+    use tollgate::storage::faults::{Faults, ScriptedFaults, StorageOp};
+    let faults = ScriptedFaults::new();
+    let app = super::spawn_app_with_faults(Some(faults.clone() as Faults)).await;
+    let customer = create_customer(&app, "disk").await;
+    faults.fail_from(StorageOp::Append, 0);
+    let response = timely(
+        app.client
+            .post(format!("{}/v1/ingest", app.base))
+            .bearer_auth(super::TOKEN)
+            .json(&json!([call("lost-disk", "disk")]))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+    // Stopped: everything is refused as unavailable until a restart, and /ready says so.
+    faults.heal();
+    let (status, body) = app
+        .post(
+            &format!("/v1/customers/{customer}/setIngestAliases"),
+            json!({"ingest_aliases": ["disk-2"]}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let ready = app
+        .client
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+}
+
+#[actix_rt::test]
+async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
+    use tollgate::actors::quarantine::{QuarantineCause, Quarantined};
+    use tollgate::domain::customer::Input;
+    let app = spawn_app().await;
+    let (status, body) = app.get("/v1/tollgate/quarantine").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"data": [], "next_page": null}));
+    let entries: Vec<Quarantined> = (0..3)
+        .map(|seq| Quarantined {
+            partition: 1,
+            seq: 10 - seq,
+            index: 0,
+            customer_id: fixtures::CUSTOMER,
+            at: Timestamp(now_ms()),
+            catalog_version: 7,
+            input: Input::RecordUsage(fixtures::api_call(&format!("q{seq}"), Timestamp(now_ms()))),
+            cause: QuarantineCause::Panic,
+            reason: format!("boom {seq}"),
+        })
+        .collect();
+    let puts: Vec<_> = entries.iter().map(|e| e.encoded().unwrap()).collect();
+    app.engine.store().meta_write_derived(&puts).unwrap();
+    let (status, first) = app.get("/v1/tollgate/quarantine?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    let seqs: Vec<&Value> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["seq"])
+        .collect();
+    assert_eq!(seqs, vec![&json!(8), &json!(9)]);
+    assert_eq!(first["data"][0]["cause"], "PANIC");
+    assert_eq!(first["data"][0]["reason"], "boom 2");
+    let cursor = first["next_page"].as_str().unwrap();
+    let (_, rest) = app
+        .get(&format!(
+            "/v1/tollgate/quarantine?limit=2&next_page={cursor}"
+        ))
+        .await;
+    assert_eq!(rest["data"][0]["seq"], 10);
+    assert_eq!(rest["next_page"], Value::Null);
+    let (status, _) = app.get("/v1/tollgate/quarantine?next_page=zz").await;
+    assert_eq!(status, 400);
+}
