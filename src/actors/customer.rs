@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix::{Actor, Context, Handler, Message};
 use tokio::sync::oneshot;
 
-use super::entry::{PersistedCustomer, STATE_VERSION, state_key};
+use super::entry::{LogEntry, PersistedCustomer, STATE_VERSION, state_key};
 use super::error::EngineError;
 use super::handles::QueryFn;
 use super::metrics::EngineMetrics;
@@ -307,8 +307,11 @@ pub fn apply_logged(
                 ..logged
             };
             let index = u32::try_from(index + 1).unwrap_or(u32::MAX);
-            if let Ok(more) = guarded_apply(shared, &catalog, state, released, index, quarantined) {
-                applied.effects.extend(more.effects);
+            // A customer that was just created is small: a copy restores a failed event.
+            let before = state.customer.clone();
+            match guarded_apply(shared, &catalog, state, released, index, quarantined) {
+                Ok(more) => applied.effects.extend(more.effects),
+                Err(_) => state.customer = before,
             }
         }
     }
@@ -350,6 +353,14 @@ fn guarded_apply(
         Ok(Err(rejection)) => (QuarantineCause::Refused, rejection.to_string()),
         Err(payload) => (QuarantineCause::Panic, panic_message(payload.as_ref())),
     };
+    if matches!(logged.input, Input::RecordUsage(_)) && index == 0 {
+        // Usage applies in place (see `Customer::apply`): rebuild the state without it.
+        // (Parked usage, index > 0, is restored by its caller from a copy.)
+        *state = rebuilt_without(shared, logged).map_err(|error| {
+            shared.health.fail_stop("customer state rebuild", &error);
+            EngineError::Storage(error)
+        })?;
+    }
     EngineMetrics::add(&metrics.inputs_quarantined, 1);
     tracing::error!(
         customer = %logged.customer_id,
@@ -372,6 +383,52 @@ fn guarded_apply(
         reason: reason.clone(),
     });
     Err(EngineError::Quarantined(reason))
+}
+
+/// The customer's state as it was just before `logged`, with `logged` counted as consumed:
+/// its last written state and the log after it, replayed as recovery does (rare: only after a
+/// usage event failed part-way). Effects of the replayed inputs are already in the outbox.
+///
+/// # Errors
+/// Storage read or decode errors.
+fn rebuilt_without(shared: &Shared, logged: Logged<'_>) -> Result<PersistedCustomer, StorageError> {
+    let mut state = load_state(shared, logged.customer_id)?;
+    // Inputs of this customer after its written state are all in the log: a checkpoint writes
+    // every dirty state before the log is trimmed past them.
+    let checkpointed = shared
+        .store
+        .checkpoint(logged.partition)?
+        .map_or(0, |(seq, _)| seq);
+    let from = state.applied_seq.max(checkpointed);
+    shared
+        .store
+        .replay(logged.partition, from, |seq, at_ms, bytes| {
+            if seq >= logged.seq {
+                return Ok(());
+            }
+            let entry: LogEntry = storage::decode(super::entry::LOG_VERSION, bytes)?;
+            if let LogEntry::Customer {
+                customer_id,
+                catalog_version,
+                input,
+            } = entry
+            {
+                if customer_id == logged.customer_id {
+                    let earlier = Logged {
+                        seq,
+                        at: Timestamp(at_ms),
+                        catalog_version,
+                        input: &input,
+                        ..logged
+                    };
+                    // Inputs quarantined earlier are quarantined again, identically (already kept).
+                    let _ = apply_logged(shared, &mut state, earlier, false, &mut Vec::new());
+                }
+            }
+            Ok(())
+        })?;
+    state.applied_seq = state.applied_seq.max(logged.seq);
+    Ok(state)
 }
 
 /// Whether someone waits for the input's verdict (a refusal is then their 4xx). Usage is

@@ -46,6 +46,13 @@ fn sinks() -> crate::actors::handles::Sinks {
     crate::actors::handles::Sinks::detached::<WebhookActor, PaymentActor>()
 }
 
+/// Writes a state as a checkpoint or an eviction would.
+fn write_state(shared: &Shared, state: &PersistedCustomer) {
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION, state).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+}
+
 /// A customer with one contract on which 10 tokens were charged.
 fn customer_with_tokens() -> PersistedCustomer {
     let mut state = PersistedCustomer::default();
@@ -107,6 +114,8 @@ fn a_panicking_apply_is_quarantined_the_state_is_unchanged_and_later_inputs_appl
         amount: Money::from_i64(20),
     };
     let before = state.customer.clone();
+    // Usage applies in place; after a failure the state is rebuilt from what is written.
+    write_state(&shared, &state);
     let mut quarantined = Vec::new();
     let result = apply(
         &shared,
@@ -161,6 +170,8 @@ fn usage_refused_inside_the_engine_is_quarantined_not_dropped() {
     let line = &mut state.customer.contracts[0].periods[0].lines[0];
     line.charged = Money::from_decimal(rust_decimal::Decimal::MAX);
     let before = state.customer.clone();
+    // Usage applies in place; after a failure the state is rebuilt from what is written.
+    write_state(&shared, &state);
     let mut quarantined = Vec::new();
     let result = apply(
         &shared,
@@ -179,4 +190,55 @@ fn usage_refused_inside_the_engine_is_quarantined_not_dropped() {
         "{}",
         quarantined[0].reason
     );
+}
+
+#[test]
+fn a_failed_usage_event_rebuilds_the_state_from_disk_and_the_log_without_it() {
+    use crate::actors::entry::{LOG_VERSION, LogEntry};
+    use crate::storage::{AppendBatch, LogRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let mut state = customer_with_tokens();
+    write_state(&shared, &state);
+    // An earlier event, in the log after the written state.
+    let (seq, input, _) = usage(1, "t2", "7", version);
+    let entry = LogEntry::Customer {
+        customer_id: CUSTOMER,
+        catalog_version: version,
+        input: input.clone(),
+    };
+    let payload = crate::storage::encode(LOG_VERSION, &entry).unwrap();
+    let appended = shared
+        .store
+        .append_blocking(AppendBatch {
+            partition: 0,
+            at_ms: T0.millis(),
+            records: vec![LogRecord {
+                dedupe_key: None,
+                payload,
+            }],
+        })
+        .unwrap();
+    assert_eq!(appended.seqs, vec![Some(seq)]);
+    let mut quarantined = Vec::new();
+    apply(&shared, &mut state, (seq, input, version), &mut quarantined).unwrap();
+    let good = state.customer.clone();
+    // A bug corrupts the live state; the next event fails part-way.
+    state.customer.contracts[0].periods[0].lines[0].draws[0].commit = 99;
+    let result = apply(
+        &shared,
+        &mut state,
+        usage(2, "neg", "-5", version),
+        &mut quarantined,
+    );
+    assert!(
+        matches!(result, Err(EngineError::Quarantined(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        state.customer, good,
+        "rebuilt with the earlier event, without the failed one"
+    );
+    assert_eq!(state.applied_seq, 2);
 }

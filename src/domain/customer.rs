@@ -260,8 +260,6 @@ impl Charges {
 enum Saved {
     Nothing,
     Whole(Box<Customer>),
-    /// Contracts by index (usage changes only the contracts it charges).
-    Contracts(Vec<(usize, Contract)>),
 }
 
 /// Puts [`Saved`] back when dropped, unless the input succeeded (which sets it to `Nothing`):
@@ -276,11 +274,6 @@ impl Drop for Rollback<'_> {
         match std::mem::replace(&mut self.saved, Saved::Nothing) {
             Saved::Nothing => {}
             Saved::Whole(customer) => *self.customer = *customer,
-            Saved::Contracts(contracts) => {
-                for (ci, contract) in contracts {
-                    self.customer.contracts[ci] = contract;
-                }
-            }
         }
     }
 }
@@ -297,15 +290,20 @@ impl Customer {
         }
     }
 
-    /// Applies one input, whole or not at all.
+    /// Applies one input.
     ///
-    /// The input runs on the live state with a copy of what it may change set aside (the whole
-    /// customer, or for usage only the contracts it charges). A refusal, an overflow or a panic
-    /// part-way through puts the copy back, so the state is exactly as before; only success
-    /// keeps the changes. A panic still unwinds to the caller (the engine quarantines the input).
+    /// Every input but usage runs with a copy of the customer set aside: a refusal, an overflow
+    /// or a panic part-way through puts it back, so the state is exactly as before. Usage, the
+    /// hot path, is checked completely before anything changes (every charge computed with
+    /// checked arithmetic) and then applied in place without a copy, which would cost as much
+    /// as the contract's whole history on every event: a failure after the check (an overflow
+    /// the bounds make impossible, or a bug) may leave it half-applied, and the caller must
+    /// then rebuild the state (the engine reloads it from disk and the log, as recovery does,
+    /// and quarantines the event). A panic unwinds to the caller.
     ///
     /// # Errors
-    /// A [`Rejection`] when the input is refused; the state is then unchanged.
+    /// A [`Rejection`] when the input is refused; the state is then unchanged, except after a
+    /// usage event's check phase (see above).
     pub fn apply(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
         for contract in &mut self.contracts {
             contract.ensure_caches();
@@ -317,19 +315,14 @@ impl Customer {
         if !matches!(input, Input::RecordUsage(_)) {
             undo.saved = Saved::Whole(Box::new(undo.customer.clone()));
         }
-        let result = undo.customer.apply_checked(input, ctx, &mut undo.saved);
+        let result = undo.customer.apply_checked(input, ctx);
         if result.is_ok() {
             undo.saved = Saved::Nothing;
         }
         result
     }
 
-    fn apply_checked(
-        &mut self,
-        input: &Input,
-        ctx: &Ctx<'_>,
-        saved: &mut Saved,
-    ) -> Result<Applied, Rejection> {
+    fn apply_checked(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
         let mut applied = Applied::default();
         match input {
             Input::CreateCustomer(profile) => {
@@ -350,7 +343,7 @@ impl Customer {
             Input::ArchiveCustomer => {
                 self.profile_mut()?.archived_at.get_or_insert(ctx.at);
             }
-            Input::RecordUsage(event) => self.record_usage(event, ctx, saved, &mut applied)?,
+            Input::RecordUsage(event) => self.record_usage(event, ctx, &mut applied)?,
             Input::CreateContract(spec) => self.create_contract(spec, ctx, &mut applied)?,
             Input::EditContract(edit) => self.edit_contract(edit, ctx, &mut applied)?,
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
@@ -375,7 +368,6 @@ impl Customer {
         &mut self,
         event: &UsageEvent,
         ctx: &Ctx<'_>,
-        saved: &mut Saved,
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
         let customer_id = self.profile()?.id;
@@ -455,15 +447,7 @@ impl Customer {
         if charges.is_empty() {
             return Ok(());
         }
-        // Checked as far as it can be before changing anything; set aside what the rest may
-        // change (an overflow or a broken invariant further on puts it back).
-        let mut touched: Vec<(usize, Contract)> = Vec::with_capacity(1);
-        for charge in charges.iter() {
-            if !touched.iter().any(|(ci, _)| *ci == charge.contract) {
-                touched.push((charge.contract, self.contracts[charge.contract].clone()));
-            }
-        }
-        *saved = Saved::Contracts(touched);
+        // Checked as far as it can be: from here the event applies in place (see `apply`).
         for charge in charges.iter() {
             let tags = product_tags(ctx.catalog, charge.product_id);
             let contract = &mut self.contracts[charge.contract];
