@@ -170,7 +170,8 @@ impl Handler<Snapshot> for CustomerActor {
                 Some(bytes)
             }
             Err(error) => {
-                tracing::error!(%error, customer = %self.id, "state encoding failed");
+                // The checkpoint must not advance past a state it did not write.
+                self.shared.health.fail_stop("state encoding", &error);
                 None
             }
         }
@@ -183,7 +184,13 @@ impl Handler<Evict> for CustomerActor {
     fn handle(&mut self, _: Evict, ctx: &mut Self::Context) -> Option<Vec<u8>> {
         use actix::ActorContext;
         ctx.stop();
-        storage::encode(STATE_VERSION, &self.state).ok()
+        match storage::encode(STATE_VERSION, &self.state) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                self.shared.health.fail_stop("state encoding", &error);
+                None
+            }
+        }
     }
 }
 

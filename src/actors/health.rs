@@ -14,8 +14,10 @@ use tokio::sync::Notify;
 
 use crate::storage::StorageError;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Health {
+    /// Fenced at the first failure, so no thread writes past it.
+    store: Option<crate::storage::Store>,
     failed: AtomicBool,
     reason: Mutex<Option<String>>,
     changed: Notify,
@@ -25,6 +27,9 @@ impl Health {
     /// Records a storage failure: logged once at ERROR with what failed; every later call only
     /// adds a WARN line.
     pub fn fail_stop(&self, what: &str, error: &StorageError) {
+        if let Some(store) = &self.store {
+            store.fence();
+        }
         if self.failed.swap(true, SeqCst) {
             tracing::warn!(%error, what, "another storage failure while stopping");
             return;
@@ -33,6 +38,14 @@ impl Health {
         tracing::error!(%error, what, "storage failure: the engine stops accepting work and the process exits; a restart recovers from the log");
         *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.changed.notify_waiters();
+    }
+
+    /// Health that fences `store` when it fails.
+    pub fn fencing(store: crate::storage::Store) -> Health {
+        Health {
+            store: Some(store),
+            ..Health::default()
+        }
     }
 
     pub fn is_failed(&self) -> bool {

@@ -63,13 +63,14 @@ impl Shared {
         let pending = (0..settings.partitions)
             .map(|_| AtomicUsize::new(0))
             .collect();
+        let health = Arc::new(Health::fencing(store.clone()));
         Shared {
             store,
             settings,
             clock,
             metrics,
             registry: Registry::default(),
-            health: Arc::new(Health::default()),
+            health,
             catalog: RwLock::new(Arc::new(catalog)),
             pending,
             sinks,

@@ -74,13 +74,10 @@ impl PaymentGateConfig {
         match self.tax_type {
             TaxType::None => {}
             TaxType::Precalculated => match &self.precalculated_tax {
-                Some((amount, _)) if !amount.is_negative() => {}
-                Some(_) => {
-                    return Err(Rejection::invalid(
-                        &format!("{field}.precalculated_tax_config.tax_amount"),
-                        "must not be negative",
-                    ));
-                }
+                Some((amount, _)) => super::bounds::check_amount(
+                    &format!("{field}.precalculated_tax_config.tax_amount"),
+                    *amount,
+                )?,
                 None => {
                     return Err(Rejection::invalid(
                         &format!("{field}.precalculated_tax_config"),

@@ -135,6 +135,9 @@ pub enum StorageError {
     /// The database lacks a column family this module creates on open.
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),
+    /// The store was fenced after a failure: it writes nothing more in this process.
+    #[error("the store is fenced after a storage failure; restart to recover")]
+    Fenced,
     /// A test's [`faults::FaultInjector`] failed the operation (as a failing disk would).
     #[error("injected storage fault: {0}")]
     Injected(String),
@@ -258,12 +261,17 @@ pub(crate) struct Shared {
     dedupe_lock: Mutex<()>,
     /// Tests' fault injection; `None` in production.
     faults: Option<faults::Faults>,
+    /// Set by [`Store::fence`]: every write is refused from then on.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     /// Asks the fault injector, if any, whether `op` may go ahead.
     #[inline]
     fn check(&self, op: faults::StorageOp) -> Result<(), StorageError> {
+        if op != faults::StorageOp::Read && self.fenced.load(Relaxed) {
+            return Err(StorageError::Fenced);
+        }
         match &self.faults {
             Some(faults) => faults.before(op),
             None => Ok(()),
@@ -331,6 +339,7 @@ impl Store {
             stats: StatCounters::default(),
             dedupe_lock: Mutex::new(()),
             faults,
+            fenced: std::sync::atomic::AtomicBool::new(false),
         });
         let log = GroupCommit::start(
             Arc::clone(&db),
@@ -391,6 +400,14 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.inner.log.submit_blocking(Request { batch, reply })?;
         answer.blocking_recv().map_err(|_| StorageError::Closed)?
+    }
+
+    /// Refuses every later write (log appends, states, checkpoints, outbox, trims) from any
+    /// thread: after a storage failure nothing may be written that claims more than what is
+    /// known to be on disk (a checkpoint covering an input whose effects were lost, say).
+    /// Reads go on.
+    pub fn fence(&self) {
+        self.inner.shared.fenced.store(true, Relaxed);
     }
 
     /// Writes a consistent, openable copy of the whole database to `dir` (which must not
