@@ -78,33 +78,7 @@ impl Customer {
             validate_threshold(config, &card.fiat_credit_type, ctx, profile)?;
         }
         // Checked: build the contract.
-        let mut contract = Contract {
-            id: spec.id,
-            customer_id,
-            rate_card_id: spec.rate_card_id,
-            name: spec.name.clone(),
-            starting_at: spec.starting_at,
-            ending_before: spec.ending_before,
-            credit_type: card.fiat_credit_type.clone(),
-            uniqueness_key: spec.uniqueness_key.clone(),
-            created_at: ctx.at,
-            commits: Vec::new(),
-            periods: Vec::new(),
-            purchases: Vec::new(),
-            spend_threshold: spec.spend_threshold.clone().map(|mut c| {
-                c.triggers = 0;
-                c
-            }),
-            prepaid_threshold: spec.prepaid_threshold.clone().map(|mut c| {
-                c.triggers = 0;
-                c
-            }),
-            workflows: Vec::new(),
-            edit_keys: Vec::new(),
-            edits: 0,
-            draw_order: Vec::new(),
-            caches: ContractCaches::default(),
-        };
+        let mut contract = new_contract(spec, customer_id, &card.fiat_credit_type, ctx);
         for (i, commit) in spec.commits.iter().chain(&spec.credits).enumerate() {
             let id = Id::derive(spec.id, "commit", i as u64);
             add_ungated_commit(&mut contract, id, commit, ctx)?;
@@ -136,42 +110,7 @@ impl Customer {
                 return Err(Rejection::UniquenessKeyReused);
             }
         }
-        let mut next_configs = [
-            contract.spend_threshold.clone(),
-            contract.prepaid_threshold.clone(),
-        ];
-        let changes = [
-            (
-                ThresholdKind::Spend,
-                &edit.add_spend_threshold,
-                &edit.update_spend_threshold,
-            ),
-            (
-                ThresholdKind::PrepaidBalance,
-                &edit.add_prepaid_threshold,
-                &edit.update_prepaid_threshold,
-            ),
-        ];
-        for (slot, (kind, add, update)) in next_configs.iter_mut().zip(changes) {
-            if let Some(add) = add {
-                if slot.is_some() {
-                    return Err(Rejection::ThresholdConfigExists(kind.label()));
-                }
-                let mut config = add.clone();
-                config.kind = kind;
-                config.triggers = 0;
-                validate_threshold(&config, &contract.credit_type, ctx, profile)?;
-                *slot = Some(config);
-            }
-            if let Some(update) = update {
-                let Some(current) = slot.as_ref() else {
-                    return Err(Rejection::ThresholdConfigMissing(kind.label()));
-                };
-                let merged = update.merged_into(current);
-                validate_threshold(&merged, &contract.credit_type, ctx, profile)?;
-                *slot = Some(merged);
-            }
-        }
+        let next_configs = next_thresholds(contract, edit, ctx, profile)?;
         let additions: Vec<&CommitSpec> =
             edit.add_commits.iter().chain(&edit.add_credits).collect();
         for (i, commit) in edit.add_commits.iter().enumerate() {
@@ -195,8 +134,24 @@ impl Customer {
         if let Some(key) = &edit.uniqueness_key {
             contract.edit_keys.push(key.clone());
         }
+        self.add_commits(ci, customer_id, edit.edit_id, additions, ctx, applied)?;
+        // Every configuration edit forces an evaluation (and is_enabled -> true in particular).
+        self.evaluate(ci, customer_id, ctx, applied)
+    }
+
+    /// Adds the commits and credits of an edit (checked) to contract `ci`: a payment-gated
+    /// commit starts its workflow, any other is usable at once.
+    fn add_commits(
+        &mut self,
+        ci: usize,
+        customer_id: Id,
+        edit_id: Id,
+        additions: Vec<&CommitSpec>,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
         for (i, spec) in additions.into_iter().enumerate() {
-            let id = Id::derive(edit.edit_id, "commit", i as u64);
+            let id = Id::derive(edit_id, "commit", i as u64);
             applied.created.push(id);
             match &spec.payment_gate {
                 Some(gate) => {
@@ -229,9 +184,91 @@ impl Customer {
                 }
             }
         }
-        // Every configuration edit forces an evaluation (and is_enabled -> true in particular).
-        self.evaluate(ci, customer_id, ctx, applied)
+        Ok(())
     }
+}
+
+/// An empty contract as `spec` describes it, with its thresholds not triggered yet; its commits
+/// are added after.
+fn new_contract(
+    spec: &ContractSpec,
+    customer_id: Id,
+    credit_type: &CreditType,
+    ctx: &Ctx<'_>,
+) -> Contract {
+    Contract {
+        id: spec.id,
+        customer_id,
+        rate_card_id: spec.rate_card_id,
+        name: spec.name.clone(),
+        starting_at: spec.starting_at,
+        ending_before: spec.ending_before,
+        credit_type: credit_type.clone(),
+        uniqueness_key: spec.uniqueness_key.clone(),
+        created_at: ctx.at,
+        commits: Vec::new(),
+        periods: Vec::new(),
+        purchases: Vec::new(),
+        spend_threshold: spec.spend_threshold.clone().map(|mut c| {
+            c.triggers = 0;
+            c
+        }),
+        prepaid_threshold: spec.prepaid_threshold.clone().map(|mut c| {
+            c.triggers = 0;
+            c
+        }),
+        workflows: Vec::new(),
+        edit_keys: Vec::new(),
+        edits: 0,
+        draw_order: Vec::new(),
+        caches: ContractCaches::default(),
+    }
+}
+
+/// The two threshold configurations (spend, prepaid) of `contract` after `edit`, checked.
+fn next_thresholds(
+    contract: &Contract,
+    edit: &ContractEdit,
+    ctx: &Ctx<'_>,
+    profile: &CustomerProfile,
+) -> Result<[Option<ThresholdConfig>; 2], Rejection> {
+    let mut next_configs = [
+        contract.spend_threshold.clone(),
+        contract.prepaid_threshold.clone(),
+    ];
+    let changes = [
+        (
+            ThresholdKind::Spend,
+            &edit.add_spend_threshold,
+            &edit.update_spend_threshold,
+        ),
+        (
+            ThresholdKind::PrepaidBalance,
+            &edit.add_prepaid_threshold,
+            &edit.update_prepaid_threshold,
+        ),
+    ];
+    for (slot, (kind, add, update)) in next_configs.iter_mut().zip(changes) {
+        if let Some(add) = add {
+            if slot.is_some() {
+                return Err(Rejection::ThresholdConfigExists(kind.label()));
+            }
+            let mut config = add.clone();
+            config.kind = kind;
+            config.triggers = 0;
+            validate_threshold(&config, &contract.credit_type, ctx, profile)?;
+            *slot = Some(config);
+        }
+        if let Some(update) = update {
+            let Some(current) = slot.as_ref() else {
+                return Err(Rejection::ThresholdConfigMissing(kind.label()));
+            };
+            let merged = update.merged_into(current);
+            validate_threshold(&merged, &contract.credit_type, ctx, profile)?;
+            *slot = Some(merged);
+        }
+    }
+    Ok(next_configs)
 }
 
 impl ThresholdUpdate {
@@ -299,33 +336,7 @@ fn validate_commit(
             "{field}.product_id must be a FIXED product"
         )));
     }
-    if spec.access_schedule.is_empty() {
-        return Err(Rejection::invalid(
-            &format!("{field}.access_schedule.schedule_items"),
-            "at least one item is required",
-        ));
-    }
-    for (amount, start, end) in &spec.access_schedule {
-        bounds::check_amount(
-            &format!("{field}.access_schedule.schedule_items[].amount"),
-            *amount,
-        )?;
-        if end <= start {
-            return Err(Rejection::invalid(
-                &format!("{field}.access_schedule.schedule_items[].ending_before"),
-                "must be after starting_at",
-            ));
-        }
-    }
-    for (_, unit_price, quantity) in &spec.invoice_schedule {
-        let item = format!("{field}.invoice_schedule.schedule_items[]");
-        bounds::check_amount(&format!("{item}.unit_price"), *unit_price)?;
-        bounds::check_quantity(&format!("{item}.quantity"), *quantity)?;
-        bounds::check_amount(
-            &format!("{item}.amount"),
-            unit_price.checked_mul(*quantity)?,
-        )?;
-    }
+    validate_schedules(spec, field)?;
     if spec.priority.is_some_and(|p| p.is_sign_negative()) {
         return Err(Rejection::invalid(
             &format!("{field}.priority"),
@@ -364,6 +375,39 @@ fn validate_commit(
         if gate.gate_type == GateType::Stripe && profile.stripe.is_none() {
             return Err(Rejection::StripeNotConfigured);
         }
+    }
+    Ok(())
+}
+
+/// The access schedule (at least one segment, each with an amount in bounds and a positive
+/// length) and the invoice schedule (unit price, quantity and amount in bounds) of a commit.
+fn validate_schedules(spec: &CommitSpec, field: &str) -> Result<(), Rejection> {
+    if spec.access_schedule.is_empty() {
+        return Err(Rejection::invalid(
+            &format!("{field}.access_schedule.schedule_items"),
+            "at least one item is required",
+        ));
+    }
+    for (amount, start, end) in &spec.access_schedule {
+        bounds::check_amount(
+            &format!("{field}.access_schedule.schedule_items[].amount"),
+            *amount,
+        )?;
+        if end <= start {
+            return Err(Rejection::invalid(
+                &format!("{field}.access_schedule.schedule_items[].ending_before"),
+                "must be after starting_at",
+            ));
+        }
+    }
+    for (_, unit_price, quantity) in &spec.invoice_schedule {
+        let item = format!("{field}.invoice_schedule.schedule_items[]");
+        bounds::check_amount(&format!("{item}.unit_price"), *unit_price)?;
+        bounds::check_quantity(&format!("{item}.quantity"), *quantity)?;
+        bounds::check_amount(
+            &format!("{item}.amount"),
+            unit_price.checked_mul(*quantity)?,
+        )?;
     }
     Ok(())
 }

@@ -68,6 +68,38 @@ impl Customer {
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
         let customer_id = self.profile()?.id;
+        let charges = self.rate_event(event, ctx)?;
+        if charges.is_empty() {
+            return Ok(());
+        }
+        // Checked as far as it can be before changing anything; set aside what the rest may
+        // change (an overflow or a broken invariant further on puts it back).
+        let mut touched: Vec<(usize, Contract)> = Vec::with_capacity(1);
+        for charge in charges.iter() {
+            if !touched.iter().any(|(ci, _)| *ci == charge.contract) {
+                touched.push((charge.contract, self.contracts[charge.contract].clone()));
+            }
+        }
+        *saved = Saved::Contracts(touched);
+        for charge in charges.iter() {
+            let tags = product_tags(ctx.catalog, charge.product_id);
+            let contract = &mut self.contracts[charge.contract];
+            apply_charge(contract, charge, tags, event.timestamp, ctx.at)?;
+        }
+        // Charges come contract by contract: evaluate each touched contract once, in order.
+        let mut last = None;
+        for charge in charges.iter() {
+            if last != Some(charge.contract) {
+                last = Some(charge.contract);
+                self.evaluate(charge.contract, customer_id, ctx, applied)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The check phase of a usage event: the charge of every line it rates, contract by
+    /// contract.
+    fn rate_event(&self, event: &UsageEvent, ctx: &Ctx<'_>) -> Result<Charges, Rejection> {
         let mut charges = Charges::default();
         // Check phase: every charge computed with checked arithmetic, nothing changed yet.
         for (ci, contract) in self.contracts.iter().enumerate() {
@@ -95,125 +127,118 @@ impl Customer {
                     if !rate.entitled {
                         continue;
                     }
-                    // The period holding the event is usually the latest one: finding it by
-                    // its bounds avoids the calendar arithmetic of `period_bounds`.
-                    let period = contract.periods.iter().rposition(|p| {
-                        p.starting_at <= event.timestamp && event.timestamp < p.ending_before
-                    });
-                    let bounds = match period {
-                        Some(pi) => {
-                            let p = &contract.periods[pi];
-                            (p.starting_at, p.ending_before)
-                        }
-                        None => period_bounds(contract, event.timestamp),
-                    };
-                    debug_assert_eq!(bounds, period_bounds(contract, event.timestamp));
-                    let line = period.and_then(|p| {
-                        contract.periods[p]
-                            .lines
-                            .iter()
-                            .position(|l| l.product_id == product_id)
-                    });
-                    let (old_charged, old_quantity, new_quantity) = match line {
-                        Some(li) => {
-                            let l =
-                                &contract.periods[period.expect("line implies period")].lines[li];
-                            let old = l.aggregate.quantity();
-                            (l.charged, old, l.aggregate.quantity_with(&contribution)?)
-                        }
-                        None => (
-                            Money::ZERO,
-                            Decimal::ZERO,
-                            Aggregate::empty_for(&contribution).quantity_with(&contribution)?,
-                        ),
-                    };
-                    let (new_charged, delta) =
-                        line_charge(&rate.price, old_charged, old_quantity, new_quantity)?;
-                    charges.push(Charge {
-                        contract: ci,
-                        period_bounds: bounds,
-                        product_id,
-                        contribution,
-                        new_charged,
-                        delta,
-                    });
+                    let line = (ci, product_id);
+                    charges.push(rate_line(contract, line, &rate.price, contribution, event)?);
                 }
             }
         }
-        if charges.is_empty() {
-            return Ok(());
-        }
-        // Checked as far as it can be before changing anything; set aside what the rest may
-        // change (an overflow or a broken invariant further on puts it back).
-        let mut touched: Vec<(usize, Contract)> = Vec::with_capacity(1);
-        for charge in charges.iter() {
-            if !touched.iter().any(|(ci, _)| *ci == charge.contract) {
-                touched.push((charge.contract, self.contracts[charge.contract].clone()));
-            }
-        }
-        *saved = Saved::Contracts(touched);
-        for charge in charges.iter() {
-            let tags = product_tags(ctx.catalog, charge.product_id);
-            let contract = &mut self.contracts[charge.contract];
-            let pi = match contract
-                .periods
-                .iter()
-                .rposition(|p| p.starting_at == charge.period_bounds.0)
-            {
-                Some(pi) => pi,
-                None => open_period(contract, charge.period_bounds),
-            };
-            let existing = contract.periods[pi]
-                .lines
-                .iter()
-                .position(|l| l.product_id == charge.product_id);
-            let li = match existing {
-                Some(li) => li,
-                None => {
-                    let lines = &mut contract.periods[pi].lines;
-                    let aggregate = Aggregate::empty_for(&charge.contribution);
-                    lines.push(UsageLine::new(charge.product_id, aggregate));
-                    lines.len() - 1
-                }
-            };
-            let invoice_id = contract.periods[pi].invoice_id;
-            let line = &mut contract.periods[pi].lines[li];
-            let uncovered_before = line.uncovered();
-            line.aggregate.add(&charge.contribution);
-            line.charged = charge.new_charged;
-            if charge.delta.is_positive() {
-                let drawn = Drawn {
-                    line: (pi, li),
-                    invoice_id,
-                    usage_at: event.timestamp,
-                };
-                draw_down(
-                    contract,
-                    charge.product_id,
-                    tags,
-                    drawn,
-                    charge.delta,
-                    ctx.at,
-                )?;
-            } else if charge.delta.is_negative() {
-                // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
-                let decrease = Money::ZERO.checked_sub(charge.delta)?;
-                let back = decrease.min(contract.periods[pi].lines[li].covered);
-                give_back(contract, (pi, li), invoice_id, back)?;
-            }
-            let uncovered_after = contract.periods[pi].lines[li].uncovered();
-            contract.line_changed(pi, uncovered_before, uncovered_after);
-        }
-        // Charges come contract by contract: evaluate each touched contract once, in order.
-        let mut last = None;
-        for charge in charges.iter() {
-            if last != Some(charge.contract) {
-                last = Some(charge.contract);
-                self.evaluate(charge.contract, customer_id, ctx, applied)?;
-            }
-        }
-        Ok(())
+        Ok(charges)
     }
+}
+
+/// The charge of one event on the line of `product_id` in contract `ci` (`contract`): the
+/// line's new charge and its change. Nothing is changed.
+fn rate_line(
+    contract: &Contract,
+    (ci, product_id): (usize, Id),
+    price: &Price,
+    contribution: Contribution,
+    event: &UsageEvent,
+) -> Result<Charge, Rejection> {
+    // The period holding the event is usually the latest one: finding it by its bounds avoids
+    // the calendar arithmetic of `period_bounds`.
+    let period = contract
+        .periods
+        .iter()
+        .rposition(|p| p.starting_at <= event.timestamp && event.timestamp < p.ending_before);
+    let bounds = match period {
+        Some(pi) => {
+            let p = &contract.periods[pi];
+            (p.starting_at, p.ending_before)
+        }
+        None => period_bounds(contract, event.timestamp),
+    };
+    debug_assert_eq!(bounds, period_bounds(contract, event.timestamp));
+    let line = period.and_then(|p| {
+        contract.periods[p]
+            .lines
+            .iter()
+            .position(|l| l.product_id == product_id)
+    });
+    let (old_charged, old_quantity, new_quantity) = match line {
+        Some(li) => {
+            let l = &contract.periods[period.expect("line implies period")].lines[li];
+            let old = l.aggregate.quantity();
+            (l.charged, old, l.aggregate.quantity_with(&contribution)?)
+        }
+        None => (
+            Money::ZERO,
+            Decimal::ZERO,
+            Aggregate::empty_for(&contribution).quantity_with(&contribution)?,
+        ),
+    };
+    let (new_charged, delta) = line_charge(price, old_charged, old_quantity, new_quantity)?;
+    Ok(Charge {
+        contract: ci,
+        period_bounds: bounds,
+        product_id,
+        contribution,
+        new_charged,
+        delta,
+    })
+}
+
+/// Applies one checked charge to its usage line (opening the period and the line if needed)
+/// and draws it down, or gives back what the line drew when it went down.
+fn apply_charge(
+    contract: &mut Contract,
+    charge: &Charge,
+    tags: &[String],
+    usage_at: Timestamp,
+    at: Timestamp,
+) -> Result<(), Rejection> {
+    let pi = match contract
+        .periods
+        .iter()
+        .rposition(|p| p.starting_at == charge.period_bounds.0)
+    {
+        Some(pi) => pi,
+        None => open_period(contract, charge.period_bounds),
+    };
+    let existing = contract.periods[pi]
+        .lines
+        .iter()
+        .position(|l| l.product_id == charge.product_id);
+    let li = match existing {
+        Some(li) => li,
+        None => {
+            let lines = &mut contract.periods[pi].lines;
+            let aggregate = Aggregate::empty_for(&charge.contribution);
+            lines.push(UsageLine::new(charge.product_id, aggregate));
+            lines.len() - 1
+        }
+    };
+    let invoice_id = contract.periods[pi].invoice_id;
+    let line = &mut contract.periods[pi].lines[li];
+    let uncovered_before = line.uncovered();
+    line.aggregate.add(&charge.contribution);
+    line.charged = charge.new_charged;
+    if charge.delta.is_positive() {
+        let drawn = Drawn {
+            line: (pi, li),
+            invoice_id,
+            usage_at,
+        };
+        draw_down(contract, charge.product_id, tags, drawn, charge.delta, at)?;
+    } else if charge.delta.is_negative() {
+        // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
+        let decrease = Money::ZERO.checked_sub(charge.delta)?;
+        let back = decrease.min(contract.periods[pi].lines[li].covered);
+        give_back(contract, (pi, li), invoice_id, back)?;
+    }
+    let uncovered_after = contract.periods[pi].lines[li].uncovered();
+    contract.line_changed(pi, uncovered_before, uncovered_after);
+    Ok(())
 }
 
 fn product_tags(catalog: &Catalog, product: Id) -> &[String] {

@@ -242,19 +242,7 @@ fn start_threshold_workflow(
     };
     let tax = config.gate.tax();
     let total = subtotal.checked_add(tax)?;
-    // A spend commit must offset usage already incurred, so it starts with the earliest open
-    // usage period; a recharge starts at the trigger hour.
-    let starting_at = match kind {
-        ThresholdKind::Spend => contract
-            .periods
-            .iter()
-            .filter(|p| p.status == InvoiceStatus::Draft)
-            .map(|p| p.starting_at)
-            .min()
-            .unwrap_or(ctx.at.floor_hour()),
-        ThresholdKind::PrepaidBalance => ctx.at.floor_hour(),
-    }
-    .max(contract.starting_at);
+    let starting_at = threshold_commit_start(contract, kind, ctx);
     let commit = commit_for_threshold(
         &config.commit,
         (workflow_id, commit_id, invoice_id),
@@ -309,6 +297,23 @@ fn start_threshold_workflow(
     let wi = contract.workflows.len() - 1;
     contract.threshold_workflow_added(wi);
     Ok(wi)
+}
+
+/// Where the commit of a threshold workflow starts. A spend commit must offset usage already
+/// incurred, so it starts with the earliest open usage period; a recharge starts at the trigger
+/// hour.
+fn threshold_commit_start(contract: &Contract, kind: ThresholdKind, ctx: &Ctx<'_>) -> Timestamp {
+    match kind {
+        ThresholdKind::Spend => contract
+            .periods
+            .iter()
+            .filter(|p| p.status == InvoiceStatus::Draft)
+            .map(|p| p.starting_at)
+            .min()
+            .unwrap_or(ctx.at.floor_hour()),
+        ThresholdKind::PrepaidBalance => ctx.at.floor_hour(),
+    }
+    .max(contract.starting_at)
 }
 
 fn commit_for_threshold(
