@@ -1,0 +1,521 @@
+//! Contract edits: creating a contract and editing one (commits, credits, thresholds).
+//!
+//! Owns checking what a request describes (uniqueness keys, commit and credit specifications,
+//! threshold configurations) and building commits from it: an ungated commit is usable at once,
+//! with its scheduled invoices. A payment-gated commit is handed to `workflows`, which withholds
+//! it until its payment outcome. It must not change a contract before the whole edit is checked,
+//! and it does not evaluate thresholds itself: every edit ends with `workflows`' evaluation.
+
+use rust_decimal::Decimal;
+
+use super::usage::cover_outstanding;
+use super::workflows::{begin_gate, id_of_workflow, start_manual_workflow};
+use super::{
+    Applied, CommitSpec, ContractEdit, ContractSpec, Ctx, Customer, CustomerProfile,
+    DEFAULT_PRIORITY, ThresholdUpdate, commit_name,
+};
+use crate::domain::bounds;
+use crate::domain::catalog::ProductKind;
+use crate::domain::contract::{
+    Commit, CommitKind, Contract, ContractCaches, InvoiceScheduleItem, InvoiceStatus,
+    PurchaseInvoice, Release, Segment, ThresholdConfig, ThresholdKind,
+};
+use crate::domain::gate::GateType;
+use crate::domain::ids::Id;
+use crate::domain::money::{CreditType, Money};
+use crate::domain::rejection::Rejection;
+
+impl Customer {
+    pub(super) fn create_contract(
+        &mut self,
+        spec: &ContractSpec,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        let profile = self.profile()?;
+        let customer_id = profile.id;
+        if self.contracts.iter().any(|c| c.id == spec.id) {
+            return Err(Rejection::AlreadyExists);
+        }
+        if let Some(key) = &spec.uniqueness_key {
+            validate_uniqueness_key(key)?;
+            if self
+                .contracts
+                .iter()
+                .any(|c| c.uniqueness_key.as_ref() == Some(key))
+            {
+                return Err(Rejection::UniquenessKeyReused);
+            }
+        }
+        let card = ctx
+            .catalog
+            .rate_card(spec.rate_card_id)
+            .ok_or_else(|| Rejection::RateCardNotFound(spec.rate_card_id.to_string()))?;
+        if spec
+            .ending_before
+            .is_some_and(|end| end <= spec.starting_at)
+        {
+            return Err(Rejection::invalid(
+                "ending_before",
+                "must be after starting_at",
+            ));
+        }
+        for (field, list) in [("commits", &spec.commits), ("credits", &spec.credits)] {
+            for (i, commit) in list.iter().enumerate() {
+                if commit.payment_gate.is_some() {
+                    return Err(Rejection::invalid(
+                        &format!("{field}[{i}].payment_gate_config"),
+                        "payment-gated commits are added with /v2/contracts/edit",
+                    ));
+                }
+                validate_commit(commit, &format!("{field}[{i}]"), ctx, profile)?;
+            }
+        }
+        for config in [&spec.spend_threshold, &spec.prepaid_threshold]
+            .into_iter()
+            .flatten()
+        {
+            validate_threshold(config, &card.fiat_credit_type, ctx, profile)?;
+        }
+        // Checked: build the contract.
+        let mut contract = new_contract(spec, customer_id, &card.fiat_credit_type, ctx);
+        for (i, commit) in spec.commits.iter().chain(&spec.credits).enumerate() {
+            let id = Id::derive(spec.id, "commit", i as u64);
+            add_ungated_commit(&mut contract, id, commit, ctx)?;
+        }
+        contract.rebuild_caches();
+        self.contracts.push(contract);
+        let ci = self.contracts.len() - 1;
+        // Thresholds evaluate at once on creation.
+        self.evaluate(ci, customer_id, ctx, applied)
+    }
+
+    pub(super) fn edit_contract(
+        &mut self,
+        edit: &ContractEdit,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        let profile = self.profile()?;
+        let customer_id = profile.id;
+        let ci = self
+            .contracts
+            .iter()
+            .position(|c| c.id == edit.contract_id)
+            .ok_or(Rejection::ContractNotFound)?;
+        let contract = &self.contracts[ci];
+        if let Some(key) = &edit.uniqueness_key {
+            validate_uniqueness_key(key)?;
+            if contract.edit_keys.contains(key) {
+                return Err(Rejection::UniquenessKeyReused);
+            }
+        }
+        let next_configs = next_thresholds(contract, edit, ctx, profile)?;
+        let additions: Vec<&CommitSpec> =
+            edit.add_commits.iter().chain(&edit.add_credits).collect();
+        for (i, commit) in edit.add_commits.iter().enumerate() {
+            validate_commit(commit, &format!("add_commits[{i}]"), ctx, profile)?;
+        }
+        for (i, credit) in edit.add_credits.iter().enumerate() {
+            if credit.payment_gate.is_some() {
+                return Err(Rejection::invalid(
+                    &format!("add_credits[{i}].payment_gate_config"),
+                    "credits cannot be payment-gated",
+                ));
+            }
+            validate_commit(credit, &format!("add_credits[{i}]"), ctx, profile)?;
+        }
+        // Checked: apply the edit.
+        let contract = &mut self.contracts[ci];
+        let [spend, prepaid] = next_configs;
+        contract.spend_threshold = spend;
+        contract.prepaid_threshold = prepaid;
+        contract.edits += 1;
+        if let Some(key) = &edit.uniqueness_key {
+            contract.edit_keys.push(key.clone());
+        }
+        self.add_commits(ci, customer_id, edit.edit_id, additions, ctx, applied)?;
+        // Every configuration edit forces an evaluation (and is_enabled -> true in particular).
+        self.evaluate(ci, customer_id, ctx, applied)
+    }
+
+    /// Adds the commits and credits of an edit (checked) to contract `ci`: a payment-gated
+    /// commit starts its workflow, any other is usable at once.
+    fn add_commits(
+        &mut self,
+        ci: usize,
+        customer_id: Id,
+        edit_id: Id,
+        additions: Vec<&CommitSpec>,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        for (i, spec) in additions.into_iter().enumerate() {
+            let id = Id::derive(edit_id, "commit", i as u64);
+            applied.created.push(id);
+            match &spec.payment_gate {
+                Some(gate) => {
+                    let contract = &mut self.contracts[ci];
+                    start_manual_workflow(contract, id, spec, gate, ctx)?;
+                    let workflow_id = id_of_workflow(id);
+                    let wi = contract
+                        .workflows
+                        .iter()
+                        .position(|w| w.id == workflow_id)
+                        .ok_or(Rejection::WorkflowNotFound)?;
+                    let stripe = self.profile.as_ref().and_then(|p| p.stripe.as_ref());
+                    begin_gate(
+                        &mut self.contracts[ci],
+                        customer_id,
+                        wi,
+                        stripe,
+                        ctx,
+                        applied,
+                    )?;
+                }
+                None => {
+                    let contract = &mut self.contracts[ci];
+                    add_ungated_commit(contract, id, spec, ctx)?;
+                    contract.commit_released(contract.commits.len() - 1);
+                    // The first commit with this id (ids come from the edit's id).
+                    if let Some(commit) = contract.commits.iter().position(|c| c.id == id) {
+                        cover_outstanding(contract, commit, ctx)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An empty contract as `spec` describes it, with its thresholds not triggered yet; its commits
+/// are added after.
+fn new_contract(
+    spec: &ContractSpec,
+    customer_id: Id,
+    credit_type: &CreditType,
+    ctx: &Ctx<'_>,
+) -> Contract {
+    Contract {
+        id: spec.id,
+        customer_id,
+        rate_card_id: spec.rate_card_id,
+        name: spec.name.clone(),
+        starting_at: spec.starting_at,
+        ending_before: spec.ending_before,
+        credit_type: credit_type.clone(),
+        uniqueness_key: spec.uniqueness_key.clone(),
+        created_at: ctx.at,
+        commits: Vec::new(),
+        periods: Vec::new(),
+        purchases: Vec::new(),
+        spend_threshold: spec.spend_threshold.clone().map(|mut c| {
+            c.triggers = 0;
+            c
+        }),
+        prepaid_threshold: spec.prepaid_threshold.clone().map(|mut c| {
+            c.triggers = 0;
+            c
+        }),
+        workflows: Vec::new(),
+        edit_keys: Vec::new(),
+        edits: 0,
+        draw_order: Vec::new(),
+        caches: ContractCaches::default(),
+    }
+}
+
+/// The two threshold configurations (spend, prepaid) of `contract` after `edit`, checked.
+fn next_thresholds(
+    contract: &Contract,
+    edit: &ContractEdit,
+    ctx: &Ctx<'_>,
+    profile: &CustomerProfile,
+) -> Result<[Option<ThresholdConfig>; 2], Rejection> {
+    let mut next_configs = [
+        contract.spend_threshold.clone(),
+        contract.prepaid_threshold.clone(),
+    ];
+    let changes = [
+        (
+            ThresholdKind::Spend,
+            &edit.add_spend_threshold,
+            &edit.update_spend_threshold,
+        ),
+        (
+            ThresholdKind::PrepaidBalance,
+            &edit.add_prepaid_threshold,
+            &edit.update_prepaid_threshold,
+        ),
+    ];
+    for (slot, (kind, add, update)) in next_configs.iter_mut().zip(changes) {
+        if let Some(add) = add {
+            if slot.is_some() {
+                return Err(Rejection::ThresholdConfigExists(kind.label()));
+            }
+            let mut config = add.clone();
+            config.kind = kind;
+            config.triggers = 0;
+            validate_threshold(&config, &contract.credit_type, ctx, profile)?;
+            *slot = Some(config);
+        }
+        if let Some(update) = update {
+            let Some(current) = slot.as_ref() else {
+                return Err(Rejection::ThresholdConfigMissing(kind.label()));
+            };
+            let merged = update.merged_into(current);
+            validate_threshold(&merged, &contract.credit_type, ctx, profile)?;
+            *slot = Some(merged);
+        }
+    }
+    Ok(next_configs)
+}
+
+impl ThresholdUpdate {
+    fn merged_into(&self, config: &ThresholdConfig) -> ThresholdConfig {
+        let mut next = config.clone();
+        if let Some(v) = self.is_enabled {
+            next.is_enabled = v;
+        }
+        if let Some(v) = &self.gate {
+            next.gate = v.clone();
+        }
+        if let Some(v) = self.threshold_amount {
+            next.threshold_amount = v;
+        }
+        if let Some(v) = self.recharge_to_amount {
+            next.recharge_to_amount = Some(v);
+        }
+        if let Some(v) = &self.discount {
+            next.discount = v.clone();
+        }
+        if let Some(v) = self.commit_product_id {
+            next.commit.product_id = v;
+        }
+        if let Some(v) = &self.commit_name {
+            next.commit.name = v.clone();
+        }
+        if let Some(v) = &self.commit_description {
+            next.commit.description = v.clone();
+        }
+        if let Some(v) = self.commit_priority {
+            next.commit.priority = v;
+        }
+        if let Some(v) = &self.commit_applicable_product_ids {
+            next.commit.applicable_product_ids = v.clone();
+        }
+        if let Some(v) = &self.commit_applicable_product_tags {
+            next.commit.applicable_product_tags = v.clone();
+        }
+        next
+    }
+}
+
+fn validate_uniqueness_key(key: &str) -> Result<(), Rejection> {
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(Rejection::invalid(
+            "uniqueness_key",
+            "must be 1 to 128 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_commit(
+    spec: &CommitSpec,
+    field: &str,
+    ctx: &Ctx<'_>,
+    profile: &CustomerProfile,
+) -> Result<(), Rejection> {
+    let product = ctx
+        .catalog
+        .product(spec.product_id)
+        .ok_or_else(|| Rejection::ProductNotFound(spec.product_id.to_string()))?;
+    if !matches!(product.kind, ProductKind::Fixed) {
+        return Err(Rejection::WrongProductType(format!(
+            "{field}.product_id must be a FIXED product"
+        )));
+    }
+    validate_schedules(spec, field)?;
+    if spec.priority.is_some_and(|p| p.is_sign_negative()) {
+        return Err(Rejection::invalid(
+            &format!("{field}.priority"),
+            "must not be negative",
+        ));
+    }
+    match spec.kind {
+        CommitKind::Postpaid if spec.invoice_schedule.is_empty() => {
+            return Err(Rejection::invalid(
+                &format!("{field}.invoice_schedule"),
+                "is required for POSTPAID commits",
+            ));
+        }
+        CommitKind::Credit if !spec.invoice_schedule.is_empty() => {
+            return Err(Rejection::invalid(
+                &format!("{field}.invoice_schedule"),
+                "credits are free and have no invoice schedule",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(gate) = &spec.payment_gate {
+        gate.validate(&format!("{field}.payment_gate_config"))?;
+        if spec.kind != CommitKind::Prepaid {
+            return Err(Rejection::invalid(
+                &format!("{field}.payment_gate_config"),
+                "only PREPAID commits can be payment-gated",
+            ));
+        }
+        if spec.invoice_schedule.is_empty() {
+            return Err(Rejection::invalid(
+                &format!("{field}.invoice_schedule"),
+                "a payment-gated commit needs an invoice schedule (the amount to charge)",
+            ));
+        }
+        if gate.gate_type == GateType::Stripe && profile.stripe.is_none() {
+            return Err(Rejection::StripeNotConfigured);
+        }
+    }
+    Ok(())
+}
+
+/// The access schedule (at least one segment, each with an amount in bounds and a positive
+/// length) and the invoice schedule (unit price, quantity and amount in bounds) of a commit.
+fn validate_schedules(spec: &CommitSpec, field: &str) -> Result<(), Rejection> {
+    if spec.access_schedule.is_empty() {
+        return Err(Rejection::invalid(
+            &format!("{field}.access_schedule.schedule_items"),
+            "at least one item is required",
+        ));
+    }
+    for (amount, start, end) in &spec.access_schedule {
+        bounds::check_amount(
+            &format!("{field}.access_schedule.schedule_items[].amount"),
+            *amount,
+        )?;
+        if end <= start {
+            return Err(Rejection::invalid(
+                &format!("{field}.access_schedule.schedule_items[].ending_before"),
+                "must be after starting_at",
+            ));
+        }
+    }
+    for (_, unit_price, quantity) in &spec.invoice_schedule {
+        let item = format!("{field}.invoice_schedule.schedule_items[]");
+        bounds::check_amount(&format!("{item}.unit_price"), *unit_price)?;
+        bounds::check_quantity(&format!("{item}.quantity"), *quantity)?;
+        bounds::check_amount(
+            &format!("{item}.amount"),
+            unit_price.checked_mul(*quantity)?,
+        )?;
+    }
+    Ok(())
+}
+
+fn validate_threshold(
+    config: &ThresholdConfig,
+    credit_type: &CreditType,
+    ctx: &Ctx<'_>,
+    profile: &CustomerProfile,
+) -> Result<(), Rejection> {
+    config.validate(credit_type, ctx.limits)?;
+    let product = ctx
+        .catalog
+        .product(config.commit.product_id)
+        .ok_or_else(|| Rejection::ProductNotFound(config.commit.product_id.to_string()))?;
+    if !matches!(product.kind, ProductKind::Fixed) {
+        return Err(Rejection::WrongProductType(
+            "commit.product_id must be a FIXED product".into(),
+        ));
+    }
+    if config.gate.gate_type == GateType::Stripe && profile.stripe.is_none() {
+        return Err(Rejection::StripeNotConfigured);
+    }
+    Ok(())
+}
+
+pub(super) fn build_commit(
+    id: Id,
+    spec: &CommitSpec,
+    release: Release,
+    invoice_id_of: impl Fn(usize) -> Id,
+    ctx: &Ctx<'_>,
+) -> Result<Commit, Rejection> {
+    let segments = spec
+        .access_schedule
+        .iter()
+        .enumerate()
+        .map(|(i, (amount, start, end))| Segment {
+            id: Id::derive(id, "segment", i as u64),
+            amount: *amount,
+            starting_at: *start,
+            ending_before: *end,
+            drawn: Money::ZERO,
+        })
+        .collect();
+    let mut invoice_schedule = Vec::with_capacity(spec.invoice_schedule.len());
+    for (i, (timestamp, unit_price, quantity)) in spec.invoice_schedule.iter().enumerate() {
+        invoice_schedule.push(InvoiceScheduleItem {
+            id: Id::derive(id, "invoice_schedule_item", i as u64),
+            timestamp: *timestamp,
+            amount: unit_price.checked_mul(*quantity)?,
+            quantity: *quantity,
+            unit_price: *unit_price,
+            invoice_id: invoice_id_of(i),
+        });
+    }
+    Ok(Commit {
+        id,
+        kind: spec.kind,
+        product_id: spec.product_id,
+        name: commit_name(ctx, spec.product_id, &spec.name),
+        description: spec.description.clone(),
+        priority: spec.priority.unwrap_or(Decimal::from(DEFAULT_PRIORITY)),
+        applicable_product_ids: spec.applicable_product_ids.clone(),
+        applicable_product_tags: spec.applicable_product_tags.clone(),
+        segments,
+        invoice_schedule,
+        release,
+        created_by_threshold: None,
+        created_at: ctx.at,
+        deductions: Vec::new(),
+        archived_at: None,
+    })
+}
+
+/// Adds a commit that is usable at once, with one SCHEDULED invoice per invoice schedule item.
+fn add_ungated_commit(
+    contract: &mut Contract,
+    id: Id,
+    spec: &CommitSpec,
+    ctx: &Ctx<'_>,
+) -> Result<(), Rejection> {
+    let commit = build_commit(
+        id,
+        spec,
+        Release::Released { at: ctx.at },
+        |i| Id::derive(id, "invoice", i as u64),
+        ctx,
+    )?;
+    for item in &commit.invoice_schedule {
+        contract.purchases.push(PurchaseInvoice {
+            id: item.invoice_id,
+            commit_id: id,
+            product_id: commit.product_id,
+            name: commit.name.clone(),
+            status: if item.timestamp <= ctx.at {
+                InvoiceStatus::Finalized
+            } else {
+                InvoiceStatus::Draft
+            },
+            issued_at: item.timestamp,
+            subtotal: item.amount,
+            tax: Money::ZERO,
+            total: item.amount,
+            workflow_id: None,
+            external_status: None,
+        });
+    }
+    contract.commits.push(commit);
+    Ok(())
+}

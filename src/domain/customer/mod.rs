@@ -1,0 +1,415 @@
+//! A customer's state and the one function that changes it: [`Customer::apply`].
+//!
+//! Everything that moves money happens here, deterministically: rating a usage event, drawing
+//! the charge down from released segments in Metronome's order, evaluating both thresholds after
+//! every input, starting a gate workflow, and releasing or cancelling its commit when the payment
+//! outcome arrives. Time, ids of edge-created objects and the catalog come in with the input;
+//! everything else is derived. Each input is checked completely before anything is changed: it
+//! applies whole or is rejected whole.
+//!
+//! This file owns the inputs, the customer itself and the one entry point: [`Customer::apply`]
+//! with its rollback, the profile inputs, voiding an invoice, the tick and the invariant checks,
+//! plus the helpers several parts share. Each kind of input is handled by one submodule:
+//! - `usage`: rating a usage event into charges on the period's usage lines, and the drawdown of
+//!   those charges from released segments (also giving back, and covering outstanding spend
+//!   with a newly usable commit).
+//! - `contracts`: creating and editing contracts: checking commit, credit and threshold
+//!   specifications, and building ungated commits with their invoices.
+//! - `workflows`: evaluating both thresholds, starting gate workflows (threshold and manual),
+//!   moving them through their gate, and releasing or failing their commits on the outcome.
+//! - `charges`: what only provider-collected (STRIPE) charges do: ACTION_REQUIRED and its
+//!   deadline, the provider's object, refunds after FAILED, and the payment requests.
+//!
+//! The submodules change the customer only from inside [`Customer::apply`]; none of them reads
+//! a clock, sends anything or makes ids that do not derive from the input.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::Catalog;
+use super::contract::{CommitKind, Contract, Discount, InvoiceStatus, Limits, ThresholdConfig};
+use super::effects::{Effect, Webhook, WebhookType};
+use super::gate::{PaymentGateConfig, PaymentOutcome, Workflow, WorkflowKind};
+use super::ids::{Id, Timestamp};
+use super::money::Money;
+use super::rejection::Rejection;
+use super::usage::UsageEvent;
+use charges::expire_overdue_actions;
+
+mod charges;
+mod contracts;
+mod usage;
+mod workflows;
+
+/// Default drawdown priority of commits that do not name one (Metronome's threshold default).
+pub const DEFAULT_PRIORITY: i64 = 100;
+
+/// What the core is handed with every input.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    /// When the input was accepted (recorded in the log, so replay sees the same time).
+    pub at: Timestamp,
+    pub catalog: &'a Catalog,
+    /// Catalog version at acceptance; rates added later are invisible (see `catalog.rs`).
+    pub catalog_version: u64,
+    pub limits: &'a Limits,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeBilling {
+    pub configuration_id: Id,
+    pub stripe_customer_id: String,
+    pub collection_method: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerProfile {
+    pub id: Id,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub ingest_aliases: Vec<String>,
+    pub custom_fields: Vec<(String, String)>,
+    pub stripe: Option<StripeBilling>,
+    pub created_at: Timestamp,
+    pub archived_at: Option<Timestamp>,
+}
+
+/// A commit or credit to add, as a request describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSpec {
+    pub kind: CommitKind,
+    pub product_id: Id,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub priority: Option<Decimal>,
+    pub applicable_product_ids: Vec<Id>,
+    pub applicable_product_tags: Vec<String>,
+    /// (amount, starting_at, ending_before) per segment.
+    pub access_schedule: Vec<(Money, Timestamp, Timestamp)>,
+    /// (timestamp, unit_price, quantity) per invoice; `amount` requests use quantity 1.
+    pub invoice_schedule: Vec<(Timestamp, Money, Decimal)>,
+    pub payment_gate: Option<PaymentGateConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractSpec {
+    pub id: Id,
+    pub rate_card_id: Id,
+    pub name: Option<String>,
+    pub starting_at: Timestamp,
+    pub ending_before: Option<Timestamp>,
+    pub uniqueness_key: Option<String>,
+    pub commits: Vec<CommitSpec>,
+    pub credits: Vec<CommitSpec>,
+    pub spend_threshold: Option<ThresholdConfig>,
+    pub prepaid_threshold: Option<ThresholdConfig>,
+}
+
+/// A partial update of a threshold configuration: `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThresholdUpdate {
+    pub is_enabled: Option<bool>,
+    pub gate: Option<PaymentGateConfig>,
+    pub threshold_amount: Option<Money>,
+    pub recharge_to_amount: Option<Money>,
+    /// `Some(None)` removes the discount.
+    pub discount: Option<Option<Discount>>,
+    pub commit_product_id: Option<Id>,
+    pub commit_name: Option<Option<String>>,
+    pub commit_description: Option<Option<String>>,
+    pub commit_priority: Option<Option<Decimal>>,
+    pub commit_applicable_product_ids: Option<Vec<Id>>,
+    pub commit_applicable_product_tags: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractEdit {
+    /// Id of this edit (assigned at the edge); commits it adds derive their ids from it.
+    pub edit_id: Id,
+    pub contract_id: Id,
+    pub uniqueness_key: Option<String>,
+    pub add_commits: Vec<CommitSpec>,
+    pub add_credits: Vec<CommitSpec>,
+    pub add_spend_threshold: Option<ThresholdConfig>,
+    pub update_spend_threshold: Option<ThresholdUpdate>,
+    pub add_prepaid_threshold: Option<ThresholdConfig>,
+    pub update_prepaid_threshold: Option<ThresholdUpdate>,
+}
+
+/// Every input that changes a customer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    CreateCustomer(Box<CustomerProfile>),
+    SetIngestAliases(Vec<String>),
+    SetStripeBilling(StripeBilling),
+    ArchiveCustomer,
+    RecordUsage(UsageEvent),
+    CreateContract(Box<ContractSpec>),
+    EditContract(Box<ContractEdit>),
+    PaymentOutcome(PaymentOutcome),
+    VoidInvoice {
+        invoice_id: Id,
+    },
+    /// Time passed: close billing periods, expire segments, evaluate thresholds.
+    Tick,
+}
+
+impl Input {
+    pub fn create_customer(profile: CustomerProfile) -> Input {
+        Input::CreateCustomer(Box::new(profile))
+    }
+
+    pub fn create_contract(spec: ContractSpec) -> Input {
+        Input::CreateContract(Box::new(spec))
+    }
+
+    pub fn edit(edit: ContractEdit) -> Input {
+        Input::EditContract(Box::new(edit))
+    }
+}
+
+/// The result of an accepted input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub effects: Vec<Effect>,
+    /// Ids of objects the input created (commits added by an edit), for the response.
+    pub created: Vec<Id>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub profile: Option<CustomerProfile>,
+    pub contracts: Vec<Contract>,
+}
+
+/// What an input may change, set aside before it changes it.
+enum Saved {
+    Nothing,
+    Whole(Box<Customer>),
+}
+
+/// Puts [`Saved`] back when dropped, unless the input succeeded (which sets it to `Nothing`):
+/// on a refusal, and also while a panic unwinds through [`Customer::apply`].
+struct Rollback<'a> {
+    customer: &'a mut Customer,
+    saved: Saved,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.saved, Saved::Nothing) {
+            Saved::Nothing => {}
+            Saved::Whole(customer) => *self.customer = *customer,
+        }
+    }
+}
+
+impl Customer {
+    pub fn id(&self) -> Option<Id> {
+        self.profile.as_ref().map(|p| p.id)
+    }
+
+    /// Rebuilds derived caches after decoding a checkpoint.
+    pub fn rebuild_caches(&mut self) {
+        for contract in &mut self.contracts {
+            contract.rebuild_caches();
+        }
+    }
+
+    /// Applies one input.
+    ///
+    /// Every input but usage runs with a copy of the customer set aside: a refusal, an overflow
+    /// or a panic part-way through puts it back, so the state is exactly as before. Usage, the
+    /// hot path, is checked completely before anything changes (every charge computed with
+    /// checked arithmetic) and then applied in place without a copy, which would cost as much
+    /// as the contract's whole history on every event: a failure after the check (an overflow
+    /// the bounds make impossible, or a bug) may leave it half-applied, and the caller must
+    /// then rebuild the state (the engine reloads it from disk and the log, as recovery does,
+    /// and quarantines the event). A panic unwinds to the caller.
+    ///
+    /// # Errors
+    /// A [`Rejection`] when the input is refused; the state is then unchanged, except after a
+    /// usage event's check phase (see above).
+    pub fn apply(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
+        for contract in &mut self.contracts {
+            contract.ensure_caches();
+        }
+        let mut undo = Rollback {
+            customer: self,
+            saved: Saved::Nothing,
+        };
+        if !matches!(input, Input::RecordUsage(_)) {
+            undo.saved = Saved::Whole(Box::new(undo.customer.clone()));
+        }
+        let result = undo.customer.apply_checked(input, ctx);
+        if result.is_ok() {
+            undo.saved = Saved::Nothing;
+        }
+        result
+    }
+
+    fn apply_checked(&mut self, input: &Input, ctx: &Ctx<'_>) -> Result<Applied, Rejection> {
+        let mut applied = Applied::default();
+        match input {
+            Input::CreateCustomer(profile) => {
+                if self.profile.is_some() {
+                    return Err(Rejection::AlreadyExists);
+                }
+                if profile.name.trim().is_empty() {
+                    return Err(Rejection::MissingField("name"));
+                }
+                self.profile = Some((**profile).clone());
+            }
+            Input::SetIngestAliases(aliases) => {
+                self.profile_mut()?.ingest_aliases = aliases.clone();
+            }
+            Input::SetStripeBilling(billing) => {
+                self.profile_mut()?.stripe = Some(billing.clone());
+            }
+            Input::ArchiveCustomer => {
+                self.profile_mut()?.archived_at.get_or_insert(ctx.at);
+            }
+            Input::RecordUsage(event) => self.record_usage(event, ctx, &mut applied)?,
+            Input::CreateContract(spec) => self.create_contract(spec, ctx, &mut applied)?,
+            Input::EditContract(edit) => self.edit_contract(edit, ctx, &mut applied)?,
+            Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
+            Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
+            Input::Tick => self.tick(ctx, &mut applied)?,
+        }
+        self.debug_check_invariants();
+        Ok(applied)
+    }
+
+    fn profile_mut(&mut self) -> Result<&mut CustomerProfile, Rejection> {
+        self.profile.as_mut().ok_or(Rejection::CustomerNotFound)
+    }
+
+    fn profile(&self) -> Result<&CustomerProfile, Rejection> {
+        self.profile.as_ref().ok_or(Rejection::CustomerNotFound)
+    }
+
+    fn void_invoice(&mut self, invoice_id: Id) -> Result<(), Rejection> {
+        for contract in &mut self.contracts {
+            if contract.periods.iter().any(|p| p.invoice_id == invoice_id) {
+                return Err(Rejection::InvoiceNotVoidable(
+                    "usage invoices close with their billing period",
+                ));
+            }
+            let Some(pi) = contract.purchases.iter().position(|p| p.id == invoice_id) else {
+                continue;
+            };
+            let purchase = &contract.purchases[pi];
+            if purchase.status == InvoiceStatus::Void {
+                return Err(Rejection::InvoiceNotVoidable("already void"));
+            }
+            if let Some(wf) = purchase.workflow_id.and_then(|id| contract.workflow(id)) {
+                if !wf.state.is_terminal() {
+                    return Err(Rejection::InvoiceNotVoidable(
+                        "its payment is in flight; report the payment outcome instead",
+                    ));
+                }
+            }
+            let purchase = &mut contract.purchases[pi];
+            purchase.status = InvoiceStatus::Void;
+            purchase.external_status = Some("VOID".into());
+            return Ok(());
+        }
+        Err(Rejection::InvoiceNotFound)
+    }
+
+    fn tick(&mut self, ctx: &Ctx<'_>, applied: &mut Applied) -> Result<(), Rejection> {
+        let Some(customer_id) = self.id() else {
+            return Ok(());
+        };
+        for contract in &mut self.contracts {
+            for period in &mut contract.periods {
+                let closes_at = period.ending_before.plus_ms(ctx.limits.draft_grace_ms);
+                if period.status == InvoiceStatus::Draft && closes_at <= ctx.at {
+                    period.status = InvoiceStatus::Finalized;
+                }
+            }
+            for purchase in &mut contract.purchases {
+                if purchase.status == InvoiceStatus::Draft && purchase.issued_at <= ctx.at {
+                    purchase.status = InvoiceStatus::Finalized;
+                }
+            }
+            contract.periods_changed();
+            expire_overdue_actions(contract, customer_id, ctx, applied);
+        }
+        for ci in 0..self.contracts.len() {
+            self.evaluate(ci, customer_id, ctx, applied)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the invariants every apply must keep (debug builds and tests).
+    fn debug_check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for contract in &self.contracts {
+            contract.check_caches();
+            for kind in [WorkflowKind::Spend, WorkflowKind::PrepaidBalance] {
+                let in_flight = contract
+                    .workflows
+                    .iter()
+                    .filter(|w| w.kind == kind && !w.state.is_terminal())
+                    .count();
+                debug_assert!(in_flight <= 1, "two {kind:?} workflows in flight");
+            }
+            for commit in &contract.commits {
+                for segment in &commit.segments {
+                    debug_assert!(segment.drawn <= segment.amount, "segment overdrawn");
+                    debug_assert!(!segment.drawn.is_negative(), "negative drawdown");
+                }
+            }
+            for period in &contract.periods {
+                for line in &period.lines {
+                    debug_assert!(
+                        line.covered <= line.charged.floor_zero(),
+                        "line overcovered"
+                    );
+                    let mut drawn = Money::ZERO;
+                    for draw in &line.draws {
+                        drawn = drawn.checked_add(draw.amount).expect("bounded sums");
+                    }
+                    debug_assert_eq!(drawn, line.covered, "line draws drifted from covered");
+                }
+            }
+        }
+    }
+}
+
+fn commit_name(ctx: &Ctx<'_>, product: Id, name: &Option<String>) -> String {
+    name.clone().unwrap_or_else(|| {
+        ctx.catalog
+            .product(product)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    })
+}
+
+fn webhook(
+    workflow: &Workflow,
+    webhook_type: WebhookType,
+    customer_id: Id,
+    at: Timestamp,
+) -> Webhook {
+    Webhook {
+        id: Id::derive(workflow.id, webhook_type.as_str(), 0),
+        webhook_type,
+        workflow_type: workflow.kind,
+        workflow_id: workflow.id,
+        customer_id,
+        contract_id: workflow.contract_id,
+        timestamp: at,
+        invoice_id: None,
+        invoice_total: None,
+        invoice_currency: None,
+        payment_status: None,
+        error_message: None,
+        payment_intent_id: None,
+        provider_error: None,
+        refund_id: None,
+    }
+}

@@ -1,0 +1,429 @@
+//! Usage: rating one usage event into charges, and drawing them down.
+//!
+//! Owns the check phase of a usage event (every charge computed with checked arithmetic before
+//! anything changes), the billing periods and usage lines the charges land on, and the drawdown
+//! from released segments in drawdown order: drawing down, giving back when usage goes down,
+//! and covering outstanding spend with a newly usable commit. It must not decide about
+//! thresholds or workflows: after charging it asks `workflows` to evaluate, nothing more.
+
+use rust_decimal::Decimal;
+
+use super::{Applied, Ctx, Customer};
+use crate::domain::catalog::{Catalog, Contribution, Price};
+use crate::domain::contract::{Aggregate, Contract, InvoiceStatus, UsageLine, UsagePeriod};
+use crate::domain::ids::{Id, Timestamp};
+use crate::domain::money::Money;
+use crate::domain::rejection::Rejection;
+use crate::domain::usage::UsageEvent;
+
+/// One charge computed in the check phase of a usage event, applied after.
+#[derive(Clone, Copy)]
+struct Charge {
+    contract: usize,
+    period_bounds: (Timestamp, Timestamp),
+    product_id: Id,
+    contribution: Contribution,
+    new_charged: Money,
+    delta: Money,
+}
+
+/// How many charges of one event are kept without touching the heap: an event usually rates
+/// one product of one contract; more spill to a `Vec`.
+const CHARGES_INLINE: usize = 4;
+
+/// The charges of one event, inline up to [`CHARGES_INLINE`].
+#[derive(Default)]
+struct Charges {
+    inline: [Option<Charge>; CHARGES_INLINE],
+    spill: Vec<Charge>,
+}
+
+impl Charges {
+    fn push(&mut self, charge: Charge) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(charge),
+            None => self.spill.push(charge),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inline[0].is_none()
+    }
+
+    /// In the order pushed.
+    fn iter(&self) -> impl Iterator<Item = &Charge> {
+        self.inline
+            .iter()
+            .map_while(Option::as_ref)
+            .chain(&self.spill)
+    }
+}
+
+impl Customer {
+    pub(super) fn record_usage(
+        &mut self,
+        event: &UsageEvent,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        let customer_id = self.profile()?.id;
+        let charges = self.rate_event(event, ctx)?;
+        if charges.is_empty() {
+            return Ok(());
+        }
+        // Checked as far as it can be: from here the event applies in place (see `apply`).
+        for charge in charges.iter() {
+            let tags = product_tags(ctx.catalog, charge.product_id);
+            let contract = &mut self.contracts[charge.contract];
+            apply_charge(contract, charge, tags, event.timestamp, ctx.at)?;
+        }
+        // Charges come contract by contract: evaluate each touched contract once, in order.
+        let mut last = None;
+        for charge in charges.iter() {
+            if last != Some(charge.contract) {
+                last = Some(charge.contract);
+                self.evaluate(charge.contract, customer_id, ctx, applied)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The check phase of a usage event: the charge of every line it rates, contract by
+    /// contract.
+    fn rate_event(&self, event: &UsageEvent, ctx: &Ctx<'_>) -> Result<Charges, Rejection> {
+        let mut charges = Charges::default();
+        // Check phase: every charge computed with checked arithmetic, nothing changed yet.
+        for (ci, contract) in self.contracts.iter().enumerate() {
+            if !contract.covers(event.timestamp) {
+                continue;
+            }
+            let Some(card) = ctx.catalog.rate_card(contract.rate_card_id) else {
+                continue;
+            };
+            for (metric, products) in ctx
+                .catalog
+                .rating_candidates(&event.event_type, ctx.catalog_version)
+            {
+                if !metric.matches(event) {
+                    continue;
+                }
+                let Some(contribution) = metric.contribution(event) else {
+                    continue;
+                };
+                for &product_id in products {
+                    let Some(rate) = card.rate_at(product_id, event.timestamp, ctx.catalog_version)
+                    else {
+                        continue;
+                    };
+                    if !rate.entitled {
+                        continue;
+                    }
+                    let line = (ci, product_id);
+                    charges.push(rate_line(contract, line, &rate.price, contribution, event)?);
+                }
+            }
+        }
+        Ok(charges)
+    }
+}
+
+/// The charge of one event on the line of `product_id` in contract `ci` (`contract`): the
+/// line's new charge and its change. Nothing is changed.
+fn rate_line(
+    contract: &Contract,
+    (ci, product_id): (usize, Id),
+    price: &Price,
+    contribution: Contribution,
+    event: &UsageEvent,
+) -> Result<Charge, Rejection> {
+    // The period holding the event is usually the latest one: finding it by its bounds avoids
+    // the calendar arithmetic of `period_bounds`.
+    let period = contract
+        .periods
+        .iter()
+        .rposition(|p| p.starting_at <= event.timestamp && event.timestamp < p.ending_before);
+    let bounds = match period {
+        Some(pi) => {
+            let p = &contract.periods[pi];
+            (p.starting_at, p.ending_before)
+        }
+        None => period_bounds(contract, event.timestamp),
+    };
+    debug_assert_eq!(bounds, period_bounds(contract, event.timestamp));
+    let line = period.and_then(|p| {
+        contract.periods[p]
+            .lines
+            .iter()
+            .position(|l| l.product_id == product_id)
+    });
+    let (old_charged, old_quantity, new_quantity) = match line {
+        Some(li) => {
+            let l = &contract.periods[period.expect("line implies period")].lines[li];
+            let old = l.aggregate.quantity();
+            (l.charged, old, l.aggregate.quantity_with(&contribution)?)
+        }
+        None => (
+            Money::ZERO,
+            Decimal::ZERO,
+            Aggregate::empty_for(&contribution).quantity_with(&contribution)?,
+        ),
+    };
+    let (new_charged, delta) = line_charge(price, old_charged, old_quantity, new_quantity)?;
+    Ok(Charge {
+        contract: ci,
+        period_bounds: bounds,
+        product_id,
+        contribution,
+        new_charged,
+        delta,
+    })
+}
+
+/// Applies one checked charge to its usage line (opening the period and the line if needed)
+/// and draws it down, or gives back what the line drew when it went down.
+fn apply_charge(
+    contract: &mut Contract,
+    charge: &Charge,
+    tags: &[String],
+    usage_at: Timestamp,
+    at: Timestamp,
+) -> Result<(), Rejection> {
+    let pi = match contract
+        .periods
+        .iter()
+        .rposition(|p| p.starting_at == charge.period_bounds.0)
+    {
+        Some(pi) => pi,
+        None => open_period(contract, charge.period_bounds),
+    };
+    let existing = contract.periods[pi]
+        .lines
+        .iter()
+        .position(|l| l.product_id == charge.product_id);
+    let li = match existing {
+        Some(li) => li,
+        None => {
+            let lines = &mut contract.periods[pi].lines;
+            let aggregate = Aggregate::empty_for(&charge.contribution);
+            lines.push(UsageLine::new(charge.product_id, aggregate));
+            lines.len() - 1
+        }
+    };
+    let invoice_id = contract.periods[pi].invoice_id;
+    let line = &mut contract.periods[pi].lines[li];
+    let uncovered_before = line.uncovered();
+    line.aggregate.add(&charge.contribution);
+    line.charged = charge.new_charged;
+    if charge.delta.is_positive() {
+        let drawn = Drawn {
+            line: (pi, li),
+            invoice_id,
+            usage_at,
+        };
+        draw_down(contract, charge.product_id, tags, drawn, charge.delta, at)?;
+    } else if charge.delta.is_negative() {
+        // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
+        let decrease = Money::ZERO.checked_sub(charge.delta)?;
+        let back = decrease.min(contract.periods[pi].lines[li].covered);
+        give_back(contract, (pi, li), invoice_id, back)?;
+    }
+    let uncovered_after = contract.periods[pi].lines[li].uncovered();
+    contract.line_changed(pi, uncovered_before, uncovered_after);
+    Ok(())
+}
+
+fn product_tags(catalog: &Catalog, product: Id) -> &[String] {
+    catalog
+        .product(product)
+        .map(|p| p.tags.as_slice())
+        .unwrap_or(&[])
+}
+
+/// The monthly billing period (first of month, UTC) containing `at`, clipped to the contract.
+/// Needed once per period: an event finds the period it belongs to among those already open.
+#[cold]
+#[inline(never)]
+fn period_bounds(contract: &Contract, at: Timestamp) -> (Timestamp, Timestamp) {
+    let start = at.month_start().max(contract.starting_at);
+    let end = at.next_month_start().min(contract.end_or_forever());
+    (start, end)
+}
+
+fn open_period(contract: &mut Contract, (start, end): (Timestamp, Timestamp)) -> usize {
+    let invoice_id = Id::derive(contract.id, "usage_invoice", start.millis() as u64);
+    let at = contract.periods.partition_point(|p| p.starting_at < start);
+    contract.periods.insert(
+        at,
+        UsagePeriod {
+            invoice_id,
+            starting_at: start,
+            ending_before: end,
+            status: InvoiceStatus::Draft,
+            lines: Vec::new(),
+        },
+    );
+    at
+}
+
+/// Where a drawdown goes: the usage line (period, line index), its invoice and the usage time.
+#[derive(Clone, Copy)]
+struct Drawn {
+    line: (usize, usize),
+    invoice_id: Id,
+    usage_at: Timestamp,
+}
+
+/// The charge of a line after its quantity went from `old_quantity` to `new_quantity`, and the
+/// change: `(new_charged, delta)`. SPEC 2.1: a line is charged on its net quantity, floored at
+/// zero. Marginal pricing: the increment is priced by the rate in effect at the event's time
+/// (tiers still count the period's total), so a rate change mid-period does not re-price
+/// earlier usage; a net at or below zero charges nothing whatever rates applied before.
+fn line_charge(
+    price: &Price,
+    old_charged: Money,
+    old_quantity: Decimal,
+    new_quantity: Decimal,
+) -> Result<(Money, Money), Rejection> {
+    let floor = |q: Decimal| {
+        if q.is_sign_negative() {
+            Decimal::ZERO
+        } else {
+            q
+        }
+    };
+    let new_charged = if new_quantity.is_sign_negative() || new_quantity.is_zero() {
+        Money::ZERO
+    } else {
+        let delta = price
+            .charge_for(floor(new_quantity))?
+            .checked_sub(price.charge_for(floor(old_quantity))?)?;
+        old_charged.checked_add(delta)?.floor_zero()
+    };
+    Ok((new_charged, new_charged.checked_sub(old_charged)?))
+}
+
+/// Draws `amount` of usage from eligible released segments in drawdown order and records the
+/// draws on the line. Only segments with something left are visited (the live list, a
+/// subsequence of `draw_order`): an exhausted one could give nothing.
+fn draw_down(
+    contract: &mut Contract,
+    product: Id,
+    tags: &[String],
+    drawn: Drawn,
+    amount: Money,
+    at: Timestamp,
+) -> Result<(), Rejection> {
+    let (pi, li) = drawn.line;
+    let mut left = amount;
+    let mut i = 0;
+    while i < contract.caches.live.len() {
+        let (ci, si) = contract.caches.live[i];
+        let commit = &contract.commits[ci];
+        let segment = &commit.segments[si];
+        if !segment.covers(drawn.usage_at) || !commit.applies_to(product, tags) {
+            i += 1;
+            continue;
+        }
+        let before = segment.remaining();
+        let take = left.min(before);
+        if !take.is_positive() {
+            i += 1;
+            continue;
+        }
+        contract.commits[ci].record_deduction(si, drawn.invoice_id, take, at)?;
+        contract.periods[pi].lines[li].record_draw((ci, si), take)?;
+        let after = contract.commits[ci].segments[si].remaining();
+        contract.segment_changed((ci, si), before, after, true);
+        if after.is_positive() {
+            i += 1;
+        } else {
+            contract.caches.live.remove(i);
+        }
+        left = left.checked_sub(take)?;
+        if left.is_zero() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Returns `amount` of what line `(pi, li)` drew to the segments it drew from, last drawn first
+/// (usage went down, e.g. a negative SUM value).
+fn give_back(
+    contract: &mut Contract,
+    (pi, li): (usize, usize),
+    invoice_id: Id,
+    amount: Money,
+) -> Result<(), Rejection> {
+    let mut left = amount;
+    while left.is_positive() {
+        let Some(draw) = contract.periods[pi].lines[li].draws.last().copied() else {
+            break;
+        };
+        let (ci, si) = (draw.commit as usize, draw.segment as usize);
+        let back = left.min(draw.amount);
+        let commit = &mut contract.commits[ci];
+        let before = commit.segments[si].remaining();
+        commit.return_deduction(si, invoice_id, back)?;
+        let after = commit.segments[si].remaining();
+        contract.segment_changed((ci, si), before, after, false);
+        let line = &mut contract.periods[pi].lines[li];
+        line.covered = line.covered.checked_sub(back)?;
+        let last = line.draws.last_mut().expect("the draw read above");
+        last.amount = last.amount.checked_sub(back)?;
+        if last.amount.is_zero() {
+            line.draws.pop();
+        }
+        left = left.checked_sub(back)?;
+    }
+    Ok(())
+}
+
+/// Applies a newly usable commit (index `ci`) to usage already charged but not covered on draft
+/// invoices whose period overlaps its segments: this is how a released spend-threshold commit
+/// brings outstanding spend back to zero.
+pub(super) fn cover_outstanding(
+    contract: &mut Contract,
+    ci: usize,
+    ctx: &Ctx<'_>,
+) -> Result<(), Rejection> {
+    for pi in 0..contract.periods.len() {
+        if contract.periods[pi].status != InvoiceStatus::Draft {
+            continue;
+        }
+        let (start, end) = (
+            contract.periods[pi].starting_at,
+            contract.periods[pi].ending_before,
+        );
+        let invoice_id = contract.periods[pi].invoice_id;
+        for li in 0..contract.periods[pi].lines.len() {
+            let line = &contract.periods[pi].lines[li];
+            let uncovered_before = line.uncovered();
+            let mut left = uncovered_before;
+            let product = line.product_id;
+            let tags = product_tags(ctx.catalog, product);
+            if !left.is_positive() || !contract.commits[ci].applies_to(product, tags) {
+                continue;
+            }
+            for si in 0..contract.commits[ci].segments.len() {
+                let segment = &contract.commits[ci].segments[si];
+                if !segment.overlaps(start, end) {
+                    continue;
+                }
+                let take = left.min(segment.remaining());
+                if !take.is_positive() {
+                    continue;
+                }
+                contract.deduct((ci, si), invoice_id, take, ctx.at)?;
+                left = left.checked_sub(take)?;
+                contract.periods[pi].lines[li].record_draw((ci, si), take)?;
+                if left.is_zero() {
+                    break;
+                }
+            }
+            let uncovered_after = contract.periods[pi].lines[li].uncovered();
+            contract.line_changed(pi, uncovered_before, uncovered_after);
+        }
+    }
+    Ok(())
+}

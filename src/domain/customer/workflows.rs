@@ -1,0 +1,530 @@
+//! Thresholds and the gate workflow.
+//!
+//! Owns evaluating both thresholds of a contract (spend: outstanding spend against the
+//! threshold; prepaid: the balance against it), starting a workflow with its withheld commit
+//! and purchase invoice (threshold-triggered, or a manually added payment-gated commit), moving
+//! it out of INITIATED by its gate, and ending it on a payment outcome: released (the commit
+//! becomes usable and covers outstanding spend) or failed (the commit is cancelled and the
+//! threshold disabled). The provider-specific steps of a STRIPE charge belong to `charges`;
+//! this module must not start a second workflow of a kind while one is in flight.
+
+use rust_decimal::Decimal;
+
+use super::charges::{Progress, action_required, charge_progress, note_object, payment_request};
+use super::contracts::build_commit;
+use super::usage::cover_outstanding;
+use super::{
+    Applied, CommitSpec, Ctx, Customer, DEFAULT_PRIORITY, StripeBilling, commit_name, webhook,
+};
+use crate::domain::contract::{
+    Commit, CommitKind, Contract, InvoiceScheduleItem, InvoiceStatus, PurchaseInvoice, Release,
+    Segment, ThresholdCommit, ThresholdKind,
+};
+use crate::domain::effects::{Effect, PaymentAction, PaymentStatus, WebhookType};
+use crate::domain::gate::{
+    ChargeRecord, GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult,
+    Workflow, WorkflowKind, WorkflowState,
+};
+use crate::domain::ids::{Id, Timestamp};
+use crate::domain::money::Money;
+use crate::domain::rejection::Rejection;
+
+/// How many workflows one kind may start while applying one input. A NONE gate releases at
+/// once and the next evaluation may fire again; this bound makes a runaway loop impossible even
+/// if a configuration could never be satisfied.
+const TRIGGERS_PER_INPUT_MAX: usize = 2;
+
+impl Customer {
+    /// Evaluates both thresholds of a contract (the rule of SPEC 1.5: on every input that may
+    /// change S or B, at creation, on edits and when a workflow ends).
+    pub(super) fn evaluate(
+        &mut self,
+        ci: usize,
+        customer_id: Id,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        for kind in [ThresholdKind::Spend, ThresholdKind::PrepaidBalance] {
+            for _ in 0..TRIGGERS_PER_INPUT_MAX {
+                let contract = &mut self.contracts[ci];
+                let Some(config) = contract.threshold(kind) else {
+                    break;
+                };
+                if !config.is_enabled || contract.in_flight_tracked(kind.workflow_kind()).is_some()
+                {
+                    break;
+                }
+                // Only a contract in force at the input's time is evaluated; a contract that
+                // starts later is evaluated by the first tick after its start.
+                if !contract.covers(ctx.at) {
+                    break;
+                }
+                let threshold_amount = config.threshold_amount;
+                let recharge_to_amount = config.recharge_to_amount;
+                let access = match kind {
+                    ThresholdKind::Spend => {
+                        let outstanding = contract.outstanding_spend_tracked()?;
+                        if outstanding < threshold_amount || !outstanding.is_positive() {
+                            break;
+                        }
+                        outstanding
+                    }
+                    ThresholdKind::PrepaidBalance => {
+                        let balance = contract.balance_tracked(ctx.at)?;
+                        if balance > threshold_amount {
+                            break;
+                        }
+                        let recharge_to = recharge_to_amount
+                            .ok_or(Rejection::MissingField("recharge_to_amount"))?;
+                        let access = recharge_to.checked_sub(balance)?;
+                        if !access.is_positive() {
+                            break;
+                        }
+                        access
+                    }
+                };
+                let stripe = self.profile.as_ref().and_then(|p| p.stripe.as_ref());
+                let wi = start_threshold_workflow(
+                    &mut self.contracts[ci],
+                    customer_id,
+                    kind,
+                    access,
+                    ctx,
+                    applied,
+                )?;
+                begin_gate(
+                    &mut self.contracts[ci],
+                    customer_id,
+                    wi,
+                    stripe,
+                    ctx,
+                    applied,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn payment_outcome(
+        &mut self,
+        outcome: &PaymentOutcome,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        let customer_id = self.profile()?.id;
+        let (ci, wi) = self
+            .contracts
+            .iter()
+            .enumerate()
+            .find_map(|(ci, c)| {
+                c.workflows
+                    .iter()
+                    .position(|w| w.id == outcome.workflow_id)
+                    .map(|wi| (ci, wi))
+            })
+            .ok_or(Rejection::WorkflowNotFound)?;
+        let contract = &mut self.contracts[ci];
+        match charge_progress(contract, customer_id, wi, outcome, ctx, applied)? {
+            Progress::Continue => {}
+            Progress::Done => return Ok(()),
+            Progress::Ended => return self.evaluate(ci, customer_id, ctx, applied),
+        }
+        let next = contract.workflows[wi].next_state(outcome)?;
+        match next {
+            WorkflowState::Released => {
+                release_workflow(contract, customer_id, wi, outcome, ctx, applied)?;
+            }
+            WorkflowState::Failed => {
+                fail_workflow(contract, customer_id, wi, outcome, ctx, applied);
+            }
+            WorkflowState::ActionRequired => {
+                action_required(contract, customer_id, wi, outcome, ctx, applied);
+                return Ok(());
+            }
+            WorkflowState::Charging => {
+                // `Pending` while CHARGING or ACTION_REQUIRED: the provider's object is known.
+                let workflow = &mut contract.workflows[wi];
+                workflow.state = WorkflowState::Charging;
+                workflow.charge.action_deadline = None;
+                note_object(workflow, outcome);
+                return Ok(());
+            }
+            WorkflowState::Initiated | WorkflowState::AwaitingExternal => {
+                return Err(Rejection::WorkflowGateMismatch);
+            }
+        }
+        // The workflow ended: the next evaluation decides again.
+        self.evaluate(ci, customer_id, ctx, applied)
+    }
+}
+
+/// The id of the workflow gating a manually added commit.
+pub(super) fn id_of_workflow(commit_id: Id) -> Id {
+    Id::derive(commit_id, WorkflowKind::ManualCommit.as_str(), 0)
+}
+
+/// Adds a payment-gated commit (withheld) with its purchase invoice and workflow.
+pub(super) fn start_manual_workflow(
+    contract: &mut Contract,
+    commit_id: Id,
+    spec: &CommitSpec,
+    gate: &PaymentGateConfig,
+    ctx: &Ctx<'_>,
+) -> Result<(), Rejection> {
+    let workflow_id = id_of_workflow(commit_id);
+    let invoice_id = Id::derive(workflow_id, "invoice", 0);
+    let commit = build_commit(
+        commit_id,
+        spec,
+        Release::Gated { workflow_id },
+        |_| invoice_id,
+        ctx,
+    )?;
+    let mut subtotal = Money::ZERO;
+    for item in &commit.invoice_schedule {
+        subtotal = subtotal.checked_add(item.amount)?;
+    }
+    let tax = gate.tax();
+    let total = subtotal.checked_add(tax)?;
+    let access_amount = commit.total_amount()?;
+    contract.purchases.push(PurchaseInvoice {
+        id: invoice_id,
+        commit_id,
+        product_id: commit.product_id,
+        name: commit.name.clone(),
+        status: InvoiceStatus::Finalized,
+        issued_at: ctx.at,
+        subtotal,
+        tax,
+        total,
+        workflow_id: Some(workflow_id),
+        external_status: None,
+    });
+    contract.commits.push(commit);
+    contract.workflows.push(Workflow {
+        id: workflow_id,
+        kind: WorkflowKind::ManualCommit,
+        contract_id: contract.id,
+        commit_id,
+        invoice_id,
+        access_amount,
+        invoice_total: total,
+        gate: gate.clone(),
+        state: WorkflowState::Initiated,
+        started_at: ctx.at,
+        ended_at: None,
+        payment_intent_id: None,
+        error: None,
+        charge: ChargeRecord::default(),
+    });
+    Ok(())
+}
+
+/// Starts a threshold workflow: the withheld commit of `access`, its purchase invoice and the
+/// `threshold_reached` webhook. Returns the workflow's index.
+fn start_threshold_workflow(
+    contract: &mut Contract,
+    customer_id: Id,
+    kind: ThresholdKind,
+    access: Money,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) -> Result<usize, Rejection> {
+    let config = contract.threshold(kind).expect("evaluated config exists");
+    let sequence = config.triggers + 1;
+    let workflow_kind = kind.workflow_kind();
+    let workflow_id = Id::derive(contract.id, workflow_kind.as_str(), sequence);
+    let commit_id = Id::derive(workflow_id, "commit", 0);
+    let invoice_id = Id::derive(workflow_id, "invoice", 0);
+    let subtotal = match &config.discount {
+        Some(discount) => access.checked_mul(discount.payment_fraction)?,
+        None => access,
+    };
+    let tax = config.gate.tax();
+    let total = subtotal.checked_add(tax)?;
+    let starting_at = threshold_commit_start(contract, kind, ctx);
+    let commit = commit_for_threshold(
+        &config.commit,
+        (workflow_id, commit_id, invoice_id),
+        (access, subtotal),
+        (starting_at, contract.end_or_forever()),
+        kind,
+        ctx,
+    );
+    let gate = config.gate.clone();
+    // Checked: record the trigger.
+    contract
+        .threshold_mut(kind)
+        .expect("evaluated config exists")
+        .triggers = sequence;
+    contract.purchases.push(PurchaseInvoice {
+        id: invoice_id,
+        commit_id,
+        product_id: commit.product_id,
+        name: commit.name.clone(),
+        status: InvoiceStatus::Finalized,
+        issued_at: ctx.at,
+        subtotal,
+        tax,
+        total,
+        workflow_id: Some(workflow_id),
+        external_status: None,
+    });
+    contract.commits.push(commit);
+    let workflow = Workflow {
+        id: workflow_id,
+        kind: workflow_kind,
+        contract_id: contract.id,
+        commit_id,
+        invoice_id,
+        access_amount: access,
+        invoice_total: total,
+        gate,
+        state: WorkflowState::Initiated,
+        started_at: ctx.at,
+        ended_at: None,
+        payment_intent_id: None,
+        error: None,
+        charge: ChargeRecord::default(),
+    };
+    applied.effects.push(Effect::Webhook(webhook(
+        &workflow,
+        WebhookType::ThresholdReached,
+        customer_id,
+        ctx.at,
+    )));
+    contract.workflows.push(workflow);
+    let wi = contract.workflows.len() - 1;
+    contract.threshold_workflow_added(wi);
+    Ok(wi)
+}
+
+/// Where the commit of a threshold workflow starts. A spend commit must offset usage already
+/// incurred, so it starts with the earliest open usage period; a recharge starts at the trigger
+/// hour.
+fn threshold_commit_start(contract: &Contract, kind: ThresholdKind, ctx: &Ctx<'_>) -> Timestamp {
+    match kind {
+        ThresholdKind::Spend => contract
+            .periods
+            .iter()
+            .filter(|p| p.status == InvoiceStatus::Draft)
+            .map(|p| p.starting_at)
+            .min()
+            .unwrap_or(ctx.at.floor_hour()),
+        ThresholdKind::PrepaidBalance => ctx.at.floor_hour(),
+    }
+    .max(contract.starting_at)
+}
+
+fn commit_for_threshold(
+    spec: &ThresholdCommit,
+    (workflow_id, id, invoice_id): (Id, Id, Id),
+    (access, subtotal): (Money, Money),
+    (starting_at, ending_before): (Timestamp, Timestamp),
+    kind: ThresholdKind,
+    ctx: &Ctx<'_>,
+) -> Commit {
+    Commit {
+        id,
+        kind: CommitKind::Prepaid,
+        product_id: spec.product_id,
+        name: commit_name(ctx, spec.product_id, &spec.name),
+        description: spec.description.clone(),
+        priority: spec.priority.unwrap_or(Decimal::from(DEFAULT_PRIORITY)),
+        applicable_product_ids: spec.applicable_product_ids.clone(),
+        applicable_product_tags: spec.applicable_product_tags.clone(),
+        segments: vec![Segment {
+            id: Id::derive(id, "segment", 0),
+            amount: access,
+            starting_at,
+            ending_before,
+            drawn: Money::ZERO,
+        }],
+        invoice_schedule: vec![InvoiceScheduleItem {
+            id: Id::derive(id, "invoice_schedule_item", 0),
+            timestamp: ctx.at,
+            amount: subtotal,
+            quantity: Decimal::ONE,
+            unit_price: subtotal,
+            invoice_id,
+        }],
+        release: Release::Gated { workflow_id },
+        created_by_threshold: Some(kind.workflow_kind()),
+        created_at: ctx.at,
+        deductions: Vec::new(),
+        archived_at: None,
+    }
+}
+
+/// Moves a new workflow (index `wi`) out of INITIATED according to its gate.
+pub(super) fn begin_gate(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    stripe: Option<&StripeBilling>,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) -> Result<(), Rejection> {
+    let workflow_id = contract.workflows[wi].id;
+    let gate_type = contract.workflows[wi].gate.gate_type;
+    match gate_type {
+        GateType::None => {
+            let outcome = PaymentOutcome {
+                workflow_id,
+                source: OutcomeSource::External,
+                result: PaymentResult::Paid,
+                payment_intent_id: None,
+            };
+            release_workflow(contract, customer_id, wi, &outcome, ctx, applied)?;
+        }
+        GateType::External => {
+            contract.workflows[wi].state = WorkflowState::AwaitingExternal;
+            let workflow = &contract.workflows[wi];
+            let mut hook = webhook(workflow, WebhookType::ExternalInitiate, customer_id, ctx.at);
+            hook.invoice_id = Some(workflow.invoice_id);
+            hook.invoice_total = Some(workflow.invoice_total);
+            hook.invoice_currency = Some(
+                contract
+                    .credit_type
+                    .currency
+                    .clone()
+                    .unwrap_or_else(|| contract.credit_type.name.clone()),
+            );
+            applied.effects.push(Effect::Webhook(hook));
+        }
+        GateType::Stripe => {
+            let billing = stripe.ok_or(Rejection::StripeNotConfigured)?;
+            let workflow = &mut contract.workflows[wi];
+            workflow.state = WorkflowState::Charging;
+            workflow.charge.stripe_customer_id = Some(billing.stripe_customer_id.clone());
+            let request = payment_request(contract, customer_id, wi, PaymentAction::Charge);
+            applied.effects.push(Effect::RequestPayment(request));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the first element whose id is `id`. A threshold workflow's commit and invoice have ids
+/// derived from the workflow's own (unique) id, so the only one is searched from the end, where
+/// it was just added; other ids come from the edge and keep the first-match rule.
+fn index_of<T>(items: &[T], unique: bool, is: impl Fn(&T) -> bool) -> Option<usize> {
+    if unique {
+        items.iter().rposition(is)
+    } else {
+        items.iter().position(is)
+    }
+}
+
+fn release_workflow(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    outcome: &PaymentOutcome,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) -> Result<(), Rejection> {
+    let commit_id = contract.workflows[wi].commit_id;
+    let invoice_id = contract.workflows[wi].invoice_id;
+    let gate_type = contract.workflows[wi].gate.gate_type;
+    let unique = contract.workflows[wi].kind != WorkflowKind::ManualCommit;
+    let commit = index_of(&contract.commits, unique, |c| c.id == commit_id);
+    let mut was_released = false;
+    if let Some(ci) = commit {
+        let commit = &mut contract.commits[ci];
+        was_released = commit.is_released();
+        commit.release = Release::Released { at: ctx.at };
+    }
+    if let Some(pi) = index_of(&contract.purchases, unique, |p| p.id == invoice_id) {
+        if gate_type != GateType::None {
+            contract.purchases[pi].external_status = Some("PAID".into());
+        }
+    }
+    let workflow = &mut contract.workflows[wi];
+    workflow.state = WorkflowState::Released;
+    workflow.ended_at = Some(ctx.at);
+    if outcome.payment_intent_id.is_some() {
+        workflow.payment_intent_id = outcome.payment_intent_id.clone();
+    }
+    note_object(workflow, outcome);
+    if gate_type == GateType::Stripe {
+        let close = PaymentAction::Close { cancel: false };
+        let request = payment_request(contract, customer_id, wi, close);
+        applied.effects.push(Effect::RequestPayment(request));
+    }
+    match commit {
+        Some(ci) if !was_released => contract.commit_released(ci),
+        // Not the usual gated commit: sort the drawdown order again from scratch.
+        _ => contract.rebuild_caches(),
+    }
+    if let Some(ci) = commit {
+        cover_outstanding(contract, ci, ctx)?;
+    }
+    if gate_type != GateType::None {
+        let workflow = &contract.workflows[wi];
+        let mut hook = webhook(workflow, WebhookType::PaymentStatus, customer_id, ctx.at);
+        hook.invoice_id = Some(workflow.invoice_id);
+        hook.payment_status = Some(PaymentStatus::Paid);
+        hook.payment_intent_id = workflow.payment_intent_id.clone();
+        applied.effects.push(Effect::Webhook(hook));
+    }
+    Ok(())
+}
+
+pub(super) fn fail_workflow(
+    contract: &mut Contract,
+    customer_id: Id,
+    wi: usize,
+    outcome: &PaymentOutcome,
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) {
+    let error = match &outcome.result {
+        PaymentResult::Failed { error } => error.clone(),
+        _ => None,
+    };
+    let commit_id = contract.workflows[wi].commit_id;
+    let invoice_id = contract.workflows[wi].invoice_id;
+    if let Some(ci) = contract.commits.iter().position(|c| c.id == commit_id) {
+        let was_released = contract.commits[ci].is_released();
+        contract.commits[ci].release = Release::Canceled { at: ctx.at };
+        if was_released {
+            contract.released_commit_canceled(ci);
+        }
+    }
+    if let Some(purchase) = contract.purchases.iter_mut().find(|p| p.id == invoice_id) {
+        purchase.status = InvoiceStatus::Void;
+        purchase.external_status = Some("PAYMENT_FAILED".into());
+    }
+    let workflow = &mut contract.workflows[wi];
+    workflow.state = WorkflowState::Failed;
+    workflow.ended_at = Some(ctx.at);
+    workflow.error = error.clone();
+    if outcome.payment_intent_id.is_some() {
+        workflow.payment_intent_id = outcome.payment_intent_id.clone();
+    }
+    note_object(workflow, outcome);
+    workflow.charge.action_deadline = None;
+    let workflow = workflow.clone();
+    if workflow.gate.gate_type == GateType::Stripe {
+        // Whatever the provider still holds must never collect for a FAILED workflow.
+        let close = PaymentAction::Close { cancel: true };
+        let request = payment_request(contract, customer_id, wi, close);
+        applied.effects.push(Effect::RequestPayment(request));
+    }
+    // A failed charge disables its threshold configuration; no automatic retry.
+    let kind = match workflow.kind {
+        WorkflowKind::Spend => Some(ThresholdKind::Spend),
+        WorkflowKind::PrepaidBalance => Some(ThresholdKind::PrepaidBalance),
+        WorkflowKind::ManualCommit => None,
+    };
+    if let Some(config) = kind.and_then(|k| contract.threshold_mut(k)) {
+        config.is_enabled = false;
+    }
+    let mut hook = webhook(&workflow, WebhookType::PaymentStatus, customer_id, ctx.at);
+    hook.invoice_id = Some(workflow.invoice_id);
+    hook.payment_status = Some(PaymentStatus::Failed);
+    hook.payment_intent_id = workflow.payment_intent_id.clone();
+    hook.error_message = error.as_ref().and_then(|e| e.message.clone());
+    hook.provider_error = error;
+    applied.effects.push(Effect::Webhook(hook));
+}
