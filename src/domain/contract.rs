@@ -3,7 +3,7 @@
 //!
 //! Data and the small rules that belong to one object live here (segment eligibility, the
 //! drawdown order key, ledger rendering); the rules that move money between objects are in
-//! `customer.rs`.
+//! `customer/`.
 
 use std::cmp::Ordering;
 

@@ -7,7 +7,7 @@
 //!           -> (STRIPE) CHARGING [-> ACTION_REQUIRED] -> RELEASED | FAILED
 //! ```
 //! The transitions are checked here; what a transition does to commits, invoices and threshold
-//! configurations is done by the contract (`customer.rs`), which owns them.
+//! configurations is done by the contract (`customer/`), which owns them.
 
 use serde::{Deserialize, Serialize};
 
@@ -287,7 +287,7 @@ impl Workflow {
             }
             // Still undecided (e.g. `processing` after the customer authenticated).
             (PaymentResult::Pending { .. }, OutcomeSource::Stripe) => WorkflowState::Charging,
-            // Refunds follow a FAILED workflow only (see `customer.rs`).
+            // Refunds follow a FAILED workflow only (see `customer/charges.rs`).
             (PaymentResult::Refunded { .. }, _)
             | (
                 PaymentResult::ActionRequired { .. } | PaymentResult::Pending { .. },
