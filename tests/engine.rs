@@ -436,26 +436,37 @@ async fn eventually_workflow(engine: &Engine) {
     panic!("no workflow started");
 }
 
-#[actix_rt::test]
-async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effects() {
-    use tollgate::actors::EngineError;
-    use tollgate::storage::faults::{ScriptedFaults, StorageOp};
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start();
-    let faults = ScriptedFaults::new();
-    let config = engine_config(dir.path(), Some(&receiver.url));
+/// An engine on a store that asks `ScriptedFaults`, with the fixture catalog and customer
+/// `CUSTOMER` (alias "fs") whose contract has a $5 EXTERNAL spend threshold.
+async fn engine_with_faults(
+    dir: &std::path::Path,
+    receiver: &Receiver,
+) -> (Engine, Arc<tollgate::storage::faults::ScriptedFaults>) {
+    let faults = tollgate::storage::faults::ScriptedFaults::new();
     let seams = tollgate::actors::Seams {
         clock: Arc::new(SystemClock),
         payments: None,
         storage_faults: Some(faults.clone() as tollgate::storage::faults::Faults),
         webhook_transport: None,
     };
-    let engine = Engine::start_with(config, seams).await.unwrap();
+    let engine = Engine::start_with(engine_config(dir, Some(&receiver.url)), seams)
+        .await
+        .unwrap();
     for change in fixtures::catalog_changes() {
         engine.change_catalog(change).await.unwrap();
     }
     let spend = fixtures::spend_threshold(500, GateType::External);
     customer_with_contract(&engine, CUSTOMER, "fs", Some(spend), None, vec![]).await;
+    (engine, faults)
+}
+
+#[actix_rt::test]
+async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effects() {
+    use tollgate::actors::EngineError;
+    use tollgate::storage::faults::StorageOp;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
     let checkpoints: Vec<_> = (0..2)
         .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
         .collect();
@@ -516,23 +527,10 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
 
 #[actix_rt::test]
 async fn a_checkpoint_racing_a_failed_outbox_write_never_covers_the_lost_effects() {
-    use tollgate::storage::faults::{ScriptedFaults, StorageOp};
+    use tollgate::storage::faults::StorageOp;
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
-    let faults = ScriptedFaults::new();
-    let config = engine_config(dir.path(), Some(&receiver.url));
-    let seams = tollgate::actors::Seams {
-        clock: Arc::new(SystemClock),
-        payments: None,
-        storage_faults: Some(faults.clone() as tollgate::storage::faults::Faults),
-        webhook_transport: None,
-    };
-    let engine = Engine::start_with(config, seams).await.unwrap();
-    for change in fixtures::catalog_changes() {
-        engine.change_catalog(change).await.unwrap();
-    }
-    let spend = fixtures::spend_threshold(500, GateType::External);
-    customer_with_contract(&engine, CUSTOMER, "fs", Some(spend), None, vec![]).await;
+    let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
     let before: Vec<_> = (0..2)
         .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
         .collect();
