@@ -2,7 +2,7 @@
 //! `/v2/contracts/edit` (threshold configurations, commits and credits, payment-gated commits),
 //! and the external payment-gate release.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -37,6 +37,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// A new random id for an object created at the edge (recorded in the log with its input).
 pub fn new_id() -> Id {
     Id::parse(&uuid::Uuid::new_v4().to_string()).expect("a v4 uuid parses")
+}
+
+/// The id of an object a request creates: derived from its `Idempotency-Key` when it has one,
+/// random otherwise. A retry that runs again because its first answer could not be stored (a
+/// storage failure after the input reached the log) then names the same object and is refused
+/// as a duplicate (409) instead of creating a second one.
+pub fn edge_id(request: &HttpRequest, kind: &str) -> Id {
+    let key = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok());
+    match key {
+        Some(key) => Id::from_key(&format!("idempotency/{kind}{}", request.path()), key),
+        None => new_id(),
+    }
 }
 
 const GATES: [(&str, GateType); 3] = [
@@ -325,7 +340,11 @@ fn customer_of(state: &AppState, obj: &Obj<'_>) -> ApiResult<Id> {
     Ok(id)
 }
 
-async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+async fn create(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
     let value: Value = wire::parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let customer = customer_of(&state, &obj)?;
@@ -374,7 +393,7 @@ async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
         credits.push(commit_spec(&credit, true, false)?);
     }
     let spec = ContractSpec {
-        id: new_id(),
+        id: edge_id(&request, "contract"),
         rate_card_id,
         name: obj.str("name")?.map(str::to_owned),
         starting_at: obj.req_time("starting_at")?,
@@ -506,7 +525,11 @@ async fn list_v2(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
     list(state, body, true).await
 }
 
-async fn edit(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+async fn edit(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
     let value: Value = wire::parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let customer = customer_of(&state, &obj)?;
@@ -540,7 +563,7 @@ async fn edit(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpRes
         add_credits.push(commit_spec(&credit, true, false)?);
     }
     let edit = ContractEdit {
-        edit_id: new_id(),
+        edit_id: edge_id(&request, "edit"),
         contract_id: obj.req_id("contract_id")?,
         uniqueness_key: obj.str("uniqueness_key")?.map(str::to_owned),
         add_commits,

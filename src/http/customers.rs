@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::contracts::new_id;
+use super::contracts::edge_id;
 use super::error::{ApiError, ApiResult};
 use super::fields::Obj;
 use super::render;
@@ -74,7 +74,11 @@ fn stripe_billing(customer: Id, item: &Obj<'_>) -> ApiResult<Option<StripeBillin
     }))
 }
 
-async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+async fn create(
+    state: web::Data<AppState>,
+    request: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
     let value: Value = wire::parse_body(&body)?;
     let obj = Obj::root(&value)?;
     obj.unsupported("billing_config")?;
@@ -97,7 +101,7 @@ async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
             "ingest_aliases: must not contain empty strings".into(),
         ));
     }
-    let id = new_id();
+    let id = edge_id(&request, "customer");
     let mut stripe = None;
     for item in obj.objs("customer_billing_provider_configurations")? {
         stripe = stripe_billing(id, &item)?;

@@ -454,3 +454,58 @@ async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
     let (status, _) = app.get("/v1/tollgate/quarantine?next_page=zz").await;
     assert_eq!(status, 400);
 }
+
+/// Forgets every stored Idempotency-Key answer, as when storing it failed after the request ran.
+fn forget_stored_answers(app: &TestApp) {
+    let store = app.engine.store();
+    for (key, _) in store.meta_scan_prefix(b"idem/").unwrap() {
+        store.meta_delete(&key).unwrap();
+    }
+}
+
+async fn post_with_key(app: &TestApp, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(format!("{}{}", app.base, path))
+        .bearer_auth(super::TOKEN)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[actix_rt::test]
+async fn a_retry_whose_first_answer_was_lost_never_creates_a_second_object() {
+    let app = app_with_catalog().await;
+    let body = json!({"name": "Once", "ingest_aliases": ["once"]});
+    let (status, first) = post_with_key(&app, "/v1/customers", "k-customer", &body).await;
+    assert_eq!(status, 200, "{first}");
+    forget_stored_answers(&app);
+    let (status, again) = post_with_key(&app, "/v1/customers", "k-customer", &body).await;
+    assert_eq!(
+        status, 409,
+        "the same customer, refused as a duplicate: {again}"
+    );
+    let (_, list) = app.get("/v1/customers").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+
+    let customer = first["data"]["id"].as_str().unwrap().to_owned();
+    let contract = contract_with_commit(&app, &customer, 1_000).await;
+    let edit = json!({
+        "customer_id": customer, "contract_id": contract,
+        "add_commits": [prepaid_commit(json!(500))]
+    });
+    let (status, body) = post_with_key(&app, "/v2/contracts/edit", "k-edit", &edit).await;
+    assert_eq!(status, 200, "{body}");
+    forget_stored_answers(&app);
+    let (status, body) = post_with_key(&app, "/v2/contracts/edit", "k-edit", &edit).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        net_balance(&app, &customer).await,
+        json!(1_500),
+        "one added commit, not two"
+    );
+}

@@ -103,6 +103,15 @@ impl Customer {
             .iter()
             .position(|c| c.id == edit.contract_id)
             .ok_or(Rejection::ContractNotFound)?;
+        // An edit that already added its commits (same edit id: a retried request) adds none.
+        let first_commit = Id::derive(edit.edit_id, "commit", 0);
+        if self.contracts[ci]
+            .commits
+            .iter()
+            .any(|c| c.id == first_commit)
+        {
+            return Err(Rejection::AlreadyExists);
+        }
         let contract = &self.contracts[ci];
         if let Some(key) = &edit.uniqueness_key {
             validate_uniqueness_key(key)?;
