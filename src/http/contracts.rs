@@ -39,17 +39,22 @@ pub fn new_id() -> Id {
     Id::parse(&uuid::Uuid::new_v4().to_string()).expect("a v4 uuid parses")
 }
 
-/// The id of an object a request creates: derived from its `Idempotency-Key` when it has one,
-/// random otherwise. A retry that runs again because its first answer could not be stored (a
-/// storage failure after the input reached the log) then names the same object and is refused
-/// as a duplicate (409) instead of creating a second one.
-pub fn edge_id(request: &HttpRequest, kind: &str) -> Id {
+/// The id of an object a request creates: derived from its `Idempotency-Key` and body when it
+/// has a key, random otherwise. A retry that runs again because its first answer could not be
+/// stored (a storage failure after the input reached the log) then names the same object and is
+/// refused as a duplicate (409) instead of creating a second one; a key reused after its 24 h
+/// window with another body creates another object.
+pub fn edge_id(request: &HttpRequest, body: &[u8], kind: &str) -> Id {
     let key = request
         .headers()
         .get("idempotency-key")
         .and_then(|value| value.to_str().ok());
     match key {
-        Some(key) => Id::from_key(&format!("idempotency/{kind}{}", request.path()), key),
+        Some(key) => {
+            let body_hash = xxhash_rust::xxh3::xxh3_128(body);
+            let name = format!("{}\0{key}\0{body_hash:032x}", request.path());
+            Id::from_key(&format!("idempotency/{kind}"), &name)
+        }
         None => new_id(),
     }
 }
@@ -393,7 +398,7 @@ async fn create(
         credits.push(commit_spec(&credit, true, false)?);
     }
     let spec = ContractSpec {
-        id: edge_id(&request, "contract"),
+        id: edge_id(&request, &body, "contract"),
         rate_card_id,
         name: obj.str("name")?.map(str::to_owned),
         starting_at: obj.req_time("starting_at")?,
@@ -563,7 +568,7 @@ async fn edit(
         add_credits.push(commit_spec(&credit, true, false)?);
     }
     let edit = ContractEdit {
-        edit_id: edge_id(&request, "edit"),
+        edit_id: edge_id(&request, &body, "edit"),
         contract_id: obj.req_id("contract_id")?,
         uniqueness_key: obj.str("uniqueness_key")?.map(str::to_owned),
         add_commits,

@@ -101,7 +101,7 @@ async fn create(
             "ingest_aliases: must not contain empty strings".into(),
         ));
     }
-    let id = edge_id(&request, "customer");
+    let id = edge_id(&request, &body, "customer");
     let mut stripe = None;
     for item in obj.objs("customer_billing_provider_configurations")? {
         stripe = stripe_billing(id, &item)?;

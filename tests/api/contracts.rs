@@ -117,8 +117,10 @@ async fn seed_usage_hits_100_dollars_invoice_payment_commit_released_outstanding
 
     // The user hits $100 of usage.
     ingest_calls(&app, "acme", "seed1", 100).await;
-    eventually("external_initiate", || {
+    // Deliveries are concurrent: no order between the two webhooks.
+    eventually("threshold_reached and external_initiate", || {
         app.receiver.of_type("payment_gate.external_initiate").len() == 1
+            && app.receiver.of_type("payment_gate.threshold_reached").len() == 1
     })
     .await;
     let reached = app.receiver.of_type("payment_gate.threshold_reached");

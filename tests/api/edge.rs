@@ -607,11 +607,13 @@ async fn an_early_401_on_a_post_with_a_body_reaches_the_client_as_401() {
 async fn idempotency_answers_are_swept_after_24_hours_and_the_key_then_runs_again() {
     use tollgate::http::idempotency::{InFlight, REPLAY_WINDOW_MS, sweep_expired};
     let app = spawn_edge(no_routes()).await;
-    let send = || async {
-        let response = app
+    // Ids derive from the key and body: after the window, the key runs again with a new body.
+    let client = &app;
+    let send_body = move |body: Value| async move {
+        let response = client
             .post("/v1/customers")
             .header("idempotency-key", "sweep-key")
-            .json(&json!({"name": "swept"}))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -619,6 +621,7 @@ async fn idempotency_answers_are_swept_after_24_hours_and_the_key_then_runs_agai
         let body: Value = response.json().await.unwrap();
         (replayed, body["data"]["id"].as_str().unwrap().to_owned())
     };
+    let send = || send_body(json!({"name": "swept"}));
     let (replayed, first_id) = send().await;
     assert!(!replayed);
     let store = app.engine.store();
@@ -642,7 +645,8 @@ async fn idempotency_answers_are_swept_after_24_hours_and_the_key_then_runs_agai
     for prefix in [&b"idem/"[..], b"idem-at/"] {
         assert!(store.meta_scan_prefix(prefix).unwrap().is_empty());
     }
-    let (replayed, second_id) = send().await;
+    let (replayed, second_id) =
+        send_body(json!({"name": "swept", "custom_fields": {"run": "2"}})).await;
     assert!(!replayed);
     assert_ne!(second_id, first_id);
     assert_eq!(app.customers_named("swept").await, 2);
