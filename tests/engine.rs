@@ -460,6 +460,25 @@ async fn engine_with_faults(
     (engine, faults)
 }
 
+/// The checkpointed seq of each partition.
+fn checkpoint_seqs(engine: &Engine) -> Vec<Option<u64>> {
+    (0..2)
+        .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
+        .collect()
+}
+
+/// What a restart would find: an engine started on a consistent copy of `engine`'s data dir.
+async fn recover_from_copy(engine: &Engine, receiver: &Receiver) -> (Engine, tempfile::TempDir) {
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+    let config = engine_config(&copy_dir, Some(&receiver.url));
+    let recovered = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    (recovered, copy)
+}
+
 #[actix_rt::test]
 async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effects() {
     use tollgate::actors::EngineError;
@@ -467,9 +486,7 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
-    let checkpoints: Vec<_> = (0..2)
-        .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
-        .collect();
+    let checkpoints = checkpoint_seqs(&engine);
 
     // The events are durable; writing the workflow's effects to the outbox fails.
     faults.fail_from(StorageOp::OutboxWrite, 0);
@@ -507,13 +524,7 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
 
     // What a restart finds on disk: recovery replays the log and re-creates the effects.
     faults.heal();
-    let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().join("data");
-    engine.store().copy_to(&copy_dir).unwrap();
-    let config = engine_config(&copy_dir, Some(&receiver.url));
-    let recovered = Engine::start(config, Arc::new(SystemClock), None)
-        .await
-        .unwrap();
+    let (recovered, _copy) = recover_from_copy(&engine, &receiver).await;
     eventually("external_initiate after recovery", || {
         receiver.of_type("payment_gate.external_initiate").len() == 1
     })
@@ -531,9 +542,7 @@ async fn a_checkpoint_racing_a_failed_outbox_write_never_covers_the_lost_effects
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
-    let before: Vec<_> = (0..2)
-        .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
-        .collect();
+    let before = checkpoint_seqs(&engine);
     faults.fail_from(StorageOp::OutboxWrite, 0);
     let (ingested, checkpointed) =
         tokio::join!(engine.ingest(calls("fs", "a", 5)), engine.checkpoint());
@@ -541,17 +550,9 @@ async fn a_checkpoint_racing_a_failed_outbox_write_never_covers_the_lost_effects
     assert!(ingested.is_ok(), "{ingested:?}");
     let _ = checkpointed;
     eventually("fail-stop", || !engine.is_ready()).await;
-    let after: Vec<_> = (0..2)
-        .map(|p| engine.store().checkpoint(p).unwrap().map(|(seq, _)| seq))
-        .collect();
+    let after = checkpoint_seqs(&engine);
     faults.heal();
-    let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().join("data");
-    engine.store().copy_to(&copy_dir).unwrap();
-    let config = engine_config(&copy_dir, Some(&receiver.url));
-    let recovered = Engine::start(config, Arc::new(SystemClock), None)
-        .await
-        .unwrap();
+    let (recovered, _copy) = recover_from_copy(&engine, &receiver).await;
     let wfs = workflows(&recovered, CUSTOMER).await;
     assert_eq!(wfs.len(), 1);
     // A checkpoint at seq 0 (an idle partition) covers nothing; none may cover the failed input.
