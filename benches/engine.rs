@@ -200,6 +200,7 @@ fn bench_handoff(c: &mut Criterion) {
                     applied_seq: 0,
                     customer: Customer::default(),
                     parked: vec![],
+                    quarantined: vec![],
                 };
                 state.customer.profile = Some(fixtures::profile(id, false));
                 CustomerActor {

@@ -27,10 +27,15 @@ fn start_server(config: &std::path::Path) -> Server {
 }
 
 fn start_server_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.envs(env.iter().copied());
+    spawn_server(command, config)
+}
+
+fn spawn_server(mut command: Command, config: &std::path::Path) -> Server {
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
-        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -449,6 +454,12 @@ async fn sigterm_checkpoints_and_exits_zero_and_the_next_start_has_everything() 
     server.child.wait().unwrap();
 }
 
+async fn usage_subtotal(client: &reqwest::Client, base: &str, customer: &str) -> Value {
+    let path = format!("/v1/customers/{customer}/invoices?type=USAGE&status=DRAFT");
+    let (_, body) = post_get(client, base, &path).await;
+    body["data"][0]["subtotal"].clone()
+}
+
 async fn usage_total(client: &reqwest::Client, base: &str, customer: &str) -> Value {
     let response = client
         .get(format!(
@@ -705,6 +716,119 @@ async fn net_zero_sum_usage_then_kill_9_restarts_and_charges_nothing() {
         balance(server.base.clone()).await,
         100000,
         "replaying net-zero usage must draw nothing"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// A server whose files may not grow past `max_file_bytes` (`RLIMIT_FSIZE`): once the log's
+/// write-ahead file reaches it, the kernel refuses the write (EFBIG; `SIGXFSZ` is ignored, so
+/// the write fails instead of killing the process). A real storage failure, not a simulated one.
+fn start_server_with_file_limit(config: &std::path::Path, max_file_bytes: u64) -> Server {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    // SAFETY: between fork and exec only async-signal-safe calls (signal, setrlimit).
+    unsafe {
+        command.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: max_file_bytes,
+                rlim_max: max_file_bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn_server(command, config)
+}
+
+#[actix_rt::test]
+async fn a_disk_write_failure_answers_503_exits_non_zero_and_the_restart_loses_nothing_acknowledged()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // No checkpoint during the test: its writes would go to the same write-ahead file.
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut server = start_server_with_file_limit(&config, 1 << 20);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let mut acked = 0usize;
+    let mut sent = 0usize;
+    let mut refusal = None;
+    for batch in 0..5_000 {
+        let body: Vec<Value> = (0..100).map(|i| event(&format!("d{batch}-{i}"))).collect();
+        sent += 100;
+        let response = client
+            .post(format!("{}/v1/ingest", server.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().as_u16() == 200 => acked += 100,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let retry_after = r.headers().get("retry-after").cloned();
+                refusal = Some((status, retry_after, r.text().await.unwrap_or_default()));
+                break;
+            }
+            // The server may already be gone: that is the exit below.
+            Err(_) => break,
+        }
+    }
+    assert!(
+        acked > 0,
+        "some batches were acknowledged before the disk filled"
+    );
+    if let Some((status, retry_after, body)) = &refusal {
+        assert_eq!(
+            *status, 503,
+            "an infrastructure failure, never a 4xx: {body}"
+        );
+        assert_eq!(retry_after.as_ref().unwrap(), "1");
+        assert!(body.contains("message"), "{body}");
+    }
+    // Fail-stop: the process exits by itself, non-zero, within the bounded drain.
+    let mut exit = None;
+    for _ in 0..300 {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            exit = Some(status);
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = exit.expect("the server exits by itself after a storage failure");
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "exit status 1, not a signal: {exit:?}"
+    );
+
+    // The supervisor's restart, without the limit: every acknowledged event counts once.
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    // Prepaid commits cover the usage (total 0): the subtotal counts it, at $1 per call.
+    let total = usage_subtotal(&client, &server.base, &customer).await;
+    let applied = (total.as_f64().unwrap() / 100.0) as usize;
+    assert!(
+        applied >= acked && applied <= sent,
+        "acknowledged {acked}, sent {sent}, applied {applied}"
+    );
+    // Re-sending what was acknowledged changes nothing: each is a duplicate.
+    for batch in 0..acked / 100 {
+        let body: Vec<Value> = (0..100).map(|i| event(&format!("d{batch}-{i}"))).collect();
+        let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        usage_subtotal(&client, &server.base, &customer).await,
+        total
     );
     server.child.kill().unwrap();
     server.child.wait().unwrap();

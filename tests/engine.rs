@@ -586,3 +586,118 @@ async fn a_tax_amount_beyond_the_bound_is_refused_so_usage_is_never_quarantined(
     actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(engine.quarantined(None, 100).unwrap().is_empty());
 }
+
+/// A copy of `engine`'s data dir with `customer`'s written state changed by `edit` (a bug's
+/// corruption, or the repair an upgrade brings), started as a restart would start it.
+async fn restart_with_state_edit(
+    engine: &Engine,
+    receiver: &Receiver,
+    customer: Id,
+    edit: impl FnOnce(&mut tollgate::actors::entry::PersistedCustomer),
+) -> (Engine, tempfile::TempDir) {
+    use tollgate::actors::entry::{STATE_VERSION, state_key};
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+    {
+        let store =
+            tollgate::storage::Store::open(&copy_dir, tollgate::storage::StoreOptions::default())
+                .unwrap();
+        let bytes = store.meta_get(&state_key(customer)).unwrap().unwrap();
+        let mut state = tollgate::storage::decode(STATE_VERSION, &bytes).unwrap();
+        edit(&mut state);
+        let bytes = tollgate::storage::encode(STATE_VERSION, &state).unwrap();
+        store
+            .meta_write_batch(&[(state_key(customer), bytes)], &[])
+            .unwrap();
+    }
+    let config = engine_config(&copy_dir, Some(&receiver.url));
+    let restarted = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    (restarted, copy)
+}
+
+async fn token_charge(engine: &Engine) -> Money {
+    engine
+        .query(CUSTOMER, |s| {
+            s.customer.contracts[0].periods[0].lines[0].charged
+        })
+        .await
+        .unwrap()
+}
+
+fn tokens(txn: &str, amount: &str) -> Vec<IngestEvent> {
+    vec![IngestEvent {
+        customer_key: "tk".into(),
+        event: fixtures::llm_tokens(txn, now(), amount),
+    }]
+}
+
+#[actix_rt::test]
+async fn a_quarantined_input_is_reapplied_after_the_repair_once_across_restarts() {
+    use tollgate::actors::EngineError;
+    use tollgate::actors::quarantine::Decision;
+    use tollgate::domain::Rejection;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+    let commit = fixtures::prepaid_commit(10_000, 1);
+    customer_with_contract(&engine, CUSTOMER, "tk", None, None, vec![commit]).await;
+    engine.ingest(tokens("t1", "10")).await.unwrap();
+    engine.checkpoint().await.unwrap();
+    let charged = token_charge(&engine).await;
+    assert!(charged.is_positive());
+
+    // A bug (here: a corrupt written state) makes the customer's next decrease panic.
+    let (broken, _broken_dir) = restart_with_state_edit(&engine, &receiver, CUSTOMER, |s| {
+        s.customer.contracts[0].periods[0].lines[0].draws[0].commit = 99;
+    })
+    .await;
+    broken.ingest(tokens("t2", "-4")).await.unwrap();
+    eventually("quarantined", || {
+        broken.quarantined(None, 10).unwrap().len() == 1
+    })
+    .await;
+    let key = broken.quarantined(None, 10).unwrap()[0].key();
+    assert_eq!(token_charge(&broken).await, charged, "nothing half-applied");
+    let again = broken.decide_quarantined(&key, Decision::Reapply).await;
+    assert!(
+        matches!(
+            again,
+            Err(EngineError::Rejected(Rejection::StillFailing(_)))
+        ),
+        "{again:?}"
+    );
+    assert_eq!(broken.quarantined(None, 10).unwrap().len(), 1, "still kept");
+    broken.checkpoint().await.unwrap();
+
+    // The upgrade repairs it; the operator re-applies the decrease: it applies once.
+    let (fixed, _fixed_dir) = restart_with_state_edit(&broken, &receiver, CUSTOMER, |s| {
+        s.customer.contracts[0].periods[0].lines[0].draws[0].commit = 0;
+    })
+    .await;
+    assert_eq!(token_charge(&fixed).await, charged);
+    fixed
+        .decide_quarantined(&key, Decision::Reapply)
+        .await
+        .unwrap()
+        .expect("the entry exists");
+    let reapplied = token_charge(&fixed).await;
+    assert!(reapplied < charged, "{reapplied:?} < {charged:?}");
+    assert!(fixed.quarantined(None, 10).unwrap().is_empty());
+    let twice = fixed.decide_quarantined(&key, Decision::Reapply).await;
+    assert!(matches!(twice, Ok(None)), "no entry any more: {twice:?}");
+
+    // A crash now (no checkpoint since): replay decides the same way, once.
+    let (replayed, _replayed_dir) = recover_from_copy(&fixed, &receiver).await;
+    assert_eq!(token_charge(&replayed).await, reapplied);
+    assert!(replayed.quarantined(None, 10).unwrap().is_empty());
+    let discard = Decision::Discard {
+        reason: "late".into(),
+    };
+    assert!(matches!(
+        replayed.decide_quarantined(&key, discard).await,
+        Ok(None)
+    ));
+}

@@ -16,16 +16,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix::{Actor, Context, Handler, Message};
 use tokio::sync::oneshot;
 
-use super::entry::{LogEntry, PersistedCustomer, STATE_VERSION, state_key};
+use super::entry::{
+    LogEntry, PersistedCustomer, PersistedCustomerV2, STATE_VERSION, STATE_VERSION_V2, state_key,
+};
 use super::error::EngineError;
 use super::handles::QueryFn;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry, payment_outbox_id, webhook_outbox_id};
-use super::quarantine::{QuarantineCause, Quarantined, catching, panic_message};
+use super::quarantine::{
+    QuarantineCause, QuarantineWrites, Quarantined, catching, panic_message, quarantine_key,
+};
 use super::shared::Shared;
-use crate::domain::customer::{Applied, Ctx, Input};
+use crate::domain::customer::{Applied, Ctx, Input, QuarantineAction};
 use crate::domain::effects::{Effect, PaymentAction, WebhookType};
-use crate::domain::{Id, Timestamp};
+use crate::domain::{Id, Rejection, Timestamp};
 use crate::storage::{self, StorageError};
 
 /// One logged input on its way to the customer.
@@ -88,7 +92,7 @@ impl Handler<ApplyInputs> for CustomerActor {
     fn handle(&mut self, msg: ApplyInputs, _: &mut Self::Context) {
         let count = msg.0.len();
         let mut effects = Vec::new();
-        let mut quarantined = Vec::new();
+        let mut quarantined = QuarantineWrites::default();
         let mut replies = Vec::new();
         let mut last_seq = self.state.applied_seq;
         for sequenced in msg.0 {
@@ -139,22 +143,26 @@ impl Handler<ApplyInputs> for CustomerActor {
     }
 }
 
-/// Writes quarantined inputs to `meta`.
+/// Writes quarantined inputs to `meta`, and deletes the entries operators resolved.
 ///
 /// # Errors
 /// Storage errors.
 pub fn persist_quarantined(
     shared: &Shared,
-    quarantined: &[Quarantined],
+    quarantine: &QuarantineWrites,
 ) -> Result<(), StorageError> {
-    if quarantined.is_empty() {
+    if quarantine.is_empty() {
         return Ok(());
     }
-    let mut puts = Vec::with_capacity(quarantined.len());
-    for entry in quarantined {
+    let mut puts = Vec::with_capacity(quarantine.kept.len());
+    for entry in &quarantine.kept {
         puts.push(entry.encoded()?);
     }
-    shared.store.meta_write_derived(&puts)
+    // Puts first, then deletes: within one batch a replayed quarantine and its later
+    // resolution end resolved.
+    shared
+        .store
+        .meta_write_derived_batch(&puts, &quarantine.resolved)
 }
 
 impl Handler<Snapshot> for CustomerActor {
@@ -230,7 +238,11 @@ pub fn load_states(
 fn decode_state(bytes: Option<&[u8]>) -> Result<PersistedCustomer, StorageError> {
     match bytes {
         Some(bytes) => {
-            let mut state: PersistedCustomer = storage::decode(STATE_VERSION, bytes)?;
+            let mut state: PersistedCustomer = if bytes.first() == Some(&STATE_VERSION_V2) {
+                storage::decode::<PersistedCustomerV2>(STATE_VERSION_V2, bytes)?.into()
+            } else {
+                storage::decode(STATE_VERSION, bytes)?
+            };
             state.customer.rebuild_caches();
             Ok(state)
         }
@@ -254,8 +266,9 @@ pub struct Logged<'a> {
 /// and are skipped.
 ///
 /// An input applies whole or not at all. One whose apply panics, and usage or a tick the domain
-/// refuses (nobody waits for their verdict), is quarantined: pushed to `quarantined` for the
-/// caller to persist with the batch's effects, and answered [`EngineError::Quarantined`].
+/// refuses (nobody waits for their verdict), is quarantined: pushed to `quarantine` for the
+/// caller to persist with the batch's effects, and answered [`EngineError::Quarantined`]. An
+/// operator's decision on a quarantined input ([`Input::Quarantine`]) is applied here too.
 ///
 /// # Errors
 /// [`EngineError::Rejected`] for a refused control input, [`EngineError::Quarantined`].
@@ -264,12 +277,34 @@ pub fn apply_logged(
     state: &mut PersistedCustomer,
     logged: Logged<'_>,
     live: bool,
-    quarantined: &mut Vec<Quarantined>,
+    quarantine: &mut QuarantineWrites,
 ) -> Result<Applied, EngineError> {
     if logged.seq <= state.applied_seq {
         return Ok(Applied::default());
     }
     state.applied_seq = logged.seq;
+    if let Input::Quarantine(action) = logged.input {
+        return decide_quarantined(shared, state, logged, action, live, quarantine);
+    }
+    apply_input(shared, state, logged, live, quarantine, Attempt::First)
+}
+
+/// Whether an input is applied for the first time (a failure quarantines it) or re-applied
+/// from quarantine by an operator (a failure leaves it there and answers the operator).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    First,
+    Reapply,
+}
+
+fn apply_input(
+    shared: &Shared,
+    state: &mut PersistedCustomer,
+    logged: Logged<'_>,
+    live: bool,
+    quarantine: &mut QuarantineWrites,
+    attempt: Attempt,
+) -> Result<Applied, EngineError> {
     let catalog = shared.catalog();
     let input = logged.input;
     // Usage that arrives in the log before its customer's creation applied is parked, then
@@ -291,7 +326,7 @@ pub fn apply_logged(
         .map(|p| p.ingest_aliases.clone())
         .unwrap_or_default();
     let invoices_before = invoice_count(state);
-    let mut applied = guarded_apply(shared, &catalog, state, logged, 0, quarantined)?;
+    let mut applied = guarded_apply(shared, &catalog, state, logged, 0, quarantine, attempt)?;
     if matches!(
         input,
         Input::CreateCustomer(_)
@@ -316,7 +351,15 @@ pub fn apply_logged(
             let index = u32::try_from(index + 1).unwrap_or(u32::MAX);
             // A customer that was just created is small: a copy restores a failed event.
             let before = state.customer.clone();
-            match guarded_apply(shared, &catalog, state, released, index, quarantined) {
+            match guarded_apply(
+                shared,
+                &catalog,
+                state,
+                released,
+                index,
+                quarantine,
+                Attempt::First,
+            ) {
                 Ok(more) => applied.effects.extend(more.effects),
                 Err(_) => state.customer = before,
             }
@@ -329,15 +372,79 @@ pub fn apply_logged(
     Ok(applied)
 }
 
-/// Applies one input under `catch_unwind`, with the limits in force at its catalog version,
-/// and quarantines it if it panics or if it carries no caller and is refused.
+/// Applies an operator's decision on one of the customer's quarantined inputs. Only an input
+/// the state still lists as quarantined is decided on: after an upgrade, replay may have
+/// applied the original input already, and re-applying it then would count it twice.
+fn decide_quarantined(
+    shared: &Shared,
+    state: &mut PersistedCustomer,
+    logged: Logged<'_>,
+    action: &QuarantineAction,
+    live: bool,
+    quarantine: &mut QuarantineWrites,
+) -> Result<Applied, EngineError> {
+    let (seq, index) = action.position();
+    let Some(listed) = state.quarantined.iter().position(|p| *p == (seq, index)) else {
+        return Err(EngineError::Rejected(Rejection::NotQuarantined));
+    };
+    let applied = match action {
+        QuarantineAction::Reapply {
+            at,
+            catalog_version,
+            input,
+            ..
+        } => {
+            let original = Logged {
+                seq,
+                at: *at,
+                catalog_version: *catalog_version,
+                input,
+                ..logged
+            };
+            let applied = apply_input(shared, state, original, live, quarantine, Attempt::Reapply)?;
+            EngineMetrics::add(&shared.metrics.quarantine_reapplied, 1);
+            tracing::warn!(
+                customer = %logged.customer_id,
+                partition = logged.partition,
+                seq,
+                index,
+                decided_at_seq = logged.seq,
+                "quarantined input re-applied by the operator"
+            );
+            applied
+        }
+        QuarantineAction::Discard { reason, .. } => {
+            EngineMetrics::add(&shared.metrics.quarantine_discarded, 1);
+            tracing::warn!(
+                customer = %logged.customer_id,
+                partition = logged.partition,
+                seq,
+                index,
+                decided_at_seq = logged.seq,
+                %reason,
+                "quarantined input discarded by the operator: never applied"
+            );
+            Applied::default()
+        }
+    };
+    state.quarantined.remove(listed);
+    quarantine
+        .resolved
+        .push(quarantine_key(logged.partition, seq, index));
+    Ok(applied)
+}
+
+/// Applies one input under `catch_unwind`, with the limits in force at its catalog version.
+/// A first attempt that panics, or that carries no caller and is refused, is quarantined; a
+/// re-applied one that fails in any way is put back and answered [`Rejection::StillFailing`].
 fn guarded_apply(
     shared: &Shared,
     catalog: &crate::domain::Catalog,
     state: &mut PersistedCustomer,
     logged: Logged<'_>,
     index: u32,
-    quarantined: &mut Vec<Quarantined>,
+    quarantine: &mut QuarantineWrites,
+    attempt: Attempt,
 ) -> Result<Applied, EngineError> {
     let ctx = Ctx {
         at: logged.at,
@@ -345,6 +452,8 @@ fn guarded_apply(
         catalog_version: logged.catalog_version,
         limits: catalog.limits_at(logged.catalog_version),
     };
+    // Usage applies in place; a re-apply is rare enough to copy the state first.
+    let before = (attempt == Attempt::Reapply).then(|| state.customer.clone());
     // The domain puts the state back while a panic unwinds, so the state is unchanged then.
     let outcome = catching(|| state.customer.apply(logged.input, &ctx));
     let metrics = &shared.metrics;
@@ -353,13 +462,26 @@ fn guarded_apply(
             EngineMetrics::add(&metrics.inputs_applied, 1);
             return Ok(applied);
         }
-        Ok(Err(rejection)) if has_caller(logged.input) => {
+        Ok(Err(rejection)) if has_caller(logged.input) && attempt == Attempt::First => {
             EngineMetrics::add(&metrics.inputs_rejected, 1);
             return Err(EngineError::Rejected(rejection));
         }
         Ok(Err(rejection)) => (QuarantineCause::Refused, rejection.to_string()),
         Err(payload) => (QuarantineCause::Panic, panic_message(payload.as_ref())),
     };
+    if let Some(before) = before {
+        state.customer = before;
+        tracing::error!(
+            customer = %logged.customer_id,
+            partition = logged.partition,
+            seq = logged.seq,
+            index,
+            ?cause,
+            %reason,
+            "re-applying a quarantined input failed again; it stays quarantined"
+        );
+        return Err(EngineError::Rejected(Rejection::StillFailing(reason)));
+    }
     if matches!(logged.input, Input::RecordUsage(_)) && index == 0 {
         // Usage applies in place (see `Customer::apply`): rebuild the state without it.
         // (Parked usage, index > 0, is restored by its caller from a copy.)
@@ -368,6 +490,7 @@ fn guarded_apply(
             EngineError::Storage(error)
         })?;
     }
+    state.quarantined.push((logged.seq, index));
     EngineMetrics::add(&metrics.inputs_quarantined, 1);
     tracing::error!(
         customer = %logged.customer_id,
@@ -378,7 +501,7 @@ fn guarded_apply(
         %reason,
         "input quarantined: not applied, kept for the operator"
     );
-    quarantined.push(Quarantined {
+    quarantine.kept.push(Quarantined {
         partition: logged.partition,
         seq: logged.seq,
         index,
@@ -429,7 +552,13 @@ fn rebuilt_without(shared: &Shared, logged: Logged<'_>) -> Result<PersistedCusto
                         ..logged
                     };
                     // Inputs quarantined earlier are quarantined again, identically (already kept).
-                    let _ = apply_logged(shared, &mut state, earlier, false, &mut Vec::new());
+                    let _ = apply_logged(
+                        shared,
+                        &mut state,
+                        earlier,
+                        false,
+                        &mut QuarantineWrites::default(),
+                    );
                 }
             }
             Ok(())

@@ -27,7 +27,7 @@ use super::payment::{PaymentActor, Payments};
 use super::shared::{EngineSettings, Shared};
 use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
-use crate::domain::customer::{Applied, CustomerProfile, Input};
+use crate::domain::customer::{Applied, CustomerProfile, Input, QuarantineAction};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Catalog, Id, Rejection};
 use crate::storage::{self, AppendBatch, Durability, LogRecord, Store, StoreOptions, StoreStats};
@@ -571,6 +571,39 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<super::quarantine::Quarantined>, EngineError> {
         Ok(super::quarantine::list(&self.shared.store, after, limit)?)
+    }
+
+    /// An operator's decision on the quarantined input stored under `key` (SPEC 2.1): it goes
+    /// through the customer's log like every input, so replay decides the same way. `None`
+    /// when nothing is quarantined under `key`.
+    ///
+    /// # Errors
+    /// [`Rejection::NotQuarantined`] when it was decided on already (or replay applied it),
+    /// [`Rejection::StillFailing`] when a re-apply fails again, and as [`Engine::apply`].
+    pub async fn decide_quarantined(
+        &self,
+        key: &[u8],
+        decision: super::quarantine::Decision,
+    ) -> Result<Option<Applied>, EngineError> {
+        let Some(entry) = super::quarantine::get(&self.shared.store, key)? else {
+            return Ok(None);
+        };
+        let action = match decision {
+            super::quarantine::Decision::Reapply => QuarantineAction::Reapply {
+                seq: entry.seq,
+                index: entry.index,
+                at: entry.at,
+                catalog_version: entry.catalog_version,
+                input: entry.input,
+            },
+            super::quarantine::Decision::Discard { reason } => QuarantineAction::Discard {
+                seq: entry.seq,
+                index: entry.index,
+                reason,
+            },
+        };
+        let input = Input::Quarantine(Box::new(action));
+        self.apply(entry.customer_id, input).await.map(Some)
     }
 
     /// The customer whose contract runs a workflow.

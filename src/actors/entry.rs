@@ -19,8 +19,12 @@ use crate::domain::{Id, Timestamp};
 /// the provider's object id; catalog changes include logged limits).
 pub const LOG_VERSION: u8 = 2;
 /// Version byte of encoded customer states (2: usage lines record the segments they drew
-/// from). A state of another version is refused with the version named, never misread.
-pub const STATE_VERSION: u8 = 2;
+/// from; 3: the state lists its quarantined inputs). Version 2 states are read and upgraded
+/// ([`PersistedCustomerV2`]); any other version is refused with the version named, never
+/// misread.
+pub const STATE_VERSION: u8 = 3;
+/// The previous state version, still read.
+pub const STATE_VERSION_V2: u8 = 2;
 /// Version byte of other meta values.
 pub const META_VERSION: u8 = 1;
 
@@ -51,6 +55,30 @@ pub struct PersistedCustomer {
     /// Usage that reached the customer's log before its `CreateCustomer` input applied (an
     /// alias registered a moment earlier); applied, in order, right after creation.
     pub parked: Vec<Parked>,
+    /// Inputs of this customer in quarantine, by log position (`seq`, `index`), in log order:
+    /// what an operator's re-apply or discard may still decide on. Kept in the state (not only
+    /// in `quar/`) so that replay decides the same way: an input that replay after an upgrade
+    /// applies is not in this list, and a later re-apply of it changes nothing.
+    pub quarantined: Vec<(u64, u32)>,
+}
+
+/// A customer state as version 2 wrote it (no quarantine list).
+#[derive(Deserialize)]
+pub struct PersistedCustomerV2 {
+    pub applied_seq: u64,
+    pub customer: Customer,
+    pub parked: Vec<Parked>,
+}
+
+impl From<PersistedCustomerV2> for PersistedCustomer {
+    fn from(old: PersistedCustomerV2) -> PersistedCustomer {
+        PersistedCustomer {
+            applied_seq: old.applied_seq,
+            customer: old.customer,
+            parked: old.parked,
+            quarantined: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

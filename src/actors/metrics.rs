@@ -12,6 +12,9 @@ pub struct EngineMetrics {
     pub inputs_rejected: AtomicU64,
     /// Inputs kept in quarantine instead of applied (SPEC 2.1).
     pub inputs_quarantined: AtomicU64,
+    /// Quarantined inputs an operator re-applied, or discarded.
+    pub quarantine_reapplied: AtomicU64,
+    pub quarantine_discarded: AtomicU64,
     pub actors_resident: AtomicI64,
     pub actors_evicted: AtomicU64,
     pub workflows_started: AtomicU64,

@@ -25,6 +25,7 @@ use super::entry::{self, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
 use super::error::EngineError;
 use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Submission};
 use super::metrics::EngineMetrics;
+use super::quarantine::QuarantineWrites;
 use super::shared::Shared;
 use crate::domain::customer::Input;
 use crate::domain::{Id, Timestamp};
@@ -664,7 +665,7 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                     catalog_version,
                     input: &input,
                 };
-                let mut quarantined = Vec::new();
+                let mut quarantined = QuarantineWrites::default();
                 let result = apply_logged(shared, state, logged, false, &mut quarantined);
                 persist_quarantined(shared, &quarantined)?;
                 if let Ok(applied) = result {

@@ -30,6 +30,15 @@ pub enum QuarantineCause {
     Refused,
 }
 
+/// What an operator decides for a quarantined input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply it now, as it would have applied when accepted (after an upgrade).
+    Reapply,
+    /// Never apply it; the reason is logged.
+    Discard { reason: String },
+}
+
 /// One quarantined input with everything needed to apply it again later.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantined {
@@ -45,13 +54,33 @@ pub struct Quarantined {
     pub reason: String,
 }
 
+/// The `quar/` key of the input at this log position.
+pub fn quarantine_key(partition: u16, seq: u64, index: u32) -> Vec<u8> {
+    let mut key = QUARANTINE_PREFIX.to_vec();
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// What applying a batch of inputs did to the quarantine, written with the batch's effects.
+#[derive(Debug, Default)]
+pub struct QuarantineWrites {
+    /// Inputs quarantined now.
+    pub kept: Vec<Quarantined>,
+    /// Keys of entries an operator's decision resolved (re-applied or discarded).
+    pub resolved: Vec<Vec<u8>>,
+}
+
+impl QuarantineWrites {
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.resolved.is_empty()
+    }
+}
+
 impl Quarantined {
     pub fn key(&self) -> Vec<u8> {
-        let mut key = QUARANTINE_PREFIX.to_vec();
-        key.extend_from_slice(&self.partition.to_be_bytes());
-        key.extend_from_slice(&self.seq.to_be_bytes());
-        key.extend_from_slice(&self.index.to_be_bytes());
-        key
+        quarantine_key(self.partition, self.seq, self.index)
     }
 
     /// The entry as written to `meta`.
@@ -98,6 +127,20 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         "panic with a non-text payload".to_owned()
     }
+}
+
+/// The quarantined input stored under `key`, if any.
+///
+/// # Errors
+/// Storage read or decode errors.
+pub fn get(store: &Store, key: &[u8]) -> Result<Option<Quarantined>, StorageError> {
+    if !key.starts_with(QUARANTINE_PREFIX) {
+        return Ok(None);
+    }
+    store
+        .meta_get(key)?
+        .map(|value| storage::decode(META_VERSION, &value))
+        .transpose()
 }
 
 /// Quarantined inputs in log order, `limit` at most, after the entry whose key is `after`.

@@ -8,9 +8,11 @@ use crate::actors::EngineError;
 use crate::actors::clock::ManualClock;
 use crate::actors::entry::PersistedCustomer;
 use crate::actors::metrics::EngineMetrics;
-use crate::actors::quarantine::{QuarantineCause, Quarantined, list};
+use crate::actors::quarantine::{QuarantineCause, QuarantineWrites, list, quarantine_key};
 use crate::actors::shared::{EngineSettings, Shared};
+use crate::domain::Rejection;
 use crate::domain::contract::LineDraw;
+use crate::domain::customer::QuarantineAction;
 use crate::domain::fixtures::{self, CONTRACT, CUSTOMER, T0};
 use crate::domain::{Ctx, Limits, Money};
 use crate::storage::Store;
@@ -88,7 +90,7 @@ fn apply(
     shared: &Shared,
     state: &mut PersistedCustomer,
     (seq, input, catalog_version): (u64, Input, u64),
-    quarantined: &mut Vec<Quarantined>,
+    quarantined: &mut QuarantineWrites,
 ) -> Result<crate::domain::Applied, EngineError> {
     let logged = Logged {
         partition: 0,
@@ -116,7 +118,7 @@ fn a_panicking_apply_is_quarantined_the_state_is_unchanged_and_later_inputs_appl
     let before = state.customer.clone();
     // Usage applies in place; after a failure the state is rebuilt from what is written.
     write_state(&shared, &state);
-    let mut quarantined = Vec::new();
+    let mut quarantined = QuarantineWrites::default();
     let result = apply(
         &shared,
         &mut state,
@@ -132,22 +134,22 @@ fn a_panicking_apply_is_quarantined_the_state_is_unchanged_and_later_inputs_appl
         "a quarantined input changes nothing"
     );
     assert_eq!(state.applied_seq, 5, "and is not applied again on replay");
-    assert_eq!(quarantined.len(), 1);
-    assert_eq!(quarantined[0].cause, QuarantineCause::Panic);
+    assert_eq!(quarantined.kept.len(), 1);
+    assert_eq!(quarantined.kept[0].cause, QuarantineCause::Panic);
     assert!(
-        quarantined[0].reason.contains("index out of bounds"),
+        quarantined.kept[0].reason.contains("index out of bounds"),
         "{}",
-        quarantined[0].reason
+        quarantined.kept[0].reason
     );
     assert_eq!(EngineMetrics::get(&shared.metrics.inputs_quarantined), 1);
 
     // Kept durably and listed, in log order.
     persist_quarantined(&shared, &quarantined).unwrap();
     let listed = list(&shared.store, None, 10).unwrap();
-    assert_eq!(listed, quarantined);
+    assert_eq!(listed, quarantined.kept);
 
     // The customer's later inputs go on.
-    let mut more = Vec::new();
+    let mut more = QuarantineWrites::default();
     apply(
         &shared,
         &mut state,
@@ -172,7 +174,7 @@ fn usage_refused_inside_the_engine_is_quarantined_not_dropped() {
     let before = state.customer.clone();
     // Usage applies in place; after a failure the state is rebuilt from what is written.
     write_state(&shared, &state);
-    let mut quarantined = Vec::new();
+    let mut quarantined = QuarantineWrites::default();
     let result = apply(
         &shared,
         &mut state,
@@ -184,11 +186,11 @@ fn usage_refused_inside_the_engine_is_quarantined_not_dropped() {
         "{result:?}"
     );
     assert_eq!(state.customer, before);
-    assert_eq!(quarantined[0].cause, QuarantineCause::Refused);
+    assert_eq!(quarantined.kept[0].cause, QuarantineCause::Refused);
     assert!(
-        quarantined[0].reason.contains("overflow"),
+        quarantined.kept[0].reason.contains("overflow"),
         "{}",
-        quarantined[0].reason
+        quarantined.kept[0].reason
     );
 }
 
@@ -221,7 +223,7 @@ fn a_failed_usage_event_rebuilds_the_state_from_disk_and_the_log_without_it() {
         })
         .unwrap();
     assert_eq!(appended.seqs, vec![Some(seq)]);
-    let mut quarantined = Vec::new();
+    let mut quarantined = QuarantineWrites::default();
     apply(&shared, &mut state, (seq, input, version), &mut quarantined).unwrap();
     let good = state.customer.clone();
     // A bug corrupts the live state; the next event fails part-way.
@@ -241,4 +243,196 @@ fn a_failed_usage_event_rebuilds_the_state_from_disk_and_the_log_without_it() {
         "rebuilt with the earlier event, without the failed one"
     );
     assert_eq!(state.applied_seq, 2);
+}
+
+/// A usage event quarantined by a corrupt state (the bug), then the state repaired (the
+/// upgrade): what the operator's decisions work on.
+fn quarantined_negative_usage(shared: &Shared) -> (PersistedCustomer, PersistedCustomer, Input) {
+    let version = shared.catalog().version();
+    let mut state = customer_with_tokens();
+    let good = state.clone();
+    state.customer.contracts[0].periods[0].lines[0].draws[0].commit = 99;
+    write_state(shared, &state);
+    let (seq, input, _) = usage(5, "neg", "-5", version);
+    let mut writes = QuarantineWrites::default();
+    let result = apply(
+        shared,
+        &mut state,
+        (seq, input.clone(), version),
+        &mut writes,
+    );
+    assert!(matches!(result, Err(EngineError::Quarantined(_))));
+    assert_eq!(state.quarantined, vec![(5, 0)], "the state lists it");
+    persist_quarantined(shared, &writes).unwrap();
+    (state, good, input)
+}
+
+fn decision(seq: u64, action: QuarantineAction) -> (u64, Input, u64) {
+    (seq, Input::Quarantine(Box::new(action)), 0)
+}
+
+fn reapply_of(input: &Input, version: u64) -> QuarantineAction {
+    QuarantineAction::Reapply {
+        seq: 5,
+        index: 0,
+        at: T0,
+        catalog_version: version,
+        input: input.clone(),
+    }
+}
+
+#[test]
+fn a_reapplied_input_applies_once_leaves_the_quarantine_and_a_second_decision_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let (mut state, _, input) = quarantined_negative_usage(&shared);
+    // Still broken: re-applying fails again, changes nothing, and it stays quarantined.
+    let before = state.customer.clone();
+    let mut writes = QuarantineWrites::default();
+    let result = apply(
+        &shared,
+        &mut state,
+        decision(6, reapply_of(&input, version)),
+        &mut writes,
+    );
+    assert!(
+        matches!(&result, Err(EngineError::Rejected(Rejection::StillFailing(r))) if r.contains("index out of bounds")),
+        "{result:?}"
+    );
+    assert_eq!(state.customer, before);
+    assert_eq!(state.quarantined, vec![(5, 0)]);
+    assert!(writes.is_empty(), "nothing new kept, nothing resolved");
+
+    // Repaired (the upgrade): the re-apply gives back the 5 tokens' charge exactly once.
+    state.customer.contracts[0].periods[0].lines[0].draws[0].commit = 0;
+    let charged_before = state.customer.contracts[0].periods[0].lines[0].charged;
+    let mut writes = QuarantineWrites::default();
+    apply(
+        &shared,
+        &mut state,
+        decision(7, reapply_of(&input, version)),
+        &mut writes,
+    )
+    .unwrap();
+    let line = &state.customer.contracts[0].periods[0].lines[0];
+    assert!(line.charged < charged_before, "{line:?}");
+    assert!(state.quarantined.is_empty());
+    assert_eq!(writes.resolved, vec![quarantine_key(0, 5, 0)]);
+    persist_quarantined(&shared, &writes).unwrap();
+    assert!(
+        list(&shared.store, None, 10).unwrap().is_empty(),
+        "no longer listed"
+    );
+    assert_eq!(EngineMetrics::get(&shared.metrics.quarantine_reapplied), 1);
+
+    // A second decision on it changes nothing.
+    let after = state.customer.clone();
+    for (seq, action) in [
+        (8, reapply_of(&input, version)),
+        (
+            9,
+            QuarantineAction::Discard {
+                seq: 5,
+                index: 0,
+                reason: "late".into(),
+            },
+        ),
+    ] {
+        let result = apply(
+            &shared,
+            &mut state,
+            decision(seq, action),
+            &mut QuarantineWrites::default(),
+        );
+        assert!(
+            matches!(
+                result,
+                Err(EngineError::Rejected(Rejection::NotQuarantined))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(state.customer, after);
+    }
+}
+
+#[test]
+fn replay_that_applies_a_quarantined_input_after_an_upgrade_makes_its_reapply_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let (_, good, input) = quarantined_negative_usage(&shared);
+    // Replay from a good state (the upgraded code no longer fails): the input applies.
+    let mut state = good;
+    let mut writes = QuarantineWrites::default();
+    apply(
+        &shared,
+        &mut state,
+        (5, input.clone(), version),
+        &mut writes,
+    )
+    .unwrap();
+    assert!(state.quarantined.is_empty());
+    let applied_once = state.customer.clone();
+    // The operator's re-apply, logged before the upgrade, replays next: it must not count the
+    // input a second time.
+    let result = apply(
+        &shared,
+        &mut state,
+        decision(6, reapply_of(&input, version)),
+        &mut writes,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EngineError::Rejected(Rejection::NotQuarantined))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state.customer, applied_once);
+}
+
+#[test]
+fn a_discarded_input_is_never_applied_and_leaves_the_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let (mut state, _, _) = quarantined_negative_usage(&shared);
+    let before = state.customer.clone();
+    let mut writes = QuarantineWrites::default();
+    let discard = QuarantineAction::Discard {
+        seq: 5,
+        index: 0,
+        reason: "duplicate of txn neg-2".into(),
+    };
+    apply(&shared, &mut state, decision(6, discard), &mut writes).unwrap();
+    assert_eq!(state.customer, before, "never applied");
+    assert!(state.quarantined.is_empty());
+    persist_quarantined(&shared, &writes).unwrap();
+    assert!(list(&shared.store, None, 10).unwrap().is_empty());
+    assert_eq!(EngineMetrics::get(&shared.metrics.quarantine_discarded), 1);
+}
+
+#[test]
+fn a_state_written_by_version_2_is_read_with_an_empty_quarantine_list() {
+    #[derive(serde::Serialize)]
+    struct V2<'a> {
+        applied_seq: u64,
+        customer: &'a crate::domain::Customer,
+        parked: Vec<crate::actors::entry::Parked>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let state = customer_with_tokens();
+    let old = V2 {
+        applied_seq: 41,
+        customer: &state.customer,
+        parked: Vec::new(),
+    };
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V2, &old).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 41);
+    assert_eq!(read.customer, state.customer);
+    assert!(read.quarantined.is_empty());
 }

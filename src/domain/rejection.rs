@@ -88,6 +88,13 @@ pub enum Rejection {
         "payment_gate_type STRIPE requires a Stripe billing provider configuration on the customer"
     )]
     StripeNotConfigured,
+    /// A quarantine decision names an input that is not quarantined (any more): it was
+    /// re-applied or discarded already, or replay after an upgrade applied it.
+    #[error("this input is not quarantined: it was re-applied or discarded already")]
+    NotQuarantined,
+    /// A quarantined input still fails when re-applied; it stays quarantined.
+    #[error("re-applying failed again; the input stays quarantined: {0}")]
+    StillFailing(String),
 }
 
 impl Rejection {
@@ -120,6 +127,8 @@ impl Rejection {
             Rejection::AliasInUse(_) => "alias_in_use",
             Rejection::AlreadyExists => "already_exists",
             Rejection::StripeNotConfigured => "stripe_not_configured",
+            Rejection::NotQuarantined => "not_quarantined",
+            Rejection::StillFailing(_) => "still_failing",
         }
     }
 
@@ -161,6 +170,8 @@ mod tests {
             Rejection::AliasInUse("x".into()),
             Rejection::AlreadyExists,
             Rejection::StripeNotConfigured,
+            Rejection::NotQuarantined,
+            Rejection::StillFailing("x".into()),
         ];
         let mut codes: Vec<&str> = all.iter().map(Rejection::code).collect();
         assert!(

@@ -82,9 +82,11 @@ fn rejection_status(rejection: &Rejection) -> StatusCode {
         | Rejection::CommitNotFound
         | Rejection::InvoiceNotFound
         | Rejection::WorkflowNotFound => StatusCode::NOT_FOUND,
-        Rejection::UniquenessKeyReused | Rejection::AliasInUse(_) | Rejection::AlreadyExists => {
-            StatusCode::CONFLICT
-        }
+        Rejection::UniquenessKeyReused
+        | Rejection::AliasInUse(_)
+        | Rejection::AlreadyExists
+        | Rejection::NotQuarantined
+        | Rejection::StillFailing(_) => StatusCode::CONFLICT,
     }
 }
 

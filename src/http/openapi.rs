@@ -19,6 +19,18 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
         "List quarantined inputs (Tollgate)",
         Shape::Page,
     ),
+    (
+        "post",
+        "/v1/tollgate/quarantine/reapply",
+        "Re-apply a quarantined input, {\"id\"} (Tollgate)",
+        Shape::Data,
+    ),
+    (
+        "post",
+        "/v1/tollgate/quarantine/discard",
+        "Discard a quarantined input, {\"id\", \"reason\"} (Tollgate)",
+        Shape::Data,
+    ),
     ("get", "/v1/customers", "List customers", Shape::Page),
     (
         "get",

@@ -101,6 +101,20 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     );
     metric(
         &mut out,
+        "tollgate_quarantine_reapplied_total",
+        "counter",
+        "Quarantined inputs an operator re-applied successfully.",
+        g(&m.quarantine_reapplied),
+    );
+    metric(
+        &mut out,
+        "tollgate_quarantine_discarded_total",
+        "counter",
+        "Quarantined inputs an operator discarded.",
+        g(&m.quarantine_discarded),
+    );
+    metric(
+        &mut out,
         "tollgate_inputs_pending",
         "gauge",
         "Inputs accepted but not applied yet.",

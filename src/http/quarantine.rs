@@ -1,6 +1,15 @@
-//! `GET /v1/tollgate/quarantine`: inputs the engine kept instead of applying (their apply
-//! panicked, or acknowledged usage overflowed despite the bounds; SPEC 2.1), oldest first, in
-//! cursor pages. Re-applying and discarding them belong to the operator surface (SPEC 3.1).
+//! The quarantine (SPEC 2.1 and 3.1): inputs the engine kept instead of applying (their apply
+//! panicked, or acknowledged usage overflowed despite the bounds).
+//!
+//! - `GET /v1/tollgate/quarantine`: oldest first, in cursor pages; each entry has an `id`.
+//! - `POST /v1/tollgate/quarantine/reapply` `{"id"}`: apply it now (after an upgrade), with its
+//!   original acceptance time and catalog version. 409 `still_failing` if it fails again (it
+//!   stays quarantined).
+//! - `POST /v1/tollgate/quarantine/discard` `{"id", "reason"}`: never apply it.
+//!
+//! Both decisions go through the customer's log. A decision on an input that is no longer
+//! quarantined (decided already, or applied by replay after an upgrade) answers 409
+//! `not_quarantined`; an unknown id answers 404.
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
@@ -8,11 +17,68 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::fields::Obj;
 use super::wire;
-use crate::actors::quarantine::{QuarantineCause, Quarantined};
+use crate::actors::quarantine::{Decision, QUARANTINE_PREFIX, QuarantineCause, Quarantined};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/quarantine", web::get().to(list));
+    cfg.route("/v1/tollgate/quarantine", web::get().to(list))
+        .route("/v1/tollgate/quarantine/reapply", web::post().to(reapply))
+        .route("/v1/tollgate/quarantine/discard", web::post().to(discard));
+}
+
+/// Longest discard reason kept (it is logged with the decision).
+const REASON_MAX_CHARS: usize = 1_000;
+
+async fn reapply(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let key = entry_key(obj.req_str("id")?)?;
+    decide(&state, &key, Decision::Reapply, "REAPPLIED").await
+}
+
+async fn discard(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let key = entry_key(obj.req_str("id")?)?;
+    let reason = obj.req_str("reason")?.trim();
+    if reason.is_empty() {
+        return Err(ApiError::BadRequest("reason is required".into()));
+    }
+    if reason.chars().count() > REASON_MAX_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "reason: at most {REASON_MAX_CHARS} characters"
+        )));
+    }
+    let decision = Decision::Discard {
+        reason: reason.to_owned(),
+    };
+    decide(&state, &key, decision, "DISCARDED").await
+}
+
+async fn decide(
+    state: &AppState,
+    key: &[u8],
+    decision: Decision,
+    status: &str,
+) -> ApiResult<HttpResponse> {
+    let id = hex::encode(key);
+    match state.engine.decide_quarantined(key, decision).await? {
+        None => Err(ApiError::NotFound(format!(
+            "no quarantined input with id {id}"
+        ))),
+        Some(_) => Ok(HttpResponse::Ok().json(json!({
+            "data": { "id": id, "status": status }
+        }))),
+    }
+}
+
+/// The `quar/` key an entry's `id` names (its hex encoding).
+fn entry_key(id: &str) -> ApiResult<Vec<u8>> {
+    hex::decode(id)
+        .ok()
+        .filter(|key| key.starts_with(QUARANTINE_PREFIX))
+        .ok_or_else(|| ApiError::BadRequest("id: not a quarantined input's id".into()))
 }
 
 #[derive(Deserialize)]
@@ -43,6 +109,7 @@ async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiRe
 
 fn render(entry: &Quarantined) -> Value {
     json!({
+        "id": hex::encode(entry.key()),
         "partition": entry.partition,
         "seq": entry.seq,
         "index": entry.index,

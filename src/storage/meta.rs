@@ -157,6 +157,18 @@ impl Store {
         self.write_meta(puts, &[], &self.inner.derived_write_opts)
     }
 
+    /// [`Store::meta_write_derived`] with deletes too (puts first, then deletes).
+    ///
+    /// # Errors
+    /// RocksDB write errors; nothing is written then.
+    pub fn meta_write_derived_batch(
+        &self,
+        puts: &[(Vec<u8>, Vec<u8>)],
+        deletes: &[Vec<u8>],
+    ) -> Result<(), StorageError> {
+        self.write_meta(puts, deletes, &self.inner.derived_write_opts)
+    }
+
     fn write_meta(
         &self,
         puts: &[(Vec<u8>, Vec<u8>)],

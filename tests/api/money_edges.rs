@@ -453,6 +453,55 @@ async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
     assert_eq!(rest["next_page"], Value::Null);
     let (status, _) = app.get("/v1/tollgate/quarantine?next_page=zz").await;
     assert_eq!(status, 400);
+
+    // Decisions: the id of a listed entry names it; malformed requests change nothing.
+    let id = first["data"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, hex::encode(entries[2].key()));
+    for (path, body, expected) in [
+        ("reapply", json!({}), 400),
+        ("reapply", json!({"id": "zz"}), 400),
+        ("reapply", json!({"id": hex::encode(b"cs/xxxx")}), 400),
+        ("discard", json!({"id": id}), 400),
+        ("discard", json!({"id": id, "reason": "  "}), 400),
+        (
+            "discard",
+            json!({"id": id, "reason": "x".repeat(1_001)}),
+            400,
+        ),
+        (
+            "reapply",
+            json!({"id": hex::encode(Quarantined { seq: 99, ..entries[0].clone() }.key())}),
+            404,
+        ),
+    ] {
+        let (status, answer) = app
+            .post(&format!("/v1/tollgate/quarantine/{path}"), body.clone())
+            .await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+        assert!(answer["message"].is_string(), "{answer}");
+    }
+    // These entries were written by hand: their customer's state does not list them, so the
+    // engine decides nothing (as after an upgrade whose replay applied them) and says so.
+    let (status, answer) = app
+        .post(
+            "/v1/tollgate/quarantine/discard",
+            json!({"id": id, "reason": "test"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("not quarantined"),
+        "{answer}"
+    );
+    let (_, listed) = app.get("/v1/tollgate/quarantine").await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        3,
+        "nothing changed"
+    );
 }
 
 /// Forgets every stored Idempotency-Key answer, as when storing it failed after the request ran.

@@ -152,6 +152,40 @@ pub enum Input {
     },
     /// Time passed: close billing periods, expire segments, evaluate thresholds.
     Tick,
+    /// An operator's decision on a quarantined input of this customer (SPEC 2.1). The engine
+    /// applies it (it knows which inputs are quarantined); the domain refuses it.
+    Quarantine(Box<QuarantineAction>),
+}
+
+/// What the operator decided for one quarantined input, named by where it sits in the log
+/// (`seq`, and `index` > 0 for the i-th usage event parked before its customer existed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuarantineAction {
+    /// Apply it now (after an upgrade), as it would have applied when it was accepted: with its
+    /// own acceptance time and catalog version.
+    Reapply {
+        seq: u64,
+        index: u32,
+        at: Timestamp,
+        catalog_version: u64,
+        input: Input,
+    },
+    /// Never apply it.
+    Discard {
+        seq: u64,
+        index: u32,
+        reason: String,
+    },
+}
+
+impl QuarantineAction {
+    /// Where the input it decides on sits in the partition's log.
+    pub fn position(&self) -> (u64, u32) {
+        match self {
+            QuarantineAction::Reapply { seq, index, .. }
+            | QuarantineAction::Discard { seq, index, .. } => (*seq, *index),
+        }
+    }
 }
 
 impl Input {
@@ -275,6 +309,11 @@ impl Customer {
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
             Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
             Input::Tick => self.tick(ctx, &mut applied)?,
+            Input::Quarantine(_) => {
+                return Err(Rejection::Unsupported(
+                    "quarantine decisions are applied by the engine".into(),
+                ));
+            }
         }
         self.debug_check_invariants();
         Ok(applied)
