@@ -444,10 +444,8 @@ async fn engine_with_faults(
 ) -> (Engine, Arc<tollgate::storage::faults::ScriptedFaults>) {
     let faults = tollgate::storage::faults::ScriptedFaults::new();
     let seams = tollgate::actors::Seams {
-        clock: Arc::new(SystemClock),
-        payments: None,
         storage_faults: Some(faults.clone() as tollgate::storage::faults::Faults),
-        webhook_transport: None,
+        ..tollgate::actors::Seams::new(Arc::new(SystemClock))
     };
     let engine = Engine::start_with(engine_config(dir, Some(&receiver.url)), seams)
         .await

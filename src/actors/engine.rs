@@ -19,13 +19,13 @@ use super::clock::SharedClock;
 use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
 pub use super::error::EngineError;
 use super::handles::{
-    self, Control, LateRelease, Mailbox, PendingRecord, QueryFn, Sinks, Submission,
+    self, Control, LateRelease, Mailbox, PendingRecord, Placement, QueryFn, Sinks, Submission,
 };
 use super::metrics::EngineMetrics;
 use super::partition;
 use super::payment::{PaymentActor, Payments};
 use super::shared::{EngineSettings, Shared};
-use super::webhook::{WebhookActor, WebhookSettings, WebhookStats};
+use super::webhook::{WebhookActor, WebhookParts, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::{Applied, CustomerProfile, Input, QuarantineAction};
 use crate::domain::usage::UsageEvent;
@@ -56,6 +56,25 @@ pub struct Seams {
     pub storage_faults: Option<crate::storage::faults::Faults>,
     /// Delivers webhook attempts; `None` is HTTP.
     pub webhook_transport: Option<Arc<dyn super::webhook::WebhookTransport>>,
+    /// Where the actors run: [`Placement::Threads`] in production.
+    pub placement: Placement,
+    /// Seeds the engine's randomness (webhook retry jitter); `None` seeds it from the OS.
+    pub random_seed: Option<u64>,
+}
+
+impl Seams {
+    /// Production's seams on `clock`: no payment provider, real storage, HTTP webhooks, actors
+    /// on threads, randomness from the OS. Tests replace fields with struct update syntax.
+    pub fn new(clock: SharedClock) -> Seams {
+        Seams {
+            clock,
+            payments: None,
+            storage_faults: None,
+            webhook_transport: None,
+            placement: Placement::Threads,
+            random_seed: None,
+        }
+    }
 }
 
 /// One event to ingest with the customer key it named (an id or an ingest alias).
@@ -93,10 +112,8 @@ impl Engine {
         payments: Option<Payments>,
     ) -> Result<Engine, EngineError> {
         let seams = Seams {
-            clock,
             payments,
-            storage_faults: None,
-            webhook_transport: None,
+            ..Seams::new(clock)
         };
         Engine::start_with(config, seams).await
     }
@@ -111,6 +128,8 @@ impl Engine {
             payments,
             storage_faults: faults,
             webhook_transport,
+            placement,
+            random_seed,
         } = seams;
         let started = Instant::now();
         let store = Store::open_with_faults(
@@ -146,33 +165,18 @@ impl Engine {
             payments: payment_addr.recipient(),
             late_release: late_tx,
         };
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             store,
             settings,
             Arc::clone(&clock),
             metrics,
             catalog,
             (sinks, handles),
-        ));
+        );
+        shared.placement = placement;
+        let shared = Arc::new(shared);
         let customers = shared.load_registry()?;
-        // Recover partitions in parallel, one thread each.
-        let recovered: Vec<Result<partition::Recovered, EngineError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..partitions)
-                    .map(|p| {
-                        let shared = &shared;
-                        scope.spawn(move || partition::recover(shared, p))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(EngineError::Internal("recovery panicked".into()))
-                        })
-                    })
-                    .collect()
-            });
+        let recovered = recover_partitions(&shared, partitions, placement);
         let mut states = Vec::with_capacity(recovered.len());
         let mut replayed_total = 0;
         for result in recovered {
@@ -181,17 +185,23 @@ impl Engine {
             states.push((map, last));
         }
         let webhook_stats = Arc::new(WebhookStats::default());
-        WebhookActor::start_on(
-            webhook_mailbox,
-            shared.store.clone(),
-            config.webhooks.clone(),
-            Arc::clone(&clock),
-            Arc::clone(&webhook_stats),
-            webhook_transport,
-            Arc::clone(&shared.health),
-        );
+        let webhook_parts = WebhookParts {
+            store: shared.store.clone(),
+            settings: config.webhooks.clone(),
+            clock: Arc::clone(&clock),
+            stats: Arc::clone(&webhook_stats),
+            transport: webhook_transport,
+            health: Arc::clone(&shared.health),
+            placement,
+            seed: random_seed,
+        };
+        WebhookActor::start_on(webhook_mailbox, webhook_parts);
         PaymentActor::start_on(payment_mailbox, Arc::clone(&shared), payments);
         for (p, ((map, last), queues)) in states.into_iter().zip(queues).enumerate() {
+            if placement == Placement::CurrentThread {
+                partition::start(p as u16, Arc::clone(&shared), map, last, queues);
+                continue;
+            }
             let arbiter = actix::Arbiter::new();
             let (tx, rx) = oneshot::channel();
             let shared_p = Arc::clone(&shared);
@@ -700,6 +710,31 @@ impl Engine {
 }
 
 /// Re-submits late events to the customers their keys now name.
+/// Recovers every partition: in parallel, one thread each, or in turn on this thread.
+fn recover_partitions(
+    shared: &Shared,
+    partitions: u16,
+    placement: Placement,
+) -> Vec<Result<partition::Recovered, EngineError>> {
+    if placement == Placement::CurrentThread {
+        return (0..partitions)
+            .map(|p| partition::recover(shared, p))
+            .collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..partitions)
+            .map(|p| scope.spawn(move || partition::recover(shared, p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(EngineError::Internal("recovery panicked".into())))
+            })
+            .collect()
+    })
+}
+
 async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LateRelease>) {
     while let Some(release) = rx.recv().await {
         for key in release.keys {

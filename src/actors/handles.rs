@@ -122,6 +122,19 @@ impl Sinks {
     }
 }
 
+/// Where the engine's actors and background work run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Production: each partition, the webhook actor and the payment actor on an arbiter
+    /// (thread) of its own; recovery, cold state loads and trims on threads of their own.
+    #[default]
+    Threads,
+    /// Everything on the caller's arbiter and nothing on another thread: on a current-thread
+    /// runtime with paused time and a store that appends inline, a run depends only on its
+    /// inputs (the simulation's deterministic mode).
+    CurrentThread,
+}
+
 /// Messages in an actor's mailbox before they are handled (actix's default).
 const MAILBOX_CAPACITY: usize = 16;
 
@@ -137,16 +150,27 @@ impl<A: Actor<Context = Context<A>>> Mailbox<A> {
         (Addr::new(sender), Mailbox { receiver })
     }
 
-    /// Runs the actor `make` builds on a new arbiter (thread) of its own, on this mailbox.
-    pub fn start_on_new_arbiter(self, make: impl FnOnce(&mut Context<A>) -> A + Send + 'static) {
-        let arbiter = actix::Arbiter::new();
+    /// Runs the actor `make` builds on this mailbox: on a new arbiter (thread) of its own, or
+    /// on the current one.
+    pub fn start(
+        self,
+        placement: Placement,
+        make: impl FnOnce(&mut Context<A>) -> A + Send + 'static,
+    ) {
         let receiver = self.receiver;
-        arbiter.spawn_fn(move || {
+        let run = move || {
             let mut ctx = Context::with_receiver(receiver);
             let actor = make(&mut ctx);
             actix_rt::spawn(ctx.into_future(actor));
-        });
-        // The arbiter keeps running after its handle drops.
-        std::mem::forget(arbiter);
+        };
+        match placement {
+            Placement::CurrentThread => run(),
+            Placement::Threads => {
+                let arbiter = actix::Arbiter::new();
+                arbiter.spawn_fn(run);
+                // The arbiter keeps running after its handle drops.
+                std::mem::forget(arbiter);
+            }
+        }
     }
 }

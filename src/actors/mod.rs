@@ -27,4 +27,5 @@ pub mod shared;
 pub mod webhook;
 
 pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};
+pub use handles::Placement;
 pub use shared::EngineSettings;

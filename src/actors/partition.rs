@@ -11,7 +11,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: the real one in production, paused and stepped in the simulation.
+use tokio::time::Instant;
 
 use actix::{Actor, Addr};
 use rustc_hash::FxHashMap;
@@ -23,7 +26,7 @@ use super::customer::{
 };
 use super::entry::{self, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
 use super::error::EngineError;
-use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Submission};
+use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Placement, Submission};
 use super::metrics::EngineMetrics;
 use super::quarantine::QuarantineWrites;
 use super::shared::Shared;
@@ -311,11 +314,14 @@ impl Worker {
             return;
         }
         let shared = Arc::clone(&self.shared);
-        let loaded = tokio::task::spawn_blocking(move || {
+        let load = move || {
             let states = load_states(&shared, &cold);
             (cold, states)
-        })
-        .await;
+        };
+        let loaded = match self.shared.placement {
+            Placement::Threads => tokio::task::spawn_blocking(load).await,
+            Placement::CurrentThread => Ok(load()),
+        };
         match loaded {
             Ok((cold, Ok(states))) => {
                 for (id, state) in cold.into_iter().zip(states) {
@@ -494,15 +500,20 @@ impl Worker {
             Arc::clone(&self.trimming),
             self.partition,
         );
+        let trim = move || {
+            let now = shared.clock.now_ms();
+            if let Err(error) = shared.store.trim(partition, seq, now) {
+                shared.health.fail_stop("trim", &error);
+            }
+            trimming.store(false, Relaxed);
+        };
+        if self.shared.placement == Placement::CurrentThread {
+            trim();
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name("tollgate-trim".to_owned())
-            .spawn(move || {
-                let now = shared.clock.now_ms();
-                if let Err(error) = shared.store.trim(partition, seq, now) {
-                    shared.health.fail_stop("trim", &error);
-                }
-                trimming.store(false, Relaxed);
-            });
+            .spawn(trim);
         if let Err(error) = spawned {
             tracing::warn!(%error, "trim thread did not start");
             self.trimming.store(false, Relaxed);

@@ -19,7 +19,7 @@
 //! Time comes from the engine's clock; due jobs are looked for on a short real-time interval, so
 //! a manual clock drives retries and polls in tests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,7 +125,8 @@ impl Message for Ran {
 pub struct PaymentActor {
     shared: Arc<Shared>,
     payments: Option<Payments>,
-    jobs: HashMap<[u8; 16], Job>,
+    /// In id order: scans run them in an order that depends on nothing but the ids.
+    jobs: BTreeMap<[u8; 16], Job>,
 }
 
 impl PaymentActor {
@@ -135,10 +136,11 @@ impl PaymentActor {
         shared: Arc<Shared>,
         payments: Option<Payments>,
     ) {
-        mailbox.start_on_new_arbiter(move |_| PaymentActor {
+        let placement = shared.placement;
+        mailbox.start(placement, move |_| PaymentActor {
             shared,
             payments,
-            jobs: HashMap::new(),
+            jobs: BTreeMap::new(),
         });
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use super::clock::SharedClock;
 use super::entry::{self, META_VERSION};
-use super::handles::{Enqueue, LateRelease, PartitionHandle, PaymentJobs, Sinks};
+use super::handles::{Enqueue, LateRelease, PartitionHandle, PaymentJobs, Placement, Sinks};
 use super::health::Health;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry};
@@ -49,6 +49,9 @@ pub struct Shared {
     pub sinks: Sinks,
     /// Every partition's queues, by partition.
     pub handles: Vec<PartitionHandle>,
+    /// Where actors and background work run ([`Placement::Threads`] unless the engine was
+    /// started otherwise).
+    pub placement: Placement,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
             pending,
             sinks,
             handles,
+            placement: Placement::Threads,
         }
     }
 

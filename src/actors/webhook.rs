@@ -20,13 +20,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use actix::prelude::*;
 use hmac::{Hmac, Mac};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::actors::clock::SharedClock;
-use crate::actors::handles::Mailbox;
+use crate::actors::handles::{Mailbox, Placement};
 use crate::actors::health::Health;
 use crate::actors::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry};
 use crate::domain::Id;
@@ -312,6 +313,22 @@ pub struct WebhookActor {
     /// Whether the pending entries of the outbox have been loaded; retried on each tick until
     /// a load succeeds.
     loaded: bool,
+    /// Retry jitter (seeded in the simulation, from the OS otherwise).
+    rng: StdRng,
+}
+
+/// What a webhook actor is made of.
+pub struct WebhookParts {
+    pub store: Store,
+    pub settings: WebhookSettings,
+    pub clock: SharedClock,
+    pub stats: Arc<WebhookStats>,
+    /// `None`: HTTP.
+    pub transport: Option<Arc<dyn WebhookTransport>>,
+    pub health: Arc<Health>,
+    pub placement: Placement,
+    /// Seeds the retry jitter; `None` seeds it from the OS.
+    pub seed: Option<u64>,
 }
 
 impl WebhookActor {
@@ -344,23 +361,35 @@ impl WebhookActor {
         health: Arc<Health>,
     ) -> Addr<WebhookActor> {
         let (addr, mailbox) = Mailbox::new();
-        WebhookActor::start_on(mailbox, store, settings, clock, stats, transport, health);
+        let parts = WebhookParts {
+            store,
+            settings,
+            clock,
+            stats,
+            transport,
+            health,
+            placement: Placement::Threads,
+            seed: None,
+        };
+        WebhookActor::start_on(mailbox, parts);
         addr
     }
 
     /// [`WebhookActor::start_with`] on a mailbox made earlier (the engine hands out the
     /// address before the actor runs).
-    pub fn start_on(
-        mailbox: Mailbox<WebhookActor>,
-        store: Store,
-        settings: WebhookSettings,
-        clock: SharedClock,
-        stats: Arc<WebhookStats>,
-        transport: Option<Arc<dyn WebhookTransport>>,
-        health: Arc<Health>,
-    ) {
+    pub fn start_on(mailbox: Mailbox<WebhookActor>, parts: WebhookParts) {
+        let WebhookParts {
+            store,
+            settings,
+            clock,
+            stats,
+            transport,
+            health,
+            placement,
+            seed,
+        } = parts;
         let settings = settings.sanitized();
-        mailbox.start_on_new_arbiter(move |_ctx| {
+        mailbox.start(placement, move |_ctx| {
             let transport = transport.unwrap_or_else(|| Arc::new(HttpTransport::new(&settings)));
             WebhookActor {
                 store,
@@ -373,6 +402,7 @@ impl WebhookActor {
                 schedule: BinaryHeap::new(),
                 destinations: FxHashMap::default(),
                 loaded: false,
+                rng: seed.map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
             }
         })
     }
@@ -574,7 +604,7 @@ impl WebhookActor {
         let entry = &mut tracked.entry;
         entry.attempts = entry.attempts.saturating_add(1);
         entry.last_error = Some(error);
-        let delay_ms = retry_delay_ms(&self.settings, entry.attempts, &mut rand::rng());
+        let delay_ms = retry_delay_ms(&self.settings, entry.attempts, &mut self.rng);
         let deadline_ms = entry
             .created_at_ms
             .saturating_add(self.settings.give_up_after_ms);

@@ -39,10 +39,8 @@ pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Fau
     let receiver = support::Receiver::start();
     let config = support::engine_config(dir.path(), Some(&receiver.url));
     let seams = tollgate::actors::Seams {
-        clock: Arc::new(SystemClock),
-        payments: None,
         storage_faults: faults,
-        webhook_transport: None,
+        ..tollgate::actors::Seams::new(Arc::new(SystemClock))
     };
     let engine = Engine::start_with(config, seams).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
