@@ -635,8 +635,8 @@ fn tokens(txn: &str, amount: &str) -> Vec<IngestEvent> {
 #[actix_rt::test]
 async fn a_quarantined_input_is_reapplied_after_the_repair_once_across_restarts() {
     use tollgate::actors::EngineError;
-    use tollgate::actors::quarantine::Decision;
     use tollgate::domain::Rejection;
+    use tollgate::domain::customer::QuarantineDecision as Decision;
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
@@ -685,7 +685,13 @@ async fn a_quarantined_input_is_reapplied_after_the_repair_once_across_restarts(
     assert!(reapplied < charged, "{reapplied:?} < {charged:?}");
     assert!(fixed.quarantined(None, 10).unwrap().is_empty());
     let twice = fixed.decide_quarantined(&key, Decision::Reapply).await;
-    assert!(matches!(twice, Ok(None)), "no entry any more: {twice:?}");
+    assert!(
+        matches!(twice, Err(EngineError::Rejected(Rejection::NotQuarantined))),
+        "decided already: {twice:?}"
+    );
+    let decisions = fixed.quarantine_decisions(None, 10).unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].entry.key(), key);
 
     // A crash now (no checkpoint since): replay decides the same way, once.
     let (replayed, _replayed_dir) = recover_from_copy(&fixed, &receiver).await;
@@ -696,6 +702,6 @@ async fn a_quarantined_input_is_reapplied_after_the_repair_once_across_restarts(
     };
     assert!(matches!(
         replayed.decide_quarantined(&key, discard).await,
-        Ok(None)
+        Err(EngineError::Rejected(Rejection::NotQuarantined))
     ));
 }

@@ -24,10 +24,11 @@ use super::handles::QueryFn;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry, payment_outbox_id, webhook_outbox_id};
 use super::quarantine::{
-    QuarantineCause, QuarantineWrites, Quarantined, catching, panic_message, quarantine_key,
+    QUARANTINE_PREFIX, QuarantineCause, QuarantineWrites, Quarantined, Resolution, Resolved,
+    catching, panic_message, quarantine_key, reappliable,
 };
 use super::shared::Shared;
-use crate::domain::customer::{Applied, Ctx, Input, QuarantineAction};
+use crate::domain::customer::{Applied, Ctx, Input, QuarantineAction, QuarantineDecision};
 use crate::domain::effects::{Effect, PaymentAction, WebhookType};
 use crate::domain::{Id, Rejection, Timestamp};
 use crate::storage::{self, StorageError};
@@ -143,7 +144,8 @@ impl Handler<ApplyInputs> for CustomerActor {
     }
 }
 
-/// Writes quarantined inputs to `meta`, and deletes the entries operators resolved.
+/// Writes quarantined inputs to `meta`, and moves the entries operators decided on (and stale
+/// ones) out of the list.
 ///
 /// # Errors
 /// Storage errors.
@@ -154,15 +156,8 @@ pub fn persist_quarantined(
     if quarantine.is_empty() {
         return Ok(());
     }
-    let mut puts = Vec::with_capacity(quarantine.kept.len());
-    for entry in &quarantine.kept {
-        puts.push(entry.encoded()?);
-    }
-    // Puts first, then deletes: within one batch a replayed quarantine and its later
-    // resolution end resolved.
-    shared
-        .store
-        .meta_write_derived_batch(&puts, &quarantine.resolved)
+    let (puts, deletes) = quarantine.encoded()?;
+    shared.store.meta_write_derived_batch(&puts, &deletes)
 }
 
 impl Handler<Snapshot> for CustomerActor {
@@ -215,7 +210,11 @@ impl Handler<Query> for CustomerActor {
 /// # Errors
 /// Storage read or decode errors (a corrupt state must stop the engine, not reset a customer).
 pub fn load_state(shared: &Shared, customer: Id) -> Result<PersistedCustomer, StorageError> {
-    decode_state(shared.store.meta_get(&state_key(customer))?.as_deref())
+    decode_state(
+        shared,
+        customer,
+        shared.store.meta_get(&state_key(customer))?.as_deref(),
+    )
 }
 
 /// Loads the last written states of many customers (one batched read), or empty ones.
@@ -231,23 +230,45 @@ pub fn load_states(
         .store
         .meta_multi_get(&keys)?
         .into_iter()
-        .map(|bytes| decode_state(bytes.as_deref()))
+        .zip(customers)
+        .map(|(bytes, id)| decode_state(shared, *id, bytes.as_deref()))
         .collect()
 }
 
-fn decode_state(bytes: Option<&[u8]>) -> Result<PersistedCustomer, StorageError> {
-    match bytes {
-        Some(bytes) => {
-            let mut state: PersistedCustomer = if bytes.first() == Some(&STATE_VERSION_V2) {
-                storage::decode::<PersistedCustomerV2>(STATE_VERSION_V2, bytes)?.into()
-            } else {
-                storage::decode(STATE_VERSION, bytes)?
-            };
-            state.customer.rebuild_caches();
-            Ok(state)
+fn decode_state(
+    shared: &Shared,
+    customer: Id,
+    bytes: Option<&[u8]>,
+) -> Result<PersistedCustomer, StorageError> {
+    let Some(bytes) = bytes else {
+        return Ok(PersistedCustomer::default());
+    };
+    let mut state: PersistedCustomer = if bytes.first() == Some(&STATE_VERSION_V2) {
+        let old = storage::decode::<PersistedCustomerV2>(STATE_VERSION_V2, bytes)?;
+        upgraded_from_v2(shared, customer, old)?
+    } else {
+        storage::decode(STATE_VERSION, bytes)?
+    };
+    state.customer.rebuild_caches();
+    Ok(state)
+}
+
+/// A version 2 state with its quarantine list: version 2 decided nothing, so every `quar/`
+/// entry of this customer that the state covers is still quarantined in it (entries after
+/// `applied_seq` are quarantined again by replay).
+fn upgraded_from_v2(
+    shared: &Shared,
+    customer: Id,
+    old: PersistedCustomerV2,
+) -> Result<PersistedCustomer, StorageError> {
+    let mut state = PersistedCustomer::from(old);
+    for (_, value) in shared.store.meta_scan_prefix(QUARANTINE_PREFIX)? {
+        let entry: Quarantined = storage::decode(super::entry::META_VERSION, &value)?;
+        if entry.customer_id == customer && entry.seq <= state.applied_seq {
+            state.quarantined.push((entry.seq, entry.index));
         }
-        None => Ok(PersistedCustomer::default()),
     }
+    Ok(state)
 }
 
 /// One logged input, as the log holds it.
@@ -383,54 +404,75 @@ fn decide_quarantined(
     live: bool,
     quarantine: &mut QuarantineWrites,
 ) -> Result<Applied, EngineError> {
-    let (seq, index) = action.position();
+    let (seq, index) = (action.seq, action.index);
     let Some(listed) = state.quarantined.iter().position(|p| *p == (seq, index)) else {
+        // Decided already (its decision keeps its `quar-done/` entry), or applied by replay
+        // after an upgrade: an entry still listed under `quar/` is stale.
+        quarantine
+            .stale
+            .push(quarantine_key(logged.partition, seq, index));
         return Err(EngineError::Rejected(Rejection::NotQuarantined));
     };
-    let applied = match action {
-        QuarantineAction::Reapply {
-            at,
-            catalog_version,
-            input,
-            ..
-        } => {
-            let original = Logged {
-                seq,
-                at: *at,
-                catalog_version: *catalog_version,
-                input,
-                ..logged
-            };
+    let original = Logged {
+        seq,
+        at: action.at,
+        catalog_version: action.catalog_version,
+        input: &action.input,
+        ..logged
+    };
+    let (applied, resolution) = match &action.decision {
+        QuarantineDecision::Reapply => {
+            if !reappliable(&action.input) {
+                return Err(EngineError::Rejected(Rejection::NotReappliable));
+            }
             let applied = apply_input(shared, state, original, live, quarantine, Attempt::Reapply)?;
-            EngineMetrics::add(&shared.metrics.quarantine_reapplied, 1);
-            tracing::warn!(
-                customer = %logged.customer_id,
-                partition = logged.partition,
-                seq,
-                index,
-                decided_at_seq = logged.seq,
-                "quarantined input re-applied by the operator"
-            );
-            applied
+            (applied, Resolution::Reapplied)
         }
-        QuarantineAction::Discard { reason, .. } => {
-            EngineMetrics::add(&shared.metrics.quarantine_discarded, 1);
-            tracing::warn!(
-                customer = %logged.customer_id,
-                partition = logged.partition,
-                seq,
-                index,
-                decided_at_seq = logged.seq,
-                %reason,
-                "quarantined input discarded by the operator: never applied"
-            );
-            Applied::default()
+        QuarantineDecision::Discard { reason } => {
+            let resolution = Resolution::Discarded {
+                reason: reason.clone(),
+            };
+            (Applied::default(), resolution)
         }
     };
+    if live {
+        let counter = match resolution {
+            Resolution::Reapplied => &shared.metrics.quarantine_reapplied,
+            Resolution::Discarded { .. } => &shared.metrics.quarantine_discarded,
+        };
+        EngineMetrics::add(counter, 1);
+    }
+    tracing::warn!(
+        customer = %logged.customer_id,
+        partition = logged.partition,
+        seq,
+        index,
+        decided_at_seq = logged.seq,
+        ?resolution,
+        "quarantined input decided by the operator"
+    );
     state.quarantined.remove(listed);
-    quarantine
-        .resolved
-        .push(quarantine_key(logged.partition, seq, index));
+    let cause = if action.panicked {
+        QuarantineCause::Panic
+    } else {
+        QuarantineCause::Refused
+    };
+    quarantine.resolved.push(Resolved {
+        entry: Quarantined {
+            partition: logged.partition,
+            seq,
+            index,
+            customer_id: logged.customer_id,
+            at: action.at,
+            catalog_version: action.catalog_version,
+            input: action.input.clone(),
+            cause,
+            reason: action.reason.clone(),
+        },
+        resolution,
+        decided_seq: logged.seq,
+        decided_at: logged.at,
+    });
     Ok(applied)
 }
 
@@ -536,7 +578,7 @@ fn rebuilt_without(shared: &Shared, logged: Logged<'_>) -> Result<PersistedCusto
             if seq >= logged.seq {
                 return Ok(());
             }
-            let entry: LogEntry = storage::decode(super::entry::LOG_VERSION, bytes)?;
+            let entry = super::entry::decode_log_entry(bytes)?;
             if let LogEntry::Customer {
                 customer_id,
                 catalog_version,

@@ -27,7 +27,9 @@ use super::payment::{PaymentActor, Payments};
 use super::shared::{EngineSettings, Shared};
 use super::webhook::{WebhookActor, WebhookParts, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
-use crate::domain::customer::{Applied, CustomerProfile, Input, QuarantineAction};
+use crate::domain::customer::{
+    Applied, CustomerProfile, Input, QuarantineAction, QuarantineDecision,
+};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Catalog, Id, Rejection};
 use crate::storage::{self, AppendBatch, Durability, LogRecord, Store, StoreOptions, StoreStats};
@@ -585,35 +587,62 @@ impl Engine {
 
     /// An operator's decision on the quarantined input stored under `key` (SPEC 2.1): it goes
     /// through the customer's log like every input, so replay decides the same way. `None`
-    /// when nothing is quarantined under `key`.
+    /// when nothing is, or was, quarantined under `key`.
+    ///
+    /// A checkpoint is written first, so that the customer's written state covers the input:
+    /// neither replay nor a state rebuild evaluates the input again after the decision (with
+    /// code that no longer fails, that would apply an input the operator discarded).
     ///
     /// # Errors
     /// [`Rejection::NotQuarantined`] when it was decided on already (or replay applied it),
-    /// [`Rejection::StillFailing`] when a re-apply fails again, and as [`Engine::apply`].
+    /// [`Rejection::NotReappliable`] for a re-apply of a request whose caller was told it
+    /// failed, [`Rejection::StillFailing`] when a re-apply fails again, and as
+    /// [`Engine::apply`].
     pub async fn decide_quarantined(
         &self,
         key: &[u8],
-        decision: super::quarantine::Decision,
+        decision: QuarantineDecision,
     ) -> Result<Option<Applied>, EngineError> {
         let Some(entry) = super::quarantine::get(&self.shared.store, key)? else {
+            if super::quarantine::resolution(&self.shared.store, key)?.is_some() {
+                return Err(EngineError::Rejected(Rejection::NotQuarantined));
+            }
             return Ok(None);
         };
-        let action = match decision {
-            super::quarantine::Decision::Reapply => QuarantineAction::Reapply {
-                seq: entry.seq,
-                index: entry.index,
-                at: entry.at,
-                catalog_version: entry.catalog_version,
-                input: entry.input,
-            },
-            super::quarantine::Decision::Discard { reason } => QuarantineAction::Discard {
-                seq: entry.seq,
-                index: entry.index,
-                reason,
-            },
+        if decision == QuarantineDecision::Reapply && !super::quarantine::reappliable(&entry.input)
+        {
+            return Err(EngineError::Rejected(Rejection::NotReappliable));
+        }
+        self.checkpoint().await?;
+        let action = QuarantineAction {
+            seq: entry.seq,
+            index: entry.index,
+            at: entry.at,
+            catalog_version: entry.catalog_version,
+            input: entry.input,
+            panicked: entry.cause == super::quarantine::QuarantineCause::Panic,
+            reason: entry.reason,
+            decision,
         };
         let input = Input::Quarantine(Box::new(action));
         self.apply(entry.customer_id, input).await.map(Some)
+    }
+
+    /// Decided quarantine entries (the audit trail of re-applies and discards), in log order
+    /// of the inputs, after the entry whose key is `after`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn quarantine_decisions(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<super::quarantine::Resolved>, EngineError> {
+        Ok(super::quarantine::list_resolved(
+            &self.shared.store,
+            after,
+            limit,
+        )?)
     }
 
     /// The customer whose contract runs a workflow.
@@ -858,7 +887,7 @@ async fn log_limits(
 fn load_catalog(store: &Store) -> Result<Catalog, EngineError> {
     let mut catalog = Catalog::default();
     store.replay(CATALOG_PARTITION, 0, |_, _, bytes| {
-        let entry: LogEntry = storage::decode(entry::LOG_VERSION, bytes)?;
+        let entry = entry::decode_log_entry(bytes)?;
         if let LogEntry::Catalog(change) = entry {
             if let Err(rejection) = catalog.apply(change) {
                 tracing::error!(%rejection, "a logged catalog change no longer applies");

@@ -14,10 +14,27 @@ use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::{Customer, Input};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Id, Timestamp};
+use crate::storage::{self, StorageError};
 
 /// Version byte of encoded log entries (2: payment outcomes carry the ACTION_REQUIRED limit and
-/// the provider's object id; catalog changes include logged limits).
-pub const LOG_VERSION: u8 = 2;
+/// the provider's object id; catalog changes include logged limits; 3: operators' quarantine
+/// decisions). Version 2 entries read as they are (3 only added an input kind); an older
+/// binary meeting a version 3 entry refuses it with the version named.
+pub const LOG_VERSION: u8 = 3;
+/// The previous log version, still read.
+pub const LOG_VERSION_V2: u8 = 2;
+
+/// Decodes a log entry of the current or the previous version.
+///
+/// # Errors
+/// [`StorageError::UnknownVersion`] for any other version, decode errors.
+pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StorageError> {
+    let version = match bytes.first() {
+        Some(&LOG_VERSION_V2) => LOG_VERSION_V2,
+        _ => LOG_VERSION,
+    };
+    storage::decode(version, bytes)
+}
 /// Version byte of encoded customer states (2: usage lines record the segments they drew
 /// from; 3: the state lists its quarantined inputs). Version 2 states are read and upgraded
 /// ([`PersistedCustomerV2`]); any other version is refused with the version named, never

@@ -655,7 +655,7 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
     let mut pending_effects = VecDeque::new();
     let replayed = shared.store.replay(partition, from, |seq, at_ms, bytes| {
         last = seq;
-        let entry: LogEntry = storage::decode(entry::LOG_VERSION, bytes)?;
+        let entry = entry::decode_log_entry(bytes)?;
         match entry {
             LogEntry::Customer {
                 customer_id,

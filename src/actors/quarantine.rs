@@ -19,6 +19,9 @@ use crate::storage::{self, StorageError, Store};
 /// parked usage event its customer's creation released), all big-endian: listing order is log
 /// order.
 pub const QUARANTINE_PREFIX: &[u8] = b"quar/";
+/// `quar-done/` ++ the same suffix: [`Resolved`], how an operator decided on the entry (the
+/// audit trail of re-applies and discards; a second decision is answered from it).
+pub const RESOLVED_PREFIX: &[u8] = b"quar-done/";
 
 /// Why an input was quarantined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,15 +31,6 @@ pub enum QuarantineCause {
     /// The domain refused an input nobody could be told about (acknowledged usage, a tick),
     /// e.g. a sum that overflowed.
     Refused,
-}
-
-/// What an operator decides for a quarantined input.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Apply it now, as it would have applied when accepted (after an upgrade).
-    Reapply,
-    /// Never apply it; the reason is logged.
-    Discard { reason: String },
 }
 
 /// One quarantined input with everything needed to apply it again later.
@@ -63,19 +57,87 @@ pub fn quarantine_key(partition: u16, seq: u64, index: u32) -> Vec<u8> {
     key
 }
 
+/// The `quar-done/` key of the input at this log position.
+pub fn resolved_key(partition: u16, seq: u64, index: u32) -> Vec<u8> {
+    let mut key = quarantine_key(partition, seq, index);
+    key.splice(..QUARANTINE_PREFIX.len(), RESOLVED_PREFIX.iter().copied());
+    key
+}
+
+/// How an operator decided on a quarantined input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    Reapplied,
+    Discarded { reason: String },
+}
+
+/// A decided entry: the input, the decision, and the log position of the decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub entry: Quarantined,
+    pub resolution: Resolution,
+    pub decided_seq: u64,
+    pub decided_at: Timestamp,
+}
+
+/// Keys and values to write.
+pub type Puts = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What applying a batch of inputs did to the quarantine, written with the batch's effects.
 #[derive(Debug, Default)]
 pub struct QuarantineWrites {
     /// Inputs quarantined now.
     pub kept: Vec<Quarantined>,
-    /// Keys of entries an operator's decision resolved (re-applied or discarded).
-    pub resolved: Vec<Vec<u8>>,
+    /// Entries an operator's decision resolved now: their `quar/` entry goes, their
+    /// `quar-done/` entry comes.
+    pub resolved: Vec<Resolved>,
+    /// `quar/` keys of entries that are not quarantined any more without a decision (replay
+    /// after an upgrade applied the input): removed so that the list shows only what is.
+    pub stale: Vec<Vec<u8>>,
 }
 
 impl QuarantineWrites {
     pub fn is_empty(&self) -> bool {
-        self.kept.is_empty() && self.resolved.is_empty()
+        self.kept.is_empty() && self.resolved.is_empty() && self.stale.is_empty()
     }
+
+    /// The `meta` puts and deletes: puts first, then deletes, so that within one batch a
+    /// replayed quarantine and its later resolution end resolved.
+    ///
+    /// # Errors
+    /// [`StorageError::Encode`].
+    pub fn encoded(&self) -> Result<(Puts, Vec<Vec<u8>>), StorageError> {
+        let mut puts = Vec::with_capacity(self.kept.len() + self.resolved.len());
+        for entry in &self.kept {
+            puts.push(entry.encoded()?);
+        }
+        let mut deletes = self.stale.clone();
+        for resolved in &self.resolved {
+            let e = &resolved.entry;
+            puts.push((
+                resolved_key(e.partition, e.seq, e.index),
+                storage::encode(META_VERSION, resolved)?,
+            ));
+            deletes.push(e.key());
+        }
+        Ok((puts, deletes))
+    }
+}
+
+/// Whether an input may be re-applied from quarantine. Inputs nobody waits for (usage, ticks)
+/// may, and so may inputs the domain makes idempotent (a payment outcome, a void, an archive).
+/// A request whose caller was told it failed (a 500) may not: the caller may have sent it
+/// again since, and re-applying would do it twice (a second contract, commit or alias owner);
+/// it can only be discarded.
+pub fn reappliable(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::RecordUsage(_)
+            | Input::Tick
+            | Input::PaymentOutcome(_)
+            | Input::VoidInvoice { .. }
+            | Input::ArchiveCustomer
+    )
 }
 
 impl Quarantined {
@@ -141,6 +203,39 @@ pub fn get(store: &Store, key: &[u8]) -> Result<Option<Quarantined>, StorageErro
         .meta_get(key)?
         .map(|value| storage::decode(META_VERSION, &value))
         .transpose()
+}
+
+/// The decision recorded for the input whose `quar/` key is `key`, if any.
+///
+/// # Errors
+/// Storage read or decode errors.
+pub fn resolution(store: &Store, key: &[u8]) -> Result<Option<Resolved>, StorageError> {
+    let Some(suffix) = key.strip_prefix(QUARANTINE_PREFIX) else {
+        return Ok(None);
+    };
+    let mut done = RESOLVED_PREFIX.to_vec();
+    done.extend_from_slice(suffix);
+    store
+        .meta_get(&done)?
+        .map(|value| storage::decode(META_VERSION, &value))
+        .transpose()
+}
+
+/// Decided entries in log order of the input, `limit` at most, after the entry whose
+/// `quar-done/` key is `after`.
+///
+/// # Errors
+/// Storage read or decode errors.
+pub fn list_resolved(
+    store: &Store,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<Resolved>, StorageError> {
+    store
+        .meta_scan_page(RESOLVED_PREFIX, after, limit)?
+        .into_iter()
+        .map(|(_, value)| storage::decode(META_VERSION, &value))
+        .collect()
 }
 
 /// Quarantined inputs in log order, `limit` at most, after the entry whose key is `after`.

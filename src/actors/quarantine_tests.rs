@@ -8,11 +8,14 @@ use crate::actors::EngineError;
 use crate::actors::clock::ManualClock;
 use crate::actors::entry::PersistedCustomer;
 use crate::actors::metrics::EngineMetrics;
-use crate::actors::quarantine::{QuarantineCause, QuarantineWrites, list, quarantine_key};
+use crate::actors::quarantine::{
+    QuarantineCause, QuarantineWrites, Quarantined, list, quarantine_key,
+};
+use crate::actors::quarantine::{Resolution, list_resolved};
 use crate::actors::shared::{EngineSettings, Shared};
 use crate::domain::Rejection;
 use crate::domain::contract::LineDraw;
-use crate::domain::customer::QuarantineAction;
+use crate::domain::customer::{QuarantineAction, QuarantineDecision};
 use crate::domain::fixtures::{self, CONTRACT, CUSTOMER, T0};
 use crate::domain::{Ctx, Limits, Money};
 use crate::storage::Store;
@@ -271,14 +274,26 @@ fn decision(seq: u64, action: QuarantineAction) -> (u64, Input, u64) {
     (seq, Input::Quarantine(Box::new(action)), 0)
 }
 
-fn reapply_of(input: &Input, version: u64) -> QuarantineAction {
-    QuarantineAction::Reapply {
+fn action(input: &Input, version: u64, decision: QuarantineDecision) -> QuarantineAction {
+    QuarantineAction {
         seq: 5,
         index: 0,
         at: T0,
         catalog_version: version,
         input: input.clone(),
+        panicked: true,
+        reason: "index out of bounds".into(),
+        decision,
     }
+}
+
+fn reapply_of(input: &Input, version: u64) -> QuarantineAction {
+    action(input, version, QuarantineDecision::Reapply)
+}
+
+fn discard_of(input: &Input, version: u64, reason: &str) -> QuarantineAction {
+    let reason = reason.into();
+    action(input, version, QuarantineDecision::Discard { reason })
 }
 
 #[test]
@@ -318,7 +333,10 @@ fn a_reapplied_input_applies_once_leaves_the_quarantine_and_a_second_decision_is
     let line = &state.customer.contracts[0].periods[0].lines[0];
     assert!(line.charged < charged_before, "{line:?}");
     assert!(state.quarantined.is_empty());
-    assert_eq!(writes.resolved, vec![quarantine_key(0, 5, 0)]);
+    assert_eq!(writes.resolved.len(), 1);
+    assert_eq!(writes.resolved[0].entry.key(), quarantine_key(0, 5, 0));
+    assert_eq!(writes.resolved[0].resolution, Resolution::Reapplied);
+    assert_eq!(writes.resolved[0].decided_seq, 7);
     persist_quarantined(&shared, &writes).unwrap();
     assert!(
         list(&shared.store, None, 10).unwrap().is_empty(),
@@ -330,14 +348,7 @@ fn a_reapplied_input_applies_once_leaves_the_quarantine_and_a_second_decision_is
     let after = state.customer.clone();
     for (seq, action) in [
         (8, reapply_of(&input, version)),
-        (
-            9,
-            QuarantineAction::Discard {
-                seq: 5,
-                index: 0,
-                reason: "late".into(),
-            },
-        ),
+        (9, discard_of(&input, version, "late")),
     ] {
         let result = apply(
             &shared,
@@ -390,30 +401,65 @@ fn replay_that_applies_a_quarantined_input_after_an_upgrade_makes_its_reapply_a_
         "{result:?}"
     );
     assert_eq!(state.customer, applied_once);
+    // Its entry, stale now, leaves the list.
+    assert_eq!(writes.stale, vec![quarantine_key(0, 5, 0)]);
+    persist_quarantined(&shared, &writes).unwrap();
+    assert!(list(&shared.store, None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn a_quarantined_request_whose_caller_got_a_500_can_be_discarded_but_not_reapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let mut state = customer_with_tokens();
+    state.quarantined.push((5, 0));
+    let contract = Input::create_contract(fixtures::contract(crate::domain::Id::from_u128(0x5002)));
+    let before = state.customer.clone();
+    let result = apply(
+        &shared,
+        &mut state,
+        decision(6, reapply_of(&contract, version)),
+        &mut QuarantineWrites::default(),
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EngineError::Rejected(Rejection::NotReappliable))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(state.customer, before);
+    assert_eq!(state.quarantined, vec![(5, 0)]);
+    let mut writes = QuarantineWrites::default();
+    let discard = discard_of(&contract, version, "the client retried it");
+    apply(&shared, &mut state, decision(7, discard), &mut writes).unwrap();
+    assert!(state.quarantined.is_empty());
+    assert_eq!(state.customer, before);
 }
 
 #[test]
 fn a_discarded_input_is_never_applied_and_leaves_the_quarantine() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared(dir.path());
-    let (mut state, _, _) = quarantined_negative_usage(&shared);
+    let (mut state, _, input) = quarantined_negative_usage(&shared);
     let before = state.customer.clone();
     let mut writes = QuarantineWrites::default();
-    let discard = QuarantineAction::Discard {
-        seq: 5,
-        index: 0,
-        reason: "duplicate of txn neg-2".into(),
-    };
+    let version = shared.catalog().version();
+    let discard = discard_of(&input, version, "duplicate of txn neg-2");
     apply(&shared, &mut state, decision(6, discard), &mut writes).unwrap();
     assert_eq!(state.customer, before, "never applied");
     assert!(state.quarantined.is_empty());
     persist_quarantined(&shared, &writes).unwrap();
     assert!(list(&shared.store, None, 10).unwrap().is_empty());
+    let decided = list_resolved(&shared.store, None, 10).unwrap();
+    let reason = "duplicate of txn neg-2".to_owned();
+    assert_eq!(decided[0].resolution, Resolution::Discarded { reason });
     assert_eq!(EngineMetrics::get(&shared.metrics.quarantine_discarded), 1);
 }
 
 #[test]
-fn a_state_written_by_version_2_is_read_with_an_empty_quarantine_list() {
+fn a_state_written_by_version_2_lists_the_quarantined_inputs_it_covers() {
     #[derive(serde::Serialize)]
     struct V2<'a> {
         applied_seq: u64,
@@ -431,8 +477,37 @@ fn a_state_written_by_version_2_is_read_with_an_empty_quarantine_list() {
     let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V2, &old).unwrap();
     let key = crate::actors::entry::state_key(CUSTOMER);
     shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    // Quarantined by the version 2 binary: two of its inputs the state covers, one after it
+    // (replay quarantines that one again), and another customer's.
+    let other = crate::domain::Id::from_u128(0x4002);
+    let kept: Vec<Quarantined> = [
+        (CUSTOMER, 12, 0),
+        (CUSTOMER, 41, 2),
+        (CUSTOMER, 42, 0),
+        (other, 30, 0),
+    ]
+    .into_iter()
+    .map(|(customer_id, seq, index)| Quarantined {
+        partition: 0,
+        seq,
+        index,
+        customer_id,
+        at: T0,
+        catalog_version: 1,
+        input: Input::Tick,
+        cause: QuarantineCause::Panic,
+        reason: "old bug".into(),
+    })
+    .collect();
+    let writes = QuarantineWrites {
+        kept,
+        ..QuarantineWrites::default()
+    };
+    persist_quarantined(&shared, &writes).unwrap();
     let read = load_state(&shared, CUSTOMER).unwrap();
     assert_eq!(read.applied_seq, 41);
     assert_eq!(read.customer, state.customer);
-    assert!(read.quarantined.is_empty());
+    assert_eq!(read.quarantined, vec![(12, 0), (41, 2)]);
+    let read = load_states(&shared, &[other, CUSTOMER]).unwrap();
+    assert_eq!(read[1].quarantined, vec![(12, 0), (41, 2)]);
 }

@@ -92,6 +92,12 @@ pub enum Rejection {
     /// re-applied or discarded already, or replay after an upgrade applied it.
     #[error("this input is not quarantined: it was re-applied or discarded already")]
     NotQuarantined,
+    /// A quarantined request whose caller was told it failed (500) cannot be re-applied: the
+    /// caller may have sent it again since.
+    #[error(
+        "this quarantined request was answered 500 to its caller, who may have sent it again; it can only be discarded"
+    )]
+    NotReappliable,
     /// A quarantined input still fails when re-applied; it stays quarantined.
     #[error("re-applying failed again; the input stays quarantined: {0}")]
     StillFailing(String),
@@ -128,6 +134,7 @@ impl Rejection {
             Rejection::AlreadyExists => "already_exists",
             Rejection::StripeNotConfigured => "stripe_not_configured",
             Rejection::NotQuarantined => "not_quarantined",
+            Rejection::NotReappliable => "not_reappliable",
             Rejection::StillFailing(_) => "still_failing",
         }
     }
@@ -171,6 +178,7 @@ mod tests {
             Rejection::AlreadyExists,
             Rejection::StripeNotConfigured,
             Rejection::NotQuarantined,
+            Rejection::NotReappliable,
             Rejection::StillFailing("x".into()),
         ];
         let mut codes: Vec<&str> = all.iter().map(Rejection::code).collect();

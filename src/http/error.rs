@@ -86,6 +86,7 @@ fn rejection_status(rejection: &Rejection) -> StatusCode {
         | Rejection::AliasInUse(_)
         | Rejection::AlreadyExists
         | Rejection::NotQuarantined
+        | Rejection::NotReappliable
         | Rejection::StillFailing(_) => StatusCode::CONFLICT,
     }
 }

@@ -31,6 +31,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
         "Discard a quarantined input, {\"id\", \"reason\"} (Tollgate)",
         Shape::Data,
     ),
+    (
+        "get",
+        "/v1/tollgate/quarantine/decisions",
+        "List decided quarantine entries with their decisions (Tollgate)",
+        Shape::Page,
+    ),
     ("get", "/v1/customers", "List customers", Shape::Page),
     (
         "get",

@@ -7,9 +7,13 @@
 //!   stays quarantined).
 //! - `POST /v1/tollgate/quarantine/discard` `{"id", "reason"}`: never apply it.
 //!
+//! - `GET /v1/tollgate/quarantine/decisions`: decided entries with their decision, oldest
+//!   input first (the audit trail).
+//!
 //! Both decisions go through the customer's log. A decision on an input that is no longer
 //! quarantined (decided already, or applied by replay after an upgrade) answers 409
-//! `not_quarantined`; an unknown id answers 404.
+//! `not_quarantined`; a re-apply of a request whose caller got a 500 answers 409
+//! `not_reappliable` (discard it); an unknown id answers 404.
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
@@ -19,12 +23,19 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::fields::Obj;
 use super::wire;
-use crate::actors::quarantine::{Decision, QUARANTINE_PREFIX, QuarantineCause, Quarantined};
+use crate::actors::quarantine::{
+    QUARANTINE_PREFIX, QuarantineCause, Quarantined, Resolution, resolved_key,
+};
+use crate::domain::customer::QuarantineDecision;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tollgate/quarantine", web::get().to(list))
         .route("/v1/tollgate/quarantine/reapply", web::post().to(reapply))
-        .route("/v1/tollgate/quarantine/discard", web::post().to(discard));
+        .route("/v1/tollgate/quarantine/discard", web::post().to(discard))
+        .route(
+            "/v1/tollgate/quarantine/decisions",
+            web::get().to(decisions),
+        );
 }
 
 /// Longest discard reason kept (it is logged with the decision).
@@ -34,7 +45,7 @@ async fn reapply(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
     let value: Value = wire::parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let key = entry_key(obj.req_str("id")?)?;
-    decide(&state, &key, Decision::Reapply, "REAPPLIED").await
+    decide(&state, &key, QuarantineDecision::Reapply, "REAPPLIED").await
 }
 
 async fn discard(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
@@ -42,15 +53,15 @@ async fn discard(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
     let obj = Obj::root(&value)?;
     let key = entry_key(obj.req_str("id")?)?;
     let reason = obj.req_str("reason")?.trim();
-    if reason.is_empty() {
-        return Err(ApiError::BadRequest("reason is required".into()));
+    if let Some(problem) = crate::domain::ids::key_problem(reason) {
+        return Err(ApiError::BadRequest(format!("reason: {problem}")));
     }
     if reason.chars().count() > REASON_MAX_CHARS {
         return Err(ApiError::BadRequest(format!(
             "reason: at most {REASON_MAX_CHARS} characters"
         )));
     }
-    let decision = Decision::Discard {
+    let decision = QuarantineDecision::Discard {
         reason: reason.to_owned(),
     };
     decide(&state, &key, decision, "DISCARDED").await
@@ -59,7 +70,7 @@ async fn discard(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
 async fn decide(
     state: &AppState,
     key: &[u8],
-    decision: Decision,
+    decision: QuarantineDecision,
     status: &str,
 ) -> ApiResult<HttpResponse> {
     let id = hex::encode(key);
@@ -87,15 +98,56 @@ struct ListQuery {
     next_page: Option<String>,
 }
 
+impl ListQuery {
+    fn after(&self) -> ApiResult<Option<Vec<u8>>> {
+        match self.next_page.as_deref() {
+            None | Some("") => Ok(None),
+            Some(cursor) => hex::decode(cursor)
+                .map(Some)
+                .map_err(|_| ApiError::BadRequest("next_page: not a cursor of this list".into())),
+        }
+    }
+}
+
+async fn decisions(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = wire::page_limit(query.limit)?;
+    let after = query.after()?;
+    let mut entries = state
+        .engine
+        .quarantine_decisions(after.as_deref(), limit + 1)?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next_page = match (more, entries.last()) {
+        (true, Some(last)) => {
+            let e = &last.entry;
+            Some(hex::encode(resolved_key(e.partition, e.seq, e.index)))
+        }
+        _ => None,
+    };
+    let data = entries
+        .iter()
+        .map(|resolved| {
+            let mut value = render(&resolved.entry);
+            let (status, reason) = match &resolved.resolution {
+                Resolution::Reapplied => ("REAPPLIED", None),
+                Resolution::Discarded { reason } => ("DISCARDED", Some(reason.clone())),
+            };
+            value["status"] = json!(status);
+            value["decision_reason"] = json!(reason);
+            value["decided_at"] = json!(wire::time(resolved.decided_at));
+            value["decided_at_seq"] = json!(resolved.decided_seq);
+            value
+        })
+        .collect();
+    Ok(wire::page(data, next_page))
+}
+
 async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiResult<HttpResponse> {
     let limit = wire::page_limit(query.limit)?;
-    let after = match query.next_page.as_deref() {
-        None | Some("") => None,
-        Some(cursor) => Some(
-            hex::decode(cursor)
-                .map_err(|_| ApiError::BadRequest("next_page: not a cursor of this list".into()))?,
-        ),
-    };
+    let after = query.after()?;
     // One more than asked tells whether another page follows.
     let mut entries = state.engine.quarantined(after.as_deref(), limit + 1)?;
     let more = entries.len() > limit;

@@ -430,6 +430,8 @@ async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
             reason: format!("boom {seq}"),
         })
         .collect();
+    let mut entries = entries;
+    entries[1].input = Input::create_contract(fixtures::contract(fixtures::CONTRACT));
     let puts: Vec<_> = entries.iter().map(|e| e.encoded().unwrap()).collect();
     app.engine.store().meta_write_derived(&puts).unwrap();
     let (status, first) = app.get("/v1/tollgate/quarantine?limit=2").await;
@@ -480,8 +482,9 @@ async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
         assert_eq!(status, expected, "{path} {body}: {answer}");
         assert!(answer["message"].is_string(), "{answer}");
     }
-    // These entries were written by hand: their customer's state does not list them, so the
-    // engine decides nothing (as after an upgrade whose replay applied them) and says so.
+    // These entries were written by hand: their customer's state does not list them, as after
+    // an upgrade whose replay applied them. The engine decides nothing, says so, and removes
+    // the stale entry from the list; a second decision then finds nothing (404).
     let (status, answer) = app
         .post(
             "/v1/tollgate/quarantine/discard",
@@ -497,10 +500,23 @@ async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
         "{answer}"
     );
     let (_, listed) = app.get("/v1/tollgate/quarantine").await;
+    let left: Vec<&Value> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["seq"])
+        .collect();
+    assert_eq!(left, vec![&json!(9), &json!(10)]);
+    let (status, _) = app
+        .post("/v1/tollgate/quarantine/reapply", json!({"id": id}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, decisions) = app.get("/v1/tollgate/quarantine/decisions").await;
+    assert_eq!(status, 200, "{decisions}");
     assert_eq!(
-        listed["data"].as_array().unwrap().len(),
-        3,
-        "nothing changed"
+        decisions,
+        json!({"data": [], "next_page": null}),
+        "nothing was decided"
     );
 }
 

@@ -157,35 +157,30 @@ pub enum Input {
     Quarantine(Box<QuarantineAction>),
 }
 
-/// What the operator decided for one quarantined input, named by where it sits in the log
-/// (`seq`, and `index` > 0 for the i-th usage event parked before its customer existed).
+/// An operator's decision on one quarantined input, with the input it decides on as the
+/// quarantine kept it: where it sits in the log (`seq`, and `index` > 0 for the i-th usage event
+/// parked before its customer existed), when it was accepted, its catalog version, and why it
+/// was quarantined.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum QuarantineAction {
-    /// Apply it now (after an upgrade), as it would have applied when it was accepted: with its
-    /// own acceptance time and catalog version.
-    Reapply {
-        seq: u64,
-        index: u32,
-        at: Timestamp,
-        catalog_version: u64,
-        input: Input,
-    },
-    /// Never apply it.
-    Discard {
-        seq: u64,
-        index: u32,
-        reason: String,
-    },
+pub struct QuarantineAction {
+    pub seq: u64,
+    pub index: u32,
+    pub at: Timestamp,
+    pub catalog_version: u64,
+    pub input: Input,
+    /// Whether its apply panicked (else the domain refused it), and the message.
+    pub panicked: bool,
+    pub reason: String,
+    pub decision: QuarantineDecision,
 }
 
-impl QuarantineAction {
-    /// Where the input it decides on sits in the partition's log.
-    pub fn position(&self) -> (u64, u32) {
-        match self {
-            QuarantineAction::Reapply { seq, index, .. }
-            | QuarantineAction::Discard { seq, index, .. } => (*seq, *index),
-        }
-    }
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuarantineDecision {
+    /// Apply it now (after an upgrade), as it would have applied when it was accepted: with its
+    /// own acceptance time and catalog version.
+    Reapply,
+    /// Never apply it.
+    Discard { reason: String },
 }
 
 impl Input {
