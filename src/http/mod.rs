@@ -23,7 +23,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 
@@ -149,6 +149,41 @@ fn routes(cfg: &mut web::ServiceConfig) {
 /// tests that need a handler answering a chosen status or waiting on a signal).
 pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
+/// The API as an actix-web `App` on `state`: what the server runs on every worker, and what the
+/// simulation calls in-process (`actix_web::test::init_service`, no socket).
+pub fn app(
+    state: web::Data<AppState>,
+    stripe: Option<stripe::StripeWebhook>,
+    extra: ExtraRoutes,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let body_limit = state.body_limit;
+    App::new()
+        .app_data(state)
+        .app_data(json_config(body_limit))
+        .app_data(web::PayloadConfig::new(body_limit))
+        .configure(edge::extractor_configs)
+        // Innermost first: handler errors become JSON before they are stored for replay.
+        .wrap(from_fn(edge::json_error_bodies))
+        .wrap(from_fn(idempotency::idempotency))
+        .wrap(from_fn(require_token))
+        .wrap(from_fn(edge::edge))
+        .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
+        .configure(routes)
+        .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
+        .configure(move |cfg| extra(cfg))
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+        }))
+}
+
 /// A bound, not yet running API server (binding first lets tests use port 0).
 pub struct Application {
     port: u16,
@@ -208,34 +243,14 @@ impl Application {
         let stripe = options.stripe;
         let state = web::Data::from(Arc::new(app_state));
         let sweep_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            let stripe = stripe.clone();
-            let extra = extra.clone();
-            App::new()
-                .app_data(state.clone())
-                .app_data(json_config(body_limit))
-                .app_data(web::PayloadConfig::new(body_limit))
-                .configure(edge::extractor_configs)
-                // Innermost first: handler errors become JSON before they are stored for replay.
-                .wrap(from_fn(edge::json_error_bodies))
-                .wrap(from_fn(idempotency::idempotency))
-                .wrap(from_fn(require_token))
-                .wrap(from_fn(edge::edge))
-                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
-                .configure(routes)
-                .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
-                .configure(move |cfg| extra(cfg))
-                .default_service(web::to(|| async {
-                    Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
-                }))
-        })
-        .on_connect(|_, extensions| {
-            extensions.insert(edge::ConnectionState::default());
-        })
-        .shutdown_timeout(30)
-        // Signals are handled by the caller, which must checkpoint after the server stops.
-        .disable_signals()
-        .listen(listener)?;
+        let mut server = HttpServer::new(move || app(state.clone(), stripe.clone(), extra.clone()))
+            .on_connect(|_, extensions| {
+                extensions.insert(edge::ConnectionState::default());
+            })
+            .shutdown_timeout(30)
+            // Signals are handled by the caller, which must checkpoint after the server stops.
+            .disable_signals()
+            .listen(listener)?;
         if workers > 0 {
             server = server.workers(workers);
         }

@@ -557,6 +557,29 @@ async fn a_retry_whose_first_answer_was_lost_never_creates_a_second_object() {
     let (_, list) = app.get("/v1/customers").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
 
+    // Catalog objects too.
+    for (path, body) in [
+        (
+            "/v1/billable-metrics/create",
+            json!({"name": "once", "aggregation_type": "COUNT",
+                   "event_type_filter": {"in_values": ["once"]}}),
+        ),
+        (
+            "/v1/contract-pricing/products/create",
+            json!({"name": "once", "type": "FIXED"}),
+        ),
+        (
+            "/v1/contract-pricing/rate-cards/create",
+            json!({"name": "once"}),
+        ),
+    ] {
+        let (status, created) = post_with_key(&app, path, &format!("k-{path}"), &body).await;
+        assert_eq!(status, 200, "{path}: {created}");
+        forget_stored_answers(&app);
+        let (status, again) = post_with_key(&app, path, &format!("k-{path}"), &body).await;
+        assert_eq!(status, 409, "{path}: the same object, refused: {again}");
+    }
+
     let customer = first["data"]["id"].as_str().unwrap().to_owned();
     let contract = contract_with_commit(&app, &customer, 1_000).await;
     let edit = json!({

@@ -7,6 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::super::AppState;
+use super::super::contracts::edge_id;
 use super::super::error::{ApiError, ApiResult};
 use super::super::wire;
 use super::fields::{Fields, parse_supported};
@@ -169,8 +170,14 @@ fn parse_metric(mut body: Fields) -> ApiResult<BillableMetric> {
     })
 }
 
-async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let metric = parse_metric(Fields::from_body(&body)?)?;
+async fn create(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let mut metric = parse_metric(Fields::from_body(&body)?)?;
+    // A retry whose first answer was lost names the same object (409), never a second one.
+    metric.id = edge_id(&request, &body, "billable-metric");
     let id = metric.id;
     state
         .engine

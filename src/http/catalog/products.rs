@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use super::super::AppState;
+use super::super::contracts::edge_id;
 use super::super::error::{ApiError, ApiResult};
 use super::super::wire;
 use super::fields::{Fields, parse_supported};
@@ -175,9 +176,15 @@ fn parse_product(mut body: Fields, state: &AppState, created_at: Timestamp) -> A
     })
 }
 
-async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+async fn create(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
     let now = Timestamp(state.engine.now_ms());
-    let product = parse_product(Fields::from_body(&body)?, &state, now)?;
+    let mut product = parse_product(Fields::from_body(&body)?, &state, now)?;
+    // A retry whose first answer was lost names the same object (409), never a second one.
+    product.id = edge_id(&request, &body, "product");
     let id = product.id;
     state
         .engine

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
 
 use super::super::AppState;
+use super::super::contracts::edge_id;
 use super::super::error::{ApiError, ApiResult};
 use super::super::wire;
 use super::fields::{Fields, parse_supported};
@@ -292,9 +293,15 @@ fn addressed_card(catalog: &Catalog, id: Id) -> ApiResult<&RateCard> {
         .ok_or_else(|| ApiError::NotFound(format!("rate card {id} not found")))
 }
 
-async fn create(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+async fn create(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
     let now = Timestamp(state.engine.now_ms());
-    let card = parse_rate_card(Fields::from_body(&body)?, now)?;
+    let mut card = parse_rate_card(Fields::from_body(&body)?, now)?;
+    // A retry whose first answer was lost names the same object (409), never a second one.
+    card.id = edge_id(&request, &body, "rate-card");
     let id = card.id;
     state
         .engine
