@@ -1,0 +1,144 @@
+//! The reference model: what the engine must end up with, computed plainly from what the
+//! simulated clients sent and were told, with none of the engine's code.
+//!
+//! It covers usage: every event that was acknowledged, or that its client re-sent until it
+//! was, counts exactly once (first body per transaction id), in the billing period of its
+//! timestamp, on the contract of its customer; a refused batch counts for nothing. COUNT events
+//! cost 100 cents each; SUM `tokens` are rated on the period's net, floored at zero, 2 cents
+//! each for the first 1000 and 1 cent after (the fixture rate card). What it leaves out (the
+//! drawdown order across commits, threshold amounts, workflow timing) is checked by invariants
+//! in `sim.rs` instead.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use tollgate::domain::Timestamp;
+
+/// One usage event a client sent.
+#[derive(Clone, Debug)]
+pub struct SentEvent {
+    pub customer: usize,
+    pub timestamp: Timestamp,
+    pub usage: Usage,
+    /// The JSON sent (a resend sends exactly this).
+    pub json: serde_json::Value,
+    pub status: Status,
+    /// False for an event beyond the bounds: its batch is refused, and it is never re-sent.
+    pub valid: bool,
+}
+
+/// What the client knows of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Not answered yet.
+    Unsent,
+    /// No definitive answer yet (a 429, 5xx or lost answer): the client sends it again.
+    Pending,
+    /// Its batch was answered 200 (once is enough: that is sticky).
+    Acknowledged,
+    /// Its batch was refused (4xx), and no earlier send was left without an answer (which
+    /// may have reached the log): it counts for nothing.
+    Refused,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    ApiCall,
+    Tokens(i64),
+}
+
+/// One simulated customer as its integrator knows it.
+#[derive(Clone, Debug, Default)]
+pub struct CustomerModel {
+    pub name: String,
+    pub alias: String,
+    /// Set once the create was answered (or found after a lost answer).
+    pub id: Option<String>,
+    pub contract_id: Option<String>,
+    /// Created after some of its usage was sent (by alias): that usage waits as late events.
+    pub late: bool,
+}
+
+/// What one period of one contract must show.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeriodExpectation {
+    pub api_calls: i64,
+    pub net_tokens: i64,
+}
+
+impl PeriodExpectation {
+    pub fn api_total(&self) -> Decimal {
+        Decimal::from(self.api_calls * 100)
+    }
+
+    pub fn token_total(&self) -> Decimal {
+        let net = self.net_tokens.max(0);
+        Decimal::from(2 * net.min(1000) + (net - 1000).max(0))
+    }
+}
+
+#[derive(Default)]
+pub struct Model {
+    pub customers: Vec<CustomerModel>,
+    /// Every event a client sent, by transaction id (the first body sent).
+    pub sent: BTreeMap<String, SentEvent>,
+}
+
+impl Model {
+    /// Events that must be applied: acknowledged. (The simulation re-sends every pending
+    /// event until it is acknowledged before it checks.)
+    pub fn counted(&self) -> impl Iterator<Item = (&String, &SentEvent)> {
+        self.sent
+            .iter()
+            .filter(|(_, e)| e.status == Status::Acknowledged)
+    }
+
+    /// Records the answer to a batch of these transaction ids.
+    pub fn answered(&mut self, txns: &[String], status: Status) {
+        for txn in txns {
+            if let Some(event) = self.sent.get_mut(txn) {
+                if !event.valid {
+                    event.status = Status::Refused;
+                    continue;
+                }
+                event.status = match (event.status, status) {
+                    (Status::Acknowledged, _) | (_, Status::Acknowledged) => Status::Acknowledged,
+                    // An earlier send without an answer may be in the log: only a 200 settles it.
+                    (Status::Pending, _) => Status::Pending,
+                    (_, new) => new,
+                };
+            }
+        }
+    }
+
+    /// Events still waiting for a definitive answer.
+    pub fn pending(&self) -> Vec<String> {
+        self.sent
+            .iter()
+            .filter(|(_, e)| e.status == Status::Pending)
+            .map(|(txn, _)| txn.clone())
+            .collect()
+    }
+
+    /// The expected usage of `customer` in the period `[start, end)`.
+    pub fn expected(&self, customer: usize, start: Timestamp, end: Timestamp) -> PeriodExpectation {
+        let mut expectation = PeriodExpectation::default();
+        for (_, event) in self.counted() {
+            if event.customer != customer || event.timestamp < start || event.timestamp >= end {
+                continue;
+            }
+            match event.usage {
+                Usage::ApiCall => expectation.api_calls += 1,
+                Usage::Tokens(n) => expectation.net_tokens += n,
+            }
+        }
+        expectation
+    }
+
+    /// How many counted events of `customer` fall at or after `from`.
+    pub fn counted_since(&self, customer: usize, from: Timestamp) -> usize {
+        self.counted()
+            .filter(|(_, e)| e.customer == customer && e.timestamp >= from)
+            .count()
+    }
+}

@@ -1,0 +1,1034 @@
+//! One seed's run: the real engine and its HTTP API, on one thread with paused time, driven by
+//! a seeded workload, crashed and restarted, and checked against the model and the invariants.
+//!
+//! Determinism: every actor runs on the test's own arbiter ([`Placement::CurrentThread`]) on a
+//! current-thread runtime whose clock is paused (timers fire in order as the driver sleeps),
+//! the engine's clock reads that runtime's time, randomness comes from the seed, and requests
+//! reach the API in-process (no sockets). The same seed gives the same trace.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{test, web};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tollgate::actors::clock::Clock;
+use tollgate::actors::engine::EngineConfig;
+use tollgate::actors::webhook::{Destination, WebhookSettings};
+use tollgate::actors::{Engine, EngineSettings, Placement, Seams};
+use tollgate::domain::fixtures::{COMMIT_PRODUCT, RATE_CARD};
+use tollgate::domain::{Limits, Timestamp, fixtures};
+use tollgate::http::AppState;
+use tollgate::storage::Durability;
+use tollgate::storage::faults::{Faults, ScriptedFaults, StorageOp};
+
+use super::model::{CustomerModel, Model, SentEvent, Status, Usage};
+use super::receiver::Receiver;
+
+const TOKEN: &str = "sim-token";
+const WEBHOOK_URL: &str = "http://receiver.sim/hooks";
+/// 2026-03-09T00:00:00Z: a run starts here (plus a seeded offset) in simulated time.
+const START_MS: i64 = 1_773_014_400_000;
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// What a run covered, printed per seed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub seed: u64,
+    pub trace_hash: u64,
+    pub steps: usize,
+    pub requests: usize,
+    pub events: usize,
+    pub lifetimes: usize,
+    pub crashes: usize,
+    pub storage_faults: usize,
+    pub webhooks: usize,
+    pub webhook_failures: u64,
+    pub releases: usize,
+}
+
+/// How long a run is.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub steps: usize,
+    pub customers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            steps: 160,
+            customers: 3,
+        }
+    }
+}
+
+/// The engine's clock: the paused runtime's time, offset to simulated wall time. Set at the
+/// start of each process lifetime.
+#[derive(Default)]
+struct SimTime {
+    base_ms: AtomicI64,
+    start: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl SimTime {
+    fn restart(&self, now_ms: i64) {
+        self.base_ms.store(now_ms, SeqCst);
+        *self.start.lock().unwrap() = Some(tokio::time::Instant::now());
+    }
+}
+
+impl Clock for SimTime {
+    fn now_ms(&self) -> i64 {
+        let base = self.base_ms.load(SeqCst);
+        match *self.start.lock().unwrap() {
+            Some(start) => base + start.elapsed().as_millis() as i64,
+            None => base,
+        }
+    }
+}
+
+/// Every request and answer, hashed in order: two runs of one seed must agree.
+#[derive(Default)]
+struct Trace {
+    hasher: xxhash_rust::xxh3::Xxh3,
+    requests: usize,
+}
+
+impl Trace {
+    fn record(&mut self, what: &str, status: u16, body: &[u8]) {
+        self.hasher.update(what.as_bytes());
+        self.hasher.update(&status.to_be_bytes());
+        self.hasher.update(body);
+        self.requests += 1;
+    }
+}
+
+/// How a lifetime ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The process died (kill -9): no checkpoint, nothing more written.
+    Crash,
+    /// A storage fault stopped the engine (fail-stop); the supervisor restarts it.
+    FailStop,
+    /// The run's steps are done.
+    Done,
+}
+
+struct Sim {
+    seed: u64,
+    options: Options,
+    rng: StdRng,
+    model: Model,
+    trace: Trace,
+    report: Report,
+    time: Arc<SimTime>,
+    now_ms: i64,
+    receiver: Receiver,
+    dir: tempfile::TempDir,
+    config: EngineConfig,
+    /// Control requests without a definitive answer, re-sent with their key until they get one.
+    retries: Vec<Request>,
+    /// Workflow ids already released (or failed) by the simulated integrator.
+    decided: BTreeMap<String, bool>,
+    txn_counter: u64,
+    step: usize,
+}
+
+/// A control request as the client sends it (again, with the same key, after no answer).
+#[derive(Clone, Debug)]
+struct Request {
+    path: String,
+    body: Value,
+    key: String,
+    purpose: Purpose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    CreateCustomer(usize),
+    CreateContract(usize),
+    Other,
+}
+
+/// Runs one seed.
+///
+/// # Errors
+/// The first invariant that failed, with what was seen.
+pub fn run(seed: u64, options: Options) -> Result<Report, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let time = Arc::new(SimTime::default());
+    let clock_for_receiver = Arc::clone(&time);
+    let receiver = Receiver::new(rng.random(), Arc::new(move || clock_for_receiver.now_ms()));
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = engine_config(&mut rng, &dir.path().join("data"));
+    let now_ms = START_MS + rng.random_range(0..20 * DAY_MS);
+    let mut sim = Sim {
+        seed,
+        options,
+        rng,
+        model: Model::default(),
+        trace: Trace::default(),
+        report: Report {
+            seed,
+            ..Report::default()
+        },
+        time,
+        now_ms,
+        receiver,
+        dir,
+        config,
+        retries: Vec::new(),
+        decided: BTreeMap::new(),
+        txn_counter: 0,
+        step: 0,
+    };
+    for i in 0..options.customers {
+        sim.model.customers.push(CustomerModel {
+            name: format!("sim customer {i}"),
+            alias: format!("sim-{i}"),
+            late: i + 1 == options.customers && i > 0,
+            ..CustomerModel::default()
+        });
+    }
+    loop {
+        let end = sim.lifetime()?;
+        sim.report.lifetimes += 1;
+        match end {
+            End::Done => break,
+            End::Crash => sim.report.crashes += 1,
+            End::FailStop => sim.report.storage_faults += 1,
+        }
+        // The supervisor restarts it a little later.
+        sim.now_ms += sim.rng.random_range(1_000..5 * MINUTE_MS);
+    }
+    sim.final_lifetime()?;
+    let _ = &sim.dir;
+    sim.report.trace_hash = sim.trace.hasher.digest();
+    sim.report.requests = sim.trace.requests;
+    sim.report.events = sim.model.sent.len();
+    sim.report.steps = sim.step;
+    sim.report.webhooks = sim.receiver.kept().len();
+    sim.report.webhook_failures = sim.receiver.failures();
+    Ok(sim.report)
+}
+
+fn engine_config(rng: &mut StdRng, data_dir: &std::path::Path) -> EngineConfig {
+    EngineConfig {
+        data_dir: data_dir.to_path_buf(),
+        durability: Durability::Fsync,
+        dedupe_window_ms: 34 * DAY_MS,
+        dedupe_memory_entries: rng.random_range(0..64),
+        settings: EngineSettings {
+            partitions: rng.random_range(1..=3),
+            limits: Limits::default(),
+            webhook_urls: vec![WEBHOOK_URL.into()],
+            mailbox_capacity: 64,
+            pending_inputs_max: 100_000,
+            checkpoint_interval_ms: rng.random_range(1..10) * MINUTE_MS as u64,
+            checkpoint_every_inputs: rng.random_range(20..400),
+            evict_idle_ms: rng.random_range(1..30) * MINUTE_MS,
+            tick_interval_ms: HOUR_MS as u64,
+            late_window_ms: 34 * DAY_MS,
+        },
+        webhooks: WebhookSettings {
+            destinations: vec![Destination {
+                url: WEBHOOK_URL.into(),
+                secret: "whsec_sim".into(),
+            }],
+            timeout_ms: 5_000,
+            first_retry_ms: 1_000,
+            max_interval_ms: 15 * MINUTE_MS,
+            give_up_after_ms: 72 * HOUR_MS,
+            concurrency_per_destination: 4,
+        },
+        submit_capacity: 256,
+    }
+}
+
+/// A current-thread actix system whose clock is paused: it moves only while every task waits.
+fn paused_system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+    })
+}
+
+/// Sends one request to the in-process API; an error from middleware becomes its response.
+async fn send<S, B>(app: &S, request: actix_http::Request) -> (u16, Vec<u8>)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    match test::try_call_service(app, request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = test::read_body(response).await.to_vec();
+            (status, body)
+        }
+        Err(error) => {
+            let response = error.as_response_error().error_response();
+            let status = response.status().as_u16();
+            let body = actix_web::body::to_bytes(response.into_body())
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            (status, body)
+        }
+    }
+}
+
+impl Sim {
+    fn seams(&self, faults: Option<Faults>, lifetime: usize) -> Seams {
+        Seams {
+            storage_faults: faults,
+            webhook_transport: Some(Arc::new(self.receiver.clone())),
+            placement: Placement::CurrentThread,
+            random_seed: Some(self.seed ^ (lifetime as u64).wrapping_mul(0x9e37_79b9)),
+            ..Seams::new(Arc::clone(&self.time) as Arc<dyn Clock>)
+        }
+    }
+
+    /// One process lifetime: start (recover), run steps until a crash, a fail-stop or the end.
+    fn lifetime(&mut self) -> Result<End, String> {
+        let system = paused_system();
+        let lifetime = self.report.lifetimes;
+        system.block_on(async {
+            self.time.restart(self.now_ms);
+            let faults = ScriptedFaults::new();
+            let seams = self.seams(Some(faults.clone() as Faults), lifetime);
+            let engine = Engine::start_with(self.config.clone(), seams)
+                .await
+                .map_err(|e| format!("seed {}: start: {e}", self.seed))?;
+            let state = web::Data::new(AppState::new(engine.clone(), &[TOKEN.into()], 1 << 20));
+            let app = test::init_service(tollgate::http::app(state, None, Arc::new(|_| {}))).await;
+            if lifetime == 0 {
+                for change in fixtures::catalog_changes() {
+                    engine
+                        .change_catalog(change)
+                        .await
+                        .map_err(|e| format!("catalog: {e}"))?;
+                }
+            }
+            self.retry_pending(&app).await;
+            // Faults are scheduled once the customers exist.
+            let mut fault_armed = false;
+            loop {
+                if self.step >= self.options.steps {
+                    self.settle(&engine).await;
+                    self.now_ms = self.time.now_ms();
+                    return Ok(End::Done);
+                }
+                self.step += 1;
+                let set_up = self
+                    .model
+                    .customers
+                    .iter()
+                    .filter(|c| !c.late)
+                    .all(|c| c.contract_id.is_some());
+                if set_up && !fault_armed && self.rng.random_ratio(1, 60) {
+                    let kinds = [
+                        StorageOp::Append,
+                        StorageOp::MetaWrite,
+                        StorageOp::OutboxWrite,
+                        StorageOp::Checkpoint,
+                    ];
+                    let kind = kinds[self.rng.random_range(0..kinds.len())];
+                    faults.fail_from(kind, self.rng.random_range(0..20));
+                    fault_armed = true;
+                }
+                if set_up && self.rng.random_ratio(1, 70) {
+                    // kill -9: whatever was not written is gone with the process.
+                    self.now_ms = self.time.now_ms();
+                    return Ok(End::Crash);
+                }
+                self.one_step(&app).await;
+                self.check_step(&engine).await?;
+                if !engine.is_ready() {
+                    self.now_ms = self.time.now_ms();
+                    return Ok(End::FailStop);
+                }
+            }
+        })
+    }
+
+    /// The last lifetime: no faults, the receiver healthy, every pending request re-sent until
+    /// it is answered, time run on until the engine is quiet; then the final checks.
+    fn final_lifetime(&mut self) -> Result<(), String> {
+        let system = paused_system();
+        let lifetime = self.report.lifetimes;
+        system.block_on(async {
+            self.time.restart(self.now_ms);
+            self.receiver.heal();
+            let engine = Engine::start_with(self.config.clone(), self.seams(None, lifetime))
+                .await
+                .map_err(|e| format!("seed {}: final start: {e}", self.seed))?;
+            let state = web::Data::new(AppState::new(engine.clone(), &[TOKEN.into()], 1 << 20));
+            let app = test::init_service(tollgate::http::app(state, None, Arc::new(|_| {}))).await;
+            for _ in 0..20 {
+                self.retry_pending(&app).await;
+                if self.retries.is_empty() && self.model.pending().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if !self.retries.is_empty() || !self.model.pending().is_empty() {
+                return Err(format!(
+                    "requests never answered: {:?} / events {:?}",
+                    self.retries,
+                    self.model.pending()
+                ));
+            }
+            self.settle(&engine).await;
+            self.check_final(&app, &engine).await
+        })
+    }
+
+    /// Lets time run until applied work, webhooks and payments have settled.
+    async fn settle(&mut self, engine: &Engine) {
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            if engine.pending_inputs() == 0 && engine.webhook_stats().snapshot().pending == 0 {
+                break;
+            }
+        }
+    }
+
+    async fn one_step<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        // Customers and contracts first, the late customer whenever it comes.
+        if let Some(c) = self.next_setup() {
+            self.set_up(app, c).await;
+            return;
+        }
+        let roll: u32 = self.rng.random_range(0..100);
+        match roll {
+            0..=54 => self.ingest(app).await,
+            55..=62 => self.resend(app).await,
+            63..=72 => self.release(app).await,
+            73..=76 => self.add_commit(app).await,
+            77..=79 => self.toggle_threshold(app).await,
+            80..=81 => self
+                .receiver
+                .outage(self.rng.random_range(MINUTE_MS..30 * MINUTE_MS)),
+            _ => {}
+        }
+        // Time passes: mostly seconds, sometimes hours, rarely a day or two.
+        let ms = match self.rng.random_range(0..100) {
+            0..=79 => self.rng.random_range(10..5_000),
+            80..=97 => self.rng.random_range(MINUTE_MS..3 * HOUR_MS),
+            _ => self.rng.random_range(DAY_MS..3 * DAY_MS),
+        };
+        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+    }
+
+    fn next_setup(&mut self) -> Option<usize> {
+        let late_due = self.step > self.options.steps / 3;
+        self.model
+            .customers
+            .iter()
+            .position(|c| c.contract_id.is_none() && (!c.late || late_due))
+            .filter(|&c| {
+                // A customer whose create or contract is being retried waits for it.
+                !self.retries.iter().any(|r| {
+                    matches!(r.purpose, Purpose::CreateCustomer(i) | Purpose::CreateContract(i) if i == c)
+                })
+            })
+    }
+
+    async fn set_up<S, B>(&mut self, app: &S, c: usize)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let customer = self.model.customers[c].clone();
+        let request = match &customer.id {
+            None => Request {
+                path: "/v1/customers".into(),
+                body: json!({"name": customer.name, "ingest_aliases": [customer.alias]}),
+                key: format!("customer-{c}"),
+                purpose: Purpose::CreateCustomer(c),
+            },
+            Some(id) => Request {
+                path: "/v1/contracts/create".into(),
+                body: self.contract_body(id),
+                key: format!("contract-{c}"),
+                purpose: Purpose::CreateContract(c),
+            },
+        };
+        self.control(app, request).await;
+    }
+
+    fn contract_body(&mut self, customer_id: &str) -> Value {
+        let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
+        let amount = self.rng.random_range(0..20_000);
+        let mut body = json!({
+            "customer_id": customer_id,
+            "rate_card_id": RATE_CARD.to_string(),
+            "starting_at": start,
+            "commits": [{
+                "type": "PREPAID",
+                "product_id": COMMIT_PRODUCT.to_string(),
+                "priority": self.rng.random_range(1..5),
+                "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+                "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": amount}]}
+            }],
+        });
+        if self.rng.random_bool(0.5) {
+            body["credits"] = json!([{
+                "product_id": COMMIT_PRODUCT.to_string(),
+                "access_schedule": {"schedule_items": [{"amount": self.rng.random_range(1..5_000), "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]}
+            }]);
+        }
+        let gate = |rng: &mut StdRng| {
+            if rng.random_bool(0.6) {
+                "EXTERNAL"
+            } else {
+                "NONE"
+            }
+        };
+        if self.rng.random_bool(0.7) {
+            body["spend_threshold_configuration"] = json!({
+                "commit": {"product_id": COMMIT_PRODUCT.to_string()},
+                "is_enabled": true,
+                "payment_gate_config": {"payment_gate_type": gate(&mut self.rng)},
+                "threshold_amount": self.rng.random_range(1_000..20_000)
+            });
+        }
+        if self.rng.random_bool(0.6) {
+            let threshold = self.rng.random_range(1_000..5_000);
+            body["prepaid_balance_threshold_configuration"] = json!({
+                "commit": {"product_id": COMMIT_PRODUCT.to_string()},
+                "is_enabled": true,
+                "payment_gate_config": {"payment_gate_type": gate(&mut self.rng)},
+                "threshold_amount": threshold,
+                "recharge_to_amount": threshold + self.rng.random_range(1_000..10_000)
+            });
+        }
+        body
+    }
+
+    /// Sends a control request; without a definitive answer it is queued for a retry.
+    async fn control<S, B>(&mut self, app: &S, request: Request) -> Option<(u16, Value)>
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let http = test::TestRequest::post()
+            .uri(&request.path)
+            .insert_header(("authorization", format!("Bearer {TOKEN}")))
+            .insert_header(("idempotency-key", request.key.clone()))
+            .set_json(&request.body)
+            .to_request();
+        let (status, body) = send(app, http).await;
+        self.trace.record(&request.path, status, &body);
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status >= 500 || status == 429 || (status == 409 && value.is_null()) {
+            if !self.retries.iter().any(|r| r.key == request.key) {
+                self.retries.push(request);
+            }
+            return None;
+        }
+        self.retries.retain(|r| r.key != request.key);
+        match request.purpose {
+            Purpose::CreateCustomer(c) if status == 200 => {
+                self.model.customers[c].id = value["data"]["id"].as_str().map(str::to_owned);
+            }
+            Purpose::CreateCustomer(c) if status == 409 => {
+                // The first answer was lost: the customer exists; find it by its alias.
+                self.model.customers[c].id = self.find_customer(app, c).await;
+            }
+            Purpose::CreateContract(c) if status == 200 => {
+                self.model.customers[c].contract_id =
+                    value["data"]["id"].as_str().map(str::to_owned);
+            }
+            Purpose::CreateContract(c) if status == 409 => {
+                self.model.customers[c].contract_id = self.find_contract(app, c).await;
+            }
+            _ => {}
+        }
+        Some((status, value))
+    }
+
+    async fn get<S, B>(&mut self, app: &S, path: &str) -> (u16, Value)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let http = test::TestRequest::get()
+            .uri(path)
+            .insert_header(("authorization", format!("Bearer {TOKEN}")))
+            .to_request();
+        let (status, body) = send(app, http).await;
+        self.trace.record(path, status, &body);
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn post_read<S, B>(&mut self, app: &S, path: &str, body: Value) -> (u16, Value)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let http = test::TestRequest::post()
+            .uri(path)
+            .insert_header(("authorization", format!("Bearer {TOKEN}")))
+            .set_json(&body)
+            .to_request();
+        let (status, bytes) = send(app, http).await;
+        self.trace.record(path, status, &bytes);
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn find_customer<S, B>(&mut self, app: &S, c: usize) -> Option<String>
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let (_, page) = self.get(app, "/v1/customers?limit=100").await;
+        let alias = self.model.customers[c].alias.clone();
+        page["data"].as_array()?.iter().find_map(|customer| {
+            let aliases = customer["ingest_aliases"].as_array()?;
+            aliases
+                .iter()
+                .any(|a| a.as_str() == Some(alias.as_str()))
+                .then(|| customer["id"].as_str().map(str::to_owned))
+                .flatten()
+        })
+    }
+
+    async fn find_contract<S, B>(&mut self, app: &S, c: usize) -> Option<String>
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let customer = self.model.customers[c].id.clone()?;
+        let (_, page) = self
+            .post_read(app, "/v1/contracts/list", json!({"customer_id": customer}))
+            .await;
+        page["data"].as_array()?.first()?["id"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Re-sends every request and event still waiting for a definitive answer.
+    async fn retry_pending<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        for request in self.retries.clone() {
+            self.control(app, request).await;
+        }
+        for chunk in self.model.pending().chunks(20) {
+            self.send_events(app, chunk.to_vec()).await;
+        }
+    }
+
+    fn new_event(&mut self) -> Option<(String, SentEvent)> {
+        let known: Vec<usize> = (0..self.model.customers.len())
+            .filter(|&c| self.model.customers[c].id.is_some() || self.model.customers[c].late)
+            .collect();
+        if known.is_empty() {
+            return None;
+        }
+        let c = known[self.rng.random_range(0..known.len())];
+        let customer = &self.model.customers[c];
+        let key = match &customer.id {
+            Some(id) if self.rng.random_bool(0.3) => id.clone(),
+            _ => customer.alias.clone(),
+        };
+        self.txn_counter += 1;
+        let txn = format!("s{}-t{}", self.seed, self.txn_counter);
+        let now = self.time.now_ms();
+        // Mostly now, sometimes backdated up to two days (into the previous period).
+        let at = match self.rng.random_range(0..10) {
+            0 => now - self.rng.random_range(0..2 * DAY_MS),
+            _ => now - self.rng.random_range(0..MINUTE_MS),
+        };
+        let timestamp = Timestamp(at);
+        let (usage, mut json) = if self.rng.random_bool(0.5) {
+            (
+                Usage::ApiCall,
+                json!({"transaction_id": txn, "customer_id": key, "event_type": "api_call",
+                       "timestamp": timestamp.to_rfc3339()}),
+            )
+        } else {
+            let tokens: i64 = match self.rng.random_range(0..20) {
+                0 => 0,
+                1..=4 => -self.rng.random_range(1..500),
+                5 => self.rng.random_range(100_000..1_000_000_000),
+                _ => self.rng.random_range(1..2_000),
+            };
+            (
+                Usage::Tokens(tokens),
+                json!({"transaction_id": txn, "customer_id": key, "event_type": "llm",
+                       "timestamp": timestamp.to_rfc3339(), "properties": {"tokens": tokens}}),
+            )
+        };
+        if self.rng.random_ratio(1, 40) {
+            // Beyond the quantity bound: the whole batch is refused with 400.
+            json["event_type"] = json!("llm");
+            json["properties"] = json!({"tokens": 2_000_000_000_i64});
+            return Some((
+                txn,
+                SentEvent {
+                    customer: c,
+                    timestamp,
+                    usage: Usage::Tokens(0),
+                    json,
+                    status: Status::Unsent,
+                    valid: false,
+                },
+            ));
+        }
+        Some((
+            txn,
+            SentEvent {
+                customer: c,
+                timestamp,
+                usage,
+                json,
+                status: Status::Unsent,
+                valid: true,
+            },
+        ))
+    }
+
+    async fn ingest<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let mut txns = Vec::new();
+        for _ in 0..self.rng.random_range(1..=6) {
+            if let Some((txn, event)) = self.new_event() {
+                self.model.sent.insert(txn.clone(), event);
+                txns.push(txn);
+            }
+        }
+        if !txns.is_empty() {
+            self.send_events(app, txns).await;
+        }
+    }
+
+    /// A client re-sends events it sent before (a retry after a timeout).
+    async fn resend<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let all: Vec<String> = self.model.sent.keys().cloned().collect();
+        if all.is_empty() {
+            return;
+        }
+        let txns: Vec<String> = (0..self.rng.random_range(1..=4))
+            .map(|_| all[self.rng.random_range(0..all.len())].clone())
+            .collect();
+        self.send_events(app, txns).await;
+    }
+
+    async fn send_events<S, B>(&mut self, app: &S, txns: Vec<String>)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let body: Vec<Value> = txns
+            .iter()
+            .map(|t| self.model.sent[t].json.clone())
+            .collect();
+        let http = test::TestRequest::post()
+            .uri("/v1/ingest")
+            .insert_header(("authorization", format!("Bearer {TOKEN}")))
+            .set_json(&body)
+            .to_request();
+        let (status, bytes) = send(app, http).await;
+        self.trace.record("/v1/ingest", status, &bytes);
+        let answer = match status {
+            200 => Status::Acknowledged,
+            400..=499 if status != 429 && status != 409 => Status::Refused,
+            _ => Status::Pending,
+        };
+        self.model.answered(&txns, answer);
+    }
+
+    /// The integrator answers an EXTERNAL workflow it heard of by webhook: paid or failed,
+    /// sometimes twice, sometimes both outcomes at once.
+    async fn release<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let known = self.receiver.external_workflows();
+        if known.is_empty() {
+            return;
+        }
+        let workflow = known[self.rng.random_range(0..known.len())].clone();
+        let paid = match self.decided.get(&workflow) {
+            Some(&paid) if self.rng.random_bool(0.8) => paid,
+            _ => self.rng.random_bool(0.8),
+        };
+        let outcome = if paid { "paid" } else { "failed" };
+        let key = format!("release-{workflow}-{outcome}");
+        let request = Request {
+            path: "/v1/contracts/commits/threshold-billing/release".into(),
+            body: json!({"workflow_id": workflow, "outcome": outcome}),
+            key,
+            purpose: Purpose::Other,
+        };
+        if let Some((status, _)) = self.control(app, request).await {
+            if status == 200 {
+                self.decided.entry(workflow).or_insert(paid);
+                self.report.releases += 1;
+            }
+        }
+    }
+
+    async fn add_commit<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let ready: Vec<usize> = (0..self.model.customers.len())
+            .filter(|&c| self.model.customers[c].contract_id.is_some())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let c = ready[self.rng.random_range(0..ready.len())];
+        let customer = self.model.customers[c].clone();
+        let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
+        let amount = self.rng.random_range(1..10_000);
+        self.txn_counter += 1;
+        let request = Request {
+            path: "/v2/contracts/edit".into(),
+            body: json!({
+                "customer_id": customer.id, "contract_id": customer.contract_id,
+                "add_commits": [{
+                    "type": "PREPAID", "product_id": COMMIT_PRODUCT.to_string(),
+                    "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+                    "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": amount}]}
+                }]
+            }),
+            key: format!("edit-{}", self.txn_counter),
+            purpose: Purpose::Other,
+        };
+        self.control(app, request).await;
+    }
+
+    async fn toggle_threshold<S, B>(&mut self, app: &S)
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        let ready: Vec<usize> = (0..self.model.customers.len())
+            .filter(|&c| self.model.customers[c].contract_id.is_some())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let c = ready[self.rng.random_range(0..ready.len())];
+        let customer = self.model.customers[c].clone();
+        let field = if self.rng.random_bool(0.5) {
+            "update_spend_threshold_configuration"
+        } else {
+            "update_prepaid_balance_threshold_configuration"
+        };
+        self.txn_counter += 1;
+        let request = Request {
+            path: "/v2/contracts/edit".into(),
+            body: json!({
+                "customer_id": customer.id, "contract_id": customer.contract_id,
+                field: {"is_enabled": self.rng.random_bool(0.7)}
+            }),
+            key: format!("edit-{}", self.txn_counter),
+            purpose: Purpose::Other,
+        };
+        self.control(app, request).await;
+    }
+
+    /// Checks after every step: at most one workflow in flight per contract and kind, and
+    /// nothing quarantined (the workload holds no input the engine may not apply).
+    async fn check_step(&mut self, engine: &Engine) -> Result<(), String> {
+        if !engine.is_ready() {
+            return Ok(());
+        }
+        for (c, customer) in self.model.customers.iter().enumerate() {
+            let Some(id) = &customer.id else { continue };
+            let id = tollgate::domain::Id::parse(id).ok_or_else(|| format!("customer id {id}"))?;
+            let in_flight = engine
+                .query(id, |s| {
+                    s.customer
+                        .contracts
+                        .iter()
+                        .map(|contract| {
+                            let mut kinds: Vec<_> = contract
+                                .workflows
+                                .iter()
+                                .filter(|w| !w.state.is_terminal())
+                                .map(|w| w.kind)
+                                .collect();
+                            let all = kinds.len();
+                            kinds.sort_by_key(|k| format!("{k:?}"));
+                            kinds.dedup();
+                            (all, kinds.len())
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+            let Ok(in_flight) = in_flight else { continue };
+            for (all, distinct) in in_flight {
+                if all != distinct {
+                    return Err(format!(
+                        "step {}: customer {c} has two workflows of one kind in flight",
+                        self.step
+                    ));
+                }
+            }
+        }
+        if let Ok(quarantined) = engine.quarantined(None, 10) {
+            if !quarantined.is_empty() {
+                return Err(format!(
+                    "step {}: inputs quarantined: {:?}",
+                    self.step,
+                    quarantined
+                        .iter()
+                        .map(|q| q.reason.clone())
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end: usage exactly once per period against the model, money adding up on every
+    /// invoice, webhooks delivered once each with one body, nothing pending or quarantined.
+    async fn check_final<S, B>(&mut self, app: &S, engine: &Engine) -> Result<(), String>
+    where
+        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+        B: MessageBody,
+    {
+        self.check_step(engine).await?;
+        let customers = self.model.customers.clone();
+        for (c, customer) in customers.iter().enumerate() {
+            let (Some(id), Some(_)) = (&customer.id, &customer.contract_id) else {
+                return Err(format!("customer {c} was never set up"));
+            };
+            let (status, invoices) = self
+                .get(
+                    app,
+                    &format!("/v1/customers/{id}/invoices?type=USAGE&limit=100"),
+                )
+                .await;
+            if status != 200 {
+                return Err(format!("invoices of customer {c}: {status} {invoices}"));
+            }
+            let mut covered = 0usize;
+            let mut first_start = None;
+            for invoice in invoices["data"].as_array().into_iter().flatten() {
+                let start = parse_time(&invoice["start_timestamp"])?;
+                let end = parse_time(&invoice["end_timestamp"])?;
+                first_start = Some(first_start.map_or(start, |s: Timestamp| s.min(start)));
+                let expected = self.model.expected(c, start, end);
+                covered += self
+                    .model
+                    .counted()
+                    .filter(|(_, e)| e.customer == c && e.timestamp >= start && e.timestamp < end)
+                    .count();
+                let mut api = (0i64, rust_decimal::Decimal::ZERO);
+                let mut tokens = rust_decimal::Decimal::ZERO;
+                let mut applied = rust_decimal::Decimal::ZERO;
+                for line in invoice["line_items"].as_array().into_iter().flatten() {
+                    let total = decimal(&line["total"])?;
+                    match line["type"].as_str() {
+                        Some("usage")
+                            if line["product_id"] == json!(fixtures::API_PRODUCT.to_string()) =>
+                        {
+                            api = (line["quantity"].as_i64().unwrap_or(-1), total);
+                        }
+                        Some("usage")
+                            if line["product_id"] == json!(fixtures::TOKEN_PRODUCT.to_string()) =>
+                        {
+                            tokens = total;
+                        }
+                        Some("applied_commit_or_credit") => applied += total,
+                        _ => {}
+                    }
+                }
+                if api.1 != expected.api_total()
+                    || (expected.api_calls > 0 && api.0 != expected.api_calls)
+                    || tokens != expected.token_total()
+                {
+                    return Err(format!(
+                        "customer {c}, period {}: expected {expected:?} ({} + {} cents), invoice {invoice}",
+                        start.to_rfc3339(),
+                        expected.api_total(),
+                        expected.token_total()
+                    ));
+                }
+                let subtotal = decimal(&invoice["subtotal"])?;
+                let total = decimal(&invoice["total"])?;
+                if subtotal != expected.api_total() + expected.token_total()
+                    || total != subtotal + applied
+                    || total.is_sign_negative()
+                {
+                    return Err(format!("customer {c}: money does not add up: {invoice}"));
+                }
+            }
+            let since = first_start.unwrap_or(Timestamp(i64::MAX));
+            if covered != self.model.counted_since(c, since) {
+                return Err(format!(
+                    "customer {c}: {covered} events in invoices, {} counted",
+                    self.model.counted_since(c, since)
+                ));
+            }
+        }
+        let conflicts = self.receiver.conflicts();
+        if !conflicts.is_empty() {
+            return Err(format!("webhooks delivered with two bodies: {conflicts:?}"));
+        }
+        let stats = engine.webhook_stats().snapshot();
+        if stats.pending != 0 {
+            return Err(format!("webhooks still pending at the end: {stats:?}"));
+        }
+        for id in self.receiver.arrival() {
+            let kept = &self.receiver.kept()[&id];
+            self.trace.record(&kept.event_type, 0, &kept.body);
+        }
+        Ok(())
+    }
+}
+
+fn parse_time(value: &Value) -> Result<Timestamp, String> {
+    value
+        .as_str()
+        .and_then(Timestamp::parse_rfc3339)
+        .ok_or_else(|| format!("not a time: {value}"))
+}
+
+fn decimal(value: &Value) -> Result<rust_decimal::Decimal, String> {
+    use std::str::FromStr;
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => return Err(format!("not a number: {other}")),
+    };
+    rust_decimal::Decimal::from_str(&text)
+        .or_else(|_| rust_decimal::Decimal::from_scientific(&text))
+        .map_err(|e| format!("{text}: {e}"))
+}
