@@ -5,14 +5,13 @@
 //! the single group-commit thread (`log.rs`), which is what makes it race-free.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
-use rocksdb::{DB, ReadOptions, WriteBatch, WriteOptions};
 use rustc_hash::FxHashMap;
 
+use super::backend::{Backend, Batch, Cf, CursorOptions};
 use super::keys::DedupeHit;
-use super::{CF_DEDUPE, Shared, StorageError, cf};
+use super::{Shared, StorageError};
 
 /// Keys deleted per write batch by the sweep. The sweep holds the dedupe lock while it re-reads
 /// and deletes one chunk, which pauses appends; 1024 point reads keep that pause near a
@@ -23,13 +22,14 @@ const SWEEP_CHUNK_KEYS: usize = 1024;
 ///
 /// An entry is a copy of what the `dedupe` column family holds for that key (the map is only
 /// updated after the write that put it there succeeded), so a hit here is as good as a hit on
-/// disk and a miss means "ask RocksDB". Only the group-commit thread touches it, hence `Rc`
-/// (the key bytes are shared between the map and the eviction queue, not copied).
+/// disk and a miss means "ask RocksDB". Only the group-commit writer touches it; the key bytes
+/// are shared between the map and the eviction queue, not copied. (`Arc` rather than `Rc` only
+/// because the inline writer lives behind a mutex that any thread may take.)
 pub(crate) struct RecentKeys {
-    map: FxHashMap<Rc<[u8]>, DedupeHit>,
+    map: FxHashMap<Arc<[u8]>, DedupeHit>,
     /// Insertion order for eviction. A key re-accepted after expiry appears twice; the older
     /// queue entry is recognised as stale because its hit no longer matches the map's.
-    order: VecDeque<(Rc<[u8]>, DedupeHit)>,
+    order: VecDeque<(Arc<[u8]>, DedupeHit)>,
     capacity: usize,
 }
 
@@ -51,8 +51,8 @@ impl RecentKeys {
         if self.capacity == 0 {
             return;
         }
-        let key: Rc<[u8]> = Rc::from(key);
-        self.map.insert(Rc::clone(&key), hit);
+        let key: Arc<[u8]> = Arc::from(key);
+        self.map.insert(Arc::clone(&key), hit);
         self.order.push_back((key, hit));
         // Bounding the queue (not the map) bounds both, because every map entry has a queue
         // entry.
@@ -79,16 +79,13 @@ impl RecentKeys {
 /// the scan and the delete the group-commit thread may have re-accepted an expired key, and that
 /// fresh entry must survive.
 pub(crate) fn sweep_expired(
-    db: &DB,
+    backend: &dyn Backend,
     shared: &Shared,
-    write_opts: &WriteOptions,
+    sync: bool,
     cutoff_ms: i64,
 ) -> Result<u64, StorageError> {
-    let dedupe = cf(db, CF_DEDUPE)?;
-    let mut read_opts = ReadOptions::default();
     // A sweep touches every entry once; keep it from evicting the hot blocks of the block cache.
-    read_opts.fill_cache(false);
-    let mut it = db.raw_iterator_cf_opt(dedupe, read_opts);
+    let mut it = backend.cursor(Cf::Dedupe, CursorOptions::new().no_fill_cache())?;
     it.seek_to_first();
     let mut deleted = 0u64;
     let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(SWEEP_CHUNK_KEYS);
@@ -96,7 +93,7 @@ pub(crate) fn sweep_expired(
         if DedupeHit::decode(value)?.at_ms < cutoff_ms {
             chunk.push(key.to_vec());
             if chunk.len() >= SWEEP_CHUNK_KEYS {
-                deleted += delete_if_expired(db, shared, write_opts, &chunk, cutoff_ms)?;
+                deleted += delete_if_expired(backend, shared, sync, &chunk, cutoff_ms)?;
                 chunk.clear();
             }
         }
@@ -104,35 +101,35 @@ pub(crate) fn sweep_expired(
     }
     it.status()?;
     if !chunk.is_empty() {
-        deleted += delete_if_expired(db, shared, write_opts, &chunk, cutoff_ms)?;
+        deleted += delete_if_expired(backend, shared, sync, &chunk, cutoff_ms)?;
     }
     Ok(deleted)
 }
 
 fn delete_if_expired(
-    db: &DB,
+    backend: &dyn Backend,
     shared: &Shared,
-    write_opts: &WriteOptions,
+    sync: bool,
     keys: &[Vec<u8>],
     cutoff_ms: i64,
 ) -> Result<u64, StorageError> {
-    let dedupe = cf(db, CF_DEDUPE)?;
     let _writer = shared
         .dedupe_lock
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let mut batch = WriteBatch::default();
+    let mut batch = Batch::default();
     let mut deleted = 0u64;
-    // The keys come from an iterator, so they are sorted, which batched multi-get can exploit.
-    for (key, current) in keys.iter().zip(db.batched_multi_get_cf(dedupe, keys, true)) {
-        let Some(current) = current? else { continue };
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    // The keys come from a cursor, so they are sorted, which a batched read can exploit.
+    for (key, current) in keys.iter().zip(backend.multi_get(Cf::Dedupe, &keys, true)?) {
+        let Some(current) = current else { continue };
         if DedupeHit::decode(&current)?.at_ms < cutoff_ms {
-            batch.delete_cf(dedupe, key);
+            batch.delete(Cf::Dedupe, key);
             deleted += 1;
         }
     }
     if !batch.is_empty() {
-        db.write_opt(batch, write_opts)?;
+        backend.write(batch, sync)?;
     }
     Ok(deleted)
 }

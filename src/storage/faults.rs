@@ -3,8 +3,12 @@
 //! (nothing of that operation is written). Production stores have none.
 //!
 //! This is how tests (and the simulation) make a read or a write fail, or stop the store
-//! between any two writes: fail every write after the n-th, then reopen the directory without
-//! faults and recover from what survived.
+//! between any two writes: fail every write after the n-th
+//! ([`ScriptedFaults::fail_writes_from`]), then reopen the directory without faults and recover
+//! from what survived. It works the same on RocksDB and on the simulated disk. The injector is
+//! asked once per store operation, before it touches the database; to stop between the
+//! database writes *inside* one operation (a trim writes several batches), set a crash point on
+//! the simulated disk instead (`sim::SimDisk::stop_after_writes`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -38,15 +42,38 @@ pub trait FaultInjector: Send + Sync + 'static {
 /// Shared handle to an injector.
 pub type Faults = Arc<dyn FaultInjector>;
 
-/// A scriptable injector: fail one kind of operation from the n-th on, or fail everything from
-/// now on ("the disk is gone").
+impl StorageOp {
+    /// Every operation but [`StorageOp::Read`] writes.
+    pub fn is_write(self) -> bool {
+        self != StorageOp::Read
+    }
+}
+
+/// Which operations a [`ScriptedFaults`] script counts and fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    One(StorageOp),
+    AnyWrite,
+}
+
+impl Target {
+    fn matches(self, op: StorageOp) -> bool {
+        match self {
+            Target::One(kind) => kind == op,
+            Target::AnyWrite => op.is_write(),
+        }
+    }
+}
+
+/// A scriptable injector: fail one kind of operation, or every write, from the n-th on, or fail
+/// everything from now on ("the disk is gone").
 #[derive(Debug, Default)]
 pub struct ScriptedFaults {
-    /// Operations of the scripted kind seen so far.
+    /// Operations of the scripted target seen so far.
     seen: AtomicU64,
-    /// Fail the scripted kind once `seen` reaches this (u64::MAX: never).
+    /// Fail the scripted target once `seen` reaches this (u64::MAX: never).
     fail_from: AtomicU64,
-    kind: std::sync::Mutex<Option<StorageOp>>,
+    target: std::sync::Mutex<Option<Target>>,
     everything: AtomicBool,
 }
 
@@ -60,7 +87,17 @@ impl ScriptedFaults {
 
     /// Fails operations of `kind` from the `nth` (0-based, counted from now) on.
     pub fn fail_from(&self, kind: StorageOp, nth: u64) {
-        *self.kind.lock().unwrap_or_else(|e| e.into_inner()) = Some(kind);
+        self.script(Target::One(kind), nth);
+    }
+
+    /// Fails every write operation (any kind but [`StorageOp::Read`]) from the `nth` (0-based,
+    /// counted from now) on: a crash point between any two of the store's writes. Reads go on.
+    pub fn fail_writes_from(&self, nth: u64) {
+        self.script(Target::AnyWrite, nth);
+    }
+
+    fn script(&self, target: Target, nth: u64) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
         self.seen.store(0, SeqCst);
         self.fail_from.store(nth, SeqCst);
     }
@@ -83,8 +120,10 @@ impl FaultInjector for ScriptedFaults {
         if self.everything.load(SeqCst) {
             return injected();
         }
-        let kind = *self.kind.lock().unwrap_or_else(|e| e.into_inner());
-        if kind == Some(op) && self.seen.fetch_add(1, SeqCst) >= self.fail_from.load(SeqCst) {
+        let target = *self.target.lock().unwrap_or_else(|e| e.into_inner());
+        if target.is_some_and(|t| t.matches(op))
+            && self.seen.fetch_add(1, SeqCst) >= self.fail_from.load(SeqCst)
+        {
             return injected();
         }
         Ok(())

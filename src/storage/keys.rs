@@ -1,5 +1,5 @@
 //! Byte layouts of the fixed-format keys and values in the column families (see the table in
-//! `storage/mod.rs`). It owns nothing but these conversions; it must not touch RocksDB, so the
+//! `storage/mod.rs`). It owns nothing but these conversions; it must not touch a database, so the
 //! layouts stay testable and the one place to read when a format question comes up.
 //!
 //! Integers are big-endian everywhere: in keys so that RocksDB's bytewise order is numeric order
@@ -10,7 +10,7 @@ use super::StorageError;
 /// Length of a `log` key: partition (2) + seq (8).
 pub(crate) const LOG_KEY_LEN: usize = 2 + 8;
 /// Length of the header in front of a log record's payload: `at_ms` (8).
-const RECORD_HEADER_LEN: usize = 8;
+pub(crate) const RECORD_HEADER_LEN: usize = 8;
 /// Length of a `dedupe` value: partition (2) + seq (8) + at_ms (8).
 pub(crate) const DEDUPE_VALUE_LEN: usize = 2 + 8 + 8;
 /// Length of the seq in front of a checkpoint's state bytes.
@@ -50,9 +50,16 @@ pub(crate) fn parse_partition_key(key: &[u8]) -> Result<u16, StorageError> {
     Ok(u16::from_be_bytes(*key))
 }
 
+/// The header of a log value; the payload follows it.
+pub(crate) fn record_header(at_ms: i64) -> [u8; RECORD_HEADER_LEN] {
+    at_ms.to_be_bytes()
+}
+
+/// A whole log value (the writer puts header and payload into its batch without this copy).
+#[cfg(test)]
 pub(crate) fn record_value(at_ms: i64, payload: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-    value.extend_from_slice(&at_ms.to_be_bytes());
+    value.extend_from_slice(&record_header(at_ms));
     value.extend_from_slice(payload);
     value
 }

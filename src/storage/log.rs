@@ -1,29 +1,37 @@
-//! Group commit: the one OS thread that appends to the `log` of every partition and writes the
+//! Group commit: the one writer that appends to the `log` of every partition and writes the
 //! `dedupe` column family. It owns the per-partition seq counters and the in-memory recent-key
 //! map, so the dedupe check and the seq assignment form one ordered step and two concurrent
 //! copies of one event can never both pass. Nothing else may write `log` entries or `dedupe`
 //! entries that are not expired (the trim sweep deletes expired ones under the dedupe lock).
 //!
-//! Callers send an [`AppendBatch`] with a reply channel; the thread takes the first request,
-//! drains whatever else is queued (bounded by [`GROUP_RECORDS_MAX`] and
-//! [`GROUP_REQUESTS_MAX`]), decides every record of the group in order, persists the group in
-//! one RocksDB write batch (one fsync in `Fsync` mode) and only then answers everyone. A failed
-//! write answers the error to every caller of the group and leaves seqs and the recent map as
-//! they were, so the next group reuses the same seqs and nothing acknowledged is ever skipped.
+//! In production the writer is an OS thread: callers send an [`AppendBatch`] with a reply
+//! channel; the thread takes the first request, drains whatever else is queued (bounded by
+//! [`GROUP_RECORDS_MAX`] and [`GROUP_REQUESTS_MAX`]), decides every record of the group in
+//! order, persists the group in one write batch (one fsync in `Fsync` mode) and only then
+//! answers everyone. A failed write answers the error to every caller of the group and leaves
+//! seqs and the recent map as they were, so the next group reuses the same seqs and nothing
+//! acknowledged is ever skipped.
+//!
+//! The inline writer (simulated disk, deterministic runs) is the same writer behind a mutex:
+//! each append is a group of one, decided and persisted by its caller before `append` returns.
+//! No thread, no queue, so the order of appends is the order of the calls.
 
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use rocksdb::{DB, WriteBatch, WriteOptions};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 
+use super::backend::{Backend, Batch, Cf};
 use super::dedupe::RecentKeys;
-use super::keys::{DEDUPE_VALUE_LEN, DedupeHit, LOG_KEY_LEN, log_key, record_value};
-use super::{AppendBatch, Appended, CF_DEDUPE, CF_LOG, Durability, Shared, StorageError, cf};
+use super::keys::{
+    DEDUPE_VALUE_LEN, DedupeHit, LOG_KEY_LEN, RECORD_HEADER_LEN, log_key, record_header,
+};
+use super::{AppendBatch, Appended, Durability, Shared, StorageError};
 
 /// Records per group. Bounds the size of one write batch (and so the latency the first caller of
 /// a group pays for the others); 4096 records of ~200 bytes is ~1 MB, a few ms of writing.
@@ -51,18 +59,26 @@ pub(crate) struct WriterConfig {
     pub dedupe_memory_entries: usize,
 }
 
-/// Handle to the writer thread. Dropping it closes the queue; the thread answers everything
-/// already queued, then exits, and the drop waits for that so the database can be reopened
-/// right after the last `Store` is gone.
+/// Handle to the writer. For the thread: dropping it closes the queue; the thread answers
+/// everything already queued, then exits, and the drop waits for that so the database can be
+/// reopened right after the last `Store` is gone.
 pub(crate) struct GroupCommit {
-    tx: Option<Sender<Request>>,
-    thread: Option<JoinHandle<()>>,
+    mode: Mode,
+}
+
+enum Mode {
+    Thread {
+        tx: Option<Sender<Request>>,
+        thread: Option<JoinHandle<()>>,
+    },
+    /// Held by the appending caller for the whole group.
+    Inline(Mutex<Writer>),
 }
 
 impl GroupCommit {
     /// Starts the writer thread. `seqs` holds the last seq of every partition that has one.
     pub(crate) fn start(
-        db: Arc<DB>,
+        backend: Arc<dyn Backend>,
         shared: Arc<Shared>,
         config: WriterConfig,
         seqs: FxHashMap<u16, u64>,
@@ -71,67 +87,108 @@ impl GroupCommit {
         let thread = std::thread::Builder::new()
             .name("tollgate-log".to_owned())
             .spawn(move || {
-                // RocksDB's per-operation perf counters cost a thread-local lookup per put.
-                rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
-                let mut writer = Writer {
-                    db,
-                    shared,
-                    write_opts: write_options(config.durability),
-                    fsync: config.durability == Durability::Fsync,
-                    dedupe_window_ms: config.dedupe_window_ms,
-                    seqs,
-                    recent: RecentKeys::new(config.dedupe_memory_entries),
-                };
-                writer.run(&rx);
+                backend.prepare_writer_thread();
+                Writer::new(backend, shared, &config, seqs, true).run(&rx);
             })
             .map_err(|e| StorageError::Spawn(Arc::new(e)))?;
         Ok(GroupCommit {
-            tx: Some(tx),
-            thread: Some(thread),
+            mode: Mode::Thread {
+                tx: Some(tx),
+                thread: Some(thread),
+            },
         })
     }
 
-    /// Queues a request without blocking.
-    pub(crate) fn submit(&self, request: Request) -> Result<(), StorageError> {
-        let tx = self.tx.as_ref().ok_or(StorageError::Closed)?;
-        tx.try_send(request).map_err(|e| match e {
-            TrySendError::Full(_) => StorageError::Overloaded(QUEUE_REQUESTS_MAX),
-            TrySendError::Disconnected(_) => StorageError::Closed,
-        })
+    /// A writer run by the callers of `append`, one request per group, without a thread.
+    pub(crate) fn inline(
+        backend: Arc<dyn Backend>,
+        shared: Arc<Shared>,
+        config: WriterConfig,
+        seqs: FxHashMap<u16, u64>,
+    ) -> GroupCommit {
+        GroupCommit {
+            mode: Mode::Inline(Mutex::new(Writer::new(
+                backend, shared, &config, seqs, false,
+            ))),
+        }
     }
 
-    /// Queues a request, waiting for room when the queue is full.
-    pub(crate) fn submit_blocking(&self, request: Request) -> Result<(), StorageError> {
-        let tx = self.tx.as_ref().ok_or(StorageError::Closed)?;
-        tx.send(request).map_err(|_| StorageError::Closed)
+    /// Queues (or, inline, performs) an append; the future answers it. See `Store::append`.
+    pub(crate) fn append(
+        &self,
+        batch: AppendBatch,
+    ) -> impl Future<Output = Result<Appended, StorageError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let request = Request { batch, reply };
+        let queued = match &self.mode {
+            Mode::Thread { tx, .. } => submit(tx.as_ref(), request),
+            Mode::Inline(writer) => {
+                lock(writer).answer_group(vec![request]);
+                Ok(())
+            }
+        };
+        async move {
+            queued?;
+            answer.await.map_err(|_| StorageError::Closed)?
+        }
     }
-}
 
-impl Drop for GroupCommit {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("storage writer thread panicked");
+    /// Performs an append, waiting for room in the queue and for the answer.
+    pub(crate) fn append_blocking(&self, batch: AppendBatch) -> Result<Appended, StorageError> {
+        let (reply, mut answer) = oneshot::channel();
+        let request = Request { batch, reply };
+        match &self.mode {
+            Mode::Thread { tx, .. } => {
+                let tx = tx.as_ref().ok_or(StorageError::Closed)?;
+                tx.send(request).map_err(|_| StorageError::Closed)?;
+                answer.blocking_recv().map_err(|_| StorageError::Closed)?
+            }
+            Mode::Inline(writer) => {
+                lock(writer).answer_group(vec![request]);
+                // Already answered: no waiting, so this works inside an async runtime too.
+                answer.try_recv().map_err(|_| StorageError::Closed)?
+            }
         }
     }
 }
 
-pub(crate) fn write_options(durability: Durability) -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    // The WAL stays enabled in both modes; `Wal` only skips the fsync, so a write survives a
-    // process kill (it is in the OS page cache) but not a power loss.
-    opts.set_sync(durability == Durability::Fsync);
-    opts
+/// Queues a request for the writer thread without blocking.
+fn submit(tx: Option<&Sender<Request>>, request: Request) -> Result<(), StorageError> {
+    let tx = tx.ok_or(StorageError::Closed)?;
+    tx.try_send(request).map_err(|e| match e {
+        TrySendError::Full(_) => StorageError::Overloaded(QUEUE_REQUESTS_MAX),
+        TrySendError::Disconnected(_) => StorageError::Closed,
+    })
 }
 
-/// State owned by the writer thread.
+fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    // A panic inside a group leaves seqs and the recent map as they were before it (they are
+    // only updated after a successful write), so the writer is still consistent.
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        if let Mode::Thread { tx, thread } = &mut self.mode {
+            drop(tx.take());
+            if let Some(thread) = thread.take()
+                && thread.join().is_err()
+            {
+                tracing::error!("storage writer thread panicked");
+            }
+        }
+    }
+}
+
+/// State owned by the writer (the thread, or whoever holds the inline writer's lock).
 struct Writer {
-    db: Arc<DB>,
+    backend: Arc<dyn Backend>,
     shared: Arc<Shared>,
-    write_opts: WriteOptions,
+    /// Whether each group's write fsyncs (`Durability::Fsync`). The WAL is written either way.
     fsync: bool,
+    /// Whether to measure `last_persist_micros` (the wall clock); the inline writer does not,
+    /// so a simulated run's counters are deterministic.
+    timed: bool,
     dedupe_window_ms: i64,
     /// Last persisted seq per partition; absent means 0.
     seqs: FxHashMap<u16, u64>,
@@ -147,7 +204,7 @@ enum Stored {
 
 /// A group's decisions, ready to be persisted.
 struct Decided<'g> {
-    batch: WriteBatch,
+    batch: Batch,
     /// One outcome per request of the group, in order.
     outcomes: Vec<Result<Appended, StorageError>>,
     /// Last seq per partition after this group.
@@ -158,6 +215,24 @@ struct Decided<'g> {
 }
 
 impl Writer {
+    fn new(
+        backend: Arc<dyn Backend>,
+        shared: Arc<Shared>,
+        config: &WriterConfig,
+        seqs: FxHashMap<u16, u64>,
+        timed: bool,
+    ) -> Writer {
+        Writer {
+            backend,
+            shared,
+            fsync: config.durability == Durability::Fsync,
+            timed,
+            dedupe_window_ms: config.dedupe_window_ms,
+            seqs,
+            recent: RecentKeys::new(config.dedupe_memory_entries),
+        }
+    }
+
     fn run(&mut self, rx: &Receiver<Request>) {
         let mut group = Vec::with_capacity(GROUP_REQUESTS_MAX);
         // `recv` keeps returning queued requests after the last sender is gone and fails only
@@ -174,17 +249,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let outcomes = self.persist_group(&group).unwrap_or_else(|e| {
-                tracing::error!(error = %e, requests = group.len(), "log group write failed");
-                self.shared.stats.write_errors.fetch_add(1, Relaxed);
-                vec![Err(e); group.len()]
-            });
-            for (request, outcome) in group.drain(..).zip(outcomes) {
-                // A caller that stopped waiting (a dropped future) still had its records
-                // persisted; there is no one left to tell, which is fine.
-                let _ = request.reply.send(outcome);
-            }
+            group = self.answer_group(group);
         }
+    }
+
+    /// Persists `group` and answers each of its requests; returns the emptied vector for reuse.
+    fn answer_group(&mut self, mut group: Vec<Request>) -> Vec<Request> {
+        let outcomes = self.persist_group(&group).unwrap_or_else(|e| {
+            tracing::error!(error = %e, requests = group.len(), "log group write failed");
+            self.shared.stats.write_errors.fetch_add(1, Relaxed);
+            vec![Err(e); group.len()]
+        });
+        for (request, outcome) in group.drain(..).zip(outcomes) {
+            // A caller that stopped waiting (a dropped future) still had its records
+            // persisted; there is no one left to tell, which is fine.
+            let _ = request.reply.send(outcome);
+        }
+        group
     }
 
     /// Decides and persists one group. `Err` is a group-wide failure (nothing was written);
@@ -206,11 +287,13 @@ impl Writer {
         let stats = &self.shared.stats;
         let group_records = decided.accepted + decided.duplicates;
         if !decided.batch.is_empty() {
-            let started = Instant::now();
+            let started = self.timed.then(Instant::now);
             self.shared.check(super::faults::StorageOp::Append)?;
-            self.db.write_opt(decided.batch, &self.write_opts)?;
-            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            stats.last_persist_micros.store(micros, Relaxed);
+            self.backend.write(decided.batch, self.fsync)?;
+            if let Some(started) = started {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                stats.last_persist_micros.store(micros, Relaxed);
+            }
             stats.groups.fetch_add(1, Relaxed);
             if self.fsync {
                 stats.fsyncs.fetch_add(1, Relaxed);
@@ -268,13 +351,10 @@ impl Writer {
         if wanted.is_empty() {
             return Ok(stored);
         }
-        let dedupe = cf(&self.db, CF_DEDUPE)?;
-        for (key, value) in wanted
-            .iter()
-            .zip(self.db.batched_multi_get_cf(dedupe, &wanted, false))
-        {
-            // A read error is a disk problem, not a property of one request: fail the group.
-            if let Some(value) = value? {
+        // A read error is a disk problem, not a property of one request: fail the group.
+        let values = self.backend.multi_get(Cf::Dedupe, &wanted, false)?;
+        for (key, value) in wanted.iter().zip(values) {
+            if let Some(value) = value {
                 let entry = match DedupeHit::decode(&value) {
                     Ok(hit) => Stored::Hit(hit),
                     Err(e) => Stored::Corrupt(e),
@@ -291,17 +371,16 @@ impl Writer {
         group: &'g [Request],
         stored: &FxHashMap<&'g [u8], Stored>,
     ) -> Result<Decided<'g>, StorageError> {
-        let log = cf(&self.db, CF_LOG)?;
-        let dedupe = cf(&self.db, CF_DEDUPE)?;
         // Puts are collected, then written in key order per column family: consecutive skiplist
         // inserts then start from the previous insert's position instead of the top. Random
         // dedupe keys and interleaved partitions otherwise cost a full memtable search (a cache
         // miss per level) each, which profiling showed as most of this thread's time.
         let records = group_records(group);
-        let mut log_puts: Vec<([u8; LOG_KEY_LEN], Vec<u8>)> = Vec::with_capacity(records);
+        // (key, at_ms, payload): the value is written straight into the batch.
+        let mut log_puts: Vec<([u8; LOG_KEY_LEN], i64, &'g [u8])> = Vec::with_capacity(records);
         let mut dedupe_puts: Vec<(&'g [u8], [u8; DEDUPE_VALUE_LEN])> = Vec::with_capacity(records);
         let mut decided = Decided {
-            batch: WriteBatch::default(),
+            batch: Batch::default(),
             outcomes: Vec::with_capacity(group.len()),
             seqs: FxHashMap::default(),
             accepted_keys: Vec::with_capacity(records),
@@ -359,10 +438,7 @@ impl Writer {
                     what: "log seq",
                     detail: format!("partition {partition} exhausted u64 seqs"),
                 })?;
-                log_puts.push((
-                    log_key(partition, seq),
-                    record_value(batch.at_ms, &record.payload),
-                ));
+                log_puts.push((log_key(partition, seq), batch.at_ms, &record.payload));
                 if let Some(key) = key {
                     let hit = DedupeHit {
                         partition,
@@ -382,11 +458,23 @@ impl Writer {
         }
         log_puts.sort_unstable_by_key(|put| put.0);
         dedupe_puts.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, value) in &log_puts {
-            decided.batch.put_cf(log, key, value);
+        let bytes = log_puts
+            .iter()
+            .map(|(key, _, payload)| key.len() + RECORD_HEADER_LEN + payload.len())
+            .chain(
+                dedupe_puts
+                    .iter()
+                    .map(|(key, value)| key.len() + value.len()),
+            )
+            .sum();
+        decided.batch = Batch::with_capacity(log_puts.len() + dedupe_puts.len(), bytes);
+        for (key, at_ms, payload) in &log_puts {
+            decided
+                .batch
+                .put_parts(Cf::Log, key, &[&record_header(*at_ms), payload]);
         }
         for (key, value) in &dedupe_puts {
-            decided.batch.put_cf(dedupe, key, value);
+            decided.batch.put(Cf::Dedupe, key, value);
         }
         Ok(decided)
     }

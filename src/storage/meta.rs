@@ -3,9 +3,8 @@
 //! store's durability. It must not impose a key scheme; callers namespace their keys with
 //! prefixes (e.g. `b"catalog/metric/"`) and scan by prefix.
 
-use rocksdb::ReadOptions;
-
-use super::{CF_META, StorageError, Store};
+use super::backend::{Batch, Cf, CursorOptions};
+use super::{StorageError, Store};
 
 /// A `meta` key and its value.
 pub type MetaEntry = (Vec<u8>, Vec<u8>);
@@ -19,10 +18,9 @@ impl Store {
         self.inner
             .shared
             .check(super::faults::StorageOp::MetaWrite)?;
-        self.inner
-            .db
-            .put_cf_opt(self.cf(CF_META)?, key, value, &self.inner.write_opts)?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.put(Cf::Meta, key, value);
+        self.inner.backend.write(batch, self.inner.sync)
     }
 
     /// The value under `key`.
@@ -31,7 +29,7 @@ impl Store {
     /// RocksDB read errors.
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
-        Ok(self.inner.db.get_cf(self.cf(CF_META)?, key)?)
+        self.inner.backend.get(Cf::Meta, key)
     }
 
     /// The values under `keys`, in order, in one batched read.
@@ -40,13 +38,8 @@ impl Store {
     /// The first RocksDB read error.
     pub fn meta_multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
-        let cf = self.cf(CF_META)?;
-        self.inner
-            .db
-            .batched_multi_get_cf(cf, keys, false)
-            .into_iter()
-            .map(|value| Ok(value?.map(|v| v.to_vec())))
-            .collect()
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        self.inner.backend.multi_get(Cf::Meta, &keys, false)
     }
 
     /// Removes `key`; removing an absent key is not an error.
@@ -57,10 +50,9 @@ impl Store {
         self.inner
             .shared
             .check(super::faults::StorageOp::MetaWrite)?;
-        self.inner
-            .db
-            .delete_cf_opt(self.cf(CF_META)?, key, &self.inner.write_opts)?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.delete(Cf::Meta, key);
+        self.inner.backend.write(batch, self.inner.sync)
     }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order. Meant for catalog
@@ -71,14 +63,7 @@ impl Store {
     /// RocksDB read errors.
     pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
-        let mut read_opts = ReadOptions::default();
-        if let Some(end) = prefix_end(prefix) {
-            read_opts.set_iterate_upper_bound(end);
-        }
-        let mut it = self
-            .inner
-            .db
-            .raw_iterator_cf_opt(self.cf(CF_META)?, read_opts);
+        let mut it = self.meta_cursor(prefix)?;
         it.seek(prefix);
         let mut found = Vec::new();
         while let Some((key, value)) = it.item() {
@@ -104,14 +89,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<MetaEntry>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
-        let mut read_opts = ReadOptions::default();
-        if let Some(end) = prefix_end(prefix) {
-            read_opts.set_iterate_upper_bound(end);
-        }
-        let mut it = self
-            .inner
-            .db
-            .raw_iterator_cf_opt(self.cf(CF_META)?, read_opts);
+        let mut it = self.meta_cursor(prefix)?;
         match after {
             Some(cursor) => {
                 it.seek(cursor);
@@ -143,7 +121,7 @@ impl Store {
         puts: &[(Vec<u8>, Vec<u8>)],
         deletes: &[Vec<u8>],
     ) -> Result<(), StorageError> {
-        self.write_meta(puts, deletes, &self.inner.write_opts)
+        self.write_meta(puts, deletes, self.inner.sync)
     }
 
     /// Writes keys that a replay of the log re-creates (indexes derived from applied inputs)
@@ -154,7 +132,7 @@ impl Store {
     /// # Errors
     /// RocksDB write errors; nothing is written then.
     pub fn meta_write_derived(&self, puts: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StorageError> {
-        self.write_meta(puts, &[], &self.inner.derived_write_opts)
+        self.write_meta(puts, &[], false)
     }
 
     /// [`Store::meta_write_derived`] with deletes too (puts first, then deletes).
@@ -166,14 +144,14 @@ impl Store {
         puts: &[(Vec<u8>, Vec<u8>)],
         deletes: &[Vec<u8>],
     ) -> Result<(), StorageError> {
-        self.write_meta(puts, deletes, &self.inner.derived_write_opts)
+        self.write_meta(puts, deletes, false)
     }
 
     fn write_meta(
         &self,
         puts: &[(Vec<u8>, Vec<u8>)],
         deletes: &[Vec<u8>],
-        opts: &rocksdb::WriteOptions,
+        sync: bool,
     ) -> Result<(), StorageError> {
         self.inner
             .shared
@@ -181,16 +159,25 @@ impl Store {
         if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }
-        let cf = self.cf(CF_META)?;
-        let mut batch = rocksdb::WriteBatch::default();
+        let mut batch = Batch::default();
         for (key, value) in puts {
-            batch.put_cf(cf, key, value);
+            batch.put(Cf::Meta, key, value);
         }
         for key in deletes {
-            batch.delete_cf(cf, key);
+            batch.delete(Cf::Meta, key);
         }
-        self.inner.db.write_opt(batch, opts)?;
-        Ok(())
+        self.inner.backend.write(batch, sync)
+    }
+
+    /// A cursor over `meta` bounded to the keys under `prefix`.
+    fn meta_cursor(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Box<dyn super::backend::Cursor + '_>, StorageError> {
+        let end = prefix_end(prefix);
+        self.inner
+            .backend
+            .cursor(Cf::Meta, CursorOptions::new().upper_bound(end.as_deref()))
     }
 }
 

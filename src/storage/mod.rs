@@ -1,6 +1,7 @@
-//! Storage: the only place bytes reach disk. It owns the RocksDB database, its column families
-//! and key layout, the group-committed partition logs with transaction dedupe, checkpoints, the
-//! outbox and dead letters, and a generic `meta` key-value space. Payloads are opaque bytes here:
+//! Storage: the only place bytes reach disk. It owns the database (RocksDB, or the simulated
+//! disk of deterministic tests), its column families and key layout, the group-committed
+//! partition logs with transaction dedupe, checkpoints, the outbox and dead letters, and a
+//! generic `meta` key-value space. Payloads are opaque bytes here:
 //! this module must not interpret inputs, state or effects (the engine encodes them, optionally
 //! with [`encode`]/[`decode`]), must not read a clock (times come in as `at_ms`/`now_ms`), and
 //! must not hold business rules beyond "a key seen within the window is a duplicate".
@@ -23,13 +24,37 @@
 //! most keys looked up are new, and the filter answers "absent" without touching a data block.
 //!
 //! # Invariants
-//! - Only the group-commit thread (`log.rs`) writes `log`, and `dedupe` except for deleting
+//! - Only the group-commit writer (`log.rs`) writes `log`, and `dedupe` except for deleting
 //!   expired entries. The dedupe check and seq assignment are one ordered step there.
 //! - A record and its dedupe entry are written in one write batch: neither exists without the
 //!   other.
 //! - `trim` never deletes log entries a checkpoint does not cover, and the seq counters start
 //!   from `max(last log key, checkpoint seq)`, so trimming a whole log never restarts its seqs.
+//!
+//! # Backends
+//! `Store` talks to its database through a small column-family-addressed key-value trait
+//! (`backend.rs`: get, multi-get, ordered cursors, atomic write batches with a `sync` flag, a
+//! consistent copy). [`Store::open`] runs on RocksDB (`rocks.rs`) with the group commit on a
+//! thread of its own. [`Store::open_sim`] runs on a [`sim::SimDisk`], in-memory ordered maps
+//! that keep, at a [`sim::SimDisk::crash`], only what RocksDB promises to keep; there the group
+//! commit runs synchronously in the caller of `append` (no thread), so one thread can drive a
+//! whole engine deterministically. [`Store::open_inline`] is RocksDB with that inline writer.
+//! Both backends pass the same behaviour tests (`tests.rs`, `backend_tests.rs`).
+//!
+//! # Durability
+//! Every write goes through RocksDB's write-ahead log (nothing sets `disable_wal`), so every
+//! write survives a process crash. Which writes also fsync (and so survive a power loss, with
+//! everything written before them):
+//!
+//! | write | `fsync` mode | `wal` mode |
+//! |---|---|---|
+//! | log appends (group commit), `meta_put`/`meta_delete`/`meta_write_batch`, outbox moves (`mark_delivered`, `update_outbox`, `dead_letter`, `redrive_dead_letter`), trims and dedupe sweeps | sync | no sync |
+//! | derived writes: `put_outbox`, `meta_write_derived*` (a replay re-creates them) | no sync | no sync |
+//! | `put_checkpoint` | sync | sync |
 
+mod backend;
+#[cfg(test)]
+mod backend_tests;
 mod codec;
 mod dedupe;
 pub mod faults;
@@ -37,38 +62,33 @@ mod keys;
 mod log;
 mod meta;
 mod outbox;
+mod rocks;
+pub mod sim;
+#[cfg(test)]
+mod sim_tests;
 #[cfg(test)]
 mod tests;
+mod trim;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, Options, ReadOptions, WriteBatch,
-    WriteOptions,
-};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 pub use codec::{decode, encode};
 pub use meta::MetaEntry;
 
+use backend::{Backend, Batch, Cf, CursorOptions};
 use keys::{
     checkpoint_value, log_key, log_partition_end, parse_checkpoint_value, parse_log_key,
-    parse_outbox_done_value, parse_partition_key, parse_record_value, partition_key,
+    parse_partition_key, parse_record_value, partition_key,
 };
-use log::{GroupCommit, Request, WriterConfig};
-
-pub(crate) const CF_LOG: &str = "log";
-pub(crate) const CF_DEDUPE: &str = "dedupe";
-pub(crate) const CF_CHECKPOINT: &str = "checkpoint";
-pub(crate) const CF_OUTBOX: &str = "outbox";
-pub(crate) const CF_OUTBOX_DONE: &str = "outbox_done";
-pub(crate) const CF_DEAD_LETTER: &str = "dead_letter";
-pub(crate) const CF_META: &str = "meta";
+use log::{GroupCommit, WriterConfig};
+use rocks::RocksBackend;
+use sim::SimDisk;
 
 /// Transaction ids are deduplicated for 34 days, Metronome's documented window.
 pub const DEDUPE_WINDOW_MS_DEFAULT: i64 = 34 * 24 * 60 * 60 * 1000;
@@ -138,9 +158,14 @@ pub enum StorageError {
     /// The store was fenced after a failure: it writes nothing more in this process.
     #[error("the store is fenced after a storage failure; restart to recover")]
     Fenced,
-    /// A test's [`faults::FaultInjector`] failed the operation (as a failing disk would).
+    /// A test's [`faults::FaultInjector`] failed the operation (as a failing disk would), or a
+    /// [`sim::SimDisk`] refused a write after its crash point.
     #[error("injected storage fault: {0}")]
     Injected(String),
+    /// The simulated disk refused: it is open in another store, the process of this store
+    /// crashed ([`sim::SimDisk::crash`]), or a copy's directory exists.
+    #[error("simulated disk: {0}")]
+    SimDisk(&'static str),
 }
 
 /// When an append is acknowledged (`storage.durability` in config).
@@ -269,7 +294,7 @@ impl Shared {
     /// Asks the fault injector, if any, whether `op` may go ahead.
     #[inline]
     fn check(&self, op: faults::StorageOp) -> Result<(), StorageError> {
-        if op != faults::StorageOp::Read && self.fenced.load(Relaxed) {
+        if op.is_write() && self.fenced.load(Relaxed) {
             return Err(StorageError::Fenced);
         }
         match &self.faults {
@@ -281,7 +306,7 @@ impl Shared {
 
 /// Handle to the database. Cheap to clone. Dropping the last handle stops the writer thread
 /// after it has answered everything queued, waits for that (briefly blocking the dropping
-/// thread), and closes the database.
+/// thread), and closes the database (on a simulated disk: releases the disk for the next open).
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -291,11 +316,11 @@ struct Inner {
     // Declared first so it drops first: its drop joins the writer thread, which releases the
     // thread's database handle before ours goes.
     log: GroupCommit,
-    db: Arc<DB>,
+    backend: Arc<dyn Backend>,
     shared: Arc<Shared>,
-    write_opts: WriteOptions,
-    /// For data a replay of the log re-creates (effects, indexes): never its own fsync.
-    derived_write_opts: WriteOptions,
+    /// Whether the store's own writes fsync (`Durability::Fsync`). Data a replay of the log
+    /// re-creates (effects, indexes) never syncs on its own; checkpoints always do.
+    sync: bool,
     dedupe_window_ms: i64,
     /// Serializes outbox and dead-letter moves. Each is read-check-write (an id must not be
     /// written back to `outbox` once it is in `outbox_done`), so two of them must not
@@ -303,6 +328,15 @@ struct Inner {
     outbox_lock: Mutex<()>,
     /// `now_ms` of the last dedupe sweep.
     last_dedupe_sweep_ms: Mutex<Option<i64>>,
+}
+
+/// Who runs the group commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriterMode {
+    /// A thread of its own, fed by a queue (production).
+    Thread,
+    /// The caller of `append`, synchronously (deterministic simulation).
+    Inline,
 }
 
 impl Store {
@@ -325,15 +359,68 @@ impl Store {
         opts: StoreOptions,
         faults: Option<faults::Faults>,
     ) -> Result<Store, StorageError> {
-        if opts.dedupe_window_ms < 0 {
-            // A negative window would silently turn dedupe off.
-            return Err(StorageError::InvalidOptions(
-                "dedupe_window_ms must not be negative",
-            ));
-        }
-        let db = Arc::new(open_db(dir)?);
-        let seqs = recover_seqs(&db)?;
-        tracing::info!(dir = %dir.display(), partitions = seqs.len(), durability = ?opts.durability, "storage opened");
+        check_options(&opts)?;
+        let backend = Arc::new(RocksBackend::open(dir)?);
+        Store::start(backend, &dir.display(), opts, faults, WriterMode::Thread)
+    }
+
+    /// [`Store::open_with_faults`] with the group commit run by the caller of `append`, as on
+    /// the simulated disk: for deterministic runs on real RocksDB. (RocksDB's own flush and
+    /// compaction threads still run; they change no answer.)
+    ///
+    /// # Errors
+    /// As [`Store::open`], without the thread spawn.
+    pub fn open_inline(
+        dir: &Path,
+        opts: StoreOptions,
+        faults: Option<faults::Faults>,
+    ) -> Result<Store, StorageError> {
+        check_options(&opts)?;
+        let backend = Arc::new(RocksBackend::open(dir)?);
+        Store::start(backend, &dir.display(), opts, faults, WriterMode::Inline)
+    }
+
+    /// Opens a store on a simulated disk, recovering from what it holds (after a
+    /// [`SimDisk::crash`], what survived). No thread is started: each `append` runs its group
+    /// commit synchronously, so its future is ready when `append` returns and
+    /// `append_blocking` may be called anywhere, even inside an async runtime. The fault
+    /// injector, if any, is asked exactly as on RocksDB.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidOptions`], [`StorageError::SimDisk`] when another store has the
+    /// disk open, corrupt keys found while recovering the seq counters.
+    pub fn open_sim(
+        disk: &Arc<SimDisk>,
+        opts: StoreOptions,
+        faults: Option<faults::Faults>,
+    ) -> Result<Store, StorageError> {
+        check_options(&opts)?;
+        let backend = Arc::new(disk.open_backend()?);
+        Store::start(
+            backend,
+            &"(simulated disk)",
+            opts,
+            faults,
+            WriterMode::Inline,
+        )
+    }
+
+    /// Recovers the seq counters from `backend` and starts the writer. `dir` is for the log.
+    fn start(
+        backend: Arc<dyn Backend>,
+        dir: &dyn std::fmt::Display,
+        opts: StoreOptions,
+        faults: Option<faults::Faults>,
+        mode: WriterMode,
+    ) -> Result<Store, StorageError> {
+        let seqs = recover_seqs(&*backend)?;
+        tracing::info!(
+            %dir,
+            partitions = seqs.len(),
+            durability = ?opts.durability,
+            writer = ?mode,
+            "storage opened"
+        );
         let shared = Arc::new(Shared {
             last_seqs: RwLock::new(seqs.clone()),
             stats: StatCounters::default(),
@@ -341,23 +428,22 @@ impl Store {
             faults,
             fenced: std::sync::atomic::AtomicBool::new(false),
         });
-        let log = GroupCommit::start(
-            Arc::clone(&db),
-            Arc::clone(&shared),
-            WriterConfig {
-                durability: opts.durability,
-                dedupe_window_ms: opts.dedupe_window_ms,
-                dedupe_memory_entries: opts.dedupe_memory_entries,
-            },
-            seqs,
-        )?;
+        let config = WriterConfig {
+            durability: opts.durability,
+            dedupe_window_ms: opts.dedupe_window_ms,
+            dedupe_memory_entries: opts.dedupe_memory_entries,
+        };
+        let (writer_backend, writer_shared) = (Arc::clone(&backend), Arc::clone(&shared));
+        let log = match mode {
+            WriterMode::Thread => GroupCommit::start(writer_backend, writer_shared, config, seqs)?,
+            WriterMode::Inline => GroupCommit::inline(writer_backend, writer_shared, config, seqs),
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 log,
-                db,
+                backend,
                 shared,
-                write_opts: log::write_options(opts.durability),
-                derived_write_opts: log::write_options(Durability::Wal),
+                sync: opts.durability == Durability::Fsync,
                 dedupe_window_ms: opts.dedupe_window_ms,
                 outbox_lock: Mutex::new(()),
                 last_dedupe_sweep_ms: Mutex::new(None),
@@ -370,7 +456,8 @@ impl Store {
     /// The request is queued when this is called, not when the future is first polled, and
     /// the returned future borrows nothing. Cancel-safe in that sense: once this returns, the
     /// append happens (or fails) whether or not the future is polled or dropped; dropping it
-    /// only loses the answer.
+    /// only loses the answer. On an inline writer ([`Store::open_sim`]) the append is done
+    /// when this returns and the future is ready.
     ///
     /// # Errors
     /// [`StorageError::Overloaded`] when the queue is full (nothing was queued), a RocksDB
@@ -380,26 +467,19 @@ impl Store {
         &self,
         batch: AppendBatch,
     ) -> impl Future<Output = Result<Appended, StorageError>> + Send + 'static {
-        let (reply, answer) = oneshot::channel();
-        let queued = self.inner.log.submit(Request { batch, reply });
-        async move {
-            queued?;
-            answer.await.map_err(|_| StorageError::Closed)?
-        }
+        self.inner.log.append(batch)
     }
 
     /// [`Store::append`] for threads that may block (tests, tools, benches). Waits for room in
     /// the queue instead of answering `Overloaded`.
     ///
     /// Must not be called from inside an async runtime (it blocks the thread, and tokio's
-    /// blocking receive panics there).
+    /// blocking receive panics there), except on an inline writer, which never waits.
     ///
     /// # Errors
     /// As [`Store::append`], except `Overloaded`.
     pub fn append_blocking(&self, batch: AppendBatch) -> Result<Appended, StorageError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner.log.submit_blocking(Request { batch, reply })?;
-        answer.blocking_recv().map_err(|_| StorageError::Closed)?
+        self.inner.log.append_blocking(batch)
     }
 
     /// Refuses every later write (log appends, states, checkpoints, outbox, trims) from any
@@ -412,13 +492,14 @@ impl Store {
 
     /// Writes a consistent, openable copy of the whole database to `dir` (which must not
     /// exist), while the store keeps running: RocksDB's checkpoint (hard links of the table
-    /// files plus the write-ahead log). What a crash at this instant would leave on disk.
+    /// files plus the write-ahead log). What a crash at this instant would leave on disk. On a
+    /// simulated disk, a new RocksDB database holding what the store reads now.
     ///
     /// # Errors
-    /// RocksDB errors (`dir` exists, another file system for hard links is copied instead).
+    /// RocksDB errors (`dir` exists, another file system for hard links is copied instead);
+    /// [`StorageError::SimDisk`] when `dir` exists on a simulated disk.
     pub fn copy_to(&self, dir: &Path) -> Result<(), StorageError> {
-        rocksdb::checkpoint::Checkpoint::new(&self.inner.db)?.create_checkpoint(dir)?;
-        Ok(())
+        self.inner.backend.copy_to(dir)
     }
 
     /// The last persisted seq of `partition` (0 when it has none).
@@ -453,15 +534,13 @@ impl Store {
         let Some(mut expected) = after_seq.checked_add(1) else {
             return Ok(0);
         };
-        let log = self.cf(CF_LOG)?;
-        let mut read_opts = ReadOptions::default();
         // Recovery reads each record once; do not evict the hot blocks.
-        read_opts.fill_cache(false);
-        if let Some(end) = log_partition_end(partition) {
-            read_opts.set_iterate_upper_bound(end);
-        }
-        let mut it = self.inner.db.raw_iterator_cf_opt(log, read_opts);
-        it.seek(log_key(partition, expected));
+        let end = log_partition_end(partition);
+        let opts = CursorOptions::new()
+            .no_fill_cache()
+            .upper_bound(end.as_ref().map(|end| &end[..]));
+        let mut it = self.inner.backend.cursor(Cf::Log, opts)?;
+        it.seek(&log_key(partition, expected));
         let mut count = 0u64;
         while let Some((key, value)) = it.item() {
             let (key_partition, seq) = parse_log_key(key)?;
@@ -508,15 +587,13 @@ impl Store {
                 last,
             });
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.inner.db.put_cf_opt(
-            self.cf(CF_CHECKPOINT)?,
-            partition_key(partition),
-            checkpoint_value(seq, state),
-            &opts,
-        )?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.put(
+            Cf::Checkpoint,
+            &partition_key(partition),
+            &checkpoint_value(seq, state),
+        );
+        self.inner.backend.write(batch, true)
     }
 
     /// The checkpoint of `partition`: the seq it reflects and its state bytes.
@@ -526,8 +603,8 @@ impl Store {
     pub fn checkpoint(&self, partition: u16) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         let Some(value) = self
             .inner
-            .db
-            .get_pinned_cf(self.cf(CF_CHECKPOINT)?, partition_key(partition))?
+            .backend
+            .get(Cf::Checkpoint, &partition_key(partition))?
         else {
             return Ok(None);
         };
@@ -538,121 +615,11 @@ impl Store {
     fn checkpoint_seq(&self, partition: u16) -> Result<Option<u64>, StorageError> {
         let value = self
             .inner
-            .db
-            .get_pinned_cf(self.cf(CF_CHECKPOINT)?, partition_key(partition))?;
+            .backend
+            .get(Cf::Checkpoint, &partition_key(partition))?;
         value
             .map(|v| parse_checkpoint_value(&v).map(|(seq, _)| seq))
             .transpose()
-    }
-
-    /// Deletes what a checkpoint made redundant: the log entries of `partition` with seq <=
-    /// `up_to_seq`, and the `outbox_done` entries caused by them; plus, at most once per
-    /// [`DEDUPE_SWEEP_INTERVAL_MS`] of `now_ms`, every `dedupe` entry (all partitions) first
-    /// accepted before `now_ms - dedupe_window_ms`.
-    ///
-    /// `up_to_seq` is capped at the partition's checkpoint: entries no checkpoint covers are
-    /// still needed for recovery, so without a checkpoint no log entry is deleted. The cap is
-    /// reported in [`TrimStats::log_trimmed_up_to`].
-    ///
-    /// # Errors
-    /// RocksDB errors, malformed stored values. A failure leaves everything consistent; the
-    /// next trim finishes the work.
-    pub fn trim(
-        &self,
-        partition: u16,
-        up_to_seq: u64,
-        now_ms: i64,
-    ) -> Result<TrimStats, StorageError> {
-        self.inner.shared.check(faults::StorageOp::Trim)?;
-        let mut stats = TrimStats {
-            log_trimmed_up_to: up_to_seq.min(self.checkpoint_seq(partition)?.unwrap_or(0)),
-            ..TrimStats::default()
-        };
-        let up_to = stats.log_trimmed_up_to;
-
-        if up_to > 0
-            && let Some(first) = self.first_seq(partition)?
-            && first <= up_to
-        {
-            let mut batch = WriteBatch::default();
-            // One range tombstone instead of a delete per entry. The end is exclusive; `up_to`
-            // is at most the last seq, which never reaches u64::MAX.
-            batch.delete_range_cf(
-                self.cf(CF_LOG)?,
-                log_key(partition, 0),
-                log_key(partition, up_to.saturating_add(1)),
-            );
-            self.inner.db.write_opt(batch, &self.inner.write_opts)?;
-            stats.log_deleted = up_to - first + 1;
-        }
-
-        if up_to > 0 {
-            stats.outbox_done_deleted = self.trim_outbox_done(partition, up_to)?;
-        }
-
-        let sweep_due = {
-            let last = self
-                .inner
-                .last_dedupe_sweep_ms
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            last.is_none_or(|last| now_ms.saturating_sub(last) >= DEDUPE_SWEEP_INTERVAL_MS)
-        };
-        if sweep_due {
-            let cutoff_ms = now_ms.saturating_sub(self.inner.dedupe_window_ms);
-            stats.dedupe_deleted = dedupe::sweep_expired(
-                &self.inner.db,
-                &self.inner.shared,
-                &self.inner.write_opts,
-                cutoff_ms,
-            )?;
-            stats.dedupe_swept = true;
-            // Recorded only after a complete sweep, so a failed one is retried next time.
-            *self
-                .inner
-                .last_dedupe_sweep_ms
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(now_ms);
-        }
-        tracing::debug!(partition, ?stats, "trimmed");
-        Ok(stats)
-    }
-
-    /// The smallest seq still in the log of `partition`.
-    fn first_seq(&self, partition: u16) -> Result<Option<u64>, StorageError> {
-        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_LOG)?);
-        it.seek(log_key(partition, 0));
-        let first = match it.key() {
-            Some(key) => match parse_log_key(key)? {
-                (p, seq) if p == partition => Some(seq),
-                _ => None,
-            },
-            None => None,
-        };
-        it.status()?;
-        Ok(first)
-    }
-
-    fn trim_outbox_done(&self, partition: u16, up_to: u64) -> Result<u64, StorageError> {
-        let done = self.cf(CF_OUTBOX_DONE)?;
-        let _outbox = self.lock_outbox();
-        let mut batch = WriteBatch::default();
-        let mut deleted = 0u64;
-        let mut it = self.inner.db.raw_iterator_cf(done);
-        it.seek_to_first();
-        while let Some((key, value)) = it.item() {
-            let (cause_partition, cause_seq) = parse_outbox_done_value(value)?;
-            if cause_partition == partition && cause_seq <= up_to {
-                batch.delete_cf(done, key);
-                deleted += 1;
-            }
-            it.next();
-        }
-        it.status()?;
-        if !batch.is_empty() {
-            self.inner.db.write_opt(batch, &self.inner.write_opts)?;
-        }
-        Ok(deleted)
     }
 
     /// A snapshot of the counters.
@@ -671,67 +638,29 @@ impl Store {
             write_errors: c.write_errors.load(Relaxed),
         }
     }
+}
 
-    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {
-        cf(&self.inner.db, name)
+fn check_options(opts: &StoreOptions) -> Result<(), StorageError> {
+    if opts.dedupe_window_ms < 0 {
+        // A negative window would silently turn dedupe off.
+        return Err(StorageError::InvalidOptions(
+            "dedupe_window_ms must not be negative",
+        ));
     }
-}
-
-pub(crate) fn cf<'db>(db: &'db DB, name: &'static str) -> Result<&'db ColumnFamily, StorageError> {
-    db.cf_handle(name)
-        .ok_or(StorageError::MissingColumnFamily(name))
-}
-
-/// Memtable size of the `dedupe` column family (RocksDB's default is 64 MiB).
-const DEDUPE_MEMTABLE_BYTES: usize = 8 << 20;
-
-fn open_db(dir: &Path) -> Result<DB, StorageError> {
-    let mut db_opts = Options::default();
-    db_opts.create_if_missing(true);
-    db_opts.create_missing_column_families(true);
-    // Writers without an fsync (effects, states) should not wait behind the group commit's
-    // WAL sync: pipelined writes let the next group's memtable inserts overlap it.
-    db_opts.set_enable_pipelined_write(true);
-    // A writer queued behind another waits on a condition variable instead of spinning with
-    // sched_yield: with an fsync in progress, the spinning burned whole partition threads.
-    db_opts.set_enable_write_thread_adaptive_yield(false);
-
-    let mut dedupe_table = BlockBasedOptions::default();
-    dedupe_table.set_bloom_filter(10.0, false);
-    let mut dedupe_opts = Options::default();
-    dedupe_opts.set_block_based_table_factory(&dedupe_table);
-    // The same answer for keys still in the memtable: a whole-key bloom filter there too.
-    dedupe_opts.set_memtable_whole_key_filtering(true);
-    dedupe_opts.set_memtable_prefix_bloom_ratio(0.1);
-    // Dedupe keys are random (hashes of transaction ids): every insert searches the memtable's
-    // skiplist, a cache miss per level. A smaller memtable keeps more of that search in the CPU
-    // cache; flushes and compaction run on background threads. (A hash memtable made inserts
-    // cheap but its flushes, which must sort, cost more than they saved.)
-    dedupe_opts.set_write_buffer_size(DEDUPE_MEMTABLE_BYTES);
-
-    let descriptors = [
-        ColumnFamilyDescriptor::new(CF_LOG, Options::default()),
-        ColumnFamilyDescriptor::new(CF_DEDUPE, dedupe_opts),
-        ColumnFamilyDescriptor::new(CF_CHECKPOINT, Options::default()),
-        ColumnFamilyDescriptor::new(CF_OUTBOX, Options::default()),
-        ColumnFamilyDescriptor::new(CF_OUTBOX_DONE, Options::default()),
-        ColumnFamilyDescriptor::new(CF_DEAD_LETTER, Options::default()),
-        ColumnFamilyDescriptor::new(CF_META, Options::default()),
-    ];
-    Ok(DB::open_cf_descriptors(&db_opts, dir, descriptors)?)
+    Ok(())
 }
 
 /// The last seq of every partition: the larger of its last log key and its checkpoint seq
 /// (a fully trimmed log has no keys but must not restart at 1).
-fn recover_seqs(db: &DB) -> Result<FxHashMap<u16, u64>, StorageError> {
+fn recover_seqs(backend: &dyn Backend) -> Result<FxHashMap<u16, u64>, StorageError> {
     let mut seqs = FxHashMap::default();
 
     // Skip-scan: one seek to the last key of each partition that has a log, not a full read.
-    let mut it = db.raw_iterator_cf(cf(db, CF_LOG)?);
+    let mut it = backend.cursor(Cf::Log, CursorOptions::new())?;
     it.seek_to_first();
     while let Some(key) = it.key() {
         let (partition, _) = parse_log_key(key)?;
-        it.seek_for_prev(log_key(partition, u64::MAX));
+        it.seek_for_prev(&log_key(partition, u64::MAX));
         let Some(last_key) = it.key() else { break };
         let (last_partition, last) = parse_log_key(last_key)?;
         if last_partition != partition {
@@ -743,13 +672,13 @@ fn recover_seqs(db: &DB) -> Result<FxHashMap<u16, u64>, StorageError> {
         }
         seqs.insert(partition, last);
         match log_partition_end(partition) {
-            Some(end) => it.seek(end),
+            Some(end) => it.seek(&end),
             None => break,
         }
     }
     it.status()?;
 
-    let mut it = db.raw_iterator_cf(cf(db, CF_CHECKPOINT)?);
+    let mut it = backend.cursor(Cf::Checkpoint, CursorOptions::new())?;
     it.seek_to_first();
     while let Some((key, value)) = it.item() {
         let partition = parse_partition_key(key)?;

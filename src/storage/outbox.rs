@@ -12,11 +12,11 @@
 
 use std::sync::{MutexGuard, PoisonError};
 
-use rocksdb::WriteBatch;
 use rustc_hash::FxHashSet;
 
+use super::backend::{Batch, Cf, CursorOptions};
 use super::keys::{outbox_done_value, parse_effect_id};
-use super::{CF_DEAD_LETTER, CF_OUTBOX, CF_OUTBOX_DONE, StorageError, Store, Uuid16};
+use super::{StorageError, Store, Uuid16};
 
 impl Store {
     /// Persists new effects caused by log entry `cause` (partition, seq), in one write batch
@@ -37,33 +37,23 @@ impl Store {
         if entries.is_empty() {
             return Ok(0);
         }
-        let outbox = self.cf(CF_OUTBOX)?;
-        let done = self.cf(CF_OUTBOX_DONE)?;
-        let dead = self.cf(CF_DEAD_LETTER)?;
         let _outbox = self.lock_outbox();
-        let lookups = entries
-            .iter()
-            .flat_map(|(id, _)| [(outbox, id), (done, id), (dead, id)]);
-        let found = self.inner.db.multi_get_cf(lookups);
-        let mut batch = WriteBatch::default();
+        let ids: Vec<&[u8]> = entries.iter().map(|(id, _)| id.as_slice()).collect();
+        let backend = &self.inner.backend;
+        let pending = backend.multi_get(Cf::Outbox, &ids, false)?;
+        let done = backend.multi_get(Cf::OutboxDone, &ids, false)?;
+        let dead = backend.multi_get(Cf::DeadLetter, &ids, false)?;
+        let mut batch = Batch::default();
         let mut written = FxHashSet::default();
-        for ((id, value), places) in entries.iter().zip(found.chunks_exact(3)) {
-            let mut exists = false;
-            for place in places {
-                match place {
-                    Ok(Some(_)) => exists = true,
-                    Ok(None) => {}
-                    Err(e) => return Err(e.clone().into()),
-                }
-            }
+        for (index, (id, value)) in entries.iter().enumerate() {
+            let exists = pending[index].is_some() || done[index].is_some() || dead[index].is_some();
             if !exists && written.insert(*id) {
-                batch.put_cf(outbox, id, value);
+                batch.put(Cf::Outbox, id, value);
             }
         }
         if !batch.is_empty() {
-            self.inner
-                .db
-                .write_opt(batch, &self.inner.derived_write_opts)?;
+            // Derived: never its own fsync (see the doc above).
+            backend.write(batch, false)?;
         }
         tracing::trace!(
             partition = cause.0,
@@ -81,7 +71,7 @@ impl Store {
     /// RocksDB read errors, a key that is not a 16-byte id.
     pub fn outbox_pending(&self) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
-        self.scan_effects(CF_OUTBOX)
+        self.scan_effects(Cf::Outbox)
     }
 
     /// Marks an effect delivered: removes it from `outbox` and records it in `outbox_done`
@@ -93,14 +83,11 @@ impl Store {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
-        let outbox = self.cf(CF_OUTBOX)?;
-        let done = self.cf(CF_OUTBOX_DONE)?;
         let _outbox = self.lock_outbox();
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(outbox, id);
-        batch.put_cf(done, id, outbox_done_value(cause));
-        self.inner.db.write_opt(batch, &self.inner.write_opts)?;
-        Ok(())
+        let mut batch = Batch::default();
+        batch.delete(Cf::Outbox, &id);
+        batch.put(Cf::OutboxDone, &id, &outbox_done_value(cause));
+        self.inner.backend.write(batch, self.inner.sync)
     }
 
     /// Replaces the value of a pending effect (e.g. its retry attempt count). Returns `false`
@@ -113,14 +100,13 @@ impl Store {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
-        let outbox = self.cf(CF_OUTBOX)?;
         let _outbox = self.lock_outbox();
-        if self.inner.db.get_pinned_cf(outbox, id)?.is_none() {
+        if self.inner.backend.get(Cf::Outbox, &id)?.is_none() {
             return Ok(false);
         }
-        self.inner
-            .db
-            .put_cf_opt(outbox, id, value, &self.inner.write_opts)?;
+        let mut batch = Batch::default();
+        batch.put(Cf::Outbox, &id, value);
+        self.inner.backend.write(batch, self.inner.sync)?;
         Ok(true)
     }
 
@@ -133,16 +119,14 @@ impl Store {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
-        let outbox = self.cf(CF_OUTBOX)?;
-        let dead = self.cf(CF_DEAD_LETTER)?;
         let _outbox = self.lock_outbox();
-        if self.inner.db.get_pinned_cf(outbox, id)?.is_none() {
+        if self.inner.backend.get(Cf::Outbox, &id)?.is_none() {
             return Ok(false);
         }
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(outbox, id);
-        batch.put_cf(dead, id, value);
-        self.inner.db.write_opt(batch, &self.inner.write_opts)?;
+        let mut batch = Batch::default();
+        batch.delete(Cf::Outbox, &id);
+        batch.put(Cf::DeadLetter, &id, value);
+        self.inner.backend.write(batch, self.inner.sync)?;
         Ok(true)
     }
 
@@ -152,7 +136,7 @@ impl Store {
     /// RocksDB read errors, a key that is not a 16-byte id.
     pub fn dead_letters(&self) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
-        self.scan_effects(CF_DEAD_LETTER)
+        self.scan_effects(Cf::DeadLetter)
     }
 
     /// Moves a dead-lettered effect back to `outbox` with its stored value, in one batch, for
@@ -164,21 +148,19 @@ impl Store {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
-        let outbox = self.cf(CF_OUTBOX)?;
-        let dead = self.cf(CF_DEAD_LETTER)?;
         let _outbox = self.lock_outbox();
-        let Some(value) = self.inner.db.get_pinned_cf(dead, id)? else {
+        let Some(value) = self.inner.backend.get(Cf::DeadLetter, &id)? else {
             return Ok(false);
         };
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(dead, id);
-        batch.put_cf(outbox, id, &*value);
-        self.inner.db.write_opt(batch, &self.inner.write_opts)?;
+        let mut batch = Batch::default();
+        batch.delete(Cf::DeadLetter, &id);
+        batch.put(Cf::Outbox, &id, &value);
+        self.inner.backend.write(batch, self.inner.sync)?;
         Ok(true)
     }
 
-    fn scan_effects(&self, name: &'static str) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
-        let mut it = self.inner.db.raw_iterator_cf(self.cf(name)?);
+    fn scan_effects(&self, cf: Cf) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
+        let mut it = self.inner.backend.cursor(cf, CursorOptions::new())?;
         it.seek_to_first();
         let mut effects = Vec::new();
         while let Some((key, value)) = it.item() {
