@@ -137,6 +137,7 @@ pub struct EngineSection {
     pub checkpoint_every_inputs: u64,
     pub evict_idle_ms: i64,
     pub tick_interval_ms: u64,
+    pub housekeeping_ms: u64,
     pub late_window_days: i64,
 }
 
@@ -156,6 +157,7 @@ pub struct WebhooksConfig {
     pub max_interval_ms: i64,
     pub give_up_after_ms: i64,
     pub concurrency_per_destination: usize,
+    pub schedule_check_ms: u64,
     pub destinations: Vec<DestinationConfig>,
 }
 
@@ -245,6 +247,12 @@ impl Config {
                 "engine.checkpoint_interval_ms must be >= 100 and engine.tick_interval_ms >= 1000"
                     .into(),
             );
+        }
+        if !(1..=60_000).contains(&self.engine.housekeeping_ms) {
+            return Err("engine.housekeeping_ms must be between 1 and 60000".into());
+        }
+        if !(1..=60_000).contains(&self.webhooks.schedule_check_ms) {
+            return Err("webhooks.schedule_check_ms must be between 1 and 60000".into());
         }
         if self.limits.prepaid_threshold_min_usd_cents < 0
             || self.limits.recharge_gap_min_usd_cents < 0
@@ -358,6 +366,7 @@ impl Config {
                 checkpoint_every_inputs: e.checkpoint_every_inputs,
                 evict_idle_ms: e.evict_idle_ms,
                 tick_interval_ms: e.tick_interval_ms,
+                housekeeping_ms: e.housekeeping_ms,
                 late_window_ms: e.late_window_days * MS_PER_DAY,
             },
             webhooks: WebhookSettings {
@@ -374,6 +383,7 @@ impl Config {
                 max_interval_ms: w.max_interval_ms,
                 give_up_after_ms: w.give_up_after_ms,
                 concurrency_per_destination: w.concurrency_per_destination,
+                schedule_check_ms: w.schedule_check_ms,
             },
             submit_capacity: 1024,
         }
@@ -416,6 +426,12 @@ mod tests {
         let mut config = Config::load(None).unwrap();
         config.auth.tokens = vec![];
         assert!(config.validate().unwrap_err().contains("auth.tokens"));
+        let mut config = Config::load(None).unwrap();
+        config.engine.housekeeping_ms = 0;
+        assert!(config.validate().unwrap_err().contains("housekeeping_ms"));
+        let mut config = Config::load(None).unwrap();
+        config.webhooks.schedule_check_ms = 0;
+        assert!(config.validate().unwrap_err().contains("schedule_check_ms"));
         let mut config = Config::load(None).unwrap();
         config.webhooks.destinations = vec![DestinationConfig {
             url: "ftp://x".into(),

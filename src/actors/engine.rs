@@ -62,6 +62,20 @@ pub struct Seams {
     pub placement: Placement,
     /// Seeds the engine's randomness (webhook retry jitter); `None` seeds it from the OS.
     pub random_seed: Option<u64>,
+    /// Where the store lives.
+    pub disk: Disk,
+}
+
+/// The store the engine opens.
+#[derive(Clone, Default)]
+pub enum Disk {
+    /// RocksDB in the configured data dir, appends group-committed on a thread (production).
+    #[default]
+    RocksDb,
+    /// RocksDB in the data dir, each append written by its caller: deterministic runs.
+    RocksDbInline,
+    /// The simulated disk (the data dir is not used).
+    Sim(Arc<crate::storage::sim::SimDisk>),
 }
 
 impl Seams {
@@ -75,6 +89,7 @@ impl Seams {
             webhook_transport: None,
             placement: Placement::Threads,
             random_seed: None,
+            disk: Disk::RocksDb,
         }
     }
 }
@@ -132,17 +147,19 @@ impl Engine {
             webhook_transport,
             placement,
             random_seed,
+            disk,
         } = seams;
         let started = Instant::now();
-        let store = Store::open_with_faults(
-            &config.data_dir,
-            StoreOptions {
-                durability: config.durability,
-                dedupe_window_ms: config.dedupe_window_ms,
-                dedupe_memory_entries: config.dedupe_memory_entries,
-            },
-            faults,
-        )?;
+        let options = StoreOptions {
+            durability: config.durability,
+            dedupe_window_ms: config.dedupe_window_ms,
+            dedupe_memory_entries: config.dedupe_memory_entries,
+        };
+        let store = match disk {
+            Disk::RocksDb => Store::open_with_faults(&config.data_dir, options, faults)?,
+            Disk::RocksDbInline => Store::open_inline(&config.data_dir, options, faults)?,
+            Disk::Sim(disk) => Store::open_sim(&disk, options, faults)?,
+        };
         let partitions = fix_partition_count(&store, config.settings.partitions)?;
         let mut settings = config.settings.clone();
         settings.partitions = partitions;

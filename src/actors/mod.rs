@@ -26,6 +26,6 @@ pub mod registry;
 pub mod shared;
 pub mod webhook;
 
-pub use engine::{Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};
+pub use engine::{Disk, Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};
 pub use handles::Placement;
 pub use shared::EngineSettings;

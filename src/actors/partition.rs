@@ -156,7 +156,8 @@ pub fn start(
         worker.activate(id, state, true);
     }
     actix_rt::spawn(async move {
-        let mut timer = tokio::time::interval(Duration::from_millis(200));
+        let housekeeping_ms = shared.settings.housekeeping_ms.max(1);
+        let mut timer = tokio::time::interval(Duration::from_millis(housekeeping_ms));
         loop {
             tokio::select! {
                 biased;

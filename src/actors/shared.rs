@@ -30,6 +30,8 @@ pub struct EngineSettings {
     pub checkpoint_every_inputs: u64,
     pub evict_idle_ms: i64,
     pub tick_interval_ms: u64,
+    /// How often the partition looks at its checkpoint, eviction and tick schedules.
+    pub housekeeping_ms: u64,
     /// How long events for unknown customers are kept (34 days).
     pub late_window_ms: i64,
 }

@@ -45,10 +45,10 @@ pub const GIVE_UP_AFTER_MS_DEFAULT: i64 = 48 * 60 * 60 * 1000;
 /// Requests in flight to one destination at a time.
 pub const CONCURRENCY_PER_DESTINATION_DEFAULT: usize = 16;
 
-/// How often the schedule is checked for due retries. New entries and freed concurrency slots
-/// are acted on at once; only retries wait for the tick, and their delays are at least
-/// `first_retry_ms`, so 50 ms of extra latency is noise.
-const TICK_MS: u64 = 50;
+/// How often the schedule is checked for due retries by default. New entries and freed
+/// concurrency slots are acted on at once; only retries wait for the tick, and their delays are
+/// at least `first_retry_ms`, so 50 ms of extra latency is noise.
+pub const SCHEDULE_CHECK_MS_DEFAULT: u64 = 50;
 /// Each retry delay is moved by up to this share of itself, so entries that failed together
 /// (a receiver outage) do not come back together.
 const JITTER_PERCENT: i64 = 20;
@@ -97,6 +97,8 @@ pub struct WebhookSettings {
     /// An entry that still fails this long after it was created is dead-lettered.
     pub give_up_after_ms: i64,
     pub concurrency_per_destination: usize,
+    /// How often the retry schedule is checked for due attempts.
+    pub schedule_check_ms: u64,
 }
 
 impl Default for WebhookSettings {
@@ -108,6 +110,7 @@ impl Default for WebhookSettings {
             max_interval_ms: MAX_INTERVAL_MS_DEFAULT,
             give_up_after_ms: GIVE_UP_AFTER_MS_DEFAULT,
             concurrency_per_destination: CONCURRENCY_PER_DESTINATION_DEFAULT,
+            schedule_check_ms: SCHEDULE_CHECK_MS_DEFAULT,
         }
     }
 }
@@ -121,6 +124,7 @@ impl WebhookSettings {
         self.max_interval_ms = self.max_interval_ms.max(self.first_retry_ms);
         self.give_up_after_ms = self.give_up_after_ms.max(0);
         self.concurrency_per_destination = self.concurrency_per_destination.max(1);
+        self.schedule_check_ms = self.schedule_check_ms.max(1);
         self
     }
 
@@ -719,7 +723,8 @@ impl Actor for WebhookActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load_pending();
-        ctx.run_interval(Duration::from_millis(TICK_MS), |act, ctx| act.tick(ctx));
+        let every = Duration::from_millis(self.settings.schedule_check_ms);
+        ctx.run_interval(every, |act, ctx| act.tick(ctx));
         self.pump(ctx);
     }
 

@@ -269,6 +269,7 @@ fn settings(destinations: &[(&Receiver, &str)]) -> WebhookSettings {
         max_interval_ms: 200,
         give_up_after_ms: 60_000,
         concurrency_per_destination: 4,
+        schedule_check_ms: 50,
     }
 }
 

@@ -13,7 +13,7 @@ mod receiver;
 mod sim;
 
 /// Seeds CI runs (a few minutes on 2 cores in a debug build).
-const CI_SEEDS: u64 = 12;
+const CI_SEEDS: u64 = 32;
 
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("TOLLGATE_SIM_SEED") {

@@ -25,6 +25,10 @@ pub struct SentEvent {
     pub status: Status,
     /// False for an event beyond the bounds: its batch is refused, and it is never re-sent.
     pub valid: bool,
+    /// Sent before its customer's contract was answered: usage is rated against the contracts
+    /// in force when it is applied (README), so whether it is billed depends on where it lands
+    /// in the log relative to the contract. Counted as "at most" instead of exactly.
+    pub before_contract: bool,
 }
 
 /// What the client knows of an event.
@@ -59,11 +63,15 @@ pub struct CustomerModel {
     pub late: bool,
 }
 
-/// What one period of one contract must show.
+/// What one period of one contract must show: exactly the events sent once the contract
+/// existed, plus any of those sent before it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeriodExpectation {
     pub api_calls: i64,
     pub net_tokens: i64,
+    /// Events sent before the contract existed, which may or may not be billed.
+    pub maybe_api_calls: i64,
+    pub maybe_token_events: usize,
 }
 
 impl PeriodExpectation {
@@ -127,18 +135,24 @@ impl Model {
             if event.customer != customer || event.timestamp < start || event.timestamp >= end {
                 continue;
             }
-            match event.usage {
-                Usage::ApiCall => expectation.api_calls += 1,
-                Usage::Tokens(n) => expectation.net_tokens += n,
+            match (event.usage, event.before_contract) {
+                (Usage::ApiCall, false) => expectation.api_calls += 1,
+                (Usage::ApiCall, true) => expectation.maybe_api_calls += 1,
+                (Usage::Tokens(n), false) => expectation.net_tokens += n,
+                (Usage::Tokens(_), true) => expectation.maybe_token_events += 1,
             }
         }
         expectation
     }
 
-    /// How many counted events of `customer` fall at or after `from`.
-    pub fn counted_since(&self, customer: usize, from: Timestamp) -> usize {
-        self.counted()
+    /// How many counted events of `customer` fall at or after `from`: at least and at most.
+    pub fn counted_since(&self, customer: usize, from: Timestamp) -> (usize, usize) {
+        let all: Vec<&SentEvent> = self
+            .counted()
             .filter(|(_, e)| e.customer == customer && e.timestamp >= from)
-            .count()
+            .map(|(_, e)| e)
+            .collect();
+        let sure = all.iter().filter(|e| !e.before_contract).count();
+        (sure, all.len())
     }
 }

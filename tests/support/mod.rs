@@ -114,6 +114,7 @@ pub fn engine_config(dir: &std::path::Path, webhook_url: Option<&str>) -> Engine
             checkpoint_every_inputs: 1_000_000,
             evict_idle_ms: 3_600_000,
             tick_interval_ms: 3_600_000,
+            housekeeping_ms: 200,
             late_window_ms: 34 * 86_400_000,
         },
         webhooks: WebhookSettings {
@@ -129,6 +130,7 @@ pub fn engine_config(dir: &std::path::Path, webhook_url: Option<&str>) -> Engine
             max_interval_ms: 200,
             give_up_after_ms: 60_000,
             concurrency_per_destination: 4,
+            schedule_check_ms: 50,
         },
         submit_capacity: 1024,
     }
