@@ -12,6 +12,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast
 fi
+# The simulation must catch each deliberate defect (a build with the `defects` feature).
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --features defects --test simulation every_injected
+else
+  cargo test --features defects --test simulation every_injected
+fi
 # Doc tests are not run by nextest.
 cargo test --doc
 if [ -f tests/sdk/run.sh ]; then

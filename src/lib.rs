@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod bench;
 pub mod config;
+pub mod defects;
 pub mod domain;
 pub mod http;
 pub mod payments;

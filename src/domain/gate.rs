@@ -268,7 +268,10 @@ impl Workflow {
     /// [`Rejection::WorkflowAlreadyEnded`] for a terminal workflow and
     /// [`Rejection::WorkflowGateMismatch`] for an outcome from the wrong source.
     pub fn next_state(&self, outcome: &PaymentOutcome) -> Result<WorkflowState, Rejection> {
-        if self.state.is_terminal() {
+        let reopened = crate::defects::active(crate::defects::Defect::ReleaseAfterFailed)
+            && self.state == WorkflowState::Failed
+            && outcome.result == PaymentResult::Paid;
+        if self.state.is_terminal() && !reopened {
             return Err(Rejection::WorkflowAlreadyEnded);
         }
         let source_fits = matches!(

@@ -420,14 +420,17 @@ impl Writer {
             for record in &batch.records {
                 let key = record.dedupe_key.as_deref();
                 if let Some(key) = key {
-                    let seen = group_seen.contains(key)
-                        || match self.recent.get(key) {
-                            // The recent map is never older than RocksDB, so it decides alone.
-                            Some(hit) => hit.at_ms >= cutoff_ms,
-                            None => {
-                                matches!(stored.get(key), Some(Stored::Hit(hit)) if hit.at_ms >= cutoff_ms)
-                            }
-                        };
+                    let skipped = crate::defects::active(crate::defects::Defect::DedupeSkip)
+                        && key.first().is_some_and(|b| b % 8 == 0);
+                    let seen = !skipped
+                        && (group_seen.contains(key)
+                            || match self.recent.get(key) {
+                                // The recent map is never older than RocksDB, so it decides alone.
+                                Some(hit) => hit.at_ms >= cutoff_ms,
+                                None => {
+                                    matches!(stored.get(key), Some(Stored::Hit(hit)) if hit.at_ms >= cutoff_ms)
+                                }
+                            });
                     if seen {
                         seqs.push(None);
                         decided.duplicates += 1;

@@ -55,3 +55,32 @@ fn one_seed_run_twice_gives_the_same_trace() {
     let second = sim::run(7, sim::Options::default()).unwrap();
     assert_eq!(first, second);
 }
+
+/// Each deliberate defect (`--features defects`, src/defects.rs) must make some seed fail
+/// within its budget: the proof that the simulation catches bugs of these kinds.
+#[cfg(feature = "defects")]
+#[test]
+fn every_injected_defect_is_caught_within_its_seed_budget() {
+    use tollgate::defects::{Defect, inject};
+    const BUDGET: u64 = 16;
+    for defect in [
+        Defect::DedupeSkip,
+        Defect::NoGiveBack,
+        Defect::ReleaseAfterFailed,
+        Defect::EffectsLost,
+    ] {
+        let caught = (0..BUDGET).find_map(|seed| {
+            inject(Some(defect));
+            let outcome = std::panic::catch_unwind(|| sim::run(seed, sim::Options::default()));
+            inject(None);
+            match outcome {
+                Ok(Ok(_)) => None,
+                Ok(Err(failure)) => Some((seed, failure)),
+                Err(_) => Some((seed, "panicked".to_owned())),
+            }
+        });
+        let (seed, failure) =
+            caught.unwrap_or_else(|| panic!("{defect:?} was not caught in {BUDGET} seeds"));
+        println!("{defect:?}: caught by seed {seed}: {failure:.200}");
+    }
+}

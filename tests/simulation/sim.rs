@@ -25,7 +25,8 @@ use tollgate::domain::fixtures::{COMMIT_PRODUCT, RATE_CARD};
 use tollgate::domain::{Limits, Timestamp, fixtures};
 use tollgate::http::AppState;
 use tollgate::storage::Durability;
-use tollgate::storage::faults::{Faults, ScriptedFaults, StorageOp};
+use tollgate::storage::StorageError;
+use tollgate::storage::faults::{FaultInjector, Faults, StorageOp};
 use tollgate::storage::sim::{CrashKind, FailedWrite, SimDisk};
 
 use super::model::{CustomerModel, Model, SentEvent, Status, Usage};
@@ -113,6 +114,47 @@ impl Trace {
     }
 }
 
+/// The simulation's storage faults: the n-th operation of one kind from now fails, once (a
+/// transient error) or from then on (a disk gone bad).
+#[derive(Default)]
+struct SimFaults {
+    plan: Mutex<Option<FaultPlan>>,
+}
+
+#[derive(Clone, Copy)]
+struct FaultPlan {
+    kind: StorageOp,
+    /// Operations of `kind` to let through first.
+    skip: u64,
+    once: bool,
+}
+
+impl SimFaults {
+    fn arm(&self, plan: FaultPlan) {
+        *self.plan.lock().unwrap() = Some(plan);
+    }
+}
+
+impl FaultInjector for SimFaults {
+    fn before(&self, op: StorageOp) -> Result<(), StorageError> {
+        let mut plan = self.plan.lock().unwrap();
+        let Some(armed) = plan.as_mut() else {
+            return Ok(());
+        };
+        if armed.kind != op {
+            return Ok(());
+        }
+        if armed.skip > 0 {
+            armed.skip -= 1;
+            return Ok(());
+        }
+        if armed.once {
+            *plan = None;
+        }
+        Err(StorageError::Injected(format!("simulated {op:?} failure")))
+    }
+}
+
 /// How a lifetime ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -139,8 +181,10 @@ struct Sim {
     storage: Storage,
     /// Control requests without a definitive answer, re-sent with their key until they get one.
     retries: Vec<Request>,
-    /// Workflow ids already released (or failed) by the simulated integrator.
+    /// Workflow ids already released (or failed) by the simulated integrator: paid or not.
     decided: BTreeMap<String, bool>,
+    /// What the API answered that it must not have.
+    violations: Vec<String>,
     txn_counter: u64,
     step: usize,
 }
@@ -206,6 +250,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         storage,
         retries: Vec::new(),
         decided: BTreeMap::new(),
+        violations: Vec::new(),
         txn_counter: 0,
         step: 0,
     };
@@ -357,7 +402,7 @@ impl Sim {
         let lifetime = self.report.lifetimes;
         system.block_on(async {
             self.time.restart(self.now_ms);
-            let faults = ScriptedFaults::new();
+            let faults = Arc::new(SimFaults::default());
             let seams = self.seams(Some(faults.clone() as Faults), lifetime);
             let engine = Engine::start_with(self.config.clone(), seams)
                 .await
@@ -389,7 +434,7 @@ impl Sim {
                     .filter(|c| !c.late)
                     .all(|c| c.contract_id.is_some());
                 let calm = std::env::var_os("TOLLGATE_SIM_CALM").is_some();
-                if set_up && !fault_armed && self.rng.random_ratio(1, 60) && !calm {
+                if set_up && !fault_armed && self.rng.random_ratio(1, 25) && !calm {
                     self.arm_fault(&faults);
                     fault_armed = true;
                 }
@@ -418,7 +463,7 @@ impl Sim {
 
     /// A storage fault some writes from now: one kind of operation fails (the engine stops,
     /// fail-stop), or on the simulated disk the process dies between two writes.
-    fn arm_fault(&mut self, faults: &ScriptedFaults) {
+    fn arm_fault(&mut self, faults: &SimFaults) {
         let nth = self.rng.random_range(0..40);
         match &self.storage {
             Storage::Sim(disk) if self.rng.random_bool(0.5) => {
@@ -434,11 +479,16 @@ impl Sim {
                     StorageOp::Append,
                     StorageOp::MetaWrite,
                     StorageOp::OutboxWrite,
+                    StorageOp::OutboxWrite,
                     StorageOp::Checkpoint,
                     StorageOp::Read,
                 ];
                 let kind = kinds[self.rng.random_range(0..kinds.len())];
-                faults.fail_from(kind, nth);
+                faults.arm(FaultPlan {
+                    kind,
+                    skip: nth,
+                    once: self.rng.random_bool(0.5),
+                });
             }
         }
     }
@@ -875,10 +925,18 @@ impl Sim {
             key,
             purpose: Purpose::Other,
         };
-        if let Some((status, _)) = self.control(app, request).await {
-            if status == 200 {
-                self.decided.entry(workflow).or_insert(paid);
-                self.report.releases += 1;
+        if let Some((status, body)) = self.control(app, request).await {
+            match self.decided.get(&workflow) {
+                // An ended workflow's outcome never changes: the other outcome is a 4xx.
+                Some(&first) if first != paid && status < 300 => self.violations.push(format!(
+                    "workflow {workflow} ended {} and was then answered {status} for {outcome}: {body}",
+                    if first { "paid" } else { "failed" }
+                )),
+                _ if status == 200 => {
+                    self.decided.entry(workflow).or_insert(paid);
+                    self.report.releases += 1;
+                }
+                _ => {}
             }
         }
     }
@@ -949,6 +1007,9 @@ impl Sim {
     /// Checks after every step: at most one workflow in flight per contract and kind, and
     /// nothing quarantined (the workload holds no input the engine may not apply).
     async fn check_step(&mut self, engine: &Engine) -> Result<(), String> {
+        if let Some(violation) = self.violations.first() {
+            return Err(format!("step {}: {violation}", self.step));
+        }
         if !engine.is_ready() {
             return Ok(());
         }
@@ -1083,6 +1144,7 @@ impl Sim {
                 ));
             }
         }
+        self.check_workflows(engine).await?;
         let conflicts = self.receiver.conflicts();
         if !conflicts.is_empty() {
             return Err(format!("webhooks delivered with two bodies: {conflicts:?}"));
@@ -1094,6 +1156,72 @@ impl Sim {
         for id in self.receiver.arrival() {
             let kept = &self.receiver.kept()[&id];
             self.trace.record(&kept.event_type, 0, &kept.body);
+        }
+        Ok(())
+    }
+}
+
+impl Sim {
+    /// Every EXTERNAL workflow was announced to the integrator (else nobody can ever release
+    /// it), and every one the integrator decided ended that way.
+    async fn check_workflows(&mut self, engine: &Engine) -> Result<(), String> {
+        use tollgate::domain::gate::{GateType, WorkflowState};
+        // The webhook types the integrator received for each workflow.
+        let mut heard: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for kept in self.receiver.kept().values() {
+            if let Some(workflow) = kept.properties["workflow_id"].as_str() {
+                heard
+                    .entry(workflow.to_owned())
+                    .or_default()
+                    .push(kept.event_type.clone());
+            }
+        }
+        for (c, customer) in self.model.customers.iter().enumerate() {
+            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
+                continue;
+            };
+            let workflows = engine
+                .query(id, |s| {
+                    s.customer
+                        .contracts
+                        .iter()
+                        .flat_map(|c| c.workflows.iter())
+                        .map(|w| (w.id.to_string(), w.gate.gate_type, w.state))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| format!("customer {c}: {e}"))?;
+            for (workflow, gate, state) in workflows {
+                let types = heard.get(&workflow).cloned().unwrap_or_default();
+                let has = |t: &str| types.iter().any(|x| x == t);
+                let missing = if !has("payment_gate.threshold_reached") {
+                    Some("payment_gate.threshold_reached")
+                } else if gate == GateType::External && !has("payment_gate.external_initiate") {
+                    Some("payment_gate.external_initiate")
+                } else if gate != GateType::None
+                    && state.is_terminal()
+                    && !has("payment_gate.payment_status")
+                {
+                    Some("payment_gate.payment_status")
+                } else {
+                    None
+                };
+                if let Some(missing) = missing {
+                    return Err(format!(
+                        "customer {c}: workflow {workflow} ({gate:?}, {state:?}) never sent {missing}; heard {types:?}"
+                    ));
+                }
+                let expected = match self.decided.get(&workflow) {
+                    Some(true) => WorkflowState::Released,
+                    Some(false) => WorkflowState::Failed,
+                    None => continue,
+                };
+                if state != expected {
+                    return Err(format!(
+                        "customer {c}: workflow {workflow} is {state:?}, the integrator decided {expected:?}"
+                    ));
+                }
+            }
         }
         Ok(())
     }

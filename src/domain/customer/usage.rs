@@ -291,6 +291,9 @@ fn line_charge(
             q
         }
     };
+    if crate::defects::active(crate::defects::Defect::NoGiveBack) && new_quantity < old_quantity {
+        return Ok((old_charged, Money::ZERO));
+    }
     let new_charged = if new_quantity.is_sign_negative() || new_quantity.is_zero() {
         Money::ZERO
     } else {

@@ -1,0 +1,45 @@
+//! Deliberate engine defects, compiled in only with the `defects` cargo feature: the
+//! simulation's proof that it catches real bugs (`tests/simulation`, README "Simulation"). A
+//! build without the feature has none of them: [`active`] is `false` and folds away.
+//!
+//! A defect is switched on for the current thread only, so that one test can run a seed with a
+//! defect while others run clean; the simulation runs the whole engine on its own thread.
+
+/// The defects the simulation must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// The log treats one transaction id in eight as never seen: a re-sent event counts twice.
+    DedupeSkip,
+    /// A usage decrease gives nothing back: negative SUM values overcharge.
+    NoGiveBack,
+    /// A FAILED workflow can still be released by a later `paid`.
+    ReleaseAfterFailed,
+    /// A failed outbox write is ignored: the input applies without its effects and the engine
+    /// goes on instead of stopping.
+    EffectsLost,
+}
+
+#[cfg(feature = "defects")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<Option<Defect>> = const { std::cell::Cell::new(None) };
+}
+
+/// Switches `defect` on (or every defect off) for this thread.
+#[cfg(feature = "defects")]
+pub fn inject(defect: Option<Defect>) {
+    ACTIVE.set(defect);
+}
+
+/// Whether `defect` is on for this thread.
+#[inline]
+pub fn active(defect: Defect) -> bool {
+    #[cfg(feature = "defects")]
+    {
+        ACTIVE.get() == Some(defect)
+    }
+    #[cfg(not(feature = "defects"))]
+    {
+        let _ = defect;
+        false
+    }
+}
