@@ -289,7 +289,13 @@ impl Writer {
         if !decided.batch.is_empty() {
             let started = self.timed.then(Instant::now);
             self.shared.check(super::faults::StorageOp::Append)?;
-            self.backend.write(decided.batch, self.fsync)?;
+            if let Err(error) = self.backend.write(decided.batch, self.fsync) {
+                // A failed write may still have reached the write-ahead log (an fsync that
+                // failed after the write): its seqs must never be given to other records, so
+                // nothing more is written in this process; recovery reads what survived.
+                self.shared.fenced.store(true, Relaxed);
+                return Err(error);
+            }
             if let Some(started) = started {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 stats.last_persist_micros.store(micros, Relaxed);

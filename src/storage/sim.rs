@@ -199,9 +199,8 @@ impl SimDisk {
     ///
     /// Calling this again after a refusal lets writes through again without a restart, which
     /// RocksDB does not do after a failed log write (it refuses writes until reopened). The
-    /// store relies on that: its writer reuses the seqs of a failed group, so more appends
-    /// after a `ReachedWal` refusal overwrite that group's records on recovery while its
-    /// dedupe entries survive.
+    /// store does not rely on that: after a failed log write it is fenced and writes nothing
+    /// more, since the failed group's seqs may be in the write-ahead log.
     pub fn stop_after_writes(&self, writes: u64, failed_write: FailedWrite) {
         self.lock().stop = Some(Stop {
             writes_left: writes,

@@ -279,7 +279,8 @@ fn writes_after_the_crash_point_fail_and_apply_nothing() {
     assert_eq!(store.last_seq(0).unwrap(), 1);
     assert_eq!(store.meta_get(b"k").unwrap(), None);
     assert_eq!(replay_all(&store, 0, 0).len(), 1);
-    assert_eq!(disk.stats().refused_writes, 3);
+    // The failed log write fenced the store: the later writes never reached the disk.
+    assert_eq!(disk.stats().refused_writes, 1);
     assert_eq!(store.stats().write_errors, 1);
 
     drop(store);
@@ -332,7 +333,11 @@ fn a_store_of_a_crashed_process_fails_every_operation() {
         old.meta_get(b"k").unwrap_err(),
         old.outbox_pending().unwrap_err(),
     ] {
-        assert!(matches!(err, StorageError::SimDisk(_)), "{err}");
+        // The first failed write fences the store: later writes stop before the disk.
+        assert!(
+            matches!(err, StorageError::SimDisk(_) | StorageError::Fenced),
+            "{err}"
+        );
     }
     // Dropping the dead store does not unlock the disk under the new one.
     drop(old);
@@ -453,4 +458,36 @@ fn recovered_seqs_come_from_the_last_log_key_of_each_partition() {
         .unwrap();
     cursor.seek_to_first();
     assert_eq!(parse_log_key(cursor.key().unwrap()).unwrap(), (0, 1));
+}
+
+#[test]
+fn after_a_failed_log_write_the_store_writes_nothing_more_so_no_seq_is_given_twice() {
+    let disk = SimDisk::new();
+    let store = open(&disk, Durability::Fsync);
+    append(&store, 0, 1, vec![keyed("a", "a")]);
+    // An fsync that fails after the record reached the write-ahead log ...
+    disk.stop_after_writes(0, FailedWrite::ReachedWal);
+    assert!(
+        store
+            .append_blocking(batch(0, 2, vec![keyed("b", "b")]))
+            .is_err()
+    );
+    // ... and a disk that takes writes again (RocksDB would refuse until reopened).
+    disk.stop_after_writes(u64::MAX, FailedWrite::Lost);
+    // The store refuses: seq 2 may be b's, so it is never given to c.
+    assert!(
+        store
+            .append_blocking(batch(0, 3, vec![keyed("c", "c")]))
+            .is_err()
+    );
+    assert!(
+        store.meta_put(b"k", b"v").is_err(),
+        "fenced for every write"
+    );
+    drop(store);
+    disk.crash(CrashKind::ProcessCrash);
+    let store = open(&disk, Durability::Fsync);
+    // b survived in the log with its dedupe entry; c was never written: a retry of c applies.
+    assert_eq!(check_dedupe_and_seqs(&store), ["a", "b"]);
+    assert_eq!(append(&store, 0, 4, vec![keyed("c", "c")]), [Some(3)]);
 }
