@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tollgate::actors::clock::Clock;
 use tollgate::actors::engine::EngineConfig;
+use tollgate::actors::entry::PersistedCustomer;
 use tollgate::actors::webhook::{Destination, WebhookSettings};
 use tollgate::actors::{Disk, Engine, EngineSettings, Placement, Seams};
 use tollgate::domain::fixtures::{COMMIT_PRODUCT, RATE_CARD};
@@ -498,7 +499,7 @@ impl Sim {
     fn final_lifetime(&mut self) -> Result<(), String> {
         let system = paused_system();
         let lifetime = self.report.lifetimes;
-        system.block_on(async {
+        let ended = system.block_on(async {
             self.time.restart(self.now_ms);
             self.receiver.heal();
             let engine = Engine::start_with(self.config.clone(), self.seams(None, lifetime))
@@ -521,7 +522,71 @@ impl Sim {
                 ));
             }
             self.settle(&engine).await;
-            self.check_final(&app, &engine).await
+            self.check_final(&app, &engine).await?;
+            let states = self.states(&engine).await?;
+            // What a kill -9 right now would leave: it must replay to the same states.
+            if let Storage::Sim(disk) = &self.storage {
+                let crashed = disk.fork(CrashKind::ProcessCrash);
+                self.now_ms = self.time.now_ms();
+                let copy = Storage::Sim(crashed);
+                return Ok((states, Some(copy)));
+            }
+            engine.checkpoint().await.map_err(|e| e.to_string())?;
+            self.now_ms = self.time.now_ms();
+            Ok((states, None))
+        });
+        // The process ends (its store closes) before the next one starts.
+        drop(system);
+        let (states, crashed) = ended?;
+        self.restart_with_the_same_states(&states, crashed)
+    }
+
+    /// Every customer's state, as the engine holds it now.
+    async fn states(&mut self, engine: &Engine) -> Result<Vec<PersistedCustomer>, String> {
+        let mut states = Vec::new();
+        for customer in &self.model.customers {
+            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
+                continue;
+            };
+            let state = engine
+                .query(id, PersistedCustomer::clone)
+                .await
+                .map_err(|e| format!("state of {id}: {e}"))?;
+            states.push(state);
+        }
+        Ok(states)
+    }
+
+    /// Starts the engine again (on what a crash left, when given) and requires the same
+    /// customer states: replay reaches what the live run reached.
+    fn restart_with_the_same_states(
+        &mut self,
+        expected: &[PersistedCustomer],
+        crashed: Option<Storage>,
+    ) -> Result<(), String> {
+        if let Some(crashed) = crashed {
+            self.storage = crashed;
+        }
+        let system = paused_system();
+        let lifetime = self.report.lifetimes + 1;
+        system.block_on(async {
+            self.time.restart(self.now_ms);
+            let engine = Engine::start_with(self.config.clone(), self.seams(None, lifetime))
+                .await
+                .map_err(|e| format!("seed {}: restart: {e}", self.seed))?;
+            let states = self.states(&engine).await?;
+            for (before, after) in expected.iter().zip(&states) {
+                if before != after {
+                    return Err(format!(
+                        "replay reached another state for customer {:?}:\nlive {before:?}\nreplayed {after:?}",
+                        before.customer.profile.as_ref().map(|p| p.id)
+                    ));
+                }
+            }
+            if let Storage::Sim(disk) = &self.storage {
+                self.trace.hasher.update(&disk.digest().to_be_bytes());
+            }
+            Ok(())
         })
     }
 
