@@ -359,9 +359,7 @@ impl Store {
         opts: StoreOptions,
         faults: Option<faults::Faults>,
     ) -> Result<Store, StorageError> {
-        check_options(&opts)?;
-        let backend = Arc::new(RocksBackend::open(dir)?);
-        Store::start(backend, &dir.display(), opts, faults, WriterMode::Thread)
+        Store::open_rocks(dir, opts, faults, WriterMode::Thread)
     }
 
     /// [`Store::open_with_faults`] with the group commit run by the caller of `append`, as on
@@ -375,9 +373,18 @@ impl Store {
         opts: StoreOptions,
         faults: Option<faults::Faults>,
     ) -> Result<Store, StorageError> {
+        Store::open_rocks(dir, opts, faults, WriterMode::Inline)
+    }
+
+    fn open_rocks(
+        dir: &Path,
+        opts: StoreOptions,
+        faults: Option<faults::Faults>,
+        mode: WriterMode,
+    ) -> Result<Store, StorageError> {
         check_options(&opts)?;
         let backend = Arc::new(RocksBackend::open(dir)?);
-        Store::start(backend, &dir.display(), opts, faults, WriterMode::Inline)
+        Store::start(backend, &dir.display(), opts, faults, mode)
     }
 
     /// Opens a store on a simulated disk, recovering from what it holds (after a

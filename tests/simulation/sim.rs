@@ -337,12 +337,23 @@ fn paused_system() -> actix_rt::SystemRunner {
     })
 }
 
-/// Sends one request to the in-process API; an error from middleware becomes its response.
-async fn send<S, B>(app: &S, request: actix_http::Request) -> (u16, Vec<u8>)
+/// The in-process API as `actix_web::test::init_service` gives it.
+trait Api:
+    Service<actix_http::Request, Response = ServiceResponse<Self::Body>, Error = actix_web::Error>
+{
+    type Body: MessageBody;
+}
+
+impl<S, B> Api for S
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
+    type Body = B;
+}
+
+/// Sends one request to the in-process API; an error from middleware becomes its response.
+async fn send(app: &impl Api, request: actix_http::Request) -> (u16, Vec<u8>) {
     match test::try_call_service(app, request).await {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -600,11 +611,7 @@ impl Sim {
         }
     }
 
-    async fn one_step<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn one_step(&mut self, app: &impl Api) {
         // Customers and contracts first, the late customer whenever it comes.
         if let Some(c) = self.next_setup() {
             self.set_up(app, c).await;
@@ -645,11 +652,7 @@ impl Sim {
             })
     }
 
-    async fn set_up<S, B>(&mut self, app: &S, c: usize)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn set_up(&mut self, app: &impl Api, c: usize) {
         let customer = self.model.customers[c].clone();
         let request = match &customer.id {
             None => Request {
@@ -718,11 +721,7 @@ impl Sim {
     }
 
     /// Sends a control request; without a definitive answer it is queued for a retry.
-    async fn control<S, B>(&mut self, app: &S, request: Request) -> Option<(u16, Value)>
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn control(&mut self, app: &impl Api, request: Request) -> Option<(u16, Value)> {
         let http = test::TestRequest::post()
             .uri(&request.path)
             .insert_header(("authorization", format!("Bearer {TOKEN}")))
@@ -759,11 +758,7 @@ impl Sim {
         Some((status, value))
     }
 
-    async fn get<S, B>(&mut self, app: &S, path: &str) -> (u16, Value)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn get(&mut self, app: &impl Api, path: &str) -> (u16, Value) {
         let http = test::TestRequest::get()
             .uri(path)
             .insert_header(("authorization", format!("Bearer {TOKEN}")))
@@ -773,11 +768,7 @@ impl Sim {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
-    async fn post_read<S, B>(&mut self, app: &S, path: &str, body: Value) -> (u16, Value)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn post_read(&mut self, app: &impl Api, path: &str, body: Value) -> (u16, Value) {
         let http = test::TestRequest::post()
             .uri(path)
             .insert_header(("authorization", format!("Bearer {TOKEN}")))
@@ -791,11 +782,7 @@ impl Sim {
         )
     }
 
-    async fn find_customer<S, B>(&mut self, app: &S, c: usize) -> Option<String>
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn find_customer(&mut self, app: &impl Api, c: usize) -> Option<String> {
         let (_, page) = self.get(app, "/v1/customers?limit=100").await;
         let alias = self.model.customers[c].alias.clone();
         page["data"].as_array()?.iter().find_map(|customer| {
@@ -808,11 +795,7 @@ impl Sim {
         })
     }
 
-    async fn find_contract<S, B>(&mut self, app: &S, c: usize) -> Option<String>
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn find_contract(&mut self, app: &impl Api, c: usize) -> Option<String> {
         let customer = self.model.customers[c].id.clone()?;
         let (_, page) = self
             .post_read(app, "/v1/contracts/list", json!({"customer_id": customer}))
@@ -823,11 +806,7 @@ impl Sim {
     }
 
     /// Re-sends every request and event still waiting for a definitive answer.
-    async fn retry_pending<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn retry_pending(&mut self, app: &impl Api) {
         for request in self.retries.clone() {
             self.control(app, request).await;
         }
@@ -909,11 +888,7 @@ impl Sim {
         ))
     }
 
-    async fn ingest<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn ingest(&mut self, app: &impl Api) {
         let mut txns = Vec::new();
         for _ in 0..self.rng.random_range(1..=6) {
             if let Some((txn, event)) = self.new_event() {
@@ -927,11 +902,7 @@ impl Sim {
     }
 
     /// A client re-sends events it sent before (a retry after a timeout).
-    async fn resend<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn resend(&mut self, app: &impl Api) {
         let all: Vec<String> = self.model.sent.keys().cloned().collect();
         if all.is_empty() {
             return;
@@ -942,11 +913,7 @@ impl Sim {
         self.send_events(app, txns).await;
     }
 
-    async fn send_events<S, B>(&mut self, app: &S, txns: Vec<String>)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn send_events(&mut self, app: &impl Api, txns: Vec<String>) {
         let body: Vec<Value> = txns
             .iter()
             .map(|t| self.model.sent[t].json.clone())
@@ -968,11 +935,7 @@ impl Sim {
 
     /// The integrator answers an EXTERNAL workflow it heard of by webhook: paid or failed,
     /// sometimes twice, sometimes both outcomes at once.
-    async fn release<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn release(&mut self, app: &impl Api) {
         let known = self.receiver.external_workflows();
         if known.is_empty() {
             return;
@@ -1006,19 +969,25 @@ impl Sim {
         }
     }
 
-    async fn add_commit<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
-        let ready: Vec<usize> = (0..self.model.customers.len())
-            .filter(|&c| self.model.customers[c].contract_id.is_some())
+    /// A customer whose contract exists, at random.
+    fn customer_with_contract(&mut self) -> Option<CustomerModel> {
+        let ready: Vec<&CustomerModel> = self
+            .model
+            .customers
+            .iter()
+            .filter(|c| c.contract_id.is_some())
             .collect();
         if ready.is_empty() {
-            return;
+            return None;
         }
-        let c = ready[self.rng.random_range(0..ready.len())];
-        let customer = self.model.customers[c].clone();
+        let pick = self.rng.random_range(0..ready.len());
+        Some(ready[pick].clone())
+    }
+
+    async fn add_commit(&mut self, app: &impl Api) {
+        let Some(customer) = self.customer_with_contract() else {
+            return;
+        };
         let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
         let amount = self.rng.random_range(1..10_000);
         self.txn_counter += 1;
@@ -1038,19 +1007,10 @@ impl Sim {
         self.control(app, request).await;
     }
 
-    async fn toggle_threshold<S, B>(&mut self, app: &S)
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
-        let ready: Vec<usize> = (0..self.model.customers.len())
-            .filter(|&c| self.model.customers[c].contract_id.is_some())
-            .collect();
-        if ready.is_empty() {
+    async fn toggle_threshold(&mut self, app: &impl Api) {
+        let Some(customer) = self.customer_with_contract() else {
             return;
-        }
-        let c = ready[self.rng.random_range(0..ready.len())];
-        let customer = self.model.customers[c].clone();
+        };
         let field = if self.rng.random_bool(0.5) {
             "update_spend_threshold_configuration"
         } else {
@@ -1128,11 +1088,7 @@ impl Sim {
 
     /// The end: usage exactly once per period against the model, money adding up on every
     /// invoice, webhooks delivered once each with one body, nothing pending or quarantined.
-    async fn check_final<S, B>(&mut self, app: &S, engine: &Engine) -> Result<(), String>
-    where
-        S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-        B: MessageBody,
-    {
+    async fn check_final(&mut self, app: &impl Api, engine: &Engine) -> Result<(), String> {
         self.check_step(engine).await?;
         let customers = self.model.customers.clone();
         for (c, customer) in customers.iter().enumerate() {
