@@ -17,6 +17,15 @@ pub enum Defect {
     /// A failed outbox write is ignored: the input applies without its effects and the engine
     /// goes on instead of stopping.
     EffectsLost,
+    /// A STRIPE charge still `processing` is taken for paid: the commit is released before
+    /// the money arrived.
+    ReleaseOnProcessing,
+    /// A finished payment job is dropped without retiring its outbox entry: the charge is
+    /// redone after every restart and the outbox never empties.
+    PaidChargeNotRetired,
+    /// A charge is created without first searching for the workflow's existing one: once
+    /// Stripe's 24 h key window has passed, a second PaymentIntent charges again.
+    CreateWithoutSearch,
 }
 
 #[cfg(feature = "defects")]

@@ -9,8 +9,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 // Tokio's clock: the real one in production, paused and stepped in the simulation.
@@ -46,6 +46,9 @@ struct Resident {
     addr: Addr<CustomerActor>,
     last_input_ms: i64,
     dirty: bool,
+    /// Queries sent and not yet answered: an actor with one is not evicted (the query would
+    /// reach a stopped actor and fail).
+    queries: Arc<AtomicUsize>,
 }
 
 pub struct Worker {
@@ -196,6 +199,7 @@ impl Worker {
                 addr: addr.clone(),
                 last_input_ms: self.shared.clock.now_ms(),
                 dirty,
+                queries: Arc::default(),
             },
         );
         addr
@@ -347,8 +351,16 @@ impl Worker {
         match control {
             Control::Query { customer, f, reply } => match self.actor(customer) {
                 Ok(addr) => {
+                    let queries = self
+                        .residents
+                        .get(&customer)
+                        .map(|r| Arc::clone(&r.queries))
+                        .unwrap_or_default();
+                    queries.fetch_add(1, Relaxed);
                     actix_rt::spawn(async move {
-                        if let Ok(answer) = addr.send(Query(f)).await {
+                        let answer = addr.send(Query(f)).await;
+                        queries.fetch_sub(1, Relaxed);
+                        if let Ok(answer) = answer {
                             let _ = reply.send(answer);
                         }
                     });
@@ -527,7 +539,7 @@ impl Worker {
         let idle: Vec<Id> = self
             .residents
             .iter()
-            .filter(|(_, r)| now - r.last_input_ms >= idle_ms)
+            .filter(|(_, r)| now - r.last_input_ms >= idle_ms && r.queries.load(Relaxed) == 0)
             .map(|(id, _)| *id)
             .take(1_000)
             .collect();

@@ -320,7 +320,9 @@ impl Handler<Ran> for PaymentActor {
             Next::Wait => job.step = Step::Wait,
             Next::Done => {
                 if let Some(job) = self.jobs.remove(&ran.id) {
-                    self.retire(ran.id, &job.entry);
+                    if !crate::defects::active(crate::defects::Defect::PaidChargeNotRetired) {
+                        self.retire(ran.id, &job.entry);
+                    }
                 }
                 return;
             }
@@ -366,6 +368,11 @@ impl Worker {
         let provider = &self.payments.provider;
         let answer = match &step {
             Step::Poll(id) => provider.retrieve(request, id).await,
+            Step::Reconcile | Step::Wait
+                if crate::defects::active(crate::defects::Defect::CreateWithoutSearch) =>
+            {
+                provider.charge(request, None).await
+            }
             Step::Reconcile | Step::Wait => match provider.find(request).await {
                 Answer::Ok(Some(found)) if found.status != ChargeStatus::Unfinished => {
                     Answer::Ok(found)
@@ -418,6 +425,11 @@ impl Worker {
                 let error = tollgate_error("payment_canceled", "the Stripe payment was canceled");
                 let result = PaymentResult::Failed { error: Some(error) };
                 self.decided(request, result, intent).await
+            }
+            ChargeStatus::Processing
+                if crate::defects::active(crate::defects::Defect::ReleaseOnProcessing) =>
+            {
+                self.decided(request, PaymentResult::Paid, intent).await
             }
             ChargeStatus::Processing => Next::Poll(object.id),
             ChargeStatus::RequiresAction { ref next_action } => {

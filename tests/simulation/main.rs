@@ -11,11 +11,20 @@
 mod model;
 mod receiver;
 mod sim;
+mod stripe;
 
 /// Seeds CI runs (a few minutes on 2 cores in a debug build).
 const CI_SEEDS: u64 = 32;
 
 fn seeds() -> Vec<u64> {
+    if std::env::var_os("TOLLGATE_SIM_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("TOLLGATE_SIM_LOG").unwrap_or_default(),
+            ))
+            .with_test_writer()
+            .try_init();
+    }
     if let Ok(seed) = std::env::var("TOLLGATE_SIM_SEED") {
         return vec![seed.parse().expect("TOLLGATE_SIM_SEED is a number")];
     }
@@ -45,6 +54,9 @@ fn seeds_pass_every_invariant() {
         totals.webhooks += report.webhooks;
         totals.webhook_failures += report.webhook_failures;
         totals.releases += report.releases;
+        totals.stripe_calls += report.stripe_calls;
+        totals.stripe_faults += report.stripe_faults;
+        totals.stripe_events += report.stripe_events;
     }
     println!("totals: {totals:?}");
 }
@@ -68,6 +80,9 @@ fn every_injected_defect_is_caught_within_its_seed_budget() {
         Defect::NoGiveBack,
         Defect::ReleaseAfterFailed,
         Defect::EffectsLost,
+        Defect::ReleaseOnProcessing,
+        Defect::PaidChargeNotRetired,
+        Defect::CreateWithoutSearch,
     ] {
         let caught = (0..BUDGET).find_map(|seed| {
             inject(Some(defect));

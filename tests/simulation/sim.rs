@@ -30,8 +30,13 @@ use tollgate::storage::StorageError;
 use tollgate::storage::faults::{FaultInjector, Faults, StorageOp};
 use tollgate::storage::sim::{CrashKind, FailedWrite, SimDisk};
 
+use tollgate::actors::payment::{PaymentSettings, Payments};
+use tollgate::http::stripe::StripeWebhook;
+use tollgate::payments::stripe::StripeProvider;
+
 use super::model::{CustomerModel, Model, SentEvent, Status, Usage};
 use super::receiver::Receiver;
+use super::stripe::{self as sim_stripe, SimStripe};
 
 const TOKEN: &str = "sim-token";
 const WEBHOOK_URL: &str = "http://receiver.sim/hooks";
@@ -56,6 +61,9 @@ pub struct Report {
     pub webhooks: usize,
     pub webhook_failures: u64,
     pub releases: usize,
+    pub stripe_calls: u64,
+    pub stripe_faults: u64,
+    pub stripe_events: u64,
 }
 
 /// How long a run is.
@@ -177,6 +185,8 @@ struct Sim {
     time: Arc<SimTime>,
     now_ms: i64,
     receiver: Receiver,
+    stripe: SimStripe,
+    swarm: Swarm,
     dir: tempfile::TempDir,
     config: EngineConfig,
     storage: Storage,
@@ -188,6 +198,15 @@ struct Sim {
     violations: Vec<String>,
     txn_counter: u64,
     step: usize,
+}
+
+/// What differs between seeds beyond the workload's draws (swarm testing).
+#[derive(Clone, Copy, Debug)]
+struct Swarm {
+    /// How often the integrator answers an EXTERNAL workflow `failed`.
+    failed_releases: f64,
+    /// How often a Stripe outage outlasts the 24 h key window.
+    long_outages: f64,
 }
 
 /// Where a run's data lives.
@@ -224,6 +243,18 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
     let time = Arc::new(SimTime::default());
     let clock_for_receiver = Arc::clone(&time);
     let receiver = Receiver::new(rng.random(), Arc::new(move || clock_for_receiver.now_ms()));
+    // Swarm testing: each seed has its own weather, so that rare combinations are common in
+    // some seeds.
+    let swarm = Swarm {
+        failed_releases: [0.1, 0.2, 0.5][rng.random_range(0..3)],
+        long_outages: [0.0, 0.125, 0.5][rng.random_range(0..3)],
+    };
+    let event_loss = [0, 12, 40, 100][rng.random_range(0..4)];
+    let stripe = SimStripe::new(
+        rng.random(),
+        Arc::clone(&time) as Arc<dyn Clock>,
+        event_loss,
+    );
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = engine_config(&mut rng, &dir.path().join("data"));
     // One seed in four runs on real RocksDB.
@@ -246,6 +277,8 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         time,
         now_ms,
         receiver,
+        stripe,
+        swarm,
         dir,
         config,
         storage,
@@ -267,7 +300,13 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         let end = sim.lifetime()?;
         sim.report.lifetimes += 1;
         match end {
-            End::Done => break,
+            End::Done => {
+                // The process ends; a disk fault armed for later must not outlive it.
+                if let Storage::Sim(disk) = &sim.storage {
+                    disk.crash(CrashKind::ProcessCrash);
+                }
+                break;
+            }
             End::Crash => sim.report.crashes += 1,
             End::FailStop => sim.report.storage_faults += 1,
         }
@@ -283,6 +322,9 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
     sim.report.steps = sim.step;
     sim.report.webhooks = sim.receiver.kept().len();
     sim.report.webhook_failures = sim.receiver.failures();
+    sim.report.stripe_calls = sim.stripe.calls();
+    sim.report.stripe_faults = sim.stripe.faults();
+    sim.report.stripe_events = sim.stripe.events_delivered();
     Ok(sim.report)
 }
 
@@ -352,6 +394,18 @@ where
     type Body = B;
 }
 
+/// The engine's HTTP API in process, with its Stripe webhook endpoint.
+async fn api(engine: &Engine) -> impl Api {
+    let webhook = StripeWebhook {
+        webhook_secret: sim_stripe::WEBHOOK_SECRET.into(),
+        webhook_path: sim_stripe::WEBHOOK_PATH.into(),
+    };
+    let mut state = AppState::new(engine.clone(), &[TOKEN.into()], 1 << 20);
+    state.stripe = Some(webhook.clone());
+    let app = tollgate::http::app(web::Data::new(state), Some(webhook), Arc::new(|_| {}));
+    test::init_service(app).await
+}
+
 /// Sends one request to the in-process API; an error from middleware becomes its response.
 async fn send(app: &impl Api, request: actix_http::Request) -> (u16, Vec<u8>) {
     match test::try_call_service(app, request).await {
@@ -402,6 +456,19 @@ impl Sim {
             disk,
             storage_faults: faults,
             webhook_transport: Some(Arc::new(self.receiver.clone())),
+            payments: Some(Payments {
+                provider: Arc::new(StripeProvider::with_transport(
+                    Arc::new(self.stripe.clone()),
+                    sim_stripe::CLIENT_TIMEOUT_MS,
+                )),
+                settings: PaymentSettings {
+                    // Shorter than production's 24 h, so that runs reach it.
+                    action_required_timeout_ms: 2 * HOUR_MS,
+                    retry_first_ms: 1_000,
+                    retry_max_ms: 15 * MINUTE_MS,
+                    scan_interval_ms: 1_000,
+                },
+            }),
             placement: Placement::CurrentThread,
             random_seed: Some(self.seed ^ (lifetime as u64).wrapping_mul(0x9e37_79b9)),
             ..Seams::new(Arc::clone(&self.time) as Arc<dyn Clock>)
@@ -419,8 +486,7 @@ impl Sim {
             let engine = Engine::start_with(self.config.clone(), seams)
                 .await
                 .map_err(|e| format!("seed {}: start: {e}", self.seed))?;
-            let state = web::Data::new(AppState::new(engine.clone(), &[TOKEN.into()], 1 << 20));
-            let app = test::init_service(tollgate::http::app(state, None, Arc::new(|_| {}))).await;
+            let app = api(&engine).await;
             if lifetime == 0 {
                 for change in fixtures::catalog_changes() {
                     engine
@@ -464,6 +530,8 @@ impl Sim {
                     );
                 }
                 self.one_step(&app).await;
+                self.stripe.settle_some();
+                self.stripe_events(&app).await;
                 self.check_step(&engine).await?;
                 if !engine.is_ready() {
                     self.now_ms = self.time.now_ms();
@@ -516,8 +584,7 @@ impl Sim {
             let engine = Engine::start_with(self.config.clone(), self.seams(None, lifetime))
                 .await
                 .map_err(|e| format!("seed {}: final start: {e}", self.seed))?;
-            let state = web::Data::new(AppState::new(engine.clone(), &[TOKEN.into()], 1 << 20));
-            let app = test::init_service(tollgate::http::app(state, None, Arc::new(|_| {}))).await;
+            let app = api(&engine).await;
             for _ in 0..20 {
                 self.retry_pending(&app).await;
                 if self.retries.is_empty() && self.model.pending().is_empty() {
@@ -532,6 +599,8 @@ impl Sim {
                     self.model.pending()
                 ));
             }
+            self.stripe.heal();
+            self.finish_payments(&app, &engine).await?;
             self.settle(&engine).await;
             self.check_final(&app, &engine).await?;
             let states = self.states(&engine).await?;
@@ -601,6 +670,99 @@ impl Sim {
         })
     }
 
+    /// Stripe goes down for minutes to hours; now and then for longer than its 24 h key
+    /// window, while time runs on.
+    fn stripe_outage(&mut self) {
+        let ms = if self.rng.random_bool(self.swarm.long_outages) {
+            self.rng.random_range(25 * HOUR_MS..30 * HOUR_MS)
+        } else {
+            self.rng.random_range(MINUTE_MS..3 * HOUR_MS)
+        };
+        self.stripe.outage(ms);
+    }
+
+    /// Delivers the Stripe events that are due to the engine's Stripe endpoint, signed as
+    /// Stripe signs them; one the engine does not take (5xx) is delivered again later.
+    async fn stripe_events(&mut self, app: &impl Api) {
+        self.stripe.schedule_events();
+        for event in self.stripe.due_events() {
+            let payload = serde_json::to_vec(&event).unwrap_or_default();
+            let signature = tollgate::payments::stripe::sign(
+                &payload,
+                sim_stripe::WEBHOOK_SECRET,
+                self.time.now_ms() / 1000,
+            );
+            let http = test::TestRequest::post()
+                .uri(sim_stripe::WEBHOOK_PATH)
+                .insert_header(("stripe-signature", signature))
+                .insert_header(("content-type", "application/json"))
+                .set_payload(payload)
+                .to_request();
+            let (status, body) = send(app, http).await;
+            self.trace.record(sim_stripe::WEBHOOK_PATH, status, &body);
+            match status {
+                200..=299 => {}
+                429 | 500..=599 => self.stripe.redeliver(event),
+                _ => self.violations.push(format!(
+                    "a signed Stripe event {} was answered {status}: {}",
+                    event["type"],
+                    String::from_utf8_lossy(&body)
+                )),
+            }
+        }
+    }
+
+    /// The end of the payments: the customers decide what waits for them, Stripe's events
+    /// arrive, and time runs until every STRIPE workflow has ended and the outbox is empty.
+    async fn finish_payments(&mut self, app: &impl Api, engine: &Engine) -> Result<(), String> {
+        use tollgate::domain::gate::GateType;
+        let mut last = (0, 0, false);
+        // A saved 500 is replayed for Stripe's 24 h key window: the end may take that long.
+        for round in 0..300 {
+            if let Some(failure) = engine.failure() {
+                return Err(format!(
+                    "the engine stopped in the last lifetime: {failure}"
+                ));
+            }
+            self.stripe.settle_all();
+            self.stripe_events(app).await;
+            let mut charging = 0;
+            for customer in &self.model.customers {
+                let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
+                    continue;
+                };
+                charging += engine
+                    .query(id, |s| {
+                        s.customer
+                            .contracts
+                            .iter()
+                            .flat_map(|c| c.workflows.iter())
+                            .filter(|w| w.gate.gate_type == GateType::Stripe)
+                            .filter(|w| !w.state.is_terminal())
+                            .count()
+                    })
+                    .await
+                    .map_err(|e| format!("finish payments: {e}"))?;
+            }
+            let outbox = engine
+                .store()
+                .outbox_pending()
+                .map_err(|e| e.to_string())?
+                .len();
+            if charging == 0 && outbox == 0 && !self.stripe.has_deliveries() {
+                return Ok(());
+            }
+            last = (charging, outbox, self.stripe.has_deliveries());
+            let minutes = if round < 120 { 1 } else { 10 };
+            tokio::time::sleep(Duration::from_secs(60 * minutes)).await;
+        }
+        let (charging, outbox, deliveries) = last;
+        Err(format!(
+            "after 32 hours: {charging} STRIPE workflows in flight, {outbox} outbox entries pending, Stripe events to deliver: {deliveries}; Stripe's requests: {}",
+            self.stripe.requests_summary()
+        ))
+    }
+
     /// Lets time run until applied work, webhooks and payments have settled.
     async fn settle(&mut self, engine: &Engine) {
         for _ in 0..200 {
@@ -627,6 +789,10 @@ impl Sim {
             80..=81 => self
                 .receiver
                 .outage(self.rng.random_range(MINUTE_MS..30 * MINUTE_MS)),
+            82 => self.stripe_outage(),
+            83 => self
+                .stripe
+                .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
             _ => {}
         }
         // Time passes: mostly seconds, sometimes minutes, rarely hours.
@@ -657,7 +823,11 @@ impl Sim {
         let request = match &customer.id {
             None => Request {
                 path: "/v1/customers".into(),
-                body: json!({"name": customer.name, "ingest_aliases": [customer.alias]}),
+                body: json!({"name": customer.name, "ingest_aliases": [customer.alias],
+                    "customer_billing_provider_configurations": [{
+                        "billing_provider": "stripe", "delivery_method": "direct_to_billing_provider",
+                        "configuration": {"stripe_customer_id": format!("cus_sim_{c}"),
+                                          "stripe_collection_method": "charge_automatically"}}]}),
                 key: format!("customer-{c}"),
                 purpose: Purpose::CreateCustomer(c),
             },
@@ -692,18 +862,17 @@ impl Sim {
                 "access_schedule": {"schedule_items": [{"amount": self.rng.random_range(1..5_000), "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]}
             }]);
         }
-        let gate = |rng: &mut StdRng| {
-            if rng.random_bool(0.6) {
-                "EXTERNAL"
-            } else {
-                "NONE"
-            }
+        let gate = |rng: &mut StdRng| match rng.random_range(0..10) {
+            0..=3 => json!({"payment_gate_type": "EXTERNAL"}),
+            4..=6 => json!({"payment_gate_type": "STRIPE", "stripe_config": {"payment_type":
+                if rng.random_bool(0.6) { "PAYMENT_INTENT" } else { "INVOICE" }}}),
+            _ => json!({"payment_gate_type": "NONE"}),
         };
         if self.rng.random_bool(0.7) {
             body["spend_threshold_configuration"] = json!({
                 "commit": {"product_id": COMMIT_PRODUCT.to_string()},
                 "is_enabled": true,
-                "payment_gate_config": {"payment_gate_type": gate(&mut self.rng)},
+                "payment_gate_config": gate(&mut self.rng),
                 "threshold_amount": self.rng.random_range(1_000..20_000)
             });
         }
@@ -712,7 +881,7 @@ impl Sim {
             body["prepaid_balance_threshold_configuration"] = json!({
                 "commit": {"product_id": COMMIT_PRODUCT.to_string()},
                 "is_enabled": true,
-                "payment_gate_config": {"payment_gate_type": gate(&mut self.rng)},
+                "payment_gate_config": gate(&mut self.rng),
                 "threshold_amount": threshold,
                 "recharge_to_amount": threshold + self.rng.random_range(1_000..10_000)
             });
@@ -943,7 +1112,7 @@ impl Sim {
         let workflow = known[self.rng.random_range(0..known.len())].clone();
         let paid = match self.decided.get(&workflow) {
             Some(&paid) if self.rng.random_bool(0.8) => paid,
-            _ => self.rng.random_bool(0.8),
+            _ => !self.rng.random_bool(self.swarm.failed_releases),
         };
         let outcome = if paid { "paid" } else { "failed" };
         let key = format!("release-{workflow}-{outcome}");
@@ -1035,6 +1204,9 @@ impl Sim {
         if let Some(violation) = self.violations.first() {
             return Err(format!("step {}: {violation}", self.step));
         }
+        self.stripe
+            .check_charges()
+            .map_err(|e| format!("step {}: {e}", self.step))?;
         if !engine.is_ready() {
             return Ok(());
         }
@@ -1166,6 +1338,7 @@ impl Sim {
             }
         }
         self.check_workflows(engine).await?;
+        self.check_workflow_money(engine).await?;
         let conflicts = self.receiver.conflicts();
         if !conflicts.is_empty() {
             return Err(format!("webhooks delivered with two bodies: {conflicts:?}"));
@@ -1242,6 +1415,118 @@ impl Sim {
                         "customer {c}: workflow {workflow} is {state:?}, the integrator decided {expected:?}"
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One workflow as the money invariants see it.
+struct WorkflowMoney {
+    customer: usize,
+    gate: tollgate::domain::gate::GateType,
+    state: tollgate::domain::gate::WorkflowState,
+    /// The commit's release, `None` when the contract has no such commit.
+    release: Option<tollgate::domain::contract::Release>,
+    /// The purchase invoice's total in minor units.
+    minor_units: Option<i64>,
+}
+
+impl Sim {
+    /// Every workflow's money: a RELEASED one has its commit released, a FAILED one has none
+    /// usable; every charge Stripe collected belongs to a RELEASED STRIPE workflow, for the
+    /// invoice's amount, or was refunded after the workflow FAILED; every RELEASED STRIPE
+    /// workflow was paid.
+    async fn check_workflow_money(&mut self, engine: &Engine) -> Result<(), String> {
+        use tollgate::domain::contract::Release;
+        use tollgate::domain::gate::{GateType, WorkflowState};
+        let mut workflows: BTreeMap<String, WorkflowMoney> = BTreeMap::new();
+        for (c, customer) in self.model.customers.iter().enumerate() {
+            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
+                continue;
+            };
+            let found = engine
+                .query(id, |s| {
+                    let mut found = Vec::new();
+                    for contract in &s.customer.contracts {
+                        for w in &contract.workflows {
+                            let release = contract
+                                .commits
+                                .iter()
+                                .find(|commit| commit.id == w.commit_id)
+                                .map(|commit| commit.release);
+                            let minor = w.invoice_total.to_minor_units(&contract.credit_type).ok();
+                            found.push((
+                                w.id.to_string(),
+                                w.gate.gate_type,
+                                w.state,
+                                release,
+                                minor,
+                            ));
+                        }
+                    }
+                    found
+                })
+                .await
+                .map_err(|e| format!("workflow money of customer {c}: {e}"))?;
+            for (workflow, gate, state, release, minor_units) in found {
+                workflows.insert(
+                    workflow,
+                    WorkflowMoney {
+                        customer: c,
+                        gate,
+                        state,
+                        release,
+                        minor_units,
+                    },
+                );
+            }
+        }
+        for (id, w) in &workflows {
+            let ok = match (w.state, w.release) {
+                (WorkflowState::Released, Some(Release::Released { .. })) => true,
+                (WorkflowState::Released, _) => false,
+                (WorkflowState::Failed, Some(Release::Released { .. })) => false,
+                _ => true,
+            };
+            if !ok {
+                return Err(format!(
+                    "customer {}: workflow {id} is {:?} and its commit is {:?}",
+                    w.customer, w.state, w.release
+                ));
+            }
+        }
+        let collected = self.stripe.collected();
+        for charge in &collected {
+            let workflow = charge.workflow.clone().unwrap_or_default();
+            let Some(w) = workflows.get(&workflow) else {
+                return Err(format!(
+                    "{charge:?} collected money for a workflow the engine does not have"
+                ));
+            };
+            let fits = if charge.refunded {
+                w.state == WorkflowState::Failed
+            } else {
+                w.gate == GateType::Stripe
+                    && w.state == WorkflowState::Released
+                    && w.minor_units == Some(charge.amount)
+            };
+            if !fits {
+                return Err(format!(
+                    "customer {}: {charge:?} for workflow {workflow} ({:?}, {:?}, invoice {:?} minor units)",
+                    w.customer, w.gate, w.state, w.minor_units
+                ));
+            }
+        }
+        for (id, w) in &workflows {
+            let paid = collected
+                .iter()
+                .any(|c| !c.refunded && c.workflow.as_deref() == Some(id.as_str()));
+            if w.gate == GateType::Stripe && w.state == WorkflowState::Released && !paid {
+                return Err(format!(
+                    "customer {}: STRIPE workflow {id} RELEASED without a collected charge",
+                    w.customer
+                ));
             }
         }
         Ok(())

@@ -9,6 +9,10 @@
 //!   `2025-03-31.basil` shape: no `invoice.payment_intent`; `/v1/invoice_payments` instead.
 //!
 //! A mode decides what the next charging request (PaymentIntent create, invoice pay) does.
+//!
+//! The same fake serves HTTP on loopback ([`FakeStripe::start`], tests/stripe.rs) or is the
+//! engine's [`StripeTransport`] in process ([`FakeStripe::in_process`], the simulation), and
+//! records the webhook events Stripe would send for every change of an object's status.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -18,6 +22,9 @@ use std::time::Duration;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 use tollgate::actors::clock::{Clock, ManualClock};
+use tollgate::payments::stripe::{
+    StripeCall, StripeMethod, StripeReply, StripeTransport, TransportFuture,
+};
 
 pub const SECRET_KEY: &str = "sk_test_tollgate";
 const DAY_MS: i64 = 86_400_000;
@@ -65,33 +72,41 @@ pub struct FakeState {
     pub search_hidden: bool,
     /// A cancellation finds the PaymentIntent just succeeded (the customer completed 3DS).
     pub succeed_on_cancel: bool,
+    /// The webhook events Stripe would send, in order (`type`, `data.object`), for every
+    /// PaymentIntent and invoice status change.
+    pub events: Vec<Value>,
 }
 
 #[derive(Clone)]
-pub struct FakeStripe {
+pub struct FakeStripe<C = ManualClock> {
     pub base: String,
     pub state: Arc<Mutex<FakeState>>,
-    pub clock: ManualClock,
+    pub clock: C,
+}
+
+fn new_state(mode: Mode) -> Arc<Mutex<FakeState>> {
+    Arc::new(Mutex::new(FakeState {
+        mode,
+        hang_ms: 5_000,
+        idempotency: HashMap::new(),
+        intents: Vec::new(),
+        invoices: Vec::new(),
+        invoice_payments: Vec::new(),
+        refunds: Vec::new(),
+        requests: Vec::new(),
+        versions: Vec::new(),
+        default_payment_method: "pm_card_visa".into(),
+        search_hidden: false,
+        succeed_on_cancel: false,
+        events: Vec::new(),
+    }))
 }
 
 impl FakeStripe {
     pub fn start(mode: Mode, clock: ManualClock) -> FakeStripe {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(Mutex::new(FakeState {
-            mode,
-            hang_ms: 5_000,
-            idempotency: HashMap::new(),
-            intents: Vec::new(),
-            invoices: Vec::new(),
-            invoice_payments: Vec::new(),
-            refunds: Vec::new(),
-            requests: Vec::new(),
-            versions: Vec::new(),
-            default_payment_method: "pm_card_visa".into(),
-            search_hidden: false,
-            succeed_on_cancel: false,
-        }));
+        let state = new_state(mode);
         let fake = FakeStripe {
             base: format!("http://127.0.0.1:{port}"),
             state,
@@ -112,6 +127,19 @@ impl FakeStripe {
         .run();
         actix_rt::spawn(server);
         fake
+    }
+}
+
+// `in_process`, `settle` and `take_events` are the simulation's (tests/simulation/stripe.rs).
+#[allow(dead_code)]
+impl<C: Clock + Clone> FakeStripe<C> {
+    /// The fake without a server: the engine calls it through [`StripeTransport`].
+    pub fn in_process(mode: Mode, clock: C) -> FakeStripe<C> {
+        FakeStripe {
+            base: String::new(),
+            state: new_state(mode),
+            clock,
+        }
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -149,6 +177,66 @@ impl FakeStripe {
         }
     }
 
+    /// The bank or the customer decides a PaymentIntent that was `processing` or
+    /// `requires_action`: it succeeds or is declined, its invoice (if it pays one) follows,
+    /// and Stripe's events are recorded. `false` when the PaymentIntent was not undecided.
+    pub fn settle(&self, id: &str, succeeded: bool) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let now_s = self.clock.now_ms() / 1000;
+        let Some(intent) = s.intents.iter_mut().find(|i| i["id"] == id) else {
+            return false;
+        };
+        if !matches!(
+            intent["status"].as_str(),
+            Some("processing" | "requires_action")
+        ) {
+            return false;
+        }
+        intent["next_action"] = Value::Null;
+        if succeeded {
+            intent["status"] = json!("succeeded");
+        } else {
+            intent["status"] = json!("requires_payment_method");
+            intent["last_payment_error"] = card_error("card_declined", None)["error"].clone();
+        }
+        let intent = intent.clone();
+        emit_intent(&mut s, &intent, now_s);
+        let paying = s
+            .invoice_payments
+            .iter_mut()
+            .find(|p| p["payment"]["payment_intent"] == id);
+        let Some(payment) = paying else {
+            return true;
+        };
+        let invoice_id = payment["invoice"].clone();
+        if succeeded {
+            payment["status"] = json!("paid");
+        }
+        let Some(invoice) = s.invoices.iter_mut().find(|i| i["id"] == invoice_id) else {
+            return true;
+        };
+        if invoice["status"] != "open" {
+            return true;
+        }
+        if succeeded {
+            invoice["status"] = json!("paid");
+            invoice["amount_paid"] = invoice["amount_due"].clone();
+        }
+        let invoice = invoice.clone();
+        let event_type = if succeeded {
+            "invoice.paid"
+        } else {
+            "invoice.payment_failed"
+        };
+        emit(&mut s, event_type, &invoice, now_s);
+        true
+    }
+
+    /// Takes the events recorded since the last call.
+    pub fn take_events(&self) -> Vec<Value> {
+        std::mem::take(&mut self.state.lock().unwrap().events)
+    }
+
     async fn handle(&self, req: HttpRequest, body: web::Bytes) -> HttpResponse {
         let auth = req
             .headers()
@@ -168,29 +256,47 @@ impl FakeStripe {
             .unwrap_or("")
             .to_owned();
         self.state.lock().unwrap().versions.push(version);
-        let method = req.method().as_str().to_owned();
-        let path = req.path().to_owned();
+        let method = match req.method().as_str() {
+            "POST" => StripeMethod::Post,
+            "DELETE" => StripeMethod::Delete,
+            _ => StripeMethod::Get,
+        };
         let body_text = String::from_utf8_lossy(&body).into_owned();
-        let params = if method == "POST" {
+        let params = if method == StripeMethod::Post {
             decode_pairs(&body_text)
         } else {
             decode_pairs(req.query_string())
         };
-        let key = req
+        let idempotency_key = req
             .headers()
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .filter(|_| method == "POST");
-        let fingerprint = format!("{method} {path} {body_text}");
-        let index = self.log(&method, &path);
+            .map(str::to_owned);
+        let call = StripeCall {
+            method,
+            path: req.path().to_owned(),
+            params,
+            idempotency_key,
+        };
+        let (status, body) = self.serve(call).await;
+        reply(status, body)
+    }
+
+    /// One API request, as Stripe would answer it.
+    pub async fn serve(&self, call: StripeCall) -> (u16, Value) {
+        let method = call.method.as_str();
+        let path = call.path.as_str();
+        let params = &call.params;
+        let key = call.idempotency_key.clone().filter(|_| method == "POST");
+        let fingerprint = format!("{method} {path} {params:?}");
+        let index = self.log(method, path);
         if let Some(key) = &key {
             if let Some(answer) = self.claim(key, &fingerprint) {
                 self.answer(index, answer.0);
-                return reply(answer.0, answer.1);
+                return answer;
             }
         }
-        let charging = is_charging(&method, &path);
+        let charging = is_charging(method, path);
         let mode = self.state.lock().unwrap().mode;
         let hang = Duration::from_millis(self.state.lock().unwrap().hang_ms);
         if charging && mode == Mode::Slow {
@@ -199,7 +305,7 @@ impl FakeStripe {
         let (status, response) = {
             let mut s = self.state.lock().unwrap();
             let now_s = self.clock.now_ms() / 1000;
-            route(&mut s, &method, &path, &params, now_s)
+            route(&mut s, method, path, params, now_s)
         };
         if let Some(key) = key {
             let mut s = self.state.lock().unwrap();
@@ -216,7 +322,7 @@ impl FakeStripe {
             actix_rt::time::sleep(hang).await;
         }
         self.answer(index, status);
-        reply(status, response)
+        (status, response)
     }
 
     /// Stripe's idempotency layer: `Some(answer)` replays or refuses; `None` claims the key.
@@ -262,6 +368,16 @@ impl FakeStripe {
 
     fn answer(&self, index: usize, status: u16) {
         self.state.lock().unwrap().requests[index].2 = status;
+    }
+}
+
+impl<C: Clock + Clone + Send + Sync + 'static> StripeTransport for FakeStripe<C> {
+    fn send(&self, call: StripeCall) -> TransportFuture {
+        let fake = self.clone();
+        Box::pin(async move {
+            let (status, body) = fake.serve(call).await;
+            StripeReply::Answered { status, body }
+        })
     }
 }
 
@@ -421,8 +537,8 @@ fn route(
             Some(intent) => (200, intent.clone()),
             None => not_found("payment_intent"),
         },
-        ("POST", ["v1", "payment_intents", id, "cancel"]) => cancel_intent(s, id),
-        ("POST", ["v1", "payment_intents", id, "confirm"]) => confirm_intent(s, id),
+        ("POST", ["v1", "payment_intents", id, "cancel"]) => cancel_intent(s, id, now_s),
+        ("POST", ["v1", "payment_intents", id, "confirm"]) => confirm_intent(s, id, now_s),
         ("POST", ["v1", "refunds"]) => refund(s, params, now_s),
         ("GET", ["v1", "refunds"]) => {
             let intent = param(params, "payment_intent");
@@ -486,6 +602,32 @@ fn invoice_payments(s: &FakeState, params: &[(String, String)]) -> (u16, Value) 
     )
 }
 
+/// Records the event Stripe sends when an object reaches `object`'s status.
+fn emit(s: &mut FakeState, event_type: &str, object: &Value, now_s: i64) {
+    let n = s.events.len() + 1;
+    s.events.push(
+        json!({"id": format!("evt_{n}"), "object": "event", "type": event_type,
+        "api_version": tollgate::payments::stripe::STRIPE_VERSION, "created": now_s,
+        "data": {"object": object}}),
+    );
+}
+
+/// The event of a PaymentIntent's status, if Stripe sends one for it.
+fn emit_intent(s: &mut FakeState, intent: &Value, now_s: i64) {
+    let event_type = match intent["status"].as_str().unwrap_or("") {
+        "succeeded" => "payment_intent.succeeded",
+        "processing" => "payment_intent.processing",
+        "requires_action" => "payment_intent.requires_action",
+        "requires_capture" => "payment_intent.amount_capturable_updated",
+        "canceled" => "payment_intent.canceled",
+        "requires_payment_method" if intent["last_payment_error"].is_object() => {
+            "payment_intent.payment_failed"
+        }
+        _ => return,
+    };
+    emit(s, event_type, intent, now_s);
+}
+
 fn new_intent(s: &FakeState, amount: Value, customer: Value, metadata: Value, now_s: i64) -> Value {
     let n = s.intents.len() + 1;
     json!({"id": format!("pi_{n}"), "object": "payment_intent", "status": "requires_payment_method",
@@ -535,6 +677,7 @@ fn create_intent(s: &mut FakeState, params: &[(String, String)], now_s: i64) -> 
     intent["payment_method"] = json!(param(params, "payment_method"));
     apply_mode(&mut intent, s.mode);
     s.intents.push(intent.clone());
+    emit_intent(s, &intent, now_s);
     match s.mode {
         Mode::Decline => (402, card_error("card_declined", Some(&intent))),
         Mode::Fail500After => server_error(),
@@ -551,7 +694,7 @@ fn unexpected_state(intent: &Value, action: &str) -> (u16, Value) {
     )
 }
 
-fn cancel_intent(s: &mut FakeState, id: &str) -> (u16, Value) {
+fn cancel_intent(s: &mut FakeState, id: &str, now_s: i64) -> (u16, Value) {
     let succeed_on_cancel = s.succeed_on_cancel;
     let Some(intent) = s.intents.iter_mut().find(|i| i["id"] == id) else {
         return not_found("payment_intent");
@@ -563,20 +706,26 @@ fn cancel_intent(s: &mut FakeState, id: &str) -> (u16, Value) {
     if succeed_on_cancel {
         intent["status"] = json!("succeeded");
         intent["next_action"] = Value::Null;
-        return unexpected_state(intent, "cancel");
+        let (intent, answer) = (intent.clone(), unexpected_state(intent, "cancel"));
+        emit_intent(s, &intent, now_s);
+        return answer;
     }
     intent["status"] = json!("canceled");
     intent["cancellation_reason"] = json!("abandoned");
-    (200, intent.clone())
+    let intent = intent.clone();
+    emit_intent(s, &intent, now_s);
+    (200, intent)
 }
 
-fn confirm_intent(s: &mut FakeState, id: &str) -> (u16, Value) {
+fn confirm_intent(s: &mut FakeState, id: &str, now_s: i64) -> (u16, Value) {
     let mode = s.mode;
     let Some(intent) = s.intents.iter_mut().find(|i| i["id"] == id) else {
         return not_found("payment_intent");
     };
     apply_mode(intent, mode);
-    (200, intent.clone())
+    let intent = intent.clone();
+    emit_intent(s, &intent, now_s);
+    (200, intent)
 }
 
 fn refund(s: &mut FakeState, params: &[(String, String)], now_s: i64) -> (u16, Value) {
@@ -655,7 +804,27 @@ fn invoice_action(
         }
         ("POST", "void") if status == "open" => {
             s.invoices[index]["status"] = json!("void");
-            (200, s.invoices[index].clone())
+            let invoice = s.invoices[index].clone();
+            // Voiding cancels the invoice's PaymentIntents that have not succeeded.
+            let intents: Vec<Value> = s
+                .invoice_payments
+                .iter()
+                .filter(|p| p["invoice"] == id)
+                .map(|p| p["payment"]["payment_intent"].clone())
+                .collect();
+            for intent_id in intents {
+                let Some(intent) = s.intents.iter_mut().find(|i| i["id"] == intent_id) else {
+                    continue;
+                };
+                if intent["status"] != "succeeded" && intent["status"] != "canceled" {
+                    intent["status"] = json!("canceled");
+                    intent["next_action"] = Value::Null;
+                    let intent = intent.clone();
+                    emit_intent(s, &intent, now_s);
+                }
+            }
+            emit(s, "invoice.voided", &invoice, now_s);
+            (200, invoice)
         }
         ("POST", "pay") if status == "open" => pay(s, index, now_s),
         ("POST", "pay") if status == "paid" => refuse("Invoice is already paid"),
@@ -683,6 +852,7 @@ fn pay(s: &mut FakeState, index: usize, now_s: i64) -> (u16, Value) {
         "status": if paid { "paid" } else { "open" }, "amount_requested": amount,
         "payment": {"type": "payment_intent", "payment_intent": intent["id"]}}),
     );
+    emit_intent(s, &intent, now_s);
     s.intents.push(intent);
     let invoice = &mut s.invoices[index];
     invoice["attempted"] = json!(true);
@@ -692,6 +862,11 @@ fn pay(s: &mut FakeState, index: usize, now_s: i64) -> (u16, Value) {
         invoice["amount_paid"] = amount;
     }
     let invoice = invoice.clone();
+    match mode {
+        _ if paid => emit(s, "invoice.paid", &invoice, now_s),
+        Mode::Decline => emit(s, "invoice.payment_failed", &invoice, now_s),
+        _ => {}
+    }
     match mode {
         Mode::Decline => (402, card_error("card_declined", None)),
         Mode::RequireAction => (

@@ -46,12 +46,103 @@ pub struct StripeProvider {
     inner: Arc<Client>,
 }
 
-struct Client {
+/// One request to Stripe's API as a [`StripeTransport`] sends it: the method, the path under
+/// the API base, the form (POST) or query (GET, DELETE) parameters in order, and the
+/// idempotency key of a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StripeCall {
+    pub method: StripeMethod,
+    pub path: String,
+    pub params: Vec<(String, String)>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StripeMethod {
+    Get,
+    Post,
+    Delete,
+}
+
+impl StripeMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StripeMethod::Get => "GET",
+            StripeMethod::Post => "POST",
+            StripeMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// What came back from one exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StripeReply {
+    /// Stripe answered with a status and a JSON body.
+    Answered { status: u16, body: Value },
+    /// No readable answer: a connection error or an unparseable body.
+    Lost(String),
+}
+
+pub type TransportFuture = std::pin::Pin<Box<dyn std::future::Future<Output = StripeReply> + Send>>;
+
+/// Carries calls to Stripe: HTTPS in production ([`StripeProvider::new`]), a scripted Stripe
+/// in the simulation. The client bounds every call by `timeout_ms` itself, so a transport that
+/// never answers is a timeout like any other.
+pub trait StripeTransport: Send + Sync + 'static {
+    fn send(&self, call: StripeCall) -> TransportFuture;
+}
+
+/// Stripe over HTTPS with `reqwest`: the secret key as bearer, [`STRIPE_VERSION`] pinned.
+struct HttpTransport {
     http: reqwest::Client,
-    settings: StripeSettings,
+    api_base: String,
+    secret_key: String,
+}
+
+impl StripeTransport for HttpTransport {
+    fn send(&self, call: StripeCall) -> TransportFuture {
+        let url = format!("{}{}", self.api_base.trim_end_matches('/'), call.path);
+        let method = match call.method {
+            StripeMethod::Get => reqwest::Method::GET,
+            StripeMethod::Post => reqwest::Method::POST,
+            StripeMethod::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.secret_key)
+            .header("Stripe-Version", STRIPE_VERSION);
+        if let Some(key) = &call.idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        builder = match call.method {
+            StripeMethod::Post => builder.form(&call.params),
+            StripeMethod::Get | StripeMethod::Delete => builder.query(&call.params),
+        };
+        Box::pin(async move {
+            let response = match builder.send().await {
+                Ok(response) => response,
+                Err(error) => return StripeReply::Lost(format!("stripe request failed: {error}")),
+            };
+            let status = response.status().as_u16();
+            match response.json::<Value>().await {
+                Ok(body) => StripeReply::Answered { status, body },
+                Err(error) => {
+                    StripeReply::Lost(format!("stripe answered {status} unreadably: {error}"))
+                }
+            }
+        })
+    }
+}
+
+struct Client {
+    transport: Arc<dyn StripeTransport>,
+    timeout_ms: u64,
 }
 
 impl StripeProvider {
+    /// Stripe over HTTPS.
+    ///
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(settings: StripeSettings) -> Result<StripeProvider, String> {
@@ -59,13 +150,30 @@ impl StripeProvider {
             .timeout(Duration::from_millis(settings.timeout_ms))
             .build()
             .map_err(|e| format!("cannot build the Stripe client: {e}"))?;
-        Ok(StripeProvider {
-            inner: Arc::new(Client { http, settings }),
-        })
+        let transport = HttpTransport {
+            http,
+            api_base: settings.api_base.clone(),
+            secret_key: settings.secret_key.clone(),
+        };
+        Ok(StripeProvider::with_transport(
+            Arc::new(transport),
+            settings.timeout_ms,
+        ))
+    }
+
+    /// Stripe through `transport` (the simulation's scripted Stripe), each call bounded by
+    /// `timeout_ms`.
+    pub fn with_transport(transport: Arc<dyn StripeTransport>, timeout_ms: u64) -> StripeProvider {
+        StripeProvider {
+            inner: Arc::new(Client {
+                transport,
+                timeout_ms,
+            }),
+        }
     }
 }
 
-/// One HTTP exchange with Stripe.
+/// One HTTP exchange with Stripe, sorted.
 enum Reply {
     Ok(Value),
     /// A readable error answer.
@@ -77,12 +185,7 @@ enum Reply {
     Lost(String),
 }
 
-#[derive(Clone, Copy)]
-enum Method {
-    Get,
-    Post,
-    Delete,
-}
+use StripeMethod as Method;
 
 impl Client {
     async fn call(
@@ -92,33 +195,23 @@ impl Client {
         params: &[(String, String)],
         idempotency_key: Option<&str>,
     ) -> Reply {
-        let url = format!("{}{path}", self.settings.api_base.trim_end_matches('/'));
-        let method_ = match method {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Delete => reqwest::Method::DELETE,
+        let call = StripeCall {
+            method,
+            path: path.to_owned(),
+            params: params.to_vec(),
+            idempotency_key: idempotency_key.map(str::to_owned),
         };
-        let mut builder = self
-            .http
-            .request(method_, url)
-            .bearer_auth(&self.settings.secret_key)
-            .header("Stripe-Version", STRIPE_VERSION);
-        if let Some(key) = idempotency_key {
-            builder = builder.header("Idempotency-Key", key);
-        }
-        builder = match method {
-            Method::Post => builder.form(params),
-            Method::Get | Method::Delete => builder.query(params),
-        };
-        let response = match builder.send().await {
-            Ok(response) => response,
-            Err(error) => return Reply::Lost(format!("stripe request failed: {error}")),
-        };
-        let status = response.status().as_u16();
-        match response.json::<Value>().await {
-            Ok(body) if (200..300).contains(&status) => Reply::Ok(body),
-            Ok(body) => Reply::Error { status, body },
-            Err(error) => Reply::Lost(format!("stripe answered {status} unreadably: {error}")),
+        let sent = self.transport.send(call);
+        match actix_rt::time::timeout(Duration::from_millis(self.timeout_ms), sent).await {
+            Err(_) => Reply::Lost(format!(
+                "stripe did not answer within {} ms",
+                self.timeout_ms
+            )),
+            Ok(StripeReply::Lost(error)) => Reply::Lost(error),
+            Ok(StripeReply::Answered { status, body }) if (200..300).contains(&status) => {
+                Reply::Ok(body)
+            }
+            Ok(StripeReply::Answered { status, body }) => Reply::Error { status, body },
         }
     }
 
