@@ -159,6 +159,23 @@ impl Store {
         Ok(true)
     }
 
+    /// Ids of effects carried out (`outbox_done`, until trimmed) or parked as dead letters:
+    /// with [`outbox_pending`](Self::outbox_pending), every effect the store knows of.
+    ///
+    /// # Errors
+    /// As [`outbox_pending`](Self::outbox_pending).
+    pub fn outbox_settled_ids(&self) -> Result<Vec<Uuid16>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
+        let mut ids: Vec<Uuid16> = self
+            .scan_effects(Cf::OutboxDone)?
+            .into_iter()
+            .chain(self.scan_effects(Cf::DeadLetter)?)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     fn scan_effects(&self, cf: Cf) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
         let mut it = self.inner.backend.cursor(cf, CursorOptions::new())?;
         it.seek_to_first();

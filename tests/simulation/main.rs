@@ -14,7 +14,7 @@ mod sim;
 mod stripe;
 
 /// Seeds CI runs (a few minutes on 2 cores in a debug build).
-const CI_SEEDS: u64 = 32;
+const CI_SEEDS: u64 = 48;
 
 fn seeds() -> Vec<u64> {
     if std::env::var_os("TOLLGATE_SIM_LOG").is_some() {
@@ -50,6 +50,7 @@ fn seeds_pass_every_invariant() {
         totals.events += report.events;
         totals.lifetimes += report.lifetimes;
         totals.crashes += report.crashes;
+        totals.recoveries_checked += report.recoveries_checked;
         totals.storage_faults += report.storage_faults;
         totals.webhooks += report.webhooks;
         totals.webhook_failures += report.webhook_failures;
@@ -74,7 +75,7 @@ fn one_seed_run_twice_gives_the_same_trace() {
 #[test]
 fn every_injected_defect_is_caught_within_its_seed_budget() {
     use tollgate::defects::{Defect, inject};
-    const BUDGET: u64 = 16;
+    const BUDGET: u64 = 24;
     for defect in [
         Defect::DedupeSkip,
         Defect::NoGiveBack,

@@ -57,6 +57,8 @@ pub struct Report {
     pub events: usize,
     pub lifetimes: usize,
     pub crashes: usize,
+    /// Crashes after which recovery was compared with the killed engine's states.
+    pub recoveries_checked: usize,
     pub storage_faults: usize,
     pub webhooks: usize,
     pub webhook_failures: u64,
@@ -198,6 +200,26 @@ struct Sim {
     violations: Vec<String>,
     txn_counter: u64,
     step: usize,
+    /// What the engine held when it was killed, for the restart to reach again.
+    at_crash: Option<CrashPoint>,
+}
+
+/// A webhook receiver that never answers (the recovery check's: nothing is delivered).
+struct Unanswered;
+
+impl tollgate::actors::webhook::WebhookTransport for Unanswered {
+    fn deliver(
+        &self,
+        _request: tollgate::actors::webhook::WebhookRequest,
+    ) -> tollgate::actors::webhook::DeliveryFuture {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// The customer states and pending outbox entries of an engine just before a kill -9.
+struct CrashPoint {
+    states: Vec<PersistedCustomer>,
+    outbox: Vec<Vec<u8>>,
 }
 
 /// What differs between seeds beyond the workload's draws (swarm testing).
@@ -287,6 +309,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         violations: Vec::new(),
         txn_counter: 0,
         step: 0,
+        at_crash: None,
     };
     for i in 0..options.customers {
         sim.model.customers.push(CustomerModel {
@@ -311,6 +334,9 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
             End::FailStop => sim.report.storage_faults += 1,
         }
         sim.crash_disk();
+        if let Some(at_crash) = sim.at_crash.take() {
+            sim.recover_to_the_crash_point(&at_crash)?;
+        }
         // The supervisor restarts it a little later.
         sim.now_ms += sim.rng.random_range(1_000..5 * MINUTE_MS);
     }
@@ -517,7 +543,9 @@ impl Sim {
                     fault_armed = true;
                 }
                 if set_up && self.rng.random_ratio(1, 70) && !calm {
-                    // kill -9: whatever was not written is gone with the process.
+                    // kill -9: whatever was not written is gone with the process. What was
+                    // applied was durable first, so the restart must reach the same states.
+                    self.at_crash = self.crash_point(&engine).await;
                     self.now_ms = self.time.now_ms();
                     return Ok(End::Crash);
                 }
@@ -529,7 +557,7 @@ impl Sim {
                         self.time.now_ms()
                     );
                 }
-                self.one_step(&app).await;
+                self.one_step(&app, &engine).await;
                 self.stripe.settle_some();
                 self.stripe_events(&app).await;
                 self.check_step(&engine).await?;
@@ -539,6 +567,98 @@ impl Sim {
                 }
             }
         })
+    }
+
+    /// The states and outbox at a crash: the engine first applies what it has admitted (no
+    /// simulated time passes). `None` when a storage fault stops it meanwhile.
+    async fn crash_point(&mut self, engine: &Engine) -> Option<CrashPoint> {
+        for _ in 0..10_000 {
+            if engine.pending_inputs() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if engine.pending_inputs() != 0 || !engine.is_ready() {
+            return None;
+        }
+        let states = self.states(engine).await.ok()?;
+        let outbox = engine.store().outbox_pending().ok()?;
+        engine.is_ready().then(|| CrashPoint {
+            states,
+            outbox: outbox.into_iter().map(|(id, _)| id.to_vec()).collect(),
+        })
+    }
+
+    /// Recovery from a kill -9 reaches the states the killed engine held, field for field, and
+    /// every outbox entry it had not yet carried out is still pending (or was carried out).
+    /// Checked by a process of its own whose payments and webhooks are idle, so that nothing
+    /// but recovery changes the states; it ends like a crash that kept every write.
+    fn recover_to_the_crash_point(&mut self, at_crash: &CrashPoint) -> Result<(), String> {
+        let system = paused_system();
+        let lifetime = self.report.lifetimes;
+        let checked = system.block_on(async {
+            self.time.restart(self.now_ms);
+            let seams = Seams {
+                payments: None,
+                webhook_transport: Some(Arc::new(Unanswered)),
+                ..self.seams(None, lifetime)
+            };
+            let engine = Engine::start_with(self.config.clone(), seams)
+                .await
+                .map_err(|e| format!("seed {}: recovery start: {e}", self.seed))?;
+            self.report.recoveries_checked += 1;
+            self.compare_with_crash_point(&engine, at_crash).await
+        });
+        drop(system);
+        if let Storage::Sim(disk) = &self.storage {
+            disk.crash(CrashKind::ProcessCrash);
+        }
+        checked
+    }
+
+    async fn compare_with_crash_point(
+        &mut self,
+        engine: &Engine,
+        at_crash: &CrashPoint,
+    ) -> Result<(), String> {
+        let states = self.states(engine).await?;
+        for (before, after) in at_crash.states.iter().zip(&states) {
+            if before != after {
+                return Err(format!(
+                    "step {}: recovery after a crash reached another state for customer {:?}:\nbefore {before:?}\nafter {after:?}",
+                    self.step,
+                    before.customer.profile.as_ref().map(|p| p.id)
+                ));
+            }
+        }
+        if states.len() < at_crash.states.len() {
+            return Err(format!("step {}: customers lost in a crash", self.step));
+        }
+        let pending: std::collections::BTreeSet<Vec<u8>> = engine
+            .store()
+            .outbox_pending()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, _)| id.to_vec())
+            .collect();
+        let settled: std::collections::BTreeSet<Vec<u8>> = engine
+            .store()
+            .outbox_settled_ids()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|id| id.to_vec())
+            .collect();
+        if let Some(lost) = at_crash
+            .outbox
+            .iter()
+            .find(|id| !pending.contains(*id) && !settled.contains(*id))
+        {
+            return Err(format!(
+                "step {}: outbox entry {lost:02x?} pending at the crash is neither pending nor done after recovery",
+                self.step
+            ));
+        }
+        Ok(())
     }
 
     /// A storage fault some writes from now: one kind of operation fails (the engine stops,
@@ -773,7 +893,7 @@ impl Sim {
         }
     }
 
-    async fn one_step(&mut self, app: &impl Api) {
+    async fn one_step(&mut self, app: &impl Api, engine: &Engine) {
         // Customers and contracts first, the late customer whenever it comes.
         if let Some(c) = self.next_setup() {
             self.set_up(app, c).await;
@@ -785,7 +905,7 @@ impl Sim {
             55..=62 => self.resend(app).await,
             63..=72 => self.release(app).await,
             73..=76 => self.add_commit(app).await,
-            77..=79 => self.toggle_threshold(app).await,
+            77..=79 => self.edit_threshold(app, engine).await,
             80..=81 => self
                 .receiver
                 .outage(self.rng.random_range(MINUTE_MS..30 * MINUTE_MS)),
@@ -1110,6 +1230,10 @@ impl Sim {
             return;
         }
         let workflow = known[self.rng.random_range(0..known.len())].clone();
+        if self.rng.random_ratio(1, 4) {
+            self.concurrent_releases(app, workflow).await;
+            return;
+        }
         let paid = match self.decided.get(&workflow) {
             Some(&paid) if self.rng.random_bool(0.8) => paid,
             _ => !self.rng.random_bool(self.swarm.failed_releases),
@@ -1135,6 +1259,67 @@ impl Sim {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Two releases of one workflow at the same moment: both outcomes (at most one may win),
+    /// or the same outcome twice under one key (one runs, the other waits or replays).
+    async fn concurrent_releases(&mut self, app: &impl Api, workflow: String) {
+        let both = self.rng.random_bool(0.5);
+        let first = self.rng.random_bool(0.5);
+        let outcomes = [first, if both { !first } else { first }];
+        let requests: Vec<Request> = outcomes
+            .iter()
+            .map(|&paid| {
+                let outcome = if paid { "paid" } else { "failed" };
+                Request {
+                    path: "/v1/contracts/commits/threshold-billing/release".into(),
+                    body: json!({"workflow_id": workflow, "outcome": outcome}),
+                    key: format!("release-{workflow}-{outcome}"),
+                    purpose: Purpose::Other,
+                }
+            })
+            .collect();
+        let http = |r: &Request| {
+            test::TestRequest::post()
+                .uri(&r.path)
+                .insert_header(("authorization", format!("Bearer {TOKEN}")))
+                .insert_header(("idempotency-key", r.key.clone()))
+                .set_json(&r.body)
+                .to_request()
+        };
+        let (a, b) = tokio::join!(send(app, http(&requests[0])), send(app, http(&requests[1])));
+        let mut winners = Vec::new();
+        for ((status, body), (request, paid)) in
+            [a, b].into_iter().zip(requests.iter().zip(outcomes))
+        {
+            self.trace.record(&request.path, status, &body);
+            if status >= 500 || status == 429 {
+                if !self.retries.iter().any(|r| r.key == request.key) {
+                    self.retries.push(request.clone());
+                }
+                continue;
+            }
+            if status != 200 {
+                continue;
+            }
+            winners.push(paid);
+            match self.decided.get(&workflow) {
+                Some(&decided) if decided != paid => self.violations.push(format!(
+                    "workflow {workflow} ended {} and a concurrent release {} was answered 200",
+                    if decided { "paid" } else { "failed" },
+                    if paid { "paid" } else { "failed" }
+                )),
+                _ => {
+                    self.decided.entry(workflow.clone()).or_insert(paid);
+                    self.report.releases += 1;
+                }
+            }
+        }
+        if winners.len() == 2 && winners[0] != winners[1] {
+            self.violations.push(format!(
+                "workflow {workflow}: concurrent paid and failed were both answered 200"
+            ));
         }
     }
 
@@ -1176,11 +1361,38 @@ impl Sim {
         self.control(app, request).await;
     }
 
-    async fn toggle_threshold(&mut self, app: &impl Api) {
+    /// Edits a threshold: switched on or off, a new amount, a new recharge target; sometimes
+    /// an invalid one (negative, a recharge target below the threshold), which must be refused
+    /// with a 4xx and change nothing.
+    async fn edit_threshold(&mut self, app: &impl Api, engine: &Engine) {
         let Some(customer) = self.customer_with_contract() else {
             return;
         };
-        let field = if self.rng.random_bool(0.5) {
+        let spend = self.rng.random_bool(0.5);
+        let invalid = self.rng.random_ratio(1, 6);
+        let mut update = serde_json::Map::new();
+        if self.rng.random_bool(0.6) {
+            update.insert("is_enabled".into(), json!(self.rng.random_bool(0.7)));
+        }
+        let threshold: i64 = if invalid && (spend || self.rng.random_bool(0.5)) {
+            -self.rng.random_range(1..1_000)
+        } else if spend {
+            self.rng.random_range(1_000..20_000)
+        } else {
+            self.rng.random_range(1_000..5_000)
+        };
+        if invalid || self.rng.random_bool(0.5) {
+            update.insert("threshold_amount".into(), json!(threshold));
+            if !spend {
+                let recharge = if invalid {
+                    threshold - self.rng.random_range(1..500)
+                } else {
+                    threshold + self.rng.random_range(1_000..10_000)
+                };
+                update.insert("recharge_to_amount".into(), json!(recharge));
+            }
+        }
+        let field = if spend {
             "update_spend_threshold_configuration"
         } else {
             "update_prepaid_balance_threshold_configuration"
@@ -1190,12 +1402,66 @@ impl Sim {
             path: "/v2/contracts/edit".into(),
             body: json!({
                 "customer_id": customer.id, "contract_id": customer.contract_id,
-                field: {"is_enabled": self.rng.random_bool(0.7)}
+                field: Value::Object(update)
             }),
             key: format!("edit-{}", self.txn_counter),
             purpose: Purpose::Other,
         };
-        self.control(app, request).await;
+        let before = self.thresholds_of(engine, &customer).await;
+        let answer = self.control(app, request.clone()).await;
+        if let Some((status, body)) = answer {
+            if invalid && status < 400 {
+                self.violations.push(format!(
+                    "an invalid threshold edit {} was answered {status}: {body}",
+                    request.body
+                ));
+            }
+            if (400..500).contains(&status) {
+                let after = self.thresholds_of(engine, &customer).await;
+                if before.is_some() && after.is_some() && before != after {
+                    self.violations.push(format!(
+                        "a refused edit ({status} {body}) changed the thresholds: {before:?} -> {after:?}"
+                    ));
+                }
+            }
+        }
+        if invalid {
+            // The client does not send an invalid edit again.
+            self.retries.retain(|r| r.key != request.key);
+        }
+    }
+
+    /// The contract's edit count and threshold amounts (what an edit may change).
+    async fn thresholds_of(
+        &mut self,
+        engine: &Engine,
+        customer: &CustomerModel,
+    ) -> Option<(
+        u64,
+        Vec<(rust_decimal::Decimal, Option<rust_decimal::Decimal>)>,
+    )> {
+        let id = customer
+            .id
+            .as_deref()
+            .and_then(tollgate::domain::Id::parse)?;
+        engine
+            .query(id, |s| {
+                let contract = s.customer.contracts.first()?;
+                let amounts = [&contract.spend_threshold, &contract.prepaid_threshold]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        (
+                            t.threshold_amount.as_decimal(),
+                            t.recharge_to_amount.map(|m| m.as_decimal()),
+                        )
+                    })
+                    .collect();
+                Some((contract.edits, amounts))
+            })
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Checks after every step: at most one workflow in flight per contract and kind, and
