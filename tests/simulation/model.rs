@@ -29,6 +29,10 @@ pub struct SentEvent {
     /// in force when it is applied (README), so whether it is billed depends on where it lands
     /// in the log relative to the contract. Counted as "at most" instead of exactly.
     pub before_contract: bool,
+    /// When it was first sent and first acknowledged (simulated ms): it reached the log
+    /// between the two.
+    pub first_sent_ms: Option<i64>,
+    pub first_ack_ms: Option<i64>,
 }
 
 /// What the client knows of an event.
@@ -90,6 +94,18 @@ pub struct Model {
     pub customers: Vec<CustomerModel>,
     /// Every event a client sent, by transaction id (the first body sent).
     pub sent: BTreeMap<String, SentEvent>,
+    /// The tokens metric's archive: first sent, and answered 200 (simulated ms). Events that
+    /// reached the log after it count no tokens (the catalog of an event's acceptance rates
+    /// it); events that may have reached the log on either side may or may not count.
+    pub tokens_archived: Option<(i64, Option<i64>)>,
+}
+
+/// Whether an event's tokens count, given when the tokens metric was archived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rated {
+    Yes,
+    Maybe,
+    No,
 }
 
 impl Model {
@@ -101,10 +117,37 @@ impl Model {
             .filter(|(_, e)| e.status == Status::Acknowledged)
     }
 
-    /// Records the answer to a batch of these transaction ids.
-    pub fn answered(&mut self, txns: &[String], status: Status) {
+    /// Records that a batch of these transaction ids is being sent at `now_ms`.
+    pub fn sending(&mut self, txns: &[String], now_ms: i64) {
         for txn in txns {
             if let Some(event) = self.sent.get_mut(txn) {
+                event.first_sent_ms.get_or_insert(now_ms);
+            }
+        }
+    }
+
+    fn rated(&self, event: &SentEvent) -> Rated {
+        let Some((archive_sent, archive_answered)) = self.tokens_archived else {
+            return Rated::Yes;
+        };
+        let logged_by = event.first_ack_ms.unwrap_or(i64::MAX);
+        let logged_after = event.first_sent_ms.unwrap_or(i64::MIN);
+        if logged_by < archive_sent {
+            Rated::Yes
+        } else if archive_answered.is_some_and(|answered| logged_after > answered) {
+            Rated::No
+        } else {
+            Rated::Maybe
+        }
+    }
+
+    /// Records the answer, at `now_ms`, to a batch of these transaction ids.
+    pub fn answered(&mut self, txns: &[String], status: Status, now_ms: i64) {
+        for txn in txns {
+            if let Some(event) = self.sent.get_mut(txn) {
+                if status == Status::Acknowledged && event.valid {
+                    event.first_ack_ms.get_or_insert(now_ms);
+                }
                 if !event.valid {
                     event.status = Status::Refused;
                     continue;
@@ -135,11 +178,12 @@ impl Model {
             if event.customer != customer || event.timestamp < start || event.timestamp >= end {
                 continue;
             }
-            match (event.usage, event.before_contract) {
-                (Usage::ApiCall, false) => expectation.api_calls += 1,
-                (Usage::ApiCall, true) => expectation.maybe_api_calls += 1,
-                (Usage::Tokens(n), false) => expectation.net_tokens += n,
-                (Usage::Tokens(_), true) => expectation.maybe_token_events += 1,
+            match (event.usage, event.before_contract, self.rated(event)) {
+                (Usage::ApiCall, false, _) => expectation.api_calls += 1,
+                (Usage::ApiCall, true, _) => expectation.maybe_api_calls += 1,
+                (Usage::Tokens(_), _, Rated::No) => {}
+                (Usage::Tokens(n), false, Rated::Yes) => expectation.net_tokens += n,
+                (Usage::Tokens(_), _, _) => expectation.maybe_token_events += 1,
             }
         }
         expectation

@@ -253,6 +253,7 @@ struct Request {
 enum Purpose {
     CreateCustomer(usize),
     CreateContract(usize),
+    ArchiveTokens,
     Other,
 }
 
@@ -790,6 +791,22 @@ impl Sim {
         })
     }
 
+    /// The tokens metric is archived (once a run at most; a lost answer is retried with its
+    /// key): events accepted after it count no tokens.
+    async fn archive_token_metric(&mut self, app: &impl Api) {
+        if self.model.tokens_archived.is_some() {
+            return;
+        }
+        self.model.tokens_archived = Some((self.time.now_ms(), None));
+        let request = Request {
+            path: "/v1/billable-metrics/archive".into(),
+            body: json!({"id": fixtures::TOKEN_METRIC.to_string()}),
+            key: "archive-tokens".into(),
+            purpose: Purpose::ArchiveTokens,
+        };
+        self.control(app, request).await;
+    }
+
     /// Stripe goes down for minutes to hours; now and then for longer than its 24 h key
     /// window, while time runs on.
     fn stripe_outage(&mut self) {
@@ -910,6 +927,7 @@ impl Sim {
                 .receiver
                 .outage(self.rng.random_range(MINUTE_MS..30 * MINUTE_MS)),
             82 => self.stripe_outage(),
+            84 if self.rng.random_ratio(1, 4) => self.archive_token_metric(app).await,
             83 => self
                 .stripe
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
@@ -1039,6 +1057,14 @@ impl Sim {
                 self.model.customers[c].contract_id =
                     value["data"]["id"].as_str().map(str::to_owned);
             }
+            Purpose::ArchiveTokens if status == 200 => {
+                if let Some((sent, answered)) = &mut self.model.tokens_archived {
+                    answered.get_or_insert(self.time.now_ms().max(*sent));
+                }
+            }
+            Purpose::ArchiveTokens => self.violations.push(format!(
+                "archiving the tokens metric was answered {status}: {value}"
+            )),
             Purpose::CreateContract(c) if status == 409 => {
                 self.model.customers[c].contract_id = self.find_contract(app, c).await;
             }
@@ -1160,6 +1186,8 @@ impl Sim {
                     status: Status::Unsent,
                     valid: false,
                     before_contract,
+                    first_sent_ms: None,
+                    first_ack_ms: None,
                 },
             ));
         }
@@ -1173,6 +1201,8 @@ impl Sim {
                 status: Status::Unsent,
                 valid: true,
                 before_contract,
+                first_sent_ms: None,
+                first_ack_ms: None,
             },
         ))
     }
@@ -1212,6 +1242,7 @@ impl Sim {
             .insert_header(("authorization", format!("Bearer {TOKEN}")))
             .set_json(&body)
             .to_request();
+        self.model.sending(&txns, self.time.now_ms());
         let (status, bytes) = send(app, http).await;
         self.trace.record("/v1/ingest", status, &bytes);
         let answer = match status {
@@ -1219,7 +1250,7 @@ impl Sim {
             400..=499 if status != 429 && status != 409 => Status::Refused,
             _ => Status::Pending,
         };
-        self.model.answered(&txns, answer);
+        self.model.answered(&txns, answer, self.time.now_ms());
     }
 
     /// The integrator answers an EXTERNAL workflow it heard of by webhook: paid or failed,
