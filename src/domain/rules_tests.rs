@@ -287,6 +287,23 @@ fn none_gate_releases_at_once_without_payment_status() {
     assert_eq!(world.outstanding(), usd(300));
 }
 
+/// SPEC 2.1: events for an archived customer are accepted and not billed; usage from before
+/// the archive stays billed (found by the simulation: it was billed).
+#[test]
+fn usage_of_an_archived_customer_is_accepted_and_not_billed() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::None));
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+    world.calls(3);
+    assert_eq!(world.outstanding(), usd(300));
+    world.apply(Input::ArchiveCustomer).unwrap();
+    let effects = world.calls(4);
+    assert!(effects.is_empty(), "{:?}", types(&effects));
+    assert_eq!(world.outstanding(), usd(300));
+    assert!(world.contract().workflows.is_empty());
+}
+
 #[test]
 fn usage_crossing_threshold_while_a_workflow_is_in_flight_charges_once() {
     let mut world = World::new(false);

@@ -254,6 +254,7 @@ enum Purpose {
     CreateCustomer(usize),
     CreateContract(usize),
     ArchiveTokens,
+    ArchiveCustomer(usize),
     Other,
 }
 
@@ -807,6 +808,30 @@ impl Sim {
         self.control(app, request).await;
     }
 
+    /// A customer is archived (one a run at most): its usage accepted after it is not billed.
+    async fn archive_customer(&mut self, app: &impl Api) {
+        if self.model.customers.iter().any(|c| c.archived.is_some()) {
+            return;
+        }
+        let Some(customer) = self.customer_with_contract() else {
+            return;
+        };
+        let c = self
+            .model
+            .customers
+            .iter()
+            .position(|m| m.id == customer.id)
+            .unwrap_or_default();
+        self.model.customers[c].archived = Some((self.time.now_ms(), None));
+        let request = Request {
+            path: "/v1/customers/archive".into(),
+            body: json!({"id": customer.id}),
+            key: format!("archive-customer-{c}"),
+            purpose: Purpose::ArchiveCustomer(c),
+        };
+        self.control(app, request).await;
+    }
+
     /// Stripe goes down for minutes to hours; now and then for longer than its 24 h key
     /// window, while time runs on.
     fn stripe_outage(&mut self) {
@@ -928,6 +953,7 @@ impl Sim {
                 .outage(self.rng.random_range(MINUTE_MS..30 * MINUTE_MS)),
             82 => self.stripe_outage(),
             84 if self.rng.random_ratio(1, 4) => self.archive_token_metric(app).await,
+            85 if self.rng.random_ratio(1, 4) => self.archive_customer(app).await,
             83 => self
                 .stripe
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
@@ -1062,6 +1088,14 @@ impl Sim {
                     answered.get_or_insert(self.time.now_ms().max(*sent));
                 }
             }
+            Purpose::ArchiveCustomer(c) if status == 200 => {
+                if let Some((sent, answered)) = &mut self.model.customers[c].archived {
+                    answered.get_or_insert(self.time.now_ms().max(*sent));
+                }
+            }
+            Purpose::ArchiveCustomer(c) => self.violations.push(format!(
+                "archiving customer {c} was answered {status}: {value}"
+            )),
             Purpose::ArchiveTokens => self.violations.push(format!(
                 "archiving the tokens metric was answered {status}: {value}"
             )),

@@ -66,7 +66,12 @@ impl Customer {
         ctx: &Ctx<'_>,
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
-        let customer_id = self.profile()?.id;
+        let profile = self.profile()?;
+        if profile.archived_at.is_some() {
+            // SPEC 2.1: accepted (deduplicated like any event) and not billed.
+            return Ok(());
+        }
+        let customer_id = profile.id;
         let charges = self.rate_event(event, ctx)?;
         if charges.is_empty() {
             return Ok(());
