@@ -77,13 +77,13 @@ fn every_injected_defect_is_caught_within_its_seed_budget() {
     use tollgate::defects::{Defect, inject};
     const BUDGET: u64 = 24;
     for defect in [
+        Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
         Defect::ReleaseAfterFailed,
         Defect::EffectsLost,
         Defect::ReleaseOnProcessing,
         Defect::PaidChargeNotRetired,
-        Defect::CreateWithoutSearch,
     ] {
         let caught = (0..BUDGET).find_map(|seed| {
             inject(Some(defect));

@@ -229,6 +229,8 @@ struct Swarm {
     failed_releases: f64,
     /// How often a Stripe outage outlasts the 24 h key window.
     long_outages: f64,
+    /// The share of thresholds with a STRIPE gate.
+    stripe_gates: f64,
 }
 
 /// Where a run's data lives.
@@ -272,12 +274,15 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
     let swarm = Swarm {
         failed_releases: [0.1, 0.2, 0.5][rng.random_range(0..3)],
         long_outages: [0.0, 0.125, 0.5][rng.random_range(0..3)],
+        stripe_gates: [0.3, 0.8][rng.random_range(0..2)],
     };
     let event_loss = [0, 12, 40, 100][rng.random_range(0..4)];
+    let flaky = rng.random_bool(0.5);
     let stripe = SimStripe::new(
         rng.random(),
         Arc::clone(&time) as Arc<dyn Clock>,
         event_loss,
+        flaky,
     );
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = engine_config(&mut rng, &dir.path().join("data"));
@@ -1026,11 +1031,16 @@ impl Sim {
                 "access_schedule": {"schedule_items": [{"amount": self.rng.random_range(1..5_000), "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]}
             }]);
         }
-        let gate = |rng: &mut StdRng| match rng.random_range(0..10) {
-            0..=3 => json!({"payment_gate_type": "EXTERNAL"}),
-            4..=6 => json!({"payment_gate_type": "STRIPE", "stripe_config": {"payment_type":
-                if rng.random_bool(0.6) { "PAYMENT_INTENT" } else { "INVOICE" }}}),
-            _ => json!({"payment_gate_type": "NONE"}),
+        let stripe_gates = self.swarm.stripe_gates;
+        let gate = |rng: &mut StdRng| {
+            if rng.random_bool(stripe_gates) {
+                json!({"payment_gate_type": "STRIPE", "stripe_config": {"payment_type":
+                    if rng.random_bool(0.6) { "PAYMENT_INTENT" } else { "INVOICE" }}})
+            } else if rng.random_bool(0.6) {
+                json!({"payment_gate_type": "EXTERNAL"})
+            } else {
+                json!({"payment_gate_type": "NONE"})
+            }
         };
         if self.rng.random_bool(0.7) {
             body["spend_threshold_configuration"] = json!({

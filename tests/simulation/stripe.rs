@@ -77,6 +77,8 @@ struct Script {
     deliveries: Vec<Delivery>,
     /// Percent of events never delivered (this seed's; see [`SimStripe::new`]).
     event_loss_percent: u32,
+    /// Saved 500s, late answers and held keys are common (this seed's).
+    flaky: bool,
     calls: u64,
     faults: u64,
     events_delivered: u64,
@@ -99,9 +101,14 @@ pub struct Collected {
 }
 
 impl SimStripe {
-    /// `event_loss_percent` of Stripe's events never reach the engine: seeds differ in how
-    /// unreliable Stripe's webhooks are, from none lost to all.
-    pub fn new(seed: u64, clock: Arc<dyn Clock>, event_loss_percent: u32) -> SimStripe {
+    /// `event_loss_percent` of Stripe's events never reach the engine, and a `flaky` Stripe
+    /// saves 500s, answers late and holds keys often: seeds differ in how unreliable Stripe is.
+    pub fn new(
+        seed: u64,
+        clock: Arc<dyn Clock>,
+        event_loss_percent: u32,
+        flaky: bool,
+    ) -> SimStripe {
         SimStripe {
             fake: FakeStripe::in_process(Mode::Succeed, SimClock(clock)),
             script: Arc::new(Mutex::new(Script {
@@ -111,6 +118,7 @@ impl SimStripe {
                 healthy: false,
                 deliveries: Vec::new(),
                 event_loss_percent,
+                flaky,
                 calls: 0,
                 faults: 0,
                 events_delivered: 0,
@@ -334,7 +342,12 @@ impl SimStripe {
                 || call.path.ends_with("/confirm")
                 || (call.path.starts_with("/v1/invoices/") && call.path.ends_with("/pay")));
         if charging {
-            let roll = script.rng.random_range(0..100);
+            // A seed with a flaky Stripe draws from the faults (81..100) three times as often.
+            let roll = if script.flaky && script.rng.random_ratio(2, 5) {
+                script.rng.random_range(81..100)
+            } else {
+                script.rng.random_range(0..100)
+            };
             let mode = match roll {
                 0..=47 => Mode::Succeed,
                 48..=57 => Mode::Decline,
