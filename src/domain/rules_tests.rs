@@ -551,6 +551,88 @@ fn action_required_fails_at_the_logged_deadline_and_money_arriving_afterwards_is
     );
 }
 
+/// A STRIPE workflow whose charge is CHARGING: its workflow id.
+fn stripe_charging(world: &mut World) -> Id {
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::Stripe));
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+    world.calls(5);
+    world.contract().workflows[0].id
+}
+
+/// Reports of the charge's object while CHARGING (a poll and a webhook) are both taken, and the
+/// ACTION_REQUIRED that follows is announced once (found by mutation testing).
+#[test]
+fn action_required_after_the_payment_intent_was_reported_is_announced_once() {
+    let mut world = World::new(true);
+    let workflow_id = stripe_charging(&mut world);
+    let pending = PaymentResult::Pending {
+        object_id: "pi_123".into(),
+    };
+    for _ in 0..2 {
+        // Reported twice while CHARGING (a poll and a webhook): both are fine.
+        let applied = world.outcome(workflow_id, OutcomeSource::Stripe, pending.clone());
+        assert!(applied.is_ok(), "{applied:?}");
+    }
+    assert_eq!(
+        world.contract().workflows[0].charge.object_id.as_deref(),
+        Some("pi_123")
+    );
+    let action = PaymentResult::ActionRequired {
+        error_message: None,
+        timeout_ms: 86_400_000,
+    };
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
+        .unwrap()
+        .effects;
+    assert_eq!(
+        types(&effects),
+        vec!["payment_gate.payment_pending_action_required"]
+    );
+    let again = world.outcome(workflow_id, OutcomeSource::Stripe, action);
+    assert!(again.unwrap().effects.is_empty());
+}
+
+/// An integrator's release never touches a STRIPE workflow, not even a FAILED one (no refund,
+/// no release); a late report of the PaymentIntent of a FAILED workflow is kept for a refund.
+#[test]
+fn a_failed_stripe_workflow_ignores_external_releases_and_keeps_a_late_object_id() {
+    let mut world = World::new(true);
+    let workflow_id = stripe_charging(&mut world);
+    // Declined before Tollgate learned the PaymentIntent's id (a webhook without it).
+    world
+        .apply(Input::PaymentOutcome(PaymentOutcome {
+            workflow_id,
+            source: OutcomeSource::Stripe,
+            result: PaymentResult::Failed { error: None },
+            payment_intent_id: None,
+        }))
+        .unwrap();
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Failed);
+    assert_eq!(world.contract().workflows[0].charge.object_id, None);
+    for result in [PaymentResult::Paid, PaymentResult::Failed { error: None }] {
+        let refused = world.outcome(workflow_id, OutcomeSource::External, result);
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    let workflow = &world.contract().workflows[0];
+    assert_eq!(workflow.state, WorkflowState::Failed);
+    assert_eq!(workflow.charge.refund, None);
+    let late = PaymentResult::Pending {
+        object_id: "pi_late".into(),
+    };
+    let noted = world.outcome(workflow_id, OutcomeSource::Stripe, late.clone());
+    assert!(noted.unwrap().effects.is_empty());
+    assert_eq!(
+        world.contract().workflows[0].charge.object_id.as_deref(),
+        Some("pi_late")
+    );
+    assert_eq!(
+        world.outcome(workflow_id, OutcomeSource::Stripe, late),
+        Err(Rejection::WorkflowAlreadyEnded)
+    );
+}
+
 #[test]
 fn stripe_decline_code_reaches_the_payment_status_webhook() {
     let mut world = World::new(true);
