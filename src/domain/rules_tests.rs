@@ -8,8 +8,8 @@ use super::customer::{Applied, ContractEdit, Ctx, Customer, Input, ThresholdUpda
 use super::effects::{Effect, PaymentAction, PaymentStatus, WebhookType};
 use super::fixtures::{self, CONTRACT, CUSTOMER, T0};
 use super::gate::{
-    GateType, OutcomeSource, PaymentOutcome, PaymentResult, ProviderError, WorkflowKind,
-    WorkflowState,
+    GateType, OutcomeSource, PaymentOutcome, PaymentResult, ProviderError, StripePaymentType,
+    WorkflowKind, WorkflowState,
 };
 use super::ids::{Id, MS_PER_DAY, Timestamp};
 use super::money::Money;
@@ -631,6 +631,50 @@ fn a_failed_stripe_workflow_ignores_external_releases_and_keeps_a_late_object_id
         world.outcome(workflow_id, OutcomeSource::Stripe, late),
         Err(Rejection::WorkflowAlreadyEnded)
     );
+}
+
+/// Which object a STRIPE workflow keeps for later (cancel, refund): a PAYMENT_INTENT gate keeps
+/// the PaymentIntent an outcome names; an INVOICE gate only the invoice a `Pending` reports,
+/// never a PaymentIntent (found by mutation testing).
+#[test]
+fn a_stripe_workflow_keeps_the_object_of_its_payment_type() {
+    for payment_type in [StripePaymentType::PaymentIntent, StripePaymentType::Invoice] {
+        let mut world = World::new(true);
+        let mut spec = fixtures::contract(CONTRACT);
+        let mut threshold = fixtures::spend_threshold(500, GateType::Stripe);
+        if let Some(stripe) = threshold.gate.stripe.as_mut() {
+            stripe.payment_type = payment_type;
+        }
+        spec.spend_threshold = Some(threshold);
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        world.calls(5);
+        let workflow_id = world.contract().workflows[0].id;
+        let action = PaymentResult::ActionRequired {
+            error_message: None,
+            timeout_ms: 86_400_000,
+        };
+        // `outcome` names PaymentIntent pi_123.
+        world
+            .outcome(workflow_id, OutcomeSource::Stripe, action)
+            .unwrap();
+        let kept = world.contract().workflows[0].charge.object_id.clone();
+        match payment_type {
+            StripePaymentType::PaymentIntent => assert_eq!(kept.as_deref(), Some("pi_123")),
+            StripePaymentType::Invoice => {
+                assert_eq!(kept, None);
+                let pending = PaymentResult::Pending {
+                    object_id: "in_1".into(),
+                };
+                world
+                    .outcome(workflow_id, OutcomeSource::Stripe, pending)
+                    .unwrap();
+                assert_eq!(
+                    world.contract().workflows[0].charge.object_id.as_deref(),
+                    Some("in_1")
+                );
+            }
+        }
+    }
 }
 
 #[test]
