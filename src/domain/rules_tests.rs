@@ -677,6 +677,31 @@ fn a_stripe_workflow_keeps_the_object_of_its_payment_type() {
     }
 }
 
+/// The payment actor's ACTION_REQUIRED repeat logged after the deadline ends the workflow at
+/// once, without waiting for the next tick (found by mutation testing: only the tick was tested).
+#[test]
+fn an_action_required_repeat_past_the_deadline_fails_the_workflow_at_once() {
+    let mut world = World::new(true);
+    let workflow_id = stripe_charging(&mut world);
+    let action = PaymentResult::ActionRequired {
+        error_message: None,
+        timeout_ms: 3_600_000,
+    };
+    world
+        .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
+        .unwrap();
+    world.at = world.at.plus_ms(3_600_000);
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, action)
+        .unwrap()
+        .effects;
+    assert_eq!(
+        types(&effects),
+        vec!["request_payment", "payment_gate.payment_status"]
+    );
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Failed);
+}
+
 #[test]
 fn stripe_decline_code_reaches_the_payment_status_webhook() {
     let mut world = World::new(true);
