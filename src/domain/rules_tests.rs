@@ -702,6 +702,27 @@ fn an_action_required_repeat_past_the_deadline_fails_the_workflow_at_once() {
     assert_eq!(world.contract().workflows[0].state, WorkflowState::Failed);
 }
 
+/// A contract's `uniqueness_key` is unique per customer: reusing it is refused and changes
+/// nothing; another key is fine (found by mutation testing: only the API tests covered it).
+#[test]
+fn a_reused_uniqueness_key_is_refused() {
+    let mut world = World::new(false);
+    let mut first = fixtures::contract(CONTRACT);
+    first.uniqueness_key = Some("order-1".into());
+    world.apply(Input::CreateContract(Box::new(first))).unwrap();
+    let mut again = fixtures::contract(Id::from_u128(0xc2));
+    again.uniqueness_key = Some("order-1".into());
+    assert_eq!(
+        world.apply(Input::CreateContract(Box::new(again))),
+        Err(Rejection::UniquenessKeyReused)
+    );
+    assert_eq!(world.customer.contracts.len(), 1);
+    let mut other = fixtures::contract(Id::from_u128(0xc3));
+    other.uniqueness_key = Some("order-2".into());
+    world.apply(Input::CreateContract(Box::new(other))).unwrap();
+    assert_eq!(world.customer.contracts.len(), 2);
+}
+
 #[test]
 fn stripe_decline_code_reaches_the_payment_status_webhook() {
     let mut world = World::new(true);
