@@ -560,8 +560,9 @@ fn stripe_charging(world: &mut World) -> Id {
     world.contract().workflows[0].id
 }
 
-/// Reports of the charge's object while CHARGING (a poll and a webhook) are both taken, and the
-/// ACTION_REQUIRED that follows is announced once (found by mutation testing).
+/// Reports of the charge's object while CHARGING (a poll and a webhook) are both taken, and
+/// each entry into ACTION_REQUIRED is announced once, repeats (polls) not (found by mutation
+/// testing).
 #[test]
 fn action_required_after_the_payment_intent_was_reported_is_announced_once() {
     let mut world = World::new(true);
@@ -590,8 +591,22 @@ fn action_required_after_the_payment_intent_was_reported_is_announced_once() {
         types(&effects),
         vec!["payment_gate.payment_pending_action_required"]
     );
-    let again = world.outcome(workflow_id, OutcomeSource::Stripe, action);
+    let again = world.outcome(workflow_id, OutcomeSource::Stripe, action.clone());
     assert!(again.unwrap().effects.is_empty());
+    // The customer authenticated (processing: CHARGING again), then Stripe asks for another
+    // action on the same PaymentIntent: a new entry into ACTION_REQUIRED is announced again.
+    world
+        .outcome(workflow_id, OutcomeSource::Stripe, pending)
+        .unwrap();
+    assert_eq!(world.contract().workflows[0].state, WorkflowState::Charging);
+    let effects = world
+        .outcome(workflow_id, OutcomeSource::Stripe, action)
+        .unwrap()
+        .effects;
+    assert_eq!(
+        types(&effects),
+        vec!["payment_gate.payment_pending_action_required"]
+    );
 }
 
 /// An integrator's release never touches a STRIPE workflow, not even a FAILED one (no refund,

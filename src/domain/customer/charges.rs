@@ -18,7 +18,8 @@ use crate::domain::ids::{Id, Timestamp};
 use crate::domain::rejection::Rejection;
 
 /// Moves workflow `wi` to ACTION_REQUIRED; the first entry starts its deadline from the limit
-/// logged with the outcome, and tells the customer's operator once per PaymentIntent.
+/// logged with the outcome, and each entry tells the customer's operator once (a repeat for
+/// the same PaymentIntent while still in ACTION_REQUIRED is a poll, not news).
 pub(super) fn action_required(
     contract: &mut Contract,
     customer_id: Id,
