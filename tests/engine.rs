@@ -13,7 +13,11 @@ use tollgate::domain::gate::{GateType, OutcomeSource, PaymentOutcome, PaymentRes
 use tollgate::domain::{Id, Money, Timestamp};
 
 async fn engine_with_catalog(dir: &std::path::Path, receiver: Option<&Receiver>) -> Engine {
-    let config = engine_config(dir, receiver.map(|r| r.url.as_str()));
+    started_with_catalog(engine_config(dir, receiver.map(|r| r.url.as_str()))).await
+}
+
+/// An engine on `config` with the fixture catalog.
+async fn started_with_catalog(config: tollgate::actors::engine::EngineConfig) -> Engine {
     let engine = Engine::start(config, Arc::new(SystemClock), None)
         .await
         .unwrap();
@@ -303,12 +307,7 @@ async fn checkpoints_and_eviction_keep_state_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = engine_config(dir.path(), None);
     config.settings.evict_idle_ms = 0;
-    let engine = Engine::start(config, Arc::new(SystemClock), None)
-        .await
-        .unwrap();
-    for change in fixtures::catalog_changes() {
-        engine.change_catalog(change).await.unwrap();
-    }
+    let engine = started_with_catalog(config).await;
     customer_with_contract(
         &engine,
         CUSTOMER,
@@ -716,12 +715,7 @@ async fn queries_racing_eviction_are_always_answered() {
     config.settings.evict_idle_ms = 0;
     config.settings.housekeeping_ms = 1;
     config.settings.partitions = 1;
-    let engine = Engine::start(config, Arc::new(SystemClock), None)
-        .await
-        .unwrap();
-    for change in fixtures::catalog_changes() {
-        engine.change_catalog(change).await.unwrap();
-    }
+    let engine = started_with_catalog(config).await;
     customer_with_contract(
         &engine,
         CUSTOMER,

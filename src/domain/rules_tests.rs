@@ -77,6 +77,12 @@ impl World {
         }))
     }
 
+    /// Applies a Stripe outcome that must be accepted; the types of its effects.
+    fn stripe_types(&mut self, workflow_id: Id, result: PaymentResult) -> Vec<&'static str> {
+        let applied = self.outcome(workflow_id, OutcomeSource::Stripe, result);
+        types(&applied.unwrap().effects)
+    }
+
     fn contract(&self) -> &super::contract::Contract {
         &self.customer.contracts[0]
     }
@@ -583,30 +589,14 @@ fn action_required_after_the_payment_intent_was_reported_is_announced_once() {
         error_message: None,
         timeout_ms: 86_400_000,
     };
-    let effects = world
-        .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
-        .unwrap()
-        .effects;
-    assert_eq!(
-        types(&effects),
-        vec!["payment_gate.payment_pending_action_required"]
-    );
-    let again = world.outcome(workflow_id, OutcomeSource::Stripe, action.clone());
-    assert!(again.unwrap().effects.is_empty());
+    let announced = vec!["payment_gate.payment_pending_action_required"];
+    assert_eq!(world.stripe_types(workflow_id, action.clone()), announced);
+    assert!(world.stripe_types(workflow_id, action.clone()).is_empty());
     // The customer authenticated (processing: CHARGING again), then Stripe asks for another
     // action on the same PaymentIntent: a new entry into ACTION_REQUIRED is announced again.
-    world
-        .outcome(workflow_id, OutcomeSource::Stripe, pending)
-        .unwrap();
+    assert!(world.stripe_types(workflow_id, pending).is_empty());
     assert_eq!(world.contract().workflows[0].state, WorkflowState::Charging);
-    let effects = world
-        .outcome(workflow_id, OutcomeSource::Stripe, action)
-        .unwrap()
-        .effects;
-    assert_eq!(
-        types(&effects),
-        vec!["payment_gate.payment_pending_action_required"]
-    );
+    assert_eq!(world.stripe_types(workflow_id, action), announced);
 }
 
 /// An integrator's release never touches a STRIPE workflow, not even a FAILED one (no refund,
@@ -702,16 +692,10 @@ fn an_action_required_repeat_past_the_deadline_fails_the_workflow_at_once() {
         error_message: None,
         timeout_ms: 3_600_000,
     };
-    world
-        .outcome(workflow_id, OutcomeSource::Stripe, action.clone())
-        .unwrap();
+    world.stripe_types(workflow_id, action.clone());
     world.at = world.at.plus_ms(3_600_000);
-    let effects = world
-        .outcome(workflow_id, OutcomeSource::Stripe, action)
-        .unwrap()
-        .effects;
     assert_eq!(
-        types(&effects),
+        world.stripe_types(workflow_id, action),
         vec!["request_payment", "payment_gate.payment_status"]
     );
     assert_eq!(world.contract().workflows[0].state, WorkflowState::Failed);
