@@ -568,6 +568,13 @@ async fn an_invoice_failed_by_stripe_webhook_is_voided_by_the_payment_actor() {
         invoice.get("payment_intent").is_none(),
         "no invoice.payment_intent in {PINNED_VERSION}"
     );
+    // The bank declines the processing payment (Stripe cannot void an invoice whose payment
+    // is still processing), and Stripe reports the failure.
+    let intent = fake.state.lock().unwrap().invoice_payments[0]["payment"]["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(fake.settle(&intent, false));
     let event = json!({"id": "evt_inv", "type": "invoice.payment_failed",
         "data": {"object": {"id": "in_1", "object": "invoice", "status": "open",
             "metadata": invoice["metadata"]}}});

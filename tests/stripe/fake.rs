@@ -130,7 +130,7 @@ impl FakeStripe {
     }
 }
 
-// `in_process`, `settle` and `take_events` are the simulation's (tests/simulation/stripe.rs).
+// `in_process` and `take_events` are only the simulation's (tests/simulation/stripe.rs).
 #[allow(dead_code)]
 impl<C: Clock + Clone> FakeStripe<C> {
     /// The fake without a server: the engine calls it through [`StripeTransport`].
@@ -299,25 +299,34 @@ impl<C: Clock + Clone> FakeStripe<C> {
         let charging = is_charging(method, path);
         let mode = self.state.lock().unwrap().mode;
         let hang = Duration::from_millis(self.state.lock().unwrap().hang_ms);
-        if charging && mode == Mode::Slow {
-            actix_rt::time::sleep(hang).await;
-        }
-        let (status, response) = {
-            let mut s = self.state.lock().unwrap();
-            let now_s = self.clock.now_ms() / 1000;
-            route(&mut s, method, path, params, now_s)
-        };
-        if let Some(key) = key {
-            let mut s = self.state.lock().unwrap();
-            // Stripe saves nothing for a request that failed validation.
-            if status == 400 && response["error"]["param"].is_string() {
-                s.idempotency.remove(&key);
-            } else if let Some(saved) = s.idempotency.get_mut(&key) {
-                saved.status = status;
-                saved.body = response.clone();
-                saved.in_progress = false;
+        // The work runs on its own task: like Stripe, it finishes even when the client gives
+        // up waiting (a slow request outlives the client's timeout).
+        let this = self.clone();
+        let (method, path, params) = (method.to_owned(), path.to_owned(), params.clone());
+        let work = actix_rt::spawn(async move {
+            if charging && mode == Mode::Slow {
+                actix_rt::time::sleep(hang).await;
             }
-        }
+            let (status, response) = {
+                let mut s = this.state.lock().unwrap();
+                let now_s = this.clock.now_ms() / 1000;
+                s.mode = mode;
+                route(&mut s, &method, &path, &params, now_s)
+            };
+            if let Some(key) = key {
+                let mut s = this.state.lock().unwrap();
+                // Stripe saves nothing for a request that failed validation.
+                if status == 400 && response["error"]["param"].is_string() {
+                    s.idempotency.remove(&key);
+                } else if let Some(saved) = s.idempotency.get_mut(&key) {
+                    saved.status = status;
+                    saved.body = response.clone();
+                    saved.in_progress = false;
+                }
+            }
+            (status, response)
+        });
+        let (status, response) = work.await.expect("the fake's work does not panic");
         if charging && mode == Mode::Hang {
             actix_rt::time::sleep(hang).await;
         }
@@ -700,7 +709,8 @@ fn cancel_intent(s: &mut FakeState, id: &str, now_s: i64) -> (u16, Value) {
         return not_found("payment_intent");
     };
     let status = intent["status"].as_str().unwrap_or("").to_owned();
-    if matches!(status.as_str(), "succeeded" | "canceled") {
+    // Stripe cannot cancel a PaymentIntent that is processing (the bank decides it).
+    if matches!(status.as_str(), "succeeded" | "canceled" | "processing") {
         return unexpected_state(intent, "cancel");
     }
     if succeed_on_cancel {
@@ -802,6 +812,9 @@ fn invoice_action(
             s.invoices[index]["status"] = json!("open");
             (200, s.invoices[index].clone())
         }
+        ("POST", "void") if status == "open" && invoice_payment_processing(s, id) => {
+            refuse("This invoice has a payment that is processing and cannot be voided")
+        }
         ("POST", "void") if status == "open" => {
             s.invoices[index]["status"] = json!("void");
             let invoice = s.invoices[index].clone();
@@ -832,6 +845,19 @@ fn invoice_action(
             "cannot {method} {action} an invoice that is {status}"
         )),
     }
+}
+
+/// Whether one of the invoice's payments is a PaymentIntent still processing.
+fn invoice_payment_processing(s: &FakeState, invoice_id: &str) -> bool {
+    s.invoice_payments
+        .iter()
+        .filter(|p| p["invoice"] == invoice_id)
+        .any(|p| {
+            let intent = &p["payment"]["payment_intent"];
+            s.intents
+                .iter()
+                .any(|i| i["id"] == *intent && i["status"] == "processing")
+        })
 }
 
 fn pay(s: &mut FakeState, index: usize, now_s: i64) -> (u16, Value) {
