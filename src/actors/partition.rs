@@ -206,12 +206,15 @@ impl Worker {
     }
 
     /// The resident actor of `id`, loading its state if it is not resident.
-    fn actor(&mut self, id: Id) -> Result<Addr<CustomerActor>, StorageError> {
-        if let Some(resident) = self.residents.get(&id) {
-            return Ok(resident.addr.clone());
+    fn actor(&mut self, id: Id) -> Result<&mut Resident, StorageError> {
+        if !self.residents.contains_key(&id) {
+            let state = load_state(&self.shared, id)?;
+            self.activate(id, state, false);
         }
-        let state = load_state(&self.shared, id)?;
-        Ok(self.activate(id, state, false))
+        Ok(self
+            .residents
+            .get_mut(&id)
+            .expect("resident: just activated"))
     }
 
     async fn commit(&mut self, in_flight: InFlight) {
@@ -281,14 +284,12 @@ impl Worker {
         for id in order {
             let inputs = batches.remove(&id).unwrap_or_default();
             match self.actor(id) {
-                Ok(addr) => {
+                Ok(resident) => {
                     // The mailbox outlives this send: only the worker stops actors (eviction),
                     // and it does so between dispatches.
-                    addr.do_send(ApplyInputs(inputs));
-                    if let Some(resident) = self.residents.get_mut(&id) {
-                        resident.last_input_ms = now;
-                        resident.dirty = true;
-                    }
+                    resident.addr.do_send(ApplyInputs(inputs));
+                    resident.last_input_ms = now;
+                    resident.dirty = true;
                 }
                 Err(error) => {
                     // The records are durable; a restart replays them. Refuse to go on with a
@@ -350,12 +351,9 @@ impl Worker {
     async fn control(&mut self, control: Control) {
         match control {
             Control::Query { customer, f, reply } => match self.actor(customer) {
-                Ok(addr) => {
-                    let queries = self
-                        .residents
-                        .get(&customer)
-                        .map(|r| Arc::clone(&r.queries))
-                        .unwrap_or_default();
+                Ok(resident) => {
+                    let addr = resident.addr.clone();
+                    let queries = Arc::clone(&resident.queries);
                     queries.fetch_add(1, Relaxed);
                     actix_rt::spawn(async move {
                         let answer = addr.send(Query(f)).await;
