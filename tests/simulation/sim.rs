@@ -253,6 +253,18 @@ struct Request {
     purpose: Purpose,
 }
 
+impl Request {
+    /// The request as the client sends it: the bearer token and its `Idempotency-Key`.
+    fn to_http(&self) -> actix_http::Request {
+        test::TestRequest::post()
+            .uri(&self.path)
+            .insert_header(("authorization", format!("Bearer {TOKEN}")))
+            .insert_header(("idempotency-key", self.key.clone()))
+            .set_json(&self.body)
+            .to_request()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
     CreateCustomer(usize),
@@ -1076,13 +1088,7 @@ impl Sim {
 
     /// Sends a control request; without a definitive answer it is queued for a retry.
     async fn control(&mut self, app: &impl Api, request: Request) -> Option<(u16, Value)> {
-        let http = test::TestRequest::post()
-            .uri(&request.path)
-            .insert_header(("authorization", format!("Bearer {TOKEN}")))
-            .insert_header(("idempotency-key", request.key.clone()))
-            .set_json(&request.body)
-            .to_request();
-        let (status, body) = send(app, http).await;
+        let (status, body) = send(app, request.to_http()).await;
         self.trace.record(&request.path, status, &body);
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status >= 500 || status == 429 || (status == 409 && value.is_null()) {
@@ -1366,15 +1372,10 @@ impl Sim {
                 }
             })
             .collect();
-        let http = |r: &Request| {
-            test::TestRequest::post()
-                .uri(&r.path)
-                .insert_header(("authorization", format!("Bearer {TOKEN}")))
-                .insert_header(("idempotency-key", r.key.clone()))
-                .set_json(&r.body)
-                .to_request()
-        };
-        let (a, b) = tokio::join!(send(app, http(&requests[0])), send(app, http(&requests[1])));
+        let (a, b) = tokio::join!(
+            send(app, requests[0].to_http()),
+            send(app, requests[1].to_http())
+        );
         let mut winners = Vec::new();
         for ((status, body), (request, paid)) in
             [a, b].into_iter().zip(requests.iter().zip(outcomes))
