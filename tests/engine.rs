@@ -231,6 +231,113 @@ async fn usage_for_an_unknown_alias_is_kept_and_applied_when_the_alias_appears()
     eventually_money(&engine, CUSTOMER, Money::from_i64(300)).await;
 }
 
+/// Found by the simulation (seed 39, alias moves): usage that waited for its alias was rated
+/// by the catalog in force when the alias appeared, so a metric archived meanwhile dropped
+/// tokens accepted before the archive. It is rated as accepted, like every event, across a
+/// restart too.
+#[actix_rt::test]
+async fn usage_that_waited_for_its_alias_is_rated_by_the_catalog_it_was_accepted_at() {
+    use tollgate::domain::catalog::CatalogChange;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_catalog(dir.path(), None).await;
+    customer_with_contract(&engine, CUSTOMER, "acme", None, None, vec![]).await;
+    let early = IngestEvent {
+        customer_key: "later-co".into(),
+        event: fixtures::llm_tokens("before-archive", now(), "10"),
+    };
+    engine.ingest(vec![early]).await.unwrap();
+    eventually("late event kept", || {
+        engine
+            .metrics()
+            .events_late
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    engine
+        .change_catalog(CatalogChange::ArchiveBillableMetric {
+            id: fixtures::TOKEN_METRIC,
+            at: now(),
+        })
+        .await
+        .unwrap();
+    let late = IngestEvent {
+        customer_key: "later-co".into(),
+        event: fixtures::llm_tokens("after-archive", now(), "1000"),
+    };
+    engine.ingest(vec![late]).await.unwrap();
+    eventually("late events kept", || {
+        engine
+            .metrics()
+            .events_late
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    // Restarted (on a copy of its data) before the alias appears: the kept events keep their
+    // catalog versions.
+    engine.checkpoint().await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+    drop(engine);
+    let engine = Engine::start(engine_config(&copy_dir, None), Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    engine
+        .set_ingest_aliases(CUSTOMER, vec!["acme".into(), "later-co".into()])
+        .await
+        .unwrap();
+    eventually("late events released", || {
+        engine
+            .metrics()
+            .events_late_released
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    // 10 tokens at 2 cents (accepted while the metric rated); the 1000 accepted after its
+    // archive count nothing.
+    eventually_money(&engine, CUSTOMER, Money::from_i64(20)).await;
+    let lines = engine
+        .query(CUSTOMER, |s| s.customer.contracts[0].periods[0].lines.len())
+        .await
+        .unwrap();
+    assert_eq!(lines, 1, "one tokens line");
+}
+
+#[test]
+fn late_values_of_the_first_version_read_without_a_catalog_version() {
+    use tollgate::actors::entry::{LateEvent, decode_late, encode_late};
+    #[derive(serde::Serialize)]
+    struct V1 {
+        at_ms: i64,
+        event: tollgate::domain::usage::UsageEvent,
+    }
+    let event = fixtures::llm_tokens("t", now(), "5");
+    let v1 = tollgate::storage::encode(
+        1,
+        &V1 {
+            at_ms: 7,
+            event: event.clone(),
+        },
+    )
+    .unwrap();
+    let read = decode_late(&v1).unwrap();
+    assert_eq!((read.at_ms, read.catalog_version), (7, None));
+    assert_eq!(read.event, event);
+    let v2 = LateEvent {
+        at_ms: 8,
+        event,
+        catalog_version: Some(3),
+    };
+    let read = decode_late(&encode_late(&v2).unwrap()).unwrap();
+    assert_eq!(read.catalog_version, Some(3));
+    let mut unknown = encode_late(&v2).unwrap();
+    unknown[0] = 9;
+    assert!(decode_late(&unknown).is_err());
+}
+
 #[actix_rt::test]
 async fn many_concurrent_batches_crossing_one_threshold_start_exactly_one_workflow() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::clock::SharedClock;
-use super::entry::{self, CATALOG_PARTITION, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+use super::entry::{self, CATALOG_PARTITION, LogEntry, META_VERSION, PersistedCustomer};
 pub use super::error::EngineError;
 use super::handles::{
     self, Control, LateRelease, Mailbox, PendingRecord, Placement, QueryFn, Sinks, Submission,
@@ -374,8 +374,9 @@ impl Engine {
                 ),
                 None => (
                     entry::partition_of_key(&event.customer_key, partitions),
-                    LogEntry::Unmatched {
+                    LogEntry::UnmatchedAt {
                         key: event.customer_key,
+                        catalog_version: version,
                         event: event.event,
                     },
                 ),
@@ -738,7 +739,7 @@ impl Engine {
                 continue;
             };
             let customer_key = String::from_utf8_lossy(customer_key).into_owned();
-            let late: LateEvent = storage::decode(META_VERSION, &value)?;
+            let late = entry::decode_late(&value)?;
             if now - late.at_ms > self.shared.settings.late_window_ms {
                 expired.push(key);
             } else if self.shared.registry.resolve(&customer_key).is_some()
@@ -806,17 +807,18 @@ async fn release_key(shared: &Shared, key: &str) -> Result<(), EngineError> {
         return Ok(());
     }
     let partition = shared.partition_of(customer);
-    let version = shared.catalog().version();
+    let current = shared.catalog().version();
     for chunk in entries.chunks(100) {
         let mut records = Vec::with_capacity(chunk.len());
         let mut keys = Vec::with_capacity(chunk.len());
         for (meta_key, value) in chunk {
-            let late: LateEvent = storage::decode(META_VERSION, value)?;
+            let late = entry::decode_late(value)?;
             records.push(PendingRecord {
                 dedupe_key: Some(entry::late_apply_key(&late.event.transaction_id)),
                 entry: LogEntry::Customer {
                     customer_id: customer,
-                    catalog_version: version,
+                    // Rated as accepted, not as released.
+                    catalog_version: late.catalog_version.unwrap_or(current),
                     input: Input::RecordUsage(late.event),
                 },
                 reply: None,

@@ -18,11 +18,13 @@ use crate::storage::{self, StorageError};
 
 /// Version byte of encoded log entries (2: payment outcomes carry the ACTION_REQUIRED limit and
 /// the provider's object id; catalog changes include logged limits; 3: operators' quarantine
-/// decisions). Version 2 entries read as they are (3 only added an input kind); an older
-/// binary meeting a version 3 entry refuses it with the version named.
-pub const LOG_VERSION: u8 = 3;
-/// The previous log version, still read.
+/// decisions; 4: usage for an unknown customer carries the catalog version it was accepted
+/// at, [`LogEntry::UnmatchedAt`]). Versions 2 and 3 read as they are (3 and 4 only added
+/// kinds); an older binary meeting a newer entry refuses it with the version named.
+pub const LOG_VERSION: u8 = 4;
+/// The previous log versions, still read.
 pub const LOG_VERSION_V2: u8 = 2;
+pub const LOG_VERSION_V3: u8 = 3;
 
 /// Decodes a log entry of the current or the previous version.
 ///
@@ -31,6 +33,7 @@ pub const LOG_VERSION_V2: u8 = 2;
 pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StorageError> {
     let version = match bytes.first() {
         Some(&LOG_VERSION_V2) => LOG_VERSION_V2,
+        Some(&LOG_VERSION_V3) => LOG_VERSION_V3,
         _ => LOG_VERSION,
     };
     storage::decode(version, bytes)
@@ -57,10 +60,20 @@ pub enum LogEntry {
         catalog_version: u64,
         input: Input,
     },
-    /// Usage whose `customer_id` matched no customer or alias when it arrived.
+    /// Usage whose `customer_id` matched no customer or alias when it arrived, as versions 2
+    /// and 3 logged it: it is rated by the catalog in force when it is finally applied.
     Unmatched { key: String, event: UsageEvent },
     /// A change to the shared catalog (only in [`CATALOG_PARTITION`]).
     Catalog(CatalogChange),
+    /// Usage whose `customer_id` matched no customer or alias when it arrived, with the
+    /// catalog version it was accepted at: like every event, it is rated by that catalog
+    /// (SPEC 2.1: an archive or a new rate affects events accepted after it), however late
+    /// its customer or alias appears.
+    UnmatchedAt {
+        key: String,
+        catalog_version: u64,
+        event: UsageEvent,
+    },
 }
 
 /// A customer's state as checkpointed: the state and the last log seq applied to it. Replay
@@ -110,6 +123,43 @@ pub struct Parked {
 pub struct LateEvent {
     pub at_ms: i64,
     pub event: UsageEvent,
+    /// The catalog version it was accepted at; `None` for one kept by a version that did not
+    /// record it (released with the catalog in force then, as that version did).
+    pub catalog_version: Option<u64>,
+}
+
+/// Version byte of a [`LateEvent`] value (2: with its catalog version).
+const LATE_VERSION: u8 = 2;
+
+/// A [`LateEvent`] as version 1 of the `late/` values held it.
+#[derive(Deserialize)]
+struct LateEventV1 {
+    at_ms: i64,
+    event: UsageEvent,
+}
+
+/// Encodes a `late/` value.
+///
+/// # Errors
+/// Encoding errors.
+pub fn encode_late(late: &LateEvent) -> Result<Vec<u8>, StorageError> {
+    storage::encode(LATE_VERSION, late)
+}
+
+/// Decodes a `late/` value of either version.
+///
+/// # Errors
+/// [`StorageError::UnknownVersion`] for another version, decode errors.
+pub fn decode_late(bytes: &[u8]) -> Result<LateEvent, StorageError> {
+    if bytes.first() == Some(&META_VERSION) {
+        let old: LateEventV1 = storage::decode(META_VERSION, bytes)?;
+        return Ok(LateEvent {
+            at_ms: old.at_ms,
+            event: old.event,
+            catalog_version: None,
+        });
+    }
+    storage::decode(LATE_VERSION, bytes)
 }
 
 pub fn state_key(customer: Id) -> Vec<u8> {

@@ -24,7 +24,7 @@ use super::customer::{
     ApplyInputs, CustomerActor, Evict, Logged, Query, Sequenced, Snapshot, apply_logged,
     load_state, load_states, persist_effects, persist_quarantined,
 };
-use super::entry::{self, LateEvent, LogEntry, META_VERSION, PersistedCustomer};
+use super::entry::{self, LateEvent, LogEntry, PersistedCustomer};
 use super::error::EngineError;
 use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Placement, Submission};
 use super::metrics::EngineMetrics;
@@ -273,7 +273,21 @@ impl Worker {
                 }
                 LogEntry::Unmatched { key, event } => {
                     not_dispatched += 1;
-                    keep_late(&self.shared, &key, in_flight.at_ms, event);
+                    keep_late(&self.shared, &key, in_flight.at_ms, event, None);
+                }
+                LogEntry::UnmatchedAt {
+                    key,
+                    catalog_version,
+                    event,
+                } => {
+                    not_dispatched += 1;
+                    keep_late(
+                        &self.shared,
+                        &key,
+                        in_flight.at_ms,
+                        event,
+                        Some(catalog_version),
+                    );
                 }
                 LogEntry::Catalog(_) => not_dispatched += 1,
             }
@@ -627,10 +641,22 @@ impl Worker {
     }
 }
 
-/// Keeps usage for an unknown key in `meta` (34 days), or hands it on if the key resolves now.
-pub fn keep_late(shared: &Shared, key: &str, at_ms: i64, event: crate::domain::usage::UsageEvent) {
+/// Keeps usage for an unknown key in `meta` (34 days), with the catalog version it was accepted
+/// at, or hands it on if the key resolves now.
+pub fn keep_late(
+    shared: &Shared,
+    key: &str,
+    at_ms: i64,
+    event: crate::domain::usage::UsageEvent,
+    catalog_version: Option<u64>,
+) {
     let late_key = entry::late_key(key, &event.transaction_id);
-    let written = storage::encode(META_VERSION, &LateEvent { at_ms, event })
+    let late = LateEvent {
+        at_ms,
+        event,
+        catalog_version,
+    };
+    let written = entry::encode_late(&late)
         .and_then(|value| shared.store.meta_write_derived(&[(late_key, value)]));
     if let Err(error) = written {
         // The event is in the log: recovery keeps it again.
@@ -701,7 +727,12 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                     persist_effects(shared, cause, &effects)?;
                 }
             }
-            LogEntry::Unmatched { key, event } => keep_late(shared, &key, at_ms, event),
+            LogEntry::Unmatched { key, event } => keep_late(shared, &key, at_ms, event, None),
+            LogEntry::UnmatchedAt {
+                key,
+                catalog_version,
+                event,
+            } => keep_late(shared, &key, at_ms, event, Some(catalog_version)),
             LogEntry::Catalog(_) => {}
         }
         Ok(())

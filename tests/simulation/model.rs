@@ -17,7 +17,10 @@ use tollgate::domain::Timestamp;
 /// One usage event a client sent.
 #[derive(Clone, Debug)]
 pub struct SentEvent {
+    /// The customer the client meant; [`Model::owner`] says whose usage it is.
     pub customer: usize,
+    /// The ingest alias sent as `customer_id`, `None` when it was the customer's id.
+    pub by_alias: Option<String>,
     pub timestamp: Timestamp,
     pub usage: Usage,
     /// The JSON sent (a resend sends exactly this).
@@ -68,6 +71,11 @@ pub struct CustomerModel {
     /// The customer's archive: first sent, and answered 200 (simulated ms). Events accepted
     /// after it are not billed (SPEC 2.1).
     pub archived: Option<(i64, Option<i64>)>,
+    /// What the integrator granted its contract itself (the contract's commit and credit, the
+    /// commits it added), counted when answered 200: the user commits' amounts must sum to it.
+    pub granted: Decimal,
+    /// Whether the contract has a spend and a prepaid threshold configuration.
+    pub thresholds: [bool; 2],
 }
 
 /// What one period of one contract must show: exactly the events sent once the contract
@@ -101,6 +109,40 @@ pub struct Model {
     /// reached the log after it count no tokens (the catalog of an event's acceptance rates
     /// it); events that may have reached the log on either side may or may not count.
     pub tokens_archived: Option<(i64, Option<i64>)>,
+    /// An ingest alias moved from one customer to another (one a run at most).
+    pub alias_move: Option<AliasMove>,
+}
+
+/// An alias taken from customer `from` (its aliases set to a new one) and then given to
+/// customer `to`. Usage sent to the alias is `from`'s when it reached the log before the drop
+/// was sent, `to`'s when after the drop was answered (in between the alias matches nobody:
+/// the events wait, and the add applies them to `to`), either's in the window between.
+#[derive(Clone, Debug)]
+pub struct AliasMove {
+    pub alias: String,
+    pub from: usize,
+    pub to: usize,
+    /// The drop: first sent, answered 200 (simulated ms).
+    pub dropped: (i64, Option<i64>),
+    /// The add to `to` was answered 200.
+    pub added: bool,
+}
+
+/// Whose usage an event is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Sure(usize),
+    /// It reached the log while its alias moved: one of the two, never both.
+    Either(usize, usize),
+}
+
+impl Owner {
+    pub fn may_be(self, customer: usize) -> bool {
+        match self {
+            Owner::Sure(c) => c == customer,
+            Owner::Either(a, b) => a == customer || b == customer,
+        }
+    }
 }
 
 /// `Yes` when the event reached the log before `archive` (first sent, answered), `No` when
@@ -146,10 +188,37 @@ impl Model {
         }
     }
 
+    /// Whose usage the event is, given when it reached the log.
+    pub fn owner(&self, event: &SentEvent) -> Owner {
+        match &self.alias_move {
+            Some(m) if event.by_alias.as_deref() == Some(m.alias.as_str()) => {
+                let logged_by = event.first_ack_ms.unwrap_or(i64::MAX);
+                let logged_after = event.first_sent_ms.unwrap_or(i64::MIN);
+                if logged_by < m.dropped.0 {
+                    Owner::Sure(m.from)
+                } else if m.dropped.1.is_some_and(|answered| logged_after > answered) {
+                    Owner::Sure(m.to)
+                } else {
+                    Owner::Either(m.from, m.to)
+                }
+            }
+            _ => Owner::Sure(event.customer),
+        }
+    }
+
+    /// Whether the event may be billed at all (archives aside from its owner's: an alias
+    /// moves only between customers that are not archived).
+    pub fn may_be_billed(&self, event: &SentEvent) -> bool {
+        self.rated(event) != Rated::No
+    }
+
     /// Whether the event is billed: not when it reached the log after its customer's archive
     /// (any usage) or the tokens metric's (tokens).
     fn rated(&self, event: &SentEvent) -> Rated {
-        let customer = self.customers[event.customer].archived;
+        let owner = match self.owner(event) {
+            Owner::Sure(c) | Owner::Either(c, _) => c,
+        };
+        let customer = self.customers[owner].archived;
         let tokens = match event.usage {
             Usage::Tokens(_) => self.tokens_archived,
             Usage::ApiCall => None,
@@ -195,14 +264,16 @@ impl Model {
     pub fn expected(&self, customer: usize, start: Timestamp, end: Timestamp) -> PeriodExpectation {
         let mut expectation = PeriodExpectation::default();
         for (_, event) in self.counted() {
-            if event.customer != customer || event.timestamp < start || event.timestamp >= end {
+            let owner = self.owner(event);
+            if !owner.may_be(customer) || event.timestamp < start || event.timestamp >= end {
                 continue;
             }
-            match (event.usage, event.before_contract, self.rated(event)) {
+            let sure = owner == Owner::Sure(customer) && !event.before_contract;
+            match (event.usage, sure, self.rated(event)) {
                 (_, _, Rated::No) => {}
-                (Usage::ApiCall, false, Rated::Yes) => expectation.api_calls += 1,
+                (Usage::ApiCall, true, Rated::Yes) => expectation.api_calls += 1,
                 (Usage::ApiCall, _, _) => expectation.maybe_api_calls += 1,
-                (Usage::Tokens(n), false, Rated::Yes) => expectation.net_tokens += n,
+                (Usage::Tokens(n), true, Rated::Yes) => expectation.net_tokens += n,
                 (Usage::Tokens(_), _, _) => expectation.maybe_token_events += 1,
             }
         }
@@ -213,13 +284,17 @@ impl Model {
     pub fn counted_since(&self, customer: usize, from: Timestamp) -> (usize, usize) {
         let all: Vec<&SentEvent> = self
             .counted()
-            .filter(|(_, e)| e.customer == customer && e.timestamp >= from)
+            .filter(|(_, e)| self.owner(e).may_be(customer) && e.timestamp >= from)
             .map(|(_, e)| e)
             .collect();
         // An event that is not billed (archives) may fall in a period without an invoice.
         let sure = all
             .iter()
-            .filter(|e| !e.before_contract && self.rated(e) == Rated::Yes)
+            .filter(|e| {
+                !e.before_contract
+                    && self.owner(e) == Owner::Sure(customer)
+                    && self.rated(e) == Rated::Yes
+            })
             .count();
         (sure, all.len())
     }

@@ -34,7 +34,7 @@ use tollgate::actors::payment::{PaymentSettings, Payments};
 use tollgate::http::stripe::StripeWebhook;
 use tollgate::payments::stripe::StripeProvider;
 
-use super::model::{CustomerModel, Model, SentEvent, Status, Usage};
+use super::model::{AliasMove, CustomerModel, Model, SentEvent, Status, Usage};
 use super::receiver::Receiver;
 use super::stripe::{self as sim_stripe, SimStripe};
 
@@ -271,6 +271,20 @@ enum Purpose {
     CreateContract(usize),
     ArchiveTokens,
     ArchiveCustomer(usize),
+    /// A commit the integrator adds to customer `.0`'s contract.
+    AddCommit(usize),
+    /// A threshold edit; one that is valid for a
+    /// configuration the contract has must apply (a 4xx for it is a violation).
+    EditThreshold {
+        must_apply: bool,
+    },
+    /// The first half of an alias move: the alias taken from its customer.
+    DropAlias,
+    /// The second half: the alias given to the other customer.
+    AddAlias,
+    /// Another customer's alias, or a customer's id, as an alias: must be refused with 409.
+    StealAlias,
+    /// A release, whose answers the workflow checks judge.
     Other,
 }
 
@@ -737,12 +751,12 @@ impl Sim {
             let app = api(&engine).await;
             for _ in 0..20 {
                 self.retry_pending(&app).await;
-                if self.retries.is_empty() && self.model.pending().is_empty() {
+                if self.retries.is_empty() && self.model.pending().is_empty() && !self.moving() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            if !self.retries.is_empty() || !self.model.pending().is_empty() {
+            if !self.retries.is_empty() || !self.model.pending().is_empty() || self.moving() {
                 return Err(format!(
                     "requests never answered: {:?} / events {:?}",
                     self.retries,
@@ -841,21 +855,118 @@ impl Sim {
         if self.model.customers.iter().any(|c| c.archived.is_some()) {
             return;
         }
-        let Some(customer) = self.customer_with_contract() else {
+        let Some((c, customer)) = self.customer_with_contract() else {
             return;
         };
-        let c = self
-            .model
-            .customers
-            .iter()
-            .position(|m| m.id == customer.id)
-            .unwrap_or_default();
+        if self.in_alias_move(c) {
+            return;
+        }
         self.model.customers[c].archived = Some((self.time.now_ms(), None));
         let request = Request {
             path: "/v1/customers/archive".into(),
             body: json!({"id": customer.id}),
             key: format!("archive-customer-{c}"),
             purpose: Purpose::ArchiveCustomer(c),
+        };
+        self.control(app, request).await;
+    }
+
+    /// An alias move was started and its second half not answered yet.
+    fn moving(&self) -> bool {
+        self.model.alias_move.as_ref().is_some_and(|m| !m.added)
+    }
+
+    fn in_alias_move(&self, c: usize) -> bool {
+        self.model
+            .alias_move
+            .as_ref()
+            .is_some_and(|m| m.from == c || m.to == c)
+    }
+
+    /// An ingest alias moves from one customer to another (one a run at most): taken from the
+    /// first (its aliases set to a new one), then, once that is answered, given to the second.
+    /// Clients go on sending to the alias throughout.
+    async fn move_alias(&mut self, app: &impl Api) {
+        let (from, request) = match &self.model.alias_move {
+            None => {
+                let ready: Vec<usize> = (0..self.model.customers.len())
+                    .filter(|&c| {
+                        let customer = &self.model.customers[c];
+                        customer.contract_id.is_some() && customer.archived.is_none()
+                    })
+                    .collect();
+                if ready.len() < 2 {
+                    return;
+                }
+                let from = ready[self.rng.random_range(0..ready.len())];
+                let to = loop {
+                    let to = ready[self.rng.random_range(0..ready.len())];
+                    if to != from {
+                        break to;
+                    }
+                };
+                let alias = self.model.customers[from].alias.clone();
+                self.model.alias_move = Some(AliasMove {
+                    alias: alias.clone(),
+                    from,
+                    to,
+                    dropped: (self.time.now_ms(), None),
+                    added: false,
+                });
+                (from, json!({"ingest_aliases": [format!("{alias}-moved")]}))
+            }
+            Some(m) if m.dropped.1.is_some() && !m.added => {
+                let to = &self.model.customers[m.to];
+                (m.to, json!({"ingest_aliases": [to.alias, m.alias]}))
+            }
+            Some(_) => return,
+        };
+        let id = self.model.customers[from].id.clone().unwrap_or_default();
+        let purpose = if self
+            .model
+            .alias_move
+            .as_ref()
+            .is_some_and(|m| m.from == from)
+        {
+            Purpose::DropAlias
+        } else {
+            Purpose::AddAlias
+        };
+        let request = Request {
+            path: format!("/v1/customers/{id}/setIngestAliases"),
+            body: request,
+            key: format!("alias-{purpose:?}"),
+            purpose,
+        };
+        self.control(app, request).await;
+    }
+
+    /// A customer tries to take another customer's alias, or an alias that spells a customer's
+    /// id (its own or another's): refused with 409, and the usage sent to it stays where it was.
+    async fn steal_alias(&mut self, app: &impl Api) {
+        let settled: Vec<usize> = (0..self.model.customers.len())
+            .filter(|&c| self.model.customers[c].id.is_some() && !self.in_alias_move(c))
+            .collect();
+        if settled.len() < 2 {
+            return;
+        }
+        let thief = settled[self.rng.random_range(0..settled.len())];
+        let victim = settled[self.rng.random_range(0..settled.len())];
+        let stolen = if thief == victim || self.rng.random_bool(0.4) {
+            self.model.customers[victim].id.clone().unwrap_or_default()
+        } else {
+            self.model.customers[victim].alias.clone()
+        };
+        let customer = &self.model.customers[thief];
+        self.txn_counter += 1;
+        let request = Request {
+            path: format!(
+                "/v1/customers/{}/setIngestAliases",
+                customer.id.clone().unwrap_or_default()
+            ),
+            body: json!({"ingest_aliases": [customer.alias, stolen]}),
+            key: format!("steal-{}", self.txn_counter),
+            purpose: Purpose::StealAlias,
         };
         self.control(app, request).await;
     }
@@ -982,6 +1093,8 @@ impl Sim {
             82 => self.stripe_outage(),
             84 if self.rng.random_ratio(1, 4) => self.archive_token_metric(app).await,
             85 if self.rng.random_ratio(1, 4) => self.archive_customer(app).await,
+            86 if self.rng.random_ratio(1, 3) => self.move_alias(app).await,
+            87 => self.steal_alias(app).await,
             83 => self
                 .stripe
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
@@ -1031,6 +1144,18 @@ impl Sim {
             },
         };
         self.control(app, request).await;
+    }
+
+    /// The contract of customer `c` was created from `body`: what it grants and which
+    /// thresholds it has.
+    fn contract_created(&mut self, c: usize, body: &Value) {
+        let customer = &mut self.model.customers[c];
+        customer.granted = granted_by(&body["commits"]) + granted_by(&body["credits"]);
+        customer.thresholds = [
+            body.get("spend_threshold_configuration").is_some(),
+            body.get("prepaid_balance_threshold_configuration")
+                .is_some(),
+        ];
     }
 
     fn contract_body(&mut self, customer_id: &str) -> Value {
@@ -1090,6 +1215,15 @@ impl Sim {
     async fn control(&mut self, app: &impl Api, request: Request) -> Option<(u16, Value)> {
         let (status, body) = send(app, request.to_http()).await;
         self.trace.record(&request.path, status, &body);
+        if std::env::var_os("TOLLGATE_SIM_VERBOSE").is_some() {
+            println!(
+                "t={} {} {} -> {status} {}",
+                self.time.now_ms(),
+                request.path,
+                request.body,
+                String::from_utf8_lossy(&body)
+            );
+        }
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status >= 500 || status == 429 || (status == 409 && value.is_null()) {
             if !self.retries.iter().any(|r| r.key == request.key) {
@@ -1109,6 +1243,7 @@ impl Sim {
             Purpose::CreateContract(c) if status == 200 => {
                 self.model.customers[c].contract_id =
                     value["data"]["id"].as_str().map(str::to_owned);
+                self.contract_created(c, &request.body);
             }
             Purpose::ArchiveTokens if status == 200 => {
                 if let Some((sent, answered)) = &mut self.model.tokens_archived {
@@ -1128,6 +1263,44 @@ impl Sim {
             )),
             Purpose::CreateContract(c) if status == 409 => {
                 self.model.customers[c].contract_id = self.find_contract(app, c).await;
+                self.contract_created(c, &request.body);
+            }
+            Purpose::DropAlias if status == 200 => {
+                let now = self.time.now_ms();
+                if let Some(m) = &mut self.model.alias_move {
+                    m.dropped.1.get_or_insert(now);
+                    let alias = format!("{}-moved", m.alias);
+                    self.model.customers[m.from].alias = alias;
+                }
+            }
+            Purpose::AddAlias if status == 200 => {
+                if let Some(m) = &mut self.model.alias_move {
+                    m.added = true;
+                }
+            }
+            Purpose::StealAlias if status != 409 => self.violations.push(format!(
+                "taking {} was answered {status}: {value}",
+                request.body
+            )),
+            // 409: a retry after a 503 whose input had reached the log (README, Idempotency-Key)
+            // finds the edit it made.
+            Purpose::AddCommit(c) if status == 200 || status == 409 => {
+                self.model.customers[c].granted += granted_by(&request.body["add_commits"]);
+            }
+            // Valid requests: a 4xx would mean a fault (a storage error) answered as the
+            // client's mistake, and the client would never send it again.
+            Purpose::CreateCustomer(_)
+            | Purpose::CreateContract(_)
+            | Purpose::AddCommit(_)
+            | Purpose::DropAlias
+            | Purpose::AddAlias
+            | Purpose::EditThreshold { must_apply: true }
+                if status != 200 && status != 409 =>
+            {
+                self.violations.push(format!(
+                    "a valid {} {} was answered {status}: {value}",
+                    request.path, request.body
+                ))
             }
             _ => {}
         }
@@ -1186,6 +1359,10 @@ impl Sim {
         for request in self.retries.clone() {
             self.control(app, request).await;
         }
+        // An alias taken from one customer is given to the other once the take was answered.
+        if self.moving() && !self.retries.iter().any(|r| r.purpose == Purpose::AddAlias) {
+            self.move_alias(app).await;
+        }
         for chunk in self.model.pending().chunks(20) {
             self.send_events(app, chunk.to_vec()).await;
         }
@@ -1201,9 +1378,17 @@ impl Sim {
         let c = known[self.rng.random_range(0..known.len())];
         let customer = &self.model.customers[c];
         let before_contract = customer.contract_id.is_none();
-        let key = match &customer.id {
-            Some(id) if self.rng.random_bool(0.3) => id.clone(),
-            _ => customer.alias.clone(),
+        let moving = self
+            .model
+            .alias_move
+            .as_ref()
+            .filter(|m| m.from == c || m.to == c)
+            .map(|m| m.alias.clone());
+        let (key, by_alias) = match (&customer.id, moving) {
+            // A client that has not heard of the move, or has heard of it already.
+            (_, Some(alias)) if self.rng.random_bool(0.4) => (alias.clone(), Some(alias)),
+            (Some(id), _) if self.rng.random_bool(0.3) => (id.clone(), None),
+            _ => (customer.alias.clone(), Some(customer.alias.clone())),
         };
         self.txn_counter += 1;
         let txn = format!("s{}-t{}", self.seed, self.txn_counter);
@@ -1241,6 +1426,7 @@ impl Sim {
                 txn,
                 SentEvent {
                     customer: c,
+                    by_alias: by_alias.clone(),
                     timestamp,
                     usage: Usage::Tokens(0),
                     json,
@@ -1256,6 +1442,7 @@ impl Sim {
             txn,
             SentEvent {
                 customer: c,
+                by_alias,
                 timestamp,
                 usage,
                 json,
@@ -1306,6 +1493,13 @@ impl Sim {
         self.model.sending(&txns, self.time.now_ms());
         let (status, bytes) = send(app, http).await;
         self.trace.record("/v1/ingest", status, &bytes);
+        let all_valid = txns.iter().all(|t| self.model.sent[t].valid);
+        if all_valid && (400..500).contains(&status) && status != 429 {
+            self.violations.push(format!(
+                "a batch of valid events was answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
         let answer = match status {
             200 => Status::Acknowledged,
             400..=499 if status != 429 && status != 409 => Status::Refused,
@@ -1411,22 +1605,19 @@ impl Sim {
     }
 
     /// A customer whose contract exists, at random.
-    fn customer_with_contract(&mut self) -> Option<CustomerModel> {
-        let ready: Vec<&CustomerModel> = self
-            .model
-            .customers
-            .iter()
-            .filter(|c| c.contract_id.is_some())
+    fn customer_with_contract(&mut self) -> Option<(usize, CustomerModel)> {
+        let ready: Vec<usize> = (0..self.model.customers.len())
+            .filter(|&c| self.model.customers[c].contract_id.is_some())
             .collect();
         if ready.is_empty() {
             return None;
         }
-        let pick = self.rng.random_range(0..ready.len());
-        Some(ready[pick].clone())
+        let c = ready[self.rng.random_range(0..ready.len())];
+        Some((c, self.model.customers[c].clone()))
     }
 
     async fn add_commit(&mut self, app: &impl Api) {
-        let Some(customer) = self.customer_with_contract() else {
+        let Some((c, customer)) = self.customer_with_contract() else {
             return;
         };
         let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
@@ -1443,7 +1634,7 @@ impl Sim {
                 }]
             }),
             key: format!("edit-{}", self.txn_counter),
-            purpose: Purpose::Other,
+            purpose: Purpose::AddCommit(c),
         };
         self.control(app, request).await;
     }
@@ -1452,7 +1643,7 @@ impl Sim {
     /// an invalid one (negative, a recharge target below the threshold), which must be refused
     /// with a 4xx and change nothing.
     async fn edit_threshold(&mut self, app: &impl Api, engine: &Engine) {
-        let Some(customer) = self.customer_with_contract() else {
+        let Some((_, customer)) = self.customer_with_contract() else {
             return;
         };
         let spend = self.rng.random_bool(0.5);
@@ -1492,7 +1683,9 @@ impl Sim {
                 field: Value::Object(update)
             }),
             key: format!("edit-{}", self.txn_counter),
-            purpose: Purpose::Other,
+            purpose: Purpose::EditThreshold {
+                must_apply: !invalid && customer.thresholds[usize::from(!spend)],
+            },
         };
         let before = self.thresholds_of(engine, &customer).await;
         let answer = self.control(app, request.clone()).await;
@@ -1616,6 +1809,9 @@ impl Sim {
     async fn check_final(&mut self, app: &impl Api, engine: &Engine) -> Result<(), String> {
         self.check_step(engine).await?;
         let customers = self.model.customers.clone();
+        let mut applied_by_invoice = BTreeMap::new();
+        let mut invoiced: Vec<(usize, Timestamp, Timestamp)> = Vec::new();
+        let mut api_billed = 0i64;
         for (c, customer) in customers.iter().enumerate() {
             let (Some(id), Some(_)) = (&customer.id, &customer.contract_id) else {
                 return Err(format!("customer {c} was never set up"));
@@ -1639,7 +1835,9 @@ impl Sim {
                 covered += self
                     .model
                     .counted()
-                    .filter(|(_, e)| e.customer == c && e.timestamp >= start && e.timestamp < end)
+                    .filter(|(_, e)| {
+                        self.model.owner(e).may_be(c) && e.timestamp >= start && e.timestamp < end
+                    })
                     .count();
                 let mut api = (0i64, rust_decimal::Decimal::ZERO);
                 let mut tokens = rust_decimal::Decimal::ZERO;
@@ -1661,6 +1859,11 @@ impl Sim {
                         _ => {}
                     }
                 }
+                if let Some(id) = invoice["id"].as_str() {
+                    applied_by_invoice.insert(id.to_owned(), applied);
+                }
+                invoiced.push((c, start, end));
+                api_billed += api.0.max(0);
                 let api_max = expected.api_calls + expected.maybe_api_calls;
                 let api_ok = (expected.api_calls..=api_max).contains(&api.0.max(0))
                     && api.1 == rust_decimal::Decimal::from(api.0.max(0) * 100);
@@ -1690,6 +1893,25 @@ impl Sim {
                 ));
             }
         }
+        // Each customer's invoices may hold usage whose owner is uncertain (an alias moved);
+        // together they hold each call at most once.
+        let may_be_billed = self
+            .model
+            .counted()
+            .filter(|(_, e)| e.usage == Usage::ApiCall && self.model.may_be_billed(e))
+            .filter(|(_, e)| {
+                let owner = self.model.owner(e);
+                invoiced.iter().any(|&(c, start, end)| {
+                    owner.may_be(c) && start <= e.timestamp && e.timestamp < end
+                })
+            })
+            .count();
+        if api_billed > may_be_billed as i64 {
+            return Err(format!(
+                "{api_billed} API calls billed over all customers, at most {may_be_billed} were sent"
+            ));
+        }
+        self.check_balances(engine, &applied_by_invoice).await?;
         self.check_workflows(engine).await?;
         self.check_workflow_money(engine).await?;
         let conflicts = self.receiver.conflicts();
@@ -1766,6 +1988,138 @@ impl Sim {
                 if state != expected {
                     return Err(format!(
                         "customer {c}: workflow {workflow} is {state:?}, the integrator decided {expected:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One contract's commits, usage lines and workflows as the balance invariants see them.
+#[derive(Default)]
+struct ContractMoney {
+    /// Segment amounts of the commits and credits the integrator added.
+    user_granted: rust_decimal::Decimal,
+    /// Drawn from all segments, and the sum of their ledger deductions.
+    drawn: rust_decimal::Decimal,
+    deducted: rust_decimal::Decimal,
+    /// Covered on all usage lines, and the sum of their draws.
+    covered: rust_decimal::Decimal,
+    line_draws: rust_decimal::Decimal,
+    /// Each usage invoice's covered amount.
+    covered_by_invoice: BTreeMap<String, rust_decimal::Decimal>,
+    /// What is wrong inside one segment, line or workflow.
+    broken: Vec<String>,
+}
+
+impl Sim {
+    /// Balances add up: every segment's drawn amount lies within it and equals its ledger,
+    /// every usage line is covered by exactly its draws, what segments lost is what lines
+    /// gained (and what the invoices show as applied); the commits the integrator added sum to
+    /// what it granted; each threshold commit holds its workflow's amount.
+    async fn check_balances(
+        &mut self,
+        engine: &Engine,
+        applied_by_invoice: &BTreeMap<String, rust_decimal::Decimal>,
+    ) -> Result<(), String> {
+        use rust_decimal::Decimal;
+        for (c, customer) in self.model.customers.iter().enumerate() {
+            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
+                continue;
+            };
+            let money = engine
+                .query(id, |s| {
+                    let mut m = ContractMoney::default();
+                    for contract in &s.customer.contracts {
+                        for commit in &contract.commits {
+                            for (si, segment) in commit.segments.iter().enumerate() {
+                                let (amount, drawn) =
+                                    (segment.amount.as_decimal(), segment.drawn.as_decimal());
+                                if commit.created_by_threshold.is_none() {
+                                    m.user_granted += amount;
+                                }
+                                let ledger: Decimal = commit
+                                    .deductions
+                                    .iter()
+                                    .filter(|d| d.segment == si)
+                                    .map(|d| d.amount.as_decimal())
+                                    .sum();
+                                if drawn.is_sign_negative() || drawn > amount || ledger != drawn {
+                                    m.broken.push(format!(
+                                        "commit {} segment {si}: amount {amount}, drawn {drawn}, ledger {ledger}",
+                                        commit.id
+                                    ));
+                                }
+                                m.drawn += drawn;
+                                m.deducted += ledger;
+                            }
+                            if !commit.is_released() && !commit.deductions.is_empty() {
+                                m.broken.push(format!(
+                                    "commit {} ({:?}) was drawn from",
+                                    commit.id, commit.release
+                                ));
+                            }
+                        }
+                        for period in &contract.periods {
+                            let mut covered = Decimal::ZERO;
+                            for line in &period.lines {
+                                let draws: Decimal =
+                                    line.draws.iter().map(|d| d.amount.as_decimal()).sum();
+                                let line_covered = line.covered.as_decimal();
+                                if line_covered.is_sign_negative()
+                                    || line_covered > line.charged.as_decimal().max(Decimal::ZERO)
+                                    || draws != line_covered
+                                {
+                                    m.broken.push(format!(
+                                        "invoice {} line {}: charged {}, covered {line_covered}, draws {draws}",
+                                        period.invoice_id, line.product_id, line.charged.as_decimal()
+                                    ));
+                                }
+                                covered += line_covered;
+                                m.line_draws += draws;
+                            }
+                            m.covered += covered;
+                            m.covered_by_invoice
+                                .insert(period.invoice_id.to_string(), covered);
+                        }
+                        for w in &contract.workflows {
+                            let held = contract
+                                .commit(w.commit_id)
+                                .map(|commit| commit.total_amount().map(|a| a.as_decimal()));
+                            if held != Some(Ok(w.access_amount.as_decimal())) {
+                                m.broken.push(format!(
+                                    "workflow {} grants {} but its commit holds {held:?}",
+                                    w.id,
+                                    w.access_amount.as_decimal()
+                                ));
+                            }
+                        }
+                    }
+                    m
+                })
+                .await
+                .map_err(|e| format!("balances of customer {c}: {e}"))?;
+            if let Some(broken) = money.broken.first() {
+                return Err(format!("customer {c}: {broken}"));
+            }
+            if money.drawn != money.covered || money.deducted != money.line_draws {
+                return Err(format!(
+                    "customer {c}: segments gave {} (ledger {}), usage lines received {} (draws {})",
+                    money.drawn, money.deducted, money.covered, money.line_draws
+                ));
+            }
+            if money.user_granted != customer.granted {
+                return Err(format!(
+                    "customer {c}: its commits and credits hold {}, the integrator granted {}",
+                    money.user_granted, customer.granted
+                ));
+            }
+            for (invoice, covered) in &money.covered_by_invoice {
+                let applied = applied_by_invoice.get(invoice).copied();
+                if applied.is_some_and(|applied| -applied != *covered) {
+                    return Err(format!(
+                        "customer {c}: invoice {invoice} shows {applied:?} applied, its lines are covered by {covered}"
                     ));
                 }
             }
@@ -1884,6 +2238,23 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// The access amounts of a list of commits or credits in a request body.
+fn granted_by(commits: &Value) -> rust_decimal::Decimal {
+    commits
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|commit| {
+            commit["access_schedule"]["schedule_items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|item| item["amount"].as_i64())
+        .map(rust_decimal::Decimal::from)
+        .sum()
 }
 
 fn parse_time(value: &Value) -> Result<Timestamp, String> {
