@@ -103,6 +103,19 @@ mod tests {
     }
 
     #[test]
+    fn a_quantity_may_be_zero_or_up_to_the_bound_and_never_negative() {
+        assert!(check_quantity("q", Decimal::ZERO).is_ok());
+        assert!(
+            check_quantity("q", -Decimal::ZERO).is_ok(),
+            "negative zero is zero"
+        );
+        assert!(check_quantity("q", Decimal::from(QUANTITY_MAX)).is_ok());
+        let negative = check_quantity("items[0].quantity", Decimal::NEGATIVE_ONE).unwrap_err();
+        assert!(negative.to_string().contains("items[0].quantity"));
+        assert!(check_quantity("q", Decimal::new(-1, 9)).is_err());
+    }
+
+    #[test]
     fn a_period_of_the_largest_events_at_the_largest_price_does_not_overflow() {
         let charge = Money::from_i64(PRICE_MAX)
             .checked_mul(Decimal::from(QUANTITY_MAX))

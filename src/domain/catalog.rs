@@ -742,6 +742,34 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_aggregation_key_is_missing() {
+        assert_eq!(
+            metric(Aggregation::Sum, Some("")).validate(),
+            Err(Rejection::MissingField("aggregation_key"))
+        );
+        assert!(metric(Aggregation::Sum, Some("tokens")).validate().is_ok());
+    }
+
+    #[test]
+    fn a_tier_may_hold_a_whole_period_of_the_largest_events_and_no_more() {
+        let tiers = |size: i128| {
+            Price::Tiered(vec![
+                Tier {
+                    price: Money::from_i64(1),
+                    size: Some(Decimal::from_i128_with_scale(size, 0)),
+                },
+                Tier {
+                    price: Money::ZERO,
+                    size: None,
+                },
+            ])
+        };
+        assert_eq!(bounds::TIER_SIZE_MAX, 1_000_000_000_000_000_000);
+        assert!(tiers(bounds::TIER_SIZE_MAX).validate().is_ok());
+        assert!(tiers(bounds::TIER_SIZE_MAX + 1).validate().is_err());
+    }
+
+    #[test]
     fn tiered_prices_charge_each_tier_at_its_price() {
         let tiered = Price::Tiered(vec![
             Tier {
