@@ -194,7 +194,7 @@ impl Engine {
         );
         shared.placement = placement;
         let shared = Arc::new(shared);
-        let customers = shared.load_registry()?;
+        shared.load_registry()?;
         let recovered = recover_partitions(&shared, partitions, placement);
         let mut states = Vec::with_capacity(recovered.len());
         let mut replayed_total = 0;
@@ -203,6 +203,11 @@ impl Engine {
             replayed_total += replayed;
             states.push((map, last));
         }
+        // Replay set aliases partition by partition; each customer's final profile is right,
+        // the order across partitions was not (an alias moved from a customer of one partition
+        // to one of another): the map is the profiles' again.
+        shared.registry.clear();
+        let customers = shared.load_registry()?;
         let webhook_stats = Arc::new(WebhookStats::default());
         let webhook_parts = WebhookParts {
             store: shared.store.clone(),

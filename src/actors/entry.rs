@@ -130,6 +130,8 @@ pub struct LateEvent {
 
 /// Version byte of a [`LateEvent`] value (2: with its catalog version).
 const LATE_VERSION: u8 = 2;
+/// The first version of `late/` values, still read.
+const LATE_VERSION_V1: u8 = 1;
 
 /// A [`LateEvent`] as version 1 of the `late/` values held it.
 #[derive(Deserialize)]
@@ -151,8 +153,8 @@ pub fn encode_late(late: &LateEvent) -> Result<Vec<u8>, StorageError> {
 /// # Errors
 /// [`StorageError::UnknownVersion`] for another version, decode errors.
 pub fn decode_late(bytes: &[u8]) -> Result<LateEvent, StorageError> {
-    if bytes.first() == Some(&META_VERSION) {
-        let old: LateEventV1 = storage::decode(META_VERSION, bytes)?;
+    if bytes.first() == Some(&LATE_VERSION_V1) {
+        let old: LateEventV1 = storage::decode(LATE_VERSION_V1, bytes)?;
         return Ok(LateEvent {
             at_ms: old.at_ms,
             event: old.event,

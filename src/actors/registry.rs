@@ -2,7 +2,10 @@
 //!
 //! Derived from customer inputs: the customer actor that applies `CreateCustomer` or
 //! `SetIngestAliases` updates this map and persists it in `meta` (`alias/`, `cust/`), and start-up
-//! loads it back. Ingest reads it to attribute events; a key it does not know yet makes the event
+//! loads it back, and loads it again from the final profiles once recovery has replayed the
+//! log: replay sets aliases in each partition's log order, not in the order they happened
+//! across partitions, so an alias moved between customers of two partitions could end up
+//! naming the wrong customer, or none. Ingest reads it to attribute events; a key it does not know yet makes the event
 //! "late" (kept and applied when the alias appears).
 
 use std::sync::RwLock;
@@ -67,6 +70,12 @@ impl Registry {
         for alias in aliases {
             maps.aliases.insert(alias.clone(), customer);
         }
+    }
+
+    /// Forgets every customer and alias (before loading the map again from the profiles).
+    pub fn clear(&self) {
+        let mut maps = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        *maps = RegistryMaps::default();
     }
 
     pub fn customer_count(&self) -> usize {

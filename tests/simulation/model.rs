@@ -109,8 +109,9 @@ pub struct Model {
     /// reached the log after it count no tokens (the catalog of an event's acceptance rates
     /// it); events that may have reached the log on either side may or may not count.
     pub tokens_archived: Option<(i64, Option<i64>)>,
-    /// An ingest alias moved from one customer to another (one a run at most).
-    pub alias_move: Option<AliasMove>,
+    /// Ingest aliases moved from one customer to another: at most two a run, the second (if
+    /// any) back the other way, so replay meets moves in both directions between partitions.
+    pub alias_moves: Vec<AliasMove>,
 }
 
 /// An alias taken from customer `from` (its aliases set to a new one) and then given to
@@ -137,6 +138,13 @@ pub enum Owner {
 }
 
 impl Owner {
+    pub fn candidates(self) -> Vec<usize> {
+        match self {
+            Owner::Sure(c) => vec![c],
+            Owner::Either(a, b) => vec![a, b],
+        }
+    }
+
     pub fn may_be(self, customer: usize) -> bool {
         match self {
             Owner::Sure(c) => c == customer,
@@ -190,8 +198,12 @@ impl Model {
 
     /// Whose usage the event is, given when it reached the log.
     pub fn owner(&self, event: &SentEvent) -> Owner {
-        match &self.alias_move {
-            Some(m) if event.by_alias.as_deref() == Some(m.alias.as_str()) => {
+        let moved = self
+            .alias_moves
+            .iter()
+            .find(|m| event.by_alias.as_deref() == Some(m.alias.as_str()));
+        match moved {
+            Some(m) => {
                 let logged_by = event.first_ack_ms.unwrap_or(i64::MAX);
                 let logged_after = event.first_sent_ms.unwrap_or(i64::MIN);
                 if logged_by < m.dropped.0 {
@@ -210,6 +222,12 @@ impl Model {
     /// moves only between customers that are not archived).
     pub fn may_be_billed(&self, event: &SentEvent) -> bool {
         self.rated(event) != Rated::No
+    }
+
+    /// Whether the event must be billed to its owner (one of two, for an alias move): sent
+    /// after its customer's contract existed, and before any archive that concerns it.
+    pub fn must_be_billed(&self, event: &SentEvent) -> bool {
+        !event.before_contract && self.rated(event) == Rated::Yes
     }
 
     /// Whether the event is billed: not when it reached the log after its customer's archive
