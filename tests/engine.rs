@@ -231,6 +231,35 @@ async fn usage_for_an_unknown_alias_is_kept_and_applied_when_the_alias_appears()
     eventually_money(&engine, CUSTOMER, Money::from_i64(300)).await;
 }
 
+/// Sends `amount` tokens for the unknown key `later-co` and waits until `kept` events wait.
+async fn late_tokens(engine: &Engine, txn: &str, amount: &str, kept: u64) {
+    let event = IngestEvent {
+        customer_key: "later-co".into(),
+        event: fixtures::llm_tokens(txn, now(), amount),
+    };
+    engine.ingest(vec![event]).await.unwrap();
+    eventually("late events kept", || {
+        engine
+            .metrics()
+            .events_late
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == kept
+    })
+    .await;
+}
+
+/// What a `kill -9` now leaves (a copy of the data dir, no checkpoint), started again.
+async fn killed_and_restarted(engine: Engine) -> (Engine, tempfile::TempDir) {
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+    drop(engine);
+    let engine = Engine::start(engine_config(&copy_dir, None), Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    (engine, copy)
+}
+
 /// Found by the simulation (seed 39, alias moves): usage that waited for its alias was rated
 /// by the catalog in force when the alias appeared, so a metric archived meanwhile dropped
 /// tokens accepted before the archive. It is rated as accepted, like every event, across a
@@ -241,19 +270,7 @@ async fn usage_that_waited_for_its_alias_is_rated_by_the_catalog_it_was_accepted
     let dir = tempfile::tempdir().unwrap();
     let engine = engine_with_catalog(dir.path(), None).await;
     customer_with_contract(&engine, CUSTOMER, "acme", None, None, vec![]).await;
-    let early = IngestEvent {
-        customer_key: "later-co".into(),
-        event: fixtures::llm_tokens("before-archive", now(), "10"),
-    };
-    engine.ingest(vec![early]).await.unwrap();
-    eventually("late event kept", || {
-        engine
-            .metrics()
-            .events_late
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1
-    })
-    .await;
+    late_tokens(&engine, "before-archive", "10", 1).await;
     engine
         .change_catalog(CatalogChange::ArchiveBillableMetric {
             id: fixtures::TOKEN_METRIC,
@@ -261,28 +278,10 @@ async fn usage_that_waited_for_its_alias_is_rated_by_the_catalog_it_was_accepted
         })
         .await
         .unwrap();
-    let late = IngestEvent {
-        customer_key: "later-co".into(),
-        event: fixtures::llm_tokens("after-archive", now(), "1000"),
-    };
-    engine.ingest(vec![late]).await.unwrap();
-    eventually("late events kept", || {
-        engine
-            .metrics()
-            .events_late
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 2
-    })
-    .await;
+    late_tokens(&engine, "after-archive", "1000", 2).await;
     // Killed (a copy of its data, no checkpoint: recovery replays the kept events' log
     // entries) before the alias appears: the kept events keep their catalog versions.
-    let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().join("data");
-    engine.store().copy_to(&copy_dir).unwrap();
-    drop(engine);
-    let engine = Engine::start(engine_config(&copy_dir, None), Arc::new(SystemClock), None)
-        .await
-        .unwrap();
+    let (engine, _copy) = killed_and_restarted(engine).await;
     engine
         .set_ingest_aliases(CUSTOMER, vec!["acme".into(), "later-co".into()])
         .await
@@ -334,13 +333,7 @@ async fn aliases_moved_across_partitions_name_their_new_customer_after_a_crash()
         .set_ingest_aliases(x, vec!["x-new".into(), "q".into()])
         .await
         .unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().join("data");
-    engine.store().copy_to(&copy_dir).unwrap();
-    drop(engine);
-    let engine = Engine::start(engine_config(&copy_dir, None), Arc::new(SystemClock), None)
-        .await
-        .unwrap();
+    let (engine, _copy) = killed_and_restarted(engine).await;
     engine.ingest(calls("p", "to-y", 2)).await.unwrap();
     engine.ingest(calls("q", "to-x", 3)).await.unwrap();
     eventually_money(&engine, y, Money::from_i64(200)).await;
