@@ -769,6 +769,70 @@ mod tests {
         assert!(tiers(bounds::TIER_SIZE_MAX + 1).validate().is_err());
     }
 
+    fn tier(price: i64, size: Option<&str>) -> Tier {
+        Tier {
+            price: Money::from_i64(price),
+            size: size.map(d),
+        }
+    }
+
+    #[test]
+    fn every_tier_but_the_last_needs_a_positive_size_and_a_sized_last_one_a_positive_one() {
+        let zero_middle = Price::Tiered(vec![tier(1, Some("0")), tier(1, None)]);
+        assert!(zero_middle.validate().is_err());
+        let negative_middle = Price::Tiered(vec![tier(1, Some("-5")), tier(1, None)]);
+        assert!(negative_middle.validate().is_err());
+        assert!(
+            Price::Tiered(vec![tier(1, Some("1")), tier(1, None)])
+                .validate()
+                .is_ok()
+        );
+        let zero_last = Price::Tiered(vec![tier(1, Some("10")), tier(1, Some("0"))]);
+        assert!(zero_last.validate().is_err());
+        let sized_last = Price::Tiered(vec![tier(1, Some("10")), tier(1, Some("5"))]);
+        assert!(sized_last.validate().is_ok());
+        // A single tier is the last one: its size is never used.
+        assert!(Price::Tiered(vec![tier(1, Some("0"))]).validate().is_ok());
+    }
+
+    #[test]
+    fn the_last_tier_takes_everything_left_whatever_its_size() {
+        let sized_last = Price::Tiered(vec![tier(10, Some("100")), tier(5, Some("50"))]);
+        assert_eq!(
+            sized_last.charge_for(d("1000")).unwrap(),
+            Money::from_i64(100 * 10 + 900 * 5)
+        );
+        // Quantities beyond 64-bit mantissas take the general subtraction.
+        let tiers = Price::Tiered(vec![tier(10, Some("100")), tier(1, None)]);
+        assert_eq!(
+            tiers.charge_for(d("100000000000000000000")).unwrap(),
+            Money::parse("100000000000000000900").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_rate_covers_from_its_start_until_before_its_end() {
+        let rate = Rate {
+            product_id: Id::from_u128(2),
+            price: Price::Flat(Money::from_i64(1)),
+            entitled: true,
+            starting_at: Timestamp(100),
+            ending_before: Some(Timestamp(200)),
+            credit_type_id: Id::from_u128(3),
+            added_in_version: 1,
+        };
+        assert!(!rate.covers(Timestamp(99)));
+        assert!(rate.covers(Timestamp(100)));
+        assert!(rate.covers(Timestamp(199)));
+        assert!(!rate.covers(Timestamp(200)));
+        let open = Rate {
+            ending_before: None,
+            ..rate
+        };
+        assert!(open.covers(Timestamp(i64::MAX)));
+        assert!(!open.covers(Timestamp(99)));
+    }
+
     #[test]
     fn tiered_prices_charge_each_tier_at_its_price() {
         let tiered = Price::Tiered(vec![
