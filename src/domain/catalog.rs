@@ -252,8 +252,8 @@ impl Price {
                         _ => left,
                     };
                     total = total.checked_add(tier.price.checked_mul(take)?)?;
-                    // take <= left: never overflows (the operator would panic, as before).
-                    left = fast::add_sub(left, take, true).unwrap_or_else(|| left - take);
+                    // 0 <= take <= left: the difference cannot overflow.
+                    left = fast::add_sub(left, take, true).expect("take <= left");
                 }
                 Ok(total)
             }
