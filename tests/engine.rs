@@ -248,18 +248,6 @@ async fn late_tokens(engine: &Engine, txn: &str, amount: &str, kept: u64) {
     .await;
 }
 
-/// What a `kill -9` now leaves (a copy of the data dir, no checkpoint), started again.
-async fn killed_and_restarted(engine: Engine) -> (Engine, tempfile::TempDir) {
-    let copy = tempfile::tempdir().unwrap();
-    let copy_dir = copy.path().join("data");
-    engine.store().copy_to(&copy_dir).unwrap();
-    drop(engine);
-    let engine = Engine::start(engine_config(&copy_dir, None), Arc::new(SystemClock), None)
-        .await
-        .unwrap();
-    (engine, copy)
-}
-
 /// Found by the simulation (seed 39, alias moves): usage that waited for its alias was rated
 /// by the catalog in force when the alias appeared, so a metric archived meanwhile dropped
 /// tokens accepted before the archive. It is rated as accepted, like every event, across a
@@ -281,7 +269,7 @@ async fn usage_that_waited_for_its_alias_is_rated_by_the_catalog_it_was_accepted
     late_tokens(&engine, "after-archive", "1000", 2).await;
     // Killed (a copy of its data, no checkpoint: recovery replays the kept events' log
     // entries) before the alias appears: the kept events keep their catalog versions.
-    let (engine, _copy) = killed_and_restarted(engine).await;
+    let (engine, _copy) = recover_from_copy(&engine, None).await;
     engine
         .set_ingest_aliases(CUSTOMER, vec!["acme".into(), "later-co".into()])
         .await
@@ -333,7 +321,7 @@ async fn aliases_moved_across_partitions_name_their_new_customer_after_a_crash()
         .set_ingest_aliases(x, vec!["x-new".into(), "q".into()])
         .await
         .unwrap();
-    let (engine, _copy) = killed_and_restarted(engine).await;
+    let (engine, _copy) = recover_from_copy(&engine, None).await;
     engine.ingest(calls("p", "to-y", 2)).await.unwrap();
     engine.ingest(calls("q", "to-x", 3)).await.unwrap();
     eventually_money(&engine, y, Money::from_i64(200)).await;
@@ -617,11 +605,14 @@ fn checkpoint_seqs(engine: &Engine) -> Vec<Option<u64>> {
 }
 
 /// What a restart would find: an engine started on a consistent copy of `engine`'s data dir.
-async fn recover_from_copy(engine: &Engine, receiver: &Receiver) -> (Engine, tempfile::TempDir) {
+async fn recover_from_copy(
+    engine: &Engine,
+    receiver: Option<&Receiver>,
+) -> (Engine, tempfile::TempDir) {
     let copy = tempfile::tempdir().unwrap();
     let copy_dir = copy.path().join("data");
     engine.store().copy_to(&copy_dir).unwrap();
-    let config = engine_config(&copy_dir, Some(&receiver.url));
+    let config = engine_config(&copy_dir, receiver.map(|r| r.url.as_str()));
     let recovered = Engine::start(config, Arc::new(SystemClock), None)
         .await
         .unwrap();
@@ -673,7 +664,7 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
 
     // What a restart finds on disk: recovery replays the log and re-creates the effects.
     faults.heal();
-    let (recovered, _copy) = recover_from_copy(&engine, &receiver).await;
+    let (recovered, _copy) = recover_from_copy(&engine, Some(&receiver)).await;
     eventually("external_initiate after recovery", || {
         receiver.of_type("payment_gate.external_initiate").len() == 1
     })
@@ -701,7 +692,7 @@ async fn a_checkpoint_racing_a_failed_outbox_write_never_covers_the_lost_effects
     eventually("fail-stop", || !engine.is_ready()).await;
     let after = checkpoint_seqs(&engine);
     faults.heal();
-    let (recovered, _copy) = recover_from_copy(&engine, &receiver).await;
+    let (recovered, _copy) = recover_from_copy(&engine, Some(&receiver)).await;
     let wfs = workflows(&recovered, CUSTOMER).await;
     assert_eq!(wfs.len(), 1);
     // A checkpoint at seq 0 (an idle partition) covers nothing; none may cover the failed input.
@@ -845,7 +836,7 @@ async fn a_quarantined_input_is_reapplied_after_the_repair_once_across_restarts(
     assert_eq!(decisions[0].entry.key(), key);
 
     // A crash now (no checkpoint since): replay decides the same way, once.
-    let (replayed, _replayed_dir) = recover_from_copy(&fixed, &receiver).await;
+    let (replayed, _replayed_dir) = recover_from_copy(&fixed, Some(&receiver)).await;
     assert_eq!(token_charge(&replayed).await, reapplied);
     assert!(replayed.quarantined(None, 10).unwrap().is_empty());
     let discard = Decision::Discard {

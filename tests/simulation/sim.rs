@@ -785,13 +785,26 @@ impl Sim {
         self.restart_with_the_same_states(&states, crashed)
     }
 
+    /// The customers created so far: their index in the model and their id.
+    fn customer_ids(&self) -> Vec<(usize, tollgate::domain::Id)> {
+        self.model
+            .customers
+            .iter()
+            .enumerate()
+            .filter_map(|(c, customer)| {
+                let id = customer
+                    .id
+                    .as_deref()
+                    .and_then(tollgate::domain::Id::parse)?;
+                Some((c, id))
+            })
+            .collect()
+    }
+
     /// Every customer's state, as the engine holds it now.
     async fn states(&mut self, engine: &Engine) -> Result<Vec<PersistedCustomer>, String> {
         let mut states = Vec::new();
-        for customer in &self.model.customers {
-            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
-                continue;
-            };
+        for (_, id) in self.customer_ids() {
             let state = engine
                 .query(id, PersistedCustomer::clone)
                 .await
@@ -1999,10 +2012,7 @@ impl Sim {
                     .push(kept.event_type.clone());
             }
         }
-        for (c, customer) in self.model.customers.iter().enumerate() {
-            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
-                continue;
-            };
+        for (c, id) in self.customer_ids() {
             let workflows = engine
                 .query(id, |s| {
                     s.customer
@@ -2078,10 +2088,7 @@ impl Sim {
         applied_by_invoice: &BTreeMap<String, rust_decimal::Decimal>,
     ) -> Result<(), String> {
         use rust_decimal::Decimal;
-        for (c, customer) in self.model.customers.iter().enumerate() {
-            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
-                continue;
-            };
+        for (c, id) in self.customer_ids() {
             let money = engine
                 .query(id, |s| {
                     let mut m = ContractMoney::default();
@@ -2163,10 +2170,11 @@ impl Sim {
                     money.drawn, money.deducted, money.covered, money.line_draws
                 ));
             }
-            if money.user_granted != customer.granted {
+            let granted = self.model.customers[c].granted;
+            if money.user_granted != granted {
                 return Err(format!(
-                    "customer {c}: its commits and credits hold {}, the integrator granted {}",
-                    money.user_granted, customer.granted
+                    "customer {c}: its commits and credits hold {}, the integrator granted {granted}",
+                    money.user_granted
                 ));
             }
             for (invoice, covered) in &money.covered_by_invoice {
@@ -2202,10 +2210,7 @@ impl Sim {
         use tollgate::domain::contract::Release;
         use tollgate::domain::gate::{GateType, WorkflowState};
         let mut workflows: BTreeMap<String, WorkflowMoney> = BTreeMap::new();
-        for (c, customer) in self.model.customers.iter().enumerate() {
-            let Some(id) = customer.id.as_deref().and_then(tollgate::domain::Id::parse) else {
-                continue;
-            };
+        for (c, id) in self.customer_ids() {
             let found = engine
                 .query(id, |s| {
                     let mut found = Vec::new();
