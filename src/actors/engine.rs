@@ -205,9 +205,13 @@ impl Engine {
         }
         // Replay set aliases partition by partition; each customer's final profile is right,
         // the order across partitions was not (an alias moved from a customer of one partition
-        // to one of another): the map is the profiles' again.
-        shared.registry.clear();
-        let customers = shared.load_registry()?;
+        // to one of another): the map is the profiles' again, read once more only if replay
+        // touched it.
+        if shared.registry.take_replayed() {
+            shared.registry.clear();
+            shared.load_registry()?;
+        }
+        let customers = shared.registry.customer_count();
         let webhook_stats = Arc::new(WebhookStats::default());
         let webhook_parts = WebhookParts {
             store: shared.store.clone(),

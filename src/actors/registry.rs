@@ -9,6 +9,7 @@
 //! "late" (kept and applied when the alias appears).
 
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -17,6 +18,8 @@ use crate::domain::Id;
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: RwLock<RegistryMaps>,
+    /// Replay (not a live input) changed a customer's entry since the last [`Registry::take_replayed`].
+    replayed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +73,16 @@ impl Registry {
         for alias in aliases {
             maps.aliases.insert(alias.clone(), customer);
         }
+    }
+
+    /// Notes that replay changed an entry: the map must be loaded again from the profiles.
+    pub fn note_replayed(&self) {
+        self.replayed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether replay changed an entry since the last call.
+    pub fn take_replayed(&self) -> bool {
+        self.replayed.swap(false, Ordering::Relaxed)
     }
 
     /// Forgets every customer and alias (before loading the map again from the profiles).

@@ -98,6 +98,9 @@ impl Shared {
     pub fn record_profile(&self, profile: &CustomerProfile, old_aliases: &[String], live: bool) {
         self.registry
             .set(profile.id, old_aliases, &profile.ingest_aliases);
+        if !live {
+            self.registry.note_replayed();
+        }
         let mut puts = Vec::new();
         match storage::encode(META_VERSION, profile) {
             Ok(bytes) => puts.push((entry::profile_key(profile.id), bytes)),
