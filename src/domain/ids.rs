@@ -397,3 +397,279 @@ mod key_tests {
         }
     }
 }
+
+/// The calendar and id functions checked against independent references, value by value: a
+/// naive day-by-day calendar walk, Python's `uuid.uuid5` for the derived ids, and every
+/// boundary of the RFC 3339 parser.
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    /// The Gregorian leap rule, written out separately from `is_leap`.
+    fn leap(year: i64) -> bool {
+        year % 400 == 0 || (year % 100 != 0 && year % 4 == 0)
+    }
+
+    fn month_length(year: i64, month: u32) -> u32 {
+        const LENGTHS: [u32; 12] = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        LENGTHS[month as usize - 1] + u32::from(month == 2 && leap(year))
+    }
+
+    #[test]
+    fn every_day_from_1583_to_2800_matches_a_naive_calendar_walk() {
+        // Walk forward one day at a time from the epoch and backwards from it, so both signs of
+        // the day count (and the 400-year era arithmetic on each side) are covered.
+        let (mut y, mut m, mut d) = (1970_i64, 1_u32, 1_u32);
+        for z in 0..(2801 - 1970) * 366 {
+            if y > 2800 {
+                break;
+            }
+            assert_eq!(civil_from_days(z), (y, m, d), "day {z}");
+            assert_eq!(days_from_civil(y, m, d), z, "{y}-{m}-{d}");
+            assert_eq!(days_in_month(y, m), month_length(y, m), "{y}-{m}");
+            d += 1;
+            if d > month_length(y, m) {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+        let (mut y, mut m, mut d) = (1969_i64, 12_u32, 31_u32);
+        for z in (-(1970 - 1583) * 366..0).rev() {
+            if y < 1583 {
+                break;
+            }
+            assert_eq!(civil_from_days(z), (y, m, d), "day {z}");
+            assert_eq!(days_from_civil(y, m, d), z, "{y}-{m}-{d}");
+            d -= 1;
+            if d == 0 {
+                if m == 1 {
+                    m = 12;
+                    y -= 1;
+                } else {
+                    m -= 1;
+                }
+                d = month_length(y, m);
+            }
+        }
+    }
+
+    #[test]
+    fn leap_years_follow_the_gregorian_rule() {
+        for (year, expected) in [
+            (1900, false),
+            (2000, true),
+            (2023, false),
+            (2024, true),
+            (2100, false),
+            (2400, true),
+            (1600, true),
+            (-4, true),
+            (-100, false),
+        ] {
+            assert_eq!(is_leap(year), expected, "{year}");
+        }
+    }
+
+    /// Timestamps on both sides of the epoch, at day, hour and second edges, and a spread of
+    /// others from a fixed linear congruential sequence.
+    fn sample_instants() -> Vec<i64> {
+        let mut out = vec![
+            0,
+            -1,
+            1,
+            999,
+            1000,
+            MS_PER_HOUR - 1,
+            MS_PER_HOUR,
+            MS_PER_DAY - 1,
+            MS_PER_DAY,
+            -MS_PER_DAY,
+            -MS_PER_DAY - 1,
+            951_782_400_000,     // 2000-02-29T00:00:00Z
+            1_709_251_199_999,   // 2024-02-29T23:59:59.999Z
+            253_402_300_799_999, // 9999-12-31T23:59:59.999Z
+            -12_219_292_800_000, // 1582-10-15T00:00:00Z
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            // Years 1583..9999 in both directions from the epoch.
+            let span = 253_402_300_799_999_i64 + 12_219_292_800_000;
+            out.push((x >> 1) as i64 % span - 12_219_292_800_000);
+        }
+        out
+    }
+
+    #[test]
+    fn parts_split_an_instant_and_from_parts_rebuilds_it() {
+        for ms in sample_instants() {
+            let t = Timestamp(ms);
+            let (y, mo, d, h, mi, s, milli) = t.parts();
+            let day = ms.div_euclid(MS_PER_DAY);
+            let of_day = ms.rem_euclid(MS_PER_DAY);
+            assert_eq!(civil_from_days(day), (y, mo, d), "{ms}");
+            assert_eq!(i64::from(h), of_day / MS_PER_HOUR, "{ms}");
+            assert_eq!(i64::from(mi), of_day % MS_PER_HOUR / 60_000, "{ms}");
+            assert_eq!(i64::from(s), of_day % 60_000 / 1000, "{ms}");
+            assert_eq!(i64::from(milli), of_day % 1000, "{ms}");
+            assert_eq!(Timestamp::from_parts(y, mo, d, h, mi, s, milli), Some(t));
+            let text = t.to_rfc3339();
+            assert_eq!(Timestamp::parse_rfc3339(&text), Some(t), "{text}");
+            assert_eq!(text.len(), if milli == 0 { 20 } else { 24 }, "{text}");
+            assert_eq!(t.millis(), ms);
+            assert_eq!(t.floor_hour().0, ms.div_euclid(MS_PER_HOUR) * MS_PER_HOUR);
+            assert_eq!(t.month_start().parts(), (y, mo, 1, 0, 0, 0, 0));
+            let next = if mo == 12 { (y + 1, 1) } else { (y, mo + 1) };
+            assert_eq!(
+                t.next_month_start().parts(),
+                (next.0, next.1, 1, 0, 0, 0, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn from_parts_refuses_every_out_of_range_part() {
+        let ok = |y, mo, d, h, mi, s, ms| Timestamp::from_parts(y, mo, d, h, mi, s, ms);
+        assert_eq!(ok(1970, 1, 1, 0, 0, 0, 0), Some(Timestamp(0)));
+        assert_eq!(
+            ok(2025, 12, 31, 23, 59, 59, 999),
+            Timestamp::parse_rfc3339("2025-12-31T23:59:59.999Z")
+        );
+        // A leap second is read as the last second of its minute.
+        assert_eq!(
+            ok(2016, 12, 31, 23, 59, 60, 0),
+            ok(2016, 12, 31, 23, 59, 59, 0)
+        );
+        assert_eq!(
+            ok(2024, 2, 29, 0, 0, 0, 0),
+            Some(Timestamp(1_709_164_800_000))
+        );
+        for (y, mo, d, h, mi, s, ms) in [
+            (2025, 0, 1, 0, 0, 0, 0),
+            (2025, 13, 1, 0, 0, 0, 0),
+            (2025, 1, 0, 0, 0, 0, 0),
+            (2025, 1, 32, 0, 0, 0, 0),
+            (2025, 4, 31, 0, 0, 0, 0),
+            (2025, 2, 29, 0, 0, 0, 0),
+            (1900, 2, 29, 0, 0, 0, 0),
+            (2025, 1, 1, 24, 0, 0, 0),
+            (2025, 1, 1, 0, 60, 0, 0),
+            (2025, 1, 1, 0, 0, 61, 0),
+            (2025, 1, 1, 0, 0, 0, 1000),
+        ] {
+            assert_eq!(
+                ok(y, mo, d, h, mi, s, ms),
+                None,
+                "{y}-{mo}-{d} {h}:{mi}:{s}.{ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_parser_reads_every_accepted_form_and_refuses_each_broken_one() {
+        let at = |text: &str| Timestamp::parse_rfc3339(text).map(Timestamp::to_rfc3339);
+        let base = "2025-01-23T01:23:45Z";
+        assert_eq!(at(base).as_deref(), Some(base));
+        for (text, expected) in [
+            ("2025-01-23t01:23:45z", base),
+            ("2025-01-23 01:23:45Z", base),
+            ("2025-01-23T01:23:45.1Z", "2025-01-23T01:23:45.100Z"),
+            ("2025-01-23T01:23:45.12Z", "2025-01-23T01:23:45.120Z"),
+            ("2025-01-23T01:23:45.123Z", "2025-01-23T01:23:45.123Z"),
+            ("2025-01-23T01:23:45.123999Z", "2025-01-23T01:23:45.123Z"),
+            ("2025-01-23T01:23:45+00:00", base),
+            ("2025-01-23T03:53:45+02:30", base),
+            ("2025-01-22T23:23:45-02:00", base),
+            ("2025-01-22T01:24:45-23:59", base),
+            ("2025-01-23T01:23:45.5-00:00", "2025-01-23T01:23:45.500Z"),
+        ] {
+            assert_eq!(at(text).as_deref(), Some(expected), "{text}");
+        }
+        for bad in [
+            "",
+            "2025-01-23T01:23:45",
+            "2025-01-23T01:23:4Z",
+            "2025_01-23T01:23:45Z",
+            "2025-01_23T01:23:45Z",
+            "2025-01-23X01:23:45Z",
+            "2025-01-23T01_23:45Z",
+            "2025-01-23T01:23_45Z",
+            "2025-+1-23T01:23:45Z",
+            "+025-01-23T01:23:45Z",
+            "2025-01-23T01:23:+5Z",
+            "2025-01-23T01:23:45.Z",
+            "2025-01-23T01:23:45.",
+            "2025-01-23T01:23:45.1",
+            "2025-01-23T01:23:45ZZ",
+            "2025-01-23T01:23:45+02:0",
+            "2025-01-23T01:23:45+0200",
+            "2025-01-23T01:23:45+02-00",
+            "2025-01-23T01:23:45+02:000",
+            "2025-01-23T01:23:45+24:00",
+            "2025-01-23T01:23:45+02:60",
+            "2025-01-23T01:23:45+0a:00",
+            "2025-01-23T01:23:45*02:00",
+            "2025-01-23T01:23:45.1x",
+            "2025-01-32T01:23:45Z",
+        ] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_add_saturating() {
+        assert_eq!(Timestamp(5).plus_ms(7), Timestamp(12));
+        assert_eq!(Timestamp(5).plus_ms(-7), Timestamp(-2));
+        assert_eq!(Timestamp(i64::MAX - 1).plus_ms(5), Timestamp(i64::MAX));
+    }
+
+    #[test]
+    fn ids_derive_to_the_values_python_computes() {
+        // Computed with Python: uuid5-style SHA-1 over NAMESPACE's bytes and the name bytes
+        // (parent bytes, kind, NUL, big-endian sequence number / kind, NUL, key).
+        let parent = Id::from_u128(42);
+        assert_eq!(
+            Id::derive(parent, "workflow", 1).to_string(),
+            "6f504050-ac10-57b0-b795-6afc49727a65"
+        );
+        assert_eq!(
+            Id::from_key("alias", "acme").to_string(),
+            "373a8b0e-6656-512d-b1f2-858d00fcf39a"
+        );
+        // The NUL keeps a kind's tail from being read as the key's head.
+        assert_ne!(Id::from_key("ab", "c"), Id::from_key("a", "bc"));
+        assert_ne!(Id::from_key("alias", "acme"), Id::from_key("alias", "acmf"));
+        assert_ne!(
+            Id::derive(parent, "w", 1),
+            Id::derive(Id::from_u128(43), "w", 1)
+        );
+    }
+
+    #[test]
+    fn ids_parse_only_in_their_canonical_form_and_convert_losslessly() {
+        let id = Id::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let text = "01234567-89ab-cdef-0123-456789abcdef";
+        assert_eq!(id.to_string(), text);
+        assert_eq!(Id::parse(text), Some(id));
+        assert_eq!(id.as_u128(), 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        assert_eq!(Id::from_bytes(*id.as_bytes()), id);
+        assert_eq!(id.as_bytes()[0], 0x01);
+        assert_eq!(id.as_bytes()[15], 0xef);
+        assert_ne!(Id::from_u128(1), Id::default());
+        for other in [
+            "01234567-89AB-cdef-0123-456789abcdef",
+            "0123456789abcdef0123456789abcdef",
+            "{01234567-89ab-cdef-0123-456789abcdef}",
+            "urn:uuid:01234567-89ab-cdef-0123-456789abcdef",
+            "01234567-89ab-cdef-0123-456789abcdeg",
+        ] {
+            assert_eq!(Id::parse(other), None, "{other}");
+        }
+    }
+}
