@@ -26,6 +26,10 @@ pub enum Defect {
     /// A charge is created without first searching for the workflow's existing one: once
     /// Stripe's 24 h key window has passed, a second PaymentIntent charges again.
     CreateWithoutSearch,
+    /// Recovery keeps the alias map that replay built partition by partition instead of
+    /// reading it again from the profiles: an alias moved between customers of two partitions
+    /// can be left pointing at nobody, or at its old customer.
+    AliasMapNotReloaded,
 }
 
 #[cfg(feature = "defects")]

@@ -19,11 +19,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tollgate::actors::clock::Clock;
 use tollgate::actors::engine::EngineConfig;
-use tollgate::actors::entry::PersistedCustomer;
+use tollgate::actors::entry::{LATE_PREFIX, PersistedCustomer, late_customer_key, partition_of};
 use tollgate::actors::webhook::{Destination, WebhookSettings};
 use tollgate::actors::{Disk, Engine, EngineSettings, Placement, Seams};
 use tollgate::domain::fixtures::{COMMIT_PRODUCT, RATE_CARD};
-use tollgate::domain::{Limits, Timestamp, fixtures};
+use tollgate::domain::{Id, Limits, Timestamp, fixtures};
 use tollgate::http::AppState;
 use tollgate::storage::Durability;
 use tollgate::storage::StorageError;
@@ -202,6 +202,8 @@ struct Sim {
     step: usize,
     /// What the engine held when it was killed, for the restart to reach again.
     at_crash: Option<CrashPoint>,
+    /// Kill the process at the next step (an alias move just completed).
+    crash_soon: bool,
 }
 
 /// A webhook receiver that never answers (the recovery check's: nothing is delivered).
@@ -233,6 +235,11 @@ struct Swarm {
     long_outages: f64,
     /// The share of thresholds with a STRIPE gate.
     stripe_gates: f64,
+    /// Aliases move often (both moves in most runs), not once in a while.
+    busy_aliases: bool,
+    /// The process is killed right after an alias move completes, before a checkpoint can
+    /// cover it: recovery must replay both halves, across partitions, into the right map.
+    crash_after_moves: bool,
 }
 
 /// Where a run's data lives.
@@ -303,6 +310,8 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         failed_releases: [0.1, 0.2, 0.5][rng.random_range(0..3)],
         long_outages: [0.0, 0.125, 0.5][rng.random_range(0..3)],
         stripe_gates: [0.3, 0.8][rng.random_range(0..2)],
+        busy_aliases: rng.random_bool(0.5),
+        crash_after_moves: rng.random_bool(0.5),
     };
     let event_loss = [0, 12, 40, 100][rng.random_range(0..4)];
     let flaky = rng.random_bool(0.5);
@@ -345,6 +354,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         txn_counter: 0,
         step: 0,
         at_crash: None,
+        crash_soon: false,
     };
     for i in 0..options.customers {
         sim.model.customers.push(CustomerModel {
@@ -577,7 +587,8 @@ impl Sim {
                     self.arm_fault(&faults);
                     fault_armed = true;
                 }
-                if set_up && self.rng.random_ratio(1, 70) && !calm {
+                let crash_now = std::mem::take(&mut self.crash_soon);
+                if set_up && (crash_now || self.rng.random_ratio(1, 70)) && !calm {
                     // kill -9: whatever was not written is gone with the process. What was
                     // applied was durable first, so the restart must reach the same states.
                     self.at_crash = self.crash_point(&engine).await;
@@ -912,9 +923,12 @@ impl Sim {
     /// renamed), then, once that is answered, given to the second. Clients go on sending to the
     /// alias throughout. A second move, in some runs, takes the second customer's own alias
     /// back to the first.
-    async fn move_alias(&mut self, app: &impl Api) {
+    async fn move_alias(&mut self, app: &impl Api) -> bool {
+        let busy = self.swarm.busy_aliases;
         let second = match self.model.alias_moves.as_slice() {
-            [first] if first.added && self.rng.random_bool(0.5) => Some((first.to, first.from)),
+            [first] if first.added && (busy || self.rng.random_bool(0.5)) => {
+                Some((first.to, first.from))
+            }
             _ => None,
         };
         let (from, request) = match (self.model.alias_moves.last(), second) {
@@ -939,15 +953,27 @@ impl Sim {
                     })
                     .collect();
                 if ready.len() < 2 {
-                    return;
+                    return false;
                 }
                 let from = ready[self.rng.random_range(0..ready.len())];
-                let to = loop {
-                    let to = ready[self.rng.random_range(0..ready.len())];
-                    if to != from {
-                        break to;
-                    }
+                let others: Vec<usize> = ready.iter().copied().filter(|&c| c != from).collect();
+                // When aliases are busy, the move crosses partitions if it can: replay then
+                // meets its halves in two partitions' orders.
+                let partition = |c: usize| {
+                    let id = self.model.customers[c].id.as_deref().and_then(Id::parse);
+                    id.map(|id| partition_of(id, self.config.settings.partitions))
                 };
+                let across: Vec<usize> = others
+                    .iter()
+                    .copied()
+                    .filter(|&c| partition(c) != partition(from))
+                    .collect();
+                let pool = if busy && !across.is_empty() {
+                    across
+                } else {
+                    others
+                };
+                let to = pool[self.rng.random_range(0..pool.len())];
                 let alias = self.model.customers[from].alias.clone();
                 self.model.alias_moves.push(AliasMove {
                     alias: alias.clone(),
@@ -964,7 +990,7 @@ impl Sim {
                 aliases.push(alias);
                 (to, json!({ "ingest_aliases": aliases }))
             }
-            (Some(_), _) => return,
+            (Some(_), _) => return false,
         };
         let id = self.model.customers[from].id.clone().unwrap_or_default();
         let purpose = if self
@@ -984,6 +1010,17 @@ impl Sim {
             purpose,
         };
         self.control(app, request).await;
+        true
+    }
+
+    /// Both alias moves, every half right after the answer to the one before (a half left
+    /// unanswered is retried later): all four changes can land after one checkpoint.
+    async fn move_aliases_at_once(&mut self, app: &impl Api) {
+        for _ in 0..4 {
+            if !self.move_alias(app).await {
+                break;
+            }
+        }
     }
 
     /// A customer tries to take another customer's alias, or an alias that spells a customer's
@@ -1138,12 +1175,19 @@ impl Sim {
             82 => self.stripe_outage(),
             84 if self.rng.random_ratio(1, 4) => self.archive_token_metric(app).await,
             85 if self.rng.random_ratio(1, 4) => self.archive_customer(app).await,
-            86 if self.rng.random_ratio(1, 3) => self.move_alias(app).await,
+            86 if self.rng.random_ratio(1, 3) => {
+                self.move_alias(app).await;
+            }
             87 => self.steal_alias(app).await,
+            88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
             83 => self
                 .stripe
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
             _ => {}
+        }
+        if self.crash_soon {
+            // Killed at once: no time for a checkpoint.
+            return;
         }
         // Time passes: mostly seconds, sometimes minutes, rarely hours.
         let ms = match self.rng.random_range(0..100) {
@@ -1322,6 +1366,9 @@ impl Sim {
                 if let Some(m) = self.model.alias_moves.last_mut() {
                     m.added = true;
                 }
+                // Once the last move of the run is done.
+                let last = self.model.alias_moves.len() == 2 || !self.swarm.busy_aliases;
+                self.crash_soon = self.swarm.crash_after_moves && last;
             }
             Purpose::StealAlias if status != 409 => self.violations.push(format!(
                 "taking {} was answered {status}: {value}",
@@ -1838,6 +1885,7 @@ impl Sim {
                 }
             }
         }
+        self.check_aliases(engine)?;
         if let Ok(quarantined) = engine.quarantined(None, 10) {
             if !quarantined.is_empty() {
                 return Err(format!(
@@ -1847,6 +1895,38 @@ impl Sim {
                         .iter()
                         .map(|q| q.reason.clone())
                         .collect::<Vec<_>>()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The alias map names the customers the integrator was told (once no move is half done),
+    /// and no usage waits as late for a key that names a customer: an alias moved across
+    /// partitions and replayed after a crash must not be left naming nobody.
+    fn check_aliases(&self, engine: &Engine) -> Result<(), String> {
+        if !self.moving() {
+            for (c, id) in self.customer_ids() {
+                for alias in self.aliases_of(c) {
+                    let named = engine.resolve(&alias);
+                    if named != Some(id) {
+                        return Err(format!(
+                            "step {}: alias {alias} of customer {c} names {named:?}",
+                            self.step
+                        ));
+                    }
+                }
+            }
+        }
+        let Ok(late) = engine.store().meta_scan_prefix(LATE_PREFIX) else {
+            return Ok(());
+        };
+        for (key, _) in late {
+            let customer_key = late_customer_key(&key).map(String::from_utf8_lossy);
+            if let Some(named) = customer_key.as_deref().and_then(|k| engine.resolve(k)) {
+                return Err(format!(
+                    "step {}: usage sent to {customer_key:?} waits as late, though it names {named}",
+                    self.step
                 ));
             }
         }
