@@ -30,6 +30,11 @@ pub enum Defect {
     /// reading it again from the profiles: an alias moved between customers of two partitions
     /// can be left pointing at nobody, or at its old customer.
     AliasMapNotReloaded,
+    /// A commit restricted to some products pays for every product's usage.
+    RestrictionIgnored,
+    /// A rate applies to usage accepted before it was added (a back-dated rate re-prices
+    /// history when the log is replayed).
+    RatesRewriteHistory,
 }
 
 #[cfg(feature = "defects")]

@@ -299,7 +299,11 @@ impl RateCard {
         self.rates
             .get(&product)?
             .iter()
-            .filter(|r| r.added_in_version <= version && r.covers(at))
+            .filter(|r| {
+                (r.added_in_version <= version
+                    || crate::defects::active(crate::defects::Defect::RatesRewriteHistory))
+                    && r.covers(at)
+            })
             .max_by_key(|r| (r.starting_at, r.added_in_version))
     }
 }

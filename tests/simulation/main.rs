@@ -85,6 +85,8 @@ fn every_injected_defect_is_caught_within_its_seed_budget() {
         Defect::ReleaseOnProcessing,
         Defect::PaidChargeNotRetired,
         Defect::AliasMapNotReloaded,
+        Defect::RestrictionIgnored,
+        Defect::RatesRewriteHistory,
     ] {
         // `TOLLGATE_SIM_DEFECT=<name>` checks one defect only.
         if std::env::var("TOLLGATE_SIM_DEFECT").is_ok_and(|only| only != format!("{defect:?}")) {

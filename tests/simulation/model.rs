@@ -83,15 +83,29 @@ pub struct CustomerModel {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeriodExpectation {
     pub api_calls: i64,
+    /// What the sure API calls cost together, at least and at most (cents): a call whose
+    /// timestamp falls under the rate added mid-run costs the old or the new price, depending
+    /// on whether it reached the log before or after the rate.
+    pub api_cents: (i64, i64),
+    /// The cheapest and dearest price of one of the calls that may or may not count.
+    pub maybe_api_price: (i64, i64),
     pub net_tokens: i64,
     /// Events sent before the contract existed, which may or may not be billed.
     pub maybe_api_calls: i64,
     pub maybe_token_events: usize,
 }
 
+/// The fixture rate card's price of one API call (cents).
+pub const API_PRICE: i64 = 100;
+
 impl PeriodExpectation {
-    pub fn api_total(&self) -> Decimal {
-        Decimal::from(self.api_calls * 100)
+    /// The least and the most the API line may cost when it bills `quantity` calls.
+    pub fn api_cents_for(&self, quantity: i64) -> (i64, i64) {
+        let maybe = quantity - self.api_calls;
+        (
+            self.api_cents.0 + maybe * self.maybe_api_price.0,
+            self.api_cents.1 + maybe * self.maybe_api_price.1,
+        )
     }
 
     pub fn token_total(&self) -> Decimal {
@@ -112,6 +126,18 @@ pub struct Model {
     /// Ingest aliases moved from one customer to another: at most two a run, the second (if
     /// any) back the other way, so replay meets moves in both directions between partitions.
     pub alias_moves: Vec<AliasMove>,
+    /// A new price for API calls from an hour after it was added, at most once a run.
+    pub rate_change: Option<RateChange>,
+}
+
+/// A FLAT rate for the API product added to the rate card mid-run.
+#[derive(Clone, Copy, Debug)]
+pub struct RateChange {
+    pub starting_at: Timestamp,
+    pub cents: i64,
+    /// First sent and answered 200 (simulated ms): an event is rated by the catalog of its
+    /// acceptance (README), so one that reached the log before the rate keeps the old price.
+    pub added: (i64, Option<i64>),
 }
 
 /// An alias taken from customer `from` (its aliases set to a new one) and then given to
@@ -248,6 +274,20 @@ impl Model {
         }
     }
 
+    /// The least and the most one API call costs (cents).
+    pub fn api_price(&self, event: &SentEvent) -> (i64, i64) {
+        match self.rate_change {
+            Some(change) if event.timestamp >= change.starting_at => {
+                match after(event, Some(change.added)) {
+                    Rated::Yes => (API_PRICE, API_PRICE),
+                    Rated::No => (change.cents, change.cents),
+                    Rated::Maybe => (API_PRICE.min(change.cents), API_PRICE.max(change.cents)),
+                }
+            }
+            _ => (API_PRICE, API_PRICE),
+        }
+    }
+
     /// Records the answer, at `now_ms`, to a batch of these transaction ids.
     pub fn answered(&mut self, txns: &[String], status: Status, now_ms: i64) {
         for txn in txns {
@@ -280,7 +320,10 @@ impl Model {
 
     /// The expected usage of `customer` in the period `[start, end)`.
     pub fn expected(&self, customer: usize, start: Timestamp, end: Timestamp) -> PeriodExpectation {
-        let mut expectation = PeriodExpectation::default();
+        let mut expectation = PeriodExpectation {
+            maybe_api_price: (i64::MAX, 0),
+            ..PeriodExpectation::default()
+        };
         for (_, event) in self.counted() {
             let owner = self.owner(event);
             if !owner.may_be(customer) || event.timestamp < start || event.timestamp >= end {
@@ -289,8 +332,18 @@ impl Model {
             let sure = owner == Owner::Sure(customer) && !event.before_contract;
             match (event.usage, sure, self.rated(event)) {
                 (_, _, Rated::No) => {}
-                (Usage::ApiCall, true, Rated::Yes) => expectation.api_calls += 1,
-                (Usage::ApiCall, _, _) => expectation.maybe_api_calls += 1,
+                (Usage::ApiCall, true, Rated::Yes) => {
+                    let (least, most) = self.api_price(event);
+                    expectation.api_calls += 1;
+                    expectation.api_cents.0 += least;
+                    expectation.api_cents.1 += most;
+                }
+                (Usage::ApiCall, _, _) => {
+                    let (least, most) = self.api_price(event);
+                    expectation.maybe_api_calls += 1;
+                    let price = &mut expectation.maybe_api_price;
+                    *price = (price.0.min(least), price.1.max(most));
+                }
                 (Usage::Tokens(n), true, Rated::Yes) => expectation.net_tokens += n,
                 (Usage::Tokens(_), _, _) => expectation.maybe_token_events += 1,
             }

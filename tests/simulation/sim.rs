@@ -34,7 +34,7 @@ use tollgate::actors::payment::{PaymentSettings, Payments};
 use tollgate::http::stripe::StripeWebhook;
 use tollgate::payments::stripe::StripeProvider;
 
-use super::model::{AliasMove, CustomerModel, Model, SentEvent, Status, Usage};
+use super::model::{AliasMove, CustomerModel, Model, RateChange, SentEvent, Status, Usage};
 use super::receiver::Receiver;
 use super::stripe::{self as sim_stripe, SimStripe};
 
@@ -202,7 +202,7 @@ struct Sim {
     step: usize,
     /// What the engine held when it was killed, for the restart to reach again.
     at_crash: Option<CrashPoint>,
-    /// Kill the process at the next step (an alias move just completed).
+    /// Kill the process at the next step (an alias move or a new rate was just answered).
     crash_soon: bool,
 }
 
@@ -237,9 +237,10 @@ struct Swarm {
     stripe_gates: f64,
     /// Aliases move often (both moves in most runs), not once in a while.
     busy_aliases: bool,
-    /// The process is killed right after an alias move completes, before a checkpoint can
-    /// cover it: recovery must replay both halves, across partitions, into the right map.
-    crash_after_moves: bool,
+    /// The process is killed right after an alias move or a new rate is answered, before a
+    /// checkpoint can cover it: recovery must replay both halves of the move, across
+    /// partitions, into the right map, and usage accepted before the rate at its old price.
+    crash_after_changes: bool,
 }
 
 /// Where a run's data lives.
@@ -291,6 +292,8 @@ enum Purpose {
     AddAlias,
     /// Another customer's alias, or a customer's id, as an alias: must be refused with 409.
     StealAlias,
+    /// A new price for API calls, from an hour boundary ahead.
+    AddRate,
     /// A release, whose answers the workflow checks judge.
     Other,
 }
@@ -311,7 +314,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         long_outages: [0.0, 0.125, 0.5][rng.random_range(0..3)],
         stripe_gates: [0.3, 0.8][rng.random_range(0..2)],
         busy_aliases: rng.random_bool(0.5),
-        crash_after_moves: rng.random_bool(0.5),
+        crash_after_changes: rng.random_bool(0.5),
     };
     let event_loss = [0, 12, 40, 100][rng.random_range(0..4)];
     let flaky = rng.random_bool(0.5);
@@ -895,6 +898,40 @@ impl Sim {
         self.control(app, request).await;
     }
 
+    /// The API product's price changes, once a run, from an hour boundary up to six hours back
+    /// or three ahead (the rate card gains a FLAT rate): calls timestamped after it cost the new
+    /// price if the rate was in the catalog that accepted them, the old one otherwise.
+    async fn add_rate(&mut self, app: &impl Api) {
+        if self.model.rate_change.is_some() {
+            return;
+        }
+        let now = self.time.now_ms();
+        // Ahead, or back-dated: usage already accepted keeps the price it was rated at.
+        let starting_at = Timestamp(now)
+            .floor_hour()
+            .plus_ms(self.rng.random_range(-6..=3) * HOUR_MS);
+        let cents = [40, 150, 250][self.rng.random_range(0..3)];
+        self.model.rate_change = Some(RateChange {
+            starting_at,
+            cents,
+            added: (now, None),
+        });
+        let request = Request {
+            path: "/v1/contract-pricing/rate-cards/addRate".into(),
+            body: json!({
+                "rate_card_id": RATE_CARD.to_string(),
+                "product_id": fixtures::API_PRODUCT.to_string(),
+                "entitled": true,
+                "rate_type": "FLAT",
+                "price": cents,
+                "starting_at": starting_at.to_rfc3339(),
+            }),
+            key: "add-rate".into(),
+            purpose: Purpose::AddRate,
+        };
+        self.control(app, request).await;
+    }
+
     /// An alias move was started and its second half not answered yet.
     fn moving(&self) -> bool {
         self.model.alias_moves.last().is_some_and(|m| !m.added)
@@ -1180,6 +1217,7 @@ impl Sim {
             }
             87 => self.steal_alias(app).await,
             88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
+            90 => self.add_rate(app).await,
             83 => self
                 .stripe
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
@@ -1368,7 +1406,13 @@ impl Sim {
                 }
                 // Once the last move of the run is done.
                 let last = self.model.alias_moves.len() == 2 || !self.swarm.busy_aliases;
-                self.crash_soon = self.swarm.crash_after_moves && last;
+                self.crash_soon = self.swarm.crash_after_changes && last;
+            }
+            Purpose::AddRate if status == 200 => {
+                if let Some(change) = &mut self.model.rate_change {
+                    change.added.1.get_or_insert(self.time.now_ms());
+                }
+                self.crash_soon = self.swarm.crash_after_changes;
             }
             Purpose::StealAlias if status != 409 => self.violations.push(format!(
                 "taking {} was answered {status}: {value}",
@@ -1388,6 +1432,7 @@ impl Sim {
             | Purpose::AddCommit(_)
             | Purpose::DropAlias
             | Purpose::AddAlias
+            | Purpose::AddRate
             | Purpose::EditThreshold { must_apply: true }
                 if status != 200
                     && !(status == 409
@@ -1719,15 +1764,23 @@ impl Sim {
         let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
         let amount = self.rng.random_range(1..10_000);
         self.txn_counter += 1;
+        let mut commit = json!({
+            "type": "PREPAID", "product_id": COMMIT_PRODUCT.to_string(),
+            "priority": self.rng.random_range(1..5),
+            "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+            "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": amount}]}
+        });
+        // Some commits pay for one product only: only its usage may draw from them.
+        match self.rng.random_range(0..5) {
+            0 => commit["applicable_product_ids"] = json!([fixtures::API_PRODUCT.to_string()]),
+            1 => commit["applicable_product_ids"] = json!([fixtures::TOKEN_PRODUCT.to_string()]),
+            _ => {}
+        }
         let request = Request {
             path: "/v2/contracts/edit".into(),
             body: json!({
                 "customer_id": customer.id, "contract_id": customer.contract_id,
-                "add_commits": [{
-                    "type": "PREPAID", "product_id": COMMIT_PRODUCT.to_string(),
-                    "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
-                    "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": amount}]}
-                }]
+                "add_commits": [commit]
             }),
             key: format!("edit-{}", self.txn_counter),
             purpose: Purpose::AddCommit(c),
@@ -1971,7 +2024,7 @@ impl Sim {
                         self.model.owner(e).may_be(c) && e.timestamp >= start && e.timestamp < end
                     })
                     .count();
-                let mut api = (0i64, rust_decimal::Decimal::ZERO);
+                let mut api = (0i64, rust_decimal::Decimal::ZERO, 0usize);
                 let mut tokens = rust_decimal::Decimal::ZERO;
                 let mut applied = rust_decimal::Decimal::ZERO;
                 for line in invoice["line_items"].as_array().into_iter().flatten() {
@@ -1980,7 +2033,7 @@ impl Sim {
                         Some("usage")
                             if line["product_id"] == json!(fixtures::API_PRODUCT.to_string()) =>
                         {
-                            api = (line["quantity"].as_i64().unwrap_or(-1), total);
+                            api = (line["quantity"].as_i64().unwrap_or(-1), total, api.2 + 1);
                         }
                         Some("usage")
                             if line["product_id"] == json!(fixtures::TOKEN_PRODUCT.to_string()) =>
@@ -1997,14 +2050,17 @@ impl Sim {
                 invoiced.push((c, start, end));
                 api_billed += api.0.max(0);
                 let api_max = expected.api_calls + expected.maybe_api_calls;
-                let api_ok = (expected.api_calls..=api_max).contains(&api.0.max(0))
-                    && api.1 == rust_decimal::Decimal::from(api.0.max(0) * 100);
+                let quantity = api.0.max(0);
+                let (least, most) = expected.api_cents_for(quantity);
+                let api_ok = (expected.api_calls..=api_max).contains(&quantity)
+                    && (rust_decimal::Decimal::from(least)..=rust_decimal::Decimal::from(most))
+                        .contains(&api.1)
+                    && api.2 <= 1;
                 let tokens_ok = expected.maybe_token_events > 0 || tokens == expected.token_total();
                 if !api_ok || !tokens_ok {
                     return Err(format!(
-                        "customer {c}, period {}: expected {expected:?} ({} + {} cents), invoice {invoice}",
+                        "customer {c}, period {}: expected {expected:?} ({least}..={most} + {} cents), invoice {invoice}",
                         start.to_rfc3339(),
-                        expected.api_total(),
                         expected.token_total()
                     ));
                 }
@@ -2216,6 +2272,21 @@ impl Sim {
                                         "invoice {} line {}: charged {}, covered {line_covered}, draws {draws}",
                                         period.invoice_id, line.product_id, line.charged.as_decimal()
                                     ));
+                                }
+                                for draw in &line.draws {
+                                    let commit = contract.commits.get(draw.commit as usize);
+                                    let restricted = commit.map(|c| &c.applicable_product_ids);
+                                    if restricted.is_none_or(|only| {
+                                        !only.is_empty() && !only.contains(&line.product_id)
+                                    }) {
+                                        m.broken.push(format!(
+                                            "invoice {} line {} drew {} from commit {:?}, which does not pay for it",
+                                            period.invoice_id,
+                                            line.product_id,
+                                            draw.amount.as_decimal(),
+                                            commit.map(|c| c.id)
+                                        ));
+                                    }
                                 }
                                 covered += line_covered;
                                 m.line_draws += draws;
