@@ -676,6 +676,33 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
     );
 }
 
+/// Found by the simulation (fail-stop invariant, seed 4): when the webhook actor took up a
+/// freshly written effect and its check of the outbox failed, it logged the error and the
+/// engine went on accepting work.
+#[actix_rt::test]
+async fn a_failed_outbox_check_when_a_webhook_is_taken_up_stops_the_engine() {
+    use tollgate::storage::faults::StorageOp;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
+    // The first outbox write stores the workflow's effects; the second is the webhook
+    // actor's check that the effect is still pending.
+    faults.fail_from(StorageOp::OutboxWrite, 1);
+    engine.ingest(calls("fs", "a", 5)).await.unwrap();
+    eventually("fail-stop", || !engine.is_ready()).await;
+    let failure = engine.failure().unwrap();
+    assert!(failure.contains("enqueued webhook"), "{failure}");
+    faults.heal();
+    let (recovered, _copy) = recover_from_copy(&engine, Some(&receiver)).await;
+    assert_eq!(workflows(&recovered, CUSTOMER).await.len(), 1);
+    eventually("external_initiate after recovery", || {
+        !receiver
+            .of_type("payment_gate.external_initiate")
+            .is_empty()
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn a_checkpoint_racing_a_failed_outbox_write_never_covers_the_lost_effects() {
     use tollgate::storage::faults::StorageOp;

@@ -32,7 +32,9 @@ use crate::domain::customer::{
 };
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Catalog, Id, Rejection};
-use crate::storage::{self, AppendBatch, Durability, LogRecord, Store, StoreOptions, StoreStats};
+use crate::storage::{
+    self, AppendBatch, Durability, LogRecord, StorageError, Store, StoreOptions, StoreStats,
+};
 
 /// Everything needed to start an engine.
 #[derive(Clone, Debug)]
@@ -602,6 +604,28 @@ impl Engine {
             .map_err(|_| EngineError::Internal("query answer type".into()))
     }
 
+    /// Stops the engine after a storage failure outside its actors (the HTTP layer's own
+    /// reads and writes): storage failures are fail-stop (SPEC 2.1), whatever noticed them.
+    pub fn fail_stop(&self, what: &str, error: &StorageError) {
+        self.shared.health.fail_stop(what, error);
+    }
+
+    /// Runs a read (or write) of the store for a caller outside the actors; a storage error
+    /// stops the engine (SPEC 2.1) and is returned.
+    ///
+    /// # Errors
+    /// The storage error.
+    pub fn with_store<T>(
+        &self,
+        what: &str,
+        op: impl FnOnce(&Store) -> Result<T, StorageError>,
+    ) -> Result<T, EngineError> {
+        op(&self.shared.store).map_err(|error| {
+            self.fail_stop(what, &error);
+            EngineError::Storage(error)
+        })
+    }
+
     /// Quarantined inputs in log order, after the entry whose key is `after` (SPEC 2.1).
     ///
     /// # Errors
@@ -611,7 +635,9 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<super::quarantine::Quarantined>, EngineError> {
-        Ok(super::quarantine::list(&self.shared.store, after, limit)?)
+        self.with_store("quarantine list", |store| {
+            super::quarantine::list(store, after, limit)
+        })
     }
 
     /// An operator's decision on the quarantined input stored under `key` (SPEC 2.1): it goes
@@ -632,8 +658,14 @@ impl Engine {
         key: &[u8],
         decision: QuarantineDecision,
     ) -> Result<Option<Applied>, EngineError> {
-        let Some(entry) = super::quarantine::get(&self.shared.store, key)? else {
-            if super::quarantine::resolution(&self.shared.store, key)?.is_some() {
+        let entry = self.with_store("quarantine read", |store| {
+            super::quarantine::get(store, key)
+        })?;
+        let Some(entry) = entry else {
+            let resolved = self.with_store("quarantine read", |store| {
+                super::quarantine::resolution(store, key)
+            })?;
+            if resolved.is_some() {
                 return Err(EngineError::Rejected(Rejection::NotQuarantined));
             }
             return Ok(None);
@@ -667,11 +699,9 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<super::quarantine::Resolved>, EngineError> {
-        Ok(super::quarantine::list_resolved(
-            &self.shared.store,
-            after,
-            limit,
-        )?)
+        self.with_store("quarantine decisions list", |store| {
+            super::quarantine::list_resolved(store, after, limit)
+        })
     }
 
     /// The customer whose contract runs a workflow.
@@ -679,10 +709,10 @@ impl Engine {
     /// # Errors
     /// Storage errors.
     pub fn workflow_customer(&self, workflow: Id) -> Result<Option<Id>, EngineError> {
-        Ok(self
-            .shared
-            .store
-            .meta_get(&entry::workflow_key(workflow))?
+        let bytes = self.with_store("workflow index read", |store| {
+            store.meta_get(&entry::workflow_key(workflow))
+        })?;
+        Ok(bytes
             .and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok())
             .map(Id::from_bytes))
     }
@@ -692,10 +722,10 @@ impl Engine {
     /// # Errors
     /// Storage errors.
     pub fn invoice_customer(&self, invoice: Id) -> Result<Option<Id>, EngineError> {
-        Ok(self
-            .shared
-            .store
-            .meta_get(&entry::invoice_key(invoice))?
+        let bytes = self.with_store("invoice index read", |store| {
+            store.meta_get(&entry::invoice_key(invoice))
+        })?;
+        Ok(bytes
             .and_then(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok())
             .map(Id::from_bytes))
     }
@@ -710,10 +740,9 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<CustomerProfile>, EngineError> {
         let cursor = after.map(entry::profile_key);
-        let page =
-            self.shared
-                .store
-                .meta_scan_page(entry::PROFILE_PREFIX, cursor.as_deref(), limit)?;
+        let page = self.with_store("customer list", |store| {
+            store.meta_scan_page(entry::PROFILE_PREFIX, cursor.as_deref(), limit)
+        })?;
         let mut profiles = Vec::with_capacity(page.len());
         for (_, value) in page {
             profiles.push(storage::decode(META_VERSION, &value)?);

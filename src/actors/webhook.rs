@@ -755,9 +755,10 @@ impl Handler<Enqueue> for WebhookActor {
                 Ok(false) => {
                     tracing::debug!(id = %Id::from_bytes(id), "enqueued webhook is not pending; skipped");
                 }
-                // Sending one more time than needed beats not sending.
+                // Storage failures are fail-stop (SPEC 2.1); until the process stops, sending
+                // one more time than needed beats not sending (the restart finds it pending).
                 Err(e) => {
-                    tracing::error!(id = %Id::from_bytes(id), error = %e, "checking an enqueued webhook failed; sending it");
+                    self.health.fail_stop("enqueued webhook check", &e);
                     self.track(id, entry);
                 }
             }

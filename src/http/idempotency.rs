@@ -189,7 +189,13 @@ pub async fn idempotency(
         key,
     };
     let now = state.engine.now_ms();
-    if let Some(stored) = lookup(state.engine.store(), &claim.key, now).map_err(ApiError::from)? {
+    let stored = state
+        .engine
+        .with_store("Idempotency-Key lookup", |store| {
+            lookup(store, &claim.key, now)
+        })
+        .map_err(ApiError::from)?;
+    if let Some(stored) = stored {
         let response = replay(stored, hash)?;
         return Ok(req.into_response(response));
     }
@@ -231,9 +237,13 @@ async fn run_and_store(
         };
         // The request ran: its answer goes to the client even if it cannot be stored (a 5xx
         // instead would invite a retry that runs it again).
-        if let Err(error) = put(claim.state.engine.store(), &claim.key, &stored) {
-            tracing::error!(%error, "cannot store an Idempotency-Key answer");
-        }
+        // The failure stops the engine (fail-stop): nothing more is accepted.
+        let _ = claim
+            .state
+            .engine
+            .with_store("Idempotency-Key answer write", |store| {
+                put(store, &claim.key, &stored)
+            });
     }
     drop(claim);
     Ok(ServiceResponse::new(
@@ -395,7 +405,7 @@ pub async fn sweep_periodically(state: web::Data<AppState>) {
                     tracing::info!(deleted, "swept expired Idempotency-Key answers");
                 }
             }
-            Ok(Err(error)) => tracing::warn!(%error, "Idempotency-Key sweep failed; will retry"),
+            Ok(Err(error)) => state.engine.fail_stop("Idempotency-Key sweep", &error),
             Err(error) => tracing::warn!(%error, "Idempotency-Key sweep did not run"),
         }
         actix_rt::time::sleep(SWEEP_INTERVAL).await;

@@ -409,6 +409,39 @@ async fn a_storage_failure_answers_503_with_retry_after_never_400_and_ready_fail
     assert_eq!(ready.status().as_u16(), 503);
 }
 
+/// Found by the simulation (fail-stop invariant, seed 12): a failed read of a stored
+/// Idempotency-Key answer was answered 503 while the engine went on accepting work.
+#[actix_rt::test]
+async fn a_failed_idempotency_key_read_stops_the_engine() {
+    use tollgate::storage::faults::{Faults, ScriptedFaults, StorageOp};
+    let faults = ScriptedFaults::new();
+    let app = super::spawn_app_with_faults(Some(faults.clone() as Faults)).await;
+    faults.fail_from(StorageOp::Read, 0);
+    let response = timely(
+        app.client
+            .post(format!("{}/v1/customers", app.base))
+            .bearer_auth(super::TOKEN)
+            .header("idempotency-key", "read-fails")
+            .json(&json!({"name": "read fails"}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    faults.heal();
+    let ready = app
+        .client
+        .get(format!("{}/ready", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status().as_u16(),
+        503,
+        "still accepting after a failed read"
+    );
+}
+
 #[actix_rt::test]
 async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
     use tollgate::actors::quarantine::{QuarantineCause, Quarantined};

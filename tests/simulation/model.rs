@@ -100,11 +100,13 @@ pub const API_PRICE: i64 = 100;
 
 impl PeriodExpectation {
     /// The least and the most the API line may cost when it bills `quantity` calls.
+    /// (Saturating: a quantity beyond the expected calls fails the count check anyway.)
     pub fn api_cents_for(&self, quantity: i64) -> (i64, i64) {
         let maybe = quantity - self.api_calls;
+        let add = |sure: i64, price: i64| sure.saturating_add(maybe.saturating_mul(price));
         (
-            self.api_cents.0 + maybe * self.maybe_api_price.0,
-            self.api_cents.1 + maybe * self.maybe_api_price.1,
+            add(self.api_cents.0, self.maybe_api_price.0),
+            add(self.api_cents.1, self.maybe_api_price.1),
         )
     }
 

@@ -59,6 +59,8 @@ pub struct Report {
     pub crashes: usize,
     /// Crashes after which recovery was compared with the killed engine's states.
     pub recoveries_checked: usize,
+    /// Of the crashes, those that struck with inputs and effects still in flight.
+    pub crashes_in_flight: usize,
     pub storage_faults: usize,
     pub webhooks: usize,
     pub webhook_failures: u64,
@@ -130,6 +132,10 @@ impl Trace {
 #[derive(Default)]
 struct SimFaults {
     plan: Mutex<Option<FaultPlan>>,
+    /// Faults that struck an engine operation.
+    fired: std::sync::atomic::AtomicUsize,
+    /// The simulation itself is reading the store (its checks): no fault strikes.
+    quiet: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -144,10 +150,21 @@ impl SimFaults {
     fn arm(&self, plan: FaultPlan) {
         *self.plan.lock().unwrap() = Some(plan);
     }
+
+    /// Runs the simulation's own read of the store with faults held off.
+    fn quietly<T>(&self, read: impl FnOnce() -> T) -> T {
+        self.quiet.store(true, SeqCst);
+        let result = read();
+        self.quiet.store(false, SeqCst);
+        result
+    }
 }
 
 impl FaultInjector for SimFaults {
     fn before(&self, op: StorageOp) -> Result<(), StorageError> {
+        if self.quiet.load(SeqCst) {
+            return Ok(());
+        }
         let mut plan = self.plan.lock().unwrap();
         let Some(armed) = plan.as_mut() else {
             return Ok(());
@@ -162,6 +179,7 @@ impl FaultInjector for SimFaults {
         if armed.once {
             *plan = None;
         }
+        self.fired.fetch_add(1, SeqCst);
         Err(StorageError::Injected(format!("simulated {op:?} failure")))
     }
 }
@@ -204,6 +222,10 @@ struct Sim {
     at_crash: Option<CrashPoint>,
     /// Kill the process at the next step (an alias move or a new rate was just answered).
     crash_soon: bool,
+    /// Cut the step's requests after this many polls (the process is killed meanwhile).
+    interrupt: Option<usize>,
+    /// The storage faults of the current process lifetime.
+    faults: Arc<SimFaults>,
 }
 
 /// A webhook receiver that never answers (the recovery check's: nothing is delivered).
@@ -235,7 +257,8 @@ struct Swarm {
     long_outages: f64,
     /// The share of thresholds with a STRIPE gate.
     stripe_gates: f64,
-    /// Aliases move often (both moves in most runs), not once in a while.
+    /// Aliases move often (both moves in most runs, across two or three partitions, the process
+    /// killed right after the second), not once in a while.
     busy_aliases: bool,
     /// The process is killed right after an alias move or a new rate is answered, before a
     /// checkpoint can cover it: recovery must replay both halves of the move, across
@@ -325,7 +348,11 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         flaky,
     );
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = engine_config(&mut rng, &dir.path().join("data"));
+    let mut config = engine_config(&mut rng, &dir.path().join("data"));
+    if swarm.busy_aliases {
+        // Moves can cross partitions.
+        config.settings.partitions = config.settings.partitions.max(2);
+    }
     // One seed in four runs on real RocksDB.
     let storage = if seed % 4 == 3 {
         Storage::RocksDb
@@ -358,6 +385,8 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         step: 0,
         at_crash: None,
         crash_soon: false,
+        interrupt: None,
+        faults: Arc::default(),
     };
     for i in 0..options.customers {
         sim.model.customers.push(CustomerModel {
@@ -556,6 +585,7 @@ impl Sim {
         system.block_on(async {
             self.time.restart(self.now_ms);
             let faults = Arc::new(SimFaults::default());
+            self.faults = Arc::clone(&faults);
             let seams = self.seams(Some(faults.clone() as Faults), lifetime);
             let engine = Engine::start_with(self.config.clone(), seams)
                 .await
@@ -606,7 +636,28 @@ impl Sim {
                         self.time.now_ms()
                     );
                 }
-                self.one_step(&app, &engine).await;
+                // Sometimes the process is killed while the step's request is being handled:
+                // after a few polls, at any point between its arrival, its log append, its
+                // apply and its answer. The client had no answer and sends it again.
+                let cut = set_up && !calm && self.rng.random_ratio(1, 80);
+                if cut {
+                    self.interrupt = Some(self.rng.random_range(0..4));
+                }
+                let time_passes = self.one_step(&app, &engine).await;
+                if cut {
+                    self.interrupt = None;
+                    self.report.crashes_in_flight += 1;
+                    // Recovery must apply everything acknowledged, once (the end checks); the
+                    // states are not compared: the killed engine never finished its work.
+                    // (Every task spawned so far runs once: an actor dropped before its first
+                    // poll would start itself outside the runtime.)
+                    tokio::task::yield_now().await;
+                    self.now_ms = self.time.now_ms();
+                    return Ok(End::Crash);
+                }
+                if time_passes {
+                    self.pass_time().await;
+                }
                 self.stripe.settle_some();
                 self.stripe_events(&app).await;
                 self.check_step(&engine).await?;
@@ -631,8 +682,11 @@ impl Sim {
             return None;
         }
         let states = self.states(engine).await.ok()?;
-        let outbox = engine.store().outbox_pending().ok()?;
-        let settled = engine.store().outbox_settled_ids().ok()?;
+        let (outbox, settled) = self.faults.quietly(|| {
+            let store = engine.store();
+            (store.outbox_pending(), store.outbox_settled_ids())
+        });
+        let (outbox, settled) = (outbox.ok()?, settled.ok()?);
         engine.is_ready().then(|| CrashPoint {
             states,
             outbox: outbox.into_iter().map(|(id, _)| id.to_vec()).collect(),
@@ -742,9 +796,15 @@ impl Sim {
                     StorageOp::Read,
                 ];
                 let kind = kinds[self.rng.random_range(0..kinds.len())];
+                // Outbox writes are few (effects only): strike one of the first few.
+                let skip = if kind == StorageOp::OutboxWrite {
+                    nth % 6
+                } else {
+                    nth
+                };
                 faults.arm(FaultPlan {
                     kind,
-                    skip: nth,
+                    skip,
                     once: self.rng.random_bool(0.5),
                 });
             }
@@ -1193,11 +1253,12 @@ impl Sim {
         }
     }
 
-    async fn one_step(&mut self, app: &impl Api, engine: &Engine) {
+    /// One client action; `false` when no time should pass after it.
+    async fn one_step(&mut self, app: &impl Api, engine: &Engine) -> bool {
         // Customers and contracts first, the late customer whenever it comes.
         if let Some(c) = self.next_setup() {
             self.set_up(app, c).await;
-            return;
+            return false;
         }
         let roll: u32 = self.rng.random_range(0..100);
         match roll {
@@ -1223,11 +1284,12 @@ impl Sim {
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
             _ => {}
         }
-        if self.crash_soon {
-            // Killed at once: no time for a checkpoint.
-            return;
-        }
-        // Time passes: mostly seconds, sometimes minutes, rarely hours.
+        // Killed at once when `crash_soon`: no time for a checkpoint.
+        !self.crash_soon
+    }
+
+    /// Time passes: mostly seconds, sometimes minutes, rarely hours.
+    async fn pass_time(&mut self) {
         let ms = match self.rng.random_range(0..100) {
             0..=79 => self.rng.random_range(10..5_000),
             80..=97 => self.rng.random_range(MINUTE_MS..20 * MINUTE_MS),
@@ -1340,7 +1402,12 @@ impl Sim {
 
     /// Sends a control request; without a definitive answer it is queued for a retry.
     async fn control(&mut self, app: &impl Api, request: Request) -> Option<(u16, Value)> {
-        let (status, body) = send(app, request.to_http()).await;
+        let Some((status, body)) = self.call(app, request.to_http()).await else {
+            if !self.retries.iter().any(|r| r.key == request.key) {
+                self.retries.push(request);
+            }
+            return None;
+        };
         self.trace.record(&request.path, status, &body);
         if std::env::var_os("TOLLGATE_SIM_VERBOSE").is_some() {
             println!(
@@ -1406,13 +1473,16 @@ impl Sim {
                 }
                 // Once the last move of the run is done.
                 let last = self.model.alias_moves.len() == 2 || !self.swarm.busy_aliases;
-                self.crash_soon = self.swarm.crash_after_changes && last;
+                // Busy aliases always end in a kill: replay must then meet all four halves.
+                self.crash_soon =
+                    (self.swarm.crash_after_changes || self.swarm.busy_aliases) && last;
             }
             Purpose::AddRate if status == 200 => {
                 if let Some(change) = &mut self.model.rate_change {
                     change.added.1.get_or_insert(self.time.now_ms());
                 }
-                self.crash_soon = self.swarm.crash_after_changes;
+                // Killed at once: replay must rate what was accepted before it at the old price.
+                self.crash_soon = true;
             }
             Purpose::StealAlias if status != 409 => self.violations.push(format!(
                 "taking {} was answered {status}: {value}",
@@ -1446,6 +1516,31 @@ impl Sim {
             _ => {}
         }
         Some((status, value))
+    }
+
+    /// Sends a request that changes something; `None` when the process was killed before it
+    /// answered (see `interrupt`).
+    async fn call(
+        &mut self,
+        app: &impl Api,
+        request: actix_http::Request,
+    ) -> Option<(u16, Vec<u8>)> {
+        let Some(polls) = self.interrupt else {
+            return Some(send(app, request).await);
+        };
+        let call = send(app, request);
+        let mut call = std::pin::pin!(call);
+        for _ in 0..polls {
+            let answer =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+            if let std::task::Poll::Ready(answer) = answer {
+                return Some(answer);
+            }
+            tokio::task::yield_now().await;
+        }
+        // Killed before answering: later requests of the step are not sent either.
+        self.interrupt = Some(0);
+        None
     }
 
     async fn get(&mut self, app: &impl Api, path: &str) -> (u16, Value) {
@@ -1632,7 +1727,11 @@ impl Sim {
             .set_json(&body)
             .to_request();
         self.model.sending(&txns, self.time.now_ms());
-        let (status, bytes) = send(app, http).await;
+        let Some((status, bytes)) = self.call(app, http).await else {
+            self.model
+                .answered(&txns, Status::Pending, self.time.now_ms());
+            return;
+        };
         self.trace.record("/v1/ingest", status, &bytes);
         let all_valid = txns.iter().all(|t| self.model.sent[t].valid);
         if all_valid && (400..500).contains(&status) && status != 429 {
@@ -1905,6 +2004,14 @@ impl Sim {
         if !engine.is_ready() {
             return Ok(());
         }
+        // Storage failures are fail-stop (SPEC 2.1): one that struck must have stopped it.
+        let fired = self.faults.fired.load(SeqCst);
+        if fired > 0 {
+            return Err(format!(
+                "step {}: {fired} storage faults struck and the engine still accepts",
+                self.step
+            ));
+        }
         for (c, customer) in self.model.customers.iter().enumerate() {
             let Some(id) = &customer.id else { continue };
             let id = tollgate::domain::Id::parse(id).ok_or_else(|| format!("customer id {id}"))?;
@@ -1939,7 +2046,7 @@ impl Sim {
             }
         }
         self.check_aliases(engine)?;
-        if let Ok(quarantined) = engine.quarantined(None, 10) {
+        if let Ok(quarantined) = self.faults.quietly(|| engine.quarantined(None, 10)) {
             if !quarantined.is_empty() {
                 return Err(format!(
                     "step {}: inputs quarantined: {:?}",
@@ -1971,7 +2078,10 @@ impl Sim {
                 }
             }
         }
-        let Ok(late) = engine.store().meta_scan_prefix(LATE_PREFIX) else {
+        let late = self
+            .faults
+            .quietly(|| engine.store().meta_scan_prefix(LATE_PREFIX));
+        let Ok(late) = late else {
             return Ok(());
         };
         for (key, _) in late {
