@@ -58,6 +58,12 @@ pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Fau
 }
 
 impl TestApp {
+    /// The status `/ready` answers (no token needed).
+    pub async fn ready_status(&self) -> u16 {
+        let response = self.client.get(format!("{}/ready", self.base)).send();
+        response.await.unwrap().status().as_u16()
+    }
+
     /// POSTs JSON with the token; returns status and parsed body (Null when empty).
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self

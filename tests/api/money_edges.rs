@@ -400,13 +400,7 @@ async fn a_storage_failure_answers_503_with_retry_after_never_400_and_ready_fail
         )
         .await;
     assert_eq!(status, 503, "{body}");
-    let ready = app
-        .client
-        .get(format!("{}/ready", app.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(app.ready_status().await, 503);
 }
 
 /// Found by the simulation (fail-stop invariant, seed 12): a failed read of a stored
@@ -429,14 +423,8 @@ async fn a_failed_idempotency_key_read_stops_the_engine() {
     .unwrap();
     assert_eq!(response.status().as_u16(), 503);
     faults.heal();
-    let ready = app
-        .client
-        .get(format!("{}/ready", app.base))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        ready.status().as_u16(),
+        app.ready_status().await,
         503,
         "still accepting after a failed read"
     );
