@@ -703,6 +703,41 @@ async fn a_failed_outbox_check_when_a_webhook_is_taken_up_stops_the_engine() {
     .await;
 }
 
+/// A catalog change's append fails like a partition's (SPEC 2.1): the change may or may not
+/// be in the log, so the engine stops and the restart's replay decides; the catalog in memory
+/// is not changed meanwhile.
+#[actix_rt::test]
+async fn a_failed_catalog_append_stops_the_engine() {
+    use tollgate::domain::catalog::CatalogChange;
+    use tollgate::storage::faults::StorageOp;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
+    let version = engine.catalog().version();
+    faults.fail_from(StorageOp::Append, 0);
+    let archived = engine
+        .change_catalog(CatalogChange::ArchiveBillableMetric {
+            id: fixtures::TOKEN_METRIC,
+            at: now(),
+        })
+        .await;
+    assert!(
+        matches!(archived, Err(tollgate::actors::EngineError::Storage(_))),
+        "{archived:?}"
+    );
+    assert_eq!(
+        engine.catalog().version(),
+        version,
+        "published a change not in the log"
+    );
+    assert!(
+        !engine.is_ready(),
+        "still accepting after a failed catalog append"
+    );
+    let failure = engine.failure().unwrap();
+    assert!(failure.contains("catalog append"), "{failure}");
+}
+
 #[actix_rt::test]
 async fn a_checkpoint_racing_a_failed_outbox_write_never_covers_the_lost_effects() {
     use tollgate::storage::faults::StorageOp;

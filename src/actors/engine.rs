@@ -557,7 +557,8 @@ impl Engine {
         let mut next = (*self.shared.catalog()).clone();
         next.apply(change.clone())?;
         let payload = storage::encode(entry::LOG_VERSION, &LogEntry::Catalog(change))?;
-        self.shared
+        let appended = self
+            .shared
             .store
             .append(AppendBatch {
                 partition: CATALOG_PARTITION,
@@ -567,7 +568,16 @@ impl Engine {
                     payload,
                 }],
             })
-            .await?;
+            .await;
+        if let Err(error) = appended {
+            // As a partition's append (SPEC 2.1): a full queue is back-pressure; any other
+            // failure stops the engine, since the change may or may not have reached the log
+            // and only a restart's replay knows which.
+            if error.is_store_failure() {
+                self.fail_stop("catalog append", &error);
+            }
+            return Err(EngineError::of_append(&error));
+        }
         self.shared.set_catalog(next);
         Ok(())
     }
@@ -610,19 +620,26 @@ impl Engine {
         self.shared.health.fail_stop(what, error);
     }
 
-    /// Runs a read (or write) of the store for a caller outside the actors; a storage error
-    /// stops the engine (SPEC 2.1) and is returned.
+    /// Runs a read (or write) of the store for a caller outside the actors. A failure of the
+    /// store stops the engine (SPEC 2.1) and is returned; a value that does not decode (or
+    /// encode) is an internal error of this one request, and does not stop the engine: a
+    /// restart would read the same bytes and stop again.
     ///
     /// # Errors
-    /// The storage error.
+    /// [`EngineError::Storage`] for a store failure, [`EngineError::Internal`] otherwise.
     pub fn with_store<T>(
         &self,
         what: &str,
         op: impl FnOnce(&Store) -> Result<T, StorageError>,
     ) -> Result<T, EngineError> {
         op(&self.shared.store).map_err(|error| {
-            self.fail_stop(what, &error);
-            EngineError::Storage(error)
+            if error.is_store_failure() {
+                self.fail_stop(what, &error);
+                EngineError::Storage(error)
+            } else {
+                tracing::error!(%error, what, "a stored value could not be read or written");
+                EngineError::Internal(format!("{what}: {error}"))
+            }
         })
     }
 
@@ -740,14 +757,12 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<CustomerProfile>, EngineError> {
         let cursor = after.map(entry::profile_key);
-        let page = self.with_store("customer list", |store| {
-            store.meta_scan_page(entry::PROFILE_PREFIX, cursor.as_deref(), limit)
-        })?;
-        let mut profiles = Vec::with_capacity(page.len());
-        for (_, value) in page {
-            profiles.push(storage::decode(META_VERSION, &value)?);
-        }
-        Ok(profiles)
+        self.with_store("customer list", |store| {
+            let page = store.meta_scan_page(entry::PROFILE_PREFIX, cursor.as_deref(), limit)?;
+            page.iter()
+                .map(|(_, value)| storage::decode(META_VERSION, value))
+                .collect()
+        })
     }
 
     /// Writes a checkpoint of every partition now (shutdown, tests).

@@ -758,7 +758,11 @@ impl Handler<Enqueue> for WebhookActor {
                 // Storage failures are fail-stop (SPEC 2.1); until the process stops, sending
                 // one more time than needed beats not sending (the restart finds it pending).
                 Err(e) => {
-                    self.health.fail_stop("enqueued webhook check", &e);
+                    if e.is_store_failure() {
+                        self.health.fail_stop("enqueued webhook check", &e);
+                    } else {
+                        tracing::error!(error = %e, id = %Id::from_bytes(id), "enqueued webhook could not be re-encoded; sent as offered");
+                    }
                     self.track(id, entry);
                 }
             }

@@ -168,6 +168,32 @@ pub enum StorageError {
     SimDisk(&'static str),
 }
 
+impl StorageError {
+    /// Whether the store itself failed (disk, RocksDB, a fence, a lost writer): such failures
+    /// are fail-stop (SPEC 2.1). A value that does not encode or decode, back-pressure and bad
+    /// options are not: they concern one record or one caller, and stopping would not mend
+    /// them (a restart would read the same bytes again).
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            StorageError::Rocks(_)
+            | StorageError::Corrupt { .. }
+            | StorageError::LogGap { .. }
+            | StorageError::CheckpointOutOfRange { .. }
+            | StorageError::Closed
+            | StorageError::Spawn(_)
+            | StorageError::MissingColumnFamily(_)
+            | StorageError::Fenced
+            | StorageError::Injected(_)
+            | StorageError::SimDisk(_) => true,
+            StorageError::Encode(_)
+            | StorageError::Decode(_)
+            | StorageError::UnknownVersion { .. }
+            | StorageError::Overloaded(_)
+            | StorageError::InvalidOptions(_) => false,
+        }
+    }
+}
+
 /// When an append is acknowledged (`storage.durability` in config).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

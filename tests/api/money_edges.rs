@@ -430,6 +430,45 @@ async fn a_failed_idempotency_key_read_stops_the_engine() {
     );
 }
 
+/// A stored answer that no longer decodes (corrupt bytes, or written by another version) is
+/// an error of that one key: 500, nothing applied, and the engine goes on (stopping would not
+/// mend it; the restart would read the same bytes and stop again).
+#[actix_rt::test]
+async fn an_undecodable_idempotency_answer_is_a_500_that_leaves_the_engine_running() {
+    let app = spawn_app().await;
+    // The first sweep at start deletes entries that do not decode: wait until it is done.
+    let store = app.engine.store();
+    eventually("the first Idempotency-Key sweep", || {
+        store.meta_get(b"idem-index/complete").unwrap().is_some()
+    })
+    .await;
+    app.engine
+        .store()
+        .meta_put(b"idem/garbled", b"not a stored answer")
+        .unwrap();
+    let response = timely(
+        app.client
+            .post(format!("{}/v1/customers", app.base))
+            .bearer_auth(super::TOKEN)
+            .header("idempotency-key", "garbled")
+            .json(&json!({"name": "garbled"}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].is_string(), "{body}");
+    assert_eq!(app.ready_status().await, 200, "stopped for one bad value");
+    let (status, customers) = app.get("/v1/customers").await;
+    assert_eq!(status, 200, "{customers}");
+    assert_eq!(
+        customers["data"],
+        json!([]),
+        "the request ran after the error: {customers}"
+    );
+}
+
 #[actix_rt::test]
 async fn quarantined_inputs_are_listed_oldest_first_in_cursor_pages() {
     use tollgate::actors::quarantine::{QuarantineCause, Quarantined};
