@@ -37,6 +37,22 @@ pub enum Defect {
     RatesRewriteHistory,
 }
 
+impl Defect {
+    /// Every defect, in the order the simulation's defect test tries them.
+    pub const ALL: [Defect; 10] = [
+        Defect::CreateWithoutSearch,
+        Defect::DedupeSkip,
+        Defect::NoGiveBack,
+        Defect::ReleaseAfterFailed,
+        Defect::EffectsLost,
+        Defect::ReleaseOnProcessing,
+        Defect::PaidChargeNotRetired,
+        Defect::AliasMapNotReloaded,
+        Defect::RestrictionIgnored,
+        Defect::RatesRewriteHistory,
+    ];
+}
+
 #[cfg(feature = "defects")]
 thread_local! {
     static ACTIVE: std::cell::Cell<Option<Defect>> = const { std::cell::Cell::new(None) };
@@ -59,5 +75,33 @@ pub fn active(defect: Defect) -> bool {
     {
         let _ = defect;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Defect;
+
+    /// A new variant breaks this match; its arm's index then has to be in [`Defect::ALL`].
+    fn ordinal(defect: Defect) -> usize {
+        match defect {
+            Defect::CreateWithoutSearch => 0,
+            Defect::DedupeSkip => 1,
+            Defect::NoGiveBack => 2,
+            Defect::ReleaseAfterFailed => 3,
+            Defect::EffectsLost => 4,
+            Defect::ReleaseOnProcessing => 5,
+            Defect::PaidChargeNotRetired => 6,
+            Defect::AliasMapNotReloaded => 7,
+            Defect::RestrictionIgnored => 8,
+            Defect::RatesRewriteHistory => 9,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_defect_once() {
+        for (i, defect) in Defect::ALL.into_iter().enumerate() {
+            assert_eq!(ordinal(defect), i, "{defect:?}");
+        }
     }
 }

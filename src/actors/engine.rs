@@ -19,7 +19,8 @@ use super::clock::SharedClock;
 use super::entry::{self, CATALOG_PARTITION, LogEntry, META_VERSION, PersistedCustomer};
 pub use super::error::EngineError;
 use super::handles::{
-    self, Control, LateRelease, Mailbox, PendingRecord, Placement, QueryFn, Sinks, Submission,
+    self, Control, LateRelease, LateReleases, Mailbox, PendingRecord, Placement, QueryFn, Sinks,
+    Submission,
 };
 use super::metrics::EngineMetrics;
 use super::partition;
@@ -177,7 +178,7 @@ impl Engine {
         // Every handle first, then the actors that use them.
         let (webhook_addr, webhook_mailbox) = Mailbox::<WebhookActor>::new();
         let (payment_addr, payment_mailbox) = Mailbox::<PaymentActor>::new();
-        let (late_tx, late_rx) = mpsc::unbounded_channel();
+        let (late_tx, late_rx) = LateReleases::channel();
         let (handles, queues): (Vec<_>, Vec<_>) = (0..partitions)
             .map(|_| handles::partition_queues(config.submit_capacity))
             .unzip();
@@ -340,6 +341,11 @@ impl Engine {
 
     pub fn alias_owner(&self, alias: &str) -> Option<Id> {
         self.shared.registry.alias_owner(alias)
+    }
+
+    /// Releases of late events queued or running (an alias or customer that appeared).
+    pub fn late_releases_pending(&self) -> usize {
+        self.shared.sinks.late_release.pending()
     }
 
     /// Inputs waiting to be applied in a partition (backpressure gauge).
@@ -805,7 +811,7 @@ impl Engine {
         }
         self.shared.store.meta_write_batch(&[], &expired)?;
         if !keys.is_empty() {
-            let _ = self.shared.sinks.late_release.send(LateRelease { keys });
+            self.shared.sinks.late_release.send(keys);
         }
         Ok(())
     }
@@ -842,7 +848,7 @@ async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<
         for key in release.keys {
             match release_key(&shared, &key).await {
                 Ok(()) => {}
-                Err(EngineError::Storage(error)) => {
+                Err(EngineError::Storage(error)) if error.is_store_failure() => {
                     shared.health.fail_stop("late event release", &error);
                 }
                 Err(error) => {
@@ -850,6 +856,7 @@ async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<
                 }
             }
         }
+        shared.sinks.late_release.done();
     }
 }
 

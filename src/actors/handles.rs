@@ -7,6 +7,8 @@
 //! payment actors, and late usage is released back through the engine.
 
 use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use actix::dev::channel::{self, AddressReceiver};
 use actix::{Actor, Addr, Context, Message, Recipient};
@@ -97,11 +99,46 @@ pub struct LateRelease {
     pub keys: Vec<String>,
 }
 
+/// The queue of late keys to release, with a count of the releases sent and not yet done
+/// (so that a test can wait until every release it caused has run).
+#[derive(Clone)]
+pub struct LateReleases {
+    tx: mpsc::UnboundedSender<LateRelease>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl LateReleases {
+    /// The queue and its receiving end.
+    pub fn channel() -> (LateReleases, mpsc::UnboundedReceiver<LateRelease>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        (LateReleases { tx, pending }, rx)
+    }
+
+    /// Queues a release of `keys` (dropped when the engine is gone).
+    pub fn send(&self, keys: Vec<String>) {
+        self.pending.fetch_add(1, Relaxed);
+        if self.tx.send(LateRelease { keys }).is_err() {
+            self.pending.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Marks one release as done (by the loop that received it).
+    pub fn done(&self) {
+        self.pending.fetch_sub(1, Relaxed);
+    }
+
+    /// Releases queued or running.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Relaxed)
+    }
+}
+
 /// Where persisted effects and released late keys go.
 pub struct Sinks {
     pub webhooks: Recipient<Enqueue>,
     pub payments: Recipient<PaymentJobs>,
-    pub late_release: mpsc::UnboundedSender<LateRelease>,
+    pub late_release: LateReleases,
 }
 
 impl Sinks {
@@ -117,7 +154,7 @@ impl Sinks {
         Sinks {
             webhooks: webhooks.recipient(),
             payments: payments.recipient(),
-            late_release: mpsc::unbounded_channel().0,
+            late_release: LateReleases::channel().0,
         }
     }
 }

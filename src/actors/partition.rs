@@ -26,7 +26,7 @@ use super::customer::{
 };
 use super::entry::{self, LateEvent, LogEntry, PersistedCustomer};
 use super::error::EngineError;
-use super::handles::{Control, LateRelease, PartitionQueues, PendingRecord, Placement, Submission};
+use super::handles::{Control, PartitionQueues, PendingRecord, Placement, Submission};
 use super::metrics::EngineMetrics;
 use super::quarantine::QuarantineWrites;
 use super::shared::Shared;
@@ -667,9 +667,7 @@ pub fn keep_late(
     // The customer may have appeared between ingest and now: check after writing, so either
     // this check or the release triggered by the registration sees the event.
     if shared.registry.resolve(key).is_some() {
-        let _ = shared.sinks.late_release.send(LateRelease {
-            keys: vec![key.to_owned()],
-        });
+        shared.sinks.late_release.send(vec![key.to_owned()]);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use super::clock::SharedClock;
 use super::entry::{self, META_VERSION};
-use super::handles::{Enqueue, LateRelease, PartitionHandle, PaymentJobs, Placement, Sinks};
+use super::handles::{Enqueue, PartitionHandle, PaymentJobs, Placement, Sinks};
 use super::health::Health;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry};
@@ -121,7 +121,7 @@ impl Shared {
         if live {
             let mut keys = profile.ingest_aliases.clone();
             keys.push(profile.id.to_string());
-            let _ = self.sinks.late_release.send(LateRelease { keys });
+            self.sinks.late_release.send(keys);
         }
     }
 

@@ -77,20 +77,21 @@ fn one_seed_run_twice_gives_the_same_trace() {
 fn every_injected_defect_is_caught_within_its_seed_budget() {
     use tollgate::defects::{Defect, inject};
     const BUDGET: u64 = 48;
-    for defect in [
-        Defect::CreateWithoutSearch,
-        Defect::DedupeSkip,
-        Defect::NoGiveBack,
-        Defect::ReleaseAfterFailed,
-        Defect::EffectsLost,
-        Defect::ReleaseOnProcessing,
-        Defect::PaidChargeNotRetired,
-        Defect::AliasMapNotReloaded,
-        Defect::RestrictionIgnored,
-        Defect::RatesRewriteHistory,
-    ] {
-        // `TOLLGATE_SIM_DEFECT=<name>` checks one defect only.
-        if std::env::var("TOLLGATE_SIM_DEFECT").is_ok_and(|only| only != format!("{defect:?}")) {
+    // `TOLLGATE_SIM_DEFECT=<name>` checks one defect only; a name that is none of them fails
+    // rather than checking nothing.
+    let only = std::env::var("TOLLGATE_SIM_DEFECT").ok();
+    if let Some(only) = &only {
+        assert!(
+            Defect::ALL.iter().any(|d| format!("{d:?}") == *only),
+            "TOLLGATE_SIM_DEFECT={only} names no defect; they are {:?}",
+            Defect::ALL
+        );
+    }
+    for defect in Defect::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|only| *only != format!("{defect:?}"))
+        {
             continue;
         }
         let budget = match std::env::var("TOLLGATE_SIM_SEED") {

@@ -59,7 +59,7 @@ pub struct Report {
     pub crashes: usize,
     /// Crashes after which recovery was compared with the killed engine's states.
     pub recoveries_checked: usize,
-    /// Of the crashes, those that struck with inputs and effects still in flight.
+    /// Of the crashes, those that struck while a request was being handled, before its answer.
     pub crashes_in_flight: usize,
     pub storage_faults: usize,
     pub webhooks: usize,
@@ -224,6 +224,8 @@ struct Sim {
     crash_soon: bool,
     /// Cut the step's requests after this many polls (the process is killed meanwhile).
     interrupt: Option<usize>,
+    /// A request of the step was cut before its answer.
+    cut_unanswered: bool,
     /// The storage faults of the current process lifetime.
     faults: Arc<SimFaults>,
 }
@@ -386,6 +388,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         at_crash: None,
         crash_soon: false,
         interrupt: None,
+        cut_unanswered: false,
         faults: Arc::default(),
     };
     for i in 0..options.customers {
@@ -646,7 +649,9 @@ impl Sim {
                 let time_passes = self.one_step(&app, &engine).await;
                 if cut {
                     self.interrupt = None;
-                    self.report.crashes_in_flight += 1;
+                    if std::mem::take(&mut self.cut_unanswered) {
+                        self.report.crashes_in_flight += 1;
+                    }
                     // Recovery must apply everything acknowledged, once (the end checks); the
                     // states are not compared: the killed engine never finished its work.
                     // (Every task spawned so far runs once: an actor dropped before its first
@@ -1525,21 +1530,27 @@ impl Sim {
         app: &impl Api,
         request: actix_http::Request,
     ) -> Option<(u16, Vec<u8>)> {
+        self.interruptible(send(app, request)).await
+    }
+
+    /// Runs `requests` to their answers, or, when the step is cut (`interrupt`), polls them a
+    /// few times and gives up: the process is killed before they answered, and later requests
+    /// of the step are not sent either.
+    async fn interruptible<T>(&mut self, requests: impl Future<Output = T>) -> Option<T> {
         let Some(polls) = self.interrupt else {
-            return Some(send(app, request).await);
+            return Some(requests.await);
         };
-        let call = send(app, request);
-        let mut call = std::pin::pin!(call);
+        let mut requests = std::pin::pin!(requests);
         for _ in 0..polls {
             let answer =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+                std::future::poll_fn(|cx| std::task::Poll::Ready(requests.as_mut().poll(cx))).await;
             if let std::task::Poll::Ready(answer) = answer {
                 return Some(answer);
             }
             tokio::task::yield_now().await;
         }
-        // Killed before answering: later requests of the step are not sent either.
         self.interrupt = Some(0);
+        self.cut_unanswered = true;
         None
     }
 
@@ -1806,10 +1817,21 @@ impl Sim {
                 }
             })
             .collect();
-        let (a, b) = tokio::join!(
-            send(app, requests[0].to_http()),
-            send(app, requests[1].to_http())
-        );
+        let both = async {
+            tokio::join!(
+                send(app, requests[0].to_http()),
+                send(app, requests[1].to_http())
+            )
+        };
+        let Some((a, b)) = self.interruptible(both).await else {
+            // Killed before either answered: the client sends both again.
+            for request in requests {
+                if !self.retries.iter().any(|r| r.key == request.key) {
+                    self.retries.push(request);
+                }
+            }
+            return;
+        };
         let mut winners = Vec::new();
         for ((status, body), (request, paid)) in
             [a, b].into_iter().zip(requests.iter().zip(outcomes))
@@ -2045,7 +2067,7 @@ impl Sim {
                 }
             }
         }
-        self.check_aliases(engine)?;
+        self.check_aliases(engine).await?;
         if let Ok(quarantined) = self.faults.quietly(|| engine.quarantined(None, 10)) {
             if !quarantined.is_empty() {
                 return Err(format!(
@@ -2064,7 +2086,7 @@ impl Sim {
     /// The alias map names the customers the integrator was told (once no move is half done),
     /// and no usage waits as late for a key that names a customer: an alias moved across
     /// partitions and replayed after a crash must not be left naming nobody.
-    fn check_aliases(&self, engine: &Engine) -> Result<(), String> {
+    async fn check_aliases(&self, engine: &Engine) -> Result<(), String> {
         if !self.moving() {
             for (c, id) in self.customer_ids() {
                 for alias in self.aliases_of(c) {
@@ -2077,6 +2099,17 @@ impl Sim {
                     }
                 }
             }
+        }
+        // A release of late usage runs after the answer that made its key resolve: let the
+        // engine finish the ones it has queued (no simulated time passes).
+        for _ in 0..10_000 {
+            if engine.late_releases_pending() == 0 && engine.pending_inputs() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if engine.late_releases_pending() != 0 || !engine.is_ready() {
+            return Ok(());
         }
         let late = self
             .faults
