@@ -950,6 +950,17 @@ mod tests {
             price_of(card.rate_at(product.id, Timestamp(20), catalog.version())),
             Some(Price::Flat(Money::from_i64(3)))
         );
+        assert_eq!(catalog.metric(m.id).map(|m| m.id), Some(m.id));
+        assert!(catalog.metric(product.id).is_none());
+        assert_eq!(catalog.metrics().map(|m| m.id).collect::<Vec<_>>(), [m.id]);
+        assert_eq!(
+            catalog.products().map(|p| p.id).collect::<Vec<_>>(),
+            [product.id]
+        );
+        assert_eq!(
+            catalog.rate_cards().map(|c| c.id).collect::<Vec<_>>(),
+            [card.id]
+        );
         assert_eq!(catalog.candidate_metrics("api_call").count(), 1);
         assert_eq!(catalog.candidate_metrics("other").count(), 0);
         assert_eq!(catalog.products_of_metric(m.id), &[product.id]);
@@ -1029,5 +1040,78 @@ mod tests {
         });
         assert!(matches!(err, Err(Rejection::ProductNotFound(_))));
         assert_eq!(catalog.version(), version);
+    }
+
+    /// Limits apply from the catalog version that set them: inputs accepted before keep the
+    /// limits of their time (replay judges them alike), and versions before any get the
+    /// defaults.
+    #[test]
+    fn limits_apply_from_the_version_that_set_them() {
+        let mut catalog = Catalog::default();
+        assert_eq!(catalog.current_limits(), &Limits::default());
+        let strict = Limits {
+            prepaid_threshold_min_usd_cents: Money::from_i64(900),
+            ..Limits::default()
+        };
+        let stricter = Limits {
+            prepaid_threshold_min_usd_cents: Money::from_i64(1_900),
+            ..Limits::default()
+        };
+        catalog
+            .apply(CatalogChange::CreateBillableMetric(metric(
+                Aggregation::Count,
+                None,
+            )))
+            .unwrap();
+        catalog
+            .apply(CatalogChange::SetLimits(strict.clone()))
+            .unwrap();
+        let set_at = catalog.version();
+        assert_eq!(set_at, 2);
+        assert_eq!(catalog.limits_at(0), &Limits::default());
+        assert_eq!(catalog.limits_at(set_at - 1), &Limits::default());
+        assert_eq!(catalog.limits_at(set_at), &strict);
+        assert_eq!(catalog.current_limits(), &strict);
+        catalog
+            .apply(CatalogChange::SetLimits(stricter.clone()))
+            .unwrap();
+        assert_eq!(catalog.limits_at(set_at), &strict);
+        assert_eq!(catalog.limits_at(set_at + 1), &stricter);
+        assert_eq!(catalog.limits_at(u64::MAX), &stricter);
+        assert_eq!(catalog.current_limits(), &stricter);
+    }
+
+    #[test]
+    fn a_rate_must_end_after_it_starts() {
+        let mut catalog = crate::domain::fixtures::catalog();
+        let card = crate::domain::fixtures::RATE_CARD;
+        let rate = |start: i64, end: i64| Rate {
+            product_id: crate::domain::fixtures::API_PRODUCT,
+            price: Price::Flat(Money::from_i64(7)),
+            entitled: true,
+            starting_at: Timestamp(start),
+            ending_before: Some(Timestamp(end)),
+            credit_type_id: CreditType::usd_cents().id,
+            added_in_version: 0,
+        };
+        let version = catalog.version();
+        for end in [1_000, 999] {
+            let refused = catalog.apply(CatalogChange::AddRates {
+                rate_card_id: card,
+                rates: vec![rate(1_000, end)],
+            });
+            assert!(
+                matches!(refused, Err(Rejection::InvalidField(_))),
+                "{refused:?}"
+            );
+            assert_eq!(catalog.version(), version);
+        }
+        catalog
+            .apply(CatalogChange::AddRates {
+                rate_card_id: card,
+                rates: vec![rate(1_000, 1_001)],
+            })
+            .unwrap();
+        assert_eq!(catalog.version(), version + 1);
     }
 }

@@ -442,14 +442,16 @@ impl Aggregate {
     }
 
     /// Adds `contribution` (called after every check passed).
+    ///
+    /// # Panics
+    /// On an overflow [`Aggregate::quantity_with`] would have refused.
     pub fn add(&mut self, contribution: &Contribution) {
         match (self, contribution) {
-            // Checked by `quantity_with` first; the operators (which panic) are the fallback.
             (Aggregate::Count(q), Contribution::Count) => {
-                *q = fast::add_sub(*q, Decimal::ONE, false).unwrap_or_else(|| *q + Decimal::ONE);
+                *q = fast::add_sub(*q, Decimal::ONE, false).expect(CHECKED_FIRST);
             }
             (Aggregate::Sum(q), Contribution::Sum(v)) => {
-                *q = fast::add_sub(*q, *v, false).unwrap_or_else(|| *q + *v);
+                *q = fast::add_sub(*q, *v, false).expect(CHECKED_FIRST);
             }
             (Aggregate::Max(q), Contribution::Max(v)) => *q = Some(q.map_or(*v, |q| q.max(*v))),
             (Aggregate::Unique(set), Contribution::Unique(h)) => {
@@ -459,6 +461,8 @@ impl Aggregate {
         }
     }
 }
+
+const CHECKED_FIRST: &str = "checked by Aggregate::quantity_with first: no overflow";
 
 /// One product's usage within a billing period: a line of the draft usage invoice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1350,5 +1354,362 @@ mod tests {
         max.add(&Contribution::Max(Decimal::from(5)));
         max.add(&Contribution::Max(Decimal::from(3)));
         assert_eq!(max.quantity(), Decimal::from(5));
+    }
+
+    fn contract_with(commits: Vec<Commit>) -> Contract {
+        Contract {
+            id: Id::from_u128(900),
+            customer_id: Id::from_u128(901),
+            rate_card_id: Id::from_u128(902),
+            name: None,
+            starting_at: Timestamp(0),
+            ending_before: Some(Timestamp(10_000)),
+            credit_type: CreditType::usd_cents(),
+            uniqueness_key: None,
+            created_at: Timestamp(0),
+            commits,
+            periods: vec![],
+            purchases: vec![],
+            spend_threshold: None,
+            prepaid_threshold: None,
+            workflows: vec![],
+            edit_keys: vec![],
+            edits: 0,
+            draw_order: vec![],
+            caches: ContractCaches::default(),
+        }
+    }
+
+    fn segment(start: i64, end: i64) -> Segment {
+        Segment {
+            id: Id::from_u128(1),
+            amount: Money::from_i64(100),
+            starting_at: Timestamp(start),
+            ending_before: Timestamp(end),
+            drawn: Money::ZERO,
+        }
+    }
+
+    #[test]
+    fn segments_and_contracts_cover_from_their_start_until_before_their_end() {
+        let s = segment(10, 20);
+        assert!(!s.covers(Timestamp(9)) && s.covers(Timestamp(10)));
+        assert!(s.covers(Timestamp(19)) && !s.covers(Timestamp(20)));
+        assert!(s.overlaps(Timestamp(5), Timestamp(15)));
+        assert!(s.overlaps(Timestamp(19), Timestamp(30)));
+        assert!(s.overlaps(Timestamp(0), Timestamp(11)));
+        assert!(
+            !s.overlaps(Timestamp(0), Timestamp(10)),
+            "ends where it starts"
+        );
+        assert!(
+            !s.overlaps(Timestamp(20), Timestamp(30)),
+            "starts where it ends"
+        );
+        assert!(!s.overlaps(Timestamp(0), Timestamp(5)));
+        assert!(!s.overlaps(Timestamp(25), Timestamp(30)));
+        let c = contract_with(vec![]);
+        assert!(c.covers(Timestamp(0)) && c.covers(Timestamp(9_999)));
+        assert!(!c.covers(Timestamp(-1)) && !c.covers(Timestamp(10_000)));
+        let open = Contract {
+            ending_before: None,
+            ..contract_with(vec![])
+        };
+        assert!(open.covers(Timestamp(i64::MAX - 1)));
+    }
+
+    #[test]
+    fn credits_and_commits_without_an_invoice_are_free() {
+        let mut credit = commit(1, CommitKind::Credit, 1, true);
+        assert!(credit.is_free(), "a credit is free even with a schedule");
+        credit.invoice_schedule.clear();
+        assert!(credit.is_free());
+        assert!(commit(2, CommitKind::Prepaid, 1, false).is_free());
+        assert!(!commit(3, CommitKind::Prepaid, 1, true).is_free());
+    }
+
+    #[test]
+    fn a_restricted_commit_pays_for_its_products_and_tags_only() {
+        let (a, b) = (Id::from_u128(71), Id::from_u128(72));
+        let tags = |t: &[&str]| t.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        let open = commit(1, CommitKind::Prepaid, 1, true);
+        assert!(open.applies_to(a, &[]) && open.applies_to(b, &tags(&["x"])));
+        let mut by_id = commit(2, CommitKind::Prepaid, 1, true);
+        by_id.applicable_product_ids = vec![a];
+        assert!(by_id.applies_to(a, &[]));
+        assert!(!by_id.applies_to(b, &tags(&["x"])));
+        let mut by_tag = commit(3, CommitKind::Prepaid, 1, true);
+        by_tag.applicable_product_tags = tags(&["x"]);
+        assert!(by_tag.applies_to(b, &tags(&["y", "x"])));
+        assert!(!by_tag.applies_to(b, &tags(&["y"])));
+        assert!(!by_tag.applies_to(a, &[]));
+        let mut either = by_id.clone();
+        either.applicable_product_tags = tags(&["x"]);
+        assert!(either.applies_to(a, &[]), "by id");
+        assert!(either.applies_to(b, &tags(&["x"])), "by tag");
+        assert!(!either.applies_to(b, &tags(&["z"])));
+    }
+
+    /// Fewer applicable products and tags (counted together) draw first.
+    #[test]
+    fn a_narrower_scope_draws_first_counting_products_and_tags_together() {
+        let ids = |n: u128| (0..n).map(|i| Id::from_u128(300 + i)).collect::<Vec<_>>();
+        let tags = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+        let mut six = commit(1, CommitKind::Prepaid, 1, true);
+        six.applicable_product_ids = ids(1);
+        six.applicable_product_tags = tags(5);
+        let mut five = commit(2, CommitKind::Prepaid, 1, true);
+        five.applicable_product_ids = ids(2);
+        five.applicable_product_tags = tags(3);
+        let order = draw_order((&six, &six.segments[0]), (&five, &five.segments[0]));
+        assert_eq!(order, Ordering::Greater, "1 + 5 is wider than 2 + 3");
+        let open = commit(3, CommitKind::Prepaid, 1, true);
+        assert_eq!(
+            draw_order((&open, &open.segments[0]), (&six, &six.segments[0])),
+            Ordering::Greater
+        );
+    }
+
+    #[test]
+    fn a_deduction_is_returned_to_its_own_segment_and_invoice_only() {
+        let mut c = commit(1, CommitKind::Prepaid, 1, true);
+        c.segments.push(Segment {
+            id: Id::from_u128(11),
+            ..segment(0, 1_000)
+        });
+        let (one, two) = (Id::from_u128(41), Id::from_u128(42));
+        c.record_deduction(0, one, Money::from_i64(10), Timestamp(5))
+            .unwrap();
+        c.record_deduction(1, two, Money::from_i64(20), Timestamp(6))
+            .unwrap();
+        assert_eq!(
+            c.return_deduction(0, two, Money::from_i64(1)),
+            Err(Rejection::AmountOverflow)
+        );
+        assert_eq!(
+            c.return_deduction(1, one, Money::from_i64(1)),
+            Err(Rejection::AmountOverflow)
+        );
+        c.return_deduction(1, two, Money::from_i64(5)).unwrap();
+        assert_eq!(c.segments[0].drawn, Money::from_i64(10));
+        assert_eq!(c.segments[1].drawn, Money::from_i64(15));
+    }
+
+    #[test]
+    fn only_a_segment_that_ended_with_a_balance_expires_in_the_ledger() {
+        let mut c = commit(1, CommitKind::Prepaid, 1, true);
+        let types = |c: &Commit, as_of: i64| {
+            c.ledger(Id::from_u128(1), Timestamp(as_of))
+                .iter()
+                .map(|e| e.entry_type.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            types(&c, 999),
+            ["PREPAID_COMMIT_SEGMENT_START"],
+            "not ended yet"
+        );
+        c.record_deduction(0, Id::from_u128(42), Money::from_i64(100), Timestamp(5))
+            .unwrap();
+        assert_eq!(
+            types(&c, 2_000),
+            [
+                "PREPAID_COMMIT_SEGMENT_START",
+                "PREPAID_COMMIT_AUTOMATED_INVOICE_DEDUCTION"
+            ],
+            "used up: nothing expires"
+        );
+    }
+
+    #[test]
+    fn count_and_max_aggregates_add_up() {
+        let mut count = Aggregate::empty_for(&Contribution::Count);
+        count.add(&Contribution::Count);
+        count.add(&Contribution::Count);
+        assert_eq!(count.quantity(), Decimal::TWO);
+        assert_eq!(
+            count.quantity_with(&Contribution::Count).unwrap(),
+            Decimal::from(3)
+        );
+        let mut sum = Aggregate::empty_for(&Contribution::Sum(Decimal::ONE));
+        sum.add(&Contribution::Sum(Decimal::from(4)));
+        sum.add(&Contribution::Sum(Decimal::from(3)));
+        assert_eq!(sum.quantity(), Decimal::from(7));
+        let mut max = Aggregate::empty_for(&Contribution::Max(Decimal::ONE));
+        assert_eq!(
+            max.quantity_with(&Contribution::Max(Decimal::from(4)))
+                .unwrap(),
+            Decimal::from(4)
+        );
+        max.add(&Contribution::Max(Decimal::from(5)));
+        assert_eq!(
+            max.quantity_with(&Contribution::Max(Decimal::from(7)))
+                .unwrap(),
+            Decimal::from(7)
+        );
+        assert_eq!(
+            max.quantity_with(&Contribution::Max(Decimal::from(2)))
+                .unwrap(),
+            Decimal::from(5)
+        );
+    }
+
+    #[test]
+    fn invoice_statuses_have_metronome_names() {
+        assert_eq!(InvoiceStatus::Draft.as_str(), "DRAFT");
+        assert_eq!(InvoiceStatus::Finalized.as_str(), "FINALIZED");
+        assert_eq!(InvoiceStatus::Void.as_str(), "VOID");
+    }
+
+    #[test]
+    fn threshold_configurations_are_checked_at_their_boundaries() {
+        use super::super::fixtures::{prepaid_threshold, spend_threshold};
+        use crate::domain::gate::GateType;
+        let (usd, limits) = (CreditType::usd_cents(), Limits::default());
+        let ok = |c: &ThresholdConfig| c.validate(&usd, &limits);
+        let mut spend = spend_threshold(500, GateType::None);
+        spend.discount = Some(Discount {
+            payment_fraction: Decimal::ONE,
+        });
+        assert_eq!(ok(&spend), Ok(()), "a fraction of exactly 1 is no discount");
+        spend.discount = Some(Discount {
+            payment_fraction: Decimal::new(10_001, 4),
+        });
+        assert!(ok(&spend).is_err());
+        spend.discount = None;
+        for (priority, valid) in [(0, true), (3, true), (-1, false)] {
+            spend.commit.priority = Some(Decimal::from(priority));
+            assert_eq!(ok(&spend).is_ok(), valid, "priority {priority}");
+        }
+        spend.commit.priority = None;
+        spend.threshold_amount = Money::from_i64(crate::domain::bounds::AMOUNT_MAX + 1);
+        assert!(
+            matches!(ok(&spend), Err(Rejection::InvalidField(ref f)) if f.contains("threshold_amount")),
+            "{:?}",
+            ok(&spend)
+        );
+        // The smallest recharge is the threshold plus the gap, exactly.
+        assert_eq!(ok(&prepaid_threshold(500, 1_500, GateType::None)), Ok(()));
+        assert!(matches!(
+            ok(&prepaid_threshold(500, 1_499, GateType::None)),
+            Err(Rejection::RechargeGapTooSmall(_))
+        ));
+    }
+
+    fn released_pair() -> Contract {
+        let mut late = commit(2, CommitKind::Prepaid, 2, true);
+        late.segments[0].starting_at = Timestamp(100);
+        late.segments[0].ending_before = Timestamp(200);
+        contract_with(vec![commit(1, CommitKind::Prepaid, 1, true), late])
+    }
+
+    #[test]
+    fn caches_are_built_before_the_first_input_and_follow_releases_and_cancels() {
+        let mut c = released_pair();
+        c.ensure_caches();
+        assert_eq!(c.draw_order, vec![(0, 0), (1, 0)]);
+        c.check_caches();
+        // B, cached per window of constant accessible segments.
+        assert_eq!(
+            c.balance_tracked(Timestamp(50)).unwrap(),
+            Money::from_i64(100)
+        );
+        assert_eq!(
+            c.balance_tracked(Timestamp(150)).unwrap(),
+            Money::from_i64(200)
+        );
+        assert_eq!(
+            c.balance_tracked(Timestamp(250)).unwrap(),
+            Money::from_i64(100)
+        );
+        assert_eq!(
+            c.balance_tracked(Timestamp(99)).unwrap(),
+            Money::from_i64(100)
+        );
+        assert_eq!(c.balance_tracked(Timestamp(1_000)).unwrap(), Money::ZERO);
+        assert_eq!(
+            c.balance_tracked(Timestamp(100)).unwrap(),
+            Money::from_i64(200)
+        );
+        // A cancel drops the commit from B at once and from the order at the next rebuild.
+        c.commits[1].release = Release::Canceled { at: Timestamp(120) };
+        c.released_commit_canceled(1);
+        assert_eq!(
+            c.balance_tracked(Timestamp(150)).unwrap(),
+            Money::from_i64(100)
+        );
+        // A commit released after a cancel rebuilds the stale order.
+        c.commits.push(commit(3, CommitKind::Prepaid, 3, true));
+        c.commit_released(2);
+        assert_eq!(c.draw_order, vec![(0, 0), (2, 0)]);
+        assert_eq!(
+            c.balance_tracked(Timestamp(150)).unwrap(),
+            Money::from_i64(200)
+        );
+        c.check_caches();
+    }
+
+    #[test]
+    fn a_release_before_the_caches_are_built_builds_them_whole() {
+        let mut c = released_pair();
+        c.commit_released(1);
+        assert_eq!(c.draw_order, vec![(0, 0), (1, 0)]);
+        c.check_caches();
+    }
+
+    #[test]
+    fn a_workflow_in_flight_is_found_before_the_caches_are_built() {
+        use crate::domain::gate::{ChargeRecord, GateType, Workflow, WorkflowKind, WorkflowState};
+        let mut c = contract_with(vec![]);
+        c.workflows.push(Workflow {
+            id: Id::from_u128(5),
+            kind: WorkflowKind::Spend,
+            contract_id: c.id,
+            commit_id: Id::from_u128(6),
+            invoice_id: Id::from_u128(7),
+            access_amount: Money::from_i64(500),
+            invoice_total: Money::from_i64(500),
+            gate: crate::domain::fixtures::gate(GateType::External),
+            state: WorkflowState::AwaitingExternal,
+            started_at: Timestamp(1),
+            ended_at: None,
+            payment_intent_id: None,
+            error: None,
+            charge: ChargeRecord::default(),
+        });
+        assert_eq!(
+            c.in_flight_tracked(WorkflowKind::Spend).map(|w| w.id),
+            Some(Id::from_u128(5))
+        );
+        assert!(c.in_flight_tracked(WorkflowKind::PrepaidBalance).is_none());
+    }
+
+    #[test]
+    fn outstanding_spend_follows_line_changes_of_draft_periods_only() {
+        let line = |charged: i64| UsageLine {
+            charged: Money::from_i64(charged),
+            ..UsageLine::new(Id::from_u128(8), Aggregate::Count(Decimal::ONE))
+        };
+        let period = |status, charged| UsagePeriod {
+            invoice_id: Id::from_u128(60),
+            starting_at: Timestamp(0),
+            ending_before: Timestamp(100),
+            status,
+            lines: vec![line(charged)],
+        };
+        let mut c = contract_with(vec![]);
+        c.periods = vec![
+            period(InvoiceStatus::Finalized, 30),
+            period(InvoiceStatus::Draft, 40),
+        ];
+        c.ensure_caches();
+        assert_eq!(c.outstanding_spend_tracked().unwrap(), Money::from_i64(40));
+        c.periods[1].lines[0].charged = Money::from_i64(45);
+        c.line_changed(1, Money::from_i64(40), Money::from_i64(45));
+        assert_eq!(c.outstanding_spend_tracked().unwrap(), Money::from_i64(45));
+        c.periods[0].lines[0].charged = Money::from_i64(31);
+        c.line_changed(0, Money::from_i64(30), Money::from_i64(31));
+        assert_eq!(c.outstanding_spend_tracked().unwrap(), Money::from_i64(45));
+        assert_eq!(c.outstanding_spend().unwrap(), Money::from_i64(45));
     }
 }
