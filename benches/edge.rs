@@ -35,6 +35,7 @@ fn start_server(dir: std::path::PathBuf) -> u16 {
                     webhook_urls: vec![],
                     mailbox_capacity: 1024,
                     pending_inputs_max: 100_000,
+                    apply_lag_max_ms: 60_000,
                     checkpoint_interval_ms: 60_000,
                     checkpoint_every_inputs: 1_000_000,
                     evict_idle_ms: 3_600_000,

@@ -6,7 +6,6 @@
 //! `cargo bench --bench engine`; figures are recorded in BENCHMARKS.md.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use actix::Actor;
@@ -47,6 +46,7 @@ fn settings(partitions: u16) -> EngineSettings {
         webhook_urls: vec![],
         mailbox_capacity: 4096,
         pending_inputs_max: 1_000_000,
+        apply_lag_max_ms: 60_000,
         checkpoint_interval_ms: 30_000,
         checkpoint_every_inputs: 5_000_000,
         evict_idle_ms: 3_600_000,
@@ -234,10 +234,10 @@ fn bench_handoff(c: &mut Criterion) {
                                 }
                             })
                             .collect();
-                        shared.pending[0].fetch_add(BATCH, Relaxed);
+                        shared.pending[0].admit(BATCH, 0);
                         addr.do_send(ApplyInputs(inputs));
                     }
-                    while shared.pending[0].load(Relaxed) > 0 {
+                    while shared.pending[0].pending() > 0 {
                         actix_rt::task::yield_now().await;
                     }
                 }

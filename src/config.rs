@@ -133,6 +133,7 @@ pub struct EngineSection {
     pub partitions: u16,
     pub mailbox_capacity: usize,
     pub pending_inputs_max: usize,
+    pub apply_lag_max_ms: i64,
     pub checkpoint_interval_ms: u64,
     pub checkpoint_every_inputs: u64,
     pub evict_idle_ms: i64,
@@ -241,6 +242,9 @@ impl Config {
             return Err(
                 "engine.mailbox_capacity must be > 0 and engine.pending_inputs_max >= 100".into(),
             );
+        }
+        if !(1..=60_000).contains(&self.engine.apply_lag_max_ms) {
+            return Err("engine.apply_lag_max_ms: must be between 1 and 60000".into());
         }
         if self.engine.checkpoint_interval_ms < 100 || self.engine.tick_interval_ms < 1_000 {
             return Err(
@@ -362,6 +366,7 @@ impl Config {
                 webhook_urls: w.destinations.iter().map(|d| d.url.clone()).collect(),
                 mailbox_capacity: e.mailbox_capacity,
                 pending_inputs_max: e.pending_inputs_max,
+                apply_lag_max_ms: e.apply_lag_max_ms,
                 checkpoint_interval_ms: e.checkpoint_interval_ms,
                 checkpoint_every_inputs: e.checkpoint_every_inputs,
                 evict_idle_ms: e.evict_idle_ms,
@@ -429,6 +434,12 @@ mod tests {
         let mut config = Config::load(None).unwrap();
         config.engine.housekeeping_ms = 0;
         assert!(config.validate().unwrap_err().contains("housekeeping_ms"));
+        let mut config = Config::load(None).unwrap();
+        assert_eq!(config.engine_config().settings.apply_lag_max_ms, 100);
+        for bad in [0, 60_001] {
+            config.engine.apply_lag_max_ms = bad;
+            assert!(config.validate().unwrap_err().contains("apply_lag_max_ms"));
+        }
         let mut config = Config::load(None).unwrap();
         config.webhooks.schedule_check_ms = 0;
         assert!(config.validate().unwrap_err().contains("schedule_check_ms"));

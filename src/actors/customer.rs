@@ -141,7 +141,7 @@ impl Handler<ApplyInputs> for CustomerActor {
         for (reply, result) in replies {
             let _ = reply.send(result);
         }
-        self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
+        self.shared.pending[usize::from(self.partition)].applied(count);
     }
 }
 

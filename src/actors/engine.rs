@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::backlog::Backlog;
 use super::clock::SharedClock;
 use super::entry::{self, CATALOG_PARTITION, LogEntry, META_VERSION, PersistedCustomer};
 pub use super::error::EngineError;
@@ -350,15 +351,33 @@ impl Engine {
 
     /// Inputs waiting to be applied in a partition (backpressure gauge).
     pub fn pending_inputs(&self) -> usize {
-        self.shared.pending.iter().map(|p| p.load(Relaxed)).sum()
+        self.shared.pending.iter().map(Backlog::pending).sum()
     }
 
-    /// Whether some partition already has as much accepted-but-unapplied work as it may hold:
-    /// ingest can then answer 429 before reading and parsing a request, so a storm of retries
-    /// costs little CPU. [`Engine::ingest`] still checks exactly per partition.
+    /// How long the oldest input admitted and not yet applied has waited, over all partitions
+    /// (milliseconds; 0 when nothing waits).
+    pub fn apply_lag_ms(&self) -> i64 {
+        let now = self.shared.clock.now_ms();
+        self.shared
+            .pending
+            .iter()
+            .map(|p| p.lag_ms(now))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether some partition is behind: its oldest unapplied input has waited longer than
+    /// `engine.apply_lag_max_ms`, or it holds as many inputs as it may. Ingest then answers
+    /// 429 before reading and parsing a request, so the lag stays bounded in time whatever the
+    /// offered load, and a storm of retries costs little CPU. [`Engine::ingest`] still checks
+    /// the count exactly per partition.
     pub fn is_saturated(&self) -> bool {
-        let max = self.shared.settings.pending_inputs_max;
-        self.shared.pending.iter().any(|p| p.load(Relaxed) >= max)
+        let lag_max_ms = self.shared.settings.apply_lag_max_ms;
+        let now = self.shared.clock.now_ms();
+        self.shared
+            .pending
+            .iter()
+            .any(|p| !p.has_room(1, now, lag_max_ms))
     }
 
     /// Appends usage events durably (deduplicated by transaction id) and returns once they
@@ -432,15 +451,18 @@ impl Engine {
 
     /// Checks every partition has room, then counts the records as pending.
     fn admit(&self, per_partition: &[Vec<PendingRecord>]) -> Result<(), EngineError> {
-        let max = self.shared.settings.pending_inputs_max;
+        let lag_max_ms = self.shared.settings.apply_lag_max_ms;
+        let now_ms = self.shared.clock.now_ms();
         for (p, records) in per_partition.iter().enumerate() {
-            if !records.is_empty() && self.shared.pending[p].load(Relaxed) + records.len() > max {
+            if !records.is_empty()
+                && !self.shared.pending[p].has_room(records.len(), now_ms, lag_max_ms)
+            {
                 EngineMetrics::add(&self.shared.metrics.overloaded, 1);
                 return Err(EngineError::Overloaded);
             }
         }
         for (p, records) in per_partition.iter().enumerate() {
-            self.shared.pending[p].fetch_add(records.len(), Relaxed);
+            self.shared.pending[p].admit(records.len(), now_ms);
         }
         Ok(())
     }
@@ -888,7 +910,7 @@ async fn release_key(shared: &Shared, key: &str) -> Result<(), EngineError> {
             keys.push(meta_key.clone());
         }
         let count = records.len();
-        shared.pending[usize::from(partition)].fetch_add(count, Relaxed);
+        shared.pending[usize::from(partition)].admit(count, shared.clock.now_ms());
         let handle = shared.handle(partition).ok_or(EngineError::NotReady)?;
         let (ack, answer) = oneshot::channel();
         handle

@@ -10,6 +10,7 @@
 //! actix stays inside this module: `src/http/` sees only [`Engine`], [`EngineError`] and domain
 //! types.
 
+pub mod backlog;
 pub mod clock;
 pub mod customer;
 pub mod engine;

@@ -227,7 +227,7 @@ impl Worker {
                     self.shared.health.fail_stop("log append", &error);
                 }
                 let count = in_flight.records.len();
-                self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
+                self.shared.pending[usize::from(self.partition)].applied(count);
                 for record in in_flight.records {
                     if let Some(reply) = record.reply {
                         let _ = reply.send(Err(EngineError::Storage(error.clone())));
@@ -292,7 +292,7 @@ impl Worker {
                 LogEntry::Catalog(_) => not_dispatched += 1,
             }
         }
-        self.shared.pending[usize::from(self.partition)].fetch_sub(not_dispatched, Relaxed);
+        self.shared.pending[usize::from(self.partition)].applied(not_dispatched);
         self.activate_cold(&order).await;
         let now = self.shared.clock.now_ms();
         for id in order {
@@ -310,7 +310,7 @@ impl Worker {
                     // state we cannot read.
                     self.shared.health.fail_stop("customer state read", &error);
                     let count = inputs.len();
-                    self.shared.pending[usize::from(self.partition)].fetch_sub(count, Relaxed);
+                    self.shared.pending[usize::from(self.partition)].applied(count);
                     for input in inputs {
                         if let Some(reply) = input.reply {
                             let _ = reply.send(Err(EngineError::Storage(error.clone())));
@@ -625,7 +625,7 @@ impl Worker {
                         reply: None,
                     })
                     .collect();
-                shared.pending[usize::from(partition)].fetch_add(records.len(), Relaxed);
+                shared.pending[usize::from(partition)].admit(records.len(), shared.clock.now_ms());
                 let (ack, answer) = oneshot::channel();
                 if handle
                     .submit

@@ -684,7 +684,7 @@ pub async fn submit_outcome(
         .ok_or_else(|| super::error::EngineError::Internal("engine not started".into()))?;
     let (reply, verdict) = oneshot::channel();
     let (ack, appended) = oneshot::channel();
-    shared.pending[usize::from(partition)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.pending[usize::from(partition)].admit(1, shared.clock.now_ms());
     let record = PendingRecord {
         dedupe_key: None,
         entry: LogEntry::Customer {

@@ -29,6 +29,7 @@ fn shared(dir: &std::path::Path) -> Shared {
         webhook_urls: Vec::new(),
         mailbox_capacity: 16,
         pending_inputs_max: 16,
+        apply_lag_max_ms: 60_000,
         checkpoint_interval_ms: 60_000,
         checkpoint_every_inputs: 1_000,
         evict_idle_ms: 60_000,

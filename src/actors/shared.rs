@@ -1,9 +1,9 @@
 //! What every partition and actor of one engine shares: the store, the catalog snapshot, the
 //! customer registry, settings, the clock, counters, and the sinks effects are handed to.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
+use super::backlog::Backlog;
 use super::clock::SharedClock;
 use super::entry::{self, META_VERSION};
 use super::handles::{Enqueue, PartitionHandle, PaymentJobs, Placement, Sinks};
@@ -23,8 +23,12 @@ pub struct EngineSettings {
     /// URL of every webhook destination (each webhook gets one outbox entry per URL).
     pub webhook_urls: Vec<String>,
     pub mailbox_capacity: usize,
-    /// Inputs accepted but not yet applied, per partition, before ingest answers 429.
+    /// The most inputs accepted but not yet applied a partition may hold (the ceiling of its
+    /// adapted limit, see [`super::backlog`]).
     pub pending_inputs_max: usize,
+    /// How long the oldest unapplied input of a partition may have waited before ingest
+    /// answers 429 (the apply lag, bounded in time).
+    pub apply_lag_max_ms: i64,
     pub checkpoint_interval_ms: u64,
     /// A checkpoint also starts after this many inputs, bounding replay after a crash.
     pub checkpoint_every_inputs: u64,
@@ -45,8 +49,9 @@ pub struct Shared {
     /// Fail-stop state: set by the first storage failure.
     pub health: Arc<Health>,
     catalog: RwLock<Arc<Catalog>>,
-    /// Inputs accepted but not yet applied, per partition (backpressure).
-    pub pending: Vec<AtomicUsize>,
+    /// Inputs accepted but not yet applied, per partition, and how long the oldest has waited
+    /// (backpressure).
+    pub pending: Vec<Backlog>,
     /// Where persisted effects and released late keys go (made before any actor started).
     pub sinks: Sinks,
     /// Every partition's queues, by partition.
@@ -66,7 +71,7 @@ impl Shared {
         (sinks, handles): (Sinks, Vec<PartitionHandle>),
     ) -> Shared {
         let pending = (0..settings.partitions)
-            .map(|_| AtomicUsize::new(0))
+            .map(|_| Backlog::new(settings.pending_inputs_max))
             .collect();
         let health = Arc::new(Health::fencing(store.clone()));
         Shared {

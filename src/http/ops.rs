@@ -122,6 +122,13 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     );
     metric(
         &mut out,
+        "tollgate_apply_lag_seconds",
+        "gauge",
+        "How long the oldest accepted input not applied yet has waited (worst partition).",
+        rust_decimal::Decimal::new(engine.apply_lag_ms(), 3),
+    );
+    metric(
+        &mut out,
         "tollgate_actors_resident",
         "gauge",
         "Customer actors in memory.",

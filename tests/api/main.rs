@@ -35,9 +35,18 @@ pub async fn spawn_app() -> TestApp {
 
 /// [`spawn_app`] on a store that asks `faults` before every write and read.
 pub async fn spawn_app_with_faults(faults: Option<tollgate::storage::faults::Faults>) -> TestApp {
+    spawn_app_configured(faults, |_| {}).await
+}
+
+/// [`spawn_app_with_faults`] with the engine's settings changed by `adjust` first.
+pub async fn spawn_app_configured(
+    faults: Option<tollgate::storage::faults::Faults>,
+    adjust: impl FnOnce(&mut tollgate::actors::EngineSettings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
-    let config = support::engine_config(dir.path(), Some(&receiver.url));
+    let mut config = support::engine_config(dir.path(), Some(&receiver.url));
+    adjust(&mut config.settings);
     let seams = tollgate::actors::Seams {
         storage_faults: faults,
         ..tollgate::actors::Seams::new(Arc::new(SystemClock))

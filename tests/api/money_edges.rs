@@ -657,3 +657,119 @@ async fn a_retry_whose_first_answer_was_lost_never_creates_a_second_object() {
         "one added commit, not two"
     );
 }
+
+/// A disk whose next log append, once armed, takes 1.5 s (a stalled fsync).
+#[derive(Default)]
+struct StalledAppend {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl tollgate::storage::faults::FaultInjector for StalledAppend {
+    fn before(
+        &self,
+        op: tollgate::storage::faults::StorageOp,
+    ) -> Result<(), tollgate::storage::StorageError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if op == tollgate::storage::faults::StorageOp::Append && self.armed.swap(false, SeqCst) {
+            std::thread::sleep(Duration::from_millis(1_500));
+        }
+        Ok(())
+    }
+}
+
+/// The apply lag is bounded in time (PERFORMANCE.md P9): while a partition's oldest input has
+/// waited longer than `engine.apply_lag_max_ms`, ingest answers 429 before it reads the body
+/// (a malformed one gets 429, not 400), nothing of a refused batch is applied, and ingest
+/// takes batches again once the partition has caught up.
+#[actix_rt::test]
+async fn ingest_answers_429_before_reading_the_body_while_a_partition_lags_too_long() {
+    let stall = std::sync::Arc::new(StalledAppend::default());
+    let app = super::spawn_app_configured(Some(stall.clone()), |settings| {
+        settings.apply_lag_max_ms = 200;
+    })
+    .await;
+    for change in fixtures::catalog_changes()
+        .into_iter()
+        .chain(flat_sum_catalog())
+    {
+        app.engine.change_catalog(change).await.unwrap();
+    }
+    let customer = create_customer(&app, "lag").await;
+    contract_with_commit(&app, &customer, 100_000).await;
+    assert_eq!(app.engine.apply_lag_ms(), 0);
+
+    stall.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stalled = app
+        .client
+        .post(format!("{}/v1/ingest", app.base))
+        .bearer_auth(super::TOKEN)
+        .json(&json!([bytes("first", "lag", "100")]))
+        .send();
+    let stalled = actix_rt::spawn(stalled);
+    eventually("the stalled batch to wait past the bound", || {
+        app.engine.apply_lag_ms() > 200
+    })
+    .await;
+    let metrics = timely(app.client.get(format!("{}/metrics", app.base)).send())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lag: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tollgate_apply_lag_seconds "))
+        .expect("the apply lag gauge")
+        .parse()
+        .unwrap();
+    assert!(lag > 0.2, "{lag}");
+    let shed = timely(
+        app.client
+            .post(format!("{}/v1/ingest", app.base))
+            .bearer_auth(super::TOKEN)
+            .header("content-type", "application/json")
+            .body("this is not json")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(shed.status().as_u16(), 429, "decided before parsing");
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: Value = shed.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+    let (status, body) = ingest(&app, json!([bytes("second", "lag", "7")])).await;
+    assert_eq!(status, 429, "{body}");
+
+    let first = timely(stalled).await.unwrap().unwrap();
+    assert_eq!(
+        first.status().as_u16(),
+        200,
+        "the admitted batch is acknowledged"
+    );
+    eventually("the partition to catch up", || {
+        app.engine.apply_lag_ms() == 0
+    })
+    .await;
+    assert_eq!(
+        net_balance(&app, &customer).await,
+        json!(99_900),
+        "only the first batch"
+    );
+    let (status, body) = ingest(&app, json!([bytes("second", "lag", "7")])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(net_balance(&app, &customer).await, json!(99_893));
+    let parsed = timely(
+        app.client
+            .post(format!("{}/v1/ingest", app.base))
+            .bearer_auth(super::TOKEN)
+            .header("content-type", "application/json")
+            .body("this is not json")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(parsed.status().as_u16(), 400, "parsed again once caught up");
+}

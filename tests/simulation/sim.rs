@@ -450,6 +450,7 @@ fn engine_config(rng: &mut StdRng, data_dir: &std::path::Path) -> EngineConfig {
             webhook_urls: vec![WEBHOOK_URL.into()],
             mailbox_capacity: 64,
             pending_inputs_max: 100_000,
+            apply_lag_max_ms: 60_000,
             checkpoint_interval_ms: rng.random_range(1..10) * MINUTE_MS as u64,
             checkpoint_every_inputs: rng.random_range(20..400),
             evict_idle_ms: rng.random_range(1..30) * MINUTE_MS,

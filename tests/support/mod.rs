@@ -110,6 +110,7 @@ pub fn engine_config(dir: &std::path::Path, webhook_url: Option<&str>) -> Engine
             webhook_urls: webhook_url.iter().map(|u| u.to_string()).collect(),
             mailbox_capacity: 1024,
             pending_inputs_max: 100_000,
+            apply_lag_max_ms: 60_000,
             checkpoint_interval_ms: 60_000,
             checkpoint_every_inputs: 1_000_000,
             evict_idle_ms: 3_600_000,
