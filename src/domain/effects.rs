@@ -193,3 +193,98 @@ impl PaymentRequest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::gate::StripePaymentType;
+
+    fn payment_status(workflow_id: Id) -> Webhook {
+        Webhook {
+            id: Id::derive(workflow_id, WebhookType::PaymentStatus.as_str(), 0),
+            webhook_type: WebhookType::PaymentStatus,
+            workflow_type: WorkflowKind::Spend,
+            workflow_id,
+            customer_id: Id::from_u128(2),
+            contract_id: Id::from_u128(3),
+            timestamp: Timestamp(0),
+            invoice_id: None,
+            invoice_total: None,
+            invoice_currency: None,
+            payment_status: Some(PaymentStatus::Failed),
+            error_message: None,
+            payment_intent_id: None,
+            provider_error: None,
+            refund_id: None,
+        }
+    }
+
+    /// Any one of the provider's details (its PaymentIntent, its error, its refund) is enough to
+    /// name Stripe as the billing provider; without any there is no `billing_provider` (found by
+    /// mutation testing).
+    #[test]
+    fn any_one_provider_detail_names_stripe_as_the_billing_provider() {
+        let plain = payment_status(Id::from_u128(1));
+        assert_eq!(plain.to_json()["properties"].get("billing_provider"), None);
+        let mut intent = plain.clone();
+        intent.payment_intent_id = Some("pi_1".into());
+        let mut error = plain.clone();
+        error.provider_error = Some(ProviderError {
+            code: Some("card_declined".into()),
+            ..ProviderError::default()
+        });
+        let mut refund = plain;
+        refund.refund_id = Some("re_1".into());
+        let cases = [
+            (intent, json!({"payment_intent_id": "pi_1"})),
+            (error, json!({"error": {"code": "card_declined"}})),
+            (refund, json!({"refund_id": "re_1"})),
+        ];
+        for (webhook, stripe) in cases {
+            assert_eq!(
+                webhook.to_json()["properties"]["billing_provider"],
+                json!({"type": "stripe", "stripe": stripe})
+            );
+        }
+    }
+
+    /// The charge keeps the workflow's id as its effect id; each follow-up has an id of its own,
+    /// derived from the workflow's, so each gets its own outbox entry (found by mutation testing).
+    #[test]
+    fn a_charge_is_identified_by_its_workflow_and_each_follow_up_by_its_own_id() {
+        let workflow_id = Id::from_u128(0x77);
+        let request = |action: PaymentAction| PaymentRequest {
+            workflow_id,
+            workflow_type: WorkflowKind::Spend,
+            customer_id: Id::from_u128(2),
+            contract_id: Id::from_u128(3),
+            invoice_id: Id::from_u128(4),
+            commit_id: Id::from_u128(5),
+            amount: Money::from_i64(500),
+            credit_type: CreditType::usd_cents(),
+            stripe: StripeConfig {
+                payment_type: StripePaymentType::PaymentIntent,
+                invoice_metadata: vec![],
+                on_session_payment: false,
+            },
+            stripe_customer_id: "cus_1".into(),
+            description: "Threshold charge".into(),
+            action,
+            object_id: None,
+        };
+        let charge = Effect::RequestPayment(request(PaymentAction::Charge));
+        assert_eq!(charge.id(), workflow_id);
+        let close = request(PaymentAction::Close { cancel: true }).effect_id();
+        assert_eq!(close, Id::derive(workflow_id, "payment-close", 0));
+        assert_eq!(
+            request(PaymentAction::Close { cancel: false }).effect_id(),
+            close
+        );
+        let refund = request(PaymentAction::Refund).effect_id();
+        assert_eq!(refund, Id::derive(workflow_id, "payment-refund", 0));
+        assert_ne!(close, refund);
+        assert_ne!(close, workflow_id);
+    }
+}

@@ -413,6 +413,31 @@ mod tests {
         }
     }
 
+    /// The state names of Metronome's API and webhooks (found by mutation testing).
+    #[test]
+    fn workflow_states_are_named_as_metronome_names_them() {
+        let names = [
+            WorkflowState::Initiated,
+            WorkflowState::AwaitingExternal,
+            WorkflowState::Charging,
+            WorkflowState::ActionRequired,
+            WorkflowState::Released,
+            WorkflowState::Failed,
+        ]
+        .map(WorkflowState::as_str);
+        assert_eq!(
+            names,
+            [
+                "INITIATED",
+                "AWAITING_EXTERNAL",
+                "CHARGING",
+                "ACTION_REQUIRED",
+                "RELEASED",
+                "FAILED"
+            ]
+        );
+    }
+
     #[test]
     fn unsupported_tax_types_are_refused() {
         let mut gate = PaymentGateConfig::none();

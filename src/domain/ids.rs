@@ -320,14 +320,35 @@ mod tests {
 /// leading or trailing whitespace. Otherwise `acme`, `acme\u{200b}` and ` acme` would be three
 /// customers that look like one.
 pub fn key_problem(key: &str) -> Option<&'static str> {
+    // Ingest checks two keys per event: most keys are ASCII, which has no format characters
+    // and whose control characters are single bytes.
+    if let Some((&first, &last)) = key.as_bytes().first().zip(key.as_bytes().last())
+        && key.is_ascii()
+    {
+        return if char::from(first).is_whitespace() || char::from(last).is_whitespace() {
+            Some(WHITESPACE_AT_EDGE)
+        } else if key.bytes().any(|b| b.is_ascii_control()) {
+            Some(CONTROL)
+        } else {
+            None
+        };
+    }
+    key_problem_any(key)
+}
+
+const WHITESPACE_AT_EDGE: &str = "must not start or end with whitespace";
+const CONTROL: &str = "must not contain control characters";
+
+/// [`key_problem`] for any text.
+fn key_problem_any(key: &str) -> Option<&'static str> {
     if key.is_empty() {
         return Some("must not be empty");
     }
     if key.starts_with(char::is_whitespace) || key.ends_with(char::is_whitespace) {
-        return Some("must not start or end with whitespace");
+        return Some(WHITESPACE_AT_EDGE);
     }
     if key.chars().any(char::is_control) {
-        return Some("must not contain control characters");
+        return Some(CONTROL);
     }
     if key.chars().any(is_format_char) {
         return Some(
@@ -395,6 +416,28 @@ mod key_tests {
         ] {
             assert!(key_problem(bad).is_some(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_ascii_path_judges_every_ascii_key_as_the_general_one_does() {
+        for byte in 0..=0x7f_u8 {
+            let c = char::from(byte);
+            for key in [
+                format!("{c}"),
+                format!("{c}ab"),
+                format!("ab{c}"),
+                format!("a{c}b"),
+            ] {
+                assert_eq!(key_problem(&key), super::key_problem_any(&key), "{key:?}");
+            }
+        }
+        assert_eq!(
+            key_problem("\u{b}x"),
+            Some(super::WHITESPACE_AT_EDGE),
+            "a vertical tab first"
+        );
+        assert_eq!(key_problem("x\u{1f}y"), Some(super::CONTROL));
+        assert_eq!(key_problem(""), Some("must not be empty"));
     }
 }
 

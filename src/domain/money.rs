@@ -579,6 +579,105 @@ mod tests {
         assert_eq!(max.exact_sub(max), Some(Money::ZERO));
     }
 
+    #[test]
+    fn max_is_the_larger_amount_whichever_side_it_is_on() {
+        assert_eq!(m("3").max(m("5")), m("5"));
+        assert_eq!(m("5").max(m("3")), m("5"));
+        assert_eq!(m("-2").max(m("-7")), m("-2"));
+        assert_eq!(m("-7").max(m("-2")), m("-2"));
+    }
+
+    /// A zero left by a subtraction keeps its scale (0.35 - 0.35 is 0.00), and adding it to
+    /// anything is still exact (found by mutation testing).
+    #[test]
+    fn a_zero_with_a_scale_adds_exactly() {
+        let zero = m("0.35").checked_sub(m("0.35")).unwrap();
+        assert_eq!(zero.as_decimal().scale(), 2);
+        assert_eq!(zero.exact_add(m("1")), Some(m("1")));
+        assert_eq!(m("1").exact_add(zero), Some(m("1")));
+        assert_eq!(m("1").exact_sub(zero), Some(m("1")));
+    }
+
+    /// 0.3543950336 + 7922816251426433759 aligned at scale 10 has the mantissa 2^96, the first
+    /// that no longer fits in 96 bits: rust_decimal rounds it to scale 9, and the fast path must
+    /// hand it over instead of truncating it (found by mutation testing: random operands never
+    /// hit the bound exactly).
+    #[test]
+    fn a_sum_whose_aligned_mantissa_is_exactly_2_pow_96_is_rounded_like_rust_decimal() {
+        let fraction = Decimal::new(3_543_950_336, 10);
+        let whole = Decimal::from(7_922_816_251_426_433_759_i64);
+        let expected = fraction.checked_add(whole).unwrap();
+        assert_eq!(expected.to_string(), "7922816251426433759.354395034");
+        let bits = |d: Option<Decimal>| d.map(|d| d.serialize());
+        assert_eq!(
+            bits(fast::add_sub(fraction, whole, false)),
+            bits(Some(expected))
+        );
+        assert_eq!(
+            bits(fast::add_sub(fraction, -whole, true)),
+            bits(Some(expected))
+        );
+        assert_eq!(
+            Money(fraction).checked_add(Money(whole)),
+            Ok(Money(expected))
+        );
+    }
+
+    /// The text of an amount is at most 64 characters (after trimming), whatever it holds.
+    #[test]
+    fn amount_texts_longer_than_64_characters_are_refused() {
+        let longest = format!("{}1", "0".repeat(63));
+        assert_eq!(longest.len(), 64);
+        assert_eq!(Money::parse(&longest), Ok(Money::from_i64(1)));
+        assert_eq!(
+            Money::parse(&format!(" {longest} ")),
+            Ok(Money::from_i64(1))
+        );
+        assert_eq!(
+            Money::parse(&format!("0{longest}")),
+            Err(Rejection::InvalidAmount)
+        );
+        assert_eq!(Money::parse(""), Err(Rejection::InvalidAmount));
+        assert_eq!(Money::parse("  "), Err(Rejection::InvalidAmount));
+    }
+
+    #[test]
+    fn scientific_amounts_keep_up_to_28_significant_digits() {
+        let digits_28 = Money::parse("1.234567890123456789012345678e3").unwrap();
+        assert_eq!(digits_28.to_string(), "1234.567890123456789012345678");
+        assert_eq!(
+            Money::parse("1.2345678901234567890123456789e3"),
+            Err(Rejection::InvalidAmount)
+        );
+    }
+
+    /// Other human-readable formats than serde_json (config files, `serde_json::Value` without
+    /// arbitrary precision) hand integers over as integers, which are exact, and fractions as
+    /// binary floats, which are refused.
+    #[test]
+    fn integers_of_other_formats_are_exact_and_their_floats_are_refused() {
+        use serde::de::value::{Error, F64Deserializer, I64Deserializer, U64Deserializer};
+        let negative = Money::deserialize(I64Deserializer::<Error>::new(-7)).unwrap();
+        assert_eq!(negative, Money::from_i64(-7));
+        let large = Money::deserialize(U64Deserializer::<Error>::new(u64::MAX)).unwrap();
+        assert_eq!(large.to_string(), "18446744073709551615");
+        let float = Money::deserialize(F64Deserializer::<Error>::new(0.25)).unwrap_err();
+        assert!(float.to_string().contains("binary float"), "{float}");
+    }
+
+    #[test]
+    fn only_the_usd_cents_credit_type_counts_in_cents() {
+        assert!(CreditType::usd_cents().is_usd_cents());
+        assert!(!CreditType::fiat(Id::from_u128(7), "USD", 2).is_usd_cents());
+        let custom = CreditType {
+            id: Id::from_u128(9),
+            name: "tokens".into(),
+            currency: None,
+            unit: CreditUnit::Custom,
+        };
+        assert!(!custom.is_usd_cents());
+    }
+
     /// Operands across the ranges `fast` treats differently: 32-, 64- and 96-bit mantissas,
     /// equal and distant scales, signs, and zeros (negative and scaled ones included).
     fn operand() -> impl proptest::strategy::Strategy<Value = Decimal> {

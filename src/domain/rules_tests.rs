@@ -3,8 +3,8 @@
 
 use rust_decimal::Decimal;
 
-use super::contract::{InvoiceStatus, Limits, Release, ThresholdKind};
-use super::customer::{Applied, ContractEdit, Ctx, Customer, Input, ThresholdUpdate};
+use super::contract::{CommitKind, InvoiceStatus, Limits, Release, ThresholdKind};
+use super::customer::{Applied, CommitSpec, ContractEdit, Ctx, Customer, Input, ThresholdUpdate};
 use super::effects::{Effect, PaymentAction, PaymentStatus, WebhookType};
 use super::fixtures::{self, CONTRACT, CUSTOMER, T0};
 use super::gate::{
@@ -1262,5 +1262,337 @@ fn usage_for_a_customer_that_does_not_exist_is_refused() {
     assert_eq!(
         nobody.apply(&Input::RecordUsage(fixtures::api_call("x", T0)), &ctx),
         Err(Rejection::CustomerNotFound)
+    );
+}
+
+/// `Customer::apply` puts the customer back while a panic unwinds through it: the engine
+/// quarantines the input relying on the state being untouched (found by mutation testing: no
+/// refusal comes after a change, so only a panic shows it). The panic here is the invariant check
+/// after a profile input, on a state corrupted by hand.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panic_part_way_through_an_input_leaves_the_customer_as_it_was() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.credits = vec![fixtures::credit(100, 1)];
+    world.apply(Input::create_contract(spec)).unwrap();
+    world.customer.contracts[0].commits[0].segments[0].drawn = usd(101);
+    let before = world.customer.clone();
+    let aliases = Input::SetIngestAliases(vec!["acme".into()]);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| world.apply(aliases)));
+    assert!(
+        unwound.is_err(),
+        "an overdrawn segment fails the invariant check"
+    );
+    assert_eq!(world.customer, before);
+    let profile = world.customer.profile.as_ref().unwrap();
+    assert!(
+        profile.ingest_aliases.is_empty(),
+        "{:?}",
+        profile.ingest_aliases
+    );
+}
+
+/// A purchase invoice scheduled later is DRAFT until its date and finalized by the first tick
+/// at or after it; a voided one stays VOID (found by mutation testing).
+#[test]
+fn scheduled_purchase_invoices_are_finalized_by_the_first_tick_at_their_date() {
+    let mut world = World::new(false);
+    let due = T0.plus_ms(10 * MS_PER_DAY);
+    let mut later = fixtures::prepaid_commit(1_000, 1);
+    later.invoice_schedule = vec![(due, usd(1_000), Decimal::ONE)];
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(500, 2), later];
+    world.apply(Input::create_contract(spec)).unwrap();
+    let statuses = |world: &World| -> Vec<InvoiceStatus> {
+        world
+            .contract()
+            .purchases
+            .iter()
+            .map(|p| p.status)
+            .collect()
+    };
+    assert_eq!(
+        statuses(&world),
+        vec![InvoiceStatus::Finalized, InvoiceStatus::Draft],
+        "invoiced at T0 (past) and at the due date (future)"
+    );
+    let voided = world.contract().purchases[0].id;
+    world
+        .apply(Input::VoidInvoice { invoice_id: voided })
+        .unwrap();
+    // Each apply moves the clock 1 s: this tick runs 1 s before the due date.
+    world.at = due.plus_ms(-2_000);
+    world.apply(Input::Tick).unwrap();
+    assert_eq!(
+        statuses(&world),
+        vec![InvoiceStatus::Void, InvoiceStatus::Draft]
+    );
+    world.apply(Input::Tick).unwrap();
+    assert_eq!(world.at, due);
+    assert_eq!(
+        statuses(&world),
+        vec![InvoiceStatus::Void, InvoiceStatus::Finalized]
+    );
+}
+
+/// A contract that starts after it was created is evaluated by the first tick in force, and the
+/// tick's webhooks name the customer (found by mutation testing).
+#[test]
+fn the_first_tick_of_a_later_contract_evaluates_its_threshold_for_the_customer() {
+    assert_eq!(Customer::default().id(), None);
+    let mut world = World::new(false);
+    assert_eq!(world.customer.id(), Some(CUSTOMER));
+    let starts = T0.plus_ms(31 * MS_PER_DAY);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.starting_at = starts;
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(
+        1_000,
+        5_000,
+        GateType::External,
+    ));
+    let created = world.apply(Input::create_contract(spec)).unwrap();
+    assert!(created.effects.is_empty(), "not in force yet");
+    world.at = starts;
+    let effects = world.apply(Input::Tick).unwrap().effects;
+    assert_eq!(
+        types(&effects),
+        vec![
+            "payment_gate.threshold_reached",
+            "payment_gate.external_initiate"
+        ]
+    );
+    for (_, hook) in webhooks(&effects) {
+        assert_eq!(hook.customer_id, CUSTOMER);
+    }
+    assert_eq!(world.contract().workflows[0].access_amount, usd(5_000));
+}
+
+/// A commit without a name takes its product's name, and so does its invoice (found by
+/// mutation testing).
+#[test]
+fn an_unnamed_commit_is_named_after_its_product() {
+    let mut world = World::new(false);
+    let mut named = fixtures::prepaid_commit(1_000, 1);
+    named.name = Some("Annual prepay".into());
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(500, 1), named];
+    world.apply(Input::create_contract(spec)).unwrap();
+    let contract = world.contract();
+    let commits: Vec<&str> = contract.commits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(commits, vec!["Prepaid balance", "Annual prepay"]);
+    let invoices: Vec<&str> = contract.purchases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(invoices, vec!["Prepaid balance", "Annual prepay"]);
+}
+
+/// A credit added by an edit is usable at once: it covers the outstanding spend the contract's
+/// exhausted credit left, and every applied edit is counted (found by mutation testing).
+#[test]
+fn a_credit_added_by_an_edit_covers_outstanding_spend_at_once() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.credits = vec![fixtures::credit(100, 1)];
+    world.apply(Input::create_contract(spec)).unwrap();
+    world.calls(3);
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (usd(200), Money::ZERO)
+    );
+    let edit_id = Id::from_u128(0xe1);
+    let applied = world
+        .apply(Input::edit(ContractEdit {
+            edit_id,
+            contract_id: CONTRACT,
+            add_credits: vec![fixtures::credit(1_000, 1)],
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    let added = Id::derive(edit_id, "commit", 0);
+    assert_eq!(applied.created, vec![added]);
+    assert_eq!(world.outstanding(), Money::ZERO);
+    let credit = world.contract().commit(added).unwrap();
+    assert_eq!(credit.balance_at(world.at), Ok(usd(800)));
+    assert_eq!(world.balance(), usd(800));
+    assert_eq!(world.contract().edits, 1);
+    world
+        .apply(Input::edit(ContractEdit {
+            edit_id: Id::from_u128(0xe2),
+            contract_id: CONTRACT,
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    assert_eq!(world.contract().edits, 2);
+}
+
+/// A uniqueness key has 1 to 128 characters, counted as characters (not bytes), on contracts
+/// and on edits (found by mutation testing).
+#[test]
+fn uniqueness_keys_have_one_to_128_characters() {
+    let refused = Rejection::InvalidField("uniqueness_key: must be 1 to 128 characters".into());
+    let cases = [
+        (String::new(), Err(refused.clone())),
+        ("k".into(), Ok(())),
+        ("é".repeat(128), Ok(())),
+        ("k".repeat(129), Err(refused)),
+    ];
+    for (key, expected) in cases {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.uniqueness_key = Some(key.clone());
+        let created = world.apply(Input::create_contract(spec)).map(|_| ());
+        assert_eq!(created, expected, "contract key {key:?}");
+        let mut world = World::new(false);
+        world
+            .apply(Input::create_contract(fixtures::contract(CONTRACT)))
+            .unwrap();
+        let edited = world.apply(Input::edit(ContractEdit {
+            contract_id: CONTRACT,
+            uniqueness_key: Some(key.clone()),
+            ..ContractEdit::default()
+        }));
+        assert_eq!(edited.map(|_| ()), expected, "edit key {key:?}");
+    }
+}
+
+/// POSTPAID commits need an invoice schedule and credits must not have one (found by mutation
+/// testing).
+#[test]
+fn commit_kinds_are_checked_against_their_invoice_schedules() {
+    let postpaid = CommitSpec {
+        kind: CommitKind::Postpaid,
+        ..fixtures::prepaid_commit(1_000, 1)
+    };
+    let unscheduled_postpaid = CommitSpec {
+        invoice_schedule: vec![],
+        ..postpaid.clone()
+    };
+    let scheduled_credit = CommitSpec {
+        invoice_schedule: vec![(T0, usd(1_000), Decimal::ONE)],
+        ..fixtures::credit(1_000, 1)
+    };
+    let cases = [
+        (vec![postpaid], vec![], Ok(())),
+        (
+            vec![unscheduled_postpaid],
+            vec![],
+            Err(Rejection::InvalidField(
+                "commits[0].invoice_schedule: is required for POSTPAID commits".into(),
+            )),
+        ),
+        (vec![], vec![fixtures::credit(1_000, 1)], Ok(())),
+        (
+            vec![],
+            vec![scheduled_credit],
+            Err(Rejection::InvalidField(
+                "credits[0].invoice_schedule: credits are free and have no invoice schedule".into(),
+            )),
+        ),
+    ];
+    for (commits, credits, expected) in cases {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.commits = commits;
+        spec.credits = credits;
+        let created = world.apply(Input::create_contract(spec.clone()));
+        assert_eq!(created.map(|_| ()), expected, "{spec:?}");
+        let contracts = usize::from(expected.is_ok());
+        assert_eq!(world.customer.contracts.len(), contracts);
+    }
+}
+
+/// An event at the first millisecond of a month belongs to that month, even while only the
+/// month before is open (found by mutation testing).
+#[test]
+fn usage_at_the_first_millisecond_of_a_month_opens_that_months_period() {
+    let mut world = World::new(false);
+    world
+        .apply(Input::create_contract(fixtures::contract(CONTRACT)))
+        .unwrap();
+    world.calls(1);
+    let february = Timestamp::parse_rfc3339("2025-02-01T00:00:00Z").unwrap();
+    world
+        .apply(Input::RecordUsage(fixtures::api_call("feb", february)))
+        .unwrap();
+    let periods: Vec<(Timestamp, Timestamp, Money)> = world
+        .contract()
+        .periods
+        .iter()
+        .map(|p| (p.starting_at, p.ending_before, p.lines[0].charged))
+        .collect();
+    let march = Timestamp::parse_rfc3339("2025-03-01T00:00:00Z").unwrap();
+    assert_eq!(
+        periods,
+        vec![(T0, february, usd(100)), (february, march, usd(100))]
+    );
+}
+
+/// Billing periods stay in time order whatever order their usage arrives in (found by mutation
+/// testing).
+#[test]
+fn billing_periods_stay_in_time_order_when_usage_arrives_out_of_order() {
+    let mut world = World::new(false);
+    world
+        .apply(Input::create_contract(fixtures::contract(CONTRACT)))
+        .unwrap();
+    let day = |date: &str| Timestamp::parse_rfc3339(&format!("2025-{date}T00:00:00Z")).unwrap();
+    for (transaction, date) in [("mar", "03-10"), ("jan", "01-10"), ("feb", "02-10")] {
+        let event = fixtures::api_call(transaction, day(date));
+        world.apply(Input::RecordUsage(event)).unwrap();
+    }
+    let periods: Vec<(Timestamp, Money)> = world
+        .contract()
+        .periods
+        .iter()
+        .map(|p| (p.starting_at, p.lines[0].charged))
+        .collect();
+    assert_eq!(
+        periods,
+        vec![
+            (day("01-01"), usd(100)),
+            (day("02-01"), usd(100)),
+            (day("03-01"), usd(100))
+        ]
+    );
+}
+
+/// The fixture catalog with the tokens product tagged `ai`.
+fn catalog_with_ai_tokens() -> Catalog {
+    let mut catalog = Catalog::default();
+    for mut change in fixtures::catalog_changes() {
+        if let CatalogChange::CreateProduct(product) = &mut change {
+            if product.id == fixtures::TOKEN_PRODUCT {
+                product.tags = vec!["ai".into()];
+            }
+        }
+        catalog.apply(change).unwrap();
+    }
+    catalog
+}
+
+/// A credit restricted to a product tag draws only the usage of products with that tag (found
+/// by mutation testing).
+#[test]
+fn a_credit_restricted_to_a_tag_draws_only_usage_of_tagged_products() {
+    let mut world = World::new(false);
+    world.catalog = catalog_with_ai_tokens();
+    let mut credit = fixtures::credit(10_000, 1);
+    credit.applicable_product_tags = vec!["ai".into()];
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.credits = vec![credit];
+    world.apply(Input::create_contract(spec)).unwrap();
+    world.calls(2);
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (usd(200), usd(10_000)),
+        "API calls are not tagged ai"
+    );
+    let at = world.at;
+    world
+        .apply(Input::RecordUsage(fixtures::llm_tokens("t", at, "100")))
+        .unwrap();
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (usd(200), usd(9_800)),
+        "100 tokens at 2 cents drawn from the credit"
     );
 }
