@@ -957,3 +957,36 @@ async fn queries_racing_eviction_are_always_answered() {
         &failures[..1]
     );
 }
+
+/// The invoice -> customer index is staged by the customer actor and written in batches: an
+/// invoice is found the moment the input that opened it is applied, and every checkpoint
+/// writes what it covers before its record (replay starts after the record and would not
+/// re-create it).
+#[actix_rt::test]
+async fn a_checkpoint_writes_the_invoice_index_of_what_it_covers() {
+    use tollgate::actors::entry::invoice_key;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = engine_config(dir.path(), None);
+    // No batch write by housekeeping during the test: only the checkpoint writes.
+    config.settings.housekeeping_ms = 3_600_000;
+    let engine = started_with_catalog(config).await;
+    customer_with_contract(&engine, CUSTOMER, "acme", None, None, vec![]).await;
+    engine.ingest(calls("acme", "k", 3)).await.unwrap();
+    let invoice = engine
+        .query(CUSTOMER, |s| s.customer.contracts[0].periods[0].invoice_id)
+        .await
+        .unwrap();
+    assert_eq!(engine.invoice_customer(invoice).unwrap(), Some(CUSTOMER));
+    assert_eq!(
+        engine.store().meta_get(&invoice_key(invoice)).unwrap(),
+        None,
+        "staged, not written yet"
+    );
+    engine.checkpoint().await.unwrap();
+    assert_eq!(
+        engine.store().meta_get(&invoice_key(invoice)).unwrap(),
+        Some(CUSTOMER.as_bytes().to_vec())
+    );
+    let (recovered, _copy) = recover_from_copy(&engine, None).await;
+    assert_eq!(recovered.invoice_customer(invoice).unwrap(), Some(CUSTOMER));
+}

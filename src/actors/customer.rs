@@ -389,7 +389,7 @@ fn apply_input(
     }
     count_workflow_effects(&shared.metrics, &applied.effects);
     if invoice_count(state) != invoices_before {
-        index_invoices(shared, state);
+        index_invoices(shared, logged.partition, state);
     }
     Ok(applied)
 }
@@ -626,27 +626,21 @@ fn invoice_count(state: &PersistedCustomer) -> usize {
         .sum()
 }
 
-/// Records which customer owns each invoice (voiding names only the invoice). Idempotent; a
-/// failed write is repaired by replay.
-fn index_invoices(shared: &Shared, state: &PersistedCustomer) {
+/// Records which customer owns each invoice (voiding names only the invoice): staged for the
+/// partition's next batch write (see [`super::staged_index`]). Idempotent; replay re-stages
+/// what a crash lost.
+fn index_invoices(shared: &Shared, partition: u16, state: &PersistedCustomer) {
     let Some(customer) = state.customer.id() else {
         return;
     };
-    let value = customer.as_bytes().to_vec();
-    let mut puts = Vec::new();
-    for contract in &state.customer.contracts {
-        for id in contract
+    let invoices = state.customer.contracts.iter().flat_map(|contract| {
+        contract
             .purchases
             .iter()
             .map(|p| p.id)
             .chain(contract.periods.iter().map(|p| p.invoice_id))
-        {
-            puts.push((super::entry::invoice_key(id), value.clone()));
-        }
-    }
-    if let Err(error) = shared.store.meta_write_derived(&puts) {
-        shared.health.fail_stop("invoice index write", &error);
-    }
+    });
+    shared.invoice_index[usize::from(partition)].stage(customer, invoices);
 }
 
 fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {

@@ -767,6 +767,14 @@ impl Engine {
     /// # Errors
     /// Storage errors.
     pub fn invoice_customer(&self, invoice: Id) -> Result<Option<Id>, EngineError> {
+        if let Some(customer) = self
+            .shared
+            .invoice_index
+            .iter()
+            .find_map(|s| s.get(invoice))
+        {
+            return Ok(Some(customer));
+        }
         let bytes = self.with_store("invoice index read", |store| {
             store.meta_get(&entry::invoice_key(invoice))
         })?;

@@ -25,6 +25,7 @@ pub mod payment;
 pub mod quarantine;
 pub mod registry;
 pub mod shared;
+pub mod staged_index;
 pub mod webhook;
 
 pub use engine::{Disk, Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};

@@ -385,6 +385,10 @@ impl Worker {
     }
 
     async fn housekeeping(&mut self) {
+        let index = &self.shared.invoice_index[usize::from(self.partition)];
+        if let Err(error) = index.flush(&self.shared.store) {
+            self.shared.health.fail_stop("invoice index write", &error);
+        }
         let settings = &self.shared.settings;
         let due = self.last_checkpoint.elapsed()
             >= Duration::from_millis(settings.checkpoint_interval_ms)
@@ -478,6 +482,13 @@ impl Worker {
             return;
         }
         let seq = job.seq;
+        // The index entries of every input the checkpoint covers are staged by now (an actor
+        // stages while applying, before it answers its snapshot): written before the record,
+        // since replay will not re-create them.
+        let index = &self.shared.invoice_index[usize::from(self.partition)];
+        if let Err(error) = index.flush(&self.shared.store) {
+            return self.fail_checkpoint(EngineError::Storage(error));
+        }
         if let Err(error) = self.shared.store.put_checkpoint(self.partition, seq, &[]) {
             return self.fail_checkpoint(EngineError::Storage(error));
         }
@@ -738,5 +749,6 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
     for (cause, effects) in pending_effects {
         persist_effects(shared, cause, &effects)?;
     }
+    shared.invoice_index[usize::from(partition)].flush(&shared.store)?;
     Ok((states, last, replayed))
 }

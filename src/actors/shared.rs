@@ -11,6 +11,7 @@ use super::health::Health;
 use super::metrics::EngineMetrics;
 use super::outbox::{OutboxEffect, OutboxEntry};
 use super::registry::Registry;
+use super::staged_index::StagedIndex;
 use crate::domain::customer::CustomerProfile;
 use crate::domain::{Catalog, Id, Limits};
 use crate::storage::{self, Store};
@@ -52,6 +53,8 @@ pub struct Shared {
     /// Inputs accepted but not yet applied, per partition, and how long the oldest has waited
     /// (backpressure).
     pub pending: Vec<Backlog>,
+    /// Invoice index entries applied and not yet written, per partition.
+    pub invoice_index: Vec<StagedIndex>,
     /// Where persisted effects and released late keys go (made before any actor started).
     pub sinks: Sinks,
     /// Every partition's queues, by partition.
@@ -73,6 +76,9 @@ impl Shared {
         let pending = (0..settings.partitions)
             .map(|_| Backlog::new(settings.pending_inputs_max))
             .collect();
+        let invoice_index = (0..settings.partitions)
+            .map(|_| StagedIndex::default())
+            .collect();
         let health = Arc::new(Health::fencing(store.clone()));
         Shared {
             store,
@@ -83,6 +89,7 @@ impl Shared {
             health,
             catalog: RwLock::new(Arc::new(catalog)),
             pending,
+            invoice_index,
             sinks,
             handles,
             placement: Placement::Threads,
