@@ -677,6 +677,17 @@ impl tollgate::storage::faults::FaultInjector for StalledAppend {
     }
 }
 
+/// POSTs a body that is not JSON to `/v1/ingest`.
+async fn post_malformed_batch(app: &TestApp) -> reqwest::Response {
+    let request = app
+        .client
+        .post(format!("{}/v1/ingest", app.base))
+        .bearer_auth(super::TOKEN)
+        .header("content-type", "application/json")
+        .body("this is not json");
+    timely(request.send()).await.unwrap()
+}
+
 /// The apply lag is bounded in time (PERFORMANCE.md P9): while a partition's oldest input has
 /// waited longer than `engine.apply_lag_max_ms`, ingest answers 429 before it reads the body
 /// (a malformed one gets 429, not 400), nothing of a refused batch is applied, and ingest
@@ -723,16 +734,7 @@ async fn ingest_answers_429_before_reading_the_body_while_a_partition_lags_too_l
         .parse()
         .unwrap();
     assert!(lag > 0.2, "{lag}");
-    let shed = timely(
-        app.client
-            .post(format!("{}/v1/ingest", app.base))
-            .bearer_auth(super::TOKEN)
-            .header("content-type", "application/json")
-            .body("this is not json")
-            .send(),
-    )
-    .await
-    .unwrap();
+    let shed = post_malformed_batch(&app).await;
     assert_eq!(shed.status().as_u16(), 429, "decided before parsing");
     assert_eq!(shed.headers()["retry-after"], "1");
     let body: Value = shed.json().await.unwrap();
@@ -761,15 +763,6 @@ async fn ingest_answers_429_before_reading_the_body_while_a_partition_lags_too_l
     let (status, body) = ingest(&app, json!([bytes("second", "lag", "7")])).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(net_balance(&app, &customer).await, json!(99_893));
-    let parsed = timely(
-        app.client
-            .post(format!("{}/v1/ingest", app.base))
-            .bearer_auth(super::TOKEN)
-            .header("content-type", "application/json")
-            .body("this is not json")
-            .send(),
-    )
-    .await
-    .unwrap();
+    let parsed = post_malformed_batch(&app).await;
     assert_eq!(parsed.status().as_u16(), 400, "parsed again once caught up");
 }
