@@ -565,6 +565,94 @@ async fn a_checkpoint_written_in_steps_between_commits_keeps_every_balance_exact
     }
 }
 
+/// After a restart the partitions read their customers' states into memory in the background,
+/// up to `engine.preload_customers_max` in all, and balances stay exact whether a customer's
+/// first event comes before or after the preload reached it.
+#[actix_rt::test]
+async fn after_a_restart_customers_are_preloaded_in_the_background_up_to_the_bound() {
+    const CUSTOMERS: u128 = 700;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_catalog(dir.path(), None).await;
+    for i in 0..CUSTOMERS {
+        customer_with_contract_id(
+            &engine,
+            Id::from_u128(100_000 + i),
+            Id::from_u128(200_000 + i),
+            &format!("c{i}"),
+            (None, None),
+            vec![fixtures::prepaid_commit(10_000, 10)],
+        )
+        .await;
+    }
+    let events: Vec<IngestEvent> = (0..CUSTOMERS)
+        .flat_map(|i| calls(&format!("c{i}"), &format!("a-c{i}"), 1))
+        .collect();
+    for batch in events.chunks(100) {
+        engine.ingest(batch.to_vec()).await.unwrap();
+    }
+    // Everything is covered by the checkpoint: recovery replays nothing and starts with no
+    // customer resident.
+    engine.checkpoint().await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+
+    for (bound, preloaded) in [(1_000_000, CUSTOMERS as u64), (100, 100), (0, 0)] {
+        let run = tempfile::tempdir().unwrap();
+        let run_dir = run.path().join("data");
+        tollgate::storage::Store::open(&copy_dir, tollgate::storage::StoreOptions::default())
+            .unwrap()
+            .copy_to(&run_dir)
+            .unwrap();
+        let mut config = engine_config(&run_dir, None);
+        config.settings.preload_customers_max = bound;
+        let restarted = Engine::start(config, Arc::new(SystemClock), None)
+            .await
+            .unwrap();
+        let metrics = restarted.metrics();
+        eventually("preload", || {
+            metrics.actors_preloaded.load(relaxed) == preloaded
+        })
+        .await;
+        // A customer's next event applies on the state read before, or read now.
+        let events: Vec<IngestEvent> = (0..CUSTOMERS)
+            .flat_map(|i| calls(&format!("c{i}"), &format!("b-c{i}"), 1))
+            .collect();
+        for batch in events.chunks(100) {
+            restarted.ingest(batch.to_vec()).await.unwrap();
+        }
+        for i in 0..CUSTOMERS {
+            let customer = Id::from_u128(100_000 + i);
+            let mut balance = Money::ZERO;
+            for _ in 0..200 {
+                balance = restarted
+                    .query(customer, |s| {
+                        s.customer.contracts[0].balance(now()).unwrap()
+                    })
+                    .await
+                    .unwrap();
+                if balance == Money::from_i64(10_000 - 200) {
+                    break;
+                }
+                actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                balance,
+                Money::from_i64(10_000 - 200),
+                "bound {bound}, customer {i}"
+            );
+        }
+        // Customers read on their first event are not counted as preloaded: the bound held.
+        assert_eq!(
+            metrics.actors_preloaded.load(relaxed),
+            preloaded,
+            "bound {bound}"
+        );
+        assert_eq!(metrics.actors_resident.load(relaxed), CUSTOMERS as i64);
+    }
+}
+
 async fn eventually_workflow(engine: &Engine) {
     for _ in 0..200 {
         if !workflows(engine, CUSTOMER).await.is_empty() {

@@ -17,6 +17,8 @@ pub struct EngineMetrics {
     pub quarantine_discarded: AtomicU64,
     pub actors_resident: AtomicI64,
     pub actors_evicted: AtomicU64,
+    /// Customers made resident by the background preload after recovery.
+    pub actors_preloaded: AtomicU64,
     pub workflows_started: AtomicU64,
     pub workflows_released: AtomicU64,
     pub workflows_failed: AtomicU64,

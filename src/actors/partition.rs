@@ -64,7 +64,13 @@ pub struct Worker {
     checkpoint: Option<CheckpointJob>,
     /// Set while a trim runs on its own thread.
     trimming: Arc<AtomicBool>,
+    /// Customers whose states the background preload has still to read, last first.
+    preload: Vec<Id>,
 }
+
+/// States the preload reads per step (one batched read on the partition's thread, between
+/// commits): a few milliseconds at most, so the apply lag hardly notices.
+const PRELOAD_CHUNK_STATES: usize = 256;
 
 /// States written per checkpoint step: small enough that commits (and other writers to
 /// RocksDB's single write queue) wait at most a few milliseconds behind one.
@@ -154,10 +160,12 @@ pub fn start(
         force_full_snapshot: false,
         checkpoint: None,
         trimming: Arc::new(AtomicBool::new(false)),
+        preload: Vec::new(),
     };
     for (id, state) in recovered {
         worker.activate(id, state, true);
     }
+    worker.preload = preload_list(&worker);
     actix_rt::spawn(async move {
         let housekeeping_ms = shared.settings.housekeeping_ms.max(1);
         let mut timer = tokio::time::interval(Duration::from_millis(housekeeping_ms));
@@ -173,17 +181,76 @@ pub fn start(
                     worker.checkpoint_step().await;
                 }
                 _ = timer.tick() => worker.housekeeping().await,
+                () = std::future::ready(()), if !worker.preload.is_empty() => {
+                    worker.preload_step();
+                }
             }
-            // A checkpoint advances a chunk after each commit too, so steady load cannot
-            // starve it.
+            // A checkpoint and the preload advance a chunk after each commit too, so steady
+            // load cannot starve them.
             if worker.checkpoint.is_some() {
                 worker.checkpoint_step().await;
+            }
+            if !worker.preload.is_empty() {
+                worker.preload_step();
             }
         }
     });
 }
 
+/// The customers of the worker's partition the preload reads, up to its share of
+/// `engine.preload_customers_max`: every known customer that recovery did not make resident.
+fn preload_list(worker: &Worker) -> Vec<Id> {
+    let settings = &worker.shared.settings;
+    let share = settings
+        .preload_customers_max
+        .div_ceil(usize::from(settings.partitions.max(1)));
+    let mut ids: Vec<Id> = worker
+        .shared
+        .registry
+        .customers()
+        .into_iter()
+        .filter(|id| {
+            worker.shared.partition_of(*id) == worker.partition
+                && !worker.residents.contains_key(id)
+        })
+        .take(share.saturating_sub(worker.residents.len()))
+        .collect();
+    // Steps pop from the end: read in registry order.
+    ids.reverse();
+    ids
+}
+
 impl Worker {
+    /// Reads the next chunk of preloaded states and makes those customers resident. The read
+    /// and the activation are one step of this thread, so no eviction (which writes a newer
+    /// state) can come between them; a customer that became resident meanwhile (its first
+    /// event came before the preload reached it) is skipped. A failed read stops the engine,
+    /// like any state read.
+    fn preload_step(&mut self) {
+        let at = self.preload.len().saturating_sub(PRELOAD_CHUNK_STATES);
+        let chunk: Vec<Id> = self
+            .preload
+            .drain(at..)
+            .filter(|id| !self.residents.contains_key(id))
+            .collect();
+        if chunk.is_empty() {
+            return;
+        }
+        match load_states(&self.shared, &chunk) {
+            Ok(states) => {
+                let count = chunk.len() as u64;
+                for (id, state) in chunk.into_iter().zip(states) {
+                    self.activate(id, state, false);
+                }
+                EngineMetrics::add(&self.shared.metrics.actors_preloaded, count);
+            }
+            Err(error) => {
+                self.preload.clear();
+                self.shared.health.fail_stop("customer states read", &error);
+            }
+        }
+    }
+
     fn activate(&mut self, id: Id, state: PersistedCustomer, dirty: bool) -> Addr<CustomerActor> {
         let addr = CustomerActor {
             id,

@@ -33,6 +33,7 @@ fn shared(dir: &std::path::Path) -> Shared {
         checkpoint_interval_ms: 60_000,
         checkpoint_every_inputs: 1_000,
         evict_idle_ms: 60_000,
+        preload_customers_max: 1_000_000,
         tick_interval_ms: 60_000,
         housekeeping_ms: 200,
         late_window_ms: 60_000,

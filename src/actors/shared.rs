@@ -34,6 +34,10 @@ pub struct EngineSettings {
     /// A checkpoint also starts after this many inputs, bounding replay after a crash.
     pub checkpoint_every_inputs: u64,
     pub evict_idle_ms: i64,
+    /// After recovery, each partition reads the states of up to this many of its customers
+    /// (divided evenly between partitions) into memory in the background, so their first
+    /// event does not wait for a read (0 = no preload).
+    pub preload_customers_max: usize,
     pub tick_interval_ms: u64,
     /// How often the partition looks at its checkpoint, eviction and tick schedules.
     pub housekeeping_ms: u64,

@@ -141,6 +141,13 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         "Idle customer actors evicted.",
         g(&m.actors_evicted),
     );
+    metric(
+        &mut out,
+        "tollgate_actors_preloaded_total",
+        "counter",
+        "Customer states read into memory by the background preload after recovery.",
+        g(&m.actors_preloaded),
+    );
     let _ = writeln!(
         out,
         "# HELP tollgate_workflows_total Payment gate workflow transitions.\n# TYPE tollgate_workflows_total counter"

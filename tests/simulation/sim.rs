@@ -454,6 +454,9 @@ fn engine_config(rng: &mut StdRng, data_dir: &std::path::Path) -> EngineConfig {
             checkpoint_interval_ms: rng.random_range(1..10) * MINUTE_MS as u64,
             checkpoint_every_inputs: rng.random_range(20..400),
             evict_idle_ms: rng.random_range(1..30) * MINUTE_MS,
+            // Preload everything, some, or nothing after a restart (drawn from a copy of the
+            // generator, so the seeds' other draws stay what they were).
+            preload_customers_max: [0, 3, 1_000][rng.clone().random_range(0..3)],
             tick_interval_ms: HOUR_MS as u64,
             // Coarser than production's: simulated hours pass in few wake-ups.
             housekeeping_ms: 5_000,
