@@ -6,7 +6,8 @@
 
 use std::borrow::Cow;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -57,8 +58,32 @@ struct RawEvent {
     properties: Option<Value>,
 }
 
+/// The ingest route. A refusal for load (429) also says when to come back in milliseconds
+/// (`retry-after-ms`, which Metronome's SDK honours before `Retry-After`): the apply lag bound,
+/// the time in which a partition applies what it holds, so the retry finds room without the
+/// client waiting the whole second `Retry-After` can express.
 async fn ingest(
     state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    match accept(&state, request, payload).await {
+        Err(ApiError::Engine(EngineError::Overloaded)) => {
+            let mut response = ApiError::from(EngineError::Overloaded).error_response();
+            let wait_ms = state.engine.settings().apply_lag_max_ms;
+            if let Ok(value) = HeaderValue::from_str(&wait_ms.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static("retry-after-ms"), value);
+            }
+            Ok(response)
+        }
+        other => other,
+    }
+}
+
+async fn accept(
+    state: &AppState,
     request: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {

@@ -163,6 +163,24 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "tollgate_workflows_total{{state=\"{state_name}\"}} {value}"
         );
     }
+    let sizes = engine.store().sizes();
+    if !sizes.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_storage_bytes Bytes per column family: in table files (on disk) and in memtables (also in the write-ahead log).\n# TYPE tollgate_storage_bytes gauge"
+        );
+        for (cf, size) in sizes {
+            for (kind, value) in [
+                ("table", size.table_bytes),
+                ("memtable", size.memtable_bytes),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tollgate_storage_bytes{{cf=\"{cf}\",kind=\"{kind}\"}} {value}"
+                );
+            }
+        }
+    }
     metric(
         &mut out,
         "tollgate_payment_requests_total",

@@ -270,6 +270,19 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Called once on the group-commit thread before its first write (thread-local tuning).
     fn prepare_writer_thread(&self) {}
+
+    /// What `cf` holds: bytes in table files on disk and in memtables (which are also in the
+    /// write-ahead log on disk). `None` where the backend cannot tell (the simulated disk).
+    fn size_of(&self, _cf: Cf) -> Option<CfSize> {
+        None
+    }
+}
+
+/// The size of one column family (see [`Backend::size_of`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CfSize {
+    pub table_bytes: u64,
+    pub memtable_bytes: u64,
 }
 
 #[cfg(test)]

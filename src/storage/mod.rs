@@ -78,6 +78,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+pub use backend::CfSize;
 pub use codec::{decode, encode};
 pub use meta::MetaEntry;
 
@@ -653,6 +654,15 @@ impl Store {
         value
             .map(|v| parse_checkpoint_value(&v).map(|(seq, _)| seq))
             .transpose()
+    }
+
+    /// The size of every column family, by name (empty on the simulated disk): what
+    /// `/metrics` reports as `tollgate_storage_bytes`.
+    pub fn sizes(&self) -> Vec<(&'static str, CfSize)> {
+        Cf::ALL
+            .iter()
+            .filter_map(|cf| Some((cf.name(), self.inner.backend.size_of(*cf)?)))
+            .collect()
     }
 
     /// A snapshot of the counters.

@@ -10,7 +10,7 @@ use rocksdb::{
 };
 
 use super::StorageError;
-use super::backend::{Backend, Batch, BatchOp, Cf, Cursor, CursorOptions};
+use super::backend::{Backend, Batch, BatchOp, Cf, CfSize, Cursor, CursorOptions};
 
 /// Memtable size of the `dedupe` column family (RocksDB's default is 64 MiB).
 const DEDUPE_MEMTABLE_BYTES: usize = 8 << 20;
@@ -112,6 +112,15 @@ impl Backend for RocksBackend {
         // Hard links of the table files plus the write-ahead log.
         rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
         Ok(())
+    }
+
+    fn size_of(&self, cf: Cf) -> Option<CfSize> {
+        let handle = self.handle(cf).ok()?;
+        let property = |name: &str| self.db.property_int_value_cf(handle, name).ok().flatten();
+        Some(CfSize {
+            table_bytes: property("rocksdb.total-sst-files-size")?,
+            memtable_bytes: property("rocksdb.cur-size-all-mem-tables")?,
+        })
     }
 
     fn prepare_writer_thread(&self) {

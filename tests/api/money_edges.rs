@@ -734,9 +734,25 @@ async fn ingest_answers_429_before_reading_the_body_while_a_partition_lags_too_l
         .parse()
         .unwrap();
     assert!(lag > 0.2, "{lag}");
+    // The disk a user plans for: what the log and the dedupe index hold so far.
+    for cf in ["log", "dedupe"] {
+        let held: u64 = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!(
+                    "tollgate_storage_bytes{{cf=\"{cf}\",kind=\"memtable\"}} "
+                ))
+            })
+            .expect("the storage gauge")
+            .parse()
+            .unwrap();
+        assert!(held > 0, "{cf} holds what was written: {metrics}");
+    }
     let shed = post_malformed_batch(&app).await;
     assert_eq!(shed.status().as_u16(), 429, "decided before parsing");
     assert_eq!(shed.headers()["retry-after"], "1");
+    // In milliseconds too, as Metronome's SDK reads first: the lag bound.
+    assert_eq!(shed.headers()["retry-after-ms"], "200");
     let body: Value = shed.json().await.unwrap();
     assert!(
         body["message"].as_str().unwrap().contains("retry"),
