@@ -1596,3 +1596,246 @@ fn a_credit_restricted_to_a_tag_draws_only_usage_of_tagged_products() {
         "100 tokens at 2 cents drawn from the credit"
     );
 }
+
+/// What every segment of the contract has left, commit by commit.
+fn segments_remaining(world: &World) -> Vec<Money> {
+    world
+        .contract()
+        .commits
+        .iter()
+        .flat_map(|c| c.segments.iter().map(|s| s.remaining()))
+        .collect()
+}
+
+/// Records `tokens` tokens at the world's time.
+fn record_tokens(world: &mut World, transaction: &str, tokens: &str) {
+    let event = fixtures::llm_tokens(transaction, world.at, tokens);
+    world.apply(Input::RecordUsage(event)).unwrap();
+}
+
+/// A decrease gives back to the segments the line drew from, last drawn first, each no more than
+/// it gave: draws from the first segments of two credits, and from two segments of one credit,
+/// are kept apart (found by mutation testing: the draws of a line were merged).
+#[test]
+fn a_decrease_gives_back_to_the_segment_drawn_last_then_to_the_one_before() {
+    let mut two_segments = fixtures::credit(100, 1);
+    two_segments.access_schedule = vec![
+        // Ends first, so draws first.
+        (usd(100), T0, T0.plus_ms(60 * MS_PER_DAY)),
+        (usd(1_000), T0, fixtures::year_end()),
+    ];
+    let two_credits = vec![fixtures::credit(100, 1), fixtures::credit(1_000, 2)];
+    for credits in [two_credits, vec![two_segments]] {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = credits;
+        world.apply(Input::create_contract(spec)).unwrap();
+        // 100 tokens at 2 cents: 100 from the first segment (used up), 100 from the second.
+        record_tokens(&mut world, "a", "100");
+        // 40 tokens fewer: the 80 cents go back to the second segment, drawn last.
+        record_tokens(&mut world, "b", "-40");
+        assert_eq!(segments_remaining(&world), vec![Money::ZERO, usd(980)]);
+        // 20 fewer again: 20 cents finish what the second gave, 20 go back to the first.
+        record_tokens(&mut world, "c", "-20");
+        assert_eq!(segments_remaining(&world), vec![usd(20), usd(1_000)]);
+        assert_eq!(world.outstanding(), Money::ZERO);
+    }
+}
+
+/// A line whose uncovered amount changes only in its decimal places (200 -> 200.0: a fractional
+/// charge drawn whole from a credit) still updates the outstanding spend kept between events, so
+/// a threshold charges S exactly as the lines sum it, as it would after a restart rebuilt the
+/// caches (found by mutation testing: `line_changed` compares the scales too).
+#[test]
+fn a_line_gaining_only_decimal_places_is_charged_as_the_lines_sum_it() {
+    let day = |n: i64| T0.plus_ms(n * MS_PER_DAY);
+    let run = |restored: bool| {
+        let mut world = World::new(false);
+        let mut credit = fixtures::credit(10_000, 1);
+        // Usable from day 10: the usage before stays outstanding.
+        credit.access_schedule = vec![(usd(10_000), day(10), fixtures::year_end())];
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![credit];
+        spec.spend_threshold = Some(fixtures::spend_threshold(400, GateType::External));
+        world.apply(Input::create_contract(spec)).unwrap();
+        world.at = day(12);
+        for event in [
+            fixtures::llm_tokens("a", day(1), "100"),
+            fixtures::api_call("b", day(1)),
+            // Half a token more: 1.0 cent, drawn from the credit.
+            fixtures::llm_tokens("c", day(11), "0.5"),
+        ] {
+            world.apply(Input::RecordUsage(event)).unwrap();
+        }
+        let tokens_line = &world.contract().periods[0].lines[0];
+        assert_eq!(tokens_line.uncovered().to_string(), "200.0");
+        assert_eq!(world.outstanding(), usd(300));
+        if restored {
+            world.customer.rebuild_caches();
+        }
+        // S reaches $4.
+        let crossing = Input::RecordUsage(fixtures::api_call("d", day(1)));
+        let effects = world.apply(crossing).unwrap().effects;
+        let initiate = webhooks(&effects)[1].1.to_json();
+        initiate["properties"]["invoice_total"].to_string()
+    };
+    assert_eq!(run(false), "400.0");
+    assert_eq!(run(true), "400.0");
+}
+
+/// A commit added by an edit covers the outstanding spend of the products it applies to only
+/// (found by mutation testing: `cover_outstanding` drew it for every line with spend left).
+#[test]
+fn a_restricted_credit_added_by_an_edit_covers_only_its_products_outstanding_spend() {
+    let mut world = World::new(false);
+    world
+        .apply(Input::create_contract(fixtures::contract(CONTRACT)))
+        .unwrap();
+    world.calls(3);
+    let at = world.at;
+    let tokens = fixtures::llm_tokens("t", at, "100");
+    world.apply(Input::RecordUsage(tokens)).unwrap();
+    assert_eq!(world.outstanding(), usd(500));
+    let mut credit = fixtures::credit(1_000, 1);
+    credit.applicable_product_ids = vec![fixtures::TOKEN_PRODUCT];
+    world
+        .apply(Input::edit(ContractEdit {
+            edit_id: Id::from_u128(0xe1),
+            contract_id: CONTRACT,
+            add_credits: vec![credit],
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (usd(300), usd(800)),
+        "the $2 of tokens covered, the $3 of API calls not"
+    );
+}
+
+/// A spend threshold's commit starts with the earliest usage period still open (a finalized
+/// one is not offset); a recharge starts at the hour it was triggered and pays for no usage
+/// from before (found by mutation testing).
+#[test]
+fn threshold_commits_start_with_the_earliest_open_period_or_the_trigger_hour() {
+    let day = |date: &str| Timestamp::parse_rfc3339(&format!("2025-{date}T00:00:00Z")).unwrap();
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::None));
+    world.apply(Input::create_contract(spec)).unwrap();
+    world.calls(2);
+    // January's invoice closes 34 days after its period.
+    world.at = day("03-10");
+    world.apply(Input::Tick).unwrap();
+    let february = fixtures::api_call("feb", day("02-15"));
+    world.apply(Input::RecordUsage(february)).unwrap();
+    world.calls(4);
+    let spend = &world.contract().workflows[0];
+    let commit = world.contract().commit(spend.commit_id).unwrap();
+    assert_eq!(commit.segments[0].starting_at, day("02-01"));
+    assert_eq!(world.outstanding(), Money::ZERO);
+
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(1_000, 5_000, GateType::None));
+    // B = 0: the recharge fires, and is released, at creation, 2 s after midnight on January 2.
+    world.apply(Input::create_contract(spec)).unwrap();
+    let trigger_hour = T0.plus_ms(MS_PER_DAY);
+    let recharge = world.contract().workflows[0].commit_id;
+    let commit = world.contract().commit(recharge).unwrap();
+    assert_eq!(commit.segments[0].starting_at, trigger_hour);
+    let earlier = fixtures::api_call("early", trigger_hour.plus_ms(-1));
+    world.apply(Input::RecordUsage(earlier)).unwrap();
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (usd(100), usd(5_000))
+    );
+    world.calls(1);
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (usd(100), usd(4_900))
+    );
+}
+
+/// A released payment marks its own purchase invoice PAID at the provider, never another
+/// invoice of the contract; a NONE gate collects nothing and marks nothing (found by mutation
+/// testing).
+#[test]
+fn a_paid_release_marks_its_own_purchase_invoice_paid_and_a_none_gate_none() {
+    for gate_type in [GateType::External, GateType::None] {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.commits = vec![fixtures::prepaid_commit(100, 1)];
+        spec.spend_threshold = Some(fixtures::spend_threshold(500, gate_type));
+        world.apply(Input::create_contract(spec)).unwrap();
+        // $1 drawn from the commit, $5 outstanding.
+        world.calls(6);
+        let workflow_id = world.contract().workflows[0].id;
+        if gate_type == GateType::External {
+            world
+                .outcome(workflow_id, OutcomeSource::External, PaymentResult::Paid)
+                .unwrap();
+        }
+        assert_eq!(world.contract().workflows[0].state, WorkflowState::Released);
+        let statuses: Vec<Option<&str>> = world
+            .contract()
+            .purchases
+            .iter()
+            .map(|p| p.external_status.as_deref())
+            .collect();
+        let paid = (gate_type == GateType::External).then_some("PAID");
+        assert_eq!(statuses, vec![None, paid], "{gate_type:?}");
+    }
+}
+
+/// Each workflow releases its own withheld commit even when a manual commit has the id a
+/// threshold workflow's commit gets later: an edit whose id is that of the spend workflow that
+/// fires next. Edge ids are random or hashed, so only an input built by hand does this, but the
+/// rules take any id: the threshold's commit is the one added last, the manual one the first
+/// (found by mutation testing).
+#[test]
+fn each_workflow_releases_its_own_commit_when_two_commits_share_an_id() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.spend_threshold = Some(fixtures::spend_threshold(500, GateType::External));
+    world.apply(Input::create_contract(spec)).unwrap();
+    let spend_id = Id::derive(CONTRACT, WorkflowKind::Spend.as_str(), 1);
+    let mut manual = fixtures::prepaid_commit(2_000, 1);
+    manual.payment_gate = Some(fixtures::gate(GateType::External));
+    world
+        .apply(Input::edit(ContractEdit {
+            edit_id: spend_id,
+            contract_id: CONTRACT,
+            add_commits: vec![manual],
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    world.calls(5);
+    let workflows = &world.contract().workflows;
+    let (manual_id, spend) = (workflows[0].id, &workflows[1]);
+    assert_eq!(spend.id, spend_id);
+    assert_eq!(
+        spend.commit_id, workflows[0].commit_id,
+        "one id, two commits"
+    );
+    let released = |world: &World| -> Vec<bool> {
+        let commits = &world.contract().commits;
+        commits.iter().map(|c| c.is_released()).collect()
+    };
+    assert_eq!(released(&world), vec![false, false]);
+    // The spend payment releases the spend commit: it covers the $5, the manual one stays
+    // withheld.
+    world
+        .outcome(spend_id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap();
+    assert_eq!(released(&world), vec![false, true]);
+    assert_eq!(
+        (world.outstanding(), world.balance()),
+        (Money::ZERO, Money::ZERO)
+    );
+    world
+        .outcome(manual_id, OutcomeSource::External, PaymentResult::Paid)
+        .unwrap();
+    assert_eq!(released(&world), vec![true, true]);
+    assert_eq!(segments_remaining(&world), vec![usd(2_000), Money::ZERO]);
+}
