@@ -39,6 +39,7 @@ fn start_server(dir: std::path::PathBuf) -> u16 {
                     checkpoint_interval_ms: 60_000,
                     checkpoint_every_inputs: 1_000_000,
                     evict_idle_ms: 3_600_000,
+                    preload_customers_max: 0,
                     tick_interval_ms: 3_600_000,
                     housekeeping_ms: 200,
                     late_window_ms: 34 * 86_400_000,

@@ -50,6 +50,7 @@ fn settings(partitions: u16) -> EngineSettings {
         checkpoint_interval_ms: 30_000,
         checkpoint_every_inputs: 5_000_000,
         evict_idle_ms: 3_600_000,
+        preload_customers_max: 0,
         tick_interval_ms: 3_600_000,
         housekeeping_ms: 200,
         late_window_ms: 34 * 86_400_000,

@@ -198,7 +198,11 @@ pub fn start(
                 worker.checkpoint_step().await;
             }
             if !worker.preload.is_empty()
-                && worker.shared.clock.now_ms().saturating_sub(worker.last_preload_ms)
+                && worker
+                    .shared
+                    .clock
+                    .now_ms()
+                    .saturating_sub(worker.last_preload_ms)
                     >= PRELOAD_PACE_MS
             {
                 worker.preload_step();
