@@ -1,6 +1,8 @@
 //! `tollgate bench` at a tiny size with the real binary: the report has every key the issue
-//! names and shows real traffic (accepted events, matched threshold webhooks, no 5xx), and a
-//! sweep writes its SVG chart. Nothing here asserts speed: CI machines are slow at random.
+//! names and shows real traffic (accepted events, matched threshold webhooks, no 5xx), records
+//! the build it measured, listens on pinned ports when asked, and a sweep writes its SVG chart
+//! and refuses to state a capacity from too few samples. Nothing here asserts speed: CI machines
+//! are slow at random.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,6 +10,11 @@ use std::process::Command;
 use serde_json::Value;
 
 fn bench(args: &[&str]) -> Value {
+    bench_with_stderr(args).0
+}
+
+/// The report and what the tool printed on stderr.
+fn bench_with_stderr(args: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -33,7 +40,16 @@ fn bench(args: &[&str]) -> Value {
         .filter(|name| name != "report.json")
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    printed
+    (printed, stderr.into_owned())
+}
+
+/// A port nothing listens on now (the OS's pick; released before the bench binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn assert_percentiles(report: &Value, key: &str) {
@@ -62,8 +78,9 @@ fn a_tiny_open_loop_run_with_baseline_reports_every_figure() {
         "2",
         "--rate",
         "500",
+        // 100 requests/s for 2 s: enough samples (100) for a p99.
         "--batch",
-        "10",
+        "5",
         "--connections",
         "8",
         "--crossing",
@@ -135,16 +152,84 @@ fn a_sweep_of_two_rates_writes_an_svg_chart_and_a_capacity_statement() {
     ]);
     let svg = std::fs::read_to_string(Path::new(&chart)).expect("the chart is written");
     assert!(svg.contains("<svg"));
+    assert!(svg.contains("p50 ack latency") && svg.contains("webhook latency"));
     let sweep = &report["sweep"];
     assert_eq!(sweep["steps"].as_array().unwrap().len(), 2);
+    // 10 and 20 requests per step: fewer than the 100 samples a p99 needs, so no step is
+    // sustained and no capacity is stated, whatever the machine's speed.
+    let statement = sweep["capacity_statement"].as_str().unwrap();
     assert!(
-        sweep["capacity_statement"]
-            .as_str()
-            .unwrap()
-            .contains("10 customers at p99 <= 20 ms")
+        statement.starts_with("no offered rate was sustained with 10 customers at p99 <= 20 ms"),
+        "{statement}"
     );
+    assert!(sweep["capacity_events_per_s"].is_null(), "{sweep}");
+    assert_eq!(sweep["capacity_is_lower_bound"], false);
+    assert_eq!(report["parameters"]["min_samples"], 100);
     for step in sweep["steps"].as_array().unwrap() {
         assert!(step["accepted_events_per_s"].as_f64().unwrap() > 0.0);
         assert_no_5xx(&step["errors_by_status"]);
+        let ack = &step["ack_latency_ms"];
+        assert!(ack["count"].as_u64().unwrap() < 100, "{ack}");
+        assert!(ack["p50"].is_null() && ack["p99"].is_null(), "{ack}");
+        assert!(ack["max"].as_f64().is_some(), "{ack}");
+        let verdict = step["verdict"]["result"].as_str().unwrap();
+        assert!(
+            ["too_few_samples", "accepted_too_little"].contains(&verdict),
+            "{step}"
+        );
     }
+}
+
+#[test]
+fn pinned_ports_are_where_the_server_and_the_null_server_listen_and_the_build_is_recorded() {
+    let (server_port, null_port) = (free_port(), free_port());
+    let (report, stderr) = bench_with_stderr(&[
+        "--customers",
+        "5",
+        "--duration",
+        "1",
+        "--rate",
+        "100",
+        "--batch",
+        "10",
+        "--connections",
+        "2",
+        "--baseline",
+        "--server-port",
+        &server_port.to_string(),
+        "--null-port",
+        &null_port.to_string(),
+    ]);
+    let parameters = &report["parameters"];
+    assert_eq!(
+        parameters["target"],
+        format!("a started server (http://127.0.0.1:{server_port})")
+    );
+    assert_eq!(
+        parameters["null_server"],
+        format!("http://127.0.0.1:{null_port}")
+    );
+    assert!(report["accepted_events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["baseline_events_per_s"].as_f64().unwrap() > 0.0);
+    // 10 requests: the percentiles are withheld, the maximum is not.
+    assert!(report["ack_latency_ms"]["p50"].is_null());
+    assert!(report["ack_latency_ms"]["max"].as_f64().is_some());
+    let build = &report["build"];
+    let debug = cfg!(debug_assertions);
+    assert_eq!(build["profile"], if debug { "debug" } else { "release" });
+    assert_eq!(build["version"], env!("CARGO_PKG_VERSION"));
+    let revision = build["git_revision"].as_str().unwrap();
+    assert!(
+        revision == "unknown"
+            || revision
+                .trim_end_matches("-dirty")
+                .chars()
+                .all(|c| c.is_ascii_hexdigit()),
+        "{revision}"
+    );
+    assert_eq!(
+        stderr.starts_with("warning: this is a debug build"),
+        debug,
+        "{stderr}"
+    );
 }

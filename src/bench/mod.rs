@@ -8,6 +8,7 @@
 //! This module only orchestrates; it never reaches into the engine: everything goes through
 //! HTTP, as a user's client would, so the figures are the ones a deployment would see.
 
+pub mod capacity;
 pub mod chart;
 pub mod load;
 pub mod machine;
@@ -26,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
+use capacity::{capacity_statement, capacity_step};
 use load::{LoadSpec, Mode, Tracking, Workload};
 use machine::{Machine, sample_process};
 use population::{CustomerSampler, SpendTracker, crossing_plan};
 use report::{
-    AcknowledgedCheck, Parameters, Percentiles, Report, RunReport, SweepReport, capacity_statement,
-    capacity_step,
+    AcknowledgedCheck, BuildInfo, MIN_SAMPLES_DEFAULT, Parameters, Percentiles, Report, RunReport,
+    SweepReport,
 };
 use server::{LocalServer, ServerOptions};
 use setup::Api;
@@ -156,12 +158,27 @@ pub struct BenchArgs {
         requires = "sweep"
     )]
     pub sweep_rates: Vec<f64>,
-    /// Where --sweep writes its SVG chart of accepted rate and p99 latency vs offered rate.
+    /// Where --sweep writes its SVG chart against offered rate: accepted rate, p50 and p99 ack
+    /// latency, p99 crossing -> webhook latency, with the capacity marked.
     #[arg(long, value_name = "FILE", default_value = "bench-chart.svg")]
     pub chart: PathBuf,
     /// The p99 ack latency a sweep step must meet to count as sustained (with >= 99% accepted).
+    /// The capacity is the highest offered rate at which that step and every lower one met it.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     pub p99_target_ms: f64,
+    /// The fewest samples (requests, or matched webhooks) a latency percentile is reported
+    /// from; a p-quantile also needs 1/(1-p) of them (100 for p99, 1000 for p99.9), or it is
+    /// only the maximum. With fewer, the percentile is null, and a sweep step without a p99 is
+    /// not sustained.
+    #[arg(long, value_name = "N", default_value_t = MIN_SAMPLES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_samples: u64,
+    /// Port of the started server (127.0.0.1); 0 = an ephemeral port. Pin it to watch the
+    /// server with other tools (a profiler, curl /metrics) during a run.
+    #[arg(long, value_name = "PORT", default_value_t = 0, conflicts_with = "url")]
+    pub server_port: u16,
+    /// Port of the --baseline null server (127.0.0.1); 0 = an ephemeral port.
+    #[arg(long, value_name = "PORT", default_value_t = 0, requires = "baseline")]
+    pub null_port: u16,
     /// Also run a null server in this process (actix-web that parses the same JSON batch with
     /// Tollgate's parser and answers 200) under the same load (closed loop in a sweep), and
     /// print Tollgate/null: the share of this machine's HTTP + JSON ceiling Tollgate reaches.
@@ -223,6 +240,9 @@ impl BenchArgs {
         if self.timeout_ms == 0 {
             return Err("--timeout-ms must be positive".into());
         }
+        if self.server_port != 0 && self.server_port == self.null_port {
+            return Err("--server-port and --null-port must differ".into());
+        }
         Ok(())
     }
 
@@ -250,6 +270,9 @@ fn random_hex(bytes: usize) -> String {
 
 fn execute(args: &BenchArgs) -> Result<(), String> {
     args.check()?;
+    if let Some(warning) = BuildInfo::current().warning() {
+        eprintln!("{warning}");
+    }
     let run_id = random_hex(4);
     let secret = args.webhook_secret.clone().or_else(|| {
         args.url
@@ -296,6 +319,7 @@ fn execute(args: &BenchArgs) -> Result<(), String> {
                     (Some(url), Some(sink)) => Some((url.as_str(), sink.secret())),
                     _ => None,
                 },
+                port: args.server_port,
             })?)
         }
     };
@@ -303,7 +327,7 @@ fn execute(args: &BenchArgs) -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let null_base = if args.baseline {
         // As many HTTP workers as the server under test has by default (one per core).
-        Some(null_server::start(cores)?)
+        Some(null_server::start(cores, args.null_port)?)
     } else {
         None
     };
@@ -508,6 +532,8 @@ async fn bench(context: &Context<'_>) -> Result<Report, String> {
         duplicates: args.duplicates,
         crossing: args.crossing,
         crossing_customers,
+        min_samples: args.min_samples,
+        null_server: context.null_base.clone(),
     };
     let data_dir = context.local.map(|server| lock(server).data_dir());
     let machine = Machine::describe(data_dir.as_deref());
@@ -600,7 +626,10 @@ impl Bench<'_> {
             }
         };
         let (webhook_latency_ms, webhook_counts) = match &webhooks {
-            Some(w) => (Percentiles::of(&w.latency), w.counts.clone()),
+            Some(w) => (
+                Percentiles::of(&w.latency, args.min_samples),
+                w.counts.clone(),
+            ),
             None => (Percentiles::default(), Default::default()),
         };
         let report = RunReport {
@@ -611,7 +640,7 @@ impl Bench<'_> {
             accepted_events: outcome.accepted_events,
             unsent_requests: outcome.unsent_requests,
             elapsed_s: outcome.elapsed.as_secs_f64(),
-            ack_latency_ms: Percentiles::of(&outcome.latency),
+            ack_latency_ms: Percentiles::of(&outcome.latency, args.min_samples),
             webhook_latency_ms,
             webhooks: webhook_counts,
             server_cpu_us_per_event: per_event(server_before, server_after),
@@ -620,6 +649,7 @@ impl Bench<'_> {
             loader_cpu_us_per_event: per_event(loader_before, loader_after),
             errors_by_status: outcome.errors_by_status,
             acknowledged,
+            verdict: None,
         };
         if let Some(check) = report.acknowledged.as_ref().filter(|c| c.lost_events > 0) {
             eprintln!(
@@ -631,10 +661,7 @@ impl Bench<'_> {
             "{label:>9}: offered {:.0} events/s, accepted {:.0} events/s, ack p99 {} ms{}",
             report.offered_events_per_s,
             report.accepted_events_per_s,
-            report
-                .ack_latency_ms
-                .p99
-                .map_or("-".to_owned(), |v| format!("{v:.3}")),
+            report.ack_latency_ms.p99_text(),
             if report.errors_by_status.is_empty() {
                 String::new()
             } else {
@@ -666,8 +693,11 @@ impl Bench<'_> {
                     .await?,
             );
         }
+        for step in steps.iter_mut().filter(|s| s.mode == "rate") {
+            step.verdict = Some(step.verdict(args.p99_target_ms));
+        }
         let capacity = capacity_step(&steps, args.p99_target_ms);
-        let main_index = capacity.unwrap_or_else(|| {
+        let main_index = capacity.step.unwrap_or_else(|| {
             (0..steps.len())
                 .max_by(|&a, &b| {
                     steps[a]
@@ -676,8 +706,9 @@ impl Bench<'_> {
                 })
                 .unwrap_or(0)
         });
+        let build = BuildInfo::current();
         let title = format!(
-            "tollgate bench: {} customers, batches of {}, {} connections{}",
+            "tollgate bench: {} customers, batches of {}, {} connections{} ({} {})",
             args.customers,
             args.batch,
             args.connections,
@@ -685,19 +716,22 @@ impl Bench<'_> {
                 format!(", {} durability", args.durability.as_str())
             } else {
                 String::new()
-            }
+            },
+            build.profile,
+            build.git_revision
         );
-        chart::write(&args.chart, &steps, args.p99_target_ms, &title)?;
-        let statement = capacity_statement(
-            capacity.map(|i| &steps[i]),
-            args.customers,
-            args.p99_target_ms,
-        );
+        let mark = capacity.step.map(|i| chart::CapacityMark {
+            offered_events_per_s: steps[i].offered_events_per_s,
+            lower_bound: capacity.is_lower_bound(),
+        });
+        chart::write(&args.chart, &steps, args.p99_target_ms, mark, &title)?;
+        let statement = capacity_statement(&steps, capacity, args.customers, args.p99_target_ms);
         eprintln!("{statement}");
         let sweep = SweepReport {
             chart: args.chart.display().to_string(),
             p99_target_ms: args.p99_target_ms,
-            capacity_events_per_s: capacity.map(|i| steps[i].offered_events_per_s),
+            capacity_events_per_s: capacity.step.map(|i| steps[i].offered_events_per_s),
+            capacity_is_lower_bound: capacity.is_lower_bound(),
             capacity_statement: statement,
             steps,
         };

@@ -24,14 +24,15 @@ async fn ingest(request: HttpRequest, payload: web::Payload) -> ApiResult<HttpRe
     Ok(HttpResponse::Ok().finish())
 }
 
-/// Starts the null server on 127.0.0.1 with `workers` HTTP workers (as many as the server under
-/// test has); returns its base URL. It runs until the process exits.
+/// Starts the null server on 127.0.0.1:`port` (0 = an ephemeral port) with `workers` HTTP
+/// workers (as many as the server under test has); returns its base URL. It runs until the
+/// process exits.
 ///
 /// # Errors
-/// When no port can be bound.
-pub fn start(workers: usize) -> Result<String, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("null server cannot bind: {e}"))?;
+/// When the port cannot be bound.
+pub fn start(workers: usize, port: u16) -> Result<String, String> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("null server cannot bind 127.0.0.1:{port}: {e}"))?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("null server: {e}"))?;

@@ -25,6 +25,8 @@ pub struct ServerOptions<'a> {
     pub run_id: &'a str,
     /// Webhook destination (the bench's sink) and its secret.
     pub webhook: Option<(&'a str, &'a str)>,
+    /// The port the server listens on (127.0.0.1); 0 = an ephemeral port.
+    pub port: u16,
 }
 
 pub struct LocalServer {
@@ -40,6 +42,7 @@ struct ServerConfig {
     data_dir: PathBuf,
     partitions: u16,
     webhook: Option<(String, String)>,
+    port: u16,
 }
 
 /// A graceful stop writes a checkpoint of every customer; this bounds it.
@@ -65,6 +68,7 @@ impl LocalServer {
             webhook: options
                 .webhook
                 .map(|(url, secret)| (url.to_owned(), secret.to_owned())),
+            port: options.port,
         };
         let (child, base) = spawn(&workdir, &config.text(options.durability))?;
         Ok(LocalServer {
@@ -76,7 +80,8 @@ impl LocalServer {
     }
 
     /// Stops the server gracefully (SIGTERM: final checkpoint) and starts it again on the same
-    /// data directory with `durability`; `base` changes (a fresh port).
+    /// data directory with `durability`; `base` changes unless the port is pinned (an ephemeral
+    /// port is a fresh one; a pinned one is bound again: std sets `SO_REUSEADDR`).
     ///
     /// # Errors
     /// When it does not stop in time or does not start again.
@@ -214,7 +219,7 @@ impl ServerConfig {
     fn text(&self, durability: &str) -> String {
         let mut text = format!(
             "# Written by `tollgate bench` for one run.\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\n\
              [auth]\ntokens = [{token}]\n\
              [storage]\ndata_dir = {data}\ndurability = {durability}\n\
              [engine]\npartitions = {partitions}\n\
@@ -223,6 +228,7 @@ impl ServerConfig {
             data = toml_string(&self.data_dir.to_string_lossy()),
             durability = toml_string(durability),
             partitions = self.partitions,
+            port = self.port,
         );
         if let Some((url, secret)) = &self.webhook {
             text.push_str(&format!(
@@ -249,6 +255,7 @@ mod tests {
             data_dir: dir.join("data"),
             partitions: 3,
             webhook: Some(("http://127.0.0.1:9/hooks".into(), "whsec_x".into())),
+            port: 0,
         };
         let path = dir.join("t.toml");
         std::fs::write(&path, config.text("wal")).unwrap();
@@ -261,6 +268,29 @@ mod tests {
         );
         assert_eq!(config.webhooks.destinations.len(), 1);
         assert_eq!(config.storage.data_dir, dir.join("data"));
+        assert_eq!(
+            config.listen_addr().unwrap().port(),
+            0,
+            "an ephemeral port by default"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_server_port_is_the_listen_address_of_the_written_config() {
+        let dir = std::env::temp_dir().join(format!("tollgate-bench-port-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = ServerConfig {
+            token: "bench-token".into(),
+            data_dir: dir.join("data"),
+            partitions: 1,
+            webhook: None,
+            port: 18_123,
+        };
+        let path = dir.join("t.toml");
+        std::fs::write(&path, config.text("fsync")).unwrap();
+        let config = crate::config::Config::load(Some(&path)).unwrap();
+        assert_eq!(config.listen_addr().unwrap().to_string(), "127.0.0.1:18123");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
