@@ -79,6 +79,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     pub duplicates: f64,
     pub timeout: Duration,
+    /// Closed loop: after a 429, wait the server's `retry-after-ms` (at most
+    /// [`RETRY_AFTER_MAX`]) before the next batch, as Metronome's SDK does.
+    pub honour_retry_after: bool,
     /// Makes this run's transaction ids unique (`<prefix><task>-<n>`).
     pub transaction_prefix: String,
     pub seed: u64,
@@ -328,9 +331,13 @@ async fn send_batches(shared: Arc<Shared>, task: usize) -> TaskResult {
         }
         result.sent_requests += 1;
         result.sent_events += events.len() as u64;
+        let mut pause = None;
         let outcome = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
+                if status == 429 && spec.honour_retry_after && matches!(spec.mode, Mode::Max) {
+                    pause = retry_after(response.headers());
+                }
                 // Read the body so the connection goes back to the pool.
                 let _ = response.bytes().await;
                 Ok(status)
@@ -374,8 +381,28 @@ async fn send_batches(shared: Arc<Shared>, task: usize) -> TaskResult {
                 shared.live.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if let Some(pause) = pause {
+            let until = (Instant::now() + pause).min(shared.deadline);
+            tokio::time::sleep_until(until.into()).await;
+        }
     }
     result
+}
+
+/// The longest a closed-loop connection waits after a 429.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(1);
+
+/// The wait a 429 asks for in `retry-after-ms` (Metronome's SDK reads it before `Retry-After`),
+/// at most [`RETRY_AFTER_MAX`]; `None` without a valid one.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let ms: f64 = headers
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (ms.is_finite() && ms > 0.0).then(|| Duration::from_secs_f64(ms / 1_000.0).min(RETRY_AFTER_MAX))
 }
 
 /// Writes the JSON array of `events` into `body` (ids and aliases are plain ASCII, so no
@@ -397,4 +424,36 @@ fn write_batch(body: &mut String, shared: &Shared, task: usize, events: &[Sent])
         );
     }
     body.push(']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RETRY_AFTER_MAX, retry_after};
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use std::time::Duration;
+
+    fn wait_for(value: Option<&'static str>) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert("retry-after-ms", HeaderValue::from_static(value));
+        }
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn a_429_is_waited_out_for_its_retry_after_ms_at_most_a_second() {
+        assert_eq!(wait_for(Some("100")), Some(Duration::from_millis(100)));
+        assert_eq!(wait_for(Some(" 2.5 ")), Some(Duration::from_micros(2_500)));
+        assert_eq!(wait_for(Some("60000")), Some(RETRY_AFTER_MAX));
+        for bad in [
+            None,
+            Some("soon"),
+            Some("-5"),
+            Some("0"),
+            Some("NaN"),
+            Some("inf"),
+        ] {
+            assert_eq!(wait_for(bad), None, "{bad:?}");
+        }
+    }
 }

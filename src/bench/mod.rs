@@ -200,6 +200,11 @@ pub struct BenchArgs {
     /// Per-request timeout of the load, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// In the closed loop (--max), send the next batch at once after a 429 instead of waiting
+    /// the `retry-after-ms` the server answered (as Metronome's SDK does, capped at 1 s): a
+    /// retry storm, to show that shedding holds the lag bound whatever the client does.
+    #[arg(long)]
+    pub retry_storm: bool,
     /// Seed of the event generator (customers, duplicates); random by default.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -534,6 +539,7 @@ async fn bench(context: &Context<'_>) -> Result<Report, String> {
         crossing_customers,
         min_samples: args.min_samples,
         null_server: context.null_base.clone(),
+        honours_retry_after: !args.retry_storm,
     };
     let data_dir = context.local.map(|server| lock(server).data_dir());
     let machine = Machine::describe(data_dir.as_deref());
@@ -579,6 +585,7 @@ impl Bench<'_> {
             duration: Duration::from_secs_f64(args.duration),
             duplicates: args.duplicates,
             timeout: Duration::from_millis(args.timeout_ms),
+            honour_retry_after: !args.retry_storm,
             transaction_prefix: format!("{}-{}-", self.context.run_id, self.runs),
             seed: args.seed.unwrap_or_else(rand::random) ^ u64::from(self.runs),
         };

@@ -336,6 +336,8 @@ pub struct Parameters {
     pub min_samples: u64,
     /// The null server's base URL (`--baseline`).
     pub null_server: Option<String>,
+    /// Whether the closed loop waited the `retry-after-ms` of a 429 (not with `--retry-storm`).
+    pub honours_retry_after: bool,
 }
 
 /// The final report. The top-level figures are those of the main run: the single run, or in a
@@ -731,6 +733,7 @@ mod tests {
             crossing_customers: 1,
             min_samples: MIN_SAMPLES_DEFAULT,
             null_server: None,
+            honours_retry_after: true,
         };
         let setup = SetupReport {
             customers: 10,
