@@ -583,7 +583,9 @@ impl WebhookActor {
         let Some(tracked) = self.entries.get(&id) else {
             return;
         };
-        match self.store.mark_delivered(id, tracked.entry.cause) {
+        // Without an fsync of its own: a webhook lost with its mark in a power loss is sent
+        // again with the same id, which receivers must accept anyway (at least once).
+        match self.store.mark_delivered_lazily(id, tracked.entry.cause) {
             Ok(()) => {
                 let attempt = tracked.entry.attempts.saturating_add(1);
                 tracing::debug!(id = %Id::from_bytes(id), url = %tracked.url, status, attempt, "webhook delivered");

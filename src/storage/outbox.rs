@@ -80,6 +80,22 @@ impl Store {
     /// # Errors
     /// RocksDB errors; nothing changed then.
     pub fn mark_delivered(&self, id: Uuid16, cause: (u16, u64)) -> Result<(), StorageError> {
+        self.move_to_done(id, cause, self.inner.sync)
+    }
+
+    /// As [`Store::mark_delivered`], without an fsync of its own: the next synced write (a log
+    /// append, a checkpoint record) makes it durable. A process crash keeps it (it is in the
+    /// write-ahead log); only a power loss before that next fsync can lose it, and then the
+    /// effect is still pending and is delivered again with the same id. For webhooks, which
+    /// are delivered at least once; never for payment requests, whose retirement must hold.
+    ///
+    /// # Errors
+    /// RocksDB errors; nothing changed then.
+    pub fn mark_delivered_lazily(&self, id: Uuid16, cause: (u16, u64)) -> Result<(), StorageError> {
+        self.move_to_done(id, cause, false)
+    }
+
+    fn move_to_done(&self, id: Uuid16, cause: (u16, u64), sync: bool) -> Result<(), StorageError> {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
@@ -87,7 +103,7 @@ impl Store {
         let mut batch = Batch::default();
         batch.delete(Cf::Outbox, &id);
         batch.put(Cf::OutboxDone, &id, &outbox_done_value(cause));
-        self.inner.backend.write(batch, self.inner.sync)
+        self.inner.backend.write(batch, sync)
     }
 
     /// Replaces the value of a pending effect (e.g. its retry attempt count). Returns `false`

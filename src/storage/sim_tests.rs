@@ -491,3 +491,49 @@ fn after_a_failed_log_write_the_store_writes_nothing_more_so_no_seq_is_given_twi
     assert_eq!(check_dedupe_and_seqs(&store), ["a", "b"]);
     assert_eq!(append(&store, 0, 4, vec![keyed("c", "c")]), [Some(3)]);
 }
+
+/// A webhook's lazy "delivered" mark: kept by a process crash; lost by a power loss until the
+/// next synced write carries it, and then the effect is pending again (delivered once more).
+/// A payment's mark (`mark_delivered`) is synced by itself in `fsync` mode.
+#[test]
+fn a_lazy_delivered_mark_is_lost_only_by_a_power_loss_before_the_next_fsync() {
+    let (webhook, payment) = ([7u8; 16], [8u8; 16]);
+    let pending_ids = |store: &Store| -> Vec<Uuid16> {
+        store
+            .outbox_pending()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    for kind in [CrashKind::ProcessCrash, CrashKind::PowerLoss] {
+        let disk = SimDisk::new();
+        let store = open(&disk, Durability::Fsync);
+        append(&store, 0, 1, vec![keyed("tx:a", "a")]);
+        store
+            .put_outbox(&[(webhook, vec![1]), (payment, vec![2])], (0, 1))
+            .unwrap();
+        append(&store, 0, 2, vec![keyed("tx:b", "b")]);
+        // The synced mark first: a synced write makes every earlier batch durable with it.
+        store.mark_delivered(payment, (0, 1)).unwrap();
+        store.mark_delivered_lazily(webhook, (0, 1)).unwrap();
+        drop(store);
+        disk.crash(kind);
+        let store = open(&disk, Durability::Fsync);
+        let expected: Vec<Uuid16> = if kind == CrashKind::PowerLoss {
+            vec![webhook]
+        } else {
+            vec![]
+        };
+        assert_eq!(pending_ids(&store), expected, "{kind:?}");
+    }
+    // The next synced write makes the lazy mark durable.
+    let disk = SimDisk::new();
+    let store = open(&disk, Durability::Fsync);
+    store.put_outbox(&[(webhook, vec![1])], (0, 1)).unwrap();
+    store.mark_delivered_lazily(webhook, (0, 1)).unwrap();
+    append(&store, 0, 1, vec![keyed("tx:c", "c")]);
+    drop(store);
+    disk.crash(CrashKind::PowerLoss);
+    assert!(pending_ids(&open(&disk, Durability::Fsync)).is_empty());
+}
