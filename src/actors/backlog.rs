@@ -13,7 +13,8 @@
 //! under the bound, a burst may admit far more than the partition applies in that time. So the
 //! backlog also adapts how many inputs it may hold ([`Backlog::has_room`]): it shrinks the limit
 //! by a quarter while the oldest input is older than the bound, and grows it by an eighth while
-//! the limit is half used and the oldest is younger than half the bound. The limit settles near
+//! the limit is half used and the oldest is younger than half the bound, or, for a batch that
+//! does not fit while the oldest is that young, by as much as the batch needs (at most double). The limit settles near
 //! what the partition applies within the bound, whatever that rate is on this machine.
 
 use std::collections::VecDeque;
@@ -68,7 +69,12 @@ impl Backlog {
     /// released late events) are admitted without asking.
     pub fn has_room(&self, count: usize, now_ms: i64, lag_max_ms: i64) -> bool {
         let lag = self.lag_ms(now_ms);
-        self.adapt(lag, now_ms, lag_max_ms);
+        self.adapt(
+            lag,
+            now_ms,
+            lag_max_ms,
+            self.pending().saturating_add(count),
+        );
         let pending = self.pending();
         // An empty backlog takes any batch up to the ceiling: one larger than the adapted
         // limit could otherwise never be admitted.
@@ -82,7 +88,8 @@ impl Backlog {
         self.limit.load(Relaxed)
     }
 
-    fn adapt(&self, lag: i64, now_ms: i64, lag_max_ms: i64) {
+    /// `demand` is what the backlog would hold with the batch asking.
+    fn adapt(&self, lag: i64, now_ms: i64, lag_max_ms: i64, demand: usize) {
         let last = self.last_adapt_ms.load(Relaxed);
         if now_ms.saturating_sub(last) < ADAPT_EVERY_MS
             || self
@@ -95,8 +102,14 @@ impl Backlog {
         let limit = self.limit.load(Relaxed);
         let next = if lag > lag_max_ms {
             (limit - limit / 4).max(LIMIT_FLOOR.min(self.ceiling))
-        } else if lag <= lag_max_ms / 2 && self.pending() * 2 >= limit {
-            limit.saturating_add((limit / 8).max(1)).min(self.ceiling)
+        } else if lag <= lag_max_ms / 2 && (self.pending() * 2 >= limit || demand > limit) {
+            // Keeping up: an eighth more, or up to twice as much for a burst that does not
+            // fit (open-loop clients send in bursts; at low load the limit may have stayed
+            // near the floor since the last overload).
+            let burst = demand.saturating_sub(limit).min(limit);
+            limit
+                .saturating_add((limit / 8).max(burst).max(1))
+                .min(self.ceiling)
         } else {
             limit
         };
@@ -254,6 +267,36 @@ mod tests {
             small.limit(),
             300,
             "the floor is the ceiling when it is lower"
+        );
+    }
+
+    #[test]
+    fn a_burst_that_does_not_fit_while_the_partition_keeps_up_grows_the_limit_at_most_double() {
+        let backlog = Backlog::new(100_000);
+        // Overloaded once: the limit fell to the floor.
+        backlog.admit(1, 0);
+        for step in 1..=20 {
+            assert!(!backlog.has_room(1, 100 + step * 10, 50));
+        }
+        backlog.applied(1);
+        assert_eq!(backlog.limit(), 512);
+        // Light load: a few inputs wait, briefly. A burst of 3,000 would not fit: the limit
+        // doubles (every 10 ms at most) until it does, and the refusals stop.
+        backlog.admit(100, 400);
+        assert!(!backlog.has_room(3_000, 400, 50));
+        assert_eq!(backlog.limit(), 1_024, "at most double per step");
+        assert!(!backlog.has_room(3_000, 405, 50), "adapted 5 ms ago");
+        assert!(!backlog.has_room(3_000, 410, 50));
+        assert_eq!(backlog.limit(), 2_048);
+        assert!(backlog.has_room(3_000, 420, 50));
+        assert_eq!(backlog.limit(), 3_100, "as much as the burst needs");
+        // Not while the oldest input is older than half the bound.
+        backlog.admit(3_000, 420);
+        assert!(!backlog.has_room(5_000, 430, 50));
+        assert_eq!(
+            backlog.limit(),
+            3_100,
+            "oldest waited 30 ms of a 50 ms bound"
         );
     }
 }

@@ -182,12 +182,15 @@ impl Commit {
                 existing.amount = existing.amount.checked_add(amount)?;
                 existing.at = existing.at.max(at);
             }
-            None => self.deductions.push(Deduction {
-                segment,
-                invoice_id,
-                amount,
-                at,
-            }),
+            None => super::push_first_exact(
+                &mut self.deductions,
+                Deduction {
+                    segment,
+                    invoice_id,
+                    amount,
+                    at,
+                },
+            ),
         }
         Ok(())
     }
@@ -518,11 +521,14 @@ impl UsageLine {
             Some(last) if last.commit == commit && last.segment == segment => {
                 last.amount = last.amount.checked_add(amount)?;
             }
-            _ => self.draws.push(LineDraw {
-                commit,
-                segment,
-                amount,
-            }),
+            _ => super::push_first_exact(
+                &mut self.draws,
+                LineDraw {
+                    commit,
+                    segment,
+                    amount,
+                },
+            ),
         }
         Ok(())
     }
@@ -927,6 +933,8 @@ impl Contract {
             .copied()
             .filter(|&(ci, si)| self.commits[ci].segments[si].remaining().is_positive())
             .collect();
+        // Rebuilt rarely (after a decode, an unusual release): no slack kept (P6).
+        self.caches.live.shrink_to_fit();
     }
 
     fn sorted_draw_order(&self) -> Vec<(usize, usize)> {
@@ -936,7 +944,7 @@ impl Contract {
                 continue;
             }
             for si in 0..commit.segments.len() {
-                order.push((ci, si));
+                super::push_first_exact(&mut order, (ci, si));
             }
         }
         let commits = &self.commits;
@@ -999,7 +1007,7 @@ impl Contract {
             let at = self
                 .draw_order
                 .partition_point(|&entry| self.draw_cmp(entry, (ci, si)) == Ordering::Less);
-            self.draw_order.insert(at, (ci, si));
+            super::insert_first_exact(&mut self.draw_order, at, (ci, si));
             if self.commits[ci].segments[si].remaining().is_positive() {
                 self.insert_live((ci, si));
             }
@@ -1036,7 +1044,7 @@ impl Contract {
             .live
             .partition_point(|&e| self.draw_cmp(e, entry) == Ordering::Less);
         if self.caches.live.get(at) != Some(&entry) {
-            self.caches.live.insert(at, entry);
+            super::insert_first_exact(&mut self.caches.live, at, entry);
         }
     }
 

@@ -19,6 +19,25 @@ pub mod money;
 pub mod rejection;
 pub mod usage;
 
+/// Appends `item`, allocating room for exactly one element when `list` has none yet (later
+/// growth is `Vec`'s usual doubling). Most lists of a customer's state hold one element for
+/// life (its contract, a commit's segment, a period's usage line), and `Vec` reserves four on
+/// its first push: that slack was half of a resident customer's memory (BENCHMARKS.md, P6).
+pub(crate) fn push_first_exact<T>(list: &mut Vec<T>, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(item);
+}
+
+/// [`push_first_exact`] for an insertion at `at`.
+pub(crate) fn insert_first_exact<T>(list: &mut Vec<T>, at: usize, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.insert(at, item);
+}
+
 pub use catalog::Catalog;
 pub use contract::Limits;
 pub use customer::{Applied, Ctx, Customer, Input};

@@ -1839,3 +1839,56 @@ fn each_workflow_releases_its_own_commit_when_two_commits_share_an_id() {
     assert_eq!(released(&world), vec![true, true]);
     assert_eq!(segments_remaining(&world), vec![usd(2_000), Money::ZERO]);
 }
+
+/// A customer's lists are allocated for what they hold, not for `Vec`'s four on a first push:
+/// with a contract, a commit and a first event, no list of the state has slack (P6; the slack
+/// was half of a resident customer's memory).
+#[test]
+fn a_new_contract_and_its_first_event_leave_no_slack_in_the_states_lists() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(300, 10)];
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+    world.calls(1);
+    let contract = world.contract();
+    let period = &contract.periods[0];
+    let line = &period.lines[0];
+    let commit = &contract.commits[0];
+    let lists = [
+        (
+            "contracts",
+            world.customer.contracts.len(),
+            world.customer.contracts.capacity(),
+        ),
+        (
+            "commits",
+            contract.commits.len(),
+            contract.commits.capacity(),
+        ),
+        (
+            "periods",
+            contract.periods.len(),
+            contract.periods.capacity(),
+        ),
+        ("lines", period.lines.len(), period.lines.capacity()),
+        ("draws", line.draws.len(), line.draws.capacity()),
+        (
+            "deductions",
+            commit.deductions.len(),
+            commit.deductions.capacity(),
+        ),
+        (
+            "draw order",
+            contract.draw_order.len(),
+            contract.draw_order.capacity(),
+        ),
+        (
+            "live",
+            contract.caches.live.len(),
+            contract.caches.live.capacity(),
+        ),
+    ];
+    for (name, len, capacity) in lists {
+        assert_eq!((len, capacity), (1, 1), "{name}");
+    }
+}

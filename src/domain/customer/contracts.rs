@@ -84,7 +84,7 @@ impl Customer {
             add_ungated_commit(&mut contract, id, commit, ctx)?;
         }
         contract.rebuild_caches();
-        self.contracts.push(contract);
+        crate::domain::push_first_exact(&mut self.contracts, contract);
         let ci = self.contracts.len() - 1;
         // Thresholds evaluate at once on creation.
         self.evaluate(ci, customer_id, ctx, applied)
@@ -507,24 +507,27 @@ fn add_ungated_commit(
         ctx,
     )?;
     for item in &commit.invoice_schedule {
-        contract.purchases.push(PurchaseInvoice {
-            id: item.invoice_id,
-            commit_id: id,
-            product_id: commit.product_id,
-            name: commit.name.clone(),
-            status: if item.timestamp <= ctx.at {
-                InvoiceStatus::Finalized
-            } else {
-                InvoiceStatus::Draft
+        crate::domain::push_first_exact(
+            &mut contract.purchases,
+            PurchaseInvoice {
+                id: item.invoice_id,
+                commit_id: id,
+                product_id: commit.product_id,
+                name: commit.name.clone(),
+                status: if item.timestamp <= ctx.at {
+                    InvoiceStatus::Finalized
+                } else {
+                    InvoiceStatus::Draft
+                },
+                issued_at: item.timestamp,
+                subtotal: item.amount,
+                tax: Money::ZERO,
+                total: item.amount,
+                workflow_id: None,
+                external_status: None,
             },
-            issued_at: item.timestamp,
-            subtotal: item.amount,
-            tax: Money::ZERO,
-            total: item.amount,
-            workflow_id: None,
-            external_status: None,
-        });
+        );
     }
-    contract.commits.push(commit);
+    crate::domain::push_first_exact(&mut contract.commits, commit);
     Ok(())
 }

@@ -210,7 +210,7 @@ fn apply_charge(
         None => {
             let lines = &mut contract.periods[pi].lines;
             let aggregate = Aggregate::empty_for(&charge.contribution);
-            lines.push(UsageLine::new(charge.product_id, aggregate));
+            crate::domain::push_first_exact(lines, UsageLine::new(charge.product_id, aggregate));
             lines.len() - 1
         }
     };
@@ -257,7 +257,8 @@ fn period_bounds(contract: &Contract, at: Timestamp) -> (Timestamp, Timestamp) {
 fn open_period(contract: &mut Contract, (start, end): (Timestamp, Timestamp)) -> usize {
     let invoice_id = Id::derive(contract.id, "usage_invoice", start.millis() as u64);
     let at = contract.periods.partition_point(|p| p.starting_at < start);
-    contract.periods.insert(
+    crate::domain::insert_first_exact(
+        &mut contract.periods,
         at,
         UsagePeriod {
             invoice_id,

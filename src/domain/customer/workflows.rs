@@ -187,36 +187,42 @@ pub(super) fn start_manual_workflow(
     let tax = gate.tax();
     let total = subtotal.checked_add(tax)?;
     let access_amount = commit.total_amount()?;
-    contract.purchases.push(PurchaseInvoice {
-        id: invoice_id,
-        commit_id,
-        product_id: commit.product_id,
-        name: commit.name.clone(),
-        status: InvoiceStatus::Finalized,
-        issued_at: ctx.at,
-        subtotal,
-        tax,
-        total,
-        workflow_id: Some(workflow_id),
-        external_status: None,
-    });
-    contract.commits.push(commit);
-    contract.workflows.push(Workflow {
-        id: workflow_id,
-        kind: WorkflowKind::ManualCommit,
-        contract_id: contract.id,
-        commit_id,
-        invoice_id,
-        access_amount,
-        invoice_total: total,
-        gate: gate.clone(),
-        state: WorkflowState::Initiated,
-        started_at: ctx.at,
-        ended_at: None,
-        payment_intent_id: None,
-        error: None,
-        charge: ChargeRecord::default(),
-    });
+    crate::domain::push_first_exact(
+        &mut contract.purchases,
+        PurchaseInvoice {
+            id: invoice_id,
+            commit_id,
+            product_id: commit.product_id,
+            name: commit.name.clone(),
+            status: InvoiceStatus::Finalized,
+            issued_at: ctx.at,
+            subtotal,
+            tax,
+            total,
+            workflow_id: Some(workflow_id),
+            external_status: None,
+        },
+    );
+    crate::domain::push_first_exact(&mut contract.commits, commit);
+    crate::domain::push_first_exact(
+        &mut contract.workflows,
+        Workflow {
+            id: workflow_id,
+            kind: WorkflowKind::ManualCommit,
+            contract_id: contract.id,
+            commit_id,
+            invoice_id,
+            access_amount,
+            invoice_total: total,
+            gate: gate.clone(),
+            state: WorkflowState::Initiated,
+            started_at: ctx.at,
+            ended_at: None,
+            payment_intent_id: None,
+            error: None,
+            charge: ChargeRecord::default(),
+        },
+    );
     Ok(())
 }
 
@@ -257,20 +263,23 @@ fn start_threshold_workflow(
         .threshold_mut(kind)
         .expect("evaluated config exists")
         .triggers = sequence;
-    contract.purchases.push(PurchaseInvoice {
-        id: invoice_id,
-        commit_id,
-        product_id: commit.product_id,
-        name: commit.name.clone(),
-        status: InvoiceStatus::Finalized,
-        issued_at: ctx.at,
-        subtotal,
-        tax,
-        total,
-        workflow_id: Some(workflow_id),
-        external_status: None,
-    });
-    contract.commits.push(commit);
+    crate::domain::push_first_exact(
+        &mut contract.purchases,
+        PurchaseInvoice {
+            id: invoice_id,
+            commit_id,
+            product_id: commit.product_id,
+            name: commit.name.clone(),
+            status: InvoiceStatus::Finalized,
+            issued_at: ctx.at,
+            subtotal,
+            tax,
+            total,
+            workflow_id: Some(workflow_id),
+            external_status: None,
+        },
+    );
+    crate::domain::push_first_exact(&mut contract.commits, commit);
     let workflow = Workflow {
         id: workflow_id,
         kind: workflow_kind,
@@ -293,7 +302,7 @@ fn start_threshold_workflow(
         customer_id,
         ctx.at,
     )));
-    contract.workflows.push(workflow);
+    crate::domain::push_first_exact(&mut contract.workflows, workflow);
     let wi = contract.workflows.len() - 1;
     contract.threshold_workflow_added(wi);
     Ok(wi)
