@@ -283,6 +283,20 @@ impl Engine {
         self.ready.load(Relaxed) && !self.shared.health.is_failed()
     }
 
+    /// `Ok` while the engine accepts work, else the error to answer (503: starting, or
+    /// stopped by a storage failure). The edge asks this before anything else, so a failed
+    /// engine never answers 429 for a backlog it will not apply.
+    ///
+    /// # Errors
+    /// [`EngineError::NotReady`], [`EngineError::Unavailable`].
+    pub fn check_ready(&self) -> Result<(), EngineError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(self.not_ready())
+        }
+    }
+
     /// The error for work refused because the engine is not ready.
     fn not_ready(&self) -> EngineError {
         if self.shared.health.is_failed() {

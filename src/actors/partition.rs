@@ -190,6 +190,11 @@ pub fn start(
                 _ = timer.tick() => worker.housekeeping().await,
                 () = std::future::ready(()), if !worker.preload.is_empty() => {
                     worker.preload_step();
+                    // The step is synchronous and the other branches return Pending without
+                    // spending tokio's budget: without this the loop would run the whole
+                    // preload back to back and starve every task of this thread (the
+                    // submitter, the acknowledgements, the customer actors).
+                    tokio::task::yield_now().await;
                 }
             }
             // A checkpoint and the preload advance a chunk after each commit too, so steady
@@ -242,6 +247,10 @@ impl Worker {
     /// like any state read.
     fn preload_step(&mut self) {
         self.last_preload_ms = self.shared.clock.now_ms();
+        if self.shared.health.is_failed() {
+            self.preload.clear();
+            return;
+        }
         let at = self.preload.len().saturating_sub(PRELOAD_CHUNK_STATES);
         let chunk: Vec<Id> = self
             .preload

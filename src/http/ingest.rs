@@ -59,9 +59,10 @@ struct RawEvent {
 }
 
 /// The ingest route. A refusal for load (429) also says when to come back in milliseconds
-/// (`retry-after-ms`, which Metronome's SDK honours before `Retry-After`): the apply lag bound,
-/// the time in which a partition applies what it holds, so the retry finds room without the
-/// client waiting the whole second `Retry-After` can express.
+/// (`retry-after-ms`, which Metronome's SDK honours before `Retry-After`): the apply lag bound
+/// (the time in which a partition applies what it holds) plus a random part up to as much
+/// again, so the retry finds room without the client waiting the whole second `Retry-After`
+/// can express.
 async fn ingest(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -70,7 +71,10 @@ async fn ingest(
     match accept(&state, request, payload).await {
         Err(ApiError::Engine(EngineError::Overloaded)) => {
             let mut response = ApiError::from(EngineError::Overloaded).error_response();
-            let wait_ms = state.engine.settings().apply_lag_max_ms;
+            // The bound, plus up to as much again at random: clients shed together do not
+            // all come back in the same millisecond.
+            let bound = state.engine.settings().apply_lag_max_ms;
+            let wait_ms = bound + rand::random_range(0..bound.max(1));
             if let Ok(value) = HeaderValue::from_str(&wait_ms.to_string()) {
                 response
                     .headers_mut()
@@ -87,6 +91,7 @@ async fn accept(
     request: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    state.engine.check_ready()?;
     if state.engine.is_saturated() {
         return Err(EngineError::Overloaded.into());
     }
