@@ -509,17 +509,7 @@ async fn a_checkpoint_written_in_steps_between_commits_keeps_every_balance_exact
     const ROUNDS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     let engine = engine_with_catalog(dir.path(), None).await;
-    for i in 0..CUSTOMERS {
-        customer_with_contract_id(
-            &engine,
-            Id::from_u128(100_000 + i),
-            Id::from_u128(200_000 + i),
-            &format!("c{i}"),
-            (None, None),
-            vec![fixtures::prepaid_commit(10_000, 10)],
-        )
-        .await;
-    }
+    numbered_customers_with_a_commit(&engine, CUSTOMERS).await;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let checkpoints_before = engine.metrics().checkpoints.load(relaxed);
     let ingest = async {
@@ -546,7 +536,28 @@ async fn a_checkpoint_written_in_steps_between_commits_keeps_every_balance_exact
     assert!(engine.metrics().checkpoints.load(relaxed) >= checkpoints_before + 4);
     // Every call costs $1 of the $100 commit.
     let expected = Money::from_i64(10_000 - 100 * ROUNDS as i64);
-    for i in 0..CUSTOMERS {
+    every_balance_becomes(&engine, CUSTOMERS, expected, "").await;
+}
+
+/// Customers `c0`.. (ids 100,000 + i, contracts 200,000 + i), each with a $100 prepaid commit.
+async fn numbered_customers_with_a_commit(engine: &Engine, count: u128) {
+    for i in 0..count {
+        customer_with_contract_id(
+            engine,
+            Id::from_u128(100_000 + i),
+            Id::from_u128(200_000 + i),
+            &format!("c{i}"),
+            (None, None),
+            vec![fixtures::prepaid_commit(10_000, 10)],
+        )
+        .await;
+    }
+}
+
+/// Waits until every numbered customer's balance is `expected` (applying follows the
+/// acknowledgement), and fails naming the first that never gets there.
+async fn every_balance_becomes(engine: &Engine, count: u128, expected: Money, what: &str) {
+    for i in 0..count {
         let customer = Id::from_u128(100_000 + i);
         let mut balance = Money::ZERO;
         for _ in 0..200 {
@@ -561,7 +572,7 @@ async fn a_checkpoint_written_in_steps_between_commits_keeps_every_balance_exact
             }
             actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(balance, expected, "customer {i}");
+        assert_eq!(balance, expected, "{what} customer {i}");
     }
 }
 
@@ -574,17 +585,7 @@ async fn after_a_restart_customers_are_preloaded_in_the_background_up_to_the_bou
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let engine = engine_with_catalog(dir.path(), None).await;
-    for i in 0..CUSTOMERS {
-        customer_with_contract_id(
-            &engine,
-            Id::from_u128(100_000 + i),
-            Id::from_u128(200_000 + i),
-            &format!("c{i}"),
-            (None, None),
-            vec![fixtures::prepaid_commit(10_000, 10)],
-        )
-        .await;
-    }
+    numbered_customers_with_a_commit(&engine, CUSTOMERS).await;
     let events: Vec<IngestEvent> = (0..CUSTOMERS)
         .flat_map(|i| calls(&format!("c{i}"), &format!("a-c{i}"), 1))
         .collect();
@@ -622,27 +623,8 @@ async fn after_a_restart_customers_are_preloaded_in_the_background_up_to_the_bou
         for batch in events.chunks(100) {
             restarted.ingest(batch.to_vec()).await.unwrap();
         }
-        for i in 0..CUSTOMERS {
-            let customer = Id::from_u128(100_000 + i);
-            let mut balance = Money::ZERO;
-            for _ in 0..200 {
-                balance = restarted
-                    .query(customer, |s| {
-                        s.customer.contracts[0].balance(now()).unwrap()
-                    })
-                    .await
-                    .unwrap();
-                if balance == Money::from_i64(10_000 - 200) {
-                    break;
-                }
-                actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            assert_eq!(
-                balance,
-                Money::from_i64(10_000 - 200),
-                "bound {bound}, customer {i}"
-            );
-        }
+        let expected = Money::from_i64(10_000 - 200);
+        every_balance_becomes(&restarted, CUSTOMERS, expected, &format!("bound {bound},")).await;
         // Customers read on their first event are not counted as preloaded: the bound held.
         assert_eq!(
             metrics.actors_preloaded.load(relaxed),

@@ -187,23 +187,13 @@ pub(super) fn start_manual_workflow(
     let tax = gate.tax();
     let total = subtotal.checked_add(tax)?;
     let access_amount = commit.total_amount()?;
-    crate::domain::push_first_exact(
-        &mut contract.purchases,
-        PurchaseInvoice {
-            id: invoice_id,
-            commit_id,
-            product_id: commit.product_id,
-            name: commit.name.clone(),
-            status: InvoiceStatus::Finalized,
-            issued_at: ctx.at,
-            subtotal,
-            tax,
-            total,
-            workflow_id: Some(workflow_id),
-            external_status: None,
-        },
+    add_gated_commit(
+        contract,
+        commit,
+        (commit_id, invoice_id, workflow_id),
+        (subtotal, tax, total),
+        ctx.at,
     );
-    crate::domain::push_first_exact(&mut contract.commits, commit);
     crate::domain::push_first_exact(
         &mut contract.workflows,
         Workflow {
@@ -224,6 +214,34 @@ pub(super) fn start_manual_workflow(
         },
     );
     Ok(())
+}
+
+/// Adds a payment-gated commit and its purchase invoice (issued at `at`, finalized, not yet
+/// paid) to `contract`.
+fn add_gated_commit(
+    contract: &mut Contract,
+    commit: Commit,
+    (commit_id, invoice_id, workflow_id): (Id, Id, Id),
+    (subtotal, tax, total): (Money, Money, Money),
+    at: Timestamp,
+) {
+    crate::domain::push_first_exact(
+        &mut contract.purchases,
+        PurchaseInvoice {
+            id: invoice_id,
+            commit_id,
+            product_id: commit.product_id,
+            name: commit.name.clone(),
+            status: InvoiceStatus::Finalized,
+            issued_at: at,
+            subtotal,
+            tax,
+            total,
+            workflow_id: Some(workflow_id),
+            external_status: None,
+        },
+    );
+    crate::domain::push_first_exact(&mut contract.commits, commit);
 }
 
 /// Starts a threshold workflow: the withheld commit of `access`, its purchase invoice and the
@@ -263,23 +281,13 @@ fn start_threshold_workflow(
         .threshold_mut(kind)
         .expect("evaluated config exists")
         .triggers = sequence;
-    crate::domain::push_first_exact(
-        &mut contract.purchases,
-        PurchaseInvoice {
-            id: invoice_id,
-            commit_id,
-            product_id: commit.product_id,
-            name: commit.name.clone(),
-            status: InvoiceStatus::Finalized,
-            issued_at: ctx.at,
-            subtotal,
-            tax,
-            total,
-            workflow_id: Some(workflow_id),
-            external_status: None,
-        },
+    add_gated_commit(
+        contract,
+        commit,
+        (commit_id, invoice_id, workflow_id),
+        (subtotal, tax, total),
+        ctx.at,
     );
-    crate::domain::push_first_exact(&mut contract.commits, commit);
     let workflow = Workflow {
         id: workflow_id,
         kind: workflow_kind,
