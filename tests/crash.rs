@@ -872,3 +872,47 @@ async fn a_disk_write_failure_answers_503_exits_non_zero_and_the_restart_loses_n
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// A data directory written in another storage format (here: without the format mark, as every
+/// directory before version 2) is refused at start with a message naming its version and exit
+/// code 1; nothing in it is changed.
+#[actix_rt::test]
+async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config(dir.path(), &receiver.url);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    setup(&client, &server.base).await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let data = dir.path().join("data");
+    let store = tollgate::storage::Store::open(&data, Default::default()).unwrap();
+    store
+        .meta_delete(tollgate::storage::STORAGE_FORMAT_KEY)
+        .unwrap();
+    drop(store);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the tollgate binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("storage format version 1; this build reads version 2"),
+        "stderr: {stderr}"
+    );
+    let store = tollgate::storage::Store::open(&data, Default::default());
+    assert!(
+        matches!(
+            store.err(),
+            Some(tollgate::storage::StorageError::FormatVersion { found: 1, .. })
+        ),
+        "the refused directory is still unmarked"
+    );
+}

@@ -106,17 +106,15 @@ impl Batch {
     }
 
     pub(crate) fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
-        self.put_parts(cf, key, &[value]);
+        self.put_with(cf, key, |out| out.extend_from_slice(value));
     }
 
-    /// A put whose value is the concatenation of `parts` (a header and a payload, say), without
-    /// building the value first.
-    pub(crate) fn put_parts(&mut self, cf: Cf, key: &[u8], parts: &[&[u8]]) {
+    /// A put whose value `write_value` appends to the buffer it is given (a log record's
+    /// header and payloads, say), without building the value first.
+    pub(crate) fn put_with(&mut self, cf: Cf, key: &[u8], write_value: impl FnOnce(&mut Vec<u8>)) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key);
-        for part in parts {
-            self.bytes.extend_from_slice(part);
-        }
+        write_value(&mut self.bytes);
         self.ops.push(Op {
             kind: OpKind::Put,
             cf,
@@ -293,7 +291,10 @@ mod tests {
     fn a_batch_yields_its_operations_in_order_with_their_bytes() {
         let mut batch = Batch::default();
         batch.put(Cf::Meta, b"k1", b"v1");
-        batch.put_parts(Cf::Log, b"k2", &[b"head", b"", b"tail"]);
+        batch.put_with(Cf::Log, b"k2", |out| {
+            out.extend_from_slice(b"head");
+            out.extend_from_slice(b"tail");
+        });
         batch.delete(Cf::Outbox, b"gone");
         batch.delete_range(Cf::Log, b"a", b"b");
         batch.put(Cf::Meta, b"", b"");

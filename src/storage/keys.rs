@@ -9,8 +9,10 @@ use super::StorageError;
 
 /// Length of a `log` key: partition (2) + seq (8).
 pub(crate) const LOG_KEY_LEN: usize = 2 + 8;
-/// Length of the header in front of a log record's payload: `at_ms` (8).
-pub(crate) const RECORD_HEADER_LEN: usize = 8;
+/// Length of the header of a log value: `at_ms` (8) + number of payloads (4).
+pub(crate) const RECORD_HEADER_LEN: usize = 8 + 4;
+/// Length of the length in front of each payload of a log value.
+pub(crate) const PAYLOAD_LEN_LEN: usize = 4;
 /// Length of a `dedupe` value: partition (2) + seq (8) + at_ms (8).
 pub(crate) const DEDUPE_VALUE_LEN: usize = 2 + 8 + 8;
 /// Length of the seq in front of a checkpoint's state bytes.
@@ -50,30 +52,121 @@ pub(crate) fn parse_partition_key(key: &[u8]) -> Result<u16, StorageError> {
     Ok(u16::from_be_bytes(*key))
 }
 
-/// The header of a log value; the payload follows it.
-pub(crate) fn record_header(at_ms: i64) -> [u8; RECORD_HEADER_LEN] {
-    at_ms.to_be_bytes()
+/// Refuses a run of payloads that a log value cannot hold: more payloads, or a longer one, than
+/// the format's 32-bit counts.
+pub(crate) fn check_run(
+    mut payload_lens: impl ExactSizeIterator<Item = usize>,
+) -> Result<(), StorageError> {
+    if u32::try_from(payload_lens.len()).is_err()
+        || payload_lens.any(|len| u32::try_from(len).is_err())
+    {
+        return Err(StorageError::Encode(format!(
+            "a log record holds at most {} payloads of at most {} bytes",
+            u32::MAX,
+            u32::MAX
+        )));
+    }
+    Ok(())
 }
 
-/// A whole log value (the writer puts header and payload into its batch without this copy).
+/// The length of the log value of `payloads`.
+pub(crate) fn encoded_run_len(payloads: &[&[u8]]) -> usize {
+    RECORD_HEADER_LEN
+        + payloads
+            .iter()
+            .map(|p| PAYLOAD_LEN_LEN + p.len())
+            .sum::<usize>()
+}
+
+/// Appends to `out` the log value holding `payloads`: the records of consecutive seqs from its
+/// key's seq on, all accepted at `at_ms`. Layout: `at_ms` `i64` ++ count `u32` ++ (length
+/// `u32` ++ payload) per payload. The caller has passed [`check_run`]; a count that does not
+/// fit would be written as `u32::MAX` (which the parser then refuses), never wrapped.
+pub(crate) fn encode_run(out: &mut Vec<u8>, at_ms: i64, payloads: &[&[u8]]) {
+    out.reserve(encoded_run_len(payloads));
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    out.extend_from_slice(&u32_or_max(payloads.len()).to_be_bytes());
+    for payload in payloads {
+        out.extend_from_slice(&u32_or_max(payload.len()).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+}
+
+fn u32_or_max(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A whole log value (the writer encodes straight into its batch).
 #[cfg(test)]
-pub(crate) fn record_value(at_ms: i64, payload: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-    value.extend_from_slice(&record_header(at_ms));
-    value.extend_from_slice(payload);
+pub(crate) fn record_value(at_ms: i64, payloads: &[&[u8]]) -> Vec<u8> {
+    let mut value = Vec::new();
+    encode_run(&mut value, at_ms, payloads);
     value
 }
 
-/// Splits a log value into `(at_ms, payload)`.
-pub(crate) fn parse_record_value(value: &[u8]) -> Result<(i64, &[u8]), StorageError> {
+/// A parsed log value: when its payloads were accepted and the payloads, in seq order.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Run<'v> {
+    pub at_ms: i64,
+    pub payloads: Vec<&'v [u8]>,
+}
+
+/// Parses a log value, checking every length: a value that ends early, has bytes after its
+/// last payload, or holds no payload is corrupt.
+pub(crate) fn parse_record_value(value: &[u8]) -> Result<Run<'_>, StorageError> {
+    let (count, mut rest) = run_header(value)?;
+    let at_ms = be_i64(&value[..8]);
+    let mut payloads = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        if rest.len() < PAYLOAD_LEN_LEN {
+            return Err(corrupt(
+                "log record",
+                format!("payload {index} of {count}: no length"),
+            ));
+        }
+        let (len, after) = rest.split_at(PAYLOAD_LEN_LEN);
+        let len = be_u32(len) as usize;
+        if after.len() < len {
+            return Err(corrupt(
+                "log record",
+                format!(
+                    "payload {index} of {count}: length {len} > {} bytes left",
+                    after.len()
+                ),
+            ));
+        }
+        let (payload, after) = after.split_at(len);
+        payloads.push(payload);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(corrupt(
+            "log record",
+            format!("{} bytes after payload {count}", rest.len()),
+        ));
+    }
+    Ok(Run { at_ms, payloads })
+}
+
+/// The number of payloads of a log value, from its header alone (recovering a partition's
+/// last seq needs no more).
+pub(crate) fn record_count(value: &[u8]) -> Result<u32, StorageError> {
+    run_header(value).map(|(count, _)| count)
+}
+
+fn run_header(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
     if value.len() < RECORD_HEADER_LEN {
         return Err(corrupt(
             "log record",
             format!("length {} < {RECORD_HEADER_LEN}", value.len()),
         ));
     }
-    let (at_ms, payload) = value.split_at(RECORD_HEADER_LEN);
-    Ok((be_i64(at_ms), payload))
+    let (header, rest) = value.split_at(RECORD_HEADER_LEN);
+    let count = be_u32(&header[8..]);
+    if count == 0 {
+        return Err(corrupt("log record", "no payload".to_owned()));
+    }
+    Ok((count, rest))
 }
 
 /// Where and when a dedupe key was first accepted.
@@ -159,6 +252,10 @@ fn be_u16(bytes: &[u8]) -> u16 {
     u16::from_be_bytes(bytes.try_into().unwrap_or_default())
 }
 
+fn be_u32(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes(bytes.try_into().unwrap_or_default())
+}
+
 fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(bytes.try_into().unwrap_or_default())
 }
@@ -196,9 +293,27 @@ mod tests {
         assert_eq!(DedupeHit::decode(&hit.encode()).unwrap(), hit);
         assert!(DedupeHit::decode(&[0; 17]).is_err());
 
-        let record = record_value(123, b"payload");
-        assert_eq!(parse_record_value(&record).unwrap(), (123, &b"payload"[..]));
-        assert!(parse_record_value(&[0; 7]).is_err());
+        let record = record_value(123, &[b"payload", b"", b"second"]);
+        assert_eq!(record.len(), encoded_run_len(&[b"payload", b"", b"second"]));
+        assert_eq!(
+            parse_record_value(&record).unwrap(),
+            Run {
+                at_ms: 123,
+                payloads: vec![&b"payload"[..], b"", b"second"]
+            }
+        );
+        assert_eq!(record_count(&record).unwrap(), 3);
+        // Too short for the header, no payload, a length past the end, bytes after the last.
+        assert!(parse_record_value(&[0; 11]).is_err());
+        assert!(parse_record_value(&record_value(1, &[])).is_err());
+        assert!(record_count(&record_value(1, &[])).is_err());
+        assert!(parse_record_value(&record[..record.len() - 1]).is_err());
+        let mut longer = record.clone();
+        longer.push(0);
+        assert!(parse_record_value(&longer).is_err());
+        let mut wrong_count = record.clone();
+        wrong_count[11] = 4;
+        assert!(parse_record_value(&wrong_count).is_err());
 
         let checkpoint = checkpoint_value(9, b"state");
         assert_eq!(

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use super::backend::{Backend, Batch, Cf};
 use super::dedupe::RecentKeys;
 use super::keys::{
-    DEDUPE_VALUE_LEN, DedupeHit, LOG_KEY_LEN, RECORD_HEADER_LEN, log_key, record_header,
+    DEDUPE_VALUE_LEN, DedupeHit, LOG_KEY_LEN, check_run, encode_run, encoded_run_len, log_key,
 };
 use super::{AppendBatch, Appended, Durability, Shared, StorageError};
 
@@ -200,6 +200,14 @@ enum Stored {
     Absent,
     Hit(DedupeHit),
     Corrupt(StorageError),
+}
+
+/// One log record: a request's accepted records, which have consecutive seqs, under the key of
+/// the first. Its value is encoded straight into the group's batch.
+struct LogPut<'g> {
+    key: [u8; LOG_KEY_LEN],
+    at_ms: i64,
+    payloads: Vec<&'g [u8]>,
 }
 
 /// A group's decisions, ready to be persisted.
@@ -382,8 +390,7 @@ impl Writer {
         // dedupe keys and interleaved partitions otherwise cost a full memtable search (a cache
         // miss per level) each, which profiling showed as most of this thread's time.
         let records = group_records(group);
-        // (key, at_ms, payload): the value is written straight into the batch.
-        let mut log_puts: Vec<([u8; LOG_KEY_LEN], i64, &'g [u8])> = Vec::with_capacity(records);
+        let mut log_puts: Vec<LogPut<'g>> = Vec::with_capacity(group.len());
         let mut dedupe_puts: Vec<(&'g [u8], [u8; DEDUPE_VALUE_LEN])> = Vec::with_capacity(records);
         let mut decided = Decided {
             batch: Batch::default(),
@@ -407,7 +414,8 @@ impl Writer {
                     _ => None,
                 }
             });
-            if let Some(e) = corrupt {
+            let lens = batch.records.iter().map(|r| r.payload.len());
+            if let Some(e) = corrupt.or_else(|| check_run(lens).err()) {
                 tracing::error!(error = %e, partition = batch.partition, "append refused");
                 decided.outcomes.push(Err(e));
                 continue;
@@ -423,6 +431,8 @@ impl Writer {
             // First acceptances before this instant have expired and count as not seen.
             let cutoff_ms = batch.at_ms.saturating_sub(self.dedupe_window_ms);
             let mut seqs = Vec::with_capacity(batch.records.len());
+            let mut accepted: Vec<&'g [u8]> = Vec::with_capacity(batch.records.len());
+            let mut first_seq = None;
             for record in &batch.records {
                 let key = record.dedupe_key.as_deref();
                 if let Some(key) = key {
@@ -447,7 +457,8 @@ impl Writer {
                     what: "log seq",
                     detail: format!("partition {partition} exhausted u64 seqs"),
                 })?;
-                log_puts.push((log_key(partition, seq), batch.at_ms, &record.payload));
+                first_seq.get_or_insert(seq);
+                accepted.push(&record.payload);
                 if let Some(key) = key {
                     let hit = DedupeHit {
                         partition,
@@ -462,14 +473,21 @@ impl Writer {
                 seqs.push(Some(seq));
                 decided.accepted += 1;
             }
+            if let Some(first) = first_seq {
+                log_puts.push(LogPut {
+                    key: log_key(partition, first),
+                    at_ms: batch.at_ms,
+                    payloads: accepted,
+                });
+            }
             decided.seqs.insert(partition, seq);
             decided.outcomes.push(Ok(Appended { seqs }));
         }
-        log_puts.sort_unstable_by_key(|put| put.0);
+        log_puts.sort_unstable_by_key(|put| put.key);
         dedupe_puts.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let bytes = log_puts
             .iter()
-            .map(|(key, _, payload)| key.len() + RECORD_HEADER_LEN + payload.len())
+            .map(|put| put.key.len() + encoded_run_len(&put.payloads))
             .chain(
                 dedupe_puts
                     .iter()
@@ -477,10 +495,10 @@ impl Writer {
             )
             .sum();
         decided.batch = Batch::with_capacity(log_puts.len() + dedupe_puts.len(), bytes);
-        for (key, at_ms, payload) in &log_puts {
-            decided
-                .batch
-                .put_parts(Cf::Log, key, &[&record_header(*at_ms), payload]);
+        for put in &log_puts {
+            decided.batch.put_with(Cf::Log, &put.key, |out| {
+                encode_run(out, put.at_ms, &put.payloads);
+            });
         }
         for (key, value) in &dedupe_puts {
             decided.batch.put(Cf::Dedupe, key, value);

@@ -1,7 +1,8 @@
 //! The `meta` column family: a generic key-value space for data shared by all partitions
 //! (catalog objects, config fingerprints). It owns plain get/put/delete/prefix-scan with the
 //! store's durability. It must not impose a key scheme; callers namespace their keys with
-//! prefixes (e.g. `b"catalog/metric/"`) and scan by prefix.
+//! prefixes (e.g. `b"catalog/metric/"`) and scan by prefix. The prefix `storage/` is the store's
+//! own (the storage format version, [`super::STORAGE_FORMAT_KEY`]).
 
 use super::backend::{Batch, Cf, CursorOptions};
 use super::{StorageError, Store};

@@ -12,7 +12,7 @@
 //!
 //! | CF | key | value |
 //! |---|---|---|
-//! | `log` | partition `u16` ++ seq `u64` | `at_ms` `i64` ++ payload |
+//! | `log` | partition `u16` ++ first seq `u64` | `at_ms` `i64` ++ count `u32` ++ (length `u32` ++ payload) per record: one append request's accepted records, seqs first..first+count |
 //! | `dedupe` | caller's dedupe key bytes (e.g. `b"tx:" ++ transaction_id`) | partition `u16` ++ seq `u64` ++ `at_ms` `i64` of the first acceptance |
 //! | `checkpoint` | partition `u16` | seq `u64` reflected ++ opaque state |
 //! | `outbox` | effect id (16 bytes) | opaque effect |
@@ -85,7 +85,7 @@ pub use meta::MetaEntry;
 use backend::{Backend, Batch, Cf, CursorOptions};
 use keys::{
     checkpoint_value, log_key, log_partition_end, parse_checkpoint_value, parse_log_key,
-    parse_partition_key, parse_record_value, partition_key,
+    parse_partition_key, parse_record_value, partition_key, record_count,
 };
 use log::{GroupCommit, WriterConfig};
 use rocks::RocksBackend;
@@ -100,6 +100,13 @@ pub const DEDUPE_MEMORY_ENTRIES_DEFAULT: usize = 1_000_000;
 /// so sweeping more often than hourly frees nothing worth a full scan (and `trim` runs once per
 /// partition per checkpoint).
 pub const DEDUPE_SWEEP_INTERVAL_MS: i64 = 60 * 60 * 1000;
+
+/// The layout of the data directory this build writes and reads, kept under
+/// [`STORAGE_FORMAT_KEY`] in `meta`. Version 1 (no mark; builds before 2026-12-03) wrote one log
+/// record per input; version 2 writes one per append request and partition.
+pub const STORAGE_FORMAT_VERSION: u32 = 2;
+/// The `meta` key of the storage format version (`u32`, big-endian).
+pub const STORAGE_FORMAT_KEY: &[u8] = b"storage/format-version";
 
 /// An effect id: a 16-byte UUID.
 pub type Uuid16 = [u8; 16];
@@ -163,6 +170,13 @@ pub enum StorageError {
     /// [`sim::SimDisk`] refused a write after its crash point.
     #[error("injected storage fault: {0}")]
     Injected(String),
+    /// The data directory was written in a layout this build does not read.
+    #[error(
+        "the data directory has storage format version {found}; this build reads version \
+         {expected} only: run the build that wrote it, or start on an empty data directory \
+         (README, \"Storage format\")"
+    )]
+    FormatVersion { found: u32, expected: u32 },
     /// The simulated disk refused: it is open in another store, the process of this store
     /// crashed ([`sim::SimDisk::crash`]), or a copy's directory exists.
     #[error("simulated disk: {0}")]
@@ -185,6 +199,7 @@ impl StorageError {
             | StorageError::MissingColumnFamily(_)
             | StorageError::Fenced
             | StorageError::Injected(_)
+            | StorageError::FormatVersion { .. }
             | StorageError::SimDisk(_) => true,
             StorageError::Encode(_)
             | StorageError::Decode(_)
@@ -255,8 +270,10 @@ pub struct Appended {
 /// What a [`Store::trim`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TrimStats {
-    /// Log entries up to this seq are gone: the requested seq capped by the checkpoint.
+    /// The requested seq capped by the checkpoint: every log record holding only seqs up to
+    /// this one is gone (a record reaching past it stays whole until a later trim).
     pub log_trimmed_up_to: u64,
+    /// Seqs deleted (the records' payloads).
     pub log_deleted: u64,
     /// Whether this call swept `dedupe` (see [`DEDUPE_SWEEP_INTERVAL_MS`]).
     pub dedupe_swept: bool,
@@ -447,6 +464,7 @@ impl Store {
         faults: Option<faults::Faults>,
         mode: WriterMode,
     ) -> Result<Store, StorageError> {
+        check_format(&*backend)?;
         let seqs = recover_seqs(&*backend)?;
         tracing::info!(
             %dir,
@@ -574,24 +592,39 @@ impl Store {
             .no_fill_cache()
             .upper_bound(end.as_ref().map(|end| &end[..]));
         let mut it = self.inner.backend.cursor(Cf::Log, opts)?;
-        it.seek(&log_key(partition, expected));
+        // A record holds consecutive seqs from its key's on: the one holding `expected` is the
+        // last at or before it, when that is in this partition.
+        it.seek_for_prev(&log_key(partition, expected));
+        let in_partition = match it.key() {
+            Some(key) => parse_log_key(key)?.0 == partition,
+            None => false,
+        };
+        if !in_partition {
+            it.seek(&log_key(partition, expected));
+        }
         let mut count = 0u64;
         while let Some((key, value)) = it.item() {
-            let (key_partition, seq) = parse_log_key(key)?;
+            let (key_partition, first) = parse_log_key(key)?;
             if key_partition != partition {
                 break;
             }
-            if seq != expected {
+            let run = parse_record_value(value)?;
+            let after_last = first.saturating_add(run.payloads.len() as u64);
+            if first > expected {
                 return Err(StorageError::LogGap {
                     partition,
                     expected,
-                    found: seq,
+                    found: first,
                 });
             }
-            let (at_ms, payload) = parse_record_value(value)?;
-            f(seq, at_ms, payload)?;
-            count += 1;
-            expected = seq.saturating_add(1);
+            // Only the first record read may start before `expected` (a checkpoint inside it).
+            for (seq, payload) in (first..after_last).zip(run.payloads) {
+                if seq >= expected {
+                    f(seq, run.at_ms, payload)?;
+                    count += 1;
+                }
+            }
+            expected = expected.max(after_last);
             it.next();
         }
         it.status()?;
@@ -693,6 +726,59 @@ fn check_options(opts: &StoreOptions) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Refuses a data directory of another storage format; marks a new one with this build's.
+/// A directory holding data but no mark was written before marks existed: version 1.
+fn check_format(backend: &dyn Backend) -> Result<(), StorageError> {
+    let found = match backend.get(Cf::Meta, STORAGE_FORMAT_KEY)? {
+        Some(value) => {
+            let bytes: [u8; 4] =
+                value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt {
+                        what: "storage format version",
+                        detail: format!("length {} != 4", value.len()),
+                    })?;
+            u32::from_be_bytes(bytes)
+        }
+        None => {
+            if !is_empty(backend)? {
+                1
+            } else {
+                let mut batch = Batch::default();
+                batch.put(
+                    Cf::Meta,
+                    STORAGE_FORMAT_KEY,
+                    &STORAGE_FORMAT_VERSION.to_be_bytes(),
+                );
+                backend.write(batch, true)?;
+                STORAGE_FORMAT_VERSION
+            }
+        }
+    };
+    if found != STORAGE_FORMAT_VERSION {
+        return Err(StorageError::FormatVersion {
+            found,
+            expected: STORAGE_FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Whether no column family holds a key.
+fn is_empty(backend: &dyn Backend) -> Result<bool, StorageError> {
+    for cf in Cf::ALL {
+        let mut it = backend.cursor(cf, CursorOptions::new())?;
+        it.seek_to_first();
+        let found = it.key().is_some();
+        it.status()?;
+        if found {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The last seq of every partition: the larger of its last log key and its checkpoint seq
 /// (a fully trimmed log has no keys but must not restart at 1).
 fn recover_seqs(backend: &dyn Backend) -> Result<FxHashMap<u16, u64>, StorageError> {
@@ -704,8 +790,17 @@ fn recover_seqs(backend: &dyn Backend) -> Result<FxHashMap<u16, u64>, StorageErr
     while let Some(key) = it.key() {
         let (partition, _) = parse_log_key(key)?;
         it.seek_for_prev(&log_key(partition, u64::MAX));
-        let Some(last_key) = it.key() else { break };
-        let (last_partition, last) = parse_log_key(last_key)?;
+        let Some((last_key, last_value)) = it.item() else {
+            break;
+        };
+        let (last_partition, last_first) = parse_log_key(last_key)?;
+        // The last record holds the seqs from its key's on.
+        let last = last_first
+            .checked_add(u64::from(record_count(last_value)?) - 1)
+            .ok_or_else(|| StorageError::Corrupt {
+                what: "log record",
+                detail: format!("partition {partition}: seqs past u64::MAX"),
+            })?;
         if last_partition != partition {
             // Keys are sorted, so landing in another partition means RocksDB moved under us.
             return Err(StorageError::Corrupt {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use tempfile::TempDir;
 
-use super::backend::{Batch, Cf};
+use super::backend::{Batch, Cf, CursorOptions};
 use super::faults::{ScriptedFaults, StorageOp};
 use super::sim::SimDisk;
 use super::*;
@@ -422,23 +422,28 @@ on_both_backends! {
         append(&store, 1, day30, vec![unkeyed("e")]);
         store.put_checkpoint(0, 3, b"state").unwrap();
 
+        // Seq 3 shares its record with seq 4, which no checkpoint covers: that record stays.
         let stats = store.trim(0, 3, day40).unwrap();
         assert_eq!(
             stats,
             TrimStats {
                 log_trimmed_up_to: 3,
-                log_deleted: 3,
+                log_deleted: 2,
                 dedupe_swept: true,
                 dedupe_deleted: 2,
                 outbox_done_deleted: 0,
             }
         );
         assert_eq!(replay_all(&store, 0, 3), [(4, day30, b"d".to_vec())]);
+        assert_eq!(
+            replay_all(&store, 0, 2),
+            [(3, day30, b"c".to_vec()), (4, day30, b"d".to_vec())]
+        );
         assert!(matches!(
             store.replay(0, 0, |_, _, _| Ok(())),
             Err(StorageError::LogGap {
                 expected: 1,
-                found: 4,
+                found: 3,
                 ..
             })
         ));
@@ -470,7 +475,9 @@ on_both_backends! {
     fn trim_never_deletes_log_entries_beyond_the_checkpoint(kind) {
         let place = Place::new(kind);
         let store = place.open();
-        append(&store, 0, 1, vec![unkeyed("a"), unkeyed("b"), unkeyed("c")]);
+        for payload in ["a", "b", "c"] {
+            append(&store, 0, 1, vec![unkeyed(payload)]);
+        }
         let stats = store.trim(0, 3, 1).unwrap();
         assert_eq!((stats.log_trimmed_up_to, stats.log_deleted), (0, 0));
         store.put_checkpoint(0, 1, b"s").unwrap();
@@ -479,6 +486,16 @@ on_both_backends! {
         assert_eq!(replay_all(&store, 0, 1).len(), 2);
         // Trimming again is a no-op.
         assert_eq!(store.trim(0, 3, 1).unwrap().log_deleted, 0);
+
+        // A record of several seqs goes only once a checkpoint covers its last.
+        append(&store, 0, 2, vec![unkeyed("d"), unkeyed("e"), unkeyed("f")]);
+        store.put_checkpoint(0, 5, b"s").unwrap();
+        let stats = store.trim(0, 5, 1).unwrap();
+        assert_eq!((stats.log_trimmed_up_to, stats.log_deleted), (5, 2));
+        assert_eq!(replay_all(&store, 0, 3).len(), 3);
+        store.put_checkpoint(0, 6, b"s").unwrap();
+        assert_eq!(store.trim(0, 6, 1).unwrap().log_deleted, 3);
+        assert!(replay_all(&store, 0, 6).is_empty());
     }
 }
 
@@ -608,7 +625,8 @@ on_both_backends! {
         store.meta_delete(b"catalog/metric/1").unwrap();
         assert_eq!(store.meta_get(b"catalog/metric/1").unwrap(), None);
         assert_eq!(store.meta_scan_prefix(b"catalog/").unwrap().len(), 2);
-        assert_eq!(store.meta_scan_prefix(b"").unwrap().len(), 3);
+        // Everything, and the store's own format mark.
+        assert_eq!(store.meta_scan_prefix(b"").unwrap().len(), 3 + 1);
     }
 }
 
@@ -657,6 +675,99 @@ on_both_backends! {
         plant(&store, Cf::Log, &keys::log_key(0, 2), b"short");
         let err = store.replay(0, 0, |_, _, _| Ok(())).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        // A last record without payloads: the partition's last seq is unknowable.
+        plant(&store, Cf::Log, &keys::log_key(0, 2), &keys::record_value(1, &[]));
+        drop(store);
+        let err = place.try_open(options(Durability::Fsync, 0), None).err();
+        assert!(matches!(err, Some(StorageError::Corrupt { .. })), "{err:?}");
+    }
+}
+
+on_both_backends! {
+    fn an_append_is_one_log_record_and_replay_can_start_inside_it(kind) {
+        let place = Place::new(kind);
+        let store = place.open();
+        append(&store, 0, 1, vec![keyed("k:1", "dup")]);
+        assert_eq!(
+            append(
+                &store,
+                0,
+                7,
+                vec![unkeyed("a"), keyed("k:1", "dup"), keyed("k:2", "b"), unkeyed("c")]
+            ),
+            [Some(2), None, Some(3), Some(4)]
+        );
+        let mut it = store.inner.backend.cursor(Cf::Log, CursorOptions::new()).unwrap();
+        it.seek_to_first();
+        let mut records = Vec::new();
+        while let Some((key, value)) = it.item() {
+            let run = keys::parse_record_value(value).unwrap();
+            records.push((keys::parse_log_key(key).unwrap(), run.at_ms, run.payloads.len()));
+            it.next();
+        }
+        drop(it);
+        assert_eq!(records, [((0, 1), 1, 1), ((0, 2), 7, 3)], "one record per append");
+        let all = [
+            (1, 1, b"dup".to_vec()),
+            (2, 7, b"a".to_vec()),
+            (3, 7, b"b".to_vec()),
+            (4, 7, b"c".to_vec()),
+        ];
+        for after in 0..=4 {
+            assert_eq!(replay_all(&store, 0, after), all[after as usize..], "after {after}");
+        }
+        // Other partitions' records around it change nothing.
+        append(&store, 1, 8, vec![unkeyed("x"), unkeyed("y")]);
+        drop(store);
+        let store = place.open();
+        assert_eq!(store.last_seq(0).unwrap(), 4);
+        assert_eq!(store.last_seq(1).unwrap(), 2);
+        assert_eq!(replay_all(&store, 1, 1), [(2, 8, b"y".to_vec())]);
+        assert_eq!(replay_all(&store, 0, 3), all[3..]);
+    }
+}
+
+on_both_backends! {
+    fn a_data_directory_of_another_storage_format_is_refused_naming_its_version(kind) {
+        let refused = |place: &Place, found: u32| {
+            let err = place.try_open(options(Durability::Fsync, 0), None).err();
+            assert!(
+                matches!(
+                    err,
+                    Some(StorageError::FormatVersion { found: f, expected: STORAGE_FORMAT_VERSION })
+                        if f == found
+                ),
+                "{err:?}"
+            );
+            let message = err.unwrap().to_string();
+            assert!(message.contains(&format!("storage format version {found}")), "{message}");
+        };
+        // Data without a mark: written before marks existed, one record per input.
+        let place = Place::new(kind);
+        let store = place.open();
+        assert_eq!(
+            store.meta_get(STORAGE_FORMAT_KEY).unwrap(),
+            Some(STORAGE_FORMAT_VERSION.to_be_bytes().to_vec()),
+            "a new directory is marked"
+        );
+        append(&store, 0, 1, vec![unkeyed("a")]);
+        store.meta_delete(STORAGE_FORMAT_KEY).unwrap();
+        drop(store);
+        refused(&place, 1);
+        refused(&place, 1);
+
+        // A later version.
+        let place = Place::new(kind);
+        let store = place.open();
+        store.meta_put(STORAGE_FORMAT_KEY, &3u32.to_be_bytes()).unwrap();
+        drop(store);
+        refused(&place, 3);
+
+        // A new directory reopens fine: the mark is written once.
+        let place = Place::new(kind);
+        drop(place.open());
+        let store = place.open();
+        assert_eq!(store.meta_scan_prefix(b"storage/").unwrap().len(), 1);
     }
 }
 
@@ -739,7 +850,8 @@ on_both_backends! {
         assert_eq!(last, [b"c/4".to_vec()]);
         assert!(store.meta_scan_page(b"c/", Some(b"c/4"), 2).unwrap().is_empty());
         assert!(store.meta_scan_page(b"c/", None, 0).unwrap().is_empty());
-        assert_eq!(store.meta_scan_page(b"", None, 10).unwrap().len(), 7);
+        // Everything, and the store's own format mark.
+        assert_eq!(store.meta_scan_page(b"", None, 10).unwrap().len(), 7 + 1);
         assert_eq!(
             store.meta_multi_get(&[b"c/4".to_vec(), b"x".to_vec()]).unwrap(),
             [Some(vec![4]), None]

@@ -6,12 +6,13 @@
 use std::sync::PoisonError;
 
 use super::backend::{Batch, Cf, CursorOptions};
-use super::keys::{log_key, parse_log_key, parse_outbox_done_value};
+use super::keys::{log_key, parse_log_key, parse_outbox_done_value, record_count};
 use super::{DEDUPE_SWEEP_INTERVAL_MS, StorageError, Store, TrimStats, dedupe, faults};
 
 impl Store {
-    /// Deletes what a checkpoint made redundant: the log entries of `partition` with seq <=
-    /// `up_to_seq`, and the `outbox_done` entries caused by them; plus, at most once per
+    /// Deletes what a checkpoint made redundant: the log records of `partition` holding only
+    /// seqs <= `up_to_seq` (a record reaching past it stays whole), and the `outbox_done`
+    /// entries caused by seqs <= `up_to_seq`; plus, at most once per
     /// [`DEDUPE_SWEEP_INTERVAL_MS`] of `now_ms`, every `dedupe` entry (all partitions) first
     /// accepted before `now_ms - dedupe_window_ms`.
     ///
@@ -35,20 +36,20 @@ impl Store {
         };
         let up_to = stats.log_trimmed_up_to;
 
-        if up_to > 0
+        let end = if up_to > 0 {
+            self.trim_end(partition, up_to)?
+        } else {
+            0
+        };
+        if end > 0
             && let Some(first) = self.first_seq(partition)?
-            && first <= up_to
+            && first < end
         {
             let mut batch = Batch::default();
-            // One range tombstone instead of a delete per entry. The end is exclusive; `up_to`
-            // is at most the last seq, which never reaches u64::MAX.
-            batch.delete_range(
-                Cf::Log,
-                &log_key(partition, 0),
-                &log_key(partition, up_to.saturating_add(1)),
-            );
+            // One range tombstone instead of a delete per record; the end is exclusive.
+            batch.delete_range(Cf::Log, &log_key(partition, 0), &log_key(partition, end));
             self.inner.backend.write(batch, self.inner.sync)?;
-            stats.log_deleted = up_to - first + 1;
+            stats.log_deleted = end - first;
         }
 
         if up_to > 0 {
@@ -81,6 +82,31 @@ impl Store {
         }
         tracing::debug!(partition, ?stats, "trimmed");
         Ok(stats)
+    }
+
+    /// The first seq of `partition` that a trim up to `up_to` keeps: a record holds
+    /// consecutive seqs, so one that reaches past `up_to` is kept whole, and what it holds up
+    /// to `up_to` is deleted later, with it.
+    fn trim_end(&self, partition: u16, up_to: u64) -> Result<u64, StorageError> {
+        let mut it = self.inner.backend.cursor(Cf::Log, CursorOptions::new())?;
+        it.seek_for_prev(&log_key(partition, up_to));
+        let end = match it.item() {
+            Some((key, value)) => match parse_log_key(key)? {
+                (p, first) if p == partition => {
+                    let after_last = first.saturating_add(u64::from(record_count(value)?));
+                    if after_last <= up_to.saturating_add(1) {
+                        after_last
+                    } else {
+                        first
+                    }
+                }
+                // Nothing of this partition at or before `up_to`.
+                _ => 0,
+            },
+            None => 0,
+        };
+        it.status()?;
+        Ok(end)
     }
 
     /// The smallest seq still in the log of `partition`.
