@@ -755,9 +755,8 @@ async fn a_failed_outbox_check_when_a_webhook_is_taken_up_stops_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
-    // The first outbox write stores the workflow's effects; the second is the webhook
-    // actor's check that the effect is still pending.
-    faults.fail_from(StorageOp::OutboxWrite, 1);
+    // The webhook actor's check that the effect is still pending (a read, no write).
+    faults.fail_from(StorageOp::OutboxRead, 0);
     engine.ingest(calls("fs", "a", 5)).await.unwrap();
     eventually("fail-stop", || !engine.is_ready()).await;
     let failure = engine.failure().unwrap();

@@ -633,7 +633,9 @@ impl WebhookActor {
             "webhook attempt failed"
         );
         let next_ms = entry.next_attempt_at_ms;
-        match encode(OUTBOX_VERSION, &*entry).and_then(|v| self.store.update_outbox(id, &v)) {
+        // Without an fsync of its own: the attempt count only paces retries.
+        match encode(OUTBOX_VERSION, &*entry).and_then(|v| self.store.update_outbox_lazily(id, &v))
+        {
             Ok(true) => {}
             Ok(false) => {
                 // Someone else delivered or dead-lettered it meanwhile; nothing left to do.
@@ -740,33 +742,38 @@ impl Handler<Enqueue> for WebhookActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) {
-        for (id, entry) in msg.0 {
-            if self.entries.contains_key(&id)
-                || !matches!(entry.effect, OutboxEffect::Webhook { .. })
-            {
-                continue;
+        let offered: Vec<(Uuid16, OutboxEntry)> = msg
+            .0
+            .into_iter()
+            .filter(|(id, entry)| {
+                !self.entries.contains_key(id)
+                    && matches!(entry.effect, OutboxEffect::Webhook { .. })
+            })
+            .collect();
+        // Callers offer every effect they persisted, including ids that `put_outbox` skipped
+        // because they were delivered or dead-lettered before (a replay). Only pending ones may
+        // be sent: one batched read, no write (a synced rewrite here used to hold the outbox
+        // lock through an fsync per webhook, stalling every partition's `put_outbox`).
+        let ids: Vec<Uuid16> = offered.iter().map(|(id, _)| *id).collect();
+        let checked = if ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.outbox_contains(&ids)
+        };
+        let pending = match checked {
+            Ok(pending) => pending,
+            // Storage failures are fail-stop (SPEC 2.1); until the process stops, sending one
+            // more time than needed beats not sending (the restart finds them pending).
+            Err(e) => {
+                self.health.fail_stop("enqueued webhook check", &e);
+                vec![true; ids.len()]
             }
-            // Callers offer every effect they persisted, including ids that `put_outbox`
-            // skipped because they were delivered or dead-lettered before (a replay). Only
-            // pending ones may be sent. `update_outbox` is the store's only point check of
-            // "pending"; it rewrites the bytes the caller has just written.
-            match encode(OUTBOX_VERSION, &entry).and_then(|v| self.store.update_outbox(id, &v)) {
-                Ok(true) => {
-                    self.track(id, entry);
-                }
-                Ok(false) => {
-                    tracing::debug!(id = %Id::from_bytes(id), "enqueued webhook is not pending; skipped");
-                }
-                // Storage failures are fail-stop (SPEC 2.1); until the process stops, sending
-                // one more time than needed beats not sending (the restart finds it pending).
-                Err(e) => {
-                    if e.is_store_failure() {
-                        self.health.fail_stop("enqueued webhook check", &e);
-                    } else {
-                        tracing::error!(error = %e, id = %Id::from_bytes(id), "enqueued webhook could not be re-encoded; sent as offered");
-                    }
-                    self.track(id, entry);
-                }
+        };
+        for ((id, entry), pending) in offered.into_iter().zip(pending) {
+            if pending {
+                self.track(id, entry);
+            } else {
+                tracing::debug!(id = %Id::from_bytes(id), "enqueued webhook is not pending; skipped");
             }
         }
         self.pump(ctx);

@@ -28,8 +28,10 @@ pub enum StorageOp {
     Checkpoint,
     /// Trimming the log, outbox and dedupe entries.
     Trim,
-    /// Any read (states, outbox, log replay, scans).
+    /// Any read (states, outbox, log replay, scans) but the next.
     Read,
+    /// The point read of whether effects are still pending in the outbox.
+    OutboxRead,
 }
 
 /// Decides whether an operation fails.
@@ -43,9 +45,9 @@ pub trait FaultInjector: Send + Sync + 'static {
 pub type Faults = Arc<dyn FaultInjector>;
 
 impl StorageOp {
-    /// Every operation but [`StorageOp::Read`] writes.
+    /// Every operation but [`StorageOp::Read`] and [`StorageOp::OutboxRead`] writes.
     pub fn is_write(self) -> bool {
-        self != StorageOp::Read
+        !matches!(self, StorageOp::Read | StorageOp::OutboxRead)
     }
 }
 
@@ -90,7 +92,7 @@ impl ScriptedFaults {
         self.script(Target::One(kind), nth);
     }
 
-    /// Fails every write operation (any kind but [`StorageOp::Read`]) from the `nth` (0-based,
+    /// Fails every write operation (any kind but the reads) from the `nth` (0-based,
     /// counted from now) on: a crash point between any two of the store's writes. Reads go on.
     pub fn fail_writes_from(&self, nth: u64) {
         self.script(Target::AnyWrite, nth);

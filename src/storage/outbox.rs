@@ -74,6 +74,20 @@ impl Store {
         self.scan_effects(Cf::Outbox)
     }
 
+    /// Which of `ids` are still pending in `outbox` (not delivered, not dead-lettered), in
+    /// order, in one batched read.
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn outbox_contains(&self, ids: &[Uuid16]) -> Result<Vec<bool>, StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::OutboxRead)?;
+        let keys: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
+        let values = self.inner.backend.multi_get(Cf::Outbox, &keys, false)?;
+        Ok(values.iter().map(Option::is_some).collect())
+    }
+
     /// Marks an effect delivered: removes it from `outbox` and records it in `outbox_done`
     /// with its cause, in one batch. Idempotent.
     ///
@@ -113,6 +127,20 @@ impl Store {
     /// # Errors
     /// RocksDB errors.
     pub fn update_outbox(&self, id: Uuid16, value: &[u8]) -> Result<bool, StorageError> {
+        self.write_pending(id, value, self.inner.sync)
+    }
+
+    /// As [`Store::update_outbox`], without an fsync of its own (the next synced write makes
+    /// it durable): for a webhook's retry bookkeeping, which a power loss may only turn back
+    /// to an earlier attempt; never for payment requests.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn update_outbox_lazily(&self, id: Uuid16, value: &[u8]) -> Result<bool, StorageError> {
+        self.write_pending(id, value, false)
+    }
+
+    fn write_pending(&self, id: Uuid16, value: &[u8], sync: bool) -> Result<bool, StorageError> {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
@@ -122,7 +150,7 @@ impl Store {
         }
         let mut batch = Batch::default();
         batch.put(Cf::Outbox, &id, value);
-        self.inner.backend.write(batch, self.inner.sync)?;
+        self.inner.backend.write(batch, sync)?;
         Ok(true)
     }
 

@@ -803,10 +803,11 @@ impl Sim {
                     StorageOp::OutboxWrite,
                     StorageOp::Checkpoint,
                     StorageOp::Read,
+                    StorageOp::OutboxRead,
                 ];
                 let kind = kinds[self.rng.random_range(0..kinds.len())];
-                // Outbox writes are few (effects only): strike one of the first few.
-                let skip = if kind == StorageOp::OutboxWrite {
+                // Outbox writes and checks are few (effects only): strike one of the first few.
+                let skip = if matches!(kind, StorageOp::OutboxWrite | StorageOp::OutboxRead) {
                     nth % 6
                 } else {
                     nth
