@@ -545,3 +545,39 @@ fn a_lazy_delivered_mark_is_lost_only_by_a_power_loss_before_the_next_fsync() {
     disk.crash(CrashKind::PowerLoss);
     assert!(pending_ids(&open(&disk, Durability::Fsync)).is_empty());
 }
+
+#[test]
+fn a_lazy_outbox_update_is_lost_only_by_a_power_loss_and_the_pending_check_sees_every_move() {
+    let (webhook, delivered) = ([7u8; 16], [8u8; 16]);
+    for kind in [CrashKind::ProcessCrash, CrashKind::PowerLoss] {
+        let disk = SimDisk::new();
+        let store = open(&disk, Durability::Fsync);
+        store
+            .put_outbox(&[(webhook, vec![1]), (delivered, vec![2])], (0, 1))
+            .unwrap();
+        append(&store, 0, 1, vec![keyed("tx:a", "a")]);
+        store.mark_delivered(delivered, (0, 1)).unwrap();
+        assert_eq!(
+            store.outbox_contains(&[webhook, delivered, [9; 16]]).unwrap(),
+            [true, false, false]
+        );
+        assert!(store.update_outbox_lazily(webhook, &[1, 1]).unwrap());
+        assert!(
+            !store.update_outbox_lazily(delivered, &[2, 2]).unwrap(),
+            "a delivered effect is not written back"
+        );
+        drop(store);
+        disk.crash(kind);
+        let store = open(&disk, Durability::Fsync);
+        let expected = if kind == CrashKind::PowerLoss {
+            vec![1]
+        } else {
+            vec![1, 1]
+        };
+        assert_eq!(
+            store.outbox_pending().unwrap(),
+            [(webhook, expected)],
+            "{kind:?}"
+        );
+    }
+}
