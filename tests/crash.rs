@@ -278,6 +278,34 @@ async fn setup(client: &reqwest::Client, base: &str) -> (String, String) {
     )
 }
 
+/// A server started on a fresh data dir with the webhook receiver, and `setup`'s customer.
+struct Started {
+    dir: tempfile::TempDir,
+    receiver: Receiver,
+    config: std::path::PathBuf,
+    client: reqwest::Client,
+    server: Server,
+    customer: String,
+}
+
+async fn start_with_setup() -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config(dir.path(), &receiver.url);
+    let client = reqwest::Client::new();
+    let server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    Started {
+        dir,
+        receiver,
+        config,
+        client,
+        server,
+        customer,
+    }
+}
+
 #[actix_rt::test]
 async fn kill_9_during_load_loses_no_acknowledged_event_and_charges_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -443,13 +471,15 @@ async fn post_get(client: &reqwest::Client, base: &str, path: &str) -> (u16, Val
 
 #[actix_rt::test]
 async fn sigterm_checkpoints_and_exits_zero_and_the_next_start_has_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start();
-    let config = write_config(dir.path(), &receiver.url);
-    let client = reqwest::Client::new();
-    let mut server = start_server(&config);
-    wait_ready(&client, &server.base).await;
-    let (customer, _) = setup(&client, &server.base).await;
+    // The temp dir and the receiver live to the end of the test.
+    let Started {
+        dir: _dir,
+        receiver: _receiver,
+        config,
+        client,
+        mut server,
+        customer,
+    } = start_with_setup().await;
     let body: Vec<Value> = (0..30).map(|i| event(&format!("t{i}"))).collect();
     let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
     assert_eq!(status, 200);
@@ -878,13 +908,13 @@ async fn a_disk_write_failure_answers_503_exits_non_zero_and_the_restart_loses_n
 /// code 1; nothing in it is changed.
 #[actix_rt::test]
 async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start();
-    let config = write_config(dir.path(), &receiver.url);
-    let client = reqwest::Client::new();
-    let mut server = start_server(&config);
-    wait_ready(&client, &server.base).await;
-    setup(&client, &server.base).await;
+    let Started {
+        dir,
+        receiver: _receiver,
+        config,
+        mut server,
+        ..
+    } = start_with_setup().await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
