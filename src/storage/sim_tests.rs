@@ -558,7 +558,9 @@ fn a_lazy_outbox_update_is_lost_only_by_a_power_loss_and_the_pending_check_sees_
         append(&store, 0, 1, vec![keyed("tx:a", "a")]);
         store.mark_delivered(delivered, (0, 1)).unwrap();
         assert_eq!(
-            store.outbox_contains(&[webhook, delivered, [9; 16]]).unwrap(),
+            store
+                .outbox_contains(&[webhook, delivered, [9; 16]])
+                .unwrap(),
             [true, false, false]
         );
         assert!(store.update_outbox_lazily(webhook, &[1, 1]).unwrap());
