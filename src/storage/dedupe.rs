@@ -34,10 +34,19 @@ pub(crate) struct RecentKeys {
 }
 
 impl RecentKeys {
+    /// Allocates the map and queue for `capacity` keys up front. The map gets room for twice as
+    /// many: at a steady `capacity` live keys with evictions leaving tombstones, a table less
+    /// than half full is rehashed in place, while a fuller one is reallocated at double the
+    /// size. Growing to that size during the first minutes of ingest cost the group-commit
+    /// thread about 3% of the server's CPU in page faults and rehashes (profile in
+    /// BENCHMARKS.md); untouched pages of the table cost no memory until keys land there.
     pub(crate) fn new(capacity: usize) -> RecentKeys {
         RecentKeys {
-            map: FxHashMap::default(),
-            order: VecDeque::new(),
+            map: FxHashMap::with_capacity_and_hasher(
+                capacity.saturating_mul(2),
+                Default::default(),
+            ),
+            order: VecDeque::with_capacity(capacity),
             capacity,
         }
     }
