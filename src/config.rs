@@ -13,7 +13,12 @@ use crate::actors::payment::PaymentSettings;
 use crate::actors::webhook::{Destination, WebhookSettings};
 use crate::domain::ids::MS_PER_DAY;
 use crate::domain::{Limits, Money};
+use crate::http::auth::TokenConfig;
 use crate::storage::Durability;
+
+/// The most recent transaction ids `storage.dedupe_memory_entries` may keep in memory (about
+/// 4 GB at that size).
+pub const DEDUPE_MEMORY_ENTRIES_MAX: usize = 20_000_000;
 
 /// The built-in defaults (the same text as `config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -115,7 +120,8 @@ pub struct HttpConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    pub tokens: Vec<String>,
+    /// Plain strings (full access) or `{ token, name, scopes }` tables (`http::auth`).
+    pub tokens: Vec<TokenConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -227,14 +233,31 @@ impl Config {
         if self.auth.tokens.is_empty() {
             return Err("auth.tokens: at least one token is required".into());
         }
-        if let Some(t) = self.auth.tokens.iter().find(|t| t.trim().len() < 8) {
-            return Err(format!("auth.tokens: {t:?} is shorter than 8 characters"));
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            token.check(i)?;
+            let earlier = &self.auth.tokens[..i];
+            if earlier.iter().any(|t| t.secret() == token.secret()) {
+                return Err(format!("auth.tokens[{i}]: the same token is listed twice"));
+            }
+            if earlier.iter().any(|t| t.identity() == token.identity()) {
+                return Err(format!(
+                    "auth.tokens[{i}]: the name {:?} is taken by another token",
+                    token.identity()
+                ));
+            }
         }
         if self.http.body_limit_bytes < 1024 {
             return Err("http.body_limit_bytes: must be at least 1024".into());
         }
         if !(1..=400).contains(&self.storage.dedupe_window_days) {
             return Err("storage.dedupe_window_days: must be between 1 and 400".into());
+        }
+        // The recent-key map is allocated for this many keys at start (about 200 bytes each
+        // once full), so an absurd value must fail here, not abort the process.
+        if self.storage.dedupe_memory_entries > DEDUPE_MEMORY_ENTRIES_MAX {
+            return Err(format!(
+                "storage.dedupe_memory_entries: at most {DEDUPE_MEMORY_ENTRIES_MAX}"
+            ));
         }
         if self.engine.partitions > 1024 {
             return Err("engine.partitions: at most 1024".into());
@@ -426,6 +449,50 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_plain_strings_or_tables_with_a_name_and_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let write = |tokens: &str| {
+            std::fs::write(&path, format!("[auth]\ntokens = {tokens}\n")).unwrap();
+            Config::load(Some(&path))
+        };
+        let config = write(
+            r#"["plain-token-1", { token = "ingest-token-1", name = "ingest", scopes = ["ingest"] }]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.auth.tokens[0],
+            TokenConfig::Full("plain-token-1".into())
+        );
+        assert_eq!(config.auth.tokens[1].identity(), "ingest");
+        assert_eq!(
+            config.auth.tokens[1].scopes(),
+            Ok(vec![crate::http::auth::Scope::Ingest])
+        );
+        let err = write(r#"[{ token = "ingest-token-1", scopes = ["admin"] }]"#).unwrap_err();
+        assert!(
+            err.contains("auth.tokens[0]") && err.contains("admin"),
+            "{err}"
+        );
+        let err = write(r#"[{ token = "ingest-token-1", scope = ["read"] }]"#).unwrap_err();
+        assert!(err.contains("invalid configuration"), "{err}");
+        let err = write(r#"["same-token-1", { token = "same-token-1", scopes = ["read"] }]"#)
+            .unwrap_err();
+        assert!(
+            err.contains("auth.tokens[1]") && err.contains("twice"),
+            "{err}"
+        );
+        let err = write(
+            r#"[{ token = "token-one-1", name = "a", scopes = ["read"] }, { token = "token-two-2", name = "a", scopes = ["ingest"] }]"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("auth.tokens[1]") && err.contains("\"a\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused_with_the_key_named() {
         let mut config = Config::load(None).unwrap();
         config.http.listen = "localhost".into();
@@ -442,6 +509,16 @@ mod tests {
             config.engine.apply_lag_max_ms = bad;
             assert!(config.validate().unwrap_err().contains("apply_lag_max_ms"));
         }
+        let mut config = Config::load(None).unwrap();
+        config.storage.dedupe_memory_entries = DEDUPE_MEMORY_ENTRIES_MAX;
+        assert_eq!(config.validate(), Ok(()));
+        config.storage.dedupe_memory_entries = DEDUPE_MEMORY_ENTRIES_MAX + 1;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("dedupe_memory_entries")
+        );
         let mut config = Config::load(None).unwrap();
         config.webhooks.schedule_check_ms = 0;
         assert!(config.validate().unwrap_err().contains("schedule_check_ms"));

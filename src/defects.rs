@@ -35,11 +35,13 @@ pub enum Defect {
     /// A rate applies to usage accepted before it was added (a back-dated rate re-prices
     /// history when the log is replayed).
     RatesRewriteHistory,
+    /// One mutating call in four runs without its audit record.
+    AuditUnwritten,
 }
 
 impl Defect {
     /// Every defect, in the order the simulation's defect test tries them.
-    pub const ALL: [Defect; 10] = [
+    pub const ALL: [Defect; 11] = [
         Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
@@ -50,6 +52,7 @@ impl Defect {
         Defect::AliasMapNotReloaded,
         Defect::RestrictionIgnored,
         Defect::RatesRewriteHistory,
+        Defect::AuditUnwritten,
     ];
 }
 
@@ -95,6 +98,7 @@ mod tests {
             Defect::AliasMapNotReloaded => 7,
             Defect::RestrictionIgnored => 8,
             Defect::RatesRewriteHistory => 9,
+            Defect::AuditUnwritten => 10,
         }
     }
 

@@ -57,7 +57,7 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), payments)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
-        if config.auth.tokens.iter().any(|t| t == "tollgate-dev-token") {
+        if config.auth.tokens.iter().any(|t| t.secret() == "tollgate-dev-token") {
             tracing::warn!("using the development token `tollgate-dev-token`; set auth.tokens for production");
         }
         let app = Application::build_with(

@@ -946,3 +946,78 @@ async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_ver
         "the refused directory is still unmarked"
     );
 }
+
+/// The audit log survives `kill -9`, and its records count on after the restart; a token given
+/// as a TOML table with a name and scopes is recorded by its name.
+#[actix_rt::test]
+async fn the_audit_log_survives_kill_9_and_counts_on_with_scoped_tokens_from_the_config() {
+    let Started {
+        dir: _dir,
+        receiver: _receiver,
+        config,
+        client,
+        mut server,
+        ..
+    } = start_with_setup().await;
+    let audit = |client: reqwest::Client, base: String| async move {
+        let (status, page) = post_get(&client, &base, "/v1/tollgate/audit?limit=100").await;
+        assert_eq!(status, 200, "{page}");
+        page["data"].as_array().unwrap().clone()
+    };
+    let before = audit(client.clone(), server.base.clone()).await;
+    assert!(
+        before
+            .iter()
+            .any(|r| r["path"] == "/v1/billable-metrics/create"
+                && r["status"] == 200
+                && r["token"] == json!(tollgate::http::auth::fingerprint(TOKEN))),
+        "{before:?}"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("tokens = [\"{TOKEN}\"]"),
+        &format!(
+            "tokens = [\"{TOKEN}\", {{ token = \"billing-token-1\", name = \"billing\", scopes = [\"write\"] }}]"
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let response = client
+        .post(format!("{}/v1/customers", server.base))
+        .bearer_auth("billing-token-1")
+        .json(&json!({"name": "After the crash"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let refused = client
+        .get(format!("{}/v1/customers", server.base))
+        .bearer_auth("billing-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        403,
+        "a write-only token may not read"
+    );
+
+    let after = audit(client.clone(), server.base.clone()).await;
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "kill -9 lost or changed records"
+    );
+    let last = after.last().unwrap();
+    assert_eq!(last["token"], "billing");
+    assert_eq!(last["path"], "/v1/customers");
+    assert_eq!(last["status"], 200);
+    let seq = |r: &Value| r["seq"].as_u64().unwrap();
+    assert!(seq(last) > before.iter().map(seq).max().unwrap());
+    assert_eq!(after.len(), before.len() + 1);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

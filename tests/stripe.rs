@@ -90,7 +90,7 @@ async fn spawn(fake: &FakeStripe) -> TestApp {
         listener,
         engine,
         ApiOptions {
-            tokens: vec![TOKEN.into()],
+            tokens: tollgate::http::full_access(&[TOKEN.into()]),
             body_limit: 1 << 20,
             workers: 1,
             stripe: Some(webhook_config()),

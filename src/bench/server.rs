@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(config.engine.partitions, 3);
         assert_eq!(
             config.auth.tokens,
-            vec!["bench-token-\"quoted\"".to_owned()]
+            crate::http::full_access(&["bench-token-\"quoted\"".to_owned()])
         );
         assert_eq!(config.webhooks.destinations.len(), 1);
         assert_eq!(config.storage.data_dir, dir.join("data"));

@@ -15,6 +15,8 @@ pub enum ApiError {
     BadRequest(String),
     /// Missing or wrong bearer token (401).
     Unauthorized,
+    /// The token lacks the scope the call needs (403).
+    Forbidden(String),
     /// The addressed object does not exist (404).
     NotFound(String),
     /// The request conflicts with an earlier one (409; the SDK must not retry it).
@@ -96,6 +98,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
+            | ApiError::Forbidden(m)
             | ApiError::Conflict(m)
             | ApiError::InProgress(m)
             | ApiError::PayloadTooLarge(m) => m.clone(),
@@ -121,6 +124,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,6 +2,8 @@
 //! sends and expects them) are converted to domain types here; the only place status codes
 //! exist is `error.rs`. Handlers talk to the engine through [`Engine`] only.
 
+pub mod audit;
+pub mod auth;
 pub mod balances;
 pub mod body;
 pub mod catalog;
@@ -22,7 +24,7 @@ pub mod wire;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
@@ -37,81 +39,94 @@ pub struct AppState {
     pub in_flight_keys: idempotency::InFlight,
     /// The Stripe account, when `[payments.stripe]` is configured (STRIPE gates need it).
     pub stripe: Option<stripe::StripeWebhook>,
-    tokens: Vec<Vec<u8>>,
+    pub audit: audit::AuditLog,
+    tokens: auth::Tokens,
 }
 
 /// Everything the API needs besides the engine.
 #[derive(Clone, Debug)]
 pub struct ApiOptions {
-    pub tokens: Vec<String>,
+    pub tokens: Vec<auth::TokenConfig>,
     pub body_limit: usize,
     pub workers: usize,
     pub stripe: Option<stripe::StripeWebhook>,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, tokens: &[String], body_limit: usize) -> AppState {
+    pub fn new(engine: Engine, tokens: &[auth::TokenConfig], body_limit: usize) -> AppState {
         AppState {
             engine,
             body_limit,
             in_flight_keys: idempotency::InFlight::default(),
             stripe: None,
-            tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            audit: audit::AuditLog::default(),
+            tokens: auth::Tokens::new(tokens),
         }
-    }
-
-    /// Whether `candidate` is one of the configured tokens, compared in constant time.
-    fn token_ok(&self, candidate: &[u8]) -> bool {
-        let mut any = false;
-        for token in &self.tokens {
-            any |= constant_time_eq(token, candidate);
-        }
-        any
     }
 }
 
-/// Compares without an early exit on the first differing byte (length is not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    diff == 0
+/// Full-access token entries for plain token strings.
+pub fn full_access(tokens: &[String]) -> Vec<auth::TokenConfig> {
+    tokens
+        .iter()
+        .map(|t| auth::TokenConfig::Full(t.clone()))
+        .collect()
 }
+
+pub use auth::constant_time_eq;
 
 /// Paths served without a token.
 const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/openapi.json"];
 
+/// Authenticates the bearer token, checks its scope for the request (403 otherwise) and runs
+/// mutating calls through the audit log.
 async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let state = req
         .app_data::<web::Data<AppState>>()
+        .cloned()
         .ok_or(ApiError::Engine(crate::actors::EngineError::NotReady))?;
     // Stripe authenticates its webhook with a signature, not our bearer token.
     let stripe_path = state
         .stripe
         .as_ref()
         .is_some_and(|s| s.webhook_path == req.path());
-    if !PUBLIC_PATHS.contains(&req.path()) && !stripe_path {
-        let header = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .unwrap_or("");
-        if !state.token_ok(token.trim().as_bytes()) {
-            return Err(ApiError::Unauthorized.into());
-        }
+    if PUBLIC_PATHS.contains(&req.path()) || stripe_path {
+        return Ok(next.call(req).await?.map_into_boxed_body());
     }
-    next.call(req).await
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .unwrap_or("");
+    let Some(caller) = state.tokens.authenticate(token.trim().as_bytes()) else {
+        return Err(ApiError::Unauthorized.into());
+    };
+    let needed = auth::required_scope(req.method(), req.path());
+    if !caller.may(needed) {
+        if needed.mutates() {
+            audit::record_refusal(&state, &caller, &req)?;
+        }
+        return Err(ApiError::Forbidden(format!(
+            "this token (scopes: {}) may not call {} {}: it needs the {} scope",
+            caller.scope_names(),
+            req.method(),
+            req.path(),
+            needed.name()
+        ))
+        .into());
+    }
+    if needed.mutates() {
+        audit::around(state, caller, req, next).await
+    } else {
+        Ok(next.call(req).await?.map_into_boxed_body())
+    }
 }
 
 /// JSON body errors become 400 (or 413) with a `{"message"}` body.
@@ -142,6 +157,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     contracts::routes(cfg);
     balances::routes(cfg);
     quarantine::routes(cfg);
+    audit::routes(cfg);
     openapi::routes(cfg);
 }
 
@@ -206,7 +222,7 @@ impl Application {
             listener,
             engine,
             ApiOptions {
-                tokens: tokens.to_vec(),
+                tokens: full_access(tokens),
                 body_limit,
                 workers,
                 stripe: None,

@@ -33,6 +33,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
     ),
     (
         "get",
+        "/v1/tollgate/audit",
+        "List audited calls, oldest first; filters starting_on, ending_before, token (Tollgate)",
+        Shape::Page,
+    ),
+    (
+        "get",
         "/v1/tollgate/quarantine/decisions",
         "List decided quarantine entries with their decisions (Tollgate)",
         Shape::Page,
@@ -271,6 +277,7 @@ pub fn document() -> Value {
                 "200": ok,
                 "400": {"$ref": "#/components/responses/Error"},
                 "401": {"$ref": "#/components/responses/Error"},
+                "403": {"$ref": "#/components/responses/Error"},
                 "404": {"$ref": "#/components/responses/Error"},
                 "409": {"$ref": "#/components/responses/Error"},
                 "413": {"$ref": "#/components/responses/Error"},
@@ -280,6 +287,11 @@ pub fn document() -> Value {
         });
         if public {
             operation["security"] = json!([]);
+        } else {
+            let http_method = actix_web::http::Method::from_bytes(method.to_uppercase().as_bytes())
+                .unwrap_or(actix_web::http::Method::POST);
+            operation["x-tollgate-scope"] =
+                json!(super::auth::required_scope(&http_method, path).name());
         }
         if *method == "post" {
             operation["requestBody"] = json!({

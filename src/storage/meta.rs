@@ -112,6 +112,26 @@ impl Store {
         Ok(found)
     }
 
+    /// The entry with the greatest key under `prefix`, if any.
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn meta_last_under(&self, prefix: &[u8]) -> Result<Option<MetaEntry>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
+        let mut it = self.meta_cursor(prefix)?;
+        match prefix_end(prefix) {
+            // The cursor's upper bound is `end`: the last key before it.
+            Some(end) => it.seek_for_prev(&end),
+            None => it.seek_for_prev(&[u8::MAX; 64]),
+        }
+        let found = match it.item() {
+            Some((key, value)) if key.starts_with(prefix) => Some((key.to_vec(), value.to_vec())),
+            _ => None,
+        };
+        it.status()?;
+        Ok(found)
+    }
+
     /// Writes and deletes many keys in one write batch (one fsync in `Fsync` mode): customer
     /// states at a checkpoint, registry entries of one input.
     ///

@@ -830,6 +830,36 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    fn meta_last_under_finds_the_greatest_key_of_a_prefix_only(kind) {
+        let place = Place::new(kind);
+        let store = place.open();
+        assert_eq!(store.meta_last_under(b"c/").unwrap(), None);
+        let puts = [
+            (b"b/9".to_vec(), vec![0]),
+            (b"c/1".to_vec(), vec![1]),
+            (b"c/2\xff".to_vec(), vec![2]),
+            (b"c0".to_vec(), vec![3]),
+            (b"d".to_vec(), vec![4]),
+        ];
+        store.meta_write_batch(&puts, &[]).unwrap();
+        assert_eq!(
+            store.meta_last_under(b"c/").unwrap(),
+            Some((b"c/2\xff".to_vec(), vec![2]))
+        );
+        // Keys just below and just above the prefix's range are not under it.
+        assert_eq!(store.meta_last_under(b"c/3").unwrap(), None);
+        assert_eq!(store.meta_last_under(b"a").unwrap(), None);
+        assert_eq!(store.meta_last_under(b"d").unwrap(), Some((b"d".to_vec(), vec![4])));
+        // A prefix of only 0xff bytes has no end key.
+        store.meta_put(&[0xff, 0xff, 1], &[5]).unwrap();
+        assert_eq!(
+            store.meta_last_under(&[0xff, 0xff]).unwrap(),
+            Some((vec![0xff, 0xff, 1], vec![5]))
+        );
+    }
+}
+
+on_both_backends! {
     fn meta_scan_page_pages_through_a_prefix_after_a_cursor(kind) {
         let place = Place::new(kind);
         let store = place.open();

@@ -42,7 +42,7 @@ async fn spawn_edge(extra: ExtraRoutes) -> EdgeApp {
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let options = ApiOptions {
-        tokens: vec![TOKEN.to_owned()],
+        tokens: tollgate::http::full_access(&[TOKEN.to_owned()]),
         body_limit: BODY_LIMIT,
         workers: 2,
         stripe: None,

@@ -216,6 +216,9 @@ struct Sim {
     decided: BTreeMap<String, bool>,
     /// What the API answered that it must not have.
     violations: Vec<String>,
+    /// Path and status of every answered control request below 500: each must be in the
+    /// audit log at the end.
+    answered: Vec<(String, u16)>,
     txn_counter: u64,
     step: usize,
     /// What the engine held when it was killed, for the restart to reach again.
@@ -381,6 +384,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         config,
         storage,
         retries: Vec::new(),
+        answered: Vec::new(),
         decided: BTreeMap::new(),
         violations: Vec::new(),
         txn_counter: 0,
@@ -510,7 +514,11 @@ async fn api(engine: &Engine) -> impl Api {
         webhook_secret: sim_stripe::WEBHOOK_SECRET.into(),
         webhook_path: sim_stripe::WEBHOOK_PATH.into(),
     };
-    let mut state = AppState::new(engine.clone(), &[TOKEN.into()], 1 << 20);
+    let mut state = AppState::new(
+        engine.clone(),
+        &tollgate::http::full_access(&[TOKEN.into()]),
+        1 << 20,
+    );
     state.stripe = Some(webhook.clone());
     let app = tollgate::http::app(web::Data::new(state), Some(webhook), Arc::new(|_| {}));
     test::init_service(app).await
@@ -1419,6 +1427,9 @@ impl Sim {
             return None;
         };
         self.trace.record(&request.path, status, &body);
+        if status < 500 {
+            self.answered.push((request.path.clone(), status));
+        }
         if std::env::var_os("TOLLGATE_SIM_VERBOSE").is_some() {
             println!(
                 "t={} {} {} -> {status} {}",
@@ -2265,6 +2276,7 @@ impl Sim {
         self.check_balances(engine, &applied_by_invoice).await?;
         self.check_workflows(engine).await?;
         self.check_workflow_money(engine).await?;
+        self.check_audit(app).await?;
         let conflicts = self.receiver.conflicts();
         if !conflicts.is_empty() {
             return Err(format!("webhooks delivered with two bodies: {conflicts:?}"));
@@ -2282,6 +2294,57 @@ impl Sim {
 }
 
 impl Sim {
+    /// Every control request answered below 500 is in the audit log with its path and status,
+    /// across crashes, power losses and storage faults; a record without a status (its call was
+    /// running when the process stopped, or its second write failed) may stand for any answer.
+    /// (A 503 may have no record: a call whose first record cannot be written does not run.)
+    async fn check_audit(&mut self, app: &impl Api) -> Result<(), String> {
+        let mut records: BTreeMap<(String, Option<u64>), usize> = BTreeMap::new();
+        let (mut cursor, mut last_seq) = (String::new(), 0u64);
+        loop {
+            let (status, page) = self
+                .get(
+                    app,
+                    &format!("/v1/tollgate/audit?limit=100&next_page={cursor}"),
+                )
+                .await;
+            if status != 200 {
+                return Err(format!("audit log: {status} {page}"));
+            }
+            for record in page["data"].as_array().into_iter().flatten() {
+                let seq = record["seq"].as_u64().unwrap_or(0);
+                if seq <= last_seq {
+                    return Err(format!("audit seq {seq} after {last_seq}: {record}"));
+                }
+                last_seq = seq;
+                let path = record["path"].as_str().unwrap_or("").to_owned();
+                *records
+                    .entry((path, record["status"].as_u64()))
+                    .or_default() += 1;
+            }
+            match page["next_page"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => break,
+            }
+        }
+        for (path, status) in &self.answered {
+            let exact = (path.clone(), Some(u64::from(*status)));
+            let open = (path.clone(), None);
+            let slot = [exact, open]
+                .into_iter()
+                .find(|k| records.get(k).is_some_and(|&n| n > 0));
+            match slot {
+                Some(key) => *records.get_mut(&key).expect("found above") -= 1,
+                None => {
+                    return Err(format!(
+                        "{path} was answered {status} and is not in the audit log"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every EXTERNAL workflow was announced to the integrator (else nobody can ever release
     /// it), and every one the integrator decided ended that way.
     async fn check_workflows(&mut self, engine: &Engine) -> Result<(), String> {
