@@ -7,6 +7,9 @@
 # starts it again on the same directory and times `GET /ready`. Prints one JSON line.
 #
 #   EVENTS=10000000 CUSTOMERS=10000 DURABILITY=fsync scripts/bench-recovery.sh
+#
+# PERF_OUT=FILE also records a CPU profile of the restarted server until it is ready
+# (`perf record -F 499 -g`; read it with `perf report -i FILE`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-10000000}
@@ -75,8 +78,17 @@ loader=""
 started=$(date +%s%N)
 "$BIN" serve --config "$work/tollgate.toml" 2>>"$work/server.log" >/dev/null &
 server=$!
+perf=""
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -F 499 -g -p "$server" -o "$PERF_OUT" >/dev/null 2>&1 &
+  perf=$!
+fi
 wait_ready
 ready_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+if [ -n "$perf" ]; then
+  kill -INT "$perf" 2>/dev/null || true
+  wait "$perf" 2>/dev/null || true
+fi
 printf '{"events_before_kill":%s,"replayed_inputs":%s,"recovery_ms":%s,"ready_ms":%s,"durability":"%s","customers":%s}\n' \
   "$accepted" "$(metric tollgate_recovery_replayed_inputs)" "$(metric tollgate_recovery_milliseconds)" \
   "$ready_ms" "$DURABILITY" "$CUSTOMERS"

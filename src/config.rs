@@ -239,10 +239,11 @@ impl Config {
             if earlier.iter().any(|t| t.secret() == token.secret()) {
                 return Err(format!("auth.tokens[{i}]: the same token is listed twice"));
             }
-            if earlier.iter().any(|t| t.identity() == token.identity()) {
+            if let Some(name) = token.name()
+                && earlier.iter().any(|t| t.name() == Some(name))
+            {
                 return Err(format!(
-                    "auth.tokens[{i}]: the name {:?} is taken by another token",
-                    token.identity()
+                    "auth.tokens[{i}]: the name {name:?} is taken by another token"
                 ));
             }
         }
@@ -464,7 +465,7 @@ mod tests {
             config.auth.tokens[0],
             TokenConfig::Full("plain-token-1".into())
         );
-        assert_eq!(config.auth.tokens[1].identity(), "ingest");
+        assert_eq!(config.auth.tokens[1].name(), Some("ingest"));
         assert_eq!(
             config.auth.tokens[1].scopes(),
             Ok(vec![crate::http::auth::Scope::Ingest])

@@ -10,8 +10,9 @@
 //! objects it names.
 //!
 //! Records live in `meta` under `audit/<at ms><seq>` (both big-endian), so they list in time
-//! order; `seq` counts on from the newest stored record at the first call after a start.
-//! Kept without expiry: a record is about 200 bytes.
+//! order; `seq` and the time only grow (see [`AuditLog::next`]) and count on from the newest
+//! stored record at the first call after a start. Kept without expiry: a record is about 200
+//! bytes. An `Idempotency-Key` replay is recorded too, marked `replayed`.
 //!
 //! `GET /v1/tollgate/audit`: oldest first in cursor pages; filters `starting_on`,
 //! `ending_before` (RFC 3339) and `token` (an identity).
@@ -20,6 +21,7 @@ use std::sync::{Mutex, PoisonError};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, web};
 use serde::{Deserialize, Serialize};
@@ -59,15 +61,18 @@ const ANSWER_BYTES_MAX: u64 = 64 * 1024;
 pub struct AuditRecord {
     pub seq: u64,
     pub at_ms: i64,
-    /// The token's identity (`auth::TokenConfig::identity`).
+    /// The token's identity (`AppState::identity`).
     pub token: String,
     pub method: String,
+    /// The path the router matched (percent-decoded but for `%2F`, `%25`, `%2B`).
     pub path: String,
     /// `(field, value)` for each id the request body (and then the answer's `data`) named.
     pub targets: Vec<(String, String)>,
     /// The status answered; `None` while the call runs, or when the server stopped before it
     /// answered.
     pub status: Option<u16>,
+    /// The answer was an `Idempotency-Key` replay: the call did not run again.
+    pub replayed: bool,
 }
 
 impl AuditRecord {
@@ -81,32 +86,38 @@ fn record_key(at_ms: i64, seq: u64) -> Vec<u8> {
     [AUDIT_PREFIX, &at[..], &seq.to_be_bytes()[..]].concat()
 }
 
-/// Hands out record seqs; the first call after a start reads the newest stored record.
+/// Hands out record seqs and times; the first call after a start reads the newest stored
+/// record.
 #[derive(Default)]
 pub struct AuditLog {
-    next_seq: Mutex<Option<u64>>,
+    /// The last `(seq, at_ms)` handed out.
+    last: Mutex<Option<(u64, i64)>>,
 }
 
 impl AuditLog {
-    fn next_seq(&self, engine: &Engine) -> Result<u64, EngineError> {
-        let mut next = self.next_seq.lock().unwrap_or_else(PoisonError::into_inner);
-        let seq = match *next {
-            Some(seq) => seq,
+    /// The next `(seq, at_ms)`. Both only grow, whatever the clock does (a clock stepped back
+    /// files records at the last time handed out), so the greatest key is the latest record and
+    /// a restart counts on from it: no seq is ever given twice.
+    fn next(&self, engine: &Engine) -> Result<(u64, i64), EngineError> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seq, at) = match *last {
+            Some(last) => last,
             None => engine
-                .with_store("audit log read", newest_seq)?
-                .map_or(1, |s| s + 1),
+                .with_store("audit log read", newest)?
+                .unwrap_or((0, 0)),
         };
-        *next = Some(seq + 1);
-        Ok(seq)
+        let next = (seq + 1, engine.now_ms().max(at));
+        *last = Some(next);
+        Ok(next)
     }
 }
 
-fn newest_seq(store: &Store) -> Result<Option<u64>, StorageError> {
+fn newest(store: &Store) -> Result<Option<(u64, i64)>, StorageError> {
     let Some((_, value)) = store.meta_last_under(AUDIT_PREFIX)? else {
         return Ok(None);
     };
     let record: AuditRecord = storage::decode(VERSION, &value)?;
-    Ok(Some(record.seq))
+    Ok(Some((record.seq, record.at_ms)))
 }
 
 fn write(engine: &Engine, record: &AuditRecord) -> Result<(), EngineError> {
@@ -116,20 +127,38 @@ fn write(engine: &Engine, record: &AuditRecord) -> Result<(), EngineError> {
     })
 }
 
+fn new_record(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+) -> Result<AuditRecord, EngineError> {
+    let token = state.identity(caller)?;
+    let (seq, at_ms) = state.audit.next(&state.engine)?;
+    Ok(AuditRecord {
+        seq,
+        at_ms,
+        token,
+        method: method.to_string(),
+        path: path.to_owned(),
+        targets: Vec::new(),
+        status: None,
+        replayed: false,
+    })
+}
+
 /// Records a call refused for its scope (it did not run).
 ///
 /// # Errors
 /// Storage errors (the engine stops).
-pub fn record_refusal(state: &AppState, caller: &Caller, req: &ServiceRequest) -> ApiResult<()> {
-    let record = AuditRecord {
-        seq: state.audit.next_seq(&state.engine)?,
-        at_ms: state.engine.now_ms(),
-        token: caller.identity.clone(),
-        method: req.method().to_string(),
-        path: req.path().to_owned(),
-        targets: Vec::new(),
-        status: Some(403),
-    };
+pub fn record_refusal(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+) -> ApiResult<()> {
+    let mut record = new_record(state, caller, method, path)?;
+    record.status = Some(403);
     Ok(write(&state.engine, &record)?)
 }
 
@@ -140,6 +169,7 @@ pub fn record_refusal(state: &AppState, caller: &Caller, req: &ServiceRequest) -
 pub async fn around(
     state: web::Data<AppState>,
     caller: Caller,
+    path: String,
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
@@ -151,54 +181,68 @@ pub async fn around(
     ))
     .await?
     .freeze();
-    let mut record = AuditRecord {
-        seq: state
-            .audit
-            .next_seq(&state.engine)
-            .map_err(ApiError::from)?,
-        at_ms: state.engine.now_ms(),
-        token: caller.identity,
-        method: req.method().to_string(),
-        path: req.path().to_owned(),
-        targets: serde_json::from_slice::<Value>(&body)
-            .map(|v| targets_of(&v))
-            .unwrap_or_default(),
-        status: None,
-    };
+    let mut record = new_record(&state, &caller, req.method(), &path).map_err(ApiError::from)?;
+    if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+        record.targets = targets_of(&value);
+    }
     let unwritten =
         crate::defects::active(crate::defects::Defect::AuditUnwritten) && record.seq % 4 == 0;
     if !unwritten {
         write(&state.engine, &record).map_err(ApiError::from)?;
     }
     req.set_payload(actix_web::dev::Payload::from(body));
-
-    let response = next.call(req).await?.map_into_boxed_body();
-    record.status = Some(response.status().as_u16());
-    let (http_req, http_res) = response.into_parts();
-    let (head, answer) = http_res.into_parts();
-    let small =
-        matches!(answer.size(), actix_web::body::BodySize::Sized(n) if n <= ANSWER_BYTES_MAX);
-    let answer = if small {
-        let bytes = actix_web::body::to_bytes(answer)
-            .await
-            .map_err(|_| ApiError::Engine(EngineError::Internal("response body".into())))?;
-        if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
-            for (field, id) in targets_of(&value["data"]) {
-                if !record.targets.contains(&(field.clone(), id.clone())) {
-                    record.targets.push((field, id));
+    // The call and its second record run as a task of their own: a client that hangs up does
+    // not stop them half-way (the idempotency layer inside relies on the same).
+    let run = actix_rt::spawn(async move {
+        let response = match next.call(req).await {
+            Ok(response) => response.map_into_boxed_body(),
+            Err(error) => {
+                // An inner layer's refusal (e.g. an `Idempotency-Key` in progress).
+                record.status = Some(error.as_response_error().status_code().as_u16());
+                if !unwritten {
+                    let _ = write(&state.engine, &record);
                 }
+                return Err(error);
             }
+        };
+        record.status = Some(response.status().as_u16());
+        record.replayed = response.headers().contains_key("idempotent-replayed");
+        let (http_req, http_res) = response.into_parts();
+        let (head, answer) = http_res.into_parts();
+        let small = matches!(
+            answer.size(),
+            actix_web::body::BodySize::Sized(n) if n <= ANSWER_BYTES_MAX
+        );
+        let answer = if small {
+            match actix_web::body::to_bytes(answer).await {
+                Ok(bytes) => {
+                    if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+                        for target in targets_of(&value["data"]) {
+                            if !record.targets.contains(&target) {
+                                record.targets.push(target);
+                            }
+                        }
+                    }
+                    BoxBody::new(bytes)
+                }
+                // The call ran; only its answer's body could not be read.
+                Err(_) => BoxBody::new(actix_web::web::Bytes::new()),
+            }
+        } else {
+            answer
+        };
+        // The call ran: its answer goes to the client even if the record cannot be completed
+        // (the engine stops on the failure; the record stays without a status).
+        if !unwritten {
+            let _ = write(&state.engine, &record);
         }
-        BoxBody::new(bytes)
-    } else {
-        answer
-    };
-    // The call ran: its answer goes to the client even if the record cannot be completed (the
-    // engine stops on the failure; the record stays without a status).
-    if !unwritten {
-        let _ = write(&state.engine, &record);
-    }
-    Ok(ServiceResponse::new(http_req, head.set_body(answer)))
+        Ok(ServiceResponse::new(http_req, head.set_body(answer)))
+    });
+    run.await.map_err(|_| {
+        actix_web::Error::from(ApiError::Engine(EngineError::Internal(
+            "audited request task failed".into(),
+        )))
+    })?
 }
 
 /// The id fields of a JSON object, as strings.
@@ -240,6 +284,9 @@ struct ListQuery {
 
 /// Records read per scan step while filtering by token.
 const SCAN_PAGE: usize = 256;
+/// Records one request reads at most: a `token` filter that matches little answers a short (or
+/// empty) page with a `next_page` to go on from, rather than scanning the whole log at once.
+const SCAN_MAX: usize = 10_000;
 
 async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiResult<HttpResponse> {
     let limit = wire::page_limit(query.limit)?;
@@ -263,7 +310,7 @@ async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiRe
     };
     let end = ending_before.map(|t| record_key(t.millis(), 0));
     let mut found: Vec<(Vec<u8>, AuditRecord)> = Vec::new();
-    let mut more = false;
+    let (mut more, mut scanned) = (false, 0usize);
     'scan: loop {
         let page = state.engine.with_store("audit log list", |store| {
             store.meta_scan_page(AUDIT_PREFIX, after.as_deref(), SCAN_PAGE)
@@ -273,6 +320,11 @@ async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiRe
             if end.as_ref().is_some_and(|end| key >= *end) {
                 break 'scan;
             }
+            if scanned == SCAN_MAX {
+                more = true;
+                break 'scan;
+            }
+            scanned += 1;
             after = Some(key.clone());
             let record: AuditRecord = storage::decode(VERSION, &value)
                 .map_err(|e| ApiError::Engine(EngineError::Internal(format!("audit: {e}"))))?;
@@ -289,9 +341,12 @@ async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiRe
             break;
         }
     }
-    let next_page = match (more, found.last()) {
-        (true, Some((key, _))) => Some(hex::encode(key)),
-        _ => None,
+    // A full page goes on after its last record; a scan cut at `SCAN_MAX`, after the last
+    // record it read.
+    let next_page = match (more, found.len() == limit) {
+        (true, true) => found.last().map(|(key, _)| hex::encode(key)),
+        (true, false) => after.as_ref().map(hex::encode),
+        (false, _) => None,
     };
     Ok(wire::page(
         found.iter().map(|(_, r)| render(r)).collect(),
@@ -313,6 +368,7 @@ fn render(record: &AuditRecord) -> Value {
         "path": record.path,
         "targets": targets,
         "status": record.status,
+        "replayed": record.replayed,
     })
 }
 

@@ -3,8 +3,13 @@
 //! it needs ([`required_scope`]); a token without that scope (or `operator`) gets 403 with a
 //! `{"message"}` body, and the refusal is written to the audit log.
 //!
-//! A token is known by its *identity* (its `name`, or `token-` and the first 12 hex digits of
-//! its SHA-256) wherever it is recorded: the token itself is never logged or stored.
+//! A token is known by its *identity* wherever it is recorded: its `name`, or `token-` and 16
+//! hex digits of an HMAC-SHA256 of the token under a random key kept in the data directory
+//! (`auth/fingerprint-key` in `meta`), so a fingerprint read from the audit log cannot be
+//! brute-forced back into the token. The token itself is never logged or stored.
+//!
+//! Requests are classified by the path the router matches (percent-decoded except `%2F`,
+//! `%25` and `%2B`), not the raw one: `/v1/%74ollgate/...` is an operator call.
 
 use actix_web::http::Method;
 use serde::Deserialize;
@@ -74,13 +79,13 @@ impl TokenConfig {
         }
     }
 
-    /// The name under which the token is recorded: its `name`, or a fingerprint of it.
-    pub fn identity(&self) -> String {
+    /// The configured name, if any (otherwise the token is recorded by its fingerprint).
+    pub fn name(&self) -> Option<&str> {
         match self {
             TokenConfig::Scoped(ScopedToken {
                 name: Some(name), ..
-            }) => name.clone(),
-            _ => fingerprint(self.secret()),
+            }) => Some(name),
+            _ => None,
         }
     }
 
@@ -109,11 +114,15 @@ impl TokenConfig {
     /// The first problem, prefixed with `auth.tokens[i]`.
     pub fn check(&self, index: usize) -> Result<(), String> {
         let at = format!("auth.tokens[{index}]");
-        if self.secret().trim().len() < 8 {
+        let secret = self.secret();
+        if secret.len() < 8 {
             return Err(format!("{at}: a token is shorter than 8 characters"));
         }
-        if self.secret().trim() != self.secret() {
-            return Err(format!("{at}: a token has leading or trailing whitespace"));
+        // An HTTP header carries visible ASCII; anything else could never authenticate.
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{at}: a token may only hold visible ASCII characters (no spaces)"
+            ));
         }
         if let TokenConfig::Scoped(scoped) = self {
             if scoped.scopes.is_empty() {
@@ -130,30 +139,43 @@ impl TokenConfig {
                         "{at}: name: 1 to 64 characters of letters, digits, '.', '_' or '-'"
                     ));
                 }
+                if name.starts_with(FINGERPRINT_PREFIX) {
+                    return Err(format!(
+                        "{at}: name: may not start with {FINGERPRINT_PREFIX:?} (fingerprints do)"
+                    ));
+                }
             }
         }
         Ok(())
     }
 }
 
-/// `token-` and the first 12 hex digits of the token's SHA-256: enough to tell tokens apart in
-/// the audit log, useless for guessing the token.
-pub fn fingerprint(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    format!("token-{}", &hex::encode(digest)[..12])
+const FINGERPRINT_PREFIX: &str = "token-";
+
+/// `token-` and the first 16 hex digits of HMAC-SHA256(`key`, token): tells tokens apart in
+/// the audit log without saying anything about them to whoever lacks the data directory's key.
+pub fn fingerprint(key: &[u8], token: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(token.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    format!("{FINGERPRINT_PREFIX}{}", &hex::encode(digest)[..16])
 }
 
 /// A configured token, ready to be compared.
 struct Known {
-    secret: Vec<u8>,
-    identity: String,
+    /// SHA-256 of the token: every comparison is of 32 bytes, whatever the tokens' lengths.
+    digest: [u8; 32],
+    secret: String,
+    name: Option<String>,
     scopes: Vec<Scope>,
 }
 
-/// Who made a request: put in the request's extensions once its token is accepted.
+/// Who made a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
-    pub identity: String,
+    /// Which configured token (its place in `auth.tokens`).
+    pub index: usize,
     pub scopes: Vec<Scope>,
 }
 
@@ -180,28 +202,66 @@ impl Tokens {
             entries
                 .iter()
                 .map(|entry| Known {
-                    secret: entry.secret().as_bytes().to_vec(),
-                    identity: entry.identity(),
+                    digest: Sha256::digest(entry.secret().as_bytes()).into(),
+                    secret: entry.secret().to_owned(),
+                    name: entry.name().map(str::to_owned),
                     scopes: entry.scopes().unwrap_or_default(),
                 })
                 .collect(),
         )
     }
 
-    /// The caller whose token is `candidate`. Every configured token is compared in constant
-    /// time, so how long this takes does not say which one (or how much of one) matched.
+    /// The caller whose token is `candidate`. Every configured token's digest is compared in
+    /// constant time with the candidate's, so how long this takes says nothing about which
+    /// token (or how much of one, or how long) matched.
     pub fn authenticate(&self, candidate: &[u8]) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(candidate).into();
         let mut found = None;
-        for known in &self.0 {
-            if constant_time_eq(&known.secret, candidate) && found.is_none() {
-                found = Some(known);
+        for (index, known) in self.0.iter().enumerate() {
+            if constant_time_eq(&known.digest, &digest) && found.is_none() {
+                found = Some(index);
             }
         }
-        found.map(|known| Caller {
-            identity: known.identity.clone(),
-            scopes: known.scopes.clone(),
+        found.map(|index| Caller {
+            index,
+            scopes: self.0[index].scopes.clone(),
         })
     }
+
+    /// Whether some token has no name (its identity then needs the fingerprint key).
+    pub fn any_unnamed(&self) -> bool {
+        self.0.iter().any(|k| k.name.is_none())
+    }
+
+    /// The identity of every token, in order: its name or its fingerprint under `key`.
+    pub fn identities(&self, key: &[u8]) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|k| match &k.name {
+                Some(name) => name.clone(),
+                None => fingerprint(key, &k.secret),
+            })
+            .collect()
+    }
+}
+
+/// Where the fingerprint key lives in `meta`.
+const FINGERPRINT_KEY: &[u8] = b"auth/fingerprint-key";
+
+/// The data directory's fingerprint key, made (32 random bytes, stored durably) at its first
+/// use.
+///
+/// # Errors
+/// Storage errors.
+pub fn fingerprint_key(
+    store: &crate::storage::Store,
+) -> Result<Vec<u8>, crate::storage::StorageError> {
+    if let Some(key) = store.meta_get(FINGERPRINT_KEY)? {
+        return Ok(key);
+    }
+    let key: [u8; 32] = rand::random();
+    store.meta_put(FINGERPRINT_KEY, &key)?;
+    Ok(key.to_vec())
 }
 
 /// Compares without an early exit on the first differing byte (length is not secret).
@@ -305,22 +365,25 @@ mod tests {
     }
 
     #[test]
-    fn a_token_is_known_by_its_name_or_a_fingerprint_never_by_itself() {
-        let plain = TokenConfig::Full("secret-token-1".into());
-        let identity = plain.identity();
-        assert!(
-            identity.starts_with("token-") && identity.len() == 18,
-            "{identity}"
-        );
-        assert!(!identity.contains("secret"));
-        assert_eq!(identity, fingerprint("secret-token-1"));
-        assert_ne!(identity, fingerprint("secret-token-2"));
-        let named = scoped("secret-token-1", Some("ingest-svc"), &["ingest"]);
-        assert_eq!(named.identity(), "ingest-svc");
-        assert_eq!(
-            scoped("secret-token-1", None, &["read"]).identity(),
-            identity
-        );
+    fn a_token_is_known_by_its_name_or_a_keyed_fingerprint_never_by_itself() {
+        let tokens = Tokens::new(&[
+            TokenConfig::Full("secret-token-1".into()),
+            scoped("secret-token-2", Some("ingest-svc"), &["ingest"]),
+            scoped("secret-token-3", None, &["read"]),
+        ]);
+        assert!(tokens.any_unnamed());
+        let ids = tokens.identities(b"key-one");
+        assert_eq!(ids[1], "ingest-svc");
+        for id in [&ids[0], &ids[2]] {
+            assert!(id.starts_with("token-") && id.len() == 22, "{id}");
+            assert!(!id.contains("secret"));
+        }
+        assert_ne!(ids[0], ids[2]);
+        assert_eq!(ids[0], fingerprint(b"key-one", "secret-token-1"));
+        // Another data directory's key gives another fingerprint: none can be precomputed.
+        assert_ne!(tokens.identities(b"key-two")[0], ids[0]);
+        let named = Tokens::new(&[scoped("secret-token-2", Some("a"), &["read"])]);
+        assert!(!named.any_unnamed());
     }
 
     #[test]
@@ -333,7 +396,7 @@ mod tests {
         let full = tokens.authenticate(b"full-access-token").unwrap();
         assert!(Scope::ALL.iter().all(|&s| full.may(s)));
         let ingest = tokens.authenticate(b"ingest-only-token").unwrap();
-        assert_eq!(ingest.identity, "ingest");
+        assert_eq!(ingest.index, 1);
         assert!(ingest.may(Scope::Ingest));
         assert!(!ingest.may(Scope::Read) && !ingest.may(Scope::Write));
         assert!(!ingest.may(Scope::Operator));
@@ -349,7 +412,16 @@ mod tests {
     fn bad_token_entries_are_refused_naming_the_entry() {
         let check = |entry: TokenConfig| entry.check(2).unwrap_err();
         assert!(check(TokenConfig::Full("short".into())).starts_with("auth.tokens[2]"));
-        assert!(check(TokenConfig::Full(" padded-token ".into())).contains("whitespace"));
+        assert!(check(TokenConfig::Full(" padded-token ".into())).contains("visible ASCII"));
+        assert!(check(TokenConfig::Full("tökenwithumlaut".into())).contains("visible ASCII"));
+        assert!(
+            check(scoped(
+                "long-enough-token",
+                Some("token-0123abcd"),
+                &["read"]
+            ))
+            .contains("fingerprints")
+        );
         assert!(check(scoped("long-enough-token", None, &[])).contains("at least one scope"));
         let unknown = check(scoped("long-enough-token", None, &["admin"]));
         assert!(unknown.contains("\"admin\""), "{unknown}");

@@ -41,6 +41,8 @@ pub struct AppState {
     pub stripe: Option<stripe::StripeWebhook>,
     pub audit: audit::AuditLog,
     tokens: auth::Tokens,
+    /// Every token's identity, worked out at the first call that needs one.
+    identities: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 /// Everything the API needs besides the engine.
@@ -61,7 +63,32 @@ impl AppState {
             stripe: None,
             audit: audit::AuditLog::default(),
             tokens: auth::Tokens::new(tokens),
+            identities: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The identity `caller`'s token is recorded under (its name or fingerprint).
+    ///
+    /// # Errors
+    /// Storage errors reading or making the fingerprint key (the engine stops).
+    pub fn identity(&self, caller: &auth::Caller) -> Result<String, crate::actors::EngineError> {
+        let mut identities = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if identities.is_none() {
+            let key = if self.tokens.any_unnamed() {
+                self.engine
+                    .with_store("token fingerprint key", auth::fingerprint_key)?
+            } else {
+                Vec::new()
+            };
+            *identities = Some(self.tokens.identities(&key));
+        }
+        Ok(identities
+            .as_ref()
+            .and_then(|ids| ids.get(caller.index).cloned())
+            .unwrap_or_default())
     }
 }
 
@@ -88,12 +115,15 @@ async fn require_token(
         .app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or(ApiError::Engine(crate::actors::EngineError::NotReady))?;
+    // Decisions are made on the path the router matches (percent-decoded but for `%2F`, `%25`
+    // and `%2B`), so an encoded path cannot look like another scope's.
+    let path = req.match_info().as_str().to_owned();
     // Stripe authenticates its webhook with a signature, not our bearer token.
     let stripe_path = state
         .stripe
         .as_ref()
-        .is_some_and(|s| s.webhook_path == req.path());
-    if PUBLIC_PATHS.contains(&req.path()) || stripe_path {
+        .is_some_and(|s| s.webhook_path == path);
+    if PUBLIC_PATHS.contains(&path.as_str()) || stripe_path {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let header = req
@@ -108,22 +138,22 @@ async fn require_token(
     let Some(caller) = state.tokens.authenticate(token.trim().as_bytes()) else {
         return Err(ApiError::Unauthorized.into());
     };
-    let needed = auth::required_scope(req.method(), req.path());
+    let needed = auth::required_scope(req.method(), &path);
     if !caller.may(needed) {
         if needed.mutates() {
-            audit::record_refusal(&state, &caller, &req)?;
+            audit::record_refusal(&state, &caller, req.method(), &path)?;
         }
         return Err(ApiError::Forbidden(format!(
             "this token (scopes: {}) may not call {} {}: it needs the {} scope",
             caller.scope_names(),
             req.method(),
-            req.path(),
+            path,
             needed.name()
         ))
         .into());
     }
     if needed.mutates() {
-        audit::around(state, caller, req, next).await
+        audit::around(state, caller, path, req, next).await
     } else {
         Ok(next.call(req).await?.map_into_boxed_body())
     }

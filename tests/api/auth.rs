@@ -209,7 +209,12 @@ async fn every_mutating_call_is_audited_with_its_token_identity_targets_and_stat
         })
         .collect();
     let alias_path = format!("/v1/customers/{customer}/setIngestAliases");
-    let fingerprint = tollgate::http::auth::fingerprint(TOKEN);
+    // A plain token is known by a fingerprint keyed by the data directory.
+    let fingerprint = records[3]["token"].as_str().unwrap().to_owned();
+    assert!(
+        fingerprint.starts_with("token-") && fingerprint.len() == 22,
+        "{fingerprint}"
+    );
     assert_eq!(
         summary,
         [
@@ -265,4 +270,77 @@ async fn every_mutating_call_is_audited_with_its_token_identity_targets_and_stat
         assert_eq!(status, 400, "{bad}: {answer}");
         assert!(answer["message"].is_string());
     }
+}
+
+#[actix_rt::test]
+async fn an_encoded_path_needs_the_scope_of_the_route_it_reaches_and_is_audited_decoded() {
+    let app = spawn_scoped_app().await;
+    // `%74` is `t`: the router reaches the operator's discard endpoint.
+    for path in [
+        "/v1/%74ollgate/quarantine/discard",
+        "/v1/tollgate/quarantine/%64iscard",
+    ] {
+        let (status, answer) = app
+            .call(WRITE, "POST", path, json!({"id": "00", "reason": "x"}))
+            .await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        let (status, _) = app
+            .call(OPERATOR, "POST", path, json!({"id": "00", "reason": "x"}))
+            .await;
+        assert_eq!(status, 400, "{path} reaches the handler for an operator");
+    }
+    // An encoded ingest path is still ingest for an ingest token, and a read for no one else.
+    let (status, _) = app
+        .call(INGEST, "POST", "/v1/%69ngest", event("someone", "t1"))
+        .await;
+    assert_ne!(status, 403);
+    let page = app.audit("").await;
+    let paths: Vec<(&str, u64)> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap(), r["status"].as_u64().unwrap()))
+        .collect();
+    let discard = "/v1/tollgate/quarantine/discard";
+    assert_eq!(
+        paths,
+        [
+            (discard, 403),
+            (discard, 400),
+            (discard, 403),
+            (discard, 400)
+        ]
+    );
+}
+
+#[actix_rt::test]
+async fn refusals_by_inner_layers_and_idempotent_replays_are_audited_with_their_status() {
+    let app = spawn_scoped_app().await;
+    let post = |key: &str| {
+        app.client
+            .post(format!("{}/v1/customers", app.base))
+            .bearer_auth(WRITE)
+            .header("Idempotency-Key", key)
+            .json(&json!({"name": "Acme"}))
+            .send()
+    };
+    assert_eq!(post("create-acme").await.unwrap().status(), 200);
+    let replay = post("create-acme").await.unwrap();
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    // Refused by the idempotency layer itself (a key over 255 characters): 400, nothing ran.
+    assert_eq!(post(&"k".repeat(256)).await.unwrap().status(), 400);
+    let page = app.audit("").await;
+    let records = page["data"].as_array().unwrap();
+    let seen: Vec<(u64, bool)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap(),
+                r["replayed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(200, false), (200, true), (400, false)]);
+    assert_eq!(records[0]["targets"], records[1]["targets"]);
 }

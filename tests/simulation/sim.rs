@@ -39,6 +39,8 @@ use super::receiver::Receiver;
 use super::stripe::{self as sim_stripe, SimStripe};
 
 const TOKEN: &str = "sim-token";
+/// The name the simulated integrator's token is recorded under in the audit log.
+const SIM_TOKEN_NAME: &str = "sim";
 const WEBHOOK_URL: &str = "http://receiver.sim/hooks";
 /// 2026-03-30T00:00:00Z: a run starts here plus a seeded offset of up to two days, in
 /// simulated time, so that most runs cross the end of a billing period (April 1st).
@@ -516,7 +518,13 @@ async fn api(engine: &Engine) -> impl Api {
     };
     let mut state = AppState::new(
         engine.clone(),
-        &tollgate::http::full_access(&[TOKEN.into()]),
+        &[tollgate::http::auth::TokenConfig::Scoped(
+            tollgate::http::auth::ScopedToken {
+                token: TOKEN.into(),
+                name: Some(SIM_TOKEN_NAME.into()),
+                scopes: vec!["operator".into()],
+            },
+        )],
         1 << 20,
     );
     state.stripe = Some(webhook.clone());
@@ -2317,6 +2325,9 @@ impl Sim {
                     return Err(format!("audit seq {seq} after {last_seq}: {record}"));
                 }
                 last_seq = seq;
+                if record["token"] != SIM_TOKEN_NAME {
+                    return Err(format!("audit record of another token: {record}"));
+                }
                 let path = record["path"].as_str().unwrap_or("").to_owned();
                 *records
                     .entry((path, record["status"].as_u64()))
