@@ -166,6 +166,7 @@ pub struct WebhooksConfig {
     pub give_up_after_ms: i64,
     pub concurrency_per_destination: usize,
     pub schedule_check_ms: u64,
+    pub delivered_retention_ms: i64,
     pub destinations: Vec<DestinationConfig>,
 }
 
@@ -294,6 +295,7 @@ impl Config {
             || w.first_retry_ms <= 0
             || w.max_interval_ms < w.first_retry_ms
             || w.give_up_after_ms <= 0
+            || w.delivered_retention_ms <= 0
             || w.concurrency_per_destination == 0
         {
             return Err("webhooks: timeouts, intervals and concurrency must be positive, max_interval_ms >= first_retry_ms".into());
@@ -415,6 +417,7 @@ impl Config {
                 give_up_after_ms: w.give_up_after_ms,
                 concurrency_per_destination: w.concurrency_per_destination,
                 schedule_check_ms: w.schedule_check_ms,
+                delivered_retention_ms: w.delivered_retention_ms,
             },
             submit_capacity: 1024,
         }

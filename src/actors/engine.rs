@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::backlog::Backlog;
 use super::clock::SharedClock;
+use super::deliveries::{DELIVERED_PREFIX, DeliveredWebhook};
 use super::entry::{self, CATALOG_PARTITION, LogEntry, META_VERSION, PersistedCustomer};
 pub use super::error::EngineError;
 use super::handles::{
@@ -24,10 +25,11 @@ use super::handles::{
     Submission,
 };
 use super::metrics::EngineMetrics;
+use super::outbox::{OutboxEffect, OutboxEntry};
 use super::partition;
 use super::payment::{PaymentActor, Payments};
 use super::shared::{EngineSettings, Shared};
-use super::webhook::{WebhookActor, WebhookParts, WebhookSettings, WebhookStats};
+use super::webhook::{Redrive, WebhookActor, WebhookParts, WebhookSettings, WebhookStats};
 use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::{
     Applied, CustomerProfile, Input, QuarantineAction, QuarantineDecision,
@@ -35,8 +37,12 @@ use crate::domain::customer::{
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Catalog, Id, Rejection};
 use crate::storage::{
-    self, AppendBatch, Durability, LogRecord, StorageError, Store, StoreOptions, StoreStats,
+    self, AppendBatch, Durability, EffectPlace, LogRecord, StorageError, Store, StoreOptions,
+    StoreStats, Uuid16,
 };
+
+/// Webhook entries of one page and the outbox id to go on after, if more may follow.
+pub type WebhookPage = (Vec<(Uuid16, OutboxEntry)>, Option<Uuid16>);
 
 /// Everything needed to start an engine.
 #[derive(Clone, Debug)]
@@ -118,6 +124,7 @@ pub struct Engine {
     profile_lock: Arc<Mutex<()>>,
     ready: Arc<AtomicBool>,
     webhook_stats: Arc<WebhookStats>,
+    webhook_redrive: actix::Recipient<Redrive>,
 }
 
 impl Engine {
@@ -183,6 +190,7 @@ impl Engine {
         let (handles, queues): (Vec<_>, Vec<_>) = (0..partitions)
             .map(|_| handles::partition_queues(config.submit_capacity))
             .unzip();
+        let webhook_redrive = webhook_addr.clone().recipient();
         let sinks = Sinks {
             webhooks: webhook_addr.recipient(),
             payments: payment_addr.recipient(),
@@ -259,6 +267,7 @@ impl Engine {
             profile_lock: Arc::new(Mutex::new(())),
             ready: Arc::new(AtomicBool::new(false)),
             webhook_stats,
+            webhook_redrive,
         };
         actix_rt::spawn(release_late_loop(Arc::clone(&shared), late_rx));
         engine.sweep_late()?;
@@ -322,6 +331,83 @@ impl Engine {
 
     pub fn webhook_stats(&self) -> &WebhookStats {
         &self.webhook_stats
+    }
+
+    /// Up to `limit` webhook entries (one per webhook and destination) of `place`, after the
+    /// outbox id `after`, in id order; payment entries are skipped. Also answers the id to go
+    /// on after (the last entry read, webhook or not) when more may follow.
+    ///
+    /// # Errors
+    /// Storage errors; an entry this build cannot read.
+    pub fn webhook_entries(
+        &self,
+        place: EffectPlace,
+        mut after: Option<Uuid16>,
+        limit: usize,
+    ) -> Result<WebhookPage, EngineError> {
+        /// Entries read per step, and per call at most (payments in between are skipped).
+        const STEP: usize = 256;
+        const READ_MAX: usize = 10_000;
+        let mut found = Vec::new();
+        let mut read = 0usize;
+        loop {
+            let page = self.with_store("webhook list", |store| {
+                store.effects_page(place, after, STEP)
+            })?;
+            let exhausted = page.len() < STEP;
+            for (id, value) in page {
+                if found.len() == limit || read == READ_MAX {
+                    return Ok((found, after));
+                }
+                read += 1;
+                after = Some(id);
+                let entry = OutboxEntry::decode(&value).map_err(|e| {
+                    EngineError::Internal(format!("outbox entry {}: {e}", Id::from_bytes(id)))
+                })?;
+                if matches!(entry.effect, OutboxEffect::Webhook { .. }) {
+                    found.push((id, entry));
+                }
+            }
+            if exhausted {
+                return Ok((found, None));
+            }
+        }
+    }
+
+    /// Up to `limit` delivered webhooks still kept, oldest first, after the record key `after`.
+    ///
+    /// # Errors
+    /// Storage errors; a record this build cannot read.
+    pub fn delivered_webhooks(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, DeliveredWebhook)>, EngineError> {
+        let page = self.with_store("delivered webhook list", |store| {
+            store.meta_scan_page(DELIVERED_PREFIX, after, limit)
+        })?;
+        page.into_iter()
+            .map(|(key, value)| {
+                DeliveredWebhook::decode(&value)
+                    .map(|record| (key, record))
+                    .map_err(|e| EngineError::Internal(format!("delivered webhook: {e}")))
+            })
+            .collect()
+    }
+
+    /// Moves the webhook dead letter `id` back to the outbox with a fresh retry window, for the
+    /// webhook actor to send at once (SPEC 3.1: same id, new attempts). `Ok(false)`: no webhook
+    /// dead letter has that id.
+    ///
+    /// # Errors
+    /// Storage errors (the engine stops); the webhook actor gone.
+    pub async fn redrive_webhook(&self, id: Uuid16) -> Result<bool, EngineError> {
+        let moved = self
+            .webhook_redrive
+            .send(Redrive(id))
+            .await
+            .map_err(|_| EngineError::Unavailable)?;
+        self.with_store("webhook re-drive", |_| moved)
     }
 
     pub fn store_stats(&self) -> StoreStats {

@@ -13,6 +13,7 @@
 pub mod backlog;
 pub mod clock;
 pub mod customer;
+pub mod deliveries;
 pub mod engine;
 pub mod entry;
 pub mod error;

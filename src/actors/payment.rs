@@ -243,7 +243,7 @@ impl Actor for PaymentActor {
         };
         let mut entries = Vec::new();
         for (id, bytes) in pending {
-            match storage::decode::<OutboxEntry>(OUTBOX_VERSION, &bytes) {
+            match OutboxEntry::decode(&bytes) {
                 Ok(entry) if matches!(entry.effect, OutboxEffect::Payment(_)) => {
                     entries.push((id, entry));
                 }

@@ -27,11 +27,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::actors::clock::SharedClock;
+use crate::actors::deliveries::{DELIVERED_PREFIX, DeliveredWebhook, delivered_cutoff};
 use crate::actors::handles::{Mailbox, Placement};
 use crate::actors::health::Health;
 use crate::actors::outbox::{OUTBOX_VERSION, OutboxEffect, OutboxEntry};
 use crate::domain::Id;
-use crate::storage::{StorageError, Store, Uuid16, decode, encode};
+use crate::storage::{StorageError, Store, Uuid16, encode};
 
 /// Per-attempt timeout: long enough for a receiver that does a little work before answering,
 /// short enough that a hanging one does not hold a concurrency slot for long.
@@ -49,6 +50,10 @@ pub const CONCURRENCY_PER_DESTINATION_DEFAULT: usize = 16;
 /// concurrency slots are acted on at once; only retries wait for the tick, and their delays are
 /// at least `first_retry_ms`, so 50 ms of extra latency is noise.
 pub const SCHEDULE_CHECK_MS_DEFAULT: u64 = 50;
+/// Delivered webhooks stay listed for three days.
+pub const DELIVERED_RETENTION_MS_DEFAULT: i64 = 72 * 60 * 60 * 1000;
+/// How often records of deliveries past their retention are deleted.
+const DELIVERED_SWEEP_MS: i64 = 60_000;
 /// Each retry delay is moved by up to this share of itself, so entries that failed together
 /// (a receiver outage) do not come back together.
 const JITTER_PERCENT: i64 = 20;
@@ -99,6 +104,8 @@ pub struct WebhookSettings {
     pub concurrency_per_destination: usize,
     /// How often the retry schedule is checked for due attempts.
     pub schedule_check_ms: u64,
+    /// How long the record of a delivered webhook is kept for the operator's list.
+    pub delivered_retention_ms: i64,
 }
 
 impl Default for WebhookSettings {
@@ -111,6 +118,7 @@ impl Default for WebhookSettings {
             give_up_after_ms: GIVE_UP_AFTER_MS_DEFAULT,
             concurrency_per_destination: CONCURRENCY_PER_DESTINATION_DEFAULT,
             schedule_check_ms: SCHEDULE_CHECK_MS_DEFAULT,
+            delivered_retention_ms: DELIVERED_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -125,6 +133,7 @@ impl WebhookSettings {
         self.give_up_after_ms = self.give_up_after_ms.max(0);
         self.concurrency_per_destination = self.concurrency_per_destination.max(1);
         self.schedule_check_ms = self.schedule_check_ms.max(1);
+        self.delivered_retention_ms = self.delivered_retention_ms.max(0);
         self
     }
 
@@ -319,6 +328,8 @@ pub struct WebhookActor {
     loaded: bool,
     /// Retry jitter (seeded in the simulation, from the OS otherwise).
     rng: StdRng,
+    /// When delivered records were last swept (engine clock); `None` before the first sweep.
+    last_sweep_ms: Option<i64>,
 }
 
 /// What a webhook actor is made of.
@@ -407,6 +418,7 @@ impl WebhookActor {
                 destinations: FxHashMap::default(),
                 loaded: false,
                 rng: seed.map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64),
+                last_sweep_ms: None,
             }
         })
     }
@@ -422,7 +434,7 @@ impl WebhookActor {
         self.loaded = true;
         let mut webhooks = 0usize;
         for (id, value) in pending {
-            match decode::<OutboxEntry>(OUTBOX_VERSION, &value) {
+            match OutboxEntry::decode(&value) {
                 Ok(entry) => {
                     if self.track(id, entry) {
                         webhooks += 1;
@@ -483,7 +495,25 @@ impl WebhookActor {
         if !self.loaded {
             self.load_pending();
         }
+        self.sweep_delivered();
         self.pump(ctx);
+    }
+
+    /// Deletes the records of deliveries past `delivered_retention_ms`, at most once a minute.
+    fn sweep_delivered(&mut self) {
+        let now_ms = self.clock.now_ms();
+        if self
+            .last_sweep_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < DELIVERED_SWEEP_MS)
+        {
+            return;
+        }
+        self.last_sweep_ms = Some(now_ms);
+        let cutoff = now_ms.saturating_sub(self.settings.delivered_retention_ms);
+        let end = delivered_cutoff(cutoff);
+        if let Err(e) = self.store.meta_delete_range_lazily(DELIVERED_PREFIX, &end) {
+            self.health.fail_stop("delivered webhook sweep", &e);
+        }
     }
 
     /// Moves due entries to their destinations' queues and starts as many attempts as the
@@ -583,11 +613,34 @@ impl WebhookActor {
         let Some(tracked) = self.entries.get(&id) else {
             return;
         };
+        let OutboxEffect::Webhook {
+            webhook_id,
+            event_type,
+            destination_url,
+            ..
+        } = &tracked.entry.effect
+        else {
+            return;
+        };
+        let record = DeliveredWebhook {
+            id,
+            webhook_id: *webhook_id,
+            event_type: event_type.clone(),
+            destination_url: destination_url.clone(),
+            attempts: tracked.entry.attempts.saturating_add(1),
+            status,
+            created_at_ms: tracked.entry.created_at_ms,
+            delivered_at_ms: self.clock.now_ms(),
+        };
         // Without an fsync of its own: a webhook lost with its mark in a power loss is sent
         // again with the same id, which receivers must accept anyway (at least once).
-        match self.store.mark_delivered_lazily(id, tracked.entry.cause) {
+        let marked = record.encode().and_then(|value| {
+            self.store
+                .mark_delivered_lazily_with(id, tracked.entry.cause, (&record.key(), &value))
+        });
+        match marked {
             Ok(()) => {
-                let attempt = tracked.entry.attempts.saturating_add(1);
+                let attempt = record.attempts;
                 tracing::debug!(id = %Id::from_bytes(id), url = %tracked.url, status, attempt, "webhook delivered");
                 self.untrack(id);
                 self.stats.delivered.fetch_add(1, Relaxed);
@@ -610,6 +663,7 @@ impl WebhookActor {
         let entry = &mut tracked.entry;
         entry.attempts = entry.attempts.saturating_add(1);
         entry.last_error = Some(error);
+        entry.last_status = status;
         let delay_ms = retry_delay_ms(&self.settings, entry.attempts, &mut self.rng);
         let deadline_ms = entry
             .created_at_ms
@@ -686,15 +740,10 @@ impl WebhookActor {
     }
 
     fn redrive(&mut self, id: Uuid16) -> Result<bool, StorageError> {
-        let Some((_, value)) = self
-            .store
-            .dead_letters()?
-            .into_iter()
-            .find(|(key, _)| *key == id)
-        else {
+        let Some(value) = self.store.dead_letter_value(id)? else {
             return Ok(false);
         };
-        let mut entry: OutboxEntry = decode(OUTBOX_VERSION, &value)?;
+        let mut entry = OutboxEntry::decode(&value)?;
         if !matches!(entry.effect, OutboxEffect::Webhook { .. }) {
             // A payment dead letter is the payment actor's to re-drive.
             return Ok(false);

@@ -270,6 +270,7 @@ fn settings(destinations: &[(&Receiver, &str)]) -> WebhookSettings {
         give_up_after_ms: 60_000,
         concurrency_per_destination: 4,
         schedule_check_ms: 50,
+        delivered_retention_ms: 60_000,
     }
 }
 
@@ -549,7 +550,7 @@ async fn entry_past_its_retry_window_is_dead_lettered_and_redrive_delivers_it() 
     let dead = h.store.dead_letters().unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, id);
-    let parked: OutboxEntry = decode(OUTBOX_VERSION, &dead[0].1).unwrap();
+    let parked: OutboxEntry = OutboxEntry::decode(&dead[0].1).unwrap();
     assert_eq!(parked.attempts, 1);
     assert!(parked.last_error.as_deref().unwrap().contains("500"));
     assert_eq!(parked.effect, entry.effect);
@@ -589,7 +590,7 @@ async fn entry_for_a_destination_no_longer_configured_is_dead_lettered_with_a_re
     eventually("dead letter", || h.stats.snapshot().dead_lettered == 1).await;
     let dead = h.store.dead_letters().unwrap();
     assert_eq!(dead.len(), 1);
-    let parked: OutboxEntry = decode(OUTBOX_VERSION, &dead[0].1).unwrap();
+    let parked: OutboxEntry = OutboxEntry::decode(&dead[0].1).unwrap();
     assert!(
         parked
             .last_error
@@ -649,7 +650,7 @@ async fn entries_pending_at_start_are_delivered_after_a_restart_and_payments_are
             .unwrap()
             .iter()
             .all(|(_, value)| {
-                let stored: OutboxEntry = decode(OUTBOX_VERSION, value).unwrap();
+                let stored: OutboxEntry = OutboxEntry::decode(value).unwrap();
                 matches!(stored.effect, OutboxEffect::Payment(_)) || stored.attempts >= 1
             })
     })
@@ -666,7 +667,7 @@ async fn entries_pending_at_start_are_delivered_after_a_restart_and_payments_are
     assert_eq!(pending.len(), 4);
     for (id, entry) in &entries {
         let (_, value) = pending.iter().find(|(key, _)| key == id).unwrap();
-        let stored: OutboxEntry = decode(OUTBOX_VERSION, value).unwrap();
+        let stored: OutboxEntry = OutboxEntry::decode(value).unwrap();
         assert!(stored.attempts >= 1);
         assert!(stored.last_error.as_deref().unwrap().contains("500"));
         assert_eq!(stored.effect, entry.effect);
@@ -874,5 +875,59 @@ async fn retries_wait_for_the_clock_and_resend_the_same_body_freshly_signed() {
         );
     }
     assert_ne!(seen[0].date, seen[2].date, "each attempt is dated afresh");
+    drop(dir);
+}
+
+#[actix_rt::test]
+async fn a_delivery_is_recorded_with_its_outbox_retirement_and_swept_after_its_retention() {
+    use crate::actors::clock::ManualClock;
+    use crate::actors::deliveries::{DELIVERED_PREFIX, DeliveredWebhook};
+    let receiver = Receiver::start(vec![], Reply::Status(202)).await;
+    let (dir, store) = open_store();
+    let clock = ManualClock::new(1_000_000);
+    let mut settings = settings(&[(&receiver, SECRET)]);
+    settings.delivered_retention_ms = 3_600_000;
+    let stats = Arc::new(WebhookStats::default());
+    let addr = WebhookActor::start_with(
+        store.clone(),
+        settings,
+        Arc::new(clock.clone()),
+        Arc::clone(&stats),
+        None,
+        Arc::new(crate::actors::health::Health::default()),
+    );
+    let (id, entry) = webhook(1, &receiver.url, 999_000);
+    persist(&store, &[(id, entry.clone())]);
+    addr.do_send(Enqueue(vec![(id, entry.clone())]));
+    eventually("delivery", || stats.snapshot().delivered == 1).await;
+    let records = store.meta_scan_prefix(DELIVERED_PREFIX).unwrap();
+    assert_eq!(records.len(), 1);
+    let record = DeliveredWebhook::decode(&records[0].1).unwrap();
+    let OutboxEffect::Webhook { webhook_id, .. } = &entry.effect else {
+        unreachable!()
+    };
+    assert_eq!(record.id, id);
+    assert_eq!(record.webhook_id, *webhook_id);
+    assert_eq!((record.status, record.attempts), (202, 1));
+    assert_eq!(record.delivered_at_ms, 1_000_000);
+    assert_eq!(record.created_at_ms, 999_000);
+    assert!(store.outbox_pending().unwrap().is_empty());
+
+    // Still inside the retention at the next sweep: kept.
+    clock.set(1_000_000 + 3_600_000 - 1);
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.meta_scan_prefix(DELIVERED_PREFIX).unwrap().len(), 1);
+    // Past it (and a minute after the last sweep): gone, and nothing else in `meta` with it.
+    store.meta_put(b"whc/neighbour", b"x").unwrap();
+    clock.set(1_000_000 + 3_600_000 + 60_000);
+    eventually("sweep", || {
+        store.meta_scan_prefix(DELIVERED_PREFIX).unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        store.meta_get(b"whc/neighbour").unwrap(),
+        Some(b"x".to_vec())
+    );
+    drop(addr);
     drop(dir);
 }

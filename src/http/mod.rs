@@ -18,7 +18,9 @@ pub mod openapi;
 pub mod ops;
 pub mod quarantine;
 pub mod render;
+pub mod search;
 pub mod stripe;
+pub mod webhooks;
 pub mod wire;
 
 use std::net::TcpListener;
@@ -188,6 +190,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
     balances::routes(cfg);
     quarantine::routes(cfg);
     audit::routes(cfg);
+    search::routes(cfg);
+    webhooks::routes(cfg);
     openapi::routes(cfg);
 }
 

@@ -33,6 +33,36 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
     ),
     (
         "get",
+        "/v1/tollgate/webhooks/pending",
+        "List webhook deliveries waiting or between retries (Tollgate)",
+        Shape::Page,
+    ),
+    (
+        "get",
+        "/v1/tollgate/webhooks/delivered",
+        "List webhook deliveries of the retention window, oldest first (Tollgate)",
+        Shape::Page,
+    ),
+    (
+        "get",
+        "/v1/tollgate/webhooks/dead-letters",
+        "List webhook dead letters (Tollgate)",
+        Shape::Page,
+    ),
+    (
+        "post",
+        "/v1/tollgate/webhooks/redrive",
+        "Re-drive one webhook dead letter {\"id\"} or all {\"all\": true} (Tollgate)",
+        Shape::Data,
+    ),
+    (
+        "get",
+        "/v1/tollgate/customers/search",
+        "Search customers by id, ingest alias or name, q=TEXT (Tollgate)",
+        Shape::Page,
+    ),
+    (
+        "get",
         "/v1/tollgate/audit",
         "List audited calls, oldest first; filters starting_on, ending_before, token (Tollgate)",
         Shape::Page,

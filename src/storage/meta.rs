@@ -132,6 +132,20 @@ impl Store {
         Ok(found)
     }
 
+    /// Deletes every key in `[start, end)` without an fsync of its own: for records whose loss
+    /// to a power cut only means they are deleted again later (expired delivery records).
+    ///
+    /// # Errors
+    /// RocksDB write errors; nothing is deleted then.
+    pub fn meta_delete_range_lazily(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        self.inner
+            .shared
+            .check(super::faults::StorageOp::MetaWrite)?;
+        let mut batch = Batch::default();
+        batch.delete_range(Cf::Meta, start, end);
+        self.inner.backend.write(batch, false)
+    }
+
     /// Writes and deletes many keys in one write batch (one fsync in `Fsync` mode): customer
     /// states at a checkpoint, registry entries of one input.
     ///

@@ -81,6 +81,7 @@ use serde::{Deserialize, Serialize};
 pub use backend::CfSize;
 pub use codec::{decode, encode};
 pub use meta::MetaEntry;
+pub use outbox::EffectPlace;
 
 use backend::{Backend, Batch, Cf, CursorOptions};
 use keys::{
@@ -103,8 +104,13 @@ pub const DEDUPE_SWEEP_INTERVAL_MS: i64 = 60 * 60 * 1000;
 
 /// The layout of the data directory this build writes and reads, kept under
 /// [`STORAGE_FORMAT_KEY`] in `meta`. Version 1 (no mark; builds before 2026-12-03) wrote one log
-/// record per input; version 2 writes one per append request and partition.
-pub const STORAGE_FORMAT_VERSION: u32 = 2;
+/// record per input; version 2 writes one per append request and partition; version 3
+/// (2026-12-04) has the same log and outbox entries that keep their last failed attempt's
+/// status, which builds of version 2 cannot read. A version 2 directory is marked 3 at start
+/// (its entries are read as they are): see [`STORAGE_FORMAT_UPGRADABLE`].
+pub const STORAGE_FORMAT_VERSION: u32 = 3;
+/// The older version this build opens, re-marking it as [`STORAGE_FORMAT_VERSION`] first.
+pub const STORAGE_FORMAT_UPGRADABLE: u32 = 2;
 /// The `meta` key of the storage format version (`u32`, big-endian).
 pub const STORAGE_FORMAT_KEY: &[u8] = b"storage/format-version";
 
@@ -172,8 +178,8 @@ pub enum StorageError {
     Injected(String),
     /// The data directory was written in a layout this build does not read.
     #[error(
-        "the data directory has storage format version {found}; this build reads version \
-         {expected} only: run the build that wrote it, or start on an empty data directory \
+        "the data directory has storage format version {found}; this build reads versions 2 \
+         to {expected} only: run the build that wrote it, or start on an empty data directory \
          (README, \"Storage format\")"
     )]
     FormatVersion { found: u32, expected: u32 },
@@ -756,6 +762,23 @@ fn check_format(backend: &dyn Backend) -> Result<(), StorageError> {
             }
         }
     };
+    if found == STORAGE_FORMAT_UPGRADABLE {
+        // Readable as it is; the new mark keeps builds of the old version from opening it
+        // once it holds entries they cannot read.
+        let mut batch = Batch::default();
+        batch.put(
+            Cf::Meta,
+            STORAGE_FORMAT_KEY,
+            &STORAGE_FORMAT_VERSION.to_be_bytes(),
+        );
+        backend.write(batch, true)?;
+        tracing::info!(
+            from = found,
+            to = STORAGE_FORMAT_VERSION,
+            "data directory storage format upgraded"
+        );
+        return Ok(());
+    }
     if found != STORAGE_FORMAT_VERSION {
         return Err(StorageError::FormatVersion {
             found,

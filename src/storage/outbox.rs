@@ -18,6 +18,15 @@ use super::backend::{Batch, Cf, CursorOptions};
 use super::keys::{outbox_done_value, parse_effect_id};
 use super::{StorageError, Store, Uuid16};
 
+/// Where an effect lives, for [`Store::effects_page`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EffectPlace {
+    /// In `outbox`, waiting to be carried out.
+    Pending,
+    /// In `dead_letter`, given up on until an operator re-drives it.
+    DeadLetter,
+}
+
 impl Store {
     /// Persists new effects caused by log entry `cause` (partition, seq), in one write batch
     /// without an fsync of its own: a replay of the cause re-creates them, and the next synced
@@ -94,7 +103,7 @@ impl Store {
     /// # Errors
     /// RocksDB errors; nothing changed then.
     pub fn mark_delivered(&self, id: Uuid16, cause: (u16, u64)) -> Result<(), StorageError> {
-        self.move_to_done(id, cause, self.inner.sync)
+        self.move_to_done(id, cause, None, self.inner.sync)
     }
 
     /// As [`Store::mark_delivered`], without an fsync of its own: the next synced write (a log
@@ -106,10 +115,30 @@ impl Store {
     /// # Errors
     /// RocksDB errors; nothing changed then.
     pub fn mark_delivered_lazily(&self, id: Uuid16, cause: (u16, u64)) -> Result<(), StorageError> {
-        self.move_to_done(id, cause, false)
+        self.move_to_done(id, cause, None, false)
     }
 
-    fn move_to_done(&self, id: Uuid16, cause: (u16, u64), sync: bool) -> Result<(), StorageError> {
+    /// As [`Store::mark_delivered_lazily`], writing `record` (a `meta` key and value: what the
+    /// operator sees of the delivery) in the same batch, so the two never disagree.
+    ///
+    /// # Errors
+    /// RocksDB errors; nothing changed then.
+    pub fn mark_delivered_lazily_with(
+        &self,
+        id: Uuid16,
+        cause: (u16, u64),
+        record: (&[u8], &[u8]),
+    ) -> Result<(), StorageError> {
+        self.move_to_done(id, cause, Some(record), false)
+    }
+
+    fn move_to_done(
+        &self,
+        id: Uuid16,
+        cause: (u16, u64),
+        record: Option<(&[u8], &[u8])>,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
@@ -117,7 +146,48 @@ impl Store {
         let mut batch = Batch::default();
         batch.delete(Cf::Outbox, &id);
         batch.put(Cf::OutboxDone, &id, &outbox_done_value(cause));
+        if let Some((key, value)) = record {
+            batch.put(Cf::Meta, key, value);
+        }
         self.inner.backend.write(batch, sync)
+    }
+
+    /// Up to `limit` effects of `place` whose id is greater than `after`, in id order (the
+    /// operator's cursor pages).
+    ///
+    /// # Errors
+    /// RocksDB read errors, a key that is not a 16-byte id.
+    pub fn effects_page(
+        &self,
+        place: EffectPlace,
+        after: Option<Uuid16>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
+        let cf = match place {
+            EffectPlace::Pending => Cf::Outbox,
+            EffectPlace::DeadLetter => Cf::DeadLetter,
+        };
+        let mut it = self.inner.backend.cursor(cf, CursorOptions::new())?;
+        match after {
+            Some(id) => {
+                it.seek(&id);
+                if it.key() == Some(&id[..]) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        let mut effects = Vec::new();
+        while let Some((key, value)) = it.item() {
+            if effects.len() >= limit {
+                break;
+            }
+            effects.push((parse_effect_id(key)?, value.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(effects)
     }
 
     /// Replaces the value of a pending effect (e.g. its retry attempt count). Returns `false`
@@ -181,6 +251,15 @@ impl Store {
     pub fn dead_letters(&self) -> Result<Vec<(Uuid16, Vec<u8>)>, StorageError> {
         self.inner.shared.check(super::faults::StorageOp::Read)?;
         self.scan_effects(Cf::DeadLetter)
+    }
+
+    /// The stored value of the dead letter `id`, if there is one.
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn dead_letter_value(&self, id: Uuid16) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
+        self.inner.backend.get(Cf::DeadLetter, &id)
     }
 
     /// Moves a dead-lettered effect back to `outbox` with its stored value, in one batch, for

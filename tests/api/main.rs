@@ -9,6 +9,8 @@ mod catalog;
 mod contracts;
 mod edge;
 mod money_edges;
+mod search;
+mod webhooks;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -44,10 +46,18 @@ pub async fn spawn_app_configured(
     faults: Option<tollgate::storage::faults::Faults>,
     adjust: impl FnOnce(&mut tollgate::actors::EngineSettings),
 ) -> TestApp {
+    spawn_app_with_config(faults, |config| adjust(&mut config.settings)).await
+}
+
+/// [`spawn_app_with_faults`] with the whole engine config changed by `adjust` first.
+pub async fn spawn_app_with_config(
+    faults: Option<tollgate::storage::faults::Faults>,
+    adjust: impl FnOnce(&mut tollgate::actors::engine::EngineConfig),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
     let mut config = support::engine_config(dir.path(), Some(&receiver.url));
-    adjust(&mut config.settings);
+    adjust(&mut config);
     let seams = tollgate::actors::Seams {
         storage_faults: faults,
         ..tollgate::actors::Seams::new(Arc::new(SystemClock))

@@ -55,6 +55,7 @@ fn seeds_pass_every_invariant() {
         totals.storage_faults += report.storage_faults;
         totals.webhooks += report.webhooks;
         totals.webhook_failures += report.webhook_failures;
+        totals.redriven += report.redriven;
         totals.releases += report.releases;
         totals.stripe_calls += report.stripe_calls;
         totals.stripe_faults += report.stripe_faults;

@@ -133,6 +133,7 @@ pub fn engine_config(dir: &std::path::Path, webhook_url: Option<&str>) -> Engine
             give_up_after_ms: 60_000,
             concurrency_per_destination: 4,
             schedule_check_ms: 50,
+            delivered_retention_ms: 72 * 3_600_000,
         },
         submit_capacity: 1024,
     }

@@ -1,0 +1,158 @@
+//! Customer search for operators (SPEC 3.1): `GET /v1/tollgate/customers/search?q=TEXT`.
+//!
+//! Exact matches come first, on the first page: the customer whose id is `q`, then the one
+//! whose ingest alias is `q`. Then every customer whose name or one of whose aliases contains
+//! `q` (case-insensitively), in id order. Each result is the customer as `GET /v1/customers/{id}`
+//! shows it, with `matched_on` (`id`, `alias` or `name`). Archived customers only with
+//! `include_archived=true`.
+//!
+//! A request reads at most [`SCAN_MAX`] customers: a rare `q` may answer a short (or empty)
+//! page with a `next_page` to go on from; keep paging until `next_page` is `null`.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::{render, wire};
+use crate::domain::Id;
+use crate::domain::customer::CustomerProfile;
+
+/// Customers read per store page while scanning.
+const SCAN_PAGE: usize = 500;
+/// Customers one request reads at most.
+pub const SCAN_MAX: usize = 20_000;
+/// Longest accepted query.
+const QUERY_CHARS_MAX: usize = 200;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/tollgate/customers/search", web::get().to(search));
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: Option<String>,
+    limit: Option<usize>,
+    next_page: Option<String>,
+    include_archived: Option<bool>,
+}
+
+/// How a customer matched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Matched {
+    Id,
+    Alias,
+    Name,
+}
+
+impl Matched {
+    fn as_str(self) -> &'static str {
+        match self {
+            Matched::Id => "id",
+            Matched::Alias => "alias",
+            Matched::Name => "name",
+        }
+    }
+}
+
+/// How `profile` matches `needle` (lowercased) in the scan: by name first, then by alias.
+fn scan_match(profile: &CustomerProfile, needle: &str) -> Option<Matched> {
+    if profile.name.to_lowercase().contains(needle) {
+        Some(Matched::Name)
+    } else if profile
+        .ingest_aliases
+        .iter()
+        .any(|a| a.to_lowercase().contains(needle))
+    {
+        Some(Matched::Alias)
+    } else {
+        None
+    }
+}
+
+async fn search(
+    state: web::Data<AppState>,
+    query: web::Query<SearchQuery>,
+) -> ApiResult<HttpResponse> {
+    let q = query
+        .q
+        .as_deref()
+        .ok_or_else(|| ApiError::BadRequest("q is required".into()))?;
+    if let Some(problem) = crate::domain::ids::key_problem(q) {
+        return Err(ApiError::BadRequest(format!("q: {problem}")));
+    }
+    if q.chars().count() > QUERY_CHARS_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "q: at most {QUERY_CHARS_MAX} characters"
+        )));
+    }
+    let limit = wire::page_limit(query.limit)?;
+    let include_archived = query.include_archived.unwrap_or(false);
+    let cursor = wire::parse_opt_id(
+        "next_page",
+        query.next_page.as_deref().filter(|c| !c.is_empty()),
+    )?;
+    let shown = |p: &CustomerProfile| include_archived || p.archived_at.is_none();
+
+    // Exact matches, named first and kept out of the scan.
+    let by_id = Id::parse(q).filter(|&id| state.engine.customer_exists(id));
+    let by_alias = state.engine.alias_owner(q).filter(|&id| Some(id) != by_id);
+    let exact: Vec<(Id, Matched)> = by_id
+        .map(|id| (id, Matched::Id))
+        .into_iter()
+        .chain(by_alias.map(|id| (id, Matched::Alias)))
+        .collect();
+    let mut items: Vec<Value> = Vec::new();
+    if cursor.is_none() {
+        for &(id, matched) in &exact {
+            let profile = state
+                .engine
+                .query(id, |s| s.customer.profile.clone())
+                .await?;
+            if let Some(profile) = profile.filter(|p| shown(p)) {
+                items.push(rendered(&profile, matched));
+            }
+        }
+    }
+
+    let needle = q.to_lowercase();
+    let (mut after, mut scanned, mut more) = (cursor, 0usize, false);
+    'scan: loop {
+        let page = state.engine.list_profiles(after, SCAN_PAGE)?;
+        let exhausted = page.len() < SCAN_PAGE;
+        for profile in &page {
+            if scanned == SCAN_MAX {
+                more = true;
+                break 'scan;
+            }
+            if items.len() >= limit {
+                more = true;
+                break 'scan;
+            }
+            scanned += 1;
+            after = Some(profile.id);
+            if !shown(profile) || exact.iter().any(|&(id, _)| id == profile.id) {
+                continue;
+            }
+            if let Some(matched) = scan_match(profile, &needle) {
+                items.push(rendered(profile, matched));
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let next_page = if more {
+        after.map(|id| id.to_string())
+    } else {
+        None
+    };
+    Ok(wire::page(items, next_page))
+}
+
+fn rendered(profile: &CustomerProfile, matched: Matched) -> Value {
+    let mut value = render::customer_detail(profile);
+    value["matched_on"] = json!(matched.as_str());
+    value
+}

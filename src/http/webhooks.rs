@@ -1,0 +1,195 @@
+//! Webhook deliveries for operators (SPEC 3.1).
+//!
+//! - `GET /v1/tollgate/webhooks/pending`: webhooks waiting to be delivered (or between
+//!   retries), in id order.
+//! - `GET /v1/tollgate/webhooks/delivered`: deliveries of the last
+//!   `webhooks.delivered_retention_ms` (72 h by default), oldest first.
+//! - `GET /v1/tollgate/webhooks/dead-letters`: webhooks given up on after
+//!   `webhooks.give_up_after_ms`, in id order.
+//! - `POST /v1/tollgate/webhooks/redrive` `{"id"}` or `{"all": true}`: dead letters back to
+//!   delivery with the same webhook id and body and a fresh retry window.
+//!
+//! Each item is one webhook for one destination; its `id` is that delivery's id (a UUID), and
+//! `webhook_id` is the `id` of the body the receiver sees.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::fields::Obj;
+use super::wire;
+use crate::actors::deliveries::{DELIVERED_PREFIX, DeliveredWebhook};
+use crate::actors::outbox::{OutboxEffect, OutboxEntry};
+use crate::domain::{Id, Timestamp};
+use crate::storage::{EffectPlace, Uuid16};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/tollgate/webhooks/pending", web::get().to(pending))
+        .route("/v1/tollgate/webhooks/delivered", web::get().to(delivered))
+        .route(
+            "/v1/tollgate/webhooks/dead-letters",
+            web::get().to(dead_letters),
+        )
+        .route("/v1/tollgate/webhooks/redrive", web::post().to(redrive));
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    next_page: Option<String>,
+}
+
+async fn pending(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    list_effects(&state, &query, EffectPlace::Pending)
+}
+
+async fn dead_letters(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    list_effects(&state, &query, EffectPlace::DeadLetter)
+}
+
+fn list_effects(
+    state: &AppState,
+    query: &ListQuery,
+    place: EffectPlace,
+) -> ApiResult<HttpResponse> {
+    let limit = wire::page_limit(query.limit)?;
+    let after = wire::parse_opt_id(
+        "next_page",
+        query.next_page.as_deref().filter(|c| !c.is_empty()),
+    )?
+    .map(|id| *id.as_bytes());
+    let (entries, next) = state.engine.webhook_entries(place, after, limit)?;
+    let items = entries
+        .iter()
+        .map(|(id, entry)| render_entry(*id, entry, place))
+        .collect();
+    Ok(wire::page(
+        items,
+        next.map(|id| Id::from_bytes(id).to_string()),
+    ))
+}
+
+fn render_entry(id: Uuid16, entry: &OutboxEntry, place: EffectPlace) -> Value {
+    let OutboxEffect::Webhook {
+        webhook_id,
+        event_type,
+        destination_url,
+        ..
+    } = &entry.effect
+    else {
+        return Value::Null;
+    };
+    let mut value = json!({
+        "id": Id::from_bytes(id).to_string(),
+        "webhook_id": webhook_id.to_string(),
+        "type": event_type,
+        "destination": destination_url,
+        "status": match place {
+            EffectPlace::Pending => "PENDING",
+            EffectPlace::DeadLetter => "DEAD_LETTER",
+        },
+        "attempts": entry.attempts,
+        "last_status": entry.last_status,
+        "last_error": entry.last_error,
+        "created_at": wire::time(Timestamp(entry.created_at_ms)),
+    });
+    if place == EffectPlace::Pending {
+        value["next_attempt_at"] = json!(wire::time(Timestamp(entry.next_attempt_at_ms)));
+    }
+    value
+}
+
+async fn delivered(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = wire::page_limit(query.limit)?;
+    let after = match query.next_page.as_deref() {
+        None | Some("") => None,
+        Some(cursor) => Some(
+            hex::decode(cursor)
+                .ok()
+                .filter(|k| k.starts_with(DELIVERED_PREFIX))
+                .ok_or_else(|| {
+                    ApiError::BadRequest("next_page: not a cursor of this list".into())
+                })?,
+        ),
+    };
+    let mut records = state
+        .engine
+        .delivered_webhooks(after.as_deref(), limit + 1)?;
+    let more = records.len() > limit;
+    records.truncate(limit);
+    let next_page = match (more, records.last()) {
+        (true, Some((key, _))) => Some(hex::encode(key)),
+        _ => None,
+    };
+    Ok(wire::page(
+        records.iter().map(|(_, r)| render_delivered(r)).collect(),
+        next_page,
+    ))
+}
+
+fn render_delivered(record: &DeliveredWebhook) -> Value {
+    json!({
+        "id": Id::from_bytes(record.id).to_string(),
+        "webhook_id": record.webhook_id.to_string(),
+        "type": record.event_type,
+        "destination": record.destination_url,
+        "status": "DELIVERED",
+        "attempts": record.attempts,
+        "last_status": record.status,
+        "created_at": wire::time(Timestamp(record.created_at_ms)),
+        "delivered_at": wire::time(Timestamp(record.delivered_at_ms)),
+    })
+}
+
+async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let all = obj.bool("all")?.unwrap_or(false);
+    let id = obj.id("id")?;
+    match (id, all) {
+        (Some(id), false) => {
+            if !state.engine.redrive_webhook(*id.as_bytes()).await? {
+                return Err(ApiError::NotFound(format!(
+                    "no webhook dead letter with id {id}"
+                )));
+            }
+            Ok(wire::data(json!({"redriven": [id.to_string()]})))
+        }
+        (None, true) => {
+            // Page through the dead letters; each re-driven one leaves them, so the cursor
+            // only skips what could not be moved.
+            let mut redriven = Vec::new();
+            let mut after = None;
+            loop {
+                let (entries, next) =
+                    state
+                        .engine
+                        .webhook_entries(EffectPlace::DeadLetter, after, 100)?;
+                for (id, _) in &entries {
+                    if state.engine.redrive_webhook(*id).await? {
+                        redriven.push(Id::from_bytes(*id).to_string());
+                    }
+                }
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            Ok(wire::data(json!({ "redriven": redriven })))
+        }
+        _ => Err(ApiError::BadRequest(
+            "give either id (one dead letter) or \"all\": true".into(),
+        )),
+    }
+}
