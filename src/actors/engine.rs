@@ -361,11 +361,15 @@ impl Engine {
                 }
                 read += 1;
                 after = Some(id);
-                let entry = OutboxEntry::decode(&value).map_err(|e| {
-                    EngineError::Internal(format!("outbox entry {}: {e}", Id::from_bytes(id)))
-                })?;
-                if matches!(entry.effect, OutboxEffect::Webhook { .. }) {
-                    found.push((id, entry));
+                // One unreadable entry (another build's format) must not hide the others.
+                match OutboxEntry::decode(&value) {
+                    Ok(entry) if matches!(entry.effect, OutboxEffect::Webhook { .. }) => {
+                        found.push((id, entry));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(id = %Id::from_bytes(id), %error, "unreadable outbox entry left out of the list");
+                    }
                 }
             }
             if exhausted {

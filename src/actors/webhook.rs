@@ -502,9 +502,10 @@ impl WebhookActor {
     /// Deletes the records of deliveries past `delivered_retention_ms`, at most once a minute.
     fn sweep_delivered(&mut self) {
         let now_ms = self.clock.now_ms();
+        // A clock stepped back sweeps at once rather than waiting for it to catch up.
         if self
             .last_sweep_ms
-            .is_some_and(|last| now_ms.saturating_sub(last) < DELIVERED_SWEEP_MS)
+            .is_some_and(|last| (0..DELIVERED_SWEEP_MS).contains(&now_ms.saturating_sub(last)))
         {
             return;
         }
@@ -748,21 +749,18 @@ impl WebhookActor {
             // A payment dead letter is the payment actor's to re-drive.
             return Ok(false);
         }
-        if !self.store.redrive_dead_letter(id)? {
-            return Ok(false);
-        }
         // A fresh retry window: with the old `created_at_ms` the first failure would
-        // dead-letter it again at once. `last_error` is kept as history.
+        // dead-letter it again at once. `last_error` and `last_status` are kept as history.
         let now_ms = self.clock.now_ms();
         entry.created_at_ms = now_ms;
         entry.attempts = 0;
         entry.next_attempt_at_ms = now_ms;
-        if let Err(e) =
-            encode(OUTBOX_VERSION, &entry).and_then(|value| self.store.update_outbox(id, &value))
+        // One batch: a crash can never leave it pending with its old, spent window.
+        if !self
+            .store
+            .redrive_dead_letter_as(id, &encode(OUTBOX_VERSION, &entry)?)?
         {
-            // It is pending again either way; a restart before delivery would only see the old
-            // retry window.
-            tracing::error!(id = %Id::from_bytes(id), error = %e, "persisting a re-driven webhook failed");
+            return Ok(false);
         }
         self.stats.redriven.fetch_add(1, Relaxed);
         tracing::info!(id = %Id::from_bytes(id), "webhook re-driven");

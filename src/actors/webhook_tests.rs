@@ -919,6 +919,7 @@ async fn a_delivery_is_recorded_with_its_outbox_retirement_and_swept_after_its_r
     assert_eq!(store.meta_scan_prefix(DELIVERED_PREFIX).unwrap().len(), 1);
     // Past it (and a minute after the last sweep): gone, and nothing else in `meta` with it.
     store.meta_put(b"whc/neighbour", b"x").unwrap();
+    store.meta_put(b"whe/neighbour", b"y").unwrap();
     clock.set(1_000_000 + 3_600_000 + 60_000);
     eventually("sweep", || {
         store.meta_scan_prefix(DELIVERED_PREFIX).unwrap().is_empty()
@@ -927,6 +928,10 @@ async fn a_delivery_is_recorded_with_its_outbox_retirement_and_swept_after_its_r
     assert_eq!(
         store.meta_get(b"whc/neighbour").unwrap(),
         Some(b"x".to_vec())
+    );
+    assert_eq!(
+        store.meta_get(b"whe/neighbour").unwrap(),
+        Some(b"y".to_vec())
     );
     drop(addr);
     drop(dir);

@@ -76,6 +76,7 @@ async fn list(
     let mut items: Vec<(String, Value)> = Vec::new();
     if include_contract {
         for contract in contracts(&state, customer).await? {
+            let workflows = render::workflows_by_commit(&contract);
             for commit in &contract.commits {
                 if commit.kind == CommitKind::Credit && !with_credits {
                     continue;
@@ -109,7 +110,7 @@ async fn list(
                     render::commit(
                         &contract,
                         commit,
-                        &catalog,
+                        (&catalog, &workflows),
                         now,
                         include_ledgers,
                         include_balance,

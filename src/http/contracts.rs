@@ -11,15 +11,16 @@ use super::error::{ApiError, ApiResult};
 use super::fields::Obj;
 use super::render;
 use super::wire::{self, parse_enum};
+use crate::actors::EngineError;
 use crate::domain::contract::{
     CommitKind, Contract, Discount, ThresholdCommit, ThresholdConfig, ThresholdKind,
 };
 use crate::domain::customer::{CommitSpec, ContractEdit, ContractSpec, Input, ThresholdUpdate};
 use crate::domain::gate::{
     GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult, StripeConfig,
-    StripePaymentType, TaxType,
+    StripePaymentType, TaxType, WorkflowState,
 };
-use crate::domain::{Id, Money, Timestamp};
+use crate::domain::{Id, Money, Rejection, Timestamp};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/contracts/create", web::post().to(create))
@@ -672,9 +673,40 @@ async fn release(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
         },
         payment_intent_id: None,
     };
-    state
+    let applied = state
         .engine
         .apply(customer, Input::PaymentOutcome(outcome))
-        .await?;
-    Ok(HttpResponse::Ok().finish())
+        .await;
+    let ended = match applied {
+        Ok(_) => false,
+        Err(EngineError::Rejected(Rejection::WorkflowAlreadyEnded)) => true,
+        Err(other) => return Err(other.into()),
+    };
+    // An ended workflow never changes again, so reading it after the apply is race-free.
+    let workflow = state
+        .engine
+        .query(customer, move |s| {
+            s.customer
+                .contracts
+                .iter()
+                .find_map(|c| c.workflow(workflow_id).cloned())
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("workflow {workflow_id} not found")))?;
+    if ended {
+        // SPEC 1.4: the same outcome again is answered with the workflow (idempotent); the
+        // other outcome cannot change how it ended.
+        let same = matches!(
+            (workflow.state, result),
+            (WorkflowState::Released, true) | (WorkflowState::Failed, false)
+        );
+        if !same {
+            return Err(ApiError::Conflict(format!(
+                "workflow {workflow_id} already ended {}: the outcome {} cannot change it",
+                workflow.state.as_str(),
+                if result { "paid" } else { "failed" },
+            )));
+        }
+    }
+    Ok(wire::data(render::workflow(customer, &workflow)))
 }

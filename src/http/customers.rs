@@ -309,6 +309,7 @@ async fn invoices(state: &AppState, customer: Id) -> ApiResult<Vec<(Timestamp, S
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
     for contract in &contracts {
+        let workflows = render::workflows_by_commit(contract);
         for period in &contract.periods {
             out.push((
                 period.starting_at,
@@ -320,7 +321,7 @@ async fn invoices(state: &AppState, customer: Id) -> ApiResult<Vec<(Timestamp, S
             out.push((
                 purchase.issued_at,
                 purchase.id.to_string(),
-                render::purchase_invoice(customer, contract, purchase),
+                render::purchase_invoice(customer, contract, purchase, &workflows),
             ));
         }
     }

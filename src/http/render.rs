@@ -2,6 +2,7 @@
 //! `ContractV2`, v1 `Contract`, threshold configurations, `Invoice`). Amounts are exact JSON
 //! numbers in the credit type's unit; times are RFC 3339.
 
+use rustc_hash::FxHashMap;
 use serde_json::{Map, Value, json};
 
 use super::wire::time;
@@ -11,7 +12,7 @@ use crate::domain::contract::{
     UsagePeriod,
 };
 use crate::domain::customer::CustomerProfile;
-use crate::domain::gate::{GateType, PaymentGateConfig, StripePaymentType, TaxType};
+use crate::domain::gate::{GateType, PaymentGateConfig, StripePaymentType, TaxType, Workflow};
 use crate::domain::money::CreditType;
 use crate::domain::{Id, Money, Timestamp};
 
@@ -49,12 +50,16 @@ pub fn customer_detail(profile: &CustomerProfile) -> Value {
     out
 }
 
-fn gate(config: &PaymentGateConfig) -> Value {
-    let gate_type = match config.gate_type {
+fn gate_type_name(gate_type: GateType) -> &'static str {
+    match gate_type {
         GateType::None => "NONE",
         GateType::External => "EXTERNAL",
         GateType::Stripe => "STRIPE",
-    };
+    }
+}
+
+fn gate(config: &PaymentGateConfig) -> Value {
+    let gate_type = gate_type_name(config.gate_type);
     let tax_type = match config.tax_type {
         TaxType::None => "NONE",
         TaxType::Stripe => "STRIPE",
@@ -121,10 +126,59 @@ pub fn threshold(config: &ThresholdConfig) -> Value {
 }
 
 /// A commit (`Commit` shape) or credit (`Credit` shape, `type: "CREDIT"`).
+/// The payment-gate workflow of each commit of `contract` that has one (threshold and gated
+/// commits), by commit id: built once per rendered contract.
+pub fn workflows_by_commit(contract: &Contract) -> FxHashMap<Id, &Workflow> {
+    contract
+        .workflows
+        .iter()
+        .map(|w| (w.commit_id, w))
+        .collect()
+}
+
+/// Tollgate's extra field on a commit or purchase invoice with a payment-gate workflow
+/// (SPEC 3.1; the SDK ignores fields it does not know): the workflow's id, state and gate.
+fn gate_workflow(out: &mut Value, workflow: Option<&Workflow>) {
+    if let Some(w) = workflow {
+        out["payment_gate_workflow"] = json!({
+            "id": w.id.to_string(),
+            "state": w.state.as_str(),
+            "payment_gate_type": gate_type_name(w.gate.gate_type),
+        });
+    }
+}
+
+/// A payment-gate workflow as the release endpoint answers it.
+pub fn workflow(customer: Id, w: &Workflow) -> Value {
+    let mut out = json!({
+        "id": w.id.to_string(),
+        "state": w.state.as_str(),
+        "workflow_type": w.kind.as_str(),
+        "payment_gate_type": gate_type_name(w.gate.gate_type),
+        "customer_id": customer.to_string(),
+        "contract_id": w.contract_id.to_string(),
+        "commit_id": w.commit_id.to_string(),
+        "invoice_id": w.invoice_id.to_string(),
+        "access_amount": w.access_amount,
+        "invoice_total": w.invoice_total,
+        "started_at": time(w.started_at),
+    });
+    if let Some(ended) = w.ended_at {
+        out["ended_at"] = json!(time(ended));
+    }
+    if let Some(pi) = &w.payment_intent_id {
+        out["payment_intent_id"] = json!(pi);
+    }
+    if let Some(message) = w.error.as_ref().and_then(|e| e.message.as_ref()) {
+        out["error_message"] = json!(message);
+    }
+    out
+}
+
 pub fn commit(
     contract: &Contract,
     commit: &Commit,
-    catalog: &Catalog,
+    (catalog, workflows): (&Catalog, &FxHashMap<Id, &Workflow>),
     as_of: Timestamp,
     include_ledger: bool,
     include_balance: bool,
@@ -191,6 +245,7 @@ pub fn commit(
     if let Some(archived) = commit.archived_at {
         out["archived_at"] = json!(time(archived));
     }
+    gate_workflow(&mut out, workflows.get(&commit.id).copied());
     if include_balance {
         out["balance"] = json!(commit.balance_at(as_of).unwrap_or(Money::ZERO));
     }
@@ -240,7 +295,17 @@ pub fn contract_v2(
         .iter()
         .filter(|c| visible(c))
         .partition(|c| c.kind == CommitKind::Credit);
-    let render = |c: &&Commit| commit(contract, c, catalog, as_of, include_ledger, include_balance);
+    let workflows = workflows_by_commit(contract);
+    let render = |c: &&Commit| {
+        commit(
+            contract,
+            c,
+            (catalog, &workflows),
+            as_of,
+            include_ledger,
+            include_balance,
+        )
+    };
     let mut out = json!({
         "id": contract.id.to_string(),
         "customer_id": contract.customer_id.to_string(),
@@ -381,7 +446,12 @@ pub fn usage_invoice(
 }
 
 /// A SCHEDULED invoice with its `commit_purchase` line.
-pub fn purchase_invoice(customer: Id, contract: &Contract, purchase: &PurchaseInvoice) -> Value {
+pub fn purchase_invoice(
+    customer: Id,
+    contract: &Contract,
+    purchase: &PurchaseInvoice,
+    workflows: &FxHashMap<Id, &Workflow>,
+) -> Value {
     let ct = credit_type(&contract.credit_type);
     let mut lines = vec![json!({
         "name": purchase.name,
@@ -417,6 +487,7 @@ pub fn purchase_invoice(customer: Id, contract: &Contract, purchase: &PurchaseIn
         "subtotal": purchase.subtotal,
         "total": purchase.total,
     });
+    gate_workflow(&mut out, workflows.get(&purchase.commit_id).copied());
     if let Some(external) = &purchase.external_status {
         out["external_invoice"] = json!({
             "billing_provider_type": "stripe",

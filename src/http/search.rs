@@ -143,11 +143,9 @@ async fn search(
             break;
         }
     }
-    let next_page = if more {
-        after.map(|id| id.to_string())
-    } else {
-        None
-    };
+    // Exact matches alone may fill the first page before the scan read anything: the next
+    // page then scans from the start (the nil id sorts before every customer's).
+    let next_page = more.then(|| after.unwrap_or(Id::from_u128(0)).to_string());
     Ok(wire::page(items, next_page))
 }
 

@@ -25,6 +25,9 @@ use crate::actors::outbox::{OutboxEffect, OutboxEntry};
 use crate::domain::{Id, Timestamp};
 use crate::storage::{EffectPlace, Uuid16};
 
+/// Dead letters one `{"all": true}` call re-drives at most.
+pub const REDRIVE_ALL_MAX: usize = 1_000;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tollgate/webhooks/pending", web::get().to(pending))
         .route("/v1/tollgate/webhooks/delivered", web::get().to(delivered))
@@ -91,7 +94,7 @@ fn render_entry(id: Uuid16, entry: &OutboxEntry, place: EffectPlace) -> Value {
         "id": Id::from_bytes(id).to_string(),
         "webhook_id": webhook_id.to_string(),
         "type": event_type,
-        "destination": destination_url,
+        "destination": redacted(destination_url),
         "status": match place {
             EffectPlace::Pending => "PENDING",
             EffectPlace::DeadLetter => "DEAD_LETTER",
@@ -143,13 +146,27 @@ fn render_delivered(record: &DeliveredWebhook) -> Value {
         "id": Id::from_bytes(record.id).to_string(),
         "webhook_id": record.webhook_id.to_string(),
         "type": record.event_type,
-        "destination": record.destination_url,
+        "destination": redacted(&record.destination_url),
         "status": "DELIVERED",
         "attempts": record.attempts,
         "last_status": record.status,
         "created_at": wire::time(Timestamp(record.created_at_ms)),
         "delivered_at": wire::time(Timestamp(record.delivered_at_ms)),
     })
+}
+
+/// A destination URL without what may be a credential: user info and query string (a `read`
+/// token sees these lists).
+fn redacted(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => without_query.to_owned(),
+    }
 }
 
 async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
@@ -168,28 +185,50 @@ async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
         }
         (None, true) => {
             // Page through the dead letters; each re-driven one leaves them, so the cursor
-            // only skips what could not be moved.
+            // only skips what could not be moved. At most `REDRIVE_ALL_MAX` per call (each is
+            // a synced write): `more` says to call again.
             let mut redriven = Vec::new();
             let mut after = None;
-            loop {
+            let more = loop {
+                let room = REDRIVE_ALL_MAX - redriven.len();
                 let (entries, next) =
                     state
                         .engine
-                        .webhook_entries(EffectPlace::DeadLetter, after, 100)?;
+                        .webhook_entries(EffectPlace::DeadLetter, after, room.min(100))?;
                 for (id, _) in &entries {
                     if state.engine.redrive_webhook(*id).await? {
                         redriven.push(Id::from_bytes(*id).to_string());
                     }
                 }
                 match next {
+                    Some(_) if redriven.len() >= REDRIVE_ALL_MAX => break true,
                     Some(next) => after = Some(next),
-                    None => break,
+                    None => break false,
                 }
-            }
-            Ok(wire::data(json!({ "redriven": redriven })))
+            };
+            Ok(wire::data(json!({ "redriven": redriven, "more": more })))
         }
         _ => Err(ApiError::BadRequest(
             "give either id (one dead letter) or \"all\": true".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn destinations_are_shown_without_user_info_or_query() {
+        assert_eq!(
+            redacted("https://user:secret@hooks.example.com:8443/in?token=abc#x"),
+            "https://hooks.example.com:8443/in"
+        );
+        assert_eq!(
+            redacted("http://127.0.0.1:9000/hooks"),
+            "http://127.0.0.1:9000/hooks"
+        );
+        assert_eq!(redacted("http://a@b@host"), "http://host");
+        assert_eq!(redacted("not a url?x=1"), "not a url");
     }
 }

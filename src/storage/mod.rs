@@ -48,7 +48,7 @@
 //!
 //! | write | `fsync` mode | `wal` mode |
 //! |---|---|---|
-//! | log appends (group commit), `meta_put`/`meta_delete`/`meta_write_batch`, outbox moves (`mark_delivered`, `update_outbox`, `dead_letter`, `redrive_dead_letter`), trims and dedupe sweeps | sync | no sync |
+//! | log appends (group commit), `meta_put`/`meta_delete`/`meta_write_batch`, outbox moves (`mark_delivered`, `update_outbox`, `dead_letter`, `redrive_dead_letter_as`), trims and dedupe sweeps | sync | no sync |
 //! | derived writes: `put_outbox`, `meta_write_derived*` (a replay re-creates them), `mark_delivered_lazily` (webhooks: lost only with a power loss, then delivered again), `update_outbox_lazily` (a webhook's retry bookkeeping: a power loss turns it back to an earlier attempt) | no sync | no sync |
 //! | `put_checkpoint` | sync | sync |
 

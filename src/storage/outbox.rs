@@ -262,22 +262,23 @@ impl Store {
         self.inner.backend.get(Cf::DeadLetter, &id)
     }
 
-    /// Moves a dead-lettered effect back to `outbox` with its stored value, in one batch, for
-    /// another delivery attempt. Returns `false` when the id is not dead-lettered.
+    /// Moves a dead-lettered effect back to `outbox` with `value` (its bookkeeping for the new
+    /// attempts), in one synced batch. Returns `false` and writes nothing when the id is not
+    /// dead-lettered.
     ///
     /// # Errors
-    /// RocksDB errors.
-    pub fn redrive_dead_letter(&self, id: Uuid16) -> Result<bool, StorageError> {
+    /// RocksDB errors; nothing changed then.
+    pub fn redrive_dead_letter_as(&self, id: Uuid16, value: &[u8]) -> Result<bool, StorageError> {
         self.inner
             .shared
             .check(super::faults::StorageOp::OutboxWrite)?;
         let _outbox = self.lock_outbox();
-        let Some(value) = self.inner.backend.get(Cf::DeadLetter, &id)? else {
+        if self.inner.backend.get(Cf::DeadLetter, &id)?.is_none() {
             return Ok(false);
-        };
+        }
         let mut batch = Batch::default();
         batch.delete(Cf::DeadLetter, &id);
-        batch.put(Cf::Outbox, &id, &value);
+        batch.put(Cf::Outbox, &id, value);
         self.inner.backend.write(batch, self.inner.sync)?;
         Ok(true)
     }

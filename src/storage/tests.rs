@@ -596,13 +596,20 @@ on_both_backends! {
             [(id, b"effect+error".to_vec())]
         );
 
-        assert!(store.redrive_dead_letter(id).unwrap());
+        assert_eq!(store.dead_letter_value(id).unwrap(), Some(b"effect+error".to_vec()));
+        assert!(store.redrive_dead_letter_as(id, b"effect+fresh").unwrap());
         assert!(store.dead_letters().unwrap().is_empty());
+        assert_eq!(store.dead_letter_value(id).unwrap(), None);
         assert_eq!(
             store.outbox_pending().unwrap(),
-            [(id, b"effect+error".to_vec())]
+            [(id, b"effect+fresh".to_vec())]
         );
-        assert!(!store.redrive_dead_letter(id).unwrap());
+        assert!(!store.redrive_dead_letter_as(id, b"again").unwrap());
+        assert_eq!(
+            store.outbox_pending().unwrap(),
+            [(id, b"effect+fresh".to_vec())],
+            "a re-drive of what is not a dead letter writes nothing"
+        );
     }
 }
 

@@ -191,15 +191,46 @@ async fn seed_usage_hits_100_dollars_invoice_payment_commit_released_outstanding
         10000
     );
 
-    // Releasing again changes nothing and says why.
+    // The gated commit and its purchase invoice show the workflow and its state.
+    assert_eq!(commit["payment_gate_workflow"]["id"], json!(workflow_id));
+    assert_eq!(commit["payment_gate_workflow"]["state"], "RELEASED");
+    assert_eq!(commit["payment_gate_workflow"]["payment_gate_type"], "EXTERNAL");
+    let (_, invoices) = app
+        .get(&format!("/v1/customers/{customer}/invoices?type=SCHEDULED"))
+        .await;
+    let gated = &invoices["data"][0]["payment_gate_workflow"];
+    assert_eq!(gated["id"], json!(workflow_id), "{invoices}");
+    assert_eq!(gated["state"], "RELEASED");
+
+    // The same release again: 200 with the workflow as it ended, nothing changes.
     let (status, body) = app
         .post(
             "/v1/contracts/commits/threshold-billing/release",
             json!({"workflow_id": workflow_id, "outcome": "paid"}),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("already ended"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["id"], json!(workflow_id));
+    assert_eq!(body["data"]["state"], "RELEASED");
+    assert_eq!(body["data"]["workflow_type"], "spend");
+    assert_eq!(body["data"]["invoice_total"], 10000);
+    assert!(body["data"]["ended_at"].is_string());
+    // The other outcome: 409 saying how it ended; nothing changes.
+    let (status, body) = app
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            json!({"workflow_id": workflow_id, "outcome": "failed"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("already ended RELEASED"), "{message}");
+    assert_eq!(draft_usage_total(&app, &customer).await, 0);
+    assert_eq!(
+        app.receiver.of_type("payment_gate.payment_status").len(),
+        1,
+        "no second payment_status"
+    );
 }
 
 #[actix_rt::test]

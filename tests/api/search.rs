@@ -90,6 +90,21 @@ async fn customers_are_found_by_id_alias_or_name_exact_matches_first() {
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
 
+    // An exact match that fills the first page on its own: the next page goes on to the scan.
+    let (_, first) = app
+        .get("/v1/tollgate/customers/search?q=acme-prod&limit=1")
+        .await;
+    assert_eq!(found(&first), [("Acme Corp".into(), "alias".into())]);
+    let cursor = first["next_page"]
+        .as_str()
+        .expect("the scan is still to come");
+    let (_, second) = app
+        .get(&format!(
+            "/v1/tollgate/customers/search?q=acme-prod&limit=1&next_page={cursor}"
+        ))
+        .await;
+    assert_eq!(found(&second), [("Initech".into(), "alias".into())]);
+
     // Archived customers only when asked.
     let (status, _) = app
         .post("/v1/customers/archive", json!({"id": initech}))

@@ -187,6 +187,7 @@ async fn redrive_all_sends_every_dead_letter_and_lists_page_until_null() {
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["data"]["redriven"].as_array().unwrap().len(), 3);
+    assert_eq!(answer["data"]["more"], false);
     let mut delivered = Vec::new();
     for _ in 0..300 {
         delivered = page(&app, "delivered").await;

@@ -640,6 +640,13 @@ impl Sim {
             loop {
                 if self.step >= self.options.steps {
                     self.settle(&engine).await;
+                    // A fault that struck while settling must have stopped it too.
+                    if faults.fired.load(SeqCst) > 0 && engine.is_ready() {
+                        return Err(format!(
+                            "a storage fault struck while the last lifetime settled and the engine still accepts (step {})",
+                            self.step
+                        ));
+                    }
                     self.now_ms = self.time.now_ms();
                     return Ok(End::Done);
                 }
@@ -879,7 +886,8 @@ impl Sim {
                 ));
             }
             self.stripe.heal();
-            self.redrive_dead_letters(&app).await;
+            self.redrive_dead_letters(&app, format!("redrive-all-final-{lifetime}"))
+                .await;
             self.finish_payments(&app, &engine).await?;
             self.settle(&engine).await;
             self.check_final(&app, &engine).await?;
@@ -1285,14 +1293,13 @@ impl Sim {
         ))
     }
 
-    /// Lets time run until applied work, webhooks and payments have settled.
     /// The operator re-drives every webhook dead letter (`POST /v1/tollgate/webhooks/redrive`
     /// `{"all": true}`); a re-drive whose answer was lost is simply made again later.
-    async fn redrive_dead_letters(&mut self, app: &impl Api) {
+    async fn redrive_dead_letters(&mut self, app: &impl Api, key: String) {
         let request = Request {
             path: "/v1/tollgate/webhooks/redrive".into(),
             body: json!({"all": true}),
-            key: format!("redrive-all-{}", self.step),
+            key,
             purpose: Purpose::Other,
         };
         if let Some((status, body)) = self.control(app, request).await {
@@ -1342,6 +1349,7 @@ impl Sim {
         }
     }
 
+    /// Lets time run until applied work, webhooks and payments have settled.
     async fn settle(&mut self, engine: &Engine) {
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -1377,7 +1385,10 @@ impl Sim {
             87 => self.steal_alias(app).await,
             88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
             90 => self.add_rate(app).await,
-            91 => self.redrive_dead_letters(app).await,
+            91 => {
+                let key = format!("redrive-all-{}", self.step);
+                self.redrive_dead_letters(app, key).await;
+            }
             83 => self
                 .stripe
                 .search_lag(self.rng.random_range(10_000..5 * MINUTE_MS)),
