@@ -41,8 +41,8 @@ pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const FIRST_RETRY_MS_DEFAULT: i64 = 1_000;
 /// Metronome retries every 15 minutes once the backoff reaches that interval.
 pub const MAX_INTERVAL_MS_DEFAULT: i64 = 15 * 60 * 1000;
-/// Metronome gives up two days after the first attempt (~200 attempts).
-pub const GIVE_UP_AFTER_MS_DEFAULT: i64 = 48 * 60 * 60 * 1000;
+/// Retries stop 72 hours after the first attempt (SPEC section 4, as Metronome documents).
+pub const GIVE_UP_AFTER_MS_DEFAULT: i64 = 72 * 60 * 60 * 1000;
 /// Requests in flight to one destination at a time.
 pub const CONCURRENCY_PER_DESTINATION_DEFAULT: usize = 16;
 

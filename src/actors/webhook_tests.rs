@@ -422,7 +422,7 @@ fn settings_default_to_metronome_schedule_and_parse_from_config() {
     assert_eq!(parsed.timeout_ms, 10_000);
     assert_eq!(parsed.first_retry_ms, 1_000);
     assert_eq!(parsed.max_interval_ms, 15 * 60 * 1000);
-    assert_eq!(parsed.give_up_after_ms, 48 * 60 * 60 * 1000);
+    assert_eq!(parsed.give_up_after_ms, 72 * 60 * 60 * 1000);
     assert_eq!(parsed.concurrency_per_destination, 16);
     assert!(!format!("{parsed:?}").contains("\"s\""), "secret in Debug");
 }

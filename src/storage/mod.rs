@@ -751,13 +751,7 @@ fn check_format(backend: &dyn Backend) -> Result<(), StorageError> {
             if !is_empty(backend)? {
                 1
             } else {
-                let mut batch = Batch::default();
-                batch.put(
-                    Cf::Meta,
-                    STORAGE_FORMAT_KEY,
-                    &STORAGE_FORMAT_VERSION.to_be_bytes(),
-                );
-                backend.write(batch, true)?;
+                write_format_mark(backend)?;
                 STORAGE_FORMAT_VERSION
             }
         }
@@ -765,13 +759,7 @@ fn check_format(backend: &dyn Backend) -> Result<(), StorageError> {
     if found == STORAGE_FORMAT_UPGRADABLE {
         // Readable as it is; the new mark keeps builds of the old version from opening it
         // once it holds entries they cannot read.
-        let mut batch = Batch::default();
-        batch.put(
-            Cf::Meta,
-            STORAGE_FORMAT_KEY,
-            &STORAGE_FORMAT_VERSION.to_be_bytes(),
-        );
-        backend.write(batch, true)?;
+        write_format_mark(backend)?;
         tracing::info!(
             from = found,
             to = STORAGE_FORMAT_VERSION,
@@ -786,6 +774,17 @@ fn check_format(backend: &dyn Backend) -> Result<(), StorageError> {
         });
     }
     Ok(())
+}
+
+/// Marks the data directory with this build's storage format version (synced).
+fn write_format_mark(backend: &dyn Backend) -> Result<(), StorageError> {
+    let mut batch = Batch::default();
+    batch.put(
+        Cf::Meta,
+        STORAGE_FORMAT_KEY,
+        &STORAGE_FORMAT_VERSION.to_be_bytes(),
+    );
+    backend.write(batch, true)
 }
 
 /// Whether no column family holds a key.

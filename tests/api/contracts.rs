@@ -50,6 +50,24 @@ pub(crate) async fn create_customer(app: &TestApp, alias: &str) -> String {
     body["data"]["id"].as_str().unwrap().to_owned()
 }
 
+/// A `/v2/contracts/edit` adding a $20 PREPAID commit gated by `gate_type`, starting `start`.
+pub(crate) fn gated_commit_edit(
+    customer: &str,
+    contract: &str,
+    start: &str,
+    gate_type: &str,
+) -> Value {
+    json!({
+        "customer_id": customer, "contract_id": contract,
+        "add_commits": [{
+            "type": "PREPAID", "product_id": COMMIT_PRODUCT, "priority": 100,
+            "access_schedule": {"schedule_items": [{"amount": 2000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+            "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 2000}]},
+            "payment_gate_config": {"payment_gate_type": gate_type, "tax_type": "NONE"}
+        }]
+    })
+}
+
 pub(crate) fn gate(kind: &str) -> Value {
     json!({"payment_gate_type": kind})
 }
@@ -194,7 +212,10 @@ async fn seed_usage_hits_100_dollars_invoice_payment_commit_released_outstanding
     // The gated commit and its purchase invoice show the workflow and its state.
     assert_eq!(commit["payment_gate_workflow"]["id"], json!(workflow_id));
     assert_eq!(commit["payment_gate_workflow"]["state"], "RELEASED");
-    assert_eq!(commit["payment_gate_workflow"]["payment_gate_type"], "EXTERNAL");
+    assert_eq!(
+        commit["payment_gate_workflow"]["payment_gate_type"],
+        "EXTERNAL"
+    );
     let (_, invoices) = app
         .get(&format!("/v1/customers/{customer}/invoices?type=SCHEDULED"))
         .await;
@@ -408,15 +429,8 @@ async fn payment_gated_commits_from_edit_emit_manual_commit_webhooks_and_uniquen
         )
         .await;
     let contract = body["data"]["id"].as_str().unwrap().to_owned();
-    let edit = json!({
-        "customer_id": customer, "contract_id": contract, "uniqueness_key": "purchase-123",
-        "add_commits": [{
-            "type": "PREPAID", "product_id": COMMIT_PRODUCT, "priority": 100,
-            "access_schedule": {"schedule_items": [{"amount": 2000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
-            "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 2000}]},
-            "payment_gate_config": {"payment_gate_type": "EXTERNAL", "tax_type": "NONE"}
-        }]
-    });
+    let mut edit = gated_commit_edit(&customer, &contract, &start, "EXTERNAL");
+    edit["uniqueness_key"] = json!("purchase-123");
     let (status, body) = app.post("/v2/contracts/edit", edit.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(

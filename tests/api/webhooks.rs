@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use tollgate::domain::fixtures;
 
-use super::contracts::{COMMIT_PRODUCT, RATE_CARD, create_customer, month_start};
+use super::contracts::{RATE_CARD, create_customer, gated_commit_edit, month_start};
 use super::{TestApp, spawn_app_with_config};
 
 /// An app whose webhooks are retried every ~50 ms and given up on after `give_up_ms`.
@@ -31,21 +31,22 @@ async fn gated_commit(app: &TestApp, alias: &str) {
         )
         .await;
     let contract = body["data"]["id"].as_str().unwrap().to_owned();
-    let (status, body) = app
-        .post(
-            "/v2/contracts/edit",
-            json!({
-                "customer_id": customer, "contract_id": contract,
-                "add_commits": [{
-                    "type": "PREPAID", "product_id": COMMIT_PRODUCT, "priority": 100,
-                    "access_schedule": {"schedule_items": [{"amount": 2000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
-                    "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 2000}]},
-                    "payment_gate_config": {"payment_gate_type": "EXTERNAL", "tax_type": "NONE"}
-                }]
-            }),
-        )
-        .await;
+    let edit = gated_commit_edit(&customer, &contract, &start, "EXTERNAL");
+    let (status, body) = app.post("/v2/contracts/edit", edit).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The list `list` once it holds `n` items (or what it holds after ~3 s).
+async fn page_of(app: &TestApp, list: &str, n: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    for _ in 0..300 {
+        items = page(app, list).await;
+        if items.len() == n {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    items
 }
 
 async fn page(app: &TestApp, list: &str) -> Vec<Value> {
@@ -85,14 +86,7 @@ async fn a_failing_receiver_shows_pending_attempts_then_a_dead_letter_that_redri
     let id = item["id"].as_str().unwrap().to_owned();
     let webhook_id = item["webhook_id"].as_str().unwrap().to_owned();
     // Given up after 400 ms: a dead letter, no longer pending.
-    let mut dead = Vec::new();
-    for _ in 0..300 {
-        dead = page(&app, "dead-letters").await;
-        if !dead.is_empty() {
-            break;
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let dead = page_of(&app, "dead-letters", 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["id"], json!(id));
     assert_eq!(dead[0]["status"], "DEAD_LETTER");
@@ -124,14 +118,7 @@ async fn a_failing_receiver_shows_pending_attempts_then_a_dead_letter_that_redri
         status, 404,
         "a re-driven webhook is no longer a dead letter"
     );
-    let mut delivered = Vec::new();
-    for _ in 0..300 {
-        delivered = page(&app, "delivered").await;
-        if !delivered.is_empty() {
-            break;
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let delivered = page_of(&app, "delivered", 1).await;
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0]["id"], json!(id));
     assert_eq!(delivered[0]["webhook_id"], json!(webhook_id));
@@ -154,14 +141,7 @@ async fn redrive_all_sends_every_dead_letter_and_lists_page_until_null() {
     for i in 0..3 {
         gated_commit(&app, &format!("all-{i}")).await;
     }
-    let mut dead = Vec::new();
-    for _ in 0..300 {
-        dead = page(&app, "dead-letters").await;
-        if dead.len() == 3 {
-            break;
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let dead = page_of(&app, "dead-letters", 3).await;
     assert_eq!(dead.len(), 3);
     // Pages of one, until next_page is null.
     let mut seen = Vec::new();
@@ -188,14 +168,7 @@ async fn redrive_all_sends_every_dead_letter_and_lists_page_until_null() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["data"]["redriven"].as_array().unwrap().len(), 3);
     assert_eq!(answer["data"]["more"], false);
-    let mut delivered = Vec::new();
-    for _ in 0..300 {
-        delivered = page(&app, "delivered").await;
-        if delivered.len() == 3 {
-            break;
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let delivered = page_of(&app, "delivered", 3).await;
     assert_eq!(delivered.len(), 3);
     assert!(page(&app, "dead-letters").await.is_empty());
     for bad in [
