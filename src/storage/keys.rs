@@ -154,6 +154,21 @@ pub(crate) fn record_count(value: &[u8]) -> Result<u32, StorageError> {
     run_header(value).map(|(count, _)| count)
 }
 
+/// The last seq of a record whose first seq is `first` and which holds `count` payloads: the
+/// one rule for a record's seq range (replay, trim and recovery use it). A record without
+/// payloads, or one reaching past `u64::MAX`, is corrupt: the writer never makes either.
+pub(crate) fn record_last_seq(first: u64, count: u64) -> Result<u64, StorageError> {
+    count
+        .checked_sub(1)
+        .and_then(|extra| first.checked_add(extra))
+        .ok_or_else(|| {
+            corrupt(
+                "log record",
+                format!("{count} payloads from seq {first}: no valid seq range"),
+            )
+        })
+}
+
 fn run_header(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
     if value.len() < RECORD_HEADER_LEN {
         return Err(corrupt(

@@ -609,13 +609,14 @@ impl Store {
             it.seek(&log_key(partition, expected));
         }
         let mut count = 0u64;
+        let mut first_record = true;
         while let Some((key, value)) = it.item() {
             let (key_partition, first) = parse_log_key(key)?;
             if key_partition != partition {
                 break;
             }
             let run = parse_record_value(value)?;
-            let after_last = first.saturating_add(run.payloads.len() as u64);
+            let last = keys::record_last_seq(first, run.payloads.len() as u64)?;
             if first > expected {
                 return Err(StorageError::LogGap {
                     partition,
@@ -623,14 +624,29 @@ impl Store {
                     found: first,
                 });
             }
-            // Only the first record read may start before `expected` (a checkpoint inside it).
-            for (seq, payload) in (first..after_last).zip(run.payloads) {
+            // Only the first record read may start before `expected` (a checkpoint inside it);
+            // a later one that does overlaps its predecessor, which the writer never does.
+            if first < expected && !first_record {
+                return Err(StorageError::Corrupt {
+                    what: "log record",
+                    detail: format!(
+                        "partition {partition}: a record from seq {first} overlaps the one before, which ends at {}",
+                        expected - 1
+                    ),
+                });
+            }
+            first_record = false;
+            for (seq, payload) in (first..=last).zip(run.payloads) {
                 if seq >= expected {
                     f(seq, run.at_ms, payload)?;
                     count += 1;
                 }
             }
-            expected = expected.max(after_last);
+            match last.checked_add(1) {
+                Some(next) => expected = expected.max(next),
+                // The last seq there is: nothing can follow it.
+                None => break,
+            }
             it.next();
         }
         it.status()?;
@@ -817,12 +833,7 @@ fn recover_seqs(backend: &dyn Backend) -> Result<FxHashMap<u16, u64>, StorageErr
         };
         let (last_partition, last_first) = parse_log_key(last_key)?;
         // The last record holds the seqs from its key's on.
-        let last = last_first
-            .checked_add(u64::from(record_count(last_value)?) - 1)
-            .ok_or_else(|| StorageError::Corrupt {
-                what: "log record",
-                detail: format!("partition {partition}: seqs past u64::MAX"),
-            })?;
+        let last = keys::record_last_seq(last_first, u64::from(record_count(last_value)?))?;
         if last_partition != partition {
             // Keys are sorted, so landing in another partition means RocksDB moved under us.
             return Err(StorageError::Corrupt {

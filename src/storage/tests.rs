@@ -691,6 +691,30 @@ on_both_backends! {
 }
 
 on_both_backends! {
+    fn a_log_record_overlapping_the_one_before_fails_replay_loudly(kind) {
+        let place = Place::new(kind);
+        let store = place.open();
+        append(&store, 0, 1, vec![unkeyed("a"), unkeyed("b")]);
+        // Seqs 1-2 are one record; another starting at 2 overlaps it.
+        plant(&store, Cf::Log, &keys::log_key(0, 2), &keys::record_value(1, &[b"x"]));
+        let err = store.replay(0, 0, |_, _, _| Ok(())).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Corrupt { detail, .. } if detail.contains("overlaps")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_records_seq_range_is_checked() {
+    assert_eq!(keys::record_last_seq(1, 1).unwrap(), 1);
+    assert_eq!(keys::record_last_seq(5, 3).unwrap(), 7);
+    assert_eq!(keys::record_last_seq(u64::MAX, 1).unwrap(), u64::MAX);
+    assert!(keys::record_last_seq(u64::MAX, 2).is_err());
+    assert!(keys::record_last_seq(3, 0).is_err());
+}
+
+on_both_backends! {
     fn an_append_is_one_log_record_and_replay_can_start_inside_it(kind) {
         let place = Place::new(kind);
         let store = place.open();

@@ -6,7 +6,7 @@
 use std::sync::PoisonError;
 
 use super::backend::{Batch, Cf, CursorOptions};
-use super::keys::{log_key, parse_log_key, parse_outbox_done_value, record_count};
+use super::keys::{log_key, parse_log_key, parse_outbox_done_value, record_count, record_last_seq};
 use super::{DEDUPE_SWEEP_INTERVAL_MS, StorageError, Store, TrimStats, dedupe, faults};
 
 impl Store {
@@ -93,11 +93,12 @@ impl Store {
         let end = match it.item() {
             Some((key, value)) => match parse_log_key(key)? {
                 (p, first) if p == partition => {
-                    let after_last = first.saturating_add(u64::from(record_count(value)?));
-                    if after_last <= up_to.saturating_add(1) {
-                        after_last
-                    } else {
-                        first
+                    let last = record_last_seq(first, u64::from(record_count(value)?))?;
+                    // Covered whole: trim through it (a record ending at `u64::MAX` is the
+                    // partition's last and is kept, like any record holding the last seq).
+                    match last.checked_add(1) {
+                        Some(after_last) if last <= up_to => after_last,
+                        _ => first,
                     }
                 }
                 // Nothing of this partition at or before `up_to`.

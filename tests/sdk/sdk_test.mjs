@@ -458,13 +458,21 @@ await step('6. release EXTERNAL workflows with client.post(...threshold-billing/
   assert.equal(hooks('payment_gate.payment_status', { workflow_id: workflows.none.id }).length, 0,
     'NONE gate: no payment_status webhook');
 
-  // Releasing again: 4xx with a message, nothing changes.
-  const again = await expectError(
-    client.post('/v1/contracts/commits/threshold-billing/release', { body: { workflow_id: workflows.spend.id, outcome: 'paid' } }),
-    BadRequestError,
-    400,
+  // Releasing again with the same outcome: 200 with the workflow as it ended (idempotent);
+  // with the other outcome: 409 saying how it ended. Nothing changes either way.
+  const again = await client.post('/v1/contracts/commits/threshold-billing/release', {
+    body: { workflow_id: workflows.spend.id, outcome: 'paid' },
+  });
+  assert.equal(again.data.id, workflows.spend.id);
+  assert.equal(again.data.state, 'RELEASED');
+  const other = await expectError(
+    client.post('/v1/contracts/commits/threshold-billing/release', { body: { workflow_id: workflows.spend.id, outcome: 'failed' } }),
+    ConflictError,
+    409,
   );
-  assert.match(again.message, /already ended/);
+  assert.match(other.message, /already ended RELEASED/);
+  assert.equal(hooks('payment_gate.payment_status', { workflow_id: workflows.spend.id }).length, 1,
+    'no second payment_status');
   await expectError(
     client.post('/v1/contracts/commits/threshold-billing/release', { body: { workflow_id: randomUUID(), outcome: 'paid' } }),
     NotFoundError,
