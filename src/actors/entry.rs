@@ -242,9 +242,14 @@ pub fn partition_of_key(key: &str, partitions: u16) -> u16 {
     partition_of(Id::from_key("late-key", key), partitions)
 }
 
+/// The prefix of the workflow index.
+pub fn workflow_key_prefix() -> &'static [u8] {
+    b"wf/"
+}
+
 /// `wf/` ++ workflow id -> customer id: the release endpoint names only the workflow.
 pub fn workflow_key(workflow: Id) -> Vec<u8> {
-    let mut key = b"wf/".to_vec();
+    let mut key = workflow_key_prefix().to_vec();
     key.extend_from_slice(workflow.as_bytes());
     key
 }

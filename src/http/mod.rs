@@ -22,6 +22,7 @@ pub mod search;
 pub mod stripe;
 pub mod webhooks;
 pub mod wire;
+pub mod workflows;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -192,6 +193,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     audit::routes(cfg);
     search::routes(cfg);
     webhooks::routes(cfg);
+    workflows::routes(cfg);
     openapi::routes(cfg);
 }
 

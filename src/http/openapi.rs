@@ -33,6 +33,18 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
     ),
     (
         "get",
+        "/v1/tollgate/workflows",
+        "List payment-gate workflows; filters customer_id, contract_id, state, kind, created_after, created_before (Tollgate)",
+        Shape::Page,
+    ),
+    (
+        "get",
+        "/v1/tollgate/workflows/{workflow_id}",
+        "Get a payment-gate workflow (Tollgate)",
+        Shape::Data,
+    ),
+    (
+        "get",
         "/v1/tollgate/webhooks/pending",
         "List webhook deliveries waiting or between retries (Tollgate)",
         Shape::Page,

@@ -11,6 +11,7 @@ mod edge;
 mod money_edges;
 mod search;
 mod webhooks;
+mod workflows;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -174,7 +175,8 @@ async fn every_documented_endpoint_is_served() {
             .replace(
                 "{billable_metric_id}",
                 "00000000-0000-0000-0000-000000000003",
-            );
+            )
+            .replace("{workflow_id}", "00000000-0000-0000-0000-000000000004");
         for method in methods.as_object().unwrap().keys() {
             let (status, body) = match method.as_str() {
                 "get" => app.get(&concrete).await,

@@ -2367,6 +2367,7 @@ impl Sim {
         }
         self.check_balances(engine, &applied_by_invoice).await?;
         self.check_workflows(engine).await?;
+        self.check_workflow_list(app, engine).await?;
         self.check_workflow_money(engine).await?;
         self.check_audit(app).await?;
         self.check_webhook_lists(app).await?;
@@ -2436,6 +2437,76 @@ impl Sim {
                         "{path} was answered {status} and is not in the audit log"
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The operator's workflow list (every page, no filter) holds every workflow of every
+    /// customer, in the state the customer's actor holds, and nothing else; one is read back by
+    /// id and a state filter keeps exactly its state's.
+    async fn check_workflow_list(&mut self, app: &impl Api, engine: &Engine) -> Result<(), String> {
+        let mut held: BTreeMap<String, String> = BTreeMap::new();
+        for (c, id) in self.customer_ids() {
+            let workflows = engine
+                .query(id, |s| {
+                    s.customer
+                        .contracts
+                        .iter()
+                        .flat_map(|c| c.workflows.iter())
+                        .map(|w| (w.id.to_string(), w.state.as_str().to_owned()))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| format!("customer {c}: {e}"))?;
+            held.extend(workflows);
+        }
+        let mut listed: BTreeMap<String, String> = BTreeMap::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = self
+                .get(
+                    app,
+                    &format!("/v1/tollgate/workflows?limit=100&next_page={cursor}"),
+                )
+                .await;
+            if status != 200 {
+                return Err(format!("workflow list: {status} {page}"));
+            }
+            for w in page["data"].as_array().into_iter().flatten() {
+                let id = w["id"].as_str().unwrap_or("").to_owned();
+                let state = w["state"].as_str().unwrap_or("").to_owned();
+                if listed.insert(id.clone(), state).is_some() {
+                    return Err(format!("workflow {id} listed twice"));
+                }
+            }
+            match page["next_page"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => break,
+            }
+        }
+        if listed != held {
+            return Err(format!(
+                "the workflow list differs from the customers' workflows: listed {listed:?}, held {held:?}"
+            ));
+        }
+        if let Some((id, state)) = held.iter().next() {
+            let (status, one) = self.get(app, &format!("/v1/tollgate/workflows/{id}")).await;
+            if status != 200 || one["data"]["state"] != json!(state) {
+                return Err(format!("workflow {id} read back as {status} {one}"));
+            }
+            let (status, page) = self
+                .get(
+                    app,
+                    &format!("/v1/tollgate/workflows?state={state}&limit=100"),
+                )
+                .await;
+            let all_of_state = page["data"].as_array().is_some_and(|items| {
+                items.iter().all(|w| w["state"] == json!(state))
+                    && items.len() == held.values().filter(|s| *s == state).count().min(100)
+            });
+            if status != 200 || !all_of_state {
+                return Err(format!("workflows in state {state}: {status} {page}"));
             }
         }
         Ok(())

@@ -1,0 +1,215 @@
+//! Payment-gate workflows for operators (SPEC 3.1).
+//!
+//! - `GET /v1/tollgate/workflows/{workflow_id}`: one workflow with its invoice, commit, amounts
+//!   and provider ids.
+//! - `GET /v1/tollgate/workflows`: cursor pages in workflow id order, filtered by `customer_id`,
+//!   `contract_id`, `state`, `kind` (`spend`, `prepaid_balance`, `manual_commit`),
+//!   `created_after` and `created_before` (RFC 3339, on `started_at`). With `customer_id` the
+//!   customer's workflows are read at once; without it the workflow index (`wf/`, which names
+//!   every workflow that produced a webhook or payment request) is scanned, at most
+//!   [`SCAN_MAX`] entries per request: a narrow filter may answer a short (or empty) page whose
+//!   `next_page` goes on from where the scan stopped.
+
+use actix_web::{HttpResponse, web};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::{render, wire};
+use crate::actors::entry;
+use crate::domain::gate::{Workflow, WorkflowKind, WorkflowState};
+use crate::domain::{Id, Timestamp};
+
+/// Index entries one list request reads at most.
+pub const SCAN_MAX: usize = 1_000;
+/// Index entries read per store page.
+const SCAN_PAGE: usize = 200;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/tollgate/workflows", web::get().to(list))
+        .route("/v1/tollgate/workflows/{workflow_id}", web::get().to(get));
+}
+
+/// The workflows of `customer`, every contract's.
+async fn workflows_of(state: &AppState, customer: Id) -> ApiResult<Vec<Workflow>> {
+    Ok(state
+        .engine
+        .query(customer, |s| {
+            s.customer
+                .contracts
+                .iter()
+                .flat_map(|c| c.workflows.iter().cloned())
+                .collect::<Vec<_>>()
+        })
+        .await?)
+}
+
+async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let id = wire::parse_id("workflow_id", &path)?;
+    let not_found = || ApiError::NotFound(format!("workflow {id} not found"));
+    let customer = state.engine.workflow_customer(id)?.ok_or_else(not_found)?;
+    let workflow = workflows_of(&state, customer)
+        .await?
+        .into_iter()
+        .find(|w| w.id == id)
+        .ok_or_else(not_found)?;
+    Ok(wire::data(render::workflow(customer, &workflow)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    next_page: Option<String>,
+    customer_id: Option<String>,
+    contract_id: Option<String>,
+    state: Option<String>,
+    kind: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+}
+
+/// What a listed workflow must match.
+struct Filter {
+    contract: Option<Id>,
+    state: Option<WorkflowState>,
+    kind: Option<WorkflowKind>,
+    after: Option<Timestamp>,
+    before: Option<Timestamp>,
+}
+
+impl Filter {
+    fn parse(query: &ListQuery) -> ApiResult<Filter> {
+        let state = match query.state.as_deref() {
+            None => None,
+            Some(text) => Some(wire::parse_enum(
+                "state",
+                &text.to_ascii_uppercase(),
+                &[
+                    ("INITIATED", WorkflowState::Initiated),
+                    ("AWAITING_EXTERNAL", WorkflowState::AwaitingExternal),
+                    ("CHARGING", WorkflowState::Charging),
+                    ("ACTION_REQUIRED", WorkflowState::ActionRequired),
+                    ("RELEASED", WorkflowState::Released),
+                    ("FAILED", WorkflowState::Failed),
+                ],
+            )?),
+        };
+        let kind = match query.kind.as_deref() {
+            None => None,
+            Some(text) => Some(wire::parse_enum(
+                "kind",
+                &text.to_ascii_lowercase(),
+                &[
+                    ("spend", WorkflowKind::Spend),
+                    ("prepaid_balance", WorkflowKind::PrepaidBalance),
+                    ("manual_commit", WorkflowKind::ManualCommit),
+                ],
+            )?),
+        };
+        Ok(Filter {
+            contract: wire::parse_opt_id("contract_id", query.contract_id.as_deref())?,
+            state,
+            kind,
+            after: wire::parse_opt_time("created_after", query.created_after.as_deref())?,
+            before: wire::parse_opt_time("created_before", query.created_before.as_deref())?,
+        })
+    }
+
+    fn keeps(&self, w: &Workflow) -> bool {
+        self.contract.is_none_or(|c| c == w.contract_id)
+            && self.state.is_none_or(|s| s == w.state)
+            && self.kind.is_none_or(|k| k == w.kind)
+            && self.after.is_none_or(|t| w.started_at >= t)
+            && self.before.is_none_or(|t| w.started_at < t)
+    }
+}
+
+async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiResult<HttpResponse> {
+    let limit = wire::page_limit(query.limit)?;
+    let filter = Filter::parse(&query)?;
+    let cursor = wire::parse_opt_id(
+        "next_page",
+        query.next_page.as_deref().filter(|c| !c.is_empty()),
+    )?;
+    let customer = wire::parse_opt_id("customer_id", query.customer_id.as_deref())?;
+    let (items, next) = match customer {
+        Some(customer) => one_customer(&state, customer, &filter, cursor, limit).await?,
+        None => from_index(&state, &filter, cursor, limit).await?,
+    };
+    Ok(wire::page(items, next.map(|id| id.to_string())))
+}
+
+async fn one_customer(
+    state: &AppState,
+    customer: Id,
+    filter: &Filter,
+    cursor: Option<Id>,
+    limit: usize,
+) -> ApiResult<(Vec<Value>, Option<Id>)> {
+    if !state.engine.customer_exists(customer) {
+        return Err(ApiError::NotFound(format!("customer {customer} not found")));
+    }
+    let mut workflows: Vec<Workflow> = workflows_of(state, customer)
+        .await?
+        .into_iter()
+        .filter(|w| filter.keeps(w) && cursor.is_none_or(|c| w.id > c))
+        .collect();
+    workflows.sort_by_key(|w| w.id);
+    let more = workflows.len() > limit;
+    workflows.truncate(limit);
+    let next = more.then(|| workflows.last().map(|w| w.id)).flatten();
+    let items = workflows
+        .iter()
+        .map(|w| render::workflow(customer, w))
+        .collect();
+    Ok((items, next))
+}
+
+async fn from_index(
+    state: &AppState,
+    filter: &Filter,
+    cursor: Option<Id>,
+    limit: usize,
+) -> ApiResult<(Vec<Value>, Option<Id>)> {
+    let prefix = entry::workflow_key_prefix();
+    let mut after: Option<Id> = cursor;
+    // Each customer's workflows are read once per request.
+    let mut customers: FxHashMap<Id, Vec<Workflow>> = FxHashMap::default();
+    let (mut items, mut scanned) = (Vec::new(), 0usize);
+    loop {
+        let after_key = after.map(entry::workflow_key);
+        let page = state.engine.with_store("workflow index list", |store| {
+            store.meta_scan_page(prefix, after_key.as_deref(), SCAN_PAGE)
+        })?;
+        let exhausted = page.len() < SCAN_PAGE;
+        for (key, value) in page {
+            if items.len() == limit || scanned == SCAN_MAX {
+                return Ok((items, after));
+            }
+            scanned += 1;
+            let (Some(workflow), Some(customer)) = (
+                key.get(prefix.len()..)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(Id::from_bytes),
+                <[u8; 16]>::try_from(value.as_slice())
+                    .ok()
+                    .map(Id::from_bytes),
+            ) else {
+                continue;
+            };
+            after = Some(workflow);
+            if let std::collections::hash_map::Entry::Vacant(slot) = customers.entry(customer) {
+                slot.insert(workflows_of(state, customer).await?);
+            }
+            let found = customers[&customer].iter().find(|w| w.id == workflow);
+            if let Some(w) = found.filter(|w| filter.keeps(w)) {
+                items.push(render::workflow(customer, w));
+            }
+        }
+        if exhausted {
+            return Ok((items, None));
+        }
+    }
+}

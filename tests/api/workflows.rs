@@ -1,0 +1,178 @@
+//! Payment-gate workflows for operators: get by id, list with filters.
+
+use serde_json::{Value, json};
+
+use super::TestApp;
+use super::contracts::{
+    RATE_CARD, app_with_catalog, create_customer, gated_commit_edit, month_start,
+};
+use super::support::eventually;
+
+/// A customer with an EXTERNAL-gated commit: one workflow AWAITING_EXTERNAL. Returns the
+/// customer, the contract and the workflow id.
+async fn gated(app: &TestApp, alias: &str) -> (String, String, String) {
+    let customer = create_customer(app, alias).await;
+    let start = month_start();
+    let (_, body) = app
+        .post(
+            "/v1/contracts/create",
+            json!({"customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": start}),
+        )
+        .await;
+    let contract = body["data"]["id"].as_str().unwrap().to_owned();
+    let edit = gated_commit_edit(&customer, &contract, &start, "EXTERNAL");
+    let (status, body) = app.post("/v2/contracts/edit", edit).await;
+    assert_eq!(status, 200, "{body}");
+    let mut workflow = String::new();
+    eventually("external_initiate", || {
+        let hooks = app.receiver.of_type("payment_gate.external_initiate");
+        match hooks
+            .iter()
+            .find(|h| h.body["properties"]["customer_id"] == json!(customer))
+        {
+            Some(hook) => {
+                workflow = hook.body["properties"]["workflow_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    (customer, contract, workflow)
+}
+
+async fn ids(app: &TestApp, query: &str) -> Vec<String> {
+    let (status, page) = app.get(&format!("/v1/tollgate/workflows{query}")).await;
+    assert_eq!(status, 200, "{query}: {page}");
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn workflows_are_found_by_id_and_listed_with_every_filter() {
+    let app = app_with_catalog().await;
+    let (alice, alice_contract, first) = gated(&app, "wf-alice").await;
+    let (bob, _, second) = gated(&app, "wf-bob").await;
+
+    // Get by id: the invoice, commit, amounts and state.
+    let (status, body) = app.get(&format!("/v1/tollgate/workflows/{first}")).await;
+    assert_eq!(status, 200, "{body}");
+    let w = &body["data"];
+    assert_eq!(w["id"], json!(first));
+    assert_eq!(w["state"], "AWAITING_EXTERNAL");
+    assert_eq!(w["workflow_type"], "manual_commit");
+    assert_eq!(w["payment_gate_type"], "EXTERNAL");
+    assert_eq!(w["customer_id"], json!(alice));
+    assert_eq!(w["contract_id"], json!(alice_contract));
+    assert_eq!(w["invoice_total"], 2000);
+    assert!(w["invoice_id"].is_string() && w["commit_id"].is_string());
+    assert!(w.get("ended_at").is_none());
+    let (status, _) = app
+        .get("/v1/tollgate/workflows/00000000-0000-0000-0000-000000000009")
+        .await;
+    assert_eq!(status, 404);
+
+    // Released: its state changes in both views.
+    let (status, _) = app
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            json!({"workflow_id": second, "outcome": "paid"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let mut both = vec![first.clone(), second.clone()];
+    both.sort();
+    assert_eq!(ids(&app, "").await, both);
+    assert_eq!(
+        ids(&app, "?state=awaiting_external").await,
+        vec![first.clone()]
+    );
+    assert_eq!(ids(&app, "?state=RELEASED").await, vec![second.clone()]);
+    assert_eq!(
+        ids(&app, &format!("?customer_id={bob}")).await,
+        vec![second.clone()]
+    );
+    assert_eq!(
+        ids(
+            &app,
+            &format!("?customer_id={alice}&state=AWAITING_EXTERNAL")
+        )
+        .await,
+        vec![first.clone()]
+    );
+    assert_eq!(
+        ids(&app, &format!("?contract_id={alice_contract}")).await,
+        vec![first.clone()]
+    );
+    assert_eq!(ids(&app, "?kind=manual_commit").await, both);
+    assert!(ids(&app, "?kind=spend").await.is_empty());
+    assert!(
+        ids(&app, "?created_after=2999-01-01T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    assert!(
+        ids(&app, "?created_before=2000-01-01T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    assert_eq!(ids(&app, "?created_after=2000-01-01T00:00:00Z").await, both);
+
+    // Pages of one, with and without a customer, until next_page is null.
+    for base in [
+        "?limit=1".to_owned(),
+        format!("?limit=1&customer_id={alice}"),
+    ] {
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) = app
+                .get(&format!("/v1/tollgate/workflows{base}&next_page={cursor}"))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            seen.extend(
+                page["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| w["id"].clone()),
+            );
+            match page["next_page"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => break,
+            }
+            assert!(seen.len() <= 2, "{seen:?}");
+        }
+        let want: Vec<Value> = if base.contains("customer_id") {
+            vec![json!(first)]
+        } else {
+            both.iter().map(|id| json!(id)).collect()
+        };
+        assert_eq!(seen, want, "{base}");
+    }
+
+    for bad in [
+        "?state=PAID",
+        "?kind=other",
+        "?customer_id=nope",
+        "?created_after=yesterday",
+        "?next_page=x",
+        "?limit=0",
+    ] {
+        let (status, body) = app.get(&format!("/v1/tollgate/workflows{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["message"].is_string());
+    }
+    let (status, _) = app
+        .get("/v1/tollgate/workflows?customer_id=00000000-0000-0000-0000-000000000009")
+        .await;
+    assert_eq!(status, 404);
+}
