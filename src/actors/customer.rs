@@ -93,6 +93,7 @@ impl Handler<ApplyInputs> for CustomerActor {
     fn handle(&mut self, msg: ApplyInputs, _: &mut Self::Context) {
         let count = msg.0.len();
         let mut effects = Vec::new();
+        let mut started = Vec::new();
         let mut quarantined = QuarantineWrites::default();
         let mut replies = Vec::new();
         let mut last_seq = self.state.applied_seq;
@@ -115,6 +116,7 @@ impl Handler<ApplyInputs> for CustomerActor {
             last_seq = last_seq.max(sequenced.seq);
             if let Ok(applied) = &result {
                 effects.extend(applied.effects.iter().cloned());
+                started.extend(applied.workflows_started.iter().map(|&w| (w, self.id)));
             }
             if let Some(reply) = sequenced.reply {
                 replies.push((reply, result));
@@ -124,8 +126,9 @@ impl Handler<ApplyInputs> for CustomerActor {
         // Effects and quarantined inputs reach storage before anyone hears of the inputs'
         // outcome, and before this actor can be snapshotted (the next message), so a checkpoint
         // never covers an input whose effects are not in the outbox.
-        let persisted = persist_quarantined(&self.shared, &quarantined)
-            .and_then(|()| persist_effects(&self.shared, (self.partition, last_seq), &effects));
+        let persisted = persist_quarantined(&self.shared, &quarantined).and_then(|()| {
+            persist_effects(&self.shared, (self.partition, last_seq), &effects, &started)
+        });
         match persisted {
             Ok(entries) => self.shared.notify_effects(entries),
             Err(_) if crate::defects::active(crate::defects::Defect::EffectsLost) => {}
@@ -382,7 +385,10 @@ fn apply_input(
                 quarantine,
                 Attempt::First,
             ) {
-                Ok(more) => applied.effects.extend(more.effects),
+                Ok(more) => {
+                    applied.effects.extend(more.effects);
+                    applied.workflows_started.extend(more.workflows_started);
+                }
                 Err(_) => state.customer = before,
             }
         }
@@ -675,13 +681,23 @@ pub fn persist_effects(
     shared: &Shared,
     cause: (u16, u64),
     effects: &[Effect],
+    started: &[(Id, Id)],
 ) -> Result<Vec<([u8; 16], OutboxEntry)>, StorageError> {
-    if effects.is_empty() {
+    if effects.is_empty() && started.is_empty() {
         return Ok(Vec::new());
     }
     let now = shared.clock.now_ms();
     let mut entries = Vec::new();
-    let mut workflows = Vec::new();
+    // Every workflow started (workflow, customer), and every one an effect names.
+    let mut workflows: Vec<(Vec<u8>, Vec<u8>)> = started
+        .iter()
+        .map(|(workflow, customer)| {
+            (
+                super::entry::workflow_key(*workflow),
+                customer.as_bytes().to_vec(),
+            )
+        })
+        .collect();
     for effect in effects {
         let (workflow, customer) = match effect {
             Effect::Webhook(hook) => (hook.workflow_id, hook.customer_id),

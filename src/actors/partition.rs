@@ -817,14 +817,19 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                 let result = apply_logged(shared, state, logged, false, &mut quarantined);
                 persist_quarantined(shared, &quarantined)?;
                 if let Ok(applied) = result {
-                    if !applied.effects.is_empty() {
-                        pending_effects.push_back(((partition, seq), applied.effects));
+                    if !applied.effects.is_empty() || !applied.workflows_started.is_empty() {
+                        let started: Vec<(Id, Id)> = applied
+                            .workflows_started
+                            .iter()
+                            .map(|&w| (w, customer_id))
+                            .collect();
+                        pending_effects.push_back(((partition, seq), applied.effects, started));
                     }
                 }
                 // Write effects in bounded groups to keep memory flat on long replays.
                 while pending_effects.len() > 1_024 {
-                    let (cause, effects) = pending_effects.pop_front().expect("non-empty");
-                    persist_effects(shared, cause, &effects)?;
+                    let (cause, effects, started) = pending_effects.pop_front().expect("non-empty");
+                    persist_effects(shared, cause, &effects, &started)?;
                 }
             }
             LogEntry::Unmatched { key, event } => keep_late(shared, &key, at_ms, event, None),
@@ -837,8 +842,8 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
         }
         Ok(())
     })?;
-    for (cause, effects) in pending_effects {
-        persist_effects(shared, cause, &effects)?;
+    for (cause, effects, started) in pending_effects {
+        persist_effects(shared, cause, &effects, &started)?;
     }
     shared.invoice_index[usize::from(partition)].flush(&shared.store)?;
     Ok((states, last, replayed))

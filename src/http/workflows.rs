@@ -5,8 +5,8 @@
 //! - `GET /v1/tollgate/workflows`: cursor pages in workflow id order, filtered by `customer_id`,
 //!   `contract_id`, `state`, `kind` (`spend`, `prepaid_balance`, `manual_commit`),
 //!   `created_after` and `created_before` (RFC 3339, on `started_at`). With `customer_id` the
-//!   customer's workflows are read at once; without it the workflow index (`wf/`, which names
-//!   every workflow that produced a webhook or payment request) is scanned, at most
+//!   customer's workflows are read at once; without it the workflow index (`wf/`, written for
+//!   every workflow with the effects of the input that started it) is scanned, at most
 //!   [`SCAN_MAX`] entries per request: a narrow filter may answer a short (or empty) page whose
 //!   `next_page` goes on from where the scan stopped.
 
@@ -197,11 +197,22 @@ async fn from_index(
                     .ok()
                     .map(Id::from_bytes),
             ) else {
-                continue;
+                // The engine writes only 16-byte ids here: anything else is damage, said
+                // loudly rather than skipped (a skipped entry could stall the cursor).
+                return Err(ApiError::Engine(crate::actors::EngineError::Internal(
+                    format!("workflow index entry {} is unreadable", hex::encode(&key)),
+                )));
             };
             after = Some(workflow);
             if let std::collections::hash_map::Entry::Vacant(slot) = customers.entry(customer) {
-                slot.insert(workflows_of(state, customer).await?);
+                // An index entry of a customer that is gone names nothing to list.
+                let workflows = match workflows_of(state, customer).await {
+                    Err(ApiError::Rejected(crate::domain::Rejection::CustomerNotFound)) => {
+                        Vec::new()
+                    }
+                    other => other?,
+                };
+                slot.insert(workflows);
             }
             let found = customers[&customer].iter().find(|w| w.id == workflow);
             if let Some(w) = found.filter(|w| filter.keeps(w)) {

@@ -176,3 +176,44 @@ async fn workflows_are_found_by_id_and_listed_with_every_filter() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[actix_rt::test]
+async fn a_none_gated_commit_s_workflow_has_no_webhook_and_is_still_found_and_listed() {
+    let app = app_with_catalog().await;
+    let customer = create_customer(&app, "wf-none").await;
+    let start = month_start();
+    let (_, body) = app
+        .post(
+            "/v1/contracts/create",
+            json!({"customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": start}),
+        )
+        .await;
+    let contract = body["data"]["id"].as_str().unwrap().to_owned();
+    let edit = gated_commit_edit(&customer, &contract, &start, "NONE");
+    let (status, body) = app.post("/v2/contracts/edit", edit).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, v2) = app
+        .post(
+            "/v2/contracts/get",
+            json!({"customer_id": customer, "contract_id": contract}),
+        )
+        .await;
+    let workflow = v2["data"]["commits"][0]["payment_gate_workflow"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v2}"))
+        .to_owned();
+    assert_eq!(
+        v2["data"]["commits"][0]["payment_gate_workflow"]["state"],
+        "RELEASED"
+    );
+    // Released at once; no webhook names it.
+    let (status, one) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["data"]["state"], "RELEASED");
+    assert_eq!(one["data"]["payment_gate_type"], "NONE");
+    assert_eq!(ids(&app, "").await, vec![workflow.clone()]);
+    assert_eq!(
+        ids(&app, "?state=RELEASED&kind=manual_commit").await,
+        vec![workflow]
+    );
+}

@@ -203,6 +203,9 @@ pub struct Applied {
     pub effects: Vec<Effect>,
     /// Ids of objects the input created (commits added by an edit), for the response.
     pub created: Vec<Id>,
+    /// Workflows the input started, each gate included (for the workflow index: a NONE-gated
+    /// commit's workflow has no effect that would name it).
+    pub workflows_started: Vec<Id>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -384,6 +384,7 @@ pub(super) fn begin_gate(
 ) -> Result<(), Rejection> {
     let workflow_id = contract.workflows[wi].id;
     let gate_type = contract.workflows[wi].gate.gate_type;
+    applied.workflows_started.push(workflow_id);
     match gate_type {
         GateType::None => {
             let outcome = PaymentOutcome {
