@@ -68,6 +68,28 @@ pub(crate) fn gated_commit_edit(
     })
 }
 
+/// A customer with a contract and a $20 commit gated by `gate_type` added by an edit; answers
+/// the customer and the contract.
+pub(crate) async fn customer_with_gated_commit(
+    app: &TestApp,
+    alias: &str,
+    gate_type: &str,
+) -> (String, String) {
+    let customer = create_customer(app, alias).await;
+    let start = month_start();
+    let (_, body) = app
+        .post(
+            "/v1/contracts/create",
+            json!({"customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": start}),
+        )
+        .await;
+    let contract = body["data"]["id"].as_str().unwrap().to_owned();
+    let edit = gated_commit_edit(&customer, &contract, &start, gate_type);
+    let (status, body) = app.post("/v2/contracts/edit", edit).await;
+    assert_eq!(status, 200, "{body}");
+    (customer, contract)
+}
+
 pub(crate) fn gate(kind: &str) -> Value {
     json!({"payment_gate_type": kind})
 }

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use tollgate::domain::fixtures;
 
-use super::contracts::{RATE_CARD, create_customer, gated_commit_edit, month_start};
+use super::contracts::customer_with_gated_commit;
 use super::{TestApp, spawn_app_with_config};
 
 /// An app whose webhooks are retried every ~50 ms and given up on after `give_up_ms`.
@@ -22,18 +22,7 @@ async fn app(give_up_ms: i64) -> TestApp {
 
 /// A payment-gated commit: one `payment_gate.external_initiate` webhook.
 async fn gated_commit(app: &TestApp, alias: &str) {
-    let customer = create_customer(app, alias).await;
-    let start = month_start();
-    let (_, body) = app
-        .post(
-            "/v1/contracts/create",
-            json!({"customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": start}),
-        )
-        .await;
-    let contract = body["data"]["id"].as_str().unwrap().to_owned();
-    let edit = gated_commit_edit(&customer, &contract, &start, "EXTERNAL");
-    let (status, body) = app.post("/v2/contracts/edit", edit).await;
-    assert_eq!(status, 200, "{body}");
+    customer_with_gated_commit(app, alias, "EXTERNAL").await;
 }
 
 /// The list `list` once it holds `n` items (or what it holds after ~3 s).

@@ -3,26 +3,13 @@
 use serde_json::{Value, json};
 
 use super::TestApp;
-use super::contracts::{
-    RATE_CARD, app_with_catalog, create_customer, gated_commit_edit, month_start,
-};
+use super::contracts::{app_with_catalog, customer_with_gated_commit};
 use super::support::eventually;
 
 /// A customer with an EXTERNAL-gated commit: one workflow AWAITING_EXTERNAL. Returns the
 /// customer, the contract and the workflow id.
 async fn gated(app: &TestApp, alias: &str) -> (String, String, String) {
-    let customer = create_customer(app, alias).await;
-    let start = month_start();
-    let (_, body) = app
-        .post(
-            "/v1/contracts/create",
-            json!({"customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": start}),
-        )
-        .await;
-    let contract = body["data"]["id"].as_str().unwrap().to_owned();
-    let edit = gated_commit_edit(&customer, &contract, &start, "EXTERNAL");
-    let (status, body) = app.post("/v2/contracts/edit", edit).await;
-    assert_eq!(status, 200, "{body}");
+    let (customer, contract) = customer_with_gated_commit(app, alias, "EXTERNAL").await;
     let mut workflow = String::new();
     eventually("external_initiate", || {
         let hooks = app.receiver.of_type("payment_gate.external_initiate");
@@ -180,18 +167,7 @@ async fn workflows_are_found_by_id_and_listed_with_every_filter() {
 #[actix_rt::test]
 async fn a_none_gated_commit_s_workflow_has_no_webhook_and_is_still_found_and_listed() {
     let app = app_with_catalog().await;
-    let customer = create_customer(&app, "wf-none").await;
-    let start = month_start();
-    let (_, body) = app
-        .post(
-            "/v1/contracts/create",
-            json!({"customer_id": customer, "rate_card_id": RATE_CARD, "starting_at": start}),
-        )
-        .await;
-    let contract = body["data"]["id"].as_str().unwrap().to_owned();
-    let edit = gated_commit_edit(&customer, &contract, &start, "NONE");
-    let (status, body) = app.post("/v2/contracts/edit", edit).await;
-    assert_eq!(status, 200, "{body}");
+    let (customer, contract) = customer_with_gated_commit(&app, "wf-none", "NONE").await;
     let (_, v2) = app
         .post(
             "/v2/contracts/get",

@@ -1317,34 +1317,41 @@ impl Sim {
     /// received, with its webhook id.
     async fn check_webhook_lists(&mut self, app: &impl Api) -> Result<(), String> {
         for list in ["pending", "dead-letters"] {
-            let (status, page) = self
-                .get(app, &format!("/v1/tollgate/webhooks/{list}?limit=100"))
-                .await;
-            if status != 200 || page["data"] != json!([]) {
-                return Err(format!("webhooks {list} at the end: {status} {page}"));
+            let left = self
+                .every_page(app, &format!("/v1/tollgate/webhooks/{list}"))
+                .await?;
+            if !left.is_empty() {
+                return Err(format!("webhooks {list} at the end: {left:?}"));
             }
         }
         let kept = self.receiver.kept();
-        let mut cursor = String::new();
+        for delivered in self
+            .every_page(app, "/v1/tollgate/webhooks/delivered")
+            .await?
+        {
+            let id = delivered["webhook_id"].as_str().unwrap_or("");
+            if !kept.contains_key(id) {
+                return Err(format!("listed as delivered, never received: {delivered}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every item of a list endpoint (`path` without a query), page after page (100 each)
+    /// until `next_page` is null.
+    async fn every_page(&mut self, app: &impl Api, path: &str) -> Result<Vec<Value>, String> {
+        let (mut items, mut cursor) = (Vec::new(), String::new());
         loop {
             let (status, page) = self
-                .get(
-                    app,
-                    &format!("/v1/tollgate/webhooks/delivered?limit=100&next_page={cursor}"),
-                )
+                .get(app, &format!("{path}?limit=100&next_page={cursor}"))
                 .await;
             if status != 200 {
-                return Err(format!("delivered webhooks: {status} {page}"));
+                return Err(format!("{path}: {status} {page}"));
             }
-            for delivered in page["data"].as_array().into_iter().flatten() {
-                let id = delivered["webhook_id"].as_str().unwrap_or("");
-                if !kept.contains_key(id) {
-                    return Err(format!("listed as delivered, never received: {delivered}"));
-                }
-            }
+            items.extend(page["data"].as_array().into_iter().flatten().cloned());
             match page["next_page"].as_str() {
                 Some(next) => cursor = next.to_owned(),
-                None => return Ok(()),
+                None => return Ok(items),
             }
         }
     }
@@ -2394,35 +2401,20 @@ impl Sim {
     /// (A 503 may have no record: a call whose first record cannot be written does not run.)
     async fn check_audit(&mut self, app: &impl Api) -> Result<(), String> {
         let mut records: BTreeMap<(String, Option<u64>), usize> = BTreeMap::new();
-        let (mut cursor, mut last_seq) = (String::new(), 0u64);
-        loop {
-            let (status, page) = self
-                .get(
-                    app,
-                    &format!("/v1/tollgate/audit?limit=100&next_page={cursor}"),
-                )
-                .await;
-            if status != 200 {
-                return Err(format!("audit log: {status} {page}"));
+        let mut last_seq = 0u64;
+        for record in self.every_page(app, "/v1/tollgate/audit").await? {
+            let seq = record["seq"].as_u64().unwrap_or(0);
+            if seq <= last_seq {
+                return Err(format!("audit seq {seq} after {last_seq}: {record}"));
             }
-            for record in page["data"].as_array().into_iter().flatten() {
-                let seq = record["seq"].as_u64().unwrap_or(0);
-                if seq <= last_seq {
-                    return Err(format!("audit seq {seq} after {last_seq}: {record}"));
-                }
-                last_seq = seq;
-                if record["token"] != SIM_TOKEN_NAME {
-                    return Err(format!("audit record of another token: {record}"));
-                }
-                let path = record["path"].as_str().unwrap_or("").to_owned();
-                *records
-                    .entry((path, record["status"].as_u64()))
-                    .or_default() += 1;
+            last_seq = seq;
+            if record["token"] != SIM_TOKEN_NAME {
+                return Err(format!("audit record of another token: {record}"));
             }
-            match page["next_page"].as_str() {
-                Some(next) => cursor = next.to_owned(),
-                None => break,
-            }
+            let path = record["path"].as_str().unwrap_or("").to_owned();
+            *records
+                .entry((path, record["status"].as_u64()))
+                .or_default() += 1;
         }
         for (path, status) in &self.answered {
             let exact = (path.clone(), Some(u64::from(*status)));
@@ -2462,27 +2454,11 @@ impl Sim {
             held.extend(workflows);
         }
         let mut listed: BTreeMap<String, String> = BTreeMap::new();
-        let mut cursor = String::new();
-        loop {
-            let (status, page) = self
-                .get(
-                    app,
-                    &format!("/v1/tollgate/workflows?limit=100&next_page={cursor}"),
-                )
-                .await;
-            if status != 200 {
-                return Err(format!("workflow list: {status} {page}"));
-            }
-            for w in page["data"].as_array().into_iter().flatten() {
-                let id = w["id"].as_str().unwrap_or("").to_owned();
-                let state = w["state"].as_str().unwrap_or("").to_owned();
-                if listed.insert(id.clone(), state).is_some() {
-                    return Err(format!("workflow {id} listed twice"));
-                }
-            }
-            match page["next_page"].as_str() {
-                Some(next) => cursor = next.to_owned(),
-                None => break,
+        for w in self.every_page(app, "/v1/tollgate/workflows").await? {
+            let id = w["id"].as_str().unwrap_or("").to_owned();
+            let state = w["state"].as_str().unwrap_or("").to_owned();
+            if listed.insert(id.clone(), state).is_some() {
+                return Err(format!("workflow {id} listed twice"));
             }
         }
         if listed != held {
