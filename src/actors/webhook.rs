@@ -426,8 +426,10 @@ impl WebhookActor {
     fn load_pending(&mut self) {
         let pending = match self.store.outbox_pending() {
             Ok(pending) => pending,
+            // Storage failures are fail-stop (SPEC 2.1), as for the payment actor's read: the
+            // restart loads them again.
             Err(e) => {
-                tracing::error!(error = %e, "loading pending webhooks failed; retrying");
+                self.health.fail_stop("webhook outbox read", &e);
                 return;
             }
         };
