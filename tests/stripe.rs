@@ -827,3 +827,173 @@ async fn a_processing_payment_intent_released_by_stripe_webhook_is_not_created_a
     );
     assert_eq!(fake.intents().len(), 1, "one charge");
 }
+
+// ------------------------------------------------------------ operator cancel
+
+impl TestApp {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn cancel(&self, workflow: &str, reason: &str) -> (u16, Value) {
+        self.post(
+            &format!("/v1/tollgate/workflows/{workflow}/cancel"),
+            json!({ "reason": reason }),
+        )
+        .await
+    }
+}
+
+fn history_states(workflow: &Value) -> Vec<String> {
+    workflow["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn an_operator_cancels_a_payment_intent_waiting_for_3ds_and_the_workflow_ends_failed_with_the_reason()
+ {
+    let fake = FakeStripe::start(Mode::RequireAction, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-cancel", "PAYMENT_INTENT").await;
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    let workflow = workflow_of(&fake.intents()[0]);
+    let (status, body) = app.cancel(&workflow, "customer asked to stop").await;
+    assert_eq!(status, 200, "{body}");
+    let data = &body["data"];
+    assert_eq!(data["state"], "FAILED");
+    assert_eq!(data["error_message"], "customer asked to stop");
+    assert_eq!(data["error_code"], "canceled_by_operator");
+    assert_eq!(
+        history_states(data),
+        ["INITIATED", "CHARGING", "ACTION_REQUIRED", "FAILED"]
+    );
+    assert_eq!(data["history"][3]["reason"], "customer asked to stop");
+    // Stripe's PaymentIntent was cancelled before the cancel was logged.
+    assert_eq!(fake.intents()[0]["status"], "canceled");
+    eventually("the failed payment_status webhook", || {
+        failed(&app).len() == 1
+    })
+    .await;
+    assert_eq!(
+        failed(&app)[0]["properties"]["error_message"],
+        "customer asked to stop"
+    );
+    // A repeat is answered with the workflow; nothing is charged, cancelled or refunded again.
+    let (status, again) = app.cancel(&workflow, "once more").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["data"]["error_message"], "customer asked to stop");
+    drive(&app.clock, 60_000, "a while", || {
+        app.clock.now_ms() > system_now_ms() + 30 * 60_000
+    })
+    .await;
+    assert_eq!(fake.count("POST", "/v1/payment_intents"), 1, "one charge");
+    assert!(fake.refunds().is_empty());
+    assert_eq!(statuses(&app).len(), 1);
+    // A failed charge's consequences: the spend threshold is disabled.
+    let (_, wf) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    let contract = wf["data"]["contract_id"].as_str().unwrap().to_owned();
+    let customer = wf["data"]["customer_id"].as_str().unwrap().to_owned();
+    let (_, contract) = app
+        .post(
+            "/v2/contracts/get",
+            json!({"customer_id": customer, "contract_id": contract}),
+        )
+        .await;
+    assert_eq!(
+        contract["data"]["spend_threshold_configuration"]["is_enabled"],
+        false
+    );
+}
+
+#[actix_rt::test]
+async fn a_cancel_racing_a_stripe_success_answers_409_and_the_workflow_is_released_once() {
+    let fake = FakeStripe::start(Mode::RequireAction, ManualClock::new(system_now_ms()));
+    // The customer completes 3DS just as the operator cancels.
+    fake.state.lock().unwrap().succeed_on_cancel = true;
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-cancel-race", "PAYMENT_INTENT").await;
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    let workflow = workflow_of(&fake.intents()[0]);
+    let (status, body) = app.cancel(&workflow, "too slow").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("succeeded"),
+        "{body}"
+    );
+    let (_, wf) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(wf["data"]["state"], "RELEASED");
+    assert_eq!(
+        history_states(&wf["data"]),
+        ["INITIATED", "CHARGING", "ACTION_REQUIRED", "RELEASED"]
+    );
+    eventually("the paid payment_status webhook", || {
+        statuses(&app).len() == 1
+    })
+    .await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    // Stripe's own webhook and the charge's polls change nothing more.
+    let event = intent_event("payment_intent.succeeded", &fake.intents()[0]);
+    assert_eq!(app.stripe_event(&event, WEBHOOK_SECRET).await, 200);
+    drive(&app.clock, 60_000, "a while", || {
+        app.clock.now_ms() > system_now_ms() + 30 * 60_000
+    })
+    .await;
+    assert_eq!(statuses(&app).len(), 1, "released once");
+    assert!(fake.refunds().is_empty(), "a released payment is kept");
+    assert_eq!(fake.intents().len(), 1);
+    let (status, body) = app.cancel(&workflow, "again").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("RELEASED"));
+}
+
+#[actix_rt::test]
+async fn a_processing_payment_cannot_be_cancelled_and_an_invoice_is_voided_by_a_cancel() {
+    let fake = FakeStripe::start(Mode::Processing, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-cancel-processing", "PAYMENT_INTENT").await;
+    eventually("the PaymentIntent is processing", || {
+        fake.intents().len() == 1
+    })
+    .await;
+    let workflow = workflow_of(&fake.intents()[0]);
+    let (status, body) = app.cancel(&workflow, "stop").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("processing"));
+    let (_, wf) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(wf["data"]["state"], "CHARGING", "nothing changed");
+    // The charge goes on after the refused cancel: the bank settles and it is polled.
+    fake.set_intent_status("pi_1", "succeeded");
+    drive(&app.clock, 60_000, "paid by polling", || {
+        statuses(&app).len() == 1
+    })
+    .await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+
+    // An invoice whose payment waits for the customer is voided by a cancel.
+    fake.set_mode(Mode::RequireAction);
+    cross_stripe_threshold(&app, "inv-cancel", "INVOICE").await;
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    let workflow = app.hooks(action)[0]["properties"]["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = app.cancel(&workflow, "wrong amount").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["state"], "FAILED");
+    assert_eq!(fake.state.lock().unwrap().invoices[0]["status"], "void");
+}

@@ -17,7 +17,8 @@ use actix::{Actor, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use super::entry::{
-    LogEntry, PersistedCustomer, PersistedCustomerV2, STATE_VERSION, STATE_VERSION_V2, state_key,
+    LogEntry, PersistedCustomer, PersistedCustomerV2, PersistedCustomerV3, STATE_VERSION,
+    STATE_VERSION_V2, STATE_VERSION_V3, state_key,
 };
 use super::error::EngineError;
 use super::handles::QueryFn;
@@ -247,11 +248,15 @@ fn decode_state(
     let Some(bytes) = bytes else {
         return Ok(PersistedCustomer::default());
     };
-    let mut state: PersistedCustomer = if bytes.first() == Some(&STATE_VERSION_V2) {
-        let old = storage::decode::<PersistedCustomerV2>(STATE_VERSION_V2, bytes)?;
-        upgraded_from_v2(shared, customer, old)?
-    } else {
-        storage::decode(STATE_VERSION, bytes)?
+    let mut state: PersistedCustomer = match bytes.first() {
+        Some(&STATE_VERSION_V2) => {
+            let old = storage::decode::<PersistedCustomerV2>(STATE_VERSION_V2, bytes)?;
+            upgraded_from_v2(shared, customer, old)?
+        }
+        Some(&STATE_VERSION_V3) => {
+            storage::decode::<PersistedCustomerV3>(STATE_VERSION_V3, bytes)?.into()
+        }
+        _ => storage::decode(STATE_VERSION, bytes)?,
     };
     state.customer.rebuild_caches();
     Ok(state)

@@ -125,6 +125,7 @@ pub struct Engine {
     ready: Arc<AtomicBool>,
     webhook_stats: Arc<WebhookStats>,
     webhook_redrive: actix::Recipient<Redrive>,
+    payment_cancel: actix::Recipient<super::payment::ChargeCancel>,
 }
 
 impl Engine {
@@ -191,6 +192,7 @@ impl Engine {
             .map(|_| handles::partition_queues(config.submit_capacity))
             .unzip();
         let webhook_redrive = webhook_addr.clone().recipient();
+        let payment_cancel = payment_addr.clone().recipient();
         let sinks = Sinks {
             webhooks: webhook_addr.recipient(),
             payments: payment_addr.recipient(),
@@ -268,6 +270,7 @@ impl Engine {
             ready: Arc::new(AtomicBool::new(false)),
             webhook_stats,
             webhook_redrive,
+            payment_cancel,
         };
         actix_rt::spawn(release_late_loop(Arc::clone(&shared), late_rx));
         engine.sweep_late()?;
@@ -397,6 +400,11 @@ impl Engine {
                     .map_err(|e| EngineError::Internal(format!("delivered webhook: {e}")))
             })
             .collect()
+    }
+
+    /// The payment actor's cancel mailbox (`cancel.rs`).
+    pub(super) fn payment_cancel(&self) -> &actix::Recipient<super::payment::ChargeCancel> {
+        &self.payment_cancel
     }
 
     /// Moves the webhook dead letter `id` back to the outbox with a fresh retry window, for the

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::catalog::CatalogChange;
-use crate::domain::customer::{Customer, Input};
+use crate::domain::customer::{Customer, CustomerV3, Input};
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Id, Timestamp};
 use crate::storage::{self, StorageError};
@@ -19,12 +19,14 @@ use crate::storage::{self, StorageError};
 /// Version byte of encoded log entries (2: payment outcomes carry the ACTION_REQUIRED limit and
 /// the provider's object id; catalog changes include logged limits; 3: operators' quarantine
 /// decisions; 4: usage for an unknown customer carries the catalog version it was accepted
-/// at, [`LogEntry::UnmatchedAt`]). Versions 2 and 3 read as they are (3 and 4 only added
-/// kinds); an older binary meeting a newer entry refuses it with the version named.
-pub const LOG_VERSION: u8 = 4;
+/// at, [`LogEntry::UnmatchedAt`]; 5: operators' cancels of workflows). Versions 2 to 4 read
+/// as they are (3, 4 and 5 only added kinds); an older binary meeting a newer entry refuses it
+/// with the version named.
+pub const LOG_VERSION: u8 = 5;
 /// The previous log versions, still read.
 pub const LOG_VERSION_V2: u8 = 2;
 pub const LOG_VERSION_V3: u8 = 3;
+pub const LOG_VERSION_V4: u8 = 4;
 
 /// Decodes a log entry of the current or the previous version.
 ///
@@ -34,17 +36,20 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StorageError> {
     let version = match bytes.first() {
         Some(&LOG_VERSION_V2) => LOG_VERSION_V2,
         Some(&LOG_VERSION_V3) => LOG_VERSION_V3,
+        Some(&LOG_VERSION_V4) => LOG_VERSION_V4,
         _ => LOG_VERSION,
     };
     storage::decode(version, bytes)
 }
 /// Version byte of encoded customer states (2: usage lines record the segments they drew
-/// from; 3: the state lists its quarantined inputs). Version 2 states are read and upgraded
-/// ([`PersistedCustomerV2`]); any other version is refused with the version named, never
+/// from; 3: the state lists its quarantined inputs; 4: the customer keeps its workflows'
+/// history of state changes). Versions 2 and 3 are read and upgraded ([`PersistedCustomerV2`],
+/// [`PersistedCustomerV3`]); any other version is refused with the version named, never
 /// misread.
-pub const STATE_VERSION: u8 = 3;
-/// The previous state version, still read.
+pub const STATE_VERSION: u8 = 4;
+/// The previous state versions, still read.
 pub const STATE_VERSION_V2: u8 = 2;
+pub const STATE_VERSION_V3: u8 = 3;
 /// Version byte of other meta values.
 pub const META_VERSION: u8 = 1;
 
@@ -92,11 +97,11 @@ pub struct PersistedCustomer {
     pub quarantined: Vec<(u64, u32)>,
 }
 
-/// A customer state as version 2 wrote it (no quarantine list).
+/// A customer state as version 2 wrote it (no quarantine list, no workflow history).
 #[derive(Deserialize)]
 pub struct PersistedCustomerV2 {
     pub applied_seq: u64,
-    pub customer: Customer,
+    pub customer: CustomerV3,
     pub parked: Vec<Parked>,
 }
 
@@ -104,9 +109,29 @@ impl From<PersistedCustomerV2> for PersistedCustomer {
     fn from(old: PersistedCustomerV2) -> PersistedCustomer {
         PersistedCustomer {
             applied_seq: old.applied_seq,
-            customer: old.customer,
+            customer: old.customer.into(),
             parked: old.parked,
             quarantined: Vec::new(),
+        }
+    }
+}
+
+/// A customer state as version 3 wrote it (no workflow history).
+#[derive(Deserialize)]
+pub struct PersistedCustomerV3 {
+    pub applied_seq: u64,
+    pub customer: CustomerV3,
+    pub parked: Vec<Parked>,
+    pub quarantined: Vec<(u64, u32)>,
+}
+
+impl From<PersistedCustomerV3> for PersistedCustomer {
+    fn from(old: PersistedCustomerV3) -> PersistedCustomer {
+        PersistedCustomer {
+            applied_seq: old.applied_seq,
+            customer: old.customer.into(),
+            parked: old.parked,
+            quarantined: old.quarantined,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! types.
 
 pub mod backlog;
+pub mod cancel;
 pub mod clock;
 pub mod customer;
 pub mod deliveries;

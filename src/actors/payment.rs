@@ -110,6 +110,51 @@ struct Job {
     /// Tries since the last progress (backoff exponent).
     tries: u32,
     memo: Memo,
+    /// An operator's cancel holds the charge: no step of it starts (nothing is created or
+    /// confirmed) until the cancel is logged, answered otherwise, or the Close retires it.
+    held: bool,
+    /// A cancel waiting for the running step to finish.
+    cancel_waiting: Option<oneshot::Sender<CancelAnswer>>,
+}
+
+/// An operator's cancel of a STRIPE workflow in flight (SPEC 3.1), asked of this actor before
+/// the cancel is logged: the provider's object is cancelled (PaymentIntent) or voided (invoice).
+pub enum ChargeCancel {
+    /// Hold the workflow's charge (a running step finishes first) and cancel its object.
+    Cancel {
+        request: Box<PaymentRequest>,
+        reply: oneshot::Sender<CancelAnswer>,
+    },
+    /// The cancel is decided (logged, or not): the charge, if still here, goes on.
+    Finished { workflow_id: Id },
+}
+
+impl Message for ChargeCancel {
+    type Result = ();
+}
+
+/// What the provider said to a cancel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelAnswer {
+    /// Nothing at the provider can collect for the workflow any more: cancelled or voided now,
+    /// declined or cancelled before, or no object exists (and the held charge creates none).
+    Canceled,
+    /// The provider collected the money: the workflow is to be released, not cancelled.
+    Succeeded { payment_intent_id: Option<String> },
+    /// The provider is still deciding and cannot cancel now (a `processing` PaymentIntent).
+    Processing { object_id: String },
+    /// The provider could not be asked or gave no usable answer; nothing is decided.
+    Unavailable(String),
+}
+
+struct CancelRan {
+    id: [u8; 16],
+    answer: CancelAnswer,
+    reply: oneshot::Sender<CancelAnswer>,
+}
+
+impl Message for CancelRan {
+    type Result = ();
 }
 
 struct Ran {
@@ -170,6 +215,8 @@ impl PaymentActor {
             running: false,
             tries: 0,
             memo: Memo::default(),
+            held: false,
+            cancel_waiting: None,
         };
         self.jobs.insert(id, job);
         self.launch(id, ctx);
@@ -188,7 +235,7 @@ impl PaymentActor {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        if job.running || job.step == Step::Wait || job.due_ms > now {
+        if job.running || job.held || job.step == Step::Wait || job.due_ms > now {
             return;
         }
         let Some(payments) = self.payments.clone() else {
@@ -294,6 +341,7 @@ impl Handler<Ran> for PaymentActor {
         };
         job.running = false;
         job.memo = ran.memo;
+        let waiting = job.cancel_waiting.take();
         match ran.next {
             Next::Retry { step, error } => {
                 job.tries += 1;
@@ -320,14 +368,116 @@ impl Handler<Ran> for PaymentActor {
             Next::Wait => job.step = Step::Wait,
             Next::Done => {
                 if let Some(job) = self.jobs.remove(&ran.id) {
+                    let request = job.request.clone();
                     if !crate::defects::active(crate::defects::Defect::PaidChargeNotRetired) {
                         self.retire(ran.id, &job.entry);
+                    }
+                    if let Some(reply) = waiting {
+                        // The charge finished meanwhile: the cancel still asks the provider.
+                        self.run_cancel(ran.id, request, None, reply, ctx);
                     }
                 }
                 return;
             }
         }
+        if let Some(reply) = waiting {
+            let (request, memo) = (job.request.clone(), job.memo.clone());
+            self.run_cancel(ran.id, request, Some(memo), reply, ctx);
+            return;
+        }
         self.launch(ran.id, ctx);
+    }
+}
+
+impl PaymentActor {
+    /// Asks the provider to cancel the workflow's object, then answers `reply`.
+    fn run_cancel(
+        &mut self,
+        id: [u8; 16],
+        request: PaymentRequest,
+        memo: Option<Memo>,
+        reply: oneshot::Sender<CancelAnswer>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(payments) = self.payments.clone() else {
+            let _ = reply.send(CancelAnswer::Unavailable(
+                "no payment provider is configured ([payments.stripe])".into(),
+            ));
+            self.unhold(id, ctx);
+            return;
+        };
+        let worker = Worker {
+            shared: Arc::clone(&self.shared),
+            payments,
+        };
+        let addr = ctx.address();
+        actix_rt::spawn(async move {
+            let known = memo.and_then(|m| m.recorded);
+            let answer = worker.cancel_for_operator(&request, known).await;
+            addr.do_send(CancelRan { id, answer, reply });
+        });
+    }
+
+    /// Lets a held charge go on.
+    fn unhold(&mut self, id: [u8; 16], ctx: &mut Context<Self>) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.held = false;
+            self.launch(id, ctx);
+        }
+    }
+}
+
+impl Handler<ChargeCancel> for PaymentActor {
+    type Result = ();
+
+    fn handle(&mut self, message: ChargeCancel, ctx: &mut Self::Context) {
+        match message {
+            ChargeCancel::Cancel { request, reply } => {
+                let id = payment_outbox_id(request.workflow_id);
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    // No charge here (it finished, or the workflow's request is elsewhere):
+                    // the provider is asked all the same.
+                    self.run_cancel(id, *request, None, reply, ctx);
+                    return;
+                };
+                if job.held {
+                    let _ = reply.send(CancelAnswer::Unavailable(
+                        "a cancel of this workflow is already in progress".into(),
+                    ));
+                    return;
+                }
+                job.held = true;
+                if job.running {
+                    job.cancel_waiting = Some(reply);
+                    return;
+                }
+                let (request, memo) = (job.request.clone(), job.memo.clone());
+                self.run_cancel(id, request, Some(memo), reply, ctx);
+            }
+            ChargeCancel::Finished { workflow_id } => {
+                self.unhold(payment_outbox_id(workflow_id), ctx);
+            }
+        }
+    }
+}
+
+impl Handler<CancelRan> for PaymentActor {
+    type Result = ();
+
+    fn handle(&mut self, ran: CancelRan, ctx: &mut Self::Context) {
+        // Held on while the engine logs what the provider said (a cancel or a release);
+        // anything else lets the charge go on now.
+        let decided = matches!(
+            ran.answer,
+            CancelAnswer::Canceled | CancelAnswer::Succeeded { .. }
+        );
+        if !decided {
+            self.unhold(ran.id, ctx);
+        }
+        if ran.reply.send(ran.answer).is_err() && decided {
+            // Nobody logs it: the charge reconciles and sees the provider's state itself.
+            self.unhold(ran.id, ctx);
+        }
     }
 }
 
@@ -583,6 +733,41 @@ impl Worker {
                 Next::Done
             }
             other => retry(Step::Reconcile, other),
+        }
+    }
+
+    /// An operator's cancel: the object (known, or found by its metadata) is cancelled or
+    /// voided; a provider that already decided answers with its state.
+    async fn cancel_for_operator(
+        &self,
+        request: &PaymentRequest,
+        known: Option<String>,
+    ) -> CancelAnswer {
+        let provider = &self.payments.provider;
+        let unavailable = |answer: &dyn Fn() -> Option<String>| {
+            CancelAnswer::Unavailable(answer().unwrap_or_else(|| "no answer".into()))
+        };
+        let id = match known.or_else(|| request.object_id.clone()) {
+            Some(id) => id,
+            None => match provider.find(request).await {
+                Answer::Ok(Some(object)) => object.id,
+                // Nothing was created, and the held charge creates nothing.
+                Answer::Ok(None) => return CancelAnswer::Canceled,
+                other => return unavailable(&|| other.describe_failure()),
+            },
+        };
+        match provider.cancel(request, &id).await {
+            Answer::Ok(object) => match object.status {
+                ChargeStatus::Canceled | ChargeStatus::Failed { .. } => CancelAnswer::Canceled,
+                ChargeStatus::Succeeded => CancelAnswer::Succeeded {
+                    payment_intent_id: object.payment_intent_id,
+                },
+                ChargeStatus::Processing => CancelAnswer::Processing { object_id: id },
+                other => CancelAnswer::Unavailable(format!(
+                    "{id} is still {other:?} after the cancel; try again"
+                )),
+            },
+            other => unavailable(&|| other.describe_failure()),
         }
     }
 

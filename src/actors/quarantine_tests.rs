@@ -461,12 +461,28 @@ fn a_discarded_input_is_never_applied_and_leaves_the_quarantine() {
     assert_eq!(EngineMetrics::get(&shared.metrics.quarantine_discarded), 1);
 }
 
+/// A customer as state versions 2 and 3 wrote it (no workflow history).
+#[derive(serde::Serialize)]
+struct OldCustomer<'a> {
+    profile: &'a Option<crate::domain::customer::CustomerProfile>,
+    contracts: &'a Vec<crate::domain::contract::Contract>,
+}
+
+impl OldCustomer<'_> {
+    fn of(customer: &crate::domain::Customer) -> OldCustomer<'_> {
+        OldCustomer {
+            profile: &customer.profile,
+            contracts: &customer.contracts,
+        }
+    }
+}
+
 #[test]
 fn a_state_written_by_version_2_lists_the_quarantined_inputs_it_covers() {
     #[derive(serde::Serialize)]
     struct V2<'a> {
         applied_seq: u64,
-        customer: &'a crate::domain::Customer,
+        customer: OldCustomer<'a>,
         parked: Vec<crate::actors::entry::Parked>,
     }
     let dir = tempfile::tempdir().unwrap();
@@ -474,7 +490,7 @@ fn a_state_written_by_version_2_lists_the_quarantined_inputs_it_covers() {
     let state = customer_with_tokens();
     let old = V2 {
         applied_seq: 41,
-        customer: &state.customer,
+        customer: OldCustomer::of(&state.customer),
         parked: Vec::new(),
     };
     let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V2, &old).unwrap();
@@ -513,4 +529,62 @@ fn a_state_written_by_version_2_lists_the_quarantined_inputs_it_covers() {
     assert_eq!(read.quarantined, vec![(12, 0), (41, 2)]);
     let read = load_states(&shared, &[other, CUSTOMER]).unwrap();
     assert_eq!(read[1].quarantined, vec![(12, 0), (41, 2)]);
+}
+
+#[test]
+fn a_state_written_by_version_3_reads_with_the_history_its_workflows_still_tell() {
+    #[derive(serde::Serialize)]
+    struct V3<'a> {
+        applied_seq: u64,
+        customer: OldCustomer<'a>,
+        parked: Vec<crate::actors::entry::Parked>,
+        quarantined: Vec<(u64, u32)>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let catalog = fixtures::catalog();
+    let limits = Limits::default();
+    let ctx = Ctx {
+        at: T0,
+        catalog: &catalog,
+        catalog_version: catalog.version(),
+        limits: &limits,
+    };
+    let mut customer = crate::domain::Customer::default();
+    let mut contract = fixtures::contract(CONTRACT);
+    contract.spend_threshold = Some(fixtures::spend_threshold(
+        1,
+        crate::domain::gate::GateType::External,
+    ));
+    for input in [
+        Input::create_customer(fixtures::profile(CUSTOMER, false)),
+        Input::create_contract(contract),
+        Input::RecordUsage(fixtures::llm_tokens("t1", T0, "1000000")),
+    ] {
+        customer.apply(&input, &ctx).unwrap();
+    }
+    let live_history = customer.workflow_history.clone();
+    assert_eq!(
+        live_history.iter().map(|c| c.state).collect::<Vec<_>>(),
+        [
+            crate::domain::gate::WorkflowState::Initiated,
+            crate::domain::gate::WorkflowState::AwaitingExternal
+        ],
+        "a started EXTERNAL workflow's history"
+    );
+    let old = V3 {
+        applied_seq: 7,
+        customer: OldCustomer::of(&customer),
+        parked: Vec::new(),
+        quarantined: vec![(3, 0)],
+    };
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V3, &old).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 7);
+    assert_eq!(read.quarantined, vec![(3, 0)]);
+    assert_eq!(read.customer.contracts, customer.contracts);
+    // Version 3 kept no history: the workflow's start and the state it is in.
+    assert_eq!(read.customer.workflow_history, live_history);
 }

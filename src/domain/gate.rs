@@ -230,6 +230,18 @@ pub enum RefundRecord {
     },
 }
 
+/// One change of a workflow's state: the history an operator reads (SPEC 3.1). Kept by the
+/// customer ([`crate::domain::customer::Customer::workflow_history`]), in the order the changes
+/// happened; `reason` says why a workflow failed (the provider's message, or the operator's
+/// reason for a cancel).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub workflow_id: Id,
+    pub state: WorkflowState,
+    pub at: Timestamp,
+    pub reason: Option<String>,
+}
+
 /// One charge, from trigger to release or failure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workflow {
@@ -260,6 +272,37 @@ impl Workflow {
             GateType::External => WorkflowState::AwaitingExternal,
             GateType::Stripe => WorkflowState::Charging,
         }
+    }
+
+    /// Moves to `state`, noting the change in `changes`; staying in the same state (a poll)
+    /// is no change. A new workflow's INITIATED is noted by [`Workflow::note_start`].
+    pub fn enter(
+        &mut self,
+        state: WorkflowState,
+        reason: Option<String>,
+        at: Timestamp,
+        changes: &mut Vec<StateChange>,
+    ) {
+        if self.state == state {
+            return;
+        }
+        self.state = state;
+        changes.push(StateChange {
+            workflow_id: self.id,
+            state,
+            at,
+            reason,
+        });
+    }
+
+    /// Notes that the workflow started (INITIATED).
+    pub fn note_start(&self, changes: &mut Vec<StateChange>) {
+        changes.push(StateChange {
+            workflow_id: self.id,
+            state: WorkflowState::Initiated,
+            at: self.started_at,
+            reason: None,
+        });
     }
 
     /// Checks that `outcome` may be applied now and returns the state it leads to.

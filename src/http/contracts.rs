@@ -683,13 +683,13 @@ async fn release(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
         Err(other) => return Err(other.into()),
     };
     // An ended workflow never changes again, so reading it after the apply is race-free.
-    let workflow = state
+    let (workflow, history) = state
         .engine
         .query(customer, move |s| {
             s.customer
-                .contracts
-                .iter()
-                .find_map(|c| c.workflow(workflow_id).cloned())
+                .workflow(workflow_id)
+                .cloned()
+                .map(|w| (w, s.customer.history_of(workflow_id)))
         })
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("workflow {workflow_id} not found")))?;
@@ -708,5 +708,5 @@ async fn release(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
             )));
         }
     }
-    Ok(wire::data(render::workflow(customer, &workflow)))
+    Ok(wire::data(render::workflow(customer, &workflow, &history)))
 }

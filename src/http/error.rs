@@ -25,6 +25,9 @@ pub enum ApiError {
     InProgress(String),
     /// Body over the limit (413).
     PayloadTooLarge(String),
+    /// A provider the request needed (Stripe) could not be asked or gave no usable answer;
+    /// nothing changed (502).
+    BadGateway(String),
     /// The domain refused the input.
     Rejected(Rejection),
     /// The engine could not take the request.
@@ -101,7 +104,8 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::Conflict(m)
             | ApiError::InProgress(m)
-            | ApiError::PayloadTooLarge(m) => m.clone(),
+            | ApiError::PayloadTooLarge(m)
+            | ApiError::BadGateway(m) => m.clone(),
             ApiError::Unauthorized => "Unauthorized: a valid bearer token is required".into(),
             ApiError::Rejected(rejection) => rejection.to_string(),
             ApiError::Engine(error) => match error {
@@ -128,6 +132,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Rejected(rejection) => rejection_status(rejection),
             ApiError::Engine(error) => match error {
                 EngineError::Rejected(rejection) => rejection_status(rejection),

@@ -12,7 +12,9 @@ use crate::domain::contract::{
     UsagePeriod,
 };
 use crate::domain::customer::CustomerProfile;
-use crate::domain::gate::{GateType, PaymentGateConfig, StripePaymentType, TaxType, Workflow};
+use crate::domain::gate::{
+    GateType, PaymentGateConfig, StateChange, StripePaymentType, TaxType, Workflow,
+};
 use crate::domain::money::CreditType;
 use crate::domain::{Id, Money, Timestamp};
 
@@ -149,7 +151,7 @@ fn gate_workflow(out: &mut Value, workflow: Option<&Workflow>) {
 }
 
 /// A payment-gate workflow as the release endpoint answers it.
-pub fn workflow(customer: Id, w: &Workflow) -> Value {
+pub fn workflow(customer: Id, w: &Workflow, history: &[StateChange]) -> Value {
     let mut out = json!({
         "id": w.id.to_string(),
         "state": w.state.as_str(),
@@ -172,6 +174,20 @@ pub fn workflow(customer: Id, w: &Workflow) -> Value {
     if let Some(message) = w.error.as_ref().and_then(|e| e.message.as_ref()) {
         out["error_message"] = json!(message);
     }
+    if let Some(code) = w.error.as_ref().and_then(|e| e.code.as_ref()) {
+        out["error_code"] = json!(code);
+    }
+    let history: Vec<Value> = history
+        .iter()
+        .map(|c| {
+            let mut change = json!({"state": c.state.as_str(), "at": time(c.at)});
+            if let Some(reason) = &c.reason {
+                change["reason"] = json!(reason);
+            }
+            change
+        })
+        .collect();
+    out["history"] = json!(history);
     out
 }
 

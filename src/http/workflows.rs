@@ -17,9 +17,12 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::fields::Obj;
 use super::{render, wire};
-use crate::actors::entry;
-use crate::domain::gate::{Workflow, WorkflowKind, WorkflowState};
+use crate::actors::cancel::CancelVerdict;
+use crate::actors::{EngineError, entry};
+use crate::domain::Rejection;
+use crate::domain::gate::{StateChange, Workflow, WorkflowKind, WorkflowState};
 use crate::domain::{Id, Timestamp};
 
 /// Index entries one list request reads at most.
@@ -29,33 +32,91 @@ const SCAN_PAGE: usize = 200;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tollgate/workflows", web::get().to(list))
-        .route("/v1/tollgate/workflows/{workflow_id}", web::get().to(get));
+        .route("/v1/tollgate/workflows/{workflow_id}", web::get().to(get))
+        .route(
+            "/v1/tollgate/workflows/{workflow_id}/cancel",
+            web::post().to(cancel),
+        );
 }
 
-/// The workflows of `customer`, every contract's.
-async fn workflows_of(state: &AppState, customer: Id) -> ApiResult<Vec<Workflow>> {
+/// The workflows of `customer`, every contract's, each with its history.
+async fn workflows_of(state: &AppState, customer: Id) -> ApiResult<Vec<(Workflow, History)>> {
     Ok(state
         .engine
-        .query(customer, |s| {
-            s.customer
-                .contracts
-                .iter()
-                .flat_map(|c| c.workflows.iter().cloned())
-                .collect::<Vec<_>>()
-        })
+        .query(customer, |s| s.customer.workflows_with_history())
         .await?)
 }
+
+type History = Vec<StateChange>;
 
 async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let id = wire::parse_id("workflow_id", &path)?;
     let not_found = || ApiError::NotFound(format!("workflow {id} not found"));
     let customer = state.engine.workflow_customer(id)?.ok_or_else(not_found)?;
-    let workflow = workflows_of(&state, customer)
+    let (workflow, history) = state
+        .engine
+        .query(customer, move |s| {
+            s.customer
+                .workflow(id)
+                .cloned()
+                .map(|w| (w, s.customer.history_of(id)))
+        })
         .await?
-        .into_iter()
-        .find(|w| w.id == id)
         .ok_or_else(not_found)?;
-    Ok(wire::data(render::workflow(customer, &workflow)))
+    Ok(wire::data(render::workflow(customer, &workflow, &history)))
+}
+
+/// Characters a cancel's reason may have at most.
+pub const REASON_CHARS_MAX: usize = 1_000;
+
+/// `POST /v1/tollgate/workflows/{workflow_id}/cancel {"reason"}`: ends a stuck workflow FAILED
+/// with the reason (see `actors/cancel.rs`). 200 with the workflow (also for one that had
+/// ended FAILED already); 409 when it ended RELEASED, when Stripe reports the payment
+/// succeeded (the workflow is then released) and while Stripe is still processing it; 502 when
+/// Stripe could not be asked.
+async fn cancel(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let id = wire::parse_id("workflow_id", &path)?;
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let reason = obj.req_str("reason")?.trim();
+    if reason.is_empty() {
+        return Err(ApiError::BadRequest("reason: must not be empty".into()));
+    }
+    if reason.chars().count() > REASON_CHARS_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "reason: at most {REASON_CHARS_MAX} characters"
+        )));
+    }
+    let cancelled = match state.engine.cancel_workflow(id, reason.to_owned()).await {
+        Err(EngineError::Rejected(Rejection::WorkflowNotFound)) => {
+            return Err(ApiError::NotFound(format!("workflow {id} not found")));
+        }
+        other => other?,
+    };
+    let ended = |how: &str| format!("workflow {id} {how}: it cannot be cancelled");
+    match cancelled.verdict {
+        CancelVerdict::Failed => Ok(wire::data(render::workflow(
+            cancelled.customer,
+            &cancelled.workflow,
+            &cancelled.history,
+        ))),
+        CancelVerdict::AlreadyReleased => Err(ApiError::Conflict(ended("already ended RELEASED"))),
+        CancelVerdict::ReleasedInstead => Err(ApiError::Conflict(ended(
+            "was paid: Stripe reports the payment succeeded, and the workflow is RELEASED",
+        ))),
+        CancelVerdict::Processing { object_id } => Err(ApiError::Conflict(format!(
+            "workflow {id}: Stripe is still processing {object_id}, which cannot be cancelled \
+             now; the workflow ends when Stripe decides"
+        ))),
+        CancelVerdict::ProviderUnavailable(why) => Err(ApiError::BadGateway(format!(
+            "workflow {id} was not cancelled: Stripe could not cancel its payment ({why}); \
+             nothing changed, try again"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -151,18 +212,18 @@ async fn one_customer(
     if !state.engine.customer_exists(customer) {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
-    let mut workflows: Vec<Workflow> = workflows_of(state, customer)
+    let mut workflows: Vec<(Workflow, History)> = workflows_of(state, customer)
         .await?
         .into_iter()
-        .filter(|w| filter.keeps(w) && cursor.is_none_or(|c| w.id > c))
+        .filter(|(w, _)| filter.keeps(w) && cursor.is_none_or(|c| w.id > c))
         .collect();
-    workflows.sort_by_key(|w| w.id);
+    workflows.sort_by_key(|(w, _)| w.id);
     let more = workflows.len() > limit;
     workflows.truncate(limit);
-    let next = more.then(|| workflows.last().map(|w| w.id)).flatten();
+    let next = more.then(|| workflows.last().map(|(w, _)| w.id)).flatten();
     let items = workflows
         .iter()
-        .map(|w| render::workflow(customer, w))
+        .map(|(w, h)| render::workflow(customer, w, h))
         .collect();
     Ok((items, next))
 }
@@ -176,7 +237,7 @@ async fn from_index(
     let prefix = entry::workflow_key_prefix();
     let mut after: Option<Id> = cursor;
     // Each customer's workflows are read once per request.
-    let mut customers: FxHashMap<Id, Vec<Workflow>> = FxHashMap::default();
+    let mut customers: FxHashMap<Id, Vec<(Workflow, History)>> = FxHashMap::default();
     let (mut items, mut scanned) = (Vec::new(), 0usize);
     loop {
         let after_key = after.map(entry::workflow_key);
@@ -214,9 +275,9 @@ async fn from_index(
                 };
                 slot.insert(workflows);
             }
-            let found = customers[&customer].iter().find(|w| w.id == workflow);
-            if let Some(w) = found.filter(|w| filter.keeps(w)) {
-                items.push(render::workflow(customer, w));
+            let found = customers[&customer].iter().find(|(w, _)| w.id == workflow);
+            if let Some((w, h)) = found.filter(|(w, _)| filter.keeps(w)) {
+                items.push(render::workflow(customer, w, h));
             }
         }
         if exhausted {

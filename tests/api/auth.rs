@@ -102,7 +102,8 @@ fn event(customer: &str, tx: &str) -> Value {
 async fn each_token_may_call_only_what_its_scopes_allow_and_is_told_which_scope_is_missing() {
     let app = spawn_scoped_app().await;
     let customer = json!({"name": "Acme"});
-    let cases: [(&str, &str, &str, Value, bool); 16] = [
+    let cancel = "/v1/tollgate/workflows/00000000-0000-0000-0000-000000000001/cancel";
+    let cases: [(&str, &str, &str, Value, bool); 19] = [
         (INGEST, "POST", "/v1/ingest", event("someone", "t1"), true),
         (INGEST, "GET", "/v1/customers", Value::Null, false),
         (INGEST, "POST", "/v1/customers", customer.clone(), false),
@@ -129,6 +130,9 @@ async fn each_token_may_call_only_what_its_scopes_allow_and_is_told_which_scope_
             true,
         ),
         (OPERATOR, "POST", "/v1/ingest", event("someone", "t3"), true),
+        (READ, "POST", cancel, json!({"reason": "x"}), false),
+        (WRITE, "POST", cancel, json!({"reason": "x"}), false),
+        (OPERATOR, "POST", cancel, json!({"reason": "x"}), true),
         (TOKEN, "POST", "/v1/customers", customer.clone(), true),
         (TOKEN, "GET", "/v1/tollgate/audit", Value::Null, true),
     ];

@@ -193,3 +193,138 @@ async fn a_none_gated_commit_s_workflow_has_no_webhook_and_is_still_found_and_li
         vec![workflow]
     );
 }
+
+async fn cancel(app: &TestApp, workflow: &str, body: Value) -> (u16, Value) {
+    app.post(&format!("/v1/tollgate/workflows/{workflow}/cancel"), body)
+        .await
+}
+
+#[actix_rt::test]
+async fn an_external_workflow_is_cancelled_through_the_log_and_ends_failed_with_its_history() {
+    let app = app_with_catalog().await;
+    let (customer, contract, workflow) = gated(&app, "wf-cancel").await;
+
+    // Bad requests change nothing.
+    for bad in [
+        json!({}),
+        json!({"reason": ""}),
+        json!({"reason": "   "}),
+        json!({"reason": 5}),
+        json!({"reason": "x".repeat(1_001)}),
+    ] {
+        let (status, body) = cancel(&app, &workflow, bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["message"].as_str().is_some(), "{body}");
+    }
+    let (status, body) = cancel(&app, "not-an-id", json!({"reason": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    let unknown = "00000000-0000-0000-0000-00000000abcd";
+    let (status, body) = cancel(&app, unknown, json!({"reason": "x"})).await;
+    assert_eq!(status, 404, "{body}");
+    let (_, before) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(before["data"]["state"], "AWAITING_EXTERNAL");
+    let states = |w: &Value| -> Vec<String> {
+        w["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(states(&before["data"]), ["INITIATED", "AWAITING_EXTERNAL"]);
+
+    let (status, body) = cancel(&app, &workflow, json!({"reason": "  duplicate order "})).await;
+    assert_eq!(status, 200, "{body}");
+    let w = &body["data"];
+    assert_eq!(w["state"], "FAILED");
+    assert_eq!(w["error_message"], "duplicate order");
+    assert_eq!(w["error_code"], "canceled_by_operator");
+    assert_eq!(states(w), ["INITIATED", "AWAITING_EXTERNAL", "FAILED"]);
+    assert_eq!(w["history"][2]["reason"], "duplicate order");
+    assert!(w["ended_at"].is_string());
+    eventually("the failed payment_status webhook", || {
+        app.receiver
+            .of_type("payment_gate.payment_status")
+            .iter()
+            .any(|h| {
+                h.body["properties"]["workflow_id"] == json!(workflow)
+                    && h.body["properties"]["payment_status"] == "failed"
+                    && h.body["properties"]["error_message"] == "duplicate order"
+            })
+    })
+    .await;
+    // The consequences of a failed payment: the commit is cancelled (Metronome lists no
+    // commit whose purchase failed).
+    let (_, got) = app
+        .post(
+            "/v2/contracts/get",
+            json!({"customer_id": customer, "contract_id": contract}),
+        )
+        .await;
+    assert_eq!(got["data"]["commits"], json!([]), "{got}");
+    // The same answer again; a paid release now says how it ended.
+    let (status, again) = cancel(&app, &workflow, json!({"reason": "again"})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["data"]["error_message"], "duplicate order");
+    assert_eq!(
+        states(&again["data"]).len(),
+        3,
+        "nothing new in the history"
+    );
+    let (status, body) = app
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            json!({"workflow_id": workflow, "outcome": "paid"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("FAILED"));
+    // Listed by state, and the cancel is in the audit log.
+    let failed = ids(&app, &format!("?customer_id={customer}&state=FAILED")).await;
+    assert_eq!(failed, [workflow.clone()]);
+    let path = format!("/v1/tollgate/workflows/{workflow}/cancel");
+    let mut audited = Vec::new();
+    for _ in 0..50 {
+        let (status, audit) = app.get("/v1/tollgate/audit?limit=100").await;
+        assert_eq!(status, 200, "{audit}");
+        audited = audit["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"] == json!(path))
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect();
+        if audited.len() == 7 {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Five refusals, the cancel and its repeat.
+    audited.sort_unstable();
+    assert_eq!(audited, [200, 200, 400, 400, 400, 400, 400]);
+}
+
+#[actix_rt::test]
+async fn a_released_workflow_cannot_be_cancelled() {
+    let app = app_with_catalog().await;
+    let (_, _, workflow) = gated(&app, "wf-cancel-released").await;
+    let (status, body) = app
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            json!({"workflow_id": workflow, "outcome": "paid"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let states: Vec<&str> = body["data"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["INITIATED", "AWAITING_EXTERNAL", "RELEASED"]);
+    let (status, body) = cancel(&app, &workflow, json!({"reason": "late"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("RELEASED"));
+    let (_, after) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(after["data"]["state"], "RELEASED");
+}

@@ -42,7 +42,12 @@ pub(super) fn action_required(
         // Repeats (polls) never extend the deadline.
         workflow.charge.action_deadline = Some(ctx.at.plus_ms(timeout_ms.max(0)));
     }
-    workflow.state = WorkflowState::ActionRequired;
+    workflow.enter(
+        WorkflowState::ActionRequired,
+        None,
+        ctx.at,
+        &mut applied.transitions,
+    );
     workflow.payment_intent_id = outcome.payment_intent_id.clone();
     note_object(workflow, outcome);
     if !repeat {

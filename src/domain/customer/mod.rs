@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::Catalog;
 use super::contract::{CommitKind, Contract, Discount, InvoiceStatus, Limits, ThresholdConfig};
 use super::effects::{Effect, Webhook, WebhookType};
-use super::gate::{PaymentGateConfig, PaymentOutcome, Workflow, WorkflowKind};
+use super::gate::{PaymentGateConfig, PaymentOutcome, StateChange, Workflow, WorkflowKind};
 use super::ids::{Id, Timestamp};
 use super::money::Money;
 use super::rejection::Rejection;
@@ -155,6 +155,13 @@ pub enum Input {
     /// An operator's decision on a quarantined input of this customer (SPEC 2.1). The engine
     /// applies it (it knows which inputs are quarantined); the domain refuses it.
     Quarantine(Box<QuarantineAction>),
+    /// An operator cancels a workflow in flight (SPEC 3.1): it ends FAILED with `reason`, as
+    /// a failed payment ends it. For a STRIPE workflow the engine has cancelled the
+    /// PaymentIntent or voided the invoice first (money that arrives all the same is refunded).
+    CancelWorkflow {
+        workflow_id: Id,
+        reason: String,
+    },
 }
 
 /// An operator's decision on one quarantined input, with the input it decides on as the
@@ -206,12 +213,50 @@ pub struct Applied {
     /// Workflows the input started, each gate included (for the workflow index: a NONE-gated
     /// commit's workflow has no effect that would name it).
     pub workflows_started: Vec<Id>,
+    /// Workflow state changes the input made, in order (the customer's history keeps them,
+    /// and the engine's index of workflows by state follows them).
+    pub transitions: Vec<StateChange>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
     pub profile: Option<CustomerProfile>,
     pub contracts: Vec<Contract>,
+    /// Every state change of this customer's workflows, in the order they happened.
+    pub workflow_history: Vec<StateChange>,
+}
+
+/// A customer as state versions 2 and 3 stored it (no workflow history).
+#[derive(Deserialize)]
+pub struct CustomerV3 {
+    pub profile: Option<CustomerProfile>,
+    pub contracts: Vec<Contract>,
+}
+
+impl From<CustomerV3> for Customer {
+    /// The history these versions did not keep, as far as the workflows still tell it: each
+    /// one's start, and its end (or the state it was in) at its end (or start) time, with the
+    /// reason it failed.
+    fn from(old: CustomerV3) -> Customer {
+        let mut history = Vec::new();
+        for workflow in old.contracts.iter().flat_map(|c| &c.workflows) {
+            workflow.note_start(&mut history);
+            if workflow.state != super::gate::WorkflowState::Initiated {
+                history.push(StateChange {
+                    workflow_id: workflow.id,
+                    state: workflow.state,
+                    at: workflow.ended_at.unwrap_or(workflow.started_at),
+                    reason: workflow.error.as_ref().and_then(|e| e.message.clone()),
+                });
+            }
+        }
+        history.sort_by_key(|c| c.at);
+        Customer {
+            profile: old.profile,
+            contracts: old.contracts,
+            workflow_history: history,
+        }
+    }
 }
 
 /// What an input may change, set aside before it changes it.
@@ -239,6 +284,59 @@ impl Drop for Rollback<'_> {
 impl Customer {
     pub fn id(&self) -> Option<Id> {
         self.profile.as_ref().map(|p| p.id)
+    }
+
+    /// The payment request about workflow `workflow_id` (an operator's cancel asks the
+    /// provider with it); `None` for an unknown workflow or a customer without a profile.
+    pub fn payment_request_for(
+        &self,
+        workflow_id: Id,
+        action: super::effects::PaymentAction,
+    ) -> Option<super::effects::PaymentRequest> {
+        let customer_id = self.id()?;
+        self.contracts.iter().find_map(|contract| {
+            let wi = contract
+                .workflows
+                .iter()
+                .position(|w| w.id == workflow_id)?;
+            Some(charges::payment_request(
+                contract,
+                customer_id,
+                wi,
+                action.clone(),
+            ))
+        })
+    }
+
+    /// The workflow `workflow_id`, whichever contract it belongs to.
+    pub fn workflow(&self, workflow_id: Id) -> Option<&Workflow> {
+        self.contracts.iter().find_map(|c| c.workflow(workflow_id))
+    }
+
+    /// The state changes of workflow `workflow_id`, in order.
+    pub fn history_of(&self, workflow_id: Id) -> Vec<StateChange> {
+        self.workflow_history
+            .iter()
+            .filter(|c| c.workflow_id == workflow_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Every workflow of every contract with its state changes.
+    pub fn workflows_with_history(&self) -> Vec<(Workflow, Vec<StateChange>)> {
+        let mut by_id: std::collections::HashMap<Id, Vec<StateChange>> =
+            std::collections::HashMap::new();
+        for change in &self.workflow_history {
+            by_id
+                .entry(change.workflow_id)
+                .or_default()
+                .push(change.clone());
+        }
+        self.contracts
+            .iter()
+            .flat_map(|c| &c.workflows)
+            .map(|w| (w.clone(), by_id.remove(&w.id).unwrap_or_default()))
+            .collect()
     }
 
     /// Rebuilds derived caches after decoding a checkpoint.
@@ -307,12 +405,18 @@ impl Customer {
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
             Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
             Input::Tick => self.tick(ctx, &mut applied)?,
+            Input::CancelWorkflow {
+                workflow_id,
+                reason,
+            } => self.cancel_workflow(*workflow_id, reason, ctx, &mut applied)?,
             Input::Quarantine(_) => {
                 return Err(Rejection::Unsupported(
                     "quarantine decisions are applied by the engine".into(),
                 ));
             }
         }
+        self.workflow_history
+            .extend(applied.transitions.iter().cloned());
         self.debug_check_invariants();
         Ok(applied)
     }

@@ -23,7 +23,7 @@ use crate::domain::contract::{
 use crate::domain::effects::{Effect, PaymentAction, PaymentStatus, WebhookType};
 use crate::domain::gate::{
     ChargeRecord, GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult,
-    Workflow, WorkflowKind, WorkflowState,
+    ProviderError, Workflow, WorkflowKind, WorkflowState,
 };
 use crate::domain::ids::{Id, Timestamp};
 use crate::domain::money::Money;
@@ -144,7 +144,12 @@ impl Customer {
             WorkflowState::Charging => {
                 // `Pending` while CHARGING or ACTION_REQUIRED: the provider's object is known.
                 let workflow = &mut contract.workflows[wi];
-                workflow.state = WorkflowState::Charging;
+                workflow.enter(
+                    WorkflowState::Charging,
+                    None,
+                    ctx.at,
+                    &mut applied.transitions,
+                );
                 workflow.charge.action_deadline = None;
                 note_object(workflow, outcome);
                 return Ok(());
@@ -154,6 +159,58 @@ impl Customer {
             }
         }
         // The workflow ended: the next evaluation decides again.
+        self.evaluate(ci, customer_id, ctx, applied)
+    }
+}
+
+impl Customer {
+    /// An operator's cancel: the workflow ends FAILED with the reason, with every consequence
+    /// of a failed payment (commit cancelled, invoice void, threshold disabled, the
+    /// `payment_status` webhook), and its thresholds are evaluated again.
+    ///
+    /// # Errors
+    /// [`Rejection::WorkflowNotFound`], [`Rejection::WorkflowAlreadyEnded`], and
+    /// [`Rejection::InvalidField`] for an empty reason.
+    pub(super) fn cancel_workflow(
+        &mut self,
+        workflow_id: Id,
+        reason: &str,
+        ctx: &Ctx<'_>,
+        applied: &mut Applied,
+    ) -> Result<(), Rejection> {
+        let customer_id = self.profile()?.id;
+        if reason.trim().is_empty() {
+            return Err(Rejection::invalid("reason", "must not be empty"));
+        }
+        let (ci, wi) = self
+            .contracts
+            .iter()
+            .enumerate()
+            .find_map(|(ci, c)| {
+                c.workflows
+                    .iter()
+                    .position(|w| w.id == workflow_id)
+                    .map(|wi| (ci, wi))
+            })
+            .ok_or(Rejection::WorkflowNotFound)?;
+        let contract = &mut self.contracts[ci];
+        if contract.workflows[wi].state.is_terminal() {
+            return Err(Rejection::WorkflowAlreadyEnded);
+        }
+        let outcome = PaymentOutcome {
+            workflow_id,
+            source: OutcomeSource::External,
+            result: PaymentResult::Failed {
+                error: Some(ProviderError {
+                    error_type: Some("tollgate_error".into()),
+                    code: Some("canceled_by_operator".into()),
+                    decline_code: None,
+                    message: Some(reason.to_owned()),
+                }),
+            },
+            payment_intent_id: None,
+        };
+        fail_workflow(contract, customer_id, wi, &outcome, ctx, applied);
         self.evaluate(ci, customer_id, ctx, applied)
     }
 }
@@ -385,6 +442,7 @@ pub(super) fn begin_gate(
     let workflow_id = contract.workflows[wi].id;
     let gate_type = contract.workflows[wi].gate.gate_type;
     applied.workflows_started.push(workflow_id);
+    contract.workflows[wi].note_start(&mut applied.transitions);
     match gate_type {
         GateType::None => {
             let outcome = PaymentOutcome {
@@ -396,7 +454,12 @@ pub(super) fn begin_gate(
             release_workflow(contract, customer_id, wi, &outcome, ctx, applied)?;
         }
         GateType::External => {
-            contract.workflows[wi].state = WorkflowState::AwaitingExternal;
+            contract.workflows[wi].enter(
+                WorkflowState::AwaitingExternal,
+                None,
+                ctx.at,
+                &mut applied.transitions,
+            );
             let workflow = &contract.workflows[wi];
             let mut hook = webhook(workflow, WebhookType::ExternalInitiate, customer_id, ctx.at);
             hook.invoice_id = Some(workflow.invoice_id);
@@ -413,7 +476,12 @@ pub(super) fn begin_gate(
         GateType::Stripe => {
             let billing = stripe.ok_or(Rejection::StripeNotConfigured)?;
             let workflow = &mut contract.workflows[wi];
-            workflow.state = WorkflowState::Charging;
+            workflow.enter(
+                WorkflowState::Charging,
+                None,
+                ctx.at,
+                &mut applied.transitions,
+            );
             workflow.charge.stripe_customer_id = Some(billing.stripe_customer_id.clone());
             let request = payment_request(contract, customer_id, wi, PaymentAction::Charge);
             applied.effects.push(Effect::RequestPayment(request));
@@ -458,7 +526,12 @@ fn release_workflow(
         }
     }
     let workflow = &mut contract.workflows[wi];
-    workflow.state = WorkflowState::Released;
+    workflow.enter(
+        WorkflowState::Released,
+        None,
+        ctx.at,
+        &mut applied.transitions,
+    );
     workflow.ended_at = Some(ctx.at);
     if outcome.payment_intent_id.is_some() {
         workflow.payment_intent_id = outcome.payment_intent_id.clone();
@@ -514,7 +587,15 @@ pub(super) fn fail_workflow(
         purchase.external_status = Some("PAYMENT_FAILED".into());
     }
     let workflow = &mut contract.workflows[wi];
-    workflow.state = WorkflowState::Failed;
+    let reason = error
+        .as_ref()
+        .and_then(|e| e.message.clone().or_else(|| e.code.clone()));
+    workflow.enter(
+        WorkflowState::Failed,
+        reason,
+        ctx.at,
+        &mut applied.transitions,
+    );
     workflow.ended_at = Some(ctx.at);
     workflow.error = error.clone();
     if outcome.payment_intent_id.is_some() {
