@@ -1059,3 +1059,98 @@ async fn a_checkpoint_writes_the_invoice_index_of_what_it_covers() {
     let (recovered, _copy) = recover_from_copy(&engine, None).await;
     assert_eq!(recovered.invoice_customer(invoice).unwrap(), Some(CUSTOMER));
 }
+
+/// The workflows the `wfs/` index holds in `state`.
+fn indexed_in(engine: &Engine, state: tollgate::domain::gate::WorkflowState) -> Vec<Vec<u8>> {
+    let prefix = tollgate::actors::entry::workflow_state_prefix(state);
+    engine
+        .store()
+        .meta_scan_prefix(&prefix)
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key[prefix.len()..].to_vec())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn the_index_of_workflows_in_flight_is_built_once_for_a_data_dir_without_it() {
+    use tollgate::actors::entry::WORKFLOW_STATE_INDEX_MARK;
+    use tollgate::domain::gate::WorkflowState;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+    customer_with_contract(
+        &engine,
+        CUSTOMER,
+        "acme",
+        Some(fixtures::spend_threshold(1_000, GateType::External)),
+        None,
+        vec![],
+    )
+    .await;
+    engine.ingest(calls("acme", "a", 10)).await.unwrap();
+    eventually("the external_initiate webhook", || {
+        receiver.of_type("payment_gate.external_initiate").len() == 1
+    })
+    .await;
+    let workflow = workflows(&engine, CUSTOMER).await[0].id;
+    let awaiting = || vec![workflow.as_bytes().to_vec()];
+    assert_eq!(
+        indexed_in(&engine, WorkflowState::AwaitingExternal),
+        awaiting()
+    );
+    // A copy as an older version left it: its state written, no index and no mark.
+    engine.checkpoint().await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let copy_dir = copy.path().join("data");
+    engine.store().copy_to(&copy_dir).unwrap();
+    {
+        let store =
+            tollgate::storage::Store::open(&copy_dir, tollgate::storage::StoreOptions::default())
+                .unwrap();
+        let mut deletes: Vec<Vec<u8>> = store
+            .meta_scan_prefix(b"wfs/")
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(deletes.len(), 1);
+        deletes.push(WORKFLOW_STATE_INDEX_MARK.to_vec());
+        store.meta_write_batch(&[], &deletes).unwrap();
+    }
+    let config = engine_config(&copy_dir, Some(&receiver.url));
+    let restarted = Engine::start(config, Arc::new(SystemClock), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        indexed_in(&restarted, WorkflowState::AwaitingExternal),
+        awaiting(),
+        "built from the written state"
+    );
+    assert!(
+        restarted
+            .store()
+            .meta_get(WORKFLOW_STATE_INDEX_MARK)
+            .unwrap()
+            .is_some()
+    );
+    // The index then follows the workflow: paid, it leaves.
+    restarted
+        .apply(
+            CUSTOMER,
+            Input::PaymentOutcome(PaymentOutcome {
+                workflow_id: workflow,
+                source: OutcomeSource::External,
+                result: PaymentResult::Paid,
+                payment_intent_id: None,
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(indexed_in(&restarted, WorkflowState::AwaitingExternal).is_empty());
+    // The original data dir is untouched: its index still holds the workflow.
+    assert_eq!(
+        indexed_in(&engine, WorkflowState::AwaitingExternal),
+        awaiting()
+    );
+}

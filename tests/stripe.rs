@@ -997,3 +997,48 @@ async fn a_processing_payment_cannot_be_cancelled_and_an_invoice_is_voided_by_a_
     assert_eq!(body["data"]["state"], "FAILED");
     assert_eq!(fake.state.lock().unwrap().invoices[0]["status"], "void");
 }
+
+#[actix_rt::test]
+async fn two_cancels_at_once_end_the_workflow_failed_once_and_the_second_waits_or_repeats() {
+    let fake = FakeStripe::start(Mode::RequireAction, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-cancel-twice", "PAYMENT_INTENT").await;
+    let action = "payment_gate.payment_pending_action_required";
+    eventually("action required", || app.hooks(action).len() == 1).await;
+    let workflow = workflow_of(&fake.intents()[0]);
+    let (a, b) = tokio::join!(
+        app.cancel(&workflow, "first"),
+        app.cancel(&workflow, "second")
+    );
+    let mut statuses_seen = [a.0, b.0];
+    statuses_seen.sort_unstable();
+    assert!(
+        statuses_seen == [200, 200] || statuses_seen == [200, 409],
+        "{a:?} {b:?}"
+    );
+    for (status, body) in [&a, &b] {
+        if *status == 409 {
+            assert!(
+                body["message"].as_str().unwrap().contains("in progress"),
+                "{body}"
+            );
+        }
+    }
+    let (_, wf) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(wf["data"]["state"], "FAILED");
+    let failed_changes = wf["data"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "FAILED")
+        .count();
+    assert_eq!(failed_changes, 1);
+    drive(&app.clock, 60_000, "a while", || {
+        app.clock.now_ms() > system_now_ms() + 30 * 60_000
+    })
+    .await;
+    assert_eq!(fake.count("POST", "/v1/payment_intents"), 1, "one charge");
+    assert_eq!(fake.intents()[0]["status"], "canceled");
+    assert!(fake.refunds().is_empty());
+    assert_eq!(failed(&app).len(), 1);
+}

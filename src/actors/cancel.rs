@@ -11,8 +11,14 @@
 //! - still processing, or no usable answer: nothing is logged and nothing changes.
 //!
 //! A crash between the provider's cancel and the logged cancel leaves a cancelled object for
-//! the charge to find when it reconciles at restart (it ends FAILED by it); money the provider
-//! collects all the same after a cancel is refunded, as for every FAILED workflow.
+//! the charge to find when it reconciles at restart (it ends FAILED by it), except a draft
+//! invoice, which Stripe deletes rather than voids: the charge then creates another. Until a
+//! cancel is answered 200 the workflow may still collect; a cancel that got no answer is sent
+//! again. Money the provider collects all the same after a cancel is refunded, as for every
+//! FAILED workflow. Only one cancel of a workflow runs at a time (another one meanwhile is
+//! answered "in progress").
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::sync::oneshot;
 
@@ -25,6 +31,9 @@ use crate::domain::gate::{
     GateType, OutcomeSource, PaymentOutcome, PaymentResult, StateChange, Workflow, WorkflowState,
 };
 use crate::domain::{Id, Rejection};
+
+/// Tokens of cancels: which cancel holds a charge.
+static CANCEL_TOKENS: AtomicU64 = AtomicU64::new(1);
 
 /// How a cancel ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +68,15 @@ impl Engine {
         workflow_id: Id,
         reason: String,
     ) -> Result<Cancelled, EngineError> {
+        // A task of its own: a caller that goes away (a client hanging up) does not cut the
+        // cancel between the provider's answer and the log, which would leave the charge held.
+        let engine = self.clone();
+        actix_rt::spawn(async move { engine.run_cancel(workflow_id, reason).await })
+            .await
+            .map_err(|_| EngineError::Internal("the cancel task failed".into()))?
+    }
+
+    async fn run_cancel(&self, workflow_id: Id, reason: String) -> Result<Cancelled, EngineError> {
         self.check_ready()?;
         let customer = self
             .workflow_customer(workflow_id)?
@@ -86,9 +104,11 @@ impl Engine {
             return self.log_cancel(customer, workflow_id, reason).await;
         };
         let (reply, answer) = oneshot::channel();
+        let token = CANCEL_TOKENS.fetch_add(1, Relaxed);
         self.payment_cancel()
             .send(ChargeCancel::Cancel {
                 request: Box::new(request),
+                token,
                 reply,
             })
             .await
@@ -123,6 +143,8 @@ impl Engine {
                     verdict: CancelVerdict::Processing { object_id },
                 })
             }
+            // Another cancel holds the charge: it decides; this one changed nothing.
+            CancelAnswer::InProgress => return Err(EngineError::CancelInProgress),
             CancelAnswer::Unavailable(why) => {
                 let (workflow, history) = self.read(customer, workflow_id).await?;
                 if workflow.state.is_terminal() {
@@ -141,7 +163,7 @@ impl Engine {
         // a cancel or a release.
         let _ = self
             .payment_cancel()
-            .send(ChargeCancel::Finished { workflow_id })
+            .send(ChargeCancel::Finished { workflow_id, token })
             .await;
         result
     }

@@ -31,6 +31,7 @@ use super::quarantine::{
 use super::shared::Shared;
 use crate::domain::customer::{Applied, Ctx, Input, QuarantineAction, QuarantineDecision};
 use crate::domain::effects::{Effect, PaymentAction, WebhookType};
+use crate::domain::gate::WorkflowState;
 use crate::domain::{Id, Rejection, Timestamp};
 use crate::storage::{self, StorageError};
 
@@ -94,7 +95,7 @@ impl Handler<ApplyInputs> for CustomerActor {
     fn handle(&mut self, msg: ApplyInputs, _: &mut Self::Context) {
         let count = msg.0.len();
         let mut effects = Vec::new();
-        let mut started = Vec::new();
+        let mut moves = WorkflowMoves::default();
         let mut quarantined = QuarantineWrites::default();
         let mut replies = Vec::new();
         let mut last_seq = self.state.applied_seq;
@@ -117,7 +118,7 @@ impl Handler<ApplyInputs> for CustomerActor {
             last_seq = last_seq.max(sequenced.seq);
             if let Ok(applied) = &result {
                 effects.extend(applied.effects.iter().cloned());
-                started.extend(applied.workflows_started.iter().map(|&w| (w, self.id)));
+                moves.add(applied, self.id);
             }
             if let Some(reply) = sequenced.reply {
                 replies.push((reply, result));
@@ -128,7 +129,7 @@ impl Handler<ApplyInputs> for CustomerActor {
         // outcome, and before this actor can be snapshotted (the next message), so a checkpoint
         // never covers an input whose effects are not in the outbox.
         let persisted = persist_quarantined(&self.shared, &quarantined).and_then(|()| {
-            persist_effects(&self.shared, (self.partition, last_seq), &effects, &started)
+            persist_effects(&self.shared, (self.partition, last_seq), &effects, &moves)
         });
         match persisted {
             Ok(entries) => self.shared.notify_effects(entries),
@@ -262,6 +263,59 @@ fn decode_state(
     Ok(state)
 }
 
+/// Builds the `wfs/` index (workflows in flight by state) from every written customer state,
+/// once: at the first start of a version that keeps it, before recovery replays the log on top
+/// of those states (which moves the index on as the live path does). A build cut short by a
+/// crash is started again from nothing. Answers how many workflows it indexed, `None` when the
+/// index was there already.
+///
+/// # Errors
+/// Storage errors; an unreadable state.
+pub fn build_workflow_state_index(shared: &Shared) -> Result<Option<usize>, StorageError> {
+    use super::entry::{WORKFLOW_STATE_INDEX_MARK, workflow_state_key};
+    if shared.store.meta_get(WORKFLOW_STATE_INDEX_MARK)?.is_some() {
+        return Ok(None);
+    }
+    shared.store.meta_delete_range_lazily(b"wfs/", b"wfs0")?;
+    const PAGE: usize = 512;
+    let prefix: &[u8] = b"cs/";
+    let (mut after, mut indexed) = (None::<Vec<u8>>, 0);
+    loop {
+        let page = shared
+            .store
+            .meta_scan_page(prefix, after.as_deref(), PAGE)?;
+        let mut puts = Vec::new();
+        for (key, bytes) in &page {
+            let id = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .map(Id::from_bytes)
+                .ok_or_else(|| StorageError::Corrupt {
+                    what: "customer state key",
+                    detail: hex::encode(key),
+                })?;
+            let state = decode_state(shared, id, Some(bytes))?;
+            for workflow in state.customer.contracts.iter().flat_map(|c| &c.workflows) {
+                if !workflow.state.is_terminal() {
+                    let key = workflow_state_key(workflow.state, workflow.id);
+                    puts.push((key, id.as_bytes().to_vec()));
+                }
+            }
+        }
+        indexed += puts.len();
+        shared.store.meta_write_derived(&puts)?;
+        if page.len() < PAGE {
+            break;
+        }
+        after = page.last().map(|(key, _)| key.clone());
+    }
+    // Synced: the index written above is durable with it.
+    shared
+        .store
+        .meta_write_batch(&[(WORKFLOW_STATE_INDEX_MARK.to_vec(), vec![1])], &[])?;
+    Ok(Some(indexed))
+}
+
 /// A version 2 state with its quarantine list: version 2 decided nothing, so every `quar/`
 /// entry of this customer that the state covers is still quarantined in it (entries after
 /// `applied_seq` are quarantined again by replay).
@@ -393,6 +447,7 @@ fn apply_input(
                 Ok(more) => {
                     applied.effects.extend(more.effects);
                     applied.workflows_started.extend(more.workflows_started);
+                    applied.transitions.extend(more.transitions);
                 }
                 Err(_) => state.customer = before,
             }
@@ -682,19 +737,80 @@ fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
 ///
 /// # Errors
 /// Storage errors; nothing was written then.
+/// A key and value to write to `meta`.
+type MetaPut = (Vec<u8>, Vec<u8>);
+
+/// What inputs did to workflows, for the workflow indexes (`wf/` by id, `wfs/` in flight by
+/// state): each workflow started and each state change, with its customer.
+#[derive(Clone, Debug, Default)]
+pub struct WorkflowMoves {
+    /// (workflow, customer).
+    pub started: Vec<(Id, Id)>,
+    /// (workflow, customer, state), in the order the states were entered.
+    pub moved: Vec<(Id, Id, WorkflowState)>,
+}
+
+impl WorkflowMoves {
+    pub fn add(&mut self, applied: &Applied, customer: Id) {
+        self.started
+            .extend(applied.workflows_started.iter().map(|&w| (w, customer)));
+        self.moved.extend(
+            applied
+                .transitions
+                .iter()
+                .map(|c| (c.workflow_id, customer, c.state)),
+        );
+    }
+
+    pub fn of(applied: &Applied, customer: Id) -> WorkflowMoves {
+        let mut moves = WorkflowMoves::default();
+        moves.add(applied, customer);
+        moves
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty() && self.moved.is_empty()
+    }
+
+    /// The `wfs/` writes: each moved workflow under its last state if that is in flight, and
+    /// deleted under every other in-flight state (whatever it was in before).
+    fn state_index_writes(&self) -> (Vec<MetaPut>, Vec<Vec<u8>>) {
+        let mut last: Vec<(Id, Id, WorkflowState)> = Vec::new();
+        for &(workflow, customer, state) in &self.moved {
+            match last.iter_mut().find(|(w, _, _)| *w == workflow) {
+                Some(slot) => slot.2 = state,
+                None => last.push((workflow, customer, state)),
+            }
+        }
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        for (workflow, customer, state) in last {
+            for in_flight in super::entry::IN_FLIGHT_STATES {
+                let key = super::entry::workflow_state_key(in_flight, workflow);
+                if in_flight == state {
+                    puts.push((key, customer.as_bytes().to_vec()));
+                } else {
+                    deletes.push(key);
+                }
+            }
+        }
+        (puts, deletes)
+    }
+}
+
 pub fn persist_effects(
     shared: &Shared,
     cause: (u16, u64),
     effects: &[Effect],
-    started: &[(Id, Id)],
+    moves: &WorkflowMoves,
 ) -> Result<Vec<([u8; 16], OutboxEntry)>, StorageError> {
-    if effects.is_empty() && started.is_empty() {
+    if effects.is_empty() && moves.is_empty() {
         return Ok(Vec::new());
     }
     let now = shared.clock.now_ms();
     let mut entries = Vec::new();
     // Every workflow started (workflow, customer), and every one an effect names.
-    let mut workflows: Vec<(Vec<u8>, Vec<u8>)> = started
+    let mut workflows: Vec<(Vec<u8>, Vec<u8>)> = moves
+        .started
         .iter()
         .map(|(workflow, customer)| {
             (
@@ -713,8 +829,14 @@ pub fn persist_effects(
             customer.as_bytes().to_vec(),
         ));
     }
+    // The index of workflows in flight by state: each moved workflow under its last state
+    // only (none once it ended).
+    let (puts, deletes) = moves.state_index_writes();
+    workflows.extend(puts);
     // Before the outbox: once anyone hears of a workflow, its owner can be found.
-    shared.store.meta_write_derived(&workflows)?;
+    shared
+        .store
+        .meta_write_derived_batch(&workflows, &deletes)?;
     for effect in effects {
         match effect {
             Effect::Webhook(hook) => {

@@ -126,6 +126,7 @@ pub struct Engine {
     webhook_stats: Arc<WebhookStats>,
     webhook_redrive: actix::Recipient<Redrive>,
     payment_cancel: actix::Recipient<super::payment::ChargeCancel>,
+    ingest_rate: Arc<super::metrics::RateWindow>,
 }
 
 impl Engine {
@@ -209,6 +210,9 @@ impl Engine {
         shared.placement = placement;
         let shared = Arc::new(shared);
         shared.load_registry()?;
+        if let Some(indexed) = super::customer::build_workflow_state_index(&shared)? {
+            tracing::info!(indexed, "workflows in flight indexed by state");
+        }
         let recovered = recover_partitions(&shared, partitions, placement);
         let mut states = Vec::with_capacity(recovered.len());
         let mut replayed_total = 0;
@@ -271,8 +275,13 @@ impl Engine {
             webhook_stats,
             webhook_redrive,
             payment_cancel,
+            ingest_rate: Arc::default(),
         };
         actix_rt::spawn(release_late_loop(Arc::clone(&shared), late_rx));
+        actix_rt::spawn(sample_rates(
+            Arc::clone(&shared),
+            Arc::clone(&engine.ingest_rate),
+        ));
         engine.sweep_late()?;
         let metrics = &shared.metrics;
         metrics.recovery_replayed.store(replayed_total, Relaxed);
@@ -452,6 +461,11 @@ impl Engine {
         self.shared.registry.contains(customer)
     }
 
+    /// Customers known (archived ones included).
+    pub fn customer_count(&self) -> usize {
+        self.shared.registry.customer_count()
+    }
+
     pub fn alias_owner(&self, alias: &str) -> Option<Id> {
         self.shared.registry.alias_owner(alias)
     }
@@ -459,6 +473,12 @@ impl Engine {
     /// Releases of late events queued or running (an alias or customer that appeared).
     pub fn late_releases_pending(&self) -> usize {
         self.shared.sinks.late_release.pending()
+    }
+
+    /// Events accepted per second over the last `seconds` (at most 60); `None` in the first
+    /// second after the start.
+    pub fn ingest_per_second(&self, seconds: usize) -> Option<u64> {
+        self.ingest_rate.per_second(seconds)
     }
 
     /// Inputs waiting to be applied in a partition (backpressure gauge).
@@ -983,6 +1003,16 @@ fn recover_partitions(
             })
             .collect()
     })
+}
+
+/// Samples the accepted-events counter once a second for the summary's ingest rate.
+async fn sample_rates(shared: Arc<Shared>, rate: Arc<super::metrics::RateWindow>) {
+    let mut tick = actix_rt::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let accepted = EngineMetrics::get(&shared.metrics.events_accepted);
+        rate.sample(std::time::Instant::now(), accepted);
+    }
 }
 
 async fn release_late_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LateRelease>) {

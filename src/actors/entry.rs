@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::{Customer, CustomerV3, Input};
+use crate::domain::gate::WorkflowState;
 use crate::domain::usage::UsageEvent;
 use crate::domain::{Id, Timestamp};
 use crate::storage::{self, StorageError};
@@ -278,6 +279,31 @@ pub fn workflow_key(workflow: Id) -> Vec<u8> {
     key.extend_from_slice(workflow.as_bytes());
     key
 }
+
+/// The states of a workflow in flight, as the `wfs/` index keeps them.
+pub const IN_FLIGHT_STATES: [WorkflowState; 4] = [
+    WorkflowState::Initiated,
+    WorkflowState::AwaitingExternal,
+    WorkflowState::Charging,
+    WorkflowState::ActionRequired,
+];
+
+/// `wfs/` ++ state name ++ `/`: the workflows in flight in `state`.
+pub fn workflow_state_prefix(state: WorkflowState) -> Vec<u8> {
+    format!("wfs/{}/", state.as_str()).into_bytes()
+}
+
+/// `wfs/` ++ state name ++ `/` ++ workflow id -> customer id: written with the effects of the
+/// input that moved the workflow into `state`, deleted by the one that moves it on.
+pub fn workflow_state_key(state: WorkflowState, workflow: Id) -> Vec<u8> {
+    let mut key = workflow_state_prefix(state);
+    key.extend_from_slice(workflow.as_bytes());
+    key
+}
+
+/// Set once the `wfs/` index covers every customer state (built at the first start of a
+/// version that keeps it).
+pub const WORKFLOW_STATE_INDEX_MARK: &[u8] = b"engine/wfs-index";
 
 /// `inv/` ++ invoice id -> customer id: voiding names only the invoice.
 pub fn invoice_key(invoice: Id) -> Vec<u8> {

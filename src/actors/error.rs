@@ -29,6 +29,9 @@ pub enum EngineError {
     Quarantined(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// Another cancel of the same workflow is running; this one changed nothing.
+    #[error("another cancel of this workflow is in progress; retry shortly")]
+    CancelInProgress,
 }
 
 impl EngineError {

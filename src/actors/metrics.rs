@@ -41,3 +41,71 @@ impl EngineMetrics {
         counter.load(Relaxed)
     }
 }
+
+/// Samples of a counter once a second (real time), for rates over the last seconds: the
+/// dashboard summary's ingest rate (SPEC 3.1).
+#[derive(Debug, Default)]
+pub struct RateWindow {
+    samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+}
+
+/// Samples kept: one minute and one.
+const RATE_SAMPLES: usize = 61;
+
+impl RateWindow {
+    pub fn sample(&self, at: std::time::Instant, value: u64) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.push_back((at, value));
+        while samples.len() > RATE_SAMPLES {
+            samples.pop_front();
+        }
+    }
+
+    /// Per second over the last `seconds` (or as many as were sampled); `None` before two
+    /// samples.
+    pub fn per_second(&self, seconds: usize) -> Option<u64> {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let (last_at, last) = *samples.back()?;
+        let first = samples.len().saturating_sub(seconds + 1);
+        let (first_at, first_value) = *samples.get(first)?;
+        let millis = last_at.duration_since(first_at).as_millis();
+        if millis == 0 {
+            return None;
+        }
+        let per_second = u128::from(last.saturating_sub(first_value)) * 1_000 / millis;
+        Some(u64::try_from(per_second).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn rates_are_taken_over_the_samples_of_the_window() {
+        let window = RateWindow::default();
+        let t0 = Instant::now();
+        assert_eq!(window.per_second(10), None);
+        window.sample(t0, 100);
+        assert_eq!(window.per_second(10), None, "one sample is no rate");
+        for s in 1..=70u64 {
+            // 50 per second for the first 40 s, then 200 per second.
+            let value = if s <= 40 {
+                100 + 50 * s
+            } else {
+                2_100 + 200 * (s - 40)
+            };
+            window.sample(t0 + Duration::from_secs(s), value);
+        }
+        assert_eq!(window.per_second(10), Some(200));
+        assert_eq!(window.per_second(1), Some(200));
+        // The minute spans 30 s at 50/s and 30 s at 200/s.
+        assert_eq!(window.per_second(60), Some(125));
+        assert_eq!(
+            window.per_second(600),
+            Some(125),
+            "at most the samples kept"
+        );
+    }
+}

@@ -21,8 +21,8 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::customer::{
-    ApplyInputs, CustomerActor, Evict, Logged, Query, Sequenced, Snapshot, apply_logged,
-    load_state, load_states, persist_effects, persist_quarantined,
+    ApplyInputs, CustomerActor, Evict, Logged, Query, Sequenced, Snapshot, WorkflowMoves,
+    apply_logged, load_state, load_states, persist_effects, persist_quarantined,
 };
 use super::entry::{self, LateEvent, LogEntry, PersistedCustomer};
 use super::error::EngineError;
@@ -817,19 +817,15 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                 let result = apply_logged(shared, state, logged, false, &mut quarantined);
                 persist_quarantined(shared, &quarantined)?;
                 if let Ok(applied) = result {
-                    if !applied.effects.is_empty() || !applied.workflows_started.is_empty() {
-                        let started: Vec<(Id, Id)> = applied
-                            .workflows_started
-                            .iter()
-                            .map(|&w| (w, customer_id))
-                            .collect();
-                        pending_effects.push_back(((partition, seq), applied.effects, started));
+                    let moves = WorkflowMoves::of(&applied, customer_id);
+                    if !applied.effects.is_empty() || !moves.is_empty() {
+                        pending_effects.push_back(((partition, seq), applied.effects, moves));
                     }
                 }
                 // Write effects in bounded groups to keep memory flat on long replays.
                 while pending_effects.len() > 1_024 {
-                    let (cause, effects, started) = pending_effects.pop_front().expect("non-empty");
-                    persist_effects(shared, cause, &effects, &started)?;
+                    let (cause, effects, moves) = pending_effects.pop_front().expect("non-empty");
+                    persist_effects(shared, cause, &effects, &moves)?;
                 }
             }
             LogEntry::Unmatched { key, event } => keep_late(shared, &key, at_ms, event, None),
@@ -842,8 +838,8 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
         }
         Ok(())
     })?;
-    for (cause, effects, started) in pending_effects {
-        persist_effects(shared, cause, &effects, &started)?;
+    for (cause, effects, moves) in pending_effects {
+        persist_effects(shared, cause, &effects, &moves)?;
     }
     shared.invoice_index[usize::from(partition)].flush(&shared.store)?;
     Ok((states, last, replayed))

@@ -110,23 +110,33 @@ struct Job {
     /// Tries since the last progress (backoff exponent).
     tries: u32,
     memo: Memo,
-    /// An operator's cancel holds the charge: no step of it starts (nothing is created or
-    /// confirmed) until the cancel is logged, answered otherwise, or the Close retires it.
-    held: bool,
+    /// An operator's cancel (its token) holds the charge: no step of it starts (nothing is
+    /// created or confirmed) until that cancel is logged, answered otherwise, or the Close
+    /// retires the charge. Only the holder's token lets it go.
+    held: Option<u64>,
     /// A cancel waiting for the running step to finish.
-    cancel_waiting: Option<oneshot::Sender<CancelAnswer>>,
+    cancel_waiting: Option<WaitingCancel>,
+}
+
+struct WaitingCancel {
+    request: PaymentRequest,
+    token: u64,
+    reply: oneshot::Sender<CancelAnswer>,
 }
 
 /// An operator's cancel of a STRIPE workflow in flight (SPEC 3.1), asked of this actor before
 /// the cancel is logged: the provider's object is cancelled (PaymentIntent) or voided (invoice).
 pub enum ChargeCancel {
-    /// Hold the workflow's charge (a running step finishes first) and cancel its object.
+    /// Hold the workflow's charge under `token` (a running step finishes first) and cancel
+    /// its object. `request` is the workflow's as the log has it now (its object id included).
     Cancel {
         request: Box<PaymentRequest>,
+        token: u64,
         reply: oneshot::Sender<CancelAnswer>,
     },
-    /// The cancel is decided (logged, or not): the charge, if still here, goes on.
-    Finished { workflow_id: Id },
+    /// The cancel `token` is decided (logged, or not): the charge, if it still holds it,
+    /// goes on.
+    Finished { workflow_id: Id, token: u64 },
 }
 
 impl Message for ChargeCancel {
@@ -145,10 +155,13 @@ pub enum CancelAnswer {
     Processing { object_id: String },
     /// The provider could not be asked or gave no usable answer; nothing is decided.
     Unavailable(String),
+    /// Another cancel of the workflow is running; nothing was asked.
+    InProgress,
 }
 
 struct CancelRan {
     id: [u8; 16],
+    token: u64,
     answer: CancelAnswer,
     reply: oneshot::Sender<CancelAnswer>,
 }
@@ -215,7 +228,7 @@ impl PaymentActor {
             running: false,
             tries: 0,
             memo: Memo::default(),
-            held: false,
+            held: None,
             cancel_waiting: None,
         };
         self.jobs.insert(id, job);
@@ -235,7 +248,7 @@ impl PaymentActor {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        if job.running || job.held || job.step == Step::Wait || job.due_ms > now {
+        if job.running || job.held.is_some() || job.step == Step::Wait || job.due_ms > now {
             return;
         }
         let Some(payments) = self.payments.clone() else {
@@ -368,21 +381,26 @@ impl Handler<Ran> for PaymentActor {
             Next::Wait => job.step = Step::Wait,
             Next::Done => {
                 if let Some(job) = self.jobs.remove(&ran.id) {
-                    let request = job.request.clone();
                     if !crate::defects::active(crate::defects::Defect::PaidChargeNotRetired) {
                         self.retire(ran.id, &job.entry);
                     }
-                    if let Some(reply) = waiting {
-                        // The charge finished meanwhile: the cancel still asks the provider.
-                        self.run_cancel(ran.id, request, None, reply, ctx);
+                    if let Some(waiting) = waiting {
+                        // The charge finished meanwhile: the cancel still asks the provider,
+                        // with what this run learnt of the object.
+                        let known = job.memo.recorded.or(waiting.request.object_id.clone());
+                        self.run_cancel(ran.id, waiting, known, ctx);
                     }
                 }
                 return;
             }
         }
-        if let Some(reply) = waiting {
-            let (request, memo) = (job.request.clone(), job.memo.clone());
-            self.run_cancel(ran.id, request, Some(memo), reply, ctx);
+        if let Some(waiting) = waiting {
+            let known = job
+                .memo
+                .recorded
+                .clone()
+                .or(waiting.request.object_id.clone());
+            self.run_cancel(ran.id, waiting, known, ctx);
             return;
         }
         self.launch(ran.id, ctx);
@@ -390,20 +408,25 @@ impl Handler<Ran> for PaymentActor {
 }
 
 impl PaymentActor {
-    /// Asks the provider to cancel the workflow's object, then answers `reply`.
+    /// Asks the provider to cancel the workflow's object (`known`, else found by its
+    /// metadata), then answers the cancel.
     fn run_cancel(
         &mut self,
         id: [u8; 16],
-        request: PaymentRequest,
-        memo: Option<Memo>,
-        reply: oneshot::Sender<CancelAnswer>,
+        cancel: WaitingCancel,
+        known: Option<String>,
         ctx: &mut Context<Self>,
     ) {
+        let WaitingCancel {
+            request,
+            token,
+            reply,
+        } = cancel;
         let Some(payments) = self.payments.clone() else {
             let _ = reply.send(CancelAnswer::Unavailable(
                 "no payment provider is configured ([payments.stripe])".into(),
             ));
-            self.unhold(id, ctx);
+            self.unhold(id, token, ctx);
             return;
         };
         let worker = Worker {
@@ -412,17 +435,23 @@ impl PaymentActor {
         };
         let addr = ctx.address();
         actix_rt::spawn(async move {
-            let known = memo.and_then(|m| m.recorded);
             let answer = worker.cancel_for_operator(&request, known).await;
-            addr.do_send(CancelRan { id, answer, reply });
+            addr.do_send(CancelRan {
+                id,
+                token,
+                answer,
+                reply,
+            });
         });
     }
 
-    /// Lets a held charge go on.
-    fn unhold(&mut self, id: [u8; 16], ctx: &mut Context<Self>) {
+    /// Lets a charge held by cancel `token` go on.
+    fn unhold(&mut self, id: [u8; 16], token: u64, ctx: &mut Context<Self>) {
         if let Some(job) = self.jobs.get_mut(&id) {
-            job.held = false;
-            self.launch(id, ctx);
+            if job.held == Some(token) {
+                job.held = None;
+                self.launch(id, ctx);
+            }
         }
     }
 }
@@ -432,30 +461,41 @@ impl Handler<ChargeCancel> for PaymentActor {
 
     fn handle(&mut self, message: ChargeCancel, ctx: &mut Self::Context) {
         match message {
-            ChargeCancel::Cancel { request, reply } => {
+            ChargeCancel::Cancel {
+                request,
+                token,
+                reply,
+            } => {
                 let id = payment_outbox_id(request.workflow_id);
+                let cancel = WaitingCancel {
+                    request: *request,
+                    token,
+                    reply,
+                };
                 let Some(job) = self.jobs.get_mut(&id) else {
-                    // No charge here (it finished, or the workflow's request is elsewhere):
-                    // the provider is asked all the same.
-                    self.run_cancel(id, *request, None, reply, ctx);
+                    // No charge here (it finished): the provider is asked all the same.
+                    let known = cancel.request.object_id.clone();
+                    self.run_cancel(id, cancel, known, ctx);
                     return;
                 };
-                if job.held {
-                    let _ = reply.send(CancelAnswer::Unavailable(
-                        "a cancel of this workflow is already in progress".into(),
-                    ));
+                if job.held.is_some() {
+                    let _ = cancel.reply.send(CancelAnswer::InProgress);
                     return;
                 }
-                job.held = true;
+                job.held = Some(token);
                 if job.running {
-                    job.cancel_waiting = Some(reply);
+                    job.cancel_waiting = Some(cancel);
                     return;
                 }
-                let (request, memo) = (job.request.clone(), job.memo.clone());
-                self.run_cancel(id, request, Some(memo), reply, ctx);
+                let known = job
+                    .memo
+                    .recorded
+                    .clone()
+                    .or(cancel.request.object_id.clone());
+                self.run_cancel(id, cancel, known, ctx);
             }
-            ChargeCancel::Finished { workflow_id } => {
-                self.unhold(payment_outbox_id(workflow_id), ctx);
+            ChargeCancel::Finished { workflow_id, token } => {
+                self.unhold(payment_outbox_id(workflow_id), token, ctx);
             }
         }
     }
@@ -472,11 +512,11 @@ impl Handler<CancelRan> for PaymentActor {
             CancelAnswer::Canceled | CancelAnswer::Succeeded { .. }
         );
         if !decided {
-            self.unhold(ran.id, ctx);
+            self.unhold(ran.id, ran.token, ctx);
         }
         if ran.reply.send(ran.answer).is_err() && decided {
             // Nobody logs it: the charge reconciles and sees the provider's state itself.
-            self.unhold(ran.id, ctx);
+            self.unhold(ran.id, ran.token, ctx);
         }
     }
 }

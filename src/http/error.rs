@@ -118,6 +118,7 @@ impl ApiError {
                 EngineError::Quarantined(_) | EngineError::Internal(_) => {
                     "Internal server error".into()
                 }
+                EngineError::CancelInProgress => error.to_string(),
             },
         }
     }
@@ -144,6 +145,7 @@ impl ResponseError for ApiError {
                 EngineError::Quarantined(_) | EngineError::Internal(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
+                EngineError::CancelInProgress => StatusCode::CONFLICT,
             },
         }
     }
@@ -161,7 +163,10 @@ impl ResponseError for ApiError {
             // A conflict is permanent: tell Metronome's SDK not to retry (it retries 409);
             // a key in progress is not.
             StatusCode::CONFLICT => {
-                let retry = matches!(self, ApiError::InProgress(_));
+                let retry = matches!(
+                    self,
+                    ApiError::InProgress(_) | ApiError::Engine(EngineError::CancelInProgress)
+                );
                 response.insert_header((
                     HeaderName::from_static("x-should-retry"),
                     HeaderValue::from_static(if retry { "true" } else { "false" }),

@@ -20,6 +20,7 @@ pub mod quarantine;
 pub mod render;
 pub mod search;
 pub mod stripe;
+pub mod summary;
 pub mod webhooks;
 pub mod wire;
 pub mod workflows;
@@ -194,6 +195,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     search::routes(cfg);
     webhooks::routes(cfg);
     workflows::routes(cfg);
+    summary::routes(cfg);
     openapi::routes(cfg);
 }
 

@@ -44,6 +44,18 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
         Shape::Data,
     ),
     (
+        "post",
+        "/v1/tollgate/workflows/{workflow_id}/cancel",
+        "Cancel a workflow in flight, {\"reason\"}: it ends FAILED; a STRIPE payment is cancelled first (409 when Stripe says it succeeded) (Tollgate)",
+        Shape::Data,
+    ),
+    (
+        "get",
+        "/v1/tollgate/summary",
+        "Dashboard summary: ingest rate, apply lag, workflows in flight by state, webhooks pending and dead letters, quarantined inputs (Tollgate)",
+        Shape::Data,
+    ),
+    (
         "get",
         "/v1/tollgate/webhooks/pending",
         "List webhook deliveries waiting or between retries (Tollgate)",

@@ -5,8 +5,9 @@
 //! - `GET /v1/tollgate/workflows`: cursor pages in workflow id order, filtered by `customer_id`,
 //!   `contract_id`, `state`, `kind` (`spend`, `prepaid_balance`, `manual_commit`),
 //!   `created_after` and `created_before` (RFC 3339, on `started_at`). With `customer_id` the
-//!   customer's workflows are read at once; without it the workflow index (`wf/`, written for
-//!   every workflow with the effects of the input that started it) is scanned, at most
+//!   customer's workflows are read at once; without it the workflow index is scanned (`wfs/`
+//!   for a state in flight, which holds only the workflows in that state; else `wf/`, written
+//!   for every workflow with the effects of the input that started it), at most
 //!   [`SCAN_MAX`] entries per request: a narrow filter may answer a short (or empty) page whose
 //!   `next_page` goes on from where the scan stopped.
 
@@ -108,7 +109,8 @@ async fn cancel(
         CancelVerdict::ReleasedInstead => Err(ApiError::Conflict(ended(
             "was paid: Stripe reports the payment succeeded, and the workflow is RELEASED",
         ))),
-        CancelVerdict::Processing { object_id } => Err(ApiError::Conflict(format!(
+        // Retryable: once Stripe decides, a cancel is answered for good.
+        CancelVerdict::Processing { object_id } => Err(ApiError::InProgress(format!(
             "workflow {id}: Stripe is still processing {object_id}, which cannot be cancelled \
              now; the workflow ends when Stripe decides"
         ))),
@@ -234,13 +236,25 @@ async fn from_index(
     cursor: Option<Id>,
     limit: usize,
 ) -> ApiResult<(Vec<Value>, Option<Id>)> {
-    let prefix = entry::workflow_key_prefix();
+    // A state in flight has an index of its own (`wfs/`): only its workflows are read.
+    let by_state = filter
+        .state
+        .filter(|s| !s.is_terminal())
+        .map(entry::workflow_state_prefix);
+    let prefix: &[u8] = by_state
+        .as_deref()
+        .unwrap_or_else(|| entry::workflow_key_prefix());
+    let key_of = |id: Id| {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(id.as_bytes());
+        key
+    };
     let mut after: Option<Id> = cursor;
     // Each customer's workflows are read once per request.
     let mut customers: FxHashMap<Id, Vec<(Workflow, History)>> = FxHashMap::default();
     let (mut items, mut scanned) = (Vec::new(), 0usize);
     loop {
-        let after_key = after.map(entry::workflow_key);
+        let after_key = after.map(key_of);
         let page = state.engine.with_store("workflow index list", |store| {
             store.meta_scan_page(prefix, after_key.as_deref(), SCAN_PAGE)
         })?;

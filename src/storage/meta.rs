@@ -112,6 +112,27 @@ impl Store {
         Ok(found)
     }
 
+    /// How many keys are under `prefix`, counting at most `max` (a dashboard's gauge: the
+    /// caller says when the count stopped at `max`).
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn meta_count_prefix(&self, prefix: &[u8], max: usize) -> Result<usize, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
+        let mut it = self.meta_cursor(prefix)?;
+        it.seek(prefix);
+        let mut count = 0;
+        while let Some(key) = it.key() {
+            if !key.starts_with(prefix) || count >= max {
+                break;
+            }
+            count += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(count)
+    }
+
     /// The entry with the greatest key under `prefix`, if any.
     ///
     /// # Errors

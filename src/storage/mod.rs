@@ -106,11 +106,13 @@ pub const DEDUPE_SWEEP_INTERVAL_MS: i64 = 60 * 60 * 1000;
 /// [`STORAGE_FORMAT_KEY`] in `meta`. Version 1 (no mark; builds before 2026-12-03) wrote one log
 /// record per input; version 2 writes one per append request and partition; version 3
 /// (2026-12-04) has the same log and outbox entries that keep their last failed attempt's
-/// status, which builds of version 2 cannot read. A version 2 directory is marked 3 at start
-/// (its entries are read as they are): see [`STORAGE_FORMAT_UPGRADABLE`].
-pub const STORAGE_FORMAT_VERSION: u32 = 3;
-/// The older version this build opens, re-marking it as [`STORAGE_FORMAT_VERSION`] first.
-pub const STORAGE_FORMAT_UPGRADABLE: u32 = 2;
+/// status, which builds of version 2 cannot read; version 4 (2026-12-04) has customer states
+/// that keep their workflows' history and log entries for operators' cancels, which builds of
+/// version 3 cannot read. A version 2 or 3 directory is marked 4 at start (its entries are read
+/// as they are): see [`STORAGE_FORMAT_UPGRADABLE`].
+pub const STORAGE_FORMAT_VERSION: u32 = 4;
+/// The older versions this build opens, re-marking them as [`STORAGE_FORMAT_VERSION`] first.
+pub const STORAGE_FORMAT_UPGRADABLE: [u32; 2] = [2, 3];
 /// The `meta` key of the storage format version (`u32`, big-endian).
 pub const STORAGE_FORMAT_KEY: &[u8] = b"storage/format-version";
 
@@ -772,7 +774,7 @@ fn check_format(backend: &dyn Backend) -> Result<(), StorageError> {
             }
         }
     };
-    if found == STORAGE_FORMAT_UPGRADABLE {
+    if STORAGE_FORMAT_UPGRADABLE.contains(&found) {
         // Readable as it is; the new mark keeps builds of the old version from opening it
         // once it holds entries they cannot read.
         write_format_mark(backend)?;

@@ -190,6 +190,27 @@ impl Store {
         Ok(effects)
     }
 
+    /// How many effects are in `place`, counting at most `max`.
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn effects_count(&self, place: EffectPlace, max: usize) -> Result<usize, StorageError> {
+        self.inner.shared.check(super::faults::StorageOp::Read)?;
+        let cf = match place {
+            EffectPlace::Pending => Cf::Outbox,
+            EffectPlace::DeadLetter => Cf::DeadLetter,
+        };
+        let mut it = self.inner.backend.cursor(cf, CursorOptions::new())?;
+        it.seek_to_first();
+        let mut count = 0;
+        while it.key().is_some() && count < max {
+            count += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(count)
+    }
+
     /// Replaces the value of a pending effect (e.g. its retry attempt count). Returns `false`
     /// and writes nothing when the effect is no longer pending, so a late retry update cannot
     /// resurrect a delivered or dead-lettered effect.

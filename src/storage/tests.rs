@@ -790,22 +790,25 @@ on_both_backends! {
         // A later version.
         let place = Place::new(kind);
         let store = place.open();
-        store.meta_put(STORAGE_FORMAT_KEY, &4u32.to_be_bytes()).unwrap();
+        let later = STORAGE_FORMAT_VERSION + 1;
+        store.meta_put(STORAGE_FORMAT_KEY, &later.to_be_bytes()).unwrap();
         drop(store);
-        refused(&place, 4);
+        refused(&place, later);
 
-        // The version before this one opens, and is marked with this version first.
-        let place = Place::new(kind);
-        let store = place.open();
-        append(&store, 0, 1, vec![unkeyed("a")]);
-        store.meta_put(STORAGE_FORMAT_KEY, &2u32.to_be_bytes()).unwrap();
-        drop(store);
-        let store = place.open();
-        assert_eq!(
-            store.meta_get(STORAGE_FORMAT_KEY).unwrap(),
-            Some(STORAGE_FORMAT_VERSION.to_be_bytes().to_vec())
-        );
-        assert_eq!(store.last_seq(0).unwrap(), 1, "its log is read as it is");
+        // The versions before this one open, and are marked with this version first.
+        for old in STORAGE_FORMAT_UPGRADABLE {
+            let place = Place::new(kind);
+            let store = place.open();
+            append(&store, 0, 1, vec![unkeyed("a")]);
+            store.meta_put(STORAGE_FORMAT_KEY, &old.to_be_bytes()).unwrap();
+            drop(store);
+            let store = place.open();
+            assert_eq!(
+                store.meta_get(STORAGE_FORMAT_KEY).unwrap(),
+                Some(STORAGE_FORMAT_VERSION.to_be_bytes().to_vec())
+            );
+            assert_eq!(store.last_seq(0).unwrap(), 1, "its log is read as it is");
+        }
 
         // A new directory reopens fine: the mark is written once.
         let place = Place::new(kind);

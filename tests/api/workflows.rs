@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::TestApp;
-use super::contracts::{app_with_catalog, customer_with_gated_commit};
+use super::contracts::{app_with_catalog, customer_with_gated_commit, now_ms, rfc3339};
 use super::support::eventually;
 
 /// A customer with an EXTERNAL-gated commit: one workflow AWAITING_EXTERNAL. Returns the
@@ -281,7 +281,7 @@ async fn an_external_workflow_is_cancelled_through_the_log_and_ends_failed_with_
     assert!(body["message"].as_str().unwrap().contains("FAILED"));
     // Listed by state, and the cancel is in the audit log.
     let failed = ids(&app, &format!("?customer_id={customer}&state=FAILED")).await;
-    assert_eq!(failed, [workflow.clone()]);
+    assert_eq!(failed, std::slice::from_ref(&workflow));
     let path = format!("/v1/tollgate/workflows/{workflow}/cancel");
     let mut audited = Vec::new();
     for _ in 0..50 {
@@ -327,4 +327,70 @@ async fn a_released_workflow_cannot_be_cancelled() {
     assert!(body["message"].as_str().unwrap().contains("RELEASED"));
     let (_, after) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
     assert_eq!(after["data"]["state"], "RELEASED");
+}
+
+#[actix_rt::test]
+async fn the_summary_counts_workflows_in_flight_by_state_and_the_state_filter_reads_its_index() {
+    let app = app_with_catalog().await;
+    let (_, _, first) = gated(&app, "wf-sum-a").await;
+    let (_, _, second) = gated(&app, "wf-sum-b").await;
+    let (_, _, third) = gated(&app, "wf-sum-c").await;
+    let s = summary(&app).await;
+    assert_eq!(s["workflows_in_flight"]["total"], 3, "{s}");
+    assert_eq!(s["workflows_in_flight"]["by_state"]["AWAITING_EXTERNAL"], 3);
+    assert_eq!(s["workflows_in_flight"]["by_state"]["CHARGING"], 0);
+    assert_eq!(s["webhooks"]["dead_letters"], 0);
+    assert_eq!(s["quarantined_inputs"], 0);
+    assert_eq!(s["ready"], true);
+    assert_eq!(s["counts_capped"], json!([]));
+    assert!(s["apply"]["lag_ms"].is_i64(), "{s}");
+
+    // One paid, one cancelled: they leave the index; the third stays.
+    let (status, body) = app
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            json!({"workflow_id": first, "outcome": "paid"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = cancel(&app, &second, json!({"reason": "test"})).await;
+    assert_eq!(status, 200, "{body}");
+    let s = summary(&app).await;
+    assert_eq!(s["workflows_in_flight"]["total"], 1, "{s}");
+    assert_eq!(
+        ids(&app, "?state=AWAITING_EXTERNAL").await,
+        std::slice::from_ref(&third),
+        "the in-flight state index"
+    );
+    assert_eq!(ids(&app, "?state=CHARGING").await, Vec::<String>::new());
+    let mut ended = ids(&app, "?state=RELEASED").await;
+    ended.extend(ids(&app, "?state=FAILED").await);
+    assert_eq!(ended, [first.clone(), second.clone()]);
+
+    // The ingest rate from the once-a-second samples.
+    let events: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"transaction_id": format!("sum-{i}"), "customer_id": "wf-sum-a",
+                   "event_type": "api_call", "timestamp": rfc3339(now_ms())})
+        })
+        .collect();
+    let (status, _) = app.post("/v1/ingest", json!(events)).await;
+    assert_eq!(status, 200);
+    actix_rt::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    let s = summary(&app).await;
+    assert!(
+        s["ingest"]["events_accepted_total"].as_u64().unwrap() >= 20,
+        "{s}"
+    );
+    assert!(s["ingest"]["events_per_second_10s"].is_u64(), "{s}");
+    assert!(
+        s["ingest"]["events_per_second_60s"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+}
+
+async fn summary(app: &TestApp) -> Value {
+    let (status, body) = app.get("/v1/tollgate/summary").await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
 }

@@ -57,6 +57,8 @@ fn seeds_pass_every_invariant() {
         totals.webhook_failures += report.webhook_failures;
         totals.redriven += report.redriven;
         totals.releases += report.releases;
+        totals.cancels += report.cancels;
+        totals.gated_commits += report.gated_commits;
         totals.stripe_calls += report.stripe_calls;
         totals.stripe_faults += report.stripe_faults;
         totals.stripe_events += report.stripe_events;

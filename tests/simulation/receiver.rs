@@ -93,6 +93,19 @@ impl Receiver {
             .collect()
     }
 
+    /// Every workflow a webhook named, once each.
+    pub fn workflows(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        let mut workflows: Vec<String> = state
+            .kept
+            .values()
+            .filter_map(|k| k.properties["workflow_id"].as_str().map(str::to_owned))
+            .collect();
+        workflows.sort();
+        workflows.dedup();
+        workflows
+    }
+
     /// Keeps the webhook (the receiver processed it), whatever it then answers.
     fn keep(&self, body: &[u8]) {
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
@@ -102,6 +115,13 @@ impl Receiver {
             Some(kept) => {
                 kept.deliveries += 1;
                 if kept.body != body {
+                    if std::env::var_os("TOLLGATE_SIM_VERBOSE").is_some() {
+                        println!(
+                            "webhook {id} again with another body:\n  {}\n  {}",
+                            String::from_utf8_lossy(&kept.body),
+                            String::from_utf8_lossy(body)
+                        );
+                    }
                     state.conflicts.push(id);
                 }
             }

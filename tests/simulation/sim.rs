@@ -69,6 +69,10 @@ pub struct Report {
     /// Webhook dead letters re-driven by the operator (and delivered by the end).
     pub redriven: usize,
     pub releases: usize,
+    /// Cancels answered 200 or 409 (paid).
+    pub cancels: usize,
+    /// Commits added with an EXTERNAL or NONE payment gate.
+    pub gated_commits: usize,
     pub stripe_calls: u64,
     pub stripe_faults: u64,
     pub stripe_events: u64,
@@ -330,6 +334,8 @@ enum Purpose {
     StealAlias,
     /// A new price for API calls, from an hour boundary ahead.
     AddRate,
+    /// An operator's cancel of the workflow its path names (judged in `cancel_answered`).
+    Cancel,
     /// A release, whose answers the workflow checks judge.
     Other,
 }
@@ -1341,9 +1347,10 @@ impl Sim {
     /// until `next_page` is null.
     async fn every_page(&mut self, app: &impl Api, path: &str) -> Result<Vec<Value>, String> {
         let (mut items, mut cursor) = (Vec::new(), String::new());
+        let join = if path.contains('?') { '&' } else { '?' };
         loop {
             let (status, page) = self
-                .get(app, &format!("{path}?limit=100&next_page={cursor}"))
+                .get(app, &format!("{path}{join}limit=100&next_page={cursor}"))
                 .await;
             if status != 200 {
                 return Err(format!("{path}: {status} {page}"));
@@ -1392,6 +1399,7 @@ impl Sim {
             87 => self.steal_alias(app).await,
             88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
             90 => self.add_rate(app).await,
+            92..=93 => self.cancel(app).await,
             91 => {
                 let key = format!("redrive-all-{}", self.step);
                 self.redrive_dead_letters(app, key).await;
@@ -1539,7 +1547,10 @@ impl Sim {
             );
         }
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if status >= 500 || status == 429 || (status == 409 && value.is_null()) {
+        // A cancel Stripe could not carry out (502) changed nothing: the operator may try
+        // again later with a new key, not this one (its answer is stored under it).
+        let gave_up = status == 502 && request.purpose == Purpose::Cancel;
+        if (status >= 500 && !gave_up) || status == 429 || (status == 409 && value.is_null()) {
             if !self.retries.iter().any(|r| r.key == request.key) {
                 self.retries.push(request);
             }
@@ -1613,6 +1624,7 @@ impl Sim {
             Purpose::AddCommit(c) if status == 200 || status == 409 => {
                 self.model.customers[c].granted += granted_by(&request.body["add_commits"]);
             }
+            Purpose::Cancel => self.cancel_answered(&request.path, status, &value),
             // Valid requests: a 4xx would mean a fault (a storage error) answered as the
             // client's mistake, and the client would never send it again. (A 409 is the
             // documented answer only to a creation's or an edit's retry, which finds its object;
@@ -1914,6 +1926,57 @@ impl Sim {
         }
     }
 
+    /// An operator cancels a workflow the integrator heard of (EXTERNAL or STRIPE, in flight or
+    /// ended).
+    async fn cancel(&mut self, app: &impl Api) {
+        let known = self.receiver.workflows();
+        if known.is_empty() {
+            return;
+        }
+        let workflow = known[self.rng.random_range(0..known.len())].clone();
+        let request = Request {
+            path: format!("/v1/tollgate/workflows/{workflow}/cancel"),
+            body: json!({"reason": "cancelled by the simulation's operator"}),
+            key: format!("cancel-{workflow}-{}", self.step),
+            purpose: Purpose::Cancel,
+        };
+        self.control(app, request).await;
+    }
+
+    /// Judges a cancel's answer: a 200 ends the workflow FAILED for good (it must not have
+    /// been paid), a 409 says it was paid (released before, or Stripe reported the payment
+    /// succeeded) unless Stripe was still processing it.
+    fn cancel_answered(&mut self, path: &str, status: u16, value: &Value) {
+        let workflow = path
+            .trim_start_matches("/v1/tollgate/workflows/")
+            .trim_end_matches("/cancel")
+            .to_owned();
+        let message = value["message"].as_str().unwrap_or("");
+        let paid = match status {
+            200 => false,
+            409 if message.contains("processing") => return,
+            409 if message.contains("RELEASED") => true,
+            // Stripe could not be asked: nothing changed.
+            502 => return,
+            _ => {
+                self.violations.push(format!(
+                    "a cancel of workflow {workflow} was answered {status}: {value}"
+                ));
+                return;
+            }
+        };
+        match self.decided.get(&workflow) {
+            Some(&decided) if decided != paid => self.violations.push(format!(
+                "workflow {workflow} ended {} and a cancel was answered {status}: {value}",
+                if decided { "paid" } else { "failed" },
+            )),
+            _ => {
+                self.decided.insert(workflow, paid);
+                self.report.cancels += 1;
+            }
+        }
+    }
+
     /// Two releases of one workflow at the same moment: both outcomes (at most one may win),
     /// or the same outcome twice under one key (one runs, the other waits or replays).
     async fn concurrent_releases(&mut self, app: &impl Api, workflow: String) {
@@ -2010,6 +2073,20 @@ impl Sim {
         match self.rng.random_range(0..5) {
             0 => commit["applicable_product_ids"] = json!([fixtures::API_PRODUCT.to_string()]),
             1 => commit["applicable_product_ids"] = json!([fixtures::TOKEN_PRODUCT.to_string()]),
+            _ => {}
+        }
+        // Some are bought through a payment gate: withheld until the integrator releases them
+        // (EXTERNAL), or released at once (NONE).
+        match self.rng.random_range(0..8) {
+            0 | 1 => {
+                commit["payment_gate_config"] =
+                    json!({"payment_gate_type": "EXTERNAL", "tax_type": "NONE"});
+                self.report.gated_commits += 1;
+            }
+            2 => {
+                commit["payment_gate_config"] = json!({"payment_gate_type": "NONE"});
+                self.report.gated_commits += 1;
+            }
             _ => {}
         }
         let request = Request {
@@ -2162,6 +2239,10 @@ impl Sim {
                                 .workflows
                                 .iter()
                                 .filter(|w| !w.state.is_terminal())
+                                // Bought commits may wait for their payments side by side.
+                                .filter(|w| {
+                                    w.kind != tollgate::domain::gate::WorkflowKind::ManualCommit
+                                })
                                 .map(|w| w.kind)
                                 .collect();
                             let all = kinds.len();
@@ -2466,6 +2547,42 @@ impl Sim {
                 "the workflow list differs from the customers' workflows: listed {listed:?}, held {held:?}"
             ));
         }
+        // The index of workflows in flight by state lists exactly those in each state, and the
+        // summary counts them.
+        let (status, summary) = self.get(app, "/v1/tollgate/summary").await;
+        if status != 200 {
+            return Err(format!("summary: {status} {summary}"));
+        }
+        for state in [
+            "INITIATED",
+            "AWAITING_EXTERNAL",
+            "CHARGING",
+            "ACTION_REQUIRED",
+        ] {
+            let expected: Vec<&String> = held
+                .iter()
+                .filter(|(_, s)| s.as_str() == state)
+                .map(|(id, _)| id)
+                .collect();
+            let indexed: Vec<String> = self
+                .every_page(app, &format!("/v1/tollgate/workflows?state={state}"))
+                .await?
+                .iter()
+                .map(|w| w["id"].as_str().unwrap_or("").to_owned())
+                .collect();
+            if indexed.iter().collect::<Vec<_>>() != expected {
+                return Err(format!(
+                    "workflows in flight in {state}: the index lists {indexed:?}, the customers hold {expected:?}"
+                ));
+            }
+            let counted = &summary["data"]["workflows_in_flight"]["by_state"][state];
+            if counted != &json!(expected.len()) {
+                return Err(format!(
+                    "the summary counts {counted} workflows in {state}, the customers hold {}",
+                    expected.len()
+                ));
+            }
+        }
         if let Some((id, state)) = held.iter().next() {
             let (status, one) = self.get(app, &format!("/v1/tollgate/workflows/{id}")).await;
             if status != 200 || one["data"]["state"] != json!(state) {
@@ -2509,15 +2626,17 @@ impl Sim {
                         .contracts
                         .iter()
                         .flat_map(|c| c.workflows.iter())
-                        .map(|w| (w.id.to_string(), w.gate.gate_type, w.state))
+                        .map(|w| (w.id.to_string(), w.gate.gate_type, w.state, w.kind))
                         .collect::<Vec<_>>()
                 })
                 .await
                 .map_err(|e| format!("customer {c}: {e}"))?;
-            for (workflow, gate, state) in workflows {
+            for (workflow, gate, state, kind) in workflows {
                 let types = heard.get(&workflow).cloned().unwrap_or_default();
                 let has = |t: &str| types.iter().any(|x| x == t);
-                let missing = if !has("payment_gate.threshold_reached") {
+                // A bought commit's workflow reached no threshold.
+                let manual = kind == tollgate::domain::gate::WorkflowKind::ManualCommit;
+                let missing = if !manual && !has("payment_gate.threshold_reached") {
                     Some("payment_gate.threshold_reached")
                 } else if gate == GateType::External && !has("payment_gate.external_initiate") {
                     Some("payment_gate.external_initiate")

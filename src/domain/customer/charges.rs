@@ -20,17 +20,23 @@ use crate::domain::rejection::Rejection;
 /// Moves workflow `wi` to ACTION_REQUIRED; the first entry starts its deadline from the limit
 /// logged with the outcome, and each entry tells the customer's operator once (a repeat for
 /// the same PaymentIntent while still in ACTION_REQUIRED is a poll, not news).
+///
+/// `entered_before` counts the workflow's earlier entries into ACTION_REQUIRED (its history):
+/// each entry's webhook has an id of its own, so a second entry (after the customer's attempt
+/// went back to processing) is news with a new id, never another body under the first one's.
+/// The first report of the PaymentIntent of an invoice already waiting is no news either.
 pub(super) fn action_required(
     contract: &mut Contract,
     customer_id: Id,
     wi: usize,
     outcome: &PaymentOutcome,
-    ctx: &Ctx<'_>,
+    (ctx, entered_before): (&Ctx<'_>, u64),
     applied: &mut Applied,
 ) {
     let workflow = &mut contract.workflows[wi];
     let repeat = workflow.state == WorkflowState::ActionRequired
-        && workflow.payment_intent_id == outcome.payment_intent_id;
+        && (workflow.payment_intent_id == outcome.payment_intent_id
+            || workflow.payment_intent_id.is_none());
     let (error_message, timeout_ms) = match &outcome.result {
         PaymentResult::ActionRequired {
             error_message,
@@ -57,6 +63,11 @@ pub(super) fn action_required(
             WebhookType::PaymentPendingActionRequired,
             customer_id,
             ctx.at,
+        );
+        hook.id = Id::derive(
+            workflow.id,
+            WebhookType::PaymentPendingActionRequired.as_str(),
+            entered_before,
         );
         hook.invoice_id = Some(workflow.invoice_id);
         hook.error_message = error_message;

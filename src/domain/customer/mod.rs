@@ -246,7 +246,10 @@ impl From<CustomerV3> for Customer {
                     workflow_id: workflow.id,
                     state: workflow.state,
                     at: workflow.ended_at.unwrap_or(workflow.started_at),
-                    reason: workflow.error.as_ref().and_then(|e| e.message.clone()),
+                    reason: workflow
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.message.clone().or_else(|| e.code.clone())),
                 });
             }
         }

@@ -138,7 +138,24 @@ impl Customer {
                 fail_workflow(contract, customer_id, wi, outcome, ctx, applied);
             }
             WorkflowState::ActionRequired => {
-                action_required(contract, customer_id, wi, outcome, ctx, applied);
+                let entered_before = self
+                    .workflow_history
+                    .iter()
+                    .chain(&applied.transitions)
+                    .filter(|c| {
+                        c.workflow_id == outcome.workflow_id
+                            && c.state == WorkflowState::ActionRequired
+                    })
+                    .count() as u64;
+                let contract = &mut self.contracts[ci];
+                action_required(
+                    contract,
+                    customer_id,
+                    wi,
+                    outcome,
+                    (ctx, entered_before),
+                    applied,
+                );
                 return Ok(());
             }
             WorkflowState::Charging => {

@@ -1,0 +1,80 @@
+//! `GET /v1/tollgate/summary`: one JSON object for dashboards (SPEC 3.1): ingest rate, apply
+//! lag, workflows in flight by state, webhook deliveries waiting and dead letters, quarantined
+//! inputs. Counts read from storage stop at [`COUNT_MAX`]; `counts_capped` then says which.
+
+use actix_web::{HttpResponse, web};
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::ApiResult;
+use super::wire;
+use crate::actors::entry::{IN_FLIGHT_STATES, workflow_state_prefix};
+use crate::actors::quarantine::QUARANTINE_PREFIX;
+use crate::domain::Timestamp;
+use crate::storage::EffectPlace;
+
+/// The most keys one count reads.
+pub const COUNT_MAX: usize = 1_000_000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/tollgate/summary", web::get().to(summary));
+}
+
+async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let engine = &state.engine;
+    let mut capped = Vec::new();
+    let mut in_flight = Map::new();
+    let mut in_flight_total = 0;
+    for s in IN_FLIGHT_STATES {
+        let prefix = workflow_state_prefix(s);
+        let count = engine.with_store("summary: workflows in flight", |store| {
+            store.meta_count_prefix(&prefix, COUNT_MAX)
+        })?;
+        if count == COUNT_MAX {
+            capped.push(format!("workflows_in_flight.{}", s.as_str()));
+        }
+        in_flight_total += count;
+        in_flight.insert(s.as_str().to_owned(), json!(count));
+    }
+    let dead_letters = engine.with_store("summary: dead letters", |store| {
+        store.effects_count(EffectPlace::DeadLetter, COUNT_MAX)
+    })?;
+    if dead_letters == COUNT_MAX {
+        capped.push("webhooks.dead_letters".into());
+    }
+    let quarantined = engine.with_store("summary: quarantine", |store| {
+        store.meta_count_prefix(QUARANTINE_PREFIX, COUNT_MAX)
+    })?;
+    if quarantined == COUNT_MAX {
+        capped.push("quarantined_inputs".into());
+    }
+    let webhooks = engine.webhook_stats().snapshot();
+    let metrics = engine.metrics();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(wire::data(json!({
+        "at": wire::time(Timestamp(engine.now_ms())),
+        "ready": engine.is_ready(),
+        "customers": engine.customer_count(),
+        "ingest": {
+            "events_per_second_10s": engine.ingest_per_second(10),
+            "events_per_second_60s": engine.ingest_per_second(60),
+            "events_accepted_total": get(&metrics.events_accepted),
+            "events_duplicate_total": get(&metrics.events_duplicate),
+        },
+        "apply": {
+            "lag_ms": engine.apply_lag_ms(),
+            "pending_inputs": engine.pending_inputs(),
+        },
+        "workflows_in_flight": {
+            "total": in_flight_total,
+            "by_state": Value::Object(in_flight),
+        },
+        "webhooks": {
+            "pending": webhooks.pending,
+            "in_flight": webhooks.in_flight,
+            "dead_letters": dead_letters,
+        },
+        "quarantined_inputs": quarantined,
+        "counts_capped": capped,
+    })))
+}
