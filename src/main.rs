@@ -29,6 +29,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Ask a running server for an online backup of its data directory, written to DIR on the
+    /// server's host (POST /v1/tollgate/backup; the token needs the `operator` scope).
+    Backup {
+        /// The server, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// A bearer token of the server's `auth.tokens`.
+        #[arg(long)]
+        token: String,
+        /// The new directory (absolute, not there yet) on the server's host.
+        #[arg(long, value_name = "DIR")]
+        to: String,
+    },
     /// Capacity planning: load a server (started here, or --url) and report throughput,
     /// latency, CPU and memory; --sweep charts them against offered load.
     #[command(long_about = tollgate::bench::LONG_ABOUT)]
@@ -59,6 +72,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench(args) => tollgate::bench::run(*args),
+        Command::Backup { url, token, to } => match tollgate::startup::backup(&url, &token, &to) {
+            Ok(receipt) => {
+                println!("{receipt}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("tollgate: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(config) => {
                 println!("configuration is valid: {config:#?}");

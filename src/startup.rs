@@ -139,3 +139,38 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// `tollgate backup`: asks the server at `url` for a backup to `to` (on its host) and answers
+/// the server's receipt (JSON), or why it was not written.
+///
+/// # Errors
+/// The server's `message` with its status, or why the server could not be reached.
+pub fn backup(url: &str, token: &str, to: &str) -> Result<String, String> {
+    let endpoint = format!("{}/v1/tollgate/backup", url.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&endpoint)
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "to": to }))
+            .send()
+            .await
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("{endpoint} answered {status} without JSON: {e}"))?;
+        if status.is_success() {
+            Ok(body["data"].to_string())
+        } else {
+            Err(format!(
+                "{endpoint} answered {status}: {}",
+                body["message"].as_str().unwrap_or("(no message)")
+            ))
+        }
+    })
+}

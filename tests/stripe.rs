@@ -76,14 +76,28 @@ fn system_now_ms() -> i64 {
 /// Tollgate in-process on the fake's clock.
 async fn spawn(fake: &FakeStripe) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    spawn_on(fake, dir, &data, true).await
+}
+
+/// Tollgate in-process on `data` (in `dir`, kept as long as the app), with the catalog when
+/// `fresh`.
+async fn spawn_on(
+    fake: &FakeStripe,
+    dir: tempfile::TempDir,
+    data: &std::path::Path,
+    fresh: bool,
+) -> TestApp {
     let receiver = Receiver::start();
-    let mut config = support::engine_config(dir.path(), Some(&receiver.url));
+    let mut config = support::engine_config(data, Some(&receiver.url));
     config.settings.partitions = 1;
     let engine = Engine::start(config, Arc::new(fake.clock.clone()), payments(fake))
         .await
         .unwrap();
-    for change in tollgate::domain::fixtures::catalog_changes() {
-        engine.change_catalog(change).await.unwrap();
+    if fresh {
+        for change in tollgate::domain::fixtures::catalog_changes() {
+            engine.change_catalog(change).await.unwrap();
+        }
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let app = Application::build_with(
@@ -1041,4 +1055,61 @@ async fn two_cancels_at_once_end_the_workflow_failed_once_and_the_second_waits_o
     assert_eq!(fake.intents()[0]["status"], "canceled");
     assert!(fake.refunds().is_empty());
     assert_eq!(failed(&app).len(), 1);
+}
+
+// ------------------------------------------------------------------ backup
+
+#[actix_rt::test]
+async fn a_backup_restored_after_its_payment_succeeded_reconciles_and_charges_once() {
+    let fake = FakeStripe::start(Mode::Processing, ManualClock::new(system_now_ms()));
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-backup", "PAYMENT_INTENT").await;
+    eventually("the PaymentIntent is processing", || {
+        fake.intents().len() == 1
+    })
+    .await;
+    let workflow = workflow_of(&fake.intents()[0]);
+    // Backed up while the payment is in flight.
+    let place = tempfile::tempdir().unwrap();
+    let backup = place.path().join("backup");
+    let (status, body) = app
+        .post(
+            "/v1/tollgate/backup",
+            json!({"to": backup.display().to_string()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["storage_format"], 4);
+    // The bank settles; the original releases and is lost afterwards.
+    fake.set_intent_status("pi_1", "succeeded");
+    drive(&app.clock, 60_000, "paid by polling", || {
+        statuses(&app).len() == 1
+    })
+    .await;
+    drop(app);
+    // Restored from the backup, where the workflow is still CHARGING: the charge reconciles
+    // with Stripe (finds the PaymentIntent, succeeded) before it sends anything.
+    let restored = spawn_on(&fake, place, &backup, false).await;
+    drive(
+        &restored.clock,
+        60_000,
+        "released after the restore",
+        || statuses(&restored).len() == 1,
+    )
+    .await;
+    let (_, wf) = restored
+        .get(&format!("/v1/tollgate/workflows/{workflow}"))
+        .await;
+    assert_eq!(wf["data"]["state"], "RELEASED");
+    assert_eq!(
+        history_states(&wf["data"]),
+        ["INITIATED", "CHARGING", "RELEASED"]
+    );
+    assert_eq!(
+        statuses(&restored)[0]["properties"]["payment_status"],
+        "paid"
+    );
+    assert_eq!(fake.count("POST", "/v1/payment_intents"), 1, "one charge");
+    assert_eq!(fake.intents().len(), 1);
+    assert!(fake.refunds().is_empty());
 }

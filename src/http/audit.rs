@@ -39,7 +39,7 @@ use crate::storage::{self, StorageError, Store};
 pub const AUDIT_PREFIX: &[u8] = b"audit/";
 const VERSION: u8 = 1;
 /// Body fields whose values are recorded as the ids a call names.
-const TARGET_FIELDS: [&str; 10] = [
+const TARGET_FIELDS: [&str; 11] = [
     "id",
     "customer_id",
     "contract_id",
@@ -50,6 +50,8 @@ const TARGET_FIELDS: [&str; 10] = [
     "product_id",
     "billable_metric_id",
     "uniqueness_key",
+    // A backup's directory.
+    "to",
 ];
 /// Longest id value recorded (longer ones are cut, with `…`).
 const TARGET_CHARS_MAX: usize = 200;

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// A provider the request needed (Stripe) could not be asked or gave no usable answer;
     /// nothing changed (502).
     BadGateway(String),
+    /// The server could not do what was asked for a reason the operator must see (a backup
+    /// that could not be written: no space left, a permission); nothing else changed (500).
+    Failed(String),
     /// The domain refused the input.
     Rejected(Rejection),
     /// The engine could not take the request.
@@ -105,7 +108,8 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::InProgress(m)
             | ApiError::PayloadTooLarge(m)
-            | ApiError::BadGateway(m) => m.clone(),
+            | ApiError::BadGateway(m)
+            | ApiError::Failed(m) => m.clone(),
             ApiError::Unauthorized => "Unauthorized: a valid bearer token is required".into(),
             ApiError::Rejected(rejection) => rejection.to_string(),
             ApiError::Engine(error) => match error {
@@ -134,6 +138,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Rejected(rejection) => rejection_status(rejection),
             ApiError::Engine(error) => match error {
                 EngineError::Rejected(rejection) => rejection_status(rejection),

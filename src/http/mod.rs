@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod balances;
 pub mod body;
 pub mod catalog;
@@ -196,6 +197,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     webhooks::routes(cfg);
     workflows::routes(cfg);
     summary::routes(cfg);
+    backup::routes(cfg);
     openapi::routes(cfg);
 }
 

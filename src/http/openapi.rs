@@ -50,6 +50,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
         Shape::Data,
     ),
     (
+        "post",
+        "/v1/tollgate/backup",
+        "Write an online, consistent backup of the data directory to {\"to\": DIR} on the server's host (Tollgate)",
+        Shape::Data,
+    ),
+    (
         "get",
         "/v1/tollgate/summary",
         "Dashboard summary: ingest rate, apply lag, workflows in flight by state, webhooks pending and dead letters, quarantined inputs (Tollgate)",

@@ -103,7 +103,7 @@ async fn each_token_may_call_only_what_its_scopes_allow_and_is_told_which_scope_
     let app = spawn_scoped_app().await;
     let customer = json!({"name": "Acme"});
     let cancel = "/v1/tollgate/workflows/00000000-0000-0000-0000-000000000001/cancel";
-    let cases: [(&str, &str, &str, Value, bool); 19] = [
+    let cases: [(&str, &str, &str, Value, bool); 22] = [
         (INGEST, "POST", "/v1/ingest", event("someone", "t1"), true),
         (INGEST, "GET", "/v1/customers", Value::Null, false),
         (INGEST, "POST", "/v1/customers", customer.clone(), false),
@@ -133,6 +133,21 @@ async fn each_token_may_call_only_what_its_scopes_allow_and_is_told_which_scope_
         (READ, "POST", cancel, json!({"reason": "x"}), false),
         (WRITE, "POST", cancel, json!({"reason": "x"}), false),
         (OPERATOR, "POST", cancel, json!({"reason": "x"}), true),
+        (READ, "GET", "/v1/tollgate/summary", Value::Null, true),
+        (
+            WRITE,
+            "POST",
+            "/v1/tollgate/backup",
+            json!({"to": "x"}),
+            false,
+        ),
+        (
+            OPERATOR,
+            "POST",
+            "/v1/tollgate/backup",
+            json!({"to": "x"}),
+            true,
+        ),
         (TOKEN, "POST", "/v1/customers", customer.clone(), true),
         (TOKEN, "GET", "/v1/tollgate/audit", Value::Null, true),
     ];

@@ -1,0 +1,139 @@
+//! `POST /v1/tollgate/backup {"to": DIR}`: an online, consistent backup of the data directory
+//! (SPEC 3.1), taken by the running server while ingest goes on: a RocksDB checkpoint (hard
+//! links of the table files plus a copy of the write-ahead log; a copy where `DIR` is on
+//! another file system) of every column family at one instant, what a crash at that instant
+//! would leave. A second process cannot take it: RocksDB refuses to pin the files of a database
+//! another process has open. `DIR` is a path on the server's host; it must not exist, and its
+//! parent must. One backup runs at a time. `tollgate backup --url --token --to` calls this.
+//!
+//! Restore is starting a server on the backup (README, "Backup and restore"): it recovers from
+//! it as after a crash, and every payment in flight reconciles with the provider before it sends
+//! anything.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use actix_web::{HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::fields::Obj;
+use super::wire;
+use crate::domain::Timestamp;
+use crate::storage::STORAGE_FORMAT_VERSION;
+
+/// Characters `to` may have at most.
+const PATH_CHARS_MAX: usize = 4_096;
+
+/// Held while a backup runs.
+static RUNNING: Mutex<()> = Mutex::new(());
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/tollgate/backup", web::post().to(backup));
+}
+
+/// Checks `to`: an absolute path without `..`, not there yet, under an existing directory.
+fn target(to: &str) -> ApiResult<PathBuf> {
+    let bad = |why: &str| ApiError::BadRequest(format!("to: {why}"));
+    if to.is_empty() || to.chars().count() > PATH_CHARS_MAX || to.chars().any(char::is_control) {
+        return Err(bad(&format!(
+            "a path of 1 to {PATH_CHARS_MAX} characters without control characters"
+        )));
+    }
+    let path = Path::new(to);
+    if !path.is_absolute() {
+        return Err(bad("must be an absolute path on the server's host"));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(bad("must not contain \"..\""));
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err(ApiError::Conflict(format!(
+            "to: {to} exists already: a backup goes to a new directory"
+        )));
+    }
+    match path.parent() {
+        Some(parent) if parent.is_dir() => Ok(path.to_path_buf()),
+        _ => Err(bad("its parent directory does not exist")),
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn size_of(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => size_of(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let value: Value = wire::parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let to = target(obj.req_str("to")?)?;
+    state.engine.check_ready()?;
+    let Ok(_running) = RUNNING.try_lock() else {
+        return Err(ApiError::InProgress(
+            "a backup is running; retry when it is done".into(),
+        ));
+    };
+    let engine = state.engine.clone();
+    let started = Instant::now();
+    let at = engine.now_ms();
+    let dir = to.clone();
+    let copied = web::block(move || engine.store().copy_to(&dir))
+        .await
+        .map_err(|_| ApiError::Failed("the backup task failed".into()))?;
+    if let Err(error) = copied {
+        // The running store is untouched (a checkpoint only reads it): not a storage failure
+        // of the engine, which goes on; the operator is told why.
+        // RocksDB writes the checkpoint under a temporary name and renames it when complete;
+        // nothing is deleted here (the path may be someone else's by now).
+        tracing::error!(%error, to = %to.display(), "backup failed");
+        return Err(ApiError::Failed(format!(
+            "backup to {} failed: {error}",
+            to.display()
+        )));
+    }
+    let millis = started.elapsed().as_millis() as u64;
+    let bytes = size_of(&to);
+    tracing::info!(to = %to.display(), bytes, millis, "backup written");
+    Ok(wire::data(json!({
+        "to": to.display().to_string(),
+        "at": wire::time(Timestamp(at)),
+        "storage_format": STORAGE_FORMAT_VERSION,
+        "bytes": bytes,
+        "millis": millis,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_new_absolute_path_under_an_existing_directory_is_a_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().display().to_string();
+        assert!(target(&format!("{base}/backup-1")).is_ok());
+        for (to, status) in [
+            ("relative/dir".to_owned(), 400),
+            (String::new(), 400),
+            (format!("{base}/a/../b"), 400),
+            (format!("{base}/missing/backup"), 400),
+            (format!("{base}/bad\nname"), 400),
+            (base.clone(), 409),
+        ] {
+            let err = target(&to).unwrap_err();
+            let code = actix_web::ResponseError::status_code(&err).as_u16();
+            assert_eq!(code, status, "{to:?}: {err}");
+        }
+    }
+}
