@@ -11,7 +11,7 @@
 //! anything.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
@@ -27,8 +27,26 @@ use crate::storage::STORAGE_FORMAT_VERSION;
 /// Characters `to` may have at most.
 const PATH_CHARS_MAX: usize = 4_096;
 
-/// Held while a backup runs.
-static RUNNING: Mutex<()> = Mutex::new(());
+/// Set while a backup runs.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Clears [`RUNNING`] when the backup ends, however it ends.
+struct Running;
+
+impl Running {
+    fn claim() -> Option<Running> {
+        RUNNING
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Running)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::Release);
+    }
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tollgate/backup", web::post().to(backup));
@@ -79,7 +97,7 @@ async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
     let obj = Obj::root(&value)?;
     let to = target(obj.req_str("to")?)?;
     state.engine.check_ready()?;
-    let Ok(_running) = RUNNING.try_lock() else {
+    let Some(running) = Running::claim() else {
         return Err(ApiError::InProgress(
             "a backup is running; retry when it is done".into(),
         ));
@@ -88,9 +106,14 @@ async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
     let started = Instant::now();
     let at = engine.now_ms();
     let dir = to.clone();
-    let copied = web::block(move || engine.store().copy_to(&dir))
-        .await
-        .map_err(|_| ApiError::Failed("the backup task failed".into()))?;
+    // The claim lives in the copying thread: a client that hangs up does not free it while
+    // the copy still runs.
+    let copied = web::block(move || {
+        let _running = running;
+        engine.store().copy_to(&dir)
+    })
+    .await
+    .map_err(|_| ApiError::Failed("the backup task failed".into()))?;
     if let Err(error) = copied {
         // The running store is untouched (a checkpoint only reads it): not a storage failure
         // of the engine, which goes on; the operator is told why.
