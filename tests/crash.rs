@@ -950,7 +950,7 @@ async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_ver
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(
-        stderr.contains("storage format version 1; this build reads versions 2 to 3"),
+        stderr.contains("storage format version 1; this build reads versions 2 to 4"),
         "stderr: {stderr}"
     );
     let store = tollgate::storage::Store::open(&data, Default::default());
