@@ -35,8 +35,9 @@ enum Command {
         /// The server, e.g. http://127.0.0.1:8080.
         #[arg(long)]
         url: String,
-        /// A bearer token of the server's `auth.tokens`.
-        #[arg(long)]
+        /// A bearer token of the server's `auth.tokens` with the `operator` scope (better
+        /// given as TOLLGATE_TOKEN, which `ps` and shell histories do not show).
+        #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
         token: String,
         /// The new directory (absolute, not there yet) on the server's host.
         #[arg(long, value_name = "DIR")]

@@ -1051,8 +1051,9 @@ async fn the_audit_log_survives_kill_9_and_counts_on_with_scoped_tokens_from_the
 /// Runs `tollgate backup` against `base`, answering its exit status and output.
 fn backup_command(base: &str, to: &std::path::Path) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["backup", "--url", base, "--token", TOKEN, "--to"])
+        .args(["backup", "--url", base, "--to"])
         .arg(to)
+        .env("TOLLGATE_TOKEN", TOKEN)
         .output()
         .expect("the tollgate binary runs");
     (

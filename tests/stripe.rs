@@ -1113,3 +1113,38 @@ async fn a_backup_restored_after_its_payment_succeeded_reconciles_and_charges_on
     assert_eq!(fake.intents().len(), 1);
     assert!(fake.refunds().is_empty());
 }
+
+#[actix_rt::test]
+async fn a_cancel_while_a_create_s_outcome_is_unknown_changes_nothing_and_the_charge_goes_on() {
+    let fake = FakeStripe::start(Mode::Hang, ManualClock::new(system_now_ms()));
+    // Stripe's search lags behind the create: it shows nothing yet.
+    fake.state.lock().unwrap().search_hidden = true;
+    let app = spawn(&fake).await;
+    cross_stripe_threshold(&app, "pi-cancel-unknown", "PAYMENT_INTENT").await;
+    eventually("the create is sent", || {
+        fake.count("POST", "/v1/payment_intents") == 1
+    })
+    .await;
+    let workflow = fake.state.lock().unwrap().intents[0]["metadata"]["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The create's answer never comes back in time; search finds nothing: the payment may
+    // exist, so the cancel is not logged (502) and the charge is let go on.
+    let (status, body) = app.cancel(&workflow, "stop").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("outcome is not known"),
+        "{body}"
+    );
+    let (_, wf) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
+    assert_eq!(wf["data"]["state"], "CHARGING", "nothing changed");
+    fake.state.lock().unwrap().search_hidden = false;
+    drive(&app.clock, 60_000, "the charge reconciles and is paid", || {
+        statuses(&app).len() == 1
+    })
+    .await;
+    assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
+    assert_eq!(fake.intents().len(), 1, "one PaymentIntent");
+    assert!(fake.refunds().is_empty());
+}

@@ -127,6 +127,7 @@ pub struct Engine {
     webhook_redrive: actix::Recipient<Redrive>,
     payment_cancel: actix::Recipient<super::payment::ChargeCancel>,
     ingest_rate: Arc<super::metrics::RateWindow>,
+    data_dir: Arc<PathBuf>,
 }
 
 impl Engine {
@@ -276,6 +277,7 @@ impl Engine {
             webhook_redrive,
             payment_cancel,
             ingest_rate: Arc::default(),
+            data_dir: Arc::new(config.data_dir.clone()),
         };
         actix_rt::spawn(release_late_loop(Arc::clone(&shared), late_rx));
         actix_rt::spawn(sample_rates(
@@ -459,6 +461,11 @@ impl Engine {
 
     pub fn customer_exists(&self, customer: Id) -> bool {
         self.shared.registry.contains(customer)
+    }
+
+    /// The data directory the engine was started on.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     /// Customers known (archived ones included).

@@ -76,6 +76,8 @@ struct Memo {
     recorded: Option<String>,
     /// When ACTION_REQUIRED was first seen (the deadline estimate).
     action_since_ms: Option<i64>,
+    /// A create was sent: an object may exist that Stripe's search does not show yet.
+    create_sent: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,6 +330,10 @@ impl Actor for PaymentActor {
                 self.retire(id, &entry);
             } else {
                 self.add(id, entry, ctx);
+                // An earlier run may have sent a create whose answer it never saw.
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.memo.create_sent = true;
+                }
             }
         }
     }
@@ -387,8 +393,9 @@ impl Handler<Ran> for PaymentActor {
                     if let Some(waiting) = waiting {
                         // The charge finished meanwhile: the cancel still asks the provider,
                         // with what this run learnt of the object.
+                        let created = job.memo.create_sent;
                         let known = job.memo.recorded.or(waiting.request.object_id.clone());
-                        self.run_cancel(ran.id, waiting, known, ctx);
+                        self.run_cancel(ran.id, waiting, (known, created), ctx);
                     }
                 }
                 return;
@@ -400,7 +407,8 @@ impl Handler<Ran> for PaymentActor {
                 .recorded
                 .clone()
                 .or(waiting.request.object_id.clone());
-            self.run_cancel(ran.id, waiting, known, ctx);
+            let created = job.memo.create_sent;
+            self.run_cancel(ran.id, waiting, (known, created), ctx);
             return;
         }
         self.launch(ran.id, ctx);
@@ -414,7 +422,7 @@ impl PaymentActor {
         &mut self,
         id: [u8; 16],
         cancel: WaitingCancel,
-        known: Option<String>,
+        known: (Option<String>, bool),
         ctx: &mut Context<Self>,
     ) {
         let WaitingCancel {
@@ -473,9 +481,10 @@ impl Handler<ChargeCancel> for PaymentActor {
                     reply,
                 };
                 let Some(job) = self.jobs.get_mut(&id) else {
-                    // No charge here (it finished): the provider is asked all the same.
+                    // No charge here (it finished, or was retired): the provider is asked all
+                    // the same, and nothing is taken for granted about what it holds.
                     let known = cancel.request.object_id.clone();
-                    self.run_cancel(id, cancel, known, ctx);
+                    self.run_cancel(id, cancel, (known, true), ctx);
                     return;
                 };
                 if job.held.is_some() {
@@ -492,7 +501,8 @@ impl Handler<ChargeCancel> for PaymentActor {
                     .recorded
                     .clone()
                     .or(cancel.request.object_id.clone());
-                self.run_cancel(id, cancel, known, ctx);
+                let created = job.memo.create_sent;
+                self.run_cancel(id, cancel, (known, created), ctx);
             }
             ChargeCancel::Finished { workflow_id, token } => {
                 self.unhold(payment_outbox_id(workflow_id), token, ctx);
@@ -561,6 +571,7 @@ impl Worker {
             Step::Reconcile | Step::Wait
                 if crate::defects::active(crate::defects::Defect::CreateWithoutSearch) =>
             {
+                memo.create_sent = true;
                 provider.charge(request, None).await
             }
             Step::Reconcile | Step::Wait => match provider.find(request).await {
@@ -569,7 +580,10 @@ impl Worker {
                 }
                 // Created only when the provider said there is none; an unfinished object
                 // (draft invoice, unconfirmed PaymentIntent) is carried on, not replaced.
-                Answer::Ok(found) => provider.charge(request, found).await,
+                Answer::Ok(found) => {
+                    memo.create_sent |= found.is_none();
+                    provider.charge(request, found).await
+                }
                 other => other.retype(),
             },
         };
@@ -781,7 +795,7 @@ impl Worker {
     async fn cancel_for_operator(
         &self,
         request: &PaymentRequest,
-        known: Option<String>,
+        (known, created_maybe): (Option<String>, bool),
     ) -> CancelAnswer {
         let provider = &self.payments.provider;
         let unavailable = |answer: &dyn Fn() -> Option<String>| {
@@ -792,7 +806,17 @@ impl Worker {
             None => match provider.find(request).await {
                 Answer::Ok(Some(object)) => object.id,
                 // Nothing was created, and the held charge creates nothing.
-                Answer::Ok(None) => return CancelAnswer::Canceled,
+                Answer::Ok(None) if !created_maybe => return CancelAnswer::Canceled,
+                // A create whose answer was lost (or Stripe's search lagging behind it) may
+                // still bring an object: the charge reconciles first, then a cancel finds it.
+                Answer::Ok(None) => {
+                    return CancelAnswer::Unavailable(
+                        "Stripe shows no payment for the workflow yet, but a create was sent \
+                         whose outcome is not known; the charge reconciles first, retry the \
+                         cancel shortly"
+                            .into(),
+                    );
+                }
                 other => return unavailable(&|| other.describe_failure()),
             },
         };

@@ -599,6 +599,77 @@ fn action_required_after_the_payment_intent_was_reported_is_announced_once() {
     assert_eq!(world.stripe_types(workflow_id, action), announced);
 }
 
+/// Every ACTION_REQUIRED notice of one workflow has an id of its own (a consumer dedupes by
+/// id): the first, another PaymentIntent while still waiting, and a new entry after the
+/// customer's attempt went back to processing (found by the simulation: one id, two bodies).
+#[test]
+fn each_action_required_notice_has_its_own_webhook_id() {
+    let mut world = World::new(true);
+    let workflow_id = stripe_charging(&mut world);
+    let action = PaymentResult::ActionRequired {
+        error_message: None,
+        timeout_ms: 86_400_000,
+    };
+    let notice = |world: &mut World, intent: &str, result: PaymentResult| {
+        let applied = world
+            .apply(Input::PaymentOutcome(PaymentOutcome {
+                workflow_id,
+                source: OutcomeSource::Stripe,
+                result,
+                payment_intent_id: Some(intent.to_owned()),
+            }))
+            .unwrap();
+        webhooks(&applied.effects)
+            .into_iter()
+            .filter(|(t, _)| *t == WebhookType::PaymentPendingActionRequired)
+            .map(|(_, hook)| hook.id)
+            .collect::<Vec<_>>()
+    };
+    let first = notice(&mut world, "pi_1", action.clone());
+    assert!(
+        notice(&mut world, "pi_1", action.clone()).is_empty(),
+        "a poll"
+    );
+    let second = notice(&mut world, "pi_2", action.clone());
+    let pending = PaymentResult::Pending {
+        object_id: "pi_2".into(),
+    };
+    assert!(notice(&mut world, "pi_2", pending).is_empty());
+    let third = notice(&mut world, "pi_2", action);
+    let ids: Vec<Id> = [first, second, third].concat();
+    assert_eq!(ids.len(), 3, "three notices: {ids:?}");
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "each with its own id: {ids:?}");
+    // The first keeps the id earlier versions gave it.
+    assert_eq!(
+        ids[0],
+        Id::derive(
+            workflow_id,
+            "payment_gate.payment_pending_action_required",
+            0
+        )
+    );
+    let history: Vec<WorkflowState> = world
+        .customer
+        .history_of(workflow_id)
+        .iter()
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        history,
+        [
+            WorkflowState::Initiated,
+            WorkflowState::Charging,
+            WorkflowState::ActionRequired,
+            WorkflowState::ActionRequired,
+            WorkflowState::Charging,
+            WorkflowState::ActionRequired
+        ]
+    );
+}
+
 /// An integrator's release never touches a STRIPE workflow, not even a FAILED one (no refund,
 /// no release); a late report of the PaymentIntent of a FAILED workflow is kept for a refund.
 #[test]

@@ -52,8 +52,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tollgate/backup", web::post().to(backup));
 }
 
-/// Checks `to`: an absolute path without `..`, not there yet, under an existing directory.
-fn target(to: &str) -> ApiResult<PathBuf> {
+/// Checks `to`: an absolute path without `..`, not there yet (nor RocksDB's staging directory
+/// `<to>.tmp`, whose files a checkpoint deletes first), under an existing directory that is not
+/// inside the data directory `data`.
+fn target(to: &str, data: &Path) -> ApiResult<PathBuf> {
     let bad = |why: &str| ApiError::BadRequest(format!("to: {why}"));
     if to.is_empty() || to.chars().count() > PATH_CHARS_MAX || to.chars().any(char::is_control) {
         return Err(bad(&format!(
@@ -72,10 +74,38 @@ fn target(to: &str) -> ApiResult<PathBuf> {
             "to: {to} exists already: a backup goes to a new directory"
         )));
     }
-    match path.parent() {
-        Some(parent) if parent.is_dir() => Ok(path.to_path_buf()),
-        _ => Err(bad("its parent directory does not exist")),
+    let staging = PathBuf::from(format!("{to}.tmp"));
+    if staging.symlink_metadata().is_ok() {
+        return Err(ApiError::Conflict(format!(
+            "to: {} exists: RocksDB stages the backup there and would delete what it holds",
+            staging.display()
+        )));
     }
+    let parent = match path.parent() {
+        Some(parent) if parent.is_dir() => parent,
+        _ => return Err(bad("its parent directory does not exist")),
+    };
+    let inside_data = match (parent.canonicalize(), data.canonicalize()) {
+        (Ok(parent), Ok(data)) => parent.starts_with(&data),
+        _ => false,
+    };
+    if inside_data {
+        return Err(bad("must not be inside the data directory"));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Makes the finished backup private to the server's user and its name durable.
+fn seal(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Bytes of the files under `dir`.
@@ -95,7 +125,7 @@ fn size_of(dir: &Path) -> u64 {
 async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
     let value: Value = wire::parse_body(&body)?;
     let obj = Obj::root(&value)?;
-    let to = target(obj.req_str("to")?)?;
+    let to = target(obj.req_str("to")?, state.engine.data_dir())?;
     state.engine.check_ready()?;
     let Some(running) = Running::claim() else {
         return Err(ApiError::InProgress(
@@ -110,23 +140,21 @@ async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
     // the copy still runs.
     let copied = web::block(move || {
         let _running = running;
-        engine.store().copy_to(&dir)
+        engine.store().copy_to(&dir).map_err(|e| e.to_string())?;
+        seal(&dir).map_err(|e| format!("sealing the backup: {e}"))?;
+        Ok::<u64, String>(size_of(&dir))
     })
     .await
     .map_err(|_| ApiError::Failed("the backup task failed".into()))?;
-    if let Err(error) = copied {
-        // The running store is untouched (a checkpoint only reads it): not a storage failure
-        // of the engine, which goes on; the operator is told why.
-        // RocksDB writes the checkpoint under a temporary name and renames it when complete;
-        // nothing is deleted here (the path may be someone else's by now).
+    // The running store is untouched (a checkpoint only reads it): not a storage failure of
+    // the engine, which goes on; the operator is told why. RocksDB writes the checkpoint under
+    // a temporary name and renames it when complete; nothing is deleted here (the path may be
+    // someone else's by now).
+    let bytes = copied.map_err(|error| {
         tracing::error!(%error, to = %to.display(), "backup failed");
-        return Err(ApiError::Failed(format!(
-            "backup to {} failed: {error}",
-            to.display()
-        )));
-    }
+        ApiError::Failed(format!("backup to {} failed: {error}", to.display()))
+    })?;
     let millis = started.elapsed().as_millis() as u64;
-    let bytes = size_of(&to);
     tracing::info!(to = %to.display(), bytes, millis, "backup written");
     Ok(wire::data(json!({
         "to": to.display().to_string(),
@@ -145,7 +173,10 @@ mod tests {
     fn only_a_new_absolute_path_under_an_existing_directory_is_a_target() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().display().to_string();
-        assert!(target(&format!("{base}/backup-1")).is_ok());
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::create_dir_all(dir.path().join("staged.tmp")).unwrap();
+        assert!(target(&format!("{base}/backup-1"), &data).is_ok());
         for (to, status) in [
             ("relative/dir".to_owned(), 400),
             (String::new(), 400),
@@ -153,8 +184,11 @@ mod tests {
             (format!("{base}/missing/backup"), 400),
             (format!("{base}/bad\nname"), 400),
             (base.clone(), 409),
+            (format!("{base}/staged"), 409),
+            (format!("{base}/data/backup"), 400),
+            (format!("{base}/data/sub/backup"), 400),
         ] {
-            let err = target(&to).unwrap_err();
+            let err = target(&to, &data).unwrap_err();
             let code = actix_web::ResponseError::status_code(&err).as_u16();
             assert_eq!(code, status, "{to:?}: {err}");
         }

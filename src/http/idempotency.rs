@@ -12,8 +12,10 @@
 //!
 //! **What is stored.** Every answer except 429 and 503: those are given before execution
 //! began (refused at admission; storage unavailable, not ready or stopped, where the engine
-//! appended nothing), so a retry with the same key must run the request. Everything else, 5xx
-//! included, is stored once execution began, as Metronome and Stripe do.
+//! appended nothing), so a retry with the same key must run the request; and except a 409 that
+//! says `x-should-retry: true` (something else holds what the request needs; it changed
+//! nothing). Everything else, 5xx included, is stored once execution began, as Metronome and
+//! Stripe do.
 //!
 //! **Sweeping.** Each entry has an index entry ordered by time (`idem-at/<ms><key>`); a
 //! periodic sweep deletes entries past the window, under the key's claim so a sweep cannot delete
@@ -108,12 +110,20 @@ fn request_hash(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Whether an answer with `status` is stored for replay.
-pub fn is_stored(status: StatusCode) -> bool {
-    !matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    )
+/// Whether an answer is stored for replay: not a 429 or 503 (given before execution began),
+/// and not a 409 that tells the client to retry (`x-should-retry: true`: another request holds
+/// what this one needs, a cancel in progress, a payment Stripe still processes; nothing
+/// changed, and a retry with the same key must run again).
+pub fn is_stored(status: StatusCode, headers: &actix_web::http::header::HeaderMap) -> bool {
+    let retry_later = status == StatusCode::CONFLICT
+        && headers
+            .get("x-should-retry")
+            .is_some_and(|v| v.as_bytes() == b"true");
+    !retry_later
+        && !matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
 }
 
 fn lookup(store: &Store, key: &[u8], now_ms: i64) -> Result<Option<Stored>, StorageError> {
@@ -223,7 +233,7 @@ async fn run_and_store(
     let bytes = actix_web::body::to_bytes(body)
         .await
         .map_err(|_| ApiError::Engine(EngineError::Internal("response body".into())))?;
-    if is_stored(head.status()) {
+    if is_stored(head.status(), head.headers()) {
         let stored = Stored {
             request_hash: hash,
             status: head.status().as_u16(),
@@ -416,6 +426,29 @@ pub async fn sweep_periodically(state: web::Data<AppState>) {
 mod tests {
     use super::*;
     use crate::storage::StoreOptions;
+    use actix_web::http::header::HeaderMap;
+
+    #[test]
+    fn answers_that_changed_nothing_and_say_retry_are_not_stored() {
+        let plain = HeaderMap::new();
+        let mut retry = HeaderMap::new();
+        retry.insert(
+            HeaderName::from_static("x-should-retry"),
+            HeaderValue::from_static("true"),
+        );
+        let mut final_conflict = HeaderMap::new();
+        final_conflict.insert(
+            HeaderName::from_static("x-should-retry"),
+            HeaderValue::from_static("false"),
+        );
+        assert!(is_stored(StatusCode::OK, &plain));
+        assert!(is_stored(StatusCode::INTERNAL_SERVER_ERROR, &plain));
+        assert!(is_stored(StatusCode::BAD_GATEWAY, &plain));
+        assert!(is_stored(StatusCode::CONFLICT, &final_conflict));
+        assert!(!is_stored(StatusCode::CONFLICT, &retry));
+        assert!(!is_stored(StatusCode::TOO_MANY_REQUESTS, &plain));
+        assert!(!is_stored(StatusCode::SERVICE_UNAVAILABLE, &plain));
+    }
 
     fn stored(at_ms: i64) -> Vec<u8> {
         let stored = Stored {

@@ -1954,7 +1954,7 @@ impl Sim {
         let message = value["message"].as_str().unwrap_or("");
         let paid = match status {
             200 => false,
-            409 if message.contains("processing") => return,
+            409 if message.contains("processing") || message.contains("in progress") => return,
             409 if message.contains("RELEASED") => true,
             // Stripe could not be asked: nothing changed.
             502 => return,

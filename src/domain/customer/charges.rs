@@ -12,7 +12,7 @@ use crate::domain::contract::Contract;
 use crate::domain::effects::{Effect, PaymentAction, PaymentRequest, WebhookType};
 use crate::domain::gate::{
     GateType, OutcomeSource, PaymentOutcome, PaymentResult, ProviderError, RefundRecord,
-    StripeConfig, StripePaymentType, Workflow, WorkflowState,
+    StateChange, StripeConfig, StripePaymentType, Workflow, WorkflowState,
 };
 use crate::domain::ids::{Id, Timestamp};
 use crate::domain::rejection::Rejection;
@@ -21,10 +21,12 @@ use crate::domain::rejection::Rejection;
 /// logged with the outcome, and each entry tells the customer's operator once (a repeat for
 /// the same PaymentIntent while still in ACTION_REQUIRED is a poll, not news).
 ///
-/// `entered_before` counts the workflow's earlier entries into ACTION_REQUIRED (its history):
-/// each entry's webhook has an id of its own, so a second entry (after the customer's attempt
-/// went back to processing) is news with a new id, never another body under the first one's.
-/// The first report of the PaymentIntent of an invoice already waiting is no news either.
+/// `entered_before` counts the workflow's earlier ACTION_REQUIRED notices (entries in its
+/// history): each notice's webhook has an id of its own, so a second one (after the customer's
+/// attempt went back to processing, or for another PaymentIntent) is news with a new id, never
+/// another body under an earlier one's. Another PaymentIntent while still waiting is noted in
+/// the history as an ACTION_REQUIRED entry of its own. The first report of the PaymentIntent
+/// of an invoice already waiting is no news.
 pub(super) fn action_required(
     contract: &mut Contract,
     customer_id: Id,
@@ -44,9 +46,17 @@ pub(super) fn action_required(
         } => (error_message.clone(), *timeout_ms),
         _ => (None, 0),
     };
-    if workflow.state != WorkflowState::ActionRequired {
+    let waiting = workflow.state == WorkflowState::ActionRequired;
+    if !waiting {
         // Repeats (polls) never extend the deadline.
         workflow.charge.action_deadline = Some(ctx.at.plus_ms(timeout_ms.max(0)));
+    } else if !repeat {
+        applied.transitions.push(StateChange {
+            workflow_id: workflow.id,
+            state: WorkflowState::ActionRequired,
+            at: ctx.at,
+            reason: Some("another PaymentIntent needs the customer's action".into()),
+        });
     }
     workflow.enter(
         WorkflowState::ActionRequired,
