@@ -1154,3 +1154,77 @@ async fn the_index_of_workflows_in_flight_is_built_once_for_a_data_dir_without_i
         awaiting()
     );
 }
+
+/// A usage event that fails mid-apply has its customer's state rebuilt from disk and the log;
+/// the rebuild replays the customer's earlier alias changes into its state only, never into
+/// the registry, where an alias it gave away belongs to another customer by now (found by the
+/// simulation: the moved alias named nobody afterwards).
+#[actix_rt::test]
+async fn rebuilding_a_state_after_a_failed_event_leaves_the_aliases_as_they_are() {
+    use tollgate::actors::{Seams, shared::ApplyBug};
+    let dir = tempfile::tempdir().unwrap();
+    let bug: ApplyBug = Arc::new(
+        |input: &Input| matches!(input, Input::RecordUsage(e) if e.transaction_id.starts_with("poison-")),
+    );
+    let seams = Seams {
+        apply_bug: Some(bug),
+        ..Seams::new(Arc::new(SystemClock))
+    };
+    let engine = Engine::start_with(engine_config(dir.path(), None), seams)
+        .await
+        .unwrap();
+    for change in fixtures::catalog_changes() {
+        engine.change_catalog(change).await.unwrap();
+    }
+    let other = Id::from_u128(0x0b0b);
+    customer_with_contract(&engine, CUSTOMER, "a", None, None, vec![]).await;
+    customer_with_contract_id(
+        &engine,
+        other,
+        Id::from_u128(0x0c0c),
+        "b",
+        (None, None),
+        vec![],
+    )
+    .await;
+    engine.checkpoint().await.unwrap();
+    // After the checkpoint CUSTOMER takes alias "x", then gives it to the other customer.
+    for (customer, aliases) in [
+        (CUSTOMER, vec!["a", "x"]),
+        (CUSTOMER, vec!["a"]),
+        (other, vec!["b", "x"]),
+    ] {
+        let aliases = aliases.into_iter().map(str::to_owned).collect();
+        engine.set_ingest_aliases(customer, aliases).await.unwrap();
+    }
+    assert_eq!(engine.alias_owner("x"), Some(other));
+    // CUSTOMER's next event fails mid-apply: quarantined, its state rebuilt by replaying its
+    // inputs since the checkpoint (taking "x", giving it up).
+    engine
+        .ingest(vec![IngestEvent {
+            customer_key: "a".into(),
+            event: fixtures::api_call("poison-1", now()),
+        }])
+        .await
+        .unwrap();
+    eventually("quarantined", || {
+        engine.quarantined(None, 10).unwrap().len() == 1
+    })
+    .await;
+    engine.ingest(calls("a", "after", 1)).await.unwrap();
+    assert_eq!(engine.alias_owner("x"), Some(other), "the moved alias");
+    assert_eq!(engine.alias_owner("a"), Some(CUSTOMER));
+    assert_eq!(engine.alias_owner("b"), Some(other));
+    let stored = engine
+        .store()
+        .meta_get(&tollgate::actors::entry::alias_key("x"))
+        .unwrap();
+    assert_eq!(stored, Some(other.as_bytes().to_vec()), "and in meta");
+    let aliases = engine
+        .query(CUSTOMER, |s| {
+            s.customer.profile.clone().unwrap().ingest_aliases
+        })
+        .await
+        .unwrap();
+    assert_eq!(aliases, ["a"]);
+}

@@ -1134,15 +1134,21 @@ async fn a_cancel_while_a_create_s_outcome_is_unknown_changes_nothing_and_the_ch
     let (status, body) = app.cancel(&workflow, "stop").await;
     assert_eq!(status, 502, "{body}");
     assert!(
-        body["message"].as_str().unwrap().contains("outcome is not known"),
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("outcome is not known"),
         "{body}"
     );
     let (_, wf) = app.get(&format!("/v1/tollgate/workflows/{workflow}")).await;
     assert_eq!(wf["data"]["state"], "CHARGING", "nothing changed");
     fake.state.lock().unwrap().search_hidden = false;
-    drive(&app.clock, 60_000, "the charge reconciles and is paid", || {
-        statuses(&app).len() == 1
-    })
+    drive(
+        &app.clock,
+        60_000,
+        "the charge reconciles and is paid",
+        || statuses(&app).len() == 1,
+    )
     .await;
     assert_eq!(statuses(&app)[0]["properties"]["payment_status"], "paid");
     assert_eq!(fake.intents().len(), 1, "one PaymentIntent");

@@ -112,7 +112,7 @@ impl Handler<ApplyInputs> for CustomerActor {
                 &self.shared,
                 &mut self.state,
                 logged,
-                true,
+                Pass::Live,
                 &mut quarantined,
             );
             last_seq = last_seq.max(sequenced.seq);
@@ -360,7 +360,7 @@ pub fn apply_logged(
     shared: &Shared,
     state: &mut PersistedCustomer,
     logged: Logged<'_>,
-    live: bool,
+    pass: Pass,
     quarantine: &mut QuarantineWrites,
 ) -> Result<Applied, EngineError> {
     if logged.seq <= state.applied_seq {
@@ -368,9 +368,24 @@ pub fn apply_logged(
     }
     state.applied_seq = logged.seq;
     if let Input::Quarantine(action) = logged.input {
-        return decide_quarantined(shared, state, logged, action, live, quarantine);
+        return decide_quarantined(shared, state, logged, action, pass, quarantine);
     }
-    apply_input(shared, state, logged, live, quarantine, Attempt::First)
+    apply_input(shared, state, logged, pass, quarantine, Attempt::First)
+}
+
+/// Which pass over an input [`apply_logged`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// A new input, applied by its customer's actor.
+    Live,
+    /// Replayed at recovery: the registry of aliases is reloaded after it.
+    Recovery,
+    /// Replayed to rebuild one customer's state while the engine runs (after a usage event
+    /// failed part-way): what the inputs did beyond the state (aliases in the registry and in
+    /// `meta`, late releases, counters) happened already, live, and is not done again: a
+    /// replayed alias change of this customer would take back an alias another customer holds
+    /// by now (found by the simulation).
+    Rebuild,
 }
 
 /// Whether an input is applied for the first time (a failure quarantines it) or re-applied
@@ -385,7 +400,7 @@ fn apply_input(
     shared: &Shared,
     state: &mut PersistedCustomer,
     logged: Logged<'_>,
-    live: bool,
+    pass: Pass,
     quarantine: &mut QuarantineWrites,
     attempt: Attempt,
 ) -> Result<Applied, EngineError> {
@@ -419,7 +434,9 @@ fn apply_input(
             | Input::ArchiveCustomer
     ) {
         if let Some(profile) = &state.customer.profile {
-            shared.record_profile(profile, &old_aliases, live);
+            if pass != Pass::Rebuild {
+                shared.record_profile(profile, &old_aliases, pass == Pass::Live);
+            }
         }
     }
     if matches!(input, Input::CreateCustomer(_)) {
@@ -468,7 +485,7 @@ fn decide_quarantined(
     state: &mut PersistedCustomer,
     logged: Logged<'_>,
     action: &QuarantineAction,
-    live: bool,
+    pass: Pass,
     quarantine: &mut QuarantineWrites,
 ) -> Result<Applied, EngineError> {
     let (seq, index) = (action.seq, action.index);
@@ -492,7 +509,7 @@ fn decide_quarantined(
             if !reappliable(&action.input) {
                 return Err(EngineError::Rejected(Rejection::NotReappliable));
             }
-            let applied = apply_input(shared, state, original, live, quarantine, Attempt::Reapply)?;
+            let applied = apply_input(shared, state, original, pass, quarantine, Attempt::Reapply)?;
             (applied, Resolution::Reapplied)
         }
         QuarantineDecision::Discard { reason } => {
@@ -502,7 +519,7 @@ fn decide_quarantined(
             (Applied::default(), resolution)
         }
     };
-    if live {
+    if pass == Pass::Live {
         let counter = match resolution {
             Resolution::Reapplied => &shared.metrics.quarantine_reapplied,
             Resolution::Discarded { .. } => &shared.metrics.quarantine_discarded,
@@ -564,7 +581,16 @@ fn guarded_apply(
     // Usage applies in place; a re-apply is rare enough to copy the state first.
     let before = (attempt == Attempt::Reapply).then(|| state.customer.clone());
     // The domain puts the state back while a panic unwinds, so the state is unchanged then.
-    let outcome = catching(|| state.customer.apply(logged.input, &ctx));
+    let outcome = catching(|| {
+        if shared
+            .apply_bug
+            .as_ref()
+            .is_some_and(|bug| bug(logged.input))
+        {
+            panic!("a bug of this version (simulated)");
+        }
+        state.customer.apply(logged.input, &ctx)
+    });
     let metrics = &shared.metrics;
     let (cause, reason) = match outcome {
         Ok(Ok(applied)) => {
@@ -665,7 +691,7 @@ fn rebuilt_without(shared: &Shared, logged: Logged<'_>) -> Result<PersistedCusto
                         shared,
                         &mut state,
                         earlier,
-                        false,
+                        Pass::Rebuild,
                         &mut QuarantineWrites::default(),
                     );
                 }

@@ -74,6 +74,9 @@ pub struct Seams {
     pub random_seed: Option<u64>,
     /// Where the store lives.
     pub disk: Disk,
+    /// A bug of this version: the inputs it names panic when applied (quarantine in the
+    /// simulation); `None` in production.
+    pub apply_bug: Option<super::shared::ApplyBug>,
 }
 
 /// The store the engine opens.
@@ -100,6 +103,7 @@ impl Seams {
             placement: Placement::Threads,
             random_seed: None,
             disk: Disk::RocksDb,
+            apply_bug: None,
         }
     }
 }
@@ -162,6 +166,7 @@ impl Engine {
             placement,
             random_seed,
             disk,
+            apply_bug,
         } = seams;
         let started = Instant::now();
         let options = StoreOptions {
@@ -209,6 +214,7 @@ impl Engine {
             (sinks, handles),
         );
         shared.placement = placement;
+        shared.apply_bug = apply_bug;
         let shared = Arc::new(shared);
         shared.load_registry()?;
         if let Some(indexed) = super::customer::build_workflow_state_index(&shared)? {

@@ -21,7 +21,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::customer::{
-    ApplyInputs, CustomerActor, Evict, Logged, Query, Sequenced, Snapshot, WorkflowMoves,
+    ApplyInputs, CustomerActor, Evict, Logged, Pass, Query, Sequenced, Snapshot, WorkflowMoves,
     apply_logged, load_state, load_states, persist_effects, persist_quarantined,
 };
 use super::entry::{self, LateEvent, LogEntry, PersistedCustomer};
@@ -814,7 +814,7 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                     input: &input,
                 };
                 let mut quarantined = QuarantineWrites::default();
-                let result = apply_logged(shared, state, logged, false, &mut quarantined);
+                let result = apply_logged(shared, state, logged, Pass::Recovery, &mut quarantined);
                 persist_quarantined(shared, &quarantined)?;
                 if let Ok(applied) = result {
                     let moves = WorkflowMoves::of(&applied, customer_id);

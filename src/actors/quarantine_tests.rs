@@ -106,7 +106,7 @@ fn apply(
         catalog_version,
         input: &input,
     };
-    apply_logged(shared, state, logged, true, quarantined)
+    apply_logged(shared, state, logged, Pass::Live, quarantined)
 }
 
 #[test]

@@ -66,7 +66,14 @@ pub struct Shared {
     /// Where actors and background work run ([`Placement::Threads`] unless the engine was
     /// started otherwise).
     pub placement: Placement,
+    /// A bug of this version (the simulation's seam): inputs it names panic when applied.
+    /// `None` in production.
+    pub apply_bug: Option<ApplyBug>,
 }
+
+/// Names the inputs a simulated bug makes panic (the quarantine's workload: a later version,
+/// started without it, is the upgrade that fixes it).
+pub type ApplyBug = Arc<dyn Fn(&crate::domain::customer::Input) -> bool + Send + Sync>;
 
 impl Shared {
     pub fn new(
@@ -97,6 +104,7 @@ impl Shared {
             sinks,
             handles,
             placement: Placement::Threads,
+            apply_bug: None,
         }
     }
 

@@ -310,6 +310,43 @@ fn usage_of_an_archived_customer_is_accepted_and_not_billed() {
     assert!(world.contract().workflows.is_empty());
 }
 
+/// An event accepted before the archive but applied after it (re-applied from quarantine,
+/// released after its alias appeared) is billed as of its acceptance; one accepted at or
+/// after the archive is not (found by the simulation: a re-applied event went unbilled).
+#[test]
+fn usage_accepted_before_the_archive_and_applied_after_it_is_billed() {
+    let mut world = World::new(false);
+    world
+        .apply(Input::CreateContract(Box::new(fixtures::contract(
+            CONTRACT,
+        ))))
+        .unwrap();
+    let accepted = world.at;
+    world.apply(Input::ArchiveCustomer).unwrap();
+    let archived = world.at;
+    let mut at = |at: Timestamp, txn: &str| {
+        let ctx = Ctx {
+            at,
+            catalog: &world.catalog,
+            catalog_version: world.catalog.version(),
+            limits: &world.limits,
+        };
+        let event = fixtures::api_call(txn, at);
+        world
+            .customer
+            .apply(&Input::RecordUsage(event), &ctx)
+            .unwrap();
+    };
+    at(accepted, "before");
+    at(archived, "at");
+    at(archived.plus_ms(1), "after");
+    assert_eq!(
+        world.outstanding(),
+        usd(100),
+        "only the one accepted before"
+    );
+}
+
 #[test]
 fn usage_crossing_threshold_while_a_workflow_is_in_flight_charges_once() {
     let mut world = World::new(false);

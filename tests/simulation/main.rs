@@ -59,6 +59,9 @@ fn seeds_pass_every_invariant() {
         totals.releases += report.releases;
         totals.cancels += report.cancels;
         totals.gated_commits += report.gated_commits;
+        totals.quarantined += report.quarantined;
+        totals.reapplied += report.reapplied;
+        totals.discarded += report.discarded;
         totals.stripe_calls += report.stripe_calls;
         totals.stripe_faults += report.stripe_faults;
         totals.stripe_events += report.stripe_events;

@@ -36,6 +36,8 @@ pub struct SentEvent {
     /// between the two.
     pub first_sent_ms: Option<i64>,
     pub first_ack_ms: Option<i64>,
+    /// Quarantined by a buggy version, and then discarded by the operator: never billed.
+    pub discarded: bool,
 }
 
 /// What the client knows of an event.
@@ -212,7 +214,7 @@ impl Model {
     pub fn counted(&self) -> impl Iterator<Item = (&String, &SentEvent)> {
         self.sent
             .iter()
-            .filter(|(_, e)| e.status == Status::Acknowledged)
+            .filter(|(_, e)| e.status == Status::Acknowledged && !e.discarded)
     }
 
     /// Records that a batch of these transaction ids is being sent at `now_ms`.

@@ -73,6 +73,10 @@ pub struct Report {
     pub cancels: usize,
     /// Commits added with an EXTERNAL or NONE payment gate.
     pub gated_commits: usize,
+    /// Inputs a buggy version quarantined, and the operator's decisions on them.
+    pub quarantined: usize,
+    pub reapplied: usize,
+    pub discarded: usize,
     pub stripe_calls: u64,
     pub stripe_faults: u64,
     pub stripe_events: u64,
@@ -237,6 +241,8 @@ struct Sim {
     interrupt: Option<usize>,
     /// A request of the step was cut before its answer.
     cut_unanswered: bool,
+    /// The buggy version's bug was fixed by an upgrade (a restart on a version without it).
+    bug_fixed: bool,
     /// The storage faults of the current process lifetime.
     faults: Arc<SimFaults>,
 }
@@ -281,6 +287,10 @@ struct Swarm {
     /// leave dead letters that the operator re-drives (through the API, now and then and at
     /// the end).
     short_webhook_window: bool,
+    /// The first lifetimes run a version with a bug: usage whose transaction id starts with
+    /// `poison-` panics when applied and is quarantined; an upgrade at a restart fixes it, and
+    /// the operator re-applies or discards what was quarantined (through the API).
+    buggy_version: bool,
 }
 
 /// Where a run's data lives.
@@ -359,6 +369,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         crash_after_changes: rng.random_bool(0.5),
         // From the seed, not the generator: every other draw stays what it was.
         short_webhook_window: seed % 3 == 1,
+        buggy_version: seed % 5 == 2,
     };
     let event_loss = [0, 12, 40, 100][rng.random_range(0..4)];
     let flaky = rng.random_bool(0.5);
@@ -412,6 +423,7 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         crash_soon: false,
         interrupt: None,
         cut_unanswered: false,
+        bug_fixed: false,
         faults: Arc::default(),
     };
     for i in 0..options.customers {
@@ -439,6 +451,11 @@ pub fn run(seed: u64, options: Options) -> Result<Report, String> {
         sim.crash_disk();
         if let Some(at_crash) = sim.at_crash.take() {
             sim.recover_to_the_crash_point(&at_crash)?;
+        }
+        // Sometimes the restart is an upgrade that fixes the bug (after the recovery check,
+        // which compares with the version that crashed).
+        if sim.swarm.buggy_version && !sim.bug_fixed && sim.rng.random_ratio(1, 3) {
+            sim.bug_fixed = true;
         }
         // The supervisor restarts it a little later.
         sim.now_ms += sim.rng.random_range(1_000..5 * MINUTE_MS);
@@ -615,6 +632,12 @@ impl Sim {
             }),
             placement: Placement::CurrentThread,
             random_seed: Some(self.seed ^ (lifetime as u64).wrapping_mul(0x9e37_79b9)),
+            apply_bug: (self.swarm.buggy_version && !self.bug_fixed).then(|| {
+                Arc::new(|input: &tollgate::domain::customer::Input| {
+                    matches!(input, tollgate::domain::customer::Input::RecordUsage(e)
+                        if e.transaction_id.starts_with("poison-"))
+                }) as tollgate::actors::shared::ApplyBug
+            }),
             ..Seams::new(Arc::clone(&self.time) as Arc<dyn Clock>)
         }
     }
@@ -869,6 +892,8 @@ impl Sim {
         let lifetime = self.report.lifetimes;
         let ended = system.block_on(async {
             self.time.restart(self.now_ms);
+            // The last version is the fixed one.
+            self.bug_fixed = true;
             // This lifetime has no faults: those that struck the last one (say, a checkpoint
             // during its settling, which stopped it) are not this engine's to answer for.
             self.faults = Arc::new(SimFaults::default());
@@ -894,6 +919,8 @@ impl Sim {
             self.stripe.heal();
             self.redrive_dead_letters(&app, format!("redrive-all-final-{lifetime}"))
                 .await;
+            // Decided before the payments finish: a re-applied event may start a workflow.
+            self.decide_all_quarantined(&app).await?;
             self.finish_payments(&app, &engine).await?;
             self.settle(&engine).await;
             self.check_final(&app, &engine).await?;
@@ -1400,6 +1427,7 @@ impl Sim {
             88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
             90 => self.add_rate(app).await,
             92..=93 => self.cancel(app).await,
+            94 if self.swarm.buggy_version => self.decide_quarantined(app).await,
             91 => {
                 let key = format!("redrive-all-{}", self.step);
                 self.redrive_dead_letters(app, key).await;
@@ -1765,7 +1793,11 @@ impl Sim {
             _ => (customer.alias.clone(), Some(customer.alias.clone())),
         };
         self.txn_counter += 1;
-        let txn = format!("s{}-t{}", self.seed, self.txn_counter);
+        let poison = self.swarm.buggy_version && !self.bug_fixed && self.rng.random_ratio(1, 12);
+        let txn = match poison {
+            true => format!("poison-s{}-t{}", self.seed, self.txn_counter),
+            false => format!("s{}-t{}", self.seed, self.txn_counter),
+        };
         let now = self.time.now_ms();
         // Mostly now, sometimes backdated up to two days (into the previous period).
         let at = match self.rng.random_range(0..10) {
@@ -1809,6 +1841,7 @@ impl Sim {
                     before_contract,
                     first_sent_ms: None,
                     first_ack_ms: None,
+                    discarded: false,
                 },
             ));
         }
@@ -1825,6 +1858,7 @@ impl Sim {
                 before_contract,
                 first_sent_ms: None,
                 first_ack_ms: None,
+                discarded: false,
             },
         ))
     }
@@ -1923,6 +1957,137 @@ impl Sim {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// An operator decides on one quarantined input: re-applies it (after the upgrade; before
+    /// it, the re-apply fails again and changes nothing) or discards it.
+    async fn decide_quarantined(&mut self, app: &impl Api) {
+        let Ok(entries) = self.every_page(app, "/v1/tollgate/quarantine").await else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let entry = entries[self.rng.random_range(0..entries.len())].clone();
+        let reapply = self.rng.random_bool(0.6);
+        self.decide(app, &entry, reapply).await;
+    }
+
+    /// Decides on every input still quarantined (the last version has no bug), then learns
+    /// from the decisions list what was discarded: those events must not be billed; every
+    /// other event, re-applied or applied by the replay of the fixed version, must.
+    async fn decide_all_quarantined(&mut self, app: &impl Api) -> Result<(), String> {
+        for _ in 0..5 {
+            let entries = self.every_page(app, "/v1/tollgate/quarantine").await?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                let reapply = self.rng.random_bool(0.6);
+                self.decide(app, &entry, reapply).await;
+            }
+            self.retry_pending(app).await;
+        }
+        let left = self.every_page(app, "/v1/tollgate/quarantine").await?;
+        if !left.is_empty() {
+            return Err(format!("inputs still quarantined at the end: {left:?}"));
+        }
+        let decisions = self
+            .every_page(app, "/v1/tollgate/quarantine/decisions")
+            .await?;
+        if std::env::var_os("TOLLGATE_SIM_VERBOSE").is_some() {
+            for d in &decisions {
+                println!("decided: {} {} {}", d["status"], d["input"], d["index"]);
+            }
+            for (txn, e) in self
+                .model
+                .sent
+                .iter()
+                .filter(|(t, _)| t.starts_with("poison-"))
+            {
+                println!(
+                    "poison {txn}: {:?} customer {} {:?}",
+                    e.status, e.customer, e.usage
+                );
+            }
+        }
+        self.report.quarantined = decisions.len();
+        for decided in decisions {
+            let txn = decided["input"]["RecordUsage"]["transaction_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            if decided["status"] == "DISCARDED" {
+                match self.model.sent.get_mut(&txn) {
+                    Some(event) => event.discarded = true,
+                    None => return Err(format!("a discarded input no client sent: {decided}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn decide(&mut self, app: &impl Api, entry: &Value, reapply: bool) {
+        let id = entry["id"].as_str().unwrap_or("").to_owned();
+        let (path, body) = if reapply {
+            ("/v1/tollgate/quarantine/reapply", json!({"id": id}))
+        } else {
+            (
+                "/v1/tollgate/quarantine/discard",
+                json!({"id": id, "reason": "the simulation's operator discards it"}),
+            )
+        };
+        let request = Request {
+            path: path.into(),
+            body,
+            // A new key per decision (an answer stored under a key is replayed to it).
+            key: format!("decide-{id}-{reapply}-{}", self.step),
+            purpose: Purpose::Other,
+        };
+        let Some((status, value)) = self.control(app, request).await else {
+            return;
+        };
+        if std::env::var_os("TOLLGATE_SIM_VERBOSE").is_some() {
+            let customer = entry["customer_id"].as_str().unwrap_or("");
+            let (_, invoices) = self
+                .get(
+                    app,
+                    &format!("/v1/customers/{customer}/invoices?type=USAGE"),
+                )
+                .await;
+            let quantities: Vec<String> = invoices["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    format!(
+                        "{} {:?}",
+                        i["start_timestamp"],
+                        i["line_items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|l| (l["name"].clone(), l["quantity"].clone()))
+                            .collect::<Vec<_>>()
+                    )
+                })
+                .collect();
+            println!("after deciding {entry}: {quantities:?}");
+        }
+        let message = value["message"].as_str().unwrap_or("");
+        match (status, reapply) {
+            (200, true) => self.report.reapplied += 1,
+            (200, false) => self.report.discarded += 1,
+            // Before the upgrade the bug is still there.
+            (409, true) if !self.bug_fixed && message.contains("failed again") => {}
+            // Replay of the fixed version applied it already, or it was decided (a retry).
+            (409, _) if message.contains("not quarantined") || message.contains("decided") => {}
+            (404, _) => {}
+            _ => self.violations.push(format!(
+                "deciding quarantined input {id} ({}) was answered {status}: {value}",
+                if reapply { "reapply" } else { "discard" }
+            )),
         }
     }
 
@@ -2265,7 +2430,13 @@ impl Sim {
         }
         self.check_aliases(engine).await?;
         if let Ok(quarantined) = self.faults.quietly(|| engine.quarantined(None, 10)) {
-            if !quarantined.is_empty() {
+            // Only what the buggy version's bug makes panic is ever quarantined.
+            let poisoned = |q: &tollgate::actors::quarantine::Quarantined| {
+                matches!(&q.input, tollgate::domain::customer::Input::RecordUsage(e)
+                    if e.transaction_id.starts_with("poison-"))
+                    && self.swarm.buggy_version
+            };
+            if !quarantined.iter().all(poisoned) {
                 return Err(format!(
                     "step {}: inputs quarantined: {:?}",
                     self.step,

@@ -67,8 +67,13 @@ impl Customer {
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
         let profile = self.profile()?;
-        if profile.archived_at.is_some() {
-            // SPEC 2.1: accepted (deduplicated like any event) and not billed.
+        if profile
+            .archived_at
+            .is_some_and(|archived| archived <= ctx.at)
+        {
+            // SPEC 2.1: accepted after the archive (deduplicated like any event) and not
+            // billed. An event accepted before it and applied later (re-applied from
+            // quarantine, released after its alias appeared) is billed as of its acceptance.
             return Ok(());
         }
         let customer_id = profile.id;
