@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::wire;
 use crate::actors::entry::{IN_FLIGHT_STATES, workflow_state_prefix};
 use crate::actors::quarantine::QUARANTINE_PREFIX;
@@ -20,11 +20,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tollgate/summary", web::get().to(summary));
 }
 
-async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let engine = &state.engine;
+/// The counts read from storage: workflows in flight by state, dead letters, quarantined
+/// inputs, and which stopped at [`COUNT_MAX`].
+struct Counts {
+    in_flight: Vec<(&'static str, usize)>,
+    dead_letters: usize,
+    quarantined: usize,
+    capped: Vec<String>,
+}
+
+fn counts(engine: &crate::actors::Engine) -> ApiResult<Counts> {
     let mut capped = Vec::new();
-    let mut in_flight = Map::new();
-    let mut in_flight_total = 0;
+    let mut in_flight = Vec::new();
     for s in IN_FLIGHT_STATES {
         let prefix = workflow_state_prefix(s);
         let count = engine.with_store("summary: workflows in flight", |store| {
@@ -33,8 +40,7 @@ async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
         if count == COUNT_MAX {
             capped.push(format!("workflows_in_flight.{}", s.as_str()));
         }
-        in_flight_total += count;
-        in_flight.insert(s.as_str().to_owned(), json!(count));
+        in_flight.push((s.as_str(), count));
     }
     let dead_letters = engine.with_store("summary: dead letters", |store| {
         store.effects_count(EffectPlace::DeadLetter, COUNT_MAX)
@@ -48,6 +54,31 @@ async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     if quarantined == COUNT_MAX {
         capped.push("quarantined_inputs".into());
     }
+    Ok(Counts {
+        in_flight,
+        dead_letters,
+        quarantined,
+        capped,
+    })
+}
+
+async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let engine = state.engine.clone();
+    // Scans of up to a million keys each: off the HTTP worker.
+    let Counts {
+        in_flight,
+        dead_letters,
+        quarantined,
+        capped,
+    } = web::block(move || counts(&engine))
+        .await
+        .map_err(|_| ApiError::Failed("the summary task failed".into()))??;
+    let engine = &state.engine;
+    let in_flight_total: usize = in_flight.iter().map(|(_, n)| n).sum();
+    let in_flight: Map<String, Value> = in_flight
+        .into_iter()
+        .map(|(s, n)| (s.to_owned(), json!(n)))
+        .collect();
     let webhooks = engine.webhook_stats().snapshot();
     let metrics = engine.metrics();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
