@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use support::{Receiver, engine_config, eventually};
 use tollgate::actors::clock::SystemClock;
-use tollgate::actors::{Engine, IngestEvent};
+use tollgate::actors::{Engine, IngestEvent, IngestReceipt};
 use tollgate::domain::customer::{ContractEdit, Input, ThresholdUpdate};
 use tollgate::domain::fixtures::{self, CONTRACT, CUSTOMER};
 use tollgate::domain::gate::{GateType, OutcomeSource, PaymentOutcome, PaymentResult};
@@ -115,13 +115,11 @@ async fn workflows(engine: &Engine, customer: Id) -> Vec<tollgate::domain::gate:
         .unwrap()
 }
 
-#[actix_rt::test]
-async fn usage_crossing_a_spend_threshold_sends_signed_webhooks_and_release_clears_spend() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start();
-    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+/// CUSTOMER (alias "acme") with a $10 EXTERNAL spend threshold, crossed by 10 calls: one
+/// workflow AWAITING_EXTERNAL, announced.
+async fn cross_external_threshold(engine: &Engine, receiver: &Receiver) -> IngestReceipt {
     customer_with_contract(
-        &engine,
+        engine,
         CUSTOMER,
         "acme",
         Some(fixtures::spend_threshold(1_000, GateType::External)),
@@ -130,11 +128,20 @@ async fn usage_crossing_a_spend_threshold_sends_signed_webhooks_and_release_clea
     )
     .await;
     let receipt = engine.ingest(calls("acme", "a", 10)).await.unwrap();
-    assert_eq!(receipt.accepted, 10);
     eventually("the external_initiate webhook", || {
         receiver.of_type("payment_gate.external_initiate").len() == 1
     })
     .await;
+    receipt
+}
+
+#[actix_rt::test]
+async fn usage_crossing_a_spend_threshold_sends_signed_webhooks_and_release_clears_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
+    let receipt = cross_external_threshold(&engine, &receiver).await;
+    assert_eq!(receipt.accepted, 10);
     let initiate = &receiver.of_type("payment_gate.external_initiate")[0];
     assert!(initiate.signature_valid);
     assert_eq!(initiate.body["properties"]["invoice_total"], 1000);
@@ -1079,20 +1086,7 @@ async fn the_index_of_workflows_in_flight_is_built_once_for_a_data_dir_without_i
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let engine = engine_with_catalog(dir.path(), Some(&receiver)).await;
-    customer_with_contract(
-        &engine,
-        CUSTOMER,
-        "acme",
-        Some(fixtures::spend_threshold(1_000, GateType::External)),
-        None,
-        vec![],
-    )
-    .await;
-    engine.ingest(calls("acme", "a", 10)).await.unwrap();
-    eventually("the external_initiate webhook", || {
-        receiver.of_type("payment_gate.external_initiate").len() == 1
-    })
-    .await;
+    cross_external_threshold(&engine, &receiver).await;
     let workflow = workflows(&engine, CUSTOMER).await[0].id;
     let awaiting = || vec![workflow.as_bytes().to_vec()];
     assert_eq!(

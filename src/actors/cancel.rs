@@ -193,8 +193,7 @@ impl Engine {
         workflow_id: Id,
     ) -> Result<(Workflow, Vec<StateChange>), EngineError> {
         self.query(customer, move |s| {
-            let workflow = s.customer.workflow(workflow_id).cloned()?;
-            Some((workflow, s.customer.history_of(workflow_id)))
+            s.customer.workflow_with_history(workflow_id)
         })
         .await?
         .ok_or_else(|| Rejection::WorkflowNotFound.into())

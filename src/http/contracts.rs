@@ -686,10 +686,7 @@ async fn release(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
     let (workflow, history) = state
         .engine
         .query(customer, move |s| {
-            s.customer
-                .workflow(workflow_id)
-                .cloned()
-                .map(|w| (w, s.customer.history_of(workflow_id)))
+            s.customer.workflow_with_history(workflow_id)
         })
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("workflow {workflow_id} not found")))?;

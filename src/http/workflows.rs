@@ -56,12 +56,7 @@ async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<H
     let customer = state.engine.workflow_customer(id)?.ok_or_else(not_found)?;
     let (workflow, history) = state
         .engine
-        .query(customer, move |s| {
-            s.customer
-                .workflow(id)
-                .cloned()
-                .map(|w| (w, s.customer.history_of(id)))
-        })
+        .query(customer, move |s| s.customer.workflow_with_history(id))
         .await?
         .ok_or_else(not_found)?;
     Ok(wire::data(render::workflow(customer, &workflow, &history)))

@@ -325,6 +325,12 @@ impl Customer {
             .collect()
     }
 
+    /// Workflow `workflow_id` with its state changes.
+    pub fn workflow_with_history(&self, workflow_id: Id) -> Option<(Workflow, Vec<StateChange>)> {
+        let workflow = self.workflow(workflow_id)?.clone();
+        Some((workflow, self.history_of(workflow_id)))
+    }
+
     /// Every workflow of every contract with its state changes.
     pub fn workflows_with_history(&self) -> Vec<(Workflow, Vec<StateChange>)> {
         let mut by_id: std::collections::HashMap<Id, Vec<StateChange>> =

@@ -113,15 +113,7 @@ impl Customer {
     ) -> Result<(), Rejection> {
         let customer_id = self.profile()?.id;
         let (ci, wi) = self
-            .contracts
-            .iter()
-            .enumerate()
-            .find_map(|(ci, c)| {
-                c.workflows
-                    .iter()
-                    .position(|w| w.id == outcome.workflow_id)
-                    .map(|wi| (ci, wi))
-            })
+            .workflow_position(outcome.workflow_id)
             .ok_or(Rejection::WorkflowNotFound)?;
         let contract = &mut self.contracts[ci];
         match charge_progress(contract, customer_id, wi, outcome, ctx, applied)? {
@@ -181,6 +173,16 @@ impl Customer {
 }
 
 impl Customer {
+    /// Where workflow `id` is: its contract's index and its own.
+    fn workflow_position(&self, id: Id) -> Option<(usize, usize)> {
+        self.contracts.iter().enumerate().find_map(|(ci, c)| {
+            c.workflows
+                .iter()
+                .position(|w| w.id == id)
+                .map(|wi| (ci, wi))
+        })
+    }
+
     /// An operator's cancel: the workflow ends FAILED with the reason, with every consequence
     /// of a failed payment (commit cancelled, invoice void, threshold disabled, the
     /// `payment_status` webhook), and its thresholds are evaluated again.
@@ -200,15 +202,7 @@ impl Customer {
             return Err(Rejection::invalid("reason", "must not be empty"));
         }
         let (ci, wi) = self
-            .contracts
-            .iter()
-            .enumerate()
-            .find_map(|(ci, c)| {
-                c.workflows
-                    .iter()
-                    .position(|w| w.id == workflow_id)
-                    .map(|wi| (ci, wi))
-            })
+            .workflow_position(workflow_id)
             .ok_or(Rejection::WorkflowNotFound)?;
         let contract = &mut self.contracts[ci];
         if contract.workflows[wi].state.is_terminal() {
