@@ -14,6 +14,7 @@ use crate::actors::webhook::{Destination, WebhookSettings};
 use crate::domain::ids::MS_PER_DAY;
 use crate::domain::{Limits, Money};
 use crate::http::auth::TokenConfig;
+use crate::secret::Secret;
 use crate::storage::Durability;
 
 /// The most recent transaction ids `storage.dedupe_memory_entries` may keep in memory (about
@@ -83,12 +84,12 @@ fn payments_retry_max_ms() -> i64 {
 #[serde(deny_unknown_fields)]
 pub struct StripeConfig {
     /// The account's secret key (`sk_live_...` / `sk_test_...`).
-    pub secret_key: String,
+    pub secret_key: Secret,
     /// Stripe's API; tests point it at a local fake.
     #[serde(default = "stripe_api_base")]
     pub api_base: String,
     /// The signing secret of the webhook endpoint configured in Stripe (`whsec_...`).
-    pub webhook_secret: String,
+    pub webhook_secret: Secret,
     /// Path of Tollgate's endpoint receiving Stripe's webhooks.
     #[serde(default = "stripe_webhook_path")]
     pub webhook_path: String,
@@ -115,7 +116,14 @@ pub struct HttpConfig {
     pub listen: String,
     pub workers: usize,
     pub body_limit_bytes: usize,
+    /// Lets the development token (`tollgate-dev-token`) be used on an address other machines
+    /// can reach; refused at start otherwise.
+    #[serde(default)]
+    pub allow_development_token_on_network: bool,
 }
+
+/// The token `config/default.toml` ships with: for trying Tollgate on one's own machine.
+pub const DEVELOPMENT_TOKEN: &str = "tollgate-dev-token";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +136,7 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    #[serde(deserialize_with = "durability")]
     pub durability: Durability,
     pub dedupe_window_days: i64,
     pub dedupe_memory_entries: usize,
@@ -174,14 +183,98 @@ pub struct WebhooksConfig {
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub url: String,
-    pub secret: String,
+    pub secret: Secret,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
+    #[serde(deserialize_with = "log_format")]
     pub format: LogFormat,
     pub level: String,
+}
+
+/// Reads one of `choices` by name; anything else is refused with every valid name listed.
+fn choice<'de, D, T: Copy>(deserializer: D, choices: &[(&str, T)]) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let name = String::deserialize(deserializer)?;
+    choices
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            serde::de::Error::custom(format!("{name:?} is not one of {}", names.join(", ")))
+        })
+}
+
+fn durability<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Durability, D::Error> {
+    choice(d, &[("fsync", Durability::Fsync), ("wal", Durability::Wal)])
+}
+
+fn log_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    choice(d, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
+}
+
+/// The levels a `logging.level` directive may name.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks `logging.level`: comma-separated directives, each a level or `target=level`
+/// (RUST_LOG's syntax). A bare word that is no level would be read as a target and silence
+/// everything else, so it is refused.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let bad = |why: String| {
+        Err(format!(
+            "logging.level: {level:?} {why}; use a level ({}) or target=level directives, e.g. \"info,tollgate=debug\"",
+            LOG_LEVELS.join(", ")
+        ))
+    };
+    if level.trim().is_empty() {
+        return bad("is empty".into());
+    }
+    for directive in level.split(',').map(str::trim) {
+        let named = match directive.rsplit_once('=') {
+            Some((target, named)) if !target.is_empty() => named,
+            Some(_) => return bad(format!("has a directive without a target: {directive:?}")),
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&named.to_ascii_lowercase().as_str()) {
+            return bad(format!("names no level in {directive:?}"));
+        }
+    }
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(level) {
+        return bad(format!("is not a filter: {error}"));
+    }
+    Ok(())
+}
+
+/// A configuration error whose key was set by an environment variable, with the variable
+/// named (the `config` crate names only the key).
+fn name_the_variables(message: String) -> String {
+    let mut named: Vec<String> = std::env::vars()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let Some(rest) = name.strip_prefix("TOLLGATE__") else {
+                return false;
+            };
+            let path = rest.to_ascii_lowercase().replace("__", ".");
+            let (section, field) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
+            message.contains(&format!("`{path}`"))
+                || (message.contains(&format!("`{field}`"))
+                    && message.contains(&format!("key `{section}`")))
+        })
+        .collect();
+    named.sort();
+    if named.is_empty() {
+        message
+    } else {
+        format!(
+            "{message} (set by the environment variable {})",
+            named.join(", ")
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -220,7 +313,7 @@ impl Config {
         let config: Config = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| format!("invalid configuration: {e}"))?;
+            .map_err(|e| name_the_variables(format!("invalid configuration: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -306,7 +399,7 @@ impl Config {
                     "webhooks.destinations[{i}].url: must start with http:// or https://"
                 ));
             }
-            if d.secret.is_empty() {
+            if d.secret.expose().is_empty() {
                 return Err(format!(
                     "webhooks.destinations[{i}].secret: must not be empty"
                 ));
@@ -320,7 +413,9 @@ impl Config {
             return Err("payments: action_required_timeout_ms and retry_first_ms must be positive, retry_max_ms >= retry_first_ms".into());
         }
         if let Some(stripe) = &self.payments.stripe {
-            if stripe.secret_key.trim().is_empty() || stripe.webhook_secret.trim().is_empty() {
+            if stripe.secret_key.expose().trim().is_empty()
+                || stripe.webhook_secret.expose().trim().is_empty()
+            {
                 return Err("payments.stripe: secret_key and webhook_secret are required".into());
             }
             if !(stripe.api_base.starts_with("http://") || stripe.api_base.starts_with("https://"))
@@ -334,8 +429,25 @@ impl Config {
                 );
             }
         }
-        if self.logging.level.trim().is_empty() {
-            return Err("logging.level: must not be empty".into());
+        check_log_level(&self.logging.level)?;
+        self.check_development_token()?;
+        Ok(())
+    }
+
+    /// The development token may only be used where nobody else can reach it: a loopback
+    /// listen address, unless `http.allow_development_token_on_network` says otherwise.
+    fn check_development_token(&self) -> Result<(), String> {
+        let development = self
+            .auth
+            .tokens
+            .iter()
+            .any(|t| t.secret() == DEVELOPMENT_TOKEN);
+        let reachable = !self.listen_addr()?.ip().is_loopback();
+        if development && reachable && !self.http.allow_development_token_on_network {
+            return Err(format!(
+                "auth.tokens: the development token is refused on {}, which other machines can reach: set your own tokens (auth.tokens, or TOLLGATE__AUTH__TOKENS), or set http.allow_development_token_on_network = true",
+                self.http.listen
+            ));
         }
         Ok(())
     }
@@ -408,7 +520,7 @@ impl Config {
                     .iter()
                     .map(|d| Destination {
                         url: d.url.clone(),
-                        secret: d.secret.clone(),
+                        secret: d.secret.expose().to_owned(),
                     })
                     .collect(),
                 timeout_ms: w.timeout_ms,
@@ -494,6 +606,71 @@ mod tests {
             err.contains("auth.tokens[1]") && err.contains("\"a\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_log_level_that_names_no_level_is_refused() {
+        let mut config = Config::load(None).unwrap();
+        for good in [
+            "info",
+            "WARN",
+            "info,tollgate=debug",
+            "tollgate::http=trace,off",
+        ] {
+            config.logging.level = good.into();
+            assert_eq!(config.validate(), Ok(()), "{good}");
+        }
+        for bad in [
+            "verbose!!",
+            "",
+            " ",
+            "info,loud",
+            "=debug",
+            "tollgate=chatty",
+        ] {
+            config.logging.level = bad.into();
+            let err = config.validate().unwrap_err();
+            assert!(
+                err.starts_with("logging.level") && err.contains("trace, debug, info"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_choice_is_refused_with_every_valid_one_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        for (text, names) in [
+            (
+                "[storage]\ndurability = \"sometimes\"\n",
+                "\"fsync\", \"wal\"",
+            ),
+            ("[logging]\nformat = \"xml\"\n", "\"text\", \"json\""),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(Some(&path)).unwrap_err();
+            assert!(err.contains(names), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_development_token_is_refused_where_other_machines_can_reach_it() {
+        let mut config = Config::load(None).unwrap();
+        assert_eq!(config.validate(), Ok(()), "loopback: fine");
+        for listen in ["0.0.0.0:8080", "192.168.1.10:8080", "[::]:8080"] {
+            config.http.listen = listen.into();
+            let err = config.validate().unwrap_err();
+            assert!(err.contains("development token"), "{listen}: {err}");
+        }
+        config.http.listen = "[::1]:8080".into();
+        assert_eq!(config.validate(), Ok(()));
+        config.http.listen = "0.0.0.0:8080".into();
+        config.http.allow_development_token_on_network = true;
+        assert_eq!(config.validate(), Ok(()), "allowed explicitly");
+        config.http.allow_development_token_on_network = false;
+        config.auth.tokens = vec![TokenConfig::Full("a-real-token-1".into())];
+        assert_eq!(config.validate(), Ok(()), "own tokens");
     }
 
     #[test]

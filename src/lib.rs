@@ -10,5 +10,6 @@ pub mod defects;
 pub mod domain;
 pub mod http;
 pub mod payments;
+pub mod secret;
 pub mod startup;
 pub mod storage;

@@ -19,7 +19,11 @@ use crate::payments::stripe::{StripeProvider, StripeSettings};
 pub fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.logging.level.clone()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: a file or a log collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let _ = match config.logging.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -57,7 +61,12 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         let engine = Engine::start(config.engine_config(), Arc::new(SystemClock), payments)
             .await
             .map_err(|e| format!("cannot start the engine: {e}"))?;
-        if config.auth.tokens.iter().any(|t| t.secret() == "tollgate-dev-token") {
+        if config
+            .auth
+            .tokens
+            .iter()
+            .any(|t| t.secret() == crate::config::DEVELOPMENT_TOKEN)
+        {
             tracing::warn!("using the development token `tollgate-dev-token`; set auth.tokens for production");
         }
         let app = Application::build_with(

@@ -1164,3 +1164,66 @@ async fn a_backup_taken_under_load_restores_to_the_same_balances_and_counts_noth
     drop(restored);
     drop(server);
 }
+
+/// `tollgate check-config` shows the configuration but none of its secrets, and an
+/// environment override that is wrong is named by its variable.
+#[test]
+fn check_config_prints_no_secret_and_names_a_wrong_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secrets.toml");
+    let secrets = [
+        "plain-token-secret-1",
+        "scoped-token-secret-2",
+        "whsec-destination-secret-3",
+        "sk_test_stripe-secret-4",
+        "whsec_stripe-secret-5",
+    ];
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[auth]
+tokens = ["{}", {{ token = "{}", name = "reader", scopes = ["read"] }}]
+[[webhooks.destinations]]
+url = "http://127.0.0.1:9/hooks"
+secret = "{}"
+[payments.stripe]
+secret_key = "{}"
+webhook_secret = "{}"
+"#,
+            secrets[0], secrets[1], secrets[2], secrets[3], secrets[4]
+        ),
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let (code, text) = run(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("configuration is valid"), "{text}");
+    assert!(
+        text.contains("reader") && text.contains("127.0.0.1:9/hooks"),
+        "{text}"
+    );
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert_eq!(text.matches("[redacted]").count(), secrets.len(), "{text}");
+    let (code, text) = run(&[("TOLLGATE__HTTP__WORKERS", "many")]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("TOLLGATE__HTTP__WORKERS"), "{text}");
+    let (code, text) = run(&[("TOLLGATE__LOGGING__LEVEL", "verbose!!")]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("logging.level"), "{text}");
+}

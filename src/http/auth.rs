@@ -56,7 +56,7 @@ impl Scope {
 #[serde(untagged)]
 pub enum TokenConfig {
     /// A plain token: every scope.
-    Full(String),
+    Full(crate::secret::Secret),
     Scoped(ScopedToken),
 }
 
@@ -64,7 +64,7 @@ pub enum TokenConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ScopedToken {
-    pub token: String,
+    pub token: crate::secret::Secret,
     /// How the audit log and the logs name this token (default: a fingerprint).
     #[serde(default)]
     pub name: Option<String>,
@@ -74,8 +74,8 @@ pub struct ScopedToken {
 impl TokenConfig {
     pub fn secret(&self) -> &str {
         match self {
-            TokenConfig::Full(token) => token,
-            TokenConfig::Scoped(scoped) => &scoped.token,
+            TokenConfig::Full(token) => token.expose(),
+            TokenConfig::Scoped(scoped) => scoped.token.expose(),
         }
     }
 

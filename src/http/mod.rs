@@ -101,7 +101,7 @@ impl AppState {
 pub fn full_access(tokens: &[String]) -> Vec<auth::TokenConfig> {
     tokens
         .iter()
-        .map(|t| auth::TokenConfig::Full(t.clone()))
+        .map(|t| auth::TokenConfig::Full(t.as_str().into()))
         .collect()
 }
 

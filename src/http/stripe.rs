@@ -23,7 +23,7 @@ use crate::payments::stripe::{self, provider_error};
 /// What the HTTP layer knows of the Stripe account: only how to check its webhooks.
 #[derive(Clone, Debug)]
 pub struct StripeWebhook {
-    pub webhook_secret: String,
+    pub webhook_secret: crate::secret::Secret,
     pub webhook_path: String,
 }
 
@@ -47,7 +47,7 @@ async fn webhook(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::BadRequest("Stripe-Signature header is missing".into()))?;
     let now_s = state.engine.now_ms() / 1000;
-    stripe::verify_signature(header, &body, &stripe.webhook_secret, now_s)
+    stripe::verify_signature(header, &body, stripe.webhook_secret.expose(), now_s)
         .map_err(ApiError::BadRequest)?;
     let event: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid event JSON: {e}")))?;

@@ -36,7 +36,7 @@ const LIST_PAGES_MAX: usize = 10;
 
 #[derive(Clone, Debug)]
 pub struct StripeSettings {
-    pub secret_key: String,
+    pub secret_key: crate::secret::Secret,
     pub api_base: String,
     pub timeout_ms: u64,
 }
@@ -153,7 +153,7 @@ impl StripeProvider {
         let transport = HttpTransport {
             http,
             api_base: settings.api_base.clone(),
-            secret_key: settings.secret_key.clone(),
+            secret_key: settings.secret_key.expose().to_owned(),
         };
         Ok(StripeProvider::with_transport(
             Arc::new(transport),
