@@ -253,8 +253,14 @@ async fn a_payment_intent_that_succeeds_releases_the_commit_and_every_request_pi
 {
     let fake = FakeStripe::start(Mode::Succeed, ManualClock::new(system_now_ms()));
     let app = spawn(&fake).await;
-    cross_stripe_threshold(&app, "pi-ok", "PAYMENT_INTENT").await;
+    let customer = cross_stripe_threshold(&app, "pi-ok", "PAYMENT_INTENT").await;
     eventually("paid", || statuses(&app).len() == 1).await;
+    let (_, invoices) = app
+        .get(&format!("/v1/customers/{customer}/invoices?type=SCHEDULED"))
+        .await;
+    let external = &invoices["data"][0]["external_invoice"];
+    assert_eq!(external["billing_provider_type"], "stripe", "{invoices}");
+    assert_eq!(external["external_status"], "PAID");
     let paid = &statuses(&app)[0];
     assert_eq!(paid["properties"]["payment_status"], "paid");
     assert_eq!(

@@ -503,10 +503,18 @@ pub fn purchase_invoice(
         "subtotal": purchase.subtotal,
         "total": purchase.total,
     });
-    gate_workflow(&mut out, workflows.get(&purchase.commit_id).copied());
-    if let Some(external) = &purchase.external_status {
+    let workflow = workflows.get(&purchase.commit_id).copied();
+    gate_workflow(&mut out, workflow);
+    // Who collects it: Stripe for a STRIPE gate, the operator's own system ("custom") for an
+    // EXTERNAL one; an invoice no provider collects has no external invoice.
+    let provider = workflow.and_then(|w| match w.gate.gate_type {
+        GateType::Stripe => Some("stripe"),
+        GateType::External => Some("custom"),
+        GateType::None => None,
+    });
+    if let (Some(external), Some(provider)) = (&purchase.external_status, provider) {
         out["external_invoice"] = json!({
-            "billing_provider_type": "stripe",
+            "billing_provider_type": provider,
             "external_status": external,
             "invoiced_total": purchase.total,
         });

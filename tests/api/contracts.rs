@@ -244,6 +244,10 @@ async fn seed_usage_hits_100_dollars_invoice_payment_commit_released_outstanding
     let gated = &invoices["data"][0]["payment_gate_workflow"];
     assert_eq!(gated["id"], json!(workflow_id), "{invoices}");
     assert_eq!(gated["state"], "RELEASED");
+    // Collected by the operator's own system, not Stripe.
+    let external = &invoices["data"][0]["external_invoice"];
+    assert_eq!(external["billing_provider_type"], "custom", "{invoices}");
+    assert_eq!(external["external_status"], "PAID");
 
     // The same release again: 200 with the workflow as it ended, nothing changes.
     let (status, body) = app
