@@ -81,7 +81,15 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         )
         .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
         tracing::info!(port = app.port(), data_dir = %config.storage.data_dir.display(), "tollgate is serving");
-        println!("tollgate listening on http://{}:{}", config.listen_addr()?.ip(), app.port());
+        let address = format!("http://{}:{}", config.listen_addr()?.ip(), app.port());
+        match config.logging.format {
+            // Tools read this line to find the port.
+            LogFormat::Text => println!("tollgate listening on {address}"),
+            // The JSON stream holds JSON lines only: the same words, as an event.
+            LogFormat::Json => {
+                tracing::info!(event = "listening", %address, "tollgate listening on {address}")
+            }
+        }
         let handle = app.server_handle();
         let server = actix_rt::spawn(app.run_until_stopped());
         tokio::select! {

@@ -1227,3 +1227,121 @@ webhook_secret = "{}"
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("logging.level"), "{text}");
 }
+
+/// With `logging.format = "json"` every stdout line is JSON; business events (a threshold
+/// reached, each workflow state change, the payment outcome) are logged at INFO with their
+/// ids; the probes are not logged.
+#[actix_rt::test]
+async fn json_logs_carry_business_events_and_leave_the_probes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config(dir.path(), &receiver.url);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[logging]\nformat = \"json\"\nlevel = \"info\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let collected = Arc::clone(&lines);
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let listening = |lines: &[String]| {
+        lines.iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["event"] == "listening")
+                .then(|| v["fields"]["address"].as_str().unwrap().to_owned())
+        })
+    };
+    let mut base = None;
+    for _ in 0..400 {
+        base = listening(&lines.lock().unwrap());
+        if base.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let server = Server {
+        child,
+        base: base.expect("the server logs where it listens"),
+    };
+    let client = reqwest::Client::new();
+    wait_ready(&client, &server.base).await;
+    for _ in 0..3 {
+        client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap();
+        client
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    // The setup's NONE-gated $50 spend threshold, crossed by 50 calls.
+    let (customer, _) = setup(&client, &server.base).await;
+    let body: Vec<Value> = (0..50).map(|i| event(&format!("j{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
+    assert_eq!(status, 200);
+    let events = |name: &str| -> Vec<Value> {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["event"] == name)
+            .collect()
+    };
+    for _ in 0..200 {
+        if !events("workflow_state").is_empty() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    let reached = events("threshold_reached");
+    assert_eq!(reached.len(), 1, "{reached:?}");
+    assert_eq!(reached[0]["level"], "INFO");
+    assert_eq!(reached[0]["fields"]["customer"], json!(customer));
+    let workflow = reached[0]["fields"]["workflow"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let states: Vec<String> = events("workflow_state")
+        .iter()
+        .filter(|v| v["fields"]["workflow"] == json!(workflow))
+        .map(|v| v["fields"]["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        states,
+        ["INITIATED", "RELEASED"],
+        "a NONE gate releases at once"
+    );
+    let all = lines.lock().unwrap().clone();
+    for line in &all {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok(),
+            "a plain-text line in the JSON stream: {line}"
+        );
+        assert!(
+            !line.contains("GET /metrics")
+                && !line.contains("GET /health")
+                && !line.contains("GET /ready"),
+            "a probe was logged: {line}"
+        );
+    }
+    assert!(
+        all.iter().any(|l| l.contains("POST /v1/ingest")),
+        "other requests are logged"
+    );
+}

@@ -119,6 +119,7 @@ impl Handler<ApplyInputs> for CustomerActor {
             if let Ok(applied) = &result {
                 effects.extend(applied.effects.iter().cloned());
                 moves.add(applied, self.id);
+                log_business_events(self.id, applied);
             }
             if let Some(reply) = sequenced.reply {
                 replies.push((reply, result));
@@ -147,6 +148,54 @@ impl Handler<ApplyInputs> for CustomerActor {
             let _ = reply.send(result);
         }
         self.shared.pending[usize::from(self.partition)].applied(count);
+    }
+}
+
+/// Logs at INFO, with their ids, what an applied input did to money: thresholds reached,
+/// workflow state changes, payment outcomes and refunds (live inputs only: replay repeats
+/// nothing). Each line has an `event` field: `threshold_reached`, `workflow_state`,
+/// `payment_outcome`, `payment_refunded`.
+fn log_business_events(customer: Id, applied: &Applied) {
+    for effect in &applied.effects {
+        let Effect::Webhook(hook) = effect else {
+            continue;
+        };
+        match hook.webhook_type {
+            WebhookType::ThresholdReached => tracing::info!(
+                event = "threshold_reached",
+                customer = %customer,
+                contract = %hook.contract_id,
+                workflow = %hook.workflow_id,
+                kind = hook.workflow_type.as_str(),
+                "threshold reached"
+            ),
+            WebhookType::PaymentStatus => tracing::info!(
+                event = "payment_outcome",
+                customer = %customer,
+                workflow = %hook.workflow_id,
+                status = ?hook.payment_status,
+                error = hook.error_message.as_deref().unwrap_or(""),
+                "payment outcome"
+            ),
+            WebhookType::PaymentRefunded => tracing::info!(
+                event = "payment_refunded",
+                customer = %customer,
+                workflow = %hook.workflow_id,
+                refund = hook.refund_id.as_deref().unwrap_or(""),
+                "payment refunded"
+            ),
+            _ => {}
+        }
+    }
+    for change in &applied.transitions {
+        tracing::info!(
+            event = "workflow_state",
+            customer = %customer,
+            workflow = %change.workflow_id,
+            state = change.state.as_str(),
+            reason = change.reason.as_deref().unwrap_or(""),
+            "workflow state changed"
+        );
     }
 }
 

@@ -231,7 +231,14 @@ pub fn app(
         .wrap(from_fn(idempotency::idempotency))
         .wrap(from_fn(require_token))
         .wrap(from_fn(edge::edge))
-        .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("tollgate::http"))
+        // Every request but the probes, which monitoring makes every few seconds.
+        .wrap(
+            actix_web::middleware::Logger::new("%r %s %Dms")
+                .log_target("tollgate::http")
+                .exclude("/health")
+                .exclude("/ready")
+                .exclude("/metrics"),
+        )
         .configure(routes)
         .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
         .configure(move |cfg| extra(cfg))
