@@ -8,6 +8,7 @@ pub mod bench;
 pub mod config;
 pub mod defects;
 pub mod domain;
+pub mod histogram;
 pub mod http;
 pub mod payments;
 pub mod secret;

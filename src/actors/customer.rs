@@ -99,7 +99,11 @@ impl Handler<ApplyInputs> for CustomerActor {
         let mut quarantined = QuarantineWrites::default();
         let mut replies = Vec::new();
         let mut last_seq = self.state.applied_seq;
+        let now_ms = self.shared.clock.now_ms();
         for sequenced in msg.0 {
+            let lag_ms = now_ms.saturating_sub(sequenced.at.0).max(0);
+            let lag_micros = u64::try_from(lag_ms).unwrap_or(0).saturating_mul(1_000);
+            self.shared.metrics.apply_lag.observe_micros(lag_micros);
             let logged = Logged {
                 partition: self.partition,
                 seq: sequenced.seq,

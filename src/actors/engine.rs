@@ -536,6 +536,7 @@ impl Engine {
         if !self.is_ready() {
             return Err(self.not_ready());
         }
+        let started = std::time::Instant::now();
         let shared = &self.shared;
         let partitions = shared.settings.partitions;
         let version = shared.catalog().version();
@@ -591,6 +592,7 @@ impl Engine {
         }
         receipt.accepted = total - receipt.duplicates;
         EngineMetrics::add(&shared.metrics.events_accepted, receipt.accepted as u64);
+        shared.metrics.ingest_ack.observe_since(started);
         Ok(receipt)
     }
 

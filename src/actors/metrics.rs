@@ -30,6 +30,12 @@ pub struct EngineMetrics {
     pub checkpoint_states_last: AtomicU64,
     pub recovery_replayed: AtomicU64,
     pub recovery_millis: AtomicU64,
+    /// Ingest requests from arrival at the engine to the durable acknowledgement.
+    pub ingest_ack: crate::histogram::Histogram,
+    /// Inputs from their acknowledgement (log append) to their apply.
+    pub apply_lag: crate::histogram::Histogram,
+    /// Payment provider steps, by `action` and `result`.
+    pub payment_calls: crate::histogram::LabeledHistograms,
 }
 
 impl EngineMetrics {

@@ -555,12 +555,24 @@ fn retry<T>(step: Step, answer: Answer<T>) -> Next {
 
 impl Worker {
     async fn work(&self, request: &PaymentRequest, step: Step, memo: &mut Memo) -> Next {
-        match request.action {
-            PaymentAction::Charge => self.charge(request, step, memo).await,
-            PaymentAction::Close { cancel: false } => Next::Done,
-            PaymentAction::Close { cancel: true } => self.cancel(request).await,
-            PaymentAction::Refund => self.refund(request).await,
-        }
+        let started = std::time::Instant::now();
+        let (action, next) = match request.action {
+            PaymentAction::Charge => ("charge", self.charge(request, step, memo).await),
+            PaymentAction::Close { cancel: false } => return Next::Done,
+            PaymentAction::Close { cancel: true } => ("cancel", self.cancel(request).await),
+            PaymentAction::Refund => ("refund", self.refund(request).await),
+        };
+        let result = match &next {
+            Next::Retry { .. } => "retry",
+            Next::Poll(_) => "pending",
+            Next::Wait | Next::Done => "decided",
+        };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared
+            .metrics
+            .payment_calls
+            .observe_micros(&[("action", action), ("result", result)], micros);
+        next
     }
 
     /// Reconcile (or poll), then act on the object's state.

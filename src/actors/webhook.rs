@@ -148,6 +148,20 @@ impl WebhookSettings {
 /// Metronome's webhook signature: lowercase hex of HMAC-SHA256 keyed with the UTF-8 bytes of
 /// `secret` over `date + "\n" + body`, where `date` is the `X-Metronome-Date` header sent with
 /// the request and `body` the exact bytes sent.
+/// A destination as metrics and lists show it: scheme, host, port and path, without user
+/// info or query string (either may carry a credential).
+pub fn shown_destination(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => without_query.to_owned(),
+    }
+}
+
 pub fn sign(secret: &str, date: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -163,6 +177,8 @@ pub fn sign(secret: &str, date: &str, body: &[u8]) -> String {
 /// gauges.
 #[derive(Debug, Default)]
 pub struct WebhookStats {
+    /// Attempts by destination (without user info or query) and status (`error` for none).
+    pub delivery: crate::histogram::LabeledHistograms,
     delivered: AtomicU64,
     attempts: AtomicU64,
     retries: AtomicU64,
@@ -593,11 +609,26 @@ impl WebhookActor {
         // Cancel-safe: if the actor stops, the future is dropped with the request; the entry
         // is still pending in the outbox and the next start sends it again.
         let attempt = self.transport.deliver(request);
-        ctx.spawn(
-            attempt
-                .into_actor(self)
-                .map(move |outcome, act, ctx| act.finish(id, &url, outcome, ctx)),
-        );
+        let started = std::time::Instant::now();
+        ctx.spawn(attempt.into_actor(self).map(move |outcome, act, ctx| {
+            let status = match &outcome {
+                Outcome::Delivered { status }
+                | Outcome::Failed {
+                    status: Some(status),
+                    ..
+                } => status.to_string(),
+                Outcome::Failed { status: None, .. } => "error".to_owned(),
+            };
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            act.stats.delivery.observe_micros(
+                &[
+                    ("destination", &shown_destination(&url)),
+                    ("status", &status),
+                ],
+                micros,
+            );
+            act.finish(id, &url, outcome, ctx)
+        }));
     }
 
     fn finish(&mut self, id: Uuid16, url: &str, outcome: Outcome, ctx: &mut Context<Self>) {

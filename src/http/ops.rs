@@ -38,6 +38,51 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
     );
 }
 
+/// The histogram families, in seconds.
+fn histograms(out: &mut String, state: &AppState) {
+    let engine = &state.engine;
+    let m = engine.metrics();
+    let family = |out: &mut String, name: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    };
+    family(
+        out,
+        "tollgate_ingest_ack_seconds",
+        "Ingest requests, from the engine taking them to their durable acknowledgement.",
+    );
+    m.ingest_ack.render(out, "tollgate_ingest_ack_seconds", "");
+    family(
+        out,
+        "tollgate_apply_lag_seconds",
+        "Inputs, from their acknowledgement (log append) to their apply.",
+    );
+    m.apply_lag.render(out, "tollgate_apply_lag_seconds", "");
+    family(
+        out,
+        "tollgate_log_persist_seconds",
+        "Group writes of the log to RocksDB, their fsync included.",
+    );
+    engine
+        .store()
+        .persist_histogram()
+        .render(out, "tollgate_log_persist_seconds", "");
+    family(
+        out,
+        "tollgate_webhook_delivery_seconds",
+        "Webhook delivery attempts, by destination and HTTP status (error: none).",
+    );
+    engine
+        .webhook_stats()
+        .delivery
+        .render(out, "tollgate_webhook_delivery_seconds");
+    family(
+        out,
+        "tollgate_payment_call_seconds",
+        "Payment provider steps (one or more Stripe calls), by action and result.",
+    );
+    m.payment_calls.render(out, "tollgate_payment_call_seconds");
+}
+
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let engine = &state.engine;
     let m = engine.metrics();
@@ -122,7 +167,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     );
     metric(
         &mut out,
-        "tollgate_apply_lag_seconds",
+        "tollgate_apply_lag_oldest_seconds",
         "gauge",
         "How long the oldest accepted input not applied yet has waited (worst partition).",
         rust_decimal::Decimal::new(engine.apply_lag_ms(), 3),
@@ -163,6 +208,43 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             "tollgate_workflows_total{{state=\"{state_name}\"}} {value}"
         );
     }
+    histograms(&mut out, &state);
+    let counts = {
+        let engine = engine.clone();
+        web::block(move || super::summary::storage_counts(&engine)).await
+    };
+    if let Ok(Ok(counts)) = counts {
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_workflows_in_flight Payment-gate workflows in flight, by state (from the index of workflows by state).\n# TYPE tollgate_workflows_in_flight gauge"
+        );
+        for (state_name, count) in &counts.in_flight {
+            let _ = writeln!(
+                out,
+                "tollgate_workflows_in_flight{{state=\"{state_name}\"}} {count}"
+            );
+        }
+        metric(
+            &mut out,
+            "tollgate_webhook_dead_letters",
+            "gauge",
+            "Webhook deliveries in the dead letters, on disk.",
+            counts.dead_letters,
+        );
+        metric(
+            &mut out,
+            "tollgate_inputs_quarantined",
+            "gauge",
+            "Inputs in quarantine now, on disk.",
+            counts.quarantined,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tollgate_build_info The running build.\n# TYPE tollgate_build_info gauge\ntollgate_build_info{{version=\"{}\",storage_format=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::storage::STORAGE_FORMAT_VERSION
+    );
     let sizes = engine.store().sizes();
     if !sizes.is_empty() {
         let _ = writeln!(

@@ -22,14 +22,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The counts read from storage: workflows in flight by state, dead letters, quarantined
 /// inputs, and which stopped at [`COUNT_MAX`].
-struct Counts {
-    in_flight: Vec<(&'static str, usize)>,
-    dead_letters: usize,
-    quarantined: usize,
-    capped: Vec<String>,
+pub struct Counts {
+    pub in_flight: Vec<(&'static str, usize)>,
+    pub dead_letters: usize,
+    pub quarantined: usize,
+    pub capped: Vec<String>,
 }
 
-fn counts(engine: &crate::actors::Engine) -> ApiResult<Counts> {
+/// Reads the counts (blocking: run it off the HTTP worker).
+///
+/// # Errors
+/// Storage errors.
+pub fn storage_counts(engine: &crate::actors::Engine) -> ApiResult<Counts> {
     let mut capped = Vec::new();
     let mut in_flight = Vec::new();
     for s in IN_FLIGHT_STATES {
@@ -70,7 +74,7 @@ async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
         dead_letters,
         quarantined,
         capped,
-    } = web::block(move || counts(&engine))
+    } = web::block(move || storage_counts(&engine))
         .await
         .map_err(|_| ApiError::Failed("the summary task failed".into()))??;
     let engine = &state.engine;

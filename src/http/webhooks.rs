@@ -158,15 +158,7 @@ fn render_delivered(record: &DeliveredWebhook) -> Value {
 /// A destination URL without what may be a credential: user info and query string (a `read`
 /// token sees these lists).
 fn redacted(url: &str) -> String {
-    let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    match without_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit('@').next().unwrap_or(authority);
-            format!("{scheme}://{host}{path}")
-        }
-        None => without_query.to_owned(),
-    }
+    crate::actors::webhook::shown_destination(url)
 }
 
 async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {

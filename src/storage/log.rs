@@ -307,6 +307,7 @@ impl Writer {
             if let Some(started) = started {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 stats.last_persist_micros.store(micros, Relaxed);
+                stats.persist.observe_micros(micros);
             }
             stats.groups.fetch_add(1, Relaxed);
             if self.fsync {

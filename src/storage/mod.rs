@@ -325,6 +325,8 @@ pub(crate) struct StatCounters {
     group_requests_max: AtomicU64,
     last_persist_micros: AtomicU64,
     write_errors: AtomicU64,
+    /// Group writes to RocksDB, their fsync included.
+    pub(crate) persist: crate::histogram::Histogram,
 }
 
 /// State shared between `Store` handles and the writer thread.
@@ -723,6 +725,11 @@ impl Store {
     }
 
     /// A snapshot of the counters.
+    /// Durations of the group writes (their fsync included).
+    pub fn persist_histogram(&self) -> &crate::histogram::Histogram {
+        &self.inner.shared.stats.persist
+    }
+
     pub fn stats(&self) -> StoreStats {
         let c = &self.inner.shared.stats;
         StoreStats {

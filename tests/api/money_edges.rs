@@ -729,7 +729,7 @@ async fn ingest_answers_429_before_reading_the_body_while_a_partition_lags_too_l
         .unwrap();
     let lag: f64 = metrics
         .lines()
-        .find_map(|line| line.strip_prefix("tollgate_apply_lag_seconds "))
+        .find_map(|line| line.strip_prefix("tollgate_apply_lag_oldest_seconds "))
         .expect("the apply lag gauge")
         .parse()
         .unwrap();

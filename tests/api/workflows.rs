@@ -394,3 +394,112 @@ async fn summary(app: &TestApp) -> Value {
     assert_eq!(status, 200, "{body}");
     body["data"].clone()
 }
+
+/// `/metrics` is Prometheus text: each family typed once, histograms in seconds with
+/// cumulative buckets ending in `+Inf` equal to `_count`, and the latencies observed.
+#[actix_rt::test]
+async fn metrics_have_histograms_in_seconds_gauges_and_the_build() {
+    let app = app_with_catalog().await;
+    let (_, _, _workflow) = gated(&app, "metrics-co").await;
+    let events: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"transaction_id": format!("m-{i}"), "customer_id": "metrics-co",
+                   "event_type": "api_call", "timestamp": rfc3339(now_ms())})
+        })
+        .collect();
+    let (status, _) = app.post("/v1/ingest", json!(events)).await;
+    assert_eq!(status, 200);
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut types: std::collections::BTreeMap<String, String> = Default::default();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line["# TYPE ".len()..].split(' ');
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            types.insert(name.to_owned(), kind.to_owned()).is_none(),
+            "{name} typed twice"
+        );
+    }
+    // Every sample belongs to a typed family.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "an untyped sample: {line}");
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+    }
+    let sample = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    for family in [
+        "tollgate_ingest_ack_seconds",
+        "tollgate_apply_lag_seconds",
+        "tollgate_log_persist_seconds",
+        "tollgate_webhook_delivery_seconds",
+        "tollgate_payment_call_seconds",
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some("histogram"),
+            "{family}"
+        );
+    }
+    for family in [
+        "tollgate_ingest_ack_seconds",
+        "tollgate_apply_lag_seconds",
+        "tollgate_log_persist_seconds",
+    ] {
+        let count = sample(&format!("{family}_count"));
+        assert!(count >= 1.0, "{family} observed nothing");
+        // Cumulative buckets, the last one every observation.
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}_bucket{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{family}: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().copied(),
+            Some(count),
+            "{family}: +Inf is the count"
+        );
+        assert!(sample(&format!("{family}_sum")) >= 0.0);
+    }
+    // Webhook attempts by destination and status (the gated commit's external_initiate).
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "tollgate_webhook_delivery_seconds_count{destination=\"http://127.0.0.1:"
+        ) && l.contains("status=\"200\"")),
+        "{text}"
+    );
+    assert_eq!(
+        sample("tollgate_workflows_in_flight{state=\"AWAITING_EXTERNAL\"}"),
+        1.0
+    );
+    assert_eq!(sample("tollgate_webhook_dead_letters"), 0.0);
+    assert_eq!(sample("tollgate_inputs_quarantined"), 0.0);
+    assert!(text.contains("tollgate_build_info{version=\""), "{text}");
+}
