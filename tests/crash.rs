@@ -1345,3 +1345,141 @@ async fn json_logs_carry_business_events_and_leave_the_probes_out() {
         "other requests are logged"
     );
 }
+
+/// The per-gate workflow counters add up (started = released + failed + in flight) for every
+/// gate, NONE included, and still do after a `kill -9` and a restart.
+#[actix_rt::test]
+async fn workflow_counters_add_up_for_every_gate_across_a_restart() {
+    let Started {
+        dir: _dir,
+        receiver: _receiver,
+        config,
+        client,
+        mut server,
+        customer,
+    } = start_with_setup().await;
+    // A NONE-gated spend threshold crossed: released at once.
+    let body: Vec<Value> = (0..50).map(|i| event(&format!("g{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(body)).await;
+    assert_eq!(status, 200);
+    // Two EXTERNAL-gated commits: one paid, one left in flight, one more failed.
+    let (_, products) = post(
+        &client,
+        &server.base,
+        "/v1/contract-pricing/products/list",
+        &json!({}),
+    )
+    .await;
+    let fixed = products["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["current"]["name"] == "Threshold charge" || p["name"] == "Threshold charge")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, contracts) = post(
+        &client,
+        &server.base,
+        "/v2/contracts/list",
+        &json!({"customer_id": customer}),
+    )
+    .await;
+    let contract = contracts["data"][0]["id"].as_str().unwrap().to_owned();
+    let start = tollgate::domain::Timestamp(now_ms())
+        .month_start()
+        .to_rfc3339();
+    let mut workflows = Vec::new();
+    for i in 0..3 {
+        let (status, edit) = post(
+            &client,
+            &server.base,
+            "/v2/contracts/edit",
+            &json!({"customer_id": customer, "contract_id": contract, "add_commits": [{
+                "type": "PREPAID", "product_id": fixed, "priority": 100 + i,
+                "access_schedule": {"schedule_items": [{"amount": 1000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+                "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 1000}]},
+                "payment_gate_config": {"payment_gate_type": "EXTERNAL", "tax_type": "NONE"}}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{edit}");
+        let commit = edit["data"]["edit"]["add_commits"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (_, got) = post(
+            &client,
+            &server.base,
+            "/v2/contracts/get",
+            &json!({"customer_id": customer, "contract_id": contract}),
+        )
+        .await;
+        let workflow = got["data"]["commits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == json!(commit))
+            .unwrap()["payment_gate_workflow"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        workflows.push(workflow);
+    }
+    for (workflow, outcome) in [(&workflows[0], "paid"), (&workflows[1], "failed")] {
+        let (status, body) = post(
+            &client,
+            &server.base,
+            "/v1/contracts/commits/threshold-billing/release",
+            &json!({"workflow_id": workflow, "outcome": outcome}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let counters = |text: &str, name: &str, gate: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{gate=\"{gate}\"}} ")))
+            .unwrap_or_else(|| panic!("no {name} for {gate} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let check = |text: &str| {
+        for gate in ["NONE", "EXTERNAL", "STRIPE"] {
+            let started = counters(text, "tollgate_workflows_started_total", gate);
+            let released = counters(text, "tollgate_workflows_released_total", gate);
+            let failed = counters(text, "tollgate_workflows_failed_total", gate);
+            let in_flight = counters(text, "tollgate_workflows_in_flight_by_gate", gate);
+            assert_eq!(started, released + failed + in_flight, "{gate}:\n{text}");
+        }
+        (
+            counters(text, "tollgate_workflows_started_total", "NONE"),
+            counters(text, "tollgate_workflows_started_total", "EXTERNAL"),
+            counters(text, "tollgate_workflows_in_flight_by_gate", "EXTERNAL"),
+        )
+    };
+    let scrape = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let before = check(&scrape(server.base.clone()).await);
+    assert!(
+        before.0 >= 1,
+        "the NONE-gated workflow is counted: {before:?}"
+    );
+    assert_eq!((before.1, before.2), (3, 1), "{before:?}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let after = check(&scrape(server.base.clone()).await);
+    assert_eq!(after, before, "rebuilt from the stored state");
+}

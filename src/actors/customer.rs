@@ -29,9 +29,11 @@ use super::quarantine::{
     catching, panic_message, quarantine_key, reappliable,
 };
 use super::shared::Shared;
-use crate::domain::customer::{Applied, Ctx, Input, QuarantineAction, QuarantineDecision};
+use crate::domain::customer::{
+    Applied, Ctx, Customer, Input, QuarantineAction, QuarantineDecision,
+};
 use crate::domain::effects::{Effect, PaymentAction, WebhookType};
-use crate::domain::gate::WorkflowState;
+use crate::domain::gate::{GateType, WorkflowState};
 use crate::domain::{Id, Rejection, Timestamp};
 use crate::storage::{self, StorageError};
 
@@ -122,7 +124,8 @@ impl Handler<ApplyInputs> for CustomerActor {
             last_seq = last_seq.max(sequenced.seq);
             if let Ok(applied) = &result {
                 effects.extend(applied.effects.iter().cloned());
-                moves.add(applied, self.id);
+                moves.add(applied, self.id, &self.state.customer);
+                count_gate_moves(&self.shared, applied, &self.state.customer);
                 log_business_events(self.id, applied);
             }
             if let Some(reply) = sequenced.reply {
@@ -152,6 +155,17 @@ impl Handler<ApplyInputs> for CustomerActor {
             let _ = reply.send(result);
         }
         self.shared.pending[usize::from(self.partition)].applied(count);
+    }
+}
+
+/// Counts workflows started and ended, by gate (live inputs; at start the counters are
+/// rebuilt from the `wfg/` and `wfe/` indexes, so they add up after a restart).
+fn count_gate_moves(shared: &Shared, applied: &Applied, after: &Customer) {
+    for change in &applied.transitions {
+        let gate = after
+            .workflow(change.workflow_id)
+            .map_or(GateType::None, |w| w.gate.gate_type);
+        shared.metrics.gates.count(gate, change.state);
     }
 }
 
@@ -329,7 +343,14 @@ pub fn build_workflow_state_index(shared: &Shared) -> Result<Option<usize>, Stor
     if shared.store.meta_get(WORKFLOW_STATE_INDEX_MARK)?.is_some() {
         return Ok(None);
     }
-    shared.store.meta_delete_range_lazily(b"wfs/", b"wfs0")?;
+    for (start, end) in [
+        (&b"wfs/"[..], &b"wfs0"[..]),
+        (b"wfg/", b"wfg0"),
+        (b"wfi/", b"wfi0"),
+        (b"wfe/", b"wfe0"),
+    ] {
+        shared.store.meta_delete_range_lazily(start, end)?;
+    }
     const PAGE: usize = 512;
     let prefix: &[u8] = b"cs/";
     let (mut after, mut indexed) = (None::<Vec<u8>>, 0);
@@ -349,9 +370,20 @@ pub fn build_workflow_state_index(shared: &Shared) -> Result<Option<usize>, Stor
                 })?;
             let state = decode_state(shared, id, Some(bytes))?;
             for workflow in state.customer.contracts.iter().flat_map(|c| &c.workflows) {
-                if !workflow.state.is_terminal() {
-                    let key = workflow_state_key(workflow.state, workflow.id);
-                    puts.push((key, id.as_bytes().to_vec()));
+                let value = id.as_bytes().to_vec();
+                let key = |mut prefix: Vec<u8>| {
+                    prefix.extend_from_slice(workflow.id.as_bytes());
+                    prefix
+                };
+                let gate = workflow.gate.gate_type;
+                puts.push((key(super::entry::gate_prefix("wfg", gate)), value.clone()));
+                if workflow.state.is_terminal() {
+                    let ended = super::entry::ended_prefix(gate, workflow.state);
+                    puts.push((key(ended), value));
+                } else {
+                    let state_key = workflow_state_key(workflow.state, workflow.id);
+                    puts.push((state_key, value.clone()));
+                    puts.push((key(super::entry::gate_prefix("wfi", gate)), value));
                 }
             }
         }
@@ -795,19 +827,90 @@ fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
                 &metrics.payment_requests
             }
             Effect::RequestPayment(_) => continue,
-            Effect::Webhook(hook) => match (hook.webhook_type, hook.payment_status) {
-                (WebhookType::ThresholdReached, _) => &metrics.workflows_started,
-                (WebhookType::PaymentStatus, Some(crate::domain::effects::PaymentStatus::Paid)) => {
-                    &metrics.workflows_released
-                }
-                (WebhookType::PaymentStatus, _) => &metrics.workflows_failed,
-                (WebhookType::PaymentPendingActionRequired, _) => {
-                    &metrics.workflows_action_required
-                }
-                (WebhookType::ExternalInitiate | WebhookType::PaymentRefunded, _) => continue,
+            // Started, released and failed are counted by gate from the state changes.
+            Effect::Webhook(hook) => match hook.webhook_type {
+                WebhookType::PaymentPendingActionRequired => &metrics.workflows_action_required,
+                _ => continue,
             },
         };
         EngineMetrics::add(counter, 1);
+    }
+}
+
+/// A key and value to write to `meta`.
+type MetaPut = (Vec<u8>, Vec<u8>);
+
+/// What inputs did to workflows, for the workflow indexes (`wf/` by id, `wfs/` in flight by
+/// state, `wfg/` `wfi/` `wfe/` by gate): each workflow started and each state change, with its
+/// customer and gate.
+#[derive(Clone, Debug, Default)]
+pub struct WorkflowMoves {
+    /// (workflow, customer).
+    pub started: Vec<(Id, Id)>,
+    /// (workflow, customer, state, gate), in the order the states were entered.
+    pub moved: Vec<(Id, Id, WorkflowState, GateType)>,
+}
+
+impl WorkflowMoves {
+    /// Adds what `applied` did; `after` is the customer after it (the workflows' gates).
+    pub fn add(&mut self, applied: &Applied, customer: Id, after: &Customer) {
+        self.started
+            .extend(applied.workflows_started.iter().map(|&w| (w, customer)));
+        self.moved.extend(applied.transitions.iter().map(|c| {
+            let gate = after
+                .workflow(c.workflow_id)
+                .map_or(GateType::None, |w| w.gate.gate_type);
+            (c.workflow_id, customer, c.state, gate)
+        }));
+    }
+
+    pub fn of(applied: &Applied, customer: Id, after: &Customer) -> WorkflowMoves {
+        let mut moves = WorkflowMoves::default();
+        moves.add(applied, customer, after);
+        moves
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty() && self.moved.is_empty()
+    }
+
+    /// The index writes: each moved workflow under its last state in `wfs/` if that is in
+    /// flight (deleted under every other in-flight state), under its gate in `wfg/` once it
+    /// started, in `wfi/` while in flight, and in `wfe/` once it ended. Puts and deletes of
+    /// one workflow never touch the same key, so their order in the batch does not matter.
+    fn index_writes(&self) -> (Vec<MetaPut>, Vec<Vec<u8>>) {
+        use super::entry::{ended_prefix, gate_prefix};
+        let mut last: Vec<(Id, Id, WorkflowState, GateType)> = Vec::new();
+        for &(workflow, customer, state, gate) in &self.moved {
+            match last.iter_mut().find(|(w, ..)| *w == workflow) {
+                Some(slot) => slot.2 = state,
+                None => last.push((workflow, customer, state, gate)),
+            }
+        }
+        let key = |mut prefix: Vec<u8>, workflow: Id| {
+            prefix.extend_from_slice(workflow.as_bytes());
+            prefix
+        };
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        for (workflow, customer, state, gate) in last {
+            let value = customer.as_bytes().to_vec();
+            for in_flight in super::entry::IN_FLIGHT_STATES {
+                let key = super::entry::workflow_state_key(in_flight, workflow);
+                if in_flight == state {
+                    puts.push((key, value.clone()));
+                } else {
+                    deletes.push(key);
+                }
+            }
+            puts.push((key(gate_prefix("wfg", gate), workflow), value.clone()));
+            if state.is_terminal() {
+                deletes.push(key(gate_prefix("wfi", gate), workflow));
+                puts.push((key(ended_prefix(gate, state), workflow), value));
+            } else {
+                puts.push((key(gate_prefix("wfi", gate), workflow), value));
+            }
+        }
+        (puts, deletes)
     }
 }
 
@@ -816,66 +919,6 @@ fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
 ///
 /// # Errors
 /// Storage errors; nothing was written then.
-/// A key and value to write to `meta`.
-type MetaPut = (Vec<u8>, Vec<u8>);
-
-/// What inputs did to workflows, for the workflow indexes (`wf/` by id, `wfs/` in flight by
-/// state): each workflow started and each state change, with its customer.
-#[derive(Clone, Debug, Default)]
-pub struct WorkflowMoves {
-    /// (workflow, customer).
-    pub started: Vec<(Id, Id)>,
-    /// (workflow, customer, state), in the order the states were entered.
-    pub moved: Vec<(Id, Id, WorkflowState)>,
-}
-
-impl WorkflowMoves {
-    pub fn add(&mut self, applied: &Applied, customer: Id) {
-        self.started
-            .extend(applied.workflows_started.iter().map(|&w| (w, customer)));
-        self.moved.extend(
-            applied
-                .transitions
-                .iter()
-                .map(|c| (c.workflow_id, customer, c.state)),
-        );
-    }
-
-    pub fn of(applied: &Applied, customer: Id) -> WorkflowMoves {
-        let mut moves = WorkflowMoves::default();
-        moves.add(applied, customer);
-        moves
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.started.is_empty() && self.moved.is_empty()
-    }
-
-    /// The `wfs/` writes: each moved workflow under its last state if that is in flight, and
-    /// deleted under every other in-flight state (whatever it was in before).
-    fn state_index_writes(&self) -> (Vec<MetaPut>, Vec<Vec<u8>>) {
-        let mut last: Vec<(Id, Id, WorkflowState)> = Vec::new();
-        for &(workflow, customer, state) in &self.moved {
-            match last.iter_mut().find(|(w, _, _)| *w == workflow) {
-                Some(slot) => slot.2 = state,
-                None => last.push((workflow, customer, state)),
-            }
-        }
-        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
-        for (workflow, customer, state) in last {
-            for in_flight in super::entry::IN_FLIGHT_STATES {
-                let key = super::entry::workflow_state_key(in_flight, workflow);
-                if in_flight == state {
-                    puts.push((key, customer.as_bytes().to_vec()));
-                } else {
-                    deletes.push(key);
-                }
-            }
-        }
-        (puts, deletes)
-    }
-}
-
 pub fn persist_effects(
     shared: &Shared,
     cause: (u16, u64),
@@ -910,7 +953,7 @@ pub fn persist_effects(
     }
     // The index of workflows in flight by state: each moved workflow under its last state
     // only (none once it ended).
-    let (puts, deletes) = moves.state_index_writes();
+    let (puts, deletes) = moves.index_writes();
     workflows.extend(puts);
     // Before the outbox: once anyone hears of a workflow, its owner can be found.
     shared

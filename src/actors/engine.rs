@@ -238,6 +238,7 @@ impl Engine {
             shared.registry.clear();
             shared.load_registry()?;
         }
+        rebuild_gate_counters(&shared)?;
         let customers = shared.registry.customer_count();
         let webhook_stats = Arc::new(WebhookStats::default());
         let webhook_parts = WebhookParts {
@@ -1018,6 +1019,23 @@ fn recover_partitions(
             })
             .collect()
     })
+}
+
+/// Sets the per-gate workflow counters from the stored indexes (after recovery, whose replay
+/// wrote the log tail's moves), so they add up whatever happened before the restart.
+fn rebuild_gate_counters(shared: &Shared) -> Result<(), EngineError> {
+    use super::entry::{GATES, ended_prefix, gate_prefix};
+    use crate::domain::gate::WorkflowState;
+    let count = |prefix: Vec<u8>| -> Result<u64, StorageError> {
+        Ok(shared.store.meta_count_prefix(&prefix, usize::MAX)? as u64)
+    };
+    for gate in GATES {
+        let started = count(gate_prefix("wfg", gate))?;
+        let released = count(ended_prefix(gate, WorkflowState::Released))?;
+        let failed = count(ended_prefix(gate, WorkflowState::Failed))?;
+        shared.metrics.gates.set(gate, (started, released, failed));
+    }
+    Ok(())
 }
 
 /// Samples the accepted-events counter once a second for the summary's ingest rate.

@@ -301,9 +301,35 @@ pub fn workflow_state_key(state: WorkflowState, workflow: Id) -> Vec<u8> {
     key
 }
 
-/// Set once the `wfs/` index covers every customer state (built at the first start of a
-/// version that keeps it).
-pub const WORKFLOW_STATE_INDEX_MARK: &[u8] = b"engine/wfs-index";
+/// Set once the workflow indexes (`wfs/`, `wfg/`, `wfi/`, `wfe/`) cover every customer state
+/// (built at the first start of a version that keeps them).
+pub const WORKFLOW_STATE_INDEX_MARK: &[u8] = b"engine/wf-indexes-2";
+
+/// The gate names of the per-gate workflow indexes.
+pub const GATES: [crate::domain::gate::GateType; 3] = [
+    crate::domain::gate::GateType::None,
+    crate::domain::gate::GateType::External,
+    crate::domain::gate::GateType::Stripe,
+];
+
+pub fn gate_name(gate: crate::domain::gate::GateType) -> &'static str {
+    match gate {
+        crate::domain::gate::GateType::None => "NONE",
+        crate::domain::gate::GateType::External => "EXTERNAL",
+        crate::domain::gate::GateType::Stripe => "STRIPE",
+    }
+}
+
+/// `wfg/<GATE>/` ++ id: every workflow started with this gate (`wfi/`: those in flight,
+/// `wfe/<GATE>/<RELEASED|FAILED>/`: those that ended so). Counted for the metrics that must add
+/// up: started = released + failed + in flight, for every gate.
+pub fn gate_prefix(index: &str, gate: crate::domain::gate::GateType) -> Vec<u8> {
+    format!("{index}/{}/", gate_name(gate)).into_bytes()
+}
+
+pub fn ended_prefix(gate: crate::domain::gate::GateType, state: WorkflowState) -> Vec<u8> {
+    format!("wfe/{}/{}/", gate_name(gate), state.as_str()).into_bytes()
+}
 
 /// `inv/` ++ invoice id -> customer id: voiding names only the invoice.
 pub fn invoice_key(invoice: Id) -> Vec<u8> {

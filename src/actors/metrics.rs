@@ -19,9 +19,6 @@ pub struct EngineMetrics {
     pub actors_evicted: AtomicU64,
     /// Customers made resident by the background preload after recovery.
     pub actors_preloaded: AtomicU64,
-    pub workflows_started: AtomicU64,
-    pub workflows_released: AtomicU64,
-    pub workflows_failed: AtomicU64,
     pub workflows_action_required: AtomicU64,
     pub payment_requests: AtomicU64,
     pub overloaded: AtomicU64,
@@ -36,6 +33,8 @@ pub struct EngineMetrics {
     pub apply_lag: crate::histogram::Histogram,
     /// Payment provider steps, by `action` and `result`.
     pub payment_calls: crate::histogram::LabeledHistograms,
+    /// Workflows started, released and failed, by gate.
+    pub gates: GateCounters,
 }
 
 impl EngineMetrics {
@@ -113,5 +112,62 @@ mod tests {
             Some(125),
             "at most the samples kept"
         );
+    }
+}
+
+/// Workflows started, released and failed, per gate (NONE, EXTERNAL, STRIPE): rebuilt from the
+/// stored indexes at start, then counted live, so started = released + failed + in flight holds
+/// across restarts.
+#[derive(Debug, Default)]
+pub struct GateCounters {
+    /// [gate][started, released, failed].
+    counts: [[AtomicU64; 3]; 3],
+}
+
+fn gate_index(gate: crate::domain::gate::GateType) -> usize {
+    match gate {
+        crate::domain::gate::GateType::None => 0,
+        crate::domain::gate::GateType::External => 1,
+        crate::domain::gate::GateType::Stripe => 2,
+    }
+}
+
+impl GateCounters {
+    /// Counts a state change: INITIATED starts, RELEASED and FAILED end.
+    pub fn count(
+        &self,
+        gate: crate::domain::gate::GateType,
+        state: crate::domain::gate::WorkflowState,
+    ) {
+        use crate::domain::gate::WorkflowState;
+        let column = match state {
+            WorkflowState::Initiated => 0,
+            WorkflowState::Released => 1,
+            WorkflowState::Failed => 2,
+            _ => return,
+        };
+        self.counts[gate_index(gate)][column].fetch_add(1, Relaxed);
+    }
+
+    /// Sets what the stored indexes hold (at start).
+    pub fn set(
+        &self,
+        gate: crate::domain::gate::GateType,
+        (started, released, failed): (u64, u64, u64),
+    ) {
+        let row = &self.counts[gate_index(gate)];
+        row[0].store(started, Relaxed);
+        row[1].store(released, Relaxed);
+        row[2].store(failed, Relaxed);
+    }
+
+    /// (started, released, failed) of `gate`.
+    pub fn get(&self, gate: crate::domain::gate::GateType) -> (u64, u64, u64) {
+        let row = &self.counts[gate_index(gate)];
+        (
+            row[0].load(Relaxed),
+            row[1].load(Relaxed),
+            row[2].load(Relaxed),
+        )
     }
 }

@@ -817,7 +817,7 @@ pub fn recover(shared: &Shared, partition: u16) -> Result<Recovered, EngineError
                 let result = apply_logged(shared, state, logged, Pass::Recovery, &mut quarantined);
                 persist_quarantined(shared, &quarantined)?;
                 if let Ok(applied) = result {
-                    let moves = WorkflowMoves::of(&applied, customer_id);
+                    let moves = WorkflowMoves::of(&applied, customer_id, &state.customer);
                     if !applied.effects.is_empty() || !moves.is_empty() {
                         pending_effects.push_back(((partition, seq), applied.effects, moves));
                     }

@@ -38,6 +38,60 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
     );
 }
 
+/// Workflows by gate: started, released, failed (counters rebuilt from the stored indexes at
+/// start) and in flight (a gauge read from the index), so that for every gate
+/// started = released + failed + in flight.
+async fn gate_counters(out: &mut String, state: &AppState) {
+    use crate::actors::entry::{GATES, gate_name, gate_prefix};
+    let engine = state.engine.clone();
+    let in_flight = web::block(move || {
+        GATES
+            .iter()
+            .map(|&gate| {
+                engine.with_store("metrics: workflows in flight by gate", |store| {
+                    store.meta_count_prefix(&gate_prefix("wfi", gate), usize::MAX)
+                })
+            })
+            .collect::<Result<Vec<usize>, _>>()
+    })
+    .await;
+    let gates = &state.engine.metrics().gates;
+    for (name, help, column) in [
+        (
+            "tollgate_workflows_started_total",
+            "Payment-gate workflows started, by gate.",
+            0,
+        ),
+        (
+            "tollgate_workflows_released_total",
+            "Payment-gate workflows released (paid), by gate.",
+            1,
+        ),
+        (
+            "tollgate_workflows_failed_total",
+            "Payment-gate workflows failed (or cancelled), by gate.",
+            2,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for gate in GATES {
+            let (started, released, failed) = gates.get(gate);
+            let value = [started, released, failed][column];
+            let _ = writeln!(out, "{name}{{gate=\"{}\"}} {value}", gate_name(gate));
+        }
+    }
+    if let Ok(Ok(in_flight)) = in_flight {
+        let name = "tollgate_workflows_in_flight_by_gate";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Payment-gate workflows in flight, by gate (started = released + failed + in flight).\n# TYPE {name} gauge"
+        );
+        for (gate, count) in GATES.iter().zip(in_flight) {
+            let _ = writeln!(out, "{name}{{gate=\"{}\"}} {count}", gate_name(*gate));
+        }
+    }
+}
+
 /// The histogram families, in seconds.
 fn histograms(out: &mut String, state: &AppState) {
     let engine = &state.engine;
@@ -193,21 +247,12 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         "Customer states read into memory by the background preload after recovery.",
         g(&m.actors_preloaded),
     );
+    gate_counters(&mut out, &state).await;
     let _ = writeln!(
         out,
-        "# HELP tollgate_workflows_total Payment gate workflow transitions.\n# TYPE tollgate_workflows_total counter"
+        "# HELP tollgate_workflows_action_required_total Entries of STRIPE workflows into ACTION_REQUIRED (this process).\n# TYPE tollgate_workflows_action_required_total counter\ntollgate_workflows_action_required_total {}",
+        g(&m.workflows_action_required)
     );
-    for (state_name, value) in [
-        ("started", g(&m.workflows_started)),
-        ("released", g(&m.workflows_released)),
-        ("failed", g(&m.workflows_failed)),
-        ("action_required", g(&m.workflows_action_required)),
-    ] {
-        let _ = writeln!(
-            out,
-            "tollgate_workflows_total{{state=\"{state_name}\"}} {value}"
-        );
-    }
     histograms(&mut out, &state);
     let counts = {
         let engine = engine.clone();

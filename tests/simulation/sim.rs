@@ -2690,6 +2690,7 @@ impl Sim {
     /// customer, in the state the customer's actor holds, and nothing else; one is read back by
     /// id and a state filter keeps exactly its state's.
     async fn check_workflow_list(&mut self, app: &impl Api, engine: &Engine) -> Result<(), String> {
+        self.check_gate_counters(engine).await?;
         let mut held: BTreeMap<String, String> = BTreeMap::new();
         for (c, id) in self.customer_ids() {
             let workflows = engine
@@ -2771,6 +2772,42 @@ impl Sim {
             });
             if status != 200 || !all_of_state {
                 return Err(format!("workflows in state {state}: {status} {page}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-gate counters (rebuilt at each start, counted live since) equal what the
+    /// customers' workflows say: started, released and failed by gate.
+    async fn check_gate_counters(&mut self, engine: &Engine) -> Result<(), String> {
+        use tollgate::actors::entry::GATES;
+        use tollgate::domain::gate::WorkflowState;
+        let mut held = [(0u64, 0u64, 0u64); 3];
+        for (c, id) in self.customer_ids() {
+            let workflows = engine
+                .query(id, |s| {
+                    s.customer
+                        .contracts
+                        .iter()
+                        .flat_map(|c| c.workflows.iter())
+                        .map(|w| (w.gate.gate_type, w.state))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| format!("customer {c}: {e}"))?;
+            for (gate, state) in workflows {
+                let row = &mut held[GATES.iter().position(|g| *g == gate).unwrap_or(0)];
+                row.0 += 1;
+                row.1 += u64::from(state == WorkflowState::Released);
+                row.2 += u64::from(state == WorkflowState::Failed);
+            }
+        }
+        for (gate, expected) in GATES.iter().zip(held) {
+            let counted = engine.metrics().gates.get(*gate);
+            if counted != expected {
+                return Err(format!(
+                    "workflows of the {gate:?} gate counted (started, released, failed) {counted:?}, the customers hold {expected:?}"
+                ));
             }
         }
         Ok(())
