@@ -23,4 +23,6 @@ cargo test --doc
 if [ -f tests/sdk/run.sh ]; then
   ./tests/sdk/run.sh
 fi
+# The README's quickstart, exactly, against a live server.
+./scripts/quickstart-check.sh
 echo "all tests passed"
