@@ -17,6 +17,7 @@
 //! `GET /v1/tollgate/audit`: oldest first in cursor pages; filters `starting_on`,
 //! `ending_before` (RFC 3339) and `token` (an identity).
 
+use super::openapi::Routes;
 use std::sync::{Mutex, PoisonError};
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -271,8 +272,13 @@ fn targets_of(value: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/audit", web::get().to(list));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.get(
+        "/v1/tollgate/audit",
+        "listAudit",
+        "Audited calls, oldest first (Tollgate)",
+        list,
+    );
 }
 
 #[derive(Deserialize)]

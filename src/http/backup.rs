@@ -10,6 +10,7 @@
 //! it as after a crash, and every payment in flight reconciles with the provider before it sends
 //! anything.
 
+use super::openapi::Routes;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -48,8 +49,13 @@ impl Drop for Running {
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/backup", web::post().to(backup));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
+        "/v1/tollgate/backup",
+        "backup",
+        "Write an online, consistent backup of the data directory to a directory on the server's host (Tollgate)",
+        backup,
+    );
 }
 
 /// Checks `to`: an absolute path without `..`, not there yet (nor RocksDB's staging directory

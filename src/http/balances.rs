@@ -4,6 +4,7 @@
 //! yet), so, as in Metronome, the lists return them only with `include_contract_balances` /
 //! `include_contract_commits` set.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 
@@ -16,18 +17,24 @@ use crate::domain::contract::{CommitKind, Contract, Release};
 use crate::domain::money::USD_CENTS_ID;
 use crate::domain::{Id, Money, Timestamp};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
         "/v1/contracts/customerBalances/list",
-        web::post().to(list_balances),
-    )
-    .route(
+        "listBalances",
+        "List commits and credits with balances",
+        list_balances,
+    );
+    routes.post(
         "/v1/contracts/customerBalances/getNetBalance",
-        web::post().to(net_balance),
-    )
-    .route(
+        "getNetBalance",
+        "A customer's net balance",
+        net_balance,
+    );
+    routes.post(
         "/v1/contracts/customerCommits/list",
-        web::post().to(list_commits),
+        "listCommits",
+        "List commits",
+        list_commits,
     );
 }
 

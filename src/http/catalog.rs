@@ -26,10 +26,10 @@ use super::wire;
 use crate::domain::Id;
 use crate::domain::money::CreditType;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    metrics::routes(cfg);
-    products::routes(cfg);
-    rates::routes(cfg);
+pub fn routes(routes: &mut super::openapi::Routes<'_>) {
+    metrics::routes(routes);
+    products::routes(routes);
+    rates::routes(routes);
 }
 
 /// Who created catalog objects made through the API (Metronome reports a user; we have tokens).

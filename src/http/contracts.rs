@@ -2,6 +2,7 @@
 //! `/v2/contracts/edit` (threshold configurations, commits and credits, payment-gated commits),
 //! and the external payment-gate release.
 
+use super::openapi::Routes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -22,17 +23,49 @@ use crate::domain::gate::{
 };
 use crate::domain::{Id, Money, Rejection, Timestamp};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/contracts/create", web::post().to(create))
-        .route("/v1/contracts/get", web::post().to(get_v1))
-        .route("/v1/contracts/list", web::post().to(list_v1))
-        .route("/v2/contracts/get", web::post().to(get_v2))
-        .route("/v2/contracts/list", web::post().to(list_v2))
-        .route("/v2/contracts/edit", web::post().to(edit))
-        .route(
-            "/v1/contracts/commits/threshold-billing/release",
-            web::post().to(release),
-        );
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
+        "/v1/contracts/create",
+        "createContract",
+        "Create a contract (commits, credits, threshold configurations)",
+        create,
+    );
+    routes.post(
+        "/v1/contracts/get",
+        "getContractV1",
+        "Get a contract (v1 shape)",
+        get_v1,
+    );
+    routes.post(
+        "/v1/contracts/list",
+        "listContractsV1",
+        "List a customer's contracts (v1 shape, not paginated)",
+        list_v1,
+    );
+    routes.post(
+        "/v2/contracts/get",
+        "getContractV2",
+        "Get a contract (v2 shape)",
+        get_v2,
+    );
+    routes.post(
+        "/v2/contracts/list",
+        "listContractsV2",
+        "List a customer's contracts (v2 shape, not paginated)",
+        list_v2,
+    );
+    routes.post(
+        "/v2/contracts/edit",
+        "editContract",
+        "Edit a contract: threshold configurations, commits (payment-gated), credits",
+        edit,
+    );
+    routes.post(
+        "/v1/contracts/commits/threshold-billing/release",
+        "releaseThresholdBillingWorkflow",
+        "Report an EXTERNAL gate's payment outcome (paid or failed)",
+        release,
+    );
 }
 
 /// A new random id for an object created at the edge (recorded in the log with its input).

@@ -1,6 +1,7 @@
 //! Customers: create, get, list, ingest aliases, archive, billing provider configurations, and
 //! their invoices (list, get) plus `POST /v1/invoices/void`.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,32 +18,62 @@ use crate::domain::{Id, Timestamp};
 /// Metronome truncates longer names.
 const CUSTOMER_NAME_CHARS_MAX: usize = 160;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/customers", web::post().to(create))
-        .route("/v1/customers", web::get().to(list))
-        .route("/v1/customers/archive", web::post().to(archive))
-        .route("/v1/customers/{customer_id}", web::get().to(get))
-        .route(
-            "/v1/customers/{customer_id}/setIngestAliases",
-            web::post().to(set_aliases),
-        )
-        .route(
-            "/v1/setCustomerBillingProviderConfigurations",
-            web::post().to(set_billing),
-        )
-        .route(
-            "/v1/getCustomerBillingProviderConfigurations",
-            web::post().to(get_billing),
-        )
-        .route(
-            "/v1/customers/{customer_id}/invoices",
-            web::get().to(list_invoices),
-        )
-        .route(
-            "/v1/customers/{customer_id}/invoices/{invoice_id}",
-            web::get().to(get_invoice),
-        )
-        .route("/v1/invoices/void", web::post().to(void_invoice));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
+        "/v1/customers",
+        "createCustomer",
+        "Create a customer",
+        create,
+    );
+    routes.get("/v1/customers", "listCustomers", "List customers", list);
+    routes.post(
+        "/v1/customers/archive",
+        "archiveCustomer",
+        "Archive a customer",
+        archive,
+    );
+    routes.get(
+        "/v1/customers/{customer_id}",
+        "getCustomer",
+        "Get a customer",
+        get,
+    );
+    routes.post(
+        "/v1/customers/{customer_id}/setIngestAliases",
+        "setIngestAliases",
+        "Replace a customer's ingest aliases",
+        set_aliases,
+    );
+    routes.post(
+        "/v1/setCustomerBillingProviderConfigurations",
+        "setCustomerBillingProviderConfigurations",
+        "Set Stripe billing configurations",
+        set_billing,
+    );
+    routes.post(
+        "/v1/getCustomerBillingProviderConfigurations",
+        "getCustomerBillingProviderConfigurations",
+        "Get billing configurations",
+        get_billing,
+    );
+    routes.get(
+        "/v1/customers/{customer_id}/invoices",
+        "listInvoices",
+        "List a customer's invoices",
+        list_invoices,
+    );
+    routes.get(
+        "/v1/customers/{customer_id}/invoices/{invoice_id}",
+        "getInvoice",
+        "Get an invoice",
+        get_invoice,
+    );
+    routes.post(
+        "/v1/invoices/void",
+        "voidInvoice",
+        "Void a SCHEDULED invoice",
+        void_invoice,
+    );
 }
 
 fn path_customer(state: &AppState, text: &str) -> ApiResult<Id> {

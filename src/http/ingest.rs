@@ -4,6 +4,7 @@
 //! index and field in a 400. A 200 (empty body) means every event is durable in the log
 //! (deduplicated by `transaction_id` for 34 days); rating follows within milliseconds.
 
+use super::openapi::Routes;
 use std::borrow::Cow;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -30,8 +31,13 @@ pub const BACKDATE_MAX_MS: i64 = 34 * MS_PER_DAY;
 /// ... and dated this far ahead.
 pub const FUTURE_MAX_MS: i64 = 24 * MS_PER_HOUR;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/ingest", web::post().to(ingest));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
+        "/v1/ingest",
+        "ingest",
+        "Ingest 1-100 usage events; 200 with an empty body once durable",
+        ingest,
+    );
 }
 
 /// Reads a request body, inflated per Content-Encoding in bounded steps, up to `limit` bytes

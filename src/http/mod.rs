@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod ops;
 pub mod quarantine;
 pub mod render;
+pub mod request;
 pub mod search;
 pub mod stripe;
 pub mod summary;
@@ -184,21 +185,26 @@ fn json_config(limit: usize) -> web::JsonConfig {
         })
 }
 
-fn routes(cfg: &mut web::ServiceConfig) {
-    ops::routes(cfg);
-    ingest::routes(cfg);
-    catalog::routes(cfg);
-    customers::routes(cfg);
-    contracts::routes(cfg);
-    balances::routes(cfg);
-    quarantine::routes(cfg);
-    audit::routes(cfg);
-    search::routes(cfg);
-    webhooks::routes(cfg);
-    workflows::routes(cfg);
-    summary::routes(cfg);
-    backup::routes(cfg);
-    openapi::routes(cfg);
+/// Every route, registered on the app (or only recorded, for the OpenAPI document) together with
+/// its documentation.
+pub fn register(routes: &mut openapi::Routes<'_>, stripe_webhook_path: Option<&str>) {
+    ops::routes(routes);
+    ingest::routes(routes);
+    catalog::routes(routes);
+    customers::routes(routes);
+    contracts::routes(routes);
+    balances::routes(routes);
+    quarantine::routes(routes);
+    audit::routes(routes);
+    search::routes(routes);
+    webhooks::routes(routes);
+    workflows::routes(routes);
+    summary::routes(routes);
+    backup::routes(routes);
+    openapi::routes(routes);
+    if let Some(path) = stripe_webhook_path {
+        stripe::routes(routes, path);
+    }
 }
 
 /// Routes a test adds to the app, behind the same middleware as the API's own (a seam for
@@ -239,8 +245,10 @@ pub fn app(
                 .exclude("/ready")
                 .exclude("/metrics"),
         )
-        .configure(routes)
-        .configure(move |cfg| stripe::routes(cfg, stripe.as_ref()))
+        .configure(move |cfg| {
+            let stripe_path = stripe.as_ref().map(|s| s.webhook_path.as_str());
+            register(&mut openapi::Routes::new(Some(cfg)), stripe_path);
+        })
         .configure(move |cfg| extra(cfg))
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))

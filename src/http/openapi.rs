@@ -1,397 +1,369 @@
-//! `GET /openapi.json`: an OpenAPI 3.0 description of what Tollgate serves, kept by hand next to
-//! the routes (a test checks that every route answers something other than 404).
+//! Routes and their documentation in one place: every endpoint is registered through
+//! [`Routes`], which also records its operationId, summary, request type (query parameters or
+//! JSON body) and response type. `GET /openapi.json` is that record turned into an OpenAPI
+//! document whose schemas come from the request and response types themselves (utoipa's
+//! `ToSchema` and `IntoParams` derives), so a route cannot be served undocumented and a field
+//! cannot be read without being described.
 
-use actix_web::{HttpResponse, web};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use actix_web::dev::Handler;
+use actix_web::{FromRequest, HttpResponse, Responder, web};
 use serde_json::{Map, Value, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::schema::Schema;
+use utoipa::{IntoParams, ToSchema};
 
-/// Every endpoint: method, path, summary, and whether it answers `{"data": ...}` (or a page).
-pub const ENDPOINTS: &[(&str, &str, &str, Shape)] = &[
-    (
-        "post",
-        "/v1/ingest",
-        "Ingest 1-100 usage events (JSON array); 200 with an empty body once durable",
-        Shape::Empty,
-    ),
-    ("post", "/v1/customers", "Create a customer", Shape::Data),
-    (
-        "get",
-        "/v1/tollgate/quarantine",
-        "List quarantined inputs (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "post",
-        "/v1/tollgate/quarantine/reapply",
-        "Re-apply a quarantined input, {\"id\"} (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/tollgate/quarantine/discard",
-        "Discard a quarantined input, {\"id\", \"reason\"} (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "get",
-        "/v1/tollgate/workflows",
-        "List payment-gate workflows; filters customer_id, contract_id, state, kind, created_after, created_before (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/tollgate/workflows/{workflow_id}",
-        "Get a payment-gate workflow (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/tollgate/workflows/{workflow_id}/cancel",
-        "Cancel a workflow in flight, {\"reason\"}: it ends FAILED; a STRIPE payment is cancelled first (409 when Stripe says it succeeded) (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/tollgate/backup",
-        "Write an online, consistent backup of the data directory to {\"to\": DIR} on the server's host (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "get",
-        "/v1/tollgate/summary",
-        "Dashboard summary: ingest rate, apply lag, workflows in flight by state, webhooks pending and dead letters, quarantined inputs (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "get",
-        "/v1/tollgate/webhooks/pending",
-        "List webhook deliveries waiting or between retries (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/tollgate/webhooks/delivered",
-        "List webhook deliveries of the retention window, oldest first (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/tollgate/webhooks/dead-letters",
-        "List webhook dead letters (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "post",
-        "/v1/tollgate/webhooks/redrive",
-        "Re-drive one webhook dead letter {\"id\"} or all {\"all\": true} (Tollgate)",
-        Shape::Data,
-    ),
-    (
-        "get",
-        "/v1/tollgate/customers/search",
-        "Search customers by id, ingest alias or name, q=TEXT (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/tollgate/audit",
-        "List audited calls, oldest first; filters starting_on, ending_before, token (Tollgate)",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/tollgate/quarantine/decisions",
-        "List decided quarantine entries with their decisions (Tollgate)",
-        Shape::Page,
-    ),
-    ("get", "/v1/customers", "List customers", Shape::Page),
-    (
-        "get",
-        "/v1/customers/{customer_id}",
-        "Get a customer",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/customers/{customer_id}/setIngestAliases",
-        "Replace a customer's ingest aliases",
-        Shape::Empty,
-    ),
-    (
-        "post",
-        "/v1/customers/archive",
-        "Archive a customer",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/setCustomerBillingProviderConfigurations",
-        "Set Stripe billing configurations",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/getCustomerBillingProviderConfigurations",
-        "Get billing configurations",
-        Shape::Data,
-    ),
-    (
-        "get",
-        "/v1/customers/{customer_id}/invoices",
-        "List a customer's invoices",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/customers/{customer_id}/invoices/{invoice_id}",
-        "Get an invoice",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/invoices/void",
-        "Void a SCHEDULED invoice",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/billable-metrics/create",
-        "Create a billable metric",
-        Shape::Data,
-    ),
-    (
-        "get",
-        "/v1/billable-metrics",
-        "List billable metrics",
-        Shape::Page,
-    ),
-    (
-        "get",
-        "/v1/billable-metrics/{billable_metric_id}",
-        "Get a billable metric",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/billable-metrics/archive",
-        "Archive a billable metric",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/products/create",
-        "Create a product",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/products/get",
-        "Get a product",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/products/list",
-        "List products",
-        Shape::Page,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/products/archive",
-        "Archive a product",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/rate-cards/create",
-        "Create a rate card",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/rate-cards/get",
-        "Get a rate card",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/rate-cards/list",
-        "List rate cards",
-        Shape::Page,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/rate-cards/addRate",
-        "Add a rate",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/rate-cards/addRates",
-        "Add rates (all or nothing)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contract-pricing/rate-cards/getRates",
-        "Rates in effect at a time",
-        Shape::Page,
-    ),
-    (
-        "post",
-        "/v1/contracts/create",
-        "Create a contract (commits, credits, threshold configurations)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contracts/get",
-        "Get a contract (v1 shape)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contracts/list",
-        "List a customer's contracts (v1 shape, not paginated)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v2/contracts/get",
-        "Get a contract (v2 shape)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v2/contracts/list",
-        "List a customer's contracts (v2 shape, not paginated)",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v2/contracts/edit",
-        "Edit a contract: threshold configurations, commits (payment-gated), credits",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contracts/commits/threshold-billing/release",
-        "Report an EXTERNAL gate's payment outcome",
-        Shape::Empty,
-    ),
-    (
-        "post",
-        "/v1/contracts/customerBalances/list",
-        "List commits and credits with balances",
-        Shape::Page,
-    ),
-    (
-        "post",
-        "/v1/contracts/customerBalances/getNetBalance",
-        "A customer's net balance",
-        Shape::Data,
-    ),
-    (
-        "post",
-        "/v1/contracts/customerCommits/list",
-        "List commits",
-        Shape::Page,
-    ),
-    ("get", "/health", "The process lives", Shape::Plain),
-    (
-        "get",
-        "/ready",
-        "Recovery finished and accepting work",
-        Shape::Plain,
-    ),
-    ("get", "/metrics", "Prometheus metrics", Shape::Plain),
-];
+/// The schemas an operation references, by name.
+pub type Schemas = Vec<(String, RefOr<Schema>)>;
 
+/// The HTTP methods Tollgate serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    Data,
-    Page,
-    Empty,
-    Plain,
+pub enum Method {
+    Get,
+    Post,
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi));
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+        }
+    }
+
+    fn http(self) -> actix_web::http::Method {
+        match self {
+            Method::Get => actix_web::http::Method::GET,
+            Method::Post => actix_web::http::Method::POST,
+        }
+    }
 }
 
-pub fn document() -> Value {
-    let mut paths = Map::new();
-    for (method, path, summary, shape) in ENDPOINTS {
-        let public = matches!(shape, Shape::Plain);
-        let ok = match shape {
-            Shape::Data => {
-                json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Data"}}}})
-            }
-            Shape::Page => {
-                json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}}}})
-            }
-            Shape::Empty | Shape::Plain => json!({"description": "OK"}),
-        };
-        let mut operation = json!({
-            "summary": summary,
-            "responses": {
-                "200": ok,
-                "400": {"$ref": "#/components/responses/Error"},
-                "401": {"$ref": "#/components/responses/Error"},
-                "403": {"$ref": "#/components/responses/Error"},
-                "404": {"$ref": "#/components/responses/Error"},
-                "409": {"$ref": "#/components/responses/Error"},
-                "413": {"$ref": "#/components/responses/Error"},
-                "429": {"$ref": "#/components/responses/Error"},
-                "500": {"$ref": "#/components/responses/Error"},
-            },
+/// One served route and what the document says about it.
+pub struct Operation {
+    pub method: Method,
+    pub path: String,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    /// A JSON body's schema (POST).
+    body: Option<fn(&mut Schemas) -> Value>,
+    /// Query parameters (GET).
+    query: Option<fn() -> Vec<Value>>,
+    answer: Option<fn(&mut Schemas) -> Value>,
+    /// Served without a token (probes).
+    pub public: bool,
+}
+
+impl Operation {
+    /// The JSON request body, `T`'s schema.
+    pub fn body<T: ToSchema>(&mut self) -> &mut Self {
+        self.body = Some(reference::<T>);
+        self
+    }
+
+    /// A JSON array of `T` as the request body (ingest).
+    pub fn body_list<T: ToSchema>(&mut self) -> &mut Self {
+        self.body = Some(|schemas| json!({"type": "array", "items": reference::<T>(schemas)}));
+        self
+    }
+
+    /// Query parameters, from `Q`'s fields.
+    pub fn query<Q: IntoParams>(&mut self) -> &mut Self {
+        self.query = Some(|| {
+            Q::into_params(|| Some(ParameterIn::Query))
+                .into_iter()
+                .map(|p| serde_json::to_value(p).expect("a parameter serializes"))
+                .collect()
         });
-        if public {
-            operation["security"] = json!([]);
-        } else {
-            let http_method = actix_web::http::Method::from_bytes(method.to_uppercase().as_bytes())
-                .unwrap_or(actix_web::http::Method::POST);
-            operation["x-tollgate-scope"] =
-                json!(super::auth::required_scope(&http_method, path).name());
+        self
+    }
+
+    /// The 200 answer.
+    pub fn answers<A: Answer>(&mut self) -> &mut Self {
+        self.answer = Some(A::response);
+        self
+    }
+
+    /// Served without a token.
+    pub fn public(&mut self) -> &mut Self {
+        self.public = true;
+        self
+    }
+
+    pub fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
+
+    pub fn has_answer(&self) -> bool {
+        self.answer.is_some()
+    }
+}
+
+/// Registers routes on the app (when there is one) and records them for the document.
+pub struct Routes<'a> {
+    app: Option<&'a mut web::ServiceConfig>,
+    operations: Vec<Operation>,
+}
+
+impl<'a> Routes<'a> {
+    pub fn new(app: Option<&'a mut web::ServiceConfig>) -> Routes<'a> {
+        Routes {
+            app,
+            operations: Vec::new(),
         }
-        if *method == "post" {
-            operation["requestBody"] = json!({
-                "content": {"application/json": {"schema": {"type": if *path == "/v1/ingest" { "array" } else { "object" }}}}
-            });
-            operation["parameters"] = json!([{
-                "name": "Idempotency-Key", "in": "header", "required": false,
-                "schema": {"type": "string", "maxLength": 255}
-            }]);
+    }
+
+    pub fn get<F, Args>(
+        &mut self,
+        path: &str,
+        id: &'static str,
+        summary: &'static str,
+        handler: F,
+    ) -> &mut Operation
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.add(Method::Get, path, id, summary, handler)
+    }
+
+    pub fn post<F, Args>(
+        &mut self,
+        path: &str,
+        id: &'static str,
+        summary: &'static str,
+        handler: F,
+    ) -> &mut Operation
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.add(Method::Post, path, id, summary, handler)
+    }
+
+    fn add<F, Args>(
+        &mut self,
+        method: Method,
+        path: &str,
+        operation_id: &'static str,
+        summary: &'static str,
+        handler: F,
+    ) -> &mut Operation
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        if let Some(app) = self.app.as_deref_mut() {
+            let route = match method {
+                Method::Get => web::get(),
+                Method::Post => web::post(),
+            };
+            app.route(path, route.to(handler));
         }
-        let params: Vec<Value> = path
+        self.operations.push(Operation {
+            method,
+            path: path.to_owned(),
+            operation_id,
+            summary,
+            body: None,
+            query: None,
+            answer: None,
+            public: false,
+        });
+        self.operations.last_mut().expect("just pushed")
+    }
+
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
+    }
+}
+
+/// What a 200 carries.
+pub trait Answer {
+    fn response(schemas: &mut Schemas) -> Value;
+}
+
+/// `{"data": T}`.
+pub struct Data<T>(std::marker::PhantomData<T>);
+/// `{"data": [T], "next_page": cursor | null}`.
+pub struct Page<T>(std::marker::PhantomData<T>);
+/// `{"data": [T]}`, the whole list (Metronome's unpaginated lists).
+pub struct List<T>(std::marker::PhantomData<T>);
+/// An empty body.
+pub struct Empty;
+/// `text/plain` (probes, Prometheus).
+pub struct Plain;
+/// An OpenAPI document.
+pub struct Document;
+
+impl Answer for Document {
+    fn response(_: &mut Schemas) -> Value {
+        json_content(json!({"type": "object", "description": "An OpenAPI 3.1 document"}))
+    }
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({"description": "OK", "content": {"application/json": {"schema": schema}}})
+}
+
+impl<T: ToSchema> Answer for Data<T> {
+    fn response(schemas: &mut Schemas) -> Value {
+        json_content(json!({
+            "type": "object", "required": ["data"],
+            "properties": {"data": reference::<T>(schemas)},
+        }))
+    }
+}
+
+impl<T: ToSchema> Answer for List<T> {
+    fn response(schemas: &mut Schemas) -> Value {
+        json_content(json!({
+            "type": "object", "required": ["data"],
+            "properties": {"data": {"type": "array", "items": reference::<T>(schemas)}},
+        }))
+    }
+}
+
+impl<T: ToSchema> Answer for Page<T> {
+    fn response(schemas: &mut Schemas) -> Value {
+        json_content(json!({
+            "type": "object", "required": ["data", "next_page"],
+            "properties": {
+                "data": {"type": "array", "items": reference::<T>(schemas)},
+                "next_page": {"type": ["string", "null"], "description": "The cursor of the next page; null on the last."},
+            },
+        }))
+    }
+}
+
+impl Answer for Empty {
+    fn response(_: &mut Schemas) -> Value {
+        json!({"description": "OK, with an empty body"})
+    }
+}
+
+impl Answer for Plain {
+    fn response(_: &mut Schemas) -> Value {
+        json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}})
+    }
+}
+
+/// A `$ref` to `T`'s schema, collecting it and every schema it references.
+fn reference<T: ToSchema>(schemas: &mut Schemas) -> Value {
+    schemas.push((T::name().into_owned(), T::schema()));
+    T::schemas(schemas);
+    json!({"$ref": format!("#/components/schemas/{}", T::name())})
+}
+
+/// Every route Tollgate serves, as recorded by the modules (the Stripe webhook only when
+/// `[payments.stripe]` configures its path).
+pub fn served(stripe_webhook_path: Option<&str>) -> Vec<Operation> {
+    let mut routes = Routes::new(None);
+    super::register(&mut routes, stripe_webhook_path);
+    routes.operations
+}
+
+pub fn routes(routes: &mut Routes<'_>) {
+    routes
+        .get("/openapi.json", "getOpenApi", "This document", openapi)
+        .answers::<Document>()
+        .public();
+}
+
+/// The OpenAPI 3.1 document of every route (without the Stripe webhook, whose path is
+/// configured).
+pub fn document() -> Value {
+    let mut schemas: Schemas = Vec::new();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for operation in served(None) {
+        let mut parameters: Vec<Value> = operation
+            .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
-        if !params.is_empty() {
-            operation["parameters"] = json!(params);
+        if let Some(query) = operation.query {
+            parameters.extend(query());
         }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = operation;
+        let mut responses = Map::new();
+        if let Some(answer) = operation.answer {
+            responses.insert("200".into(), answer(&mut schemas));
+        }
+        let errors: &[&str] = if operation.public {
+            &["503"]
+        } else {
+            &[
+                "400", "401", "403", "404", "409", "413", "429", "500", "502", "503",
+            ]
+        };
+        for status in errors {
+            responses.insert(
+                (*status).into(),
+                json!({"$ref": "#/components/responses/Error"}),
+            );
+        }
+        let mut entry = json!({
+            "operationId": operation.operation_id,
+            "summary": operation.summary,
+            "responses": responses,
+        });
+        if operation.public {
+            entry["security"] = json!([]);
+        } else {
+            entry["x-tollgate-scope"] = json!(
+                super::auth::required_scope(&operation.method.http(), &operation.path).name()
+            );
+        }
+        if operation.method == Method::Post {
+            parameters.push(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Answers a retry with the first answer for 24 h (SPEC 2.1).",
+                "schema": {"type": "string", "maxLength": 255},
+            }));
+        }
+        if let Some(body) = operation.body {
+            entry["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": body(&mut schemas)}},
+            });
+        }
+        if !parameters.is_empty() {
+            entry["parameters"] = json!(parameters);
+        }
+        paths
+            .entry(operation.path.clone())
+            .or_default()
+            .insert(operation.method.name().into(), entry);
+    }
+    let mut components = Map::new();
+    components.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}),
+    );
+    for (name, schema) in schemas {
+        components.insert(
+            name,
+            serde_json::to_value(schema).expect("a schema serializes"),
+        );
     }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Tollgate",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Threshold billing and auto-recharge with payment-gated commits; the Metronome-compatible subset of the API.",
+            "description": "Threshold billing and auto-recharge with payment-gated commits; the Metronome-compatible subset of the API, and Tollgate's operator API under /v1/tollgate/.",
         },
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
-                "Data": {"type": "object", "required": ["data"], "properties": {"data": {}}},
-                "Page": {"type": "object", "required": ["data", "next_page"], "properties": {
-                    "data": {"type": "array", "items": {}},
-                    "next_page": {"type": "string", "nullable": true},
-                }},
-            },
+            "schemas": components,
             "responses": {
                 "Error": {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
@@ -400,5 +372,45 @@ pub fn document() -> Value {
 }
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(document())
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    HttpResponse::Ok().json(DOCUMENT.get_or_init(document))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_route_is_documented_with_its_types_and_a_unique_operation_id() {
+        let served = served(Some("/v1/stripe/webhook"));
+        let mut ids = std::collections::HashSet::new();
+        for operation in &served {
+            let route = format!("{} {}", operation.method.name(), operation.path);
+            assert!(
+                ids.insert(operation.operation_id),
+                "{route}: operationId repeated"
+            );
+            assert!(operation.has_answer(), "{route} documents no response type");
+            assert!(!operation.summary.is_empty(), "{route} has no summary");
+            if operation.method == Method::Post {
+                assert!(operation.has_body(), "{route} documents no request type");
+            }
+        }
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        for operation in served.iter().filter(|o| o.path != "/v1/stripe/webhook") {
+            let entry = &paths[&operation.path][operation.method.name()];
+            assert_eq!(entry["operationId"], operation.operation_id);
+        }
+        // Every reference resolves.
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for reference in text.split("\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(
+                schemas.contains_key(name),
+                "{name} is referenced but not defined"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Operational endpoints of our own: `/health` (the process lives), `/ready` (recovery done,
 //! accepting work) and `/metrics` (Prometheus text format).
 
+use super::openapi::{Plain, Routes};
 use std::fmt::Write;
 
 use actix_web::{HttpResponse, web};
@@ -8,10 +9,24 @@ use actix_web::{HttpResponse, web};
 use super::AppState;
 use crate::actors::metrics::EngineMetrics;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes
+        .get("/health", "health", "The process lives", health)
+        .answers::<Plain>()
+        .public();
+    routes
+        .get(
+            "/ready",
+            "ready",
+            "Recovery finished and accepting work (503 before)",
+            ready,
+        )
+        .answers::<Plain>()
+        .public();
+    routes
+        .get("/metrics", "metrics", "Prometheus metrics", metrics)
+        .answers::<Plain>()
+        .public();
 }
 
 async fn health() -> HttpResponse {

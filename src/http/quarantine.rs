@@ -15,6 +15,7 @@
 //! `not_quarantined`; a re-apply of a request whose caller got a 500 answers 409
 //! `not_reappliable` (discard it); an unknown id answers 404.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,14 +29,31 @@ use crate::actors::quarantine::{
 };
 use crate::domain::customer::QuarantineDecision;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/quarantine", web::get().to(list))
-        .route("/v1/tollgate/quarantine/reapply", web::post().to(reapply))
-        .route("/v1/tollgate/quarantine/discard", web::post().to(discard))
-        .route(
-            "/v1/tollgate/quarantine/decisions",
-            web::get().to(decisions),
-        );
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.get(
+        "/v1/tollgate/quarantine",
+        "listQuarantine",
+        "Quarantined inputs (Tollgate)",
+        list,
+    );
+    routes.post(
+        "/v1/tollgate/quarantine/reapply",
+        "reapplyQuarantined",
+        "Re-apply a quarantined input (Tollgate)",
+        reapply,
+    );
+    routes.post(
+        "/v1/tollgate/quarantine/discard",
+        "discardQuarantined",
+        "Discard a quarantined input, with a reason (Tollgate)",
+        discard,
+    );
+    routes.get(
+        "/v1/tollgate/quarantine/decisions",
+        "listQuarantineDecisions",
+        "Decided quarantine entries with their decisions (Tollgate)",
+        decisions,
+    );
 }
 
 /// Longest discard reason kept (it is logged with the decision).

@@ -9,6 +9,7 @@
 //! A request reads at most [`SCAN_MAX`] customers: a rare `q` may answer a short (or empty)
 //! page with a `next_page` to go on from; keep paging until `next_page` is `null`.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,8 +27,13 @@ pub const SCAN_MAX: usize = 20_000;
 /// Longest accepted query.
 const QUERY_CHARS_MAX: usize = 200;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/customers/search", web::get().to(search));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.get(
+        "/v1/tollgate/customers/search",
+        "searchCustomers",
+        "Search customers by id, ingest alias or name (Tollgate)",
+        search,
+    );
 }
 
 #[derive(Deserialize)]

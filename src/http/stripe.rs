@@ -27,10 +27,34 @@ pub struct StripeWebhook {
     pub webhook_path: String,
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig, stripe: Option<&StripeWebhook>) {
-    if let Some(stripe) = stripe {
-        cfg.route(&stripe.webhook_path, web::post().to(webhook));
-    }
+/// Stripe's webhook at its configured path (served only when `[payments.stripe]` is set).
+pub fn routes(routes: &mut super::openapi::Routes<'_>, path: &str) {
+    routes
+        .post(
+            path,
+            "stripeWebhook",
+            "Stripe's webhook events (signed with Stripe-Signature), served only when [payments.stripe] is configured",
+            webhook,
+        )
+        .body::<StripeEvent>()
+        .answers::<super::openapi::Empty>()
+        .public();
+}
+
+/// The parts of a Stripe event Tollgate reads (`data.object` is a PaymentIntent or an invoice);
+/// the body is read as text first, since the signature covers its exact bytes.
+#[derive(utoipa::ToSchema)]
+pub struct StripeEvent {
+    /// `payment_intent.succeeded`, `invoice.paid`, ...
+    #[schema(rename = "type")]
+    pub event_type: String,
+    pub data: StripeEventData,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct StripeEventData {
+    /// The PaymentIntent or invoice, with `metadata.workflow_id`.
+    pub object: serde_json::Value,
 }
 
 async fn webhook(

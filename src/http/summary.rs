@@ -2,6 +2,7 @@
 //! lag, workflows in flight by state, webhook deliveries waiting and dead letters, quarantined
 //! inputs. Counts read from storage stop at [`COUNT_MAX`]; `counts_capped` then says which.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde_json::{Map, Value, json};
 
@@ -16,8 +17,13 @@ use crate::storage::EffectPlace;
 /// The most keys one count reads.
 pub const COUNT_MAX: usize = 1_000_000;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/summary", web::get().to(summary));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.get(
+        "/v1/tollgate/summary",
+        "getSummary",
+        "Dashboard summary: ingest rate, apply lag, workflows in flight by state, webhooks pending and dead letters, quarantined inputs (Tollgate)",
+        summary,
+    );
 }
 
 /// The counts read from storage: workflows in flight by state, dead letters, quarantined

@@ -12,6 +12,7 @@
 //! Each item is one webhook for one destination; its `id` is that delivery's id (a UUID), and
 //! `webhook_id` is the `id` of the body the receiver sees.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,14 +29,31 @@ use crate::storage::{EffectPlace, Uuid16};
 /// Dead letters one `{"all": true}` call re-drives at most.
 pub const REDRIVE_ALL_MAX: usize = 1_000;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/webhooks/pending", web::get().to(pending))
-        .route("/v1/tollgate/webhooks/delivered", web::get().to(delivered))
-        .route(
-            "/v1/tollgate/webhooks/dead-letters",
-            web::get().to(dead_letters),
-        )
-        .route("/v1/tollgate/webhooks/redrive", web::post().to(redrive));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.get(
+        "/v1/tollgate/webhooks/pending",
+        "listPendingWebhooks",
+        "Webhook deliveries waiting or between retries (Tollgate)",
+        pending,
+    );
+    routes.get(
+        "/v1/tollgate/webhooks/delivered",
+        "listDeliveredWebhooks",
+        "Webhook deliveries of the retention window, oldest first (Tollgate)",
+        delivered,
+    );
+    routes.get(
+        "/v1/tollgate/webhooks/dead-letters",
+        "listWebhookDeadLetters",
+        "Webhook dead letters (Tollgate)",
+        dead_letters,
+    );
+    routes.post(
+        "/v1/tollgate/webhooks/redrive",
+        "redriveWebhooks",
+        "Re-drive one webhook dead letter or all (Tollgate)",
+        redrive,
+    );
 }
 
 #[derive(Deserialize)]

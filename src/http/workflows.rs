@@ -11,6 +11,7 @@
 //!   [`SCAN_MAX`] entries per request: a narrow filter may answer a short (or empty) page whose
 //!   `next_page` goes on from where the scan stopped.
 
+use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -31,13 +32,25 @@ pub const SCAN_MAX: usize = 1_000;
 /// Index entries read per store page.
 const SCAN_PAGE: usize = 200;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tollgate/workflows", web::get().to(list))
-        .route("/v1/tollgate/workflows/{workflow_id}", web::get().to(get))
-        .route(
-            "/v1/tollgate/workflows/{workflow_id}/cancel",
-            web::post().to(cancel),
-        );
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.get(
+        "/v1/tollgate/workflows",
+        "listWorkflows",
+        "Payment-gate workflows (Tollgate)",
+        list,
+    );
+    routes.get(
+        "/v1/tollgate/workflows/{workflow_id}",
+        "getWorkflow",
+        "A payment-gate workflow with its history (Tollgate)",
+        get,
+    );
+    routes.post(
+        "/v1/tollgate/workflows/{workflow_id}/cancel",
+        "cancelWorkflow",
+        "Cancel a workflow in flight: it ends FAILED; a STRIPE payment is cancelled first (409 when Stripe says it succeeded) (Tollgate)",
+        cancel,
+    );
 }
 
 /// The workflows of `customer`, every contract's, each with its history.

@@ -1,6 +1,7 @@
 //! Billable metrics: `POST /v1/billable-metrics/create`, `GET /v1/billable-metrics/{id}`,
 //! `GET /v1/billable-metrics` (cursor page) and `POST /v1/billable-metrics/archive`.
 
+use super::super::openapi::Routes;
 use std::collections::BTreeMap;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -17,13 +18,31 @@ use crate::domain::catalog::{
     Aggregation, BillableMetric, CatalogChange, EventTypeFilter, PropertyFilter,
 };
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/billable-metrics/create").route(web::post().to(create)))
-        .service(web::resource("/v1/billable-metrics/archive").route(web::post().to(archive)))
-        .service(web::resource("/v1/billable-metrics").route(web::get().to(list)))
-        .service(
-            web::resource("/v1/billable-metrics/{billable_metric_id}").route(web::get().to(get)),
-        );
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
+        "/v1/billable-metrics/create",
+        "createBillableMetric",
+        "Create a billable metric",
+        create,
+    );
+    routes.post(
+        "/v1/billable-metrics/archive",
+        "archiveBillableMetric",
+        "Archive a billable metric",
+        archive,
+    );
+    routes.get(
+        "/v1/billable-metrics",
+        "listBillableMetrics",
+        "List billable metrics",
+        list,
+    );
+    routes.get(
+        "/v1/billable-metrics/{billable_metric_id}",
+        "getBillableMetric",
+        "Get a billable metric",
+        get,
+    );
 }
 
 const AGGREGATIONS: [(&str, Aggregation); 4] = [

@@ -2,6 +2,7 @@
 //! products (billed from a billable metric) and FIXED ones (commits); products never change
 //! after creation, so `updates` is always empty and `current` equals `initial`.
 
+use super::super::openapi::Routes;
 use std::collections::BTreeMap;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -16,16 +17,30 @@ use super::{CREATED_BY, ListQuery, new_id, page_by_id};
 use crate::domain::Timestamp;
 use crate::domain::catalog::{CatalogChange, Product, ProductKind};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
         "/v1/contract-pricing/products/create",
-        web::post().to(create),
-    )
-    .route("/v1/contract-pricing/products/get", web::post().to(get))
-    .route("/v1/contract-pricing/products/list", web::post().to(list))
-    .route(
+        "createProduct",
+        "Create a product",
+        create,
+    );
+    routes.post(
+        "/v1/contract-pricing/products/get",
+        "getProduct",
+        "Get a product",
+        get,
+    );
+    routes.post(
+        "/v1/contract-pricing/products/list",
+        "listProducts",
+        "List products",
+        list,
+    );
+    routes.post(
         "/v1/contract-pricing/products/archive",
-        web::post().to(archive),
+        "archiveProduct",
+        "Archive a product",
+        archive,
     );
 }
 

@@ -5,6 +5,7 @@
 //! Rates are FLAT or TIERED, priced in the rate card's fiat credit type (USD cents). Prices are
 //! read from the JSON number's exact text and written back the same way, never through `f64`.
 
+use super::super::openapi::Routes;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -22,14 +23,43 @@ use crate::domain::catalog::{CatalogChange, Price, Product, Rate, RateCard, Tier
 use crate::domain::money::{CreditType, USD_CENTS_ID};
 use crate::domain::{Catalog, Id, Money, Rejection, Timestamp};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    const BASE: &str = "/v1/contract-pricing/rate-cards";
-    cfg.route(&format!("{BASE}/create"), web::post().to(create))
-        .route(&format!("{BASE}/get"), web::post().to(get))
-        .route(&format!("{BASE}/list"), web::post().to(list))
-        .route(&format!("{BASE}/addRate"), web::post().to(add_rate))
-        .route(&format!("{BASE}/addRates"), web::post().to(add_rates))
-        .route(&format!("{BASE}/getRates"), web::post().to(get_rates));
+pub fn routes(routes: &mut Routes<'_>) {
+    routes.post(
+        "/v1/contract-pricing/rate-cards/create",
+        "createRateCard",
+        "Create a rate card",
+        create,
+    );
+    routes.post(
+        "/v1/contract-pricing/rate-cards/get",
+        "getRateCard",
+        "Get a rate card",
+        get,
+    );
+    routes.post(
+        "/v1/contract-pricing/rate-cards/list",
+        "listRateCards",
+        "List rate cards",
+        list,
+    );
+    routes.post(
+        "/v1/contract-pricing/rate-cards/addRate",
+        "addRate",
+        "Add a rate to a rate card",
+        add_rate,
+    );
+    routes.post(
+        "/v1/contract-pricing/rate-cards/addRates",
+        "addRates",
+        "Add rates to a rate card (all or nothing)",
+        add_rates,
+    );
+    routes.post(
+        "/v1/contract-pricing/rate-cards/getRates",
+        "getRates",
+        "The rates of a rate card in effect at a time",
+        get_rates,
+    );
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
