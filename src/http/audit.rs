@@ -273,20 +273,28 @@ fn targets_of(value: &Value) -> Vec<(String, String)> {
 }
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.get(
-        "/v1/tollgate/audit",
-        "listAudit",
-        "Audited calls, oldest first (Tollgate)",
-        list,
-    );
+    routes
+        .get(
+            "/v1/tollgate/audit",
+            "listAudit",
+            "Audited calls, oldest first (Tollgate)",
+            list,
+        )
+        .query::<ListQuery>();
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
+    /// Only calls at or after this time (RFC 3339).
     starting_on: Option<String>,
+    /// Only calls before this time (RFC 3339).
     ending_before: Option<String>,
+    /// Only calls made with this token (its name or fingerprint).
     token: Option<String>,
 }
 

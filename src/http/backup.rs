@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
+use super::request::{self, Text};
 use super::wire;
 use crate::domain::Timestamp;
 use crate::storage::STORAGE_FORMAT_VERSION;
@@ -55,7 +55,8 @@ pub fn routes(routes: &mut Routes<'_>) {
         "backup",
         "Write an online, consistent backup of the data directory to a directory on the server's host (Tollgate)",
         backup,
-    );
+    )
+    .body::<BackupBody>();
 }
 
 /// Checks `to`: an absolute path without `..`, not there yet (nor RocksDB's staging directory
@@ -128,10 +129,17 @@ fn size_of(dir: &Path) -> u64 {
         .sum()
 }
 
+/// `POST /v1/tollgate/backup`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct BackupBody {
+    /// An absolute directory on the server's host that does not exist yet, outside the data
+    /// directory.
+    pub to: Text,
+}
+
 async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let to = target(obj.req_str("to")?, state.engine.data_dir())?;
+    let request: BackupBody = request::read(&body)?;
+    let to = target(&request.to.0, state.engine.data_dir())?;
     state.engine.check_ready()?;
     let Some(running) = Running::claim() else {
         return Err(ApiError::InProgress(

@@ -6,40 +6,129 @@
 
 use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
 use super::render;
+use super::request::{self, Choice, Choices, Refused, Time, Uuid};
 use super::wire;
 use crate::domain::contract::{CommitKind, Contract, Release};
 use crate::domain::money::USD_CENTS_ID;
 use crate::domain::{Id, Money, Timestamp};
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.post(
-        "/v1/contracts/customerBalances/list",
-        "listBalances",
-        "List commits and credits with balances",
-        list_balances,
-    );
-    routes.post(
-        "/v1/contracts/customerBalances/getNetBalance",
-        "getNetBalance",
-        "A customer's net balance",
-        net_balance,
-    );
-    routes.post(
-        "/v1/contracts/customerCommits/list",
-        "listCommits",
-        "List commits",
-        list_commits,
-    );
+    routes
+        .post(
+            "/v1/contracts/customerBalances/list",
+            "listBalances",
+            "List commits and credits with balances",
+            list_balances,
+        )
+        .body::<ListBalancesBody>();
+    routes
+        .post(
+            "/v1/contracts/customerBalances/getNetBalance",
+            "getNetBalance",
+            "A customer's net balance",
+            net_balance,
+        )
+        .body::<NetBalanceBody>();
+    routes
+        .post(
+            "/v1/contracts/customerCommits/list",
+            "listCommits",
+            "List commits",
+            list_commits,
+        )
+        .body::<ListBalancesBody>();
 }
 
-fn customer(state: &AppState, obj: &Obj<'_>) -> ApiResult<Id> {
-    let id = obj.req_id("customer_id")?;
+/// `POST /v1/contracts/customerBalances/list` and `/v1/contracts/customerCommits/list`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ListBalancesBody {
+    pub customer_id: Uuid,
+    /// Page size, 1-100 (25 unless given).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// The cursor a previous page answered.
+    #[serde(default)]
+    pub next_page: Option<String>,
+    /// customerBalances/list: only this commit or credit.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// customerCommits/list: only this commit.
+    #[serde(default)]
+    pub commit_id: Option<Uuid>,
+    /// Only those with a segment in effect at this time.
+    #[serde(default)]
+    pub covering_date: Option<Time>,
+    /// Only those starting at or after this time.
+    #[serde(default)]
+    pub starting_at: Option<Time>,
+    /// Only those starting before this time.
+    #[serde(default)]
+    pub effective_before: Option<Time>,
+    #[serde(default)]
+    pub include_archived: Option<bool>,
+    #[serde(default)]
+    pub include_balance: Option<bool>,
+    #[serde(default)]
+    pub include_ledgers: Option<bool>,
+    #[serde(default)]
+    pub exclude_zero_balances: Option<bool>,
+    /// customerBalances/list: contract-level commits and credits are listed only with this set.
+    #[serde(default)]
+    pub include_contract_balances: Option<bool>,
+    /// customerCommits/list: contract-level commits are listed only with this set.
+    #[serde(default)]
+    pub include_contract_commits: Option<bool>,
+}
+
+/// The kinds of balance a net-balance filter selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalanceType(CommitKind);
+
+impl Choices for BalanceType {
+    const NAME: &'static str = "BalanceType";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("PREPAID_COMMIT", BalanceType(CommitKind::Prepaid)),
+        ("POSTPAID_COMMIT", BalanceType(CommitKind::Postpaid)),
+        ("CREDIT", BalanceType(CommitKind::Credit)),
+    ];
+}
+
+pub type BalanceTypeChoice = Choice<BalanceType>;
+
+/// A filter of `getNetBalance`: a commit or credit counts when it matches any filter.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NetBalanceFilterBody {
+    #[serde(default)]
+    pub balance_types: Option<Vec<BalanceTypeChoice>>,
+    #[serde(default)]
+    pub ids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    pub custom_fields: Refused,
+}
+
+/// `POST /v1/contracts/customerBalances/getNetBalance`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NetBalanceBody {
+    pub customer_id: Uuid,
+    /// USD cents unless given.
+    #[serde(default)]
+    pub credit_type_id: Option<String>,
+    /// FINALIZED or FINALIZED_AND_DRAFT (both count the same here).
+    #[serde(default)]
+    pub invoice_inclusion_mode: Option<String>,
+    #[serde(default)]
+    pub filters: Option<Vec<NetBalanceFilterBody>>,
+}
+
+fn customer(state: &AppState, id: Uuid) -> ApiResult<Id> {
+    let id = id.0;
     if !state.engine.customer_exists(id) {
         return Err(ApiError::NotFound(format!("customer {id} not found")));
     }
@@ -58,26 +147,25 @@ async fn list(
     state: web::Data<AppState>,
     body: web::Bytes,
     with_credits: bool,
-    include_flag: &str,
 ) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let customer = customer(&state, &obj)?;
-    let limit = wire::page_limit(
-        obj.value("limit")
-            .and_then(Value::as_u64)
-            .map(|n| n as usize),
-    )?;
-    let cursor = obj.str("next_page")?.map(str::to_owned);
-    let only = obj.id(if with_credits { "id" } else { "commit_id" })?;
-    let covering = obj.time("covering_date")?;
-    let starting_at = obj.time("starting_at")?;
-    let effective_before = obj.time("effective_before")?;
-    let include_archived = obj.bool("include_archived")?.unwrap_or(false);
-    let include_balance = obj.bool("include_balance")?.unwrap_or(false);
-    let include_ledgers = obj.bool("include_ledgers")?.unwrap_or(false);
-    let exclude_zero = obj.bool("exclude_zero_balances")?.unwrap_or(false);
-    let include_contract = obj.bool(include_flag)?.unwrap_or(false);
+    let request: ListBalancesBody = request::read(&body)?;
+    let customer = customer(&state, request.customer_id)?;
+    let limit = wire::page_limit(request.limit)?;
+    let cursor = request.next_page;
+    let (only, include_contract) = if with_credits {
+        (request.id, request.include_contract_balances)
+    } else {
+        (request.commit_id, request.include_contract_commits)
+    };
+    let only = only.map(|id| id.0);
+    let include_contract = include_contract.unwrap_or(false);
+    let covering = request.covering_date.map(|t| t.0);
+    let starting_at = request.starting_at.map(|t| t.0);
+    let effective_before = request.effective_before.map(|t| t.0);
+    let include_archived = request.include_archived.unwrap_or(false);
+    let include_balance = request.include_balance.unwrap_or(false);
+    let include_ledgers = request.include_ledgers.unwrap_or(false);
+    let exclude_zero = request.exclude_zero_balances.unwrap_or(false);
     let now = Timestamp(state.engine.now_ms());
     let catalog = state.engine.catalog();
     let mut items: Vec<(String, Value)> = Vec::new();
@@ -132,24 +220,22 @@ async fn list(
 }
 
 async fn list_balances(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    list(state, body, true, "include_contract_balances").await
+    list(state, body, true).await
 }
 
 async fn list_commits(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    list(state, body, false, "include_contract_commits").await
+    list(state, body, false).await
 }
 
 /// The customer's usable balance now: released prepaid commits and credits (and postpaid
 /// commits when a filter asks for them), each segment floored at zero.
 async fn net_balance(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let customer = customer(&state, &obj)?;
-    let credit_type = obj
-        .str("credit_type_id")?
-        .unwrap_or(USD_CENTS_ID)
-        .to_owned();
-    if let Some(mode) = obj.str("invoice_inclusion_mode")? {
+    let request: NetBalanceBody = request::read(&body)?;
+    let customer = customer(&state, request.customer_id)?;
+    let credit_type = request
+        .credit_type_id
+        .unwrap_or_else(|| USD_CENTS_ID.to_owned());
+    if let Some(mode) = request.invoice_inclusion_mode {
         if !mode.eq_ignore_ascii_case("FINALIZED_AND_DRAFT")
             && !mode.eq_ignore_ascii_case("FINALIZED")
         {
@@ -162,26 +248,25 @@ async fn net_balance(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
         kinds: Vec<CommitKind>,
         ids: Vec<Id>,
     }
-    let mut filters = Vec::new();
-    for filter in obj.objs("filters")? {
-        filter.unsupported("custom_fields")?;
-        let mut kinds = Vec::new();
-        for kind in filter.strs("balance_types")? {
-            kinds.push(wire::parse_enum(
-                &filter.path("balance_types"),
-                &kind,
-                &[
-                    ("PREPAID_COMMIT", CommitKind::Prepaid),
-                    ("POSTPAID_COMMIT", CommitKind::Postpaid),
-                    ("CREDIT", CommitKind::Credit),
-                ],
-            )?);
-        }
-        filters.push(Filter {
-            kinds,
-            ids: filter.ids("ids")?,
-        });
-    }
+    let filters: Vec<Filter> = request
+        .filters
+        .unwrap_or_default()
+        .into_iter()
+        .map(|filter| Filter {
+            kinds: filter
+                .balance_types
+                .unwrap_or_default()
+                .into_iter()
+                .map(|kind| kind.0.0)
+                .collect(),
+            ids: filter
+                .ids
+                .unwrap_or_default()
+                .into_iter()
+                .map(|id| id.0)
+                .collect(),
+        })
+        .collect();
     let now = Timestamp(state.engine.now_ms());
     let mut balance = Money::ZERO;
     for contract in contracts(&state, customer).await? {

@@ -4,68 +4,80 @@
 
 use super::openapi::Routes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::contract_bodies::{
+    CommitRole, CreateContractBody, EditContractBody, GetContractBody, ListContractsBody,
+    ReleaseBody, ThresholdConfigBody, ThresholdUpdateBody, commit_specs,
+};
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
 use super::render;
-use super::wire::{self, parse_enum};
+use super::request::{self, Time, Uuid};
+use super::wire;
 use crate::actors::EngineError;
-use crate::domain::contract::{
-    CommitKind, Contract, Discount, ThresholdCommit, ThresholdConfig, ThresholdKind,
-};
-use crate::domain::customer::{CommitSpec, ContractEdit, ContractSpec, Input, ThresholdUpdate};
-use crate::domain::gate::{
-    GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult, StripeConfig,
-    StripePaymentType, TaxType, WorkflowState,
-};
+use crate::domain::contract::{Contract, ThresholdCommit, ThresholdConfig, ThresholdKind};
+use crate::domain::customer::{CommitSpec, ContractEdit, ContractSpec, Input};
+use crate::domain::gate::{GateType, OutcomeSource, PaymentOutcome, PaymentResult, WorkflowState};
 use crate::domain::{Id, Money, Rejection, Timestamp};
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.post(
-        "/v1/contracts/create",
-        "createContract",
-        "Create a contract (commits, credits, threshold configurations)",
-        create,
-    );
-    routes.post(
-        "/v1/contracts/get",
-        "getContractV1",
-        "Get a contract (v1 shape)",
-        get_v1,
-    );
-    routes.post(
-        "/v1/contracts/list",
-        "listContractsV1",
-        "List a customer's contracts (v1 shape, not paginated)",
-        list_v1,
-    );
-    routes.post(
-        "/v2/contracts/get",
-        "getContractV2",
-        "Get a contract (v2 shape)",
-        get_v2,
-    );
-    routes.post(
-        "/v2/contracts/list",
-        "listContractsV2",
-        "List a customer's contracts (v2 shape, not paginated)",
-        list_v2,
-    );
-    routes.post(
-        "/v2/contracts/edit",
-        "editContract",
-        "Edit a contract: threshold configurations, commits (payment-gated), credits",
-        edit,
-    );
-    routes.post(
-        "/v1/contracts/commits/threshold-billing/release",
-        "releaseThresholdBillingWorkflow",
-        "Report an EXTERNAL gate's payment outcome (paid or failed)",
-        release,
-    );
+    routes
+        .post(
+            "/v1/contracts/create",
+            "createContract",
+            "Create a contract (commits, credits, threshold configurations)",
+            create,
+        )
+        .body::<CreateContractBody>();
+    routes
+        .post(
+            "/v1/contracts/get",
+            "getContractV1",
+            "Get a contract (v1 shape)",
+            get_v1,
+        )
+        .body::<GetContractBody>();
+    routes
+        .post(
+            "/v1/contracts/list",
+            "listContractsV1",
+            "List a customer's contracts (v1 shape, not paginated)",
+            list_v1,
+        )
+        .body::<ListContractsBody>();
+    routes
+        .post(
+            "/v2/contracts/get",
+            "getContractV2",
+            "Get a contract (v2 shape)",
+            get_v2,
+        )
+        .body::<GetContractBody>();
+    routes
+        .post(
+            "/v2/contracts/list",
+            "listContractsV2",
+            "List a customer's contracts (v2 shape, not paginated)",
+            list_v2,
+        )
+        .body::<ListContractsBody>();
+    routes
+        .post(
+            "/v2/contracts/edit",
+            "editContract",
+            "Edit a contract: threshold configurations, commits (payment-gated), credits",
+            edit,
+        )
+        .body::<EditContractBody>();
+    routes
+        .post(
+            "/v1/contracts/commits/threshold-billing/release",
+            "releaseThresholdBillingWorkflow",
+            "Report an EXTERNAL gate's payment outcome (paid or failed)",
+            release,
+        )
+        .body::<ReleaseBody>();
 }
 
 /// A new random id for an object created at the edge (recorded in the log with its input).
@@ -91,239 +103,6 @@ pub fn edge_id(request: &HttpRequest, body: &[u8], kind: &str) -> Id {
         }
         None => new_id(),
     }
-}
-
-const GATES: [(&str, GateType); 3] = [
-    ("NONE", GateType::None),
-    ("EXTERNAL", GateType::External),
-    ("STRIPE", GateType::Stripe),
-];
-
-const TAX_TYPES: [(&str, TaxType); 4] = [
-    ("NONE", TaxType::None),
-    ("STRIPE", TaxType::Stripe),
-    ("ANROK", TaxType::Anrok),
-    ("PRECALCULATED", TaxType::Precalculated),
-];
-
-fn payment_gate(obj: &Obj<'_>) -> ApiResult<PaymentGateConfig> {
-    let gate_type = parse_enum(
-        &obj.path("payment_gate_type"),
-        obj.req_str("payment_gate_type")?,
-        &GATES,
-    )?;
-    let tax_type = match obj.str("tax_type")? {
-        Some(text) => parse_enum(&obj.path("tax_type"), text, &TAX_TYPES)?,
-        None => TaxType::None,
-    };
-    let stripe = match obj.obj("stripe_config")? {
-        Some(config) => {
-            let payment_type = match config.str("payment_type")? {
-                Some(text) if !text.is_empty() => parse_enum(
-                    &config.path("payment_type"),
-                    text,
-                    &[
-                        ("INVOICE", StripePaymentType::Invoice),
-                        ("PAYMENT_INTENT", StripePaymentType::PaymentIntent),
-                    ],
-                )?,
-                _ => StripePaymentType::Invoice,
-            };
-            Some(StripeConfig {
-                payment_type,
-                invoice_metadata: config.string_map("invoice_metadata")?,
-                on_session_payment: config.bool("on_session_payment")?.unwrap_or(false),
-            })
-        }
-        None if gate_type == GateType::Stripe => Some(StripeConfig {
-            payment_type: StripePaymentType::Invoice,
-            invoice_metadata: Vec::new(),
-            on_session_payment: false,
-        }),
-        None => None,
-    };
-    let precalculated_tax = match obj.obj("precalculated_tax_config")? {
-        Some(tax) => Some((
-            tax.req_money("tax_amount")?,
-            tax.str("tax_name")?.map(str::to_owned),
-        )),
-        None => None,
-    };
-    Ok(PaymentGateConfig {
-        gate_type,
-        tax_type,
-        stripe,
-        precalculated_tax,
-    })
-}
-
-fn discount(obj: &Obj<'_>) -> ApiResult<Option<Discount>> {
-    // The guides also spell it `discount_config: {fraction}`; accept both.
-    let config = match (
-        obj.obj("discount_configuration")?,
-        obj.obj("discount_config")?,
-    ) {
-        (Some(c), _) | (None, Some(c)) => c,
-        (None, None) => return Ok(None),
-    };
-    config.unsupported("cap")?;
-    let fraction = match config.decimal("payment_fraction")? {
-        Some(f) => f,
-        None => config.decimal("fraction")?.ok_or_else(|| {
-            ApiError::BadRequest(format!("{} is required", config.path("payment_fraction")))
-        })?,
-    };
-    Ok(Some(Discount {
-        payment_fraction: fraction,
-    }))
-}
-
-fn threshold_config(obj: &Obj<'_>, kind: ThresholdKind) -> ApiResult<ThresholdConfig> {
-    let commit = obj.req_obj("commit")?;
-    commit.unsupported("specifiers")?;
-    obj.unsupported("threshold_balance_specifiers")?;
-    obj.unsupported("custom_credit_type_id")?;
-    Ok(ThresholdConfig {
-        kind,
-        commit: ThresholdCommit {
-            product_id: commit.req_id("product_id")?,
-            name: commit.str("name")?.map(str::to_owned),
-            description: commit.str("description")?.map(str::to_owned),
-            priority: commit.decimal("priority")?,
-            applicable_product_ids: commit.ids("applicable_product_ids")?,
-            applicable_product_tags: commit.strs("applicable_product_tags")?,
-        },
-        is_enabled: obj.req_bool("is_enabled")?,
-        gate: payment_gate(&obj.req_obj("payment_gate_config")?)?,
-        threshold_amount: obj.req_money("threshold_amount")?,
-        recharge_to_amount: match kind {
-            ThresholdKind::Spend => obj.money("recharge_to_amount")?,
-            ThresholdKind::PrepaidBalance => Some(obj.req_money("recharge_to_amount")?),
-        },
-        discount: discount(obj)?,
-        triggers: 0,
-    })
-}
-
-fn threshold_update(obj: &Obj<'_>) -> ApiResult<ThresholdUpdate> {
-    obj.unsupported("threshold_balance_specifiers")?;
-    obj.unsupported("custom_credit_type_id")?;
-    let mut update = ThresholdUpdate {
-        is_enabled: obj.bool("is_enabled")?,
-        gate: obj
-            .obj("payment_gate_config")?
-            .map(|g| payment_gate(&g))
-            .transpose()?,
-        threshold_amount: obj.money("threshold_amount")?,
-        recharge_to_amount: obj.money("recharge_to_amount")?,
-        ..ThresholdUpdate::default()
-    };
-    if obj.present("discount_configuration") {
-        update.discount = Some(discount(obj)?);
-    }
-    if let Some(commit) = obj.obj("commit")? {
-        commit.unsupported("specifiers")?;
-        update.commit_product_id = commit.id("product_id")?;
-        if commit.present("name") {
-            update.commit_name = Some(commit.str("name")?.map(str::to_owned));
-        }
-        if commit.present("description") {
-            update.commit_description = Some(commit.str("description")?.map(str::to_owned));
-        }
-        if commit.present("priority") {
-            update.commit_priority = Some(commit.decimal("priority")?);
-        }
-        if commit.present("applicable_product_ids") {
-            update.commit_applicable_product_ids = Some(commit.ids("applicable_product_ids")?);
-        }
-        if commit.present("applicable_product_tags") {
-            update.commit_applicable_product_tags = Some(commit.strs("applicable_product_tags")?);
-        }
-    }
-    Ok(update)
-}
-
-/// A commit or credit of a create or edit request.
-fn commit_spec(obj: &Obj<'_>, credit: bool, gates_allowed: bool) -> ApiResult<CommitSpec> {
-    let kind = if credit {
-        CommitKind::Credit
-    } else {
-        parse_enum(
-            &obj.path("type"),
-            obj.req_str("type")?,
-            &[
-                ("PREPAID", CommitKind::Prepaid),
-                ("POSTPAID", CommitKind::Postpaid),
-            ],
-        )?
-    };
-    for field in [
-        "specifiers",
-        "rollover_fraction",
-        "recurring_schedule",
-        "hierarchy_configuration",
-        "custom_fields",
-    ] {
-        obj.unsupported(field)?;
-    }
-    if let Some(rate_type) = obj.str("rate_type")? {
-        if !rate_type.eq_ignore_ascii_case("LIST_RATE") {
-            return Err(ApiError::BadRequest(format!(
-                "{}: only LIST_RATE is supported",
-                obj.path("rate_type")
-            )));
-        }
-    }
-    let access = obj.req_obj("access_schedule")?;
-    access.unsupported("credit_type_id")?;
-    let mut access_schedule = Vec::new();
-    for item in access.objs("schedule_items")? {
-        access_schedule.push((
-            item.req_money("amount")?,
-            item.req_time("starting_at")?,
-            item.req_time("ending_before")?,
-        ));
-    }
-    let mut invoice_schedule = Vec::new();
-    if let Some(invoices) = obj.obj("invoice_schedule")? {
-        invoices.unsupported("recurring_schedule")?;
-        invoices.unsupported("credit_type_id")?;
-        if !invoices.bool("do_not_invoice")?.unwrap_or(false) {
-            for item in invoices.objs("schedule_items")? {
-                let timestamp = item.req_time("timestamp")?;
-                let (unit_price, quantity) = match item.money("amount")? {
-                    Some(amount) => (amount, Decimal::ONE),
-                    None => (
-                        item.req_money("unit_price")?,
-                        item.decimal("quantity")?.unwrap_or(Decimal::ONE),
-                    ),
-                };
-                invoice_schedule.push((timestamp, unit_price, quantity));
-            }
-        }
-    }
-    let payment_gate = match obj.obj("payment_gate_config")? {
-        Some(_) if !gates_allowed => {
-            return Err(ApiError::BadRequest(format!(
-                "{}: payment-gated commits are added with POST /v2/contracts/edit",
-                obj.path("payment_gate_config")
-            )));
-        }
-        Some(gate) => Some(payment_gate(&gate)?),
-        None => None,
-    };
-    Ok(CommitSpec {
-        kind,
-        product_id: obj.req_id("product_id")?,
-        name: obj.str("name")?.map(str::to_owned),
-        description: obj.str("description")?.map(str::to_owned),
-        priority: obj.decimal("priority")?,
-        applicable_product_ids: obj.ids("applicable_product_ids")?,
-        applicable_product_tags: obj.strs("applicable_product_tags")?,
-        access_schedule,
-        invoice_schedule,
-        payment_gate,
-    })
 }
 
 /// STRIPE gates need the server's Stripe account, and a charge at least Stripe's minimum.
@@ -371,8 +150,8 @@ fn check_stripe_gates(
     Ok(())
 }
 
-fn customer_of(state: &AppState, obj: &Obj<'_>) -> ApiResult<Id> {
-    let id = obj.req_id("customer_id")?;
+fn customer_of(state: &AppState, id: Uuid) -> ApiResult<Id> {
+    let id = id.0;
     if !state.engine.customer_exists(id) {
         return Err(ApiError::NotFound(format!("customer {id} not found")));
     }
@@ -381,72 +160,56 @@ fn customer_of(state: &AppState, obj: &Obj<'_>) -> ApiResult<Id> {
 
 async fn create(
     state: web::Data<AppState>,
-    request: HttpRequest,
+    http: HttpRequest,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let customer = customer_of(&state, &obj)?;
-    for field in [
-        "overrides",
-        "scheduled_charges",
-        "recurring_commits",
-        "recurring_credits",
-        "subscriptions",
-        "spend_trackers",
-        "discounts",
-        "professional_services",
-        "reseller_royalties",
-        "transition",
-        "hierarchy_configuration",
-        "usage_filter",
-    ] {
-        obj.unsupported(field)?;
-    }
-    if let Some(schedule) = obj.obj("usage_statement_schedule")? {
-        if let Some(frequency) = schedule.str("frequency")? {
-            if !frequency.eq_ignore_ascii_case("MONTHLY") {
-                return Err(ApiError::BadRequest(
-                    "usage_statement_schedule.frequency: only MONTHLY is supported".into(),
-                ));
-            }
+    let request: CreateContractBody = request::read(&body)?;
+    let customer = customer_of(&state, request.customer_id)?;
+    if let Some(frequency) = request
+        .usage_statement_schedule
+        .and_then(|schedule| schedule.frequency)
+    {
+        if !frequency.eq_ignore_ascii_case("MONTHLY") {
+            return Err(ApiError::BadRequest(
+                "usage_statement_schedule.frequency: only MONTHLY is supported".into(),
+            ));
         }
     }
-    let rate_card_id = match (obj.id("rate_card_id")?, obj.str("rate_card_alias")?) {
-        (Some(id), _) => id,
+    let rate_card_id = match (request.rate_card_id, request.rate_card_alias) {
+        (Some(id), _) => id.0,
         (None, Some(alias)) => state
             .engine
             .catalog()
             .rate_cards()
-            .find(|c| c.aliases.iter().any(|a| a == alias))
+            .find(|c| c.aliases.iter().any(|a| *a == alias))
             .map(|c| c.id)
             .ok_or_else(|| ApiError::BadRequest(format!("rate_card_alias: {alias:?} not found")))?,
         (None, None) => return Err(ApiError::BadRequest("rate_card_id is required".into())),
     };
-    let mut commits = Vec::new();
-    for commit in obj.objs("commits")? {
-        commits.push(commit_spec(&commit, false, false)?);
-    }
-    let mut credits = Vec::new();
-    for credit in obj.objs("credits")? {
-        credits.push(commit_spec(&credit, true, false)?);
-    }
+    let commit = CommitRole::Commit {
+        gates_allowed: false,
+    };
     let spec = ContractSpec {
-        id: edge_id(&request, &body, "contract"),
+        id: edge_id(&http, &body, "contract"),
         rate_card_id,
-        name: obj.str("name")?.map(str::to_owned),
-        starting_at: obj.req_time("starting_at")?,
-        ending_before: obj.time("ending_before")?,
-        uniqueness_key: obj.str("uniqueness_key")?.map(str::to_owned),
-        commits,
-        credits,
-        spend_threshold: obj
-            .obj("spend_threshold_configuration")?
-            .map(|c| threshold_config(&c, ThresholdKind::Spend))
+        name: request.name,
+        starting_at: request.starting_at.0,
+        ending_before: request.ending_before.map(|t| t.0),
+        uniqueness_key: request.uniqueness_key,
+        commits: commit_specs(request.commits, commit, "commits")?,
+        credits: commit_specs(request.credits, CommitRole::Credit, "credits")?,
+        spend_threshold: request
+            .spend_threshold_configuration
+            .map(|c| c.into_domain(ThresholdKind::Spend, "spend_threshold_configuration"))
             .transpose()?,
-        prepaid_threshold: obj
-            .obj("prepaid_balance_threshold_configuration")?
-            .map(|c| threshold_config(&c, ThresholdKind::PrepaidBalance))
+        prepaid_threshold: request
+            .prepaid_balance_threshold_configuration
+            .map(|c| {
+                c.into_domain(
+                    ThresholdKind::PrepaidBalance,
+                    "prepaid_balance_threshold_configuration",
+                )
+            })
             .transpose()?,
     };
     check_stripe_gates(
@@ -472,17 +235,21 @@ struct ReadOptions {
     include_balance: bool,
 }
 
-fn read_options(state: &AppState, obj: &Obj<'_>) -> ApiResult<ReadOptions> {
-    let customer = customer_of(state, obj)?;
-    let as_of = obj
-        .time("as_of_date")?
-        .unwrap_or(Timestamp(state.engine.now_ms()));
-    Ok(ReadOptions {
-        customer,
-        as_of,
-        include_ledger: obj.bool("include_ledgers")?.unwrap_or(false),
-        include_balance: obj.bool("include_balance")?.unwrap_or(false),
-    })
+impl ReadOptions {
+    fn new(
+        state: &AppState,
+        customer: Uuid,
+        as_of: Option<Time>,
+        include_ledgers: Option<bool>,
+        include_balance: Option<bool>,
+    ) -> ApiResult<ReadOptions> {
+        Ok(ReadOptions {
+            customer: customer_of(state, customer)?,
+            as_of: as_of.map_or(Timestamp(state.engine.now_ms()), |t| t.0),
+            include_ledger: include_ledgers.unwrap_or(false),
+            include_balance: include_balance.unwrap_or(false),
+        })
+    }
 }
 
 async fn contracts_of(state: &AppState, customer: Id) -> ApiResult<Vec<Contract>> {
@@ -493,10 +260,15 @@ async fn contracts_of(state: &AppState, customer: Id) -> ApiResult<Vec<Contract>
 }
 
 async fn get(state: web::Data<AppState>, body: web::Bytes, v2: bool) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let options = read_options(&state, &obj)?;
-    let contract_id = obj.req_id("contract_id")?;
+    let request: GetContractBody = request::read(&body)?;
+    let options = ReadOptions::new(
+        &state,
+        request.customer_id,
+        request.as_of_date,
+        request.include_ledgers,
+        request.include_balance,
+    )?;
+    let contract_id = request.contract_id.0;
     let contracts = contracts_of(&state, options.customer).await?;
     let contract = contracts
         .iter()
@@ -518,11 +290,16 @@ async fn get(state: web::Data<AppState>, body: web::Bytes, v2: bool) -> ApiResul
 }
 
 async fn list(state: web::Data<AppState>, body: web::Bytes, v2: bool) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let options = read_options(&state, &obj)?;
-    let covering = obj.time("covering_date")?;
-    let starting_at = obj.time("starting_at")?;
+    let request: ListContractsBody = request::read(&body)?;
+    let options = ReadOptions::new(
+        &state,
+        request.customer_id,
+        request.as_of_date,
+        request.include_ledgers,
+        request.include_balance,
+    )?;
+    let covering = request.covering_date.map(|t| t.0);
+    let starting_at = request.starting_at.map(|t| t.0);
     let contracts = contracts_of(&state, options.customer).await?;
     let catalog = state.engine.catalog();
     let render = if v2 {
@@ -566,63 +343,47 @@ async fn list_v2(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
 
 async fn edit(
     state: web::Data<AppState>,
-    request: HttpRequest,
+    http: HttpRequest,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let customer = customer_of(&state, &obj)?;
-    for field in [
-        "add_overrides",
-        "add_scheduled_charges",
-        "update_commits",
-        "archive_commits",
-        "archive_credits",
-        "update_credits",
-        "add_recurring_commits",
-        "add_recurring_credits",
-        "add_spend_trackers",
-        "add_subscriptions",
-        "add_discounts",
-        "add_professional_services",
-        "add_reseller_royalties",
-        "update_contract_end_date",
-        "update_scheduled_charges",
-        "archive_scheduled_charges",
-        "add_usage_filters",
-    ] {
-        obj.unsupported(field)?;
-    }
-    let mut add_commits = Vec::new();
-    for commit in obj.objs("add_commits")? {
-        add_commits.push(commit_spec(&commit, false, true)?);
-    }
-    let mut add_credits = Vec::new();
-    for credit in obj.objs("add_credits")? {
-        add_credits.push(commit_spec(&credit, true, false)?);
-    }
+    let request: EditContractBody = request::read(&body)?;
+    let customer = customer_of(&state, request.customer_id)?;
+    let add_threshold = |config: Option<ThresholdConfigBody>, kind, at: &str| {
+        config.map(|c| c.into_domain(kind, at)).transpose()
+    };
+    let update_threshold = |update: Option<ThresholdUpdateBody>, at: &str| {
+        update.map(|u| u.into_domain(at)).transpose()
+    };
     let edit = ContractEdit {
-        edit_id: edge_id(&request, &body, "edit"),
-        contract_id: obj.req_id("contract_id")?,
-        uniqueness_key: obj.str("uniqueness_key")?.map(str::to_owned),
-        add_commits,
-        add_credits,
-        add_spend_threshold: obj
-            .obj("add_spend_threshold_configuration")?
-            .map(|c| threshold_config(&c, ThresholdKind::Spend))
-            .transpose()?,
-        update_spend_threshold: obj
-            .obj("update_spend_threshold_configuration")?
-            .map(|c| threshold_update(&c))
-            .transpose()?,
-        add_prepaid_threshold: obj
-            .obj("add_prepaid_balance_threshold_configuration")?
-            .map(|c| threshold_config(&c, ThresholdKind::PrepaidBalance))
-            .transpose()?,
-        update_prepaid_threshold: obj
-            .obj("update_prepaid_balance_threshold_configuration")?
-            .map(|c| threshold_update(&c))
-            .transpose()?,
+        edit_id: edge_id(&http, &body, "edit"),
+        contract_id: request.contract_id.0,
+        uniqueness_key: request.uniqueness_key,
+        add_commits: commit_specs(
+            request.add_commits,
+            CommitRole::Commit {
+                gates_allowed: true,
+            },
+            "add_commits",
+        )?,
+        add_credits: commit_specs(request.add_credits, CommitRole::Credit, "add_credits")?,
+        add_spend_threshold: add_threshold(
+            request.add_spend_threshold_configuration,
+            ThresholdKind::Spend,
+            "add_spend_threshold_configuration",
+        )?,
+        update_spend_threshold: update_threshold(
+            request.update_spend_threshold_configuration,
+            "update_spend_threshold_configuration",
+        )?,
+        add_prepaid_threshold: add_threshold(
+            request.add_prepaid_balance_threshold_configuration,
+            ThresholdKind::PrepaidBalance,
+            "add_prepaid_balance_threshold_configuration",
+        )?,
+        update_prepaid_threshold: update_threshold(
+            request.update_prepaid_balance_threshold_configuration,
+            "update_prepaid_balance_threshold_configuration",
+        )?,
     };
     let updated_gates: Vec<ThresholdConfig> =
         [&edit.update_spend_threshold, &edit.update_prepaid_threshold]
@@ -677,14 +438,9 @@ async fn edit(
 /// `POST /v1/contracts/commits/threshold-billing/release {"workflow_id", "outcome"}`: the
 /// operator reports an EXTERNAL gate's payment result. 200 with an empty body.
 async fn release(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let workflow_id = obj.req_id("workflow_id")?;
-    let result = parse_enum(
-        "outcome",
-        obj.req_str("outcome")?,
-        &[("paid", true), ("failed", false)],
-    )?;
+    let request: ReleaseBody = request::read(&body)?;
+    let workflow_id = request.workflow_id.0;
+    let result = request.outcome.0.paid;
     let customer = state
         .engine
         .workflow_customer(workflow_id)?
@@ -696,10 +452,10 @@ async fn release(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
             PaymentResult::Paid
         } else {
             PaymentResult::Failed {
-                error: obj
-                    .str("error_message")?
+                error: request
+                    .error_message
                     .map(|m| crate::domain::gate::ProviderError {
-                        message: Some(m.to_owned()),
+                        message: Some(m),
                         ..Default::default()
                     }),
             }

@@ -3,14 +3,17 @@
 
 use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::contracts::edge_id;
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
 use super::render;
+use super::request::{self, Refused, Text, Uuid};
 use super::wire;
 use crate::domain::customer::{CustomerProfile, Input, StripeBilling};
 use crate::domain::{Id, Timestamp};
@@ -19,65 +22,156 @@ use crate::domain::{Id, Timestamp};
 const CUSTOMER_NAME_CHARS_MAX: usize = 160;
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.post(
-        "/v1/customers",
-        "createCustomer",
-        "Create a customer",
-        create,
-    );
-    routes.get("/v1/customers", "listCustomers", "List customers", list);
-    routes.post(
-        "/v1/customers/archive",
-        "archiveCustomer",
-        "Archive a customer",
-        archive,
-    );
+    routes
+        .post(
+            "/v1/customers",
+            "createCustomer",
+            "Create a customer",
+            create,
+        )
+        .body::<CreateCustomerBody>();
+    routes
+        .get("/v1/customers", "listCustomers", "List customers", list)
+        .query::<ListQuery>();
+    routes
+        .post(
+            "/v1/customers/archive",
+            "archiveCustomer",
+            "Archive a customer",
+            archive,
+        )
+        .body::<IdBody>();
     routes.get(
         "/v1/customers/{customer_id}",
         "getCustomer",
         "Get a customer",
         get,
     );
-    routes.post(
-        "/v1/customers/{customer_id}/setIngestAliases",
-        "setIngestAliases",
-        "Replace a customer's ingest aliases",
-        set_aliases,
-    );
-    routes.post(
-        "/v1/setCustomerBillingProviderConfigurations",
-        "setCustomerBillingProviderConfigurations",
-        "Set Stripe billing configurations",
-        set_billing,
-    );
-    routes.post(
-        "/v1/getCustomerBillingProviderConfigurations",
-        "getCustomerBillingProviderConfigurations",
-        "Get billing configurations",
-        get_billing,
-    );
-    routes.get(
-        "/v1/customers/{customer_id}/invoices",
-        "listInvoices",
-        "List a customer's invoices",
-        list_invoices,
-    );
+    routes
+        .post(
+            "/v1/customers/{customer_id}/setIngestAliases",
+            "setIngestAliases",
+            "Replace a customer's ingest aliases",
+            set_aliases,
+        )
+        .body::<SetAliasesBody>();
+    routes
+        .post(
+            "/v1/setCustomerBillingProviderConfigurations",
+            "setCustomerBillingProviderConfigurations",
+            "Set Stripe billing configurations",
+            set_billing,
+        )
+        .body::<SetBillingBody>();
+    routes
+        .post(
+            "/v1/getCustomerBillingProviderConfigurations",
+            "getCustomerBillingProviderConfigurations",
+            "Get billing configurations",
+            get_billing,
+        )
+        .body::<CustomerBody>();
+    routes
+        .get(
+            "/v1/customers/{customer_id}/invoices",
+            "listInvoices",
+            "List a customer's invoices",
+            list_invoices,
+        )
+        .query::<InvoiceQuery>();
     routes.get(
         "/v1/customers/{customer_id}/invoices/{invoice_id}",
         "getInvoice",
         "Get an invoice",
         get_invoice,
     );
-    routes.post(
-        "/v1/invoices/void",
-        "voidInvoice",
-        "Void a SCHEDULED invoice",
-        void_invoice,
-    );
+    routes
+        .post(
+            "/v1/invoices/void",
+            "voidInvoice",
+            "Void a SCHEDULED invoice",
+            void_invoice,
+        )
+        .body::<IdBody>();
+}
+
+/// `POST /v1/customers`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateCustomerBody {
+    /// Truncated to 160 characters, as Metronome does.
+    pub name: Text,
+    /// Names the customer in usage events; unique among customers.
+    #[serde(default)]
+    pub ingest_aliases: Option<Vec<String>>,
+    /// Metronome's deprecated single ingest alias (added to `ingest_aliases`).
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub custom_fields: Option<BTreeMap<String, String>>,
+    /// At most one (stripe).
+    #[serde(default)]
+    pub customer_billing_provider_configurations: Option<Vec<BillingProviderBody>>,
+    #[serde(default)]
+    pub billing_config: Refused,
+    #[serde(default)]
+    pub customer_revenue_system_configurations: Refused,
+}
+
+/// A billing provider configuration: only Stripe.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BillingProviderBody {
+    /// `stripe`.
+    pub billing_provider: String,
+    pub configuration: StripeBillingBody,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StripeBillingBody {
+    pub stripe_customer_id: Text,
+    /// `charge_automatically` unless given.
+    #[serde(default)]
+    pub stripe_collection_method: Option<String>,
+}
+
+/// An item of `POST /v1/setCustomerBillingProviderConfigurations`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetBillingItemBody {
+    pub customer_id: Uuid,
+    /// `stripe`.
+    pub billing_provider: String,
+    pub configuration: StripeBillingBody,
+}
+
+/// `POST /v1/setCustomerBillingProviderConfigurations`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetBillingBody {
+    pub data: Vec<SetBillingItemBody>,
+}
+
+/// A body naming a customer (`getCustomerBillingProviderConfigurations`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CustomerBody {
+    pub customer_id: Uuid,
+}
+
+/// A body naming an object by its `id` (archive a customer, void an invoice).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct IdBody {
+    pub id: Uuid,
+}
+
+/// `POST /v1/customers/{customer_id}/setIngestAliases`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetAliasesBody {
+    /// The whole new list (empty removes every alias).
+    pub ingest_aliases: Vec<String>,
 }
 
 fn path_customer(state: &AppState, text: &str) -> ApiResult<Id> {
-    let id = wire::parse_id("customer_id", text)?;
+    existing_customer(state, wire::parse_id("customer_id", text)?)
+}
+
+fn existing_customer(state: &AppState, id: Id) -> ApiResult<Id> {
     if !state.engine.customer_exists(id) {
         return Err(ApiError::NotFound(format!("customer {id} not found")));
     }
@@ -86,23 +180,24 @@ fn path_customer(state: &AppState, text: &str) -> ApiResult<Id> {
 
 /// A Stripe billing configuration from Metronome's `customer_billing_provider_configurations`
 /// item or `setCustomerBillingProviderConfigurations` item.
-fn stripe_billing(customer: Id, item: &Obj<'_>) -> ApiResult<Option<StripeBilling>> {
-    let provider = item.req_str("billing_provider")?;
+fn stripe_billing(
+    customer: Id,
+    provider: &str,
+    config: StripeBillingBody,
+    at: &str,
+) -> ApiResult<StripeBilling> {
     if !provider.eq_ignore_ascii_case("stripe") {
         return Err(ApiError::BadRequest(format!(
-            "{}: only stripe is supported",
-            item.path("billing_provider")
+            "{at}.billing_provider: only stripe is supported"
         )));
     }
-    let config = item.req_obj("configuration")?;
-    Ok(Some(StripeBilling {
+    Ok(StripeBilling {
         configuration_id: Id::derive(customer, "billing-provider-configuration", 0),
-        stripe_customer_id: config.req_str("stripe_customer_id")?.to_owned(),
+        stripe_customer_id: config.stripe_customer_id.0,
         collection_method: config
-            .str("stripe_collection_method")?
-            .unwrap_or("charge_automatically")
-            .to_owned(),
-    }))
+            .stripe_collection_method
+            .unwrap_or_else(|| "charge_automatically".to_owned()),
+    })
 }
 
 async fn create(
@@ -110,17 +205,15 @@ async fn create(
     request: actix_web::HttpRequest,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    obj.unsupported("billing_config")?;
-    obj.unsupported("customer_revenue_system_configurations")?;
-    let name: String = obj
-        .req_str("name")?
+    let body_fields: CreateCustomerBody = request::read(&body)?;
+    let name: String = body_fields
+        .name
+        .0
         .chars()
         .take(CUSTOMER_NAME_CHARS_MAX)
         .collect();
-    let mut ingest_aliases = obj.strs("ingest_aliases")?;
-    let external_id = obj.str("external_id")?.map(str::to_owned);
+    let mut ingest_aliases = body_fields.ingest_aliases.unwrap_or_default();
+    let external_id = body_fields.external_id;
     // `external_id` is Metronome's deprecated single alias: it names the customer in events.
     if let Some(external) = &external_id {
         if !ingest_aliases.contains(external) {
@@ -134,15 +227,28 @@ async fn create(
     }
     let id = edge_id(&request, &body, "customer");
     let mut stripe = None;
-    for item in obj.objs("customer_billing_provider_configurations")? {
-        stripe = stripe_billing(id, &item)?;
+    let configurations = body_fields
+        .customer_billing_provider_configurations
+        .unwrap_or_default();
+    for (i, item) in configurations.into_iter().enumerate() {
+        let at = format!("customer_billing_provider_configurations[{i}]");
+        stripe = Some(stripe_billing(
+            id,
+            &item.billing_provider,
+            item.configuration,
+            &at,
+        )?);
     }
     let profile = CustomerProfile {
         id,
         name,
         external_id,
         ingest_aliases,
-        custom_fields: obj.string_map("custom_fields")?,
+        custom_fields: body_fields
+            .custom_fields
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         stripe,
         created_at: Timestamp(state.engine.now_ms()),
         archived_at: None,
@@ -173,12 +279,18 @@ async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<H
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
+    /// Only these customers (comma-separated ids).
     customer_ids: Option<String>,
+    /// Only the customer with this ingest alias.
     ingest_alias: Option<String>,
+    /// Only archived customers (otherwise only active ones).
     only_archived: Option<bool>,
 }
 
@@ -238,12 +350,7 @@ async fn set_aliases(
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let customer = path_customer(&state, &path)?;
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    if !obj.present("ingest_aliases") {
-        return Err(ApiError::BadRequest("ingest_aliases is required".into()));
-    }
-    let aliases = obj.strs("ingest_aliases")?;
+    let aliases = request::read::<SetAliasesBody>(&body)?.ingest_aliases;
     if aliases.iter().any(String::is_empty) {
         return Err(ApiError::BadRequest(
             "ingest_aliases: must not contain empty strings".into(),
@@ -254,17 +361,13 @@ async fn set_aliases(
 }
 
 async fn archive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let customer = path_customer(&state, obj.req_str("id")?)?;
+    let customer = existing_customer(&state, request::read::<IdBody>(&body)?.id.0)?;
     state.engine.apply(customer, Input::ArchiveCustomer).await?;
     Ok(wire::id_response(customer))
 }
 
 async fn set_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let items = obj.objs("data")?;
+    let items = request::read::<SetBillingBody>(&body)?.data;
     if items.is_empty() {
         return Err(ApiError::BadRequest(
             "data: at least one configuration is required".into(),
@@ -272,9 +375,10 @@ async fn set_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
     }
     // Validate all, then apply.
     let mut configs = Vec::new();
-    for item in &items {
-        let customer = path_customer(&state, item.req_str("customer_id")?)?;
-        let billing = stripe_billing(customer, item)?.expect("stripe only");
+    for (i, item) in items.into_iter().enumerate() {
+        let customer = existing_customer(&state, item.customer_id.0)?;
+        let at = format!("data[{i}]");
+        let billing = stripe_billing(customer, &item.billing_provider, item.configuration, &at)?;
         configs.push((customer, billing));
     }
     let mut out = Vec::new();
@@ -306,9 +410,7 @@ fn billing_json(customer: Id, billing: &StripeBilling) -> Value {
 }
 
 async fn get_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let customer = path_customer(&state, obj.req_str("customer_id")?)?;
+    let customer = existing_customer(&state, request::read::<CustomerBody>(&body)?.customer_id.0)?;
     let profile = profile(&state, customer).await?;
     let items: Vec<Value> = profile
         .stripe
@@ -318,16 +420,25 @@ async fn get_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
     Ok(wire::data(items))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InvoiceQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
+    /// Only this contract's invoices.
     contract_id: Option<String>,
+    /// DRAFT, FINALIZED or VOID.
     status: Option<String>,
+    /// USAGE or SCHEDULED.
     #[serde(rename = "type")]
     invoice_type: Option<String>,
+    /// Only invoices dated at or after this time (RFC 3339).
     starting_on: Option<String>,
+    /// Only invoices dated before this time (RFC 3339).
     ending_before: Option<String>,
+    /// date_asc or date_desc.
     sort: Option<String>,
 }
 
@@ -433,9 +544,7 @@ async fn get_invoice(
 }
 
 async fn void_invoice(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let invoice = obj.req_id("id")?;
+    let invoice = request::read::<IdBody>(&body)?.id.0;
     let customer = state
         .engine
         .invoice_customer(invoice)?

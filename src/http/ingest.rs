@@ -37,7 +37,9 @@ pub fn routes(routes: &mut Routes<'_>) {
         "ingest",
         "Ingest 1-100 usage events; 200 with an empty body once durable",
         ingest,
-    );
+    )
+    .body_list::<WellFormedEvent<'static>>()
+    .answers::<super::openapi::Empty>();
 }
 
 /// Reads a request body, inflated per Content-Encoding in bounded steps, up to `limit` bytes
@@ -111,13 +113,23 @@ async fn accept(
 /// An event exactly as a well-formed batch carries it: decoded straight into these types, with
 /// no intermediate `Value` tree. Anything that does not fit goes to the general path, which
 /// names the problem.
-#[derive(Deserialize)]
+/// It is also the documented shape of a usage event (`POST /v1/ingest` takes a list of 1-100).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UsageEvent)]
 struct WellFormedEvent<'a> {
+    /// Unique per event: a repeat within the 34-day window is counted once.
     transaction_id: String,
+    /// The customer's id or one of its ingest aliases.
     customer_id: String,
+    /// Matched by billable metrics.
     event_type: String,
+    /// RFC 3339, at most 34 days in the past and 1 day in the future.
     #[serde(borrow)]
+    #[schema(value_type = String, format = DateTime)]
     timestamp: Cow<'a, str>,
+    /// Values billable metrics filter on, group by and sum (numbers as JSON numbers or
+    /// numeric strings, read exactly).
+    #[schema(value_type = Option<Object>)]
     properties: Option<serde_json::Map<String, Value>>,
 }
 

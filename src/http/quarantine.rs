@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
+use super::request::{self, Text};
 use super::wire;
 use crate::actors::quarantine::{
     QUARANTINE_PREFIX, QuarantineCause, Quarantined, Resolution, resolved_key,
@@ -30,47 +30,68 @@ use crate::actors::quarantine::{
 use crate::domain::customer::QuarantineDecision;
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.get(
-        "/v1/tollgate/quarantine",
-        "listQuarantine",
-        "Quarantined inputs (Tollgate)",
-        list,
-    );
-    routes.post(
-        "/v1/tollgate/quarantine/reapply",
-        "reapplyQuarantined",
-        "Re-apply a quarantined input (Tollgate)",
-        reapply,
-    );
-    routes.post(
-        "/v1/tollgate/quarantine/discard",
-        "discardQuarantined",
-        "Discard a quarantined input, with a reason (Tollgate)",
-        discard,
-    );
-    routes.get(
-        "/v1/tollgate/quarantine/decisions",
-        "listQuarantineDecisions",
-        "Decided quarantine entries with their decisions (Tollgate)",
-        decisions,
-    );
+    routes
+        .get(
+            "/v1/tollgate/quarantine",
+            "listQuarantine",
+            "Quarantined inputs (Tollgate)",
+            list,
+        )
+        .query::<ListQuery>();
+    routes
+        .post(
+            "/v1/tollgate/quarantine/reapply",
+            "reapplyQuarantined",
+            "Re-apply a quarantined input (Tollgate)",
+            reapply,
+        )
+        .body::<ReapplyBody>();
+    routes
+        .post(
+            "/v1/tollgate/quarantine/discard",
+            "discardQuarantined",
+            "Discard a quarantined input, with a reason (Tollgate)",
+            discard,
+        )
+        .body::<DiscardBody>();
+    routes
+        .get(
+            "/v1/tollgate/quarantine/decisions",
+            "listQuarantineDecisions",
+            "Decided quarantine entries with their decisions (Tollgate)",
+            decisions,
+        )
+        .query::<ListQuery>();
 }
 
 /// Longest discard reason kept (it is logged with the decision).
 const REASON_MAX_CHARS: usize = 1_000;
 
+/// `POST /v1/tollgate/quarantine/reapply`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ReapplyBody {
+    /// The quarantined input's id, as the list shows it.
+    pub id: Text,
+}
+
+/// `POST /v1/tollgate/quarantine/discard`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct DiscardBody {
+    /// The quarantined input's id, as the list shows it.
+    pub id: Text,
+    /// Why it is discarded (kept with the decision), at most 1,000 characters.
+    pub reason: Text,
+}
+
 async fn reapply(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let key = entry_key(obj.req_str("id")?)?;
+    let key = entry_key(&request::read::<ReapplyBody>(&body)?.id.0)?;
     decide(&state, &key, QuarantineDecision::Reapply, "REAPPLIED").await
 }
 
 async fn discard(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let key = entry_key(obj.req_str("id")?)?;
-    let reason = obj.req_str("reason")?.trim();
+    let request: DiscardBody = request::read(&body)?;
+    let key = entry_key(&request.id.0)?;
+    let reason = request.reason.0.trim();
     if let Some(problem) = crate::domain::ids::key_problem(reason) {
         return Err(ApiError::BadRequest(format!("reason: {problem}")));
     }
@@ -110,9 +131,12 @@ fn entry_key(id: &str) -> ApiResult<Vec<u8>> {
         .ok_or_else(|| ApiError::BadRequest("id: not a quarantined input's id".into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
 }
 

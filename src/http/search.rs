@@ -28,19 +28,26 @@ pub const SCAN_MAX: usize = 20_000;
 const QUERY_CHARS_MAX: usize = 200;
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.get(
-        "/v1/tollgate/customers/search",
-        "searchCustomers",
-        "Search customers by id, ingest alias or name (Tollgate)",
-        search,
-    );
+    routes
+        .get(
+            "/v1/tollgate/customers/search",
+            "searchCustomers",
+            "Search customers by id, ingest alias or name (Tollgate)",
+            search,
+        )
+        .query::<SearchQuery>();
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
+    /// A customer id, an ingest alias or part of a name.
     q: Option<String>,
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
+    /// Archived customers too.
     include_archived: Option<bool>,
 }
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
+use super::request::{self, Uuid};
 use super::wire;
 use crate::actors::deliveries::{DELIVERED_PREFIX, DeliveredWebhook};
 use crate::actors::outbox::{OutboxEffect, OutboxEntry};
@@ -30,35 +30,46 @@ use crate::storage::{EffectPlace, Uuid16};
 pub const REDRIVE_ALL_MAX: usize = 1_000;
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.get(
-        "/v1/tollgate/webhooks/pending",
-        "listPendingWebhooks",
-        "Webhook deliveries waiting or between retries (Tollgate)",
-        pending,
-    );
-    routes.get(
-        "/v1/tollgate/webhooks/delivered",
-        "listDeliveredWebhooks",
-        "Webhook deliveries of the retention window, oldest first (Tollgate)",
-        delivered,
-    );
-    routes.get(
-        "/v1/tollgate/webhooks/dead-letters",
-        "listWebhookDeadLetters",
-        "Webhook dead letters (Tollgate)",
-        dead_letters,
-    );
-    routes.post(
-        "/v1/tollgate/webhooks/redrive",
-        "redriveWebhooks",
-        "Re-drive one webhook dead letter or all (Tollgate)",
-        redrive,
-    );
+    routes
+        .get(
+            "/v1/tollgate/webhooks/pending",
+            "listPendingWebhooks",
+            "Webhook deliveries waiting or between retries (Tollgate)",
+            pending,
+        )
+        .query::<ListQuery>();
+    routes
+        .get(
+            "/v1/tollgate/webhooks/delivered",
+            "listDeliveredWebhooks",
+            "Webhook deliveries of the retention window, oldest first (Tollgate)",
+            delivered,
+        )
+        .query::<ListQuery>();
+    routes
+        .get(
+            "/v1/tollgate/webhooks/dead-letters",
+            "listWebhookDeadLetters",
+            "Webhook dead letters (Tollgate)",
+            dead_letters,
+        )
+        .query::<ListQuery>();
+    routes
+        .post(
+            "/v1/tollgate/webhooks/redrive",
+            "redriveWebhooks",
+            "Re-drive one webhook dead letter or all (Tollgate)",
+            redrive,
+        )
+        .body::<RedriveBody>();
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
 }
 
@@ -179,12 +190,21 @@ fn redacted(url: &str) -> String {
     crate::actors::webhook::shown_destination(url)
 }
 
+/// `POST /v1/tollgate/webhooks/redrive`: `{"id"}` or `{"all": true}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RedriveBody {
+    /// The dead letter to re-drive.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// Re-drive every dead letter (at most 1,000 per call; `more` says to call again).
+    #[serde(default)]
+    pub all: Option<bool>,
+}
+
 async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let all = obj.bool("all")?.unwrap_or(false);
-    let id = obj.id("id")?;
-    match (id, all) {
+    let request: RedriveBody = request::read(&body)?;
+    let all = request.all.unwrap_or(false);
+    match (request.id.map(|id| id.0), all) {
         (Some(id), false) => {
             if !state.engine.redrive_webhook(*id.as_bytes()).await? {
                 return Err(ApiError::NotFound(format!(

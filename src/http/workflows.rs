@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::fields::Obj;
+use super::request::{self, Text};
 use super::{render, wire};
 use crate::actors::cancel::CancelVerdict;
 use crate::actors::{EngineError, entry};
@@ -33,12 +33,14 @@ pub const SCAN_MAX: usize = 1_000;
 const SCAN_PAGE: usize = 200;
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.get(
-        "/v1/tollgate/workflows",
-        "listWorkflows",
-        "Payment-gate workflows (Tollgate)",
-        list,
-    );
+    routes
+        .get(
+            "/v1/tollgate/workflows",
+            "listWorkflows",
+            "Payment-gate workflows (Tollgate)",
+            list,
+        )
+        .query::<ListQuery>();
     routes.get(
         "/v1/tollgate/workflows/{workflow_id}",
         "getWorkflow",
@@ -50,7 +52,8 @@ pub fn routes(routes: &mut Routes<'_>) {
         "cancelWorkflow",
         "Cancel a workflow in flight: it ends FAILED; a STRIPE payment is cancelled first (409 when Stripe says it succeeded) (Tollgate)",
         cancel,
-    );
+    )
+    .body::<CancelBody>();
 }
 
 /// The workflows of `customer`, every contract's, each with its history.
@@ -78,6 +81,13 @@ async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<H
 /// Characters a cancel's reason may have at most.
 pub const REASON_CHARS_MAX: usize = 1_000;
 
+/// `POST /v1/tollgate/workflows/{workflow_id}/cancel`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CancelBody {
+    /// Why (recorded in the workflow's history), at most 1,000 characters.
+    pub reason: Text,
+}
+
 /// `POST /v1/tollgate/workflows/{workflow_id}/cancel {"reason"}`: ends a stuck workflow FAILED
 /// with the reason (see `actors/cancel.rs`). 200 with the workflow (also for one that had
 /// ended FAILED already); 409 when it ended RELEASED, when Stripe reports the payment
@@ -89,9 +99,8 @@ async fn cancel(
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let id = wire::parse_id("workflow_id", &path)?;
-    let value: Value = wire::parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let reason = obj.req_str("reason")?.trim();
+    let request: CancelBody = request::read(&body)?;
+    let reason = request.reason.0.trim();
     if reason.is_empty() {
         return Err(ApiError::BadRequest("reason: must not be empty".into()));
     }
@@ -129,15 +138,24 @@ async fn cancel(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<usize>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
+    /// Only this customer's workflows.
     customer_id: Option<String>,
+    /// Only this contract's workflows (with customer_id).
     contract_id: Option<String>,
+    /// PENDING_INVOICE, PENDING_PAYMENT, ACTION_REQUIRED, RELEASED or FAILED.
     state: Option<String>,
+    /// SPEND_THRESHOLD, PREPAID_BALANCE_THRESHOLD or COMMIT.
     kind: Option<String>,
+    /// Only workflows created at or after this time (RFC 3339).
     created_after: Option<String>,
+    /// Only workflows created before this time (RFC 3339).
     created_before: Option<String>,
 }
 

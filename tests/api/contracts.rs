@@ -567,7 +567,7 @@ async fn bad_contract_requests_get_clear_4xx_and_change_nothing() {
         (
             with("overrides", json!([{"product_id": COMMIT_PRODUCT}])),
             400,
-            "overrides: is not supported",
+            "unsupported: overrides is not supported",
         ),
         (
             with("customer_id", json!("00000000-0000-0000-0000-00000000ffff")),

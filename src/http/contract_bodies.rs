@@ -1,0 +1,681 @@
+//! The request bodies of the contract endpoints in Metronome's shapes (the SDK's
+//! `ContractCreateParams`, `ContractEditParams`, threshold configurations, commits and credits),
+//! read by [`request::read`](super::request::read) and turned into the domain's specs. Fields
+//! Metronome has and Tollgate does not implement are [`Refused`]: accepted only when unused.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult};
+use super::request::{Amount, Choice, Choices, Exact, Refused, Time, Uuid, present};
+use crate::domain::contract::{
+    CommitKind, Discount, ThresholdCommit, ThresholdConfig, ThresholdKind,
+};
+use crate::domain::customer::{CommitSpec, ThresholdUpdate};
+use crate::domain::gate::{GateType, PaymentGateConfig, StripeConfig, StripePaymentType, TaxType};
+
+impl Choices for GateType {
+    const NAME: &'static str = "PaymentGateType";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("NONE", GateType::None),
+        ("EXTERNAL", GateType::External),
+        ("STRIPE", GateType::Stripe),
+    ];
+}
+
+impl Choices for TaxType {
+    const NAME: &'static str = "TaxType";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("NONE", TaxType::None),
+        ("STRIPE", TaxType::Stripe),
+        ("ANROK", TaxType::Anrok),
+        ("PRECALCULATED", TaxType::Precalculated),
+    ];
+}
+
+impl Choices for StripePaymentType {
+    const NAME: &'static str = "StripePaymentType";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("INVOICE", StripePaymentType::Invoice),
+        ("PAYMENT_INTENT", StripePaymentType::PaymentIntent),
+    ];
+}
+
+/// A commit's type (credits have none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitType(pub CommitKind);
+
+impl Choices for CommitType {
+    const NAME: &'static str = "CommitType";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("PREPAID", CommitType(CommitKind::Prepaid)),
+        ("POSTPAID", CommitType(CommitKind::Postpaid)),
+    ];
+}
+
+/// An EXTERNAL gate's payment outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub paid: bool,
+}
+
+impl Choices for Outcome {
+    const NAME: &'static str = "ReleaseOutcome";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("paid", Outcome { paid: true }),
+        ("failed", Outcome { paid: false }),
+    ];
+}
+
+pub type GateTypeChoice = Choice<GateType>;
+pub type TaxTypeChoice = Choice<TaxType>;
+pub type StripePaymentTypeChoice = Choice<StripePaymentType>;
+pub type CommitTypeChoice = Choice<CommitType>;
+pub type OutcomeChoice = Choice<Outcome>;
+
+/// An empty string counts as absent (older SDK calls send `""` for an unset enum).
+fn blank_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) if s.is_empty() => Ok(None),
+        other => T::deserialize(other).map(Some).map_err(D::Error::custom),
+    }
+}
+
+/// How a threshold's or commit's purchase is paid before its money is released.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PaymentGateConfigBody {
+    pub payment_gate_type: GateTypeChoice,
+    /// NONE unless given.
+    #[serde(default)]
+    pub tax_type: Option<TaxTypeChoice>,
+    /// For STRIPE gates (INVOICE unless given).
+    #[serde(default)]
+    pub stripe_config: Option<StripeConfigBody>,
+    #[serde(default)]
+    pub precalculated_tax_config: Option<PrecalculatedTaxBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StripeConfigBody {
+    #[serde(default, deserialize_with = "blank_is_none")]
+    #[schema(value_type = Option<StripePaymentTypeChoice>)]
+    pub payment_type: Option<StripePaymentTypeChoice>,
+    /// Copied onto the Stripe invoice or PaymentIntent.
+    #[serde(default)]
+    pub invoice_metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub on_session_payment: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PrecalculatedTaxBody {
+    pub tax_amount: Amount,
+    #[serde(default)]
+    pub tax_name: Option<String>,
+}
+
+impl PaymentGateConfigBody {
+    pub fn into_domain(self) -> PaymentGateConfig {
+        let gate_type = self.payment_gate_type.0;
+        let stripe = match self.stripe_config {
+            Some(config) => Some(StripeConfig {
+                payment_type: config
+                    .payment_type
+                    .map_or(StripePaymentType::Invoice, |c| c.0),
+                invoice_metadata: config
+                    .invoice_metadata
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                on_session_payment: config.on_session_payment.unwrap_or(false),
+            }),
+            None if gate_type == GateType::Stripe => Some(StripeConfig {
+                payment_type: StripePaymentType::Invoice,
+                invoice_metadata: Vec::new(),
+                on_session_payment: false,
+            }),
+            None => None,
+        };
+        PaymentGateConfig {
+            gate_type,
+            tax_type: self.tax_type.map_or(TaxType::None, |c| c.0),
+            stripe,
+            precalculated_tax: self
+                .precalculated_tax_config
+                .map(|tax| (tax.tax_amount.0, tax.tax_name)),
+        }
+    }
+}
+
+/// A discount on what a threshold purchase charges.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DiscountBody {
+    /// Share of the access amount actually charged (0.9 = 10% off).
+    #[serde(default)]
+    pub payment_fraction: Option<Exact>,
+    /// Another spelling of `payment_fraction` found in Metronome's guides.
+    #[serde(default)]
+    pub fraction: Option<Exact>,
+    #[serde(default)]
+    pub cap: Refused,
+}
+
+impl DiscountBody {
+    fn into_domain(self, at: &str) -> ApiResult<Discount> {
+        let fraction = self
+            .payment_fraction
+            .or(self.fraction)
+            .ok_or_else(|| ApiError::BadRequest(format!("{at}.payment_fraction is required")))?;
+        Ok(Discount {
+            payment_fraction: fraction.0,
+        })
+    }
+}
+
+/// The commit a threshold configuration issues.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ThresholdCommitBody {
+    pub product_id: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub priority: Option<Exact>,
+    #[serde(default)]
+    pub applicable_product_ids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    pub applicable_product_tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub specifiers: Refused,
+}
+
+/// `spend_threshold_configuration` or `prepaid_balance_threshold_configuration` (and their
+/// `add_` forms in an edit).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ThresholdConfigBody {
+    pub commit: ThresholdCommitBody,
+    pub is_enabled: bool,
+    pub payment_gate_config: PaymentGateConfigBody,
+    /// Spend: the outstanding spend that triggers a purchase. Prepaid balance: the balance
+    /// below which it recharges.
+    pub threshold_amount: Amount,
+    /// Required for a prepaid balance threshold: the balance a recharge restores.
+    #[serde(default)]
+    pub recharge_to_amount: Option<Amount>,
+    #[serde(default)]
+    pub discount_configuration: Option<DiscountBody>,
+    /// Another spelling of `discount_configuration`.
+    #[serde(default)]
+    pub discount_config: Option<DiscountBody>,
+    #[serde(default)]
+    pub threshold_balance_specifiers: Refused,
+    #[serde(default)]
+    pub custom_credit_type_id: Refused,
+}
+
+fn ids(ids: Option<Vec<Uuid>>) -> Vec<crate::domain::Id> {
+    ids.unwrap_or_default().into_iter().map(|id| id.0).collect()
+}
+
+impl ThresholdConfigBody {
+    /// `at` is the configuration's field name, for messages.
+    pub fn into_domain(self, kind: ThresholdKind, at: &str) -> ApiResult<ThresholdConfig> {
+        let recharge_to_amount = match (kind, self.recharge_to_amount) {
+            (ThresholdKind::PrepaidBalance, None) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{at}.recharge_to_amount is required"
+                )));
+            }
+            (_, amount) => amount.map(|a| a.0),
+        };
+        let discount = match (self.discount_configuration, self.discount_config) {
+            (Some(d), _) => Some(d.into_domain(&format!("{at}.discount_configuration"))?),
+            (None, Some(d)) => Some(d.into_domain(&format!("{at}.discount_config"))?),
+            (None, None) => None,
+        };
+        let commit = self.commit;
+        Ok(ThresholdConfig {
+            kind,
+            commit: ThresholdCommit {
+                product_id: commit.product_id.0,
+                name: commit.name,
+                description: commit.description,
+                priority: commit.priority.map(|p| p.0),
+                applicable_product_ids: ids(commit.applicable_product_ids),
+                applicable_product_tags: commit.applicable_product_tags.unwrap_or_default(),
+            },
+            is_enabled: self.is_enabled,
+            gate: self.payment_gate_config.into_domain(),
+            threshold_amount: self.threshold_amount.0,
+            recharge_to_amount,
+            discount,
+            triggers: 0,
+        })
+    }
+}
+
+/// The commit of a threshold configuration update: absent fields stay, `null` clears.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ThresholdCommitUpdateBody {
+    #[serde(default)]
+    pub product_id: Option<Uuid>,
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub priority: Option<Option<Exact>>,
+    #[serde(default, deserialize_with = "present")]
+    pub applicable_product_ids: Option<Option<Vec<Uuid>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub applicable_product_tags: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    pub specifiers: Refused,
+}
+
+/// `update_spend_threshold_configuration` or `update_prepaid_balance_threshold_configuration`:
+/// absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ThresholdUpdateBody {
+    #[serde(default)]
+    pub is_enabled: Option<bool>,
+    #[serde(default)]
+    pub payment_gate_config: Option<PaymentGateConfigBody>,
+    #[serde(default)]
+    pub threshold_amount: Option<Amount>,
+    #[serde(default)]
+    pub recharge_to_amount: Option<Amount>,
+    /// `null` removes the discount.
+    #[serde(default, deserialize_with = "present")]
+    pub discount_configuration: Option<Option<DiscountBody>>,
+    #[serde(default)]
+    pub discount_config: Option<DiscountBody>,
+    #[serde(default)]
+    pub commit: Option<ThresholdCommitUpdateBody>,
+    #[serde(default)]
+    pub threshold_balance_specifiers: Refused,
+    #[serde(default)]
+    pub custom_credit_type_id: Refused,
+}
+
+impl ThresholdUpdateBody {
+    pub fn into_domain(self, at: &str) -> ApiResult<ThresholdUpdate> {
+        let mut update = ThresholdUpdate {
+            is_enabled: self.is_enabled,
+            gate: self
+                .payment_gate_config
+                .map(PaymentGateConfigBody::into_domain),
+            threshold_amount: self.threshold_amount.map(|a| a.0),
+            recharge_to_amount: self.recharge_to_amount.map(|a| a.0),
+            ..ThresholdUpdate::default()
+        };
+        if let Some(configuration) = self.discount_configuration {
+            update.discount = Some(match (configuration, self.discount_config) {
+                (Some(d), _) => Some(d.into_domain(&format!("{at}.discount_configuration"))?),
+                (None, Some(d)) => Some(d.into_domain(&format!("{at}.discount_config"))?),
+                (None, None) => None,
+            });
+        }
+        if let Some(commit) = self.commit {
+            update.commit_product_id = commit.product_id.map(|id| id.0);
+            update.commit_name = commit.name;
+            update.commit_description = commit.description;
+            update.commit_priority = commit.priority.map(|p| p.map(|p| p.0));
+            update.commit_applicable_product_ids =
+                commit.applicable_product_ids.map(|list| ids(list));
+            update.commit_applicable_product_tags = commit
+                .applicable_product_tags
+                .map(Option::unwrap_or_default);
+        }
+        Ok(update)
+    }
+}
+
+/// One segment of a commit's or credit's access schedule.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AccessItemBody {
+    pub amount: Amount,
+    pub starting_at: Time,
+    pub ending_before: Time,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AccessScheduleBody {
+    #[serde(default)]
+    pub schedule_items: Option<Vec<AccessItemBody>>,
+    #[serde(default)]
+    pub credit_type_id: Refused,
+}
+
+/// One invoice of a commit's invoice schedule: `amount`, or `unit_price` times `quantity`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InvoiceItemBody {
+    pub timestamp: Time,
+    #[serde(default)]
+    pub amount: Option<Amount>,
+    #[serde(default)]
+    pub unit_price: Option<Amount>,
+    /// 1 unless given.
+    #[serde(default)]
+    pub quantity: Option<Exact>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InvoiceScheduleBody {
+    #[serde(default)]
+    pub schedule_items: Option<Vec<InvoiceItemBody>>,
+    /// The commit is not invoiced at all.
+    #[serde(default)]
+    pub do_not_invoice: Option<bool>,
+    #[serde(default)]
+    pub recurring_schedule: Refused,
+    #[serde(default)]
+    pub credit_type_id: Refused,
+}
+
+/// A commit (`type` PREPAID or POSTPAID) or a credit (no `type`) of a contract.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CommitBody {
+    /// Commits only.
+    #[serde(default, rename = "type")]
+    pub kind: Option<CommitTypeChoice>,
+    pub product_id: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub priority: Option<Exact>,
+    #[serde(default)]
+    pub applicable_product_ids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    pub applicable_product_tags: Option<Vec<String>>,
+    pub access_schedule: AccessScheduleBody,
+    /// Commits only: when the commit is invoiced.
+    #[serde(default)]
+    pub invoice_schedule: Option<InvoiceScheduleBody>,
+    /// Only LIST_RATE.
+    #[serde(default)]
+    pub rate_type: Option<String>,
+    /// A payment-gated commit (`add_commits` of `/v2/contracts/edit` only).
+    #[serde(default)]
+    pub payment_gate_config: Option<PaymentGateConfigBody>,
+    #[serde(default)]
+    pub specifiers: Refused,
+    #[serde(default)]
+    pub rollover_fraction: Refused,
+    #[serde(default)]
+    pub recurring_schedule: Refused,
+    #[serde(default)]
+    pub hierarchy_configuration: Refused,
+    #[serde(default)]
+    pub custom_fields: Refused,
+}
+
+/// Whether a commit body is a commit or a credit, and where it may carry a payment gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitRole {
+    Commit { gates_allowed: bool },
+    Credit,
+}
+
+impl CommitBody {
+    /// `at` is the body's path (`add_commits[0]`), for messages.
+    pub fn into_domain(self, role: CommitRole, at: &str) -> ApiResult<CommitSpec> {
+        let kind = match role {
+            CommitRole::Credit => CommitKind::Credit,
+            CommitRole::Commit { .. } => {
+                self.kind
+                    .ok_or_else(|| ApiError::BadRequest(format!("{at}.type is required")))?
+                    .0
+                    .0
+            }
+        };
+        if let Some(rate_type) = &self.rate_type {
+            if !rate_type.eq_ignore_ascii_case("LIST_RATE") {
+                return Err(ApiError::BadRequest(format!(
+                    "{at}.rate_type: only LIST_RATE is supported"
+                )));
+            }
+        }
+        let access_schedule = self
+            .access_schedule
+            .schedule_items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| (item.amount.0, item.starting_at.0, item.ending_before.0))
+            .collect();
+        let mut invoice_schedule = Vec::new();
+        if let Some(invoices) = self.invoice_schedule {
+            if !invoices.do_not_invoice.unwrap_or(false) {
+                for (i, item) in invoices
+                    .schedule_items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
+                    let (unit_price, quantity) = match (item.amount, item.unit_price) {
+                        (Some(amount), _) => (amount.0, Decimal::ONE),
+                        (None, Some(price)) => {
+                            (price.0, item.quantity.map_or(Decimal::ONE, |q| q.0))
+                        }
+                        (None, None) => {
+                            return Err(ApiError::BadRequest(format!(
+                                "{at}.invoice_schedule.schedule_items[{i}].unit_price is required"
+                            )));
+                        }
+                    };
+                    invoice_schedule.push((item.timestamp.0, unit_price, quantity));
+                }
+            }
+        }
+        let payment_gate = match (self.payment_gate_config, role) {
+            (
+                Some(_),
+                CommitRole::Commit {
+                    gates_allowed: false,
+                }
+                | CommitRole::Credit,
+            ) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{at}.payment_gate_config: payment-gated commits are added with POST /v2/contracts/edit"
+                )));
+            }
+            (gate, _) => gate.map(PaymentGateConfigBody::into_domain),
+        };
+        Ok(CommitSpec {
+            kind,
+            product_id: self.product_id.0,
+            name: self.name,
+            description: self.description,
+            priority: self.priority.map(|p| p.0),
+            applicable_product_ids: ids(self.applicable_product_ids),
+            applicable_product_tags: self.applicable_product_tags.unwrap_or_default(),
+            access_schedule,
+            invoice_schedule,
+            payment_gate,
+        })
+    }
+}
+
+/// The commits or credits of a list field, each with its path.
+pub fn commit_specs(
+    list: Option<Vec<CommitBody>>,
+    role: CommitRole,
+    field: &str,
+) -> ApiResult<Vec<CommitSpec>> {
+    list.unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| body.into_domain(role, &format!("{field}[{i}]")))
+        .collect()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UsageStatementScheduleBody {
+    /// Only MONTHLY.
+    #[serde(default)]
+    pub frequency: Option<String>,
+}
+
+/// `POST /v1/contracts/create`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateContractBody {
+    pub customer_id: Uuid,
+    pub starting_at: Time,
+    #[serde(default)]
+    pub ending_before: Option<Time>,
+    /// The rate card, by id or by alias.
+    #[serde(default)]
+    pub rate_card_id: Option<Uuid>,
+    #[serde(default)]
+    pub rate_card_alias: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A second create with the same key is refused (409).
+    #[serde(default)]
+    pub uniqueness_key: Option<String>,
+    #[serde(default)]
+    pub commits: Option<Vec<CommitBody>>,
+    #[serde(default)]
+    pub credits: Option<Vec<CommitBody>>,
+    #[serde(default)]
+    pub spend_threshold_configuration: Option<ThresholdConfigBody>,
+    #[serde(default)]
+    pub prepaid_balance_threshold_configuration: Option<ThresholdConfigBody>,
+    #[serde(default)]
+    pub usage_statement_schedule: Option<UsageStatementScheduleBody>,
+    #[serde(default)]
+    pub overrides: Refused,
+    #[serde(default)]
+    pub scheduled_charges: Refused,
+    #[serde(default)]
+    pub recurring_commits: Refused,
+    #[serde(default)]
+    pub recurring_credits: Refused,
+    #[serde(default)]
+    pub subscriptions: Refused,
+    #[serde(default)]
+    pub spend_trackers: Refused,
+    #[serde(default)]
+    pub discounts: Refused,
+    #[serde(default)]
+    pub professional_services: Refused,
+    #[serde(default)]
+    pub reseller_royalties: Refused,
+    #[serde(default)]
+    pub transition: Refused,
+    #[serde(default)]
+    pub hierarchy_configuration: Refused,
+    #[serde(default)]
+    pub usage_filter: Refused,
+}
+
+/// `POST /v1/contracts/get` and `/v2/contracts/get`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GetContractBody {
+    pub customer_id: Uuid,
+    pub contract_id: Uuid,
+    /// Balances as of this time (now unless given).
+    #[serde(default)]
+    pub as_of_date: Option<Time>,
+    #[serde(default)]
+    pub include_ledgers: Option<bool>,
+    #[serde(default)]
+    pub include_balance: Option<bool>,
+}
+
+/// `POST /v1/contracts/list` and `/v2/contracts/list`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ListContractsBody {
+    pub customer_id: Uuid,
+    /// Only contracts in effect at this time.
+    #[serde(default)]
+    pub covering_date: Option<Time>,
+    /// Only contracts starting at or after this time.
+    #[serde(default)]
+    pub starting_at: Option<Time>,
+    /// Balances as of this time (now unless given).
+    #[serde(default)]
+    pub as_of_date: Option<Time>,
+    #[serde(default)]
+    pub include_ledgers: Option<bool>,
+    #[serde(default)]
+    pub include_balance: Option<bool>,
+}
+
+/// `POST /v2/contracts/edit`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EditContractBody {
+    pub customer_id: Uuid,
+    pub contract_id: Uuid,
+    /// A second edit with the same key is refused (409).
+    #[serde(default)]
+    pub uniqueness_key: Option<String>,
+    #[serde(default)]
+    pub add_commits: Option<Vec<CommitBody>>,
+    #[serde(default)]
+    pub add_credits: Option<Vec<CommitBody>>,
+    #[serde(default)]
+    pub add_spend_threshold_configuration: Option<ThresholdConfigBody>,
+    #[serde(default)]
+    pub update_spend_threshold_configuration: Option<ThresholdUpdateBody>,
+    #[serde(default)]
+    pub add_prepaid_balance_threshold_configuration: Option<ThresholdConfigBody>,
+    #[serde(default)]
+    pub update_prepaid_balance_threshold_configuration: Option<ThresholdUpdateBody>,
+    #[serde(default)]
+    pub add_overrides: Refused,
+    #[serde(default)]
+    pub add_scheduled_charges: Refused,
+    #[serde(default)]
+    pub update_commits: Refused,
+    #[serde(default)]
+    pub archive_commits: Refused,
+    #[serde(default)]
+    pub archive_credits: Refused,
+    #[serde(default)]
+    pub update_credits: Refused,
+    #[serde(default)]
+    pub add_recurring_commits: Refused,
+    #[serde(default)]
+    pub add_recurring_credits: Refused,
+    #[serde(default)]
+    pub add_spend_trackers: Refused,
+    #[serde(default)]
+    pub add_subscriptions: Refused,
+    #[serde(default)]
+    pub add_discounts: Refused,
+    #[serde(default)]
+    pub add_professional_services: Refused,
+    #[serde(default)]
+    pub add_reseller_royalties: Refused,
+    #[serde(default)]
+    pub update_contract_end_date: Refused,
+    #[serde(default)]
+    pub update_scheduled_charges: Refused,
+    #[serde(default)]
+    pub archive_scheduled_charges: Refused,
+    #[serde(default)]
+    pub add_usage_filters: Refused,
+}
+
+/// `POST /v1/contracts/commits/threshold-billing/release`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ReleaseBody {
+    pub workflow_id: Uuid,
+    pub outcome: OutcomeChoice,
+    /// Recorded on a failed workflow.
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
