@@ -23,6 +23,8 @@ cargo test --doc
 if [ -f tests/sdk/run.sh ]; then
   ./tests/sdk/run.sh
 fi
+# The OpenAPI document is valid OpenAPI 3.1.
+./scripts/openapi-check.sh
 # The README's quickstart, exactly, against a live server.
 ./scripts/quickstart-check.sh
 echo "all tests passed"

@@ -24,6 +24,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print the OpenAPI document of the API (what `GET /openapi.json` serves) and exit.
+    Openapi,
     /// Load and validate the configuration, print it, and exit.
     CheckConfig {
         #[arg(long, value_name = "FILE")]
@@ -83,6 +85,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Openapi => {
+            let document = tollgate::http::openapi::document();
+            match serde_json::to_string_pretty(&document) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(config) => {
                 println!("configuration is valid: {config:#?}");

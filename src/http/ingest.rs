@@ -32,14 +32,15 @@ pub const BACKDATE_MAX_MS: i64 = 34 * MS_PER_DAY;
 pub const FUTURE_MAX_MS: i64 = 24 * MS_PER_HOUR;
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.post(
-        "/v1/ingest",
-        "ingest",
-        "Ingest 1-100 usage events; 200 with an empty body once durable",
-        ingest,
-    )
-    .body_list::<WellFormedEvent<'static>>()
-    .answers::<super::openapi::Empty>();
+    routes
+        .post(
+            "/v1/ingest",
+            "ingest",
+            "Ingest 1-100 usage events; 200 with an empty body once durable",
+            ingest,
+        )
+        .body_list::<WellFormedEvent<'static>>()
+        .answers::<super::openapi::Empty>();
 }
 
 /// Reads a request body, inflated per Content-Encoding in bounded steps, up to `limit` bytes

@@ -395,6 +395,7 @@ impl<'de, W: Why> Deserialize<'de> for Refused<W> {
 impl<W: Why> PartialSchema for Refused<W> {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
             .description(Some(
                 "Not supported by Tollgate: refused (400) unless absent, null or empty.",
             ))
