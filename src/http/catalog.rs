@@ -13,7 +13,6 @@
 //! [`CatalogChange`]: crate::domain::catalog::CatalogChange
 //! [`Catalog`]: crate::domain::Catalog
 
-mod fields;
 mod metrics;
 mod products;
 mod rates;
@@ -41,8 +40,9 @@ fn new_id() -> Id {
 }
 
 /// `{"id", "name"}`: Metronome's `CreditTypeData`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreditTypeView {
+    #[schema(value_type = super::request::Uuid)]
     id: String,
     name: String,
 }
@@ -58,10 +58,14 @@ impl CreditTypeView {
 
 /// The paging (and filter) parameters the SDK sends in the query string. Everything is read as
 /// text first: the SDK sends `key=` for a null, which means "not given".
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1-100 (25 unless given).
     limit: Option<String>,
+    /// The cursor a previous page answered.
     next_page: Option<String>,
+    /// Archived objects too (rate cards, billable metrics).
     include_archived: Option<String>,
 }
 

@@ -20,9 +20,16 @@ pub fn data<T: Serialize>(value: T) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "data": value }))
 }
 
+/// The answer of a create, archive or void: the object's id.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IdView {
+    #[schema(value_type = super::request::Uuid)]
+    pub id: String,
+}
+
 /// `200 {"data": {"id": ...}}`.
 pub fn id_response(id: Id) -> HttpResponse {
-    data(serde_json::json!({ "id": id.to_string() }))
+    data(IdView { id: id.to_string() })
 }
 
 /// A cursor page: `{"data": [...], "next_page": "<cursor>" | null}`. `next_page` is null on the

@@ -1,17 +1,19 @@
 //! Billable metrics: `POST /v1/billable-metrics/create`, `GET /v1/billable-metrics/{id}`,
 //! `GET /v1/billable-metrics` (cursor page) and `POST /v1/billable-metrics/archive`.
 
-use super::super::openapi::Routes;
+use super::super::openapi::{Data, Page, Routes};
+use super::super::wire::IdView;
 use std::collections::BTreeMap;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::super::AppState;
 use super::super::contracts::edge_id;
 use super::super::error::{ApiError, ApiResult};
+use super::super::request::{self, Choice, Choices, Refused, Text, Uuid, Why};
 use super::super::wire;
-use super::fields::{Fields, parse_supported};
 use super::{ListQuery, new_id, page_by_id};
 use crate::domain::Timestamp;
 use crate::domain::catalog::{
@@ -19,38 +21,89 @@ use crate::domain::catalog::{
 };
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.post(
-        "/v1/billable-metrics/create",
-        "createBillableMetric",
-        "Create a billable metric",
-        create,
-    );
-    routes.post(
-        "/v1/billable-metrics/archive",
-        "archiveBillableMetric",
-        "Archive a billable metric",
-        archive,
-    );
-    routes.get(
-        "/v1/billable-metrics",
-        "listBillableMetrics",
-        "List billable metrics",
-        list,
-    );
-    routes.get(
-        "/v1/billable-metrics/{billable_metric_id}",
-        "getBillableMetric",
-        "Get a billable metric",
-        get,
-    );
+    routes
+        .post(
+            "/v1/billable-metrics/create",
+            "createBillableMetric",
+            "Create a billable metric",
+            create,
+        )
+        .body::<CreateMetricBody>()
+        .answers::<Data<IdView>>();
+    routes
+        .post(
+            "/v1/billable-metrics/archive",
+            "archiveBillableMetric",
+            "Archive a billable metric",
+            archive,
+        )
+        .body::<ArchiveMetricBody>()
+        .answers::<Data<IdView>>();
+    routes
+        .get(
+            "/v1/billable-metrics",
+            "listBillableMetrics",
+            "List billable metrics",
+            list,
+        )
+        .query::<ListQuery>()
+        .answers::<Page<MetricView>>();
+    routes
+        .get(
+            "/v1/billable-metrics/{billable_metric_id}",
+            "getBillableMetric",
+            "Get a billable metric",
+            get,
+        )
+        .answers::<Data<MetricView>>();
 }
 
-const AGGREGATIONS: [(&str, Aggregation); 4] = [
-    ("COUNT", Aggregation::Count),
-    ("SUM", Aggregation::Sum),
-    ("MAX", Aggregation::Max),
-    ("UNIQUE", Aggregation::Unique),
-];
+impl Choices for Aggregation {
+    const NAME: &'static str = "AggregationType";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("COUNT", Aggregation::Count),
+        ("SUM", Aggregation::Sum),
+        ("MAX", Aggregation::Max),
+        ("UNIQUE", Aggregation::Unique),
+    ];
+    const UNSUPPORTED: &'static [&'static str] = &["LATEST"];
+}
+
+type AggregationChoice = Choice<Aggregation>;
+
+struct NoSql;
+
+impl Why for NoSql {
+    const WHY: &'static str =
+        "is not supported: define the metric with aggregation_type and filters";
+}
+
+type RefusedSql = Refused<NoSql>;
+
+/// `POST /v1/billable-metrics/create`. `custom_fields` are accepted and not kept.
+#[derive(Debug, Deserialize, ToSchema)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct CreateMetricBody {
+    name: Text,
+    aggregation_type: AggregationChoice,
+    /// The property summed, maxed or counted unique (every type but COUNT).
+    #[serde(default)]
+    aggregation_key: Option<String>,
+    #[serde(default)]
+    event_type_filter: Option<EventTypeFilterWire>,
+    #[serde(default)]
+    property_filters: Option<Vec<PropertyFilterWire>>,
+    #[serde(default)]
+    group_keys: Option<Vec<Vec<String>>>,
+    #[serde(default)]
+    sql: RefusedSql,
+}
+
+/// `POST /v1/billable-metrics/archive`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ArchiveMetricBody {
+    id: Uuid,
+}
 
 fn aggregation_name(aggregation: Aggregation) -> &'static str {
     match aggregation {
@@ -62,7 +115,7 @@ fn aggregation_name(aggregation: Aggregation) -> &'static str {
 }
 
 /// Metronome's `EventTypeFilter`, as sent and as returned.
-#[derive(Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct EventTypeFilterWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     in_values: Option<Vec<String>>,
@@ -71,7 +124,7 @@ struct EventTypeFilterWire {
 }
 
 /// Metronome's `PropertyFilter`, as sent and as returned.
-#[derive(Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 struct PropertyFilterWire {
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,8 +136,9 @@ struct PropertyFilterWire {
 }
 
 /// The SDK's `BillableMetricRetrieveResponse.Data` (and list item).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct MetricView {
+    #[schema(value_type = super::super::request::Uuid)]
     id: String,
     name: String,
     aggregation_type: &'static str,
@@ -96,6 +150,7 @@ struct MetricView {
     group_keys: Vec<Vec<String>>,
     custom_fields: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::super::request::Time>)]
     archived_at: Option<String>,
 }
 
@@ -136,42 +191,27 @@ impl MetricView {
 ///
 /// # Errors
 /// 400 naming the field.
-fn parse_metric(mut body: Fields) -> ApiResult<BillableMetric> {
-    body.refuse(
-        "sql",
-        "is not supported: define the metric with aggregation_type and filters",
-    )?;
-    let name = body.req_text("name")?;
-    let aggregation_text: String = body.req("aggregation_type")?;
-    let aggregation = parse_supported(
-        &body,
-        "aggregation_type",
-        &aggregation_text,
-        &AGGREGATIONS,
-        &["LATEST"],
-    )?;
-    let aggregation_key: Option<String> = body.opt("aggregation_key")?;
-    let aggregation_key = aggregation_key.filter(|k| !k.is_empty());
+fn parse_metric(body: CreateMetricBody) -> ApiResult<BillableMetric> {
+    let aggregation = body.aggregation_type.0;
+    let aggregation_key = body.aggregation_key.filter(|k| !k.is_empty());
     if aggregation != Aggregation::Count && aggregation_key.is_none() {
-        return Err(body.missing_for(
-            "aggregation_key",
-            &format!("aggregation_type {aggregation_text}"),
-        ));
+        return Err(ApiError::BadRequest(format!(
+            "aggregation_key is required for aggregation_type {}",
+            aggregation_name(aggregation)
+        )));
     }
     let event_type_filter = body
-        .opt::<EventTypeFilterWire>("event_type_filter")?
+        .event_type_filter
         .map(|f| EventTypeFilter {
             in_values: f.in_values,
             not_in_values: f.not_in_values,
         })
         .unwrap_or_default();
-    let property_filters: Vec<PropertyFilterWire> =
-        body.opt("property_filters")?.unwrap_or_default();
-    let group_keys: Vec<Vec<String>> = body.opt("group_keys")?.unwrap_or_default();
-    // `custom_fields` are accepted and not kept (nothing reads them back yet).
+    let property_filters = body.property_filters.unwrap_or_default();
+    let group_keys = body.group_keys.unwrap_or_default();
     Ok(BillableMetric {
         id: new_id(),
-        name,
+        name: body.name.0,
         aggregation,
         aggregation_key,
         event_type_filter,
@@ -194,7 +234,7 @@ async fn create(
     request: HttpRequest,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let mut metric = parse_metric(Fields::from_body(&body)?)?;
+    let mut metric = parse_metric(request::read(&body)?)?;
     // A retry whose first answer was lost names the same object (409), never a second one.
     metric.id = edge_id(&request, &body, "billable-metric");
     let id = metric.id;
@@ -228,8 +268,7 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpRes
 }
 
 async fn archive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let mut body = Fields::from_body(&body)?;
-    let id = body.req_id("id")?;
+    let id = request::read::<ArchiveMetricBody>(&body)?.id.0;
     if state.engine.catalog().metric(id).is_none() {
         return Err(ApiError::NotFound(format!(
             "billable metric {id} not found"

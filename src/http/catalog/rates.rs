@@ -5,83 +5,246 @@
 //! Rates are FLAT or TIERED, priced in the rate card's fiat credit type (USD cents). Prices are
 //! read from the JSON number's exact text and written back the same way, never through `f64`.
 
-use super::super::openapi::Routes;
+use super::super::openapi::{Data, Page, Routes};
+use super::super::wire::IdView;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use rust_decimal::Decimal;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
 
 use super::super::AppState;
 use super::super::contracts::edge_id;
 use super::super::error::{ApiError, ApiResult};
+use super::super::request::{self, Amount, Choice, Choices, Exact, Refused, Text, Time, Uuid, Why};
 use super::super::wire;
-use super::fields::{Fields, parse_supported};
 use super::{CREATED_BY, CreditTypeView, ListQuery, new_id, page_by_id};
 use crate::domain::catalog::{CatalogChange, Price, Product, Rate, RateCard, Tier};
 use crate::domain::money::{CreditType, USD_CENTS_ID};
 use crate::domain::{Catalog, Id, Money, Rejection, Timestamp};
 
 pub fn routes(routes: &mut Routes<'_>) {
-    routes.post(
-        "/v1/contract-pricing/rate-cards/create",
-        "createRateCard",
-        "Create a rate card",
-        create,
-    );
-    routes.post(
-        "/v1/contract-pricing/rate-cards/get",
-        "getRateCard",
-        "Get a rate card",
-        get,
-    );
-    routes.post(
-        "/v1/contract-pricing/rate-cards/list",
-        "listRateCards",
-        "List rate cards",
-        list,
-    );
-    routes.post(
-        "/v1/contract-pricing/rate-cards/addRate",
-        "addRate",
-        "Add a rate to a rate card",
-        add_rate,
-    );
-    routes.post(
-        "/v1/contract-pricing/rate-cards/addRates",
-        "addRates",
-        "Add rates to a rate card (all or nothing)",
-        add_rates,
-    );
-    routes.post(
-        "/v1/contract-pricing/rate-cards/getRates",
-        "getRates",
-        "The rates of a rate card in effect at a time",
-        get_rates,
-    );
+    routes
+        .post(
+            "/v1/contract-pricing/rate-cards/create",
+            "createRateCard",
+            "Create a rate card",
+            create,
+        )
+        .body::<CreateRateCardBody>()
+        .answers::<Data<IdView>>();
+    routes
+        .post(
+            "/v1/contract-pricing/rate-cards/get",
+            "getRateCard",
+            "Get a rate card",
+            get,
+        )
+        .body::<GetRateCardBody>()
+        .answers::<Data<RateCardView>>();
+    routes
+        .post(
+            "/v1/contract-pricing/rate-cards/list",
+            "listRateCards",
+            "List rate cards",
+            list,
+        )
+        .query::<ListQuery>()
+        .body::<ListRateCardsBody>()
+        .answers::<Page<RateCardView>>();
+    routes
+        .post(
+            "/v1/contract-pricing/rate-cards/addRate",
+            "addRate",
+            "Add a rate to a rate card",
+            add_rate,
+        )
+        .body::<RateBody>()
+        .answers::<Data<RateView>>();
+    routes
+        .post(
+            "/v1/contract-pricing/rate-cards/addRates",
+            "addRates",
+            "Add rates to a rate card (all or nothing)",
+            add_rates,
+        )
+        .body::<AddRatesBody>()
+        .answers::<Data<IdView>>();
+    routes
+        .post(
+            "/v1/contract-pricing/rate-cards/getRates",
+            "getRates",
+            "The rates of a rate card in effect at a time",
+            get_rates,
+        )
+        .query::<ListQuery>()
+        .body::<GetRatesBody>()
+        .answers::<Page<ScheduledRateView>>();
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RateType {
     Flat,
     Tiered,
 }
 
-const RATE_TYPES: [(&str, RateType); 2] = [("FLAT", RateType::Flat), ("TIERED", RateType::Tiered)];
-const RATE_TYPES_UNSUPPORTED: [&str; 4] =
-    ["PERCENTAGE", "SUBSCRIPTION", "TIERED_PERCENTAGE", "CUSTOM"];
+impl Choices for RateType {
+    const NAME: &'static str = "RateType";
+    const VALUES: &'static [(&'static str, Self)] =
+        &[("FLAT", RateType::Flat), ("TIERED", RateType::Tiered)];
+    const UNSUPPORTED: &'static [&'static str] =
+        &["PERCENTAGE", "SUBSCRIPTION", "TIERED_PERCENTAGE", "CUSTOM"];
+}
+
+type RateTypeChoice = Choice<RateType>;
+
+struct CustomPricingUnits;
+
+impl Why for CustomPricingUnits {
+    const WHY: &'static str = "(custom pricing units) is not supported";
+}
+
+struct TimeBoundedAliases;
+
+impl Why for TimeBoundedAliases {
+    const WHY: &'static str = "(time-bounded aliases) is not supported";
+}
+
+type RefusedConversions = Refused<CustomPricingUnits>;
+type RefusedAliasWindow = Refused<TimeBoundedAliases>;
+
+/// An alias of a rate card (a name; time windows are refused).
+#[derive(Debug, Deserialize, ToSchema)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct AliasBody {
+    name: Text,
+    #[serde(default)]
+    starting_at: RefusedAliasWindow,
+    #[serde(default)]
+    ending_before: RefusedAliasWindow,
+}
+
+/// `POST /v1/contract-pricing/rate-cards/create`. `custom_fields` are accepted and not kept.
+#[derive(Debug, Deserialize, ToSchema)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct CreateRateCardBody {
+    name: Text,
+    #[serde(default)]
+    description: Option<String>,
+    /// Only USD cents (2714e483-4ff1-48e4-9e25-ac732e8f24f2).
+    #[serde(default)]
+    fiat_credit_type_id: Option<Uuid>,
+    /// Names a contract may use instead of the id (`rate_card_alias`).
+    #[serde(default)]
+    aliases: Option<Vec<AliasBody>>,
+    #[serde(default)]
+    credit_type_conversions: RefusedConversions,
+}
+
+/// A body naming a rate card by `id` (`rate-cards/get`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GetRateCardBody {
+    id: Uuid,
+}
+
+/// `rate-cards/list`: the body (the SDK's `params.body`, usually empty) filters nothing; paging
+/// is in the query string.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ListRateCardsBody {}
+
+/// A tier of a TIERED rate; the last one has no `size`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TierBody {
+    price: Amount,
+    /// Units in this tier.
+    #[serde(default)]
+    size: Option<Exact>,
+}
+
+/// A rate: the body of `addRate` (with `rate_card_id`) or an item of `addRates`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct RateBody {
+    /// addRate only: the rate card.
+    #[serde(default)]
+    rate_card_id: Option<Uuid>,
+    product_id: Uuid,
+    entitled: bool,
+    rate_type: RateTypeChoice,
+    starting_at: Time,
+    #[serde(default)]
+    ending_before: Option<Time>,
+    /// FLAT rates: the price per unit.
+    #[serde(default)]
+    price: Option<Amount>,
+    /// TIERED rates.
+    #[serde(default)]
+    tiers: Option<Vec<TierBody>>,
+    /// Only the rate card's fiat credit type.
+    #[serde(default)]
+    credit_type_id: Option<Uuid>,
+    #[serde(default)]
+    pricing_group_values: Refused,
+    #[serde(default)]
+    commit_rate: Refused,
+    #[serde(default)]
+    is_prorated: Refused,
+    #[serde(default)]
+    quantity: Refused,
+    #[serde(default)]
+    billing_frequency: Refused,
+    #[serde(default)]
+    custom_rate: Refused,
+}
+
+/// `POST /v1/contract-pricing/rate-cards/addRates`: all or nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddRatesBody {
+    rate_card_id: Uuid,
+    rates: Vec<RateBody>,
+}
+
+/// A `getRates` selector: a rate is listed when its product matches every condition given.
+#[derive(Debug, Deserialize, ToSchema)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct SelectorBody {
+    #[serde(default)]
+    product_id: Option<Uuid>,
+    /// Any of these tags.
+    #[serde(default)]
+    product_tags: Option<Vec<String>>,
+    #[serde(default)]
+    pricing_group_values: Refused,
+    #[serde(default)]
+    partial_pricing_group_values: Refused,
+    #[serde(default)]
+    billing_frequency: Refused,
+}
+
+/// `POST /v1/contract-pricing/rate-cards/getRates` (paging in the query string).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GetRatesBody {
+    rate_card_id: Uuid,
+    /// The rates in effect at this time.
+    at: Time,
+    /// A rate is listed when any selector matches (all when none).
+    #[serde(default)]
+    selectors: Option<Vec<SelectorBody>>,
+}
 
 /// `{"name"}`: an alias of the SDK's `RateCardRetrieveResponse.Data.Alias` (names only; time
 /// windows are refused on create).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AliasView {
     name: String,
 }
 
 /// The SDK's `RateCardRetrieveResponse.Data` (and `RateCardListResponse`).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RateCardView {
+    #[schema(value_type = super::super::request::Uuid)]
     id: String,
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,6 +253,7 @@ struct RateCardView {
     credit_type_conversions: Vec<serde_json::Value>,
     aliases: Vec<AliasView>,
     custom_fields: BTreeMap<String, String>,
+    #[schema(value_type = super::super::request::Time)]
     created_at: String,
     created_by: &'static str,
 }
@@ -115,13 +279,15 @@ impl RateCardView {
 }
 
 /// The SDK's `Tier`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TierView {
+    #[schema(value_type = super::super::request::Amount)]
     price: Money,
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "exact_number"
     )]
+    #[schema(value_type = Option<super::super::request::Exact>)]
     size: Option<Decimal>,
 }
 
@@ -137,10 +303,12 @@ fn exact_number<S: Serializer>(value: &Option<Decimal>, serializer: S) -> Result
 }
 
 /// The SDK's `Shared.Rate` (also `RateAddResponse.Data`).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RateView {
+    /// FLAT or TIERED.
     rate_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::super::request::Amount>)]
     price: Option<Money>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tiers: Option<Vec<TierView>>,
@@ -177,16 +345,19 @@ impl RateView {
 }
 
 /// The SDK's `RateListResponse` (a `getRates` item).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ScheduledRateView {
     entitled: bool,
     product_custom_fields: BTreeMap<String, String>,
+    #[schema(value_type = super::super::request::Uuid)]
     product_id: String,
     product_name: String,
     product_tags: Vec<String>,
     rate: RateView,
+    #[schema(value_type = super::super::request::Time)]
     starting_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::super::request::Time>)]
     ending_before: Option<String>,
 }
 
@@ -194,10 +365,8 @@ struct ScheduledRateView {
 ///
 /// # Errors
 /// 400 naming the field.
-fn parse_rate_card(mut body: Fields, created_at: Timestamp) -> ApiResult<RateCard> {
-    let name = body.req_text("name")?;
-    let description: Option<String> = body.opt("description")?;
-    if let Some(id) = body.opt_id("fiat_credit_type_id")? {
+fn parse_rate_card(body: CreateRateCardBody, created_at: Timestamp) -> ApiResult<RateCard> {
+    if let Some(id) = body.fiat_credit_type_id.map(|id| id.0) {
         if id.to_string() != USD_CENTS_ID {
             return Err(Rejection::Unsupported(format!(
                 "fiat_credit_type_id {id}: only USD (cents) ({USD_CENTS_ID}) is supported"
@@ -205,107 +374,87 @@ fn parse_rate_card(mut body: Fields, created_at: Timestamp) -> ApiResult<RateCar
             .into());
         }
     }
-    body.refuse(
-        "credit_type_conversions",
-        "(custom pricing units) is not supported",
-    )?;
-    let mut aliases = Vec::new();
-    for mut alias in body.opt_objects("aliases")?.unwrap_or_default() {
-        let name = alias.req_text("name")?;
-        alias.refuse("starting_at", "(time-bounded aliases) is not supported")?;
-        alias.refuse("ending_before", "(time-bounded aliases) is not supported")?;
-        aliases.push(name);
-    }
-    // `custom_fields`: accepted and not kept.
     Ok(RateCard {
         id: new_id(),
-        name,
-        description,
+        name: body.name.0,
+        description: body.description,
         fiat_credit_type: CreditType::usd_cents(),
-        aliases,
+        aliases: body
+            .aliases
+            .unwrap_or_default()
+            .into_iter()
+            .map(|alias| alias.name.0)
+            .collect(),
         created_at,
         rates: Default::default(),
     })
 }
 
-/// Reads one rate (the body of `addRate` without `rate_card_id`, or an item of `addRates`).
-/// Checks references against `catalog` so that the 400 can name the field; the engine checks
-/// everything again when it applies the change.
+/// Reads one rate (the body of `addRate`, or an item of `addRates` at path `at`, like
+/// `rates[2].`). Checks references against `catalog` so that the 400 can name the field; the
+/// engine checks everything again when it applies the change.
 ///
 /// # Errors
 /// 400 naming the field (with its path inside `rates[]`).
-fn parse_rate(mut f: Fields, card: &RateCard, catalog: &Catalog) -> ApiResult<Rate> {
-    let product_id = f.req_id("product_id")?;
+fn parse_rate(body: RateBody, at: &str, card: &RateCard, catalog: &Catalog) -> ApiResult<Rate> {
+    let invalid = |field: &str, why: &str| ApiError::BadRequest(format!("{at}{field}: {why}"));
+    let product_id = body.product_id.0;
     if catalog.product(product_id).is_none() {
-        return Err(f.invalid("product_id", &format!("product {product_id} not found")));
+        return Err(invalid(
+            "product_id",
+            &format!("product {product_id} not found"),
+        ));
     }
-    let entitled: bool = f.req("entitled")?;
-    let type_text: String = f.req("rate_type")?;
-    let rate_type = parse_supported(
-        &f,
-        "rate_type",
-        &type_text,
-        &RATE_TYPES,
-        &RATE_TYPES_UNSUPPORTED,
-    )?;
-    let starting_at = f.req_time("starting_at")?;
-    let ending_before = f.opt_time("ending_before")?;
+    let starting_at = body.starting_at.0;
+    let ending_before = body.ending_before.map(|t| t.0);
     if ending_before.is_some_and(|end| end <= starting_at) {
-        return Err(f.invalid("ending_before", "must be after starting_at"));
+        return Err(invalid("ending_before", "must be after starting_at"));
     }
-    for key in [
-        "pricing_group_values",
-        "commit_rate",
-        "is_prorated",
-        "quantity",
-        "billing_frequency",
-        "custom_rate",
-    ] {
-        f.refuse(key, "is not supported")?;
-    }
-    if let Some(id) = f.opt_id("credit_type_id")? {
+    if let Some(id) = body.credit_type_id.map(|id| id.0) {
         if id != card.fiat_credit_type.id {
             return Err(Rejection::Unsupported(format!(
-                "{} {id}: rates must use the rate card's fiat credit type ({})",
-                f.name("credit_type_id"),
+                "{at}credit_type_id {id}: rates must use the rate card's fiat credit type ({})",
                 card.fiat_credit_type.id
             ))
             .into());
         }
     }
-    let price = match rate_type {
-        RateType::Flat => {
-            if f.opt_objects("tiers")?.is_some_and(|t| !t.is_empty()) {
-                return Err(f.invalid("tiers", "only TIERED rates have tiers"));
-            }
-            let price = f
-                .opt_money("price")?
-                .ok_or_else(|| f.missing_for("price", "FLAT rates"))?;
-            Price::Flat(price)
+    let price = match (body.rate_type.0, body.price, body.tiers) {
+        (RateType::Flat, _, Some(tiers)) if !tiers.is_empty() => {
+            return Err(invalid("tiers", "only TIERED rates have tiers"));
         }
-        RateType::Tiered => {
-            if f.opt_money("price")?.is_some() {
-                return Err(f.invalid("price", "TIERED rates are priced by their tiers"));
-            }
-            let Some(tier_fields) = f.opt_objects("tiers")? else {
-                return Err(f.missing_for("tiers", "TIERED rates"));
-            };
-            let mut tiers = Vec::with_capacity(tier_fields.len());
-            for mut tier in tier_fields {
-                let price = tier
-                    .opt_money("price")?
-                    .ok_or_else(|| tier.missing("price"))?;
-                let size = tier.opt_decimal("size")?;
-                tiers.push(Tier { price, size });
-            }
-            Price::Tiered(tiers)
+        (RateType::Flat, Some(price), _) => Price::Flat(price.0),
+        (RateType::Flat, None, _) => {
+            return Err(ApiError::BadRequest(format!(
+                "{at}price is required for FLAT rates"
+            )));
         }
+        (RateType::Tiered, Some(_), _) => {
+            return Err(invalid("price", "TIERED rates are priced by their tiers"));
+        }
+        (RateType::Tiered, None, None) => {
+            return Err(ApiError::BadRequest(format!(
+                "{at}tiers is required for TIERED rates"
+            )));
+        }
+        (RateType::Tiered, None, Some(tiers)) => Price::Tiered(
+            tiers
+                .into_iter()
+                .map(|tier| Tier {
+                    price: tier.price.0,
+                    size: tier.size.map(|s| s.0),
+                })
+                .collect(),
+        ),
     };
-    price.validate().map_err(|r| f.locate(r))?;
+    price.validate().map_err(|rejection| match rejection {
+        Rejection::InvalidField(text) => ApiError::BadRequest(format!("{at}{text}")),
+        other => other.into(),
+    })?;
     Ok(Rate {
         product_id,
         price,
-        entitled,
+        entitled: body.entitled,
         starting_at,
         ending_before,
         credit_type_id: card.fiat_credit_type.id,
@@ -329,7 +478,7 @@ async fn create(
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let now = Timestamp(state.engine.now_ms());
-    let mut card = parse_rate_card(Fields::from_body(&body)?, now)?;
+    let mut card = parse_rate_card(request::read(&body)?, now)?;
     // A retry whose first answer was lost names the same object (409), never a second one.
     card.id = edge_id(&request, &body, "rate-card");
     let id = card.id;
@@ -341,14 +490,19 @@ async fn create(
 }
 
 async fn get(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let id = Fields::from_body(&body)?.req_id("id")?;
+    let id = request::read::<GetRateCardBody>(&body)?.id.0;
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, id)?;
     Ok(wire::data(RateCardView::of(card)))
 }
 
 /// The body (`params.body` in the SDK, typed `unknown`, usually empty) filters nothing.
-async fn list(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
+async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let ListRateCardsBody {} = request::read(&body)?;
     let paging = ListQuery::parse(&req)?.paging()?;
     let catalog = state.engine.catalog();
     let cards = catalog.rate_cards().map(|c| (c.id, c)).collect();
@@ -356,11 +510,14 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpRes
 }
 
 async fn add_rate(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let mut body = Fields::from_body(&body)?;
-    let rate_card_id = body.req_id("rate_card_id")?;
+    let body: RateBody = request::read(&body)?;
+    let rate_card_id = body
+        .rate_card_id
+        .ok_or_else(|| ApiError::BadRequest("rate_card_id is required".into()))?
+        .0;
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, rate_card_id)?;
-    let rate = parse_rate(body, card, &catalog)?;
+    let rate = parse_rate(body, "", card, &catalog)?;
     let view = RateView::of(&rate, card);
     state
         .engine
@@ -373,20 +530,21 @@ async fn add_rate(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Htt
 }
 
 async fn add_rates(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    let mut body = Fields::from_body(&body)?;
-    let rate_card_id = body.req_id("rate_card_id")?;
+    let body: AddRatesBody = request::read(&body)?;
+    let rate_card_id = body.rate_card_id.0;
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, rate_card_id)?;
-    let Some(items) = body.opt_objects("rates")? else {
-        return Err(body.missing("rates"));
-    };
-    if items.is_empty() {
-        return Err(body.invalid("rates", "must hold at least one rate"));
+    if body.rates.is_empty() {
+        return Err(ApiError::BadRequest(
+            "rates: must hold at least one rate".into(),
+        ));
     }
     // Every rate is read before anything is sent: one bad rate adds none.
-    let rates = items
+    let rates = body
+        .rates
         .into_iter()
-        .map(|item| parse_rate(item, card, &catalog))
+        .enumerate()
+        .map(|(i, item)| parse_rate(item, &format!("rates[{i}]."), card, &catalog))
         .collect::<ApiResult<Vec<Rate>>>()?;
     state
         .engine
@@ -405,20 +563,11 @@ struct Selector {
 }
 
 impl Selector {
-    fn parse(mut f: Fields) -> ApiResult<Selector> {
-        for key in [
-            "pricing_group_values",
-            "partial_pricing_group_values",
-            "billing_frequency",
-        ] {
-            f.refuse(key, "is not supported")?;
+    fn of(body: SelectorBody) -> Selector {
+        Selector {
+            product_id: body.product_id.map(|id| id.0),
+            product_tags: body.product_tags.filter(|tags| !tags.is_empty()),
         }
-        Ok(Selector {
-            product_id: f.opt_id("product_id")?,
-            product_tags: f
-                .opt::<Vec<String>>("product_tags")?
-                .filter(|tags| !tags.is_empty()),
-        })
     }
 
     fn matches(&self, product: &Product) -> bool {
@@ -436,15 +585,15 @@ async fn get_rates(
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
     let paging = ListQuery::parse(&req)?.paging()?;
-    let mut body = Fields::from_body(&body)?;
-    let rate_card_id = body.req_id("rate_card_id")?;
-    let at = body.req_time("at")?;
-    let selectors = body
-        .opt_objects("selectors")?
+    let body: GetRatesBody = request::read(&body)?;
+    let rate_card_id = body.rate_card_id.0;
+    let at = body.at.0;
+    let selectors: Vec<Selector> = body
+        .selectors
         .unwrap_or_default()
         .into_iter()
-        .map(Selector::parse)
-        .collect::<ApiResult<Vec<Selector>>>()?;
+        .map(Selector::of)
+        .collect();
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, rate_card_id)?;
     let version = catalog.version();
