@@ -7,13 +7,14 @@
 use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::render;
 use super::request::{self, Choice, Choices, Refused, Time, Uuid};
+use super::views::CommitView;
 use super::wire;
 use crate::domain::contract::{CommitKind, Contract, Release};
 use crate::domain::money::USD_CENTS_ID;
@@ -168,7 +169,7 @@ async fn list(
     let exclude_zero = request.exclude_zero_balances.unwrap_or(false);
     let now = Timestamp(state.engine.now_ms());
     let catalog = state.engine.catalog();
-    let mut items: Vec<(String, Value)> = Vec::new();
+    let mut items: Vec<(String, CommitView)> = Vec::new();
     if include_contract {
         for contract in contracts(&state, customer).await? {
             let workflows = render::workflows_by_commit(&contract);

@@ -236,6 +236,14 @@ struct ReadOptions {
 }
 
 impl ReadOptions {
+    fn shape(&self) -> render::ContractOptions {
+        render::ContractOptions {
+            as_of: self.as_of,
+            include_ledger: self.include_ledger,
+            include_balance: self.include_balance,
+        }
+    }
+
     fn new(
         state: &AppState,
         customer: Uuid,
@@ -275,18 +283,12 @@ async fn get(state: web::Data<AppState>, body: web::Bytes, v2: bool) -> ApiResul
         .find(|c| c.id == contract_id)
         .ok_or_else(|| ApiError::NotFound(format!("contract {contract_id} not found")))?;
     let catalog = state.engine.catalog();
-    let render = if v2 {
-        render::contract_v2
+    let shape = options.shape();
+    Ok(if v2 {
+        wire::data(render::contract_v2(contract, &catalog, shape))
     } else {
-        render::contract_v1
-    };
-    Ok(wire::data(render(
-        contract,
-        &catalog,
-        options.as_of,
-        options.include_ledger,
-        options.include_balance,
-    )))
+        wire::data(render::contract_v1(contract, &catalog, shape))
+    })
 }
 
 async fn list(state: web::Data<AppState>, body: web::Bytes, v2: bool) -> ApiResult<HttpResponse> {
@@ -302,27 +304,23 @@ async fn list(state: web::Data<AppState>, body: web::Bytes, v2: bool) -> ApiResu
     let starting_at = request.starting_at.map(|t| t.0);
     let contracts = contracts_of(&state, options.customer).await?;
     let catalog = state.engine.catalog();
-    let render = if v2 {
-        render::contract_v2
-    } else {
-        render::contract_v1
-    };
-    let items: Vec<Value> = contracts
+    let shape = options.shape();
+    let listed = contracts
         .iter()
         .filter(|c| covering.is_none_or(|t| c.covers(t)))
-        .filter(|c| starting_at.is_none_or(|t| c.starting_at >= t))
-        .map(|c| {
-            render(
-                c,
-                &catalog,
-                options.as_of,
-                options.include_ledger,
-                options.include_balance,
-            )
-        })
-        .collect();
+        .filter(|c| starting_at.is_none_or(|t| c.starting_at >= t));
     // Not paginated in Metronome's API.
-    Ok(wire::data(items))
+    Ok(if v2 {
+        let items: Vec<_> = listed
+            .map(|c| render::contract_v2(c, &catalog, shape))
+            .collect();
+        wire::data(items)
+    } else {
+        let items: Vec<_> = listed
+            .map(|c| render::contract_v1(c, &catalog, shape))
+            .collect();
+        wire::data(items)
+    })
 }
 
 async fn get_v1(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {

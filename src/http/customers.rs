@@ -14,6 +14,7 @@ use super::contracts::edge_id;
 use super::error::{ApiError, ApiResult};
 use super::render;
 use super::request::{self, Refused, Text, Uuid};
+use super::views::InvoiceView;
 use super::wire;
 use crate::domain::customer::{CustomerProfile, Input, StripeBilling};
 use crate::domain::{Id, Timestamp};
@@ -253,14 +254,9 @@ async fn create(
         created_at: Timestamp(state.engine.now_ms()),
         archived_at: None,
     };
-    let mut response = render::customer_detail(&profile);
-    state.engine.create_customer(profile).await?;
     // `Customer` (the create response) is the small shape.
-    if let Some(map) = response.as_object_mut() {
-        for field in ["customer_config", "created_at", "updated_at"] {
-            map.remove(field);
-        }
-    }
+    let response = render::customer(&profile);
+    state.engine.create_customer(profile).await?;
     Ok(wire::data(response))
 }
 
@@ -442,8 +438,11 @@ struct InvoiceQuery {
     sort: Option<String>,
 }
 
-/// Every invoice of a customer as (sort time, id, JSON).
-async fn invoices(state: &AppState, customer: Id) -> ApiResult<Vec<(Timestamp, String, Value)>> {
+/// Every invoice of a customer as (sort time, id, invoice).
+async fn invoices(
+    state: &AppState,
+    customer: Id,
+) -> ApiResult<Vec<(Timestamp, String, InvoiceView)>> {
     let contracts = state
         .engine
         .query(customer, |s| s.customer.contracts.clone())
@@ -490,18 +489,16 @@ async fn list_invoices(
         }
     };
     let mut all = invoices(&state, customer).await?;
-    all.retain(|(at, _, json)| {
-        contract.is_none_or(|c| json["contract_id"] == c.to_string())
-            && query.status.as_deref().is_none_or(|s| {
-                json["status"]
-                    .as_str()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
-            })
-            && query.invoice_type.as_deref().is_none_or(|t| {
-                json["type"]
-                    .as_str()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(t))
-            })
+    all.retain(|(at, _, invoice)| {
+        contract.is_none_or(|c| invoice.contract_id == c.to_string())
+            && query
+                .status
+                .as_deref()
+                .is_none_or(|s| invoice.status.eq_ignore_ascii_case(s))
+            && query
+                .invoice_type
+                .as_deref()
+                .is_none_or(|t| invoice.invoice_type.eq_ignore_ascii_case(t))
             && starting_on.is_none_or(|t| *at >= t)
             && ending_before.is_none_or(|t| *at < t)
     });
@@ -517,7 +514,7 @@ async fn list_invoices(
         None => 0,
     };
     let total = all.len();
-    let page: Vec<Value> = all
+    let page: Vec<InvoiceView> = all
         .into_iter()
         .skip(start)
         .take(limit)

@@ -23,6 +23,7 @@ pub mod request;
 pub mod search;
 pub mod stripe;
 pub mod summary;
+pub mod views;
 pub mod webhooks;
 pub mod wire;
 pub mod workflows;

@@ -12,10 +12,10 @@
 use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::views::CustomerView;
 use super::{render, wire};
 use crate::domain::Id;
 use crate::domain::customer::CustomerProfile;
@@ -116,7 +116,7 @@ async fn search(
         .into_iter()
         .chain(by_alias.map(|id| (id, Matched::Alias)))
         .collect();
-    let mut items: Vec<Value> = Vec::new();
+    let mut items: Vec<SearchHitView> = Vec::new();
     if cursor.is_none() {
         for &(id, matched) in &exact {
             let profile = state
@@ -162,8 +162,18 @@ async fn search(
     Ok(wire::page(items, next_page))
 }
 
-fn rendered(profile: &CustomerProfile, matched: Matched) -> Value {
-    let mut value = render::customer_detail(profile);
-    value["matched_on"] = json!(matched.as_str());
-    value
+/// A customer found by search, with how it matched.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SearchHitView {
+    #[serde(flatten)]
+    pub customer: CustomerView,
+    /// id, ingest_alias or name.
+    pub matched_on: &'static str,
+}
+
+fn rendered(profile: &CustomerProfile, matched: Matched) -> SearchHitView {
+    SearchHitView {
+        customer: render::customer_detail(profile),
+        matched_on: matched.as_str(),
+    }
 }

@@ -15,11 +15,11 @@ use super::openapi::Routes;
 use actix_web::{HttpResponse, web};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::request::{self, Text};
+use super::views::WorkflowView;
 use super::{render, wire};
 use crate::actors::cancel::CancelVerdict;
 use crate::actors::{EngineError, entry};
@@ -236,7 +236,7 @@ async fn one_customer(
     filter: &Filter,
     cursor: Option<Id>,
     limit: usize,
-) -> ApiResult<(Vec<Value>, Option<Id>)> {
+) -> ApiResult<(Vec<WorkflowView>, Option<Id>)> {
     if !state.engine.customer_exists(customer) {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
@@ -261,7 +261,7 @@ async fn from_index(
     filter: &Filter,
     cursor: Option<Id>,
     limit: usize,
-) -> ApiResult<(Vec<Value>, Option<Id>)> {
+) -> ApiResult<(Vec<WorkflowView>, Option<Id>)> {
     // A state in flight has an index of its own (`wfs/`): only its workflows are read.
     let by_state = filter
         .state
