@@ -17,7 +17,8 @@
 //! `GET /v1/tollgate/audit`: oldest first in cursor pages; filters `starting_on`,
 //! `ending_before` (RFC 3339) and `token` (an identity).
 
-use super::openapi::Routes;
+use super::openapi::{Page, Routes};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -26,7 +27,7 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
 use super::auth::Caller;
@@ -280,7 +281,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Audited calls, oldest first (Tollgate)",
             list,
         )
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<AuditView>>();
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -370,27 +372,41 @@ async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiRe
     ))
 }
 
-fn render(record: &AuditRecord) -> Value {
-    let targets: serde_json::Map<String, Value> = record
-        .targets
-        .iter()
-        .map(|(field, id)| (field.clone(), json!(id)))
-        .collect();
-    json!({
-        "seq": record.seq,
-        "at": wire::time(Timestamp(record.at_ms)),
-        "token": record.token,
-        "method": record.method,
-        "path": record.path,
-        "targets": targets,
-        "status": record.status,
-        "replayed": record.replayed,
-    })
+/// An audited call.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditView {
+    pub seq: u64,
+    #[schema(value_type = super::request::Time)]
+    pub at: String,
+    /// The token's name, or a keyed fingerprint of it.
+    pub token: String,
+    pub method: String,
+    pub path: String,
+    /// The ids the call named, by field.
+    pub targets: BTreeMap<String, String>,
+    /// null while the call runs, or when the server stopped before it answered.
+    pub status: Option<u16>,
+    /// An `Idempotency-Key` replay: the call did not run again.
+    pub replayed: bool,
+}
+
+fn render(record: &AuditRecord) -> AuditView {
+    AuditView {
+        seq: record.seq,
+        at: wire::time(Timestamp(record.at_ms)),
+        token: record.token.clone(),
+        method: record.method.clone(),
+        path: record.path.clone(),
+        targets: record.targets.iter().cloned().collect(),
+        status: record.status,
+        replayed: record.replayed,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_ids_a_body_names_are_its_targets() {

@@ -10,13 +10,12 @@
 //! it as after a crash, and every payment in flight reconciles with the provider before it sends
 //! anything.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Routes};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use actix_web::{HttpResponse, web};
-use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
@@ -56,7 +55,8 @@ pub fn routes(routes: &mut Routes<'_>) {
         "Write an online, consistent backup of the data directory to a directory on the server's host (Tollgate)",
         backup,
     )
-    .body::<BackupBody>();
+    .body::<BackupBody>()
+    .answers::<Data<BackupView>>();
 }
 
 /// Checks `to`: an absolute path without `..`, not there yet (nor RocksDB's staging directory
@@ -129,6 +129,19 @@ fn size_of(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A backup written.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BackupView {
+    /// The directory written.
+    pub to: String,
+    /// The log position's time the backup holds everything up to.
+    #[schema(value_type = super::request::Time)]
+    pub at: String,
+    pub storage_format: u32,
+    pub bytes: u64,
+    pub millis: u64,
+}
+
 /// `POST /v1/tollgate/backup`.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct BackupBody {
@@ -170,13 +183,13 @@ async fn backup(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpR
     })?;
     let millis = started.elapsed().as_millis() as u64;
     tracing::info!(to = %to.display(), bytes, millis, "backup written");
-    Ok(wire::data(json!({
-        "to": to.display().to_string(),
-        "at": wire::time(Timestamp(at)),
-        "storage_format": STORAGE_FORMAT_VERSION,
-        "bytes": bytes,
-        "millis": millis,
-    })))
+    Ok(wire::data(BackupView {
+        to: to.display().to_string(),
+        at: wire::time(Timestamp(at)),
+        storage_format: STORAGE_FORMAT_VERSION,
+        bytes,
+        millis,
+    }))
 }
 
 #[cfg(test)]

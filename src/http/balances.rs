@@ -4,10 +4,9 @@
 //! yet), so, as in Metronome, the lists return them only with `include_contract_balances` /
 //! `include_contract_commits` set.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Page, Routes};
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -28,7 +27,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "List commits and credits with balances",
             list_balances,
         )
-        .body::<ListBalancesBody>();
+        .body::<ListBalancesBody>()
+        .answers::<Page<CommitView>>();
     routes
         .post(
             "/v1/contracts/customerBalances/getNetBalance",
@@ -36,7 +36,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "A customer's net balance",
             net_balance,
         )
-        .body::<NetBalanceBody>();
+        .body::<NetBalanceBody>()
+        .answers::<Data<NetBalanceView>>();
     routes
         .post(
             "/v1/contracts/customerCommits/list",
@@ -44,7 +45,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "List commits",
             list_commits,
         )
-        .body::<ListBalancesBody>();
+        .body::<ListBalancesBody>()
+        .answers::<Page<CommitView>>();
 }
 
 /// `POST /v1/contracts/customerBalances/list` and `/v1/contracts/customerCommits/list`.
@@ -112,6 +114,15 @@ pub struct NetBalanceFilterBody {
     pub ids: Option<Vec<Uuid>>,
     #[serde(default)]
     pub custom_fields: Refused,
+}
+
+/// A customer's net balance.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct NetBalanceView {
+    #[schema(value_type = crate::http::request::Amount)]
+    pub balance: Money,
+    #[schema(value_type = crate::http::request::Uuid)]
+    pub credit_type_id: String,
 }
 
 /// `POST /v1/contracts/customerBalances/getNetBalance`.
@@ -288,7 +299,8 @@ async fn net_balance(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
             }
         }
     }
-    Ok(wire::data(
-        json!({"balance": balance, "credit_type_id": credit_type}),
-    ))
+    Ok(wire::data(NetBalanceView {
+        balance,
+        credit_type_id: credit_type,
+    }))
 }

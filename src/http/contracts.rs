@@ -2,9 +2,8 @@
 //! `/v2/contracts/edit` (threshold configurations, commits and credits, payment-gated commits),
 //! and the external payment-gate release.
 
-use super::openapi::Routes;
+use super::openapi::{Data, List, Routes};
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::contract_bodies::{
@@ -14,7 +13,8 @@ use super::contract_bodies::{
 use super::error::{ApiError, ApiResult};
 use super::render;
 use super::request::{self, Time, Uuid};
-use super::wire;
+use super::views::{ContractV1View, ContractV2View, IdRef, WorkflowView};
+use super::wire::{self, IdView};
 use crate::actors::EngineError;
 use crate::domain::contract::{Contract, ThresholdCommit, ThresholdConfig, ThresholdKind};
 use crate::domain::customer::{CommitSpec, ContractEdit, ContractSpec, Input};
@@ -29,7 +29,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Create a contract (commits, credits, threshold configurations)",
             create,
         )
-        .body::<CreateContractBody>();
+        .body::<CreateContractBody>()
+        .answers::<Data<IdView>>();
     routes
         .post(
             "/v1/contracts/get",
@@ -37,7 +38,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Get a contract (v1 shape)",
             get_v1,
         )
-        .body::<GetContractBody>();
+        .body::<GetContractBody>()
+        .answers::<Data<ContractV1View>>();
     routes
         .post(
             "/v1/contracts/list",
@@ -45,7 +47,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "List a customer's contracts (v1 shape, not paginated)",
             list_v1,
         )
-        .body::<ListContractsBody>();
+        .body::<ListContractsBody>()
+        .answers::<List<ContractV1View>>();
     routes
         .post(
             "/v2/contracts/get",
@@ -53,7 +56,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Get a contract (v2 shape)",
             get_v2,
         )
-        .body::<GetContractBody>();
+        .body::<GetContractBody>()
+        .answers::<Data<ContractV2View>>();
     routes
         .post(
             "/v2/contracts/list",
@@ -61,7 +65,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "List a customer's contracts (v2 shape, not paginated)",
             list_v2,
         )
-        .body::<ListContractsBody>();
+        .body::<ListContractsBody>()
+        .answers::<List<ContractV2View>>();
     routes
         .post(
             "/v2/contracts/edit",
@@ -69,7 +74,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Edit a contract: threshold configurations, commits (payment-gated), credits",
             edit,
         )
-        .body::<EditContractBody>();
+        .body::<EditContractBody>()
+        .answers::<Data<EditView>>();
     routes
         .post(
             "/v1/contracts/commits/threshold-billing/release",
@@ -77,7 +83,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Report an EXTERNAL gate's payment outcome (paid or failed)",
             release,
         )
-        .body::<ReleaseBody>();
+        .body::<ReleaseBody>()
+        .answers::<Data<WorkflowView>>();
 }
 
 /// A new random id for an object created at the edge (recorded in the log with its input).
@@ -418,19 +425,34 @@ async fn edit(
     let (commits, credits) = applied
         .created
         .split_at(commit_count.min(applied.created.len()));
-    let ids = |list: &[Id]| -> Vec<Value> {
-        list.iter()
-            .map(|id| json!({"id": id.to_string()}))
-            .collect()
+    let ids = |list: &[Id]| -> Vec<IdRef> {
+        list.iter().map(|id| IdRef { id: id.to_string() }).collect()
     };
-    Ok(wire::data(json!({
-        "id": edit_id.to_string(),
-        "edit": {
-            "id": edit_id.to_string(),
-            "add_commits": ids(commits),
-            "add_credits": ids(credits),
+    Ok(wire::data(EditView {
+        id: edit_id.to_string(),
+        edit: EditDetailView {
+            id: edit_id.to_string(),
+            add_commits: ids(commits),
+            add_credits: ids(credits),
         },
-    })))
+    }))
+}
+
+/// The answer of `/v2/contracts/edit`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EditView {
+    #[schema(value_type = super::request::Uuid)]
+    pub id: String,
+    pub edit: EditDetailView,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EditDetailView {
+    #[schema(value_type = super::request::Uuid)]
+    pub id: String,
+    /// The commits added, in the request's order.
+    pub add_commits: Vec<IdRef>,
+    pub add_credits: Vec<IdRef>,
 }
 
 /// `POST /v1/contracts/commits/threshold-billing/release {"workflow_id", "outcome"}`: the

@@ -1,12 +1,11 @@
 //! Customers: create, get, list, ingest aliases, archive, billing provider configurations, and
 //! their invoices (list, get) plus `POST /v1/invoices/void`.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Empty, List, Page, Routes};
 use actix_web::{HttpResponse, web};
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
@@ -14,8 +13,8 @@ use super::contracts::edge_id;
 use super::error::{ApiError, ApiResult};
 use super::render;
 use super::request::{self, Refused, Text, Uuid};
-use super::views::InvoiceView;
-use super::wire;
+use super::views::{CustomerView, InvoiceView};
+use super::wire::{self, IdView};
 use crate::domain::customer::{CustomerProfile, Input, StripeBilling};
 use crate::domain::{Id, Timestamp};
 
@@ -30,10 +29,12 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Create a customer",
             create,
         )
-        .body::<CreateCustomerBody>();
+        .body::<CreateCustomerBody>()
+        .answers::<Data<CustomerView>>();
     routes
         .get("/v1/customers", "listCustomers", "List customers", list)
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<CustomerView>>();
     routes
         .post(
             "/v1/customers/archive",
@@ -41,13 +42,16 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Archive a customer",
             archive,
         )
-        .body::<IdBody>();
-    routes.get(
-        "/v1/customers/{customer_id}",
-        "getCustomer",
-        "Get a customer",
-        get,
-    );
+        .body::<IdBody>()
+        .answers::<Data<IdView>>();
+    routes
+        .get(
+            "/v1/customers/{customer_id}",
+            "getCustomer",
+            "Get a customer",
+            get,
+        )
+        .answers::<Data<CustomerView>>();
     routes
         .post(
             "/v1/customers/{customer_id}/setIngestAliases",
@@ -55,7 +59,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Replace a customer's ingest aliases",
             set_aliases,
         )
-        .body::<SetAliasesBody>();
+        .body::<SetAliasesBody>()
+        .answers::<Empty>();
     routes
         .post(
             "/v1/setCustomerBillingProviderConfigurations",
@@ -63,7 +68,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Set Stripe billing configurations",
             set_billing,
         )
-        .body::<SetBillingBody>();
+        .body::<SetBillingBody>()
+        .answers::<List<BillingConfigurationView>>();
     routes
         .post(
             "/v1/getCustomerBillingProviderConfigurations",
@@ -71,7 +77,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Get billing configurations",
             get_billing,
         )
-        .body::<CustomerBody>();
+        .body::<CustomerBody>()
+        .answers::<List<BillingConfigurationView>>();
     routes
         .get(
             "/v1/customers/{customer_id}/invoices",
@@ -79,13 +86,16 @@ pub fn routes(routes: &mut Routes<'_>) {
             "List a customer's invoices",
             list_invoices,
         )
-        .query::<InvoiceQuery>();
-    routes.get(
-        "/v1/customers/{customer_id}/invoices/{invoice_id}",
-        "getInvoice",
-        "Get an invoice",
-        get_invoice,
-    );
+        .query::<InvoiceQuery>()
+        .answers::<Page<InvoiceView>>();
+    routes
+        .get(
+            "/v1/customers/{customer_id}/invoices/{invoice_id}",
+            "getInvoice",
+            "Get an invoice",
+            get_invoice,
+        )
+        .answers::<Data<InvoiceView>>();
     routes
         .post(
             "/v1/invoices/void",
@@ -93,7 +103,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Void a SCHEDULED invoice",
             void_invoice,
         )
-        .body::<IdBody>();
+        .body::<IdBody>()
+        .answers::<Data<IdView>>();
 }
 
 /// `POST /v1/customers`.
@@ -389,26 +400,51 @@ async fn set_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
     Ok(wire::data(out))
 }
 
-fn billing_json(customer: Id, billing: &StripeBilling) -> Value {
-    json!({
-        "id": billing.configuration_id.to_string(),
-        "customer_id": customer.to_string(),
-        "billing_provider": "stripe",
-        "archived_at": null,
-        "configuration": {
-            "stripe_customer_id": billing.stripe_customer_id,
-            "stripe_collection_method": billing.collection_method,
+/// A billing provider configuration (Stripe), as Metronome answers it.
+#[derive(serde::Serialize, ToSchema)]
+pub struct BillingConfigurationView {
+    #[schema(value_type = super::request::Uuid)]
+    pub id: String,
+    #[schema(value_type = super::request::Uuid)]
+    pub customer_id: String,
+    /// stripe.
+    pub billing_provider: &'static str,
+    /// Always null.
+    pub archived_at: Option<String>,
+    pub configuration: StripeConfigurationView,
+    /// direct_to_billing_provider.
+    pub delivery_method: &'static str,
+    #[schema(value_type = super::request::Uuid)]
+    pub delivery_method_id: String,
+    pub delivery_method_configuration: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+pub struct StripeConfigurationView {
+    pub stripe_customer_id: String,
+    pub stripe_collection_method: String,
+}
+
+fn billing_json(customer: Id, billing: &StripeBilling) -> BillingConfigurationView {
+    BillingConfigurationView {
+        id: billing.configuration_id.to_string(),
+        customer_id: customer.to_string(),
+        billing_provider: "stripe",
+        archived_at: None,
+        configuration: StripeConfigurationView {
+            stripe_customer_id: billing.stripe_customer_id.clone(),
+            stripe_collection_method: billing.collection_method.clone(),
         },
-        "delivery_method": "direct_to_billing_provider",
-        "delivery_method_id": Id::derive(customer, "delivery-method", 0).to_string(),
-        "delivery_method_configuration": {},
-    })
+        delivery_method: "direct_to_billing_provider",
+        delivery_method_id: Id::derive(customer, "delivery-method", 0).to_string(),
+        delivery_method_configuration: BTreeMap::new(),
+    }
 }
 
 async fn get_billing(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
     let customer = existing_customer(&state, request::read::<CustomerBody>(&body)?.customer_id.0)?;
     let profile = profile(&state, customer).await?;
-    let items: Vec<Value> = profile
+    let items: Vec<BillingConfigurationView> = profile
         .stripe
         .iter()
         .map(|b| billing_json(customer, b))

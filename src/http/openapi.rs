@@ -197,6 +197,14 @@ pub struct Page<T>(std::marker::PhantomData<T>);
 pub struct List<T>(std::marker::PhantomData<T>);
 /// An empty body.
 pub struct Empty;
+/// `T` itself, without an envelope (the probes).
+pub struct Bare<T>(std::marker::PhantomData<T>);
+
+impl<T: ToSchema> Answer for Bare<T> {
+    fn response(schemas: &mut Schemas) -> Value {
+        json_content(reference::<T>(schemas))
+    }
+}
 /// `text/plain` (probes, Prometheus).
 pub struct Plain;
 /// An OpenAPI document.

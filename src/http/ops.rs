@@ -29,13 +29,20 @@ pub fn routes(routes: &mut Routes<'_>) {
         .public();
 }
 
+/// A probe's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatusView {
+    /// ok (health) or ready.
+    pub status: &'static str,
+}
+
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(StatusView { status: "ok" })
 }
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if state.engine.is_ready() {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+        HttpResponse::Ok().json(StatusView { status: "ready" })
     } else {
         // The cause is logged, not shown: this endpoint needs no token.
         let message = match state.engine.failure() {

@@ -15,10 +15,10 @@
 //! `not_quarantined`; a re-apply of a request whose caller got a 500 answers 409
 //! `not_reappliable` (discard it); an unknown id answers 404.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Page, Routes};
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
@@ -37,7 +37,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Quarantined inputs (Tollgate)",
             list,
         )
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<QuarantinedView>>();
     routes
         .post(
             "/v1/tollgate/quarantine/reapply",
@@ -45,7 +46,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Re-apply a quarantined input (Tollgate)",
             reapply,
         )
-        .body::<ReapplyBody>();
+        .body::<ReapplyBody>()
+        .answers::<Data<DecisionView>>();
     routes
         .post(
             "/v1/tollgate/quarantine/discard",
@@ -53,7 +55,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Discard a quarantined input, with a reason (Tollgate)",
             discard,
         )
-        .body::<DiscardBody>();
+        .body::<DiscardBody>()
+        .answers::<Data<DecisionView>>();
     routes
         .get(
             "/v1/tollgate/quarantine/decisions",
@@ -61,7 +64,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Decided quarantine entries with their decisions (Tollgate)",
             decisions,
         )
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<DecidedView>>();
 }
 
 /// Longest discard reason kept (it is logged with the decision).
@@ -110,16 +114,14 @@ async fn decide(
     state: &AppState,
     key: &[u8],
     decision: QuarantineDecision,
-    status: &str,
+    status: &'static str,
 ) -> ApiResult<HttpResponse> {
     let id = hex::encode(key);
     match state.engine.decide_quarantined(key, decision).await? {
         None => Err(ApiError::NotFound(format!(
             "no quarantined input with id {id}"
         ))),
-        Some(_) => Ok(HttpResponse::Ok().json(json!({
-            "data": { "id": id, "status": status }
-        }))),
+        Some(_) => Ok(wire::data(DecisionView { id, status })),
     }
 }
 
@@ -169,19 +171,20 @@ async fn decisions(
         }
         _ => None,
     };
-    let data = entries
+    let data: Vec<DecidedView> = entries
         .iter()
         .map(|resolved| {
-            let mut value = render(&resolved.entry);
             let (status, reason) = match &resolved.resolution {
                 Resolution::Reapplied => ("REAPPLIED", None),
                 Resolution::Discarded { reason } => ("DISCARDED", Some(reason.clone())),
             };
-            value["status"] = json!(status);
-            value["decision_reason"] = json!(reason);
-            value["decided_at"] = json!(wire::time(resolved.decided_at));
-            value["decided_at_seq"] = json!(resolved.decided_seq);
-            value
+            DecidedView {
+                entry: render(&resolved.entry),
+                status,
+                decision_reason: reason,
+                decided_at: wire::time(resolved.decided_at),
+                decided_at_seq: resolved.decided_seq,
+            }
         })
         .collect();
     Ok(wire::page(data, next_page))
@@ -201,20 +204,61 @@ async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> ApiRe
     Ok(wire::page(entries.iter().map(render).collect(), next_page))
 }
 
-fn render(entry: &Quarantined) -> Value {
-    json!({
-        "id": hex::encode(entry.key()),
-        "partition": entry.partition,
-        "seq": entry.seq,
-        "index": entry.index,
-        "customer_id": entry.customer_id.to_string(),
-        "accepted_at": wire::time(entry.at),
-        "catalog_version": entry.catalog_version,
-        "cause": match entry.cause {
+/// A quarantined input.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct QuarantinedView {
+    /// Names it in reapply and discard.
+    pub id: String,
+    pub partition: u16,
+    pub seq: u64,
+    pub index: u32,
+    #[schema(value_type = super::request::Uuid)]
+    pub customer_id: String,
+    #[schema(value_type = super::request::Time)]
+    pub accepted_at: String,
+    pub catalog_version: u64,
+    /// PANIC (applying it panicked) or REFUSED (the engine refused it on replay).
+    pub cause: &'static str,
+    pub reason: String,
+    /// The input as the engine logged it (its internal form).
+    pub input: Value,
+}
+
+/// A decided quarantine entry.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DecidedView {
+    #[serde(flatten)]
+    pub entry: QuarantinedView,
+    /// REAPPLIED or DISCARDED.
+    pub status: &'static str,
+    pub decision_reason: Option<String>,
+    #[schema(value_type = super::request::Time)]
+    pub decided_at: String,
+    pub decided_at_seq: u64,
+}
+
+/// The answer of a decision.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DecisionView {
+    pub id: String,
+    /// REAPPLIED or DISCARDED.
+    pub status: &'static str,
+}
+
+fn render(entry: &Quarantined) -> QuarantinedView {
+    QuarantinedView {
+        id: hex::encode(entry.key()),
+        partition: entry.partition,
+        seq: entry.seq,
+        index: entry.index,
+        customer_id: entry.customer_id.to_string(),
+        accepted_at: wire::time(entry.at),
+        catalog_version: entry.catalog_version,
+        cause: match entry.cause {
             QuarantineCause::Panic => "PANIC",
             QuarantineCause::Refused => "REFUSED",
         },
-        "reason": entry.reason,
-        "input": serde_json::to_value(&entry.input).unwrap_or(Value::Null),
-    })
+        reason: entry.reason.clone(),
+        input: serde_json::to_value(&entry.input).unwrap_or(Value::Null),
+    }
 }

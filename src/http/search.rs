@@ -9,7 +9,7 @@
 //! A request reads at most [`SCAN_MAX`] customers: a rare `q` may answer a short (or empty)
 //! page with a `next_page` to go on from; keep paging until `next_page` is `null`.
 
-use super::openapi::Routes;
+use super::openapi::{Page, Routes};
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
@@ -35,7 +35,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Search customers by id, ingest alias or name (Tollgate)",
             search,
         )
-        .query::<SearchQuery>();
+        .query::<SearchQuery>()
+        .answers::<Page<SearchHitView>>();
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -2,9 +2,12 @@
 //! lag, workflows in flight by state, webhook deliveries waiting and dead letters, quarantined
 //! inputs. Counts read from storage stop at [`COUNT_MAX`]; `counts_capped` then says which.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Routes};
 use actix_web::{HttpResponse, web};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
@@ -23,7 +26,8 @@ pub fn routes(routes: &mut Routes<'_>) {
         "getSummary",
         "Dashboard summary: ingest rate, apply lag, workflows in flight by state, webhooks pending and dead letters, quarantined inputs (Tollgate)",
         summary,
-    );
+    )
+    .answers::<Data<SummaryView>>();
 }
 
 /// The counts read from storage: workflows in flight by state, dead letters, quarantined
@@ -72,6 +76,55 @@ pub fn storage_counts(engine: &crate::actors::Engine) -> ApiResult<Counts> {
     })
 }
 
+/// `GET /v1/tollgate/summary`: what a dashboard shows.
+#[derive(Serialize, ToSchema)]
+pub struct SummaryView {
+    #[schema(value_type = crate::http::request::Time)]
+    at: String,
+    /// Recovery finished and accepting work.
+    ready: bool,
+    /// Customers known.
+    customers: usize,
+    ingest: IngestSummary,
+    apply: ApplySummary,
+    workflows_in_flight: InFlightSummary,
+    webhooks: WebhookSummary,
+    /// Inputs quarantined and not decided.
+    quarantined_inputs: usize,
+    /// The counts that reached their scan cap (1,000,000) and are at least that.
+    counts_capped: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct IngestSummary {
+    /// Accepted events per second over the last 10 s (null until 10 s of history).
+    events_per_second_10s: Option<u64>,
+    /// The same over 60 s.
+    events_per_second_60s: Option<u64>,
+    events_accepted_total: u64,
+    events_duplicate_total: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ApplySummary {
+    /// Age of the oldest acknowledged input not yet applied, in ms.
+    lag_ms: i64,
+    pending_inputs: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+struct InFlightSummary {
+    total: usize,
+    by_state: BTreeMap<String, usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct WebhookSummary {
+    pending: u64,
+    in_flight: u64,
+    dead_letters: usize,
+}
+
 async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let engine = state.engine.clone();
     // Scans of up to a million keys each: off the HTTP worker.
@@ -85,37 +138,37 @@ async fn summary(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
         .map_err(|_| ApiError::Failed("the summary task failed".into()))??;
     let engine = &state.engine;
     let in_flight_total: usize = in_flight.iter().map(|(_, n)| n).sum();
-    let in_flight: Map<String, Value> = in_flight
+    let by_state: BTreeMap<String, usize> = in_flight
         .into_iter()
-        .map(|(s, n)| (s.to_owned(), json!(n)))
+        .map(|(s, n)| (s.to_owned(), n))
         .collect();
     let webhooks = engine.webhook_stats().snapshot();
     let metrics = engine.metrics();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(wire::data(json!({
-        "at": wire::time(Timestamp(engine.now_ms())),
-        "ready": engine.is_ready(),
-        "customers": engine.customer_count(),
-        "ingest": {
-            "events_per_second_10s": engine.ingest_per_second(10),
-            "events_per_second_60s": engine.ingest_per_second(60),
-            "events_accepted_total": get(&metrics.events_accepted),
-            "events_duplicate_total": get(&metrics.events_duplicate),
+    Ok(wire::data(SummaryView {
+        at: wire::time(Timestamp(engine.now_ms())),
+        ready: engine.is_ready(),
+        customers: engine.customer_count(),
+        ingest: IngestSummary {
+            events_per_second_10s: engine.ingest_per_second(10),
+            events_per_second_60s: engine.ingest_per_second(60),
+            events_accepted_total: get(&metrics.events_accepted),
+            events_duplicate_total: get(&metrics.events_duplicate),
         },
-        "apply": {
-            "lag_ms": engine.apply_lag_ms(),
-            "pending_inputs": engine.pending_inputs(),
+        apply: ApplySummary {
+            lag_ms: engine.apply_lag_ms(),
+            pending_inputs: engine.pending_inputs(),
         },
-        "workflows_in_flight": {
-            "total": in_flight_total,
-            "by_state": Value::Object(in_flight),
+        workflows_in_flight: InFlightSummary {
+            total: in_flight_total,
+            by_state,
         },
-        "webhooks": {
-            "pending": webhooks.pending,
-            "in_flight": webhooks.in_flight,
-            "dead_letters": dead_letters,
+        webhooks: WebhookSummary {
+            pending: webhooks.pending,
+            in_flight: webhooks.in_flight,
+            dead_letters,
         },
-        "quarantined_inputs": quarantined,
-        "counts_capped": capped,
-    })))
+        quarantined_inputs: quarantined,
+        counts_capped: capped,
+    }))
 }

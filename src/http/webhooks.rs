@@ -12,10 +12,9 @@
 //! Each item is one webhook for one destination; its `id` is that delivery's id (a UUID), and
 //! `webhook_id` is the `id` of the body the receiver sees.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Page, Routes};
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
@@ -37,7 +36,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Webhook deliveries waiting or between retries (Tollgate)",
             pending,
         )
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<DeliveryView>>();
     routes
         .get(
             "/v1/tollgate/webhooks/delivered",
@@ -45,7 +45,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Webhook deliveries of the retention window, oldest first (Tollgate)",
             delivered,
         )
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<DeliveryView>>();
     routes
         .get(
             "/v1/tollgate/webhooks/dead-letters",
@@ -53,7 +54,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Webhook dead letters (Tollgate)",
             dead_letters,
         )
-        .query::<ListQuery>();
+        .query::<ListQuery>()
+        .answers::<Page<DeliveryView>>();
     routes
         .post(
             "/v1/tollgate/webhooks/redrive",
@@ -61,7 +63,8 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Re-drive one webhook dead letter or all (Tollgate)",
             redrive,
         )
-        .body::<RedriveBody>();
+        .body::<RedriveBody>()
+        .answers::<Data<RedrivenView>>();
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -99,9 +102,10 @@ fn list_effects(
     )?
     .map(|id| *id.as_bytes());
     let (entries, next) = state.engine.webhook_entries(place, after, limit)?;
-    let items = entries
+    // Only webhooks are listed (the outbox holds nothing else under these places today).
+    let items: Vec<DeliveryView> = entries
         .iter()
-        .map(|(id, entry)| render_entry(*id, entry, place))
+        .filter_map(|(id, entry)| render_entry(*id, entry, place))
         .collect();
     Ok(wire::page(
         items,
@@ -109,7 +113,7 @@ fn list_effects(
     ))
 }
 
-fn render_entry(id: Uuid16, entry: &OutboxEntry, place: EffectPlace) -> Value {
+fn render_entry(id: Uuid16, entry: &OutboxEntry, place: EffectPlace) -> Option<DeliveryView> {
     let OutboxEffect::Webhook {
         webhook_id,
         event_type,
@@ -117,26 +121,25 @@ fn render_entry(id: Uuid16, entry: &OutboxEntry, place: EffectPlace) -> Value {
         ..
     } = &entry.effect
     else {
-        return Value::Null;
+        return None;
     };
-    let mut value = json!({
-        "id": Id::from_bytes(id).to_string(),
-        "webhook_id": webhook_id.to_string(),
-        "type": event_type,
-        "destination": redacted(destination_url),
-        "status": match place {
+    Some(DeliveryView {
+        id: Id::from_bytes(id).to_string(),
+        webhook_id: webhook_id.to_string(),
+        event_type: event_type.clone(),
+        destination: redacted(destination_url),
+        status: match place {
             EffectPlace::Pending => "PENDING",
             EffectPlace::DeadLetter => "DEAD_LETTER",
         },
-        "attempts": entry.attempts,
-        "last_status": entry.last_status,
-        "last_error": entry.last_error,
-        "created_at": wire::time(Timestamp(entry.created_at_ms)),
-    });
-    if place == EffectPlace::Pending {
-        value["next_attempt_at"] = json!(wire::time(Timestamp(entry.next_attempt_at_ms)));
-    }
-    value
+        attempts: entry.attempts,
+        last_status: entry.last_status,
+        last_error: Some(entry.last_error.clone()),
+        created_at: wire::time(Timestamp(entry.created_at_ms)),
+        next_attempt_at: (place == EffectPlace::Pending)
+            .then(|| wire::time(Timestamp(entry.next_attempt_at_ms))),
+        delivered_at: None,
+    })
 }
 
 async fn delivered(
@@ -170,18 +173,20 @@ async fn delivered(
     ))
 }
 
-fn render_delivered(record: &DeliveredWebhook) -> Value {
-    json!({
-        "id": Id::from_bytes(record.id).to_string(),
-        "webhook_id": record.webhook_id.to_string(),
-        "type": record.event_type,
-        "destination": redacted(&record.destination_url),
-        "status": "DELIVERED",
-        "attempts": record.attempts,
-        "last_status": record.status,
-        "created_at": wire::time(Timestamp(record.created_at_ms)),
-        "delivered_at": wire::time(Timestamp(record.delivered_at_ms)),
-    })
+fn render_delivered(record: &DeliveredWebhook) -> DeliveryView {
+    DeliveryView {
+        id: Id::from_bytes(record.id).to_string(),
+        webhook_id: record.webhook_id.to_string(),
+        event_type: record.event_type.clone(),
+        destination: redacted(&record.destination_url),
+        status: "DELIVERED",
+        attempts: record.attempts,
+        last_status: Some(record.status),
+        last_error: None,
+        created_at: wire::time(Timestamp(record.created_at_ms)),
+        next_attempt_at: None,
+        delivered_at: Some(wire::time(Timestamp(record.delivered_at_ms))),
+    }
 }
 
 /// A destination URL without what may be a credential: user info and query string (a `read`
@@ -201,6 +206,49 @@ pub struct RedriveBody {
     pub all: Option<bool>,
 }
 
+/// The dead letters re-driven (back to pending, retried from now).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RedrivenView {
+    #[schema(value_type = Vec<Uuid>)]
+    pub redriven: Vec<String>,
+    /// `all`: more dead letters remain; call again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
+}
+
+/// A webhook delivery: pending, dead-lettered or delivered.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    /// The delivery's id (one per webhook and destination); re-drives a dead letter.
+    #[schema(value_type = Uuid)]
+    pub id: String,
+    /// The webhook's own id (the payload's `id`), the same for every destination.
+    #[schema(value_type = Uuid)]
+    pub webhook_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The URL without user info or query string.
+    pub destination: String,
+    /// PENDING, DEAD_LETTER or DELIVERED.
+    pub status: &'static str,
+    pub attempts: u32,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<u16>,
+    /// Pending and dead letters: why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Option<String>>,
+    #[schema(value_type = crate::http::request::Time)]
+    pub created_at: String,
+    /// Pending only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::request::Time>)]
+    pub next_attempt_at: Option<String>,
+    /// Delivered only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::request::Time>)]
+    pub delivered_at: Option<String>,
+}
+
 async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
     let request: RedriveBody = request::read(&body)?;
     let all = request.all.unwrap_or(false);
@@ -211,7 +259,10 @@ async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
                     "no webhook dead letter with id {id}"
                 )));
             }
-            Ok(wire::data(json!({"redriven": [id.to_string()]})))
+            Ok(wire::data(RedrivenView {
+                redriven: vec![id.to_string()],
+                more: None,
+            }))
         }
         (None, true) => {
             // Page through the dead letters; each re-driven one leaves them, so the cursor
@@ -236,7 +287,10 @@ async fn redrive(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Http
                     None => break false,
                 }
             };
-            Ok(wire::data(json!({ "redriven": redriven, "more": more })))
+            Ok(wire::data(RedrivenView {
+                redriven,
+                more: Some(more),
+            }))
         }
         _ => Err(ApiError::BadRequest(
             "give either id (one dead letter) or \"all\": true".into(),

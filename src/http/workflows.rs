@@ -11,7 +11,7 @@
 //!   [`SCAN_MAX`] entries per request: a narrow filter may answer a short (or empty) page whose
 //!   `next_page` goes on from where the scan stopped.
 
-use super::openapi::Routes;
+use super::openapi::{Data, Page, Routes};
 use actix_web::{HttpResponse, web};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -40,20 +40,24 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Payment-gate workflows (Tollgate)",
             list,
         )
-        .query::<ListQuery>();
-    routes.get(
-        "/v1/tollgate/workflows/{workflow_id}",
-        "getWorkflow",
-        "A payment-gate workflow with its history (Tollgate)",
-        get,
-    );
+        .query::<ListQuery>()
+        .answers::<Page<WorkflowView>>();
+    routes
+        .get(
+            "/v1/tollgate/workflows/{workflow_id}",
+            "getWorkflow",
+            "A payment-gate workflow with its history (Tollgate)",
+            get,
+        )
+        .answers::<Data<WorkflowView>>();
     routes.post(
         "/v1/tollgate/workflows/{workflow_id}/cancel",
         "cancelWorkflow",
         "Cancel a workflow in flight: it ends FAILED; a STRIPE payment is cancelled first (409 when Stripe says it succeeded) (Tollgate)",
         cancel,
     )
-    .body::<CancelBody>();
+    .body::<CancelBody>()
+    .answers::<Data<WorkflowView>>();
 }
 
 /// The workflows of `customer`, every contract's, each with its history.

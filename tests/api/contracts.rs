@@ -94,7 +94,7 @@ pub(crate) fn gate(kind: &str) -> Value {
     json!({"payment_gate_type": kind})
 }
 
-async fn ingest_calls(app: &TestApp, alias: &str, prefix: &str, n: usize) {
+pub(crate) async fn ingest_calls(app: &TestApp, alias: &str, prefix: &str, n: usize) {
     let events: Vec<Value> = (0..n)
         .map(|i| {
             json!({
@@ -568,6 +568,61 @@ async fn bad_contract_requests_get_clear_4xx_and_change_nothing() {
             with("overrides", json!([{"product_id": COMMIT_PRODUCT}])),
             400,
             "unsupported: overrides is not supported",
+        ),
+        // Typed bodies: every message names the field with its full path.
+        (
+            with(
+                "commits",
+                json!([{"type": "PREPAID", "product_id": COMMIT_PRODUCT, "access_schedule": {
+                "schedule_items": [
+                    {"amount": 100, "starting_at": month_start(), "ending_before": "2099-01-01T00:00:00Z"},
+                    {"amount": "ten", "starting_at": month_start(), "ending_before": "2099-01-01T00:00:00Z"},
+                ]}}]),
+            ),
+            400,
+            "commits[0].access_schedule.schedule_items[1].amount: ten is not an exact number",
+        ),
+        (
+            with(
+                "commits",
+                json!([{"type": "PREPAID", "product_id": COMMIT_PRODUCT, "access_schedule": {
+                    "schedule_items": [{"amount": 100, "starting_at": month_start()}]}}]),
+            ),
+            400,
+            "commits[0].access_schedule.schedule_items[0].ending_before is required",
+        ),
+        (
+            with(
+                "commits",
+                json!([{"type": "WEEKLY", "product_id": COMMIT_PRODUCT, "access_schedule": {}}]),
+            ),
+            400,
+            "commits[0].type: \"WEEKLY\" is not one of PREPAID, POSTPAID",
+        ),
+        (
+            with(
+                "spend_threshold_configuration",
+                json!({
+                "commit": {"product_id": COMMIT_PRODUCT}, "is_enabled": "yes",
+                "payment_gate_config": gate("NONE"), "threshold_amount": 500}),
+            ),
+            400,
+            "spend_threshold_configuration.is_enabled: must be true or false",
+        ),
+        (
+            with(
+                "spend_threshold_configuration",
+                json!({
+                "commit": {"product_id": COMMIT_PRODUCT, "specifiers": [{"product_id": COMMIT_PRODUCT}]},
+                "is_enabled": true, "payment_gate_config": gate("NONE"), "threshold_amount": 500}),
+            ),
+            400,
+            "unsupported: spend_threshold_configuration.commit.specifiers is not supported",
+        ),
+        (
+            with("credits", json!({"product_id": COMMIT_PRODUCT})),
+            400,
+            "credits: must be a list",
         ),
         (
             with("customer_id", json!("00000000-0000-0000-0000-00000000ffff")),

@@ -9,6 +9,7 @@ mod catalog;
 mod contracts;
 mod edge;
 mod money_edges;
+mod openapi;
 mod search;
 mod webhooks;
 mod workflows;
