@@ -331,8 +331,7 @@ impl ThresholdUpdateBody {
             update.commit_name = commit.name;
             update.commit_description = commit.description;
             update.commit_priority = commit.priority.map(|p| p.map(|p| p.0));
-            update.commit_applicable_product_ids =
-                commit.applicable_product_ids.map(|list| ids(list));
+            update.commit_applicable_product_ids = commit.applicable_product_ids.map(ids);
             update.commit_applicable_product_tags = commit
                 .applicable_product_tags
                 .map(Option::unwrap_or_default);

@@ -188,7 +188,7 @@ async fn create(
             .engine
             .catalog()
             .rate_cards()
-            .find(|c| c.aliases.iter().any(|a| *a == alias))
+            .find(|c| c.aliases.contains(&alias))
             .map(|c| c.id)
             .ok_or_else(|| ApiError::BadRequest(format!("rate_card_alias: {alias:?} not found")))?,
         (None, None) => return Err(ApiError::BadRequest("rate_card_id is required".into())),

@@ -1,14 +1,11 @@
-//! Wire helpers shared by the endpoints: envelopes, cursor pages, and the small parsers that
-//! turn Metronome-shaped JSON fields into domain values with a 400 naming the field.
+//! Wire helpers shared by the endpoints: envelopes, cursor pages, and the parsers of path and
+//! query-string parameters (bodies are read by `request`) with a 400 naming the parameter.
 
 use actix_web::HttpResponse;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
-use crate::domain::money::parse_exact_decimal;
-use crate::domain::{Id, Money, Timestamp};
+use crate::domain::{Id, Timestamp};
 
 /// Largest page the API returns (Metronome caps `limit` at 100).
 pub const PAGE_LIMIT_MAX: usize = 100;
@@ -75,19 +72,6 @@ pub fn page_after<T>(
     (page, next)
 }
 
-/// Parses a JSON body; an empty body counts as `{}` (the SDK sends none for optional params).
-///
-/// # Errors
-/// 400 with serde's description of what is wrong.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        body
-    };
-    serde_json::from_slice(text).map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))
-}
-
 /// A required id field.
 ///
 /// # Errors
@@ -114,37 +98,6 @@ pub fn parse_time(field: &str, text: &str) -> ApiResult<Timestamp> {
 
 pub fn parse_opt_time(field: &str, text: Option<&str>) -> ApiResult<Option<Timestamp>> {
     text.map(|t| parse_time(field, t)).transpose()
-}
-
-/// An amount given as a JSON number (or numeric string), read exactly.
-///
-/// # Errors
-/// 400 naming the field.
-pub fn parse_money(field: &str, value: &Value) -> ApiResult<Money> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => return Err(ApiError::BadRequest(format!("{field}: must be a number"))),
-    };
-    Money::parse(&text).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "{field}: {text} is not an exact number (at most 28 significant digits)"
-        ))
-    })
-}
-
-/// A dimensionless decimal (quantity, priority, fraction), read exactly.
-///
-/// # Errors
-/// 400 naming the field.
-pub fn parse_decimal(field: &str, value: &Value) -> ApiResult<rust_decimal::Decimal> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => return Err(ApiError::BadRequest(format!("{field}: must be a number"))),
-    };
-    parse_exact_decimal(&text)
-        .map_err(|_| ApiError::BadRequest(format!("{field}: {text} is not an exact number")))
 }
 
 /// Case-insensitive enum parsing (Metronome accepts `PREPAID` and `prepaid`).

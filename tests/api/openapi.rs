@@ -111,11 +111,9 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
                 }
             }
         }
-        Value::Array(items) => {
-            if schema["items"].is_object() {
-                for (i, item) in items.iter().enumerate() {
-                    errors.extend(check(doc, &schema["items"], item, &format!("{at}[{i}]")));
-                }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (i, item) in items.iter().enumerate() {
+                errors.extend(check(doc, &schema["items"], item, &format!("{at}[{i}]")));
             }
         }
         _ => {}
