@@ -150,6 +150,19 @@ impl WebhookSettings {
 /// the request and `body` the exact bytes sent.
 /// A destination as metrics and lists show it: scheme, host, port and path, without user
 /// info or query string (either may carry a credential).
+/// A destination as a metric label: scheme, host and port only (`/metrics` needs no token, and
+/// hooks like Slack's keep their secret in the path).
+pub fn destination_origin(url: &str) -> String {
+    let shown = shown_destination(url);
+    match shown.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split('/').next().unwrap_or(rest);
+            format!("{scheme}://{host}")
+        }
+        None => shown.split('/').next().unwrap_or_default().to_owned(),
+    }
+}
+
 pub fn shown_destination(url: &str) -> String {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     match without_query.split_once("://") {
@@ -599,7 +612,7 @@ impl WebhookActor {
         };
         tracked.phase = Phase::InFlight;
         let attempt = tracked.entry.attempts.saturating_add(1);
-        tracing::debug!(id = %Id::from_bytes(id), url = %tracked.url, attempt, "webhook attempt");
+        tracing::debug!(id = %Id::from_bytes(id), url = %shown_destination(&tracked.url), attempt, "webhook attempt");
         if let Some(queue) = self.destinations.get_mut(&tracked.url) {
             queue.in_flight += 1;
         }
@@ -622,7 +635,7 @@ impl WebhookActor {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             act.stats.delivery.observe_micros(
                 &[
-                    ("destination", &shown_destination(&url)),
+                    ("destination", &destination_origin(&url)),
                     ("status", &status),
                 ],
                 micros,
@@ -675,7 +688,7 @@ impl WebhookActor {
         match marked {
             Ok(()) => {
                 let attempt = record.attempts;
-                tracing::debug!(id = %Id::from_bytes(id), url = %tracked.url, status, attempt, "webhook delivered");
+                tracing::debug!(id = %Id::from_bytes(id), url = %shown_destination(&tracked.url), status, attempt, "webhook delivered");
                 self.untrack(id);
                 self.stats.delivered.fetch_add(1, Relaxed);
             }
@@ -704,7 +717,7 @@ impl WebhookActor {
             .saturating_add(self.settings.give_up_after_ms);
         if now_ms >= deadline_ms {
             tracing::warn!(
-                id = %Id::from_bytes(id), url = %tracked.url, status, attempt = entry.attempts,
+                id = %Id::from_bytes(id), url = %shown_destination(&tracked.url), status, attempt = entry.attempts,
                 error = entry.last_error.as_deref().unwrap_or_default(),
                 "webhook attempt failed; giving up"
             );
@@ -715,7 +728,7 @@ impl WebhookActor {
         entry.next_attempt_at_ms = now_ms.saturating_add(delay_ms).min(deadline_ms);
         tracked.phase = Phase::Scheduled;
         tracing::warn!(
-            id = %Id::from_bytes(id), url = %tracked.url, status, attempt = entry.attempts,
+            id = %Id::from_bytes(id), url = %shown_destination(&tracked.url), status, attempt = entry.attempts,
             error = entry.last_error.as_deref().unwrap_or_default(),
             retry_in_ms = entry.next_attempt_at_ms - now_ms,
             "webhook attempt failed"
@@ -748,7 +761,7 @@ impl WebhookActor {
             Ok(true) => {
                 self.stats.dead_lettered.fetch_add(1, Relaxed);
                 tracing::warn!(
-                    id = %Id::from_bytes(id), url = %tracked.url, attempts = tracked.entry.attempts,
+                    id = %Id::from_bytes(id), url = %shown_destination(&tracked.url), attempts = tracked.entry.attempts,
                     reason = tracked.entry.last_error.as_deref().unwrap_or_default(),
                     "webhook dead-lettered"
                 );

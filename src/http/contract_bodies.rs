@@ -123,8 +123,46 @@ pub struct PrecalculatedTaxBody {
     pub tax_name: Option<String>,
 }
 
+/// Stripe's limits on metadata (keys up to 40 characters, values up to 500, 50 keys), checked
+/// here so that a gate never fails at Stripe for its metadata; Tollgate's own keys and
+/// brackets (Stripe's form syntax) are refused.
+fn check_metadata(metadata: &BTreeMap<String, String>, at: &str) -> ApiResult<()> {
+    use crate::payments::stripe::RESERVED_METADATA_KEYS;
+    let at = format!("{at}.stripe_config.invoice_metadata");
+    if metadata.len() > 50 {
+        return Err(ApiError::BadRequest(format!("{at}: at most 50 keys")));
+    }
+    for (key, value) in metadata {
+        if RESERVED_METADATA_KEYS.contains(&key.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "{at}.{key}: the key is Tollgate's own (it names the workflow at Stripe)"
+            )));
+        }
+        if key.is_empty() || key.chars().count() > 40 || key.contains(['[', ']']) {
+            return Err(ApiError::BadRequest(format!(
+                "{at}: {key:?} is not a Stripe metadata key (1-40 characters, no brackets)"
+            )));
+        }
+        if value.chars().count() > 500 {
+            return Err(ApiError::BadRequest(format!(
+                "{at}.{key}: at most 500 characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl PaymentGateConfigBody {
-    pub fn into_domain(self) -> PaymentGateConfig {
+    /// `at` is the configuration's path, for messages.
+    pub fn into_domain(self, at: &str) -> ApiResult<PaymentGateConfig> {
+        let at = format!("{at}.payment_gate_config");
+        if let Some(metadata) = self
+            .stripe_config
+            .as_ref()
+            .and_then(|c| c.invoice_metadata.as_ref())
+        {
+            check_metadata(metadata, &at)?;
+        }
         let gate_type = self.payment_gate_type.0;
         let stripe = match self.stripe_config {
             Some(config) => Some(StripeConfig {
@@ -145,14 +183,14 @@ impl PaymentGateConfigBody {
             }),
             None => None,
         };
-        PaymentGateConfig {
+        Ok(PaymentGateConfig {
             gate_type,
             tax_type: self.tax_type.map_or(TaxType::None, |c| c.0),
             stripe,
             precalculated_tax: self
                 .precalculated_tax_config
                 .map(|tax| (tax.tax_amount.0, tax.tax_name)),
-        }
+        })
     }
 }
 
@@ -255,7 +293,7 @@ impl ThresholdConfigBody {
                 applicable_product_tags: commit.applicable_product_tags.unwrap_or_default(),
             },
             is_enabled: self.is_enabled,
-            gate: self.payment_gate_config.into_domain(),
+            gate: self.payment_gate_config.into_domain(at)?,
             threshold_amount: self.threshold_amount.0,
             recharge_to_amount,
             discount,
@@ -314,7 +352,8 @@ impl ThresholdUpdateBody {
             is_enabled: self.is_enabled,
             gate: self
                 .payment_gate_config
-                .map(PaymentGateConfigBody::into_domain),
+                .map(|gate| gate.into_domain(at))
+                .transpose()?,
             threshold_amount: self.threshold_amount.map(|a| a.0),
             recharge_to_amount: self.recharge_to_amount.map(|a| a.0),
             ..ThresholdUpdate::default()
@@ -490,7 +529,7 @@ impl CommitBody {
                     "{at}.payment_gate_config: payment-gated commits are added with POST /v2/contracts/edit"
                 )));
             }
-            (gate, _) => gate.map(PaymentGateConfigBody::into_domain),
+            (gate, _) => gate.map(|gate| gate.into_domain(at)).transpose()?,
         };
         Ok(CommitSpec {
             kind,

@@ -50,6 +50,8 @@ pub struct AppState {
     tokens: auth::Tokens,
     /// Every token's identity, worked out at the first call that needs one.
     identities: std::sync::Mutex<Option<Vec<String>>>,
+    /// The storage gauges `/metrics` shows, read at most once a second.
+    pub metrics_gauges: ops::GaugeCache,
 }
 
 /// Everything the API needs besides the engine.
@@ -71,6 +73,7 @@ impl AppState {
             audit: audit::AuditLog::default(),
             tokens: auth::Tokens::new(tokens),
             identities: std::sync::Mutex::new(None),
+            metrics_gauges: ops::GaugeCache::default(),
         }
     }
 

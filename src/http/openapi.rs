@@ -336,8 +336,9 @@ pub fn document() -> Value {
             }));
         }
         if let Some(body) = operation.body {
+            // An empty body reads as `{}`.
             entry["requestBody"] = json!({
-                "required": true,
+                "required": false,
                 "content": {"application/json": {"schema": body(&mut schemas)}},
             });
         }

@@ -1,8 +1,10 @@
 //! Operational endpoints of our own: `/health` (the process lives), `/ready` (recovery done,
 //! accepting work) and `/metrics` (Prometheus text format).
 
-use super::openapi::{Plain, Routes};
+use super::openapi::{Bare, Plain, Routes};
 use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 
@@ -12,7 +14,7 @@ use crate::actors::metrics::EngineMetrics;
 pub fn routes(routes: &mut Routes<'_>) {
     routes
         .get("/health", "health", "The process lives", health)
-        .answers::<Plain>()
+        .answers::<Bare<StatusView>>()
         .public();
     routes
         .get(
@@ -21,7 +23,7 @@ pub fn routes(routes: &mut Routes<'_>) {
             "Recovery finished and accepting work (503 before)",
             ready,
         )
-        .answers::<Plain>()
+        .answers::<Bare<StatusView>>()
         .public();
     routes
         .get("/metrics", "metrics", "Prometheus metrics", metrics)
@@ -63,20 +65,8 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 /// Workflows by gate: started, released, failed (counters rebuilt from the stored indexes at
 /// start) and in flight (a gauge read from the index), so that for every gate
 /// started = released + failed + in flight.
-async fn gate_counters(out: &mut String, state: &AppState) {
-    use crate::actors::entry::{GATES, gate_name, gate_prefix};
-    let engine = state.engine.clone();
-    let in_flight = web::block(move || {
-        GATES
-            .iter()
-            .map(|&gate| {
-                engine.with_store("metrics: workflows in flight by gate", |store| {
-                    store.meta_count_prefix(&gate_prefix("wfi", gate), usize::MAX)
-                })
-            })
-            .collect::<Result<Vec<usize>, _>>()
-    })
-    .await;
+fn gate_counters(out: &mut String, state: &AppState, gauges: Option<&StorageGauges>) {
+    use crate::actors::entry::{GATES, gate_name};
     let gates = &state.engine.metrics().gates;
     for (name, help, column) in [
         (
@@ -102,7 +92,7 @@ async fn gate_counters(out: &mut String, state: &AppState) {
             let _ = writeln!(out, "{name}{{gate=\"{}\"}} {value}", gate_name(gate));
         }
     }
-    if let Ok(Ok(in_flight)) = in_flight {
+    if let Some(in_flight) = gauges.map(|g| g.gate_in_flight.iter().copied()) {
         let name = "tollgate_workflows_in_flight_by_gate";
         let _ = writeln!(
             out,
@@ -112,6 +102,55 @@ async fn gate_counters(out: &mut String, state: &AppState) {
             let _ = writeln!(out, "{name}{{gate=\"{}\"}} {count}", gate_name(*gate));
         }
     }
+}
+
+/// What `/metrics` reads from storage (prefix scans, each capped at the summary's
+/// `COUNT_MAX`), kept for [`GAUGES_FRESH`]: a flood of scrapes (the endpoint needs no token)
+/// costs one set of scans per second, and concurrent scrapes share one.
+#[derive(Clone)]
+pub struct StorageGauges {
+    counts: Arc<super::summary::Counts>,
+    /// In flight by gate, in `GATES` order.
+    gate_in_flight: Arc<Vec<usize>>,
+}
+
+/// How long a read of the storage gauges serves scrapes.
+const GAUGES_FRESH: Duration = Duration::from_secs(1);
+
+/// The last read of the storage gauges, shared by every scrape of one server.
+pub type GaugeCache = tokio::sync::Mutex<Option<(Instant, StorageGauges)>>;
+
+async fn storage_gauges(state: &AppState) -> Option<StorageGauges> {
+    use crate::actors::entry::{GATES, gate_prefix};
+    let mut cache = state.metrics_gauges.lock().await;
+    if let Some((read_at, gauges)) = cache.as_ref() {
+        if read_at.elapsed() < GAUGES_FRESH {
+            return Some(gauges.clone());
+        }
+    }
+    let engine = state.engine.clone();
+    let read = web::block(move || {
+        let counts = super::summary::storage_counts(&engine)?;
+        let gates = GATES
+            .iter()
+            .map(|&gate| {
+                engine.with_store("metrics: workflows in flight by gate", |store| {
+                    store.meta_count_prefix(&gate_prefix("wfi", gate), super::summary::COUNT_MAX)
+                })
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        Ok::<_, super::error::ApiError>((counts, gates))
+    })
+    .await;
+    let Ok(Ok((counts, gates))) = read else {
+        return None;
+    };
+    let gauges = StorageGauges {
+        counts: Arc::new(counts),
+        gate_in_flight: Arc::new(gates),
+    };
+    *cache = Some((Instant::now(), gauges.clone()));
+    Some(gauges)
 }
 
 /// The histogram families, in seconds.
@@ -269,18 +308,15 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         "Customer states read into memory by the background preload after recovery.",
         g(&m.actors_preloaded),
     );
-    gate_counters(&mut out, &state).await;
+    let gauges = storage_gauges(&state).await;
+    gate_counters(&mut out, &state, gauges.as_ref());
     let _ = writeln!(
         out,
         "# HELP tollgate_workflows_action_required_total Entries of STRIPE workflows into ACTION_REQUIRED (this process).\n# TYPE tollgate_workflows_action_required_total counter\ntollgate_workflows_action_required_total {}",
         g(&m.workflows_action_required)
     );
     histograms(&mut out, &state);
-    let counts = {
-        let engine = engine.clone();
-        web::block(move || super::summary::storage_counts(&engine)).await
-    };
-    if let Ok(Ok(counts)) = counts {
+    if let Some(counts) = gauges.as_ref().map(|g| &g.counts) {
         let _ = writeln!(
             out,
             "# HELP tollgate_workflows_in_flight Payment-gate workflows in flight, by state (from the index of workflows by state).\n# TYPE tollgate_workflows_in_flight gauge"
@@ -293,14 +329,14 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
         metric(
             &mut out,
-            "tollgate_webhook_dead_letters",
+            "tollgate_webhook_dead_letters_on_disk",
             "gauge",
             "Webhook deliveries in the dead letters, on disk.",
             counts.dead_letters,
         );
         metric(
             &mut out,
-            "tollgate_inputs_quarantined",
+            "tollgate_inputs_quarantined_on_disk",
             "gauge",
             "Inputs in quarantine now, on disk.",
             counts.quarantined,

@@ -49,14 +49,6 @@ pub fn read<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     Ok(value)
 }
 
-/// Reads an already parsed JSON value into `T` with the same messages as [`read`].
-///
-/// # Errors
-/// As [`read`].
-pub fn read_value<T: DeserializeOwned>(value: Value) -> ApiResult<T> {
-    serde_path_to_error::deserialize(value).map_err(field_error)
-}
-
 /// The prefix of a refusal raised by [`Refused`] or an unsupported [`Choice`] value, so that
 /// [`field_error`] answers it as [`Rejection::Unsupported`].
 const UNSUPPORTED: &str = "\u{1}unsupported\u{1}";
@@ -109,14 +101,35 @@ fn field_error<E: fmt::Display + IsSyntax>(error: serde_path_to_error::Error<E>)
             "a boolean" => "must be true or false",
             "a sequence" => "must be a list",
             _ if object => "must be an object",
-            _ => return ApiError::BadRequest(format!("{path}: expected {expected}")),
+            // serde names Rust types here (`usize`, `u16`): say what a client can act on.
+            _ if expected.starts_with('u') || expected.starts_with('i') => "must be a whole number",
+            _ => "has the wrong type",
         };
         return ApiError::BadRequest(format!("{path}: {must}"));
     }
+    // serde's own wording for a value out of range or a list of the wrong length names Rust
+    // types; everything else here is one of this module's messages.
+    let message = if message.starts_with("invalid value: ") {
+        "is out of range"
+    } else if message.starts_with("invalid length ") {
+        "has the wrong number of items"
+    } else {
+        message
+    };
     if root {
         return ApiError::BadRequest(format!("invalid request: {message}"));
     }
     ApiError::BadRequest(format!("{path}: {message}"))
+}
+
+/// A client's text inside a message: quoted, and cut after 64 characters.
+fn shown(text: &str) -> String {
+    if text.chars().count() <= 64 {
+        format!("{text:?}")
+    } else {
+        let cut: String = text.chars().take(64).collect();
+        format!("{cut:?}...")
+    }
 }
 
 /// Whether an error is about the text not being JSON at all (not about a field).
@@ -160,7 +173,7 @@ impl<'de> Deserialize<'de> for Uuid {
         let text = String::deserialize(deserializer)?;
         Id::parse(&text)
             .map(Uuid)
-            .ok_or_else(|| D::Error::custom(format!("{text:?} is not a UUID")))
+            .ok_or_else(|| D::Error::custom(format!("{} is not a UUID", shown(&text))))
     }
 }
 
@@ -181,7 +194,8 @@ impl<'de> Deserialize<'de> for Time {
         let text = String::deserialize(deserializer)?;
         Timestamp::parse_rfc3339(&text).map(Time).ok_or_else(|| {
             D::Error::custom(format!(
-                "{text:?} is not an RFC 3339 timestamp like 2025-01-01T00:00:00Z"
+                "{} is not an RFC 3339 timestamp like 2025-01-01T00:00:00Z",
+                shown(&text)
             ))
         })
     }
@@ -256,7 +270,8 @@ impl<'de> Deserialize<'de> for Amount {
         let text = number_text(deserializer)?;
         Money::parse(&text).map(Amount).map_err(|_| {
             D::Error::custom(format!(
-                "{text} is not an exact number (at most 28 significant digits)"
+                "{} is not an exact number (at most 28 significant digits)",
+                shown(&text)
             ))
         })
     }
@@ -281,7 +296,7 @@ impl<'de> Deserialize<'de> for Exact {
         let text = number_text(deserializer)?;
         parse_exact_decimal(&text)
             .map(Exact)
-            .map_err(|_| D::Error::custom(format!("{text} is not an exact number")))
+            .map_err(|_| D::Error::custom(format!("{} is not an exact number", shown(&text))))
     }
 }
 
@@ -321,12 +336,14 @@ impl<'de, T: Choices> Deserialize<'de> for Choice<T> {
         let names: Vec<&str> = T::VALUES.iter().map(|(n, _)| *n).collect();
         if T::UNSUPPORTED.iter().any(|u| u.eq_ignore_ascii_case(&text)) {
             return Err(D::Error::custom(format!(
-                "{UNSUPPORTED}{text:?} is not supported (use {})",
+                "{UNSUPPORTED}{} is not supported (use {})",
+                shown(&text),
                 names.join(" or ")
             )));
         }
         Err(D::Error::custom(format!(
-            "{text:?} is not one of {}",
+            "{} is not one of {}",
+            shown(&text),
             names.join(", ")
         )))
     }
@@ -481,9 +498,16 @@ mod tests {
             serde_json::json!([{"amount": 1}, {"amount": "1e400"}]),
         ));
         assert!(
-            m.contains("items[1].amount: 1e400 is not an exact number"),
+            m.contains("items[1].amount: \"1e400\" is not an exact number"),
             "{m}"
         );
+        // Client text is quoted and cut, and cannot pass for one of this module's markers.
+        let m = message(base(serde_json::json!([{"amount": "9".repeat(500)}])));
+        assert!(m.len() < 200, "{m}");
+        let m = message(base(
+            serde_json::json!([{"amount": "\u{1}unsupported\u{1}x"}]),
+        ));
+        assert!(!m.starts_with("unsupported"), "{m}");
         let m = message(base(serde_json::json!([{"amount": 1}, {}])));
         assert!(m.contains("items[1].amount is required"), "{m}");
         let m = message(base(serde_json::json!([{"amount": null}])));

@@ -314,5 +314,12 @@ mod tests {
         );
         assert_eq!(redacted("http://a@b@host"), "http://host");
         assert_eq!(redacted("not a url?x=1"), "not a url");
+        // Metric labels keep the origin only.
+        assert_eq!(
+            crate::actors::webhook::destination_origin(
+                "https://user:secret@hooks.slack.com/services/T0/B0/SECRET?x=1"
+            ),
+            "https://hooks.slack.com"
+        );
     }
 }

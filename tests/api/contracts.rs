@@ -580,7 +580,7 @@ async fn bad_contract_requests_get_clear_4xx_and_change_nothing() {
                 ]}}]),
             ),
             400,
-            "commits[0].access_schedule.schedule_items[1].amount: ten is not an exact number",
+            "commits[0].access_schedule.schedule_items[1].amount: \"ten\" is not an exact number",
         ),
         (
             with(
@@ -623,6 +623,18 @@ async fn bad_contract_requests_get_clear_4xx_and_change_nothing() {
             with("credits", json!({"product_id": COMMIT_PRODUCT})),
             400,
             "credits: must be a list",
+        ),
+        (
+            with(
+                "spend_threshold_configuration",
+                json!({
+                "commit": {"product_id": COMMIT_PRODUCT}, "is_enabled": true,
+                "payment_gate_config": {"payment_gate_type": "EXTERNAL",
+                    "stripe_config": {"invoice_metadata": {"workflow_id": "another"}}},
+                "threshold_amount": 500}),
+            ),
+            400,
+            "spend_threshold_configuration.payment_gate_config.stripe_config.invoice_metadata.workflow_id: the key is Tollgate's own",
         ),
         (
             with("customer_id", json!("00000000-0000-0000-0000-00000000ffff")),

@@ -297,9 +297,27 @@ fn key(request: &PaymentRequest, step: &str) -> String {
     }
 }
 
-/// The metadata every object carries; `workflow_id` is what [`PaymentProvider::find`] searches.
+/// The metadata keys Tollgate writes itself: a gate's `invoice_metadata` may not name them
+/// (refused at the edge; skipped here for anything stored before that rule).
+pub const RESERVED_METADATA_KEYS: [&str; 4] = [
+    "tollgate_workflow_id",
+    "workflow_id",
+    "invoice_id",
+    "workflow_type",
+];
+
+/// The metadata every object carries; `workflow_id` is what [`PaymentProvider::find`] searches
+/// and what Stripe's webhooks are routed by, so the caller's keys come first and can never
+/// replace Tollgate's.
 fn metadata(request: &PaymentRequest, extra: &[(String, String)]) -> Vec<(String, String)> {
-    let mut form = vec![
+    let mut form: Vec<(String, String)> = extra
+        .iter()
+        .filter(|(key, _)| {
+            !RESERVED_METADATA_KEYS.contains(&key.as_str()) && !key.contains(['[', ']'])
+        })
+        .map(|(key, value)| (format!("metadata[{key}]"), value.clone()))
+        .collect();
+    form.extend([
         (
             "metadata[tollgate_workflow_id]".to_owned(),
             request.workflow_id.to_string(),
@@ -316,10 +334,7 @@ fn metadata(request: &PaymentRequest, extra: &[(String, String)]) -> Vec<(String
             "metadata[workflow_type]".to_owned(),
             request.workflow_type.as_str().to_owned(),
         ),
-    ];
-    for (key, value) in extra {
-        form.push((format!("metadata[{key}]"), value.clone()));
-    }
+    ]);
     form
 }
 
@@ -506,6 +521,46 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_caller_s_metadata_never_replaces_the_keys_that_name_the_workflow() {
+        use crate::domain::gate::{StripeConfig, StripePaymentType, WorkflowKind};
+        use crate::domain::{Id, Money};
+        let workflow_id = Id::from_key("test-workflow", "1");
+        let request = PaymentRequest {
+            workflow_id,
+            workflow_type: WorkflowKind::Spend,
+            customer_id: Id::from_key("test-customer", "1"),
+            contract_id: Id::from_key("test-contract", "1"),
+            invoice_id: Id::from_key("test-invoice", "1"),
+            commit_id: Id::from_key("test-commit", "1"),
+            amount: Money::from_i64(1_500),
+            credit_type: crate::domain::money::CreditType::usd_cents(),
+            stripe: StripeConfig {
+                payment_type: StripePaymentType::PaymentIntent,
+                invoice_metadata: Vec::new(),
+                on_session_payment: false,
+            },
+            stripe_customer_id: "cus_test".to_owned(),
+            description: "test".to_owned(),
+            action: crate::domain::effects::PaymentAction::Charge,
+            object_id: None,
+        };
+        let extra = vec![
+            ("workflow_id".to_owned(), "someone-else".to_owned()),
+            ("x][workflow_id".to_owned(), "someone-else".to_owned()),
+            ("order".to_owned(), "42".to_owned()),
+        ];
+        let form = metadata(&request, &extra);
+        let workflow: Vec<&String> = form
+            .iter()
+            .filter(|(k, _)| k == "metadata[workflow_id]")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(workflow, vec![&workflow_id.to_string()]);
+        assert!(form.iter().all(|(_, v)| v != "someone-else"));
+        assert!(form.contains(&("metadata[order]".to_owned(), "42".to_owned())));
+    }
 
     fn error(status: u16, body: Value) -> Answer<()> {
         failure(Reply::Error { status, body })
