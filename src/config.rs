@@ -179,11 +179,22 @@ pub struct WebhooksConfig {
     pub destinations: Vec<DestinationConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub url: String,
     pub secret: Secret,
+}
+
+/// The URL without user info or query string (where receivers put credentials), as the
+/// operator API and the logs show it.
+impl std::fmt::Debug for DestinationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationConfig")
+            .field("url", &crate::actors::webhook::shown_destination(&self.url))
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

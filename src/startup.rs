@@ -85,10 +85,21 @@ pub fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         match config.logging.format {
             // Tools read this line to find the port.
             LogFormat::Text => println!("tollgate listening on {address}"),
-            // The JSON stream holds JSON lines only: the same words, as an event.
-            LogFormat::Json => {
-                tracing::info!(event = "listening", %address, "tollgate listening on {address}")
-            }
+            // The JSON stream holds JSON lines only: the same words as a JSON line, written
+            // whatever the log level (tools read it to find the port).
+            LogFormat::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "timestamp": crate::domain::Timestamp(engine.now_ms()).to_rfc3339(),
+                    "level": "INFO",
+                    "fields": {
+                        "event": "listening",
+                        "address": address,
+                        "message": format!("tollgate listening on {address}"),
+                    },
+                    "target": "tollgate::startup",
+                })
+            ),
         }
         let handle = app.server_handle();
         let server = actix_rt::spawn(app.run_until_stopped());

@@ -1177,6 +1177,8 @@ fn check_config_prints_no_secret_and_names_a_wrong_environment_variable() {
         "whsec-destination-secret-3",
         "sk_test_stripe-secret-4",
         "whsec_stripe-secret-5",
+        "url-password-6",
+        "url-query-token-7",
     ];
     std::fs::write(
         &path,
@@ -1187,11 +1189,21 @@ tokens = ["{}", {{ token = "{}", name = "reader", scopes = ["read"] }}]
 [[webhooks.destinations]]
 url = "http://127.0.0.1:9/hooks"
 secret = "{}"
+[[webhooks.destinations]]
+url = "http://user:{}@127.0.0.1:9/other?token={}"
+secret = "{}"
 [payments.stripe]
 secret_key = "{}"
 webhook_secret = "{}"
 "#,
-            secrets[0], secrets[1], secrets[2], secrets[3], secrets[4]
+            secrets[0],
+            secrets[1],
+            secrets[2],
+            secrets[5],
+            secrets[6],
+            secrets[2],
+            secrets[3],
+            secrets[4]
         ),
     )
     .unwrap();
@@ -1219,7 +1231,9 @@ webhook_secret = "{}"
     for secret in secrets {
         assert!(!text.contains(secret), "{secret} printed:\n{text}");
     }
-    assert_eq!(text.matches("[redacted]").count(), secrets.len(), "{text}");
+    // Two tokens, two destination secrets, two Stripe secrets; the URL's credentials are cut.
+    assert_eq!(text.matches("[redacted]").count(), 6, "{text}");
+    assert!(text.contains("http://127.0.0.1:9/other"), "{text}");
     let (code, text) = run(&[("TOLLGATE__HTTP__WORKERS", "many")]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("TOLLGATE__HTTP__WORKERS"), "{text}");
