@@ -16,10 +16,6 @@ use tokio::sync::watch;
 use super::*;
 use crate::actors::clock::{Clock, SystemClock};
 use crate::actors::outbox::webhook_outbox_id;
-use crate::domain::Money;
-use crate::domain::effects::PaymentRequest;
-use crate::domain::gate::{StripeConfig, StripePaymentType, WorkflowKind};
-use crate::domain::money::CreditType;
 use crate::storage::StoreOptions;
 
 const SECRET: &str = "correct-horse-battery-staple";
@@ -604,25 +600,7 @@ async fn entry_for_a_destination_no_longer_configured_is_dead_lettered_with_a_re
 
 fn payment_entry(now_ms: i64) -> (Uuid16, OutboxEntry) {
     let workflow_id = Id::from_key("test-workflow", "1");
-    let request = PaymentRequest {
-        workflow_id,
-        workflow_type: WorkflowKind::Spend,
-        customer_id: Id::from_key("test-customer", "1"),
-        contract_id: Id::from_key("test-contract", "1"),
-        invoice_id: Id::from_key("test-invoice", "1"),
-        commit_id: Id::from_key("test-commit", "1"),
-        amount: Money::from_i64(1_500),
-        credit_type: CreditType::usd_cents(),
-        stripe: StripeConfig {
-            payment_type: StripePaymentType::PaymentIntent,
-            invoice_metadata: Vec::new(),
-            on_session_payment: false,
-        },
-        stripe_customer_id: "cus_test".to_owned(),
-        description: "test".to_owned(),
-        action: crate::domain::effects::PaymentAction::Charge,
-        object_id: None,
-    };
+    let request = crate::domain::fixtures::payment_request(workflow_id);
     (
         crate::actors::outbox::payment_outbox_id(workflow_id),
         OutboxEntry::new(OutboxEffect::Payment(request), (0, 99), now_ms),

@@ -272,3 +272,26 @@ pub fn llm_tokens(transaction_id: &str, at: Timestamp, tokens: &str) -> UsageEve
         properties: vec![("tokens".into(), tokens.into())],
     }
 }
+
+/// A STRIPE charge of $15.00 for a spend workflow (PaymentIntent), as the payment actor gets it.
+pub fn payment_request(workflow_id: Id) -> super::effects::PaymentRequest {
+    super::effects::PaymentRequest {
+        workflow_id,
+        workflow_type: super::gate::WorkflowKind::Spend,
+        customer_id: Id::from_key("test-customer", "1"),
+        contract_id: Id::from_key("test-contract", "1"),
+        invoice_id: Id::from_key("test-invoice", "1"),
+        commit_id: Id::from_key("test-commit", "1"),
+        amount: Money::from_i64(1_500),
+        credit_type: CreditType::usd_cents(),
+        stripe: StripeConfig {
+            payment_type: StripePaymentType::PaymentIntent,
+            invoice_metadata: Vec::new(),
+            on_session_payment: false,
+        },
+        stripe_customer_id: "cus_test".to_owned(),
+        description: "test".to_owned(),
+        action: super::effects::PaymentAction::Charge,
+        object_id: None,
+    }
+}

@@ -320,28 +320,15 @@ pub fn contract_v2(
     catalog: &Catalog,
     options: ContractOptions,
 ) -> ContractV2View {
-    let terms = terms(contract, catalog, options);
     ContractV2View {
         id: contract.id.to_string(),
         customer_id: contract.customer_id.to_string(),
-        created_at: terms.created_at,
-        created_by: terms.created_by,
-        starting_at: terms.starting_at,
-        rate_card_id: terms.rate_card_id,
-        commits: terms.commits,
-        credits: terms.credits,
-        overrides: terms.overrides,
-        scheduled_charges: terms.scheduled_charges,
-        transitions: terms.transitions,
+        terms: terms(contract, catalog, options),
         usage_filter: Vec::new(),
-        usage_statement_schedule: terms.usage_statement_schedule,
         has_more: HasMoreView {
             commits: false,
             credits: false,
         },
-        ending_before: terms.ending_before,
-        name: terms.name,
-        uniqueness_key: terms.uniqueness_key,
         spend_threshold_configuration: contract.spend_threshold.as_ref().map(threshold),
         prepaid_balance_threshold_configuration: contract.prepaid_threshold.as_ref().map(threshold),
     }

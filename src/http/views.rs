@@ -344,36 +344,18 @@ pub struct ContractTermsView {
 }
 
 /// The SDK's `ContractV2` (`/v2/contracts/get|list`): commits and credits at the top level.
-/// Its fields are those of [`ContractTermsView`] plus the ones here (serialized in one object).
+/// [`ContractTermsView`]'s fields are serialized into the same object.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ContractV2View {
     #[schema(value_type = Uuid)]
     pub id: String,
     #[schema(value_type = Uuid)]
     pub customer_id: String,
-    #[schema(value_type = Time)]
-    pub created_at: String,
-    pub created_by: &'static str,
-    #[schema(value_type = Time)]
-    pub starting_at: String,
-    #[schema(value_type = Uuid)]
-    pub rate_card_id: String,
-    pub commits: Vec<CommitView>,
-    pub credits: Vec<CommitView>,
-    pub overrides: Vec<Nothing>,
-    pub scheduled_charges: Vec<Nothing>,
-    pub transitions: Vec<Nothing>,
+    #[serde(flatten)]
+    pub terms: ContractTermsView,
     /// Always empty.
     pub usage_filter: Vec<Nothing>,
-    pub usage_statement_schedule: UsageStatementScheduleView,
     pub has_more: HasMoreView,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Time>)]
-    pub ending_before: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uniqueness_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spend_threshold_configuration: Option<ThresholdView>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -524,28 +524,8 @@ mod tests {
 
     #[test]
     fn the_caller_s_metadata_never_replaces_the_keys_that_name_the_workflow() {
-        use crate::domain::gate::{StripeConfig, StripePaymentType, WorkflowKind};
-        use crate::domain::{Id, Money};
-        let workflow_id = Id::from_key("test-workflow", "1");
-        let request = PaymentRequest {
-            workflow_id,
-            workflow_type: WorkflowKind::Spend,
-            customer_id: Id::from_key("test-customer", "1"),
-            contract_id: Id::from_key("test-contract", "1"),
-            invoice_id: Id::from_key("test-invoice", "1"),
-            commit_id: Id::from_key("test-commit", "1"),
-            amount: Money::from_i64(1_500),
-            credit_type: crate::domain::money::CreditType::usd_cents(),
-            stripe: StripeConfig {
-                payment_type: StripePaymentType::PaymentIntent,
-                invoice_metadata: Vec::new(),
-                on_session_payment: false,
-            },
-            stripe_customer_id: "cus_test".to_owned(),
-            description: "test".to_owned(),
-            action: crate::domain::effects::PaymentAction::Charge,
-            object_id: None,
-        };
+        let workflow_id = crate::domain::Id::from_key("test-workflow", "1");
+        let request = crate::domain::fixtures::payment_request(workflow_id);
         let extra = vec![
             ("workflow_id".to_owned(), "someone-else".to_owned()),
             ("x][workflow_id".to_owned(), "someone-else".to_owned()),
