@@ -21,6 +21,7 @@ pub mod quarantine;
 pub mod render;
 pub mod request;
 pub mod search;
+pub mod strict;
 pub mod stripe;
 pub mod summary;
 pub mod views;

@@ -35,7 +35,7 @@ pub fn read<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let text = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => &b"{}"[..],
         Some(b'{') => body,
-        // serde's derive would also read a struct from an array, field by field.
+        // Nested structs are read from objects only too (`super::strict`).
         Some(_) => {
             return Err(ApiError::BadRequest(
                 "the request body must be a JSON object".into(),
@@ -43,7 +43,8 @@ pub fn read<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         }
     };
     let mut json = serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(&mut json).map_err(field_error)?;
+    let value =
+        serde_path_to_error::deserialize(super::strict::Strict(&mut json)).map_err(field_error)?;
     json.end()
         .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
     Ok(value)
@@ -521,6 +522,9 @@ mod tests {
         let m = message(base(serde_json::json!({"amount": 1})));
         assert!(m.contains("items: must be a list"), "{m}");
         let m = message(base(serde_json::json!(["x"])));
+        assert!(m.contains("items[0]: must be an object"), "{m}");
+        // A struct given as the array of its fields (serde's derive would take it) is refused.
+        let m = message(base(serde_json::json!([[5, "note"]])));
         assert!(m.contains("items[0]: must be an object"), "{m}");
     }
 

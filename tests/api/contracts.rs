@@ -626,6 +626,23 @@ async fn bad_contract_requests_get_clear_4xx_and_change_nothing() {
         ),
         (
             with(
+                "commits",
+                json!([[
+                    "PREPAID",
+                    COMMIT_PRODUCT,
+                    null,
+                    null,
+                    null,
+                    null,
+                    null,
+                    [[[5000, month_start(), "2099-01-01T00:00:00Z"]]]
+                ]]),
+            ),
+            400,
+            "commits[0]: must be an object",
+        ),
+        (
+            with(
                 "spend_threshold_configuration",
                 json!({
                 "commit": {"product_id": COMMIT_PRODUCT}, "is_enabled": true,
