@@ -32,7 +32,7 @@ fn start_server(dir: std::path::PathBuf) -> u16 {
                 settings: EngineSettings {
                     partitions: 1,
                     limits: Limits::default(),
-                    webhook_urls: vec![],
+                    webhook_routes: vec![],
                     mailbox_capacity: 1024,
                     pending_inputs_max: 100_000,
                     apply_lag_max_ms: 60_000,

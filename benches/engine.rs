@@ -43,7 +43,7 @@ fn settings(partitions: u16) -> EngineSettings {
     EngineSettings {
         partitions,
         limits: Limits::default(),
-        webhook_urls: vec![],
+        webhook_routes: vec![],
         mailbox_capacity: 4096,
         pending_inputs_max: 1_000_000,
         apply_lag_max_ms: 60_000,
@@ -67,7 +67,7 @@ async fn engine_with(
     let mut settings = settings(2);
     let mut webhooks = tollgate::actors::webhook::WebhookSettings::default();
     if let Some(url) = dead_webhook_url {
-        settings.webhook_urls = vec![url.to_owned()];
+        settings.webhook_routes = vec![tollgate::actors::shared::WebhookRoute::all(url)];
         webhooks.destinations = vec![tollgate::actors::webhook::Destination {
             url: url.to_owned(),
             secret: "bench".into(),

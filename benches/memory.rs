@@ -215,7 +215,7 @@ fn settings(mailbox_capacity: usize) -> EngineSettings {
     EngineSettings {
         partitions: 2,
         limits: Limits::default(),
-        webhook_urls: vec![],
+        webhook_routes: vec![],
         mailbox_capacity,
         pending_inputs_max: 200_000,
         apply_lag_max_ms: 60_000,

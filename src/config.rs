@@ -184,6 +184,10 @@ pub struct WebhooksConfig {
 pub struct DestinationConfig {
     pub url: String,
     pub secret: Secret,
+    /// The webhook types this destination receives: exact names (`contract.end`) or prefixes
+    /// ending in `*` (`payment_gate.*`). Absent: every type.
+    #[serde(default)]
+    pub event_types: Option<Vec<String>>,
 }
 
 /// The URL without user info or query string (where receivers put credentials), as the
@@ -405,6 +409,15 @@ impl Config {
             return Err("webhooks: timeouts, intervals and concurrency must be positive, max_interval_ms >= first_retry_ms".into());
         }
         for (i, d) in w.destinations.iter().enumerate() {
+            if let Some(types) = &d.event_types {
+                for pattern in types {
+                    if !crate::domain::effects::type_pattern_is_known(pattern) {
+                        return Err(format!(
+                            "webhooks.destinations[{i}].event_types: {pattern:?} names no webhook type (exact names, or a prefix ending in *)"
+                        ));
+                    }
+                }
+            }
             if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
                 return Err(format!(
                     "webhooks.destinations[{i}].url: must start with http:// or https://"
@@ -513,7 +526,14 @@ impl Config {
                     recharge_gap_min_usd_cents: Money::from_i64(l.recharge_gap_min_usd_cents),
                     draft_grace_ms: l.draft_grace_days * MS_PER_DAY,
                 },
-                webhook_urls: w.destinations.iter().map(|d| d.url.clone()).collect(),
+                webhook_routes: w
+                    .destinations
+                    .iter()
+                    .map(|d| crate::actors::shared::WebhookRoute {
+                        url: d.url.clone(),
+                        event_types: d.event_types.clone(),
+                    })
+                    .collect(),
                 mailbox_capacity: e.mailbox_capacity,
                 pending_inputs_max: e.pending_inputs_max,
                 apply_lag_max_ms: e.apply_lag_max_ms,
@@ -718,6 +738,7 @@ mod tests {
         config.webhooks.destinations = vec![DestinationConfig {
             url: "ftp://x".into(),
             secret: "s".into(),
+            event_types: None,
         }];
         assert!(
             config
@@ -725,6 +746,26 @@ mod tests {
                 .unwrap_err()
                 .contains("destinations[0].url")
         );
+        // A destination's types are known names or prefixes of some: a typo is refused.
+        for (types, ok) in [
+            (vec!["payment_gate.*", "contract.end"], true),
+            (vec!["*"], true),
+            (vec!["commit.segment.*"], true),
+            (vec!["contract.ended"], false),
+            (vec!["invoices.*"], false),
+        ] {
+            let mut config = Config::load(None).unwrap();
+            config.webhooks.destinations = vec![DestinationConfig {
+                url: "http://127.0.0.1:9/hooks".into(),
+                secret: "s".into(),
+                event_types: Some(types.iter().map(|t| t.to_string()).collect()),
+            }];
+            let result = config.validate();
+            assert_eq!(result.is_ok(), ok, "{types:?}: {result:?}");
+            if !ok {
+                assert!(result.unwrap_err().contains("event_types"));
+            }
+        }
         let mut config = Config::load(None).unwrap();
         assert_eq!(
             config.payment_settings().action_required_timeout_ms,

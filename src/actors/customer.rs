@@ -17,8 +17,8 @@ use actix::{Actor, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use super::entry::{
-    LogEntry, PersistedCustomer, PersistedCustomerV2, PersistedCustomerV3, STATE_VERSION,
-    STATE_VERSION_V2, STATE_VERSION_V3, state_key,
+    LogEntry, PersistedCustomer, PersistedCustomerV2, PersistedCustomerV3, PersistedCustomerV4,
+    STATE_VERSION, STATE_VERSION_V2, STATE_VERSION_V3, STATE_VERSION_V4, state_key,
 };
 use super::error::EngineError;
 use super::handles::QueryFn;
@@ -32,7 +32,7 @@ use super::shared::Shared;
 use crate::domain::customer::{
     Applied, Ctx, Customer, Input, QuarantineAction, QuarantineDecision,
 };
-use crate::domain::effects::{Effect, PaymentAction, WebhookType};
+use crate::domain::effects::{Effect, NoticeType, PaymentAction, WebhookType};
 use crate::domain::gate::{GateType, WorkflowState};
 use crate::domain::{Id, Rejection, Timestamp};
 use crate::storage::{self, StorageError};
@@ -175,8 +175,20 @@ fn count_gate_moves(shared: &Shared, applied: &Applied, after: &Customer) {
 /// `payment_outcome`, `payment_refunded`.
 fn log_business_events(customer: Id, applied: &Applied) {
     for effect in &applied.effects {
-        let Effect::Webhook(hook) = effect else {
-            continue;
+        let hook = match effect {
+            Effect::Webhook(hook) => hook,
+            Effect::Notice(notice) if notice.notice_type == NoticeType::RechargeLimited => {
+                tracing::warn!(
+                    event = "recharge_limited",
+                    customer = %customer,
+                    contract = %notice.contract_id,
+                    limit = notice.body["properties"]["limit"].as_str().unwrap_or(""),
+                    held_until = notice.body["properties"]["held_until"].as_str().unwrap_or(""),
+                    "a recharge safety rail holds a recharge back"
+                );
+                continue;
+            }
+            _ => continue,
         };
         match hook.webhook_type {
             WebhookType::ThresholdReached => tracing::info!(
@@ -323,6 +335,9 @@ fn decode_state(
         }
         Some(&STATE_VERSION_V3) => {
             storage::decode::<PersistedCustomerV3>(STATE_VERSION_V3, bytes)?.into()
+        }
+        Some(&STATE_VERSION_V4) => {
+            storage::decode::<PersistedCustomerV4>(STATE_VERSION_V4, bytes)?.into()
         }
         _ => storage::decode(STATE_VERSION, bytes)?,
     };
@@ -558,6 +573,15 @@ fn apply_input(
     count_workflow_effects(&shared.metrics, &applied.effects);
     if invoice_count(state) != invoices_before {
         index_invoices(shared, logged.partition, state);
+    }
+    // Usage that changed nothing but balances leaves the customer's next alarm as it was.
+    let may_move_alarm = !matches!(input, Input::RecordUsage(_))
+        || !applied.effects.is_empty()
+        || !applied.transitions.is_empty();
+    if may_move_alarm {
+        if let Some(index) = shared.wakes.get(usize::from(logged.partition)) {
+            index.set(logged.customer_id, state.customer.next_wake(logged.at));
+        }
     }
     Ok(applied)
 }
@@ -827,6 +851,10 @@ fn count_workflow_effects(metrics: &EngineMetrics, effects: &[Effect]) {
                 &metrics.payment_requests
             }
             Effect::RequestPayment(_) => continue,
+            Effect::Notice(notice) => match notice.notice_type {
+                NoticeType::RechargeLimited => &metrics.recharges_limited,
+                _ => continue,
+            },
             // Started, released and failed are counted by gate from the state changes.
             Effect::Webhook(hook) => match hook.webhook_type {
                 WebhookType::PaymentPendingActionRequired => &metrics.workflows_action_required,
@@ -945,6 +973,7 @@ pub fn persist_effects(
         let (workflow, customer) = match effect {
             Effect::Webhook(hook) => (hook.workflow_id, hook.customer_id),
             Effect::RequestPayment(request) => (request.workflow_id, request.customer_id),
+            Effect::Notice(_) => continue,
         };
         workflows.push((
             super::entry::workflow_key(workflow),
@@ -960,27 +989,32 @@ pub fn persist_effects(
         .store
         .meta_write_derived_batch(&workflows, &deletes)?;
     for effect in effects {
-        match effect {
-            Effect::Webhook(hook) => {
-                let body = serde_json::to_vec(&hook.to_json())
-                    .map_err(|e| StorageError::Encode(e.to_string()))?;
-                for url in &shared.settings.webhook_urls {
-                    let effect = OutboxEffect::Webhook {
-                        webhook_id: hook.id,
-                        event_type: hook.webhook_type.as_str().to_owned(),
-                        destination_url: url.clone(),
-                        body: body.clone(),
-                    };
-                    entries.push((
-                        webhook_outbox_id(hook.id, url),
-                        OutboxEntry::new(effect, cause, now),
-                    ));
-                }
+        let (id, event_type, body) = match effect {
+            Effect::Webhook(hook) => (hook.id, hook.webhook_type.as_str(), hook.to_json()),
+            Effect::Notice(notice) => (notice.id, notice.notice_type.as_str(), notice.body.clone()),
+            Effect::RequestPayment(request) => {
+                entries.push((
+                    payment_outbox_id(request.effect_id()),
+                    OutboxEntry::new(OutboxEffect::Payment(request.clone()), cause, now),
+                ));
+                continue;
             }
-            Effect::RequestPayment(request) => entries.push((
-                payment_outbox_id(request.effect_id()),
-                OutboxEntry::new(OutboxEffect::Payment(request.clone()), cause, now),
-            )),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| StorageError::Encode(e.to_string()))?;
+        for route in &shared.settings.webhook_routes {
+            if !route.receives(event_type) {
+                continue;
+            }
+            let effect = OutboxEffect::Webhook {
+                webhook_id: id,
+                event_type: event_type.to_owned(),
+                destination_url: route.url.clone(),
+                body: body.clone(),
+            };
+            entries.push((
+                webhook_outbox_id(id, &route.url),
+                OutboxEntry::new(effect, cause, now),
+            ));
         }
     }
     let mut encoded = Vec::with_capacity(entries.len());

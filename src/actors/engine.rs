@@ -217,6 +217,7 @@ impl Engine {
         shared.apply_bug = apply_bug;
         let shared = Arc::new(shared);
         shared.load_registry()?;
+        shared.load_wakes()?;
         if let Some(indexed) = super::customer::build_workflow_state_index(&shared)? {
             tracing::info!(indexed, "workflows in flight indexed by state");
         }

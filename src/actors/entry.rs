@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::catalog::CatalogChange;
+use crate::domain::customer::legacy::CustomerV4;
 use crate::domain::customer::{Customer, CustomerV3, Input};
 use crate::domain::gate::WorkflowState;
 use crate::domain::usage::UsageEvent;
@@ -20,14 +21,17 @@ use crate::storage::{self, StorageError};
 /// Version byte of encoded log entries (2: payment outcomes carry the ACTION_REQUIRED limit and
 /// the provider's object id; catalog changes include logged limits; 3: operators' quarantine
 /// decisions; 4: usage for an unknown customer carries the catalog version it was accepted
-/// at, [`LogEntry::UnmatchedAt`]; 5: operators' cancels of workflows). Versions 2 to 4 read
-/// as they are (3, 4 and 5 only added kinds); an older binary meeting a newer entry refuses it
-/// with the version named.
-pub const LOG_VERSION: u8 = 5;
+/// at, [`LogEntry::UnmatchedAt`]; 5: operators' cancels of workflows; 6: contracts created and
+/// edited with recharge rails and end dates, as new input kinds). Versions 2 to 5 read as they
+/// are (3 to 6 only added kinds: the earlier contract inputs keep their kinds and shapes, see
+/// [`crate::domain::customer::legacy`]); an older binary meeting a newer entry refuses it with
+/// the version named.
+pub const LOG_VERSION: u8 = 6;
 /// The previous log versions, still read.
 pub const LOG_VERSION_V2: u8 = 2;
 pub const LOG_VERSION_V3: u8 = 3;
 pub const LOG_VERSION_V4: u8 = 4;
+pub const LOG_VERSION_V5: u8 = 5;
 
 /// Decodes a log entry of the current or the previous version.
 ///
@@ -38,19 +42,22 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StorageError> {
         Some(&LOG_VERSION_V2) => LOG_VERSION_V2,
         Some(&LOG_VERSION_V3) => LOG_VERSION_V3,
         Some(&LOG_VERSION_V4) => LOG_VERSION_V4,
+        Some(&LOG_VERSION_V5) => LOG_VERSION_V5,
         _ => LOG_VERSION,
     };
     storage::decode(version, bytes)
 }
 /// Version byte of encoded customer states (2: usage lines record the segments they drew
 /// from; 3: the state lists its quarantined inputs; 4: the customer keeps its workflows'
-/// history of state changes). Versions 2 and 3 are read and upgraded ([`PersistedCustomerV2`],
-/// [`PersistedCustomerV3`]); any other version is refused with the version named, never
-/// misread.
-pub const STATE_VERSION: u8 = 4;
+/// history of state changes; 5: threshold configurations keep their recharge rails and holds,
+/// contracts what their lifecycle notices announced). Versions 2 to 4 are read and upgraded
+/// ([`PersistedCustomerV2`], [`PersistedCustomerV3`], [`PersistedCustomerV4`]); any other
+/// version is refused with the version named, never misread.
+pub const STATE_VERSION: u8 = 5;
 /// The previous state versions, still read.
 pub const STATE_VERSION_V2: u8 = 2;
 pub const STATE_VERSION_V3: u8 = 3;
+pub const STATE_VERSION_V4: u8 = 4;
 /// Version byte of other meta values.
 pub const META_VERSION: u8 = 1;
 
@@ -128,6 +135,26 @@ pub struct PersistedCustomerV3 {
 
 impl From<PersistedCustomerV3> for PersistedCustomer {
     fn from(old: PersistedCustomerV3) -> PersistedCustomer {
+        PersistedCustomer {
+            applied_seq: old.applied_seq,
+            customer: old.customer.into(),
+            parked: old.parked,
+            quarantined: old.quarantined,
+        }
+    }
+}
+
+/// A customer state as version 4 wrote it (contracts without rails or lifecycle).
+#[derive(Deserialize)]
+pub struct PersistedCustomerV4 {
+    pub applied_seq: u64,
+    pub customer: CustomerV4,
+    pub parked: Vec<Parked>,
+    pub quarantined: Vec<(u64, u32)>,
+}
+
+impl From<PersistedCustomerV4> for PersistedCustomer {
+    fn from(old: PersistedCustomerV4) -> PersistedCustomer {
         PersistedCustomer {
             applied_seq: old.applied_seq,
             customer: old.customer.into(),

@@ -20,6 +20,8 @@ pub struct EngineMetrics {
     /// Customers made resident by the background preload after recovery.
     pub actors_preloaded: AtomicU64,
     pub workflows_action_required: AtomicU64,
+    /// Times a recharge safety rail started holding a recharge back (live inputs).
+    pub recharges_limited: AtomicU64,
     pub payment_requests: AtomicU64,
     pub overloaded: AtomicU64,
     pub checkpoints: AtomicU64,

@@ -28,6 +28,7 @@ pub mod quarantine;
 pub mod registry;
 pub mod shared;
 pub mod staged_index;
+pub mod wakes;
 pub mod webhook;
 
 pub use engine::{Disk, Engine, EngineConfig, EngineError, IngestEvent, IngestReceipt, Seams};

@@ -95,6 +95,10 @@ struct CheckpointJob {
     waiting: Vec<oneshot::Sender<Result<u64, EngineError>>>,
 }
 
+/// At most this many customers' alarms are ticked per housekeeping round (every 200 ms); the
+/// rest wait for the next round.
+const WAKES_PER_HOUSEKEEPING: usize = 10_000;
+
 /// Starts a partition on the current arbiter with the states recovery produced, on the queues
 /// whose handle the engine already holds.
 pub fn start(
@@ -480,6 +484,14 @@ impl Worker {
         if let Err(error) = index.flush(&self.shared.store) {
             self.shared.health.fail_stop("invoice index write", &error);
         }
+        let wakes = &self.shared.wakes[usize::from(self.partition)];
+        if let Err(error) = wakes.flush(&self.shared.store) {
+            self.shared.health.fail_stop("alarm index write", &error);
+        }
+        if !self.shared.health.is_failed() {
+            let due = wakes.take_due(self.shared.clock.now_ms(), WAKES_PER_HOUSEKEEPING);
+            self.submit_ticks_to(due);
+        }
         let settings = &self.shared.settings;
         let due = self.last_checkpoint.elapsed()
             >= Duration::from_millis(settings.checkpoint_interval_ms)
@@ -578,6 +590,10 @@ impl Worker {
         // since replay will not re-create them.
         let index = &self.shared.invoice_index[usize::from(self.partition)];
         if let Err(error) = index.flush(&self.shared.store) {
+            return self.fail_checkpoint(EngineError::Storage(error));
+        }
+        let wakes = &self.shared.wakes[usize::from(self.partition)];
+        if let Err(error) = wakes.flush(&self.shared.store) {
             return self.fail_checkpoint(EngineError::Storage(error));
         }
         if let Err(error) = self.shared.store.put_checkpoint(self.partition, seq, &[]) {
@@ -698,14 +714,20 @@ impl Worker {
     /// close, segment expiry, contracts that start later) are evaluated even without usage.
     fn submit_ticks(&self) {
         let partition = self.partition;
-        let shared = Arc::clone(&self.shared);
         let customers: Vec<Id> = self
             .shared
             .registry
             .customers()
             .into_iter()
-            .filter(|id| shared.partition_of(*id) == partition)
+            .filter(|id| self.shared.partition_of(*id) == partition)
             .collect();
+        self.submit_ticks_to(customers);
+    }
+
+    /// Appends a `Tick` for each of `customers` (of this partition), in chunks.
+    fn submit_ticks_to(&self, customers: Vec<Id>) {
+        let partition = self.partition;
+        let shared = Arc::clone(&self.shared);
         if customers.is_empty() {
             return;
         }

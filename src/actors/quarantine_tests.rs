@@ -26,7 +26,7 @@ fn shared(dir: &std::path::Path) -> Shared {
     let settings = EngineSettings {
         partitions: 1,
         limits: Limits::default(),
-        webhook_urls: Vec::new(),
+        webhook_routes: Vec::new(),
         mailbox_capacity: 16,
         pending_inputs_max: 16,
         apply_lag_max_ms: 60_000,
@@ -461,20 +461,79 @@ fn a_discarded_input_is_never_applied_and_leaves_the_quarantine() {
     assert_eq!(EngineMetrics::get(&shared.metrics.quarantine_discarded), 1);
 }
 
-/// A customer as state versions 2 and 3 wrote it (no workflow history).
+/// A customer as state versions 2 and 3 wrote it (no workflow history; contracts without
+/// rails or lifecycle).
 #[derive(serde::Serialize)]
 struct OldCustomer<'a> {
     profile: &'a Option<crate::domain::customer::CustomerProfile>,
-    contracts: &'a Vec<crate::domain::contract::Contract>,
+    contracts: Vec<crate::domain::customer::legacy::ContractV4>,
 }
 
 impl OldCustomer<'_> {
     fn of(customer: &crate::domain::Customer) -> OldCustomer<'_> {
         OldCustomer {
             profile: &customer.profile,
-            contracts: &customer.contracts,
+            contracts: customer.contracts.iter().map(Into::into).collect(),
         }
     }
+}
+
+/// `customer` as an upgrade from a state without lifecycles reads it: its contracts take in
+/// their lifecycle with their next input.
+fn without_lifecycles(customer: &crate::domain::Customer) -> crate::domain::Customer {
+    let mut upgraded = customer.clone();
+    for contract in &mut upgraded.contracts {
+        contract.lifecycle = None;
+    }
+    upgraded
+}
+
+#[test]
+fn a_state_written_by_version_4_reads_without_lifecycles_and_announces_no_past() {
+    use crate::domain::customer::legacy::CustomerV4;
+    #[derive(serde::Serialize)]
+    struct V4 {
+        applied_seq: u64,
+        customer: CustomerV4,
+        parked: Vec<crate::actors::entry::Parked>,
+        quarantined: Vec<(u64, u32)>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let state = customer_with_tokens();
+    let old = V4 {
+        applied_seq: 9,
+        customer: CustomerV4 {
+            profile: state.customer.profile.clone(),
+            contracts: state.customer.contracts.iter().map(Into::into).collect(),
+            workflow_history: state.customer.workflow_history.clone(),
+        },
+        parked: Vec::new(),
+        quarantined: vec![(4, 0)],
+    };
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V4, &old).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let mut read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 9);
+    assert_eq!(read.quarantined, vec![(4, 0)]);
+    assert_eq!(read.customer, without_lifecycles(&state.customer));
+    // Its next input takes in what is true now (open segments) and announces nothing of it.
+    let catalog = shared.catalog();
+    let limits = Limits::default();
+    let ctx = Ctx {
+        at: T0.plus_ms(60_000),
+        catalog: &catalog,
+        catalog_version: catalog.version(),
+        limits: &limits,
+    };
+    let applied = read.customer.apply(&Input::Tick, &ctx).unwrap();
+    assert!(applied.effects.is_empty(), "{:?}", applied.effects);
+    let lifecycle = read.customer.contracts[0].lifecycle.clone().unwrap();
+    assert_eq!(
+        lifecycle.commits_announced,
+        state.customer.contracts[0].commits.len() as u64
+    );
 }
 
 #[test]
@@ -525,7 +584,7 @@ fn a_state_written_by_version_2_lists_the_quarantined_inputs_it_covers() {
     persist_quarantined(&shared, &writes).unwrap();
     let read = load_state(&shared, CUSTOMER).unwrap();
     assert_eq!(read.applied_seq, 41);
-    assert_eq!(read.customer, state.customer);
+    assert_eq!(read.customer, without_lifecycles(&state.customer));
     assert_eq!(read.quarantined, vec![(12, 0), (41, 2)]);
     let read = load_states(&shared, &[other, CUSTOMER]).unwrap();
     assert_eq!(read[1].quarantined, vec![(12, 0), (41, 2)]);
@@ -584,7 +643,10 @@ fn a_state_written_by_version_3_reads_with_the_history_its_workflows_still_tell(
     let read = load_state(&shared, CUSTOMER).unwrap();
     assert_eq!(read.applied_seq, 7);
     assert_eq!(read.quarantined, vec![(3, 0)]);
-    assert_eq!(read.customer.contracts, customer.contracts);
+    assert_eq!(
+        read.customer.contracts,
+        without_lifecycles(&customer).contracts
+    );
     // Version 3 kept no history: the workflow's start and the state it is in.
     assert_eq!(read.customer.workflow_history, live_history);
 }

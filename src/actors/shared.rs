@@ -22,7 +22,8 @@ pub struct EngineSettings {
     pub partitions: u16,
     pub limits: Limits,
     /// URL of every webhook destination (each webhook gets one outbox entry per URL).
-    pub webhook_urls: Vec<String>,
+    /// Where webhooks go, and which types each destination receives.
+    pub webhook_routes: Vec<WebhookRoute>,
     pub mailbox_capacity: usize,
     /// The most inputs accepted but not yet applied a partition may hold (the ceiling of its
     /// adapted limit, see [`super::backlog`]).
@@ -59,6 +60,8 @@ pub struct Shared {
     pub pending: Vec<Backlog>,
     /// Invoice index entries applied and not yet written, per partition.
     pub invoice_index: Vec<StagedIndex>,
+    /// When each customer next needs a tick, per partition.
+    pub wakes: Vec<super::wakes::WakeIndex>,
     /// Where persisted effects and released late keys go (made before any actor started).
     pub sinks: Sinks,
     /// Every partition's queues, by partition.
@@ -69,6 +72,33 @@ pub struct Shared {
     /// A bug of this version (the simulation's seam): inputs it names panic when applied.
     /// `None` in production.
     pub apply_bug: Option<ApplyBug>,
+}
+
+/// A webhook destination and the types it receives (`None`: every type).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookRoute {
+    pub url: String,
+    pub event_types: Option<Vec<String>>,
+}
+
+impl WebhookRoute {
+    /// Every type, to `url`.
+    pub fn all(url: &str) -> WebhookRoute {
+        WebhookRoute {
+            url: url.to_owned(),
+            event_types: None,
+        }
+    }
+
+    /// Whether webhooks of `event_type` go to this destination.
+    pub fn receives(&self, event_type: &str) -> bool {
+        self.event_types.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => event_type.starts_with(prefix),
+                None => p == event_type,
+            })
+        })
+    }
 }
 
 /// Names the inputs a simulated bug makes panic (the quarantine's workload: a later version,
@@ -90,6 +120,9 @@ impl Shared {
         let invoice_index = (0..settings.partitions)
             .map(|_| StagedIndex::default())
             .collect();
+        let wakes = (0..settings.partitions)
+            .map(|_| super::wakes::WakeIndex::default())
+            .collect();
         let health = Arc::new(Health::fencing(store.clone()));
         Shared {
             store,
@@ -101,11 +134,31 @@ impl Shared {
             catalog: RwLock::new(Arc::new(catalog)),
             pending,
             invoice_index,
+            wakes,
             sinks,
             handles,
             placement: Placement::Threads,
             apply_bug: None,
         }
+    }
+
+    /// Reads the alarms kept in `meta` into each partition's [`super::wakes::WakeIndex`]
+    /// (before recovery replays: what replay sets is newer and wins).
+    ///
+    /// # Errors
+    /// Storage read errors.
+    pub fn load_wakes(&self) -> Result<usize, storage::StorageError> {
+        let mut loaded = 0;
+        for (key, value) in self.store.meta_scan_prefix(super::wakes::WAKE_PREFIX)? {
+            if let Some((customer, at)) = super::wakes::decode_entry(&key, &value) {
+                let partition = usize::from(self.partition_of(customer));
+                if let Some(index) = self.wakes.get(partition) {
+                    index.load(customer, at);
+                    loaded += 1;
+                }
+            }
+        }
+        Ok(loaded)
     }
 
     /// The current catalog snapshot.
@@ -187,5 +240,28 @@ impl Shared {
 
     pub fn partition_of(&self, customer: Id) -> u16 {
         entry::partition_of(customer, self.settings.partitions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WebhookRoute;
+
+    #[test]
+    fn a_route_receives_the_types_it_names_exactly_or_by_prefix() {
+        assert!(WebhookRoute::all("http://x").receives("contract.end"));
+        let route = WebhookRoute {
+            url: "http://x".into(),
+            event_types: Some(vec!["payment_gate.*".into(), "contract.end".into()]),
+        };
+        assert!(route.receives("payment_gate.threshold_reached"));
+        assert!(route.receives("contract.end"));
+        assert!(!route.receives("contract.edit"));
+        assert!(!route.receives("commit.create"));
+        let none = WebhookRoute {
+            url: "http://x".into(),
+            event_types: Some(vec![]),
+        };
+        assert!(!none.receives("payment_gate.payment_status"));
     }
 }

@@ -646,6 +646,61 @@ pub struct ThresholdConfig {
     pub discount: Option<Discount>,
     /// How many times it fired; the sequence in the next workflow's id.
     pub triggers: u64,
+    /// Prepaid balance only: Tollgate's recharge safety rails (none: Metronome's behaviour).
+    pub limits: Option<RechargeLimits>,
+    /// The rail holding the next recharge back, while one does.
+    pub hold: Option<RechargeHold>,
+    /// How many times a rail started holding a recharge back; the sequence in the id of the
+    /// next `payment_gate.recharge_limited` notice.
+    pub holds: u64,
+}
+
+/// Tollgate's recharge safety rails: optional limits on a prepaid balance threshold
+/// configuration (`recharge_limits`, an extension of Metronome's shape). A recharge a rail does
+/// not allow is held back whole, and evaluated again when the rail lets go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeLimits {
+    /// At most this many recharges start in one billing period (failed ones count).
+    pub max_recharges_per_period: Option<u32>,
+    /// At most this much access (the recharged amount, before discount) starts in one billing
+    /// period, failed recharges not counted.
+    pub max_amount_per_period: Option<Money>,
+    /// At least this long between the starts of two recharges.
+    pub min_interval_minutes: Option<u32>,
+    /// Each recharge's commit is usable for this long from its start (else to the contract's end).
+    pub commit_duration_days: Option<u32>,
+}
+
+/// The largest `min_recharge_interval_minutes` (a year).
+pub const RECHARGE_INTERVAL_MAX_MINUTES: u32 = 525_600;
+/// The largest `recharge_commit_duration_days` (ten years).
+pub const RECHARGE_DURATION_MAX_DAYS: u32 = 3_650;
+
+/// Which rail holds a recharge back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RechargeRail {
+    MaxRecharges,
+    MaxAmount,
+    MinInterval,
+}
+
+impl RechargeRail {
+    /// The name of its field in `recharge_limits`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RechargeRail::MaxRecharges => "max_recharges_per_period",
+            RechargeRail::MaxAmount => "max_recharge_amount_per_period",
+            RechargeRail::MinInterval => "min_recharge_interval_minutes",
+        }
+    }
+}
+
+/// A recharge held back: by which rail, since when, and until when (when it is evaluated again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RechargeHold {
+    pub rail: RechargeRail,
+    pub since: Timestamp,
+    pub until: Timestamp,
 }
 
 /// Engine-wide limits the core enforces (configurable; defaults are Metronome's).
@@ -671,6 +726,14 @@ impl Default for Limits {
 }
 
 impl ThresholdConfig {
+    /// The configuration as a request adds it: not triggered, nothing held back.
+    pub fn fresh(mut self) -> ThresholdConfig {
+        self.triggers = 0;
+        self.hold = None;
+        self.holds = 0;
+        self
+    }
+
     /// Checks a configuration against Metronome's rules; minimums apply to USD cents (other
     /// credit types are whole units and have no published minimum).
     ///
@@ -761,6 +824,62 @@ impl ThresholdConfig {
                 if recharge_to < floor || recharge_to <= self.threshold_amount {
                     return Err(Rejection::RechargeGapTooSmall(gap.to_string()));
                 }
+                if let Some(limits) = &self.limits {
+                    limits.validate(recharge_to.checked_sub(self.threshold_amount)?)?;
+                }
+            }
+        }
+        if self.kind == ThresholdKind::Spend && self.limits.is_some() {
+            return Err(Rejection::invalid(
+                &format!("{field}.recharge_limits"),
+                "applies to prepaid balance thresholds only",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RechargeLimits {
+    /// Each limit is positive and in bounds; an amount limit must let the smallest recharge
+    /// through (`smallest` = recharge_to_amount - threshold_amount), or no recharge ever would.
+    ///
+    /// # Errors
+    /// [`Rejection::InvalidField`] naming the limit.
+    pub fn validate(&self, smallest: Money) -> Result<(), Rejection> {
+        let field =
+            |name: &str| format!("prepaid_balance_threshold_configuration.recharge_limits.{name}");
+        let positive = |name: &str, value: Option<u32>, max: u32| match value {
+            Some(v) if v == 0 || v > max => Err(Rejection::invalid(
+                &field(name),
+                &format!("must be between 1 and {max}"),
+            )),
+            _ => Ok(()),
+        };
+        positive(
+            "max_recharges_per_period",
+            self.max_recharges_per_period,
+            u32::MAX,
+        )?;
+        positive(
+            "min_recharge_interval_minutes",
+            self.min_interval_minutes,
+            RECHARGE_INTERVAL_MAX_MINUTES,
+        )?;
+        positive(
+            "recharge_commit_duration_days",
+            self.commit_duration_days,
+            RECHARGE_DURATION_MAX_DAYS,
+        )?;
+        if let Some(max) = self.max_amount_per_period {
+            let name = "max_recharge_amount_per_period";
+            super::bounds::check_amount(&field(name), max)?;
+            if max < smallest {
+                return Err(Rejection::invalid(
+                    &field(name),
+                    &format!(
+                        "must be at least recharge_to_amount - threshold_amount ({smallest}), or no recharge could start"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -788,6 +907,9 @@ pub struct Contract {
     /// Uniqueness keys of edits already applied (a repeat is refused with 409).
     pub edit_keys: Vec<String>,
     pub edits: u64,
+    /// What the lifecycle notices have announced so far; `None` for a contract kept by a
+    /// version without them (set, without announcing the past, by its next input).
+    pub lifecycle: Option<Lifecycle>,
     /// Released segments in drawdown order, as (commit index, segment index); kept in order
     /// as commits are released, so an event does not sort.
     #[serde(skip)]
@@ -797,6 +919,17 @@ pub struct Contract {
     /// [`Contract::rebuild_caches`]; ignored by `==`.
     #[serde(skip)]
     pub caches: ContractCaches,
+}
+
+/// What the lifecycle notices of a contract have announced: the segments whose start was
+/// announced and whose end was not yet, and the end `contract.end` was sent for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// How many of the contract's commits `commit.create` (or `credit.create`) was sent for:
+    /// commits are only ever appended, so the rest are new.
+    pub commits_announced: u64,
+    pub open_segments: Vec<Id>,
+    pub ended: Option<Timestamp>,
 }
 
 /// What [`Contract`] derives from its own fields to answer a usage event in constant time.
@@ -823,6 +956,9 @@ pub struct ContractCaches {
     /// Index of the latest workflow of each threshold kind (spend, prepaid balance): a new one
     /// starts only when none is in flight, so only the latest can be.
     latest_threshold_workflow: [Option<usize>; 2],
+    /// The next instant a lifecycle notice falls due (`None`: not known yet, so the next input
+    /// looks; `Some(END_OF_TIME)`: none is scheduled).
+    pub lifecycle_due: Option<Timestamp>,
 }
 
 /// B is the same at every instant of `[from, until)`: the set of accessible segments is.
@@ -1383,6 +1519,7 @@ mod tests {
             workflows: vec![],
             edit_keys: vec![],
             edits: 0,
+            lifecycle: None,
             draw_order: vec![],
             caches: ContractCaches::default(),
         }

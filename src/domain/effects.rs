@@ -15,6 +15,8 @@ pub enum Effect {
     Webhook(Webhook),
     /// Work for the payment actor: a charge, or a follow-up of one (see [`PaymentAction`]).
     RequestPayment(PaymentRequest),
+    /// A notification about no workflow: lifecycle events and rails holding a recharge.
+    Notice(Notice),
 }
 
 impl Effect {
@@ -22,6 +24,127 @@ impl Effect {
         match self {
             Effect::Webhook(w) => w.id,
             Effect::RequestPayment(p) => p.effect_id(),
+            Effect::Notice(n) => n.id,
+        }
+    }
+}
+
+/// The notifications that belong to no gate workflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoticeType {
+    /// Tollgate's: a recharge safety rail started holding a recharge back (properties
+    /// envelope).
+    RechargeLimited,
+    ContractCreate,
+    ContractEdit,
+    ContractEnd,
+    CommitCreate,
+    CommitSegmentStart,
+    CommitSegmentEnd,
+    CreditCreate,
+    CreditSegmentStart,
+    CreditSegmentEnd,
+}
+
+impl NoticeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeType::RechargeLimited => "payment_gate.recharge_limited",
+            NoticeType::ContractCreate => "contract.create",
+            NoticeType::ContractEdit => "contract.edit",
+            NoticeType::ContractEnd => "contract.end",
+            NoticeType::CommitCreate => "commit.create",
+            NoticeType::CommitSegmentStart => "commit.segment.start",
+            NoticeType::CommitSegmentEnd => "commit.segment.end",
+            NoticeType::CreditCreate => "credit.create",
+            NoticeType::CreditSegmentStart => "credit.segment.start",
+            NoticeType::CreditSegmentEnd => "credit.segment.end",
+        }
+    }
+
+    /// Every notice type, for listings and tests.
+    pub const ALL: [NoticeType; 10] = [
+        NoticeType::RechargeLimited,
+        NoticeType::ContractCreate,
+        NoticeType::ContractEdit,
+        NoticeType::ContractEnd,
+        NoticeType::CommitCreate,
+        NoticeType::CommitSegmentStart,
+        NoticeType::CommitSegmentEnd,
+        NoticeType::CreditCreate,
+        NoticeType::CreditSegmentStart,
+        NoticeType::CreditSegmentEnd,
+    ];
+}
+
+/// A notification with its exact body, built when it was decided (so every replay builds the
+/// same bytes): lifecycle events in Metronome's flat envelope (`{"id", "type", "timestamp",
+/// "environment_type", "customer_id", ...}`), `payment_gate.recharge_limited` in the
+/// properties envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Derived from what it is about (the contract, the commit or segment, the hold's
+    /// sequence): stable across retries and replays.
+    pub id: Id,
+    pub notice_type: NoticeType,
+    pub customer_id: Id,
+    pub contract_id: Id,
+    pub body: serde_json::Value,
+}
+
+impl Notice {
+    /// A notice in Metronome's flat envelope: the envelope's fields, then `fields`.
+    pub fn flat(
+        id: Id,
+        notice_type: NoticeType,
+        at: Timestamp,
+        (customer_id, customer_custom_fields): (Id, &[(String, String)]),
+        contract_id: Id,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Notice {
+        use serde_json::{Map, Value, json};
+        let mut custom = Map::new();
+        for (key, value) in customer_custom_fields {
+            custom.insert(key.clone(), json!(value));
+        }
+        let mut body = Map::new();
+        body.insert("id".into(), json!(id.to_string()));
+        body.insert("type".into(), json!(notice_type.as_str()));
+        body.insert("timestamp".into(), json!(at.to_rfc3339()));
+        body.insert("environment_type".into(), json!("PRODUCTION"));
+        body.insert("customer_id".into(), json!(customer_id.to_string()));
+        body.insert("customer_custom_fields".into(), Value::Object(custom));
+        body.insert("contract_id".into(), json!(contract_id.to_string()));
+        body.insert("contract_custom_fields".into(), json!({}));
+        body.extend(fields);
+        Notice {
+            id,
+            notice_type,
+            customer_id,
+            contract_id,
+            body: Value::Object(body),
+        }
+    }
+
+    /// A notice in the properties envelope (`{"id", "type", "properties"}`).
+    pub fn with_properties(
+        id: Id,
+        notice_type: NoticeType,
+        customer_id: Id,
+        contract_id: Id,
+        properties: serde_json::Map<String, serde_json::Value>,
+    ) -> Notice {
+        use serde_json::{Value, json};
+        Notice {
+            id,
+            notice_type,
+            customer_id,
+            contract_id,
+            body: json!({
+                "id": id.to_string(),
+                "type": notice_type.as_str(),
+                "properties": Value::Object(properties),
+            }),
         }
     }
 }
@@ -48,6 +171,32 @@ impl WebhookType {
             }
             WebhookType::PaymentRefunded => "payment_gate.payment_refunded",
         }
+    }
+}
+
+impl WebhookType {
+    pub const ALL: [WebhookType; 5] = [
+        WebhookType::ThresholdReached,
+        WebhookType::ExternalInitiate,
+        WebhookType::PaymentStatus,
+        WebhookType::PaymentPendingActionRequired,
+        WebhookType::PaymentRefunded,
+    ];
+}
+
+/// Every webhook type Tollgate sends, by name.
+pub fn all_type_names() -> impl Iterator<Item = &'static str> {
+    WebhookType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain(NoticeType::ALL.iter().map(|t| t.as_str()))
+}
+
+/// Whether `pattern` (an exact type name, or a prefix ending in `*`) names at least one type.
+pub fn type_pattern_is_known(pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => all_type_names().any(|t| t.starts_with(prefix)),
+        None => all_type_names().any(|t| t == pattern),
     }
 }
 

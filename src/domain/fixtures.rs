@@ -187,6 +187,9 @@ pub fn spend_threshold(threshold: i64, gate_type: GateType) -> ThresholdConfig {
         recharge_to_amount: None,
         discount: None,
         triggers: 0,
+        limits: None,
+        hold: None,
+        holds: 0,
     }
 }
 
@@ -201,6 +204,9 @@ pub fn prepaid_threshold(threshold: i64, recharge_to: i64, gate_type: GateType) 
         recharge_to_amount: Some(Money::from_i64(recharge_to)),
         discount: None,
         triggers: 0,
+        limits: None,
+        hold: None,
+        holds: 0,
     }
 }
 

@@ -101,17 +101,30 @@ fn webhooks(effects: &[Effect]) -> Vec<(WebhookType, &super::effects::Webhook)> 
         .iter()
         .filter_map(|e| match e {
             Effect::Webhook(w) => Some((w.webhook_type, w)),
-            Effect::RequestPayment(_) => None,
+            Effect::RequestPayment(_) | Effect::Notice(_) => None,
         })
         .collect()
 }
 
+/// The types of the gate's effects (lifecycle and rail notices are left out: see [`notices`]).
 fn types(effects: &[Effect]) -> Vec<&'static str> {
     effects
         .iter()
-        .map(|e| match e {
-            Effect::Webhook(w) => w.webhook_type.as_str(),
-            Effect::RequestPayment(_) => "request_payment",
+        .filter_map(|e| match e {
+            Effect::Webhook(w) => Some(w.webhook_type.as_str()),
+            Effect::RequestPayment(_) => Some("request_payment"),
+            Effect::Notice(_) => None,
+        })
+        .collect()
+}
+
+/// The notices among `effects`: their types and bodies.
+fn notices(effects: &[Effect]) -> Vec<(&'static str, &serde_json::Value)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notice(n) => Some((n.notice_type.as_str(), &n.body)),
+            _ => None,
         })
         .collect()
 }
@@ -222,7 +235,7 @@ fn seed_balance_fell_below_20_dollars_charge_brings_it_to_50_payment_succeeds_co
     assert!(world.calls(29).is_empty());
     assert_eq!(world.balance(), usd(2_100));
     // The 30th call brings B to exactly $20: B <= threshold fires.
-    assert_eq!(world.calls(1).len(), 2);
+    assert_eq!(types(&world.calls(1)).len(), 2);
     let workflow = world.contract().workflows[0].clone();
     assert_eq!(workflow.kind, WorkflowKind::PrepaidBalance);
     assert_eq!(
@@ -354,7 +367,7 @@ fn usage_crossing_threshold_while_a_workflow_is_in_flight_charges_once() {
     spec.spend_threshold = Some(fixtures::spend_threshold(1_000, GateType::External));
     world.apply(Input::CreateContract(Box::new(spec))).unwrap();
     let first = world.calls(10);
-    assert_eq!(first.len(), 2);
+    assert_eq!(types(&first).len(), 2);
     // Far past the threshold again while in flight: nothing new.
     assert!(world.calls(50).is_empty());
     assert_eq!(world.contract().workflows.len(), 1);
@@ -1000,7 +1013,7 @@ fn discount_lowers_the_invoice_not_the_access_amount() {
     spec.prepaid_threshold = Some(config);
     // No balance at all: B = 0 <= $5 fires at creation.
     let applied = world.apply(Input::CreateContract(Box::new(spec))).unwrap();
-    assert_eq!(applied.effects.len(), 2);
+    assert_eq!(types(&applied.effects).len(), 2);
     let workflow = &world.contract().workflows[0];
     assert_eq!(workflow.access_amount, usd(5_000));
     assert_eq!(workflow.invoice_total, usd(4_500));
@@ -1460,7 +1473,9 @@ fn the_first_tick_of_a_later_contract_evaluates_its_threshold_for_the_customer()
         GateType::External,
     ));
     let created = world.apply(Input::create_contract(spec)).unwrap();
-    assert!(created.effects.is_empty(), "not in force yet");
+    assert!(types(&created.effects).is_empty(), "not in force yet");
+    let announced: Vec<&str> = notices(&created.effects).iter().map(|n| n.0).collect();
+    assert_eq!(announced, ["contract.create"]);
     world.at = starts;
     let effects = world.apply(Input::Tick).unwrap().effects;
     assert_eq!(
@@ -1999,4 +2014,308 @@ fn a_new_contract_and_its_first_event_leave_no_slack_in_the_states_lists() {
     for (name, len, capacity) in lists {
         assert_eq!((len, capacity), (1, 1), "{name}");
     }
+}
+
+/// A contract whose $50 commit recharges to $50 at $20 through a NONE gate (released at once),
+/// with `limits` as its rails.
+fn railed_world(limits: super::contract::RechargeLimits) -> World {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+    let mut config = fixtures::prepaid_threshold(2_000, 5_000, GateType::None);
+    config.limits = Some(limits);
+    spec.prepaid_threshold = Some(config);
+    world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+    world
+}
+
+fn limited(effects: &[Effect]) -> Vec<serde_json::Value> {
+    notices(effects)
+        .into_iter()
+        .filter(|(t, _)| *t == "payment_gate.recharge_limited")
+        .map(|(_, body)| body.clone())
+        .collect()
+}
+
+#[test]
+fn a_minimum_interval_holds_a_recharge_until_it_ends_and_announces_it_once() {
+    let mut world = railed_world(super::contract::RechargeLimits {
+        min_interval_minutes: Some(60),
+        ..Default::default()
+    });
+    // B falls to $20: the first recharge goes through (NONE gate: released at once).
+    world.calls(30);
+    assert_eq!(world.contract().workflows.len(), 1);
+    let first_start = world.contract().workflows[0].started_at;
+    assert_eq!(world.balance(), usd(5_000));
+    // Thirty calls later B is $20 again, within the hour: held back, announced once.
+    let effects = world.calls(30);
+    assert_eq!(world.contract().workflows.len(), 1, "held back");
+    let held = limited(&effects);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let properties = &held[0]["properties"];
+    assert_eq!(properties["limit"], "min_recharge_interval_minutes");
+    assert_eq!(properties["limit_value"], 60);
+    assert_eq!(properties["recharges_this_period"], 1);
+    let until = first_start.plus_ms(60 * 60_000);
+    assert_eq!(properties["held_until"], until.to_rfc3339());
+    assert_eq!(properties["customer_id"], CUSTOMER.to_string());
+    // More usage while held: no new recharge, no second notice; B goes on falling.
+    assert!(limited(&world.calls(5)).is_empty());
+    assert_eq!(world.balance(), usd(1_500));
+    assert_eq!(world.customer.next_wake(world.at), Some(until));
+    let hold = world.contract().prepaid_threshold.as_ref().unwrap().hold;
+    assert_eq!(hold.map(|h| h.until), Some(until));
+    // The interval ends: the tick at its end recharges to $50.
+    world.at = until.plus_ms(-1_000);
+    let applied = world.apply(Input::Tick).unwrap();
+    assert_eq!(world.contract().workflows.len(), 2, "{:?}", applied.effects);
+    assert_eq!(world.balance(), usd(5_000));
+    assert_eq!(
+        world.contract().prepaid_threshold.as_ref().unwrap().hold,
+        None
+    );
+}
+
+#[test]
+fn per_period_limits_hold_until_the_next_period_and_each_new_hold_is_announced() {
+    let mut world = railed_world(super::contract::RechargeLimits {
+        max_recharges_per_period: Some(2),
+        max_amount_per_period: Some(usd(5_000)),
+        ..Default::default()
+    });
+    world.calls(30);
+    assert_eq!(world.contract().workflows.len(), 1);
+    // The second recharge ($30) would bring the month to $60 > $50: held by the amount.
+    let effects = world.calls(30);
+    assert_eq!(world.contract().workflows.len(), 1);
+    let held = limited(&effects);
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0]["properties"]["limit"],
+        "max_recharge_amount_per_period"
+    );
+    assert_eq!(
+        held[0]["properties"]["recharged_amount_this_period"],
+        json_amount(3_000)
+    );
+    let next_month = Timestamp::parse_rfc3339("2025-02-01T00:00:00Z").unwrap();
+    assert_eq!(held[0]["properties"]["held_until"], next_month.to_rfc3339());
+    assert_eq!(world.customer.next_wake(world.at), Some(next_month));
+    // The next period: the hold lets go, the recharge goes through.
+    world.at = next_month;
+    world.apply(Input::Tick).unwrap();
+    assert_eq!(world.contract().workflows.len(), 2);
+    // Raising the amount rail lets one more through; then the count rail holds: a new notice
+    // with an id of its own.
+    world
+        .apply(Input::edit(ContractEdit {
+            edit_id: Id::from_u128(0xed17),
+            contract_id: CONTRACT,
+            update_prepaid_threshold: Some(ThresholdUpdate {
+                recharge_limits: Some(Some(super::contract::RechargeLimits {
+                    max_recharges_per_period: Some(2),
+                    max_amount_per_period: Some(usd(100_000)),
+                    ..Default::default()
+                })),
+                ..ThresholdUpdate::default()
+            }),
+            ..ContractEdit::default()
+        }))
+        .unwrap();
+    world.calls(30);
+    assert_eq!(world.contract().workflows.len(), 3);
+    let effects = world.calls(30);
+    assert_eq!(world.contract().workflows.len(), 3);
+    let second = limited(&effects);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0]["properties"]["limit"], "max_recharges_per_period");
+    assert_ne!(second[0]["id"], held[0]["id"]);
+    assert_eq!(
+        world.contract().prepaid_threshold.as_ref().unwrap().holds,
+        2
+    );
+}
+
+fn json_amount(cents: i64) -> serde_json::Value {
+    serde_json::json!(usd(cents))
+}
+
+#[test]
+fn a_recharge_commit_expires_after_its_duration_and_rails_are_validated() {
+    let mut world = railed_world(super::contract::RechargeLimits {
+        commit_duration_days: Some(7),
+        ..Default::default()
+    });
+    world.calls(30);
+    let workflow = world.contract().workflows[0].clone();
+    let commit = world.contract().commit(workflow.commit_id).unwrap();
+    let segment = &commit.segments[0];
+    assert_eq!(
+        segment.ending_before,
+        segment.starting_at.plus_ms(7 * MS_PER_DAY)
+    );
+    let prepaid = |limits: super::contract::RechargeLimits| {
+        let mut config = fixtures::prepaid_threshold(2_000, 5_000, GateType::None);
+        config.limits = Some(limits);
+        config
+    };
+    let cases = [
+        prepaid(super::contract::RechargeLimits {
+            max_recharges_per_period: Some(0),
+            ..Default::default()
+        }),
+        prepaid(super::contract::RechargeLimits {
+            min_interval_minutes: Some(super::contract::RECHARGE_INTERVAL_MAX_MINUTES + 1),
+            ..Default::default()
+        }),
+        prepaid(super::contract::RechargeLimits {
+            commit_duration_days: Some(0),
+            ..Default::default()
+        }),
+        // Below the smallest recharge ($50 - $20): no recharge could ever start.
+        prepaid(super::contract::RechargeLimits {
+            max_amount_per_period: Some(usd(2_999)),
+            ..Default::default()
+        }),
+        {
+            let mut spend = fixtures::spend_threshold(1_000, GateType::None);
+            spend.limits = Some(super::contract::RechargeLimits::default());
+            spend
+        },
+    ];
+    let credit_type = super::money::CreditType::usd_cents();
+    for config in cases {
+        let refused = config.validate(&credit_type, &Limits::default());
+        assert!(
+            matches!(refused, Err(Rejection::InvalidField { .. })),
+            "{config:?}: {refused:?}"
+        );
+    }
+    let smallest = prepaid(super::contract::RechargeLimits {
+        max_amount_per_period: Some(usd(3_000)),
+        ..Default::default()
+    });
+    assert_eq!(smallest.validate(&credit_type, &Limits::default()), Ok(()));
+}
+
+#[test]
+fn lifecycle_notices_announce_creation_segments_and_the_end_once_each() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    let mut credit = fixtures::credit(1_000, 1);
+    let starts = world.at.plus_ms(10 * MS_PER_DAY);
+    let ends = starts.plus_ms(5 * MS_PER_DAY);
+    credit.access_schedule = vec![(usd(1_000), starts, ends)];
+    spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+    spec.credits = vec![credit];
+    let created = world.apply(Input::create_contract(spec)).unwrap().effects;
+    let announced: Vec<&str> = notices(&created).iter().map(|n| n.0).collect();
+    assert_eq!(
+        announced,
+        [
+            "contract.create",
+            "commit.create",
+            "credit.create",
+            "commit.segment.start"
+        ]
+    );
+    let start = notices(&created)[3].1.clone();
+    assert_eq!(start["environment_type"], "PRODUCTION");
+    assert_eq!(start["contract_id"], CONTRACT.to_string());
+    assert_eq!(start["segment_index"], 0);
+    assert_eq!(start["segment_count"], 1);
+    assert!(start["customer_custom_fields"].is_object());
+    // The credit starts in ten days: that is when the customer is woken.
+    assert_eq!(world.customer.next_wake(world.at), Some(starts));
+    assert!(notices(&world.apply(Input::Tick).unwrap().effects).is_empty());
+    world.at = starts;
+    let started = world.apply(Input::Tick).unwrap().effects;
+    let announced: Vec<&str> = notices(&started).iter().map(|n| n.0).collect();
+    assert_eq!(announced, ["credit.segment.start"]);
+    // Usage meanwhile announces nothing more; the end is announced by the first input after it.
+    assert!(notices(&world.calls(3)).is_empty());
+    assert_eq!(world.customer.next_wake(world.at), Some(ends));
+    world.at = ends;
+    let ended = world.calls(1);
+    let announced: Vec<&str> = notices(&ended).iter().map(|n| n.0).collect();
+    assert_eq!(announced, ["credit.segment.end"]);
+    assert_eq!(notices(&ended)[0].1["timestamp"], ends.to_rfc3339());
+    // The contract ends early: the edit is announced, then at the end the contract and its
+    // open commit segment end; thresholds stop.
+    let end = world.at.plus_ms(MS_PER_DAY).floor_hour();
+    let edited = world
+        .apply(Input::edit(ContractEdit {
+            edit_id: Id::from_u128(0xe1d),
+            contract_id: CONTRACT,
+            update_ending_before: Some(Some(end)),
+            allow_ending_before_finalized_invoice: true,
+            ..ContractEdit::default()
+        }))
+        .unwrap()
+        .effects;
+    let announced: Vec<&str> = notices(&edited).iter().map(|n| n.0).collect();
+    assert_eq!(announced, ["contract.edit"]);
+    assert_eq!(world.contract().ending_before, Some(end));
+    assert_eq!(world.customer.next_wake(world.at), Some(end));
+    world.at = end;
+    let at_end = world.apply(Input::Tick).unwrap().effects;
+    let announced: Vec<&str> = notices(&at_end).iter().map(|n| n.0).collect();
+    assert_eq!(announced, ["commit.segment.end", "contract.end"]);
+    assert!(
+        notices(&world.apply(Input::Tick).unwrap().effects).is_empty(),
+        "once"
+    );
+    assert_eq!(world.customer.next_wake(world.at), None);
+}
+
+#[test]
+fn an_end_date_stops_thresholds_and_may_not_orphan_billed_usage() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.ending_before = None;
+    spec.spend_threshold = Some(fixtures::spend_threshold(1_000, GateType::External));
+    world.apply(Input::create_contract(spec)).unwrap();
+    world.calls(2);
+    let edit = |end: Option<Timestamp>, allow: bool| {
+        Input::edit(ContractEdit {
+            edit_id: Id::from_u128(0xe2d),
+            contract_id: CONTRACT,
+            update_ending_before: Some(end),
+            allow_ending_before_finalized_invoice: allow,
+            ..ContractEdit::default()
+        })
+    };
+    // Not before the start, and not before the period that billed the usage.
+    let refused = world.apply(edit(Some(T0), true));
+    assert!(
+        matches!(refused, Err(Rejection::InvalidField { .. })),
+        "{refused:?}"
+    );
+    let period_start = world.contract().periods[0].starting_at;
+    let refused = world.apply(edit(Some(period_start), true));
+    assert!(
+        matches!(refused, Err(Rejection::InvalidField { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(world.contract().ending_before, None, "refused whole");
+    // Mid-period: the draft period ends with the contract.
+    let end = world.at.plus_ms(MS_PER_DAY).floor_hour();
+    world.apply(edit(Some(end), true)).unwrap();
+    assert_eq!(world.contract().periods[0].ending_before, end);
+    // Open-ended again: the period ends with its month.
+    world.apply(edit(None, true)).unwrap();
+    assert_eq!(
+        world.contract().periods[0].ending_before,
+        period_start.next_month_start()
+    );
+    world.apply(edit(Some(end), true)).unwrap();
+    // After the end usage is not billed here and thresholds do not fire.
+    world.at = end;
+    world.apply(Input::Tick).unwrap();
+    let outstanding = world.outstanding();
+    let effects = world.calls(20);
+    assert!(types(&effects).is_empty(), "{effects:?}");
+    assert_eq!(world.outstanding(), outstanding);
+    assert!(world.contract().workflows.is_empty());
 }

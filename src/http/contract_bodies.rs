@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiResult};
 use super::request::{Amount, Choice, Choices, Exact, Refused, Time, Uuid, present};
 use crate::domain::contract::{
-    CommitKind, Discount, ThresholdCommit, ThresholdConfig, ThresholdKind,
+    CommitKind, Discount, RechargeLimits, ThresholdCommit, ThresholdConfig, ThresholdKind,
 };
 use crate::domain::customer::{CommitSpec, ThresholdUpdate};
 use crate::domain::gate::{GateType, PaymentGateConfig, StripeConfig, StripePaymentType, TaxType};
@@ -259,6 +259,43 @@ pub struct ThresholdConfigBody {
     pub threshold_balance_specifiers: Refused,
     #[serde(default)]
     pub custom_credit_type_id: Refused,
+    /// Tollgate's recharge safety rails (prepaid balance only; not in Metronome's shape).
+    #[serde(default)]
+    pub recharge_limits: Option<RechargeLimitsBody>,
+}
+
+/// `recharge_limits`: Tollgate's extension of a prepaid balance threshold configuration. Every
+/// limit is optional; a recharge a limit does not allow is held back whole (one
+/// `payment_gate.recharge_limited` webhook when a limit starts holding) and evaluated again
+/// when the limit lets go.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RechargeLimitsBody {
+    /// At most this many recharges start in one billing period (calendar month, UTC), failed
+    /// ones included.
+    #[serde(default)]
+    pub max_recharges_per_period: Option<u32>,
+    /// At most this much is recharged (access amount, before discount) in one billing period,
+    /// failed recharges not counted.
+    #[serde(default)]
+    pub max_recharge_amount_per_period: Option<Amount>,
+    /// At least this many minutes between the starts of two recharges.
+    #[serde(default)]
+    pub min_recharge_interval_minutes: Option<u32>,
+    /// Each recharge's commit is usable for this many days from its start (else to the
+    /// contract's end).
+    #[serde(default)]
+    pub recharge_commit_duration_days: Option<u32>,
+}
+
+impl RechargeLimitsBody {
+    pub fn into_domain(self) -> RechargeLimits {
+        RechargeLimits {
+            max_recharges_per_period: self.max_recharges_per_period,
+            max_amount_per_period: self.max_recharge_amount_per_period.map(|a| a.0),
+            min_interval_minutes: self.min_recharge_interval_minutes,
+            commit_duration_days: self.recharge_commit_duration_days,
+        }
+    }
 }
 
 fn ids(ids: Option<Vec<Uuid>>) -> Vec<crate::domain::Id> {
@@ -298,6 +335,9 @@ impl ThresholdConfigBody {
             recharge_to_amount,
             discount,
             triggers: 0,
+            limits: self.recharge_limits.map(RechargeLimitsBody::into_domain),
+            hold: None,
+            holds: 0,
         })
     }
 }
@@ -344,6 +384,9 @@ pub struct ThresholdUpdateBody {
     pub threshold_balance_specifiers: Refused,
     #[serde(default)]
     pub custom_credit_type_id: Refused,
+    /// Replaces the recharge safety rails; `null` removes them.
+    #[serde(default, deserialize_with = "present")]
+    pub recharge_limits: Option<Option<RechargeLimitsBody>>,
 }
 
 impl ThresholdUpdateBody {
@@ -356,6 +399,9 @@ impl ThresholdUpdateBody {
                 .transpose()?,
             threshold_amount: self.threshold_amount.map(|a| a.0),
             recharge_to_amount: self.recharge_to_amount.map(|a| a.0),
+            recharge_limits: self
+                .recharge_limits
+                .map(|limits| limits.map(RechargeLimitsBody::into_domain)),
             ..ThresholdUpdate::default()
         };
         if let Some(configuration) = self.discount_configuration {
@@ -698,14 +744,33 @@ pub struct EditContractBody {
     pub add_professional_services: Refused,
     #[serde(default)]
     pub add_reseller_royalties: Refused,
+    /// The contract's new end (exclusive); `null` makes it open-ended.
+    #[serde(default, deserialize_with = "present")]
+    pub update_contract_end_date: Option<Option<Time>>,
+    /// Whether the new end may fall before the end of a finalized usage invoice (default true;
+    /// the invoice stays as it is).
     #[serde(default)]
-    pub update_contract_end_date: Refused,
+    pub allow_contract_ending_before_finalized_invoice: Option<bool>,
     #[serde(default)]
     pub update_scheduled_charges: Refused,
     #[serde(default)]
     pub archive_scheduled_charges: Refused,
     #[serde(default)]
     pub add_usage_filters: Refused,
+}
+
+/// `POST /v1/contracts/updateEndDate`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateEndDateBody {
+    pub customer_id: Uuid,
+    pub contract_id: Uuid,
+    /// The new end (exclusive); absent makes the contract open-ended.
+    #[serde(default)]
+    pub ending_before: Option<Time>,
+    /// Whether the new end may fall before the end of a finalized usage invoice (default true;
+    /// the invoice stays as it is).
+    #[serde(default)]
+    pub allow_ending_before_finalized_invoice: Option<bool>,
 }
 
 /// `POST /v1/contracts/commits/threshold-billing/release`.

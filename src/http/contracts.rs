@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::AppState;
 use super::contract_bodies::{
     CommitRole, CreateContractBody, EditContractBody, GetContractBody, ListContractsBody,
-    ReleaseBody, ThresholdConfigBody, ThresholdUpdateBody, commit_specs,
+    ReleaseBody, ThresholdConfigBody, ThresholdUpdateBody, UpdateEndDateBody, commit_specs,
 };
 use super::error::{ApiError, ApiResult};
 use super::render;
@@ -76,6 +76,15 @@ pub fn routes(routes: &mut Routes<'_>) {
         )
         .body::<EditContractBody>()
         .answers::<Data<EditView>>();
+    routes
+        .post(
+            "/v1/contracts/updateEndDate",
+            "updateContractEndDate",
+            "Set or clear a contract's end date (thresholds stop and segments end with it)",
+            update_end_date,
+        )
+        .body::<UpdateEndDateBody>()
+        .answers::<Data<IdView>>();
     routes
         .post(
             "/v1/contracts/commits/threshold-billing/release",
@@ -389,6 +398,10 @@ async fn edit(
             request.update_prepaid_balance_threshold_configuration,
             "update_prepaid_balance_threshold_configuration",
         )?,
+        update_ending_before: request.update_contract_end_date.map(|end| end.map(|t| t.0)),
+        allow_ending_before_finalized_invoice: request
+            .allow_contract_ending_before_finalized_invoice
+            .unwrap_or(true),
     };
     let updated_gates: Vec<ThresholdConfig> =
         [&edit.update_spend_threshold, &edit.update_prepaid_threshold]
@@ -411,6 +424,9 @@ async fn edit(
                 recharge_to_amount: None,
                 discount: None,
                 triggers: 0,
+                limits: None,
+                hold: None,
+                holds: 0,
             })
             .collect();
     let mut thresholds = vec![
@@ -435,6 +451,30 @@ async fn edit(
             add_commits: ids(commits),
             add_credits: ids(credits),
         },
+    }))
+}
+
+/// `POST /v1/contracts/updateEndDate`: an edit of the end date alone (it goes through the log
+/// as a contract edit, so it sends `contract.edit`, and `contract.end` once the end is reached).
+async fn update_end_date(
+    state: web::Data<AppState>,
+    http: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let request: UpdateEndDateBody = request::read(&body)?;
+    let customer = customer_of(&state, request.customer_id)?;
+    let edit = ContractEdit {
+        edit_id: edge_id(&http, &body, "edit"),
+        contract_id: request.contract_id.0,
+        update_ending_before: Some(request.ending_before.map(|t| t.0)),
+        allow_ending_before_finalized_invoice: request
+            .allow_ending_before_finalized_invoice
+            .unwrap_or(true),
+        ..ContractEdit::default()
+    };
+    state.engine.apply(customer, Input::edit(edit)).await?;
+    Ok(wire::data(IdView {
+        id: request.contract_id.0.to_string(),
     }))
 }
 

@@ -315,6 +315,13 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         "# HELP tollgate_workflows_action_required_total Entries of STRIPE workflows into ACTION_REQUIRED (this process).\n# TYPE tollgate_workflows_action_required_total counter\ntollgate_workflows_action_required_total {}",
         g(&m.workflows_action_required)
     );
+    metric(
+        &mut out,
+        "tollgate_recharges_limited_total",
+        "counter",
+        "Times a recharge safety rail started holding a prepaid balance recharge back (this process).",
+        g(&m.recharges_limited),
+    );
     histograms(&mut out, &state);
     if let Some(counts) = gauges.as_ref().map(|g| &g.counts) {
         let _ = writeln!(

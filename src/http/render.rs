@@ -8,9 +8,9 @@ use super::views::{
     AccessScheduleView, CommitView, ContractTermsView, ContractV1View, ContractV2View,
     CreditTypeView, CustomerConfigView, CustomerView, DiscountView, ExternalInvoiceView,
     GateWorkflowRef, HasMoreView, IdRef, InvoiceItemView, InvoiceScheduleView, InvoiceView,
-    LedgerEntryView, LineItemView, PaymentGateView, PrecalculatedTaxView, ProductRef, SegmentView,
-    StateChangeView, StripeConfigView, ThresholdCommitView, ThresholdView,
-    UsageStatementScheduleView, WorkflowView,
+    LedgerEntryView, LineItemView, PaymentGateView, PrecalculatedTaxView, ProductRef,
+    RechargeHoldView, RechargeLimitsView, SegmentView, StateChangeView, StripeConfigView,
+    ThresholdCommitView, ThresholdView, UsageStatementScheduleView, WorkflowView,
 };
 use super::wire::time;
 use crate::domain::Catalog;
@@ -119,6 +119,17 @@ pub fn threshold(config: &ThresholdConfig) -> ThresholdView {
         recharge_to_amount: config.recharge_to_amount,
         discount_configuration: config.discount.as_ref().map(|d| DiscountView {
             payment_fraction: Money::from_decimal(d.payment_fraction),
+        }),
+        recharge_limits: config.limits.as_ref().map(|l| RechargeLimitsView {
+            max_recharges_per_period: l.max_recharges_per_period,
+            max_recharge_amount_per_period: l.max_amount_per_period,
+            min_recharge_interval_minutes: l.min_interval_minutes,
+            recharge_commit_duration_days: l.commit_duration_days,
+        }),
+        recharge_hold: config.hold.map(|h| RechargeHoldView {
+            limit: h.rail.as_str(),
+            since: h.since.to_rfc3339(),
+            until: h.until.to_rfc3339(),
         }),
     }
 }

@@ -132,6 +132,38 @@ pub struct ThresholdView {
     pub recharge_to_amount: Option<Money>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discount_configuration: Option<DiscountView>,
+    /// Tollgate's recharge safety rails, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recharge_limits: Option<RechargeLimitsView>,
+    /// Tollgate's: the rail holding the next recharge back, while one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recharge_hold: Option<RechargeHoldView>,
+}
+
+/// `recharge_limits` as configured (absent limits are left out).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RechargeLimitsView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_recharges_per_period: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Amount>)]
+    pub max_recharge_amount_per_period: Option<Money>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_recharge_interval_minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recharge_commit_duration_days: Option<u32>,
+}
+
+/// A recharge held back by a rail.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RechargeHoldView {
+    /// The rail's field name in `recharge_limits`.
+    pub limit: &'static str,
+    #[schema(value_type = Time)]
+    pub since: String,
+    /// When it is evaluated again.
+    #[schema(value_type = Time)]
+    pub until: String,
 }
 
 /// Tollgate's field on a commit or purchase invoice with a payment-gate workflow.

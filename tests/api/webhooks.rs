@@ -6,12 +6,14 @@ use tollgate::domain::fixtures;
 use super::contracts::customer_with_gated_commit;
 use super::{TestApp, spawn_app_with_config};
 
-/// An app whose webhooks are retried every ~50 ms and given up on after `give_up_ms`.
+/// An app whose webhooks are retried every ~50 ms and given up on after `give_up_ms`. Its
+/// receiver takes the payment-gate types only (lifecycle notices would add to the counts).
 async fn app(give_up_ms: i64) -> TestApp {
     let app = spawn_app_with_config(None, |config| {
         config.webhooks.first_retry_ms = 50;
         config.webhooks.max_interval_ms = 100;
         config.webhooks.give_up_after_ms = give_up_ms;
+        config.settings.webhook_routes[0].event_types = Some(vec!["payment_gate.*".into()]);
     })
     .await;
     for change in fixtures::catalog_changes() {

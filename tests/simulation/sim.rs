@@ -487,7 +487,7 @@ fn engine_config(rng: &mut StdRng, data_dir: &std::path::Path) -> EngineConfig {
         settings: EngineSettings {
             partitions: rng.random_range(1..=3),
             limits: Limits::default(),
-            webhook_urls: vec![WEBHOOK_URL.into()],
+            webhook_routes: vec![tollgate::actors::shared::WebhookRoute::all(WEBHOOK_URL)],
             mailbox_capacity: 64,
             pending_inputs_max: 100_000,
             apply_lag_max_ms: 60_000,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use tollgate::actors::EngineSettings;
 use tollgate::actors::engine::EngineConfig;
+use tollgate::actors::shared::WebhookRoute;
 use tollgate::actors::webhook::{Destination, WebhookSettings, sign};
 use tollgate::domain::Limits;
 use tollgate::storage::Durability;
@@ -107,7 +108,7 @@ pub fn engine_config(dir: &std::path::Path, webhook_url: Option<&str>) -> Engine
         settings: EngineSettings {
             partitions: 2,
             limits: Limits::default(),
-            webhook_urls: webhook_url.iter().map(|u| u.to_string()).collect(),
+            webhook_routes: webhook_url.iter().map(|u| WebhookRoute::all(u)).collect(),
             mailbox_capacity: 1024,
             pending_inputs_max: 100_000,
             apply_lag_max_ms: 60_000,

@@ -8,6 +8,7 @@
 
 use rust_decimal::Decimal;
 
+use super::lifecycle::contract_notice;
 use super::usage::cover_outstanding;
 use super::workflows::{begin_gate, id_of_workflow, start_manual_workflow};
 use super::{
@@ -17,11 +18,12 @@ use super::{
 use crate::domain::bounds;
 use crate::domain::catalog::ProductKind;
 use crate::domain::contract::{
-    Commit, CommitKind, Contract, ContractCaches, InvoiceScheduleItem, InvoiceStatus,
+    Commit, CommitKind, Contract, ContractCaches, InvoiceScheduleItem, InvoiceStatus, Lifecycle,
     PurchaseInvoice, Release, Segment, ThresholdConfig, ThresholdKind,
 };
+use crate::domain::effects::NoticeType;
 use crate::domain::gate::GateType;
-use crate::domain::ids::Id;
+use crate::domain::ids::{Id, Timestamp};
 use crate::domain::money::{CreditType, Money};
 use crate::domain::rejection::Rejection;
 
@@ -84,6 +86,9 @@ impl Customer {
             add_ungated_commit(&mut contract, id, commit, ctx)?;
         }
         contract.rebuild_caches();
+        let customer = (customer_id, profile.custom_fields.as_slice());
+        let notice = contract_notice(&contract, NoticeType::ContractCreate, 0, customer, ctx.at);
+        applied.effects.push(notice);
         crate::domain::push_first_exact(&mut self.contracts, contract);
         let ci = self.contracts.len() - 1;
         // Thresholds evaluate at once on creation.
@@ -120,6 +125,9 @@ impl Customer {
             }
         }
         let next_configs = next_thresholds(contract, edit, ctx, profile)?;
+        if let Some(end) = edit.update_ending_before {
+            check_new_end(contract, end, edit.allow_ending_before_finalized_invoice)?;
+        }
         let additions: Vec<&CommitSpec> =
             edit.add_commits.iter().chain(&edit.add_credits).collect();
         for (i, commit) in edit.add_commits.iter().enumerate() {
@@ -135,14 +143,36 @@ impl Customer {
             validate_commit(credit, &format!("add_credits[{i}]"), ctx, profile)?;
         }
         // Checked: apply the edit.
+        let customer = (customer_id, profile.custom_fields.clone());
         let contract = &mut self.contracts[ci];
         let [spend, prepaid] = next_configs;
         contract.spend_threshold = spend;
         contract.prepaid_threshold = prepaid;
+        if edit.add_prepaid_threshold.is_some() || edit.update_prepaid_threshold.is_some() {
+            // Its rails may have changed: a held recharge is checked again now.
+            if let Some(hold) = contract
+                .prepaid_threshold
+                .as_mut()
+                .and_then(|c| c.hold.as_mut())
+            {
+                hold.until = hold.until.min(ctx.at);
+            }
+        }
+        if let Some(end) = edit.update_ending_before {
+            set_end(contract, end);
+        }
         contract.edits += 1;
         if let Some(key) = &edit.uniqueness_key {
             contract.edit_keys.push(key.clone());
         }
+        let notice = contract_notice(
+            contract,
+            NoticeType::ContractEdit,
+            contract.edits,
+            (customer.0, &customer.1),
+            ctx.at,
+        );
+        applied.effects.push(notice);
         self.add_commits(ci, customer_id, edit.edit_id, additions, ctx, applied)?;
         // Every configuration edit forces an evaluation (and is_enabled -> true in particular).
         self.evaluate(ci, customer_id, ctx, applied)
@@ -197,6 +227,61 @@ impl Customer {
     }
 }
 
+/// Whether the contract may end at `end` (`None`: never): after it starts, not before usage
+/// already billed on a later period (that usage would belong to no contract), and, unless
+/// allowed, not inside or before a finalized usage invoice's period.
+fn check_new_end(
+    contract: &Contract,
+    end: Option<Timestamp>,
+    allow_before_finalized: bool,
+) -> Result<(), Rejection> {
+    let Some(end) = end else {
+        return Ok(());
+    };
+    if end <= contract.starting_at {
+        return Err(Rejection::invalid(
+            "ending_before",
+            "must be after the contract's starting_at",
+        ));
+    }
+    if let Some(period) = contract.periods.iter().find(|p| p.starting_at >= end) {
+        return Err(Rejection::invalid(
+            "ending_before",
+            &format!(
+                "usage is already billed on the period starting {}, at or after the new end",
+                period.starting_at.to_rfc3339()
+            ),
+        ));
+    }
+    let finalized = contract
+        .periods
+        .iter()
+        .any(|p| p.status == InvoiceStatus::Finalized && p.ending_before > end);
+    if finalized && !allow_before_finalized {
+        return Err(Rejection::invalid(
+            "ending_before",
+            "falls inside a finalized usage invoice's period and allow_ending_before_finalized_invoice is false",
+        ));
+    }
+    Ok(())
+}
+
+/// Moves the contract's end (checked by [`check_new_end`]): each draft usage period ends at
+/// its month's end or the new contract end, whichever is first; finalized invoices stay as
+/// they are. Thresholds stop evaluating at the end ([`Contract::covers`]) and the lifecycle
+/// pass ends the segments still open and sends `contract.end` when it is reached.
+fn set_end(contract: &mut Contract, end: Option<Timestamp>) {
+    contract.ending_before = end;
+    let contract_end = contract.end_or_forever();
+    for period in &mut contract.periods {
+        if period.status == InvoiceStatus::Draft {
+            period.ending_before = period.starting_at.next_month_start().min(contract_end);
+        }
+    }
+    contract.periods_changed();
+    contract.rebuild_caches();
+}
+
 /// An empty contract as `spec` describes it, with its thresholds not triggered yet; its commits
 /// are added after.
 fn new_contract(
@@ -218,17 +303,12 @@ fn new_contract(
         commits: Vec::new(),
         periods: Vec::new(),
         purchases: Vec::new(),
-        spend_threshold: spec.spend_threshold.clone().map(|mut c| {
-            c.triggers = 0;
-            c
-        }),
-        prepaid_threshold: spec.prepaid_threshold.clone().map(|mut c| {
-            c.triggers = 0;
-            c
-        }),
+        spend_threshold: spec.spend_threshold.clone().map(ThresholdConfig::fresh),
+        prepaid_threshold: spec.prepaid_threshold.clone().map(ThresholdConfig::fresh),
         workflows: Vec::new(),
         edit_keys: Vec::new(),
         edits: 0,
+        lifecycle: Some(Lifecycle::default()),
         draw_order: Vec::new(),
         caches: ContractCaches::default(),
     }
@@ -262,9 +342,8 @@ fn next_thresholds(
             if slot.is_some() {
                 return Err(Rejection::ThresholdConfigExists(kind.label()));
             }
-            let mut config = add.clone();
+            let mut config = add.clone().fresh();
             config.kind = kind;
-            config.triggers = 0;
             validate_threshold(&config, &contract.credit_type, ctx, profile)?;
             *slot = Some(config);
         }
@@ -315,6 +394,9 @@ impl ThresholdUpdate {
         }
         if let Some(v) = &self.commit_applicable_product_tags {
             next.commit.applicable_product_tags = v.clone();
+        }
+        if let Some(v) = &self.recharge_limits {
+            next.limits = v.clone();
         }
         next
     }

@@ -38,6 +38,8 @@ use charges::expire_overdue_actions;
 
 mod charges;
 mod contracts;
+pub mod legacy;
+mod lifecycle;
 mod usage;
 mod workflows;
 
@@ -120,6 +122,8 @@ pub struct ThresholdUpdate {
     pub commit_priority: Option<Option<Decimal>>,
     pub commit_applicable_product_ids: Option<Vec<Id>>,
     pub commit_applicable_product_tags: Option<Vec<String>>,
+    /// `Some(None)` removes the rails.
+    pub recharge_limits: Option<Option<super::contract::RechargeLimits>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,12 @@ pub struct ContractEdit {
     pub update_spend_threshold: Option<ThresholdUpdate>,
     pub add_prepaid_threshold: Option<ThresholdConfig>,
     pub update_prepaid_threshold: Option<ThresholdUpdate>,
+    /// A new end (`Some(None)`: open-ended), from `/v1/contracts/updateEndDate` or the v2
+    /// edit's `update_contract_end_date`.
+    pub update_ending_before: Option<Option<Timestamp>>,
+    /// Whether the new end may fall inside or before a finalized usage invoice's period
+    /// (Metronome's `allow_ending_before_finalized_invoice`; the invoice is left as it is).
+    pub allow_ending_before_finalized_invoice: bool,
 }
 
 /// Every input that changes a customer.
@@ -144,8 +154,12 @@ pub enum Input {
     SetStripeBilling(StripeBilling),
     ArchiveCustomer,
     RecordUsage(UsageEvent),
-    CreateContract(Box<ContractSpec>),
-    EditContract(Box<ContractEdit>),
+    /// A contract to create, as log versions 2 to 5 recorded it (applied as
+    /// [`Input::CreateContract`]).
+    CreateContractV1(Box<legacy::ContractSpecV1>),
+    /// A contract edit, as log versions 2 to 5 recorded it (applied as
+    /// [`Input::EditContract`]).
+    EditContractV1(Box<legacy::ContractEditV1>),
     PaymentOutcome(PaymentOutcome),
     VoidInvoice {
         invoice_id: Id,
@@ -162,6 +176,10 @@ pub enum Input {
         workflow_id: Id,
         reason: String,
     },
+    /// Create a contract (log version 6: threshold configurations with recharge rails).
+    CreateContract(Box<ContractSpec>),
+    /// Edit a contract (log version 6: rails, end dates).
+    EditContract(Box<ContractEdit>),
 }
 
 /// An operator's decision on one quarantined input, with the input it decides on as the
@@ -230,7 +248,7 @@ pub struct Customer {
 #[derive(Deserialize)]
 pub struct CustomerV3 {
     pub profile: Option<CustomerProfile>,
-    pub contracts: Vec<Contract>,
+    pub contracts: Vec<legacy::ContractV4>,
 }
 
 impl From<CustomerV3> for Customer {
@@ -256,7 +274,7 @@ impl From<CustomerV3> for Customer {
         history.sort_by_key(|c| c.at);
         Customer {
             profile: old.profile,
-            contracts: old.contracts,
+            contracts: old.contracts.into_iter().map(Into::into).collect(),
             workflow_history: history,
         }
     }
@@ -411,6 +429,14 @@ impl Customer {
             Input::RecordUsage(event) => self.record_usage(event, ctx, &mut applied)?,
             Input::CreateContract(spec) => self.create_contract(spec, ctx, &mut applied)?,
             Input::EditContract(edit) => self.edit_contract(edit, ctx, &mut applied)?,
+            Input::CreateContractV1(spec) => {
+                let spec = ContractSpec::from((**spec).clone());
+                self.create_contract(&spec, ctx, &mut applied)?;
+            }
+            Input::EditContractV1(edit) => {
+                let edit = ContractEdit::from((**edit).clone());
+                self.edit_contract(&edit, ctx, &mut applied)?;
+            }
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
             Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
             Input::Tick => self.tick(ctx, &mut applied)?,
@@ -424,10 +450,47 @@ impl Customer {
                 ));
             }
         }
+        // Usage looks only at contracts whose next notice is due, unless it moved a workflow.
+        let every = !matches!(input, Input::RecordUsage(_)) || !applied.transitions.is_empty();
+        self.advance_lifecycles(every, ctx, &mut applied);
         self.workflow_history
             .extend(applied.transitions.iter().cloned());
         self.debug_check_invariants();
         Ok(applied)
+    }
+
+    /// The next instant after `after` at which time alone changes something for this customer,
+    /// so the engine can tick it then rather than at its next hourly tick: a lifecycle notice
+    /// falling due (a segment's start or end, the contract's end), a recharge held by a rail
+    /// being evaluated again, a contract starting, an ACTION_REQUIRED deadline. `None` when
+    /// nothing is scheduled.
+    pub fn next_wake(&self, after: Timestamp) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut consider = |at: Timestamp| {
+            if after < at && at < Timestamp::END_OF_TIME {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        };
+        for contract in &self.contracts {
+            if let Some(due) = contract.caches.lifecycle_due {
+                consider(due);
+            }
+            consider(contract.starting_at);
+            if let Some(end) = contract.ending_before {
+                consider(end);
+            }
+            if let Some(config) = &contract.prepaid_threshold {
+                if let Some(hold) = config.hold.filter(|_| config.is_enabled) {
+                    consider(hold.until);
+                }
+            }
+            for workflow in contract.workflows.iter().filter(|w| !w.state.is_terminal()) {
+                if let Some(deadline) = workflow.charge.action_deadline {
+                    consider(deadline);
+                }
+            }
+        }
+        next
     }
 
     fn profile_mut(&mut self) -> Result<&mut CustomerProfile, Rejection> {

@@ -253,7 +253,7 @@ fn product_tags(catalog: &Catalog, product: Id) -> &[String] {
 /// Needed once per period: an event finds the period it belongs to among those already open.
 #[cold]
 #[inline(never)]
-fn period_bounds(contract: &Contract, at: Timestamp) -> (Timestamp, Timestamp) {
+pub(super) fn period_bounds(contract: &Contract, at: Timestamp) -> (Timestamp, Timestamp) {
     let start = at.month_start().max(contract.starting_at);
     let end = at.next_month_start().min(contract.end_or_forever());
     (start, end)

@@ -9,6 +9,7 @@
 //! this module must not start a second workflow of a kind while one is in flight.
 
 use rust_decimal::Decimal;
+use serde_json::json;
 
 use super::charges::{Progress, action_required, charge_progress, note_object, payment_request};
 use super::contracts::build_commit;
@@ -17,15 +18,17 @@ use super::{
     Applied, CommitSpec, Ctx, Customer, DEFAULT_PRIORITY, StripeBilling, commit_name, webhook,
 };
 use crate::domain::contract::{
-    Commit, CommitKind, Contract, InvoiceScheduleItem, InvoiceStatus, PurchaseInvoice, Release,
-    Segment, ThresholdCommit, ThresholdKind,
+    Commit, CommitKind, Contract, InvoiceScheduleItem, InvoiceStatus, PurchaseInvoice,
+    RechargeHold, RechargeRail, Release, Segment, ThresholdCommit, ThresholdKind,
 };
-use crate::domain::effects::{Effect, PaymentAction, PaymentStatus, WebhookType};
+use crate::domain::effects::{
+    Effect, Notice, NoticeType, PaymentAction, PaymentStatus, WebhookType,
+};
 use crate::domain::gate::{
     ChargeRecord, GateType, OutcomeSource, PaymentGateConfig, PaymentOutcome, PaymentResult,
     ProviderError, Workflow, WorkflowKind, WorkflowState,
 };
-use crate::domain::ids::{Id, Timestamp};
+use crate::domain::ids::{Id, MS_PER_DAY, Timestamp};
 use crate::domain::money::Money;
 use crate::domain::rejection::Rejection;
 
@@ -72,12 +75,19 @@ impl Customer {
                     ThresholdKind::PrepaidBalance => {
                         let balance = contract.balance_tracked(ctx.at)?;
                         if balance > threshold_amount {
+                            // Nothing to recharge: a rail holds nothing back.
+                            if let Some(config) = contract.prepaid_threshold.as_mut() {
+                                config.hold = None;
+                            }
                             break;
                         }
                         let recharge_to = recharge_to_amount
                             .ok_or(Rejection::MissingField("recharge_to_amount"))?;
                         let access = recharge_to.checked_sub(balance)?;
                         if !access.is_positive() {
+                            break;
+                        }
+                        if held_back(contract, customer_id, (balance, access), ctx, applied)? {
                             break;
                         }
                         access
@@ -226,6 +236,114 @@ impl Customer {
     }
 }
 
+/// Whether a recharge safety rail holds back the recharge of `access` that B = `balance` asks
+/// for. A hold that has not expired holds without looking again (constant time on every event
+/// while it lasts); an expired one is checked again, and a rail that starts holding sends one
+/// `payment_gate.recharge_limited` notice (a rail that goes on holding sends none).
+fn held_back(
+    contract: &mut Contract,
+    customer_id: Id,
+    (balance, access): (Money, Money),
+    ctx: &Ctx<'_>,
+    applied: &mut Applied,
+) -> Result<bool, Rejection> {
+    let Some(config) = contract.prepaid_threshold.as_ref() else {
+        return Ok(false);
+    };
+    let Some(limits) = config.limits.clone() else {
+        return Ok(false);
+    };
+    if config.hold.is_some_and(|h| ctx.at < h.until) {
+        return Ok(true);
+    }
+    let (period_start, period_end) = super::usage::period_bounds(contract, ctx.at);
+    let (mut count, mut amount, mut last_start) = (0u64, Money::ZERO, None);
+    for workflow in contract
+        .workflows
+        .iter()
+        .filter(|w| w.kind == WorkflowKind::PrepaidBalance)
+    {
+        last_start = last_start.max(Some(workflow.started_at));
+        if period_start <= workflow.started_at && workflow.started_at < period_end {
+            count += 1;
+            if workflow.state != WorkflowState::Failed {
+                amount = amount.checked_add(workflow.access_amount)?;
+            }
+        }
+    }
+    // Every rail that holds, and until when; the one holding longest is reported.
+    let mut holding: Vec<(RechargeRail, Timestamp)> = Vec::new();
+    if limits
+        .max_recharges_per_period
+        .is_some_and(|max| count >= u64::from(max))
+    {
+        holding.push((RechargeRail::MaxRecharges, period_end));
+    }
+    if let Some(max) = limits.max_amount_per_period {
+        if amount.checked_add(access)? > max {
+            holding.push((RechargeRail::MaxAmount, period_end));
+        }
+    }
+    if let (Some(minutes), Some(last)) = (limits.min_interval_minutes, last_start) {
+        let until = last.plus_ms(i64::from(minutes) * 60_000);
+        if ctx.at < until {
+            holding.push((RechargeRail::MinInterval, until));
+        }
+    }
+    let config = contract.prepaid_threshold.as_mut().expect("checked above");
+    let Some(&(rail, until)) = holding.iter().max_by_key(|(_, until)| *until) else {
+        config.hold = None;
+        return Ok(false);
+    };
+    let starts = config.hold.is_none_or(|h| h.rail != rail);
+    let since = match config.hold {
+        Some(h) if !starts => h.since,
+        _ => ctx.at,
+    };
+    config.hold = Some(RechargeHold { rail, since, until });
+    if starts {
+        config.holds += 1;
+        let id = Id::derive(
+            contract.id,
+            NoticeType::RechargeLimited.as_str(),
+            config.holds,
+        );
+        let mut properties = serde_json::Map::new();
+        let limit_value = match rail {
+            RechargeRail::MaxRecharges => json!(limits.max_recharges_per_period),
+            RechargeRail::MaxAmount => json!(limits.max_amount_per_period),
+            RechargeRail::MinInterval => json!(limits.min_interval_minutes),
+        };
+        for (key, value) in [
+            (
+                "workflow_type",
+                json!(WorkflowKind::PrepaidBalance.as_str()),
+            ),
+            ("customer_id", json!(customer_id.to_string())),
+            ("contract_id", json!(contract.id.to_string())),
+            ("limit", json!(rail.as_str())),
+            ("limit_value", limit_value),
+            ("balance", json!(balance)),
+            ("threshold_amount", json!(config.threshold_amount)),
+            ("recharge_amount", json!(access)),
+            ("recharges_this_period", json!(count)),
+            ("recharged_amount_this_period", json!(amount)),
+            ("held_until", json!(until.to_rfc3339())),
+            ("timestamp", json!(ctx.at.to_rfc3339())),
+        ] {
+            properties.insert(key.into(), value);
+        }
+        applied.effects.push(Effect::Notice(Notice::with_properties(
+            id,
+            NoticeType::RechargeLimited,
+            customer_id,
+            contract.id,
+            properties,
+        )));
+    }
+    Ok(true)
+}
+
 /// The id of the workflow gating a manually added commit.
 pub(super) fn id_of_workflow(commit_id: Id) -> Id {
     Id::derive(commit_id, WorkflowKind::ManualCommit.as_str(), 0)
@@ -335,11 +453,19 @@ fn start_threshold_workflow(
     let tax = config.gate.tax();
     let total = subtotal.checked_add(tax)?;
     let starting_at = threshold_commit_start(contract, kind, ctx);
+    // A rail may make each recharge's commit expire; never after the contract ends.
+    let duration_days = config.limits.as_ref().and_then(|l| l.commit_duration_days);
+    let ending_before = match duration_days {
+        Some(days) => starting_at
+            .plus_ms(i64::from(days) * MS_PER_DAY)
+            .min(contract.end_or_forever()),
+        None => contract.end_or_forever(),
+    };
     let commit = commit_for_threshold(
         &config.commit,
         (workflow_id, commit_id, invoice_id),
         (access, subtotal),
-        (starting_at, contract.end_or_forever()),
+        (starting_at, ending_before),
         kind,
         ctx,
     );
