@@ -1497,3 +1497,64 @@ async fn workflow_counters_add_up_for_every_gate_across_a_restart() {
     let after = check(&scrape(server.base.clone()).await);
     assert_eq!(after, before, "rebuilt from the stored state");
 }
+
+/// An alarm survives `kill -9`: a contract whose end is set a few seconds ahead, checkpointed
+/// (so replay does not re-create the alarm), killed and restarted, sends `contract.end` within a
+/// second of its end, from the alarm kept in `meta`, not at the next hourly tick; and once.
+#[actix_rt::test]
+async fn a_contract_end_set_before_kill_9_is_announced_at_its_time_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // Checkpoints every 100 ms, no eviction during the test.
+    let config = write_config_with(dir.path(), &receiver.url, 100, 600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, contract) = setup(&client, &server.base).await;
+    let end_ms = now_ms() + 4_000;
+    let end = tollgate::domain::Timestamp(end_ms).to_rfc3339();
+    let (status, answer) = post(
+        &client,
+        &server.base,
+        "/v1/contracts/updateEndDate",
+        &json!({"customer_id": customer, "contract_id": contract, "ending_before": end}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"]["id"], json!(contract));
+    // Past a few checkpoints: the edit is covered, replay will not see it again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(receiver.of_type("contract.end").is_empty());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.of_type("contract.end").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no contract.end after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived_ms = now_ms();
+    assert!(
+        arrived_ms < end_ms + 3_000,
+        "announced {} ms after the end",
+        arrived_ms - end_ms
+    );
+    let ended = receiver.of_type("contract.end");
+    assert!(ended[0].signature_valid);
+    assert_eq!(ended[0].body["contract_id"], json!(contract));
+    assert_eq!(ended[0].body["customer_id"], json!(customer));
+    assert_eq!(ended[0].body["timestamp"], json!(end));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = receiver
+        .of_type("contract.end")
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "announced once");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

@@ -267,8 +267,10 @@ pub struct ThresholdConfigBody {
 /// `recharge_limits`: Tollgate's extension of a prepaid balance threshold configuration. Every
 /// limit is optional; a recharge a limit does not allow is held back whole (one
 /// `payment_gate.recharge_limited` webhook when a limit starts holding) and evaluated again
-/// when the limit lets go.
+/// when the limit lets go. Tollgate's own object: an unknown field in it is refused (a
+/// misspelt limit would otherwise be no limit at all).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RechargeLimitsBody {
     /// At most this many recharges start in one billing period (calendar month, UTC), failed
     /// ones included.

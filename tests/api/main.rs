@@ -8,6 +8,7 @@ mod auth;
 mod catalog;
 mod contracts;
 mod edge;
+mod lifecycle;
 mod money_edges;
 mod openapi;
 mod search;
@@ -56,13 +57,22 @@ pub async fn spawn_app_with_config(
     faults: Option<tollgate::storage::faults::Faults>,
     adjust: impl FnOnce(&mut tollgate::actors::engine::EngineConfig),
 ) -> TestApp {
+    spawn_app_on_clock(Arc::new(SystemClock), faults, adjust).await
+}
+
+/// [`spawn_app_with_config`] on `clock` (a manual clock lets a test move time).
+pub async fn spawn_app_on_clock(
+    clock: tollgate::actors::clock::SharedClock,
+    faults: Option<tollgate::storage::faults::Faults>,
+    adjust: impl FnOnce(&mut tollgate::actors::engine::EngineConfig),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let receiver = support::Receiver::start();
     let mut config = support::engine_config(dir.path(), Some(&receiver.url));
     adjust(&mut config);
     let seams = tollgate::actors::Seams {
         storage_faults: faults,
-        ..tollgate::actors::Seams::new(Arc::new(SystemClock))
+        ..tollgate::actors::Seams::new(clock)
     };
     let engine = Engine::start_with(config, seams).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
