@@ -430,7 +430,9 @@ await step('5. webhooks: threshold_reached + external_initiate (spend, prepaid_b
     assert.equal(w.path, '/hooks');
     assert.ok(w.headers['x-metronome-date'] && w.headers['date'], 'Date and X-Metronome-Date headers');
     assert.match(w.headers['metronome-webhook-signature'], /^[0-9a-f]{64}$/);
-    requireFields(w.event, ['id', 'type', 'properties'], 'webhook body');
+    // The payment gate's types use the properties envelope; lifecycle types are flat (step 11).
+    const flatEnvelope = /^(contract|commit|credit)\./.test(w.event.type);
+    requireFields(w.event, flatEnvelope ? ['id', 'type', 'timestamp', 'customer_id'] : ['id', 'type', 'properties'], 'webhook body');
   }
   assert.deepEqual(rejectedWebhooks.map((r) => r.error), [], 'webhooks.unwrap rejected a delivery');
 
@@ -662,8 +664,9 @@ await step('9. errors: BadRequestError with the server message, NotFoundError, A
 
 await step('10. webhooks.unwrap: every delivery accepted; a tampered body, a wrong secret and an old date rejected', async () => {
   // 3 (spend) + 3 (prepaid) + 1 (NONE gate) + 2 (manual commit); at-least-once, so count ids.
-  const distinct = new Set(webhooks.map((w) => w.event.id));
-  assert.equal(distinct.size, 9, `distinct webhooks: ${JSON.stringify(webhooks.map((w) => w.event.type))}`);
+  const gates = webhooks.filter((w) => w.event.type.startsWith('payment_gate.'));
+  const distinct = new Set(gates.map((w) => w.event.id));
+  assert.equal(distinct.size, 9, `distinct webhooks: ${JSON.stringify(gates.map((w) => w.event.type))}`);
   assert.deepEqual(rejectedWebhooks.map((r) => r.error), [], 'webhooks.unwrap rejected a delivery');
   const sample = hooks('payment_gate.payment_status')[0];
   // Accepted as delivered ...
@@ -675,6 +678,130 @@ await step('10. webhooks.unwrap: every delivery accepted; a tampered body, a wro
   assert.throws(() => client.webhooks.unwrap(sample.body, sample.headers, `${webhookSecret}x`), /signature does not match/);
   const stale = { ...sample.headers, 'x-metronome-date': new Date(Date.now() - 10 * 60_000).toUTCString() };
   assert.throws(() => client.webhooks.unwrap(sample.body, stale), /too old|signature does not match/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// 11. Lifecycle webhooks (flat envelope)
+
+/** Distinct (by id) flat-envelope deliveries of `type` whose top-level fields match. */
+function flatHooks(type, fields = {}) {
+  const seen = new Map();
+  for (const w of webhooks) {
+    if (w.event.type !== type) continue;
+    if (!Object.entries(fields).every(([k, v]) => w.event[k] === v)) continue;
+    if (!seen.has(w.event.id)) seen.set(w.event.id, w);
+  }
+  return [...seen.values()];
+}
+
+const waitFlat = (type, fields) =>
+  waitFor(`${type} ${JSON.stringify(fields)}`, () => {
+    const found = flatHooks(type, fields);
+    return found.length > 0 ? found[0] : null;
+  });
+
+await step('11. lifecycle webhooks: contract.create, commit.create, commit.segment.start in the flat envelope', async () => {
+  for (const type of ['contract.create', 'commit.create', 'commit.segment.start']) {
+    const hook = await waitFlat(type, { contract_id: contracts.prepaid });
+    requireFields(
+      hook.event,
+      ['id', 'type', 'timestamp', 'environment_type', 'customer_id', 'customer_custom_fields', 'contract_id', 'contract_custom_fields'],
+      type,
+    );
+    assert.equal(hook.event.customer_id, customers.prepaid);
+    assert.equal(hook.event.environment_type, 'PRODUCTION');
+    assert.equal(hook.event.properties, undefined, `${type} is flat`);
+  }
+  const segment = (await waitFlat('commit.segment.start', { contract_id: contracts.prepaid })).event;
+  requireFields(segment, ['commit_id', 'segment_id', 'segment_index', 'segment_count'], 'commit.segment.start');
+});
+
+// ---------------------------------------------------------------------------------------------
+// 12. Recharge safety rails (Tollgate's extension, passed through by the SDK)
+
+await step('12. recharge_limits: a second recharge within the interval is held back, payment_gate.recharge_limited once', async () => {
+  const railed = await client.v1.customers.create({ name: `Railed ${run}`, ingest_aliases: [`railed-${run}`] });
+  const created = await client.v1.contracts.create({
+    customer_id: railed.data.id,
+    rate_card_id: catalog.rateCardId,
+    starting_at: monthStart,
+    commits: [
+      {
+        type: 'PREPAID',
+        product_id: catalog.commitProductId,
+        priority: 10,
+        access_schedule: { schedule_items: [{ amount: 5000, starting_at: monthStart, ending_before: farFuture }] },
+        invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 5000 }] },
+      },
+    ],
+    prepaid_balance_threshold_configuration: {
+      commit: { product_id: catalog.commitProductId },
+      is_enabled: true,
+      payment_gate_config: { payment_gate_type: 'NONE' },
+      threshold_amount: 2000,
+      recharge_to_amount: 5000,
+      recharge_limits: { min_recharge_interval_minutes: 60, max_recharges_per_period: 10 },
+    },
+  });
+  const contractId = created.data.id;
+  const read = await client.v2.contracts.retrieve({ customer_id: railed.data.id, contract_id: contractId });
+  assert.deepEqual(read.data.prepaid_balance_threshold_configuration.recharge_limits, {
+    min_recharge_interval_minutes: 60,
+    max_recharges_per_period: 10,
+  });
+  const calls = (prefix, n) => ({
+    usage: Array.from({ length: n }, (_, i) => ({
+      transaction_id: `${run}-${prefix}-${i}`,
+      customer_id: `railed-${run}`,
+      event_type: 'api_call',
+      timestamp: iso(Date.now()),
+      properties: {},
+    })),
+  });
+  await client.v1.usage.ingest(calls('rail-a', 30));
+  await waitHook('payment_gate.threshold_reached', { contract_id: contractId });
+  await client.v1.usage.ingest(calls('rail-b', 30));
+  const held = await waitHook('payment_gate.recharge_limited', { contract_id: contractId });
+  assert.equal(held.event.properties.limit, 'min_recharge_interval_minutes');
+  assert.equal(held.event.properties.customer_id, railed.data.id);
+  await client.v1.usage.ingest(calls('rail-c', 5));
+  await sleep(300);
+  assert.equal(hooks('payment_gate.recharge_limited', { contract_id: contractId }).length, 1, 'announced once');
+  assert.equal(hooks('payment_gate.threshold_reached', { contract_id: contractId }).length, 1, 'held back');
+  const after = await client.v2.contracts.retrieve({ customer_id: railed.data.id, contract_id: contractId });
+  const hold = after.data.prepaid_balance_threshold_configuration.recharge_hold;
+  assert.equal(hold.limit, 'min_recharge_interval_minutes');
+  assert.equal(hold.until, held.event.properties.held_until);
+  contracts.railed = contractId;
+  customers.railed = railed.data.id;
+});
+
+// ---------------------------------------------------------------------------------------------
+// 13. Contract end dates
+
+await step('13. contracts.updateEndDate: contract.edit, then contract.end at the end; v2 edit lifts it again', async () => {
+  const endMs = Date.now() + 2_500;
+  const ending = new Date(endMs).toISOString();
+  const updated = await client.v1.contracts.updateEndDate({
+    customer_id: customers.railed,
+    contract_id: contracts.railed,
+    ending_before: ending,
+  });
+  assert.equal(updated.data.id, contracts.railed);
+  await waitFlat('contract.edit', { contract_id: contracts.railed });
+  const ended = await waitFlat('contract.end', { contract_id: contracts.railed });
+  assert.equal(new Date(ended.event.timestamp).getTime(), endMs);
+  await waitFlat('commit.segment.end', { contract_id: contracts.railed });
+  const read = await client.v1.contracts.retrieve({ customer_id: customers.railed, contract_id: contracts.railed });
+  assert.equal(new Date(read.data.current.ending_before).getTime(), endMs);
+  await expectError(
+    client.v1.contracts.updateEndDate({ customer_id: customers.railed, contract_id: contracts.railed, ending_before: '2000-01-01T00:00:00Z' }),
+    BadRequestError,
+    400,
+  );
+  await client.v2.contracts.edit({ customer_id: customers.railed, contract_id: contracts.railed, update_contract_end_date: null });
+  const lifted = await client.v1.contracts.retrieve({ customer_id: customers.railed, contract_id: contracts.railed });
+  assert.ok(lifted.data.current.ending_before == null, `open-ended again: ${lifted.data.current.ending_before}`);
 });
 
 await shutdown();
