@@ -37,11 +37,15 @@ pub enum Defect {
     RatesRewriteHistory,
     /// One mutating call in four runs without its audit record.
     AuditUnwritten,
+    /// Recharge safety rails never hold a recharge back.
+    RailsIgnored,
+    /// A segment's end is recorded but never announced.
+    SegmentEndUnannounced,
 }
 
 impl Defect {
     /// Every defect, in the order the simulation's defect test tries them.
-    pub const ALL: [Defect; 11] = [
+    pub const ALL: [Defect; 13] = [
         Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
@@ -53,6 +57,8 @@ impl Defect {
         Defect::RestrictionIgnored,
         Defect::RatesRewriteHistory,
         Defect::AuditUnwritten,
+        Defect::RailsIgnored,
+        Defect::SegmentEndUnannounced,
     ];
 }
 
@@ -99,6 +105,8 @@ mod tests {
             Defect::RestrictionIgnored => 8,
             Defect::RatesRewriteHistory => 9,
             Defect::AuditUnwritten => 10,
+            Defect::RailsIgnored => 11,
+            Defect::SegmentEndUnannounced => 12,
         }
     }
 

@@ -140,6 +140,11 @@ impl Backlog {
         }
     }
 
+    /// Inputs admitted since the start.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Relaxed)
+    }
+
     /// Inputs admitted and not yet applied.
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)

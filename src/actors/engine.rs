@@ -501,6 +501,12 @@ impl Engine {
         self.shared.pending.iter().map(Backlog::pending).sum()
     }
 
+    /// Inputs admitted since the start, over all partitions (a reader that sees it unchanged
+    /// and nothing pending around its reads read one consistent state).
+    pub fn inputs_admitted(&self) -> u64 {
+        self.shared.pending.iter().map(Backlog::admitted).sum()
+    }
+
     /// How long the oldest input admitted and not yet applied has waited, over all partitions
     /// (milliseconds; 0 when nothing waits).
     pub fn apply_lag_ms(&self) -> i64 {

@@ -68,9 +68,10 @@ impl WakeIndex {
         alarms.staged.insert(customer, at);
     }
 
-    /// Takes out up to `max` customers whose time is at or before `now_ms`, earliest first. The
-    /// tick they are sent sets their next alarm; their `meta` entry stays until then, so a crash
-    /// before the tick applies ticks them again after the restart.
+    /// Takes out of the queue up to `max` customers whose time is at or before `now_ms`,
+    /// earliest first. The alarm itself stays set (and in `meta`) until the tick they are sent
+    /// sets the next one or clears it: a crash before the tick applies ticks them again after
+    /// the restart, and a tick that clears the alarm is a change that reaches `meta`.
     pub fn take_due(&self, now_ms: i64, max: usize) -> Vec<Id> {
         let mut alarms = self.lock();
         let mut due = Vec::new();
@@ -82,7 +83,6 @@ impl WakeIndex {
                 break;
             }
             alarms.queue.pop_first();
-            alarms.by_customer.remove(&customer);
             due.push(customer);
         }
         due
@@ -184,6 +184,18 @@ mod tests {
             .collect();
         // b was taken out but keeps its entry until its tick sets the next alarm; c is gone.
         assert_eq!(kept, vec![(a, Timestamp(300)), (b, Timestamp(100))]);
+        // b's tick finds nothing more to wake it for: the clearing reaches meta (found by the
+        // simulation: an alarm forgotten in memory when taken was never deleted, and a
+        // restart ticked the customer again).
+        index.set(b, None);
+        assert_eq!(index.flush(&store).unwrap(), 1);
+        let left: Vec<Vec<u8>> = store
+            .meta_scan_prefix(WAKE_PREFIX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, vec![wake_key(a)]);
         let restarted = WakeIndex::default();
         restarted.set(a, Some(Timestamp(500)));
         for (customer, at) in kept {

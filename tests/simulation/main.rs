@@ -65,8 +65,27 @@ fn seeds_pass_every_invariant() {
         totals.stripe_calls += report.stripe_calls;
         totals.stripe_faults += report.stripe_faults;
         totals.stripe_events += report.stripe_events;
+        totals.rail_holds += report.rail_holds;
+        totals.contracts_ended += report.contracts_ended;
+        totals.end_dates += report.end_dates;
+        totals.lifecycle_notices += report.lifecycle_notices;
     }
     println!("totals: {totals:?}");
+    // The workload reaches what the invariants are about (CI's seeds, or more).
+    if seeds().len() >= CI_SEEDS as usize {
+        assert!(
+            totals.rail_holds > 0,
+            "no rail ever held a recharge back: {totals:?}"
+        );
+        assert!(
+            totals.contracts_ended > 0,
+            "no contract ever ended: {totals:?}"
+        );
+        assert!(
+            totals.lifecycle_notices > 0,
+            "no lifecycle notice: {totals:?}"
+        );
+    }
 }
 
 #[test]

@@ -78,6 +78,11 @@ pub struct CustomerModel {
     pub granted: Decimal,
     /// Whether the contract has a spend and a prepaid threshold configuration.
     pub thresholds: [bool; 2],
+    /// The recharge rails of its prepaid configuration, if any.
+    pub rails: Option<super::sim::RailsModel>,
+    /// The earliest contract end ever requested (simulated ms): an event timestamped at or
+    /// after it may fall after the end in force when it applied, and then is not billed.
+    pub end_floor: Option<i64>,
 }
 
 /// What one period of one contract must show: exactly the events sent once the contract
@@ -271,9 +276,13 @@ impl Model {
             Usage::Tokens(_) => self.tokens_archived,
             Usage::ApiCall => None,
         };
-        match (after(event, customer), after(event, tokens)) {
-            (Rated::No, _) | (_, Rated::No) => Rated::No,
-            (Rated::Maybe, _) | (_, Rated::Maybe) => Rated::Maybe,
+        let ended = match self.customers[owner].end_floor {
+            Some(floor) if event.timestamp.millis() >= floor => Rated::Maybe,
+            _ => Rated::Yes,
+        };
+        match (after(event, customer), after(event, tokens), ended) {
+            (Rated::No, _, _) | (_, Rated::No, _) => Rated::No,
+            (Rated::Maybe, _, _) | (_, Rated::Maybe, _) | (_, _, Rated::Maybe) => Rated::Maybe,
             _ => Rated::Yes,
         }
     }

@@ -35,6 +35,10 @@ use tollgate::http::stripe::StripeWebhook;
 use tollgate::payments::stripe::StripeProvider;
 
 use super::model::{AliasMove, CustomerModel, Model, RateChange, SentEvent, Status, Usage};
+pub use lifecycle::RailsModel;
+
+#[path = "lifecycle.rs"]
+mod lifecycle;
 use super::receiver::Receiver;
 use super::stripe::{self as sim_stripe, SimStripe};
 
@@ -80,6 +84,12 @@ pub struct Report {
     pub stripe_calls: u64,
     pub stripe_faults: u64,
     pub stripe_events: u64,
+    /// At the last check: holds recharge rails started, contracts ended (announced), end
+    /// dates set or lifted (answered 200), lifecycle notices received.
+    pub rail_holds: u64,
+    pub contracts_ended: usize,
+    pub end_dates: usize,
+    pub lifecycle_notices: usize,
 }
 
 /// How long a run is.
@@ -346,6 +356,8 @@ enum Purpose {
     AddRate,
     /// An operator's cancel of the workflow its path names (judged in `cancel_answered`).
     Cancel,
+    /// A contract end date set or lifted (judged in `end_date_answered`).
+    EndDate,
     /// A release, whose answers the workflow checks judge.
     Other,
 }
@@ -924,7 +936,7 @@ impl Sim {
             self.finish_payments(&app, &engine).await?;
             self.settle(&engine).await;
             self.check_final(&app, &engine).await?;
-            let states = self.states(&engine).await?;
+            let states = self.quiet_states(&engine).await?;
             // What a kill -9 right now would leave: it must replay to the same states.
             if let Storage::Sim(disk) = &self.storage {
                 let crashed = disk.fork(CrashKind::ProcessCrash);
@@ -969,6 +981,23 @@ impl Sim {
             states.push(state);
         }
         Ok(states)
+    }
+
+    /// Every customer's state with nothing admitted or pending while they were read: time goes
+    /// on and an alarm may tick a customer (its input in the log, not yet applied) at any
+    /// moment, and the states compared with a replay must be those of the whole log.
+    async fn quiet_states(&mut self, engine: &Engine) -> Result<Vec<PersistedCustomer>, String> {
+        for _ in 0..100 {
+            if engine.pending_inputs() == 0 {
+                let admitted = engine.inputs_admitted();
+                let states = self.states(engine).await?;
+                if engine.pending_inputs() == 0 && engine.inputs_admitted() == admitted {
+                    return Ok(states);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err("inputs kept arriving while the final states were read".into())
     }
 
     /// Starts the engine again (on what a crash left, when given) and requires the same
@@ -1427,6 +1456,7 @@ impl Sim {
             88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
             90 => self.add_rate(app).await,
             92..=93 => self.cancel(app).await,
+            95..=96 => self.set_end_date(app).await,
             94 if self.swarm.buggy_version => self.decide_quarantined(app).await,
             91 => {
                 let key = format!("redrive-all-{}", self.step);
@@ -1498,6 +1528,19 @@ impl Sim {
             body.get("prepaid_balance_threshold_configuration")
                 .is_some(),
         ];
+        let limits = &body["prepaid_balance_threshold_configuration"]["recharge_limits"];
+        customer.rails = limits.is_object().then(|| RailsModel {
+            max_count: limits["max_recharges_per_period"]
+                .as_u64()
+                .map(|n| n as u32),
+            max_amount: limits["max_recharge_amount_per_period"].as_i64(),
+            interval_minutes: limits["min_recharge_interval_minutes"]
+                .as_u64()
+                .map(|n| n as u32),
+            duration_days: limits["recharge_commit_duration_days"]
+                .as_u64()
+                .map(|n| n as u32),
+        });
     }
 
     fn contract_body(&mut self, customer_id: &str) -> Value {
@@ -1542,13 +1585,18 @@ impl Sim {
         }
         if self.rng.random_bool(0.6) {
             let threshold = self.rng.random_range(1_000..5_000);
+            let gap = self.rng.random_range(1_000..10_000);
             body["prepaid_balance_threshold_configuration"] = json!({
                 "commit": {"product_id": COMMIT_PRODUCT.to_string()},
                 "is_enabled": true,
                 "payment_gate_config": gate(&mut self.rng),
                 "threshold_amount": threshold,
-                "recharge_to_amount": threshold + self.rng.random_range(1_000..10_000)
+                "recharge_to_amount": threshold + gap
             });
+            if let Some(rails) = self.random_rails(gap) {
+                body["prepaid_balance_threshold_configuration"]["recharge_limits"] =
+                    rails.to_json();
+            }
         }
         body
     }
@@ -1653,6 +1701,7 @@ impl Sim {
                 self.model.customers[c].granted += granted_by(&request.body["add_commits"]);
             }
             Purpose::Cancel => self.cancel_answered(&request.path, status, &value),
+            Purpose::EndDate => self.end_date_answered(&request, status, &value),
             // Valid requests: a 4xx would mean a fault (a storage error) answered as the
             // client's mistake, and the client would never send it again. (A 409 is the
             // documented answer only to a creation's or an edit's retry, which finds its object;
@@ -2295,7 +2344,26 @@ impl Sim {
                     threshold + self.rng.random_range(1_000..10_000)
                 };
                 update.insert("recharge_to_amount".into(), json!(recharge));
+                // The amount rail must let the new smallest recharge through: raised to fit
+                // (the model keeps the highest it ever was). Count and interval stay.
+                let c = self
+                    .model
+                    .customers
+                    .iter()
+                    .position(|m| m.id == customer.id);
+                let rails = c.and_then(|c| self.model.customers[c].rails.as_mut());
+                if let (Some(rails), false) = (rails, invalid) {
+                    let gap = recharge - threshold;
+                    rails.max_amount = rails.max_amount.map(|max| max.max(gap));
+                    update.insert("recharge_limits".into(), rails.to_json());
+                }
             }
+        }
+        if invalid && !spend && self.rng.random_ratio(1, 3) {
+            update.insert(
+                "recharge_limits".into(),
+                json!({"min_recharge_interval_minutes": 0}),
+            );
         }
         let field = if spend {
             "update_spend_threshold_configuration"
@@ -2628,6 +2696,7 @@ impl Sim {
         self.check_workflows(engine).await?;
         self.check_workflow_list(app, engine).await?;
         self.check_workflow_money(engine).await?;
+        self.check_rails_and_lifecycle(engine).await?;
         self.check_audit(app).await?;
         self.check_webhook_lists(app).await?;
         let conflicts = self.receiver.conflicts();

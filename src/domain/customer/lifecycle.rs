@@ -112,7 +112,9 @@ fn advance(
                 (Some(position), _) if end <= at => {
                     lifecycle.open_segments.remove(position);
                     let id = Id::derive(segment.id, end_type.as_str(), end.millis() as u64);
-                    notices.push((id, end_type, end, segment_fields()));
+                    if !crate::defects::active(crate::defects::Defect::SegmentEndUnannounced) {
+                        notices.push((id, end_type, end, segment_fields()));
+                    }
                 }
                 (Some(_), _) => next = next.min(end),
                 (None, Some(released)) => {

@@ -253,6 +253,9 @@ fn held_back(
     let Some(limits) = config.limits.clone() else {
         return Ok(false);
     };
+    if crate::defects::active(crate::defects::Defect::RailsIgnored) {
+        return Ok(false);
+    }
     if config.hold.is_some_and(|h| ctx.at < h.until) {
         return Ok(true);
     }
