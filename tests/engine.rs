@@ -707,6 +707,12 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
     let receiver = Receiver::start();
     let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
     let checkpoints = checkpoint_seqs(&engine);
+    // The contract's lifecycle webhooks are delivered first: their delivery marks are outbox
+    // writes too, and the failure under test is the workflow's.
+    eventually("lifecycle webhooks delivered", || {
+        engine.webhook_stats().snapshot().pending == 0
+    })
+    .await;
 
     // The events are durable; writing the workflow's effects to the outbox fails.
     faults.fail_from(StorageOp::OutboxWrite, 0);
