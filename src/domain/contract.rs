@@ -825,7 +825,7 @@ impl ThresholdConfig {
                     return Err(Rejection::RechargeGapTooSmall(gap.to_string()));
                 }
                 if let Some(limits) = &self.limits {
-                    limits.validate(recharge_to.checked_sub(self.threshold_amount)?)?;
+                    limits.validate(recharge_to)?;
                 }
             }
         }
@@ -840,12 +840,13 @@ impl ThresholdConfig {
 }
 
 impl RechargeLimits {
-    /// Each limit is positive and in bounds; an amount limit must let the smallest recharge
-    /// through (`smallest` = recharge_to_amount - threshold_amount), or no recharge ever would.
+    /// Each limit is positive and in bounds; an amount limit must let the largest recharge
+    /// through (`largest` = recharge_to_amount, when B is 0): a recharge of more than the
+    /// limit would be held back in every period, forever.
     ///
     /// # Errors
     /// [`Rejection::InvalidField`] naming the limit.
-    pub fn validate(&self, smallest: Money) -> Result<(), Rejection> {
+    pub fn validate(&self, largest: Money) -> Result<(), Rejection> {
         let field =
             |name: &str| format!("prepaid_balance_threshold_configuration.recharge_limits.{name}");
         let positive = |name: &str, value: Option<u32>, max: u32| match value {
@@ -873,11 +874,11 @@ impl RechargeLimits {
         if let Some(max) = self.max_amount_per_period {
             let name = "max_recharge_amount_per_period";
             super::bounds::check_amount(&field(name), max)?;
-            if max < smallest {
+            if max < largest {
                 return Err(Rejection::invalid(
                     &field(name),
                     &format!(
-                        "must be at least recharge_to_amount - threshold_amount ({smallest}), or no recharge could start"
+                        "must be at least recharge_to_amount ({largest}): a larger recharge would be held back in every period"
                     ),
                 ));
             }
@@ -959,6 +960,9 @@ pub struct ContractCaches {
     /// The next instant a lifecycle notice falls due (`None`: not known yet, so the next input
     /// looks; `Some(END_OF_TIME)`: none is scheduled).
     pub lifecycle_due: Option<Timestamp>,
+    /// The earliest ACTION_REQUIRED deadline of a workflow in flight (`None`: not known, the
+    /// next alarm computation scans the workflows; reset by every input but usage).
+    pub action_deadline: Option<Option<Timestamp>>,
 }
 
 /// B is the same at every instant of `[from, until)`: the set of accessible segments is.

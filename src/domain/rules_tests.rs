@@ -2173,9 +2173,9 @@ fn a_recharge_commit_expires_after_its_duration_and_rails_are_validated() {
             commit_duration_days: Some(0),
             ..Default::default()
         }),
-        // Below the smallest recharge ($50 - $20): no recharge could ever start.
+        // Below the largest recharge ($50, when B is 0): it would be held back every period.
         prepaid(super::contract::RechargeLimits {
-            max_amount_per_period: Some(usd(2_999)),
+            max_amount_per_period: Some(usd(4_999)),
             ..Default::default()
         }),
         {
@@ -2192,11 +2192,11 @@ fn a_recharge_commit_expires_after_its_duration_and_rails_are_validated() {
             "{config:?}: {refused:?}"
         );
     }
-    let smallest = prepaid(super::contract::RechargeLimits {
-        max_amount_per_period: Some(usd(3_000)),
+    let largest = prepaid(super::contract::RechargeLimits {
+        max_amount_per_period: Some(usd(5_000)),
         ..Default::default()
     });
-    assert_eq!(smallest.validate(&credit_type, &Limits::default()), Ok(()));
+    assert_eq!(largest.validate(&credit_type, &Limits::default()), Ok(()));
 }
 
 #[test]
@@ -2310,6 +2310,14 @@ fn an_end_date_stops_thresholds_and_may_not_orphan_billed_usage() {
         period_start.next_month_start()
     );
     world.apply(edit(Some(end), true)).unwrap();
+    // Not in the past inside the period that billed usage: that usage would stay billed on a
+    // contract that ended before it.
+    let past = world.at.plus_ms(-60_000);
+    let refused = world.apply(edit(Some(past), true));
+    assert!(
+        matches!(refused, Err(Rejection::InvalidField { .. })),
+        "{refused:?}"
+    );
     // After the end usage is not billed here and thresholds do not fire.
     world.at = end;
     world.apply(Input::Tick).unwrap();
@@ -2318,4 +2326,54 @@ fn an_end_date_stops_thresholds_and_may_not_orphan_billed_usage() {
     assert!(types(&effects).is_empty(), "{effects:?}");
     assert_eq!(world.outstanding(), outstanding);
     assert!(world.contract().workflows.is_empty());
+}
+
+#[test]
+fn an_extended_end_extends_the_recharges_and_a_final_short_period_pins_the_end() {
+    let mut world = World::new(false);
+    let mut spec = fixtures::contract(CONTRACT);
+    spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+    spec.prepaid_threshold = Some(fixtures::prepaid_threshold(2_000, 5_000, GateType::None));
+    world.apply(Input::create_contract(spec)).unwrap();
+    world.calls(30);
+    let recharge = world.contract().workflows[0].commit_id;
+    let old_end = fixtures::year_end();
+    let segment_end =
+        |world: &World| world.contract().commit(recharge).unwrap().segments[0].ending_before;
+    assert_eq!(segment_end(&world), old_end);
+    let edit = |end: Option<Timestamp>| {
+        Input::edit(ContractEdit {
+            edit_id: Id::from_u128(0xe3d),
+            contract_id: CONTRACT,
+            update_ending_before: Some(end),
+            allow_ending_before_finalized_invoice: true,
+            ..ContractEdit::default()
+        })
+    };
+    // Extended: the paid recharge goes on with the contract instead of expiring at the old end.
+    let later = old_end.plus_ms(30 * MS_PER_DAY);
+    world.apply(edit(Some(later))).unwrap();
+    assert_eq!(segment_end(&world), later);
+    world.apply(edit(None)).unwrap();
+    assert_eq!(segment_end(&world), Timestamp::END_OF_TIME);
+    // A contract that ends mid-month and whose short last period is final keeps its end.
+    let mid_month = Timestamp::parse_rfc3339("2025-01-20T00:00:00Z").unwrap();
+    world.apply(edit(Some(mid_month))).unwrap();
+    world.at = mid_month.plus_ms(Limits::default().draft_grace_ms + MS_PER_DAY);
+    world.apply(Input::Tick).unwrap();
+    let last = world.contract().periods.last().unwrap().clone();
+    assert_eq!(last.status, InvoiceStatus::Finalized);
+    assert_eq!(last.ending_before, mid_month);
+    for end in [
+        None,
+        Some(mid_month.plus_ms(MS_PER_DAY)),
+        Some(mid_month.plus_ms(-MS_PER_DAY)),
+    ] {
+        let refused = world.apply(edit(end));
+        assert!(
+            matches!(refused, Err(Rejection::InvalidField { .. })),
+            "{end:?}: {refused:?}"
+        );
+    }
+    assert_eq!(world.contract().ending_before, Some(mid_month));
 }

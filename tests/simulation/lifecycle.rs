@@ -68,8 +68,8 @@ struct ContractView {
 }
 
 impl Sim {
-    /// Rails for a new prepaid configuration recharging at least `gap` (half of them none).
-    pub(super) fn random_rails(&mut self, gap: i64) -> Option<RailsModel> {
+    /// Rails for a new prepaid configuration recharging to `recharge_to` (half of them none).
+    pub(super) fn random_rails(&mut self, recharge_to: i64) -> Option<RailsModel> {
         if !self.rng.random_bool(0.5) {
             return None;
         }
@@ -78,7 +78,7 @@ impl Sim {
             max_count: rng.random_bool(0.5).then(|| rng.random_range(1..4)),
             max_amount: rng
                 .random_bool(0.4)
-                .then(|| gap * rng.random_range(1..4) + rng.random_range(0..1_000)),
+                .then(|| recharge_to * rng.random_range(1..4) + rng.random_range(0..1_000)),
             interval_minutes: rng.random_bool(0.6).then(|| rng.random_range(5..120)),
             duration_days: rng.random_bool(0.4).then(|| rng.random_range(1..40)),
         };
@@ -128,13 +128,16 @@ impl Sim {
         self.control(app, request).await;
     }
 
-    /// An end date's answer: applied, or refused only because usage is already billed on a
-    /// period at or after it (an event up to a day ahead opens next month's period).
+    /// An end date's answer: applied, or refused only for what a future end can meet: usage
+    /// already billed on a period at or after it (an event up to a day ahead opens next month's
+    /// period), or a finalized usage invoice in the way.
     pub(super) fn end_date_answered(&mut self, request: &Request, status: u16, value: &Value) {
         let billed_after = status == 400
-            && value["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("usage is already billed"));
+            && value["message"].as_str().is_some_and(|m| {
+                m.contains("usage is already billed")
+                    || m.contains("finalized usage invoice")
+                    || m.contains("is final and ends with the contract")
+            });
         if status == 200 {
             self.report.end_dates += 1;
         }

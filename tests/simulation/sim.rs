@@ -1593,7 +1593,7 @@ impl Sim {
                 "threshold_amount": threshold,
                 "recharge_to_amount": threshold + gap
             });
-            if let Some(rails) = self.random_rails(gap) {
+            if let Some(rails) = self.random_rails(threshold + gap) {
                 body["prepaid_balance_threshold_configuration"]["recharge_limits"] =
                     rails.to_json();
             }
@@ -2344,7 +2344,7 @@ impl Sim {
                     threshold + self.rng.random_range(1_000..10_000)
                 };
                 update.insert("recharge_to_amount".into(), json!(recharge));
-                // The amount rail must let the new smallest recharge through: raised to fit
+                // The amount rail must let the new largest recharge through: raised to fit
                 // (the model keeps the highest it ever was). Count and interval stay.
                 let c = self
                     .model
@@ -2353,8 +2353,7 @@ impl Sim {
                     .position(|m| m.id == customer.id);
                 let rails = c.and_then(|c| self.model.customers[c].rails.as_mut());
                 if let (Some(rails), false) = (rails, invalid) {
-                    let gap = recharge - threshold;
-                    rails.max_amount = rails.max_amount.map(|max| max.max(gap));
+                    rails.max_amount = rails.max_amount.map(|max| max.max(recharge));
                     update.insert("recharge_limits".into(), rails.to_json());
                 }
             }

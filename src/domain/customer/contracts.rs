@@ -126,7 +126,7 @@ impl Customer {
         }
         let next_configs = next_thresholds(contract, edit, ctx, profile)?;
         if let Some(end) = edit.update_ending_before {
-            check_new_end(contract, end, edit.allow_ending_before_finalized_invoice)?;
+            check_new_end(contract, end, ctx.at)?;
         }
         let additions: Vec<&CommitSpec> =
             edit.add_commits.iter().chain(&edit.add_credits).collect();
@@ -227,41 +227,64 @@ impl Customer {
     }
 }
 
-/// Whether the contract may end at `end` (`None`: never): after it starts, not before usage
-/// already billed on a later period (that usage would belong to no contract), and, unless
-/// allowed, not inside or before a finalized usage invoice's period.
+/// Whether the contract may end at `end` (`None`: never): after it starts; not at or before the
+/// start of a usage period (its usage would belong to no contract); not in the past inside a
+/// period that billed usage (usage after the end would stay billed on a contract that has
+/// ended, beyond corrections); never inside a finalized usage invoice's period; and never moved
+/// at all while its last period is a finalized invoice cut short by the current end (later usage
+/// would have no open period to go to). Together these keep every end at or after the end of
+/// every finalized invoice, so Metronome's `allow_ending_before_finalized_invoice` changes
+/// nothing here.
 fn check_new_end(
     contract: &Contract,
     end: Option<Timestamp>,
-    allow_before_finalized: bool,
+    now: Timestamp,
 ) -> Result<(), Rejection> {
+    let refuse = |why: String| Err(Rejection::invalid("ending_before", &why));
+    if let Some(end) = end {
+        if end <= contract.starting_at {
+            return refuse("must be after the contract's starting_at".into());
+        }
+    }
+    let final_cut_short = contract.periods.iter().find(|p| {
+        p.status == InvoiceStatus::Finalized
+            && p.ending_before < p.starting_at.next_month_start()
+            && Some(p.ending_before) == contract.ending_before
+    });
+    if let Some(period) = final_cut_short {
+        if end != contract.ending_before {
+            return refuse(format!(
+                "the contract's last usage invoice (the period starting {}) is final and ends with the contract: its end cannot move",
+                period.starting_at.to_rfc3339()
+            ));
+        }
+    }
     let Some(end) = end else {
         return Ok(());
     };
-    if end <= contract.starting_at {
-        return Err(Rejection::invalid(
-            "ending_before",
-            "must be after the contract's starting_at",
-        ));
-    }
     if let Some(period) = contract.periods.iter().find(|p| p.starting_at >= end) {
-        return Err(Rejection::invalid(
-            "ending_before",
-            &format!(
-                "usage is already billed on the period starting {}, at or after the new end",
-                period.starting_at.to_rfc3339()
-            ),
+        return refuse(format!(
+            "usage is already billed on the period starting {}, at or after the new end",
+            period.starting_at.to_rfc3339()
         ));
     }
-    let finalized = contract
+    let containing = contract
         .periods
         .iter()
-        .any(|p| p.status == InvoiceStatus::Finalized && p.ending_before > end);
-    if finalized && !allow_before_finalized {
-        return Err(Rejection::invalid(
-            "ending_before",
-            "falls inside a finalized usage invoice's period and allow_ending_before_finalized_invoice is false",
-        ));
+        .find(|p| p.starting_at < end && end < p.ending_before);
+    if let Some(period) = containing {
+        if period.status == InvoiceStatus::Finalized {
+            return refuse(format!(
+                "falls inside the finalized usage invoice of the period starting {}",
+                period.starting_at.to_rfc3339()
+            ));
+        }
+        if end < now && !period.lines.is_empty() {
+            return refuse(format!(
+                "is in the past inside the period starting {}, which already billed usage after it",
+                period.starting_at.to_rfc3339()
+            ));
+        }
     }
     Ok(())
 }
@@ -271,8 +294,27 @@ fn check_new_end(
 /// they are. Thresholds stop evaluating at the end ([`Contract::covers`]) and the lifecycle
 /// pass ends the segments still open and sends `contract.end` when it is reached.
 fn set_end(contract: &mut Contract, end: Option<Timestamp>) {
+    let old_end = contract.end_or_forever();
     contract.ending_before = end;
     let contract_end = contract.end_or_forever();
+    if contract_end > old_end {
+        // A recharge's commit runs to the contract's end (unless a rail gave it a duration):
+        // what the customer paid for goes on with the contract rather than expiring at the old
+        // end and being charged again.
+        for commit in contract
+            .commits
+            .iter_mut()
+            .filter(|c| c.created_by_threshold.is_some())
+        {
+            for segment in commit
+                .segments
+                .iter_mut()
+                .filter(|s| s.ending_before == old_end)
+            {
+                segment.ending_before = contract_end;
+            }
+        }
+    }
     for period in &mut contract.periods {
         if period.status == InvoiceStatus::Draft {
             period.ending_before = period.starting_at.next_month_start().min(contract_end);

@@ -8,6 +8,7 @@
 //! end, and its commit's cancellation or archive. Every notice's id derives from what it is
 //! about, so a replay announces the same ids. It never changes money.
 
+use rustc_hash::FxHashSet;
 use serde_json::{Map, Value, json};
 
 use super::{Applied, Ctx, Customer};
@@ -16,8 +17,11 @@ use crate::domain::effects::{Effect, Notice, NoticeType};
 use crate::domain::ids::{Id, Timestamp};
 
 impl Customer {
-    /// Announces what is due for every contract (`every`: for all; else only for those whose
-    /// next notice is due at `ctx.at`, the hot path's constant-time check).
+    /// Announces what is due for every contract. With `every` (any input but usage) each
+    /// contract's segments are all looked at; a usage event looks only at the commits it
+    /// created (a threshold's) and, when a notice falls due at its time (the constant-time check
+    /// of `ContractCaches::lifecycle_due`), at all of them: a contract with thousands of
+    /// recharges costs a usage event nothing more.
     pub(super) fn advance_lifecycles(&mut self, every: bool, ctx: &Ctx<'_>, applied: &mut Applied) {
         let Some(profile) = self.profile.as_ref() else {
             return;
@@ -28,8 +32,12 @@ impl Customer {
                 .caches
                 .lifecycle_due
                 .is_none_or(|due| due <= ctx.at);
-            if every || due {
-                advance(contract, customer, ctx.at, applied);
+            let new_commits = contract
+                .lifecycle
+                .as_ref()
+                .is_some_and(|l| l.commits_announced < contract.commits.len() as u64);
+            if every || due || new_commits {
+                advance(contract, customer, ctx.at, every || due, applied);
             }
         }
     }
@@ -54,21 +62,35 @@ pub(super) fn contract_notice(
     ))
 }
 
-/// Announces what is due for one contract at `at`, and records when the next notice falls due.
-/// A contract without a [`Lifecycle`] (kept by an older version) takes in what is true now
-/// without announcing it.
+/// Announces what is due for one contract at `at`, and records when the next notice falls due:
+/// looking at every segment (`full`), or only at those of commits not announced yet (the others
+/// have nothing due before `ContractCaches::lifecycle_due`, which stays the bound). A contract
+/// without a [`Lifecycle`] (kept by an older version) takes in what is true now without
+/// announcing it.
+///
+/// [`Lifecycle`]: crate::domain::contract::Lifecycle
 fn advance(
     contract: &mut Contract,
     customer: (Id, &[(String, String)]),
     at: Timestamp,
+    full: bool,
     applied: &mut Applied,
 ) {
     let quiet = contract.lifecycle.is_none();
+    let full = full || quiet || contract.caches.lifecycle_due.is_none();
     let mut lifecycle = contract.lifecycle.take().unwrap_or_default();
     let mut notices = Vec::new();
     let contract_end = contract.end_or_forever();
-    let mut next = Timestamp::END_OF_TIME;
     let announced = usize::try_from(lifecycle.commits_announced).unwrap_or(usize::MAX);
+    let (first, mut next) = if full {
+        (0, Timestamp::END_OF_TIME)
+    } else {
+        let due = contract
+            .caches
+            .lifecycle_due
+            .unwrap_or(Timestamp::END_OF_TIME);
+        (announced, due)
+    };
     for commit in contract.commits.iter().skip(announced) {
         let notice_type = match commit.kind {
             CommitKind::Credit => NoticeType::CreditCreate,
@@ -80,7 +102,14 @@ fn advance(
         notices.push((id, notice_type, commit.created_at, fields));
     }
     lifecycle.commits_announced = contract.commits.len() as u64;
-    for commit in &contract.commits {
+    // Segments of commits not announced yet cannot be open: a partial pass needs no set.
+    let mut open: FxHashSet<Id> = if full {
+        lifecycle.open_segments.iter().copied().collect()
+    } else {
+        FxHashSet::default()
+    };
+    let mut ended = false;
+    for commit in contract.commits.iter().skip(first) {
         let (start_type, end_type) = match commit.kind {
             CommitKind::Credit => (NoticeType::CreditSegmentStart, NoticeType::CreditSegmentEnd),
             _ => (NoticeType::CommitSegmentStart, NoticeType::CommitSegmentEnd),
@@ -97,10 +126,6 @@ fn advance(
             if let Some(stopped) = stopped_at {
                 end = end.min(stopped);
             }
-            let open = lifecycle
-                .open_segments
-                .iter()
-                .position(|s| *s == segment.id);
             let segment_fields = || {
                 let mut fields = commit_fields(commit.id);
                 fields.insert("segment_id".into(), json!(segment.id.to_string()));
@@ -108,18 +133,20 @@ fn advance(
                 fields.insert("segment_count".into(), json!(count));
                 fields
             };
-            match (open, released_at) {
-                (Some(position), _) if end <= at => {
-                    lifecycle.open_segments.remove(position);
+            match (open.contains(&segment.id), released_at) {
+                (true, _) if end <= at => {
+                    open.remove(&segment.id);
+                    ended = true;
                     let id = Id::derive(segment.id, end_type.as_str(), end.millis() as u64);
                     if !crate::defects::active(crate::defects::Defect::SegmentEndUnannounced) {
                         notices.push((id, end_type, end, segment_fields()));
                     }
                 }
-                (Some(_), _) => next = next.min(end),
-                (None, Some(released)) => {
+                (true, _) => next = next.min(end),
+                (false, Some(released)) => {
                     let start = segment.starting_at.max(released);
                     if start <= at && at < end {
+                        open.insert(segment.id);
                         lifecycle.open_segments.push(segment.id);
                         let id = Id::derive(segment.id, start_type.as_str(), 0);
                         notices.push((id, start_type, start, segment_fields()));
@@ -128,9 +155,13 @@ fn advance(
                         next = next.min(start);
                     }
                 }
-                (None, None) => {}
+                (false, None) => {}
             }
         }
+    }
+    if ended {
+        // Ended segments leave the list, which keeps its order.
+        lifecycle.open_segments.retain(|s| open.contains(s));
     }
     if let Some(end) = contract.ending_before {
         if end <= at && lifecycle.ended != Some(end) {

@@ -141,8 +141,8 @@ pub struct ContractEdit {
     /// A new end (`Some(None)`: open-ended), from `/v1/contracts/updateEndDate` or the v2
     /// edit's `update_contract_end_date`.
     pub update_ending_before: Option<Option<Timestamp>>,
-    /// Whether the new end may fall inside or before a finalized usage invoice's period
-    /// (Metronome's `allow_ending_before_finalized_invoice`; the invoice is left as it is).
+    /// Metronome's `allow_ending_before_finalized_invoice`, as the request sent it (logged).
+    /// Tollgate never lets an end fall before a finalized invoice's end, so it changes nothing.
     pub allow_ending_before_finalized_invoice: bool,
 }
 
@@ -450,9 +450,15 @@ impl Customer {
                 ));
             }
         }
-        // Usage looks only at contracts whose next notice is due, unless it moved a workflow.
-        let every = !matches!(input, Input::RecordUsage(_)) || !applied.transitions.is_empty();
-        self.advance_lifecycles(every, ctx, &mut applied);
+        // Usage looks only at what it created and at contracts whose next notice is due.
+        let usage = matches!(input, Input::RecordUsage(_));
+        self.advance_lifecycles(!usage, ctx, &mut applied);
+        if !usage {
+            // Any other input may move a workflow's ACTION_REQUIRED deadline.
+            for contract in &mut self.contracts {
+                contract.caches.action_deadline = None;
+            }
+        }
         self.workflow_history
             .extend(applied.transitions.iter().cloned());
         self.debug_check_invariants();
@@ -464,14 +470,28 @@ impl Customer {
     /// falling due (a segment's start or end, the contract's end), a recharge held by a rail
     /// being evaluated again, a contract starting, an ACTION_REQUIRED deadline. `None` when
     /// nothing is scheduled.
-    pub fn next_wake(&self, after: Timestamp) -> Option<Timestamp> {
+    ///
+    /// Constant time per contract on a usage event: the earliest ACTION_REQUIRED deadline is
+    /// cached per contract (only other inputs move it), and so is the lifecycle's next notice.
+    pub fn next_wake(&mut self, after: Timestamp) -> Option<Timestamp> {
         let mut next: Option<Timestamp> = None;
         let mut consider = |at: Timestamp| {
             if after < at && at < Timestamp::END_OF_TIME {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         };
-        for contract in &self.contracts {
+        for contract in &mut self.contracts {
+            let workflows = &contract.workflows;
+            let deadline = *contract.caches.action_deadline.get_or_insert_with(|| {
+                workflows
+                    .iter()
+                    .filter(|w| !w.state.is_terminal())
+                    .filter_map(|w| w.charge.action_deadline)
+                    .min()
+            });
+            if let Some(deadline) = deadline {
+                consider(deadline);
+            }
             if let Some(due) = contract.caches.lifecycle_due {
                 consider(due);
             }
@@ -482,11 +502,6 @@ impl Customer {
             if let Some(config) = &contract.prepaid_threshold {
                 if let Some(hold) = config.hold.filter(|_| config.is_enabled) {
                     consider(hold.until);
-                }
-            }
-            for workflow in contract.workflows.iter().filter(|w| !w.state.is_terminal()) {
-                if let Some(deadline) = workflow.charge.action_deadline {
-                    consider(deadline);
                 }
             }
         }

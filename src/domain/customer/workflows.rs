@@ -261,13 +261,19 @@ fn held_back(
     }
     let (period_start, period_end) = super::usage::period_bounds(contract, ctx.at);
     let (mut count, mut amount, mut last_start) = (0u64, Money::ZERO, None);
+    // Workflows are kept in the order they started: from the latest back to the period's
+    // start, so a recharge costs what its period holds, not the contract's whole history.
     for workflow in contract
         .workflows
         .iter()
+        .rev()
         .filter(|w| w.kind == WorkflowKind::PrepaidBalance)
     {
         last_start = last_start.max(Some(workflow.started_at));
-        if period_start <= workflow.started_at && workflow.started_at < period_end {
+        if workflow.started_at < period_start {
+            break;
+        }
+        if workflow.started_at < period_end {
             count += 1;
             if workflow.state != WorkflowState::Failed {
                 amount = amount.checked_add(workflow.access_amount)?;
