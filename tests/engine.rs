@@ -674,6 +674,13 @@ async fn engine_with_faults(
     }
     let spend = fixtures::spend_threshold(500, GateType::External);
     customer_with_contract(&engine, CUSTOMER, "fs", Some(spend), None, vec![]).await;
+    // The contract's lifecycle webhooks are delivered before a test arms its faults: their
+    // outbox reads and delivery marks would meet the faults meant for the workflow's effects.
+    eventually("lifecycle webhooks delivered", || {
+        engine.webhook_stats().snapshot().pending == 0
+            && !receiver.of_type("contract.create").is_empty()
+    })
+    .await;
     (engine, faults)
 }
 
@@ -707,12 +714,6 @@ async fn a_failed_outbox_write_stops_the_engine_and_recovery_recreates_the_effec
     let receiver = Receiver::start();
     let (engine, faults) = engine_with_faults(dir.path(), &receiver).await;
     let checkpoints = checkpoint_seqs(&engine);
-    // The contract's lifecycle webhooks are delivered first: their delivery marks are outbox
-    // writes too, and the failure under test is the workflow's.
-    eventually("lifecycle webhooks delivered", || {
-        engine.webhook_stats().snapshot().pending == 0
-    })
-    .await;
 
     // The events are durable; writing the workflow's effects to the outbox fails.
     faults.fail_from(StorageOp::OutboxWrite, 0);
