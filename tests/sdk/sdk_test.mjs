@@ -734,6 +734,14 @@ await step('12. recharge_limits: a second recharge within the interval is held b
         invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 5000 }] },
       },
     ],
+    credits: [
+      {
+        product_id: catalog.commitProductId,
+        name: 'Promotional credit',
+        priority: 50,
+        access_schedule: { schedule_items: [{ amount: 1, starting_at: monthStart, ending_before: farFuture }] },
+      },
+    ],
     prepaid_balance_threshold_configuration: {
       commit: { product_id: catalog.commitProductId },
       is_enabled: true,
@@ -744,6 +752,9 @@ await step('12. recharge_limits: a second recharge within the interval is held b
     },
   });
   const contractId = created.data.id;
+  const credit = await waitFlat('credit.create', { contract_id: contractId });
+  assert.equal(credit.event.commit_type, 'CREDIT');
+  await waitFlat('credit.segment.start', { contract_id: contractId, commit_id: credit.event.commit_id });
   const read = await client.v2.contracts.retrieve({ customer_id: railed.data.id, contract_id: contractId });
   assert.deepEqual(read.data.prepaid_balance_threshold_configuration.recharge_limits, {
     min_recharge_interval_minutes: 60,
@@ -758,7 +769,8 @@ await step('12. recharge_limits: a second recharge within the interval is held b
       properties: {},
     })),
   });
-  await client.v1.usage.ingest(calls('rail-a', 30));
+  // The $1 credit draws first: 31 calls bring B from $50.01 to $19.01.
+  await client.v1.usage.ingest(calls('rail-a', 31));
   await waitHook('payment_gate.threshold_reached', { contract_id: contractId });
   await client.v1.usage.ingest(calls('rail-b', 30));
   const held = await waitHook('payment_gate.recharge_limited', { contract_id: contractId });
@@ -792,6 +804,7 @@ await step('13. contracts.updateEndDate: contract.edit, then contract.end at the
   const ended = await waitFlat('contract.end', { contract_id: contracts.railed });
   assert.equal(new Date(ended.event.timestamp).getTime(), endMs);
   await waitFlat('commit.segment.end', { contract_id: contracts.railed });
+  await waitFlat('credit.segment.end', { contract_id: contracts.railed });
   const read = await client.v1.contracts.retrieve({ customer_id: customers.railed, contract_id: contracts.railed });
   assert.equal(new Date(read.data.current.ending_before).getTime(), endMs);
   await expectError(
