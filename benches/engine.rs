@@ -203,6 +203,7 @@ fn bench_handoff(c: &mut Criterion) {
                     customer: Customer::default(),
                     parked: vec![],
                     quarantined: vec![],
+                    last_input_at: Timestamp::default(),
                 };
                 state.customer.profile = Some(fixtures::profile(id, false));
                 CustomerActor {

@@ -526,6 +526,7 @@ fn apply_input(
         .unwrap_or_default();
     let invoices_before = invoice_count(state);
     let mut applied = guarded_apply(shared, &catalog, state, logged, 0, quarantine, attempt)?;
+    state.last_input_at = state.last_input_at.max(logged.at);
     if matches!(
         input,
         Input::CreateCustomer(_)
@@ -580,7 +581,8 @@ fn apply_input(
         || !applied.transitions.is_empty();
     if may_move_alarm {
         if let Some(index) = shared.wakes.get(usize::from(logged.partition)) {
-            index.set(logged.customer_id, state.customer.next_wake(logged.at));
+            let after = state.last_input_at;
+            index.set(logged.customer_id, state.customer.next_wake(after));
         }
     }
     Ok(applied)

@@ -103,6 +103,10 @@ pub struct PersistedCustomer {
     /// in `quar/`) so that replay decides the same way: an input that replay after an upgrade
     /// applies is not in this list, and a later re-apply of it changes nothing.
     pub quarantined: Vec<(u64, u32)>,
+    /// The latest acceptance time of an input applied to it: its alarm is computed from there
+    /// (an input applied out of its time, a re-applied quarantined one, must not set an alarm
+    /// in the past).
+    pub last_input_at: Timestamp,
 }
 
 /// A customer state as version 2 wrote it (no quarantine list, no workflow history).
@@ -120,6 +124,7 @@ impl From<PersistedCustomerV2> for PersistedCustomer {
             customer: old.customer.into(),
             parked: old.parked,
             quarantined: Vec::new(),
+            last_input_at: Timestamp::default(),
         }
     }
 }
@@ -140,6 +145,7 @@ impl From<PersistedCustomerV3> for PersistedCustomer {
             customer: old.customer.into(),
             parked: old.parked,
             quarantined: old.quarantined,
+            last_input_at: Timestamp::default(),
         }
     }
 }
@@ -160,6 +166,7 @@ impl From<PersistedCustomerV4> for PersistedCustomer {
             customer: old.customer.into(),
             parked: old.parked,
             quarantined: old.quarantined,
+            last_input_at: Timestamp::default(),
         }
     }
 }

@@ -931,6 +931,9 @@ pub struct Lifecycle {
     pub commits_announced: u64,
     pub open_segments: Vec<Id>,
     pub ended: Option<Timestamp>,
+    /// The latest time the lifecycle was looked at: an input applied out of its time (a late
+    /// event, a re-applied one) never takes it back.
+    pub as_of: Timestamp,
 }
 
 /// What [`Contract`] derives from its own fields to answer a usage event in constant time.

@@ -22,7 +22,7 @@ use crate::domain::contract::{
     PurchaseInvoice, Release, Segment, ThresholdConfig, ThresholdKind,
 };
 use crate::domain::effects::NoticeType;
-use crate::domain::gate::GateType;
+use crate::domain::gate::{GateType, WorkflowKind};
 use crate::domain::ids::{Id, Timestamp};
 use crate::domain::money::{CreditType, Money};
 use crate::domain::rejection::Rejection;
@@ -298,20 +298,31 @@ fn set_end(contract: &mut Contract, end: Option<Timestamp>) {
     contract.ending_before = end;
     let contract_end = contract.end_or_forever();
     if contract_end > old_end {
-        // A recharge's commit runs to the contract's end (unless a rail gave it a duration):
-        // what the customer paid for goes on with the contract rather than expiring at the old
-        // end and being charged again.
+        // A threshold's commit runs to the contract's end (a recharge's, at most for the rail's
+        // duration): what the customer paid for goes on with the contract rather than expiring
+        // at the old end and being charged again.
+        let duration_ms = contract
+            .prepaid_threshold
+            .as_ref()
+            .and_then(|c| c.limits.as_ref())
+            .and_then(|l| l.commit_duration_days)
+            .map(|days| i64::from(days) * crate::domain::ids::MS_PER_DAY);
         for commit in contract
             .commits
             .iter_mut()
             .filter(|c| c.created_by_threshold.is_some())
         {
+            let recharge = commit.created_by_threshold == Some(WorkflowKind::PrepaidBalance);
             for segment in commit
                 .segments
                 .iter_mut()
                 .filter(|s| s.ending_before == old_end)
             {
-                segment.ending_before = contract_end;
+                let end = match duration_ms {
+                    Some(ms) if recharge => segment.starting_at.plus_ms(ms).min(contract_end),
+                    _ => contract_end,
+                };
+                segment.ending_before = segment.ending_before.max(end);
             }
         }
     }

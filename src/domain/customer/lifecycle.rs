@@ -28,6 +28,11 @@ impl Customer {
         };
         let customer = (profile.id, profile.custom_fields.as_slice());
         for contract in &mut self.contracts {
+            // Every input moves the clock of every lifecycle, whether or not anything is due
+            // (so that the state never depends on the caches that say what is).
+            if let Some(lifecycle) = contract.lifecycle.as_mut() {
+                lifecycle.as_of = lifecycle.as_of.max(ctx.at);
+            }
             let due = contract
                 .caches
                 .lifecycle_due
@@ -79,6 +84,10 @@ fn advance(
     let quiet = contract.lifecycle.is_none();
     let full = full || quiet || contract.caches.lifecycle_due.is_none();
     let mut lifecycle = contract.lifecycle.take().unwrap_or_default();
+    // Never backwards: an input accepted earlier than one already applied (a late event
+    // released now) sees the lifecycle as it stands.
+    let at = at.max(lifecycle.as_of);
+    lifecycle.as_of = at;
     let mut notices = Vec::new();
     let contract_end = contract.end_or_forever();
     let announced = usize::try_from(lifecycle.commits_announced).unwrap_or(usize::MAX);
