@@ -525,6 +525,9 @@ fn apply_input(
         .map(|p| p.ingest_aliases.clone())
         .unwrap_or_default();
     let invoices_before = invoice_count(state);
+    if attempt == Attempt::First && quarantined_before(shared, state, logged, 0, pass) {
+        return Err(EngineError::Quarantined(QUARANTINED_BEFORE.to_owned()));
+    }
     let mut applied = guarded_apply(shared, &catalog, state, logged, 0, quarantine, attempt)?;
     state.last_input_at = state.last_input_at.max(logged.at);
     if matches!(
@@ -551,6 +554,9 @@ fn apply_input(
                 ..logged
             };
             let index = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            if quarantined_before(shared, state, released, index, pass) {
+                continue;
+            }
             // A customer that was just created is small: a copy restores a failed event.
             let before = state.customer.clone();
             match guarded_apply(
@@ -586,6 +592,41 @@ fn apply_input(
         }
     }
     Ok(applied)
+}
+
+/// Why replay did not run an input: the answer of [`quarantined_before`]'s inputs.
+const QUARANTINED_BEFORE: &str = "quarantined before this replay: kept for the operator";
+
+/// Whether replay or a state rebuild meets an input that was quarantined when it was first
+/// applied: it is quarantined again without running, whatever this version would do with it
+/// (the inputs after it were decided, and acted on, without it; see
+/// [`super::quarantine`]). Listed in the state, so that the operator's decision, replayed
+/// later in the log, applies or discards it as it did live.
+fn quarantined_before(
+    shared: &Shared,
+    state: &mut PersistedCustomer,
+    logged: Logged<'_>,
+    index: u32,
+    pass: Pass,
+) -> bool {
+    if pass == Pass::Live
+        || !shared
+            .quarantined
+            .contains(logged.partition, logged.seq, index)
+    {
+        return false;
+    }
+    if !state.quarantined.contains(&(logged.seq, index)) {
+        state.quarantined.push((logged.seq, index));
+    }
+    tracing::debug!(
+        customer = %logged.customer_id,
+        partition = logged.partition,
+        seq = logged.seq,
+        index,
+        "replay: input quarantined before, quarantined again without running"
+    );
+    true
 }
 
 /// Applies an operator's decision on one of the customer's quarantined inputs. Only an input
@@ -737,6 +778,9 @@ fn guarded_apply(
         })?;
     }
     state.quarantined.push((logged.seq, index));
+    shared
+        .quarantined
+        .insert(logged.partition, logged.seq, index);
     EngineMetrics::add(&metrics.inputs_quarantined, 1);
     tracing::error!(
         customer = %logged.customer_id,

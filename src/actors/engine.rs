@@ -215,6 +215,7 @@ impl Engine {
         );
         shared.placement = placement;
         shared.apply_bug = apply_bug;
+        shared.quarantined = super::quarantine::QuarantinedPositions::load(&shared.store)?;
         let shared = Arc::new(shared);
         shared.load_registry()?;
         shared.load_wakes()?;

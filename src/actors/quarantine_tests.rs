@@ -95,6 +95,16 @@ fn usage(seq: u64, txn: &str, tokens: &str, catalog_version: u64) -> (u64, Input
 fn apply(
     shared: &Shared,
     state: &mut PersistedCustomer,
+    input: (u64, Input, u64),
+    quarantined: &mut QuarantineWrites,
+) -> Result<crate::domain::Applied, EngineError> {
+    apply_in(Pass::Live, shared, state, input, quarantined)
+}
+
+fn apply_in(
+    pass: Pass,
+    shared: &Shared,
+    state: &mut PersistedCustomer,
     (seq, input, catalog_version): (u64, Input, u64),
     quarantined: &mut QuarantineWrites,
 ) -> Result<crate::domain::Applied, EngineError> {
@@ -106,7 +116,7 @@ fn apply(
         catalog_version,
         input: &input,
     };
-    apply_logged(shared, state, logged, Pass::Live, quarantined)
+    apply_logged(shared, state, logged, pass, quarantined)
 }
 
 #[test]
@@ -371,12 +381,84 @@ fn a_reapplied_input_applies_once_leaves_the_quarantine_and_a_second_decision_is
 }
 
 #[test]
-fn replay_that_applies_a_quarantined_input_after_an_upgrade_makes_its_reapply_a_no_op() {
+fn replay_after_an_upgrade_quarantines_the_input_again_and_only_the_decision_applies_it() {
+    use crate::actors::quarantine::QuarantinedPositions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let (_, good, input) = quarantined_negative_usage(&shared);
+    // The restart: the positions come from `quar/`.
+    shared.quarantined = QuarantinedPositions::load(&shared.store).unwrap();
+    assert!(shared.quarantined.contains(0, 5, 0));
+    assert!(!shared.quarantined.contains(0, 5, 1));
+    // Replay from a good state, by a version that would apply the input: the inputs after it
+    // were decided without it, so it is quarantined again without running.
+    for pass in [Pass::Recovery, Pass::Rebuild] {
+        let mut state = good.clone();
+        let mut writes = QuarantineWrites::default();
+        let result = apply_in(
+            pass,
+            &shared,
+            &mut state,
+            (5, input.clone(), version),
+            &mut writes,
+        );
+        assert!(
+            matches!(result, Err(EngineError::Quarantined(_))),
+            "{pass:?}: {result:?}"
+        );
+        assert_eq!(state.customer, good.customer, "{pass:?}: not run");
+        assert_eq!(state.quarantined, vec![(5, 0)], "{pass:?}: listed");
+        assert!(writes.is_empty(), "{pass:?}: its entry is there already");
+    }
+    // Live, a position is always new: nothing is looked up.
+    let mut state = good.clone();
+    apply(
+        &shared,
+        &mut state,
+        (5, input.clone(), version),
+        &mut QuarantineWrites::default(),
+    )
+    .unwrap();
+    assert_ne!(state.customer, good.customer);
+
+    // The replayed decision applies it at its own place in the log, once.
+    let mut state = good.clone();
+    let mut writes = QuarantineWrites::default();
+    let _ = apply_in(
+        Pass::Recovery,
+        &shared,
+        &mut state,
+        (5, input.clone(), version),
+        &mut writes,
+    );
+    let charged = state.customer.contracts[0].periods[0].lines[0].charged;
+    apply_in(
+        Pass::Recovery,
+        &shared,
+        &mut state,
+        decision(6, reapply_of(&input, version)),
+        &mut writes,
+    )
+    .unwrap();
+    let line = &state.customer.contracts[0].periods[0].lines[0];
+    assert!(line.charged < charged, "{line:?}");
+    assert!(state.quarantined.is_empty());
+    persist_quarantined(&shared, &writes).unwrap();
+    // Decided, the position is still known (from `quar-done/`): a later replay from before it
+    // quarantines it again and replays the decision again.
+    let reloaded = QuarantinedPositions::load(&shared.store).unwrap();
+    assert!(reloaded.contains(0, 5, 0));
+}
+
+#[test]
+fn a_decision_on_an_input_an_older_version_applied_by_replay_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let shared = shared(dir.path());
     let version = shared.catalog().version();
     let (_, good, input) = quarantined_negative_usage(&shared);
-    // Replay from a good state (the upgraded code no longer fails): the input applies.
+    // Replay from a good state by a version before 2026-12-08 (the upgraded code no longer
+    // fails, and that version ran it): the input applied. A state it wrote may still be read.
     let mut state = good;
     let mut writes = QuarantineWrites::default();
     apply(

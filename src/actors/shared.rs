@@ -72,6 +72,8 @@ pub struct Shared {
     /// A bug of this version (the simulation's seam): inputs it names panic when applied.
     /// `None` in production.
     pub apply_bug: Option<ApplyBug>,
+    /// Where inputs were quarantined: replay and state rebuilds quarantine them again.
+    pub quarantined: super::quarantine::QuarantinedPositions,
 }
 
 /// A webhook destination and the types it receives (`None`: every type).
@@ -139,6 +141,7 @@ impl Shared {
             handles,
             placement: Placement::Threads,
             apply_bug: None,
+            quarantined: super::quarantine::QuarantinedPositions::default(),
         }
     }
 
