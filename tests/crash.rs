@@ -950,7 +950,7 @@ async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_ver
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(
-        stderr.contains("storage format version 1; this build reads versions 2 to 5"),
+        stderr.contains("storage format version 1; this build reads versions 2 to 6"),
         "stderr: {stderr}"
     );
     let store = tollgate::storage::Store::open(&data, Default::default());
@@ -1096,7 +1096,7 @@ async fn a_backup_taken_under_load_restores_to_the_same_balances_and_counts_noth
     assert!(ok, "tollgate backup failed: {err}");
     let receipt: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(receipt["to"], json!(backup.display().to_string()));
-    assert_eq!(receipt["storage_format"], 5);
+    assert_eq!(receipt["storage_format"], 6);
     assert!(receipt["bytes"].as_u64().unwrap() > 0, "{receipt}");
     let acked_at_backup = ledger.lock().unwrap().acked.len();
     actix_rt::time::sleep(Duration::from_millis(700)).await;

@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 
 use super::entry::{
     LogEntry, PersistedCustomer, PersistedCustomerV2, PersistedCustomerV3, PersistedCustomerV4,
-    STATE_VERSION, STATE_VERSION_V2, STATE_VERSION_V3, STATE_VERSION_V4, state_key,
+    PersistedCustomerV5, STATE_VERSION, STATE_VERSION_V2, STATE_VERSION_V3, STATE_VERSION_V4,
+    STATE_VERSION_V5, state_key,
 };
 use super::error::EngineError;
 use super::handles::QueryFn;
@@ -338,6 +339,9 @@ fn decode_state(
         }
         Some(&STATE_VERSION_V4) => {
             storage::decode::<PersistedCustomerV4>(STATE_VERSION_V4, bytes)?.into()
+        }
+        Some(&STATE_VERSION_V5) => {
+            storage::decode::<PersistedCustomerV5>(STATE_VERSION_V5, bytes)?.into()
         }
         _ => storage::decode(STATE_VERSION, bytes)?,
     };

@@ -294,6 +294,7 @@ impl Engine {
             Arc::clone(&engine.ingest_rate),
         ));
         engine.sweep_late()?;
+        engine.resume_alert_sweeps()?;
         let metrics = &shared.metrics;
         metrics.recovery_replayed.store(replayed_total, Relaxed);
         metrics
@@ -766,6 +767,78 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates an alert (a catalog change) and sweeps the customers it applies to, so that
+    /// each is evaluated within a housekeeping round even if it sends nothing.
+    ///
+    /// # Errors
+    /// The catalog's refusal, storage errors.
+    pub async fn create_alert(
+        &self,
+        alert: crate::domain::alerts::Alert,
+    ) -> Result<(), EngineError> {
+        let id = alert.id;
+        self.change_catalog(CatalogChange::CreateAlert(alert))
+            .await?;
+        let alert = self
+            .shared
+            .catalog()
+            .alert(id)
+            .cloned()
+            .ok_or_else(|| EngineError::Internal("alert not in the catalog".into()))?;
+        self.sweep_alert(&alert)
+    }
+
+    /// Brings the alarm of every customer `alert` applies to forward to now (kept in `meta`
+    /// like every alarm: the housekeeping ticks them, `WAKES_PER_HOUSEKEEPING` at a time per
+    /// partition), then marks the sweep done (synced, which makes the alarms durable with it).
+    /// A crash before the mark sweeps again at the next start; a second tick changes nothing.
+    fn sweep_alert(&self, alert: &crate::domain::alerts::Alert) -> Result<(), EngineError> {
+        let now = crate::domain::Timestamp(self.shared.clock.now_ms());
+        let customers = match alert.customer_id {
+            Some(customer) => vec![customer],
+            None => self.shared.registry.customers(),
+        };
+        for customer in &customers {
+            let partition = usize::from(self.shared.partition_of(*customer));
+            if let Some(wakes) = self.shared.wakes.get(partition) {
+                wakes.wake_by(*customer, now);
+            }
+        }
+        let marked = self
+            .shared
+            .wakes
+            .iter()
+            .try_for_each(|wakes| wakes.flush(&self.shared.store).map(|_| ()))
+            .and_then(|()| {
+                self.shared
+                    .store
+                    .meta_write_batch(&[(alert_swept_key(alert.id), vec![1])], &[])
+            });
+        if let Err(error) = marked {
+            self.fail_stop("alert sweep", &error);
+            return Err(error.into());
+        }
+        tracing::info!(alert = %alert.id, customers = customers.len(), "alert sweep scheduled");
+        Ok(())
+    }
+
+    /// Sweeps again for every alert in force whose sweep was not marked done (a crash between
+    /// the alert's creation and the mark).
+    fn resume_alert_sweeps(&self) -> Result<(), EngineError> {
+        let catalog = self.shared.catalog();
+        for alert in catalog.alerts().filter(|a| a.archived_at.is_none()) {
+            if self
+                .shared
+                .store
+                .meta_get(&alert_swept_key(alert.id))?
+                .is_none()
+            {
+                self.sweep_alert(alert)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a customer's state through its actor.
     ///
     /// # Errors
@@ -1176,6 +1249,13 @@ async fn log_limits(
         })
         .await?;
     Ok(())
+}
+
+/// `asw/` ++ alert id: the alert's sweep was scheduled (see [`Engine::create_alert`]).
+fn alert_swept_key(alert: Id) -> Vec<u8> {
+    let mut key = b"asw/".to_vec();
+    key.extend_from_slice(alert.as_bytes());
+    key
 }
 
 fn load_catalog(store: &Store) -> Result<Catalog, EngineError> {

@@ -732,3 +732,32 @@ fn a_state_written_by_version_3_reads_with_the_history_its_workflows_still_tell(
     // Version 3 kept no history: the workflow's start and the state it is in.
     assert_eq!(read.customer.workflow_history, live_history);
 }
+
+#[test]
+fn a_state_written_by_version_5_reads_with_no_alert_statuses() {
+    use crate::actors::entry::PersistedCustomerV5;
+    use crate::domain::customer::legacy::CustomerV5;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let state = customer_with_tokens();
+    let old = PersistedCustomerV5 {
+        applied_seq: 11,
+        customer: CustomerV5 {
+            profile: state.customer.profile.clone(),
+            contracts: state.customer.contracts.clone(),
+            workflow_history: state.customer.workflow_history.clone(),
+        },
+        parked: Vec::new(),
+        quarantined: vec![(3, 0)],
+        last_input_at: T0,
+    };
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V5, &old).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 11);
+    assert_eq!(read.quarantined, vec![(3, 0)]);
+    assert_eq!(read.last_input_at, T0);
+    assert_eq!(read.customer, state.customer);
+    assert!(read.customer.alerts.is_empty());
+}

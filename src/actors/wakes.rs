@@ -68,6 +68,15 @@ impl WakeIndex {
         alarms.staged.insert(customer, at);
     }
 
+    /// Brings `customer`'s alarm forward to `at` (unless it is due earlier already): a new
+    /// alert's sweep. The customer's next tick sets its own next alarm again.
+    pub fn wake_by(&self, customer: Id, at: Timestamp) {
+        let current = self.lock().by_customer.get(&customer).copied();
+        if current.is_none_or(|current| current > at.millis()) {
+            self.set(customer, Some(at));
+        }
+    }
+
     /// Takes out of the queue up to `max` customers whose time is at or before `now_ms`,
     /// earliest first. The alarm itself stays set (and in `meta`) until the tick they are sent
     /// sets the next one or clears it: a crash before the tick applies ticks them again after

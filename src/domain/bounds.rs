@@ -83,6 +83,20 @@ fn check_money(field: &str, value: Money, max: i64) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// A resource's `uniqueness_key` (contracts, edits, alerts): 1 to 128 characters.
+///
+/// # Errors
+/// [`Rejection::InvalidField`] naming `uniqueness_key`.
+pub fn check_uniqueness_key(key: &str) -> Result<(), Rejection> {
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(Rejection::invalid(
+            "uniqueness_key",
+            "must be 1 to 128 characters",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

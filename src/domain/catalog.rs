@@ -331,6 +331,14 @@ pub enum CatalogChange {
     /// an input is judged by the limits in force when it was accepted, so replay does not depend
     /// on a config edited between runs.
     SetLimits(Limits),
+    /// A new alert (`created_in` is set on apply).
+    CreateAlert(super::alerts::Alert),
+    /// Archives an alert: it judges no input accepted after this version.
+    ArchiveAlert {
+        id: Id,
+        at: Timestamp,
+        release_uniqueness_key: bool,
+    },
 }
 
 /// Every catalog object plus the indexes rating needs.
@@ -348,6 +356,8 @@ pub struct Catalog {
     /// The limits in force from each version on (ascending versions).
     #[serde(default)]
     limits: Vec<(u64, Limits)>,
+    #[serde(default)]
+    alerts: FxHashMap<Id, super::alerts::Alert>,
     #[serde(skip)]
     index: CatalogIndex,
 }
@@ -365,6 +375,10 @@ struct CatalogIndex {
     rating_by_event_type: FxHashMap<String, Vec<RatedMetric>>,
     /// The same for metrics without an `in_values` list.
     rating_for_any_type: Vec<RatedMetric>,
+    /// Alerts for every customer, and for one customer, in id order (archived ones too: an
+    /// input accepted before the archive is still judged by it).
+    alerts_for_all: Vec<Id>,
+    alerts_by_customer: FxHashMap<Id, Vec<Id>>,
 }
 
 /// A candidate metric and the USAGE products billed from it (copies kept by the index).
@@ -467,6 +481,35 @@ impl Catalog {
             .chain(&self.index.rating_for_any_type)
             .filter(move |rated| rated.rates_at(catalog_version))
             .map(|rated| (&rated.metric, rated.products.as_slice()))
+    }
+
+    pub fn alert(&self, id: Id) -> Option<&super::alerts::Alert> {
+        self.alerts.get(&id)
+    }
+
+    pub fn alerts(&self) -> impl Iterator<Item = &super::alerts::Alert> {
+        self.alerts.values()
+    }
+
+    /// The alerts that judge an input of `customer` accepted at `catalog_version`, in id order.
+    pub fn alerts_for(&self, customer: Id, catalog_version: u64) -> Vec<&super::alerts::Alert> {
+        let own = self
+            .index
+            .alerts_by_customer
+            .get(&customer)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if own.is_empty() && self.index.alerts_for_all.is_empty() {
+            return Vec::new();
+        }
+        let mut alerts: Vec<&super::alerts::Alert> = own
+            .iter()
+            .chain(&self.index.alerts_for_all)
+            .filter_map(|id| self.alerts.get(id))
+            .filter(|alert| alert.in_force_at(catalog_version))
+            .collect();
+        alerts.sort_unstable_by_key(|a| a.id);
+        alerts
     }
 
     pub fn products_of_metric(&self, metric: Id) -> &[Id] {
@@ -580,6 +623,36 @@ impl Catalog {
             CatalogChange::SetLimits(limits) => {
                 self.limits.push((self.version + 1, limits));
             }
+            CatalogChange::CreateAlert(mut alert) => {
+                alert.validate(self)?;
+                if self.alerts.contains_key(&alert.id) {
+                    return Err(Rejection::AlreadyExists);
+                }
+                if let Some(key) = &alert.uniqueness_key {
+                    let taken = self
+                        .alerts
+                        .values()
+                        .any(|a| !a.key_released && a.uniqueness_key.as_ref() == Some(key));
+                    if taken {
+                        return Err(Rejection::UniquenessKeyReused);
+                    }
+                }
+                alert.created_in = self.version + 1;
+                alert.archived_in = None;
+                alert.archived_at = None;
+                self.alerts.insert(alert.id, alert);
+            }
+            CatalogChange::ArchiveAlert {
+                id,
+                at,
+                release_uniqueness_key,
+            } => {
+                let next = self.version + 1;
+                let alert = self.alerts.get_mut(&id).ok_or(Rejection::AlertNotFound)?;
+                alert.archived_at.get_or_insert(at);
+                alert.archived_in.get_or_insert(next);
+                alert.key_released |= release_uniqueness_key;
+            }
         }
         self.version += 1;
         self.rebuild_index();
@@ -634,6 +707,18 @@ impl Catalog {
             .map(|(event_type, ids)| (event_type.clone(), ids.iter().map(rated).collect()))
             .collect();
         index.rating_for_any_type = index.metrics_for_any_type.iter().map(rated).collect();
+        let mut alerts: Vec<&super::alerts::Alert> = self.alerts.values().collect();
+        alerts.sort_unstable_by_key(|a| a.id);
+        for alert in alerts {
+            match alert.customer_id {
+                Some(customer) => index
+                    .alerts_by_customer
+                    .entry(customer)
+                    .or_default()
+                    .push(alert.id),
+                None => index.alerts_for_all.push(alert.id),
+            }
+        }
         self.index = index;
     }
 }

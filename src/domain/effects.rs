@@ -44,6 +44,10 @@ pub enum NoticeType {
     CreditCreate,
     CreditSegmentStart,
     CreditSegmentEnd,
+    /// A customer entered alarm on an alert: `alerts.<type>` (properties envelope).
+    AlertReached(super::alerts::AlertType),
+    /// Tollgate's: a customer left alarm: `alerts.<type>_resolved` (properties envelope).
+    AlertResolved(super::alerts::AlertType),
 }
 
 impl NoticeType {
@@ -59,11 +63,23 @@ impl NoticeType {
             NoticeType::CreditCreate => "credit.create",
             NoticeType::CreditSegmentStart => "credit.segment.start",
             NoticeType::CreditSegmentEnd => "credit.segment.end",
+            NoticeType::AlertReached(alert) => alert.webhook_type(),
+            NoticeType::AlertResolved(alert) => alert.resolved_type(),
         }
     }
 
     /// Every notice type, for listings and tests.
-    pub const ALL: [NoticeType; 10] = [
+    pub fn all() -> Vec<NoticeType> {
+        let alerts = super::alerts::AlertType::ALL;
+        NoticeType::FIXED
+            .into_iter()
+            .chain(alerts.iter().map(|&t| NoticeType::AlertReached(t)))
+            .chain(alerts.iter().map(|&t| NoticeType::AlertResolved(t)))
+            .collect()
+    }
+
+    /// The notice types without an alert type.
+    const FIXED: [NoticeType; 10] = [
         NoticeType::RechargeLimited,
         NoticeType::ContractCreate,
         NoticeType::ContractEdit,
@@ -189,7 +205,7 @@ pub fn all_type_names() -> impl Iterator<Item = &'static str> {
     WebhookType::ALL
         .iter()
         .map(|t| t.as_str())
-        .chain(NoticeType::ALL.iter().map(|t| t.as_str()))
+        .chain(NoticeType::all().into_iter().map(NoticeType::as_str))
 }
 
 /// Whether `pattern` (an exact type name, or a prefix ending in `*`) names at least one type.

@@ -26,6 +26,9 @@ pub struct Id(Uuid);
 const NAMESPACE: Uuid = Uuid::from_u128(0x8f3c_5a1e_9d24_4b7a_a6e2_0c51_7d3e_94b8);
 
 impl Id {
+    /// The nil UUID: "none" where an id is required (an alert's notice names no contract).
+    pub const NIL: Id = Id(Uuid::nil());
+
     pub const fn from_u128(value: u128) -> Id {
         Id(Uuid::from_u128(value))
     }

@@ -7,6 +7,7 @@
 //! reqwest or a clock. Time and the ids of edge-created objects arrive with each input, so the
 //! same inputs always give the same state, the same effects and the same ids.
 
+pub mod alerts;
 pub mod bounds;
 pub mod catalog;
 pub mod contract;

@@ -44,6 +44,9 @@ pub enum Rejection {
     /// A product of the wrong type was referenced (a USAGE product where a FIXED one is needed).
     #[error("{0}")]
     WrongProductType(String),
+    /// The referenced alert does not exist (or is not in force for this customer).
+    #[error("alert not found")]
+    AlertNotFound,
     /// The referenced commit does not exist on this contract.
     #[error("commit not found")]
     CommitNotFound,
@@ -119,6 +122,7 @@ impl Rejection {
             Rejection::RateCardNotFound(_) => "rate_card_not_found",
             Rejection::BillableMetricNotFound(_) => "billable_metric_not_found",
             Rejection::WrongProductType(_) => "wrong_product_type",
+            Rejection::AlertNotFound => "alert_not_found",
             Rejection::CommitNotFound => "commit_not_found",
             Rejection::InvoiceNotFound => "invoice_not_found",
             Rejection::InvoiceNotVoidable(_) => "invoice_not_voidable",

@@ -88,6 +88,7 @@ fn rejection_status(rejection: &Rejection) -> StatusCode {
         Rejection::CustomerNotFound
         | Rejection::ContractNotFound
         | Rejection::CommitNotFound
+        | Rejection::AlertNotFound
         | Rejection::InvoiceNotFound
         | Rejection::WorkflowNotFound => StatusCode::NOT_FOUND,
         Rejection::UniquenessKeyReused

@@ -2,6 +2,7 @@
 //! sends and expects them) are converted to domain types here; the only place status codes
 //! exist is `error.rs`. Handlers talk to the engine through [`Engine`] only.
 
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod backup;
@@ -196,6 +197,7 @@ pub fn register(routes: &mut openapi::Routes<'_>, stripe_webhook_path: Option<&s
     ops::routes(routes);
     ingest::routes(routes);
     catalog::routes(routes);
+    alerts::routes(routes);
     customers::routes(routes);
     contracts::routes(routes);
     balances::routes(routes);

@@ -455,15 +455,7 @@ impl ThresholdUpdate {
     }
 }
 
-fn validate_uniqueness_key(key: &str) -> Result<(), Rejection> {
-    if key.is_empty() || key.chars().count() > 128 {
-        return Err(Rejection::invalid(
-            "uniqueness_key",
-            "must be 1 to 128 characters",
-        ));
-    }
-    Ok(())
-}
+use crate::domain::bounds::check_uniqueness_key as validate_uniqueness_key;
 
 fn validate_commit(
     spec: &CommitSpec,

@@ -219,6 +219,26 @@ impl From<CustomerV4> for Customer {
             profile: old.profile,
             contracts: old.contracts.into_iter().map(Into::into).collect(),
             workflow_history: old.workflow_history,
+            alerts: Vec::new(),
+        }
+    }
+}
+
+/// A customer as state version 5 stored it (no alert statuses).
+#[derive(Deserialize, serde::Serialize)]
+pub struct CustomerV5 {
+    pub profile: Option<CustomerProfile>,
+    pub contracts: Vec<Contract>,
+    pub workflow_history: Vec<StateChange>,
+}
+
+impl From<CustomerV5> for Customer {
+    fn from(old: CustomerV5) -> Customer {
+        Customer {
+            profile: old.profile,
+            contracts: old.contracts,
+            workflow_history: old.workflow_history,
+            alerts: Vec::new(),
         }
     }
 }

@@ -180,6 +180,11 @@ pub enum Input {
     CreateContract(Box<ContractSpec>),
     /// Edit a contract (log version 6: rails, end dates).
     EditContract(Box<ContractEdit>),
+    /// Forget where the customer stands on an alert and evaluate it again now
+    /// (`/v1/customer-alerts/reset`; log version 7).
+    ResetAlert {
+        alert_id: Id,
+    },
 }
 
 /// An operator's decision on one quarantined input, with the input it decides on as the
@@ -242,6 +247,8 @@ pub struct Customer {
     pub contracts: Vec<Contract>,
     /// Every state change of this customer's workflows, in the order they happened.
     pub workflow_history: Vec<StateChange>,
+    /// Where it stands on each alert it was evaluated on (state version 6).
+    pub alerts: Vec<super::alerts::AlertStatus>,
 }
 
 /// A customer as state versions 2 and 3 stored it (no workflow history).
@@ -276,6 +283,7 @@ impl From<CustomerV3> for Customer {
             profile: old.profile,
             contracts: old.contracts.into_iter().map(Into::into).collect(),
             workflow_history: history,
+            alerts: Vec::new(),
         }
     }
 }
@@ -299,6 +307,26 @@ impl Drop for Rollback<'_> {
             Saved::Nothing => {}
             Saved::Whole(customer) => *self.customer = *customer,
         }
+    }
+}
+
+/// What an input that moved an alert was, for `triggered_by`.
+fn alert_trigger(input: &Input) -> &'static str {
+    match input {
+        Input::RecordUsage(_) => "usage",
+        Input::CreateContract(_)
+        | Input::CreateContractV1(_)
+        | Input::EditContract(_)
+        | Input::EditContractV1(_) => "contract",
+        Input::PaymentOutcome(_) | Input::CancelWorkflow { .. } => "payment",
+        Input::VoidInvoice { .. } => "invoice",
+        Input::Tick => "time",
+        Input::ResetAlert { .. } => "reset",
+        Input::CreateCustomer(_)
+        | Input::SetIngestAliases(_)
+        | Input::SetStripeBilling(_)
+        | Input::ArchiveCustomer
+        | Input::Quarantine(_) => "customer",
     }
 }
 
@@ -449,10 +477,12 @@ impl Customer {
                     "quarantine decisions are applied by the engine".into(),
                 ));
             }
+            Input::ResetAlert { alert_id } => self.reset_alert(*alert_id, ctx)?,
         }
         // Usage looks only at what it created and at contracts whose next notice is due.
         let usage = matches!(input, Input::RecordUsage(_));
         self.advance_lifecycles(!usage, ctx, &mut applied);
+        self.evaluate_alerts(alert_trigger(input), ctx, &mut applied)?;
         if !usage {
             // Any other input may move a workflow's ACTION_REQUIRED deadline.
             for contract in &mut self.contracts {
