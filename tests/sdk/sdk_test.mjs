@@ -817,6 +817,95 @@ await step('13. contracts.updateEndDate: contract.edit, then contract.end at the
   assert.ok(lifted.data.current.ending_before == null, `open-ended again: ${lifted.data.current.ending_before}`);
 });
 
+// ---------------------------------------------------------------------------------------------
+// 14. Alerts (threshold notifications)
+
+await step('14. alerts: create, customers.alerts.retrieve/list, alerts.* on the crossing event, _resolved, reset, archive', async () => {
+  const watched = await client.v1.customers.create({ name: `Watched ${run}`, ingest_aliases: [`watched-${run}`] });
+  const customerId = watched.data.id;
+  const created = await client.v1.contracts.create({
+    customer_id: customerId,
+    rate_card_id: catalog.rateCardId,
+    starting_at: monthStart,
+    commits: [
+      {
+        type: 'PREPAID',
+        product_id: catalog.commitProductId,
+        priority: 10,
+        access_schedule: { schedule_items: [{ amount: 5000, starting_at: monthStart, ending_before: farFuture }] },
+        invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 5000 }] },
+      },
+    ],
+  });
+  const contractId = created.data.id;
+  const type = 'low_remaining_contract_credit_and_commit_balance_reached';
+  const alert = await client.v1.alerts.create({
+    alert_type: type,
+    name: `Balance low ${run}`,
+    threshold: 2000,
+    customer_id: customerId,
+    uniqueness_key: `alert-${run}`,
+  });
+  const alertId = alert.data.id;
+  await expectError(
+    client.v1.alerts.create({ alert_type: type, name: 'again', threshold: 1, uniqueness_key: `alert-${run}` }),
+    ConflictError,
+    409,
+  );
+  const status = () => client.v1.customers.alerts.retrieve({ customer_id: customerId, alert_id: alertId });
+  await waitFor('the sweep evaluates the alert', async () => (await status()).data.customer_status === 'ok');
+  const calls = (prefix, n) => ({
+    usage: Array.from({ length: n }, (_, i) => ({
+      transaction_id: `${run}-${prefix}-${i}`,
+      customer_id: `watched-${run}`,
+      event_type: 'api_call',
+      timestamp: iso(Date.now()),
+      properties: {},
+    })),
+  });
+  // $50 - $30 = $20: the threshold, reached on this batch.
+  await client.v1.usage.ingest(calls('alert-a', 30));
+  const hook = await waitHook(`alerts.${type}`, { alert_id: alertId });
+  requireFields(hook.event.properties, ['customer_id', 'alert_id', 'timestamp', 'threshold', 'alert_name', 'triggered_by', 'remaining_balance', 'credit_type_id'], type);
+  assert.equal(hook.event.properties.remaining_balance, 2000);
+  assert.equal(hook.event.properties.customer_id, customerId);
+  const read = await status();
+  assert.equal(read.data.customer_status, 'in_alarm');
+  assert.equal(read.data.alert.type, type);
+  assert.equal(read.data.alert.status, 'enabled');
+  const listed = await collect(client.v1.customers.alerts.list({ customer_id: customerId }));
+  assert.equal(listed.length, 1);
+  assert.equal(listed[0].alert.id, alertId);
+  assert.equal(listed[0].customer_status, 'in_alarm');
+  // A $50 commit: back above the threshold, Tollgate's _resolved webhook.
+  await client.v2.contracts.edit({
+    customer_id: customerId,
+    contract_id: contractId,
+    add_commits: [
+      {
+        type: 'PREPAID',
+        product_id: catalog.commitProductId,
+        priority: 20,
+        access_schedule: { schedule_items: [{ amount: 5000, starting_at: monthStart, ending_before: farFuture }] },
+        invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 5000 }] },
+      },
+    ],
+  });
+  const resolved = await waitHook(`alerts.${type}_resolved`, { alert_id: alertId });
+  assert.equal(resolved.event.properties.remaining_balance, 7000);
+  assert.equal((await status()).data.customer_status, 'ok');
+  // Reset: evaluated again at once (ok, no webhook), then archived with its key released.
+  await client.v1.customers.alerts.reset({ customer_id: customerId, alert_id: alertId });
+  assert.equal((await status()).data.customer_status, 'ok');
+  await client.v1.alerts.archive({ id: alertId, release_uniqueness_key: true });
+  const archived = await collect(client.v1.customers.alerts.list({ customer_id: customerId, alert_statuses: ['ARCHIVED'] }));
+  assert.equal(archived[0].alert.status, 'archived');
+  assert.equal(archived[0].customer_status, null);
+  const reused = await client.v1.alerts.create({ alert_type: 'spend_threshold_reached', name: 'reused key', threshold: 100000, uniqueness_key: `alert-${run}` });
+  await client.v1.alerts.archive({ id: reused.data.id });
+  assert.equal(hooks(`alerts.${type}`, { alert_id: alertId }).length, 1, 'one alarm');
+});
+
 await shutdown();
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
 console.log(`\nSDK flow passed: ${passed.length} steps, ${webhooks.length} webhook deliveries verified, ${seconds} s`);
