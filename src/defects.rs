@@ -41,11 +41,13 @@ pub enum Defect {
     RailsIgnored,
     /// A segment's end is recorded but never announced.
     SegmentEndUnannounced,
+    /// A customer leaving alarm on an alert is never noticed: it stays `in_alarm`.
+    AlertResolutionLost,
 }
 
 impl Defect {
     /// Every defect, in the order the simulation's defect test tries them.
-    pub const ALL: [Defect; 13] = [
+    pub const ALL: [Defect; 14] = [
         Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
@@ -59,6 +61,7 @@ impl Defect {
         Defect::AuditUnwritten,
         Defect::RailsIgnored,
         Defect::SegmentEndUnannounced,
+        Defect::AlertResolutionLost,
     ];
 }
 
@@ -107,6 +110,7 @@ mod tests {
             Defect::AuditUnwritten => 10,
             Defect::RailsIgnored => 11,
             Defect::SegmentEndUnannounced => 12,
+            Defect::AlertResolutionLost => 13,
         }
     }
 

@@ -497,7 +497,10 @@ impl Customer {
                 Some(AlertState::Evaluating) => (AlertState::Ok, true),
                 Some(state) => (state, true),
             };
-            let after = if reading.breached {
+            let after = if reading.breached
+                || (before == AlertState::InAlarm
+                    && crate::defects::active(crate::defects::Defect::AlertResolutionLost))
+            {
                 AlertState::InAlarm
             } else {
                 AlertState::Ok

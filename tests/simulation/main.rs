@@ -69,6 +69,8 @@ fn seeds_pass_every_invariant() {
         totals.contracts_ended += report.contracts_ended;
         totals.end_dates += report.end_dates;
         totals.lifecycle_notices += report.lifecycle_notices;
+        totals.alerts_created += report.alerts_created;
+        totals.alert_webhooks += report.alert_webhooks;
     }
     println!("totals: {totals:?}");
     // The workload reaches what the invariants are about (CI's seeds, or more).
@@ -84,6 +86,10 @@ fn seeds_pass_every_invariant() {
         assert!(
             totals.lifecycle_notices > 0,
             "no lifecycle notice: {totals:?}"
+        );
+        assert!(
+            totals.alerts_created > 0 && totals.alert_webhooks > 0,
+            "no alert created or no alert webhook: {totals:?}"
         );
     }
 }

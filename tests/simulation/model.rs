@@ -137,6 +137,8 @@ pub struct Model {
     pub alias_moves: Vec<AliasMove>,
     /// A new price for API calls from an hour after it was added, at most once a run.
     pub rate_change: Option<RateChange>,
+    /// (alert, customer) pairs a reset was sent for (answered or not).
+    pub alert_resets: std::collections::BTreeSet<(tollgate::domain::Id, tollgate::domain::Id)>,
 }
 
 /// A FLAT rate for the API product added to the rate card mid-run.

@@ -37,6 +37,8 @@ use tollgate::payments::stripe::StripeProvider;
 use super::model::{AliasMove, CustomerModel, Model, RateChange, SentEvent, Status, Usage};
 pub use lifecycle::RailsModel;
 
+#[path = "alerts.rs"]
+mod alerts;
 #[path = "lifecycle.rs"]
 mod lifecycle;
 use super::receiver::Receiver;
@@ -90,6 +92,9 @@ pub struct Report {
     pub contracts_ended: usize,
     pub end_dates: usize,
     pub lifecycle_notices: usize,
+    /// Alerts created (answered 200), and alert webhooks received (alarms and resolutions).
+    pub alerts_created: usize,
+    pub alert_webhooks: usize,
 }
 
 /// How long a run is.
@@ -360,6 +365,8 @@ enum Purpose {
     Cancel,
     /// A contract end date set or lifted (judged in `end_date_answered`).
     EndDate,
+    /// An alert created, archived or reset (judged in `alert_answered`).
+    Alert,
     /// A release, whose answers the workflow checks judge.
     Other,
 }
@@ -1494,6 +1501,8 @@ impl Sim {
             90 => self.add_rate(app).await,
             92..=93 => self.cancel(app).await,
             95..=96 => self.set_end_date(app).await,
+            97 => self.create_alert(app).await,
+            98 => self.archive_or_reset_alert(app, engine).await,
             94 if self.swarm.buggy_version => self.decide_quarantined(app).await,
             91 => {
                 let key = format!("redrive-all-{}", self.step);
@@ -1739,6 +1748,7 @@ impl Sim {
             }
             Purpose::Cancel => self.cancel_answered(&request.path, status, &value),
             Purpose::EndDate => self.end_date_answered(&request, status, &value),
+            Purpose::Alert => self.alert_answered(&request, status, &value),
             // Valid requests: a 4xx would mean a fault (a storage error) answered as the
             // client's mistake, and the client would never send it again. (A 409 is the
             // documented answer only to a creation's or an edit's retry, which finds its object;
@@ -2738,6 +2748,7 @@ impl Sim {
         self.check_workflow_list(app, engine).await?;
         self.check_workflow_money(engine).await?;
         self.check_rails_and_lifecycle(engine).await?;
+        self.check_alerts(engine).await?;
         self.check_audit(app).await?;
         self.check_webhook_lists(app).await?;
         let conflicts = self.receiver.conflicts();
