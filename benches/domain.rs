@@ -4,6 +4,9 @@
 //! `cargo bench --bench domain`; figures are recorded in BENCHMARKS.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rust_decimal::Decimal;
+use tollgate::domain::alerts::{Alert, AlertType};
+use tollgate::domain::catalog::CatalogChange;
 use tollgate::domain::customer::{Ctx, Customer, Input};
 use tollgate::domain::fixtures::{self, CONTRACT, CUSTOMER, T0};
 use tollgate::domain::gate::GateType;
@@ -116,6 +119,57 @@ fn bench_apply(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         )
+    });
+    // The same calls with three alerts in force for every customer (a balance, a spend and a
+    // usage alert, never crossed): what evaluating alerts on every event costs.
+    let mut alerting = catalog.clone();
+    for (i, alert_type) in [
+        AlertType::LowRemainingContractCreditAndCommitBalance,
+        AlertType::SpendThreshold,
+        AlertType::UsageThreshold,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let alert = Alert {
+            id: tollgate::domain::Id::from_u128(0x9000 + i as u128),
+            alert_type,
+            name: format!("alert {i}"),
+            threshold: match alert_type {
+                AlertType::LowRemainingContractCreditAndCommitBalance => Decimal::ONE,
+                _ => Decimal::from(1_000_000_000_000_i64),
+            },
+            customer_id: None,
+            credit_type_id: tollgate::domain::money::CreditType::usd_cents().id,
+            billable_metric_id: (alert_type == AlertType::UsageThreshold)
+                .then_some(fixtures::API_METRIC),
+            invoice_types: Vec::new(),
+            credit_grant_type_filters: Vec::new(),
+            evaluate_on_create: true,
+            uniqueness_key: None,
+            key_released: false,
+            created_at: T0,
+            archived_at: None,
+            created_in: 0,
+            archived_in: None,
+        };
+        alerting
+            .apply(CatalogChange::CreateAlert(alert))
+            .expect("a valid alert");
+    }
+    let alert_ctx = Ctx {
+        at,
+        catalog: &alerting,
+        catalog_version: alerting.version(),
+        limits: &limits,
+    };
+    let mut state = customer(&alerting, &limits, at);
+    group.bench_function("count_flat_rate_three_alerts", |b| {
+        b.iter(|| {
+            for input in &calls {
+                state.apply(input, &alert_ctx).unwrap();
+            }
+        })
     });
     group.finish();
 }

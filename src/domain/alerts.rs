@@ -485,11 +485,10 @@ impl Customer {
         let Some(customer_id) = self.id() else {
             return Ok(());
         };
-        let alerts = ctx.catalog.alerts_for(customer_id, ctx.catalog_version);
-        if alerts.is_empty() {
+        if !ctx.catalog.has_alerts_for(customer_id) {
             return Ok(());
         }
-        for alert in alerts {
+        for alert in ctx.catalog.alerts_for(customer_id, ctx.catalog_version) {
             let reading = self.alert_reading(alert, ctx)?;
             let position = self.alerts.iter().position(|s| s.alert_id == alert.id);
             let (before, announce) = match position.map(|i| self.alerts[i].state) {
@@ -560,7 +559,6 @@ impl Customer {
         if !ctx
             .catalog
             .alerts_for(customer_id, ctx.catalog_version)
-            .iter()
             .any(|a| a.id == alert_id)
         {
             return Err(Rejection::AlertNotFound);

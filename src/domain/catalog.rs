@@ -491,25 +491,30 @@ impl Catalog {
         self.alerts.values()
     }
 
-    /// The alerts that judge an input of `customer` accepted at `catalog_version`, in id order.
-    pub fn alerts_for(&self, customer: Id, catalog_version: u64) -> Vec<&super::alerts::Alert> {
+    /// The alerts that judge an input of `customer` accepted at `catalog_version`: the
+    /// customer's own, then those for every customer, each in id order.
+    pub fn alerts_for(
+        &self,
+        customer: Id,
+        catalog_version: u64,
+    ) -> impl Iterator<Item = &super::alerts::Alert> + '_ {
         let own = self
             .index
             .alerts_by_customer
             .get(&customer)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        if own.is_empty() && self.index.alerts_for_all.is_empty() {
-            return Vec::new();
-        }
-        let mut alerts: Vec<&super::alerts::Alert> = own
-            .iter()
+        own.iter()
             .chain(&self.index.alerts_for_all)
             .filter_map(|id| self.alerts.get(id))
-            .filter(|alert| alert.in_force_at(catalog_version))
-            .collect();
-        alerts.sort_unstable_by_key(|a| a.id);
-        alerts
+            .filter(move |alert| alert.in_force_at(catalog_version))
+    }
+
+    /// Whether any alert exists for `customer` (in force or not): one lookup, for the hot
+    /// path.
+    pub fn has_alerts_for(&self, customer: Id) -> bool {
+        !self.index.alerts_for_all.is_empty()
+            || self.index.alerts_by_customer.contains_key(&customer)
     }
 
     pub fn products_of_metric(&self, metric: Id) -> &[Id] {

@@ -161,7 +161,6 @@ impl Sim {
                     };
                     let in_force: Vec<Id> = catalog_for
                         .alerts_for(id, catalog_for.version())
-                        .iter()
                         .map(|a| a.id)
                         .collect();
                     let statuses: Vec<_> = customer
