@@ -503,6 +503,13 @@ impl Engine {
         self.shared.pending.iter().map(Backlog::pending).sum()
     }
 
+    /// Alarms due now that the housekeeping has not ticked yet, over all partitions (a reader
+    /// that wants a state no alarm is about to move waits for 0).
+    pub fn alarms_due(&self) -> usize {
+        let now = self.shared.clock.now_ms();
+        self.shared.wakes.iter().map(|w| w.due(now)).sum()
+    }
+
     /// Inputs admitted since the start, over all partitions (a reader that sees it unchanged
     /// and nothing pending around its reads read one consistent state).
     pub fn inputs_admitted(&self) -> u64 {

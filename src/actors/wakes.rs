@@ -115,6 +115,15 @@ impl WakeIndex {
         self.len() == 0
     }
 
+    /// How many alarms are due at `now_ms` and not yet taken by the housekeeping.
+    pub fn due(&self, now_ms: i64) -> usize {
+        self.lock()
+            .queue
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .count()
+    }
+
     /// Adds an alarm read from `meta` at start (one already set since wins: it is newer).
     pub fn load(&self, customer: Id, at: Timestamp) {
         let mut alarms = self.lock();

@@ -488,6 +488,12 @@ impl Customer {
         if !ctx.catalog.has_alerts_for(customer_id) {
             return Ok(());
         }
+        // As of the latest input's time, never earlier (see `Customer::alerts_as_of`).
+        self.alerts_as_of = self.alerts_as_of.max(ctx.at);
+        let ctx = &Ctx {
+            at: self.alerts_as_of,
+            ..*ctx
+        };
         for alert in ctx.catalog.alerts_for(customer_id, ctx.catalog_version) {
             let reading = self.alert_reading(alert, ctx)?;
             let position = self.alerts.iter().position(|s| s.alert_id == alert.id);

@@ -2384,3 +2384,85 @@ fn an_extended_end_extends_the_recharges_and_a_final_short_period_pins_the_end()
     }
     assert_eq!(world.contract().ending_before, Some(mid_month));
 }
+
+/// A spend alert (for every customer) created in the world's catalog.
+fn spend_alert(world: &mut World, threshold: i64) -> Id {
+    use super::alerts::{Alert, AlertType};
+    let id = Id::from_u128(0xa1e7);
+    let alert = Alert {
+        id,
+        alert_type: AlertType::SpendThreshold,
+        name: "spend".into(),
+        threshold: Decimal::from(threshold),
+        customer_id: None,
+        credit_type_id: super::money::CreditType::usd_cents().id,
+        billable_metric_id: None,
+        invoice_types: Vec::new(),
+        credit_grant_type_filters: Vec::new(),
+        evaluate_on_create: true,
+        uniqueness_key: None,
+        key_released: false,
+        created_at: world.at,
+        archived_at: None,
+        created_in: 0,
+        archived_in: None,
+    };
+    world
+        .catalog
+        .apply(CatalogChange::CreateAlert(alert))
+        .unwrap();
+    id
+}
+
+#[test]
+fn an_alert_enters_alarm_on_the_crossing_event_once_and_leaves_it_when_the_period_rolls() {
+    use super::alerts::{AlertState, AlertType};
+    let mut world = World::new(false);
+    world
+        .apply(Input::create_contract(fixtures::contract(CONTRACT)))
+        .unwrap();
+    let alert = spend_alert(&mut world, 500);
+    // $4: below. The fifth call reaches $5: in alarm, one webhook on that event.
+    assert!(notices(&world.calls(4)).is_empty());
+    let effects = world.calls(1);
+    let sent = notices(&effects);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, AlertType::SpendThreshold.webhook_type());
+    assert_eq!(sent[0].1["properties"]["current_spend"], 500);
+    let status = world.customer.alert_status(alert).unwrap().clone();
+    assert_eq!(status.state, AlertState::InAlarm);
+    assert_eq!((status.alarms, status.resolutions), (1, 0));
+    // Further spend: silent.
+    assert!(notices(&world.calls(3)).is_empty());
+    // The next billing period: spend starts again at 0, the alarm resolves (a tick).
+    let late_at = world.at;
+    world.at = world
+        .at
+        .month_start()
+        .plus_ms(40 * MS_PER_DAY)
+        .month_start();
+    let sent = notices(&world.apply(Input::Tick).unwrap().effects)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect::<Vec<_>>();
+    assert_eq!(sent, vec![AlertType::SpendThreshold.resolved_type()]);
+    // Usage of the old period applied now (accepted then, applied out of its time): the old
+    // period is not the current one any more, so nothing moves.
+    let ctx = Ctx {
+        at: late_at,
+        catalog: &world.catalog,
+        catalog_version: world.catalog.version(),
+        limits: &world.limits,
+    };
+    let late = Input::RecordUsage(fixtures::api_call("late", late_at));
+    let applied = world.customer.apply(&late, &ctx).unwrap();
+    assert!(
+        notices(&applied.effects).is_empty(),
+        "{:?}",
+        applied.effects
+    );
+    assert_eq!(
+        world.customer.alert_status(alert).unwrap().state,
+        AlertState::Ok
+    );
+}

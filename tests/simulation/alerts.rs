@@ -154,7 +154,7 @@ impl Sim {
                 .query(id, move |s| {
                     let customer = &s.customer;
                     let ctx = Ctx {
-                        at: s.last_input_at,
+                        at: customer.alerts_as_of,
                         catalog: &catalog_for,
                         catalog_version: catalog_for.version(),
                         limits: &limits,

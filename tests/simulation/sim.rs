@@ -775,6 +775,15 @@ impl Sim {
         // payment outcome may be logged and applied between two customers' reads): the states
         // are one crash point only if no input was admitted around the reads (seed 290).
         for _ in 0..100 {
+            // An alarm due now (a new alert's sweep) ticks its customer at the housekeeping's
+            // next round, in this process or in the next one's first: let it happen here, so
+            // the states are not a moment before ticks that recovery would apply (seed 187).
+            for _ in 0..20 {
+                if engine.alarms_due() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
             for _ in 0..10_000 {
                 if engine.pending_inputs() == 0 {
                     break;

@@ -220,6 +220,7 @@ impl From<CustomerV4> for Customer {
             contracts: old.contracts.into_iter().map(Into::into).collect(),
             workflow_history: old.workflow_history,
             alerts: Vec::new(),
+            alerts_as_of: Timestamp::default(),
         }
     }
 }
@@ -239,6 +240,7 @@ impl From<CustomerV5> for Customer {
             contracts: old.contracts,
             workflow_history: old.workflow_history,
             alerts: Vec::new(),
+            alerts_as_of: Timestamp::default(),
         }
     }
 }

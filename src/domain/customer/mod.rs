@@ -249,6 +249,10 @@ pub struct Customer {
     pub workflow_history: Vec<StateChange>,
     /// Where it stands on each alert it was evaluated on (state version 6).
     pub alerts: Vec<super::alerts::AlertStatus>,
+    /// The time of its latest alert evaluation: alerts are evaluated as of the latest input's
+    /// time, never earlier (an input applied out of its time, a late or re-applied event, does
+    /// not evaluate a past billing period as the current one).
+    pub alerts_as_of: Timestamp,
 }
 
 /// A customer as state versions 2 and 3 stored it (no workflow history).
@@ -284,6 +288,7 @@ impl From<CustomerV3> for Customer {
             contracts: old.contracts.into_iter().map(Into::into).collect(),
             workflow_history: history,
             alerts: Vec::new(),
+            alerts_as_of: Timestamp::default(),
         }
     }
 }
