@@ -653,6 +653,15 @@ fn decide_quarantined(
             .push(quarantine_key(logged.partition, seq, index));
         return Err(EngineError::Rejected(Rejection::NotQuarantined));
     };
+    // Replayed, a decision applies only if it is the one that resolved the input live (a
+    // re-apply that failed then must not succeed on a later version's replay).
+    if pass != Pass::Live
+        && shared.quarantined.decided(logged.partition, seq, index) != Some(logged.seq)
+    {
+        return Err(EngineError::Rejected(Rejection::StillFailing(
+            "this decision did not resolve the input when it was made".into(),
+        )));
+    }
     let original = Logged {
         seq,
         at: action.at,
@@ -692,6 +701,9 @@ fn decide_quarantined(
         "quarantined input decided by the operator"
     );
     state.quarantined.remove(listed);
+    shared
+        .quarantined
+        .set_decided(logged.partition, seq, index, logged.seq);
     let cause = if action.panicked {
         QuarantineCause::Panic
     } else {

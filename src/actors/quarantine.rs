@@ -20,7 +20,7 @@
 //! replayed with a quarantined negative event crossed a spend threshold later, and the workflow
 //! that had been paid at Stripe was back in CHARGING with nothing left to report its payment.)
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -156,19 +156,24 @@ pub fn reappliable(input: &Input) -> bool {
 }
 
 /// The log positions (partition, seq, index) of every input quarantined so far, pending or
-/// decided: loaded from `quar/` and `quar-done/` at start, added to as inputs are quarantined.
+/// decided, with the log seq of the decision that resolved it: loaded from `quar/` and
+/// `quar-done/` at start, added to as inputs are quarantined and decided. Replay applies an
+/// operator's decision only if it is the one that resolved the input live: a re-apply that failed
+/// live (the input stayed quarantined) must not succeed on a later version's replay, since the
+/// inputs after it were decided without it.
 #[derive(Debug, Default)]
-pub struct QuarantinedPositions(RwLock<HashSet<(u16, u64, u32)>>);
+pub struct QuarantinedPositions(RwLock<HashMap<(u16, u64, u32), Option<u64>>>);
 
 impl QuarantinedPositions {
     /// Every position with a `quar/` or `quar-done/` entry.
     ///
     /// # Errors
-    /// Storage read errors, or a key that does not have the layout of [`quarantine_key`].
+    /// Storage read or decode errors, or a key that does not have the layout of
+    /// [`quarantine_key`].
     pub fn load(store: &Store) -> Result<QuarantinedPositions, StorageError> {
-        let mut positions = HashSet::new();
+        let mut positions = HashMap::new();
         for prefix in [QUARANTINE_PREFIX, RESOLVED_PREFIX] {
-            for (key, _) in store.meta_scan_prefix(prefix)? {
+            for (key, value) in store.meta_scan_prefix(prefix)? {
                 let position = key
                     .strip_prefix(prefix)
                     .and_then(position_of)
@@ -176,7 +181,14 @@ impl QuarantinedPositions {
                         what: "quarantine entry key",
                         detail: hex::encode(&key),
                     })?;
-                positions.insert(position);
+                let decided = if prefix == RESOLVED_PREFIX {
+                    let resolved: Resolved = storage::decode(META_VERSION, &value)?;
+                    Some(resolved.decided_seq)
+                } else {
+                    None
+                };
+                let slot = positions.entry(position).or_insert(None);
+                *slot = slot.or(decided);
             }
         }
         Ok(QuarantinedPositions(RwLock::new(positions)))
@@ -186,14 +198,33 @@ impl QuarantinedPositions {
         self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&(partition, seq, index))
+            .contains_key(&(partition, seq, index))
+    }
+
+    /// The seq of the decision that resolved the input at this position, if any.
+    pub fn decided(&self, partition: u16, seq: u64, index: u32) -> Option<u64> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(partition, seq, index))
+            .copied()
+            .flatten()
     }
 
     pub fn insert(&self, partition: u16, seq: u64, index: u32) {
         self.0
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((partition, seq, index));
+            .entry((partition, seq, index))
+            .or_insert(None);
+    }
+
+    /// Records that the decision at `decided_seq` resolved the input at this position.
+    pub fn set_decided(&self, partition: u16, seq: u64, index: u32, decided_seq: u64) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((partition, seq, index), Some(decided_seq));
     }
 }
 

@@ -422,7 +422,26 @@ fn replay_after_an_upgrade_quarantines_the_input_again_and_only_the_decision_app
     .unwrap();
     assert_ne!(state.customer, good.customer);
 
-    // The replayed decision applies it at its own place in the log, once.
+    // The operator re-applies it live at seq 6 (the version is fixed now), then a replay.
+    let mut live = good.clone();
+    live.quarantined.push((5, 0));
+    live.applied_seq = 5;
+    let mut writes = QuarantineWrites::default();
+    apply(
+        &shared,
+        &mut live,
+        decision(6, reapply_of(&input, version)),
+        &mut writes,
+    )
+    .unwrap();
+    persist_quarantined(&shared, &writes).unwrap();
+    shared.quarantined = QuarantinedPositions::load(&shared.store).unwrap();
+    assert_eq!(
+        shared.quarantined.decided(0, 5, 0),
+        Some(6),
+        "from quar-done/"
+    );
+    // Replay: quarantined at seq 5 without running, applied by the decision at seq 6, once.
     let mut state = good.clone();
     let mut writes = QuarantineWrites::default();
     let _ = apply_in(
@@ -444,11 +463,61 @@ fn replay_after_an_upgrade_quarantines_the_input_again_and_only_the_decision_app
     let line = &state.customer.contracts[0].periods[0].lines[0];
     assert!(line.charged < charged, "{line:?}");
     assert!(state.quarantined.is_empty());
-    persist_quarantined(&shared, &writes).unwrap();
-    // Decided, the position is still known (from `quar-done/`): a later replay from before it
-    // quarantines it again and replays the decision again.
-    let reloaded = QuarantinedPositions::load(&shared.store).unwrap();
-    assert!(reloaded.contains(0, 5, 0));
+    assert_eq!(
+        state.customer, live.customer,
+        "replay reaches the live result"
+    );
+}
+
+#[test]
+fn a_reapply_that_failed_live_does_not_apply_on_a_later_replay() {
+    use crate::actors::quarantine::QuarantinedPositions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shared = shared(dir.path());
+    let version = shared.catalog().version();
+    let (mut state, good, input) = quarantined_negative_usage(&shared);
+    // Live, still broken: the re-apply at seq 6 fails and the input stays quarantined.
+    let result = apply(
+        &shared,
+        &mut state,
+        decision(6, reapply_of(&input, version)),
+        &mut QuarantineWrites::default(),
+    );
+    assert!(matches!(
+        result,
+        Err(EngineError::Rejected(Rejection::StillFailing(_)))
+    ));
+    // A fixed version replays the log: seq 5 is quarantined again, and the decision at seq 6,
+    // which resolved nothing when it was made, must not apply it now (the inputs after it were
+    // decided without it).
+    shared.quarantined = QuarantinedPositions::load(&shared.store).unwrap();
+    assert_eq!(shared.quarantined.decided(0, 5, 0), None);
+    let mut replayed = good.clone();
+    let mut writes = QuarantineWrites::default();
+    let _ = apply_in(
+        Pass::Recovery,
+        &shared,
+        &mut replayed,
+        (5, input.clone(), version),
+        &mut writes,
+    );
+    let before = replayed.customer.clone();
+    let result = apply_in(
+        Pass::Recovery,
+        &shared,
+        &mut replayed,
+        decision(6, reapply_of(&input, version)),
+        &mut writes,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EngineError::Rejected(Rejection::StillFailing(_)))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(replayed.customer, before);
+    assert_eq!(replayed.quarantined, vec![(5, 0)], "still quarantined");
 }
 
 #[test]

@@ -393,28 +393,29 @@ impl Customer {
                         .map(|line| line.aggregate.quantity())
                         .max()
                         .unwrap_or_default();
-                    value = value.checked_add(Money::from_decimal(quantity))?;
+                    // An event is rated on every contract covering it: overlapping contracts
+                    // count the same usage, so the customer's usage is the largest.
+                    value = value.max(Money::from_decimal(quantity));
                 }
                 AlertType::InvoiceTotal => {
-                    let Some(period) = current_period(contract, at) else {
-                        continue;
-                    };
                     let wants =
                         |t| alert.invoice_types.is_empty() || alert.invoice_types.contains(&t);
                     let mut candidates = Vec::new();
-                    if wants(AlertInvoiceType::Usage) && period.status != InvoiceStatus::Void {
-                        candidates.push((period.invoice_id, period.uncovered()?));
+                    if let Some(period) = current_period(contract, at) {
+                        if wants(AlertInvoiceType::Usage) && period.status != InvoiceStatus::Void {
+                            candidates.push((period.invoice_id, period.uncovered()?));
+                        }
                     }
+                    // Purchases issued this calendar month, up to now (a month without usage
+                    // has no usage period, and its purchases still count).
+                    let month = at.month_start();
                     if wants(AlertInvoiceType::Scheduled) {
                         candidates.extend(
                             contract
                                 .purchases
                                 .iter()
                                 .filter(|p| p.status != InvoiceStatus::Void)
-                                .filter(|p| {
-                                    period.starting_at <= p.issued_at
-                                        && p.issued_at < period.ending_before
-                                })
+                                .filter(|p| month <= p.issued_at && p.issued_at <= at)
                                 .map(|p| (p.id, p.total)),
                         );
                     }
@@ -497,13 +498,9 @@ impl Customer {
         for alert in ctx.catalog.alerts_for(customer_id, ctx.catalog_version) {
             let reading = self.alert_reading(alert, ctx)?;
             let position = self.alerts.iter().position(|s| s.alert_id == alert.id);
-            let (before, announce) = match position.map(|i| self.alerts[i].state) {
-                None => (AlertState::Ok, alert.evaluate_on_create),
-                Some(AlertState::Evaluating) => (AlertState::Ok, true),
-                Some(state) => (state, true),
-            };
+            let prior = position.map(|i| self.alerts[i].state);
             let after = if reading.breached
-                || (before == AlertState::InAlarm
+                || (prior == Some(AlertState::InAlarm)
                     && crate::defects::active(crate::defects::Defect::AlertResolutionLost))
             {
                 AlertState::InAlarm
@@ -531,18 +528,21 @@ impl Customer {
             status.state = after;
             status.updated_at = ctx.at;
             status.triggered_by = Some(trigger.to_owned());
-            if before == after || !announce {
-                continue;
-            }
-            let (notice_type, count) = if after == AlertState::InAlarm {
-                status.alarms += 1;
-                (NoticeType::AlertReached(alert.alert_type), status.alarms)
-            } else {
-                status.resolutions += 1;
-                (
-                    NoticeType::AlertResolved(alert.alert_type),
-                    status.resolutions,
-                )
+            // An alarm is announced unless it is the silent first evaluation; a resolution
+            // only answers an alarm that was announced (after a reset too).
+            let (notice_type, count) = match after {
+                AlertState::InAlarm if prior.is_some() || alert.evaluate_on_create => {
+                    status.alarms += 1;
+                    (NoticeType::AlertReached(alert.alert_type), status.alarms)
+                }
+                AlertState::Ok if status.alarms > status.resolutions => {
+                    status.resolutions += 1;
+                    (
+                        NoticeType::AlertResolved(alert.alert_type),
+                        status.resolutions,
+                    )
+                }
+                _ => continue,
             };
             applied.effects.push(Effect::Notice(alert_notice(
                 alert,

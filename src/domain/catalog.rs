@@ -510,6 +510,18 @@ impl Catalog {
             .filter(move |alert| alert.in_force_at(catalog_version))
     }
 
+    /// Every alert of `customer` (its own and every customer's), archived ones too.
+    pub fn alerts_of(&self, customer: Id) -> impl Iterator<Item = &super::alerts::Alert> + '_ {
+        self.index
+            .alerts_by_customer
+            .get(&customer)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .chain(&self.index.alerts_for_all)
+            .filter_map(|id| self.alerts.get(id))
+    }
+
     /// Whether any alert exists for `customer` (in force or not): one lookup, for the hot
     /// path.
     pub fn has_alerts_for(&self, customer: Id) -> bool {

@@ -2466,3 +2466,76 @@ fn an_alert_enters_alarm_on_the_crossing_event_once_and_leaves_it_when_the_perio
         AlertState::Ok
     );
 }
+
+#[test]
+fn a_silent_first_alarm_is_never_resolved_aloud_and_a_reset_alarm_is() {
+    use super::alerts::{AlertState, AlertType};
+    let mut world = World::new(false);
+    world
+        .apply(Input::create_contract(fixtures::contract(CONTRACT)))
+        .unwrap();
+    world.calls(6);
+    let alert = spend_alert(&mut world, 500);
+    // evaluate_on_create false: already past the threshold, in alarm without a webhook.
+    let quiet = world.catalog.alert(alert).cloned().unwrap();
+    let mut quiet = quiet;
+    quiet.id = Id::from_u128(0xa1e8);
+    quiet.evaluate_on_create = false;
+    world
+        .catalog
+        .apply(CatalogChange::CreateAlert(quiet.clone()))
+        .unwrap();
+    let effects = world.apply(Input::Tick).unwrap().effects;
+    let sent: Vec<_> = notices(&effects).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        sent,
+        vec![AlertType::SpendThreshold.webhook_type()],
+        "only the loud one"
+    );
+    assert_eq!(
+        world.customer.alert_status(quiet.id).unwrap().state,
+        AlertState::InAlarm
+    );
+    // The period rolls: both leave alarm, only the announced one says so.
+    world.at = world
+        .at
+        .month_start()
+        .plus_ms(40 * MS_PER_DAY)
+        .month_start();
+    let effects = world.apply(Input::Tick).unwrap().effects;
+    let resolved: Vec<_> = notices(&effects)
+        .into_iter()
+        .map(|(_, body)| body["properties"]["alert_id"].clone())
+        .collect();
+    assert_eq!(resolved, vec![serde_json::json!(alert.to_string())]);
+    let status = world.customer.alert_status(quiet.id).unwrap();
+    assert_eq!(
+        (status.state, status.alarms, status.resolutions),
+        (AlertState::Ok, 0, 0)
+    );
+    // In alarm again and announced; a reset that finds it resolved says so too.
+    world.calls(6);
+    let status = world.customer.alert_status(alert).unwrap().clone();
+    assert_eq!((status.alarms, status.resolutions), (2, 1));
+    world.customer.contracts[0]
+        .periods
+        .last_mut()
+        .unwrap()
+        .lines
+        .clear();
+    let effects = world
+        .apply(Input::ResetAlert { alert_id: alert })
+        .unwrap()
+        .effects;
+    // (The quiet alert's second alarm, a crossing after it existed, was announced: it resolves
+    // aloud too, at the evaluation that follows every input.)
+    let sent: Vec<_> = notices(&effects).into_iter().map(|(t, _)| t).collect();
+    let resolved = AlertType::SpendThreshold.resolved_type();
+    assert_eq!(sent, vec![resolved, resolved]);
+    assert_eq!(world.customer.alert_status(quiet.id).unwrap().alarms, 1);
+    let status = world.customer.alert_status(alert).unwrap();
+    assert_eq!(
+        (status.state, status.alarms, status.resolutions),
+        (AlertState::Ok, 2, 2)
+    );
+}

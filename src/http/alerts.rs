@@ -444,8 +444,7 @@ async fn list(
     let statuses = statuses(&state, customer).await?;
     let catalog = state.engine.catalog();
     let mut alerts: Vec<&Alert> = catalog
-        .alerts()
-        .filter(|a| concerns(a, customer))
+        .alerts_of(customer)
         .filter(|a| match a.archived_at {
             Some(_) => archived,
             None => enabled,
@@ -474,6 +473,9 @@ fn customer_alert(state: &AppState, body: &GetBody) -> ApiResult<Alert> {
         ));
     }
     let (alert, customer) = (body.alert_id.0, body.customer_id.0);
+    if !state.engine.customer_exists(customer) {
+        return Err(ApiError::NotFound(format!("customer {customer} not found")));
+    }
     state
         .engine
         .catalog()

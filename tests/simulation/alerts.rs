@@ -221,9 +221,11 @@ impl Sim {
                 }
                 if !self.model.alert_resets.contains(&(alert, id)) {
                     let (alarms, resolutions) = (status.alarms, status.resolutions);
+                    // A silent first evaluation may start in alarm without one; a resolution
+                    // only ever answers an announced alarm.
                     let alternating = match status.state {
                         AlertState::InAlarm => alarms == resolutions + 1 || alarms == resolutions,
-                        _ => resolutions == alarms || resolutions == alarms + 1,
+                        _ => resolutions == alarms,
                     };
                     if !alternating {
                         return Err(format!(
