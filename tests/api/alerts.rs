@@ -9,6 +9,7 @@ use tollgate::actors::clock::ManualClock;
 use tollgate::domain::fixtures;
 
 use super::contracts::{COMMIT_PRODUCT, RATE_CARD, create_customer, now_ms};
+use super::lifecycle::calls;
 use super::support::eventually;
 use super::{TestApp, spawn_app_on_clock};
 
@@ -18,19 +19,6 @@ async fn app_on(clock: &ManualClock) -> TestApp {
         app.engine.change_catalog(change).await.unwrap();
     }
     app
-}
-
-/// `n` API calls ($1 each) of `alias`, `at` (ms).
-async fn calls(app: &TestApp, at: i64, alias: &str, prefix: &str, n: usize) {
-    let at = super::contracts::rfc3339(at);
-    let events: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({"transaction_id": format!("{prefix}-{i}"), "customer_id": alias,
-                   "event_type": "api_call", "timestamp": at, "properties": {}})
-        })
-        .collect();
-    let (status, body) = app.post("/v1/ingest", json!(events)).await;
-    assert_eq!(status, 200, "{body}");
 }
 
 /// A contract from this month's start with a $50 prepaid commit and a $10 credit.
@@ -98,7 +86,7 @@ async fn a_balance_alert_enters_alarm_on_the_crossing_event_and_leaves_it_when_t
     until_status(&app, &customer, &alert, "ok").await;
     let now = now_ms();
     // $39 spent: $21 left, still ok.
-    calls(&app, now, "watched", "a", 39).await;
+    calls(&app, &clock, "watched", "a", 39).await;
     assert_eq!(
         customer_status(&app, &customer, &alert).await["customer_status"],
         "ok"
@@ -109,7 +97,7 @@ async fn a_balance_alert_enters_alarm_on_the_crossing_event_and_leaves_it_when_t
             .is_empty()
     );
     // One more dollar: $20 left, the threshold is reached on this event.
-    calls(&app, now, "watched", "b", 1).await;
+    calls(&app, &clock, "watched", "b", 1).await;
     let status = customer_status(&app, &customer, &alert).await;
     assert_eq!(status["customer_status"], "in_alarm", "{status}");
     assert_eq!(status["triggered_by"], "usage");
@@ -141,7 +129,7 @@ async fn a_balance_alert_enters_alarm_on_the_crossing_event_and_leaves_it_when_t
         "2714e483-4ff1-48e4-9e25-ac732e8f24f2"
     );
     // More usage in alarm: no second webhook.
-    calls(&app, now, "watched", "c", 5).await;
+    calls(&app, &clock, "watched", "c", 5).await;
     // A $50 commit added by an edit: the balance is back above, the alarm resolves.
     let start = tollgate::domain::Timestamp(now).month_start().to_rfc3339();
     let (status, body) = app
@@ -196,7 +184,7 @@ async fn a_balance_alert_enters_alarm_on_the_crossing_event_and_leaves_it_when_t
     assert_eq!(list["data"][0]["alert"]["status"], "archived", "{list}");
     assert_eq!(list["data"][0]["customer_status"], Value::Null);
     // Archived, it evaluates nothing: spending down again sends nothing.
-    calls(&app, now, "watched", "d", 60).await;
+    calls(&app, &clock, "watched", "d", 60).await;
     let (_, read) = app
         .post(
             "/v1/customer-alerts/get",
@@ -318,14 +306,13 @@ async fn spend_usage_and_invoice_alerts_enter_alarm_at_their_threshold() {
         "name": "invoice", "threshold": 500, "customer_id": customer}),
     )
     .await;
-    let now = now_ms();
-    calls(&app, now, "spender", "a", 29).await;
+    calls(&app, &clock, "spender", "a", 29).await;
     for alert in [&spend, &usage, &invoice] {
         let status = customer_status(&app, &customer, alert).await;
         assert_eq!(status["customer_status"], "ok", "{status}");
     }
     // The 30th call: usage reaches 30.
-    calls(&app, now, "spender", "b", 1).await;
+    calls(&app, &clock, "spender", "b", 1).await;
     assert_eq!(
         customer_status(&app, &customer, &usage).await["customer_status"],
         "in_alarm"
@@ -335,7 +322,7 @@ async fn spend_usage_and_invoice_alerts_enter_alarm_at_their_threshold() {
         "ok"
     );
     // $50 of spend: the spend alert; the invoice after $60 of commits and credits is $0.
-    calls(&app, now, "spender", "c", 20).await;
+    calls(&app, &clock, "spender", "c", 20).await;
     assert_eq!(
         customer_status(&app, &customer, &spend).await["customer_status"],
         "in_alarm"
@@ -345,7 +332,7 @@ async fn spend_usage_and_invoice_alerts_enter_alarm_at_their_threshold() {
         "ok"
     );
     // $65 spent: $5 on the invoice.
-    calls(&app, now, "spender", "d", 15).await;
+    calls(&app, &clock, "spender", "d", 15).await;
     assert_eq!(
         customer_status(&app, &customer, &invoice).await["customer_status"],
         "in_alarm"

@@ -21,7 +21,7 @@ async fn app_on(clock: &ManualClock) -> TestApp {
 }
 
 /// `n` API calls ($1 each) of `alias` at the clock's time.
-async fn calls(app: &TestApp, clock: &ManualClock, alias: &str, prefix: &str, n: usize) {
+pub(super) async fn calls(app: &TestApp, clock: &ManualClock, alias: &str, prefix: &str, n: usize) {
     use tollgate::actors::clock::Clock;
     let at = rfc3339(clock.now_ms());
     let events: Vec<Value> = (0..n)

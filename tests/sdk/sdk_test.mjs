@@ -114,6 +114,17 @@ async function expectError(promise, ErrorClass, status) {
   }
 }
 
+/** `n` API calls ($1 each) of the customer with ingest alias `alias`, now. */
+const apiCalls = (alias, prefix, n) => ({
+  usage: Array.from({ length: n }, (_, i) => ({
+    transaction_id: `${run}-${prefix}-${i}`,
+    customer_id: alias,
+    event_type: 'api_call',
+    timestamp: iso(Date.now()),
+    properties: {},
+  })),
+});
+
 const hourMs = 3_600_000;
 const now = new Date();
 const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -760,15 +771,7 @@ await step('12. recharge_limits: a second recharge within the interval is held b
     min_recharge_interval_minutes: 60,
     max_recharges_per_period: 10,
   });
-  const calls = (prefix, n) => ({
-    usage: Array.from({ length: n }, (_, i) => ({
-      transaction_id: `${run}-${prefix}-${i}`,
-      customer_id: `railed-${run}`,
-      event_type: 'api_call',
-      timestamp: iso(Date.now()),
-      properties: {},
-    })),
-  });
+  const calls = (prefix, n) => apiCalls(`railed-${run}`, prefix, n);
   // The $1 credit draws first: 31 calls bring B from $50.01 to $19.01.
   await client.v1.usage.ingest(calls('rail-a', 31));
   await waitHook('payment_gate.threshold_reached', { contract_id: contractId });
@@ -854,15 +857,7 @@ await step('14. alerts: create, customers.alerts.retrieve/list, alerts.* on the 
   );
   const status = () => client.v1.customers.alerts.retrieve({ customer_id: customerId, alert_id: alertId });
   await waitFor('the sweep evaluates the alert', async () => (await status()).data.customer_status === 'ok');
-  const calls = (prefix, n) => ({
-    usage: Array.from({ length: n }, (_, i) => ({
-      transaction_id: `${run}-${prefix}-${i}`,
-      customer_id: `watched-${run}`,
-      event_type: 'api_call',
-      timestamp: iso(Date.now()),
-      properties: {},
-    })),
-  });
+  const calls = (prefix, n) => apiCalls(`watched-${run}`, prefix, n);
   // $50 - $30 = $20: the threshold, reached on this batch.
   await client.v1.usage.ingest(calls('alert-a', 30));
   const hook = await waitHook(`alerts.${type}`, { alert_id: alertId });
