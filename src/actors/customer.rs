@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 
 use super::entry::{
     LogEntry, PersistedCustomer, PersistedCustomerV2, PersistedCustomerV3, PersistedCustomerV4,
-    PersistedCustomerV5, STATE_VERSION, STATE_VERSION_V2, STATE_VERSION_V3, STATE_VERSION_V4,
-    STATE_VERSION_V5, state_key,
+    PersistedCustomerV5, PersistedCustomerV6, STATE_VERSION, STATE_VERSION_V2, STATE_VERSION_V3,
+    STATE_VERSION_V4, STATE_VERSION_V5, STATE_VERSION_V6, state_key,
 };
 use super::error::EngineError;
 use super::handles::QueryFn;
@@ -342,6 +342,9 @@ fn decode_state(
         }
         Some(&STATE_VERSION_V5) => {
             storage::decode::<PersistedCustomerV5>(STATE_VERSION_V5, bytes)?.into()
+        }
+        Some(&STATE_VERSION_V6) => {
+            storage::decode::<PersistedCustomerV6>(STATE_VERSION_V6, bytes)?.into()
         }
         _ => storage::decode(STATE_VERSION, bytes)?,
     };

@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::contract::{CommitKind, Contract, InvoiceStatus};
+use super::contract::{Commit, CommitKind, Contract, InvoiceStatus};
 use super::customer::{Applied, Customer};
 use super::effects::{Effect, Notice, NoticeType};
 use super::ids::{Id, Timestamp};
@@ -335,6 +335,23 @@ impl Customer {
         let mut value = Money::ZERO;
         let mut total = Money::ZERO;
         let mut invoice: Option<(Id, Money)> = None;
+        let kinds: &[CommitKind] = match alert.alert_type {
+            AlertType::LowRemainingCommitBalance | AlertType::LowRemainingCommitPercentage => {
+                &[CommitKind::Prepaid]
+            }
+            AlertType::LowRemainingContractCreditBalance
+            | AlertType::LowRemainingContractCreditPercentage => &[CommitKind::Credit],
+            _ => &[CommitKind::Prepaid, CommitKind::Credit],
+        };
+        if alert.alert_type.is_low() {
+            // The customer's own commits and credits count once, whatever contracts use them.
+            let shared = self
+                .customer_commits
+                .iter()
+                .filter(|c| c.credit_type.id == alert.credit_type_id)
+                .map(|c| &c.commit);
+            add_balances(shared, kinds, at, (&mut value, &mut total))?;
+        }
         for contract in contracts {
             match alert.alert_type {
                 AlertType::LowRemainingCommitBalance
@@ -342,23 +359,7 @@ impl Customer {
                 | AlertType::LowRemainingContractCreditBalance
                 | AlertType::LowRemainingContractCreditPercentage
                 | AlertType::LowRemainingContractCreditAndCommitBalance => {
-                    let kinds: &[CommitKind] = match alert.alert_type {
-                        AlertType::LowRemainingCommitBalance
-                        | AlertType::LowRemainingCommitPercentage => &[CommitKind::Prepaid],
-                        AlertType::LowRemainingContractCreditBalance
-                        | AlertType::LowRemainingContractCreditPercentage => &[CommitKind::Credit],
-                        _ => &[CommitKind::Prepaid, CommitKind::Credit],
-                    };
-                    for commit in contract
-                        .commits
-                        .iter()
-                        .filter(|c| c.is_released() && kinds.contains(&c.kind))
-                    {
-                        value = value.checked_add(commit.balance_at(at)?)?;
-                        for segment in commit.segments.iter().filter(|s| s.covers(at)) {
-                            total = total.checked_add(segment.amount)?;
-                        }
-                    }
+                    add_balances(&contract.commits, kinds, at, (&mut value, &mut total))?;
                 }
                 AlertType::SpendThreshold => {
                     if let Some(period) = current_period(contract, at) {
@@ -655,4 +656,24 @@ fn alert_notice(
     }
     // An alert is about the customer, not one contract: the nil id.
     Notice::with_properties(id, notice_type, customer_id, Id::NIL, properties)
+}
+
+/// Adds the balance now (`value`) and the amount of the segments in effect (`total`) of the
+/// released commits of `kinds` among `commits`.
+fn add_balances<'a>(
+    commits: impl IntoIterator<Item = &'a Commit>,
+    kinds: &[CommitKind],
+    at: Timestamp,
+    (value, total): (&mut Money, &mut Money),
+) -> Result<(), Rejection> {
+    for commit in commits
+        .into_iter()
+        .filter(|c| c.is_released() && kinds.contains(&c.kind))
+    {
+        *value = value.checked_add(commit.balance_at(at)?)?;
+        for segment in commit.segments.iter().filter(|s| s.covers(at)) {
+            *total = total.checked_add(segment.amount)?;
+        }
+    }
+    Ok(())
 }

@@ -225,8 +225,14 @@ impl Commit {
         Ok(())
     }
 
-    /// The commit's ledger in Metronome's entry types, as of `as_of`.
-    pub fn ledger(&self, contract_id: Id, as_of: Timestamp) -> Vec<LedgerEntry> {
+    /// The commit's ledger in Metronome's entry types, as of `as_of`; `contract_of` names the
+    /// contract whose usage invoice a deduction went to (for a contract's own commit, that
+    /// contract; a customer-level commit pays the usage of several).
+    pub fn ledger(
+        &self,
+        contract_of: impl Fn(Id) -> Option<Id>,
+        as_of: Timestamp,
+    ) -> Vec<LedgerEntry> {
         let names = LedgerNames::of(self.kind);
         let mut entries = Vec::new();
         let purchase_invoice = self.invoice_schedule.first().map(|i| i.invoice_id);
@@ -266,7 +272,7 @@ impl Commit {
                     segment_id: segment.id,
                     timestamp: deduction.at,
                     invoice_id: Some(deduction.invoice_id),
-                    contract_id: Some(contract_id),
+                    contract_id: contract_of(deduction.invoice_id),
                 });
             }
             if segment.ending_before <= as_of && segment.remaining().is_positive() {
@@ -292,27 +298,43 @@ impl Commit {
 /// products; then earlier `ending_before`; then earlier `starting_at`; then id, so the order is
 /// total and replay-stable.
 pub fn draw_order(a: (&Commit, &Segment), b: (&Commit, &Segment)) -> Ordering {
-    let key = |(commit, segment): (&Commit, &Segment)| {
-        let group = u8::from(commit.kind == CommitKind::Postpaid);
-        let scope = if commit.applicable_product_ids.is_empty()
-            && commit.applicable_product_tags.is_empty()
-        {
+    draw_key(a, Level::Contract).cmp(&draw_key(b, Level::Contract))
+}
+
+/// Whether a commit belongs to a contract or to the customer (usable by several contracts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Contract,
+    Customer,
+}
+
+/// [`draw_order`] across levels: at equal priority a contract's own commits and credits draw
+/// before the customer-level ones (Metronome's tie-break), everything else as [`draw_order`].
+pub fn draw_order_across(a: (&Commit, &Segment, Level), b: (&Commit, &Segment, Level)) -> Ordering {
+    draw_key((a.0, a.1), a.2).cmp(&draw_key((b.0, b.1), b.2))
+}
+
+type DrawKey = (u8, Decimal, Level, u8, usize, Timestamp, Timestamp, Id, Id);
+
+fn draw_key((commit, segment): (&Commit, &Segment), level: Level) -> DrawKey {
+    let group = u8::from(commit.kind == CommitKind::Postpaid);
+    let scope =
+        if commit.applicable_product_ids.is_empty() && commit.applicable_product_tags.is_empty() {
             usize::MAX
         } else {
             commit.applicable_product_ids.len() + commit.applicable_product_tags.len()
         };
-        (
-            group,
-            commit.priority,
-            u8::from(!commit.is_free()),
-            scope,
-            segment.ending_before,
-            segment.starting_at,
-            commit.id,
-            segment.id,
-        )
-    };
-    key(a).cmp(&key(b))
+    (
+        group,
+        commit.priority,
+        level,
+        u8::from(!commit.is_free()),
+        scope,
+        segment.ending_before,
+        segment.starting_at,
+        commit.id,
+        segment.id,
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -485,9 +507,42 @@ pub struct UsageLine {
 /// A part of a usage line's charge drawn from one segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineDraw {
+    /// The commit's index in its contract's `commits`, or, with [`CUSTOMER_LEVEL`] set, in the
+    /// customer's `customer_commits` (see [`DrawSource`]).
     pub commit: u32,
     pub segment: u32,
     pub amount: Money,
+}
+
+/// The bit of [`LineDraw::commit`] that marks a customer-level commit.
+pub const CUSTOMER_LEVEL: u32 = 1 << 31;
+
+/// Which commit a draw came from: the contract's own (its index in `commits`) or a
+/// customer-level one (its index in the customer's `customer_commits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrawSource {
+    Contract(usize),
+    Customer(usize),
+}
+
+impl DrawSource {
+    /// The index a [`LineDraw`] records.
+    pub fn encoded(self) -> usize {
+        match self {
+            DrawSource::Contract(ci) => ci,
+            DrawSource::Customer(ci) => ci | CUSTOMER_LEVEL as usize,
+        }
+    }
+}
+
+impl LineDraw {
+    pub fn source(&self) -> DrawSource {
+        if self.commit & CUSTOMER_LEVEL == 0 {
+            DrawSource::Contract(self.commit as usize)
+        } else {
+            DrawSource::Customer((self.commit & !CUSTOMER_LEVEL) as usize)
+        }
+    }
 }
 
 impl UsageLine {
@@ -1467,7 +1522,7 @@ mod tests {
             .unwrap();
         c.record_deduction(0, invoice, Money::from_i64(15), Timestamp(7))
             .unwrap();
-        let ledger = c.ledger(Id::from_u128(1), Timestamp(2_000));
+        let ledger = c.ledger(|_| Some(Id::from_u128(1)), Timestamp(2_000));
         let types: Vec<&str> = ledger.iter().map(|e| e.entry_type.as_str()).collect();
         assert_eq!(
             types,
@@ -1480,7 +1535,7 @@ mod tests {
         assert_eq!(ledger[1].amount, Money::from_i64(-25));
         assert_eq!(ledger[2].amount, Money::from_i64(-75));
         c.release = Release::Canceled { at: Timestamp(3) };
-        let canceled = c.ledger(Id::from_u128(1), Timestamp(2_000));
+        let canceled = c.ledger(|_| Some(Id::from_u128(1)), Timestamp(2_000));
         assert_eq!(canceled.len(), 1);
         assert_eq!(canceled[0].entry_type.as_str(), "PREPAID_COMMIT_CANCELED");
     }
@@ -1651,7 +1706,7 @@ mod tests {
     fn only_a_segment_that_ended_with_a_balance_expires_in_the_ledger() {
         let mut c = commit(1, CommitKind::Prepaid, 1, true);
         let types = |c: &Commit, as_of: i64| {
-            c.ledger(Id::from_u128(1), Timestamp(as_of))
+            c.ledger(|_| Some(Id::from_u128(1)), Timestamp(as_of))
                 .iter()
                 .map(|e| e.entry_type.as_str().to_owned())
                 .collect::<Vec<_>>()

@@ -130,8 +130,11 @@ impl Notice {
         body.insert("environment_type".into(), json!("PRODUCTION"));
         body.insert("customer_id".into(), json!(customer_id.to_string()));
         body.insert("customer_custom_fields".into(), Value::Object(custom));
-        body.insert("contract_id".into(), json!(contract_id.to_string()));
-        body.insert("contract_custom_fields".into(), json!({}));
+        // A customer-level commit's notice is about no contract.
+        if contract_id != Id::NIL {
+            body.insert("contract_id".into(), json!(contract_id.to_string()));
+            body.insert("contract_custom_fields".into(), json!({}));
+        }
         body.extend(fields);
         Notice {
             id,

@@ -206,7 +206,7 @@ fn seed_usage_hits_100_dollars_invoice_payment_succeeds_commit_released_outstand
         .contract()
         .commit(workflow.commit_id)
         .unwrap()
-        .ledger(CONTRACT, world.at)
+        .ledger(|_| Some(CONTRACT), world.at)
         .iter()
         .map(|e| e.entry_type.as_str())
         .collect();
@@ -427,7 +427,9 @@ fn failed_payment_voids_invoice_cancels_commit_and_disables_the_configuration() 
     let commit = contract.commit(workflow.commit_id).unwrap();
     assert!(matches!(commit.release, Release::Canceled { .. }));
     assert_eq!(
-        commit.ledger(CONTRACT, world.at)[0].entry_type.as_str(),
+        commit.ledger(|_| Some(CONTRACT), world.at)[0]
+            .entry_type
+            .as_str(),
         "PREPAID_COMMIT_CANCELED"
     );
     assert!(!contract.prepaid_threshold.as_ref().unwrap().is_enabled);
@@ -2538,4 +2540,295 @@ fn a_silent_first_alarm_is_never_resolved_aloud_and_a_reset_alarm_is() {
         (status.state, status.alarms, status.resolutions),
         (AlertState::Ok, 2, 2)
     );
+}
+
+mod customer_level {
+    //! Customer-level commits and credits: drawn with the contracts' own in Metronome's order,
+    //! counted in every contract's B, shortened by `updateEndDate`.
+
+    use super::*;
+    use crate::domain::customer::{CustomerCommitEnd, CustomerCommitSpec};
+
+    const SHARED: Id = Id::from_u128(0x6001);
+    const OTHER_CONTRACT: Id = Id::from_u128(0x5002);
+
+    fn shared(id: Id, commit: CommitSpec, contracts: Vec<Id>) -> Input {
+        let invoiced = !commit.invoice_schedule.is_empty();
+        Input::CreateCustomerCommit(Box::new(CustomerCommitSpec {
+            id,
+            commit,
+            applicable_contract_ids: contracts,
+            invoice_contract_id: invoiced.then_some(CONTRACT),
+            uniqueness_key: None,
+        }))
+    }
+
+    fn remaining(world: &World, index: usize) -> Money {
+        world.customer.customer_commits[index]
+            .commit
+            .balance_at(world.at)
+            .unwrap()
+    }
+
+    /// Lower priority first across levels; at equal priority the contract's own commit draws
+    /// before the customer's credit, even though the credit is free (the level is decided
+    /// before the cost basis); the ledger of a customer-level deduction names the contract; a
+    /// decrease gives back to the customer-level segment it drew from.
+    #[test]
+    fn usage_draws_the_lower_priority_first_and_the_contracts_own_first_at_equal_priority() {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.commits = vec![fixtures::prepaid_commit(500, 10)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let first = Id::from_u128(0x6002);
+        world
+            .apply(shared(SHARED, fixtures::credit(500, 10), vec![]))
+            .unwrap();
+        world
+            .apply(shared(first, fixtures::credit(300, 5), vec![]))
+            .unwrap();
+        assert_eq!(world.customer.customer_commits.len(), 2);
+        // B of the contract: its own $5 and both shared credits.
+        let b = |w: &World| {
+            let contract = w.contract();
+            contract.balance(w.at).unwrap().as_decimal()
+                + w.customer
+                    .customer_commits
+                    .iter()
+                    .map(|c| c.commit.balance_at(w.at).unwrap().as_decimal())
+                    .sum::<Decimal>()
+        };
+        assert_eq!(b(&world), Decimal::from(1_300));
+
+        world.calls(3);
+        assert_eq!(remaining(&world, 1), Money::ZERO, "priority 5 drew first");
+        assert_eq!(remaining(&world, 0), usd(500));
+        assert_eq!(world.balance(), usd(500));
+        world.calls(5);
+        assert_eq!(
+            world.balance(),
+            Money::ZERO,
+            "then the contract's own at priority 10"
+        );
+        assert_eq!(remaining(&world, 0), usd(500));
+        world.calls(2);
+        assert_eq!(
+            remaining(&world, 0),
+            usd(300),
+            "then the customer's at priority 10"
+        );
+        assert_eq!(world.outstanding(), Money::ZERO);
+        let ledger = world.customer.customer_commits[0]
+            .commit
+            .ledger(|i| world.customer.contract_of_usage_invoice(i), world.at);
+        let deduction = ledger.iter().find(|e| e.invoice_id.is_some()).unwrap();
+        assert_eq!(deduction.amount, usd(-200));
+        assert_eq!(deduction.contract_id, Some(CONTRACT));
+        world.calls(4);
+        assert_eq!(world.outstanding(), usd(100), "$13 of balances, 14 calls");
+
+        // Tokens drawn from a shared credit; a decrease gives back to it.
+        let mut world = World::new(false);
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+        world
+            .apply(shared(SHARED, fixtures::credit(5_000, 10), vec![]))
+            .unwrap();
+        let at = world.at;
+        world
+            .apply(Input::RecordUsage(fixtures::llm_tokens("a", at, "600")))
+            .unwrap();
+        let drawn = usd(5_000).checked_sub(remaining(&world, 0)).unwrap();
+        assert!(drawn.is_positive());
+        let line = &world.contract().periods[0].lines[0];
+        assert_eq!(line.covered, drawn);
+        assert_eq!(
+            line.draws[0].source(),
+            crate::domain::contract::DrawSource::Customer(0)
+        );
+        world
+            .apply(Input::RecordUsage(fixtures::llm_tokens("b", at, "-600")))
+            .unwrap();
+        assert_eq!(remaining(&world, 0), usd(5_000), "given back whole");
+        assert!(world.contract().periods[0].lines[0].draws.is_empty());
+    }
+
+    /// One customer-level credit usable by two contracts is one balance: both contracts' usage
+    /// draws it down, and the prepaid threshold of the contract that did not draw fires on the
+    /// event of the other that brought it low. A credit scoped to one contract is in that
+    /// contract's B only.
+    #[test]
+    fn a_shared_balance_drawn_by_one_contract_fires_the_threshold_of_another() {
+        let mut world = World::new(false);
+        world
+            .apply(shared(SHARED, fixtures::credit(5_000, 1), vec![]))
+            .unwrap();
+        // Contract A rates the API calls; contract B (a second contract of the customer on the
+        // same rate card, starting later) watches the shared balance with a threshold.
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+        let mut b = fixtures::contract(OTHER_CONTRACT);
+        b.starting_at = world.at;
+        b.prepaid_threshold = Some(fixtures::prepaid_threshold(
+            2_000,
+            5_000,
+            GateType::External,
+        ));
+        world.apply(Input::CreateContract(Box::new(b))).unwrap();
+        assert!(world.customer.contracts[1].workflows.is_empty(), "B = $50");
+        // Each call is rated on both contracts ($1 each), both drawn from the shared credit.
+        assert!(webhooks(&world.calls(14)).is_empty());
+        assert_eq!(remaining(&world, 0), usd(2_200));
+        let effects = world.calls(1);
+        assert_eq!(remaining(&world, 0), usd(2_000));
+        assert_eq!(
+            types(&effects),
+            [
+                "payment_gate.threshold_reached",
+                "payment_gate.external_initiate"
+            ]
+        );
+        let workflow = &world.customer.contracts[1].workflows[0];
+        assert_eq!(workflow.access_amount, usd(3_000), "recharged to $50");
+        assert!(world.customer.contracts[0].workflows.is_empty());
+
+        // Scoped to contract A: B does not count it.
+        let mut world = World::new(false);
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+        world
+            .apply(shared(SHARED, fixtures::credit(5_000, 1), vec![CONTRACT]))
+            .unwrap();
+        let mut b = fixtures::contract(OTHER_CONTRACT);
+        b.starting_at = world.at;
+        b.prepaid_threshold = Some(fixtures::prepaid_threshold(
+            2_000,
+            5_000,
+            GateType::External,
+        ));
+        let effects = world
+            .apply(Input::CreateContract(Box::new(b)))
+            .unwrap()
+            .effects;
+        assert_eq!(
+            types(&effects),
+            [
+                "payment_gate.threshold_reached",
+                "payment_gate.external_initiate"
+            ],
+            "B has nothing of its own"
+        );
+        assert_eq!(
+            world.customer.contracts[1].workflows[0].access_amount,
+            usd(5_000)
+        );
+        world.calls(1);
+        assert_eq!(remaining(&world, 0), usd(4_900), "only A drew from it");
+    }
+
+    /// A new customer-level commit covers usage already charged; `updateEndDate` shortens
+    /// access (nothing is drawn after it) and stops later invoices (voided), and refuses what
+    /// would lengthen, touch an issued invoice, or name the wrong kind.
+    #[test]
+    fn a_customer_commit_covers_outstanding_usage_and_its_end_moves_only_earlier() {
+        let mut world = World::new(false);
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+        world.calls(3);
+        assert_eq!(world.outstanding(), usd(300));
+        let mut commit = fixtures::prepaid_commit(1_000, 10);
+        let later = world.at.plus_ms(60 * MS_PER_DAY);
+        commit.invoice_schedule = vec![
+            (T0, usd(500), Decimal::ONE),
+            (later, usd(500), Decimal::ONE),
+        ];
+        let applied = world.apply(shared(SHARED, commit.clone(), vec![])).unwrap();
+        assert_eq!(applied.created, [SHARED]);
+        assert_eq!(
+            notices(&applied.effects)[0].1["type"],
+            "commit.create",
+            "announced"
+        );
+        assert!(notices(&applied.effects)[0].1.get("contract_id").is_none());
+        assert_eq!(world.outstanding(), Money::ZERO, "covered at once");
+        assert_eq!(remaining(&world, 0), usd(700));
+        let purchases = &world.contract().purchases;
+        assert_eq!(purchases.len(), 2, "billed on the invoice contract");
+        assert_eq!(
+            world.apply(shared(SHARED, commit.clone(), vec![])),
+            Err(Rejection::AlreadyExists)
+        );
+        let mut unbilled = shared(Id::from_u128(0x6009), commit, vec![]);
+        if let Input::CreateCustomerCommit(spec) = &mut unbilled {
+            spec.invoice_contract_id = None;
+        }
+        assert!(matches!(
+            world.apply(unbilled),
+            Err(Rejection::InvalidField(_))
+        ));
+
+        let end = |access: Option<Timestamp>, invoices: Option<Timestamp>, credit: bool| {
+            Input::EndCustomerCommit(Box::new(CustomerCommitEnd {
+                commit_id: SHARED,
+                credit,
+                access_ending_before: access,
+                invoices_ending_before: invoices,
+            }))
+        };
+        let invalid = |r: Result<Applied, Rejection>| matches!(r, Err(Rejection::InvalidField(_)));
+        assert!(invalid(world.apply(end(
+            Some(fixtures::year_end().plus_ms(1)),
+            None,
+            false
+        ))));
+        assert!(invalid(world.apply(end(Some(T0), None, false))));
+        assert!(invalid(world.apply(end(None, Some(T0), false))), "issued");
+        assert!(
+            invalid(world.apply(end(Some(world.at), None, true))),
+            "a commit"
+        );
+        assert_eq!(
+            world.apply(end(None, None, false)),
+            Err(Rejection::MissingField("access_ending_before"))
+        );
+        let before = world.customer.clone();
+        let stop = world.at.plus_ms(MS_PER_DAY);
+        world.apply(end(Some(stop), Some(later), false)).unwrap();
+        assert_ne!(world.customer, before);
+        let shared_commit = &world.customer.customer_commits[0].commit;
+        assert_eq!(shared_commit.segments[0].ending_before, stop);
+        assert_eq!(shared_commit.invoice_schedule.len(), 1);
+        assert_eq!(world.contract().purchases[1].status, InvoiceStatus::Void);
+        world.at = stop;
+        world.calls(1);
+        assert_eq!(world.outstanding(), usd(100), "nothing drawn after the end");
+        let ledger = shared_commit_ledger(&world);
+        assert!(ledger.contains(&"PREPAID_COMMIT_EXPIRATION"), "{ledger:?}");
+        let mut unknown = end(Some(stop), None, false);
+        if let Input::EndCustomerCommit(e) = &mut unknown {
+            e.commit_id = Id::from_u128(0x7777);
+        }
+        assert_eq!(world.apply(unknown), Err(Rejection::CommitNotFound));
+    }
+
+    fn shared_commit_ledger(world: &World) -> Vec<&'static str> {
+        world.customer.customer_commits[0]
+            .commit
+            .ledger(|i| world.customer.contract_of_usage_invoice(i), world.at)
+            .iter()
+            .map(|e| e.entry_type.as_str())
+            .collect()
+    }
 }

@@ -277,7 +277,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The POSTs of the Metronome-compatible API that only read.
-pub const READ_POSTS: [&str; 15] = [
+pub const READ_POSTS: [&str; 16] = [
     "/v1/contract-pricing/products/get",
     "/v1/contract-pricing/products/list",
     "/v1/contract-pricing/rate-cards/get",
@@ -290,6 +290,7 @@ pub const READ_POSTS: [&str; 15] = [
     "/v1/contracts/customerBalances/list",
     "/v1/contracts/customerBalances/getNetBalance",
     "/v1/contracts/customerCommits/list",
+    "/v1/contracts/customerCredits/list",
     "/v1/getCustomerBillingProviderConfigurations",
     "/v1/customer-alerts/list",
     "/v1/customer-alerts/get",

@@ -1,8 +1,9 @@
-//! Balances: `customerBalances/list`, `customerBalances/getNetBalance`, `customerCommits/list`.
+//! Balances: `customerBalances/list`, `customerBalances/getNetBalance`, `customerCommits/list`,
+//! `customerCredits/list`.
 //!
-//! Tollgate keeps every commit and credit on a contract (there are no customer-level commits
-//! yet), so, as in Metronome, the lists return them only with `include_contract_balances` /
-//! `include_contract_commits` set.
+//! As in Metronome, the lists return customer-level commits and credits, and the contracts'
+//! own only with `include_contract_balances` / `include_contract_commits` /
+//! `include_contract_credits` set; the net balance counts both.
 
 use super::openapi::{Data, Page, Routes};
 use actix_web::{HttpResponse, web};
@@ -15,7 +16,8 @@ use super::render;
 use super::request::{self, Choice, Choices, Refused, Time, Uuid};
 use super::views::CommitView;
 use super::wire;
-use crate::domain::contract::{CommitKind, Contract, Release};
+use crate::domain::contract::{Commit, CommitKind, Release};
+use crate::domain::customer::Customer;
 use crate::domain::money::USD_CENTS_ID;
 use crate::domain::{Id, Money, Timestamp};
 
@@ -47,6 +49,15 @@ pub fn routes(routes: &mut Routes<'_>) {
         )
         .body::<ListBalancesBody>()
         .answers::<Page<CommitView>>();
+    routes
+        .post(
+            "/v1/contracts/customerCredits/list",
+            "listCredits",
+            "List credits",
+            list_credits,
+        )
+        .body::<ListBalancesBody>()
+        .answers::<Page<CommitView>>();
 }
 
 /// `POST /v1/contracts/customerBalances/list` and `/v1/contracts/customerCommits/list`.
@@ -65,6 +76,9 @@ pub struct ListBalancesBody {
     /// customerCommits/list: only this commit.
     #[serde(default)]
     pub commit_id: Option<Uuid>,
+    /// customerCredits/list: only this credit.
+    #[serde(default)]
+    pub credit_id: Option<Uuid>,
     /// Only those with a segment in effect at this time.
     #[serde(default)]
     pub covering_date: Option<Time>,
@@ -88,6 +102,28 @@ pub struct ListBalancesBody {
     /// customerCommits/list: contract-level commits are listed only with this set.
     #[serde(default)]
     pub include_contract_commits: Option<bool>,
+    /// customerCredits/list: contract-level credits are listed only with this set.
+    #[serde(default)]
+    pub include_contract_credits: Option<bool>,
+}
+
+/// Which list a request reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// customerBalances/list: commits and credits.
+    Balances,
+    Commits,
+    Credits,
+}
+
+impl Listing {
+    fn lists(self, kind: CommitKind) -> bool {
+        match self {
+            Listing::Balances => true,
+            Listing::Commits => kind != CommitKind::Credit,
+            Listing::Credits => kind == CommitKind::Credit,
+        }
+    }
 }
 
 /// The kinds of balance a net-balance filter selects.
@@ -147,75 +183,103 @@ fn customer(state: &AppState, id: Uuid) -> ApiResult<Id> {
     Ok(id)
 }
 
-async fn contracts(state: &AppState, customer: Id) -> ApiResult<Vec<Contract>> {
-    Ok(state
-        .engine
-        .query(customer, |s| s.customer.contracts.clone())
-        .await?)
+async fn customer_state(state: &AppState, customer: Id) -> ApiResult<Customer> {
+    Ok(state.engine.query(customer, |s| s.customer.clone()).await?)
 }
 
-/// Lists commits (and credits) as one body-cursor page.
+/// The filters of a list request that look at one commit or credit.
+struct CommitFilter {
+    listing: Listing,
+    only: Option<Id>,
+    covering: Option<Timestamp>,
+    starting_at: Option<Timestamp>,
+    effective_before: Option<Timestamp>,
+    include_archived: bool,
+    exclude_zero: bool,
+    now: Timestamp,
+}
+
+impl CommitFilter {
+    fn keeps(&self, commit: &Commit) -> bool {
+        if !self.listing.lists(commit.kind)
+            // A commit whose purchase failed is never usable: Metronome does not list it.
+            || matches!(commit.release, Release::Canceled { .. })
+            || commit.archived_at.is_some() && !self.include_archived
+            || self.only.is_some_and(|id| id != commit.id)
+        {
+            return false;
+        }
+        let start = commit.segments.iter().map(|s| s.starting_at).min();
+        if self
+            .covering
+            .is_some_and(|t| !commit.segments.iter().any(|s| s.covers(t)))
+            || self
+                .starting_at
+                .is_some_and(|t| start.is_none_or(|s| s < t))
+            || self
+                .effective_before
+                .is_some_and(|t| start.is_none_or(|s| s >= t))
+        {
+            return false;
+        }
+        !self.exclude_zero
+            || commit
+                .balance_at(self.now)
+                .unwrap_or(Money::ZERO)
+                .is_positive()
+    }
+}
+
+/// Lists commits (and credits) as one body-cursor page: the customer-level ones, and the
+/// contracts' own when asked.
 async fn list(
     state: web::Data<AppState>,
     body: web::Bytes,
-    with_credits: bool,
+    listing: Listing,
 ) -> ApiResult<HttpResponse> {
     let request: ListBalancesBody = request::read(&body)?;
     let customer = customer(&state, request.customer_id)?;
     let limit = wire::page_limit(request.limit)?;
     let cursor = request.next_page;
-    let (only, include_contract) = if with_credits {
-        (request.id, request.include_contract_balances)
-    } else {
-        (request.commit_id, request.include_contract_commits)
+    let (only, include_contract) = match listing {
+        Listing::Balances => (request.id, request.include_contract_balances),
+        Listing::Commits => (request.commit_id, request.include_contract_commits),
+        Listing::Credits => (request.credit_id, request.include_contract_credits),
     };
-    let only = only.map(|id| id.0);
     let include_contract = include_contract.unwrap_or(false);
-    let covering = request.covering_date.map(|t| t.0);
-    let starting_at = request.starting_at.map(|t| t.0);
-    let effective_before = request.effective_before.map(|t| t.0);
-    let include_archived = request.include_archived.unwrap_or(false);
     let include_balance = request.include_balance.unwrap_or(false);
     let include_ledgers = request.include_ledgers.unwrap_or(false);
-    let exclude_zero = request.exclude_zero_balances.unwrap_or(false);
     let now = Timestamp(state.engine.now_ms());
+    let filter = CommitFilter {
+        listing,
+        only: only.map(|id| id.0),
+        covering: request.covering_date.map(|t| t.0),
+        starting_at: request.starting_at.map(|t| t.0),
+        effective_before: request.effective_before.map(|t| t.0),
+        include_archived: request.include_archived.unwrap_or(false),
+        exclude_zero: request.exclude_zero_balances.unwrap_or(false),
+        now,
+    };
     let catalog = state.engine.catalog();
+    let customer = customer_state(&state, customer).await?;
     let mut items: Vec<(String, CommitView)> = Vec::new();
+    for shared in &customer.customer_commits {
+        if filter.keeps(&shared.commit) {
+            let options = (now, include_ledgers, include_balance);
+            items.push((
+                shared.commit.id.to_string(),
+                render::customer_commit(shared, &customer, &catalog, options),
+            ));
+        }
+    }
     if include_contract {
-        for contract in contracts(&state, customer).await? {
-            let workflows = render::workflows_by_commit(&contract);
-            for commit in &contract.commits {
-                if commit.kind == CommitKind::Credit && !with_credits {
-                    continue;
-                }
-                if matches!(commit.release, Release::Canceled { .. }) {
-                    continue;
-                }
-                if commit.archived_at.is_some() && !include_archived {
-                    continue;
-                }
-                if only.is_some_and(|id| id != commit.id) {
-                    continue;
-                }
-                let start = commit.segments.iter().map(|s| s.starting_at).min();
-                let end = commit.segments.iter().map(|s| s.ending_before).max();
-                if covering.is_some_and(|t| !commit.segments.iter().any(|s| s.covers(t))) {
-                    continue;
-                }
-                if starting_at.is_some_and(|t| start.is_none_or(|s| s < t)) {
-                    continue;
-                }
-                if effective_before.is_some_and(|t| start.is_none_or(|s| s >= t)) {
-                    continue;
-                }
-                let _ = end;
-                if exclude_zero && !commit.balance_at(now).unwrap_or(Money::ZERO).is_positive() {
-                    continue;
-                }
+        for contract in &customer.contracts {
+            let workflows = render::workflows_by_commit(contract);
+            for commit in contract.commits.iter().filter(|c| filter.keeps(c)) {
                 items.push((
                     commit.id.to_string(),
                     render::commit(
-                        &contract,
+                        contract,
                         commit,
                         (&catalog, &workflows),
                         now,
@@ -232,11 +296,15 @@ async fn list(
 }
 
 async fn list_balances(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    list(state, body, true).await
+    list(state, body, Listing::Balances).await
 }
 
 async fn list_commits(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
-    list(state, body, false).await
+    list(state, body, Listing::Commits).await
+}
+
+async fn list_credits(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    list(state, body, Listing::Credits).await
 }
 
 /// The customer's usable balance now: released prepaid commits and credits (and postpaid
@@ -281,11 +349,20 @@ async fn net_balance(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
         .collect();
     let now = Timestamp(state.engine.now_ms());
     let mut balance = Money::ZERO;
-    for contract in contracts(&state, customer).await? {
-        if contract.credit_type.id.to_string() != credit_type {
+    let customer = customer_state(&state, customer).await?;
+    let contract_commits = customer
+        .contracts
+        .iter()
+        .map(|c| (&c.credit_type, c.commits.iter().collect::<Vec<_>>()));
+    let shared = customer
+        .customer_commits
+        .iter()
+        .map(|c| (&c.credit_type, vec![&c.commit]));
+    for (commit_credit_type, commits) in contract_commits.chain(shared) {
+        if commit_credit_type.id.to_string() != credit_type {
             continue;
         }
-        for commit in &contract.commits {
+        for commit in commits {
             let included = if filters.is_empty() {
                 commit.counts_in_balance()
             } else {

@@ -439,8 +439,9 @@ pub struct AccessItemBody {
 pub struct AccessScheduleBody {
     #[serde(default)]
     pub schedule_items: Option<Vec<AccessItemBody>>,
+    /// USD (cents), the default, is the only credit type of commits so far.
     #[serde(default)]
-    pub credit_type_id: Refused,
+    pub credit_type_id: Option<Uuid>,
 }
 
 /// One invoice of a commit's invoice schedule: `amount`, or `unit_price` times `quantity`.
@@ -465,8 +466,9 @@ pub struct InvoiceScheduleBody {
     pub do_not_invoice: Option<bool>,
     #[serde(default)]
     pub recurring_schedule: Refused,
+    /// USD (cents), the default, is the only credit type of commits so far.
     #[serde(default)]
-    pub credit_type_id: Refused,
+    pub credit_type_id: Option<Uuid>,
 }
 
 /// A commit (`type` PREPAID or POSTPAID) or a credit (no `type`) of a contract.
@@ -531,6 +533,25 @@ impl CommitBody {
             if !rate_type.eq_ignore_ascii_case("LIST_RATE") {
                 return Err(ApiError::BadRequest(format!(
                     "{at}.rate_type: only LIST_RATE is supported"
+                )));
+            }
+        }
+        let usd = crate::domain::money::CreditType::usd_cents().id;
+        let invoice_type = self
+            .invoice_schedule
+            .as_ref()
+            .and_then(|i| i.credit_type_id.as_ref());
+        for (field, id) in [
+            (
+                "access_schedule",
+                self.access_schedule.credit_type_id.as_ref(),
+            ),
+            ("invoice_schedule", invoice_type),
+        ] {
+            if id.is_some_and(|id| id.0 != usd) {
+                return Err(ApiError::BadRequest(format!(
+                    "{at}.{field}.credit_type_id: only USD (cents), {}, is supported for commits and credits",
+                    crate::domain::money::USD_CENTS_ID
                 )));
             }
         }

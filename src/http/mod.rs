@@ -11,6 +11,7 @@ pub mod body;
 pub mod catalog;
 pub mod contract_bodies;
 pub mod contracts;
+pub mod customer_commits;
 pub mod customers;
 pub mod edge;
 pub mod error;
@@ -201,6 +202,7 @@ pub fn register(routes: &mut openapi::Routes<'_>, stripe_webhook_path: Option<&s
     customers::routes(routes);
     contracts::routes(routes);
     balances::routes(routes);
+    customer_commits::routes(routes);
     quarantine::routes(routes);
     audit::routes(routes);
     search::routes(routes);

@@ -17,7 +17,7 @@ use crate::domain::Catalog;
 use crate::domain::contract::{
     Commit, CommitKind, Contract, PurchaseInvoice, ThresholdConfig, ThresholdKind, UsagePeriod,
 };
-use crate::domain::customer::CustomerProfile;
+use crate::domain::customer::{Customer, CustomerCommit, CustomerProfile};
 use crate::domain::gate::{
     GateType, PaymentGateConfig, StateChange, StripePaymentType, TaxType, Workflow,
 };
@@ -183,7 +183,7 @@ pub fn workflow(customer: Id, w: &Workflow, history: &[StateChange]) -> Workflow
     }
 }
 
-/// A commit (`Commit` shape) or credit (`Credit` shape, `type: "CREDIT"`).
+/// A contract's commit (`Commit` shape) or credit (`Credit` shape, `type: "CREDIT"`).
 pub fn commit(
     contract: &Contract,
     commit: &Commit,
@@ -192,11 +192,65 @@ pub fn commit(
     include_ledger: bool,
     include_balance: bool,
 ) -> CommitView {
+    let invoiced = commit.kind != CommitKind::Credit && !commit.invoice_schedule.is_empty();
+    let owner = Owner {
+        credit_type: &contract.credit_type,
+        contract: Some(contract.id),
+        invoice_contract: invoiced.then_some(contract.id),
+        applicable_contract_ids: None,
+    };
+    let contract_id = contract.id;
+    let options = (as_of, include_ledger, include_balance);
+    commit_view(commit, owner, (catalog, workflows), options, |_| {
+        Some(contract_id)
+    })
+}
+
+/// A customer-level commit or credit; `customer` names the contract of each usage invoice its
+/// ledger deducts for.
+pub fn customer_commit(
+    shared: &CustomerCommit,
+    customer: &Customer,
+    catalog: &Catalog,
+    (as_of, include_ledger, include_balance): (Timestamp, bool, bool),
+) -> CommitView {
+    let owner = Owner {
+        credit_type: &shared.credit_type,
+        contract: None,
+        invoice_contract: shared.invoice_contract_id,
+        applicable_contract_ids: Some(&shared.applicable_contract_ids),
+    };
+    let options = (as_of, include_ledger, include_balance);
+    commit_view(
+        &shared.commit,
+        owner,
+        (catalog, &FxHashMap::default()),
+        options,
+        |invoice| customer.contract_of_usage_invoice(invoice),
+    )
+}
+
+/// Whose a rendered commit is.
+struct Owner<'a> {
+    credit_type: &'a CreditType,
+    contract: Option<Id>,
+    invoice_contract: Option<Id>,
+    /// Customer-level commits only.
+    applicable_contract_ids: Option<&'a [Id]>,
+}
+
+fn commit_view(
+    commit: &Commit,
+    owner: Owner<'_>,
+    (catalog, workflows): (&Catalog, &FxHashMap<Id, &Workflow>),
+    (as_of, include_ledger, include_balance): (Timestamp, bool, bool),
+    contract_of: impl Fn(Id) -> Option<Id>,
+) -> CommitView {
     let product_name = catalog
         .product(commit.product_id)
         .map(|p| p.name.clone())
         .unwrap_or_default();
-    let ct = credit_type(&contract.credit_type);
+    let ct = credit_type(owner.credit_type);
     let invoiced = commit.kind != CommitKind::Credit && !commit.invoice_schedule.is_empty();
     CommitView {
         id: commit.id.to_string(),
@@ -227,9 +281,8 @@ pub fn commit(
         },
         applicable_product_ids: ids(&commit.applicable_product_ids),
         applicable_product_tags: commit.applicable_product_tags.clone(),
-        contract: IdRef {
-            id: contract.id.to_string(),
-        },
+        contract: owner.contract.map(|id| IdRef { id: id.to_string() }),
+        applicable_contract_ids: owner.applicable_contract_ids.map(ids),
         rate_type: "LIST_RATE",
         description: commit.description.clone(),
         created_by: commit.created_by_threshold.is_none().then_some(CREATED_BY),
@@ -248,15 +301,16 @@ pub fn commit(
                 })
                 .collect(),
         }),
-        invoice_contract: invoiced.then(|| IdRef {
-            id: contract.id.to_string(),
-        }),
+        invoice_contract: owner
+            .invoice_contract
+            .filter(|_| invoiced)
+            .map(|id| IdRef { id: id.to_string() }),
         archived_at: commit.archived_at.map(time),
         payment_gate_workflow: gate_workflow(workflows.get(&commit.id).copied()),
         balance: include_balance.then(|| commit.balance_at(as_of).unwrap_or(Money::ZERO)),
         ledger: include_ledger.then(|| {
             commit
-                .ledger(contract.id, as_of)
+                .ledger(contract_of, as_of)
                 .into_iter()
                 .map(|e| LedgerEntryView {
                     entry_type: e.entry_type.as_str(),

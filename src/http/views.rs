@@ -302,7 +302,13 @@ pub struct CommitView {
     #[schema(value_type = Vec<Uuid>)]
     pub applicable_product_ids: Vec<String>,
     pub applicable_product_tags: Vec<String>,
-    pub contract: IdRef,
+    /// The contract it belongs to; absent for a customer-level commit or credit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<IdRef>,
+    /// A customer-level commit's or credit's contracts (empty: every contract).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Uuid>>)]
+    pub applicable_contract_ids: Option<Vec<String>>,
     /// Always LIST_RATE.
     pub rate_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]

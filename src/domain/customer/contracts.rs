@@ -9,7 +9,7 @@
 use rust_decimal::Decimal;
 
 use super::lifecycle::contract_notice;
-use super::usage::cover_outstanding;
+use super::usage::{Drawable, cover_outstanding};
 use super::workflows::{begin_gate, id_of_workflow, start_manual_workflow};
 use super::{
     Applied, CommitSpec, ContractEdit, ContractSpec, Ctx, Customer, CustomerProfile,
@@ -17,6 +17,7 @@ use super::{
 };
 use crate::domain::bounds;
 use crate::domain::catalog::ProductKind;
+use crate::domain::contract::DrawSource;
 use crate::domain::contract::{
     Commit, CommitKind, Contract, ContractCaches, InvoiceScheduleItem, InvoiceStatus, Lifecycle,
     PurchaseInvoice, Release, Segment, ThresholdConfig, ThresholdKind,
@@ -218,7 +219,14 @@ impl Customer {
                     contract.commit_released(contract.commits.len() - 1);
                     // The first commit with this id (ids come from the edit's id).
                     if let Some(commit) = contract.commits.iter().position(|c| c.id == id) {
-                        cover_outstanding(contract, commit, ctx)?;
+                        cover_outstanding(
+                            &mut Drawable {
+                                contract,
+                                pool: &mut [],
+                            },
+                            DrawSource::Contract(commit),
+                            ctx,
+                        )?;
                     }
                 }
             }
@@ -455,9 +463,9 @@ impl ThresholdUpdate {
     }
 }
 
-use crate::domain::bounds::check_uniqueness_key as validate_uniqueness_key;
+pub(super) use crate::domain::bounds::check_uniqueness_key as validate_uniqueness_key;
 
-fn validate_commit(
+pub(super) fn validate_commit(
     spec: &CommitSpec,
     field: &str,
     ctx: &Ctx<'_>,
@@ -633,28 +641,35 @@ fn add_ungated_commit(
         |i| Id::derive(id, "invoice", i as u64),
         ctx,
     )?;
-    for item in &commit.invoice_schedule {
-        crate::domain::push_first_exact(
-            &mut contract.purchases,
-            PurchaseInvoice {
-                id: item.invoice_id,
-                commit_id: id,
-                product_id: commit.product_id,
-                name: commit.name.clone(),
-                status: if item.timestamp <= ctx.at {
-                    InvoiceStatus::Finalized
-                } else {
-                    InvoiceStatus::Draft
-                },
-                issued_at: item.timestamp,
-                subtotal: item.amount,
-                tax: Money::ZERO,
-                total: item.amount,
-                workflow_id: None,
-                external_status: None,
-            },
-        );
+    for invoice in purchase_invoices(&commit, ctx) {
+        crate::domain::push_first_exact(&mut contract.purchases, invoice);
     }
     crate::domain::push_first_exact(&mut contract.commits, commit);
     Ok(())
+}
+
+/// The SCHEDULED invoices of an ungated commit, one per invoice schedule item: issued (final)
+/// when their time has come, drafts until then.
+pub(super) fn purchase_invoices(commit: &Commit, ctx: &Ctx<'_>) -> Vec<PurchaseInvoice> {
+    commit
+        .invoice_schedule
+        .iter()
+        .map(|item| PurchaseInvoice {
+            id: item.invoice_id,
+            commit_id: commit.id,
+            product_id: commit.product_id,
+            name: commit.name.clone(),
+            status: if item.timestamp <= ctx.at {
+                InvoiceStatus::Finalized
+            } else {
+                InvoiceStatus::Draft
+            },
+            issued_at: item.timestamp,
+            subtotal: item.amount,
+            tax: Money::ZERO,
+            total: item.amount,
+            workflow_id: None,
+            external_status: None,
+        })
+        .collect()
 }

@@ -221,6 +221,7 @@ impl From<CustomerV4> for Customer {
             workflow_history: old.workflow_history,
             alerts: Vec::new(),
             alerts_as_of: Timestamp::default(),
+            customer_commits: Vec::new(),
         }
     }
 }
@@ -241,6 +242,30 @@ impl From<CustomerV5> for Customer {
             workflow_history: old.workflow_history,
             alerts: Vec::new(),
             alerts_as_of: Timestamp::default(),
+            customer_commits: Vec::new(),
+        }
+    }
+}
+
+/// A customer as state version 6 stored it (no customer-level commits).
+#[derive(Deserialize, serde::Serialize)]
+pub struct CustomerV6 {
+    pub profile: Option<CustomerProfile>,
+    pub contracts: Vec<Contract>,
+    pub workflow_history: Vec<StateChange>,
+    pub alerts: Vec<crate::domain::alerts::AlertStatus>,
+    pub alerts_as_of: Timestamp,
+}
+
+impl From<CustomerV6> for Customer {
+    fn from(old: CustomerV6) -> Customer {
+        Customer {
+            profile: old.profile,
+            contracts: old.contracts,
+            workflow_history: old.workflow_history,
+            alerts: old.alerts,
+            alerts_as_of: old.alerts_as_of,
+            customer_commits: Vec::new(),
         }
     }
 }

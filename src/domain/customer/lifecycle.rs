@@ -208,7 +208,7 @@ fn commit_fields(commit_id: Id) -> Map<String, Value> {
     fields
 }
 
-fn commit_type(kind: CommitKind) -> &'static str {
+pub(super) fn commit_type(kind: CommitKind) -> &'static str {
     match kind {
         CommitKind::Prepaid => "PREPAID",
         CommitKind::Postpaid => "POSTPAID",

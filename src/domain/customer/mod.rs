@@ -35,9 +35,11 @@ use super::money::Money;
 use super::rejection::Rejection;
 use super::usage::UsageEvent;
 use charges::expire_overdue_actions;
+pub use customer_level::{CustomerCommit, CustomerCommitEnd, CustomerCommitSpec};
 
 mod charges;
 mod contracts;
+pub mod customer_level;
 pub mod legacy;
 mod lifecycle;
 mod usage;
@@ -185,6 +187,10 @@ pub enum Input {
     ResetAlert {
         alert_id: Id,
     },
+    /// Create a customer-level commit or credit (log version 8).
+    CreateCustomerCommit(Box<CustomerCommitSpec>),
+    /// Shorten a customer-level commit's or credit's access or invoicing (log version 8).
+    EndCustomerCommit(Box<CustomerCommitEnd>),
 }
 
 /// An operator's decision on one quarantined input, with the input it decides on as the
@@ -253,6 +259,9 @@ pub struct Customer {
     /// time, never earlier (an input applied out of its time, a late or re-applied event, does
     /// not evaluate a past billing period as the current one).
     pub alerts_as_of: Timestamp,
+    /// Commits and credits of the customer rather than of one contract (state version 7), in
+    /// the order created (a usage line's draw names one by its index).
+    pub customer_commits: Vec<CustomerCommit>,
 }
 
 /// A customer as state versions 2 and 3 stored it (no workflow history).
@@ -289,6 +298,7 @@ impl From<CustomerV3> for Customer {
             workflow_history: history,
             alerts: Vec::new(),
             alerts_as_of: Timestamp::default(),
+            customer_commits: Vec::new(),
         }
     }
 }
@@ -322,7 +332,9 @@ fn alert_trigger(input: &Input) -> &'static str {
         Input::CreateContract(_)
         | Input::CreateContractV1(_)
         | Input::EditContract(_)
-        | Input::EditContractV1(_) => "contract",
+        | Input::EditContractV1(_)
+        | Input::CreateCustomerCommit(_)
+        | Input::EndCustomerCommit(_) => "contract",
         Input::PaymentOutcome(_) | Input::CancelWorkflow { .. } => "payment",
         Input::VoidInvoice { .. } => "invoice",
         Input::Tick => "time",
@@ -483,6 +495,10 @@ impl Customer {
                 ));
             }
             Input::ResetAlert { alert_id } => self.reset_alert(*alert_id, ctx)?,
+            Input::CreateCustomerCommit(spec) => {
+                self.create_customer_commit(spec, ctx, &mut applied)?;
+            }
+            Input::EndCustomerCommit(end) => self.end_customer_commit(end, ctx, &mut applied)?,
         }
         // Usage looks only at what it created and at contracts whose next notice is due.
         let usage = matches!(input, Input::RecordUsage(_));
@@ -620,7 +636,8 @@ impl Customer {
                     .count();
                 debug_assert!(in_flight <= 1, "two {kind:?} workflows in flight");
             }
-            for commit in &contract.commits {
+            let shared = self.customer_commits.iter().map(|c| &c.commit);
+            for commit in contract.commits.iter().chain(shared) {
                 for segment in &commit.segments {
                     debug_assert!(segment.drawn <= segment.amount, "segment overdrawn");
                     debug_assert!(!segment.drawn.is_negative(), "negative drawdown");

@@ -8,9 +8,13 @@
 
 use rust_decimal::Decimal;
 
+use super::customer_level::{self, CustomerCommit};
 use super::{Applied, Ctx, Customer};
 use crate::domain::catalog::{Catalog, Contribution, Price};
-use crate::domain::contract::{Aggregate, Contract, InvoiceStatus, UsageLine, UsagePeriod};
+use crate::domain::contract::{
+    Aggregate, Commit, Contract, DrawSource, InvoiceStatus, Level, UsageLine, UsagePeriod,
+    draw_order_across,
+};
 use crate::domain::ids::{Id, Timestamp};
 use crate::domain::money::Money;
 use crate::domain::rejection::Rejection;
@@ -82,10 +86,18 @@ impl Customer {
             return Ok(());
         }
         // Checked as far as it can be: from here the event applies in place (see `apply`).
+        let mut shared_touched = false;
         for charge in charges.iter() {
             let tags = product_tags(ctx.catalog, charge.product_id);
-            let contract = &mut self.contracts[charge.contract];
-            apply_charge(contract, charge, tags, event.timestamp, ctx.at)?;
+            let mut drawable = Drawable {
+                contract: &mut self.contracts[charge.contract],
+                pool: &mut self.customer_commits,
+            };
+            shared_touched |= apply_charge(&mut drawable, charge, tags, event.timestamp, ctx.at)?;
+        }
+        if shared_touched {
+            // A customer-level balance moved: every contract that counts it looks again.
+            return self.evaluate_all(customer_id, ctx, applied);
         }
         // Charges come contract by contract: evaluate each touched contract once, in order.
         let mut last = None;
@@ -189,15 +201,72 @@ fn rate_line(
     })
 }
 
+/// What a contract's usage draws from: the contract's own commits and credits, and the
+/// customer-level ones (`pool`, indexed by [`DrawSource::Customer`]).
+pub(super) struct Drawable<'a> {
+    pub contract: &'a mut Contract,
+    pub pool: &'a mut [CustomerCommit],
+}
+
+impl Drawable<'_> {
+    fn commit(&self, source: DrawSource) -> &Commit {
+        match source {
+            DrawSource::Contract(ci) => &self.contract.commits[ci],
+            DrawSource::Customer(ci) => &self.pool[ci].commit,
+        }
+    }
+
+    /// Records a drawdown of `amount` from segment `si` of `source` for `invoice_id`.
+    fn deduct(
+        &mut self,
+        (source, si): (DrawSource, usize),
+        invoice_id: Id,
+        amount: Money,
+        at: Timestamp,
+    ) -> Result<(), Rejection> {
+        match source {
+            DrawSource::Contract(ci) => self.contract.deduct((ci, si), invoice_id, amount, at),
+            DrawSource::Customer(ci) => self.pool[ci]
+                .commit
+                .record_deduction(si, invoice_id, amount, at),
+        }
+    }
+
+    /// Takes back `amount` of the drawdown from segment `si` of `source` by `invoice_id`.
+    fn return_deduction(
+        &mut self,
+        (source, si): (DrawSource, usize),
+        invoice_id: Id,
+        amount: Money,
+    ) -> Result<(), Rejection> {
+        match source {
+            DrawSource::Contract(ci) => {
+                let commit = &mut self.contract.commits[ci];
+                let before = commit.segments[si].remaining();
+                commit.return_deduction(si, invoice_id, amount)?;
+                let after = commit.segments[si].remaining();
+                self.contract
+                    .segment_changed((ci, si), before, after, false);
+                Ok(())
+            }
+            DrawSource::Customer(ci) => self.pool[ci]
+                .commit
+                .return_deduction(si, invoice_id, amount),
+        }
+    }
+}
+
 /// Applies one checked charge to its usage line (opening the period and the line if needed)
-/// and draws it down, or gives back what the line drew when it went down.
+/// and draws it down, or gives back what the line drew when it went down. Answers whether a
+/// customer-level balance changed.
 fn apply_charge(
-    contract: &mut Contract,
+    drawable: &mut Drawable<'_>,
     charge: &Charge,
     tags: &[String],
     usage_at: Timestamp,
     at: Timestamp,
-) -> Result<(), Rejection> {
+) -> Result<bool, Rejection> {
+    let contract = &mut *drawable.contract;
     let pi = match contract
         .periods
         .iter()
@@ -224,22 +293,25 @@ fn apply_charge(
     let uncovered_before = line.uncovered();
     line.aggregate.add(&charge.contribution);
     line.charged = charge.new_charged;
+    let mut shared_touched = false;
     if charge.delta.is_positive() {
         let drawn = Drawn {
             line: (pi, li),
             invoice_id,
             usage_at,
         };
-        draw_down(contract, charge.product_id, tags, drawn, charge.delta, at)?;
+        let product = (charge.product_id, tags);
+        shared_touched = draw_down(drawable, product, drawn, charge.delta, at)?;
     } else if charge.delta.is_negative() {
         // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
         let decrease = Money::ZERO.checked_sub(charge.delta)?;
-        let back = decrease.min(contract.periods[pi].lines[li].covered);
-        give_back(contract, (pi, li), invoice_id, back)?;
+        let back = decrease.min(drawable.contract.periods[pi].lines[li].covered);
+        shared_touched = give_back(drawable, (pi, li), invoice_id, back)?;
     }
+    let contract = &mut *drawable.contract;
     let uncovered_after = contract.periods[pi].lines[li].uncovered();
     contract.line_changed(pi, uncovered_before, uncovered_after);
-    Ok(())
+    Ok(shared_touched)
 }
 
 fn product_tags(catalog: &Catalog, product: Id) -> &[String] {
@@ -317,71 +389,111 @@ fn line_charge(
 }
 
 /// Draws `amount` of usage from eligible released segments in drawdown order and records the
-/// draws on the line. Only segments with something left are visited (the live list, a
-/// subsequence of `draw_order`): an exhausted one could give nothing.
+/// draws on the line: the contract's own and the customer-level ones usable by it, merged in
+/// [`draw_order_across`] (contract-level first at equal priority). Only segments with something
+/// left are visited (the live list, a subsequence of `draw_order`, and the customer-level
+/// candidates): an exhausted one could give nothing. Answers whether a customer-level segment
+/// was drawn from.
 fn draw_down(
-    contract: &mut Contract,
-    product: Id,
-    tags: &[String],
+    drawable: &mut Drawable<'_>,
+    (product, tags): (Id, &[String]),
     drawn: Drawn,
     amount: Money,
     at: Timestamp,
-) -> Result<(), Rejection> {
+) -> Result<bool, Rejection> {
     let (pi, li) = drawn.line;
+    let shared = customer_level::candidates(
+        drawable.pool,
+        drawable.contract,
+        (product, tags),
+        drawn.usage_at,
+    );
+    let mut next_shared = shared.iter().copied().peekable();
+    let mut shared_touched = false;
     let mut left = amount;
     let mut i = 0;
-    while i < contract.caches.live.len() {
-        let (ci, si) = contract.caches.live[i];
-        let commit = &contract.commits[ci];
-        let segment = &commit.segments[si];
-        if !segment.covers(drawn.usage_at) || !commit.applies_to(product, tags) {
+    while left.is_positive() {
+        let contract = &*drawable.contract;
+        // The next of the contract's own segments this usage may draw from.
+        while let Some(&(ci, si)) = contract.caches.live.get(i) {
+            let commit = &contract.commits[ci];
+            if commit.segments[si].covers(drawn.usage_at) && commit.applies_to(product, tags) {
+                break;
+            }
             i += 1;
-            continue;
         }
-        let before = segment.remaining();
+        let own = contract.caches.live.get(i).copied();
+        let source = match (own, next_shared.peek().copied()) {
+            (None, None) => break,
+            (Some((ci, si)), None) => (DrawSource::Contract(ci), si),
+            (None, Some((ci, si))) => (DrawSource::Customer(ci), si),
+            (Some((oc, os)), Some((sc, ss))) => {
+                let own = &contract.commits[oc];
+                let other = &drawable.pool[sc].commit;
+                let order = draw_order_across(
+                    (own, &own.segments[os], Level::Contract),
+                    (other, &other.segments[ss], Level::Customer),
+                );
+                if order == std::cmp::Ordering::Less {
+                    (DrawSource::Contract(oc), os)
+                } else {
+                    (DrawSource::Customer(sc), ss)
+                }
+            }
+        };
+        let (commit_source, si) = source;
+        let before = drawable.commit(commit_source).segments[si].remaining();
         let take = left.min(before);
-        if !take.is_positive() {
-            i += 1;
-            continue;
+        match commit_source {
+            DrawSource::Contract(ci) => {
+                let contract = &mut *drawable.contract;
+                contract.commits[ci].record_deduction(si, drawn.invoice_id, take, at)?;
+                let after = contract.commits[ci].segments[si].remaining();
+                contract.segment_changed((ci, si), before, after, true);
+                if after.is_positive() {
+                    i += 1;
+                } else {
+                    contract.caches.live.remove(i);
+                }
+            }
+            DrawSource::Customer(ci) => {
+                drawable.pool[ci]
+                    .commit
+                    .record_deduction(si, drawn.invoice_id, take, at)?;
+                next_shared.next();
+                shared_touched = true;
+            }
         }
-        contract.commits[ci].record_deduction(si, drawn.invoice_id, take, at)?;
-        contract.periods[pi].lines[li].record_draw((ci, si), take)?;
-        let after = contract.commits[ci].segments[si].remaining();
-        contract.segment_changed((ci, si), before, after, true);
-        if after.is_positive() {
-            i += 1;
-        } else {
-            contract.caches.live.remove(i);
-        }
+        drawable.contract.periods[pi].lines[li].record_draw((commit_source.encoded(), si), take)?;
         left = left.checked_sub(take)?;
-        if left.is_zero() {
-            break;
-        }
     }
-    Ok(())
+    Ok(shared_touched)
 }
 
 /// Returns `amount` of what line `(pi, li)` drew to the segments it drew from, last drawn first
-/// (usage went down, e.g. a negative SUM value).
+/// (usage went down, e.g. a negative SUM value). Answers whether a customer-level segment got
+/// something back.
 fn give_back(
-    contract: &mut Contract,
+    drawable: &mut Drawable<'_>,
     (pi, li): (usize, usize),
     invoice_id: Id,
     amount: Money,
-) -> Result<(), Rejection> {
+) -> Result<bool, Rejection> {
     let mut left = amount;
+    let mut shared_touched = false;
     while left.is_positive() {
-        let Some(draw) = contract.periods[pi].lines[li].draws.last().copied() else {
+        let Some(draw) = drawable.contract.periods[pi].lines[li]
+            .draws
+            .last()
+            .copied()
+        else {
             break;
         };
-        let (ci, si) = (draw.commit as usize, draw.segment as usize);
+        let source = draw.source();
+        shared_touched |= matches!(source, DrawSource::Customer(_));
         let back = left.min(draw.amount);
-        let commit = &mut contract.commits[ci];
-        let before = commit.segments[si].remaining();
-        commit.return_deduction(si, invoice_id, back)?;
-        let after = commit.segments[si].remaining();
-        contract.segment_changed((ci, si), before, after, false);
-        let line = &mut contract.periods[pi].lines[li];
+        drawable.return_deduction((source, draw.segment as usize), invoice_id, back)?;
+        let line = &mut drawable.contract.periods[pi].lines[li];
         line.covered = line.covered.checked_sub(back)?;
         let last = line.draws.last_mut().expect("the draw read above");
         last.amount = last.amount.checked_sub(back)?;
@@ -390,37 +502,36 @@ fn give_back(
         }
         left = left.checked_sub(back)?;
     }
-    Ok(())
+    Ok(shared_touched)
 }
 
-/// Applies a newly usable commit (index `ci`) to usage already charged but not covered on draft
+/// Applies a newly usable commit (`source`) to usage already charged but not covered on draft
 /// invoices whose period overlaps its segments: this is how a released spend-threshold commit
-/// brings outstanding spend back to zero.
+/// brings outstanding spend back to zero. A customer-level commit does it for each contract
+/// that may use it, one [`Drawable`] at a time.
 pub(super) fn cover_outstanding(
-    contract: &mut Contract,
-    ci: usize,
+    drawable: &mut Drawable<'_>,
+    source: DrawSource,
     ctx: &Ctx<'_>,
 ) -> Result<(), Rejection> {
-    for pi in 0..contract.periods.len() {
-        if contract.periods[pi].status != InvoiceStatus::Draft {
+    for pi in 0..drawable.contract.periods.len() {
+        let period = &drawable.contract.periods[pi];
+        if period.status != InvoiceStatus::Draft {
             continue;
         }
-        let (start, end) = (
-            contract.periods[pi].starting_at,
-            contract.periods[pi].ending_before,
-        );
-        let invoice_id = contract.periods[pi].invoice_id;
-        for li in 0..contract.periods[pi].lines.len() {
-            let line = &contract.periods[pi].lines[li];
+        let (start, end) = (period.starting_at, period.ending_before);
+        let invoice_id = period.invoice_id;
+        for li in 0..period.lines.len() {
+            let line = &drawable.contract.periods[pi].lines[li];
             let uncovered_before = line.uncovered();
             let mut left = uncovered_before;
             let product = line.product_id;
             let tags = product_tags(ctx.catalog, product);
-            if !left.is_positive() || !contract.commits[ci].applies_to(product, tags) {
+            if !left.is_positive() || !drawable.commit(source).applies_to(product, tags) {
                 continue;
             }
-            for si in 0..contract.commits[ci].segments.len() {
-                let segment = &contract.commits[ci].segments[si];
+            for si in 0..drawable.commit(source).segments.len() {
+                let segment = &drawable.commit(source).segments[si];
                 if !segment.overlaps(start, end) {
                     continue;
                 }
@@ -428,15 +539,18 @@ pub(super) fn cover_outstanding(
                 if !take.is_positive() {
                     continue;
                 }
-                contract.deduct((ci, si), invoice_id, take, ctx.at)?;
+                drawable.deduct((source, si), invoice_id, take, ctx.at)?;
                 left = left.checked_sub(take)?;
-                contract.periods[pi].lines[li].record_draw((ci, si), take)?;
+                drawable.contract.periods[pi].lines[li]
+                    .record_draw((source.encoded(), si), take)?;
                 if left.is_zero() {
                     break;
                 }
             }
-            let uncovered_after = contract.periods[pi].lines[li].uncovered();
-            contract.line_changed(pi, uncovered_before, uncovered_after);
+            let uncovered_after = drawable.contract.periods[pi].lines[li].uncovered();
+            drawable
+                .contract
+                .line_changed(pi, uncovered_before, uncovered_after);
         }
     }
     Ok(())

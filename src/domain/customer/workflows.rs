@@ -13,10 +13,11 @@ use serde_json::json;
 
 use super::charges::{Progress, action_required, charge_progress, note_object, payment_request};
 use super::contracts::build_commit;
-use super::usage::cover_outstanding;
+use super::usage::{Drawable, cover_outstanding};
 use super::{
     Applied, CommitSpec, Ctx, Customer, DEFAULT_PRIORITY, StripeBilling, commit_name, webhook,
 };
+use crate::domain::contract::DrawSource;
 use crate::domain::contract::{
     Commit, CommitKind, Contract, InvoiceScheduleItem, InvoiceStatus, PurchaseInvoice,
     RechargeHold, RechargeRail, Release, Segment, ThresholdCommit, ThresholdKind,
@@ -73,7 +74,12 @@ impl Customer {
                         outstanding
                     }
                     ThresholdKind::PrepaidBalance => {
-                        let balance = contract.balance_tracked(ctx.at)?;
+                        let shared = super::customer_level::balance_for(
+                            &self.customer_commits,
+                            contract,
+                            ctx.at,
+                        )?;
+                        let balance = contract.balance_tracked(ctx.at)?.checked_add(shared)?;
                         if balance > threshold_amount {
                             // Nothing to recharge: a rail holds nothing back.
                             if let Some(config) = contract.prepaid_threshold.as_mut() {
@@ -694,7 +700,14 @@ fn release_workflow(
         _ => contract.rebuild_caches(),
     }
     if let Some(ci) = commit {
-        cover_outstanding(contract, ci, ctx)?;
+        cover_outstanding(
+            &mut Drawable {
+                contract,
+                pool: &mut [],
+            },
+            DrawSource::Contract(ci),
+            ctx,
+        )?;
     }
     if gate_type != GateType::None {
         let workflow = &contract.workflows[wi];
