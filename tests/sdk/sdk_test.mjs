@@ -901,6 +901,100 @@ await step('14. alerts: create, customers.alerts.retrieve/list, alerts.* on the 
   assert.equal(hooks(`alerts.${type}`, { alert_id: alertId }).length, 1, 'one alarm');
 });
 
+await step('15. customer-level credit and commit: drawn with the contract, counted in its B, listed, shortened', async () => {
+  const usd = '2714e483-4ff1-48e4-9e25-ac732e8f24f2';
+  const shared = await client.v1.customers.create({ name: `Shared ${run}`, ingest_aliases: [`shared-${run}`] });
+  const customerId = shared.data.id;
+  // A $50 credit of the customer, for every contract (created before the contract, so the
+  // contract's auto-recharge sees $50 at creation).
+  const credit = await client.v1.customers.credits.create({
+    customer_id: customerId,
+    product_id: catalog.commitProductId,
+    priority: 1,
+    name: 'Welcome credit',
+    access_schedule: { credit_type_id: usd, schedule_items: [{ amount: 5000, starting_at: monthStart, ending_before: farFuture }] },
+    uniqueness_key: `credit-${run}`,
+  });
+  const creditId = credit.data.id;
+  await expectError(
+    client.v1.customers.credits.create({
+      customer_id: customerId,
+      product_id: catalog.commitProductId,
+      priority: 1,
+      access_schedule: { schedule_items: [{ amount: 1, starting_at: monthStart, ending_before: farFuture }] },
+      uniqueness_key: `credit-${run}`,
+    }),
+    ConflictError,
+    409,
+  );
+  const created = await client.v1.contracts.create({
+    customer_id: customerId,
+    rate_card_id: catalog.rateCardId,
+    starting_at: monthStart,
+    prepaid_balance_threshold_configuration: {
+      commit: { product_id: catalog.commitProductId, name: 'Auto-recharge' },
+      is_enabled: true,
+      payment_gate_config: { payment_gate_type: 'EXTERNAL' },
+      threshold_amount: 2000,
+      recharge_to_amount: 5000,
+    },
+  });
+  const contractId = created.data.id;
+  // A $10 customer-level commit for this contract, billed on it, drawn after the credit.
+  const commit = await client.v1.customers.commits.create({
+    customer_id: customerId,
+    type: 'PREPAID',
+    product_id: catalog.commitProductId,
+    priority: 50,
+    applicable_contract_ids: [contractId],
+    invoice_contract_id: contractId,
+    access_schedule: { schedule_items: [{ amount: 1000, starting_at: monthStart, ending_before: farFuture }] },
+    invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 1000 }] },
+  });
+  const commitId = commit.data.id;
+  const net = await client.v1.contracts.getNetBalance({ customer_id: customerId });
+  assert.equal(net.data.balance, 6000, 'both count in the balance');
+  // 39 calls: the credit falls to $11, B = $21; the 40th brings B to $20 and recharges $30.
+  await client.v1.usage.ingest(apiCalls(`shared-${run}`, 'shared-a', 39));
+  await client.v1.usage.ingest(apiCalls(`shared-${run}`, 'shared-b', 1));
+  const initiate = await waitHook('payment_gate.external_initiate', { contract_id: contractId });
+  assert.equal(initiate.event.properties.workflow_type, 'prepaid_balance');
+  assert.equal(initiate.event.properties.invoice_total, 3000, 'recharged from $20 to $50');
+  assert.equal(hooks('payment_gate.threshold_reached', { contract_id: contractId }).length, 1);
+  const announced = await waitFlat('credit.create', { commit_id: creditId });
+  assert.equal(announced.event.contract_id, undefined, 'a customer-level credit belongs to no contract');
+  assert.equal(announced.event.customer_id, customerId);
+  await waitFlat('commit.create', { commit_id: commitId });
+
+  const credits = await collect(client.v1.customers.credits.list({ customer_id: customerId, include_balance: true, include_ledgers: true }));
+  assert.deepEqual(credits.map((c) => c.id), [creditId]);
+  assert.equal(credits[0].balance, 1000);
+  assert.equal(credits[0].contract, undefined);
+  const deduction = credits[0].ledger.find((e) => e.type === 'CREDIT_AUTOMATED_INVOICE_DEDUCTION');
+  assert.equal(deduction.amount, -4000);
+  assert.equal(deduction.contract_id, contractId, 'the deduction names the contract whose usage it paid');
+  const commits = await collect(client.v1.customers.commits.list({ customer_id: customerId, include_balance: true }));
+  assert.deepEqual(commits.map((c) => c.id), [commitId]);
+  assert.equal(commits[0].balance, 1000, 'drawn after the credit (priority 50)');
+  assert.deepEqual(commits[0].applicable_contract_ids, [contractId]);
+  assert.equal(commits[0].invoice_contract.id, contractId);
+  const withContract = await collect(client.v1.customers.commits.list({ customer_id: customerId, include_contract_commits: true }));
+  assert.equal(withContract.length, 2, 'and the recharge commit of the contract');
+  const balances = await collect(client.v1.contracts.listBalances({ customer_id: customerId }));
+  assert.deepEqual(balances.map((b) => b.id).sort(), [creditId, commitId].sort());
+
+  // Shortened: the credit's access ends tomorrow; a later end is refused.
+  const tomorrow = new Date(Date.now() + 24 * 3600 * 1000).toISOString();
+  await client.v1.customers.credits.updateEndDate({ customer_id: customerId, credit_id: creditId, access_ending_before: tomorrow });
+  const shortened = await collect(client.v1.customers.credits.list({ customer_id: customerId }));
+  assert.equal(Date.parse(shortened[0].access_schedule.schedule_items[0].ending_before), Date.parse(tomorrow));
+  await expectError(
+    client.v1.customers.commits.updateEndDate({ customer_id: customerId, commit_id: commitId, access_ending_before: '2200-01-01T00:00:00Z' }),
+    BadRequestError,
+    400,
+  );
+});
+
 await shutdown();
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
 console.log(`\nSDK flow passed: ${passed.length} steps, ${webhooks.length} webhook deliveries verified, ${seconds} s`);

@@ -59,6 +59,7 @@ fn seeds_pass_every_invariant() {
         totals.releases += report.releases;
         totals.cancels += report.cancels;
         totals.gated_commits += report.gated_commits;
+        totals.customer_commits += report.customer_commits;
         totals.quarantined += report.quarantined;
         totals.reapplied += report.reapplied;
         totals.discarded += report.discarded;
@@ -90,6 +91,10 @@ fn seeds_pass_every_invariant() {
         assert!(
             totals.alerts_created > 0 && totals.alert_webhooks > 0,
             "no alert created or no alert webhook: {totals:?}"
+        );
+        assert!(
+            totals.customer_commits > 0,
+            "no customer-level commit or credit: {totals:?}"
         );
     }
 }

@@ -83,6 +83,8 @@ pub struct CustomerModel {
     /// The earliest contract end ever requested (simulated ms): an event timestamped at or
     /// after it may fall after the end in force when it applied, and then is not billed.
     pub end_floor: Option<i64>,
+    /// The customer-level commits and credits created (id, whether a credit).
+    pub customer_commits: Vec<(String, bool)>,
 }
 
 /// What one period of one contract must show: exactly the events sent once the contract

@@ -79,6 +79,8 @@ pub struct Report {
     pub cancels: usize,
     /// Commits added with an EXTERNAL or NONE payment gate.
     pub gated_commits: usize,
+    /// Customer-level commits and credits created.
+    pub customer_commits: usize,
     /// Inputs a buggy version quarantined, and the operator's decisions on them.
     pub quarantined: usize,
     pub reapplied: usize,
@@ -348,6 +350,10 @@ enum Purpose {
     ArchiveCustomer(usize),
     /// A commit the integrator adds to customer `.0`'s contract.
     AddCommit(usize),
+    /// A customer-level commit or credit of customer `.0`.
+    AddCustomerCommit(usize),
+    /// A customer-level commit's or credit's access shortened.
+    EndCustomerCommit,
     /// A threshold edit; one that is valid for a
     /// configuration the contract has must apply (a 4xx for it is a violation).
     EditThreshold {
@@ -1494,7 +1500,8 @@ impl Sim {
             0..=54 => self.ingest(app).await,
             55..=62 => self.resend(app).await,
             63..=72 => self.release(app).await,
-            73..=76 => self.add_commit(app).await,
+            73..=75 => self.add_commit(app).await,
+            76 => self.customer_level_commit(app).await,
             77..=79 => self.edit_threshold(app, engine).await,
             80..=81 => self
                 .receiver
@@ -1755,6 +1762,16 @@ impl Sim {
             Purpose::AddCommit(c) if status == 200 || status == 409 => {
                 self.model.customers[c].granted += granted_by(&request.body["add_commits"]);
             }
+            Purpose::AddCustomerCommit(c) if status == 200 || status == 409 => {
+                self.model.customers[c].granted += granted_by(&json!([request.body]));
+                self.report.customer_commits += 1;
+                let credit = request.path.contains("customerCredits");
+                if let Some(id) = value["data"]["id"].as_str() {
+                    self.model.customers[c]
+                        .customer_commits
+                        .push((id.to_owned(), credit));
+                }
+            }
             Purpose::Cancel => self.cancel_answered(&request.path, status, &value),
             Purpose::EndDate => self.end_date_answered(&request, status, &value),
             Purpose::Alert => self.alert_answered(&request, status, &value),
@@ -1765,6 +1782,8 @@ impl Sim {
             Purpose::CreateCustomer(_)
             | Purpose::CreateContract(_)
             | Purpose::AddCommit(_)
+            | Purpose::AddCustomerCommit(_)
+            | Purpose::EndCustomerCommit
             | Purpose::DropAlias
             | Purpose::AddAlias
             | Purpose::AddRate
@@ -2372,6 +2391,69 @@ impl Sim {
             }),
             key: format!("edit-{}", self.txn_counter),
             purpose: Purpose::AddCommit(c),
+        };
+        self.control(app, request).await;
+    }
+
+    /// A customer-level commit (invoiced on the customer's contract) or credit, usable by every
+    /// contract or by its contract only, at a priority that ties with the contract's own commits
+    /// now and then (the contract's draw first then); or, for one created before, its access
+    /// shortened to end some time from now.
+    async fn customer_level_commit(&mut self, app: &impl Api) {
+        let Some((c, customer)) = self.customer_with_contract() else {
+            return;
+        };
+        self.txn_counter += 1;
+        let key = format!("customer-commit-{}", self.txn_counter);
+        if !customer.customer_commits.is_empty() && self.rng.random_ratio(1, 3) {
+            let pick = self.rng.random_range(0..customer.customer_commits.len());
+            let (id, credit) = &customer.customer_commits[pick];
+            let end =
+                Timestamp(self.time.now_ms() + self.rng.random_range(HOUR_MS..30 * 24 * HOUR_MS));
+            let (path, field) = if *credit {
+                ("/v1/contracts/customerCredits/updateEndDate", "credit_id")
+            } else {
+                ("/v1/contracts/customerCommits/updateEndDate", "commit_id")
+            };
+            let request = Request {
+                path: path.into(),
+                body: json!({"customer_id": customer.id, field: id, "access_ending_before": end.to_rfc3339()}),
+                key,
+                purpose: Purpose::EndCustomerCommit,
+            };
+            self.control(app, request).await;
+            return;
+        }
+        let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
+        let amount = self.rng.random_range(1..10_000);
+        let credit = self.rng.random_bool(0.5);
+        let mut body = json!({
+            "customer_id": customer.id, "product_id": COMMIT_PRODUCT.to_string(),
+            "priority": self.rng.random_range(1..5),
+            "access_schedule": {"schedule_items": [{"amount": amount, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+        });
+        if !credit {
+            body["type"] = json!("PREPAID");
+            body["invoice_schedule"] =
+                json!({"schedule_items": [{"timestamp": start, "amount": amount}]});
+            body["invoice_contract_id"] = json!(customer.contract_id);
+        }
+        if self.rng.random_bool(0.5) {
+            body["applicable_contract_ids"] = json!([customer.contract_id]);
+        }
+        if self.rng.random_ratio(1, 4) {
+            body["applicable_product_ids"] = json!([fixtures::TOKEN_PRODUCT.to_string()]);
+        }
+        let path = if credit {
+            "/v1/contracts/customerCredits/create"
+        } else {
+            "/v1/contracts/customerCommits/create"
+        };
+        let request = Request {
+            path: path.into(),
+            body,
+            key,
+            purpose: Purpose::AddCustomerCommit(c),
         };
         self.control(app, request).await;
     }
@@ -3039,36 +3121,44 @@ impl Sim {
             let money = engine
                 .query(id, |s| {
                     let mut m = ContractMoney::default();
-                    for contract in &s.customer.contracts {
-                        for commit in &contract.commits {
-                            for (si, segment) in commit.segments.iter().enumerate() {
-                                let (amount, drawn) =
-                                    (segment.amount.as_decimal(), segment.drawn.as_decimal());
-                                if commit.created_by_threshold.is_none() {
-                                    m.user_granted += amount;
-                                }
-                                let ledger: Decimal = commit
-                                    .deductions
-                                    .iter()
-                                    .filter(|d| d.segment == si)
-                                    .map(|d| d.amount.as_decimal())
-                                    .sum();
-                                if drawn.is_sign_negative() || drawn > amount || ledger != drawn {
-                                    m.broken.push(format!(
-                                        "commit {} segment {si}: amount {amount}, drawn {drawn}, ledger {ledger}",
-                                        commit.id
-                                    ));
-                                }
-                                m.drawn += drawn;
-                                m.deducted += ledger;
+                    let shared = s.customer.customer_commits.iter().map(|c| &c.commit);
+                    let all_commits: Vec<_> = s
+                        .customer
+                        .contracts
+                        .iter()
+                        .flat_map(|c| &c.commits)
+                        .chain(shared)
+                        .collect();
+                    for commit in all_commits {
+                        for (si, segment) in commit.segments.iter().enumerate() {
+                            let (amount, drawn) =
+                                (segment.amount.as_decimal(), segment.drawn.as_decimal());
+                            if commit.created_by_threshold.is_none() {
+                                m.user_granted += amount;
                             }
-                            if !commit.is_released() && !commit.deductions.is_empty() {
+                            let ledger: Decimal = commit
+                                .deductions
+                                .iter()
+                                .filter(|d| d.segment == si)
+                                .map(|d| d.amount.as_decimal())
+                                .sum();
+                            if drawn.is_sign_negative() || drawn > amount || ledger != drawn {
                                 m.broken.push(format!(
-                                    "commit {} ({:?}) was drawn from",
-                                    commit.id, commit.release
+                                    "commit {} segment {si}: amount {amount}, drawn {drawn}, ledger {ledger}",
+                                    commit.id
                                 ));
                             }
+                            m.drawn += drawn;
+                            m.deducted += ledger;
                         }
+                        if !commit.is_released() && !commit.deductions.is_empty() {
+                            m.broken.push(format!(
+                                "commit {} ({:?}) was drawn from",
+                                commit.id, commit.release
+                            ));
+                        }
+                    }
+                    for contract in &s.customer.contracts {
                         for period in &contract.periods {
                             let mut covered = Decimal::ZERO;
                             for line in &period.lines {
@@ -3085,7 +3175,16 @@ impl Sim {
                                     ));
                                 }
                                 for draw in &line.draws {
-                                    let commit = contract.commits.get(draw.commit as usize);
+                                    use tollgate::domain::contract::DrawSource;
+                                    let commit = match draw.source() {
+                                        DrawSource::Contract(ci) => contract.commits.get(ci),
+                                        DrawSource::Customer(ci) => s
+                                            .customer
+                                            .customer_commits
+                                            .get(ci)
+                                            .filter(|shared| shared.usable_by(contract))
+                                            .map(|shared| &shared.commit),
+                                    };
                                     let restricted = commit.map(|c| &c.applicable_product_ids);
                                     if restricted.is_none_or(|only| {
                                         !only.is_empty() && !only.contains(&line.product_id)
