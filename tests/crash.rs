@@ -954,7 +954,7 @@ async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_ver
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(
-        stderr.contains("storage format version 1; this build reads versions 2 to 6"),
+        stderr.contains("storage format version 1; this build reads versions 2 to 7"),
         "stderr: {stderr}"
     );
     let store = tollgate::storage::Store::open(&data, Default::default());
@@ -1100,7 +1100,7 @@ async fn a_backup_taken_under_load_restores_to_the_same_balances_and_counts_noth
     assert!(ok, "tollgate backup failed: {err}");
     let receipt: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(receipt["to"], json!(backup.display().to_string()));
-    assert_eq!(receipt["storage_format"], 6);
+    assert_eq!(receipt["storage_format"], 7);
     assert!(receipt["bytes"].as_u64().unwrap() > 0, "{receipt}");
     let acked_at_backup = ledger.lock().unwrap().acked.len();
     actix_rt::time::sleep(Duration::from_millis(700)).await;
@@ -1565,6 +1565,114 @@ async fn a_contract_end_set_before_kill_9_is_announced_at_its_time_after_the_res
         .map(|r| r.id.clone())
         .collect();
     assert_eq!(ids.len(), 1, "announced once");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// The customer-level credit balance of `setup`'s customer, from `customerCredits/list`.
+async fn shared_credit_balance(client: &reqwest::Client, base: &str, customer: &str) -> Value {
+    let (status, body) = post(
+        client,
+        base,
+        "/v1/contracts/customerCredits/list",
+        &json!({"customer_id": customer, "include_balance": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"][0]["balance"].clone()
+}
+
+/// A customer-level credit drawn by usage, then `kill -9`: the restart replays its creation
+/// and every draw to the same balance, a resent batch draws nothing again, and its end date
+/// change survives a second kill.
+#[actix_rt::test]
+async fn kill_9_after_customer_level_draws_replays_to_the_same_shared_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (customer, _) = setup(&client, &server.base).await;
+    let (_, products) = post(
+        &client,
+        &server.base,
+        "/v1/contract-pricing/products/list",
+        &json!({}),
+    )
+    .await;
+    let fixed = products["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "FIXED")
+        .expect("setup's FIXED product")["id"]
+        .clone();
+    let start = tollgate::domain::Timestamp(now_ms())
+        .month_start()
+        .to_rfc3339();
+    let (status, body) = post(
+        &client,
+        &server.base,
+        "/v1/contracts/customerCredits/create",
+        &json!({
+            "customer_id": customer, "product_id": fixed, "priority": 1,
+            "access_schedule": {"schedule_items": [{"amount": 3000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]}
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let credit_id = body["data"]["id"].as_str().unwrap().to_owned();
+    let batch: Vec<Value> = (0..10).map(|i| event(&format!("shared-{i}"))).collect();
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shared_credit_balance(&client, &server.base, &customer).await,
+        2000
+    );
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    assert_eq!(
+        shared_credit_balance(&client, &server.base, &customer).await,
+        2000,
+        "replay reaches the live run's shared balance"
+    );
+    let (status, _) = post(&client, &server.base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shared_credit_balance(&client, &server.base, &customer).await,
+        2000,
+        "a resent batch draws nothing again"
+    );
+    let end = tollgate::domain::Timestamp(now_ms() + 86_400_000).to_rfc3339();
+    let (status, body) = post(
+        &client,
+        &server.base,
+        "/v1/contracts/customerCredits/updateEndDate",
+        &json!({"customer_id": customer, "credit_id": credit_id, "access_ending_before": end}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let (status, body) = post(
+        &client,
+        &server.base,
+        "/v1/contracts/customerCredits/list",
+        &json!({"customer_id": customer}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"][0]["access_schedule"]["schedule_items"][0]["ending_before"],
+        json!(end)
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }

@@ -830,3 +830,70 @@ fn a_state_written_by_version_5_reads_with_no_alert_statuses() {
     assert_eq!(read.customer, state.customer);
     assert!(read.customer.alerts.is_empty());
 }
+
+#[test]
+fn a_state_written_by_version_6_reads_with_its_alerts_and_no_customer_level_commits() {
+    use crate::actors::entry::PersistedCustomerV6;
+    use crate::domain::customer::legacy::CustomerV6;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let state = customer_with_tokens();
+    let old = PersistedCustomerV6 {
+        applied_seq: 12,
+        customer: CustomerV6 {
+            profile: state.customer.profile.clone(),
+            contracts: state.customer.contracts.clone(),
+            workflow_history: state.customer.workflow_history.clone(),
+            alerts: state.customer.alerts.clone(),
+            alerts_as_of: T0,
+        },
+        parked: Vec::new(),
+        quarantined: vec![(4, 0)],
+        last_input_at: T0,
+    };
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V6, &old).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 12);
+    assert_eq!(read.quarantined, vec![(4, 0)]);
+    assert_eq!(read.customer.alerts_as_of, T0);
+    assert_eq!(read.customer.contracts, state.customer.contracts);
+    assert!(read.customer.customer_commits.is_empty());
+    // And a state of this version with one reads back whole.
+    let mut current = read.clone();
+    let spec = crate::domain::fixtures::credit(500, 1);
+    current
+        .customer
+        .customer_commits
+        .push(crate::domain::customer::CustomerCommit {
+            commit: crate::domain::contract::Commit {
+                id: crate::domain::Id::from_u128(77),
+                kind: spec.kind,
+                product_id: spec.product_id,
+                name: "shared".into(),
+                description: None,
+                priority: rust_decimal::Decimal::ONE,
+                applicable_product_ids: vec![],
+                applicable_product_tags: vec![],
+                segments: vec![],
+                invoice_schedule: vec![],
+                release: crate::domain::contract::Release::Released { at: T0 },
+                created_by_threshold: None,
+                created_at: T0,
+                deductions: vec![],
+                archived_at: None,
+            },
+            credit_type: crate::domain::money::CreditType::usd_cents(),
+            applicable_contract_ids: vec![],
+            invoice_contract_id: None,
+            uniqueness_key: Some("k".into()),
+        });
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION, &current).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    assert_eq!(
+        load_state(&shared, CUSTOMER).unwrap().customer,
+        current.customer
+    );
+}

@@ -8,6 +8,7 @@ mod alerts;
 mod auth;
 mod catalog;
 mod contracts;
+mod customer_commits;
 mod edge;
 mod lifecycle;
 mod money_edges;
