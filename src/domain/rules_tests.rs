@@ -2823,6 +2823,63 @@ mod customer_level {
         assert_eq!(world.apply(unknown), Err(Rejection::CommitNotFound));
     }
 
+    /// An invoice voided after `invoices_ending_before` was refused for it no longer stands in
+    /// the way; the customer wakes when a customer-level segment ends; a customer has at most
+    /// [`CUSTOMER_COMMITS_MAX`] of them.
+    ///
+    /// [`CUSTOMER_COMMITS_MAX`]: crate::domain::customer::customer_level::CUSTOMER_COMMITS_MAX
+    #[test]
+    fn a_voided_invoice_does_not_block_an_end_and_a_shared_segment_end_wakes_the_customer() {
+        use crate::domain::customer::customer_level::CUSTOMER_COMMITS_MAX;
+        let mut world = World::new(false);
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+        let mut commit = fixtures::prepaid_commit(1_000, 10);
+        let ends = world.at.plus_ms(10 * MS_PER_DAY);
+        commit.access_schedule = vec![(usd(1_000), T0, ends)];
+        world.apply(shared(SHARED, commit, vec![])).unwrap();
+        assert_eq!(world.customer.next_wake(world.at), Some(ends));
+        let invoice = world.contract().purchases[0].id;
+        let stop = |at| {
+            Input::EndCustomerCommit(Box::new(CustomerCommitEnd {
+                commit_id: SHARED,
+                credit: false,
+                access_ending_before: None,
+                invoices_ending_before: Some(at),
+            }))
+        };
+        assert!(matches!(
+            world.apply(stop(T0)),
+            Err(Rejection::InvalidField(_))
+        ));
+        world
+            .apply(Input::VoidInvoice {
+                invoice_id: invoice,
+            })
+            .unwrap();
+        world.apply(stop(T0)).unwrap();
+        assert!(
+            world.customer.customer_commits[0]
+                .commit
+                .invoice_schedule
+                .is_empty()
+        );
+        for i in 1..CUSTOMER_COMMITS_MAX {
+            let id = Id::from_u128(0x9000 + i as u128);
+            world
+                .apply(shared(id, fixtures::credit(1, 10), vec![]))
+                .unwrap();
+        }
+        let one_more = shared(Id::from_u128(0x8fff), fixtures::credit(1, 10), vec![]);
+        assert!(matches!(
+            world.apply(one_more),
+            Err(Rejection::InvalidField(_))
+        ));
+    }
+
     fn shared_commit_ledger(world: &World) -> Vec<&'static str> {
         world.customer.customer_commits[0]
             .commit

@@ -241,6 +241,42 @@ async fn list(
     let customer = customer(&state, request.customer_id)?;
     let limit = wire::page_limit(request.limit)?;
     let cursor = request.next_page;
+    // Each list has its own pair of fields: another list's is refused, not ignored.
+    let fields = [
+        (
+            "id",
+            request.id.is_some(),
+            request.include_contract_balances.is_some(),
+            "include_contract_balances",
+            Listing::Balances,
+        ),
+        (
+            "commit_id",
+            request.commit_id.is_some(),
+            request.include_contract_commits.is_some(),
+            "include_contract_commits",
+            Listing::Commits,
+        ),
+        (
+            "credit_id",
+            request.credit_id.is_some(),
+            request.include_contract_credits.is_some(),
+            "include_contract_credits",
+            Listing::Credits,
+        ),
+    ];
+    for (id_field, id_sent, include_sent, include_field, owner) in fields {
+        if owner == listing {
+            continue;
+        }
+        for (sent, field) in [(id_sent, id_field), (include_sent, include_field)] {
+            if sent {
+                return Err(ApiError::BadRequest(format!(
+                    "{field} is not a field of this list"
+                )));
+            }
+        }
+    }
     let (only, include_contract) = match listing {
         Listing::Balances => (request.id, request.include_contract_balances),
         Listing::Commits => (request.commit_id, request.include_contract_commits),

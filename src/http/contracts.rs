@@ -166,7 +166,7 @@ fn check_stripe_gates(
     Ok(())
 }
 
-fn customer_of(state: &AppState, id: Uuid) -> ApiResult<Id> {
+pub(super) fn customer_of(state: &AppState, id: Uuid) -> ApiResult<Id> {
     let id = id.0;
     if !state.engine.customer_exists(id) {
         return Err(ApiError::NotFound(format!("customer {id} not found")));

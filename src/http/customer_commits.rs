@@ -13,7 +13,7 @@ use super::AppState;
 use super::contract_bodies::{
     AccessScheduleBody, CommitBody, CommitRole, CommitTypeChoice, InvoiceScheduleBody,
 };
-use super::contracts::edge_id;
+use super::contracts::{customer_of, edge_id};
 use super::error::{ApiError, ApiResult};
 use super::openapi::{Data, Routes};
 use super::request::{self, Exact, Refused, Time, Uuid, Why};
@@ -143,14 +143,6 @@ pub struct UpdateEndBody {
     /// Commits only.
     #[serde(default)]
     invoices_ending_before: Option<Time>,
-}
-
-fn customer_of(state: &AppState, id: Uuid) -> ApiResult<Id> {
-    let id = id.0;
-    if !state.engine.customer_exists(id) {
-        return Err(ApiError::NotFound(format!("customer {id} not found")));
-    }
-    Ok(id)
 }
 
 async fn create(

@@ -237,6 +237,24 @@ async fn customer_level_creates_refuse_whole_and_a_credit_pays_for_the_contracts
         .is_empty(),
         "another customer's are not listed"
     );
+    // Each list reads its own fields: another list's are refused, not ignored.
+    for (path, body) in [
+        (
+            "/v1/contracts/customerCredits/list",
+            json!({"customer_id": customer, "commit_id": commit_id}),
+        ),
+        (
+            "/v1/contracts/customerCommits/list",
+            json!({"customer_id": customer, "include_contract_credits": true}),
+        ),
+        (
+            "/v1/contracts/customerBalances/list",
+            json!({"customer_id": customer, "credit_id": credit_id}),
+        ),
+    ] {
+        let (status, answer) = app.post(path, body).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+    }
 }
 
 /// `updateEndDate` refuses what it cannot do (lengthen, an issued invoice, the wrong kind or

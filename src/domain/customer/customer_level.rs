@@ -24,6 +24,10 @@ use crate::domain::ids::{Id, Timestamp};
 use crate::domain::money::{CreditType, Money};
 use crate::domain::rejection::Rejection;
 
+/// How many customer-level commits and credits one customer may have: each usage event that may
+/// draw from them looks at every one of their segments (Tollgate's bound; Metronome states none).
+pub const CUSTOMER_COMMITS_MAX: usize = 500;
+
 /// A commit or credit of the customer rather than of one contract.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerCommit {
@@ -128,6 +132,14 @@ impl Customer {
         let customer_fields = profile.custom_fields.clone();
         if self.customer_commits.iter().any(|c| c.commit.id == spec.id) {
             return Err(Rejection::AlreadyExists);
+        }
+        if self.customer_commits.len() >= CUSTOMER_COMMITS_MAX {
+            return Err(Rejection::invalid(
+                "customer_id",
+                &format!(
+                    "the customer has {CUSTOMER_COMMITS_MAX} customer-level commits and credits, the most it may have"
+                ),
+            ));
         }
         if let Some(key) = &spec.uniqueness_key {
             validate_uniqueness_key(key)?;
@@ -304,7 +316,8 @@ impl Customer {
                 .unwrap_or(&[]);
             for item in commit.invoice_schedule.iter().filter(|i| i.timestamp >= at) {
                 let invoice = purchases.iter().find(|p| p.id == item.invoice_id);
-                if invoice.is_some_and(|p| p.status != InvoiceStatus::Draft) {
+                // A voided invoice is not issued and never will be: nothing to stop.
+                if invoice.is_some_and(|p| p.status == InvoiceStatus::Finalized) {
                     return Err(Rejection::invalid(
                         "invoices_ending_before",
                         &format!(

@@ -556,6 +556,17 @@ impl Customer {
                 }
             }
         }
+        // A customer-level segment's start or end changes the B of the contracts using it.
+        for shared in self
+            .customer_commits
+            .iter()
+            .filter(|c| c.commit.is_released())
+        {
+            for segment in &shared.commit.segments {
+                consider(segment.starting_at);
+                consider(segment.ending_before);
+            }
+        }
         next
     }
 
