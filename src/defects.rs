@@ -43,11 +43,14 @@ pub enum Defect {
     SegmentEndUnannounced,
     /// A customer leaving alarm on an alert is never noticed: it stays `in_alarm`.
     AlertResolutionLost,
+    /// A usage decrease gives back to a contract's own segments but not to a customer-level
+    /// one: the shared balance stays drawn for usage that went away.
+    SharedGiveBackLost,
 }
 
 impl Defect {
     /// Every defect, in the order the simulation's defect test tries them.
-    pub const ALL: [Defect; 14] = [
+    pub const ALL: [Defect; 15] = [
         Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
@@ -62,6 +65,7 @@ impl Defect {
         Defect::RailsIgnored,
         Defect::SegmentEndUnannounced,
         Defect::AlertResolutionLost,
+        Defect::SharedGiveBackLost,
     ];
 }
 
@@ -111,6 +115,7 @@ mod tests {
             Defect::RailsIgnored => 11,
             Defect::SegmentEndUnannounced => 12,
             Defect::AlertResolutionLost => 13,
+            Defect::SharedGiveBackLost => 14,
         }
     }
 
