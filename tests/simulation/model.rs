@@ -83,8 +83,10 @@ pub struct CustomerModel {
     /// The earliest contract end ever requested (simulated ms): an event timestamped at or
     /// after it may fall after the end in force when it applied, and then is not billed.
     pub end_floor: Option<i64>,
-    /// The customer-level commits and credits created (id, whether a credit).
-    pub customer_commits: Vec<(String, bool)>,
+    /// The customer-level commits and credits created (id, whether a credit, and the earliest
+    /// access end ever asked for, in simulated ms: an end only moves earlier, and a request
+    /// still being retried may apply after a later one is sent).
+    pub customer_commits: Vec<(String, bool, i64)>,
 }
 
 /// What one period of one contract must show: exactly the events sent once the contract

@@ -1767,9 +1767,13 @@ impl Sim {
                 self.report.customer_commits += 1;
                 let credit = request.path.contains("customerCredits");
                 if let Some(id) = value["data"]["id"].as_str() {
-                    self.model.customers[c]
-                        .customer_commits
-                        .push((id.to_owned(), credit));
+                    let end = Timestamp::parse_rfc3339("2099-01-01T00:00:00Z")
+                        .expect("the workload's end")
+                        .millis();
+                    let known = &mut self.model.customers[c].customer_commits;
+                    if !known.iter().any(|(known, _, _)| known == id) {
+                        known.push((id.to_owned(), credit, end));
+                    }
                 }
             }
             Purpose::Cancel => self.cancel_answered(&request.path, status, &value),
@@ -2407,9 +2411,11 @@ impl Sim {
         let key = format!("customer-commit-{}", self.txn_counter);
         if !customer.customer_commits.is_empty() && self.rng.random_ratio(1, 3) {
             let pick = self.rng.random_range(0..customer.customer_commits.len());
-            let (id, credit) = &customer.customer_commits[pick];
-            let end =
-                Timestamp(self.time.now_ms() + self.rng.random_range(HOUR_MS..30 * 24 * HOUR_MS));
+            let (id, credit, current_end) = &customer.customer_commits[pick];
+            let wanted = self.time.now_ms() + self.rng.random_range(HOUR_MS..30 * 24 * HOUR_MS);
+            // Only ever earlier than every end already asked for (one may still be retried).
+            let end = Timestamp(wanted.min(*current_end));
+            self.model.customers[c].customer_commits[pick].2 = end.millis();
             let (path, field) = if *credit {
                 ("/v1/contracts/customerCredits/updateEndDate", "credit_id")
             } else {
