@@ -82,6 +82,9 @@ pub(super) fn candidates(
     usage_at: Timestamp,
 ) -> Vec<(usize, usize)> {
     let mut found = Vec::new();
+    if pool.is_empty() {
+        return found;
+    }
     for (ci, shared) in pool.iter().enumerate() {
         let commit = &shared.commit;
         if !commit.is_released() || !shared.usable_by(contract) || !commit.applies_to(product, tags)

@@ -74,12 +74,16 @@ impl Customer {
                         outstanding
                     }
                     ThresholdKind::PrepaidBalance => {
-                        let shared = super::customer_level::balance_for(
-                            &self.customer_commits,
-                            contract,
-                            ctx.at,
-                        )?;
-                        let balance = contract.balance_tracked(ctx.at)?.checked_add(shared)?;
+                        let own = contract.balance_tracked(ctx.at)?;
+                        // Most customers have no customer-level balance: no decimal addition.
+                        let balance = if self.customer_commits.is_empty() {
+                            own
+                        } else {
+                            let pool = &self.customer_commits;
+                            own.checked_add(super::customer_level::balance_for(
+                                pool, contract, ctx.at,
+                            )?)?
+                        };
                         if balance > threshold_amount {
                             // Nothing to recharge: a rail holds nothing back.
                             if let Some(config) = contract.prepaid_threshold.as_mut() {
