@@ -2563,6 +2563,15 @@ mod customer_level {
         }))
     }
 
+    /// The fixture contract, without commits or thresholds.
+    fn plain_contract(world: &mut World) {
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+    }
+
     fn remaining(world: &World, index: usize) -> Money {
         world.customer.customer_commits[index]
             .commit
@@ -2629,11 +2638,7 @@ mod customer_level {
 
         // Tokens drawn from a shared credit; a decrease gives back to it.
         let mut world = World::new(false);
-        world
-            .apply(Input::CreateContract(Box::new(fixtures::contract(
-                CONTRACT,
-            ))))
-            .unwrap();
+        plain_contract(&mut world);
         world
             .apply(shared(SHARED, fixtures::credit(5_000, 10), vec![]))
             .unwrap();
@@ -2668,11 +2673,7 @@ mod customer_level {
             .unwrap();
         // Contract A rates the API calls; contract B (a second contract of the customer on the
         // same rate card, starting later) watches the shared balance with a threshold.
-        world
-            .apply(Input::CreateContract(Box::new(fixtures::contract(
-                CONTRACT,
-            ))))
-            .unwrap();
+        plain_contract(&mut world);
         let mut b = fixtures::contract(OTHER_CONTRACT);
         b.starting_at = world.at;
         b.prepaid_threshold = Some(fixtures::prepaid_threshold(
@@ -2700,11 +2701,7 @@ mod customer_level {
 
         // Scoped to contract A: B does not count it.
         let mut world = World::new(false);
-        world
-            .apply(Input::CreateContract(Box::new(fixtures::contract(
-                CONTRACT,
-            ))))
-            .unwrap();
+        plain_contract(&mut world);
         world
             .apply(shared(SHARED, fixtures::credit(5_000, 1), vec![CONTRACT]))
             .unwrap();
@@ -2741,11 +2738,7 @@ mod customer_level {
     #[test]
     fn a_customer_commit_covers_outstanding_usage_and_its_end_moves_only_earlier() {
         let mut world = World::new(false);
-        world
-            .apply(Input::CreateContract(Box::new(fixtures::contract(
-                CONTRACT,
-            ))))
-            .unwrap();
+        plain_contract(&mut world);
         world.calls(3);
         assert_eq!(world.outstanding(), usd(300));
         let mut commit = fixtures::prepaid_commit(1_000, 10);
@@ -2832,11 +2825,7 @@ mod customer_level {
     fn a_voided_invoice_does_not_block_an_end_and_a_shared_segment_end_wakes_the_customer() {
         use crate::domain::customer::customer_level::CUSTOMER_COMMITS_MAX;
         let mut world = World::new(false);
-        world
-            .apply(Input::CreateContract(Box::new(fixtures::contract(
-                CONTRACT,
-            ))))
-            .unwrap();
+        plain_contract(&mut world);
         let mut commit = fixtures::prepaid_commit(1_000, 10);
         let ends = world.at.plus_ms(10 * MS_PER_DAY);
         commit.access_schedule = vec![(usd(1_000), T0, ends)];
