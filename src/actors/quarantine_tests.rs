@@ -813,7 +813,7 @@ fn a_state_written_by_version_5_reads_with_no_alert_statuses() {
         applied_seq: 11,
         customer: CustomerV5 {
             profile: state.customer.profile.clone(),
-            contracts: state.customer.contracts.clone(),
+            contracts: state.customer.contracts.iter().map(Into::into).collect(),
             workflow_history: state.customer.workflow_history.clone(),
         },
         parked: Vec::new(),
@@ -842,7 +842,7 @@ fn a_state_written_by_version_6_reads_with_its_alerts_and_no_customer_level_comm
         applied_seq: 12,
         customer: CustomerV6 {
             profile: state.customer.profile.clone(),
-            contracts: state.customer.contracts.clone(),
+            contracts: state.customer.contracts.iter().map(Into::into).collect(),
             workflow_history: state.customer.workflow_history.clone(),
             alerts: state.customer.alerts.clone(),
             alerts_as_of: T0,
@@ -860,40 +860,121 @@ fn a_state_written_by_version_6_reads_with_its_alerts_and_no_customer_level_comm
     assert_eq!(read.customer.alerts_as_of, T0);
     assert_eq!(read.customer.contracts, state.customer.contracts);
     assert!(read.customer.customer_commits.is_empty());
-    // And a state of this version with one reads back whole.
-    let mut current = read.clone();
+}
+
+#[test]
+fn a_state_written_by_version_7_reads_with_commits_without_custom_fields_or_manual_entries() {
+    use crate::actors::entry::PersistedCustomerV7;
+    use crate::domain::contract::{
+        Commit, CustomFieldFilter, FieldEntity, ManualEntry, Release, Segment,
+    };
+    use crate::domain::customer::CustomerCommit;
+    use crate::domain::customer::legacy::{CustomerCommitV7, CustomerV7};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let state = customer_with_tokens();
     let spec = crate::domain::fixtures::credit(500, 1);
-    current
-        .customer
-        .customer_commits
-        .push(crate::domain::customer::CustomerCommit {
-            commit: crate::domain::contract::Commit {
-                id: crate::domain::Id::from_u128(77),
-                kind: spec.kind,
-                product_id: spec.product_id,
-                name: "shared".into(),
-                description: None,
-                priority: rust_decimal::Decimal::ONE,
-                applicable_product_ids: vec![],
-                applicable_product_tags: vec![],
-                segments: vec![],
-                invoice_schedule: vec![],
-                release: crate::domain::contract::Release::Released { at: T0 },
-                created_by_threshold: None,
-                created_at: T0,
-                deductions: vec![],
-                archived_at: None,
-            },
-            credit_type: crate::domain::money::CreditType::usd_cents(),
-            applicable_contract_ids: vec![],
-            invoice_contract_id: None,
-            uniqueness_key: Some("k".into()),
-        });
-    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION, &current).unwrap();
+    let shared_credit = Commit {
+        id: crate::domain::Id::from_u128(77),
+        kind: spec.kind,
+        product_id: spec.product_id,
+        name: "shared".into(),
+        description: None,
+        priority: rust_decimal::Decimal::ONE,
+        applicable_product_ids: vec![],
+        applicable_product_tags: vec![],
+        segments: vec![Segment {
+            id: crate::domain::Id::from_u128(78),
+            amount: crate::domain::Money::from_i64(500),
+            starting_at: T0,
+            ending_before: T0.plus_ms(1_000_000),
+            drawn: crate::domain::Money::from_i64(20),
+            manual: crate::domain::Money::ZERO,
+        }],
+        invoice_schedule: vec![],
+        release: Release::Released { at: T0 },
+        created_by_threshold: None,
+        created_at: T0,
+        deductions: vec![],
+        archived_at: None,
+        custom_fields: vec![],
+        manual_entries: vec![],
+    };
+    let old = PersistedCustomerV7 {
+        applied_seq: 13,
+        customer: CustomerV7 {
+            profile: state.customer.profile.clone(),
+            contracts: state.customer.contracts.iter().map(Into::into).collect(),
+            workflow_history: state.customer.workflow_history.clone(),
+            alerts: state.customer.alerts.clone(),
+            alerts_as_of: T0,
+            customer_commits: vec![CustomerCommitV7 {
+                commit: (&shared_credit).into(),
+                credit_type: crate::domain::money::CreditType::usd_cents(),
+                applicable_contract_ids: vec![],
+                invoice_contract_id: None,
+                uniqueness_key: Some("k".into()),
+            }],
+        },
+        parked: Vec::new(),
+        quarantined: vec![(5, 0)],
+        last_input_at: T0,
+    };
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V7, &old).unwrap();
     let key = crate::actors::entry::state_key(CUSTOMER);
     shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 13);
+    assert_eq!(read.quarantined, vec![(5, 0)]);
+    assert_eq!(read.customer.contracts, state.customer.contracts);
+    assert_eq!(read.customer.customer_commits.len(), 1);
+    assert_eq!(read.customer.customer_commits[0].commit, shared_credit);
     assert_eq!(
-        load_state(&shared, CUSTOMER).unwrap().customer,
-        current.customer
+        read.customer.customer_commits[0].commit.segments[0].remaining(),
+        crate::domain::Money::from_i64(480)
+    );
+    // And a state of this version with custom fields, a manual entry and balance specifiers
+    // reads back whole.
+    let mut current = read.clone();
+    let mut credit = shared_credit.clone();
+    credit.custom_fields = vec![("campaign".into(), "promo".into())];
+    credit
+        .add_manual_entry(ManualEntry {
+            id: crate::domain::Id::from_u128(79),
+            segment: 0,
+            amount: crate::domain::Money::from_i64(-30),
+            reason: "goodwill taken back".into(),
+            at: T0,
+        })
+        .unwrap();
+    current.customer.customer_commits = vec![CustomerCommit {
+        commit: credit,
+        credit_type: crate::domain::money::CreditType::usd_cents(),
+        applicable_contract_ids: vec![],
+        invoice_contract_id: None,
+        uniqueness_key: None,
+    }];
+    if let Some(config) = current
+        .customer
+        .contracts
+        .iter_mut()
+        .find_map(|c| c.prepaid_threshold.as_mut())
+    {
+        config.balance_specifiers = vec![vec![vec![CustomFieldFilter {
+            entity: FieldEntity::ContractCreditOrCommit,
+            key: "campaign".into(),
+            value: "promo".into(),
+        }]]];
+    }
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION, &current).unwrap();
+    shared
+        .store
+        .meta_write_derived(&[(crate::actors::entry::state_key(CUSTOMER), bytes)])
+        .unwrap();
+    let again = load_state(&shared, CUSTOMER).unwrap().customer;
+    assert_eq!(again, current.customer);
+    assert_eq!(
+        again.customer_commits[0].commit.segments[0].remaining(),
+        crate::domain::Money::from_i64(450)
     );
 }

@@ -97,6 +97,77 @@ pub fn check_uniqueness_key(key: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// At most this many custom fields on one commit or credit, and this many filters in all in one
+/// configuration's `threshold_balance_specifiers` (Tollgate's bounds; Metronome states none).
+pub const CUSTOM_FIELDS_MAX: usize = 50;
+/// A custom field's key and value: 1 to 128 and at most 1,000 characters.
+pub const CUSTOM_FIELD_KEY_MAX: usize = 128;
+pub const CUSTOM_FIELD_VALUE_MAX: usize = 1_000;
+
+/// Refuses more than [`CUSTOM_FIELDS_MAX`] fields, an empty or long key, a long value.
+///
+/// # Errors
+/// [`Rejection::InvalidField`] naming `field`.
+pub fn check_custom_fields(field: &str, fields: &[(String, String)]) -> Result<(), Rejection> {
+    if fields.len() > CUSTOM_FIELDS_MAX {
+        return Err(Rejection::invalid(
+            field,
+            &format!("at most {CUSTOM_FIELDS_MAX} custom fields"),
+        ));
+    }
+    for (key, value) in fields {
+        check_field_text(field, key, value)?;
+    }
+    Ok(())
+}
+
+fn check_field_text(field: &str, key: &str, value: &str) -> Result<(), Rejection> {
+    if key.is_empty() || key.chars().count() > CUSTOM_FIELD_KEY_MAX {
+        return Err(Rejection::invalid(
+            field,
+            &format!("a key must be 1 to {CUSTOM_FIELD_KEY_MAX} characters"),
+        ));
+    }
+    if value.chars().count() > CUSTOM_FIELD_VALUE_MAX {
+        return Err(Rejection::invalid(
+            field,
+            &format!("a value must be at most {CUSTOM_FIELD_VALUE_MAX} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an `exclude` without filters (it would leave out nothing, or everything: neither
+/// is what a caller means) and more than [`CUSTOM_FIELDS_MAX`] filters in all.
+///
+/// # Errors
+/// [`Rejection::InvalidField`] naming `threshold_balance_specifiers`.
+pub fn check_balance_specifiers(
+    specifiers: &crate::domain::contract::BalanceSpecifiers,
+) -> Result<(), Rejection> {
+    const FIELD: &str = "prepaid_balance_threshold_configuration.threshold_balance_specifiers";
+    let mut filters = 0usize;
+    for exclusion in specifiers.iter().flatten() {
+        if exclusion.is_empty() {
+            return Err(Rejection::invalid(
+                FIELD,
+                "an exclude needs at least one custom_field_filters entry",
+            ));
+        }
+        filters += exclusion.len();
+        for filter in exclusion {
+            check_field_text(FIELD, &filter.key, &filter.value)?;
+        }
+    }
+    if filters > CUSTOM_FIELDS_MAX {
+        return Err(Rejection::invalid(
+            FIELD,
+            &format!("at most {CUSTOM_FIELDS_MAX} custom field filters in all"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

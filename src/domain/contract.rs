@@ -31,8 +31,11 @@ pub struct Segment {
     pub amount: Money,
     pub starting_at: Timestamp,
     pub ending_before: Timestamp,
-    /// Drawn so far by usage; `amount - drawn` is what remains.
+    /// Drawn so far by usage; `amount + manual - drawn` is what remains.
     pub drawn: Money,
+    /// The sum of the segment's manual ledger entries (`addManualBalanceLedgerEntry`; negative
+    /// draws down). State version 8.
+    pub manual: Money,
 }
 
 impl Segment {
@@ -45,11 +48,92 @@ impl Segment {
         self.starting_at < end && start < self.ending_before
     }
 
-    /// What remains, floored at zero.
+    /// What remains, floored at zero (manual entries that take more than remains leave 0,
+    /// as in Metronome). `amount + manual` is kept within the amount bounds when an entry is
+    /// added, so the sum cannot overflow.
     #[inline]
     pub fn remaining(&self) -> Money {
-        self.amount.minus_floor_zero(self.drawn)
+        if self.manual.is_zero() {
+            return self.amount.minus_floor_zero(self.drawn);
+        }
+        self.amount
+            .exact_add(self.manual)
+            .unwrap_or(self.amount)
+            .minus_floor_zero(self.drawn)
     }
+}
+
+/// One manual ledger entry of a commit or credit (`/v1/contracts/addManualBalanceLedgerEntry`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualEntry {
+    pub id: Id,
+    pub segment: usize,
+    /// Added to the segment's balance; negative draws it down.
+    pub amount: Money,
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+/// Metronome's `custom_fields` of a commit or credit: (key, value), sorted by key, keys unique.
+pub type CustomFields = Vec<(String, String)>;
+
+/// Which balances a custom field filter of a threshold balance specifier looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldEntity {
+    Commit,
+    ContractCredit,
+    ContractCreditOrCommit,
+}
+
+impl FieldEntity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldEntity::Commit => "Commit",
+            FieldEntity::ContractCredit => "ContractCredit",
+            FieldEntity::ContractCreditOrCommit => "ContractCreditOrCommit",
+        }
+    }
+
+    fn covers(self, kind: CommitKind) -> bool {
+        match self {
+            FieldEntity::Commit => kind != CommitKind::Credit,
+            FieldEntity::ContractCredit => kind == CommitKind::Credit,
+            FieldEntity::ContractCreditOrCommit => true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomFieldFilter {
+    pub entity: FieldEntity,
+    pub key: String,
+    pub value: String,
+}
+
+/// One `exclude` of a `threshold_balance_specifiers` entry: a balance with every one of these
+/// custom fields is left out of B.
+pub type BalanceExclusion = Vec<CustomFieldFilter>;
+
+/// Metronome's `threshold_balance_specifiers` of a prepaid balance threshold configuration:
+/// each entry's `exclude` list. A commit or credit that meets any exclusion of any entry does
+/// not count in B (it is still drawn down like any other).
+pub type BalanceSpecifiers = Vec<Vec<BalanceExclusion>>;
+
+/// Whether a commit of `kind` with `fields` is left out of B by `specifiers`.
+pub fn excluded_from_balance(
+    specifiers: &BalanceSpecifiers,
+    kind: CommitKind,
+    fields: &CustomFields,
+) -> bool {
+    specifiers.iter().flatten().any(|exclusion| {
+        !exclusion.is_empty()
+            && exclusion.iter().all(|filter| {
+                filter.entity.covers(kind)
+                    && fields
+                        .iter()
+                        .any(|(key, value)| key == &filter.key && value == &filter.value)
+            })
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +191,10 @@ pub struct Commit {
     pub created_at: Timestamp,
     pub deductions: Vec<Deduction>,
     pub archived_at: Option<Timestamp>,
+    /// State version 8.
+    pub custom_fields: CustomFields,
+    /// State version 8, in the order added.
+    pub manual_entries: Vec<ManualEntry>,
 }
 
 impl Commit {
@@ -225,6 +313,31 @@ impl Commit {
         Ok(())
     }
 
+    /// Adds a manual ledger entry of `amount` (negative draws down) to segment `segment`. The
+    /// segment's `amount + manual` stays within `[-AMOUNT_MAX, AMOUNT_MAX]` and exact, so its
+    /// balance is always computable; what it takes beyond the balance leaves the balance at 0.
+    ///
+    /// # Errors
+    /// [`Rejection::InvalidField`] naming `amount` when the sum would leave the bounds.
+    pub fn add_manual_entry(&mut self, entry: ManualEntry) -> Result<(), Rejection> {
+        let seg = &mut self.segments[entry.segment];
+        let max = Money::from_i64(super::bounds::AMOUNT_MAX);
+        let manual = seg
+            .manual
+            .exact_add(entry.amount)
+            .filter(|m| seg.amount.exact_add(*m).is_some())
+            .filter(|m| m.as_decimal().abs() <= max.as_decimal())
+            .ok_or_else(|| {
+                Rejection::invalid(
+                    "amount",
+                    "would take the segment's manual entries beyond the amount bounds",
+                )
+            })?;
+        seg.manual = manual;
+        self.manual_entries.push(entry);
+        Ok(())
+    }
+
     /// The commit's ledger in Metronome's entry types, as of `as_of`; `contract_of` names the
     /// contract whose usage invoice a deduction went to (for a contract's own commit, that
     /// contract; a customer-level commit pays the usage of several).
@@ -246,6 +359,7 @@ impl Commit {
                         timestamp: segment.starting_at.max(at),
                         invoice_id: None,
                         contract_id: None,
+                        reason: None,
                     });
                 }
                 Release::Canceled { at } => {
@@ -258,6 +372,7 @@ impl Commit {
                         timestamp: at,
                         invoice_id: purchase_invoice,
                         contract_id: None,
+                        reason: None,
                     });
                     continue;
                 }
@@ -273,18 +388,35 @@ impl Commit {
                     timestamp: deduction.at,
                     invoice_id: Some(deduction.invoice_id),
                     contract_id: contract_of(deduction.invoice_id),
+                    reason: None,
                 });
             }
-            if segment.ending_before <= as_of && segment.remaining().is_positive() {
+            for entry in self.manual_entries.iter().filter(|e| e.segment == index) {
+                entries.push(LedgerEntry {
+                    entry_type: names.manual,
+                    amount: entry.amount,
+                    segment_id: segment.id,
+                    timestamp: entry.at,
+                    invoice_id: None,
+                    contract_id: None,
+                    reason: Some(entry.reason.clone()),
+                });
+            }
+            // An archive expires what remains at once.
+            let expires = self.archived_at.map_or(segment.ending_before, |archived| {
+                segment.ending_before.min(archived.max(segment.starting_at))
+            });
+            if expires <= as_of && segment.remaining().is_positive() {
                 entries.push(LedgerEntry {
                     entry_type: names.expiration,
                     amount: Money::ZERO
                         .checked_sub(segment.remaining())
                         .unwrap_or(Money::ZERO),
                     segment_id: segment.id,
-                    timestamp: segment.ending_before,
+                    timestamp: expires,
                     invoice_id: None,
                     contract_id: None,
+                    reason: None,
                 });
             }
         }
@@ -351,6 +483,9 @@ pub enum LedgerEntryType {
     CreditAutomatedInvoiceDeduction,
     CreditCanceled,
     CreditExpiration,
+    PrepaidCommitManual,
+    PostpaidCommitManual,
+    CreditManual,
 }
 
 impl LedgerEntryType {
@@ -375,6 +510,9 @@ impl LedgerEntryType {
             }
             LedgerEntryType::CreditCanceled => "CREDIT_CANCELED",
             LedgerEntryType::CreditExpiration => "CREDIT_EXPIRATION",
+            LedgerEntryType::PrepaidCommitManual => "PREPAID_COMMIT_MANUAL",
+            LedgerEntryType::PostpaidCommitManual => "POSTPAID_COMMIT_MANUAL",
+            LedgerEntryType::CreditManual => "CREDIT_MANUAL",
         }
     }
 }
@@ -384,6 +522,7 @@ struct LedgerNames {
     deduction: LedgerEntryType,
     canceled: LedgerEntryType,
     expiration: LedgerEntryType,
+    manual: LedgerEntryType,
 }
 
 impl LedgerNames {
@@ -395,18 +534,21 @@ impl LedgerNames {
                 deduction: T::PrepaidCommitAutomatedInvoiceDeduction,
                 canceled: T::PrepaidCommitCanceled,
                 expiration: T::PrepaidCommitExpiration,
+                manual: T::PrepaidCommitManual,
             },
             CommitKind::Postpaid => LedgerNames {
                 start: T::PostpaidCommitInitialBalance,
                 deduction: T::PostpaidCommitAutomatedInvoiceDeduction,
                 canceled: T::PostpaidCommitCanceled,
                 expiration: T::PostpaidCommitExpiration,
+                manual: T::PostpaidCommitManual,
             },
             CommitKind::Credit => LedgerNames {
                 start: T::CreditSegmentStart,
                 deduction: T::CreditAutomatedInvoiceDeduction,
                 canceled: T::CreditCanceled,
                 expiration: T::CreditExpiration,
+                manual: T::CreditManual,
             },
         }
     }
@@ -420,6 +562,8 @@ pub struct LedgerEntry {
     pub timestamp: Timestamp,
     pub invoice_id: Option<Id>,
     pub contract_id: Option<Id>,
+    /// A manual entry's reason.
+    pub reason: Option<String>,
 }
 
 /// A metric's running aggregate for one product within one billing period.
@@ -708,6 +852,8 @@ pub struct ThresholdConfig {
     /// How many times a rail started holding a recharge back; the sequence in the id of the
     /// next `payment_gate.recharge_limited` notice.
     pub holds: u64,
+    /// Prepaid balance only: the balances B leaves out (state version 8, log version 9).
+    pub balance_specifiers: BalanceSpecifiers,
 }
 
 /// Tollgate's recharge safety rails: optional limits on a prepaid balance threshold
@@ -1112,10 +1258,32 @@ impl Contract {
         Ok(total)
     }
 
-    /// Balance B: what remains of released prepaid commits and credits accessible at `at`.
+    /// The prepaid threshold's balance specifiers changed what B counts: B is computed anew.
+    pub(super) fn balance_rules_changed(&mut self) {
+        self.caches.balance = None;
+    }
+
+    /// Whether `commit` (one of this contract's, or a customer-level one usable by it) counts
+    /// in B: released prepaid commits and credits, less what the prepaid balance threshold's
+    /// `threshold_balance_specifiers` leave out.
+    #[inline]
+    pub fn counts_in_b(&self, commit: &Commit) -> bool {
+        commit.counts_in_balance()
+            && match &self.prepaid_threshold {
+                Some(config) if !config.balance_specifiers.is_empty() => !excluded_from_balance(
+                    &config.balance_specifiers,
+                    commit.kind,
+                    &commit.custom_fields,
+                ),
+                _ => true,
+            }
+    }
+
+    /// Balance B: what remains of released prepaid commits and credits accessible at `at`
+    /// (less what the threshold balance specifiers leave out).
     pub fn balance(&self, at: Timestamp) -> Result<Money, Rejection> {
         let mut total = Money::ZERO;
-        for commit in self.commits.iter().filter(|c| c.counts_in_balance()) {
+        for commit in self.commits.iter().filter(|c| self.counts_in_b(c)) {
             total = total.checked_add(commit.balance_at(at)?)?;
         }
         Ok(total)
@@ -1212,7 +1380,7 @@ impl Contract {
         }
         if let Some(mut window) = self.caches.balance {
             let commit = &self.commits[ci];
-            if commit.counts_in_balance() {
+            if self.counts_in_b(commit) {
                 for segment in &commit.segments {
                     for boundary in [segment.starting_at, segment.ending_before] {
                         if window.from < boundary && boundary < window.until {
@@ -1257,9 +1425,9 @@ impl Contract {
         after: Money,
         keep_live: bool,
     ) {
+        let counted = self.caches.balance.is_some() && self.counts_in_b(&self.commits[ci]);
         if let Some(window) = &mut self.caches.balance {
-            let commit = &self.commits[ci];
-            if commit.counts_in_balance() && commit.segments[si].covers(window.from) {
+            if counted && self.commits[ci].segments[si].covers(window.from) {
                 match window
                     .value
                     .exact_sub(before)
@@ -1367,7 +1535,7 @@ impl Contract {
             until: Timestamp(i64::MAX),
         };
         let mut value = Some(Money::ZERO);
-        for commit in self.commits.iter().filter(|c| c.counts_in_balance()) {
+        for commit in self.commits.iter().filter(|c| self.counts_in_b(c)) {
             for segment in &commit.segments {
                 for boundary in [segment.starting_at, segment.ending_before] {
                     if boundary <= at {
@@ -1455,6 +1623,7 @@ mod tests {
                 starting_at: Timestamp(0),
                 ending_before: Timestamp(1_000),
                 drawn: Money::ZERO,
+                manual: Money::ZERO,
             }],
             invoice_schedule: if paid {
                 vec![InvoiceScheduleItem {
@@ -1473,6 +1642,8 @@ mod tests {
             created_at: Timestamp(0),
             deductions: vec![],
             archived_at: None,
+            custom_fields: vec![],
+            manual_entries: vec![],
         }
     }
 
@@ -1594,7 +1765,91 @@ mod tests {
             starting_at: Timestamp(start),
             ending_before: Timestamp(end),
             drawn: Money::ZERO,
+            manual: Money::ZERO,
         }
+    }
+
+    fn manual(id: u128, amount: i64) -> ManualEntry {
+        ManualEntry {
+            id: Id::from_u128(id),
+            segment: 0,
+            amount: Money::from_i64(amount),
+            reason: "adjust".into(),
+            at: Timestamp(5),
+        }
+    }
+
+    #[test]
+    fn manual_entries_move_the_balance_and_one_beyond_it_leaves_zero_not_a_debt() {
+        let mut c = commit(1, CommitKind::Prepaid, 1, true);
+        c.segments[0].drawn = Money::from_i64(30);
+        c.add_manual_entry(manual(1, 25)).unwrap();
+        assert_eq!(c.segments[0].remaining(), Money::from_i64(95));
+        c.add_manual_entry(manual(2, -200)).unwrap();
+        assert_eq!(c.segments[0].manual, Money::from_i64(-175));
+        assert_eq!(c.segments[0].remaining(), Money::ZERO);
+        // A later positive entry counts from where the entries stand, not from zero.
+        c.add_manual_entry(manual(3, 100)).unwrap();
+        assert_eq!(
+            c.segments[0].remaining(),
+            Money::ZERO.max(Money::from_i64(100 - 75 - 30))
+        );
+        // Beyond the bounds: refused, nothing changed.
+        let before = c.clone();
+        let huge = Money::from_i64(super::super::bounds::AMOUNT_MAX);
+        let mut entry = manual(4, 0);
+        entry.amount = huge;
+        assert!(c.add_manual_entry(entry.clone()).is_ok());
+        assert!(matches!(
+            c.add_manual_entry(entry),
+            Err(Rejection::InvalidField(_))
+        ));
+        assert_eq!(c.manual_entries.len(), before.manual_entries.len() + 1);
+        // The ledger shows each entry with its reason and sign.
+        let ledger = c.ledger(|_| None, Timestamp(10));
+        let manual: Vec<_> = ledger
+            .iter()
+            .filter(|e| e.entry_type == LedgerEntryType::PrepaidCommitManual)
+            .map(|e| (e.amount, e.reason.as_deref()))
+            .collect();
+        assert_eq!(manual.len(), 4);
+        assert_eq!(manual[1], (Money::from_i64(-200), Some("adjust")));
+    }
+
+    #[test]
+    fn balance_specifiers_exclude_a_balance_only_when_every_filter_of_one_exclude_matches() {
+        let filter = |entity, key: &str, value: &str| CustomFieldFilter {
+            entity,
+            key: key.into(),
+            value: value.into(),
+        };
+        let promo = vec![("campaign".to_string(), "promo".to_string())];
+        let both = vec![
+            ("campaign".to_string(), "promo".to_string()),
+            ("region".to_string(), "eu".to_string()),
+        ];
+        let one: BalanceSpecifiers = vec![vec![vec![filter(
+            FieldEntity::ContractCredit,
+            "campaign",
+            "promo",
+        )]]];
+        assert!(excluded_from_balance(&one, CommitKind::Credit, &promo));
+        // The entity scopes it: a commit with the same field counts.
+        assert!(!excluded_from_balance(&one, CommitKind::Prepaid, &promo));
+        assert!(!excluded_from_balance(&one, CommitKind::Credit, &vec![]));
+        let all_of: BalanceSpecifiers = vec![vec![vec![
+            filter(FieldEntity::ContractCreditOrCommit, "campaign", "promo"),
+            filter(FieldEntity::ContractCreditOrCommit, "region", "eu"),
+        ]]];
+        assert!(!excluded_from_balance(&all_of, CommitKind::Prepaid, &promo));
+        assert!(excluded_from_balance(&all_of, CommitKind::Prepaid, &both));
+        // Any exclude of any entry is enough.
+        let any_of: BalanceSpecifiers = vec![
+            vec![vec![filter(FieldEntity::Commit, "region", "us")]],
+            vec![vec![filter(FieldEntity::Commit, "region", "eu")]],
+        ];
+        assert!(excluded_from_balance(&any_of, CommitKind::Postpaid, &both));
+        assert!(!excluded_from_balance(&vec![], CommitKind::Credit, &both));
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum NoticeType {
     AlertReached(super::alerts::AlertType),
     /// Tollgate's: a customer left alarm: `alerts.<type>_resolved` (properties envelope).
     AlertResolved(super::alerts::AlertType),
+    CommitArchive,
+    CreditArchive,
 }
 
 impl NoticeType {
@@ -65,6 +67,8 @@ impl NoticeType {
             NoticeType::CreditSegmentEnd => "credit.segment.end",
             NoticeType::AlertReached(alert) => alert.webhook_type(),
             NoticeType::AlertResolved(alert) => alert.resolved_type(),
+            NoticeType::CommitArchive => "commit.archive",
+            NoticeType::CreditArchive => "credit.archive",
         }
     }
 
@@ -79,7 +83,7 @@ impl NoticeType {
     }
 
     /// The notice types without an alert type.
-    const FIXED: [NoticeType; 10] = [
+    const FIXED: [NoticeType; 12] = [
         NoticeType::RechargeLimited,
         NoticeType::ContractCreate,
         NoticeType::ContractEdit,
@@ -90,6 +94,8 @@ impl NoticeType {
         NoticeType::CreditCreate,
         NoticeType::CreditSegmentStart,
         NoticeType::CreditSegmentEnd,
+        NoticeType::CommitArchive,
+        NoticeType::CreditArchive,
     ];
 }
 

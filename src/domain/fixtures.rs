@@ -190,6 +190,7 @@ pub fn spend_threshold(threshold: i64, gate_type: GateType) -> ThresholdConfig {
         limits: None,
         hold: None,
         holds: 0,
+        balance_specifiers: Vec::new(),
     }
 }
 
@@ -207,6 +208,7 @@ pub fn prepaid_threshold(threshold: i64, recharge_to: i64, gate_type: GateType) 
         limits: None,
         hold: None,
         holds: 0,
+        balance_specifiers: Vec::new(),
     }
 }
 
@@ -229,6 +231,7 @@ pub fn prepaid_commit(amount: i64, priority: i64) -> CommitSpec {
         access_schedule: vec![(Money::from_i64(amount), T0, year_end())],
         invoice_schedule: vec![(T0, Money::from_i64(amount), Decimal::ONE)],
         payment_gate: None,
+        custom_fields: Vec::new(),
     }
 }
 

@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiResult};
 use super::request::{Amount, Choice, Choices, Exact, Refused, Time, Uuid, present};
 use crate::domain::contract::{
-    CommitKind, Discount, RechargeLimits, ThresholdCommit, ThresholdConfig, ThresholdKind,
+    BalanceSpecifiers, CommitKind, CustomFieldFilter, Discount, FieldEntity, RechargeLimits,
+    ThresholdCommit, ThresholdConfig, ThresholdKind,
 };
 use crate::domain::customer::{CommitSpec, ThresholdUpdate};
 use crate::domain::gate::{GateType, PaymentGateConfig, StripeConfig, StripePaymentType, TaxType};
@@ -75,6 +76,72 @@ pub type TaxTypeChoice = Choice<TaxType>;
 pub type StripePaymentTypeChoice = Choice<StripePaymentType>;
 pub type CommitTypeChoice = Choice<CommitType>;
 pub type OutcomeChoice = Choice<Outcome>;
+pub type FieldEntityChoice = Choice<FieldEntity>;
+
+impl Choices for FieldEntity {
+    const NAME: &'static str = "CustomFieldFilterEntity";
+    const VALUES: &'static [(&'static str, Self)] = &[
+        ("Commit", FieldEntity::Commit),
+        ("ContractCredit", FieldEntity::ContractCredit),
+        (
+            "ContractCreditOrCommit",
+            FieldEntity::ContractCreditOrCommit,
+        ),
+    ];
+}
+
+/// One entry of `threshold_balance_specifiers`: a balance that meets any `exclude` is left out
+/// of the balance the prepaid threshold watches.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceSpecifierBody {
+    pub exclude: Vec<BalanceExcludeBody>,
+}
+
+/// A balance with every one of these custom fields is left out.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceExcludeBody {
+    pub custom_field_filters: Vec<CustomFieldFilterBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomFieldFilterBody {
+    pub entity: FieldEntityChoice,
+    pub key: String,
+    pub value: String,
+}
+
+/// `threshold_balance_specifiers` as the domain keeps them.
+pub fn balance_specifiers(list: Vec<BalanceSpecifierBody>) -> BalanceSpecifiers {
+    list.into_iter()
+        .map(|specifier| {
+            specifier
+                .exclude
+                .into_iter()
+                .map(|exclude| {
+                    exclude
+                        .custom_field_filters
+                        .into_iter()
+                        .map(|f| CustomFieldFilter {
+                            entity: f.entity.0,
+                            key: f.key,
+                            value: f.value,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `archive_commits` / `archive_credits` items of a v2 edit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveBody {
+    pub id: Uuid,
+}
 
 /// An empty string counts as absent (older SDK calls send `""` for an unset enum).
 fn blank_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -255,8 +322,9 @@ pub struct ThresholdConfigBody {
     /// Another spelling of `discount_configuration`.
     #[serde(default)]
     pub discount_config: Option<DiscountBody>,
+    /// Prepaid balance only: balances left out of the watched balance, by custom fields.
     #[serde(default)]
-    pub threshold_balance_specifiers: Refused,
+    pub threshold_balance_specifiers: Option<Vec<BalanceSpecifierBody>>,
     #[serde(default)]
     pub custom_credit_type_id: Refused,
     /// Tollgate's recharge safety rails (prepaid balance only; not in Metronome's shape).
@@ -340,6 +408,9 @@ impl ThresholdConfigBody {
             limits: self.recharge_limits.map(RechargeLimitsBody::into_domain),
             hold: None,
             holds: 0,
+            balance_specifiers: balance_specifiers(
+                self.threshold_balance_specifiers.unwrap_or_default(),
+            ),
         })
     }
 }
@@ -382,8 +453,9 @@ pub struct ThresholdUpdateBody {
     pub discount_config: Option<DiscountBody>,
     #[serde(default)]
     pub commit: Option<ThresholdCommitUpdateBody>,
+    /// Replaces the balance specifiers (an empty list removes them).
     #[serde(default)]
-    pub threshold_balance_specifiers: Refused,
+    pub threshold_balance_specifiers: Option<Vec<BalanceSpecifierBody>>,
     #[serde(default)]
     pub custom_credit_type_id: Refused,
     /// Replaces the recharge safety rails; `null` removes them.
@@ -404,6 +476,7 @@ impl ThresholdUpdateBody {
             recharge_limits: self
                 .recharge_limits
                 .map(|limits| limits.map(RechargeLimitsBody::into_domain)),
+            balance_specifiers: self.threshold_balance_specifiers.map(balance_specifiers),
             ..ThresholdUpdate::default()
         };
         if let Some(configuration) = self.discount_configuration {
@@ -507,7 +580,7 @@ pub struct CommitBody {
     #[serde(default)]
     pub hierarchy_configuration: Refused,
     #[serde(default)]
-    pub custom_fields: Refused,
+    pub custom_fields: Option<BTreeMap<String, String>>,
 }
 
 /// Whether a commit body is a commit or a credit, and where it may carry a payment gate.
@@ -611,6 +684,7 @@ impl CommitBody {
             access_schedule,
             invoice_schedule,
             payment_gate,
+            custom_fields: self.custom_fields.unwrap_or_default().into_iter().collect(),
         })
     }
 }
@@ -747,10 +821,12 @@ pub struct EditContractBody {
     pub add_scheduled_charges: Refused,
     #[serde(default)]
     pub update_commits: Refused,
+    /// Archived now: they draw nothing more, what remains expires, scheduled invoices not
+    /// issued are voided.
     #[serde(default)]
-    pub archive_commits: Refused,
+    pub archive_commits: Option<Vec<ArchiveBody>>,
     #[serde(default)]
-    pub archive_credits: Refused,
+    pub archive_credits: Option<Vec<ArchiveBody>>,
     #[serde(default)]
     pub update_credits: Refused,
     #[serde(default)]

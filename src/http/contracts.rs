@@ -402,6 +402,8 @@ async fn edit(
         allow_ending_before_finalized_invoice: request
             .allow_contract_ending_before_finalized_invoice
             .unwrap_or(true),
+        archive_commits: archived(request.archive_commits),
+        archive_credits: archived(request.archive_credits),
     };
     let updated_gates: Vec<ThresholdConfig> =
         [&edit.update_spend_threshold, &edit.update_prepaid_threshold]
@@ -427,6 +429,7 @@ async fn edit(
                 limits: None,
                 hold: None,
                 holds: 0,
+                balance_specifiers: Vec::new(),
             })
             .collect();
     let mut thresholds = vec![
@@ -452,6 +455,13 @@ async fn edit(
             add_credits: ids(credits),
         },
     }))
+}
+
+fn archived(list: Option<Vec<super::contract_bodies::ArchiveBody>>) -> Vec<Id> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|a| a.id.0)
+        .collect()
 }
 
 /// `POST /v1/contracts/updateEndDate`: an edit of the end date alone (it goes through the log

@@ -15,13 +15,22 @@ use super::contract_bodies::{
 };
 use super::contracts::{customer_of, edge_id};
 use super::error::{ApiError, ApiResult};
-use super::openapi::{Data, Routes};
-use super::request::{self, Exact, Refused, Time, Uuid, Why};
+use super::openapi::{Data, Empty, Routes};
+use super::request::{self, Amount, Exact, Refused, Time, Uuid, Why};
 use super::wire::{self, IdView};
 use crate::domain::Id;
-use crate::domain::customer::{CustomerCommitEnd, CustomerCommitSpec, Input};
+use crate::domain::customer::{CustomerCommitEnd, CustomerCommitSpec, Input, ManualEntrySpec};
 
 pub fn routes(routes: &mut Routes<'_>) {
+    routes
+        .post(
+            "/v1/contracts/addManualBalanceLedgerEntry",
+            "addManualBalanceLedgerEntry",
+            "Add a manual ledger entry to a commit's or credit's segment",
+            add_manual_entry,
+        )
+        .body::<ManualEntryBody>()
+        .answers::<Empty>();
     routes
         .post(
             "/v1/contracts/customerCommits/create",
@@ -60,12 +69,6 @@ pub fn routes(routes: &mut Routes<'_>) {
         .answers::<Data<IdView>>();
 }
 
-struct NoCustomFields;
-
-impl Why for NoCustomFields {
-    const WHY: &'static str = "custom fields on commits and credits are not kept yet";
-}
-
 struct NoSpecifiers;
 
 impl Why for NoSpecifiers {
@@ -78,9 +81,9 @@ impl Why for NoCrm {
     const WHY: &'static str = "CRM references are not kept";
 }
 
-type RefusedCustomFields = Refused<NoCustomFields>;
 type RefusedSpecifiers = Refused<NoSpecifiers>;
 type RefusedCrm = Refused<NoCrm>;
+type RefusedSeats = Refused<NoSeats>;
 
 /// `POST /v1/contracts/customerCommits/create` and `customerCredits/create` (the SDK's
 /// `CommitCreateParams` and `CreditCreateParams`).
@@ -119,7 +122,7 @@ pub struct CustomerCommitBody {
     #[serde(default)]
     uniqueness_key: Option<String>,
     #[serde(default)]
-    custom_fields: RefusedCustomFields,
+    custom_fields: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     specifiers: RefusedSpecifiers,
     #[serde(default)]
@@ -143,6 +146,60 @@ pub struct UpdateEndBody {
     /// Commits only.
     #[serde(default)]
     invoices_ending_before: Option<Time>,
+}
+
+/// `POST /v1/contracts/addManualBalanceLedgerEntry` (the SDK's
+/// `ContractAddManualBalanceEntryParams`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct ManualEntryBody {
+    customer_id: Uuid,
+    /// The commit or credit.
+    id: Uuid,
+    segment_id: Uuid,
+    /// Added to the segment's balance; negative draws it down.
+    amount: Amount,
+    /// Shown in the ledger; 1 to 1,000 characters.
+    reason: String,
+    /// Absent for a customer-level commit or credit.
+    #[serde(default)]
+    contract_id: Option<Uuid>,
+    /// Defaults to the segment's start.
+    #[serde(default)]
+    timestamp: Option<Time>,
+    #[serde(default)]
+    per_group_amounts: RefusedSeats,
+}
+
+struct NoSeats;
+
+impl Why for NoSeats {
+    const WHY: &'static str = "seat-managed subscriptions are not supported";
+}
+
+/// One input through the log: the customer's actor decides on it (`manual.rs` has the rules).
+async fn add_manual_entry(
+    state: web::Data<AppState>,
+    http: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    let request: ManualEntryBody = request::read(&body)?;
+    let customer = customer_of(&state, request.customer_id)?;
+    let entry = ManualEntrySpec {
+        id: edge_id(&http, &body, "manual_entry"),
+        contract_id: request.contract_id.map(|id| id.0),
+        commit_id: request.id.0,
+        segment_id: request.segment_id.0,
+        amount: request.amount.0,
+        reason: request.reason,
+        timestamp: request.timestamp.map(|t| t.0),
+    };
+    state
+        .engine
+        .apply(customer, Input::AddManualEntry(Box::new(entry)))
+        .await?;
+    Ok(HttpResponse::Ok().finish())
 }
 
 async fn create(
@@ -184,7 +241,7 @@ async fn create(
         rollover_fraction: Refused::default(),
         recurring_schedule: Refused::default(),
         hierarchy_configuration: Refused::default(),
-        custom_fields: Refused::default(),
+        custom_fields: request.custom_fields,
     };
     let role = if credit {
         CommitRole::Credit

@@ -5,12 +5,13 @@
 use rustc_hash::FxHashMap;
 
 use super::views::{
-    AccessScheduleView, CommitView, ContractTermsView, ContractV1View, ContractV2View,
-    CreditTypeView, CustomerConfigView, CustomerView, DiscountView, ExternalInvoiceView,
-    GateWorkflowRef, HasMoreView, IdRef, InvoiceItemView, InvoiceScheduleView, InvoiceView,
-    LedgerEntryView, LineItemView, PaymentGateView, PrecalculatedTaxView, ProductRef,
-    RechargeHoldView, RechargeLimitsView, SegmentView, StateChangeView, StripeConfigView,
-    ThresholdCommitView, ThresholdView, UsageStatementScheduleView, WorkflowView,
+    AccessScheduleView, BalanceExcludeView, BalanceSpecifierView, CommitView, ContractTermsView,
+    ContractV1View, ContractV2View, CreditTypeView, CustomFieldFilterView, CustomerConfigView,
+    CustomerView, DiscountView, ExternalInvoiceView, GateWorkflowRef, HasMoreView, IdRef,
+    InvoiceItemView, InvoiceScheduleView, InvoiceView, LedgerEntryView, LineItemView,
+    PaymentGateView, PrecalculatedTaxView, ProductRef, RechargeHoldView, RechargeLimitsView,
+    SegmentView, StateChangeView, StripeConfigView, ThresholdCommitView, ThresholdView,
+    UsageStatementScheduleView, WorkflowView,
 };
 use super::wire::time;
 use crate::domain::Catalog;
@@ -130,6 +131,27 @@ pub fn threshold(config: &ThresholdConfig) -> ThresholdView {
             limit: h.rail.as_str(),
             since: h.since.to_rfc3339(),
             until: h.until.to_rfc3339(),
+        }),
+        threshold_balance_specifiers: (!config.balance_specifiers.is_empty()).then(|| {
+            config
+                .balance_specifiers
+                .iter()
+                .map(|specifier| BalanceSpecifierView {
+                    exclude: specifier
+                        .iter()
+                        .map(|exclusion| BalanceExcludeView {
+                            custom_field_filters: exclusion
+                                .iter()
+                                .map(|f| CustomFieldFilterView {
+                                    entity: f.entity.as_str(),
+                                    key: f.key.clone(),
+                                    value: f.value.clone(),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect()
         }),
     }
 }
@@ -319,9 +341,11 @@ fn commit_view(
                     timestamp: time(e.timestamp),
                     invoice_id: e.invoice_id.map(|id| id.to_string()),
                     contract_id: e.contract_id.map(|id| id.to_string()),
+                    reason: e.reason,
                 })
                 .collect()
         }),
+        custom_fields: commit.custom_fields.iter().cloned().collect(),
     }
 }
 

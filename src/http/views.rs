@@ -138,6 +138,26 @@ pub struct ThresholdView {
     /// Tollgate's: the rail holding the next recharge back, while one does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recharge_hold: Option<RechargeHoldView>,
+    /// Prepaid balance thresholds with specifiers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_balance_specifiers: Option<Vec<BalanceSpecifierView>>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct BalanceSpecifierView {
+    pub exclude: Vec<BalanceExcludeView>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct BalanceExcludeView {
+    pub custom_field_filters: Vec<CustomFieldFilterView>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CustomFieldFilterView {
+    pub entity: &'static str,
+    pub key: String,
+    pub value: String,
 }
 
 /// `recharge_limits` as configured (absent limits are left out).
@@ -282,6 +302,9 @@ pub struct LedgerEntryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Uuid>)]
     pub contract_id: Option<String>,
+    /// Manual entries only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The SDK's `Commit` (`type` PREPAID or POSTPAID) or `Credit` (`type` CREDIT).
@@ -333,6 +356,7 @@ pub struct CommitView {
     /// With `include_ledgers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Vec<LedgerEntryView>>,
+    pub custom_fields: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

@@ -143,13 +143,22 @@ impl Customer {
             }
             validate_commit(credit, &format!("add_credits[{i}]"), ctx, profile)?;
         }
+        let archived = archived_by(contract, edit)?;
         // Checked: apply the edit.
         let customer = (customer_id, profile.custom_fields.clone());
         let contract = &mut self.contracts[ci];
+        for &commit in &archived {
+            archive(contract, commit, (customer.0, &customer.1), ctx.at, applied);
+        }
+        if !archived.is_empty() {
+            contract.rebuild_caches();
+        }
         let [spend, prepaid] = next_configs;
         contract.spend_threshold = spend;
         contract.prepaid_threshold = prepaid;
         if edit.add_prepaid_threshold.is_some() || edit.update_prepaid_threshold.is_some() {
+            // Its balance specifiers may have changed what B counts.
+            contract.balance_rules_changed();
             // Its rails may have changed: a held recharge is checked again now.
             if let Some(hold) = contract
                 .prepaid_threshold
@@ -233,6 +242,80 @@ impl Customer {
         }
         Ok(())
     }
+}
+
+/// The commits and credits `edit` archives, as indexes into the contract's commits, checked:
+/// each is the contract's, in the list of its kind, not archived yet, named once, and not
+/// waiting for its payment gate (a workflow in flight is cancelled first, so that no payment
+/// arrives for an archived commit).
+fn archived_by(contract: &Contract, edit: &ContractEdit) -> Result<Vec<usize>, Rejection> {
+    let mut found = Vec::new();
+    for (list, credit) in [
+        (&edit.archive_commits, false),
+        (&edit.archive_credits, true),
+    ] {
+        let field = if credit {
+            "archive_credits"
+        } else {
+            "archive_commits"
+        };
+        for id in list {
+            let why =
+                |why: &str| Rejection::invalid(&format!("{field}[].id"), &format!("{id} {why}"));
+            let ci = contract
+                .commits
+                .iter()
+                .position(|c| c.id == *id)
+                .ok_or_else(|| why("is not a commit or credit of this contract"))?;
+            let commit = &contract.commits[ci];
+            if (commit.kind == CommitKind::Credit) != credit {
+                return Err(why(if credit {
+                    "is a commit: archive it with archive_commits"
+                } else {
+                    "is a credit: archive it with archive_credits"
+                }));
+            }
+            if commit.archived_at.is_some() {
+                return Err(why("is archived already"));
+            }
+            if found.contains(&ci) {
+                return Err(why("is named twice"));
+            }
+            if let Release::Gated { workflow_id } = commit.release {
+                return Err(why(&format!(
+                    "waits for its payment gate: cancel workflow {workflow_id} first"
+                )));
+            }
+            found.push(ci);
+        }
+    }
+    Ok(found)
+}
+
+/// Archives commit `ci` at `at`: from then it draws nothing and counts in no balance; what it
+/// covered stays covered, what remains expires (the ledger shows it), its segments end (the
+/// lifecycle announces it) and its scheduled invoices not issued yet are voided. Announced
+/// with `commit.archive` or `credit.archive`. The caller rebuilds the contract's caches.
+fn archive(
+    contract: &mut Contract,
+    ci: usize,
+    customer: (Id, &[(String, String)]),
+    at: Timestamp,
+    applied: &mut Applied,
+) {
+    let commit = &mut contract.commits[ci];
+    commit.archived_at = Some(at);
+    let id = commit.id;
+    for purchase in contract
+        .purchases
+        .iter_mut()
+        .filter(|p| p.commit_id == id && p.status == InvoiceStatus::Draft)
+    {
+        purchase.status = InvoiceStatus::Void;
+        purchase.external_status = Some("VOID".into());
+    }
+    let notice = super::lifecycle::archive_notice(contract.id, &contract.commits[ci], customer, at);
+    applied.effects.push(notice);
 }
 
 /// Whether the contract may end at `end` (`None`: never): after it starts; not at or before the
@@ -459,6 +542,9 @@ impl ThresholdUpdate {
         if let Some(v) = &self.recharge_limits {
             next.limits = v.clone();
         }
+        if let Some(v) = &self.balance_specifiers {
+            next.balance_specifiers = v.clone();
+        }
         next
     }
 }
@@ -481,6 +567,7 @@ pub(super) fn validate_commit(
         )));
     }
     validate_schedules(spec, field)?;
+    bounds::check_custom_fields(&format!("{field}.custom_fields"), &spec.custom_fields)?;
     if spec.priority.is_some_and(|p| p.is_sign_negative()) {
         return Err(Rejection::invalid(
             &format!("{field}.priority"),
@@ -563,6 +650,13 @@ fn validate_threshold(
     profile: &CustomerProfile,
 ) -> Result<(), Rejection> {
     config.validate(credit_type, ctx.limits)?;
+    bounds::check_balance_specifiers(&config.balance_specifiers)?;
+    if config.kind == ThresholdKind::Spend && !config.balance_specifiers.is_empty() {
+        return Err(Rejection::invalid(
+            "spend_threshold_configuration.threshold_balance_specifiers",
+            "only a prepaid balance threshold watches a balance",
+        ));
+    }
     let product = ctx
         .catalog
         .product(config.commit.product_id)
@@ -595,6 +689,7 @@ pub(super) fn build_commit(
             starting_at: *start,
             ending_before: *end,
             drawn: Money::ZERO,
+            manual: Money::ZERO,
         })
         .collect();
     let mut invoice_schedule = Vec::with_capacity(spec.invoice_schedule.len());
@@ -624,6 +719,8 @@ pub(super) fn build_commit(
         created_at: ctx.at,
         deductions: Vec::new(),
         archived_at: None,
+        custom_fields: spec.custom_fields.clone(),
+        manual_entries: Vec::new(),
     })
 }
 

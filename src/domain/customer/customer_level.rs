@@ -116,7 +116,7 @@ pub(super) fn balance_for(
     let mut total = Money::ZERO;
     for shared in pool
         .iter()
-        .filter(|s| s.commit.counts_in_balance() && s.usable_by(contract))
+        .filter(|s| s.usable_by(contract) && contract.counts_in_b(&s.commit))
     {
         total = total.checked_add(shared.commit.balance_at(at)?)?;
     }
@@ -208,9 +208,7 @@ impl Customer {
             CommitKind::Credit => NoticeType::CreditCreate,
             _ => NoticeType::CommitCreate,
         };
-        let mut fields = serde_json::Map::new();
-        fields.insert("commit_id".into(), json!(id.to_string()));
-        fields.insert("commit_custom_fields".into(), json!({}));
+        let mut fields = super::lifecycle::commit_fields(&commit);
         fields.insert("commit_type".into(), json!(commit_type(commit.kind)));
         applied.effects.push(Effect::Notice(Notice::flat(
             Id::derive(id, notice_type.as_str(), 0),

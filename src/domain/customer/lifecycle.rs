@@ -12,7 +12,7 @@ use rustc_hash::FxHashSet;
 use serde_json::{Map, Value, json};
 
 use super::{Applied, Ctx, Customer};
-use crate::domain::contract::{CommitKind, Contract, Release};
+use crate::domain::contract::{Commit, CommitKind, Contract, Release};
 use crate::domain::effects::{Effect, Notice, NoticeType};
 use crate::domain::ids::{Id, Timestamp};
 
@@ -105,7 +105,7 @@ fn advance(
             CommitKind::Credit => NoticeType::CreditCreate,
             _ => NoticeType::CommitCreate,
         };
-        let mut fields = commit_fields(commit.id);
+        let mut fields = commit_fields(commit);
         fields.insert("commit_type".into(), json!(commit_type(commit.kind)));
         let id = Id::derive(commit.id, notice_type.as_str(), 0);
         notices.push((id, notice_type, commit.created_at, fields));
@@ -136,7 +136,7 @@ fn advance(
                 end = end.min(stopped);
             }
             let segment_fields = || {
-                let mut fields = commit_fields(commit.id);
+                let mut fields = commit_fields(commit);
                 fields.insert("segment_id".into(), json!(segment.id.to_string()));
                 fields.insert("segment_index".into(), json!(index));
                 fields.insert("segment_count".into(), json!(count));
@@ -201,11 +201,40 @@ fn advance(
     }
 }
 
-fn commit_fields(commit_id: Id) -> Map<String, Value> {
+/// `commit_id` and `commit_custom_fields`, the fields every commit and credit notice carries.
+pub(super) fn commit_fields(commit: &Commit) -> Map<String, Value> {
     let mut fields = Map::new();
-    fields.insert("commit_id".into(), json!(commit_id.to_string()));
-    fields.insert("commit_custom_fields".into(), json!({}));
+    fields.insert("commit_id".into(), json!(commit.id.to_string()));
+    let custom: Map<String, Value> = commit
+        .custom_fields
+        .iter()
+        .map(|(key, value)| (key.clone(), json!(value)))
+        .collect();
+    fields.insert("commit_custom_fields".into(), Value::Object(custom));
     fields
+}
+
+/// The `commit.archive` or `credit.archive` notice of an archived commit of `contract_id`.
+pub(super) fn archive_notice(
+    contract_id: Id,
+    commit: &Commit,
+    customer: (Id, &[(String, String)]),
+    at: Timestamp,
+) -> Effect {
+    let notice_type = match commit.kind {
+        CommitKind::Credit => NoticeType::CreditArchive,
+        _ => NoticeType::CommitArchive,
+    };
+    let mut fields = commit_fields(commit);
+    fields.insert("commit_type".into(), json!(commit_type(commit.kind)));
+    Effect::Notice(Notice::flat(
+        Id::derive(commit.id, notice_type.as_str(), 0),
+        notice_type,
+        at,
+        customer,
+        contract_id,
+        fields,
+    ))
 }
 
 pub(super) fn commit_type(kind: CommitKind) -> &'static str {

@@ -27,7 +27,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::Catalog;
-use super::contract::{CommitKind, Contract, Discount, InvoiceStatus, Limits, ThresholdConfig};
+use super::contract::{
+    BalanceSpecifiers, CommitKind, Contract, CustomFields, Discount, InvoiceStatus, Limits,
+    ThresholdConfig,
+};
 use super::effects::{Effect, Webhook, WebhookType};
 use super::gate::{PaymentGateConfig, PaymentOutcome, StateChange, Workflow, WorkflowKind};
 use super::ids::{Id, Timestamp};
@@ -42,6 +45,7 @@ mod contracts;
 pub mod customer_level;
 pub mod legacy;
 mod lifecycle;
+mod manual;
 mod usage;
 mod workflows;
 
@@ -93,6 +97,8 @@ pub struct CommitSpec {
     /// (timestamp, unit_price, quantity) per invoice; `amount` requests use quantity 1.
     pub invoice_schedule: Vec<(Timestamp, Money, Decimal)>,
     pub payment_gate: Option<PaymentGateConfig>,
+    /// Metronome's `custom_fields` (log version 9).
+    pub custom_fields: CustomFields,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +132,8 @@ pub struct ThresholdUpdate {
     pub commit_applicable_product_tags: Option<Vec<String>>,
     /// `Some(None)` removes the rails.
     pub recharge_limits: Option<Option<super::contract::RechargeLimits>>,
+    /// `threshold_balance_specifiers` (log version 9): `Some` replaces them (empty: none).
+    pub balance_specifiers: Option<BalanceSpecifiers>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +154,25 @@ pub struct ContractEdit {
     /// Metronome's `allow_ending_before_finalized_invoice`, as the request sent it (logged).
     /// Tollgate never lets an end fall before a finalized invoice's end, so it changes nothing.
     pub allow_ending_before_finalized_invoice: bool,
+    /// Commits and credits to archive (log version 9), by id.
+    pub archive_commits: Vec<Id>,
+    pub archive_credits: Vec<Id>,
+}
+
+/// A manual ledger entry to add (`/v1/contracts/addManualBalanceLedgerEntry`): to a segment of
+/// a contract's commit or credit, or of a customer-level one (`contract_id` `None`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualEntrySpec {
+    /// Assigned at the edge (from the Idempotency-Key when there is one): a retry of an
+    /// entry that was applied is refused rather than counted twice.
+    pub id: Id,
+    pub contract_id: Option<Id>,
+    pub commit_id: Id,
+    pub segment_id: Id,
+    pub amount: Money,
+    pub reason: String,
+    /// `None`: the segment's start (Metronome's default).
+    pub timestamp: Option<Timestamp>,
 }
 
 /// Every input that changes a customer.
@@ -178,19 +205,29 @@ pub enum Input {
         workflow_id: Id,
         reason: String,
     },
-    /// Create a contract (log version 6: threshold configurations with recharge rails).
-    CreateContract(Box<ContractSpec>),
-    /// Edit a contract (log version 6: rails, end dates).
-    EditContract(Box<ContractEdit>),
+    /// A contract to create, as log versions 6 to 8 recorded it (applied as
+    /// [`Input::CreateContract`]).
+    CreateContractV6(Box<legacy::ContractSpecV8>),
+    /// A contract edit, as log versions 6 to 8 recorded it (applied as [`Input::EditContract`]).
+    EditContractV6(Box<legacy::ContractEditV8>),
     /// Forget where the customer stands on an alert and evaluate it again now
     /// (`/v1/customer-alerts/reset`; log version 7).
     ResetAlert {
         alert_id: Id,
     },
-    /// Create a customer-level commit or credit (log version 8).
-    CreateCustomerCommit(Box<CustomerCommitSpec>),
+    /// A customer-level commit or credit to create, as log version 8 recorded it (applied as
+    /// [`Input::CreateCustomerCommit`]).
+    CreateCustomerCommitV8(Box<legacy::CustomerCommitSpecV8>),
     /// Shorten a customer-level commit's or credit's access or invoicing (log version 8).
     EndCustomerCommit(Box<CustomerCommitEnd>),
+    /// Create a contract (log version 9: commits with custom fields, balance specifiers).
+    CreateContract(Box<ContractSpec>),
+    /// Edit a contract (log version 9: archives, custom fields, balance specifiers).
+    EditContract(Box<ContractEdit>),
+    /// Create a customer-level commit or credit (log version 9: custom fields).
+    CreateCustomerCommit(Box<CustomerCommitSpec>),
+    /// Add a manual ledger entry to a commit's or credit's segment (log version 9).
+    AddManualEntry(Box<ManualEntrySpec>),
 }
 
 /// An operator's decision on one quarantined input, with the input it decides on as the
@@ -331,10 +368,14 @@ fn alert_trigger(input: &Input) -> &'static str {
         Input::RecordUsage(_) => "usage",
         Input::CreateContract(_)
         | Input::CreateContractV1(_)
+        | Input::CreateContractV6(_)
         | Input::EditContract(_)
         | Input::EditContractV1(_)
+        | Input::EditContractV6(_)
         | Input::CreateCustomerCommit(_)
-        | Input::EndCustomerCommit(_) => "contract",
+        | Input::CreateCustomerCommitV8(_)
+        | Input::EndCustomerCommit(_)
+        | Input::AddManualEntry(_) => "contract",
         Input::PaymentOutcome(_) | Input::CancelWorkflow { .. } => "payment",
         Input::VoidInvoice { .. } => "invoice",
         Input::Tick => "time",
@@ -482,6 +523,14 @@ impl Customer {
                 let edit = ContractEdit::from((**edit).clone());
                 self.edit_contract(&edit, ctx, &mut applied)?;
             }
+            Input::CreateContractV6(spec) => {
+                let spec = ContractSpec::from((**spec).clone());
+                self.create_contract(&spec, ctx, &mut applied)?;
+            }
+            Input::EditContractV6(edit) => {
+                let edit = ContractEdit::from((**edit).clone());
+                self.edit_contract(&edit, ctx, &mut applied)?;
+            }
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
             Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
             Input::Tick => self.tick(ctx, &mut applied)?,
@@ -498,7 +547,12 @@ impl Customer {
             Input::CreateCustomerCommit(spec) => {
                 self.create_customer_commit(spec, ctx, &mut applied)?;
             }
+            Input::CreateCustomerCommitV8(spec) => {
+                let spec = CustomerCommitSpec::from((**spec).clone());
+                self.create_customer_commit(&spec, ctx, &mut applied)?;
+            }
             Input::EndCustomerCommit(end) => self.end_customer_commit(end, ctx, &mut applied)?,
+            Input::AddManualEntry(entry) => self.add_manual_entry(entry, ctx, &mut applied)?,
         }
         // Usage looks only at what it created and at contracts whose next notice is due.
         let usage = matches!(input, Input::RecordUsage(_));

@@ -569,6 +569,7 @@ fn commit_for_threshold(
             starting_at,
             ending_before,
             drawn: Money::ZERO,
+            manual: Money::ZERO,
         }],
         invoice_schedule: vec![InvoiceScheduleItem {
             id: Id::derive(id, "invoice_schedule_item", 0),
@@ -583,6 +584,8 @@ fn commit_for_threshold(
         created_at: ctx.at,
         deductions: Vec::new(),
         archived_at: None,
+        custom_fields: Vec::new(),
+        manual_entries: Vec::new(),
     }
 }
 
