@@ -2878,3 +2878,377 @@ mod customer_level {
             .collect()
     }
 }
+
+mod balance_corrections {
+    //! Custom fields and `threshold_balance_specifiers` (B leaves out what they exclude), manual
+    //! ledger entries, and archiving commits and credits through the edit.
+
+    use super::*;
+    use crate::domain::contract::{CustomFieldFilter, FieldEntity};
+    use crate::domain::customer::{CustomerCommitSpec, ManualEntrySpec};
+
+    fn promo(mut spec: CommitSpec) -> CommitSpec {
+        spec.custom_fields = vec![("campaign".into(), "promo".into())];
+        spec
+    }
+
+    fn exclude_promo(entity: FieldEntity) -> Vec<Vec<Vec<CustomFieldFilter>>> {
+        vec![vec![vec![CustomFieldFilter {
+            entity,
+            key: "campaign".into(),
+            value: "promo".into(),
+        }]]]
+    }
+
+    fn entry(id: u128, commit: Id, segment: Id, amount: i64) -> Input {
+        Input::AddManualEntry(Box::new(ManualEntrySpec {
+            id: Id::from_u128(id),
+            contract_id: Some(CONTRACT),
+            commit_id: commit,
+            segment_id: segment,
+            amount: usd(amount),
+            reason: "support goodwill".into(),
+            timestamp: None,
+        }))
+    }
+
+    /// A promotional credit (drawn first: free, lower priority) is left out of B by the
+    /// specifiers, so the prepaid threshold watches the paid balance alone; a customer-level
+    /// credit with the field is left out too; replacing the specifiers with none counts it
+    /// again; a spend threshold refuses them.
+    #[test]
+    fn specifiers_keep_a_promotional_credit_out_of_the_watched_balance() {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+        spec.credits = vec![promo(fixtures::credit(3_000, 1))];
+        let mut threshold = fixtures::prepaid_threshold(2_000, 5_000, GateType::External);
+        threshold.balance_specifiers = exclude_promo(FieldEntity::ContractCredit);
+        spec.prepaid_threshold = Some(threshold);
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        assert_eq!(world.balance(), usd(5_000), "the $30 promo is not in B");
+        world
+            .apply(Input::CreateCustomerCommit(Box::new(CustomerCommitSpec {
+                id: Id::from_u128(0x7001),
+                commit: promo(fixtures::credit(1_000, 2)),
+                applicable_contract_ids: vec![],
+                invoice_contract_id: None,
+                uniqueness_key: None,
+            })))
+            .unwrap();
+        // 40 calls spend the promos ($30 + $10): B does not move, nothing fires.
+        assert!(types(&world.calls(40)).is_empty());
+        assert_eq!(world.balance(), usd(5_000));
+        // 30 more draw the paid commit to $20: B <= $20 fires a $30 recharge.
+        assert!(types(&world.calls(29)).is_empty());
+        assert_eq!(
+            types(&world.calls(1)),
+            vec![
+                "payment_gate.threshold_reached",
+                "payment_gate.external_initiate"
+            ]
+        );
+        assert_eq!(world.contract().workflows[0].access_amount, usd(3_000));
+
+        // Without specifiers the promo would have been counted: the same start, with them
+        // removed by an update, fires 40 calls later.
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+        spec.credits = vec![promo(fixtures::credit(3_000, 1))];
+        let mut threshold = fixtures::prepaid_threshold(2_000, 5_000, GateType::External);
+        threshold.balance_specifiers = exclude_promo(FieldEntity::ContractCreditOrCommit);
+        spec.prepaid_threshold = Some(threshold);
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        world
+            .apply(Input::edit(ContractEdit {
+                edit_id: Id::from_u128(9),
+                contract_id: CONTRACT,
+                update_prepaid_threshold: Some(ThresholdUpdate {
+                    balance_specifiers: Some(vec![]),
+                    ..ThresholdUpdate::default()
+                }),
+                ..ContractEdit::default()
+            }))
+            .unwrap();
+        assert_eq!(world.balance(), usd(8_000));
+        assert!(types(&world.calls(59)).is_empty());
+        assert_eq!(
+            types(&world.calls(1)).len(),
+            2,
+            "B reached $20 with the promo in it"
+        );
+
+        // An entity that does not match the balance's kind excludes nothing.
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![promo(fixtures::credit(3_000, 1))];
+        let mut threshold = fixtures::prepaid_threshold(2_000, 5_000, GateType::External);
+        threshold.balance_specifiers = exclude_promo(FieldEntity::Commit);
+        spec.prepaid_threshold = Some(threshold);
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        assert_eq!(world.balance(), usd(3_000));
+
+        // A spend threshold watches no balance; an empty exclude is refused; nothing created.
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        let mut spend = fixtures::spend_threshold(10_000, GateType::External);
+        spend.balance_specifiers = exclude_promo(FieldEntity::Commit);
+        spec.spend_threshold = Some(spend);
+        assert!(matches!(
+            world.apply(Input::CreateContract(Box::new(spec))),
+            Err(Rejection::InvalidField(m)) if m.contains("spend_threshold_configuration")
+        ));
+        let mut spec = fixtures::contract(CONTRACT);
+        let mut threshold = fixtures::prepaid_threshold(2_000, 5_000, GateType::External);
+        threshold.balance_specifiers = vec![vec![vec![]]];
+        spec.prepaid_threshold = Some(threshold);
+        assert!(matches!(
+            world.apply(Input::CreateContract(Box::new(spec))),
+            Err(Rejection::InvalidField(m)) if m.contains("at least one")
+        ));
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![fixtures::credit(100, 1)];
+        spec.credits[0].custom_fields = vec![(String::new(), "x".into())];
+        assert!(world.apply(Input::CreateContract(Box::new(spec))).is_err());
+        assert!(world.customer.contracts.is_empty());
+    }
+
+    /// Manual entries move the segment's balance at once: a negative one lowers B and fires the
+    /// prepaid threshold; a positive one pays for uncovered usage first; the ledger shows each
+    /// with its reason; every refusal changes nothing; a retried entry (same id) is refused.
+    #[test]
+    fn manual_entries_adjust_balances_fire_thresholds_and_cover_outstanding_usage() {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+        spec.prepaid_threshold = Some(fixtures::prepaid_threshold(
+            2_000,
+            5_000,
+            GateType::External,
+        ));
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let commit = world.contract().commits[0].id;
+        let segment = world.contract().commits[0].segments[0].id;
+        let applied = world.apply(entry(1, commit, segment, -2_500)).unwrap();
+        assert!(types(&applied.effects).is_empty());
+        assert_eq!(world.balance(), usd(2_500));
+        let applied = world.apply(entry(2, commit, segment, -1_000)).unwrap();
+        assert_eq!(
+            types(&applied.effects),
+            vec![
+                "payment_gate.threshold_reached",
+                "payment_gate.external_initiate"
+            ]
+        );
+        assert_eq!(world.contract().workflows[0].access_amount, usd(3_500));
+        let ledger = world.contract().commits[0].ledger(|_| Some(CONTRACT), world.at);
+        let manual: Vec<_> = ledger
+            .iter()
+            .filter(|e| e.entry_type.as_str() == "PREPAID_COMMIT_MANUAL")
+            .map(|e| (e.amount, e.reason.clone().unwrap(), e.timestamp))
+            .collect();
+        assert_eq!(
+            manual,
+            vec![
+                (usd(-2_500), "support goodwill".to_string(), T0),
+                (usd(-1_000), "support goodwill".to_string(), T0),
+            ],
+            "the timestamp defaults to the segment's start"
+        );
+        // The same entry again (a retry): refused, counted once.
+        assert_eq!(
+            world.apply(entry(2, commit, segment, -1_000)),
+            Err(Rejection::AlreadyExists)
+        );
+        assert_eq!(world.balance(), usd(1_500));
+
+        // Refusals, each leaving the customer as it was.
+        let before = world.customer.clone();
+        let gated = {
+            let mut c = fixtures::prepaid_commit(2_000, 10);
+            c.payment_gate = Some(fixtures::gate(GateType::External));
+            world
+                .apply(Input::edit(ContractEdit {
+                    edit_id: Id::from_u128(50),
+                    contract_id: CONTRACT,
+                    add_commits: vec![c],
+                    ..ContractEdit::default()
+                }))
+                .unwrap()
+                .created[0]
+        };
+        let gated_segment = world.contract().commit(gated).unwrap().segments[0].id;
+        let with_gated = world.customer.clone();
+        let cases: Vec<(Input, &str)> = vec![
+            (entry(10, commit, segment, 0), "amount"),
+            (entry(11, commit, Id::from_u128(1), 100), "segment_id"),
+            (entry(12, gated, gated_segment, 100), "payment gate"),
+            (
+                Input::AddManualEntry(Box::new(ManualEntrySpec {
+                    reason: "   ".into(),
+                    ..manual_spec(13, commit, segment)
+                })),
+                "reason",
+            ),
+            (
+                Input::AddManualEntry(Box::new(ManualEntrySpec {
+                    contract_id: None,
+                    ..manual_spec(14, commit, segment)
+                })),
+                "contract_id",
+            ),
+            (
+                Input::AddManualEntry(Box::new(ManualEntrySpec {
+                    amount: usd(crate::domain::bounds::AMOUNT_MAX)
+                        .checked_add(usd(1))
+                        .unwrap(),
+                    ..manual_spec(15, commit, segment)
+                })),
+                "amount",
+            ),
+        ];
+        for (input, field) in cases {
+            match world.apply(input) {
+                Err(Rejection::InvalidField(m)) => assert!(m.contains(field), "{m}"),
+                other => panic!("{field}: {other:?}"),
+            }
+            assert_eq!(world.customer, with_gated);
+        }
+        assert_eq!(
+            world.apply(entry(16, Id::from_u128(3), segment, 100)),
+            Err(Rejection::CommitNotFound)
+        );
+        assert_eq!(
+            before.contracts[0].commits.len() + 1,
+            world.contract().commits.len()
+        );
+
+        // A positive entry on an exhausted credit pays for the uncovered usage first.
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![fixtures::credit(500, 1)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        world.calls(8);
+        assert_eq!(world.outstanding(), usd(300));
+        let credit = world.contract().commits[0].id;
+        let segment = world.contract().commits[0].segments[0].id;
+        world.apply(entry(20, credit, segment, 1_000)).unwrap();
+        assert_eq!(world.outstanding(), Money::ZERO);
+        assert_eq!(world.balance(), usd(700));
+        // Past the segment's end: refused (its expiration is history).
+        world.at = fixtures::year_end();
+        assert!(matches!(
+            world.apply(entry(21, credit, segment, 100)),
+            Err(Rejection::InvalidField(m)) if m.contains("ended")
+        ));
+    }
+
+    fn manual_spec(id: u128, commit: Id, segment: Id) -> ManualEntrySpec {
+        match entry(id, commit, segment, 100) {
+            Input::AddManualEntry(spec) => *spec,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Archiving a credit stops its drawdown at once (what it covered stays covered, what
+    /// remains expires in the ledger), announces `credit.archive`, ends its segment; archiving
+    /// a commit voids its purchase invoice not issued yet; refusals change nothing.
+    #[test]
+    fn archived_commits_and_credits_stop_drawing_and_void_their_unissued_invoices() {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![fixtures::credit(1_000, 1)];
+        let mut later = fixtures::prepaid_commit(5_000, 10);
+        later.invoice_schedule = vec![(T0.plus_ms(60 * MS_PER_DAY), usd(5_000), Decimal::ONE)];
+        spec.commits = vec![later];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let commit = world.contract().commits[0].id;
+        let credit = world.contract().commits[1].id;
+        world.calls(4);
+        assert_eq!(
+            world.contract().commits[1].balance_at(world.at).unwrap(),
+            usd(600)
+        );
+        let archive = |id: u128, commits: Vec<Id>, credits: Vec<Id>| {
+            Input::edit(ContractEdit {
+                edit_id: Id::from_u128(id),
+                contract_id: CONTRACT,
+                archive_commits: commits,
+                archive_credits: credits,
+                ..ContractEdit::default()
+            })
+        };
+        // Refusals: wrong list, unknown, twice; nothing changes.
+        let before = world.customer.clone();
+        for (input, why) in [
+            (archive(60, vec![credit], vec![]), "is a credit"),
+            (archive(61, vec![], vec![commit]), "is a commit"),
+            (archive(62, vec![Id::from_u128(9)], vec![]), "not a commit"),
+            (archive(63, vec![], vec![credit, credit]), "twice"),
+        ] {
+            match world.apply(input) {
+                Err(Rejection::InvalidField(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            assert_eq!(world.customer, before);
+        }
+        let applied = world.apply(archive(64, vec![], vec![credit])).unwrap();
+        let sent: Vec<_> = notices(&applied.effects)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert!(sent.contains(&"credit.archive"), "{sent:?}");
+        assert!(sent.contains(&"credit.segment.end"), "{sent:?}");
+        let archived = world.contract().commit(credit).unwrap();
+        assert_eq!(archived.balance_at(world.at).unwrap(), Money::ZERO);
+        let ledger = archived.ledger(|_| Some(CONTRACT), world.at);
+        let last = ledger.last().unwrap();
+        assert_eq!(
+            (last.entry_type.as_str(), last.amount),
+            ("CREDIT_EXPIRATION", usd(-600))
+        );
+        assert_eq!(
+            world.outstanding(),
+            Money::ZERO,
+            "covered usage stays covered"
+        );
+        world.calls(2);
+        assert_eq!(world.balance(), usd(4_800), "the commit draws now");
+        assert_eq!(
+            world.apply(archive(65, vec![], vec![credit])),
+            Err(Rejection::InvalidField(format!(
+                "archive_credits[].id: {credit} is archived already"
+            )))
+        );
+        // The commit: its purchase invoice (in 60 days) is voided.
+        world.apply(archive(66, vec![commit], vec![])).unwrap();
+        let purchase = world
+            .contract()
+            .purchases
+            .iter()
+            .find(|p| p.commit_id == commit)
+            .unwrap();
+        assert_eq!(purchase.status, InvoiceStatus::Void);
+        assert_eq!(world.balance(), Money::ZERO);
+        world.calls(1);
+        assert_eq!(world.outstanding(), usd(100));
+
+        // A commit waiting for its payment gate: cancel first.
+        let mut c = fixtures::prepaid_commit(2_000, 10);
+        c.payment_gate = Some(fixtures::gate(GateType::External));
+        let gated = world
+            .apply(Input::edit(ContractEdit {
+                edit_id: Id::from_u128(67),
+                contract_id: CONTRACT,
+                add_commits: vec![c],
+                ..ContractEdit::default()
+            }))
+            .unwrap()
+            .created[0];
+        assert!(matches!(
+            world.apply(archive(68, vec![gated], vec![])),
+            Err(Rejection::InvalidField(m)) if m.contains("cancel workflow")
+        ));
+    }
+}

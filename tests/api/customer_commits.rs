@@ -102,10 +102,10 @@ async fn customer_level_creates_refuse_whole_and_a_credit_pays_for_the_contracts
         (
             {
                 let mut b = credit(&customer, 100);
-                b["custom_fields"] = json!({"k": "v"});
+                b["custom_fields"] = json!({"": "v"});
                 b
             },
-            "custom fields",
+            "custom_fields",
         ),
         (
             {

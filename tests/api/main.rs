@@ -6,6 +6,7 @@ mod support;
 
 mod alerts;
 mod auth;
+mod balance_corrections;
 mod catalog;
 mod contracts;
 mod customer_commits;
