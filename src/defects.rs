@@ -46,11 +46,14 @@ pub enum Defect {
     /// A usage decrease gives back to a contract's own segments but not to a customer-level
     /// one: the shared balance stays drawn for usage that went away.
     SharedGiveBackLost,
+    /// Archiving a commit leaves the drawdown order as it was: usage keeps drawing from the
+    /// archived commit until the state is next rebuilt (a restart).
+    ArchivedStillDraws,
 }
 
 impl Defect {
     /// Every defect, in the order the simulation's defect test tries them.
-    pub const ALL: [Defect; 15] = [
+    pub const ALL: [Defect; 16] = [
         Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
@@ -66,6 +69,7 @@ impl Defect {
         Defect::SegmentEndUnannounced,
         Defect::AlertResolutionLost,
         Defect::SharedGiveBackLost,
+        Defect::ArchivedStillDraws,
     ];
 }
 
@@ -116,6 +120,7 @@ mod tests {
             Defect::SegmentEndUnannounced => 12,
             Defect::AlertResolutionLost => 13,
             Defect::SharedGiveBackLost => 14,
+            Defect::ArchivedStillDraws => 15,
         }
     }
 

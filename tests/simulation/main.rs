@@ -60,6 +60,8 @@ fn seeds_pass_every_invariant() {
         totals.cancels += report.cancels;
         totals.gated_commits += report.gated_commits;
         totals.customer_commits += report.customer_commits;
+        totals.manual_entries += report.manual_entries;
+        totals.commits_archived += report.commits_archived;
         totals.quarantined += report.quarantined;
         totals.reapplied += report.reapplied;
         totals.discarded += report.discarded;
@@ -95,6 +97,10 @@ fn seeds_pass_every_invariant() {
         assert!(
             totals.customer_commits > 0,
             "no customer-level commit or credit: {totals:?}"
+        );
+        assert!(
+            totals.manual_entries > 0 && totals.commits_archived > 0,
+            "no manual ledger entry or no archive: {totals:?}"
         );
     }
 }

@@ -87,6 +87,11 @@ pub struct CustomerModel {
     /// access end ever asked for, in simulated ms: an end only moves earlier, and a request
     /// still being retried may apply after a later one is sent).
     pub customer_commits: Vec<(String, bool, i64)>,
+    /// The commits added to its contract that were usable at once (id, and whether an archive
+    /// was sent for it: nothing is aimed at it after that).
+    pub added_commits: Vec<(String, bool)>,
+    /// The sum of the manual ledger entries answered 200 (or 409: a retry finding its entry).
+    pub manual: Decimal,
 }
 
 /// What one period of one contract must show: exactly the events sent once the contract

@@ -81,6 +81,10 @@ pub struct Report {
     pub gated_commits: usize,
     /// Customer-level commits and credits created.
     pub customer_commits: usize,
+    /// Manual ledger entries applied.
+    pub manual_entries: usize,
+    /// Commits archived.
+    pub commits_archived: usize,
     /// Inputs a buggy version quarantined, and the operator's decisions on them.
     pub quarantined: usize,
     pub reapplied: usize,
@@ -354,6 +358,10 @@ enum Purpose {
     AddCustomerCommit(usize),
     /// A customer-level commit's or credit's access shortened.
     EndCustomerCommit,
+    /// A manual ledger entry of `.1` cents on a balance of customer `.0`.
+    ManualEntry(usize, rust_decimal::Decimal),
+    /// An archive of a commit added to customer `.0`'s contract.
+    ArchiveCommit,
     /// A threshold edit; one that is valid for a
     /// configuration the contract has must apply (a 4xx for it is a violation).
     EditThreshold {
@@ -1502,6 +1510,7 @@ impl Sim {
             63..=72 => self.release(app).await,
             73..=75 => self.add_commit(app).await,
             76 => self.customer_level_commit(app).await,
+            99 => self.balance_correction(app).await,
             77..=79 => self.edit_threshold(app, engine).await,
             80..=81 => self
                 .receiver
@@ -1625,6 +1634,10 @@ impl Sim {
                 "product_id": COMMIT_PRODUCT.to_string(),
                 "access_schedule": {"schedule_items": [{"amount": self.rng.random_range(1..5_000), "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]}
             }]);
+            // A promotional credit, which a prepaid threshold may leave out of its balance.
+            if self.rng.random_bool(0.5) {
+                body["credits"][0]["custom_fields"] = json!({"campaign": "promo"});
+            }
         }
         let stripe_gates = self.swarm.stripe_gates;
         let gate = |rng: &mut StdRng| {
@@ -1658,6 +1671,10 @@ impl Sim {
             if let Some(rails) = self.random_rails(threshold + gap) {
                 body["prepaid_balance_threshold_configuration"]["recharge_limits"] =
                     rails.to_json();
+            }
+            if self.rng.random_ratio(1, 3) {
+                body["prepaid_balance_threshold_configuration"]["threshold_balance_specifiers"] = json!([{"exclude": [{"custom_field_filters": [
+                    {"entity": "ContractCreditOrCommit", "key": "campaign", "value": "promo"}]}]}]);
             }
         }
         body
@@ -1761,6 +1778,19 @@ impl Sim {
             // finds the edit it made.
             Purpose::AddCommit(c) if status == 200 || status == 409 => {
                 self.model.customers[c].granted += granted_by(&request.body["add_commits"]);
+                let gate = &request.body["add_commits"][0]["payment_gate_config"];
+                let usable_at_once = gate["payment_gate_type"] != "EXTERNAL";
+                if let Some(id) = value["data"]["edit"]["add_commits"][0]["id"].as_str() {
+                    let known = &mut self.model.customers[c].added_commits;
+                    if usable_at_once && !known.iter().any(|(known, _)| known == id) {
+                        known.push((id.to_owned(), false));
+                    }
+                }
+            }
+            Purpose::ArchiveCommit if status == 200 => self.report.commits_archived += 1,
+            Purpose::ManualEntry(c, amount) if status == 200 || status == 409 => {
+                self.model.customers[c].manual += amount;
+                self.report.manual_entries += 1;
             }
             Purpose::AddCustomerCommit(c) if status == 200 || status == 409 => {
                 self.model.customers[c].granted += granted_by(&json!([request.body]));
@@ -1788,6 +1818,8 @@ impl Sim {
             | Purpose::AddCommit(_)
             | Purpose::AddCustomerCommit(_)
             | Purpose::EndCustomerCommit
+            | Purpose::ManualEntry(..)
+            | Purpose::ArchiveCommit
             | Purpose::DropAlias
             | Purpose::AddAlias
             | Purpose::AddRate
@@ -2464,6 +2496,76 @@ impl Sim {
         self.control(app, request).await;
     }
 
+    /// A balance correction: a manual ledger entry (positive or negative) on a commit added to
+    /// the contract or on a customer-level one whose access lasts at least a day more; or, now
+    /// and then, an archive of a commit added to the contract (never aimed at again).
+    async fn balance_correction(&mut self, app: &impl Api) {
+        let Some((c, customer)) = self.customer_with_contract() else {
+            return;
+        };
+        self.txn_counter += 1;
+        let key = format!("correction-{}", self.txn_counter);
+        let live: Vec<usize> = (0..customer.added_commits.len())
+            .filter(|&i| !customer.added_commits[i].1)
+            .collect();
+        if !live.is_empty() && self.rng.random_ratio(1, 4) {
+            let pick = live[self.rng.random_range(0..live.len())];
+            self.model.customers[c].added_commits[pick].1 = true;
+            let id = &customer.added_commits[pick].0;
+            let request = Request {
+                path: "/v2/contracts/edit".into(),
+                body: json!({"customer_id": customer.id, "contract_id": customer.contract_id,
+                             "archive_commits": [{"id": id}]}),
+                key,
+                purpose: Purpose::ArchiveCommit,
+            };
+            self.control(app, request).await;
+            return;
+        }
+        let soon = self.time.now_ms() + 24 * HOUR_MS;
+        let mut targets: Vec<(String, Option<String>)> = live
+            .iter()
+            .map(|&i| {
+                (
+                    customer.added_commits[i].0.clone(),
+                    customer.contract_id.clone(),
+                )
+            })
+            .collect();
+        targets.extend(
+            customer
+                .customer_commits
+                .iter()
+                .filter(|(_, _, end)| *end > soon)
+                .map(|(id, _, _)| (id.clone(), None)),
+        );
+        if targets.is_empty() {
+            return;
+        }
+        let (commit, contract) = targets.swap_remove(self.rng.random_range(0..targets.len()));
+        let Some(commit_id) = tollgate::domain::Id::parse(&commit) else {
+            return;
+        };
+        let segment = tollgate::domain::Id::derive(commit_id, "segment", 0);
+        let mut amount = self.rng.random_range(-3_000..3_000);
+        if amount == 0 {
+            amount = 1;
+        }
+        let mut body = json!({"customer_id": customer.id, "id": commit,
+                              "segment_id": segment.to_string(), "amount": amount,
+                              "reason": format!("correction {}", self.txn_counter)});
+        if let Some(contract) = contract {
+            body["contract_id"] = json!(contract);
+        }
+        let request = Request {
+            path: "/v1/contracts/addManualBalanceLedgerEntry".into(),
+            body,
+            key,
+            purpose: Purpose::ManualEntry(c, rust_decimal::Decimal::from(amount)),
+        };
+        self.control(app, request).await;
+    }
+
     /// Edits a threshold: switched on or off, a new amount, a new recharge target; sometimes
     /// an invalid one (negative, a recharge target below the threshold), which must be refused
     /// with a 4xx and change nothing.
@@ -3100,6 +3202,8 @@ impl Sim {
 struct ContractMoney {
     /// Segment amounts of the commits and credits the integrator added.
     user_granted: rust_decimal::Decimal,
+    /// The manual entries of all segments.
+    manual: rust_decimal::Decimal,
     /// Drawn from all segments, and the sum of their ledger deductions.
     drawn: rust_decimal::Decimal,
     deducted: rust_decimal::Decimal,
@@ -3139,6 +3243,29 @@ impl Sim {
                         for (si, segment) in commit.segments.iter().enumerate() {
                             let (amount, drawn) =
                                 (segment.amount.as_decimal(), segment.drawn.as_decimal());
+                            let manual = segment.manual.as_decimal();
+                            let entries: Decimal = commit
+                                .manual_entries
+                                .iter()
+                                .filter(|e| e.segment == si)
+                                .map(|e| e.amount.as_decimal())
+                                .sum();
+                            if entries != manual {
+                                m.broken.push(format!(
+                                    "commit {} segment {si}: manual {manual}, its entries {entries}",
+                                    commit.id
+                                ));
+                            }
+                            m.manual += manual;
+                            // Usage draws only from what the schedule and the positive entries
+                            // gave (a negative entry after a draw may leave less than drawn).
+                            let ceiling = amount
+                                + commit
+                                    .manual_entries
+                                    .iter()
+                                    .filter(|e| e.segment == si && e.amount.is_positive())
+                                    .map(|e| e.amount.as_decimal())
+                                    .sum::<Decimal>();
                             if commit.created_by_threshold.is_none() {
                                 m.user_granted += amount;
                             }
@@ -3148,7 +3275,7 @@ impl Sim {
                                 .filter(|d| d.segment == si)
                                 .map(|d| d.amount.as_decimal())
                                 .sum();
-                            if drawn.is_sign_negative() || drawn > amount || ledger != drawn {
+                            if drawn.is_sign_negative() || drawn > ceiling || ledger != drawn {
                                 m.broken.push(format!(
                                     "commit {} segment {si}: amount {amount}, drawn {drawn}, ledger {ledger}",
                                     commit.id
@@ -3157,7 +3284,20 @@ impl Sim {
                             m.drawn += drawn;
                             m.deducted += ledger;
                         }
-                        if !commit.is_released() && !commit.deductions.is_empty() {
+                        if let Some(archived) = commit.archived_at {
+                            if let Some(d) = commit.deductions.iter().find(|d| d.at > archived) {
+                                m.broken.push(format!(
+                                    "commit {} archived at {archived:?} was drawn at {:?}",
+                                    commit.id, d.at
+                                ));
+                            }
+                        }
+                        // (An archived commit keeps what it drew before its archive.)
+                        let released = matches!(
+                            commit.release,
+                            tollgate::domain::contract::Release::Released { .. }
+                        );
+                        if !released && !commit.deductions.is_empty() {
                             m.broken.push(format!(
                                 "commit {} ({:?}) was drawn from",
                                 commit.id, commit.release
@@ -3235,6 +3375,13 @@ impl Sim {
                 return Err(format!(
                     "customer {c}: segments gave {} (ledger {}), usage lines received {} (draws {})",
                     money.drawn, money.deducted, money.covered, money.line_draws
+                ));
+            }
+            let manual = self.model.customers[c].manual;
+            if money.manual != manual {
+                return Err(format!(
+                    "customer {c}: its segments hold {} of manual entries, the integrator made {manual}",
+                    money.manual
                 ));
             }
             let granted = self.model.customers[c].granted;

@@ -150,7 +150,9 @@ impl Customer {
         for &commit in &archived {
             archive(contract, commit, (customer.0, &customer.1), ctx.at, applied);
         }
-        if !archived.is_empty() {
+        if !archived.is_empty()
+            && !crate::defects::active(crate::defects::Defect::ArchivedStillDraws)
+        {
             contract.rebuild_caches();
         }
         let [spend, prepaid] = next_configs;
