@@ -995,6 +995,80 @@ await step('15. customer-level credit and commit: drawn with the contract, count
   );
 });
 
+await step('16. balance corrections: custom_fields, threshold_balance_specifiers, addManualBalanceEntry, archive_credits', async () => {
+  const corrected = await client.v1.customers.create({ name: `Corrected ${run}`, ingest_aliases: [`corrected-${run}`] });
+  const customerId = corrected.data.id;
+  // A $50 paid commit and a $30 promotional credit the prepaid threshold leaves out of B.
+  const specifiers = [{ exclude: [{ custom_field_filters: [{ entity: 'ContractCredit', key: 'campaign', value: 'promo' }] }] }];
+  const created = await client.v1.contracts.create({
+    customer_id: customerId,
+    rate_card_id: catalog.rateCardId,
+    starting_at: monthStart,
+    commits: [
+      {
+        type: 'PREPAID',
+        product_id: catalog.commitProductId,
+        priority: 10,
+        access_schedule: { schedule_items: [{ amount: 5000, starting_at: monthStart, ending_before: farFuture }] },
+        invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 5000 }] },
+      },
+    ],
+    credits: [
+      {
+        product_id: catalog.commitProductId,
+        priority: 1,
+        access_schedule: { schedule_items: [{ amount: 3000, starting_at: monthStart, ending_before: farFuture }] },
+        custom_fields: { campaign: 'promo' },
+      },
+    ],
+    prepaid_balance_threshold_configuration: {
+      commit: { product_id: catalog.commitProductId, name: 'Auto-recharge' },
+      is_enabled: true,
+      payment_gate_config: { payment_gate_type: 'EXTERNAL' },
+      threshold_amount: 2000,
+      recharge_to_amount: 5000,
+      threshold_balance_specifiers: specifiers,
+    },
+  });
+  const contractId = created.data.id;
+  const read = await client.v2.contracts.retrieve({ customer_id: customerId, contract_id: contractId });
+  assert.deepEqual(read.data.prepaid_balance_threshold_configuration.threshold_balance_specifiers, specifiers);
+  const listed = await collect(client.v1.contracts.listBalances({ customer_id: customerId, include_contract_balances: true, include_balance: true }));
+  const paid = listed.find((b) => b.type === 'PREPAID');
+  const promo = listed.find((b) => b.type === 'CREDIT');
+  assert.deepEqual(promo.custom_fields, { campaign: 'promo' });
+  const announced = await waitFlat('credit.create', { commit_id: promo.id });
+  assert.deepEqual(announced.event.commit_custom_fields, { campaign: 'promo' });
+  // A manual draw-down of $31 takes B (the paid commit alone) to $19: the recharge of $31.
+  await client.v1.contracts.addManualBalanceEntry({
+    customer_id: customerId,
+    contract_id: contractId,
+    id: paid.id,
+    segment_id: paid.access_schedule.schedule_items[0].id,
+    amount: -3100,
+    reason: 'migration correction',
+  });
+  const initiate = await waitHook('payment_gate.external_initiate', { contract_id: contractId });
+  assert.equal(initiate.event.properties.invoice_total, 3100, 'the promotion is not in B');
+  const ledgers = await collect(client.v1.contracts.listBalances({ customer_id: customerId, include_contract_balances: true, include_ledgers: true, include_balance: true }));
+  const manual = ledgers.find((b) => b.id === paid.id).ledger.find((e) => e.type === 'PREPAID_COMMIT_MANUAL');
+  assert.equal(manual.amount, -3100);
+  assert.equal(manual.reason, 'migration correction');
+  // The promotion is archived: it leaves the balances, credit.archive is sent.
+  await client.v2.contracts.edit({ customer_id: customerId, contract_id: contractId, archive_credits: [{ id: promo.id }] });
+  const archive = await waitFlat('credit.archive', { commit_id: promo.id });
+  assert.equal(archive.event.contract_id, contractId);
+  const after = await collect(client.v1.contracts.listBalances({ customer_id: customerId, include_contract_balances: true, include_archived: true, include_balance: true }));
+  const archived = after.find((b) => b.id === promo.id);
+  assert.ok(archived.archived_at, 'archived_at is set');
+  assert.equal(archived.balance, 0);
+  await expectError(
+    client.v2.contracts.edit({ customer_id: customerId, contract_id: contractId, archive_credits: [{ id: promo.id }] }),
+    BadRequestError,
+    400,
+  );
+});
+
 await shutdown();
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
 console.log(`\nSDK flow passed: ${passed.length} steps, ${webhooks.length} webhook deliveries verified, ${seconds} s`);
