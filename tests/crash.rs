@@ -1584,7 +1584,8 @@ async fn shared_credit_balance(client: &reqwest::Client, base: &str, customer: &
 
 /// A customer-level credit drawn by usage, then `kill -9`: the restart replays its creation
 /// and every draw to the same balance, a resent batch draws nothing again, and its end date
-/// change survives a second kill.
+/// change survives a second kill; a manual ledger entry survives a third, and its retry with
+/// the same Idempotency-Key after the restart counts it once.
 #[actix_rt::test]
 async fn kill_9_after_customer_level_draws_replays_to_the_same_shared_balance() {
     let dir = tempfile::tempdir().unwrap();
@@ -1672,6 +1673,39 @@ async fn kill_9_after_customer_level_draws_replays_to_the_same_shared_balance() 
     assert_eq!(
         body["data"][0]["access_schedule"]["schedule_items"][0]["ending_before"],
         json!(end)
+    );
+
+    // A manual entry of +$5, killed right after its 200, and retried after the restart.
+    let segment = body["data"][0]["access_schedule"]["schedule_items"][0]["id"].clone();
+    let entry = json!({"customer_id": customer, "id": credit_id, "segment_id": segment,
+                       "amount": 500, "reason": "crash test"});
+    let keyed = |base: &str| {
+        client
+            .post(format!("{base}/v1/contracts/addManualBalanceLedgerEntry"))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", "manual-1")
+            .json(&entry)
+            .send()
+    };
+    assert_eq!(keyed(&server.base).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        shared_credit_balance(&client, &server.base, &customer).await,
+        2500
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    assert_eq!(
+        shared_credit_balance(&client, &server.base, &customer).await,
+        2500,
+        "the entry replays"
+    );
+    assert_eq!(keyed(&server.base).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        shared_credit_balance(&client, &server.base, &customer).await,
+        2500,
+        "the retry counts nothing"
     );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
