@@ -44,6 +44,12 @@ impl Segment {
         self.starting_at <= at && at < self.ending_before
     }
 
+    /// A segment removed by a v2 edit's `update_commits`: an empty window, kept so that the
+    /// positions usage lines and ledgers name never shift.
+    pub fn is_removed(&self) -> bool {
+        self.ending_before == self.starting_at && self.amount.is_zero()
+    }
+
     pub fn overlaps(&self, start: Timestamp, end: Timestamp) -> bool {
         self.starting_at < end && start < self.ending_before
     }
@@ -350,6 +356,9 @@ impl Commit {
         let mut entries = Vec::new();
         let purchase_invoice = self.invoice_schedule.first().map(|i| i.invoice_id);
         for (index, segment) in self.segments.iter().enumerate() {
+            if segment.is_removed() {
+                continue;
+            }
             match self.release {
                 Release::Released { at } => {
                     entries.push(LedgerEntry {

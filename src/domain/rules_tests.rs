@@ -2885,7 +2885,9 @@ mod balance_corrections {
 
     use super::*;
     use crate::domain::contract::{CustomFieldFilter, FieldEntity};
-    use crate::domain::customer::{CustomerCommitSpec, ManualEntrySpec};
+    use crate::domain::customer::{
+        CommitUpdate, CustomerCommitSpec, InvoiceUpdate, ManualEntrySpec, SegmentUpdate,
+    };
 
     fn promo(mut spec: CommitSpec) -> CommitSpec {
         spec.custom_fields = vec![("campaign".into(), "promo".into())];
@@ -3149,6 +3151,287 @@ mod balance_corrections {
             Input::AddManualEntry(spec) => *spec,
             _ => unreachable!(),
         }
+    }
+
+    fn update(id: u128, updates: Vec<CommitUpdate>) -> Input {
+        Input::edit(ContractEdit {
+            edit_id: Id::from_u128(id),
+            contract_id: CONTRACT,
+            update_commits: updates,
+            ..ContractEdit::default()
+        })
+    }
+
+    /// `update_commits` / `update_credits`: a raised amount pays for uncovered usage, a lower
+    /// one never goes below what was drawn; a drawn segment's start stays and its end moves
+    /// only into the future; an untouched segment can be removed (it disappears and never
+    /// draws), a drawn one cannot; a priority change reorders the drawdown; invoice items
+    /// change only while unissued; a threshold's commit keeps its schedules; each refusal
+    /// changes nothing.
+    #[test]
+    fn updates_change_commits_in_place_without_rewriting_what_money_did() {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![fixtures::credit(500, 1)];
+        let mut later = fixtures::prepaid_commit(5_000, 10);
+        later.invoice_schedule = vec![(T0.plus_ms(60 * MS_PER_DAY), usd(5_000), Decimal::ONE)];
+        spec.commits = vec![later];
+        spec.prepaid_threshold = Some(fixtures::prepaid_threshold(
+            1_000,
+            2_000,
+            GateType::External,
+        ));
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let commit = world.contract().commits[0].id;
+        let credit = world.contract().commits[1].id;
+        let credit_segment = world.contract().commits[1].segments[0].id;
+        world.calls(4);
+        assert_eq!(
+            world.contract().commits[1].segments[0].remaining(),
+            usd(100)
+        );
+        let credit_update = |f: &dyn Fn(&mut CommitUpdate)| {
+            let mut u = CommitUpdate {
+                commit_id: credit,
+                credit: true,
+                ..CommitUpdate::default()
+            };
+            f(&mut u);
+            u
+        };
+        let segment_change =
+            |amount: Option<i64>, start: Option<Timestamp>, end: Option<Timestamp>| {
+                credit_update(&|u| {
+                    u.update_segments = vec![SegmentUpdate {
+                        id: credit_segment,
+                        amount: amount.map(usd),
+                        starting_at: start,
+                        ending_before: end,
+                    }]
+                })
+            };
+        // Refusals, each changing nothing.
+        let before = world.customer.clone();
+        let refused: Vec<(Vec<CommitUpdate>, &str)> = vec![
+            (vec![segment_change(Some(399), None, None)], "drew 400"),
+            (
+                vec![segment_change(None, Some(T0.plus_ms(1)), None)],
+                "start cannot move",
+            ),
+            (
+                vec![segment_change(None, None, Some(T0.plus_ms(MS_PER_DAY)))],
+                "into the past",
+            ),
+            (
+                vec![credit_update(&|u| u.remove_segments = vec![credit_segment])],
+                "drawn from",
+            ),
+            (
+                vec![CommitUpdate {
+                    commit_id: credit,
+                    ..CommitUpdate::default()
+                }],
+                "is a credit",
+            ),
+            (
+                vec![
+                    credit_update(&|u| u.name = Some("x".into())),
+                    credit_update(&|u| u.name = Some("y".into())),
+                ],
+                "twice",
+            ),
+            (
+                vec![credit_update(&|u| {
+                    u.add_invoices = vec![(T0, usd(1), Decimal::ONE)]
+                })],
+                "credits are free",
+            ),
+        ];
+        for (i, (updates, why)) in refused.into_iter().enumerate() {
+            match world.apply(update(200 + i as u128, updates)) {
+                Err(Rejection::InvalidField(m)) => assert!(m.contains(why), "{why}: {m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            assert_eq!(world.customer, before, "{why}");
+        }
+
+        // Raised: $4 more, and a second segment of $2 from now on.
+        let now = world.at;
+        world
+            .apply(update(
+                210,
+                vec![credit_update(&|u| {
+                    u.update_segments = vec![SegmentUpdate {
+                        id: credit_segment,
+                        amount: Some(usd(900)),
+                        starting_at: None,
+                        ending_before: Some(fixtures::year_end().plus_ms(MS_PER_DAY)),
+                    }];
+                    u.add_segments = vec![(usd(200), now, fixtures::year_end())];
+                    u.name = Some("Renamed".into());
+                })],
+            ))
+            .unwrap();
+        let c = world.contract().commit(credit).unwrap();
+        assert_eq!(c.name, "Renamed");
+        assert_eq!(c.segments.len(), 2);
+        assert_eq!(c.segments[0].remaining(), usd(500));
+        // The untouched new segment can be removed: it leaves the views and never draws.
+        let added = c.segments[1].id;
+        world
+            .apply(update(
+                211,
+                vec![credit_update(&|u| u.remove_segments = vec![added])],
+            ))
+            .unwrap();
+        let c = world.contract().commit(credit).unwrap();
+        assert!(c.segments[1].is_removed());
+        assert!(
+            c.ledger(|_| Some(CONTRACT), world.at)
+                .iter()
+                .all(|e| e.segment_id != added)
+        );
+        // Lowered to exactly what was drawn: nothing remains; the commit draws next.
+        world
+            .apply(update(212, vec![segment_change(Some(400), None, None)]))
+            .unwrap();
+        assert_eq!(
+            world.contract().commit(credit).unwrap().segments[0].remaining(),
+            Money::ZERO
+        );
+        world.calls(1);
+        assert_eq!(
+            world.contract().commits[0].segments[0].remaining(),
+            usd(4_900)
+        );
+        // Priority: the credit raised again and moved after the commit: the commit draws first.
+        world
+            .apply(update(
+                213,
+                vec![credit_update(&|u| {
+                    u.priority = Some(Some(Decimal::from(50)));
+                    u.update_segments = vec![SegmentUpdate {
+                        id: credit_segment,
+                        amount: Some(usd(1_400)),
+                        ..SegmentUpdate::default()
+                    }];
+                })],
+            ))
+            .unwrap();
+        world.calls(1);
+        assert_eq!(
+            world.contract().commits[0].segments[0].remaining(),
+            usd(4_800)
+        );
+        assert_eq!(
+            world.contract().commit(credit).unwrap().segments[0].remaining(),
+            usd(1_000)
+        );
+
+        // The commit's unissued invoice: its amount changes, another is added, one removed.
+        let item = world.contract().commits[0].invoice_schedule[0].id;
+        let invoice = world.contract().commits[0].invoice_schedule[0].invoice_id;
+        let commit_update = |f: &dyn Fn(&mut CommitUpdate)| {
+            let mut u = CommitUpdate {
+                commit_id: commit,
+                ..CommitUpdate::default()
+            };
+            f(&mut u);
+            u
+        };
+        world
+            .apply(update(
+                214,
+                vec![commit_update(&|u| {
+                    u.update_invoices = vec![InvoiceUpdate {
+                        id: item,
+                        amount: Some(usd(4_000)),
+                        ..InvoiceUpdate::default()
+                    }];
+                    u.add_invoices =
+                        vec![(T0.plus_ms(90 * MS_PER_DAY), usd(500), Decimal::from(2))];
+                })],
+            ))
+            .unwrap();
+        let purchases = &world.contract().purchases;
+        let first = purchases.iter().find(|p| p.id == invoice).unwrap();
+        assert_eq!(
+            (first.total, first.status),
+            (usd(4_000), InvoiceStatus::Draft)
+        );
+        let added = purchases
+            .iter()
+            .find(|p| p.commit_id == commit && p.id != invoice)
+            .unwrap();
+        assert_eq!(
+            (added.total, added.status),
+            (usd(1_000), InvoiceStatus::Draft)
+        );
+        world
+            .apply(update(
+                215,
+                vec![commit_update(&|u| u.remove_invoices = vec![item])],
+            ))
+            .unwrap();
+        let first = world
+            .contract()
+            .purchases
+            .iter()
+            .find(|p| p.id == invoice)
+            .unwrap();
+        assert_eq!(first.status, InvoiceStatus::Void);
+        assert_eq!(world.contract().commits[0].invoice_schedule.len(), 1);
+
+        // A threshold's recharge commit keeps its schedules (its workflow charged them).
+        world.calls(48);
+        let recharge = world.contract().workflows[0].commit_id;
+        let recharge_segment = world.contract().commit(recharge).unwrap().segments[0].id;
+        let before = world.customer.clone();
+        let refused = world.apply(update(
+            216,
+            vec![CommitUpdate {
+                commit_id: recharge,
+                update_segments: vec![SegmentUpdate {
+                    id: recharge_segment,
+                    amount: Some(usd(1)),
+                    ..SegmentUpdate::default()
+                }],
+                ..CommitUpdate::default()
+            }],
+        ));
+        assert!(matches!(refused, Err(Rejection::InvalidField(m)) if m.contains("workflow")));
+        assert_eq!(world.customer, before);
+
+        // A raise pays for usage nothing covered.
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.credits = vec![fixtures::credit(500, 1)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        world.calls(6);
+        assert_eq!(world.outstanding(), usd(100));
+        let credit = world.contract().commits[0].id;
+        let segment = world.contract().commits[0].segments[0].id;
+        world
+            .apply(update(
+                220,
+                vec![CommitUpdate {
+                    commit_id: credit,
+                    credit: true,
+                    update_segments: vec![SegmentUpdate {
+                        id: segment,
+                        amount: Some(usd(700)),
+                        ..SegmentUpdate::default()
+                    }],
+                    ..CommitUpdate::default()
+                }],
+            ))
+            .unwrap();
+        assert_eq!(
+            world.outstanding(),
+            Money::ZERO,
+            "the raise paid the uncovered call"
+        );
+        assert_eq!(world.balance(), usd(100));
     }
 
     /// Archiving a credit stops its drawdown at once (what it covered stays covered, what

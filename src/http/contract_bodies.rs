@@ -15,7 +15,9 @@ use crate::domain::contract::{
     BalanceSpecifiers, CommitKind, CustomFieldFilter, Discount, FieldEntity, RechargeLimits,
     ThresholdCommit, ThresholdConfig, ThresholdKind,
 };
-use crate::domain::customer::{CommitSpec, ThresholdUpdate};
+use crate::domain::customer::{
+    CommitSpec, CommitUpdate, InvoiceUpdate, SegmentUpdate, ThresholdUpdate,
+};
 use crate::domain::gate::{GateType, PaymentGateConfig, StripeConfig, StripePaymentType, TaxType};
 
 impl Choices for GateType {
@@ -134,6 +136,201 @@ pub fn balance_specifiers(list: Vec<BalanceSpecifierBody>) -> BalanceSpecifiers 
                 .collect()
         })
         .collect()
+}
+
+/// An item of `update_commits` (`commit_id`) or `update_credits` (`credit_id`): absent fields
+/// stay as they are; `null` product restrictions mean every product, a `null` priority the
+/// default one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCommitBody {
+    #[serde(default)]
+    pub commit_id: Option<Uuid>,
+    #[serde(default)]
+    pub credit_id: Option<Uuid>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub priority: Option<Option<Exact>>,
+    #[serde(default)]
+    pub product_id: Option<Uuid>,
+    #[serde(default, deserialize_with = "present")]
+    pub applicable_product_ids: Option<Option<Vec<Uuid>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub applicable_product_tags: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    pub access_schedule: Option<AccessScheduleUpdateBody>,
+    /// Commits only.
+    #[serde(default)]
+    pub invoice_schedule: Option<InvoiceScheduleUpdateBody>,
+    /// Only LIST_RATE.
+    #[serde(default)]
+    pub rate_type: Option<String>,
+    #[serde(default)]
+    pub hierarchy_configuration: Refused,
+    #[serde(default)]
+    pub rollover_fraction: Refused,
+    #[serde(default)]
+    pub netsuite_sales_order_id: Refused,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessScheduleUpdateBody {
+    #[serde(default)]
+    pub add_schedule_items: Option<Vec<AccessItemBody>>,
+    #[serde(default)]
+    pub update_schedule_items: Option<Vec<AccessItemUpdateBody>>,
+    #[serde(default)]
+    pub remove_schedule_items: Option<Vec<ArchiveBody>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessItemUpdateBody {
+    pub id: Uuid,
+    #[serde(default)]
+    pub amount: Option<Amount>,
+    #[serde(default)]
+    pub starting_at: Option<Time>,
+    #[serde(default)]
+    pub ending_before: Option<Time>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceScheduleUpdateBody {
+    #[serde(default)]
+    pub add_schedule_items: Option<Vec<InvoiceItemBody>>,
+    #[serde(default)]
+    pub update_schedule_items: Option<Vec<InvoiceItemUpdateBody>>,
+    #[serde(default)]
+    pub remove_schedule_items: Option<Vec<ArchiveBody>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceItemUpdateBody {
+    pub id: Uuid,
+    #[serde(default)]
+    pub timestamp: Option<Time>,
+    #[serde(default)]
+    pub amount: Option<Amount>,
+    #[serde(default)]
+    pub unit_price: Option<Amount>,
+    #[serde(default)]
+    pub quantity: Option<Exact>,
+}
+
+impl UpdateCommitBody {
+    /// `credit`: an item of `update_credits`.
+    pub fn into_domain(self, credit: bool, at: &str) -> ApiResult<CommitUpdate> {
+        let id_field = if credit { "credit_id" } else { "commit_id" };
+        let (id, other) = if credit {
+            (self.credit_id, self.commit_id)
+        } else {
+            (self.commit_id, self.credit_id)
+        };
+        let id = id.ok_or_else(|| ApiError::BadRequest(format!("{at}.{id_field} is required")))?;
+        if other.is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "{at}: name the {} with {id_field}",
+                if credit { "credit" } else { "commit" }
+            )));
+        }
+        if let Some(rate_type) = &self.rate_type {
+            if !rate_type.eq_ignore_ascii_case("LIST_RATE") {
+                return Err(ApiError::BadRequest(format!(
+                    "{at}.rate_type: only LIST_RATE is supported"
+                )));
+            }
+        }
+        let mut update = CommitUpdate {
+            commit_id: id.0,
+            credit,
+            name: self.name,
+            description: self.description,
+            priority: self.priority.map(|p| p.map(|p| p.0)),
+            product_id: self.product_id.map(|p| p.0),
+            applicable_product_ids: self.applicable_product_ids.map(|ids| {
+                ids.map_or_else(Vec::new, |ids| ids.into_iter().map(|id| id.0).collect())
+            }),
+            applicable_product_tags: self.applicable_product_tags.map(Option::unwrap_or_default),
+            ..CommitUpdate::default()
+        };
+        if let Some(access) = self.access_schedule {
+            update.add_segments = access
+                .add_schedule_items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| (i.amount.0, i.starting_at.0, i.ending_before.0))
+                .collect();
+            update.update_segments = access
+                .update_schedule_items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| SegmentUpdate {
+                    id: i.id.0,
+                    amount: i.amount.map(|a| a.0),
+                    starting_at: i.starting_at.map(|t| t.0),
+                    ending_before: i.ending_before.map(|t| t.0),
+                })
+                .collect();
+            update.remove_segments = access
+                .remove_schedule_items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i.id.0)
+                .collect();
+        }
+        if let Some(invoices) = self.invoice_schedule {
+            if credit {
+                return Err(ApiError::BadRequest(format!(
+                    "{at}.invoice_schedule: credits are free and have no invoice schedule"
+                )));
+            }
+            for (i, item) in invoices
+                .add_schedule_items
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let (unit_price, quantity) = match (item.amount, item.unit_price) {
+                    (Some(amount), _) => (amount.0, Decimal::ONE),
+                    (None, Some(price)) => (price.0, item.quantity.map_or(Decimal::ONE, |q| q.0)),
+                    (None, None) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "{at}.invoice_schedule.add_schedule_items[{i}].unit_price is required"
+                        )));
+                    }
+                };
+                update
+                    .add_invoices
+                    .push((item.timestamp.0, unit_price, quantity));
+            }
+            update.update_invoices = invoices
+                .update_schedule_items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| InvoiceUpdate {
+                    id: i.id.0,
+                    timestamp: i.timestamp.map(|t| t.0),
+                    amount: i.amount.map(|a| a.0),
+                    unit_price: i.unit_price.map(|a| a.0),
+                    quantity: i.quantity.map(|q| q.0),
+                })
+                .collect();
+            update.remove_invoices = invoices
+                .remove_schedule_items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i.id.0)
+                .collect();
+        }
+        Ok(update)
+    }
 }
 
 /// `archive_commits` / `archive_credits` items of a v2 edit.
@@ -819,16 +1016,17 @@ pub struct EditContractBody {
     pub add_overrides: Refused,
     #[serde(default)]
     pub add_scheduled_charges: Refused,
+    /// Changed in place (README "Balance corrections" has the rules for money already moved).
     #[serde(default)]
-    pub update_commits: Refused,
+    pub update_commits: Option<Vec<UpdateCommitBody>>,
+    #[serde(default)]
+    pub update_credits: Option<Vec<UpdateCommitBody>>,
     /// Archived now: they draw nothing more, what remains expires, scheduled invoices not
     /// issued are voided.
     #[serde(default)]
     pub archive_commits: Option<Vec<ArchiveBody>>,
     #[serde(default)]
     pub archive_credits: Option<Vec<ArchiveBody>>,
-    #[serde(default)]
-    pub update_credits: Refused,
     #[serde(default)]
     pub add_recurring_commits: Refused,
     #[serde(default)]

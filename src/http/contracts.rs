@@ -404,6 +404,7 @@ async fn edit(
             .unwrap_or(true),
         archive_commits: archived(request.archive_commits),
         archive_credits: archived(request.archive_credits),
+        update_commits: updates(request.update_commits, request.update_credits)?,
     };
     let updated_gates: Vec<ThresholdConfig> =
         [&edit.update_spend_threshold, &edit.update_prepaid_threshold]
@@ -455,6 +456,22 @@ async fn edit(
             add_credits: ids(credits),
         },
     }))
+}
+
+fn updates(
+    commits: Option<Vec<super::contract_bodies::UpdateCommitBody>>,
+    credits: Option<Vec<super::contract_bodies::UpdateCommitBody>>,
+) -> ApiResult<Vec<crate::domain::customer::CommitUpdate>> {
+    let mut all = Vec::new();
+    for (list, credit, field) in [
+        (commits, false, "update_commits"),
+        (credits, true, "update_credits"),
+    ] {
+        for (i, body) in list.unwrap_or_default().into_iter().enumerate() {
+            all.push(body.into_domain(credit, &format!("{field}[{i}]"))?);
+        }
+    }
+    Ok(all)
 }
 
 fn archived(list: Option<Vec<super::contract_bodies::ArchiveBody>>) -> Vec<Id> {

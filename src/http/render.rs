@@ -293,6 +293,7 @@ fn commit_view(
             schedule_items: commit
                 .segments
                 .iter()
+                .filter(|s| !s.is_removed())
                 .map(|s| SegmentView {
                     id: s.id.to_string(),
                     amount: s.amount,

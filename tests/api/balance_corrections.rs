@@ -360,10 +360,8 @@ async fn manual_entries_move_balances_once_and_refuse_whole() {
         "$50 - $19"
     );
     let listed = balances(&app, &customer).await;
-    let ledger = by_type(&listed, "PREPAID")["ledger"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let paid = listed.iter().find(|b| b["id"] == json!(commit)).unwrap();
+    let ledger = paid["ledger"].as_array().unwrap().clone();
     let manual: Vec<(Value, Value)> = ledger
         .iter()
         .filter(|e| e["type"] == "PREPAID_COMMIT_MANUAL")
@@ -501,4 +499,89 @@ async fn an_edit_archives_a_credit_and_refuses_bad_archives_whole() {
         "the commit draws now"
     );
     assert_eq!(by_type(&listed, "PREPAID")["id"], json!(commit));
+}
+
+/// `update_commits` / `update_credits` in the SDK's shapes: a credit raised and renamed, a
+/// commit's unissued invoice changed; a lowering below what was drawn, an unknown field and a
+/// credit in the commits' list are 400s that change nothing.
+#[actix_rt::test]
+async fn an_edit_updates_a_credit_and_an_invoice_and_refuses_what_would_rewrite_history() {
+    let clock = ManualClock::new(now_ms());
+    let app = app_on(&clock).await;
+    let customer = create_customer(&app, "updater").await;
+    let mut body = contract_body(&customer, json!([]));
+    let later = tollgate::domain::Timestamp(now_ms() + 40 * 86_400_000).to_rfc3339();
+    body["commits"][0]["invoice_schedule"] =
+        json!({"schedule_items": [{"timestamp": later, "amount": 5000}]});
+    let (status, answer) = app.post("/v1/contracts/create", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let contract = answer["data"]["id"].as_str().unwrap().to_owned();
+    let listed = balances(&app, &customer).await;
+    let credit = by_type(&listed, "CREDIT").clone();
+    let commit = by_type(&listed, "PREPAID").clone();
+    let credit_segment = credit["access_schedule"]["schedule_items"][0]["id"].clone();
+    let item = commit["invoice_schedule"]["schedule_items"][0]["id"].clone();
+    calls(&app, &clock, "updater", "a", 5).await;
+    let edit = |extra: Value| {
+        let mut body = json!({"customer_id": customer, "contract_id": contract});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, names) in [
+        (
+            json!({"update_credits": [{"credit_id": credit["id"], "access_schedule": {"update_schedule_items": [{"id": credit_segment, "amount": 400}]}}]}),
+            "drew 500",
+        ),
+        (
+            json!({"update_credits": [{"credit_id": credit["id"], "colour": "red"}]}),
+            "colour",
+        ),
+        (
+            json!({"update_commits": [{"commit_id": credit["id"], "name": "x"}]}),
+            "is a credit",
+        ),
+        (
+            json!({"update_credits": [{"credit_id": credit["id"], "rollover_fraction": 0.5}]}),
+            "rollover_fraction",
+        ),
+    ] {
+        let (status, answer) = app.post("/v2/contracts/edit", edit(extra)).await;
+        assert_eq!(status, 400, "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(names), "{message} should name {names}");
+    }
+    let unchanged = balances(&app, &customer).await;
+    for kind in ["CREDIT", "PREPAID"] {
+        for field in ["name", "access_schedule", "invoice_schedule", "priority"] {
+            assert_eq!(
+                by_type(&unchanged, kind)[field],
+                by_type(&listed, kind)[field],
+                "{kind} {field}"
+            );
+        }
+    }
+
+    let (status, answer) = app
+        .post(
+            "/v2/contracts/edit",
+            edit(json!({
+                "update_credits": [{"credit_id": credit["id"], "name": "Promo (extended)",
+                    "access_schedule": {"update_schedule_items": [{"id": credit_segment, "amount": 4000}]}}],
+                "update_commits": [{"commit_id": commit["id"],
+                    "invoice_schedule": {"update_schedule_items": [{"id": item, "amount": 4500}]}}]
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let listed = balances(&app, &customer).await;
+    let credit = by_type(&listed, "CREDIT");
+    assert_eq!(credit["name"], "Promo (extended)");
+    assert_eq!(credit["balance"], json!(3500));
+    let (status, invoices) = app
+        .get(&format!("/v1/customers/{customer}/invoices?type=SCHEDULED"))
+        .await;
+    assert_eq!(status, 200, "{invoices}");
+    assert_eq!(invoices["data"][0]["total"], json!(4500), "{invoices}");
 }

@@ -150,10 +150,28 @@ impl Customer {
         for &commit in &archived {
             archive(contract, commit, (customer.0, &customer.1), ctx.at, applied);
         }
-        if !archived.is_empty()
-            && !crate::defects::active(crate::defects::Defect::ArchivedStillDraws)
+        let grown = super::commit_updates::apply_updates(
+            contract,
+            &edit.update_commits,
+            edit.edit_id,
+            ctx,
+        )?;
+        if !edit.update_commits.is_empty()
+            || !archived.is_empty()
+                && !crate::defects::active(crate::defects::Defect::ArchivedStillDraws)
         {
             contract.rebuild_caches();
+        }
+        for commit in grown {
+            // New money, or money for more products: it pays for uncovered usage now.
+            cover_outstanding(
+                &mut Drawable {
+                    contract: &mut *contract,
+                    pool: &mut [],
+                },
+                DrawSource::Contract(commit),
+                ctx,
+            )?;
         }
         let [spend, prepaid] = next_configs;
         contract.spend_threshold = spend;

@@ -153,6 +153,7 @@ impl From<ContractEditV1> for ContractEdit {
             allow_ending_before_finalized_invoice: true,
             archive_commits: Vec::new(),
             archive_credits: Vec::new(),
+            update_commits: Vec::new(),
         }
     }
 }
@@ -652,6 +653,7 @@ impl From<ContractEditV8> for ContractEdit {
             allow_ending_before_finalized_invoice: old.allow_ending_before_finalized_invoice,
             archive_commits: Vec::new(),
             archive_credits: Vec::new(),
+            update_commits: Vec::new(),
         }
     }
 }

@@ -38,9 +38,11 @@ use super::money::Money;
 use super::rejection::Rejection;
 use super::usage::UsageEvent;
 use charges::expire_overdue_actions;
+pub use commit_updates::{CommitUpdate, InvoiceUpdate, SegmentUpdate};
 pub use customer_level::{CustomerCommit, CustomerCommitEnd, CustomerCommitSpec};
 
 mod charges;
+pub mod commit_updates;
 mod contracts;
 pub mod customer_level;
 pub mod legacy;
@@ -157,6 +159,8 @@ pub struct ContractEdit {
     /// Commits and credits to archive (log version 9), by id.
     pub archive_commits: Vec<Id>,
     pub archive_credits: Vec<Id>,
+    /// `update_commits` and `update_credits` (log version 9), in that order.
+    pub update_commits: Vec<CommitUpdate>,
 }
 
 /// A manual ledger entry to add (`/v1/contracts/addManualBalanceLedgerEntry`): to a segment of
