@@ -954,7 +954,10 @@ async fn a_data_dir_of_another_storage_format_is_refused_at_start_naming_its_ver
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(
-        stderr.contains("storage format version 1; this build reads versions 2 to 7"),
+        stderr.contains(&format!(
+            "storage format version 1; this build reads versions 2 to {}",
+            tollgate::storage::STORAGE_FORMAT_VERSION
+        )),
         "stderr: {stderr}"
     );
     let store = tollgate::storage::Store::open(&data, Default::default());
@@ -1100,7 +1103,10 @@ async fn a_backup_taken_under_load_restores_to_the_same_balances_and_counts_noth
     assert!(ok, "tollgate backup failed: {err}");
     let receipt: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(receipt["to"], json!(backup.display().to_string()));
-    assert_eq!(receipt["storage_format"], 7);
+    assert_eq!(
+        receipt["storage_format"],
+        tollgate::storage::STORAGE_FORMAT_VERSION
+    );
     assert!(receipt["bytes"].as_u64().unwrap() > 0, "{receipt}");
     let acked_at_backup = ledger.lock().unwrap().acked.len();
     actix_rt::time::sleep(Duration::from_millis(700)).await;

@@ -1085,7 +1085,10 @@ async fn a_backup_restored_after_its_payment_succeeded_reconciles_and_charges_on
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["storage_format"], 7);
+    assert_eq!(
+        body["data"]["storage_format"],
+        tollgate::storage::STORAGE_FORMAT_VERSION
+    );
     // The bank settles; the original releases and is lost afterwards.
     fake.set_intent_status("pi_1", "succeeded");
     drive(&app.clock, 60_000, "paid by polling", || {

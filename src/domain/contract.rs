@@ -1121,6 +1121,10 @@ pub struct Contract {
     /// What the lifecycle notices have announced so far; `None` for a contract kept by a
     /// version without them (set, without announcing the past, by its next input).
     pub lifecycle: Option<Lifecycle>,
+    /// The ids of the latest edits applied ([`RECENT_EDITS`] at most; state version 8): an edit
+    /// applied again (a retry with the same Idempotency-Key after its answer was lost) is
+    /// refused with 409 instead of archiving, raising or adding twice.
+    pub recent_edits: Vec<Id>,
     /// Released segments in drawdown order, as (commit index, segment index); kept in order
     /// as commits are released, so an event does not sort.
     #[serde(skip)]
@@ -1131,6 +1135,9 @@ pub struct Contract {
     #[serde(skip)]
     pub caches: ContractCaches,
 }
+
+/// How many edit ids a contract remembers: retries come within minutes of the edit.
+pub const RECENT_EDITS: usize = 100;
 
 /// What the lifecycle notices of a contract have announced: the segments whose start was
 /// announced and whose end was not yet, and the end `contract.end` was sent for.
@@ -1762,6 +1769,7 @@ mod tests {
             edit_keys: vec![],
             edits: 0,
             lifecycle: None,
+            recent_edits: vec![],
             draw_order: vec![],
             caches: ContractCaches::default(),
         }

@@ -182,6 +182,7 @@ impl Run {
                     ..Default::default()
                 };
                 update.threshold_amount = None;
+                self.tx += 1;
                 let edit = ContractEdit {
                     edit_id: Id::derive(CONTRACT, "edit", self.tx),
                     contract_id: CONTRACT,
@@ -192,6 +193,7 @@ impl Run {
                 self.apply(Input::edit(edit)).expect("re-enabling applies");
             }
             Op::SetSpendThreshold(amount) => {
+                self.tx += 1;
                 let edit = ContractEdit {
                     edit_id: Id::derive(CONTRACT, "edit", self.tx),
                     contract_id: CONTRACT,

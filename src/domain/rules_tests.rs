@@ -2286,9 +2286,14 @@ fn an_end_date_stops_thresholds_and_may_not_orphan_billed_usage() {
     spec.spend_threshold = Some(fixtures::spend_threshold(1_000, GateType::External));
     world.apply(Input::create_contract(spec)).unwrap();
     world.calls(2);
+    // Each edit has an id of its own (a repeated id is a retry, refused with 409).
+    let edits = std::cell::Cell::new(0);
     let edit = |end: Option<Timestamp>, allow: bool| {
         Input::edit(ContractEdit {
-            edit_id: Id::from_u128(0xe2d),
+            edit_id: Id::derive(Id::from_u128(0xe2d), "edit", {
+                edits.set(edits.get() + 1);
+                edits.get()
+            }),
             contract_id: CONTRACT,
             update_ending_before: Some(end),
             allow_ending_before_finalized_invoice: allow,
@@ -2350,9 +2355,13 @@ fn an_extended_end_extends_the_recharges_and_a_final_short_period_pins_the_end()
     let segment_end =
         |world: &World| world.contract().commit(recharge).unwrap().segments[0].ending_before;
     assert_eq!(segment_end(&world), old_end);
+    let edits = std::cell::Cell::new(0);
     let edit = |end: Option<Timestamp>| {
         Input::edit(ContractEdit {
-            edit_id: Id::from_u128(0xe3d),
+            edit_id: Id::derive(Id::from_u128(0xe3d), "edit", {
+                edits.set(edits.get() + 1);
+                edits.get()
+            }),
             contract_id: CONTRACT,
             update_ending_before: Some(end),
             allow_ending_before_finalized_invoice: true,
@@ -3477,6 +3486,13 @@ mod balance_corrections {
             assert_eq!(world.customer, before);
         }
         let applied = world.apply(archive(64, vec![], vec![credit])).unwrap();
+        // The same edit again (a retry whose answer was lost): 409, applied once.
+        let once = world.customer.clone();
+        assert_eq!(
+            world.apply(archive(64, vec![], vec![credit])),
+            Err(Rejection::AlreadyExists)
+        );
+        assert_eq!(world.customer, once);
         let sent: Vec<_> = notices(&applied.effects)
             .into_iter()
             .map(|(t, _)| t)

@@ -62,6 +62,7 @@ fn seeds_pass_every_invariant() {
         totals.customer_commits += report.customer_commits;
         totals.manual_entries += report.manual_entries;
         totals.commits_archived += report.commits_archived;
+        totals.commits_updated += report.commits_updated;
         totals.quarantined += report.quarantined;
         totals.reapplied += report.reapplied;
         totals.discarded += report.discarded;
@@ -99,8 +100,8 @@ fn seeds_pass_every_invariant() {
             "no customer-level commit or credit: {totals:?}"
         );
         assert!(
-            totals.manual_entries > 0 && totals.commits_archived > 0,
-            "no manual ledger entry or no archive: {totals:?}"
+            totals.manual_entries > 0 && totals.commits_archived > 0 && totals.commits_updated > 0,
+            "no manual ledger entry, archive or commit update: {totals:?}"
         );
     }
 }

@@ -87,9 +87,10 @@ pub struct CustomerModel {
     /// access end ever asked for, in simulated ms: an end only moves earlier, and a request
     /// still being retried may apply after a later one is sent).
     pub customer_commits: Vec<(String, bool, i64)>,
-    /// The commits added to its contract that were usable at once (id, and whether an archive
-    /// was sent for it: nothing is aimed at it after that).
-    pub added_commits: Vec<(String, bool)>,
+    /// The commits added to its contract that were usable at once (id, whether an archive was
+    /// sent for it: nothing is aimed at it after that, and whether it was bought through a
+    /// NONE gate: its schedules are its workflow's and are not updated).
+    pub added_commits: Vec<(String, bool, bool)>,
     /// The sum of the manual ledger entries answered 200 (or 409: a retry finding its entry).
     pub manual: Decimal,
 }

@@ -85,6 +85,8 @@ pub struct Report {
     pub manual_entries: usize,
     /// Commits archived.
     pub commits_archived: usize,
+    /// Commits raised by `update_commits`.
+    pub commits_updated: usize,
     /// Inputs a buggy version quarantined, and the operator's decisions on them.
     pub quarantined: usize,
     pub reapplied: usize,
@@ -362,6 +364,8 @@ enum Purpose {
     ManualEntry(usize, rust_decimal::Decimal),
     /// An archive of a commit added to customer `.0`'s contract.
     ArchiveCommit,
+    /// A segment of `.1` cents added to a commit of customer `.0` by `update_commits`.
+    RaiseCommit(usize, rust_decimal::Decimal),
     /// A threshold edit; one that is valid for a
     /// configuration the contract has must apply (a 4xx for it is a violation).
     EditThreshold {
@@ -1780,14 +1784,23 @@ impl Sim {
                 self.model.customers[c].granted += granted_by(&request.body["add_commits"]);
                 let gate = &request.body["add_commits"][0]["payment_gate_config"];
                 let usable_at_once = gate["payment_gate_type"] != "EXTERNAL";
+                let gated = gate.is_object();
                 if let Some(id) = value["data"]["edit"]["add_commits"][0]["id"].as_str() {
                     let known = &mut self.model.customers[c].added_commits;
-                    if usable_at_once && !known.iter().any(|(known, _)| known == id) {
-                        known.push((id.to_owned(), false));
+                    if usable_at_once && !known.iter().any(|(known, _, _)| known == id) {
+                        known.push((id.to_owned(), false, gated));
                     }
                 }
             }
-            Purpose::ArchiveCommit if status == 200 => self.report.commits_archived += 1,
+            // 409: a retry after a 503 whose edit had reached the log.
+            Purpose::ArchiveCommit if status == 200 || status == 409 => {
+                self.report.commits_archived += 1;
+            }
+            // 409: a retry after a 503 whose edit had reached the log.
+            Purpose::RaiseCommit(c, raise) if status == 200 || status == 409 => {
+                self.model.customers[c].granted += raise;
+                self.report.commits_updated += 1;
+            }
             Purpose::ManualEntry(c, amount) if status == 200 || status == 409 => {
                 self.model.customers[c].manual += amount;
                 self.report.manual_entries += 1;
@@ -1820,6 +1833,7 @@ impl Sim {
             | Purpose::EndCustomerCommit
             | Purpose::ManualEntry(..)
             | Purpose::ArchiveCommit
+            | Purpose::RaiseCommit(..)
             | Purpose::DropAlias
             | Purpose::AddAlias
             | Purpose::AddRate
@@ -2508,7 +2522,29 @@ impl Sim {
         let live: Vec<usize> = (0..customer.added_commits.len())
             .filter(|&i| !customer.added_commits[i].1)
             .collect();
-        if !live.is_empty() && self.rng.random_ratio(1, 4) {
+        let ungated: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| !customer.added_commits[i].2)
+            .collect();
+        if !ungated.is_empty() && self.rng.random_ratio(1, 4) {
+            // Raised by an update: always valid (never below what was drawn), new money.
+            let pick = ungated[self.rng.random_range(0..ungated.len())];
+            let id = customer.added_commits[pick].0.clone();
+            let raise = self.rng.random_range(1..5_000);
+            let request = Request {
+                path: "/v2/contracts/edit".into(),
+                body: json!({"customer_id": customer.id, "contract_id": customer.contract_id,
+                             "update_commits": [{"commit_id": id, "access_schedule": {"add_schedule_items": [
+                                 {"amount": raise, "starting_at": Timestamp(self.time.now_ms()).month_start().to_rfc3339(),
+                                  "ending_before": "2099-01-01T00:00:00Z"}]}}]}),
+                key,
+                purpose: Purpose::RaiseCommit(c, rust_decimal::Decimal::from(raise)),
+            };
+            self.control(app, request).await;
+            return;
+        }
+        if !live.is_empty() && self.rng.random_ratio(1, 3) {
             let pick = live[self.rng.random_range(0..live.len())];
             self.model.customers[c].added_commits[pick].1 = true;
             let id = &customer.added_commits[pick].0;

@@ -109,12 +109,13 @@ impl Customer {
             .iter()
             .position(|c| c.id == edit.contract_id)
             .ok_or(Rejection::ContractNotFound)?;
-        // An edit that already added its commits (same edit id: a retried request) adds none.
+        // An edit that already applied (same edit id: a retried request) applies nothing.
         let first_commit = Id::derive(edit.edit_id, "commit", 0);
         if self.contracts[ci]
             .commits
             .iter()
             .any(|c| c.id == first_commit)
+            || self.contracts[ci].recent_edits.contains(&edit.edit_id)
         {
             return Err(Rejection::AlreadyExists);
         }
@@ -192,6 +193,10 @@ impl Customer {
             set_end(contract, end);
         }
         contract.edits += 1;
+        if contract.recent_edits.len() >= crate::domain::contract::RECENT_EDITS {
+            contract.recent_edits.remove(0);
+        }
+        contract.recent_edits.push(edit.edit_id);
         if let Some(key) = &edit.uniqueness_key {
             contract.edit_keys.push(key.clone());
         }
@@ -473,6 +478,7 @@ fn new_contract(
         edit_keys: Vec::new(),
         edits: 0,
         lifecycle: Some(Lifecycle::default()),
+        recent_edits: Vec::new(),
         draw_order: Vec::new(),
         caches: ContractCaches::default(),
     }

@@ -204,6 +204,7 @@ impl From<ContractV4> for Contract {
             edit_keys: old.edit_keys,
             edits: old.edits,
             lifecycle: None,
+            recent_edits: Vec::new(),
             draw_order: Vec::new(),
             caches: ContractCaches::default(),
         }
@@ -462,6 +463,7 @@ impl From<ContractV7> for Contract {
             edit_keys: old.edit_keys,
             edits: old.edits,
             lifecycle: old.lifecycle,
+            recent_edits: Vec::new(),
             draw_order: Vec::new(),
             caches: ContractCaches::default(),
         }
