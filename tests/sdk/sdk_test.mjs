@@ -995,7 +995,7 @@ await step('15. customer-level credit and commit: drawn with the contract, count
   );
 });
 
-await step('16. balance corrections: custom_fields, threshold_balance_specifiers, addManualBalanceEntry, archive_credits', async () => {
+await step('16. balance corrections: custom_fields, threshold_balance_specifiers, addManualBalanceEntry, archive_credits, update_commits', async () => {
   const corrected = await client.v1.customers.create({ name: `Corrected ${run}`, ingest_aliases: [`corrected-${run}`] });
   const customerId = corrected.data.id;
   // A $50 paid commit and a $30 promotional credit the prepaid threshold leaves out of B.
@@ -1064,6 +1064,32 @@ await step('16. balance corrections: custom_fields, threshold_balance_specifiers
   assert.equal(archived.balance, 0);
   await expectError(
     client.v2.contracts.edit({ customer_id: customerId, contract_id: contractId, archive_credits: [{ id: promo.id }] }),
+    BadRequestError,
+    400,
+  );
+  // update_commits: the paid commit renamed and given a second segment of $20.
+  await client.v2.contracts.edit({
+    customer_id: customerId,
+    contract_id: contractId,
+    update_commits: [
+      {
+        commit_id: paid.id,
+        name: 'Annual prepay',
+        access_schedule: { add_schedule_items: [{ amount: 2000, starting_at: monthStart, ending_before: farFuture }] },
+      },
+    ],
+  });
+  const updated = (await collect(client.v1.contracts.listBalances({ customer_id: customerId, include_contract_balances: true, include_balance: true }))).find((b) => b.id === paid.id);
+  assert.equal(updated.name, 'Annual prepay');
+  assert.equal(updated.access_schedule.schedule_items.length, 2);
+  assert.equal(updated.balance, 5000 - 3100 + 2000);
+  // Lowering a segment below what was taken from it is refused.
+  await expectError(
+    client.v2.contracts.edit({
+      customer_id: customerId,
+      contract_id: contractId,
+      update_commits: [{ commit_id: paid.id, access_schedule: { update_schedule_items: [{ id: paid.access_schedule.schedule_items[0].id, amount: -1 }] } }],
+    }),
     BadRequestError,
     400,
   );
