@@ -708,7 +708,7 @@ impl From<&Commit> for CommitV7 {
                 })
                 .collect(),
             invoice_schedule: c.invoice_schedule.clone(),
-            release: c.release.clone(),
+            release: c.release,
             created_by_threshold: c.created_by_threshold,
             created_at: c.created_at,
             deductions: c.deductions.clone(),
