@@ -681,7 +681,30 @@ fn decide_quarantined(
             if !reappliable(&action.input) {
                 return Err(EngineError::Rejected(Rejection::NotReappliable));
             }
-            let applied = apply_input(shared, state, original, pass, quarantine, Attempt::Reapply)?;
+            let mut applied =
+                apply_input(shared, state, original, pass, quarantine, Attempt::Reapply)?;
+            // The input was judged by the alerts of its own time (replay must judge it the
+            // same); the alerts in force at the decision then look at what it changed, so a
+            // re-applied input that moved a balance cannot leave an alert's status stale.
+            let catalog = shared.catalog();
+            let ctx = Ctx {
+                at: logged.at,
+                catalog: &catalog,
+                catalog_version: logged.catalog_version,
+                limits: catalog.limits_at(logged.catalog_version),
+            };
+            let saved = (state.customer.alerts.clone(), state.customer.alerts_as_of);
+            let effects = applied.effects.len();
+            if let Err(error) = state
+                .customer
+                .evaluate_alerts("reapply", &ctx, &mut applied)
+            {
+                // Only an overflow the bounds make impossible: the statuses stay as they were
+                // and the customer's next input evaluates them.
+                (state.customer.alerts, state.customer.alerts_as_of) = saved;
+                applied.effects.truncate(effects);
+                tracing::error!(customer = %logged.customer_id, %error, "alerts not evaluated after a re-apply");
+            }
             (applied, Resolution::Reapplied)
         }
         QuarantineDecision::Discard { reason } => {

@@ -138,10 +138,12 @@ impl Sim {
                     || m.contains("finalized usage invoice")
                     || m.contains("is final and ends with the contract")
             });
-        if status == 200 {
+        // 409: a retry after a 503 whose edit had reached the log finds it applied.
+        let applied = status == 200 || status == 409;
+        if applied {
             self.report.end_dates += 1;
         }
-        if status != 200 && !billed_after && !(500..600).contains(&status) {
+        if !applied && !billed_after && !(500..600).contains(&status) {
             self.violations.push(format!(
                 "an end date {} {} was answered {status}: {value}",
                 request.path, request.body
