@@ -672,7 +672,10 @@ fn add_balances<'a>(
     {
         *value = value.checked_add(commit.balance_at(at)?)?;
         for segment in commit.segments.iter().filter(|s| s.covers(at)) {
-            *total = total.checked_add(segment.amount)?;
+            // What the segment was given: its amount and its positive manual entries.
+            *total = total
+                .checked_add(segment.amount)?
+                .checked_add(segment.manual.max(Money::ZERO))?;
         }
     }
     Ok(())

@@ -146,6 +146,13 @@ pub fn check_balance_specifiers(
     specifiers: &crate::domain::contract::BalanceSpecifiers,
 ) -> Result<(), Rejection> {
     const FIELD: &str = "prepaid_balance_threshold_configuration.threshold_balance_specifiers";
+    let entries = specifiers.len() + specifiers.iter().map(Vec::len).sum::<usize>();
+    if entries > CUSTOM_FIELDS_MAX {
+        return Err(Rejection::invalid(
+            FIELD,
+            &format!("at most {CUSTOM_FIELDS_MAX} specifiers and excludes in all"),
+        ));
+    }
     let mut filters = 0usize;
     for exclusion in specifiers.iter().flatten() {
         if exclusion.is_empty() {

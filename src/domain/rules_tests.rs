@@ -3300,6 +3300,13 @@ mod balance_corrections {
                 .iter()
                 .all(|e| e.segment_id != added)
         );
+        assert!(
+            matches!(
+                world.apply(entry(240, credit, added, 100)),
+                Err(Rejection::InvalidField(m)) if m.contains("segment_id")
+            ),
+            "a removed segment takes no manual entry"
+        );
         // Lowered to exactly what was drawn: nothing remains; the commit draws next.
         world
             .apply(update(212, vec![segment_change(Some(400), None, None)]))
@@ -3337,7 +3344,8 @@ mod balance_corrections {
             usd(1_000)
         );
 
-        // The commit's unissued invoice: its amount changes, another is added, one removed.
+        // The commit's unissued invoice: raised, another added; the commit was drawn from, so
+        // its invoices are neither lowered nor removed.
         let item = world.contract().commits[0].invoice_schedule[0].id;
         let invoice = world.contract().commits[0].invoice_schedule[0].invoice_id;
         let commit_update = |f: &dyn Fn(&mut CommitUpdate)| {
@@ -3354,7 +3362,7 @@ mod balance_corrections {
                 vec![commit_update(&|u| {
                     u.update_invoices = vec![InvoiceUpdate {
                         id: item,
-                        amount: Some(usd(4_000)),
+                        amount: Some(usd(6_000)),
                         ..InvoiceUpdate::default()
                     }];
                     u.add_invoices =
@@ -3366,7 +3374,7 @@ mod balance_corrections {
         let first = purchases.iter().find(|p| p.id == invoice).unwrap();
         assert_eq!(
             (first.total, first.status),
-            (usd(4_000), InvoiceStatus::Draft)
+            (usd(6_000), InvoiceStatus::Draft)
         );
         let added = purchases
             .iter()
@@ -3376,20 +3384,56 @@ mod balance_corrections {
             (added.total, added.status),
             (usd(1_000), InvoiceStatus::Draft)
         );
-        world
-            .apply(update(
-                215,
-                vec![commit_update(&|u| u.remove_invoices = vec![item])],
-            ))
-            .unwrap();
-        let first = world
-            .contract()
-            .purchases
-            .iter()
-            .find(|p| p.id == invoice)
-            .unwrap();
-        assert_eq!(first.status, InvoiceStatus::Void);
-        assert_eq!(world.contract().commits[0].invoice_schedule.len(), 1);
+        let before = world.customer.clone();
+        for (i, (u, why)) in [
+            (
+                commit_update(&|u| u.remove_invoices = vec![item]),
+                "not removed",
+            ),
+            (
+                commit_update(&|u| {
+                    u.update_invoices = vec![InvoiceUpdate {
+                        id: item,
+                        amount: Some(usd(5_999)),
+                        ..InvoiceUpdate::default()
+                    }]
+                }),
+                "not lowered",
+            ),
+            (
+                commit_update(&|u| {
+                    u.update_invoices = vec![InvoiceUpdate {
+                        id: item,
+                        amount: Some(usd(7_000)),
+                        quantity: Some(Decimal::from(2)),
+                        ..InvoiceUpdate::default()
+                    }]
+                }),
+                "not both",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            match world.apply(update(215 + 100 * i as u128, vec![u])) {
+                Err(Rejection::InvalidField(m)) => assert!(m.contains(why), "{why}: {m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            assert_eq!(world.customer, before);
+        }
+        assert_eq!(world.contract().commits[0].invoice_schedule.len(), 2);
+        // The same edit applied again (a retry past the edits the contract remembers) finds
+        // the invoice it added and is refused.
+        world.customer.contracts[0].recent_edits.clear();
+        assert_eq!(
+            world.apply(update(
+                214,
+                vec![commit_update(&|u| {
+                    u.add_invoices = vec![(T0.plus_ms(90 * MS_PER_DAY), usd(500), Decimal::from(2))]
+                })]
+            )),
+            Err(Rejection::AlreadyExists)
+        );
 
         // A threshold's recharge commit keeps its schedules (its workflow charged them).
         world.calls(48);
@@ -3441,6 +3485,112 @@ mod balance_corrections {
             "the raise paid the uncovered call"
         );
         assert_eq!(world.balance(), usd(100));
+        // An ended segment's dates do not move.
+        world.at = fixtures::year_end();
+        assert!(matches!(
+            world.apply(update(
+                221,
+                vec![CommitUpdate {
+                    commit_id: credit,
+                    credit: true,
+                    update_segments: vec![SegmentUpdate {
+                        id: segment,
+                        ending_before: Some(fixtures::year_end().plus_ms(MS_PER_DAY)),
+                        ..SegmentUpdate::default()
+                    }],
+                    ..CommitUpdate::default()
+                }],
+            )),
+            Err(Rejection::InvalidField(m)) if m.contains("history")
+        ));
+
+        // A commit waiting for its payment gate pays for nothing, even when an update widens
+        // what it pays for; an undrawn commit's unissued invoice can be removed (voided).
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        let mut later = fixtures::prepaid_commit(1_000, 10);
+        later.invoice_schedule = vec![(T0.plus_ms(60 * MS_PER_DAY), usd(1_000), Decimal::ONE)];
+        later.applicable_product_ids = vec![fixtures::TOKEN_PRODUCT];
+        spec.commits = vec![later];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let mut gated = fixtures::prepaid_commit(2_000, 10);
+        gated.payment_gate = Some(fixtures::gate(GateType::External));
+        gated.applicable_product_ids = vec![fixtures::TOKEN_PRODUCT];
+        let gated = world
+            .apply(Input::edit(ContractEdit {
+                edit_id: Id::from_u128(230),
+                contract_id: CONTRACT,
+                add_commits: vec![gated],
+                ..ContractEdit::default()
+            }))
+            .unwrap()
+            .created[0];
+        world.calls(3);
+        assert_eq!(world.outstanding(), usd(300));
+        world
+            .apply(update(
+                231,
+                vec![CommitUpdate {
+                    commit_id: gated,
+                    applicable_product_ids: Some(vec![]),
+                    ..CommitUpdate::default()
+                }],
+            ))
+            .unwrap();
+        assert_eq!(
+            world.outstanding(),
+            usd(300),
+            "an unpaid commit pays nothing"
+        );
+        let commit = world.contract().commits[0].id;
+        let item = world.contract().commits[0].invoice_schedule[0].id;
+        world
+            .apply(update(
+                232,
+                vec![CommitUpdate {
+                    commit_id: commit,
+                    remove_invoices: vec![item],
+                    ..CommitUpdate::default()
+                }],
+            ))
+            .unwrap();
+        let purchase = world
+            .contract()
+            .purchases
+            .iter()
+            .find(|p| p.commit_id == commit)
+            .unwrap();
+        assert_eq!(purchase.status, InvoiceStatus::Void);
+    }
+
+    /// An edit of an older log version replays as it applied then: a repeat of its id applies
+    /// again (those versions did not refuse it), so an old log replays to the same state.
+    #[test]
+    fn a_repeated_edit_of_an_older_log_version_applies_again_on_replay() {
+        let mut world = World::new(false);
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.spend_threshold = Some(fixtures::spend_threshold(10_000, GateType::External));
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let old = crate::domain::customer::legacy::ContractEditV8 {
+            edit_id: Id::from_u128(0x01d),
+            contract_id: CONTRACT,
+            uniqueness_key: None,
+            add_commits: vec![],
+            add_credits: vec![],
+            add_spend_threshold: None,
+            update_spend_threshold: None,
+            add_prepaid_threshold: None,
+            update_prepaid_threshold: None,
+            update_ending_before: None,
+            allow_ending_before_finalized_invoice: true,
+        };
+        for _ in 0..2 {
+            world
+                .apply(Input::EditContractV6(Box::new(old.clone())))
+                .unwrap();
+        }
+        assert_eq!(world.contract().edits, 2);
+        assert!(world.contract().recent_edits.is_empty());
     }
 
     /// Archiving a credit stops its drawdown at once (what it covered stays covered, what
@@ -3520,18 +3670,34 @@ mod balance_corrections {
                 "archive_credits[].id: {credit} is archived already"
             )))
         );
-        // The commit: its purchase invoice (in 60 days) is voided.
-        world.apply(archive(66, vec![commit], vec![])).unwrap();
+        // The commit was drawn from and its invoice (in 60 days) is not issued: refused, the
+        // invoice stays due.
+        let before = world.customer.clone();
+        assert!(matches!(
+            world.apply(archive(66, vec![commit], vec![])),
+            Err(Rejection::InvalidField(m)) if m.contains("stay due")
+        ));
+        assert_eq!(world.customer, before);
+        // An undrawn commit: its archive voids its unissued invoice.
+        let mut spare = fixtures::prepaid_commit(1_000, 90);
+        spare.invoice_schedule = vec![(T0.plus_ms(60 * MS_PER_DAY), usd(1_000), Decimal::ONE)];
+        let spare = world
+            .apply(Input::edit(ContractEdit {
+                edit_id: Id::from_u128(69),
+                contract_id: CONTRACT,
+                add_commits: vec![spare],
+                ..ContractEdit::default()
+            }))
+            .unwrap()
+            .created[0];
+        world.apply(archive(70, vec![spare], vec![])).unwrap();
         let purchase = world
             .contract()
             .purchases
             .iter()
-            .find(|p| p.commit_id == commit)
+            .find(|p| p.commit_id == spare)
             .unwrap();
         assert_eq!(purchase.status, InvoiceStatus::Void);
-        assert_eq!(world.balance(), Money::ZERO);
-        world.calls(1);
-        assert_eq!(world.outstanding(), usd(100));
 
         // A commit waiting for its payment gate: cancel first.
         let mut c = fixtures::prepaid_commit(2_000, 10);

@@ -11,8 +11,13 @@
 //! - a segment may be removed only while nothing was drawn from it and it has no manual
 //!   entries; it is kept as an empty window (amount 0, ending at its start), so the positions
 //!   that usage lines and ledgers name never shift, and is left out of every view;
+//! - a segment's dates do not move once it has ended;
 //! - an invoice schedule item may be changed or removed only while its invoice is not issued
-//!   (removed: the invoice is voided); an added one is a new SCHEDULED invoice;
+//!   (removed: the invoice is voided), and once usage drew from the commit its invoices are
+//!   neither lowered nor removed (the usage was paid for with them); an added one is a new
+//!   SCHEDULED invoice;
+//! - added segments and invoices take ids derived from the edit, so an edit applied again is
+//!   refused (409) rather than adding them twice;
 //! - a commit bought through a payment gate, or issued by a threshold, keeps its schedules (its
 //!   workflow charged exactly them); an archived commit is not updated.
 //!
@@ -34,6 +39,8 @@ use crate::domain::rejection::Rejection;
 
 /// At most this many commit updates in one edit, and schedule changes in one update.
 pub const UPDATES_MAX: usize = 100;
+/// At most this many segments on one commit or credit, removed ones included.
+pub const SEGMENTS_MAX: usize = 1_000;
 
 /// One item of `update_commits` (or, with `credit`, of `update_credits`). `None` leaves a field
 /// as it is.
@@ -198,7 +205,13 @@ pub(super) fn apply_updates(
             ));
         }
         let before: Money = balance_sum(&contract.commits[ci].segments);
-        update_segments(&mut contract.commits[ci].segments, update, ctx.at, &field)?;
+        update_segments(
+            &mut contract.commits[ci].segments,
+            update,
+            (edit_id, n),
+            ctx.at,
+            &field,
+        )?;
         let commit_id = contract.commits[ci].id;
         update_invoices(contract, ci, update, (edit_id, n), ctx, &field)?;
         let commit = &mut contract.commits[ci];
@@ -232,14 +245,22 @@ pub(super) fn apply_updates(
         if let Some(tags) = &update.applicable_product_tags {
             commit.applicable_product_tags = tags.clone();
         }
-        if balance_sum(&commit.segments) > before
-            || update.applicable_product_ids.is_some()
-            || update.applicable_product_tags.is_some()
-        {
+        // Only a usable commit pays for uncovered usage (one waiting for its payment never).
+        let wider =
+            update.applicable_product_ids.is_some() || update.applicable_product_tags.is_some();
+        if commit.is_released() && (balance_sum(&commit.segments) > before || wider) {
             grown.push(ci);
         }
     }
     Ok(grown)
+}
+
+/// Whether usage drew anything from the commit (or manual entries moved it).
+pub(super) fn drawn_from(commit: &crate::domain::contract::Commit) -> bool {
+    commit
+        .segments
+        .iter()
+        .any(|s| !s.drawn.is_zero() || !s.manual.is_zero())
 }
 
 /// What the segments hold in all (amount and manual entries, less what was drawn).
@@ -252,6 +273,7 @@ fn balance_sum(segments: &[Segment]) -> Money {
 fn update_segments(
     segments: &mut Vec<Segment>,
     update: &CommitUpdate,
+    (edit_id, n): (Id, usize),
     now: Timestamp,
     field: &impl Fn(&str) -> String,
 ) -> Result<(), Rejection> {
@@ -268,12 +290,16 @@ fn update_segments(
             })?;
         if let Some(amount) = change.amount {
             bounds::check_amount(&format!("{items}.amount"), amount)?;
-            let floor = segment.drawn.checked_sub(segment.manual)?;
+            // What usage drew, less what positive manual entries gave it.
+            let floor = segment
+                .drawn
+                .checked_sub(segment.manual.max(Money::ZERO))?
+                .max(Money::ZERO);
             if amount < floor {
                 return Err(Rejection::invalid(
                     &format!("{items}.amount"),
                     &format!(
-                        "usage drew {} from the segment (less its manual entries): its amount cannot be lower",
+                        "usage drew {} from the segment (less its positive manual entries): its amount cannot be lower",
                         floor.as_decimal()
                     ),
                 ));
@@ -282,6 +308,16 @@ fn update_segments(
                 return Err(Rejection::AmountOverflow);
             }
             segment.amount = amount;
+        }
+        let moves = change.starting_at.is_some_and(|s| s != segment.starting_at)
+            || change
+                .ending_before
+                .is_some_and(|e| e != segment.ending_before);
+        if moves && segment.ending_before <= now {
+            return Err(Rejection::invalid(
+                &format!("{items}.ending_before"),
+                "the segment has ended: what expired is history",
+            ));
         }
         if let Some(start) = change.starting_at {
             if start != segment.starting_at && !segment.drawn.is_zero() {
@@ -329,7 +365,13 @@ fn update_segments(
         segment.ending_before = segment.starting_at;
     }
     let additions = field("access_schedule.add_schedule_items[]");
-    for &(amount, start, end) in &update.add_segments {
+    if segments.len() + update.add_segments.len() > SEGMENTS_MAX {
+        return Err(Rejection::invalid(
+            &additions,
+            &format!("a commit has at most {SEGMENTS_MAX} segments"),
+        ));
+    }
+    for (k, &(amount, start, end)) in update.add_segments.iter().enumerate() {
         bounds::check_amount(&format!("{additions}.amount"), amount)?;
         if end <= start {
             return Err(Rejection::invalid(
@@ -337,10 +379,13 @@ fn update_segments(
                 "must be after starting_at",
             ));
         }
-        let index = segments.len() as u64;
-        let commit_id = update.commit_id;
+        // Derived from the edit, update and item: an edit applied again finds its segment.
+        let id = Id::derive(edit_id, "segment", ((n as u64) << 32) | k as u64);
+        if segments.iter().any(|s| s.id == id) {
+            return Err(Rejection::AlreadyExists);
+        }
         segments.push(Segment {
-            id: Id::derive(commit_id, "segment", index),
+            id,
             amount,
             starting_at: start,
             ending_before: end,
@@ -406,7 +451,15 @@ fn update_invoices(
                 "its invoice is issued already (void it with POST /v1/invoices/void)",
             ));
         }
+        if change.amount.is_some() && (change.unit_price.is_some() || change.quantity.is_some()) {
+            return Err(Rejection::invalid(
+                &format!("{items}.amount"),
+                "give amount, or unit_price and quantity, not both",
+            ));
+        }
+        let drawn = drawn_from(&contract.commits[ci]);
         let item = &mut contract.commits[ci].invoice_schedule[at];
+        let before = item.amount;
         if let Some(timestamp) = change.timestamp {
             item.timestamp = timestamp;
         }
@@ -425,6 +478,12 @@ fn update_invoices(
         bounds::check_quantity(&format!("{items}.quantity"), item.quantity)?;
         item.amount = item.unit_price.checked_mul(item.quantity)?;
         bounds::check_amount(&format!("{items}.amount"), item.amount)?;
+        if drawn && item.amount < before {
+            return Err(Rejection::invalid(
+                &format!("{items}.amount"),
+                "usage drew from the commit: its invoices are not lowered",
+            ));
+        }
         let (timestamp, amount) = (item.timestamp, item.amount);
         if let Some(purchase) = contract.purchases.iter_mut().find(|p| p.id == invoice_id) {
             purchase.issued_at = timestamp;
@@ -454,6 +513,12 @@ fn update_invoices(
                 "its invoice is issued already (void it with POST /v1/invoices/void)",
             ));
         }
+        if drawn_from(&contract.commits[ci]) {
+            return Err(Rejection::invalid(
+                &format!("{removals}.id"),
+                "usage drew from the commit: its invoices are not removed",
+            ));
+        }
         contract.commits[ci].invoice_schedule.remove(at);
         if let Some(purchase) = contract.purchases.iter_mut().find(|p| p.id == invoice_id) {
             purchase.status = InvoiceStatus::Void;
@@ -468,6 +533,13 @@ fn update_invoices(
         bounds::check_amount(&format!("{additions}.amount"), amount)?;
         // Unique per edit, update and item: replay derives the same ids.
         let seq = ((n as u64) << 32) | k as u64;
+        if contract
+            .purchases
+            .iter()
+            .any(|p| p.id == Id::derive(edit_id, "invoice", seq))
+        {
+            return Err(Rejection::AlreadyExists);
+        }
         let item = InvoiceScheduleItem {
             id: Id::derive(edit_id, "invoice_schedule_item", seq),
             timestamp,

@@ -96,9 +96,13 @@ impl Customer {
         self.evaluate(ci, customer_id, ctx, applied)
     }
 
+    /// `remember`: whether the edit's id is checked against and kept in the contract's recent
+    /// edits (log version 9 on; an older entry replays as it applied then, when a retry of an
+    /// edit that added no commits applied again).
     pub(super) fn edit_contract(
         &mut self,
         edit: &ContractEdit,
+        remember: bool,
         ctx: &Ctx<'_>,
         applied: &mut Applied,
     ) -> Result<(), Rejection> {
@@ -115,7 +119,7 @@ impl Customer {
             .commits
             .iter()
             .any(|c| c.id == first_commit)
-            || self.contracts[ci].recent_edits.contains(&edit.edit_id)
+            || remember && self.contracts[ci].recent_edits.contains(&edit.edit_id)
         {
             return Err(Rejection::AlreadyExists);
         }
@@ -193,10 +197,12 @@ impl Customer {
             set_end(contract, end);
         }
         contract.edits += 1;
-        if contract.recent_edits.len() >= crate::domain::contract::RECENT_EDITS {
-            contract.recent_edits.remove(0);
+        if remember {
+            if contract.recent_edits.len() >= crate::domain::contract::RECENT_EDITS {
+                contract.recent_edits.remove(0);
+            }
+            contract.recent_edits.push(edit.edit_id);
         }
-        contract.recent_edits.push(edit.edit_id);
         if let Some(key) = &edit.uniqueness_key {
             contract.edit_keys.push(key.clone());
         }
@@ -310,6 +316,16 @@ fn archived_by(contract: &Contract, edit: &ContractEdit) -> Result<Vec<usize>, R
                 return Err(why(&format!(
                     "waits for its payment gate: cancel workflow {workflow_id} first"
                 )));
+            }
+            // Its unissued invoices would be voided while the usage they pay for stays covered.
+            let unissued = contract
+                .purchases
+                .iter()
+                .any(|p| p.commit_id == commit.id && p.status == InvoiceStatus::Draft);
+            if unissued && super::commit_updates::drawn_from(commit) {
+                return Err(why(
+                    "was drawn from and has invoices not issued yet: they stay due (archive it once they are issued)",
+                ));
             }
             found.push(ci);
         }

@@ -4,9 +4,11 @@
 //!
 //! The rules (Metronome's where it states them): the entry counts in the segment's balance at
 //! once, whatever its timestamp (Metronome counts future-dated entries of active segments); a
-//! balance that negative entries take below zero reads 0; a positive entry is new money, so it
+//! balance that negative entries take below zero reads 0 and later additions make up the
+//! difference first (the balance is the sum of the ledger, floored at 0, as Metronome states it);
+//! a positive entry is new money, so it
 //! pays for usage already charged and not covered on the open invoices (as a new commit does),
-//! in the same order; a negative one takes only from what remains (usage it covered stays
+//! in the same order; a negative one never takes back what usage drew (usage it covered stays
 //! covered). Thresholds are evaluated after it, like after any change of B. Tollgate refuses an
 //! entry on a segment that has ended (its expiration is history), on a commit that is not
 //! usable (gated, canceled, archived), and a zero amount.
@@ -20,6 +22,9 @@ use crate::domain::rejection::Rejection;
 
 /// A manual entry's `reason`: 1 to 1,000 characters once trimmed.
 pub const REASON_MAX: usize = 1_000;
+/// At most this many manual entries on one commit or credit (Tollgate's bound: every input but
+/// usage copies the customer).
+pub const MANUAL_ENTRIES_MAX: usize = 1_000;
 
 /// Where the commit of an entry is.
 enum Place {
@@ -68,13 +73,22 @@ impl Customer {
         let si = commit
             .segments
             .iter()
-            .position(|s| s.id == spec.segment_id)
+            .position(|s| s.id == spec.segment_id && !s.is_removed())
             .ok_or_else(|| {
                 Rejection::invalid(
                     "segment_id",
                     &format!("{} is not a segment of {}", spec.segment_id, commit.id),
                 )
             })?;
+        if commit.manual_entries.len() >= MANUAL_ENTRIES_MAX {
+            return Err(Rejection::invalid(
+                "id",
+                &format!(
+                    "{} has {MANUAL_ENTRIES_MAX} manual entries, the most one may have",
+                    commit.id
+                ),
+            ));
+        }
         let segment = &commit.segments[si];
         if segment.ending_before <= ctx.at {
             return Err(Rejection::invalid(

@@ -518,14 +518,14 @@ impl Customer {
             }
             Input::RecordUsage(event) => self.record_usage(event, ctx, &mut applied)?,
             Input::CreateContract(spec) => self.create_contract(spec, ctx, &mut applied)?,
-            Input::EditContract(edit) => self.edit_contract(edit, ctx, &mut applied)?,
+            Input::EditContract(edit) => self.edit_contract(edit, true, ctx, &mut applied)?,
             Input::CreateContractV1(spec) => {
                 let spec = ContractSpec::from((**spec).clone());
                 self.create_contract(&spec, ctx, &mut applied)?;
             }
             Input::EditContractV1(edit) => {
                 let edit = ContractEdit::from((**edit).clone());
-                self.edit_contract(&edit, ctx, &mut applied)?;
+                self.edit_contract(&edit, false, ctx, &mut applied)?;
             }
             Input::CreateContractV6(spec) => {
                 let spec = ContractSpec::from((**spec).clone());
@@ -533,7 +533,7 @@ impl Customer {
             }
             Input::EditContractV6(edit) => {
                 let edit = ContractEdit::from((**edit).clone());
-                self.edit_contract(&edit, ctx, &mut applied)?;
+                self.edit_contract(&edit, false, ctx, &mut applied)?;
             }
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
             Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
@@ -708,7 +708,13 @@ impl Customer {
             let shared = self.customer_commits.iter().map(|c| &c.commit);
             for commit in contract.commits.iter().chain(shared) {
                 for segment in &commit.segments {
-                    debug_assert!(segment.drawn <= segment.amount, "segment overdrawn");
+                    // Usage draws only what the schedule and the positive manual entries gave.
+                    debug_assert!(
+                        segment.drawn.as_decimal()
+                            <= segment.amount.as_decimal()
+                                + segment.manual.as_decimal().max(rust_decimal::Decimal::ZERO),
+                        "segment overdrawn"
+                    );
                     debug_assert!(!segment.drawn.is_negative(), "negative drawdown");
                 }
             }

@@ -519,6 +519,10 @@ pub(super) fn cover_outstanding(
     source: DrawSource,
     ctx: &Ctx<'_>,
 ) -> Result<(), Rejection> {
+    // Only a usable commit pays (one waiting for its payment, canceled or archived never).
+    if !drawable.commit(source).is_released() {
+        return Ok(());
+    }
     for pi in 0..drawable.contract.periods.len() {
         let period = &drawable.contract.periods[pi];
         if period.status != InvoiceStatus::Draft {
