@@ -232,6 +232,14 @@ impl Customer {
         // Usable at once: it pays for usage already charged and not covered, contract by
         // contract, then every threshold looks at the new balance.
         let pi = self.customer_commits.len() - 1;
+        self.cover_with_shared(pi, ctx)?;
+        self.evaluate_all(customer_id, ctx, applied)
+    }
+
+    /// Customer-level commit `pi` pays for usage charged and not covered on the open invoices
+    /// of every contract it applies to, contract by contract (new money: a creation, a positive
+    /// manual entry).
+    pub(super) fn cover_with_shared(&mut self, pi: usize, ctx: &Ctx<'_>) -> Result<(), Rejection> {
         for ci in 0..self.contracts.len() {
             if !self.customer_commits[pi].usable_by(&self.contracts[ci]) {
                 continue;
@@ -242,7 +250,7 @@ impl Customer {
             };
             cover_outstanding(&mut drawable, DrawSource::Customer(pi), ctx)?;
         }
-        self.evaluate_all(customer_id, ctx, applied)
+        Ok(())
     }
 
     /// `updateEndDate`: access ends at `access_ending_before` (what was drawn stays drawn; what

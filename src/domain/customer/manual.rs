@@ -125,16 +125,7 @@ impl Customer {
             Place::Customer(pi) => {
                 self.customer_commits[pi].commit.add_manual_entry(entry)?;
                 if positive {
-                    for ci in 0..self.contracts.len() {
-                        if !self.customer_commits[pi].usable_by(&self.contracts[ci]) {
-                            continue;
-                        }
-                        let mut drawable = Drawable {
-                            contract: &mut self.contracts[ci],
-                            pool: &mut self.customer_commits,
-                        };
-                        cover_outstanding(&mut drawable, DrawSource::Customer(pi), ctx)?;
-                    }
+                    self.cover_with_shared(pi, ctx)?;
                 }
                 self.evaluate_all(customer_id, ctx, applied)
             }
