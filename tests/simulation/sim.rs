@@ -1527,6 +1527,7 @@ impl Sim {
             }
             87 => self.steal_alias(app).await,
             88..=89 if self.swarm.busy_aliases => self.move_aliases_at_once(app).await,
+            88..=89 => self.balance_correction(app).await,
             90 => self.add_rate(app).await,
             92..=93 => self.cancel(app).await,
             95..=96 => self.set_end_date(app).await,
