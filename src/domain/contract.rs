@@ -799,6 +799,14 @@ pub struct PurchaseInvoice {
     pub external_status: Option<String>,
 }
 
+impl PurchaseInvoice {
+    /// Voids it: it is not, or no longer, due (`external_status` VOID, as Metronome shows it).
+    pub fn void(&mut self) {
+        self.status = InvoiceStatus::Void;
+        self.external_status = Some("VOID".into());
+    }
+}
+
 /// Discount on the charged amount of a threshold purchase.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Discount {

@@ -31,7 +31,7 @@ use super::{Ctx, DEFAULT_PRIORITY, commit_name};
 use crate::domain::bounds;
 use crate::domain::catalog::ProductKind;
 use crate::domain::contract::{
-    CommitKind, Contract, InvoiceScheduleItem, InvoiceStatus, PurchaseInvoice, Release, Segment,
+    CommitKind, Contract, InvoiceScheduleItem, InvoiceStatus, Release, Segment,
 };
 use crate::domain::ids::{Id, Timestamp};
 use crate::domain::money::Money;
@@ -204,7 +204,7 @@ pub(super) fn apply_updates(
                 "must not be negative",
             ));
         }
-        let before: Money = balance_sum(&contract.commits[ci].segments);
+        let before = balance_sum(&contract.commits[ci].segments)?;
         update_segments(
             &mut contract.commits[ci].segments,
             update,
@@ -248,7 +248,7 @@ pub(super) fn apply_updates(
         // Only a usable commit pays for uncovered usage (one waiting for its payment never).
         let wider =
             update.applicable_product_ids.is_some() || update.applicable_product_tags.is_some();
-        if commit.is_released() && (balance_sum(&commit.segments) > before || wider) {
+        if commit.is_released() && (balance_sum(&commit.segments)? > before || wider) {
             grown.push(ci);
         }
     }
@@ -264,10 +264,10 @@ pub(super) fn drawn_from(commit: &crate::domain::contract::Commit) -> bool {
 }
 
 /// What the segments hold in all (amount and manual entries, less what was drawn).
-fn balance_sum(segments: &[Segment]) -> Money {
-    segments.iter().fold(Money::ZERO, |sum, s| {
-        sum.exact_add(s.remaining()).unwrap_or(sum)
-    })
+fn balance_sum(segments: &[Segment]) -> Result<Money, Rejection> {
+    segments
+        .iter()
+        .try_fold(Money::ZERO, |sum, s| sum.checked_add(s.remaining()))
 }
 
 fn update_segments(
@@ -423,7 +423,6 @@ fn update_invoices(
         ));
     }
     let items = field("invoice_schedule.update_schedule_items[]");
-    let commit_id = contract.commits[ci].id;
     let unissued = |contract: &Contract, invoice_id: Id| {
         contract
             .purchases
@@ -521,8 +520,7 @@ fn update_invoices(
         }
         contract.commits[ci].invoice_schedule.remove(at);
         if let Some(purchase) = contract.purchases.iter_mut().find(|p| p.id == invoice_id) {
-            purchase.status = InvoiceStatus::Void;
-            purchase.external_status = Some("VOID".into());
+            purchase.void();
         }
     }
     let additions = field("invoice_schedule.add_schedule_items[]");
@@ -549,23 +547,9 @@ fn update_invoices(
             invoice_id: Id::derive(edit_id, "invoice", seq),
         };
         let commit = &contract.commits[ci];
-        let purchase = PurchaseInvoice {
-            id: item.invoice_id,
-            commit_id,
-            product_id: update.product_id.unwrap_or(commit.product_id),
-            name: commit.name.clone(),
-            status: if timestamp <= ctx.at {
-                InvoiceStatus::Finalized
-            } else {
-                InvoiceStatus::Draft
-            },
-            issued_at: timestamp,
-            subtotal: amount,
-            tax: Money::ZERO,
-            total: amount,
-            workflow_id: None,
-            external_status: None,
-        };
+        let mut purchase = super::contracts::purchase_invoice(commit, &item, ctx);
+        // The product this edit gives the commit (set after its invoices).
+        purchase.product_id = update.product_id.unwrap_or(commit.product_id);
         contract.commits[ci].invoice_schedule.push(item);
         crate::domain::push_first_exact(&mut contract.purchases, purchase);
     }

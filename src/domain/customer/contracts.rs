@@ -352,8 +352,7 @@ fn archive(
         .iter_mut()
         .filter(|p| p.commit_id == id && p.status == InvoiceStatus::Draft)
     {
-        purchase.status = InvoiceStatus::Void;
-        purchase.external_status = Some("VOID".into());
+        purchase.void();
     }
     let notice = super::lifecycle::archive_notice(contract.id, &contract.commits[ci], customer, at);
     applied.effects.push(notice);
@@ -793,22 +792,31 @@ pub(super) fn purchase_invoices(commit: &Commit, ctx: &Ctx<'_>) -> Vec<PurchaseI
     commit
         .invoice_schedule
         .iter()
-        .map(|item| PurchaseInvoice {
-            id: item.invoice_id,
-            commit_id: commit.id,
-            product_id: commit.product_id,
-            name: commit.name.clone(),
-            status: if item.timestamp <= ctx.at {
-                InvoiceStatus::Finalized
-            } else {
-                InvoiceStatus::Draft
-            },
-            issued_at: item.timestamp,
-            subtotal: item.amount,
-            tax: Money::ZERO,
-            total: item.amount,
-            workflow_id: None,
-            external_status: None,
-        })
+        .map(|item| purchase_invoice(commit, item, ctx))
         .collect()
+}
+
+/// The SCHEDULED invoice of one invoice schedule item of an ungated commit.
+pub(super) fn purchase_invoice(
+    commit: &Commit,
+    item: &InvoiceScheduleItem,
+    ctx: &Ctx<'_>,
+) -> PurchaseInvoice {
+    PurchaseInvoice {
+        id: item.invoice_id,
+        commit_id: commit.id,
+        product_id: commit.product_id,
+        name: commit.name.clone(),
+        status: if item.timestamp <= ctx.at {
+            InvoiceStatus::Finalized
+        } else {
+            InvoiceStatus::Draft
+        },
+        issued_at: item.timestamp,
+        subtotal: item.amount,
+        tax: Money::ZERO,
+        total: item.amount,
+        workflow_id: None,
+        external_status: None,
+    }
 }

@@ -357,8 +357,7 @@ impl Customer {
                 .iter_mut()
                 .filter(|p| voided.contains(&p.id))
             {
-                purchase.status = InvoiceStatus::Void;
-                purchase.external_status = Some("VOID".into());
+                purchase.void();
             }
         }
         self.evaluate_all(customer_id, ctx, applied)

@@ -657,9 +657,7 @@ impl Customer {
                     ));
                 }
             }
-            let purchase = &mut contract.purchases[pi];
-            purchase.status = InvoiceStatus::Void;
-            purchase.external_status = Some("VOID".into());
+            contract.purchases[pi].void();
             return Ok(());
         }
         Err(Rejection::InvoiceNotFound)
