@@ -18,9 +18,9 @@ use tokio::sync::oneshot;
 
 use super::entry::{
     LogEntry, PersistedCustomer, PersistedCustomerV2, PersistedCustomerV3, PersistedCustomerV4,
-    PersistedCustomerV5, PersistedCustomerV6, PersistedCustomerV7, STATE_VERSION, STATE_VERSION_V2,
-    STATE_VERSION_V3, STATE_VERSION_V4, STATE_VERSION_V5, STATE_VERSION_V6, STATE_VERSION_V7,
-    state_key,
+    PersistedCustomerV5, PersistedCustomerV6, PersistedCustomerV7, PersistedCustomerV8,
+    STATE_VERSION, STATE_VERSION_V2, STATE_VERSION_V3, STATE_VERSION_V4, STATE_VERSION_V5,
+    STATE_VERSION_V6, STATE_VERSION_V7, STATE_VERSION_V8, state_key,
 };
 use super::error::EngineError;
 use super::handles::QueryFn;
@@ -346,6 +346,9 @@ fn decode_state(
         }
         Some(&STATE_VERSION_V6) => {
             storage::decode::<PersistedCustomerV6>(STATE_VERSION_V6, bytes)?.into()
+        }
+        Some(&STATE_VERSION_V8) => {
+            storage::decode::<PersistedCustomerV8>(STATE_VERSION_V8, bytes)?.into()
         }
         Some(&STATE_VERSION_V7) => {
             storage::decode::<PersistedCustomerV7>(STATE_VERSION_V7, bytes)?.into()

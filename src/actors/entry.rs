@@ -25,12 +25,14 @@ use crate::storage::{self, StorageError};
 /// edited with recharge rails and end dates, as new input kinds; 7: alerts in the catalog and
 /// alert resets, as new kinds; 8: customer-level commits and credits, as new kinds; 9: manual
 /// ledger entries, and contract and customer-level commit inputs with custom fields, balance
-/// specifiers and archives, as new kinds). Versions 2 to 8 read as they are (3 to 9 only added
+/// specifiers and archives, as new kinds; 10: contract and customer-level commit inputs with
+/// custom pricing units, as new kinds, and the catalog's credit types and conversions).
+/// Versions 2 to 9 read as they are (3 to 9 only added
 /// kinds: the
 /// earlier contract inputs keep their kinds and shapes, see
 /// [`crate::domain::customer::legacy`]); an older binary meeting a newer entry refuses it with
 /// the version named.
-pub const LOG_VERSION: u8 = 9;
+pub const LOG_VERSION: u8 = 10;
 /// The previous log versions, still read.
 pub const LOG_VERSION_V2: u8 = 2;
 pub const LOG_VERSION_V3: u8 = 3;
@@ -39,6 +41,7 @@ pub const LOG_VERSION_V5: u8 = 5;
 pub const LOG_VERSION_V6: u8 = 6;
 pub const LOG_VERSION_V7: u8 = 7;
 pub const LOG_VERSION_V8: u8 = 8;
+pub const LOG_VERSION_V9: u8 = 9;
 
 /// Decodes a log entry of the current or the previous version.
 ///
@@ -53,6 +56,7 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StorageError> {
         Some(&LOG_VERSION_V6) => LOG_VERSION_V6,
         Some(&LOG_VERSION_V7) => LOG_VERSION_V7,
         Some(&LOG_VERSION_V8) => LOG_VERSION_V8,
+        Some(&LOG_VERSION_V9) => LOG_VERSION_V9,
         _ => LOG_VERSION,
     };
     storage::decode(version, bytes)
@@ -62,10 +66,11 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StorageError> {
 /// history of state changes; 5: threshold configurations keep their recharge rails and holds,
 /// contracts what their lifecycle notices announced; 6: where the customer stands on each
 /// alert; 7: its customer-level commits and credits; 8: commits with custom fields and manual
-/// ledger entries, prepaid thresholds with balance specifiers). Versions 2 to 7 are read and
-/// upgraded ([`PersistedCustomerV2`] to [`PersistedCustomerV7`]); any other version is refused
+/// ledger entries, prepaid thresholds with balance specifiers; 9: commits, usage lines and
+/// prepaid thresholds in custom pricing units). Versions 2 to 8 are read and upgraded
+/// ([`PersistedCustomerV2`] to [`PersistedCustomerV8`]); any other version is refused
 /// with the version named, never misread.
-pub const STATE_VERSION: u8 = 8;
+pub const STATE_VERSION: u8 = 9;
 /// The previous state versions, still read.
 pub const STATE_VERSION_V2: u8 = 2;
 pub const STATE_VERSION_V3: u8 = 3;
@@ -73,6 +78,7 @@ pub const STATE_VERSION_V4: u8 = 4;
 pub const STATE_VERSION_V5: u8 = 5;
 pub const STATE_VERSION_V6: u8 = 6;
 pub const STATE_VERSION_V7: u8 = 7;
+pub const STATE_VERSION_V8: u8 = 8;
 /// Version byte of other meta values.
 pub const META_VERSION: u8 = 1;
 
@@ -243,6 +249,28 @@ pub struct PersistedCustomerV7 {
 
 impl From<PersistedCustomerV7> for PersistedCustomer {
     fn from(old: PersistedCustomerV7) -> PersistedCustomer {
+        PersistedCustomer {
+            applied_seq: old.applied_seq,
+            customer: old.customer.into(),
+            parked: old.parked,
+            quarantined: old.quarantined,
+            last_input_at: old.last_input_at,
+        }
+    }
+}
+
+/// A customer state as version 8 wrote it (fiat only).
+#[derive(Deserialize, Serialize)]
+pub struct PersistedCustomerV8 {
+    pub applied_seq: u64,
+    pub customer: crate::domain::customer::legacy8::CustomerV8,
+    pub parked: Vec<Parked>,
+    pub quarantined: Vec<(u64, u32)>,
+    pub last_input_at: Timestamp,
+}
+
+impl From<PersistedCustomerV8> for PersistedCustomer {
+    fn from(old: PersistedCustomerV8) -> PersistedCustomer {
         PersistedCustomer {
             applied_seq: old.applied_seq,
             customer: old.customer.into(),

@@ -899,6 +899,7 @@ fn a_state_written_by_version_7_reads_with_commits_without_custom_fields_or_manu
         archived_at: None,
         custom_fields: vec![],
         manual_entries: vec![],
+        credit_type: None,
     };
     let old = PersistedCustomerV7 {
         applied_seq: 13,

@@ -255,6 +255,24 @@ impl Alert {
             }
             (_, None) => {}
         }
+        let usd = super::money::CreditType::usd_cents().id;
+        if self.credit_type_id != usd {
+            if catalog.credit_type(self.credit_type_id).is_none() {
+                return Err(Rejection::invalid(
+                    "credit_type_id",
+                    &format!(
+                        "{} is neither USD (cents) nor a custom pricing unit",
+                        self.credit_type_id
+                    ),
+                ));
+            }
+            if !self.alert_type.is_low() {
+                return Err(Rejection::invalid(
+                    "credit_type_id",
+                    "only balance alerts watch a custom pricing unit: spend and invoices are in fiat",
+                ));
+            }
+        }
         if !self.invoice_types.is_empty() && self.alert_type != AlertType::InvoiceTotal {
             return Err(Rejection::invalid(
                 "invoice_types_filter",
@@ -328,10 +346,13 @@ impl Customer {
     /// [`Rejection::AmountOverflow`] (impossible within the bounds).
     pub fn alert_reading(&self, alert: &Alert, ctx: &Ctx<'_>) -> Result<Reading, Rejection> {
         let at = ctx.at;
+        // A balance alert watches the balances in its credit type (a custom pricing unit's
+        // commits live on contracts in fiat); the others watch contracts in it.
+        let low = alert.alert_type.is_low();
         let contracts = self
             .contracts
             .iter()
-            .filter(|c| c.credit_type.id == alert.credit_type_id);
+            .filter(|c| low || c.credit_type.id == alert.credit_type_id);
         let mut value = Money::ZERO;
         let mut total = Money::ZERO;
         let mut invoice: Option<(Id, Money)> = None;
@@ -348,7 +369,9 @@ impl Customer {
             let shared = self
                 .customer_commits
                 .iter()
-                .filter(|c| c.credit_type.id == alert.credit_type_id)
+                .filter(|c| {
+                    c.commit.credit_type.unwrap_or(c.credit_type.id) == alert.credit_type_id
+                })
                 .map(|c| &c.commit);
             add_balances(shared, kinds, at, (&mut value, &mut total))?;
         }
@@ -359,12 +382,18 @@ impl Customer {
                 | AlertType::LowRemainingContractCreditBalance
                 | AlertType::LowRemainingContractCreditPercentage
                 | AlertType::LowRemainingContractCreditAndCommitBalance => {
-                    add_balances(&contract.commits, kinds, at, (&mut value, &mut total))?;
+                    let fiat = contract.credit_type.id;
+                    let in_unit = contract
+                        .commits
+                        .iter()
+                        .filter(|c| c.credit_type.unwrap_or(fiat) == alert.credit_type_id);
+                    add_balances(in_unit, kinds, at, (&mut value, &mut total))?;
                 }
                 AlertType::SpendThreshold => {
                     if let Some(period) = current_period(contract, at) {
                         for line in &period.lines {
-                            value = value.checked_add(line.charged)?;
+                            // Spend in a custom pricing unit counts at its worth in fiat.
+                            value = value.checked_add(line.to_fiat(line.charged)?)?;
                         }
                     }
                 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::bounds;
 use super::contract::Limits;
 use super::ids::{Id, Timestamp};
-use super::money::{CreditType, Money, fast, parse_exact_decimal};
+use super::money::{Conversion, CreditType, CreditUnit, Money, fast, parse_exact_decimal};
 use super::rejection::Rejection;
 use super::usage::UsageEvent;
 
@@ -290,6 +290,36 @@ pub struct RateCard {
     pub created_at: Timestamp,
     /// Rates per product, in the order they were added.
     pub rates: FxHashMap<Id, Vec<Rate>>,
+    /// Custom pricing units its rates and threshold configurations may use, with their worth
+    /// in `fiat_credit_type` (`credit_type_conversions`; added, never modified).
+    pub conversions: Vec<Conversion>,
+}
+
+/// A rate card as catalog changes before custom credit types recorded it (log versions 2 to 9).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateCardV1 {
+    pub id: Id,
+    pub name: String,
+    pub description: Option<String>,
+    pub fiat_credit_type: CreditType,
+    pub aliases: Vec<String>,
+    pub created_at: Timestamp,
+    pub rates: FxHashMap<Id, Vec<Rate>>,
+}
+
+impl From<RateCardV1> for RateCard {
+    fn from(old: RateCardV1) -> RateCard {
+        RateCard {
+            id: old.id,
+            name: old.name,
+            description: old.description,
+            fiat_credit_type: old.fiat_credit_type,
+            aliases: old.aliases,
+            created_at: old.created_at,
+            rates: old.rates,
+            conversions: Vec::new(),
+        }
+    }
 }
 
 impl RateCard {
@@ -306,7 +336,39 @@ impl RateCard {
             })
             .max_by_key(|r| (r.starting_at, r.added_in_version))
     }
+
+    /// The conversion of custom pricing unit `credit_type_id`, if the card has one.
+    pub fn conversion(&self, credit_type_id: Id) -> Option<&Conversion> {
+        self.conversions
+            .iter()
+            .find(|c| c.credit_type_id == credit_type_id)
+    }
+
+    /// How a charge at `rate` converts to the card's fiat credit type: `None` for a fiat rate.
+    ///
+    /// # Errors
+    /// [`Rejection::Unsupported`] for a custom rate without its conversion (never logged: an
+    /// added rate is checked to have one, and conversions are never removed).
+    pub fn conversion_of(&self, rate: &Rate) -> Result<Option<Conversion>, Rejection> {
+        if rate.credit_type_id == self.fiat_credit_type.id {
+            return Ok(None);
+        }
+        self.conversion(rate.credit_type_id)
+            .copied()
+            .map(Some)
+            .ok_or_else(|| {
+                Rejection::Unsupported(format!(
+                    "credit type {} has no conversion on rate card {}",
+                    rate.credit_type_id, self.id
+                ))
+            })
+    }
 }
+
+/// Most custom pricing units one catalog keeps, and conversions one rate card keeps.
+pub const CREDIT_TYPES_MAX: usize = 1000;
+/// Longest credit type name.
+pub const CREDIT_TYPE_NAME_MAX: usize = 200;
 
 /// A change to the catalog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -321,7 +383,8 @@ pub enum CatalogChange {
         id: Id,
         at: Timestamp,
     },
-    CreateRateCard(RateCard),
+    /// A rate card as log versions 2 to 9 recorded it (no conversions).
+    CreateRateCardV1(RateCardV1),
     /// Adds rates to a rate card (their `added_in_version` is set on apply).
     AddRates {
         rate_card_id: Id,
@@ -338,6 +401,15 @@ pub enum CatalogChange {
         id: Id,
         at: Timestamp,
         release_uniqueness_key: bool,
+    },
+    /// A custom pricing unit (log version 10; `CreditUnit::Custom`).
+    CreateCreditType(CreditType),
+    /// A rate card, with its conversions (log version 10).
+    CreateRateCard(RateCard),
+    /// Adds conversions to a rate card (log version 10; `add_credit_type_conversions`).
+    AddConversions {
+        rate_card_id: Id,
+        conversions: Vec<Conversion>,
     },
 }
 
@@ -358,6 +430,9 @@ pub struct Catalog {
     limits: Vec<(u64, Limits)>,
     #[serde(default)]
     alerts: FxHashMap<Id, super::alerts::Alert>,
+    /// Custom pricing units, by id (USD cents is not among them: it always exists).
+    #[serde(default)]
+    credit_types: FxHashMap<Id, CreditType>,
     #[serde(skip)]
     index: CatalogIndex,
 }
@@ -442,6 +517,22 @@ impl Catalog {
 
     pub fn rate_cards(&self) -> impl Iterator<Item = &RateCard> {
         self.rate_cards.values()
+    }
+
+    /// A credit type by id: USD cents or a custom pricing unit.
+    pub fn credit_type(&self, id: Id) -> Option<CreditType> {
+        let usd = CreditType::usd_cents();
+        if id == usd.id {
+            return Some(usd);
+        }
+        self.credit_types.get(&id).cloned()
+    }
+
+    /// The custom pricing units, in id order.
+    pub fn custom_credit_types(&self) -> Vec<&CreditType> {
+        let mut types: Vec<&CreditType> = self.credit_types.values().collect();
+        types.sort_unstable_by_key(|t| t.id);
+        types
     }
 
     /// Metrics not archived that may match an event of `event_type` (each still needs
@@ -583,7 +674,11 @@ impl Catalog {
                     .ok_or_else(|| Rejection::ProductNotFound(id.to_string()))?;
                 product.archived_at.get_or_insert(at);
             }
+            CatalogChange::CreateRateCardV1(card) => {
+                return self.apply(CatalogChange::CreateRateCard(card.into()));
+            }
             CatalogChange::CreateRateCard(card) => {
+                self.check_conversions(&[], &card.conversions)?;
                 if card.name.trim().is_empty() {
                     return Err(Rejection::MissingField("name"));
                 }
@@ -617,10 +712,32 @@ impl Catalog {
                             "must be after starting_at",
                         ));
                     }
-                    if rate.credit_type_id != card.fiat_credit_type.id {
-                        return Err(Rejection::Unsupported(
-                            "credit_type_id: rates must use the rate card's fiat credit type"
-                                .into(),
+                    if rate.credit_type_id != card.fiat_credit_type.id
+                        && card.conversion(rate.credit_type_id).is_none()
+                    {
+                        return Err(Rejection::invalid(
+                            "credit_type_id",
+                            &format!(
+                                "{} is neither the rate card's fiat credit type nor a custom \
+                                 pricing unit with a conversion on it (credit_type_conversions)",
+                                rate.credit_type_id
+                            ),
+                        ));
+                    }
+                    // One credit type per product on a card: a usage line has one unit.
+                    let earlier = card.rates.get(&rate.product_id).and_then(|r| r.first());
+                    let sibling = rates.iter().find(|r| r.product_id == rate.product_id);
+                    let other = earlier
+                        .or(sibling)
+                        .filter(|r| r.credit_type_id != rate.credit_type_id);
+                    if let Some(other) = other {
+                        return Err(Rejection::invalid(
+                            "credit_type_id",
+                            &format!(
+                                "product {} is priced in credit type {} on this rate card: \
+                                 every rate of a product on a rate card uses one credit type",
+                                rate.product_id, other.credit_type_id
+                            ),
                         ));
                     }
                 }
@@ -639,6 +756,57 @@ impl Catalog {
             }
             CatalogChange::SetLimits(limits) => {
                 self.limits.push((self.version + 1, limits));
+            }
+            CatalogChange::CreateCreditType(credit_type) => {
+                let name = credit_type.name.trim();
+                if name.is_empty() {
+                    return Err(Rejection::MissingField("name"));
+                }
+                if credit_type.name.chars().count() > CREDIT_TYPE_NAME_MAX {
+                    return Err(Rejection::invalid(
+                        "name",
+                        &format!("at most {CREDIT_TYPE_NAME_MAX} characters"),
+                    ));
+                }
+                if credit_type.unit != CreditUnit::Custom || credit_type.currency.is_some() {
+                    return Err(Rejection::invalid(
+                        "credit_type",
+                        "must be a custom pricing unit",
+                    ));
+                }
+                let usd = CreditType::usd_cents();
+                let taken = credit_type.id == usd.id
+                    || name.eq_ignore_ascii_case(&usd.name)
+                    || self.credit_types.contains_key(&credit_type.id)
+                    || self
+                        .credit_types
+                        .values()
+                        .any(|t| t.name.trim().eq_ignore_ascii_case(name));
+                if taken {
+                    return Err(Rejection::AlreadyExists);
+                }
+                if self.credit_types.len() >= CREDIT_TYPES_MAX {
+                    return Err(Rejection::invalid(
+                        "credit types",
+                        &format!("at most {CREDIT_TYPES_MAX} custom pricing units"),
+                    ));
+                }
+                self.credit_types.insert(credit_type.id, credit_type);
+            }
+            CatalogChange::AddConversions {
+                rate_card_id,
+                conversions,
+            } => {
+                let card = self
+                    .rate_cards
+                    .get(&rate_card_id)
+                    .ok_or_else(|| Rejection::RateCardNotFound(rate_card_id.to_string()))?;
+                self.check_conversions(&card.conversions, &conversions)?;
+                let card = self
+                    .rate_cards
+                    .get_mut(&rate_card_id)
+                    .expect("checked above");
+                card.conversions.extend(conversions);
             }
             CatalogChange::CreateAlert(mut alert) => {
                 alert.validate(self)?;
@@ -673,6 +841,57 @@ impl Catalog {
         }
         self.version += 1;
         self.rebuild_index();
+        Ok(())
+    }
+
+    /// Checks conversions `added` to a rate card that has `existing` ones: known custom pricing
+    /// units, a positive worth, none twice, none already on the card (conversions are never
+    /// modified: amounts converted with one must convert the same way forever).
+    fn check_conversions(
+        &self,
+        existing: &[Conversion],
+        added: &[Conversion],
+    ) -> Result<(), Rejection> {
+        let field = "credit_type_conversions";
+        for (i, conversion) in added.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            let id = conversion.credit_type_id;
+            if !self.credit_types.contains_key(&id) {
+                return Err(Rejection::invalid(
+                    &format!("{at}.custom_credit_type_id"),
+                    &format!(
+                        "{id} is not a custom pricing unit (create it with /v1/tollgate/credit-types/create)"
+                    ),
+                ));
+            }
+            let factor = conversion.fiat_per_unit;
+            if factor <= Decimal::ZERO {
+                return Err(Rejection::invalid(
+                    &format!("{at}.fiat_per_custom_credit"),
+                    "must be positive",
+                ));
+            }
+            bounds::check_amount(
+                &format!("{at}.fiat_per_custom_credit"),
+                Money::from_decimal(factor),
+            )?;
+            let twice = added[..i].iter().any(|c| c.credit_type_id == id);
+            let on_card = existing.iter().any(|c| c.credit_type_id == id);
+            if twice || on_card {
+                return Err(Rejection::invalid(
+                    &format!("{at}.custom_credit_type_id"),
+                    &format!(
+                        "{id} already has a conversion on this rate card: conversions are added, never modified"
+                    ),
+                ));
+            }
+        }
+        if existing.len() + added.len() > CREDIT_TYPES_MAX {
+            return Err(Rejection::invalid(
+                field,
+                &format!("at most {CREDIT_TYPES_MAX} conversions per rate card"),
+            ));
+        }
         Ok(())
     }
 
@@ -1016,6 +1235,7 @@ mod tests {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions: Vec::new(),
         };
         catalog
             .apply(CatalogChange::CreateRateCard(card.clone()))
@@ -1123,6 +1343,7 @@ mod tests {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions: Vec::new(),
         };
         catalog
             .apply(CatalogChange::CreateRateCard(card.clone()))

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::Contribution;
 use super::gate::{PaymentGateConfig, Workflow, WorkflowKind};
 use super::ids::{Id, Timestamp};
-use super::money::{CreditType, Money, fast};
+use super::money::{Conversion, CreditType, Money, fast, in_fiat};
 use super::rejection::Rejection;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +201,10 @@ pub struct Commit {
     pub custom_fields: CustomFields,
     /// State version 8, in the order added.
     pub manual_entries: Vec<ManualEntry>,
+    /// The custom pricing unit its amounts are in (`access_schedule.credit_type_id`); `None`:
+    /// the fiat credit type of its contract (or customer). It pays only for usage priced in
+    /// the same unit. State version 9.
+    pub credit_type: Option<Id>,
 }
 
 impl Commit {
@@ -226,6 +230,13 @@ impl Commit {
                 .applicable_product_tags
                 .iter()
                 .any(|tag| product_tags.contains(tag))
+    }
+
+    /// Whether it pays for usage of `product` priced in `unit` (`None`: fiat): the same unit
+    /// and a product its restrictions allow.
+    #[inline]
+    pub fn pays_for(&self, unit: Option<Id>, product: Id, product_tags: &[String]) -> bool {
+        self.credit_type == unit && self.applies_to(product, product_tags)
     }
 
     /// Counts toward the prepaid balance B (released prepaid commits and credits).
@@ -651,10 +662,20 @@ pub struct UsageLine {
     pub charged: Money,
     /// Part of `charged` drawn from commits and credits; the rest is outstanding.
     pub covered: Money,
-    /// Where `covered` came from, in the order drawn (their amounts sum to `covered`): a
-    /// decrease gives back to exactly these segments, last drawn first, and never to a segment
-    /// another line drew from.
+    /// Where `covered` (and `covered_fiat`) came from, in the order drawn (the amounts of the
+    /// draws in the line's unit sum to `covered`, of the converted ones to `covered_fiat`): a
+    /// decrease gives back to exactly these segments, last drawn first (the unit's own first),
+    /// and never to a segment another line drew from.
     pub draws: Vec<LineDraw>,
+    /// Lines in a custom pricing unit: the part of what the unit's commits left uncovered that
+    /// fiat commits and credits paid, in fiat (converted draws). Always zero for a fiat line.
+    /// State version 9.
+    pub covered_fiat: Money,
+    /// The custom pricing unit the product is priced in on the contract's rate card, with its
+    /// worth in the contract's fiat credit type; `None`: priced in fiat. `charged`, `covered`
+    /// and the draws are in this unit; what stays uncovered is converted into fiat for S and
+    /// the invoice (a `cpu_conversion` line). State version 9.
+    pub conversion: Option<Conversion>,
 }
 
 /// A part of a usage line's charge drawn from one segment.
@@ -669,6 +690,9 @@ pub struct LineDraw {
 
 /// The bit of [`LineDraw::commit`] that marks a customer-level commit.
 pub const CUSTOMER_LEVEL: u32 = 1 << 31;
+/// The bit of [`LineDraw::commit`] that marks a converted draw: a fiat commit paying for a line
+/// in a custom pricing unit, its amount in fiat.
+pub const CONVERTED: u32 = 1 << 30;
 
 /// Which commit a draw came from: the contract's own (its index in `commits`) or a
 /// customer-level one (its index in the customer's `customer_commits`).
@@ -690,31 +714,72 @@ impl DrawSource {
 
 impl LineDraw {
     pub fn source(&self) -> DrawSource {
+        let index = (self.commit & !(CUSTOMER_LEVEL | CONVERTED)) as usize;
         if self.commit & CUSTOMER_LEVEL == 0 {
-            DrawSource::Contract(self.commit as usize)
+            DrawSource::Contract(index)
         } else {
-            DrawSource::Customer((self.commit & !CUSTOMER_LEVEL) as usize)
+            DrawSource::Customer(index)
         }
+    }
+
+    /// Whether a fiat commit paid for a line in a custom pricing unit (the amount is fiat).
+    #[inline]
+    pub fn is_converted(&self) -> bool {
+        self.commit & CONVERTED != 0
     }
 }
 
 impl UsageLine {
-    pub fn new(product_id: Id, aggregate: Aggregate) -> UsageLine {
+    pub fn new(product_id: Id, aggregate: Aggregate, conversion: Option<Conversion>) -> UsageLine {
         UsageLine {
             product_id,
             aggregate,
             charged: Money::ZERO,
             covered: Money::ZERO,
             draws: Vec::new(),
+            covered_fiat: Money::ZERO,
+            conversion,
         }
     }
 
+    /// What no commit or credit covers, in the line's own unit.
     #[inline]
     pub fn uncovered(&self) -> Money {
         self.charged.minus_floor_zero(self.covered)
     }
 
-    /// Records that `amount` of this line was drawn from segment `si` of commit `ci`.
+    /// The line's custom pricing unit, `None` for fiat.
+    #[inline]
+    pub fn unit(&self) -> Option<Id> {
+        self.conversion.map(|c| c.credit_type_id)
+    }
+
+    /// `amount` of the line's unit in fiat.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`].
+    #[inline]
+    pub fn to_fiat(&self, amount: Money) -> Result<Money, Rejection> {
+        in_fiat(self.conversion.as_ref(), amount)
+    }
+
+    /// What no commit or credit covers, in fiat: what the line adds to S and to the invoice.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] (never for a line whose charge converted when it was
+    /// charged: what stays uncovered is at most the charge).
+    #[inline]
+    pub fn uncovered_fiat(&self) -> Result<Money, Rejection> {
+        match &self.conversion {
+            None => Ok(self.uncovered()),
+            Some(conversion) => Ok(conversion
+                .to_fiat(self.uncovered())?
+                .minus_floor_zero(self.covered_fiat)),
+        }
+    }
+
+    /// Records that `amount` of this line (in its unit) was drawn from segment `si` of commit
+    /// `ci` (its [`DrawSource::encoded`] index).
     ///
     /// # Errors
     /// [`Rejection::AmountOverflow`].
@@ -724,7 +789,24 @@ impl UsageLine {
         amount: Money,
     ) -> Result<(), Rejection> {
         self.covered = self.covered.checked_add(amount)?;
-        let (commit, segment) = (ci as u32, si as u32);
+        self.push_draw((ci as u32, si as u32), amount)
+    }
+
+    /// Records that a fiat commit (segment `si` of `ci`) paid `fiat` of what the line's unit
+    /// left uncovered.
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`].
+    pub fn record_converted_draw(
+        &mut self,
+        (ci, si): (usize, usize),
+        fiat: Money,
+    ) -> Result<(), Rejection> {
+        self.covered_fiat = self.covered_fiat.checked_add(fiat)?;
+        self.push_draw((ci as u32 | CONVERTED, si as u32), fiat)
+    }
+
+    fn push_draw(&mut self, (commit, segment): (u32, u32), amount: Money) -> Result<(), Rejection> {
         match self.draws.last_mut() {
             Some(last) if last.commit == commit && last.segment == segment => {
                 last.amount = last.amount.checked_add(amount)?;
@@ -770,10 +852,11 @@ pub struct UsagePeriod {
 }
 
 impl UsagePeriod {
+    /// What no commit or credit covers, in fiat (custom pricing units converted).
     pub fn uncovered(&self) -> Result<Money, Rejection> {
         let mut total = Money::ZERO;
         for line in &self.lines {
-            total = total.checked_add(line.uncovered())?;
+            total = total.checked_add(line.uncovered_fiat()?)?;
         }
         Ok(total)
     }
@@ -848,6 +931,13 @@ impl ThresholdKind {
             ThresholdKind::PrepaidBalance => "prepaid balance",
         }
     }
+    /// The configuration's field name in Metronome's API.
+    pub fn field(self) -> &'static str {
+        match self {
+            ThresholdKind::Spend => "spend_threshold_configuration",
+            ThresholdKind::PrepaidBalance => "prepaid_balance_threshold_configuration",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -871,6 +961,11 @@ pub struct ThresholdConfig {
     pub holds: u64,
     /// Prepaid balance only: the balances B leaves out (state version 8, log version 9).
     pub balance_specifiers: BalanceSpecifiers,
+    /// Prepaid balance only: the custom pricing unit of `threshold_amount`,
+    /// `recharge_to_amount`, B and the recharge commit (`custom_credit_type_id`), with its
+    /// worth in fiat from the contract's rate card (the purchase invoice is A times it);
+    /// `None`: fiat. State version 9, log version 10.
+    pub credit_type: Option<Conversion>,
 }
 
 /// Tollgate's recharge safety rails: optional limits on a prepaid balance threshold
@@ -959,10 +1054,7 @@ impl ThresholdConfig {
     /// [`Rejection::ThresholdTooLow`], [`Rejection::RechargeGapTooSmall`],
     /// [`Rejection::InvalidField`] or [`Rejection::MissingField`].
     pub fn validate(&self, credit_type: &CreditType, limits: &Limits) -> Result<(), Rejection> {
-        let field = match self.kind {
-            ThresholdKind::Spend => "spend_threshold_configuration",
-            ThresholdKind::PrepaidBalance => "prepaid_balance_threshold_configuration",
-        };
+        let field = self.kind.field();
         self.gate
             .validate(&format!("{field}.payment_gate_config"))?;
         if let Some(discount) = &self.discount {
@@ -1035,17 +1127,27 @@ impl ThresholdConfig {
                 } else {
                     (Money::ZERO, Money::ZERO)
                 };
-                if self.threshold_amount < min {
+                // Metronome: the minimums apply to custom pricing units too, after converting
+                // with the rate card's conversion.
+                let conversion = self.credit_type.as_ref();
+                let threshold = in_fiat(conversion, self.threshold_amount)?;
+                if threshold < min {
                     return Err(Rejection::ThresholdTooLow(min.to_string()));
                 }
-                let floor = self.threshold_amount.checked_add(gap)?;
-                if recharge_to < floor || recharge_to <= self.threshold_amount {
+                let above = in_fiat(conversion, recharge_to)?.checked_sub(threshold)?;
+                if above < gap || recharge_to <= self.threshold_amount {
                     return Err(Rejection::RechargeGapTooSmall(gap.to_string()));
                 }
                 if let Some(limits) = &self.limits {
                     limits.validate(recharge_to)?;
                 }
             }
+        }
+        if self.kind == ThresholdKind::Spend && self.credit_type.is_some() {
+            return Err(Rejection::invalid(
+                &format!("{field}.custom_credit_type_id"),
+                "applies to prepaid balance thresholds only (spend is counted in fiat)",
+            ));
         }
         if self.kind == ThresholdKind::Spend && self.limits.is_some() {
             return Err(Rejection::invalid(
@@ -1293,6 +1395,7 @@ impl Contract {
     #[inline]
     pub fn counts_in_b(&self, commit: &Commit) -> bool {
         commit.counts_in_balance()
+            && commit.credit_type == self.b_unit()
             && match &self.prepaid_threshold {
                 Some(config) if !config.balance_specifiers.is_empty() => !excluded_from_balance(
                     &config.balance_specifiers,
@@ -1301,6 +1404,15 @@ impl Contract {
                 ),
                 _ => true,
             }
+    }
+
+    /// The unit B counts in: the prepaid threshold's custom pricing unit, else fiat.
+    #[inline]
+    pub fn b_unit(&self) -> Option<Id> {
+        self.prepaid_threshold
+            .as_ref()
+            .and_then(|c| c.credit_type)
+            .map(|c| c.credit_type_id)
     }
 
     /// Balance B: what remains of released prepaid commits and credits accessible at `at`
@@ -1528,7 +1640,8 @@ impl Contract {
             .filter(|p| p.status == InvoiceStatus::Draft)
         {
             for line in &period.lines {
-                total = total.and_then(|t| t.exact_add(line.uncovered()));
+                let uncovered = line.uncovered_fiat().ok();
+                total = total.and_then(|t| uncovered.and_then(|u| t.exact_add(u)));
             }
         }
         match total {
@@ -1668,6 +1781,7 @@ mod tests {
             archived_at: None,
             custom_fields: vec![],
             manual_entries: vec![],
+            credit_type: None,
         }
     }
 
@@ -2175,7 +2289,7 @@ mod tests {
     fn outstanding_spend_follows_line_changes_of_draft_periods_only() {
         let line = |charged: i64| UsageLine {
             charged: Money::from_i64(charged),
-            ..UsageLine::new(Id::from_u128(8), Aggregate::Count(Decimal::ONE))
+            ..UsageLine::new(Id::from_u128(8), Aggregate::Count(Decimal::ONE), None)
         };
         let period = |status, charged| UsagePeriod {
             invoice_id: Id::from_u128(60),

@@ -88,6 +88,7 @@ pub fn catalog_changes() -> Vec<CatalogChange> {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions: Vec::new(),
         }),
         CatalogChange::AddRates {
             rate_card_id: RATE_CARD,
@@ -191,6 +192,7 @@ pub fn spend_threshold(threshold: i64, gate_type: GateType) -> ThresholdConfig {
         hold: None,
         holds: 0,
         balance_specifiers: Vec::new(),
+        credit_type: None,
     }
 }
 
@@ -209,6 +211,7 @@ pub fn prepaid_threshold(threshold: i64, recharge_to: i64, gate_type: GateType) 
         hold: None,
         holds: 0,
         balance_specifiers: Vec::new(),
+        credit_type: None,
     }
 }
 
@@ -232,6 +235,7 @@ pub fn prepaid_commit(amount: i64, priority: i64) -> CommitSpec {
         invoice_schedule: vec![(T0, Money::from_i64(amount), Decimal::ONE)],
         payment_gate: None,
         custom_fields: Vec::new(),
+        credit_type: None,
     }
 }
 

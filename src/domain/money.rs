@@ -484,6 +484,43 @@ impl CreditType {
     }
 }
 
+/// How many units of a rate card's fiat credit type one unit of a custom pricing unit is worth
+/// (Metronome's `credit_type_conversions[].fiat_per_custom_credit`). A rate card's conversions
+/// are added, never modified, so an amount converted once converts the same way forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Conversion {
+    /// The custom pricing unit.
+    pub credit_type_id: Id,
+    /// Positive.
+    pub fiat_per_unit: Decimal,
+}
+
+impl Conversion {
+    /// `amount` of the custom pricing unit in the fiat credit type: exact, never rounded
+    /// (rounding happens where money leaves the engine, [`Money::to_minor_units`]).
+    ///
+    /// # Errors
+    /// [`Rejection::AmountOverflow`] when the product leaves Decimal's range.
+    #[inline]
+    pub fn to_fiat(&self, amount: Money) -> Result<Money, Rejection> {
+        amount
+            .checked_mul(self.fiat_per_unit)
+            .map(|m| Money::from_decimal(m.as_decimal()))
+    }
+}
+
+/// `amount`, in the unit of `conversion` (`None`: already fiat), in fiat.
+///
+/// # Errors
+/// [`Rejection::AmountOverflow`].
+#[inline]
+pub fn in_fiat(conversion: Option<&Conversion>, amount: Money) -> Result<Money, Rejection> {
+    match conversion {
+        None => Ok(amount),
+        Some(conversion) => conversion.to_fiat(amount),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

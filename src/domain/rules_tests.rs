@@ -3717,3 +3717,455 @@ mod balance_corrections {
         ));
     }
 }
+
+mod custom_pricing_units {
+    //! Custom pricing units: products priced in "credits" on a rate card with a conversion,
+    //! commits and credits in that unit, fiat paying (converted) for what they leave, and a
+    //! prepaid balance threshold in credits charged in fiat.
+
+    use super::*;
+    use crate::domain::catalog::{Price, Rate, RateCard};
+    use crate::domain::contract::DrawSource;
+    use crate::domain::customer::ContractSpec;
+    use crate::domain::money::{Conversion, CreditType, CreditUnit};
+    use crate::domain::usage::UsageEvent;
+
+    const CREDITS: Id = Id::from_u128(0x9001);
+    const TOKENS_UNIT: Id = Id::from_u128(0x9003);
+    const CPU_CARD: Id = Id::from_u128(0x9002);
+
+    fn dec(text: &str) -> Decimal {
+        crate::domain::money::parse_exact_decimal(text).unwrap()
+    }
+
+    fn unit(id: Id, name: &str) -> CatalogChange {
+        CatalogChange::CreateCreditType(CreditType {
+            id,
+            name: name.into(),
+            currency: None,
+            unit: CreditUnit::Custom,
+        })
+    }
+
+    fn rate(product: Id, price: i64, credit_type_id: Id) -> Rate {
+        Rate {
+            product_id: product,
+            price: Price::Flat(usd(price)),
+            entitled: true,
+            starting_at: Timestamp(0),
+            ending_before: None,
+            credit_type_id,
+            added_in_version: 0,
+        }
+    }
+
+    /// A card where an API call costs 10 credits (a credit is worth `per_credit` cents) and a
+    /// token 1 cent.
+    fn credits_world(per_credit: &str) -> World {
+        let mut world = World::new(false);
+        let changes = [
+            unit(CREDITS, "credits"),
+            CatalogChange::CreateRateCard(RateCard {
+                id: CPU_CARD,
+                name: "Credits".into(),
+                description: None,
+                fiat_credit_type: CreditType::usd_cents(),
+                aliases: vec![],
+                created_at: Timestamp(0),
+                rates: Default::default(),
+                conversions: vec![Conversion {
+                    credit_type_id: CREDITS,
+                    fiat_per_unit: dec(per_credit),
+                }],
+            }),
+            CatalogChange::AddRates {
+                rate_card_id: CPU_CARD,
+                rates: vec![
+                    rate(fixtures::API_PRODUCT, 10, CREDITS),
+                    rate(fixtures::TOKEN_PRODUCT, 1, CreditType::usd_cents().id),
+                ],
+            },
+        ];
+        for change in changes {
+            world.catalog.apply(change).unwrap();
+        }
+        world
+    }
+
+    fn in_credits(mut spec: CommitSpec) -> CommitSpec {
+        spec.credit_type = Some(CREDITS);
+        spec
+    }
+
+    fn card_spec() -> ContractSpec {
+        let mut spec = fixtures::contract(CONTRACT);
+        spec.rate_card_id = CPU_CARD;
+        spec
+    }
+
+    fn remaining(world: &World, commit: usize) -> Money {
+        world.contract().commits[commit]
+            .balance_at(world.at)
+            .unwrap()
+    }
+
+    fn tokens(world: &mut World, amount: &str) {
+        world.tx += 1;
+        let event: UsageEvent = fixtures::llm_tokens(&format!("tx{}", world.tx), world.at, amount);
+        world.apply(Input::RecordUsage(event)).unwrap();
+    }
+
+    /// API calls (in credits) draw the credit commit first, then the USD commit at 2 cents a
+    /// credit; tokens (in USD) never touch the credits; what nothing pays converts into S.
+    #[test]
+    fn usage_in_credits_draws_its_unit_first_then_fiat_at_the_conversion() {
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        spec.credits = vec![in_credits(fixtures::credit(100, 1))];
+        spec.commits = vec![fixtures::prepaid_commit(150, 10)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let (usd_commit, credit) = (0, 1);
+        assert_eq!(world.contract().commits[credit].credit_type, Some(CREDITS));
+        tokens(&mut world, "30");
+        assert_eq!(remaining(&world, usd_commit), usd(120), "tokens are USD");
+        assert_eq!(remaining(&world, credit), usd(100), "not paid in credits");
+        world.calls(5);
+        assert_eq!(remaining(&world, credit), usd(50));
+        assert_eq!(remaining(&world, usd_commit), usd(120), "credits paid all");
+        // 10 calls = 100 credits: 50 from the credit, 50 credits = 100 cents from USD.
+        world.calls(10);
+        assert_eq!(remaining(&world, credit), usd(0));
+        assert_eq!(remaining(&world, usd_commit), usd(20));
+        assert_eq!(world.outstanding(), usd(0));
+        let line = world.contract().periods[0]
+            .lines
+            .iter()
+            .find(|l| l.product_id == fixtures::API_PRODUCT)
+            .unwrap();
+        assert_eq!(
+            (line.charged, line.covered, line.covered_fiat),
+            (usd(150), usd(100), usd(100))
+        );
+        assert!(line.draws.iter().any(|d| d.is_converted()
+            && d.source() == DrawSource::Contract(usd_commit)
+            && d.amount == usd(100)));
+        // 2 more calls = 20 credits = 40 cents: 20 from USD, 20 cents outstanding.
+        world.calls(2);
+        assert_eq!(remaining(&world, usd_commit), usd(0));
+        assert_eq!(world.outstanding(), usd(20), "10 credits at 2 cents");
+        let period = &world.contract().periods[0];
+        assert_eq!(period.uncovered().unwrap(), usd(20));
+    }
+
+    /// A SUM line in credits going down: the credit gets its draw back first, then USD, then S.
+    #[test]
+    fn negative_usage_in_credits_returns_credits_then_fiat_then_lowers_s() {
+        let mut world = World::new(false);
+        world.catalog.apply(unit(CREDITS, "credits")).unwrap();
+        let card = RateCard {
+            id: CPU_CARD,
+            name: "Tokens in credits".into(),
+            description: None,
+            fiat_credit_type: CreditType::usd_cents(),
+            aliases: vec![],
+            created_at: Timestamp(0),
+            rates: Default::default(),
+            conversions: vec![Conversion {
+                credit_type_id: CREDITS,
+                fiat_per_unit: dec("0.5"),
+            }],
+        };
+        world
+            .catalog
+            .apply(CatalogChange::CreateRateCard(card))
+            .unwrap();
+        world
+            .catalog
+            .apply(CatalogChange::AddRates {
+                rate_card_id: CPU_CARD,
+                rates: vec![rate(fixtures::TOKEN_PRODUCT, 1, CREDITS)],
+            })
+            .unwrap();
+        let mut spec = card_spec();
+        spec.credits = vec![in_credits(fixtures::credit(100, 1))];
+        spec.commits = vec![fixtures::prepaid_commit(50, 10)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        // 300 credits: 100 from the credit, 200 credits = 100 cents, of which USD pays 50.
+        tokens(&mut world, "300");
+        assert_eq!(
+            (remaining(&world, 1), remaining(&world, 0)),
+            (usd(0), usd(0))
+        );
+        assert_eq!(world.outstanding(), usd(50));
+        // -30: the credit gets 30 back first, S unchanged (the converted part still pays).
+        tokens(&mut world, "-30");
+        assert_eq!(remaining(&world, 1), usd(30));
+        assert_eq!(world.outstanding(), usd(50));
+        // -150: 70 more credits back, then 80 credits = 40 cents back to USD.
+        tokens(&mut world, "-150");
+        assert_eq!(
+            (remaining(&world, 1), remaining(&world, 0)),
+            (usd(100), usd(40))
+        );
+        let line = &world.contract().periods[0].lines[0];
+        assert_eq!(
+            (line.charged, line.covered, line.covered_fiat),
+            (usd(120), usd(0), usd(10))
+        );
+        assert_eq!(
+            world.outstanding(),
+            usd(50),
+            "120 credits = 60 cents, 10 paid"
+        );
+        // Back to 0: everything returned, nothing outstanding.
+        tokens(&mut world, "-120");
+        assert_eq!(
+            (remaining(&world, 1), remaining(&world, 0)),
+            (usd(100), usd(50))
+        );
+        assert_eq!(world.outstanding(), usd(0));
+        assert!(world.contract().periods[0].lines[0].draws.is_empty());
+    }
+
+    /// B counts credits only when the threshold is in credits; the recharge's commit is in
+    /// credits and its invoice in USD at the conversion (discount after converting); a
+    /// threshold below the USD minimums after converting is refused.
+    #[test]
+    fn a_prepaid_threshold_in_credits_watches_credits_and_charges_fiat() {
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        spec.credits = vec![in_credits(fixtures::credit(1_000, 1))];
+        spec.commits = vec![fixtures::prepaid_commit(5_000, 10)];
+        let mut threshold = fixtures::prepaid_threshold(500, 1_500, GateType::External);
+        threshold.credit_type = Some(Conversion {
+            credit_type_id: CREDITS,
+            fiat_per_unit: Decimal::ZERO, // taken from the rate card
+        });
+        threshold.discount = Some(fixtures::discount("0.9"));
+        spec.prepaid_threshold = Some(threshold);
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        let config = world.contract().prepaid_threshold.clone().unwrap();
+        assert_eq!(config.credit_type.unwrap().fiat_per_unit, dec("2"));
+        assert_eq!(world.balance(), usd(1_000), "B counts credits, not the $50");
+        // 49 calls = 490 credits: B = 510 > 500.
+        assert!(types(&world.calls(49)).is_empty());
+        let fired = types(&world.calls(1));
+        assert!(
+            fired.contains(&"payment_gate.threshold_reached"),
+            "{fired:?}"
+        );
+        let workflow = world.contract().workflows[0].clone();
+        assert_eq!(workflow.access_amount, usd(1_000), "1500 - 500 credits");
+        assert_eq!(
+            workflow.invoice_total,
+            usd(1_800),
+            "1000 credits x 2c x 0.9"
+        );
+        let commit = world
+            .contract()
+            .commits
+            .iter()
+            .find(|c| c.id == workflow.commit_id)
+            .unwrap();
+        assert_eq!(commit.credit_type, Some(CREDITS));
+        assert_eq!(commit.segments[0].amount, usd(1_000));
+        world
+            .outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid)
+            .unwrap();
+        assert_eq!(world.balance(), usd(1_500));
+
+        // Minimums after converting: 200 credits = 400 cents < $5; a 400-credit gap = $8.
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        let mut low = fixtures::prepaid_threshold(200, 5_000, GateType::External);
+        low.credit_type = Some(Conversion {
+            credit_type_id: CREDITS,
+            fiat_per_unit: Decimal::ZERO,
+        });
+        spec.prepaid_threshold = Some(low.clone());
+        assert!(matches!(
+            world.apply(Input::CreateContract(Box::new(spec.clone()))),
+            Err(Rejection::ThresholdTooLow(_))
+        ));
+        low.threshold_amount = usd(300);
+        low.recharge_to_amount = Some(usd(700));
+        spec.prepaid_threshold = Some(low.clone());
+        assert!(matches!(
+            world.apply(Input::CreateContract(Box::new(spec.clone()))),
+            Err(Rejection::RechargeGapTooSmall(_))
+        ));
+        // A unit the card has no conversion for.
+        world.catalog.apply(unit(TOKENS_UNIT, "tokens")).unwrap();
+        low.recharge_to_amount = Some(usd(900));
+        low.credit_type = Some(Conversion {
+            credit_type_id: TOKENS_UNIT,
+            fiat_per_unit: Decimal::ZERO,
+        });
+        spec.prepaid_threshold = Some(low);
+        match world.apply(Input::CreateContract(Box::new(spec))) {
+            Err(Rejection::InvalidField(text)) => assert!(text.contains("no conversion"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(world.customer.contracts.is_empty(), "nothing applied");
+    }
+
+    /// A spend threshold counts credit usage at its worth, and its USD commit pays for it
+    /// (converted), so S returns to zero instead of triggering again.
+    #[test]
+    fn a_spend_threshold_pays_credit_usage_converted_and_does_not_fire_again() {
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        spec.spend_threshold = Some(fixtures::spend_threshold(1_000, GateType::External));
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        // 50 calls = 500 credits = 1000 cents: S reaches the threshold.
+        let fired = types(&world.calls(50));
+        assert_eq!(
+            fired
+                .iter()
+                .filter(|t| **t == "payment_gate.threshold_reached")
+                .count(),
+            1
+        );
+        let workflow = world.contract().workflows[0].clone();
+        assert_eq!(workflow.invoice_total, usd(1_000));
+        world
+            .outcome(workflow.id, OutcomeSource::External, PaymentResult::Paid)
+            .unwrap();
+        assert_eq!(
+            world.outstanding(),
+            usd(0),
+            "the USD commit paid the credits"
+        );
+        assert_eq!(world.contract().workflows.len(), 1);
+        assert!(types(&world.calls(1)).is_empty());
+        assert_eq!(world.outstanding(), usd(20));
+
+        // A spend threshold in a custom unit is refused.
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        let mut spend = fixtures::spend_threshold(1_000, GateType::External);
+        spend.credit_type = Some(Conversion {
+            credit_type_id: CREDITS,
+            fiat_per_unit: Decimal::ZERO,
+        });
+        spec.spend_threshold = Some(spend);
+        assert!(matches!(
+            world.apply(Input::CreateContract(Box::new(spec))),
+            Err(Rejection::InvalidField(_))
+        ));
+    }
+
+    /// Commits name a unit that exists and, on a contract, one its rate card converts;
+    /// rates need the conversion and one unit per product; units and conversions are unique and
+    /// never modified.
+    #[test]
+    fn units_conversions_and_rates_are_checked_whole() {
+        let mut world = credits_world("2");
+        world.catalog.apply(unit(TOKENS_UNIT, "tokens")).unwrap();
+        let mut spec = card_spec();
+        spec.credits = vec![fixtures::credit(10, 1)];
+        spec.credits[0].credit_type = Some(TOKENS_UNIT);
+        match world.apply(Input::CreateContract(Box::new(spec.clone()))) {
+            Err(Rejection::InvalidField(text)) => assert!(text.contains("no conversion"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        spec.credits[0].credit_type = Some(Id::from_u128(0xdead));
+        assert!(matches!(
+            world.apply(Input::CreateContract(Box::new(spec))),
+            Err(Rejection::InvalidField(_))
+        ));
+        let catalog = &mut world.catalog;
+        let version = catalog.version();
+        // A rate in a unit without a conversion; a product priced in two units.
+        for rates in [
+            vec![rate(fixtures::API_PRODUCT, 1, TOKENS_UNIT)],
+            vec![rate(fixtures::API_PRODUCT, 1, CreditType::usd_cents().id)],
+            vec![
+                rate(fixtures::COMMIT_PRODUCT, 1, CREDITS),
+                rate(fixtures::COMMIT_PRODUCT, 1, CreditType::usd_cents().id),
+            ],
+        ] {
+            assert!(
+                catalog
+                    .apply(CatalogChange::AddRates {
+                        rate_card_id: CPU_CARD,
+                        rates,
+                    })
+                    .is_err()
+            );
+        }
+        // The same name again (any case), an existing conversion, a zero worth.
+        assert_eq!(
+            catalog.apply(unit(Id::from_u128(0x9009), "CREDITS")),
+            Err(Rejection::AlreadyExists)
+        );
+        assert_eq!(
+            catalog.apply(unit(Id::from_u128(0x9009), "USD (cents)")),
+            Err(Rejection::AlreadyExists)
+        );
+        for (credit_type_id, worth) in [(CREDITS, "3"), (TOKENS_UNIT, "0"), (TOKENS_UNIT, "-1")] {
+            assert!(
+                catalog
+                    .apply(CatalogChange::AddConversions {
+                        rate_card_id: CPU_CARD,
+                        conversions: vec![Conversion {
+                            credit_type_id,
+                            fiat_per_unit: dec(worth),
+                        }],
+                    })
+                    .is_err(),
+                "{worth}"
+            );
+        }
+        assert_eq!(catalog.version(), version, "nothing applied");
+        catalog
+            .apply(CatalogChange::AddConversions {
+                rate_card_id: CPU_CARD,
+                conversions: vec![Conversion {
+                    credit_type_id: TOKENS_UNIT,
+                    fiat_per_unit: dec("0.001"),
+                }],
+            })
+            .unwrap();
+        let card = catalog.rate_card(CPU_CARD).unwrap();
+        assert_eq!(card.conversions.len(), 2);
+        assert_eq!(card.conversion(CREDITS).unwrap().fiat_per_unit, dec("2"));
+    }
+
+    /// A customer-level commit in credits pays credit usage of every contract, and a
+    /// customer-level USD commit pays, converted, what credits leave.
+    #[test]
+    fn customer_level_commits_pay_in_their_unit_and_fiat_ones_converted() {
+        use crate::domain::customer::CustomerCommitSpec;
+        let mut world = credits_world("2");
+        world
+            .apply(Input::CreateContract(Box::new(card_spec())))
+            .unwrap();
+        for (id, commit) in [
+            (0x7001, in_credits(fixtures::credit(50, 1))),
+            (0x7002, fixtures::credit(60, 2)),
+        ] {
+            world
+                .apply(Input::CreateCustomerCommit(Box::new(CustomerCommitSpec {
+                    id: Id::from_u128(id),
+                    commit,
+                    applicable_contract_ids: vec![],
+                    invoice_contract_id: None,
+                    uniqueness_key: None,
+                })))
+                .unwrap();
+        }
+        // 8 calls = 80 credits: 50 from the credits, 30 credits = 60 cents from USD.
+        world.calls(8);
+        let left: Vec<Money> = world
+            .customer
+            .customer_commits
+            .iter()
+            .map(|c| c.commit.balance_at(world.at).unwrap())
+            .collect();
+        assert_eq!(left, vec![usd(0), usd(0)]);
+        assert_eq!(world.outstanding(), usd(0));
+        world.calls(1);
+        assert_eq!(world.outstanding(), usd(20));
+    }
+}

@@ -15,6 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::openapi::{Data, Empty, Page, Routes};
 use super::request::{self, Choice, Choices, Exact, Refused, Text, Uuid, Why};
 use super::wire::{self, IdView};
+use crate::domain::Catalog;
 use crate::domain::alerts::{Alert, AlertInvoiceType, AlertState, AlertStatus, AlertType};
 use crate::domain::catalog::CatalogChange;
 use crate::domain::customer::Input;
@@ -281,20 +282,18 @@ pub struct CustomerAlertView {
     triggered_by: Option<String>,
 }
 
-fn credit_type_of(id: Id) -> ApiResult<CreditType> {
-    let usd = CreditType::usd_cents();
-    if id == usd.id {
-        return Ok(usd);
-    }
-    Err(ApiError::BadRequest(format!(
-        "credit_type_id: {id} is not a credit type of this engine (USD cents is {})",
-        usd.id
-    )))
+fn credit_type_of(catalog: &Catalog, id: Id) -> ApiResult<CreditType> {
+    catalog.credit_type(id).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "credit_type_id: {id} is not a credit type of this engine (USD cents is {}; custom pricing units are listed by /v1/credit-types/list)",
+            CreditType::usd_cents().id
+        ))
+    })
 }
 
-fn view(alert: &Alert, status: Option<&AlertStatus>) -> CustomerAlertView {
+fn view(alert: &Alert, status: Option<&AlertStatus>, catalog: &Catalog) -> CustomerAlertView {
     let credit_type =
-        credit_type_of(alert.credit_type_id).unwrap_or_else(|_| CreditType::usd_cents());
+        credit_type_of(catalog, alert.credit_type_id).unwrap_or_else(|_| CreditType::usd_cents());
     let customer_status = match (alert.archived_at, status.map(|s| s.state)) {
         (Some(_), _) => None,
         (None, Some(AlertState::Ok)) => Some("ok"),
@@ -333,6 +332,7 @@ async fn create(
 ) -> ApiResult<HttpResponse> {
     let parsed: CreateAlertBody = request::read(&body)?;
     let credit_type = credit_type_of(
+        &state.engine.catalog(),
         parsed
             .credit_type_id
             .map_or_else(|| CreditType::usd_cents().id, |u| u.0),
@@ -454,9 +454,10 @@ async fn list(
     let (page, next) = wire::page_after(alerts, cursor.as_deref(), wire::page_limit(None)?, |a| {
         a.id.to_string()
     });
+    let catalog = state.engine.catalog();
     let data = page
         .into_iter()
-        .map(|a| view(a, statuses.iter().find(|s| s.alert_id == a.id)))
+        .map(|a| view(a, statuses.iter().find(|s| s.alert_id == a.id), &catalog))
         .collect();
     Ok(wire::page(data, next))
 }
@@ -494,6 +495,7 @@ async fn get(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResp
     Ok(wire::data(view(
         &alert,
         statuses.iter().find(|s| s.alert_id == alert.id),
+        &state.engine.catalog(),
     )))
 }
 

@@ -296,6 +296,9 @@ pub const READ_POSTS: [&str; 16] = [
     "/v1/customer-alerts/get",
 ];
 
+/// Tollgate's endpoint creating a custom pricing unit (Metronome's SDK has no create).
+pub const CREDIT_TYPE_CREATE: &str = "/v1/tollgate/credit-types/create";
+
 /// The scope a request needs. Anything not known to read or ingest needs `write`, and anything
 /// under `/v1/tollgate/` that is not a read needs `operator`: a new route is never open to a
 /// narrower token by accident.
@@ -306,6 +309,9 @@ pub fn required_scope(method: &Method, path: &str) -> Scope {
         Scope::Ingest
     } else if method == Method::POST && READ_POSTS.contains(&path) {
         Scope::Read
+    } else if path == CREDIT_TYPE_CREATE {
+        // A catalog change like a rate card's, under /v1/tollgate/ only because the SDK has none.
+        Scope::Write
     } else if path.starts_with("/v1/tollgate/") || !path.starts_with("/v") {
         Scope::Operator
     } else {
@@ -333,6 +339,10 @@ mod tests {
         assert_eq!(required_scope(&post, "/v1/contracts/list"), Scope::Read);
         assert_eq!(required_scope(&post, "/v1/customers"), Scope::Write);
         assert_eq!(required_scope(&post, "/v2/contracts/edit"), Scope::Write);
+        assert_eq!(
+            required_scope(&post, "/v1/tollgate/credit-types/create"),
+            Scope::Write
+        );
         assert_eq!(
             required_scope(&post, "/v1/tollgate/quarantine/discard"),
             Scope::Operator

@@ -394,11 +394,13 @@ async fn net_balance(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
         .customer_commits
         .iter()
         .map(|c| (&c.credit_type, vec![&c.commit]));
-    for (commit_credit_type, commits) in contract_commits.chain(shared) {
-        if commit_credit_type.id.to_string() != credit_type {
-            continue;
-        }
+    for (fiat, commits) in contract_commits.chain(shared) {
+        // A commit's own unit when it has one, else its owner's fiat credit type.
         for commit in commits {
+            let unit = commit.credit_type.unwrap_or(fiat.id);
+            if unit.to_string() != credit_type {
+                continue;
+            }
             let included = if filters.is_empty() {
                 commit.counts_in_balance()
             } else {

@@ -13,6 +13,7 @@
 //! [`CatalogChange`]: crate::domain::catalog::CatalogChange
 //! [`Catalog`]: crate::domain::Catalog
 
+mod credit_types;
 mod metrics;
 mod products;
 mod rates;
@@ -26,6 +27,7 @@ use crate::domain::Id;
 use crate::domain::money::CreditType;
 
 pub fn routes(routes: &mut super::openapi::Routes<'_>) {
+    credit_types::routes(routes);
     metrics::routes(routes);
     products::routes(routes);
     rates::routes(routes);

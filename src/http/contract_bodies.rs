@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
-use super::request::{Amount, Choice, Choices, Exact, Refused, Time, Uuid, present};
+use super::request::{Amount, Choice, Choices, Exact, Refused, Time, Uuid, Why, present};
 use crate::domain::contract::{
     BalanceSpecifiers, CommitKind, CustomFieldFilter, Discount, FieldEntity, RechargeLimits,
     ThresholdCommit, ThresholdConfig, ThresholdKind,
@@ -19,6 +19,7 @@ use crate::domain::customer::{
     CommitSpec, CommitUpdate, InvoiceUpdate, SegmentUpdate, ThresholdUpdate,
 };
 use crate::domain::gate::{GateType, PaymentGateConfig, StripeConfig, StripePaymentType, TaxType};
+use crate::domain::money::Conversion;
 
 impl Choices for GateType {
     const NAME: &'static str = "PaymentGateType";
@@ -522,8 +523,11 @@ pub struct ThresholdConfigBody {
     /// Prepaid balance only: balances left out of the watched balance, by custom fields.
     #[serde(default)]
     pub threshold_balance_specifiers: Option<Vec<BalanceSpecifierBody>>,
+    /// Prepaid balance only: the custom pricing unit of the threshold, the recharge-to amount,
+    /// the watched balance and the recharge commit; the rate card must have a conversion for
+    /// it (the purchase is charged in fiat at that conversion).
     #[serde(default)]
-    pub custom_credit_type_id: Refused,
+    pub custom_credit_type_id: Option<Uuid>,
     /// Tollgate's recharge safety rails (prepaid balance only; not in Metronome's shape).
     #[serde(default)]
     pub recharge_limits: Option<RechargeLimitsBody>,
@@ -608,9 +612,27 @@ impl ThresholdConfigBody {
             balance_specifiers: balance_specifiers(
                 self.threshold_balance_specifiers.unwrap_or_default(),
             ),
+            // The engine takes the worth from the contract's rate card.
+            credit_type: self
+                .custom_credit_type_id
+                .map(|id| id.0)
+                .filter(|id| *id != crate::domain::money::CreditType::usd_cents().id)
+                .map(|credit_type_id| Conversion {
+                    credit_type_id,
+                    fiat_per_unit: Decimal::ZERO,
+                }),
         })
     }
 }
+
+/// Why an update's `custom_credit_type_id` is refused.
+pub struct CreditTypeChange;
+
+impl Why for CreditTypeChange {
+    const WHY: &'static str = "(changing a threshold configuration's credit type) is not supported: its triggers, rails and recharge commits are counted in it";
+}
+
+type RefusedCreditTypeChange = Refused<CreditTypeChange>;
 
 /// The commit of a threshold configuration update: absent fields stay, `null` clears.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -653,8 +675,10 @@ pub struct ThresholdUpdateBody {
     /// Replaces the balance specifiers (an empty list removes them).
     #[serde(default)]
     pub threshold_balance_specifiers: Option<Vec<BalanceSpecifierBody>>,
+    /// The credit type of a configuration does not change (its triggers, rails and recharge
+    /// commits are counted in it): refused unless absent or null.
     #[serde(default)]
-    pub custom_credit_type_id: Refused,
+    pub custom_credit_type_id: RefusedCreditTypeChange,
     /// Replaces the recharge safety rails; `null` removes them.
     #[serde(default, deserialize_with = "present")]
     pub recharge_limits: Option<Option<RechargeLimitsBody>>,
@@ -811,20 +835,19 @@ impl CommitBody {
             .invoice_schedule
             .as_ref()
             .and_then(|i| i.credit_type_id.as_ref());
-        for (field, id) in [
-            (
-                "access_schedule",
-                self.access_schedule.credit_type_id.as_ref(),
-            ),
-            ("invoice_schedule", invoice_type),
-        ] {
-            if id.is_some_and(|id| id.0 != usd) {
-                return Err(ApiError::BadRequest(format!(
-                    "{at}.{field}.credit_type_id: only USD (cents), {}, is supported for commits and credits",
-                    crate::domain::money::USD_CENTS_ID
-                )));
-            }
+        if invoice_type.is_some_and(|id| id.0 != usd) {
+            return Err(ApiError::BadRequest(format!(
+                "{at}.invoice_schedule.credit_type_id: invoices are in the fiat credit type, USD (cents), {}",
+                crate::domain::money::USD_CENTS_ID
+            )));
         }
+        // A custom pricing unit is checked by the engine (it must exist and, for a
+        // contract's commit, have a conversion on the contract's rate card).
+        let credit_type = self
+            .access_schedule
+            .credit_type_id
+            .map(|id| id.0)
+            .filter(|id| *id != usd);
         let access_schedule = self
             .access_schedule
             .schedule_items
@@ -882,6 +905,7 @@ impl CommitBody {
             invoice_schedule,
             payment_gate,
             custom_fields: self.custom_fields.unwrap_or_default().into_iter().collect(),
+            credit_type,
         })
     }
 }

@@ -431,6 +431,7 @@ async fn edit(
                 hold: None,
                 holds: 0,
                 balance_specifiers: Vec::new(),
+                credit_type: None,
             })
             .collect();
     let mut thresholds = vec![

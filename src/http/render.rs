@@ -22,7 +22,7 @@ use crate::domain::customer::{Customer, CustomerCommit, CustomerProfile};
 use crate::domain::gate::{
     GateType, PaymentGateConfig, StateChange, StripePaymentType, TaxType, Workflow,
 };
-use crate::domain::money::CreditType;
+use crate::domain::money::{Conversion, CreditType};
 use crate::domain::{Id, Money, Timestamp};
 
 /// Who created objects made through the API (Metronome reports a user; we have tokens).
@@ -32,6 +32,18 @@ pub fn credit_type(ct: &CreditType) -> CreditTypeView {
     CreditTypeView {
         id: ct.id.to_string(),
         name: ct.name.clone(),
+    }
+}
+
+/// A credit type by id, as the catalog names it (a custom pricing unit is never removed; its
+/// id stands for its name should it be missing all the same).
+pub fn credit_type_of(catalog: &Catalog, id: Id) -> CreditTypeView {
+    match catalog.credit_type(id) {
+        Some(ct) => credit_type(&ct),
+        None => CreditTypeView {
+            id: id.to_string(),
+            name: id.to_string(),
+        },
     }
 }
 
@@ -132,6 +144,7 @@ pub fn threshold(config: &ThresholdConfig) -> ThresholdView {
             since: h.since.to_rfc3339(),
             until: h.until.to_rfc3339(),
         }),
+        custom_credit_type_id: config.credit_type.map(|c| c.credit_type_id.to_string()),
         threshold_balance_specifiers: (!config.balance_specifiers.is_empty()).then(|| {
             config
                 .balance_specifiers
@@ -272,7 +285,11 @@ fn commit_view(
         .product(commit.product_id)
         .map(|p| p.name.clone())
         .unwrap_or_default();
-    let ct = credit_type(owner.credit_type);
+    // The access schedule is in the commit's own unit; invoices are always fiat.
+    let fiat = credit_type(owner.credit_type);
+    let access = commit
+        .credit_type
+        .map_or_else(|| fiat.clone(), |id| credit_type_of(catalog, id));
     let invoiced = commit.kind != CommitKind::Credit && !commit.invoice_schedule.is_empty();
     CommitView {
         id: commit.id.to_string(),
@@ -289,7 +306,7 @@ fn commit_view(
         },
         priority: Money::from_decimal(commit.priority),
         access_schedule: AccessScheduleView {
-            credit_type: ct.clone(),
+            credit_type: access,
             schedule_items: commit
                 .segments
                 .iter()
@@ -310,7 +327,7 @@ fn commit_view(
         description: commit.description.clone(),
         created_by: commit.created_by_threshold.is_none().then_some(CREATED_BY),
         invoice_schedule: invoiced.then(|| InvoiceScheduleView {
-            credit_type: ct,
+            credit_type: fiat,
             schedule_items: commit
                 .invoice_schedule
                 .iter()
@@ -444,7 +461,11 @@ pub fn contract_v1(
 }
 
 /// The draft (or finalized) USAGE invoice of one billing period: a usage line per product
-/// with the covered part shown as applied commits and credits.
+/// with the covered part shown as applied commits and credits. A product priced in a custom
+/// pricing unit has its lines in that unit, and what commits and credits in that unit left
+/// uncovered is converted into fiat by one `cpu_conversion` line per unit (Metronome's): the
+/// invoice's `total` is fiat, the sum of the fiat lines left uncovered and the conversions;
+/// `subtotal` is every line's charge in fiat.
 pub fn usage_invoice(
     customer: Id,
     contract: &Contract,
@@ -455,30 +476,51 @@ pub fn usage_invoice(
     let mut lines = Vec::new();
     let mut total = Money::ZERO;
     let mut subtotal = Money::ZERO;
-    let line = |name: String, line_type, product_id: Id, total| LineItemView {
-        name,
-        line_type,
-        credit_type: ct.clone(),
-        product_id: Some(product_id.to_string()),
-        product_type: None,
-        commit_id: None,
-        commit_type: None,
-        quantity: None,
-        unit_price: None,
-        total,
-        starting_at: Some(time(period.starting_at)),
-        ending_before: Some(time(period.ending_before)),
-    };
+    // Per custom pricing unit: (conversion, uncovered in the unit, uncovered in fiat).
+    let mut conversions: Vec<(Conversion, Money, Money)> = Vec::new();
+    let line =
+        |name: String, line_type, unit: &CreditTypeView, product_id: Id, total| LineItemView {
+            name,
+            line_type,
+            credit_type: unit.clone(),
+            product_id: Some(product_id.to_string()),
+            product_type: None,
+            commit_id: None,
+            commit_type: None,
+            quantity: None,
+            unit_price: None,
+            total,
+            starting_at: Some(time(period.starting_at)),
+            ending_before: Some(time(period.ending_before)),
+        };
     for usage in &period.lines {
         let product_name = catalog
             .product(usage.product_id)
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        subtotal = subtotal.checked_add(usage.charged).unwrap_or(subtotal);
-        total = total.checked_add(usage.uncovered()).unwrap_or(total);
+        // Checked when the usage was charged: a line's charge converts without overflow.
+        let charged_fiat = usage.to_fiat(usage.charged).unwrap_or(usage.charged);
+        let uncovered_fiat = usage.uncovered_fiat().unwrap_or(Money::ZERO);
+        subtotal = subtotal.checked_add(charged_fiat).unwrap_or(subtotal);
+        total = total.checked_add(uncovered_fiat).unwrap_or(total);
+        let unit = match usage.conversion {
+            None => ct.clone(),
+            Some(conversion) => {
+                let uncovered = usage.uncovered();
+                match conversions.iter_mut().find(|(c, ..)| *c == conversion) {
+                    Some((_, amount, fiat)) => {
+                        *amount = amount.checked_add(uncovered).unwrap_or(*amount);
+                        *fiat = fiat.checked_add(uncovered_fiat).unwrap_or(*fiat);
+                    }
+                    None => conversions.push((conversion, uncovered, uncovered_fiat)),
+                }
+                credit_type_of(catalog, conversion.credit_type_id)
+            }
+        };
         let mut charged = line(
             product_name.clone(),
             "usage",
+            &unit,
             usage.product_id,
             usage.charged,
         );
@@ -489,12 +531,33 @@ pub fn usage_invoice(
             lines.push(line(
                 format!("{product_name} (commits and credits applied)"),
                 "applied_commit_or_credit",
+                &unit,
                 usage.product_id,
                 Money::ZERO
                     .checked_sub(usage.covered)
                     .unwrap_or(Money::ZERO),
             ));
         }
+    }
+    for (conversion, amount, fiat) in conversions {
+        if !amount.is_positive() {
+            continue;
+        }
+        let unit = credit_type_of(catalog, conversion.credit_type_id);
+        lines.push(LineItemView {
+            name: format!("{} converted to {}", unit.name, ct.name),
+            line_type: "cpu_conversion",
+            credit_type: ct.clone(),
+            product_id: None,
+            product_type: None,
+            commit_id: None,
+            commit_type: None,
+            quantity: Some(amount),
+            unit_price: Some(Money::from_decimal(conversion.fiat_per_unit)),
+            total: fiat,
+            starting_at: Some(time(period.starting_at)),
+            ending_before: Some(time(period.ending_before)),
+        });
     }
     InvoiceView {
         id: period.invoice_id.to_string(),

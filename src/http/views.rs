@@ -141,6 +141,10 @@ pub struct ThresholdView {
     /// Prepaid balance thresholds with specifiers only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold_balance_specifiers: Option<Vec<BalanceSpecifierView>>,
+    /// Prepaid balance thresholds in a custom pricing unit only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::request::Uuid>)]
+    pub custom_credit_type_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

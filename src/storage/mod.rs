@@ -116,12 +116,14 @@ pub const DEDUPE_SWEEP_INTERVAL_MS: i64 = 60 * 60 * 1000;
 /// customer-level commits and credits (log entry version 8, state version 7), which builds of
 /// version 6 cannot read; version 8 (2026-12-08) has manual ledger entries, custom fields,
 /// balance specifiers and archives (log entry version 9, state version 8) and the
-/// `commit.archive` notices in the outbox, which builds of version 7 cannot read. A version 2
-/// to 7 directory is marked 8 at start (its entries are read as they are): see
+/// `commit.archive` notices in the outbox, which builds of version 7 cannot read; version 9
+/// (2026-12-08) has custom pricing units (credit types and conversions in the catalog log, log
+/// entry version 10, state version 9), which builds of version 8 cannot read. A version 2 to 8
+/// directory is marked 9 at start (its entries are read as they are): see
 /// [`STORAGE_FORMAT_UPGRADABLE`].
-pub const STORAGE_FORMAT_VERSION: u32 = 8;
+pub const STORAGE_FORMAT_VERSION: u32 = 9;
 /// The older versions this build opens, re-marking them as [`STORAGE_FORMAT_VERSION`] first.
-pub const STORAGE_FORMAT_UPGRADABLE: [u32; 6] = [2, 3, 4, 5, 6, 7];
+pub const STORAGE_FORMAT_UPGRADABLE: [u32; 7] = [2, 3, 4, 5, 6, 7, 8];
 /// The `meta` key of the storage format version (`u32`, big-endian).
 pub const STORAGE_FORMAT_KEY: &[u8] = b"storage/format-version";
 

@@ -624,7 +624,10 @@ async fn rate_card_mistakes_get_400s_and_unknown_ids_404() {
         json!({"name": "c", "credit_type_conversions": [
             {"custom_credit_type_id": UNKNOWN_ID, "fiat_per_custom_credit": 2}]}),
         400,
-        &["unsupported", "credit_type_conversions"],
+        &[
+            "credit_type_conversions[0].custom_credit_type_id",
+            "not a custom pricing unit",
+        ],
     )
     .await;
     refused(

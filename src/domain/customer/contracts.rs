@@ -16,7 +16,7 @@ use super::{
     DEFAULT_PRIORITY, ThresholdUpdate, commit_name,
 };
 use crate::domain::bounds;
-use crate::domain::catalog::ProductKind;
+use crate::domain::catalog::{ProductKind, RateCard};
 use crate::domain::contract::DrawSource;
 use crate::domain::contract::{
     Commit, CommitKind, Contract, ContractCaches, InvoiceScheduleItem, InvoiceStatus, Lifecycle,
@@ -71,17 +71,16 @@ impl Customer {
                         "payment-gated commits are added with /v2/contracts/edit",
                     ));
                 }
-                validate_commit(commit, &format!("{field}[{i}]"), ctx, profile)?;
+                validate_commit(commit, &format!("{field}[{i}]"), ctx, profile, Some(card))?;
             }
         }
-        for config in [&spec.spend_threshold, &spec.prepaid_threshold]
-            .into_iter()
-            .flatten()
-        {
+        let mut thresholds = [spec.spend_threshold.clone(), spec.prepaid_threshold.clone()];
+        for config in thresholds.iter_mut().flatten() {
+            resolve_unit(config, card)?;
             validate_threshold(config, &card.fiat_credit_type, ctx, profile)?;
         }
         // Checked: build the contract.
-        let mut contract = new_contract(spec, customer_id, &card.fiat_credit_type, ctx);
+        let mut contract = new_contract(spec, thresholds, customer_id, &card.fiat_credit_type, ctx);
         for (i, commit) in spec.commits.iter().chain(&spec.credits).enumerate() {
             let id = Id::derive(spec.id, "commit", i as u64);
             add_ungated_commit(&mut contract, id, commit, ctx)?;
@@ -136,8 +135,18 @@ impl Customer {
         }
         let additions: Vec<&CommitSpec> =
             edit.add_commits.iter().chain(&edit.add_credits).collect();
+        let card = ctx
+            .catalog
+            .rate_card(contract.rate_card_id)
+            .ok_or_else(|| Rejection::RateCardNotFound(contract.rate_card_id.to_string()))?;
         for (i, commit) in edit.add_commits.iter().enumerate() {
-            validate_commit(commit, &format!("add_commits[{i}]"), ctx, profile)?;
+            validate_commit(
+                commit,
+                &format!("add_commits[{i}]"),
+                ctx,
+                profile,
+                Some(card),
+            )?;
         }
         for (i, credit) in edit.add_credits.iter().enumerate() {
             if credit.payment_gate.is_some() {
@@ -146,7 +155,13 @@ impl Customer {
                     "credits cannot be payment-gated",
                 ));
             }
-            validate_commit(credit, &format!("add_credits[{i}]"), ctx, profile)?;
+            validate_commit(
+                credit,
+                &format!("add_credits[{i}]"),
+                ctx,
+                profile,
+                Some(card),
+            )?;
         }
         let archived = archived_by(contract, edit)?;
         // Checked: apply the edit.
@@ -470,6 +485,7 @@ fn set_end(contract: &mut Contract, end: Option<Timestamp>) {
 /// are added after.
 fn new_contract(
     spec: &ContractSpec,
+    [spend, prepaid]: [Option<ThresholdConfig>; 2],
     customer_id: Id,
     credit_type: &CreditType,
     ctx: &Ctx<'_>,
@@ -487,8 +503,8 @@ fn new_contract(
         commits: Vec::new(),
         periods: Vec::new(),
         purchases: Vec::new(),
-        spend_threshold: spec.spend_threshold.clone().map(ThresholdConfig::fresh),
-        prepaid_threshold: spec.prepaid_threshold.clone().map(ThresholdConfig::fresh),
+        spend_threshold: spend.map(ThresholdConfig::fresh),
+        prepaid_threshold: prepaid.map(ThresholdConfig::fresh),
         workflows: Vec::new(),
         edit_keys: Vec::new(),
         edits: 0,
@@ -529,6 +545,11 @@ fn next_thresholds(
             }
             let mut config = add.clone().fresh();
             config.kind = kind;
+            let card = ctx
+                .catalog
+                .rate_card(contract.rate_card_id)
+                .ok_or_else(|| Rejection::RateCardNotFound(contract.rate_card_id.to_string()))?;
+            resolve_unit(&mut config, card)?;
             validate_threshold(&config, &contract.credit_type, ctx, profile)?;
             *slot = Some(config);
         }
@@ -592,12 +613,60 @@ impl ThresholdUpdate {
 
 pub(super) use crate::domain::bounds::check_uniqueness_key as validate_uniqueness_key;
 
+/// Takes the worth of a threshold configuration's custom pricing unit from the contract's rate
+/// card (what a request says about it is not trusted; conversions never change, so replay
+/// takes the same).
+///
+/// # Errors
+/// [`Rejection::InvalidField`] when the card has no conversion for it.
+fn resolve_unit(config: &mut ThresholdConfig, card: &RateCard) -> Result<(), Rejection> {
+    let Some(unit) = config.credit_type.as_mut() else {
+        return Ok(());
+    };
+    let conversion = card.conversion(unit.credit_type_id).ok_or_else(|| {
+        Rejection::invalid(
+            &format!("{}.custom_credit_type_id", config.kind.field()),
+            &format!(
+                "rate card {} has no conversion for credit type {} (add one with rate-cards/update add_credit_type_conversions)",
+                card.id, unit.credit_type_id
+            ),
+        )
+    })?;
+    *unit = *conversion;
+    Ok(())
+}
+
+/// `card`: the rate card of the contract the commit belongs to; `None` for a customer-level
+/// commit (any contract of the customer may use it).
 pub(super) fn validate_commit(
     spec: &CommitSpec,
     field: &str,
     ctx: &Ctx<'_>,
     profile: &CustomerProfile,
+    card: Option<&RateCard>,
 ) -> Result<(), Rejection> {
+    if let Some(unit) = spec.credit_type {
+        let at = format!("{field}.access_schedule.credit_type_id");
+        let custom = ctx
+            .catalog
+            .credit_type(unit)
+            .is_some_and(|t| t.currency.is_none());
+        if !custom {
+            return Err(Rejection::invalid(
+                &at,
+                &format!("{unit} is neither USD (cents) nor a custom pricing unit"),
+            ));
+        }
+        if let Some(card) = card.filter(|c| c.conversion(unit).is_none()) {
+            return Err(Rejection::invalid(
+                &at,
+                &format!(
+                    "the contract's rate card {} has no conversion for {unit}: nothing on it is priced in that unit",
+                    card.id
+                ),
+            ));
+        }
+    }
     let product = ctx
         .catalog
         .product(spec.product_id)
@@ -762,6 +831,7 @@ pub(super) fn build_commit(
         archived_at: None,
         custom_fields: spec.custom_fields.clone(),
         manual_entries: Vec::new(),
+        credit_type: spec.credit_type,
     })
 }
 

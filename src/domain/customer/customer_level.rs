@@ -78,7 +78,7 @@ pub struct CustomerCommitEnd {
 pub(super) fn candidates(
     pool: &[CustomerCommit],
     contract: &Contract,
-    (product, tags): (Id, &[String]),
+    (unit, product, tags): (Option<Id>, Id, &[String]),
     usage_at: Timestamp,
 ) -> Vec<(usize, usize)> {
     let mut found = Vec::new();
@@ -87,7 +87,9 @@ pub(super) fn candidates(
     }
     for (ci, shared) in pool.iter().enumerate() {
         let commit = &shared.commit;
-        if !commit.is_released() || !shared.usable_by(contract) || !commit.applies_to(product, tags)
+        if !commit.is_released()
+            || !shared.usable_by(contract)
+            || !commit.pays_for(unit, product, tags)
         {
             continue;
         }
@@ -160,7 +162,7 @@ impl Customer {
                 "customer-level commits cannot be payment-gated",
             ));
         }
-        validate_commit(&spec.commit, "commit", ctx, profile)?;
+        validate_commit(&spec.commit, "commit", ctx, profile, None)?;
         let contract_of = |id: Id, field: &str| {
             self.contracts.iter().find(|c| c.id == id).ok_or_else(|| {
                 Rejection::invalid(field, &format!("{id} is not a contract of this customer"))

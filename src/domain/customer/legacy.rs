@@ -17,7 +17,7 @@ use super::{Customer, CustomerCommit, CustomerCommitSpec, CustomerProfile};
 use crate::domain::contract::{
     Commit, CommitKind, Contract, ContractCaches, Deduction, Discount, InvoiceScheduleItem,
     Lifecycle, PurchaseInvoice, RechargeHold, RechargeLimits, Release, Segment, ThresholdCommit,
-    ThresholdConfig, ThresholdKind, UsagePeriod,
+    ThresholdConfig, ThresholdKind,
 };
 use crate::domain::gate::{PaymentGateConfig, StateChange, Workflow, WorkflowKind};
 use crate::domain::ids::{Id, Timestamp};
@@ -51,6 +51,7 @@ impl From<ThresholdConfigV4> for ThresholdConfig {
             hold: None,
             holds: 0,
             balance_specifiers: Vec::new(),
+            credit_type: None,
         }
     }
 }
@@ -172,7 +173,7 @@ pub struct ContractV4 {
     pub uniqueness_key: Option<String>,
     pub created_at: Timestamp,
     pub commits: Vec<CommitV7>,
-    pub periods: Vec<UsagePeriod>,
+    pub periods: Vec<super::legacy8::UsagePeriodV8>,
     pub purchases: Vec<PurchaseInvoice>,
     pub spend_threshold: Option<ThresholdConfigV4>,
     pub prepaid_threshold: Option<ThresholdConfigV4>,
@@ -196,7 +197,7 @@ impl From<ContractV4> for Contract {
             uniqueness_key: old.uniqueness_key,
             created_at: old.created_at,
             commits: old.commits.into_iter().map(Into::into).collect(),
-            periods: old.periods,
+            periods: super::legacy8::periods(old.periods),
             purchases: old.purchases,
             spend_threshold: old.spend_threshold.map(Into::into),
             prepaid_threshold: old.prepaid_threshold.map(Into::into),
@@ -305,7 +306,7 @@ impl From<&Contract> for ContractV4 {
             uniqueness_key: c.uniqueness_key.clone(),
             created_at: c.created_at,
             commits: c.commits.iter().map(Into::into).collect(),
-            periods: c.periods.clone(),
+            periods: c.periods.iter().map(Into::into).collect(),
             purchases: c.purchases.clone(),
             spend_threshold: threshold(&c.spend_threshold),
             prepaid_threshold: threshold(&c.prepaid_threshold),
@@ -379,6 +380,7 @@ impl From<CommitV7> for Commit {
             archived_at: old.archived_at,
             custom_fields: Vec::new(),
             manual_entries: Vec::new(),
+            credit_type: None,
         }
     }
 }
@@ -415,6 +417,7 @@ impl From<ThresholdConfigV7> for ThresholdConfig {
             hold: old.hold,
             holds: old.holds,
             balance_specifiers: Vec::new(),
+            credit_type: None,
         }
     }
 }
@@ -432,7 +435,7 @@ pub struct ContractV7 {
     pub uniqueness_key: Option<String>,
     pub created_at: Timestamp,
     pub commits: Vec<CommitV7>,
-    pub periods: Vec<UsagePeriod>,
+    pub periods: Vec<super::legacy8::UsagePeriodV8>,
     pub purchases: Vec<PurchaseInvoice>,
     pub spend_threshold: Option<ThresholdConfigV7>,
     pub prepaid_threshold: Option<ThresholdConfigV7>,
@@ -455,7 +458,7 @@ impl From<ContractV7> for Contract {
             uniqueness_key: old.uniqueness_key,
             created_at: old.created_at,
             commits: old.commits.into_iter().map(Into::into).collect(),
-            periods: old.periods,
+            periods: super::legacy8::periods(old.periods),
             purchases: old.purchases,
             spend_threshold: old.spend_threshold.map(Into::into),
             prepaid_threshold: old.prepaid_threshold.map(Into::into),
@@ -546,6 +549,7 @@ impl From<CommitSpecV8> for CommitSpec {
             invoice_schedule: old.invoice_schedule,
             payment_gate: old.payment_gate,
             custom_fields: Vec::new(),
+            credit_type: None,
         }
     }
 }
@@ -747,7 +751,7 @@ impl From<&Contract> for ContractV7 {
             uniqueness_key: c.uniqueness_key.clone(),
             created_at: c.created_at,
             commits: c.commits.iter().map(Into::into).collect(),
-            periods: c.periods.clone(),
+            periods: c.periods.iter().map(Into::into).collect(),
             purchases: c.purchases.clone(),
             spend_threshold: threshold(&c.spend_threshold),
             prepaid_threshold: threshold(&c.prepaid_threshold),

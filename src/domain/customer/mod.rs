@@ -46,6 +46,7 @@ pub mod commit_updates;
 mod contracts;
 pub mod customer_level;
 pub mod legacy;
+pub mod legacy8;
 mod lifecycle;
 mod manual;
 mod usage;
@@ -101,6 +102,9 @@ pub struct CommitSpec {
     pub payment_gate: Option<PaymentGateConfig>,
     /// Metronome's `custom_fields` (log version 9).
     pub custom_fields: CustomFields,
+    /// The custom pricing unit of the access schedule (`access_schedule.credit_type_id`);
+    /// `None`: fiat. The invoice schedule is always fiat (log version 10).
+    pub credit_type: Option<Id>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,14 +228,22 @@ pub enum Input {
     CreateCustomerCommitV8(Box<legacy::CustomerCommitSpecV8>),
     /// Shorten a customer-level commit's or credit's access or invoicing (log version 8).
     EndCustomerCommit(Box<CustomerCommitEnd>),
-    /// Create a contract (log version 9: commits with custom fields, balance specifiers).
-    CreateContract(Box<ContractSpec>),
-    /// Edit a contract (log version 9: archives, custom fields, balance specifiers).
-    EditContract(Box<ContractEdit>),
-    /// Create a customer-level commit or credit (log version 9: custom fields).
-    CreateCustomerCommit(Box<CustomerCommitSpec>),
+    /// A contract to create, as log version 9 recorded it (applied as [`Input::CreateContract`]).
+    CreateContractV9(Box<legacy8::ContractSpecV9>),
+    /// A contract edit, as log version 9 recorded it (applied as [`Input::EditContract`]).
+    EditContractV9(Box<legacy8::ContractEditV9>),
+    /// A customer-level commit or credit to create, as log version 9 recorded it (applied as
+    /// [`Input::CreateCustomerCommit`]).
+    CreateCustomerCommitV9(Box<legacy8::CustomerCommitSpecV9>),
     /// Add a manual ledger entry to a commit's or credit's segment (log version 9).
     AddManualEntry(Box<ManualEntrySpec>),
+    /// Create a contract (log version 10: commits, credits and prepaid thresholds in custom
+    /// pricing units).
+    CreateContract(Box<ContractSpec>),
+    /// Edit a contract (log version 10).
+    EditContract(Box<ContractEdit>),
+    /// Create a customer-level commit or credit (log version 10).
+    CreateCustomerCommit(Box<CustomerCommitSpec>),
 }
 
 /// An operator's decision on one quarantined input, with the input it decides on as the
@@ -373,11 +385,14 @@ fn alert_trigger(input: &Input) -> &'static str {
         Input::CreateContract(_)
         | Input::CreateContractV1(_)
         | Input::CreateContractV6(_)
+        | Input::CreateContractV9(_)
         | Input::EditContract(_)
+        | Input::EditContractV9(_)
         | Input::EditContractV1(_)
         | Input::EditContractV6(_)
         | Input::CreateCustomerCommit(_)
         | Input::CreateCustomerCommitV8(_)
+        | Input::CreateCustomerCommitV9(_)
         | Input::EndCustomerCommit(_)
         | Input::AddManualEntry(_) => "contract",
         Input::PaymentOutcome(_) | Input::CancelWorkflow { .. } => "payment",
@@ -535,6 +550,15 @@ impl Customer {
                 let edit = ContractEdit::from((**edit).clone());
                 self.edit_contract(&edit, false, ctx, &mut applied)?;
             }
+            Input::CreateContractV9(spec) => {
+                let spec = ContractSpec::from((**spec).clone());
+                self.create_contract(&spec, ctx, &mut applied)?;
+            }
+            Input::EditContractV9(edit) => {
+                // Log version 9 remembered its edits already.
+                let edit = ContractEdit::from((**edit).clone());
+                self.edit_contract(&edit, true, ctx, &mut applied)?;
+            }
             Input::PaymentOutcome(outcome) => self.payment_outcome(outcome, ctx, &mut applied)?,
             Input::VoidInvoice { invoice_id } => self.void_invoice(*invoice_id)?,
             Input::Tick => self.tick(ctx, &mut applied)?,
@@ -552,6 +576,10 @@ impl Customer {
                 self.create_customer_commit(spec, ctx, &mut applied)?;
             }
             Input::CreateCustomerCommitV8(spec) => {
+                let spec = CustomerCommitSpec::from((**spec).clone());
+                self.create_customer_commit(&spec, ctx, &mut applied)?;
+            }
+            Input::CreateCustomerCommitV9(spec) => {
                 let spec = CustomerCommitSpec::from((**spec).clone());
                 self.create_customer_commit(&spec, ctx, &mut applied)?;
             }
@@ -722,11 +750,28 @@ impl Customer {
                         line.covered <= line.charged.floor_zero(),
                         "line overcovered"
                     );
-                    let mut drawn = Money::ZERO;
+                    let (mut drawn, mut converted) = (Money::ZERO, Money::ZERO);
                     for draw in &line.draws {
-                        drawn = drawn.checked_add(draw.amount).expect("bounded sums");
+                        let sum = if draw.is_converted() {
+                            &mut converted
+                        } else {
+                            &mut drawn
+                        };
+                        *sum = sum.checked_add(draw.amount).expect("bounded sums");
                     }
                     debug_assert_eq!(drawn, line.covered, "line draws drifted from covered");
+                    debug_assert_eq!(
+                        converted, line.covered_fiat,
+                        "converted draws drifted from covered_fiat"
+                    );
+                    if let Some(conversion) = line.conversion {
+                        let unpaid = conversion
+                            .to_fiat(line.uncovered())
+                            .expect("charged converted");
+                        debug_assert!(line.covered_fiat <= unpaid, "line overcovered in fiat");
+                    } else {
+                        debug_assert!(line.covered_fiat.is_zero(), "a fiat line converted");
+                    }
                 }
             }
         }

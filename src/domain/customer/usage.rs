@@ -16,7 +16,7 @@ use crate::domain::contract::{
     draw_order_across,
 };
 use crate::domain::ids::{Id, Timestamp};
-use crate::domain::money::Money;
+use crate::domain::money::{Conversion, Money, in_fiat};
 use crate::domain::rejection::Rejection;
 use crate::domain::usage::UsageEvent;
 
@@ -29,6 +29,8 @@ struct Charge {
     contribution: Contribution,
     new_charged: Money,
     delta: Money,
+    /// The product's custom pricing unit on the contract's rate card (`None`: fiat).
+    conversion: Option<Conversion>,
 }
 
 /// How many charges of one event are kept without touching the heap: an event usually rates
@@ -141,7 +143,12 @@ impl Customer {
                         continue;
                     }
                     let line = (ci, product_id);
-                    charges.push(rate_line(contract, line, &rate.price, contribution, event)?);
+                    let mut charge = rate_line(contract, line, &rate.price, contribution, event)?;
+                    charge.conversion = card.conversion_of(rate)?;
+                    // What the line leaves uncovered is at most its charge: converting the
+                    // charge checks every conversion the apply phase makes.
+                    in_fiat(charge.conversion.as_ref(), charge.new_charged)?;
+                    charges.push(charge);
                 }
             }
         }
@@ -198,6 +205,7 @@ fn rate_line(
         contribution,
         new_charged,
         delta,
+        conversion: None,
     })
 }
 
@@ -289,13 +297,18 @@ fn apply_charge(
         None => {
             let lines = &mut contract.periods[pi].lines;
             let aggregate = Aggregate::empty_for(&charge.contribution);
-            crate::domain::push_first_exact(lines, UsageLine::new(charge.product_id, aggregate));
+            let line = UsageLine::new(charge.product_id, aggregate, charge.conversion);
+            crate::domain::push_first_exact(lines, line);
             lines.len() - 1
         }
     };
     let invoice_id = contract.periods[pi].invoice_id;
     let line = &mut contract.periods[pi].lines[li];
-    let uncovered_before = line.uncovered();
+    debug_assert_eq!(
+        line.conversion, charge.conversion,
+        "one unit per product and card"
+    );
+    let uncovered_before = line.uncovered_fiat()?;
     line.aggregate.add(&charge.contribution);
     line.charged = charge.new_charged;
     let mut shared_touched = false;
@@ -305,16 +318,15 @@ fn apply_charge(
             invoice_id,
             usage_at,
         };
-        let product = (charge.product_id, tags);
+        let product = (charge.conversion, charge.product_id, tags);
         shared_touched = draw_down(drawable, product, drawn, charge.delta, at)?;
     } else if charge.delta.is_negative() {
         // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
         let decrease = Money::ZERO.checked_sub(charge.delta)?;
-        let back = decrease.min(drawable.contract.periods[pi].lines[li].covered);
-        shared_touched = give_back(drawable, (pi, li), invoice_id, back)?;
+        shared_touched = give_back(drawable, (pi, li), invoice_id, decrease)?;
     }
     let contract = &mut *drawable.contract;
-    let uncovered_after = contract.periods[pi].lines[li].uncovered();
+    let uncovered_after = contract.periods[pi].lines[li].uncovered_fiat()?;
     contract.line_changed(pi, uncovered_before, uncovered_after);
     Ok(shared_touched)
 }
@@ -393,36 +405,60 @@ fn line_charge(
     Ok((new_charged, new_charged.checked_sub(old_charged)?))
 }
 
-/// Draws `amount` of usage from eligible released segments in drawdown order and records the
-/// draws on the line: the contract's own and the customer-level ones usable by it, merged in
-/// [`draw_order_across`] (contract-level first at equal priority). Only segments with something
-/// left are visited (the live list, a subsequence of `draw_order`, and the customer-level
-/// candidates): an exhausted one could give nothing. Answers whether a customer-level segment
-/// was drawn from.
+/// Draws `amount` of usage (in the line's unit) from eligible released segments in drawdown
+/// order and records the draws on the line. A line in a custom pricing unit draws from the
+/// commits and credits in that unit first; what they cannot pay, fiat ones pay at the rate
+/// card's conversion (converted draws). Answers whether a customer-level segment was drawn
+/// from.
 fn draw_down(
     drawable: &mut Drawable<'_>,
-    (product, tags): (Id, &[String]),
+    (conversion, product, tags): (Option<Conversion>, Id, &[String]),
     drawn: Drawn,
     amount: Money,
+    at: Timestamp,
+) -> Result<bool, Rejection> {
+    let unit = conversion.map(|c| c.credit_type_id);
+    let mut left = amount;
+    let mut touched = draw_from(drawable, (unit, product, tags), drawn, &mut left, false, at)?;
+    if let (Some(conversion), true) = (conversion, left.is_positive()) {
+        // At most the charge, which converted in the check phase: no overflow.
+        let mut fiat = conversion.to_fiat(left)?;
+        touched |= draw_from(drawable, (None, product, tags), drawn, &mut fiat, true, at)?;
+    }
+    Ok(touched)
+}
+
+/// Draws up to `left` from the released segments in `unit` (`None`: fiat) that may pay for
+/// `product`: the contract's own and the customer-level ones usable by it, merged in
+/// [`draw_order_across`] (contract-level first at equal priority). Only segments with something
+/// left are visited (the live list, a subsequence of `draw_order`, and the customer-level
+/// candidates): an exhausted one could give nothing. `converted`: fiat paying for a line in a
+/// custom pricing unit (`left` is fiat). Answers whether a customer-level segment was drawn
+/// from.
+fn draw_from(
+    drawable: &mut Drawable<'_>,
+    (unit, product, tags): (Option<Id>, Id, &[String]),
+    drawn: Drawn,
+    left: &mut Money,
+    converted: bool,
     at: Timestamp,
 ) -> Result<bool, Rejection> {
     let (pi, li) = drawn.line;
     let shared = customer_level::candidates(
         drawable.pool,
         drawable.contract,
-        (product, tags),
+        (unit, product, tags),
         drawn.usage_at,
     );
     let mut next_shared = shared.iter().copied().peekable();
     let mut shared_touched = false;
-    let mut left = amount;
     let mut i = 0;
     while left.is_positive() {
         let contract = &*drawable.contract;
         // The next of the contract's own segments this usage may draw from.
         while let Some(&(ci, si)) = contract.caches.live.get(i) {
             let commit = &contract.commits[ci];
-            if commit.segments[si].covers(drawn.usage_at) && commit.applies_to(product, tags) {
+            if commit.segments[si].covers(drawn.usage_at) && commit.pays_for(unit, product, tags) {
                 break;
             }
             i += 1;
@@ -448,7 +484,7 @@ fn draw_down(
         };
         let (commit_source, si) = source;
         let before = drawable.commit(commit_source).segments[si].remaining();
-        let take = left.min(before);
+        let take = (*left).min(before);
         match commit_source {
             DrawSource::Contract(ci) => {
                 let contract = &mut *drawable.contract;
@@ -469,15 +505,23 @@ fn draw_down(
                 shared_touched = true;
             }
         }
-        drawable.contract.periods[pi].lines[li].record_draw((commit_source.encoded(), si), take)?;
-        left = left.checked_sub(take)?;
+        let line = &mut drawable.contract.periods[pi].lines[li];
+        let at_segment = (commit_source.encoded(), si);
+        if converted {
+            line.record_converted_draw(at_segment, take)?;
+        } else {
+            line.record_draw(at_segment, take)?;
+        }
+        *left = left.checked_sub(take)?;
     }
     Ok(shared_touched)
 }
 
-/// Returns `amount` of what line `(pi, li)` drew to the segments it drew from, last drawn first
-/// (usage went down, e.g. a negative SUM value). Answers whether a customer-level segment got
-/// something back.
+/// Gives back a decrease of `amount` (in the line's unit) of line `(pi, li)` to the segments it
+/// drew from, last drawn first: first the draws in the line's unit, then, for what is left of
+/// the decrease, the converted ones (at the conversion: no division, so the amounts stay
+/// exact). What exceeds every draw lowers what stays uncovered. Answers whether a
+/// customer-level segment got something back.
 fn give_back(
     drawable: &mut Drawable<'_>,
     (pi, li): (usize, usize),
@@ -485,27 +529,52 @@ fn give_back(
     amount: Money,
 ) -> Result<bool, Rejection> {
     let mut left = amount;
+    let mut shared_touched = give_back_draws(drawable, (pi, li), invoice_id, &mut left, false)?;
+    let line = &drawable.contract.periods[pi].lines[li];
+    if let (Some(conversion), true) = (line.conversion, left.is_positive()) {
+        if line.covered_fiat.is_positive() {
+            // At most the old charge, which converted when it was charged.
+            let mut fiat = conversion.to_fiat(left)?;
+            shared_touched |= give_back_draws(drawable, (pi, li), invoice_id, &mut fiat, true)?;
+        }
+    }
+    Ok(shared_touched)
+}
+
+/// Gives back up to `left` from the draws of one kind (`converted` or in the line's unit),
+/// last drawn first.
+fn give_back_draws(
+    drawable: &mut Drawable<'_>,
+    (pi, li): (usize, usize),
+    invoice_id: Id,
+    left: &mut Money,
+    converted: bool,
+) -> Result<bool, Rejection> {
     let mut shared_touched = false;
-    while left.is_positive() {
-        let Some(draw) = drawable.contract.periods[pi].lines[li]
-            .draws
-            .last()
-            .copied()
-        else {
-            break;
-        };
+    let mut index = drawable.contract.periods[pi].lines[li].draws.len();
+    while left.is_positive() && index > 0 {
+        index -= 1;
+        let draw = drawable.contract.periods[pi].lines[li].draws[index];
+        if draw.is_converted() != converted {
+            continue;
+        }
         let source = draw.source();
         shared_touched |= matches!(source, DrawSource::Customer(_));
-        let back = left.min(draw.amount);
+        let back = (*left).min(draw.amount);
         drawable.return_deduction((source, draw.segment as usize), invoice_id, back)?;
         let line = &mut drawable.contract.periods[pi].lines[li];
-        line.covered = line.covered.checked_sub(back)?;
-        let last = line.draws.last_mut().expect("the draw read above");
-        last.amount = last.amount.checked_sub(back)?;
-        if last.amount.is_zero() {
-            line.draws.pop();
+        if converted {
+            line.covered_fiat = line.covered_fiat.checked_sub(back)?;
+        } else {
+            line.covered = line.covered.checked_sub(back)?;
         }
-        left = left.checked_sub(back)?;
+        let kept = line.draws[index].amount.checked_sub(back)?;
+        if kept.is_zero() {
+            line.draws.remove(index);
+        } else {
+            line.draws[index].amount = kept;
+        }
+        *left = left.checked_sub(back)?;
     }
     Ok(shared_touched)
 }
@@ -532,11 +601,24 @@ pub(super) fn cover_outstanding(
         let invoice_id = period.invoice_id;
         for li in 0..period.lines.len() {
             let line = &drawable.contract.periods[pi].lines[li];
-            let uncovered_before = line.uncovered();
-            let mut left = uncovered_before;
-            let product = line.product_id;
+            let uncovered_before = line.uncovered_fiat()?;
+            let (unit, product) = (line.unit(), line.product_id);
             let tags = product_tags(ctx.catalog, product);
-            if !left.is_positive() || !drawable.commit(source).applies_to(product, tags) {
+            let commit = drawable.commit(source);
+            // A commit in the line's unit pays what is not paid at all yet (a line fiat has
+            // started paying for stays fiat's: its unit need would take a division); a fiat
+            // commit pays, converted, what a line in a custom pricing unit leaves.
+            let (mut left, converted) = if commit.pays_for(unit, product, tags) {
+                if line.covered_fiat.is_positive() {
+                    continue;
+                }
+                (line.uncovered(), false)
+            } else if unit.is_some() && commit.pays_for(None, product, tags) {
+                (uncovered_before, true)
+            } else {
+                continue;
+            };
+            if !left.is_positive() {
                 continue;
             }
             for si in 0..drawable.commit(source).segments.len() {
@@ -550,13 +632,17 @@ pub(super) fn cover_outstanding(
                 }
                 drawable.deduct((source, si), invoice_id, take, ctx.at)?;
                 left = left.checked_sub(take)?;
-                drawable.contract.periods[pi].lines[li]
-                    .record_draw((source.encoded(), si), take)?;
+                let line = &mut drawable.contract.periods[pi].lines[li];
+                if converted {
+                    line.record_converted_draw((source.encoded(), si), take)?;
+                } else {
+                    line.record_draw((source.encoded(), si), take)?;
+                }
                 if left.is_zero() {
                     break;
                 }
             }
-            let uncovered_after = drawable.contract.periods[pi].lines[li].uncovered();
+            let uncovered_after = drawable.contract.periods[pi].lines[li].uncovered_fiat()?;
             drawable
                 .contract
                 .line_changed(pi, uncovered_before, uncovered_after);

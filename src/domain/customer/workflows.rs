@@ -30,7 +30,7 @@ use crate::domain::gate::{
     ProviderError, Workflow, WorkflowKind, WorkflowState,
 };
 use crate::domain::ids::{Id, MS_PER_DAY, Timestamp};
-use crate::domain::money::Money;
+use crate::domain::money::{Money, in_fiat};
 use crate::domain::rejection::Rejection;
 
 /// How many workflows one kind may start while applying one input. A NONE gate releases at
@@ -465,10 +465,13 @@ fn start_threshold_workflow(
     let workflow_id = Id::derive(contract.id, workflow_kind.as_str(), sequence);
     let commit_id = Id::derive(workflow_id, "commit", 0);
     let invoice_id = Id::derive(workflow_id, "invoice", 0);
+    // A recharge in a custom pricing unit is charged in fiat at the rate card's conversion.
+    let charged = in_fiat(config.credit_type.as_ref(), access)?;
     let subtotal = match &config.discount {
-        Some(discount) => access.checked_mul(discount.payment_fraction)?,
-        None => access,
+        Some(discount) => charged.checked_mul(discount.payment_fraction)?,
+        None => charged,
     };
+    let unit = config.credit_type.map(|c| c.credit_type_id);
     let tax = config.gate.tax();
     let total = subtotal.checked_add(tax)?;
     let starting_at = threshold_commit_start(contract, kind, ctx);
@@ -485,7 +488,7 @@ fn start_threshold_workflow(
         (workflow_id, commit_id, invoice_id),
         (access, subtotal),
         (starting_at, ending_before),
-        kind,
+        (kind, unit),
         ctx,
     );
     let gate = config.gate.clone();
@@ -551,7 +554,7 @@ fn commit_for_threshold(
     (workflow_id, id, invoice_id): (Id, Id, Id),
     (access, subtotal): (Money, Money),
     (starting_at, ending_before): (Timestamp, Timestamp),
-    kind: ThresholdKind,
+    (kind, credit_type): (ThresholdKind, Option<Id>),
     ctx: &Ctx<'_>,
 ) -> Commit {
     Commit {
@@ -586,6 +589,7 @@ fn commit_for_threshold(
         archived_at: None,
         custom_fields: Vec::new(),
         manual_entries: Vec::new(),
+        credit_type,
     }
 }
 

@@ -2,8 +2,11 @@
 //! `addRate`, `addRates` (all-or-nothing: one catalog change) and `getRates` (the rates in
 //! effect at an instant, one per product, filtered by selectors).
 //!
-//! Rates are FLAT or TIERED, priced in the rate card's fiat credit type (USD cents). Prices are
-//! read from the JSON number's exact text and written back the same way, never through `f64`.
+//! Rates are FLAT or TIERED, priced in the rate card's fiat credit type (USD cents) or in a
+//! custom pricing unit the card has a conversion for (`credit_type_conversions` on create,
+//! `add_credit_type_conversions` on `update`; conversions are added, never modified). Prices
+//! are read from the JSON number's exact text and written back the same way, never through
+//! `f64`.
 
 use super::super::openapi::{Data, Page, Routes};
 use super::super::wire::IdView;
@@ -22,7 +25,7 @@ use super::super::request::{self, Amount, Choice, Choices, Exact, Refused, Text,
 use super::super::wire;
 use super::{CREATED_BY, CreditTypeView, ListQuery, new_id, page_by_id};
 use crate::domain::catalog::{CatalogChange, Price, Product, Rate, RateCard, Tier};
-use crate::domain::money::{CreditType, USD_CENTS_ID};
+use crate::domain::money::{Conversion, CreditType, USD_CENTS_ID};
 use crate::domain::{Catalog, Id, Money, Rejection, Timestamp};
 
 pub fn routes(routes: &mut Routes<'_>) {
@@ -74,6 +77,15 @@ pub fn routes(routes: &mut Routes<'_>) {
         .answers::<Data<IdView>>();
     routes
         .post(
+            "/v1/contract-pricing/rate-cards/update",
+            "updateRateCard",
+            "Add credit type conversions to a rate card",
+            update,
+        )
+        .body::<UpdateRateCardBody>()
+        .answers::<Data<IdView>>();
+    routes
+        .post(
             "/v1/contract-pricing/rate-cards/getRates",
             "getRates",
             "The rates of a rate card in effect at a time",
@@ -100,19 +112,12 @@ impl Choices for RateType {
 
 type RateTypeChoice = Choice<RateType>;
 
-struct CustomPricingUnits;
-
-impl Why for CustomPricingUnits {
-    const WHY: &'static str = "(custom pricing units) is not supported";
-}
-
 struct TimeBoundedAliases;
 
 impl Why for TimeBoundedAliases {
     const WHY: &'static str = "(time-bounded aliases) is not supported";
 }
 
-type RefusedConversions = Refused<CustomPricingUnits>;
 type RefusedAliasWindow = Refused<TimeBoundedAliases>;
 
 /// An alias of a rate card (a name; time windows are refused).
@@ -128,7 +133,6 @@ pub struct AliasBody {
 
 /// `POST /v1/contract-pricing/rate-cards/create`. `custom_fields` are accepted and not kept.
 #[derive(Debug, Deserialize, ToSchema)]
-#[expect(dead_code, reason = "Refused fields act while the body is read")]
 pub struct CreateRateCardBody {
     name: Text,
     #[serde(default)]
@@ -139,8 +143,46 @@ pub struct CreateRateCardBody {
     /// Names a contract may use instead of the id (`rate_card_alias`).
     #[serde(default)]
     aliases: Option<Vec<AliasBody>>,
+    /// Custom pricing units the card's rates and threshold configurations may use, with their
+    /// worth in the fiat credit type.
     #[serde(default)]
-    credit_type_conversions: RefusedConversions,
+    credit_type_conversions: Option<Vec<ConversionBody>>,
+}
+
+/// A custom pricing unit's worth in the rate card's fiat credit type.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ConversionBody {
+    custom_credit_type_id: Uuid,
+    /// Positive; a numeric string is accepted too.
+    fiat_per_custom_credit: Exact,
+}
+
+/// `POST /v1/contract-pricing/rate-cards/update`: adds conversions (existing ones cannot be
+/// modified). Renaming and aliases are not supported: the fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[expect(dead_code, reason = "Refused fields act while the body is read")]
+pub struct UpdateRateCardBody {
+    rate_card_id: Uuid,
+    #[serde(default)]
+    add_credit_type_conversions: Option<Vec<ConversionBody>>,
+    #[serde(default)]
+    name: Refused,
+    #[serde(default)]
+    description: Refused,
+    #[serde(default)]
+    aliases: Refused,
+}
+
+impl ConversionBody {
+    fn conversions(list: Option<Vec<ConversionBody>>) -> Vec<Conversion> {
+        list.unwrap_or_default()
+            .into_iter()
+            .map(|c| Conversion {
+                credit_type_id: c.custom_credit_type_id.0,
+                fiat_per_unit: c.fiat_per_custom_credit.0,
+            })
+            .collect()
+    }
 }
 
 /// A body naming a rate card by `id` (`rate-cards/get`).
@@ -250,7 +292,7 @@ struct RateCardView {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     fiat_credit_type: CreditTypeView,
-    credit_type_conversions: Vec<serde_json::Value>,
+    credit_type_conversions: Vec<ConversionView>,
     aliases: Vec<AliasView>,
     custom_fields: BTreeMap<String, String>,
     #[schema(value_type = super::super::request::Time)]
@@ -258,14 +300,28 @@ struct RateCardView {
     created_by: &'static str,
 }
 
+/// The SDK's `CreditTypeConversion` of a rate card (the worth is a string there).
+#[derive(Serialize, ToSchema)]
+struct ConversionView {
+    custom_credit_type: CreditTypeView,
+    fiat_per_custom_credit: String,
+}
+
 impl RateCardView {
-    fn of(card: &RateCard) -> RateCardView {
+    fn of(card: &RateCard, catalog: &Catalog) -> RateCardView {
         RateCardView {
             id: card.id.to_string(),
             name: card.name.clone(),
             description: card.description.clone(),
             fiat_credit_type: CreditTypeView::of(&card.fiat_credit_type),
-            credit_type_conversions: Vec::new(),
+            credit_type_conversions: card
+                .conversions
+                .iter()
+                .map(|c| ConversionView {
+                    custom_credit_type: credit_type_view(catalog, c.credit_type_id),
+                    fiat_per_custom_credit: c.fiat_per_unit.normalize().to_string(),
+                })
+                .collect(),
             aliases: card
                 .aliases
                 .iter()
@@ -315,8 +371,20 @@ struct RateView {
     credit_type: CreditTypeView,
 }
 
+/// A credit type by id as Metronome shows it (a custom pricing unit the catalog has forgotten
+/// cannot happen: they are never removed; its id is shown then).
+fn credit_type_view(catalog: &Catalog, id: Id) -> CreditTypeView {
+    match catalog.credit_type(id) {
+        Some(credit_type) => CreditTypeView::of(&credit_type),
+        None => CreditTypeView {
+            id: id.to_string(),
+            name: id.to_string(),
+        },
+    }
+}
+
 impl RateView {
-    fn of(rate: &Rate, card: &RateCard) -> RateView {
+    fn of(rate: &Rate, card: &RateCard, catalog: &Catalog) -> RateView {
         let (rate_type, price, tiers) = match &rate.price {
             Price::Flat(price) => ("FLAT", Some(*price), None),
             Price::Tiered(tiers) => (
@@ -333,13 +401,16 @@ impl RateView {
                 ),
             ),
         };
-        // The domain only accepts rates in the card's fiat credit type.
-        debug_assert_eq!(rate.credit_type_id, card.fiat_credit_type.id);
+        let credit_type = if rate.credit_type_id == card.fiat_credit_type.id {
+            CreditTypeView::of(&card.fiat_credit_type)
+        } else {
+            credit_type_view(catalog, rate.credit_type_id)
+        };
         RateView {
             rate_type,
             price,
             tiers,
-            credit_type: CreditTypeView::of(&card.fiat_credit_type),
+            credit_type,
         }
     }
 }
@@ -387,6 +458,7 @@ fn parse_rate_card(body: CreateRateCardBody, created_at: Timestamp) -> ApiResult
             .collect(),
         created_at,
         rates: Default::default(),
+        conversions: ConversionBody::conversions(body.credit_type_conversions),
     })
 }
 
@@ -410,14 +482,17 @@ fn parse_rate(body: RateBody, at: &str, card: &RateCard, catalog: &Catalog) -> A
     if ending_before.is_some_and(|end| end <= starting_at) {
         return Err(invalid("ending_before", "must be after starting_at"));
     }
-    if let Some(id) = body.credit_type_id.map(|id| id.0) {
-        if id != card.fiat_credit_type.id {
-            return Err(Rejection::Unsupported(format!(
-                "{at}credit_type_id {id}: rates must use the rate card's fiat credit type ({})",
+    let credit_type_id = body
+        .credit_type_id
+        .map_or(card.fiat_credit_type.id, |id| id.0);
+    if credit_type_id != card.fiat_credit_type.id && card.conversion(credit_type_id).is_none() {
+        return Err(invalid(
+            "credit_type_id",
+            &format!(
+                "{credit_type_id} is neither the rate card's fiat credit type ({}) nor a custom pricing unit it has a conversion for (credit_type_conversions)",
                 card.fiat_credit_type.id
-            ))
-            .into());
-        }
+            ),
+        ));
     }
     let price = match (body.rate_type.0, body.price, body.tiers) {
         (RateType::Flat, _, Some(tiers)) if !tiers.is_empty() => {
@@ -457,7 +532,7 @@ fn parse_rate(body: RateBody, at: &str, card: &RateCard, catalog: &Catalog) -> A
         entitled: body.entitled,
         starting_at,
         ending_before,
-        credit_type_id: card.fiat_credit_type.id,
+        credit_type_id,
         added_in_version: 0,
     })
 }
@@ -493,7 +568,7 @@ async fn get(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResp
     let id = request::read::<GetRateCardBody>(&body)?.id.0;
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, id)?;
-    Ok(wire::data(RateCardView::of(card)))
+    Ok(wire::data(RateCardView::of(card, &catalog)))
 }
 
 /// The body (`params.body` in the SDK, typed `unknown`, usually empty) filters nothing.
@@ -506,7 +581,9 @@ async fn list(
     let paging = ListQuery::parse(&req)?.paging()?;
     let catalog = state.engine.catalog();
     let cards = catalog.rate_cards().map(|c| (c.id, c)).collect();
-    Ok(page_by_id(cards, &paging, RateCardView::of))
+    Ok(page_by_id(cards, &paging, |c| {
+        RateCardView::of(c, &catalog)
+    }))
 }
 
 async fn add_rate(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
@@ -518,7 +595,7 @@ async fn add_rate(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Htt
     let catalog = state.engine.catalog();
     let card = addressed_card(&catalog, rate_card_id)?;
     let rate = parse_rate(body, "", card, &catalog)?;
-    let view = RateView::of(&rate, card);
+    let view = RateView::of(&rate, card, &catalog);
     state
         .engine
         .change_catalog(CatalogChange::AddRates {
@@ -551,6 +628,26 @@ async fn add_rates(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<Ht
         .change_catalog(CatalogChange::AddRates {
             rate_card_id,
             rates,
+        })
+        .await?;
+    Ok(wire::id_response(rate_card_id))
+}
+
+async fn update(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let body: UpdateRateCardBody = request::read(&body)?;
+    let rate_card_id = body.rate_card_id.0;
+    addressed_card(&state.engine.catalog(), rate_card_id)?;
+    let conversions = ConversionBody::conversions(body.add_credit_type_conversions);
+    if conversions.is_empty() {
+        return Err(ApiError::BadRequest(
+            "add_credit_type_conversions: at least one conversion is required (the only change update supports)".into(),
+        ));
+    }
+    state
+        .engine
+        .change_catalog(CatalogChange::AddConversions {
+            rate_card_id,
+            conversions,
         })
         .await?;
     Ok(wire::id_response(rate_card_id))
@@ -614,7 +711,7 @@ async fn get_rates(
             product_id: product.id.to_string(),
             product_name: product.name.clone(),
             product_tags: product.tags.clone(),
-            rate: RateView::of(rate, card),
+            rate: RateView::of(rate, card, &catalog),
             starting_at: wire::time(rate.starting_at),
             ending_before: rate.ending_before.map(wire::time),
         }
