@@ -49,11 +49,14 @@ pub enum Defect {
     /// Archiving a commit leaves the drawdown order as it was: usage keeps drawing from the
     /// archived commit until the state is next rebuilt (a restart).
     ArchivedStillDraws,
+    /// A commit or credit pays for usage priced in another credit type, at par (credits pay
+    /// for dollars and dollars for credits, one for one).
+    UnitIgnored,
 }
 
 impl Defect {
     /// Every defect, in the order the simulation's defect test tries them.
-    pub const ALL: [Defect; 16] = [
+    pub const ALL: [Defect; 17] = [
         Defect::CreateWithoutSearch,
         Defect::DedupeSkip,
         Defect::NoGiveBack,
@@ -70,6 +73,7 @@ impl Defect {
         Defect::AlertResolutionLost,
         Defect::SharedGiveBackLost,
         Defect::ArchivedStillDraws,
+        Defect::UnitIgnored,
     ];
 }
 
@@ -121,6 +125,7 @@ mod tests {
             Defect::AlertResolutionLost => 13,
             Defect::SharedGiveBackLost => 14,
             Defect::ArchivedStillDraws => 15,
+            Defect::UnitIgnored => 16,
         }
     }
 

@@ -236,7 +236,8 @@ impl Commit {
     /// and a product its restrictions allow.
     #[inline]
     pub fn pays_for(&self, unit: Option<Id>, product: Id, product_tags: &[String]) -> bool {
-        self.credit_type == unit && self.applies_to(product, product_tags)
+        (self.credit_type == unit || crate::defects::active(crate::defects::Defect::UnitIgnored))
+            && self.applies_to(product, product_tags)
     }
 
     /// Counts toward the prepaid balance B (released prepaid commits and credits).

@@ -27,6 +27,13 @@ pub const COMMIT_PRODUCT: Id = Id::from_u128(0x2003);
 pub const RATE_CARD: Id = Id::from_u128(0x3001);
 pub const CUSTOMER: Id = Id::from_u128(0x4001);
 pub const CONTRACT: Id = Id::from_u128(0x5001);
+/// A custom pricing unit, "credits", worth [`CREDIT_WORTH_CENTS`] cents each on
+/// [`CREDITS_CARD`].
+pub const CREDITS: Id = Id::from_u128(0x6001);
+/// A rate card pricing `api_call` in credits (100 credits a call) and tokens as the fixture
+/// card does (USD cents).
+pub const CREDITS_CARD: Id = Id::from_u128(0x3002);
+pub const CREDIT_WORTH_CENTS: i64 = 2;
 
 /// 2025-01-01T00:00:00Z, the start of fixture contracts.
 pub const T0: Timestamp = Timestamp(1_735_689_600_000);
@@ -108,6 +115,46 @@ pub fn catalog_changes() -> Vec<CatalogChange> {
                     ]),
                 ),
             ],
+        },
+    ]
+}
+
+/// The changes that add [`CREDITS`] and [`CREDITS_CARD`] to [`catalog_changes`]'s catalog.
+pub fn credits_catalog_changes() -> Vec<CatalogChange> {
+    let mut api = rate(API_PRODUCT, Price::Flat(Money::from_i64(100)));
+    api.credit_type_id = CREDITS;
+    let tokens = catalog_changes()
+        .into_iter()
+        .find_map(|change| match change {
+            CatalogChange::AddRates { rates, .. } => {
+                rates.into_iter().find(|r| r.product_id == TOKEN_PRODUCT)
+            }
+            _ => None,
+        })
+        .expect("the fixture card prices tokens");
+    vec![
+        CatalogChange::CreateCreditType(CreditType {
+            id: CREDITS,
+            name: "credits".into(),
+            currency: None,
+            unit: super::money::CreditUnit::Custom,
+        }),
+        CatalogChange::CreateRateCard(RateCard {
+            id: CREDITS_CARD,
+            name: "Prices in credits".into(),
+            description: None,
+            fiat_credit_type: CreditType::usd_cents(),
+            aliases: vec![],
+            created_at: Timestamp(0),
+            rates: FxHashMap::default(),
+            conversions: vec![super::money::Conversion {
+                credit_type_id: CREDITS,
+                fiat_per_unit: Decimal::from(CREDIT_WORTH_CENTS),
+            }],
+        }),
+        CatalogChange::AddRates {
+            rate_card_id: CREDITS_CARD,
+            rates: vec![api, tokens],
         },
     ]
 }

@@ -463,9 +463,10 @@ pub fn contract_v1(
 /// The draft (or finalized) USAGE invoice of one billing period: a usage line per product
 /// with the covered part shown as applied commits and credits. A product priced in a custom
 /// pricing unit has its lines in that unit, and what commits and credits in that unit left
-/// uncovered is converted into fiat by one `cpu_conversion` line per unit (Metronome's): the
-/// invoice's `total` is fiat, the sum of the fiat lines left uncovered and the conversions;
-/// `subtotal` is every line's charge in fiat.
+/// uncovered is converted into fiat by one `cpu_conversion` line per unit (Metronome's), of
+/// which fiat commits and credits paid what an `applied_commit_or_credit` line in fiat shows:
+/// the invoice's `total` is fiat, what the fiat lines and the conversions leave; `subtotal` is
+/// every line's charge in fiat.
 pub fn usage_invoice(
     customer: Id,
     contract: &Contract,
@@ -507,12 +508,13 @@ pub fn usage_invoice(
             None => ct.clone(),
             Some(conversion) => {
                 let uncovered = usage.uncovered();
+                let gross = conversion.to_fiat(uncovered).unwrap_or(uncovered_fiat);
                 match conversions.iter_mut().find(|(c, ..)| *c == conversion) {
                     Some((_, amount, fiat)) => {
                         *amount = amount.checked_add(uncovered).unwrap_or(*amount);
-                        *fiat = fiat.checked_add(uncovered_fiat).unwrap_or(*fiat);
+                        *fiat = fiat.checked_add(gross).unwrap_or(*fiat);
                     }
-                    None => conversions.push((conversion, uncovered, uncovered_fiat)),
+                    None => conversions.push((conversion, uncovered, gross)),
                 }
                 credit_type_of(catalog, conversion.credit_type_id)
             }
@@ -535,6 +537,17 @@ pub fn usage_invoice(
                 usage.product_id,
                 Money::ZERO
                     .checked_sub(usage.covered)
+                    .unwrap_or(Money::ZERO),
+            ));
+        }
+        if usage.covered_fiat.is_positive() {
+            lines.push(line(
+                format!("{product_name} (fiat commits and credits applied, converted)"),
+                "applied_commit_or_credit",
+                &ct,
+                usage.product_id,
+                Money::ZERO
+                    .checked_sub(usage.covered_fiat)
                     .unwrap_or(Money::ZERO),
             ));
         }

@@ -75,6 +75,8 @@ fn seeds_pass_every_invariant() {
         totals.lifecycle_notices += report.lifecycle_notices;
         totals.alerts_created += report.alerts_created;
         totals.alert_webhooks += report.alert_webhooks;
+        totals.credit_lines += report.credit_lines;
+        totals.converted_draws += report.converted_draws;
     }
     println!("totals: {totals:?}");
     // The workload reaches what the invariants are about (CI's seeds, or more).
@@ -102,6 +104,10 @@ fn seeds_pass_every_invariant() {
         assert!(
             totals.manual_entries > 0 && totals.commits_archived > 0 && totals.commits_updated > 0,
             "no manual ledger entry, archive or commit update: {totals:?}"
+        );
+        assert!(
+            totals.credit_lines > 0 && totals.converted_draws > 0,
+            "no usage in credits, or no fiat paying for it: {totals:?}"
         );
     }
 }

@@ -93,6 +93,9 @@ pub struct CustomerModel {
     pub added_commits: Vec<(String, bool, bool)>,
     /// The sum of the manual ledger entries answered 200 (or 409: a retry finding its entry).
     pub manual: Decimal,
+    /// Its contract is on the card pricing API calls in credits (100 credits a call, never
+    /// changed: the workload's added rate is on the fixture card).
+    pub credits_card: bool,
 }
 
 /// What one period of one contract must show: exactly the events sent once the contract
@@ -299,8 +302,12 @@ impl Model {
         }
     }
 
-    /// The least and the most one API call costs (cents).
-    pub fn api_price(&self, event: &SentEvent) -> (i64, i64) {
+    /// The least and the most one API call costs `customer` (cents, or credits on the credits
+    /// card).
+    pub fn api_price(&self, event: &SentEvent, customer: usize) -> (i64, i64) {
+        if self.customers[customer].credits_card {
+            return (API_PRICE, API_PRICE);
+        }
         match self.rate_change {
             Some(change) if event.timestamp >= change.starting_at => {
                 match after(event, Some(change.added)) {
@@ -358,13 +365,13 @@ impl Model {
             match (event.usage, sure, self.rated(event)) {
                 (_, _, Rated::No) => {}
                 (Usage::ApiCall, true, Rated::Yes) => {
-                    let (least, most) = self.api_price(event);
+                    let (least, most) = self.api_price(event, customer);
                     expectation.api_calls += 1;
                     expectation.api_cents.0 += least;
                     expectation.api_cents.1 += most;
                 }
                 (Usage::ApiCall, _, _) => {
-                    let (least, most) = self.api_price(event);
+                    let (least, most) = self.api_price(event, customer);
                     expectation.maybe_api_calls += 1;
                     let price = &mut expectation.maybe_api_price;
                     *price = (price.0.min(least), price.1.max(most));

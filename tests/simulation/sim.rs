@@ -103,6 +103,9 @@ pub struct Report {
     /// Alerts created (answered 200), and alert webhooks received (alarms and resolutions).
     pub alerts_created: usize,
     pub alert_webhooks: usize,
+    /// Usage lines in credits at the end, and the converted draws on them (fiat paying).
+    pub credit_lines: usize,
+    pub converted_draws: usize,
 }
 
 /// How long a run is.
@@ -696,7 +699,10 @@ impl Sim {
                 .map_err(|e| format!("seed {}: start: {e}", self.seed))?;
             let app = api(&engine).await;
             if lifetime == 0 {
-                for change in fixtures::catalog_changes() {
+                let changes = fixtures::catalog_changes()
+                    .into_iter()
+                    .chain(fixtures::credits_catalog_changes());
+                for change in changes {
                     engine
                         .change_catalog(change)
                         .await
@@ -1599,6 +1605,7 @@ impl Sim {
     fn contract_created(&mut self, c: usize, body: &Value) {
         let customer = &mut self.model.customers[c];
         customer.granted = granted_by(&body["commits"]) + granted_by(&body["credits"]);
+        customer.credits_card = body["rate_card_id"] == json!(fixtures::CREDITS_CARD.to_string());
         customer.thresholds = [
             body.get("spend_threshold_configuration").is_some(),
             body.get("prepaid_balance_threshold_configuration")
@@ -1622,9 +1629,17 @@ impl Sim {
     fn contract_body(&mut self, customer_id: &str) -> Value {
         let start = Timestamp(self.time.now_ms()).month_start().to_rfc3339();
         let amount = self.rng.random_range(0..20_000);
+        // A third of the contracts price API calls in credits (2 cents each): their commits,
+        // credits and prepaid threshold may be in credits too.
+        let credits_card = self.rng.random_ratio(1, 3);
+        let card = if credits_card {
+            fixtures::CREDITS_CARD
+        } else {
+            RATE_CARD
+        };
         let mut body = json!({
             "customer_id": customer_id,
-            "rate_card_id": RATE_CARD.to_string(),
+            "rate_card_id": card.to_string(),
             "starting_at": start,
             "commits": [{
                 "type": "PREPAID",
@@ -1643,6 +1658,15 @@ impl Sim {
             if self.rng.random_bool(0.5) {
                 body["credits"][0]["custom_fields"] = json!({"campaign": "promo"});
             }
+            if credits_card && self.rng.random_bool(0.6) {
+                body["credits"][0]["access_schedule"]["credit_type_id"] =
+                    json!(fixtures::CREDITS.to_string());
+            }
+        }
+        if credits_card && self.rng.random_bool(0.5) {
+            // Credits bought with dollars: the access in credits, the invoice in USD.
+            body["commits"][0]["access_schedule"]["credit_type_id"] =
+                json!(fixtures::CREDITS.to_string());
         }
         let stripe_gates = self.swarm.stripe_gates;
         let gate = |rng: &mut StdRng| {
@@ -1680,6 +1704,11 @@ impl Sim {
             if self.rng.random_ratio(1, 3) {
                 body["prepaid_balance_threshold_configuration"]["threshold_balance_specifiers"] = json!([{"exclude": [{"custom_field_filters": [
                     {"entity": "ContractCreditOrCommit", "key": "campaign", "value": "promo"}]}]}]);
+            }
+            if credits_card && self.rng.random_bool(0.6) {
+                // Watches the balance in credits and recharges credits, charged in USD.
+                body["prepaid_balance_threshold_configuration"]["custom_credit_type_id"] =
+                    json!(fixtures::CREDITS.to_string());
             }
         }
         body
@@ -2497,6 +2526,9 @@ impl Sim {
         if self.rng.random_ratio(1, 4) {
             body["applicable_product_ids"] = json!([fixtures::TOKEN_PRODUCT.to_string()]);
         }
+        if customer.credits_card && self.rng.random_bool(0.4) {
+            body["access_schedule"]["credit_type_id"] = json!(fixtures::CREDITS.to_string());
+        }
         let path = if credit {
             "/v1/contracts/customerCredits/create"
         } else {
@@ -2892,8 +2924,23 @@ impl Sim {
                 let mut api = (0i64, rust_decimal::Decimal::ZERO, 0usize);
                 let mut tokens = rust_decimal::Decimal::ZERO;
                 let mut applied = rust_decimal::Decimal::ZERO;
+                // Lines in credits, and the conversion of what they leave: (applied in
+                // credits, applied in fiat, converted quantity, converted total).
+                let mut in_credits = (rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ZERO);
+                let mut conversion = (rust_decimal::Decimal::ZERO, rust_decimal::Decimal::ZERO);
+                let credits_id = json!(fixtures::CREDITS.to_string());
                 for line in invoice["line_items"].as_array().into_iter().flatten() {
                     let total = decimal(&line["total"])?;
+                    let credits = line["credit_type"]["id"] == credits_id;
+                    match line["type"].as_str() {
+                        Some("applied_commit_or_credit") if credits => in_credits.0 += total,
+                        Some("applied_commit_or_credit") => in_credits.1 += total,
+                        _ => {}
+                    }
+                    if line["type"] == "cpu_conversion" {
+                        conversion.0 += decimal(&line["quantity"])?;
+                        conversion.1 += total;
+                    }
                     match line["type"].as_str() {
                         Some("usage")
                             if line["product_id"] == json!(fixtures::API_PRODUCT.to_string()) =>
@@ -2931,9 +2978,22 @@ impl Sim {
                 }
                 let subtotal = decimal(&invoice["subtotal"])?;
                 let total = decimal(&invoice["total"])?;
-                if subtotal != api.1 + tokens
-                    || total != subtotal + applied
-                    || total.is_sign_negative()
+                let worth = rust_decimal::Decimal::from(fixtures::CREDIT_WORTH_CENTS);
+                let credits_card = self.model.customers[c].credits_card;
+                // API calls are in credits on the credits card: their charge counts at its
+                // worth, and what credits leave converts at it.
+                let (api_fiat, fiat_total) = if credits_card {
+                    let left = api.1 + in_credits.0;
+                    if conversion != (left, left * worth) {
+                        return Err(format!(
+                            "customer {c}: {left} credits uncovered, converted {conversion:?}: {invoice}"
+                        ));
+                    }
+                    (api.1 * worth, tokens + in_credits.1 + conversion.1)
+                } else {
+                    (api.1, subtotal + applied)
+                };
+                if subtotal != api_fiat + tokens || total != fiat_total || total.is_sign_negative()
                 {
                     return Err(format!("customer {c}: money does not add up: {invoice}"));
                 }
@@ -3251,6 +3311,9 @@ struct ContractMoney {
     covered_by_invoice: BTreeMap<String, rust_decimal::Decimal>,
     /// What is wrong inside one segment, line or workflow.
     broken: Vec<String>,
+    /// Lines in a custom pricing unit, and their converted draws.
+    credit_lines: usize,
+    converted_draws: usize,
 }
 
 impl Sim {
@@ -3345,15 +3408,32 @@ impl Sim {
                         for period in &contract.periods {
                             let mut covered = Decimal::ZERO;
                             for line in &period.lines {
-                                let draws: Decimal =
-                                    line.draws.iter().map(|d| d.amount.as_decimal()).sum();
+                                let sum = |converted: bool| -> Decimal {
+                                    line.draws
+                                        .iter()
+                                        .filter(|d| d.is_converted() == converted)
+                                        .map(|d| d.amount.as_decimal())
+                                        .sum()
+                                };
+                                let (own, converted) = (sum(false), sum(true));
+                                let draws = own + converted;
                                 let line_covered = line.covered.as_decimal();
+                                let fiat = line.covered_fiat.as_decimal();
+                                // What fiat paid converted is at most what the unit left.
+                                let unpaid = line
+                                    .to_fiat(line.uncovered())
+                                    .map(|m| m.as_decimal())
+                                    .unwrap_or(Decimal::MIN);
                                 if line_covered.is_sign_negative()
                                     || line_covered > line.charged.as_decimal().max(Decimal::ZERO)
-                                    || draws != line_covered
+                                    || own != line_covered
+                                    || converted != fiat
+                                    || fiat.is_sign_negative()
+                                    || fiat > unpaid
+                                    || (line.conversion.is_none() && !fiat.is_zero())
                                 {
                                     m.broken.push(format!(
-                                        "invoice {} line {}: charged {}, covered {line_covered}, draws {draws}",
+                                        "invoice {} line {}: charged {}, covered {line_covered} + {fiat} in fiat, draws {own} + {converted} converted",
                                         period.invoice_id, line.product_id, line.charged.as_decimal()
                                     ));
                                 }
@@ -3369,9 +3449,13 @@ impl Sim {
                                             .map(|shared| &shared.commit),
                                     };
                                     let restricted = commit.map(|c| &c.applicable_product_ids);
+                                    // A draw in the line's unit comes from a commit in it, a
+                                    // converted one from a fiat commit.
+                                    let unit = if draw.is_converted() { None } else { line.unit() };
                                     if restricted.is_none_or(|only| {
                                         !only.is_empty() && !only.contains(&line.product_id)
-                                    }) {
+                                    }) || commit.is_some_and(|c| c.credit_type != unit)
+                                    {
                                         m.broken.push(format!(
                                             "invoice {} line {} drew {} from commit {:?}, which does not pay for it",
                                             period.invoice_id,
@@ -3381,8 +3465,11 @@ impl Sim {
                                         ));
                                     }
                                 }
-                                covered += line_covered;
+                                covered += line_covered + fiat;
                                 m.line_draws += draws;
+                                m.credit_lines += usize::from(line.conversion.is_some());
+                                m.converted_draws +=
+                                    line.draws.iter().filter(|d| d.is_converted()).count();
                             }
                             m.covered += covered;
                             m.covered_by_invoice
@@ -3408,6 +3495,8 @@ impl Sim {
             if let Some(broken) = money.broken.first() {
                 return Err(format!("customer {c}: {broken}"));
             }
+            self.report.credit_lines += money.credit_lines;
+            self.report.converted_draws += money.converted_draws;
             if money.drawn != money.covered || money.deducted != money.line_draws {
                 return Err(format!(
                     "customer {c}: segments gave {} (ledger {}), usage lines received {} (draws {})",
