@@ -979,3 +979,63 @@ fn a_state_written_by_version_7_reads_with_commits_without_custom_fields_or_manu
         crate::domain::Money::from_i64(450)
     );
 }
+
+#[test]
+fn a_state_written_by_version_8_reads_as_fiat_and_units_round_trip() {
+    use crate::actors::entry::PersistedCustomerV8;
+    use crate::domain::customer::legacy8::CustomerV8;
+    use crate::domain::money::Conversion;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = shared(dir.path());
+    let state = customer_with_tokens();
+    let old = PersistedCustomerV8 {
+        applied_seq: 14,
+        customer: CustomerV8 {
+            profile: state.customer.profile.clone(),
+            contracts: state.customer.contracts.iter().map(Into::into).collect(),
+            workflow_history: state.customer.workflow_history.clone(),
+            alerts: state.customer.alerts.clone(),
+            alerts_as_of: T0,
+            customer_commits: vec![],
+        },
+        parked: Vec::new(),
+        quarantined: vec![(6, 0)],
+        last_input_at: T0,
+    };
+    assert!(
+        state.customer.contracts[0].periods[0].lines[0]
+            .charged
+            .is_positive(),
+        "the state has usage to upgrade"
+    );
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION_V8, &old).unwrap();
+    let key = crate::actors::entry::state_key(CUSTOMER);
+    shared.store.meta_write_derived(&[(key, bytes)]).unwrap();
+    let read = load_state(&shared, CUSTOMER).unwrap();
+    assert_eq!(read.applied_seq, 14);
+    assert_eq!(read.quarantined, vec![(6, 0)]);
+    assert_eq!(read.customer.contracts, state.customer.contracts);
+    // And this version's units read back whole.
+    let mut current = read.clone();
+    let credits = Conversion {
+        credit_type_id: crate::domain::fixtures::CREDITS,
+        fiat_per_unit: rust_decimal::Decimal::new(25, 1),
+    };
+    let contract = &mut current.customer.contracts[0];
+    contract.commits[0].credit_type = Some(credits.credit_type_id);
+    let line = &mut contract.periods[0].lines[0];
+    line.conversion = Some(credits);
+    line.covered_fiat = crate::domain::Money::from_i64(7);
+    if let Some(config) = contract.prepaid_threshold.as_mut() {
+        config.credit_type = Some(credits);
+    }
+    let bytes = crate::storage::encode(crate::actors::entry::STATE_VERSION, &current).unwrap();
+    shared
+        .store
+        .meta_write_derived(&[(crate::actors::entry::state_key(CUSTOMER), bytes)])
+        .unwrap();
+    assert_eq!(
+        load_state(&shared, CUSTOMER).unwrap().customer,
+        current.customer
+    );
+}

@@ -232,6 +232,14 @@ impl Price {
         }
     }
 
+    /// Every price per unit it charges (the flat price, or each tier's).
+    pub fn unit_prices(&self) -> Vec<Money> {
+        match self {
+            Price::Flat(price) => vec![*price],
+            Price::Tiered(tiers) => tiers.iter().map(|t| t.price).collect(),
+        }
+    }
+
     /// The charge for a total quantity within one billing period.
     ///
     /// # Errors
@@ -293,6 +301,9 @@ pub struct RateCard {
     /// Custom pricing units its rates and threshold configurations may use, with their worth
     /// in `fiat_credit_type` (`credit_type_conversions`; added, never modified).
     pub conversions: Vec<Conversion>,
+    /// The catalog version that added each of `conversions` (set on apply): an input accepted
+    /// before a conversion was added is judged without it, also when replayed after it.
+    pub conversions_added_in: Vec<u64>,
 }
 
 /// A rate card as catalog changes before custom credit types recorded it (log versions 2 to 9).
@@ -318,6 +329,7 @@ impl From<RateCardV1> for RateCard {
             created_at: old.created_at,
             rates: old.rates,
             conversions: Vec::new(),
+            conversions_added_in: Vec::new(),
         }
     }
 }
@@ -337,11 +349,21 @@ impl RateCard {
             .max_by_key(|r| (r.starting_at, r.added_in_version))
     }
 
-    /// The conversion of custom pricing unit `credit_type_id`, if the card has one.
+    /// The conversion of custom pricing unit `credit_type_id`, if the card has one now.
     pub fn conversion(&self, credit_type_id: Id) -> Option<&Conversion> {
         self.conversions
             .iter()
             .find(|c| c.credit_type_id == credit_type_id)
+    }
+
+    /// The conversion of `credit_type_id` as the catalog stood at `version` (what an input
+    /// accepted then is judged by, live and on replay).
+    pub fn conversion_at(&self, credit_type_id: Id, version: u64) -> Option<&Conversion> {
+        self.conversions
+            .iter()
+            .zip(&self.conversions_added_in)
+            .find(|(c, added)| c.credit_type_id == credit_type_id && **added <= version)
+            .map(|(c, _)| c)
     }
 
     /// How a charge at `rate` converts to the card's fiat credit type: `None` for a fiat rate.
@@ -369,6 +391,8 @@ impl RateCard {
 pub const CREDIT_TYPES_MAX: usize = 1000;
 /// Longest credit type name.
 pub const CREDIT_TYPE_NAME_MAX: usize = 200;
+/// Most decimal places of a conversion's `fiat_per_custom_credit`.
+pub const CONVERSION_SCALE_MAX: u32 = 12;
 
 /// A change to the catalog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -430,9 +454,10 @@ pub struct Catalog {
     limits: Vec<(u64, Limits)>,
     #[serde(default)]
     alerts: FxHashMap<Id, super::alerts::Alert>,
-    /// Custom pricing units, by id (USD cents is not among them: it always exists).
+    /// Custom pricing units, by id (USD cents is not among them: it always exists), with the
+    /// catalog version that created each.
     #[serde(default)]
-    credit_types: FxHashMap<Id, CreditType>,
+    credit_types: FxHashMap<Id, (CreditType, u64)>,
     #[serde(skip)]
     index: CatalogIndex,
 }
@@ -525,12 +550,19 @@ impl Catalog {
         if id == usd.id {
             return Some(usd);
         }
-        self.credit_types.get(&id).cloned()
+        self.credit_types.get(&id).map(|(t, _)| t.clone())
+    }
+
+    /// Whether `id` is a custom pricing unit as the catalog stood at `version`.
+    pub fn is_custom_unit_at(&self, id: Id, version: u64) -> bool {
+        self.credit_types
+            .get(&id)
+            .is_some_and(|(_, created)| *created <= version)
     }
 
     /// The custom pricing units, in id order.
     pub fn custom_credit_types(&self) -> Vec<&CreditType> {
-        let mut types: Vec<&CreditType> = self.credit_types.values().collect();
+        let mut types: Vec<&CreditType> = self.credit_types.values().map(|(t, _)| t).collect();
         types.sort_unstable_by_key(|t| t.id);
         types
     }
@@ -677,8 +709,9 @@ impl Catalog {
             CatalogChange::CreateRateCardV1(card) => {
                 return self.apply(CatalogChange::CreateRateCard(card.into()));
             }
-            CatalogChange::CreateRateCard(card) => {
+            CatalogChange::CreateRateCard(mut card) => {
                 self.check_conversions(&[], &card.conversions)?;
+                card.conversions_added_in = vec![self.version + 1; card.conversions.len()];
                 if card.name.trim().is_empty() {
                     return Err(Rejection::MissingField("name"));
                 }
@@ -723,6 +756,14 @@ impl Catalog {
                                 rate.credit_type_id
                             ),
                         ));
+                    }
+                    // Priced in a unit, a rate's worth in fiat is within the price bound too, so
+                    // a period's charge converts inside the bounds (bounds.rs).
+                    if let Some(conversion) = card.conversion(rate.credit_type_id) {
+                        for price in rate.price.unit_prices() {
+                            let fiat = conversion.to_fiat(price)?;
+                            bounds::check_price("price (in fiat, converted)", fiat)?;
+                        }
                     }
                     // One credit type per product on a card: a usage line has one unit.
                     let earlier = card.rates.get(&rate.product_id).and_then(|r| r.first());
@@ -781,7 +822,7 @@ impl Catalog {
                     || self
                         .credit_types
                         .values()
-                        .any(|t| t.name.trim().eq_ignore_ascii_case(name));
+                        .any(|(t, _)| t.name.trim().eq_ignore_ascii_case(name));
                 if taken {
                     return Err(Rejection::AlreadyExists);
                 }
@@ -791,7 +832,8 @@ impl Catalog {
                         &format!("at most {CREDIT_TYPES_MAX} custom pricing units"),
                     ));
                 }
-                self.credit_types.insert(credit_type.id, credit_type);
+                self.credit_types
+                    .insert(credit_type.id, (credit_type, self.version + 1));
             }
             CatalogChange::AddConversions {
                 rate_card_id,
@@ -806,6 +848,9 @@ impl Catalog {
                     .rate_cards
                     .get_mut(&rate_card_id)
                     .expect("checked above");
+                let version = self.version + 1;
+                card.conversions_added_in
+                    .extend(std::iter::repeat_n(version, conversions.len()));
                 card.conversions.extend(conversions);
             }
             CatalogChange::CreateAlert(mut alert) => {
@@ -871,10 +916,18 @@ impl Catalog {
                     "must be positive",
                 ));
             }
-            bounds::check_amount(
+            // Bounded so that a converted price stays a price (see AddRates) and a conversion
+            // keeps the digits of what it converts.
+            bounds::check_price(
                 &format!("{at}.fiat_per_custom_credit"),
                 Money::from_decimal(factor),
             )?;
+            if factor.normalize().scale() > CONVERSION_SCALE_MAX {
+                return Err(Rejection::invalid(
+                    &format!("{at}.fiat_per_custom_credit"),
+                    &format!("at most {CONVERSION_SCALE_MAX} decimal places"),
+                ));
+            }
             let twice = added[..i].iter().any(|c| c.credit_type_id == id);
             let on_card = existing.iter().any(|c| c.credit_type_id == id);
             if twice || on_card {
@@ -1235,6 +1288,7 @@ mod tests {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions_added_in: Vec::new(),
             conversions: Vec::new(),
         };
         catalog
@@ -1343,6 +1397,7 @@ mod tests {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions_added_in: Vec::new(),
             conversions: Vec::new(),
         };
         catalog

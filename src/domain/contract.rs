@@ -1132,6 +1132,17 @@ impl ThresholdConfig {
                 // with the rate card's conversion.
                 let conversion = self.credit_type.as_ref();
                 let threshold = in_fiat(conversion, self.threshold_amount)?;
+                if conversion.is_some() {
+                    // A recharge's invoice is its access in fiat: in bounds like any amount.
+                    super::bounds::check_amount(
+                        &format!("{field}.threshold_amount (in fiat, converted)"),
+                        threshold,
+                    )?;
+                    super::bounds::check_amount(
+                        &format!("{field}.recharge_to_amount (in fiat, converted)"),
+                        in_fiat(conversion, recharge_to)?,
+                    )?;
+                }
                 if threshold < min {
                     return Err(Rejection::ThresholdTooLow(min.to_string()));
                 }

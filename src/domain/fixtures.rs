@@ -95,6 +95,7 @@ pub fn catalog_changes() -> Vec<CatalogChange> {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions_added_in: Vec::new(),
             conversions: Vec::new(),
         }),
         CatalogChange::AddRates {
@@ -147,6 +148,7 @@ pub fn credits_catalog_changes() -> Vec<CatalogChange> {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: FxHashMap::default(),
+            conversions_added_in: Vec::new(),
             conversions: vec![super::money::Conversion {
                 credit_type_id: CREDITS,
                 fiat_per_unit: Decimal::from(CREDIT_WORTH_CENTS),

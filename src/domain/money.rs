@@ -496,8 +496,10 @@ pub struct Conversion {
 }
 
 impl Conversion {
-    /// `amount` of the custom pricing unit in the fiat credit type: exact, never rounded
-    /// (rounding happens where money leaves the engine, [`Money::to_minor_units`]).
+    /// `amount` of the custom pricing unit in the fiat credit type, as exact as every product
+    /// the engine computes: within `rust_decimal`'s 28 significant digits (a conversion has at
+    /// most 12 decimal places); rounding to the currency's minor unit happens only where money
+    /// leaves the engine ([`Money::to_minor_units`]).
     ///
     /// # Errors
     /// [`Rejection::AmountOverflow`] when the product leaves Decimal's range.

@@ -3773,6 +3773,7 @@ mod custom_pricing_units {
                 aliases: vec![],
                 created_at: Timestamp(0),
                 rates: Default::default(),
+                conversions_added_in: Vec::new(),
                 conversions: vec![Conversion {
                     credit_type_id: CREDITS,
                     fiat_per_unit: dec(per_credit),
@@ -3870,6 +3871,7 @@ mod custom_pricing_units {
             aliases: vec![],
             created_at: Timestamp(0),
             rates: Default::default(),
+            conversions_added_in: Vec::new(),
             conversions: vec![Conversion {
                 credit_type_id: CREDITS,
                 fiat_per_unit: dec("0.5"),
@@ -4167,5 +4169,166 @@ mod custom_pricing_units {
         assert_eq!(world.outstanding(), usd(0));
         world.calls(1);
         assert_eq!(world.outstanding(), usd(20));
+    }
+
+    /// An input refused because the rate card had no conversion stays refused when it is
+    /// judged again at its catalog version (replay) after the conversion was added.
+    #[test]
+    fn a_conversion_added_later_does_not_change_an_earlier_verdict() {
+        let mut world = credits_world("2");
+        world.catalog.apply(unit(TOKENS_UNIT, "tokens")).unwrap();
+        let mut spec = card_spec();
+        spec.credits = vec![fixtures::credit(10, 1)];
+        spec.credits[0].credit_type = Some(TOKENS_UNIT);
+        let input = Input::CreateContract(Box::new(spec));
+        let accepted_at = world.catalog.version();
+        assert!(world.apply(input.clone()).is_err());
+        world
+            .catalog
+            .apply(CatalogChange::AddConversions {
+                rate_card_id: CPU_CARD,
+                conversions: vec![Conversion {
+                    credit_type_id: TOKENS_UNIT,
+                    fiat_per_unit: dec("0.01"),
+                }],
+            })
+            .unwrap();
+        let replay = Ctx {
+            at: world.at,
+            catalog: &world.catalog,
+            catalog_version: accepted_at,
+            limits: &world.limits,
+        };
+        let mut again = world.customer.clone();
+        assert!(
+            again.apply(&input, &replay).is_err(),
+            "refused on replay too"
+        );
+        world.apply(input).unwrap();
+        assert_eq!(
+            world.customer.contracts.len(),
+            1,
+            "accepted once the conversion is in"
+        );
+    }
+
+    /// A commit in credits added after fiat paid for credit usage takes that usage over: the
+    /// fiat is given back and pays only what the new credits do not.
+    #[test]
+    fn a_new_commit_in_the_unit_takes_over_what_fiat_paid_converted() {
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        spec.commits = vec![fixtures::prepaid_commit(1_000, 10)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        // 30 calls = 300 credits = 600 cents, all paid by the USD commit.
+        world.calls(30);
+        assert_eq!(remaining(&world, 0), usd(400));
+        let edit = ContractEdit {
+            edit_id: Id::from_u128(0xe1),
+            contract_id: CONTRACT,
+            add_credits: vec![in_credits(fixtures::credit(200, 1))],
+            ..ContractEdit::default()
+        };
+        world.apply(Input::EditContract(Box::new(edit))).unwrap();
+        // The 200 credits pay 200 of the 300; USD pays 100 credits = 200 cents.
+        assert_eq!(remaining(&world, 1), usd(0));
+        assert_eq!(remaining(&world, 0), usd(800));
+        let line = &world.contract().periods[0].lines[0];
+        assert_eq!((line.covered, line.covered_fiat), (usd(200), usd(200)));
+        assert_eq!(world.outstanding(), usd(0));
+    }
+
+    /// A customer-level balance in credits needs a contract priced in credits; conversions
+    /// are bounded (decimal places, a converted price, a converted recharge).
+    #[test]
+    fn unit_balances_need_a_contract_in_the_unit_and_conversions_are_bounded() {
+        use crate::domain::customer::CustomerCommitSpec;
+        let mut world = World::new(false);
+        world.catalog.apply(unit(CREDITS, "credits")).unwrap();
+        world
+            .apply(Input::CreateContract(Box::new(fixtures::contract(
+                CONTRACT,
+            ))))
+            .unwrap();
+        let shared = |applicable: Vec<Id>| {
+            Input::CreateCustomerCommit(Box::new(CustomerCommitSpec {
+                id: Id::from_u128(0x7100),
+                commit: in_credits(fixtures::credit(50, 1)),
+                applicable_contract_ids: applicable,
+                invoice_contract_id: None,
+                uniqueness_key: None,
+            }))
+        };
+        for applicable in [vec![], vec![CONTRACT]] {
+            match world.apply(shared(applicable)) {
+                Err(Rejection::InvalidField(text)) => {
+                    assert!(text.contains("no contract"), "{text}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let card = |worth: &str| RateCard {
+            id: CPU_CARD,
+            name: "c".into(),
+            description: None,
+            fiat_credit_type: CreditType::usd_cents(),
+            aliases: vec![],
+            created_at: Timestamp(0),
+            rates: Default::default(),
+            conversions: vec![Conversion {
+                credit_type_id: CREDITS,
+                fiat_per_unit: dec(worth),
+            }],
+            conversions_added_in: Vec::new(),
+        };
+        for worth in ["0.0000000000001", "1000000001"] {
+            assert!(
+                world
+                    .catalog
+                    .apply(CatalogChange::CreateRateCard(card(worth)))
+                    .is_err(),
+                "{worth}"
+            );
+        }
+        world
+            .catalog
+            .apply(CatalogChange::CreateRateCard(card("1000")))
+            .unwrap();
+        // 10^7 credits a call at 1000 cents each: beyond the price bound once converted.
+        let mut expensive = rate(fixtures::API_PRODUCT, 10_000_000, CREDITS);
+        assert!(
+            world
+                .catalog
+                .apply(CatalogChange::AddRates {
+                    rate_card_id: CPU_CARD,
+                    rates: vec![expensive.clone()],
+                })
+                .is_err()
+        );
+        expensive.price = Price::Flat(usd(10));
+        world
+            .catalog
+            .apply(CatalogChange::AddRates {
+                rate_card_id: CPU_CARD,
+                rates: vec![expensive],
+            })
+            .unwrap();
+        // A recharge to 10^15 credits would invoice 10^18 cents.
+        let mut spec = card_spec();
+        spec.id = Id::from_u128(0x5002);
+        let mut huge =
+            fixtures::prepaid_threshold(1_000, 1_000_000_000_000_000, GateType::External);
+        huge.credit_type = Some(Conversion {
+            credit_type_id: CREDITS,
+            fiat_per_unit: Decimal::ZERO,
+        });
+        spec.prepaid_threshold = Some(huge);
+        match world.apply(Input::CreateContract(Box::new(spec))) {
+            Err(Rejection::InvalidField(text)) => assert!(text.contains("converted"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        world
+            .apply(shared(vec![]))
+            .expect_err("the contract on the credits card does not exist yet");
     }
 }

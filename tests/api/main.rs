@@ -9,6 +9,7 @@ mod auth;
 mod balance_corrections;
 mod catalog;
 mod contracts;
+mod credit_types;
 mod customer_commits;
 mod edge;
 mod lifecycle;

@@ -76,7 +76,7 @@ impl Customer {
         }
         let mut thresholds = [spec.spend_threshold.clone(), spec.prepaid_threshold.clone()];
         for config in thresholds.iter_mut().flatten() {
-            resolve_unit(config, card)?;
+            resolve_unit(config, card, ctx)?;
             validate_threshold(config, &card.fiat_credit_type, ctx, profile)?;
         }
         // Checked: build the contract.
@@ -549,7 +549,7 @@ fn next_thresholds(
                 .catalog
                 .rate_card(contract.rate_card_id)
                 .ok_or_else(|| Rejection::RateCardNotFound(contract.rate_card_id.to_string()))?;
-            resolve_unit(&mut config, card)?;
+            resolve_unit(&mut config, card, ctx)?;
             validate_threshold(&config, &contract.credit_type, ctx, profile)?;
             *slot = Some(config);
         }
@@ -619,11 +619,16 @@ pub(super) use crate::domain::bounds::check_uniqueness_key as validate_uniquenes
 ///
 /// # Errors
 /// [`Rejection::InvalidField`] when the card has no conversion for it.
-fn resolve_unit(config: &mut ThresholdConfig, card: &RateCard) -> Result<(), Rejection> {
+fn resolve_unit(
+    config: &mut ThresholdConfig,
+    card: &RateCard,
+    ctx: &Ctx<'_>,
+) -> Result<(), Rejection> {
     let Some(unit) = config.credit_type.as_mut() else {
         return Ok(());
     };
-    let conversion = card.conversion(unit.credit_type_id).ok_or_else(|| {
+    let found = card.conversion_at(unit.credit_type_id, ctx.catalog_version);
+    let conversion = found.ok_or_else(|| {
         Rejection::invalid(
             &format!("{}.custom_credit_type_id", config.kind.field()),
             &format!(
@@ -647,17 +652,13 @@ pub(super) fn validate_commit(
 ) -> Result<(), Rejection> {
     if let Some(unit) = spec.credit_type {
         let at = format!("{field}.access_schedule.credit_type_id");
-        let custom = ctx
-            .catalog
-            .credit_type(unit)
-            .is_some_and(|t| t.currency.is_none());
-        if !custom {
+        if !ctx.catalog.is_custom_unit_at(unit, ctx.catalog_version) {
             return Err(Rejection::invalid(
                 &at,
                 &format!("{unit} is neither USD (cents) nor a custom pricing unit"),
             ));
         }
-        if let Some(card) = card.filter(|c| c.conversion(unit).is_none()) {
+        if let Some(card) = card.filter(|c| c.conversion_at(unit, ctx.catalog_version).is_none()) {
             return Err(Rejection::invalid(
                 &at,
                 &format!(

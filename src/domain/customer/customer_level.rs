@@ -171,6 +171,32 @@ impl Customer {
         for &id in &spec.applicable_contract_ids {
             contract_of(id, "applicable_contract_ids")?;
         }
+        if let Some(unit) = spec.commit.credit_type {
+            // A balance in a custom pricing unit pays only usage priced in it: every contract
+            // it names (or, naming none, one of the customer's contracts) has the unit on its
+            // rate card.
+            let converts = |contract: &Contract| {
+                ctx.catalog
+                    .rate_card(contract.rate_card_id)
+                    .is_some_and(|card| card.conversion_at(unit, ctx.catalog_version).is_some())
+            };
+            let usable = if spec.applicable_contract_ids.is_empty() {
+                self.contracts.iter().any(converts)
+            } else {
+                self.contracts
+                    .iter()
+                    .filter(|c| spec.applicable_contract_ids.contains(&c.id))
+                    .all(converts)
+            };
+            if !usable {
+                return Err(Rejection::invalid(
+                    "access_schedule.credit_type_id",
+                    &format!(
+                        "{unit}: no contract it would apply to has a rate card with a conversion for it"
+                    ),
+                ));
+            }
+        }
         let credit_type = CreditType::usd_cents();
         let invoice_contract = match spec.invoice_contract_id {
             Some(id) => Some(contract_of(id, "invoice_contract_id")?),

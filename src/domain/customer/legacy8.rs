@@ -401,3 +401,145 @@ impl From<CustomerCommitSpecV9> for CustomerCommitSpec {
         }
     }
 }
+
+/// Today's commit in the shape of state 8, for tests that write an old state.
+#[cfg(test)]
+impl From<&Commit> for CommitV8 {
+    fn from(c: &Commit) -> CommitV8 {
+        CommitV8 {
+            id: c.id,
+            kind: c.kind,
+            product_id: c.product_id,
+            name: c.name.clone(),
+            description: c.description.clone(),
+            priority: c.priority,
+            applicable_product_ids: c.applicable_product_ids.clone(),
+            applicable_product_tags: c.applicable_product_tags.clone(),
+            segments: c.segments.clone(),
+            invoice_schedule: c.invoice_schedule.clone(),
+            release: c.release,
+            created_by_threshold: c.created_by_threshold,
+            created_at: c.created_at,
+            deductions: c.deductions.clone(),
+            archived_at: c.archived_at,
+            custom_fields: c.custom_fields.clone(),
+            manual_entries: c.manual_entries.clone(),
+        }
+    }
+}
+
+/// Today's contract in the shape of state 8, for tests that write an old state.
+#[cfg(test)]
+impl From<&Contract> for ContractV8 {
+    fn from(c: &Contract) -> ContractV8 {
+        let threshold = |config: &Option<ThresholdConfig>| {
+            config.as_ref().map(|t| ThresholdConfigV8 {
+                kind: t.kind,
+                commit: t.commit.clone(),
+                is_enabled: t.is_enabled,
+                gate: t.gate.clone(),
+                threshold_amount: t.threshold_amount,
+                recharge_to_amount: t.recharge_to_amount,
+                discount: t.discount.clone(),
+                triggers: t.triggers,
+                limits: t.limits.clone(),
+                hold: t.hold,
+                holds: t.holds,
+                balance_specifiers: t.balance_specifiers.clone(),
+            })
+        };
+        ContractV8 {
+            id: c.id,
+            customer_id: c.customer_id,
+            rate_card_id: c.rate_card_id,
+            name: c.name.clone(),
+            starting_at: c.starting_at,
+            ending_before: c.ending_before,
+            credit_type: c.credit_type.clone(),
+            uniqueness_key: c.uniqueness_key.clone(),
+            created_at: c.created_at,
+            commits: c.commits.iter().map(Into::into).collect(),
+            periods: c.periods.iter().map(Into::into).collect(),
+            purchases: c.purchases.clone(),
+            spend_threshold: threshold(&c.spend_threshold),
+            prepaid_threshold: threshold(&c.prepaid_threshold),
+            workflows: c.workflows.clone(),
+            edit_keys: c.edit_keys.clone(),
+            edits: c.edits,
+            lifecycle: c.lifecycle.clone(),
+            recent_edits: c.recent_edits.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Input;
+    use crate::domain::catalog::CatalogChange;
+
+    fn index<T: serde::Serialize>(value: &T) -> u8 {
+        let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap();
+        bytes[0]
+    }
+
+    /// Logged kinds keep their positions (bincode writes a variant by its index): log version
+    /// 9's contract inputs are read as the V9 kinds, the new kinds come after every old one.
+    #[test]
+    fn input_and_catalog_kinds_keep_their_logged_positions() {
+        let spec = || {
+            Box::new(super::ContractSpecV9 {
+                id: crate::domain::Id::from_u128(1),
+                rate_card_id: crate::domain::Id::from_u128(2),
+                name: None,
+                starting_at: crate::domain::Timestamp(0),
+                ending_before: None,
+                uniqueness_key: None,
+                commits: vec![],
+                credits: vec![],
+                spend_threshold: None,
+                prepaid_threshold: None,
+            })
+        };
+        assert_eq!(index(&Input::CreateContractV9(spec())), 17);
+        let edit = super::ContractEditV9 {
+            edit_id: crate::domain::Id::from_u128(3),
+            contract_id: crate::domain::Id::from_u128(1),
+            uniqueness_key: None,
+            add_commits: vec![],
+            add_credits: vec![],
+            add_spend_threshold: None,
+            update_spend_threshold: None,
+            add_prepaid_threshold: None,
+            update_prepaid_threshold: None,
+            update_ending_before: None,
+            allow_ending_before_finalized_invoice: true,
+            archive_commits: vec![],
+            archive_credits: vec![],
+            update_commits: vec![],
+        };
+        assert_eq!(index(&Input::EditContractV9(Box::new(edit))), 18);
+        let contract = crate::domain::fixtures::contract(crate::domain::fixtures::CONTRACT);
+        assert_eq!(index(&Input::CreateContract(Box::new(contract))), 21);
+        assert_eq!(index(&Input::EditContract(Box::default())), 22);
+        let card = crate::domain::fixtures::catalog_changes()
+            .into_iter()
+            .find_map(|c| match c {
+                CatalogChange::CreateRateCard(card) => Some(card),
+                _ => None,
+            })
+            .unwrap();
+        let old = super::super::super::catalog::RateCardV1 {
+            id: card.id,
+            name: card.name.clone(),
+            description: None,
+            fiat_credit_type: card.fiat_credit_type.clone(),
+            aliases: vec![],
+            created_at: card.created_at,
+            rates: Default::default(),
+        };
+        assert_eq!(index(&CatalogChange::CreateRateCardV1(old)), 4);
+        assert_eq!(index(&CatalogChange::CreateRateCard(card)), 10);
+        let credits = crate::domain::fixtures::credits_catalog_changes().remove(0);
+        assert_eq!(index(&credits), 9);
+    }
+}

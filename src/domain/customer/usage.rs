@@ -541,6 +541,26 @@ fn give_back(
     Ok(shared_touched)
 }
 
+/// Gives every converted draw of line `(pi, li)` back to its fiat segment; answers them in the
+/// order they were drawn (for [`cover_outstanding`] to draw again what is still needed).
+fn take_back_converted(
+    drawable: &mut Drawable<'_>,
+    (pi, li): (usize, usize),
+    invoice_id: Id,
+) -> Result<Vec<crate::domain::contract::LineDraw>, Rejection> {
+    let line = &drawable.contract.periods[pi].lines[li];
+    let converted: Vec<_> = line
+        .draws
+        .iter()
+        .filter(|d| d.is_converted())
+        .copied()
+        .collect();
+    let mut all = line.covered_fiat;
+    give_back_draws(drawable, (pi, li), invoice_id, &mut all, true)?;
+    debug_assert!(all.is_zero(), "converted draws sum to covered_fiat");
+    Ok(converted)
+}
+
 /// Gives back up to `left` from the draws of one kind (`converted` or in the line's unit),
 /// last drawn first.
 fn give_back_draws(
@@ -605,14 +625,23 @@ pub(super) fn cover_outstanding(
             let (unit, product) = (line.unit(), line.product_id);
             let tags = product_tags(ctx.catalog, product);
             let commit = drawable.commit(source);
-            // A commit in the line's unit pays what is not paid at all yet (a line fiat has
-            // started paying for stays fiat's: its unit need would take a division); a fiat
-            // commit pays, converted, what a line in a custom pricing unit leaves.
+            let available = commit
+                .segments
+                .iter()
+                .any(|s| s.overlaps(start, end) && s.remaining().is_positive());
+            // A commit in the line's unit pays what the unit's commits left, before fiat: the
+            // fiat that paid for it converted is given back first and pays again (from the same
+            // segments, in the same order) for what the new commit does not. A fiat commit
+            // pays, converted, what a line in a custom pricing unit leaves.
+            let mut refill = Vec::new();
             let (mut left, converted) = if commit.pays_for(unit, product, tags) {
-                if line.covered_fiat.is_positive() {
+                if !available || !line.uncovered().is_positive() {
                     continue;
                 }
-                (line.uncovered(), false)
+                if line.covered_fiat.is_positive() {
+                    refill = take_back_converted(drawable, (pi, li), invoice_id)?;
+                }
+                (drawable.contract.periods[pi].lines[li].uncovered(), false)
             } else if unit.is_some() && commit.pays_for(None, product, tags) {
                 (uncovered_before, true)
             } else {
@@ -640,6 +669,22 @@ pub(super) fn cover_outstanding(
                 }
                 if left.is_zero() {
                     break;
+                }
+            }
+            if !refill.is_empty() {
+                let line = &drawable.contract.periods[pi].lines[li];
+                // At most what the line's unit left before, which converted.
+                let mut need = line.to_fiat(line.uncovered())?;
+                for draw in refill {
+                    let take = need.min(draw.amount);
+                    if !take.is_positive() {
+                        break;
+                    }
+                    let (fiat, si) = (draw.source(), draw.segment as usize);
+                    drawable.deduct((fiat, si), invoice_id, take, ctx.at)?;
+                    let line = &mut drawable.contract.periods[pi].lines[li];
+                    line.record_converted_draw((fiat.encoded(), si), take)?;
+                    need = need.checked_sub(take)?;
                 }
             }
             let uncovered_after = drawable.contract.periods[pi].lines[li].uncovered_fiat()?;

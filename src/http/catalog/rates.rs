@@ -459,6 +459,8 @@ fn parse_rate_card(body: CreateRateCardBody, created_at: Timestamp) -> ApiResult
         created_at,
         rates: Default::default(),
         conversions: ConversionBody::conversions(body.credit_type_conversions),
+        // Set by the catalog when it applies the change.
+        conversions_added_in: Vec::new(),
     })
 }
 
