@@ -1095,6 +1095,94 @@ await step('16. balance corrections: custom_fields, threshold_balance_specifiers
   );
 });
 
+await step('17. custom pricing units: credit type, rate card conversions (create, update), rate in credits, credits bought with dollars, recharge in credits charged in dollars', async () => {
+  // The SDK has no create: Tollgate's endpoint, through the client's generic post.
+  const unit = await client.post('/v1/tollgate/credit-types/create', { body: { name: `credits ${run}` } });
+  const credits = unit.data.id;
+  const tokens = (await client.post('/v1/tollgate/credit-types/create', { body: { name: `tokens ${run}` } })).data.id;
+  const units = await collect(client.v1.pricingUnits.list());
+  assert.ok(units.some((u) => u.id === credits && u.is_currency === false), 'credits listed');
+  assert.ok(units.some((u) => u.name === 'USD (cents)' && u.is_currency === true), 'USD listed');
+  const card = await client.v1.contracts.rateCards.create({
+    name: `In credits ${run}`,
+    credit_type_conversions: [{ custom_credit_type_id: credits, fiat_per_custom_credit: 2 }],
+  });
+  const cardId = card.data.id;
+  await client.v1.contracts.rateCards.update({
+    rate_card_id: cardId,
+    add_credit_type_conversions: [{ custom_credit_type_id: tokens, fiat_per_custom_credit: 0.01 }],
+  });
+  const read = await client.v1.contracts.rateCards.retrieve({ id: cardId });
+  assert.deepEqual(
+    read.data.credit_type_conversions.map((c) => [c.custom_credit_type.id, c.fiat_per_custom_credit]),
+    [[credits, '2'], [tokens, '0.01']],
+  );
+  // Changing an existing conversion is refused.
+  await expectError(
+    client.v1.contracts.rateCards.update({ rate_card_id: cardId, add_credit_type_conversions: [{ custom_credit_type_id: credits, fiat_per_custom_credit: 3 }] }),
+    BadRequestError,
+    400,
+  );
+  const rate = await client.v1.contracts.rateCards.rates.add({
+    rate_card_id: cardId,
+    product_id: catalog.usageProductId,
+    entitled: true,
+    rate_type: 'FLAT',
+    price: 10,
+    credit_type_id: credits,
+    starting_at: pastHour,
+  });
+  assert.equal(rate.data.credit_type.id, credits);
+  const buyer = await client.v1.customers.create({ name: `Credits ${run}`, ingest_aliases: [`credits-${run}`] });
+  const customerId = buyer.data.id;
+  // 1000 credits bought for $20; the threshold recharges credits below 500 back to 1500.
+  const created = await client.v1.contracts.create({
+    customer_id: customerId,
+    rate_card_id: cardId,
+    starting_at: monthStart,
+    commits: [
+      {
+        type: 'PREPAID',
+        product_id: catalog.commitProductId,
+        access_schedule: { credit_type_id: credits, schedule_items: [{ amount: 1000, starting_at: monthStart, ending_before: farFuture }] },
+        invoice_schedule: { schedule_items: [{ timestamp: monthStart, amount: 2000 }] },
+      },
+    ],
+    prepaid_balance_threshold_configuration: {
+      commit: { product_id: catalog.commitProductId, name: 'Credit top-up' },
+      is_enabled: true,
+      payment_gate_config: { payment_gate_type: 'EXTERNAL' },
+      threshold_amount: 500,
+      recharge_to_amount: 1500,
+      custom_credit_type_id: credits,
+    },
+  });
+  const contractId = created.data.id;
+  const contract = await client.v2.contracts.retrieve({ customer_id: customerId, contract_id: contractId });
+  assert.equal(contract.data.prepaid_balance_threshold_configuration.custom_credit_type_id, credits);
+  assert.equal(contract.data.commits[0].access_schedule.credit_type.id, credits);
+  const net = async (credit_type_id) =>
+    (await client.v1.contracts.getNetBalance({ customer_id: customerId, credit_type_id })).data.balance;
+  assert.equal(await net(credits), 1000);
+  // 50 calls at 10 credits: B = 500 credits, the recharge of 1000 credits is invoiced $20.
+  const ts = iso(Date.now());
+  const usage = [];
+  for (let i = 0; i < 50; i++) {
+    usage.push({ transaction_id: `${run}-credits-${i}`, customer_id: `credits-${run}`, event_type: 'api_call', timestamp: ts, properties: {} });
+  }
+  await client.v1.usage.ingest({ usage });
+  const initiate = await waitHook('payment_gate.external_initiate', { contract_id: contractId });
+  assert.equal(initiate.event.properties.invoice_total, 2000, '1000 credits at 2 cents');
+  assert.equal(await net(credits), 500);
+  await client.post('/v1/contracts/commits/threshold-billing/release', {
+    body: { workflow_id: initiate.event.properties.workflow_id, outcome: 'PAID' },
+  });
+  await waitFor('the recharge in credits', async () => (await net(credits)) === 1500);
+  const scheduled = await collect(client.v1.customers.invoices.list({ customer_id: customerId, type: 'SCHEDULED' }));
+  assert.deepEqual(scheduled.map((i) => i.total).sort((a, b) => a - b), [2000, 2000]);
+  assert.ok(scheduled.every((i) => i.credit_type.name === 'USD (cents)'), 'purchases are in dollars');
+});
+
 await shutdown();
 const seconds = ((Date.now() - started) / 1000).toFixed(1);
 console.log(`\nSDK flow passed: ${passed.length} steps, ${webhooks.length} webhook deliveries verified, ${seconds} s`);
