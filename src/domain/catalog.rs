@@ -366,24 +366,25 @@ impl RateCard {
             .map(|(c, _)| c)
     }
 
-    /// How a charge at `rate` converts to the card's fiat credit type: `None` for a fiat rate.
+    /// Where the conversion of custom rate `rate` is among the card's conversions, and the
+    /// conversion.
     ///
     /// # Errors
-    /// [`Rejection::Unsupported`] for a custom rate without its conversion (never logged: an
-    /// added rate is checked to have one, and conversions are never removed).
-    pub fn conversion_of(&self, rate: &Rate) -> Result<Option<Conversion>, Rejection> {
-        if rate.credit_type_id == self.fiat_credit_type.id {
-            return Ok(None);
+    /// [`Rejection::Unsupported`] for a rate without its conversion (never logged: an added rate
+    /// is checked to have one, and conversions are never removed) or a card with more
+    /// conversions than an index holds.
+    pub fn conversion_index_of(&self, rate: &Rate) -> Result<(u16, Conversion), Rejection> {
+        let found = self
+            .conversions
+            .iter()
+            .position(|c| c.credit_type_id == rate.credit_type_id);
+        match found.and_then(|i| u16::try_from(i).ok()) {
+            Some(index) => Ok((index, self.conversions[usize::from(index)])),
+            None => Err(Rejection::Unsupported(format!(
+                "credit type {} has no conversion on rate card {}",
+                rate.credit_type_id, self.id
+            ))),
         }
-        self.conversion(rate.credit_type_id)
-            .copied()
-            .map(Some)
-            .ok_or_else(|| {
-                Rejection::Unsupported(format!(
-                    "credit type {} has no conversion on rate card {}",
-                    rate.credit_type_id, self.id
-                ))
-            })
     }
 }
 

@@ -769,14 +769,20 @@ impl UsageLine {
     /// # Errors
     /// [`Rejection::AmountOverflow`] (never for a line whose charge converted when it was
     /// charged: what stays uncovered is at most the charge).
-    #[inline]
+    #[inline(always)]
     pub fn uncovered_fiat(&self) -> Result<Money, Rejection> {
         match &self.conversion {
             None => Ok(self.uncovered()),
-            Some(conversion) => Ok(conversion
-                .to_fiat(self.uncovered())?
-                .minus_floor_zero(self.covered_fiat)),
+            Some(conversion) => self.uncovered_converted(conversion),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn uncovered_converted(&self, conversion: &Conversion) -> Result<Money, Rejection> {
+        Ok(conversion
+            .to_fiat(self.uncovered())?
+            .minus_floor_zero(self.covered_fiat))
     }
 
     /// Records that `amount` of this line (in its unit) was drawn from segment `si` of commit
@@ -784,6 +790,7 @@ impl UsageLine {
     ///
     /// # Errors
     /// [`Rejection::AmountOverflow`].
+    #[inline]
     pub fn record_draw(
         &mut self,
         (ci, si): (usize, usize),
@@ -807,6 +814,7 @@ impl UsageLine {
         self.push_draw((ci as u32 | CONVERTED, si as u32), fiat)
     }
 
+    #[inline(always)]
     fn push_draw(&mut self, (commit, segment): (u32, u32), amount: Money) -> Result<(), Rejection> {
         match self.draws.last_mut() {
             Some(last) if last.commit == commit && last.segment == segment => {

@@ -16,7 +16,7 @@ use crate::domain::contract::{
     draw_order_across,
 };
 use crate::domain::ids::{Id, Timestamp};
-use crate::domain::money::{Conversion, Money, in_fiat};
+use crate::domain::money::{Conversion, Money};
 use crate::domain::rejection::Rejection;
 use crate::domain::usage::UsageEvent;
 
@@ -29,8 +29,9 @@ struct Charge {
     contribution: Contribution,
     new_charged: Money,
     delta: Money,
-    /// The product's custom pricing unit on the contract's rate card (`None`: fiat).
-    conversion: Option<Conversion>,
+    /// The product's custom pricing unit on the contract's rate card, as its index in the
+    /// card's conversions (`None`: fiat; an index keeps a charge small, and most are fiat).
+    unit: Option<u16>,
 }
 
 /// How many charges of one event are kept without touching the heap: an event usually rates
@@ -91,11 +92,21 @@ impl Customer {
         let mut shared_touched = false;
         for charge in charges.iter() {
             let tags = product_tags(ctx.catalog, charge.product_id);
+            let conversion = match charge.unit {
+                None => None,
+                Some(index) => ctx
+                    .catalog
+                    .rate_card(self.contracts[charge.contract].rate_card_id)
+                    .and_then(|card| card.conversions.get(usize::from(index)))
+                    .copied(),
+            };
             let mut drawable = Drawable {
                 contract: &mut self.contracts[charge.contract],
                 pool: &mut self.customer_commits,
             };
-            shared_touched |= apply_charge(&mut drawable, charge, tags, event.timestamp, ctx.at)?;
+            let product = (conversion, tags);
+            shared_touched |=
+                apply_charge(&mut drawable, charge, product, event.timestamp, ctx.at)?;
         }
         if shared_touched {
             // A customer-level balance moved: every contract that counts it looks again.
@@ -144,10 +155,13 @@ impl Customer {
                     }
                     let line = (ci, product_id);
                     let mut charge = rate_line(contract, line, &rate.price, contribution, event)?;
-                    charge.conversion = card.conversion_of(rate)?;
-                    // What the line leaves uncovered is at most its charge: converting the
-                    // charge checks every conversion the apply phase makes.
-                    in_fiat(charge.conversion.as_ref(), charge.new_charged)?;
+                    if rate.credit_type_id != card.fiat_credit_type.id {
+                        let (index, conversion) = card.conversion_index_of(rate)?;
+                        charge.unit = Some(index);
+                        // What the line leaves uncovered is at most its charge: converting
+                        // the charge checks every conversion the apply phase makes.
+                        conversion.to_fiat(charge.new_charged)?;
+                    }
                     charges.push(charge);
                 }
             }
@@ -205,7 +219,7 @@ fn rate_line(
         contribution,
         new_charged,
         delta,
-        conversion: None,
+        unit: None,
     })
 }
 
@@ -275,7 +289,7 @@ impl Drawable<'_> {
 fn apply_charge(
     drawable: &mut Drawable<'_>,
     charge: &Charge,
-    tags: &[String],
+    (conversion, tags): (Option<Conversion>, &[String]),
     usage_at: Timestamp,
     at: Timestamp,
 ) -> Result<bool, Rejection> {
@@ -297,17 +311,14 @@ fn apply_charge(
         None => {
             let lines = &mut contract.periods[pi].lines;
             let aggregate = Aggregate::empty_for(&charge.contribution);
-            let line = UsageLine::new(charge.product_id, aggregate, charge.conversion);
+            let line = UsageLine::new(charge.product_id, aggregate, conversion);
             crate::domain::push_first_exact(lines, line);
             lines.len() - 1
         }
     };
     let invoice_id = contract.periods[pi].invoice_id;
     let line = &mut contract.periods[pi].lines[li];
-    debug_assert_eq!(
-        line.conversion, charge.conversion,
-        "one unit per product and card"
-    );
+    debug_assert_eq!(line.conversion, conversion, "one unit per product and card");
     let uncovered_before = line.uncovered_fiat()?;
     line.aggregate.add(&charge.contribution);
     line.charged = charge.new_charged;
@@ -318,7 +329,7 @@ fn apply_charge(
             invoice_id,
             usage_at,
         };
-        let product = (charge.conversion, charge.product_id, tags);
+        let product = (conversion, charge.product_id, tags);
         shared_touched = draw_down(drawable, product, drawn, charge.delta, at)?;
     } else if charge.delta.is_negative() {
         // SPEC 2.1: a decrease first gives back what the line drew, then lowers S.
