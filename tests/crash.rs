@@ -1716,3 +1716,159 @@ async fn kill_9_after_customer_level_draws_replays_to_the_same_shared_balance() 
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+/// Usage priced in credits (a credit first, then dollars at 2 cents a credit), then `kill -9`
+/// with no checkpoint: the restart replays the catalog's unit and conversions and every input to
+/// the same balances and invoice; a contract refused because its card had no conversion for
+/// its unit stays refused although the conversion was added before the crash.
+#[actix_rt::test]
+async fn kill_9_replays_usage_in_credits_and_a_refusal_from_before_its_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = write_config_with(dir.path(), &receiver.url, 3_600_000, 3_600_000);
+    let client = reqwest::Client::new();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    setup(&client, &server.base).await;
+    let base = server.base.clone();
+    let id = |v: &Value| v["data"]["id"].as_str().unwrap().to_owned();
+    let (_, products) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/products/list",
+        &json!({}),
+    )
+    .await;
+    let product = |kind: &str| {
+        products["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == kind)
+            .unwrap()["id"]
+            .clone()
+    };
+    let (usage, fixed) = (product("USAGE"), product("FIXED"));
+    let create = "/v1/tollgate/credit-types/create";
+    let credits = id(&post(&client, &base, create, &json!({"name": "credits"}))
+        .await
+        .1);
+    let tokens = id(&post(&client, &base, create, &json!({"name": "tokens"}))
+        .await
+        .1);
+    let (status, card) = post(&client, &base, "/v1/contract-pricing/rate-cards/create", &json!({
+        "name": "In credits",
+        "credit_type_conversions": [{"custom_credit_type_id": credits, "fiat_per_custom_credit": 2}]
+    })).await;
+    assert_eq!(status, 200, "{card}");
+    let card = id(&card);
+    let (status, body) = post(
+        &client,
+        &base,
+        "/v1/contract-pricing/rate-cards/addRate",
+        &json!({
+            "rate_card_id": card, "product_id": usage, "entitled": true, "rate_type": "FLAT",
+            "price": 10, "credit_type_id": credits, "starting_at": "2020-01-01T00:00:00Z"
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, customer) = post(
+        &client,
+        &base,
+        "/v1/customers",
+        &json!({
+            "name": "Credits Co", "ingest_aliases": ["credits-co"]
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{customer}");
+    let customer = id(&customer);
+    let start = tollgate::domain::Timestamp(now_ms())
+        .month_start()
+        .to_rfc3339();
+    let contract = |unit: &str| {
+        json!({
+            "customer_id": customer, "rate_card_id": card, "starting_at": start,
+            "commits": [{"type": "PREPAID", "product_id": fixed, "priority": 10,
+                "access_schedule": {"schedule_items": [{"amount": 1000, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]},
+                "invoice_schedule": {"schedule_items": [{"timestamp": start, "amount": 1000}]}}],
+            "credits": [{"product_id": fixed, "priority": 1,
+                "access_schedule": {"credit_type_id": unit, "schedule_items": [{"amount": 100, "starting_at": start, "ending_before": "2099-01-01T00:00:00Z"}]}}]
+        })
+    };
+    // Refused: the card has no conversion for tokens yet. Then the conversion comes.
+    let (status, body) = post(&client, &base, "/v1/contracts/create", &contract(&tokens)).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(&client, &base, "/v1/contract-pricing/rate-cards/update", &json!({
+        "rate_card_id": card,
+        "add_credit_type_conversions": [{"custom_credit_type_id": tokens, "fiat_per_custom_credit": "0.5"}]
+    })).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&client, &base, "/v1/contracts/create", &contract(&credits)).await;
+    assert_eq!(status, 200, "{body}");
+    // 15 calls = 150 credits: 100 from the credit, 50 credits = 100 cents from the dollars.
+    let batch: Vec<Value> = (0..15)
+        .map(|i| {
+            let mut e = event(&format!("credits-{i}"));
+            e["customer_id"] = json!("credits-co");
+            e
+        })
+        .collect();
+    let (status, _) = post(&client, &base, "/v1/ingest", &json!(batch)).await;
+    assert_eq!(status, 200);
+    let read = |base: String| {
+        let (client, customer, credits) = (client.clone(), customer.clone(), credits.clone());
+        async move {
+            let net = |credit_type: String| {
+                let (client, base, customer) = (client.clone(), base.clone(), customer.clone());
+                async move {
+                    post(
+                        &client,
+                        &base,
+                        "/v1/contracts/customerBalances/getNetBalance",
+                        &json!({"customer_id": customer, "credit_type_id": credit_type}),
+                    )
+                    .await
+                    .1["data"]["balance"]
+                        .clone()
+                }
+            };
+            let usd = "2714e483-4ff1-48e4-9e25-ac732e8f24f2".to_owned();
+            let (_, contracts) = post(
+                &client,
+                &base,
+                "/v1/contracts/list",
+                &json!({"customer_id": customer}),
+            )
+            .await;
+            let (_, invoices) = post_get(
+                &client,
+                &base,
+                &format!("/v1/customers/{customer}/invoices?type=USAGE"),
+            )
+            .await;
+            (
+                net(credits).await,
+                net(usd).await,
+                contracts["data"].as_array().map(Vec::len),
+                invoices["data"][0]["line_items"].clone(),
+                invoices["data"][0]["total"].clone(),
+            )
+        }
+    };
+    let before = read(base.clone()).await;
+    assert_eq!(
+        (&before.0, &before.1, before.2),
+        (&json!(0), &json!(900), Some(1))
+    );
+    assert_eq!(before.4, json!(0), "{before:?}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = start_server(&config);
+    wait_ready(&client, &server.base).await;
+    let after = read(server.base.clone()).await;
+    assert_eq!(after, before, "the replay reaches the live run's state");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
