@@ -301,8 +301,10 @@ pub struct RateCard {
     /// Custom pricing units its rates and threshold configurations may use, with their worth
     /// in `fiat_credit_type` (`credit_type_conversions`; added, never modified).
     pub conversions: Vec<Conversion>,
-    /// The catalog version that added each of `conversions` (set on apply): an input accepted
-    /// before a conversion was added is judged without it, also when replayed after it.
+    /// The catalog version that added each of `conversions` (set on apply, not logged: the
+    /// catalog is rebuilt from its log): an input accepted before a conversion was added is
+    /// judged without it, also when replayed after it.
+    #[serde(skip)]
     pub conversions_added_in: Vec<u64>,
 }
 

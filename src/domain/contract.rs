@@ -1281,6 +1281,10 @@ pub struct Lifecycle {
     /// The latest time the lifecycle was looked at: an input applied out of its time (a late
     /// event, a re-applied one) never takes it back.
     pub as_of: Timestamp,
+    /// Segments whose end was announced before their own end (the contract ended first), with
+    /// how many times: such a segment starts again when the contract's end is lifted, and each
+    /// start and end after the first has an id of its own (state version 9).
+    pub reopened: Vec<(Id, u64)>,
 }
 
 /// What [`Contract`] derives from its own fields to answer a usage event in constant time.

@@ -2276,6 +2276,53 @@ fn lifecycle_notices_announce_creation_segments_and_the_end_once_each() {
         "once"
     );
     assert_eq!(world.customer.next_wake(world.at), None);
+    // The end is lifted: the commit's segment starts again, under an id of its own (the first
+    // start's id was sent with another body), and ends again under a new one too.
+    let segment = world
+        .contract()
+        .commits
+        .iter()
+        .find(|c| c.kind == CommitKind::Prepaid)
+        .unwrap()
+        .segments[0]
+        .id;
+    let ids = |effects: &[Effect], kind: &str| -> Vec<Id> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Notice(n) if n.notice_type.as_str() == kind => Some(n.id),
+                _ => None,
+            })
+            .collect()
+    };
+    let lift = |world: &mut World, id: u128, end: Option<Timestamp>| {
+        world
+            .apply(Input::edit(ContractEdit {
+                edit_id: Id::from_u128(id),
+                contract_id: CONTRACT,
+                update_ending_before: Some(end),
+                allow_ending_before_finalized_invoice: true,
+                ..ContractEdit::default()
+            }))
+            .unwrap()
+            .effects
+    };
+    let lifted = lift(&mut world, 0xe1e, None);
+    let restarted = ids(&lifted, "commit.segment.start");
+    assert_eq!(restarted.len(), 1, "{:?}", notices(&lifted));
+    assert_ne!(restarted[0], Id::derive(segment, "commit.segment.start", 0));
+    let again = world.at.plus_ms(MS_PER_DAY).floor_hour();
+    lift(&mut world, 0xe1f, Some(again));
+    world.at = again;
+    let ended_again = ids(
+        &world.apply(Input::Tick).unwrap().effects,
+        "commit.segment.end",
+    );
+    assert_eq!(ended_again.len(), 1);
+    assert_ne!(
+        ended_again[0],
+        Id::derive(segment, "commit.segment.end", end.millis() as u64)
+    );
 }
 
 #[test]
@@ -4330,5 +4377,40 @@ mod custom_pricing_units {
         world
             .apply(shared(vec![]))
             .expect_err("the contract on the credits card does not exist yet");
+    }
+
+    /// A line that a fiat balance no longer usable paid converted keeps that payment: a new
+    /// commit in the unit does not give money back to an archived credit.
+    #[test]
+    fn a_take_over_leaves_what_an_archived_fiat_credit_paid() {
+        let mut world = credits_world("2");
+        let mut spec = card_spec();
+        spec.credits = vec![fixtures::credit(1_000, 1)];
+        world.apply(Input::CreateContract(Box::new(spec))).unwrap();
+        // 20 calls = 200 credits = 400 cents from the USD credit.
+        world.calls(20);
+        assert_eq!(remaining(&world, 0), usd(600));
+        let credit = world.contract().commits[0].id;
+        let archive = ContractEdit {
+            edit_id: Id::from_u128(0xe2),
+            contract_id: CONTRACT,
+            archive_credits: vec![credit],
+            ..ContractEdit::default()
+        };
+        world.apply(Input::EditContract(Box::new(archive))).unwrap();
+        let add = ContractEdit {
+            edit_id: Id::from_u128(0xe3),
+            contract_id: CONTRACT,
+            add_credits: vec![in_credits(fixtures::credit(500, 1))],
+            ..ContractEdit::default()
+        };
+        world.apply(Input::EditContract(Box::new(add))).unwrap();
+        assert_eq!(remaining(&world, 1), usd(500), "nothing taken over");
+        let line = &world.contract().periods[0].lines[0];
+        assert_eq!((line.covered, line.covered_fiat), (usd(0), usd(400)));
+        assert_eq!(world.outstanding(), usd(0));
+        // New usage draws the new credits.
+        world.calls(1);
+        assert_eq!(remaining(&world, 1), usd(490));
     }
 }

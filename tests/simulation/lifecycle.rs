@@ -238,8 +238,6 @@ impl Sim {
             ("contract.create", "contract_id"),
             ("commit.create", "commit_id"),
             ("credit.create", "commit_id"),
-            ("commit.segment.start", "segment_id"),
-            ("credit.segment.start", "segment_id"),
         ] {
             let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             for (id, body) in of(notice) {
@@ -269,6 +267,29 @@ impl Sim {
             .filter_map(|(_, v)| v.lifecycle.as_ref())
             .flat_map(|l| l.open_segments.iter().map(Id::to_string))
             .collect();
+        // A segment starts once, and once more after each end the contract's end brought before
+        // its own (an end lifted again): each start and end under one id of its own, so the
+        // starts number the ends, plus one while it is open (a replay deriving another id for
+        // the same fact would add one).
+        let ids_by_segment = |types: [&str; 2]| {
+            let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for (id, body) in types.into_iter().flat_map(|t| of(t)) {
+                let segment = body["segment_id"].as_str().unwrap_or("").to_owned();
+                ids.entry(segment).or_default().insert(id);
+            }
+            ids
+        };
+        let starts = ids_by_segment(["commit.segment.start", "credit.segment.start"]);
+        let ends = ids_by_segment(["commit.segment.end", "credit.segment.end"]);
+        for (segment, ids) in &starts {
+            let ended = ends.get(segment).map_or(0, BTreeSet::len);
+            if ids.len() != ended + usize::from(open.contains(segment)) {
+                return Err(format!(
+                    "segment {segment} started under ids {ids:?} and ended {ended} times (open: {})",
+                    open.contains(segment)
+                ));
+            }
+        }
         if let Some(segment) = started
             .iter()
             .find(|s| !open.contains(*s) && !ended.contains(*s))

@@ -16,7 +16,7 @@ use super::{CommitSpec, ContractEdit, ContractSpec, ThresholdUpdate};
 use super::{Customer, CustomerCommit, CustomerCommitSpec, CustomerProfile};
 use crate::domain::contract::{
     Commit, CommitKind, Contract, ContractCaches, Deduction, Discount, InvoiceScheduleItem,
-    Lifecycle, PurchaseInvoice, RechargeHold, RechargeLimits, Release, Segment, ThresholdCommit,
+    PurchaseInvoice, RechargeHold, RechargeLimits, Release, Segment, ThresholdCommit,
     ThresholdConfig, ThresholdKind,
 };
 use crate::domain::gate::{PaymentGateConfig, StateChange, Workflow, WorkflowKind};
@@ -442,7 +442,7 @@ pub struct ContractV7 {
     pub workflows: Vec<Workflow>,
     pub edit_keys: Vec<String>,
     pub edits: u64,
-    pub lifecycle: Option<Lifecycle>,
+    pub lifecycle: Option<super::legacy8::LifecycleV8>,
 }
 
 impl From<ContractV7> for Contract {
@@ -465,7 +465,7 @@ impl From<ContractV7> for Contract {
             workflows: old.workflows,
             edit_keys: old.edit_keys,
             edits: old.edits,
-            lifecycle: old.lifecycle,
+            lifecycle: old.lifecycle.map(Into::into),
             recent_edits: Vec::new(),
             draw_order: Vec::new(),
             caches: ContractCaches::default(),
@@ -758,7 +758,7 @@ impl From<&Contract> for ContractV7 {
             workflows: c.workflows.clone(),
             edit_keys: c.edit_keys.clone(),
             edits: c.edits,
-            lifecycle: c.lifecycle.clone(),
+            lifecycle: c.lifecycle.as_ref().map(Into::into),
         }
     }
 }

@@ -63,6 +63,40 @@ impl From<CommitV8> for Commit {
     }
 }
 
+/// What the lifecycle notices had announced, as states 5 to 8 kept it (no re-opened segments).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleV8 {
+    pub commits_announced: u64,
+    pub open_segments: Vec<Id>,
+    pub ended: Option<Timestamp>,
+    pub as_of: Timestamp,
+}
+
+impl From<LifecycleV8> for Lifecycle {
+    fn from(old: LifecycleV8) -> Lifecycle {
+        Lifecycle {
+            commits_announced: old.commits_announced,
+            open_segments: old.open_segments,
+            ended: old.ended,
+            as_of: old.as_of,
+            reopened: Vec::new(),
+        }
+    }
+}
+
+/// Today's lifecycle in the shape of states 5 to 8, for tests that write an old state.
+#[cfg(test)]
+impl From<&Lifecycle> for LifecycleV8 {
+    fn from(l: &Lifecycle) -> LifecycleV8 {
+        LifecycleV8 {
+            commits_announced: l.commits_announced,
+            open_segments: l.open_segments.clone(),
+            ended: l.ended,
+            as_of: l.as_of,
+        }
+    }
+}
+
 /// A usage line as states 2 to 8 kept it (fiat only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageLineV8 {
@@ -193,7 +227,7 @@ pub struct ContractV8 {
     pub workflows: Vec<Workflow>,
     pub edit_keys: Vec<String>,
     pub edits: u64,
-    pub lifecycle: Option<Lifecycle>,
+    pub lifecycle: Option<LifecycleV8>,
     pub recent_edits: Vec<Id>,
 }
 
@@ -217,7 +251,7 @@ impl From<ContractV8> for Contract {
             workflows: old.workflows,
             edit_keys: old.edit_keys,
             edits: old.edits,
-            lifecycle: old.lifecycle,
+            lifecycle: old.lifecycle.map(Into::into),
             recent_edits: old.recent_edits,
             draw_order: Vec::new(),
             caches: ContractCaches::default(),
@@ -466,7 +500,7 @@ impl From<&Contract> for ContractV8 {
             workflows: c.workflows.clone(),
             edit_keys: c.edit_keys.clone(),
             edits: c.edits,
-            lifecycle: c.lifecycle.clone(),
+            lifecycle: c.lifecycle.as_ref().map(Into::into),
             recent_edits: c.recent_edits.clone(),
         }
     }

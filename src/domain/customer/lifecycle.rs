@@ -12,7 +12,7 @@ use rustc_hash::FxHashSet;
 use serde_json::{Map, Value, json};
 
 use super::{Applied, Ctx, Customer};
-use crate::domain::contract::{Commit, CommitKind, Contract, Release};
+use crate::domain::contract::{Commit, CommitKind, Contract, Lifecycle, Release};
 use crate::domain::effects::{Effect, Notice, NoticeType};
 use crate::domain::ids::{Id, Timestamp};
 
@@ -45,6 +45,38 @@ impl Customer {
                 advance(contract, customer, ctx.at, every || due, applied);
             }
         }
+    }
+}
+
+/// How many times the end of `segment` was announced before its own end (it started again
+/// after each, when the contract's end was lifted).
+fn reopened_times(lifecycle: &Lifecycle, segment: Id) -> u64 {
+    lifecycle
+        .reopened
+        .iter()
+        .find(|(s, _)| *s == segment)
+        .map_or(0, |(_, n)| *n)
+}
+
+fn note_early_end(lifecycle: &mut Lifecycle, segment: Id) {
+    match lifecycle.reopened.iter_mut().find(|(s, _)| *s == segment) {
+        Some((_, n)) => *n += 1,
+        None => lifecycle.reopened.push((segment, 1)),
+    }
+}
+
+/// The id of a segment's start or end notice: the first start and end keep the ids they always
+/// had; after the segment started again (`times` early ends before), each has an id of its own,
+/// so that no id is ever sent with two bodies.
+fn lifecycle_id(segment: Id, notice_type: NoticeType, sequence: u64, times: u64) -> Id {
+    if times == 0 {
+        Id::derive(segment, notice_type.as_str(), sequence)
+    } else {
+        Id::derive(
+            Id::derive(segment, "reopened", times),
+            notice_type.as_str(),
+            sequence,
+        )
     }
 }
 
@@ -146,7 +178,12 @@ fn advance(
                 (true, _) if end <= at => {
                     open.remove(&segment.id);
                     ended = true;
-                    let id = Id::derive(segment.id, end_type.as_str(), end.millis() as u64);
+                    let times = reopened_times(&lifecycle, segment.id);
+                    let id = lifecycle_id(segment.id, end_type, end.millis() as u64, times);
+                    if end < segment.ending_before {
+                        // Ended by the contract before its own end: it may start again.
+                        note_early_end(&mut lifecycle, segment.id);
+                    }
                     if !crate::defects::active(crate::defects::Defect::SegmentEndUnannounced) {
                         notices.push((id, end_type, end, segment_fields()));
                     }
@@ -157,7 +194,8 @@ fn advance(
                     if start <= at && at < end {
                         open.insert(segment.id);
                         lifecycle.open_segments.push(segment.id);
-                        let id = Id::derive(segment.id, start_type.as_str(), 0);
+                        let times = reopened_times(&lifecycle, segment.id);
+                        let id = lifecycle_id(segment.id, start_type, 0, times);
                         notices.push((id, start_type, start, segment_fields()));
                         next = next.min(end);
                     } else if at < start && start < end {

@@ -113,12 +113,18 @@ impl Customer {
                 contract.commits[k].add_manual_entry(entry)?;
                 let after = contract.commits[k].segments[si].remaining();
                 contract.segment_changed((k, si), before, after, false);
+                let mut shared_moved = false;
                 if positive {
                     let mut drawable = Drawable {
                         contract,
                         pool: &mut self.customer_commits,
                     };
-                    cover_outstanding(&mut drawable, DrawSource::Contract(k), ctx)?;
+                    shared_moved = cover_outstanding(&mut drawable, DrawSource::Contract(k), ctx)?;
+                }
+                if shared_moved {
+                    // A customer-level fiat balance got money back: every contract counting
+                    // it looks again.
+                    return self.evaluate_all(customer_id, ctx, applied);
                 }
                 self.evaluate(ci, customer_id, ctx, applied)
             }

@@ -552,26 +552,6 @@ fn give_back(
     Ok(shared_touched)
 }
 
-/// Gives every converted draw of line `(pi, li)` back to its fiat segment; answers them in the
-/// order they were drawn (for [`cover_outstanding`] to draw again what is still needed).
-fn take_back_converted(
-    drawable: &mut Drawable<'_>,
-    (pi, li): (usize, usize),
-    invoice_id: Id,
-) -> Result<Vec<crate::domain::contract::LineDraw>, Rejection> {
-    let line = &drawable.contract.periods[pi].lines[li];
-    let converted: Vec<_> = line
-        .draws
-        .iter()
-        .filter(|d| d.is_converted())
-        .copied()
-        .collect();
-    let mut all = line.covered_fiat;
-    give_back_draws(drawable, (pi, li), invoice_id, &mut all, true)?;
-    debug_assert!(all.is_zero(), "converted draws sum to covered_fiat");
-    Ok(converted)
-}
-
 /// Gives back up to `left` from the draws of one kind (`converted` or in the line's unit),
 /// last drawn first.
 fn give_back_draws(
@@ -613,16 +593,24 @@ fn give_back_draws(
 /// Applies a newly usable commit (`source`) to usage already charged but not covered on draft
 /// invoices whose period overlaps its segments: this is how a released spend-threshold commit
 /// brings outstanding spend back to zero. A customer-level commit does it for each contract
-/// that may use it, one [`Drawable`] at a time.
+/// that may use it, one [`Drawable`] at a time. Answers whether a customer-level segment moved.
+///
+/// A commit in a line's custom pricing unit pays before fiat: it pays what the unit's own
+/// commits left, and the fiat that had paid for that converted is given back (what fiat paid
+/// beyond what the unit now leaves, last drawn first; no division, so the amounts stay exact).
+/// A line that a fiat balance no longer usable helped pay (ended, archived, or customer-level
+/// while `pool` is not given) keeps that payment: the new commit leaves it alone. A fiat commit
+/// pays, converted, what a line in a custom pricing unit leaves.
 pub(super) fn cover_outstanding(
     drawable: &mut Drawable<'_>,
     source: DrawSource,
     ctx: &Ctx<'_>,
-) -> Result<(), Rejection> {
+) -> Result<bool, Rejection> {
     // Only a usable commit pays (one waiting for its payment, canceled or archived never).
     if !drawable.commit(source).is_released() {
-        return Ok(());
+        return Ok(false);
     }
+    let mut shared_touched = false;
     for pi in 0..drawable.contract.periods.len() {
         let period = &drawable.contract.periods[pi];
         if period.status != InvoiceStatus::Draft {
@@ -636,23 +624,13 @@ pub(super) fn cover_outstanding(
             let (unit, product) = (line.unit(), line.product_id);
             let tags = product_tags(ctx.catalog, product);
             let commit = drawable.commit(source);
-            let available = commit
-                .segments
-                .iter()
-                .any(|s| s.overlaps(start, end) && s.remaining().is_positive());
-            // A commit in the line's unit pays what the unit's commits left, before fiat: the
-            // fiat that paid for it converted is given back first and pays again (from the same
-            // segments, in the same order) for what the new commit does not. A fiat commit
-            // pays, converted, what a line in a custom pricing unit leaves.
-            let mut refill = Vec::new();
             let (mut left, converted) = if commit.pays_for(unit, product, tags) {
-                if !available || !line.uncovered().is_positive() {
+                if line.covered_fiat.is_positive()
+                    && !converted_draws_usable(drawable, line, ctx.at)
+                {
                     continue;
                 }
-                if line.covered_fiat.is_positive() {
-                    refill = take_back_converted(drawable, (pi, li), invoice_id)?;
-                }
-                (drawable.contract.periods[pi].lines[li].uncovered(), false)
+                (line.uncovered(), false)
             } else if unit.is_some() && commit.pays_for(None, product, tags) {
                 (uncovered_before, true)
             } else {
@@ -671,6 +649,7 @@ pub(super) fn cover_outstanding(
                     continue;
                 }
                 drawable.deduct((source, si), invoice_id, take, ctx.at)?;
+                shared_touched |= matches!(source, DrawSource::Customer(_));
                 left = left.checked_sub(take)?;
                 let line = &mut drawable.contract.periods[pi].lines[li];
                 if converted {
@@ -682,20 +661,14 @@ pub(super) fn cover_outstanding(
                     break;
                 }
             }
-            if !refill.is_empty() {
-                let line = &drawable.contract.periods[pi].lines[li];
-                // At most what the line's unit left before, which converted.
-                let mut need = line.to_fiat(line.uncovered())?;
-                for draw in refill {
-                    let take = need.min(draw.amount);
-                    if !take.is_positive() {
-                        break;
-                    }
-                    let (fiat, si) = (draw.source(), draw.segment as usize);
-                    drawable.deduct((fiat, si), invoice_id, take, ctx.at)?;
-                    let line = &mut drawable.contract.periods[pi].lines[li];
-                    line.record_converted_draw((fiat.encoded(), si), take)?;
-                    need = need.checked_sub(take)?;
+            let line = &drawable.contract.periods[pi].lines[li];
+            if !converted && line.covered_fiat.is_positive() {
+                // Fiat paid for what the new commit now pays: that much goes back to it.
+                let still = line.to_fiat(line.uncovered())?;
+                let mut excess = line.covered_fiat.minus_floor_zero(still);
+                if excess.is_positive() {
+                    shared_touched |=
+                        give_back_draws(drawable, (pi, li), invoice_id, &mut excess, true)?;
                 }
             }
             let uncovered_after = drawable.contract.periods[pi].lines[li].uncovered_fiat()?;
@@ -704,5 +677,24 @@ pub(super) fn cover_outstanding(
                 .line_changed(pi, uncovered_before, uncovered_after);
         }
     }
-    Ok(())
+    Ok(shared_touched)
+}
+
+/// Whether every fiat segment that paid for `line` converted can take its money back: its
+/// commit is usable, the segment has not ended at `at`, and a customer-level one is in the
+/// pool given.
+fn converted_draws_usable(drawable: &Drawable<'_>, line: &UsageLine, at: Timestamp) -> bool {
+    line.draws.iter().filter(|d| d.is_converted()).all(|draw| {
+        let commit = match draw.source() {
+            DrawSource::Contract(ci) => drawable.contract.commits.get(ci),
+            DrawSource::Customer(ci) => drawable.pool.get(ci).map(|c| &c.commit),
+        };
+        commit.is_some_and(|commit| {
+            commit.is_released()
+                && commit
+                    .segments
+                    .get(draw.segment as usize)
+                    .is_some_and(|s| at < s.ending_before && !s.is_removed())
+        })
+    })
 }
