@@ -1281,9 +1281,9 @@ pub struct Lifecycle {
     /// The latest time the lifecycle was looked at: an input applied out of its time (a late
     /// event, a re-applied one) never takes it back.
     pub as_of: Timestamp,
-    /// Segments whose end was announced before their own end (the contract ended first), with
-    /// how many times: such a segment starts again when the contract's end is lifted, and each
-    /// start and end after the first has an id of its own (state version 9).
+    /// Segments whose end was announced, with how many times: a segment ended by the contract's
+    /// end starts again when that end is lifted, and each start and end after the first has an
+    /// id of its own (state version 9).
     pub reopened: Vec<(Id, u64)>,
 }
 

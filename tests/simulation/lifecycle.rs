@@ -267,13 +267,13 @@ impl Sim {
             .filter_map(|(_, v)| v.lifecycle.as_ref())
             .flat_map(|l| l.open_segments.iter().map(Id::to_string))
             .collect();
-        // A segment starts once, and once more after each end the contract's end brought before
-        // its own (an end lifted again): each start and end under one id of its own, so the
+        // A segment starts once, and once more after each end the contract's end brought (an
+        // end lifted again): each start and end under one id of its own, so the
         // starts number the ends, plus one while it is open (a replay deriving another id for
         // the same fact would add one).
         let ids_by_segment = |types: [&str; 2]| {
             let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            for (id, body) in types.into_iter().flat_map(|t| of(t)) {
+            for (id, body) in types.into_iter().flat_map(&of) {
                 let segment = body["segment_id"].as_str().unwrap_or("").to_owned();
                 ids.entry(segment).or_default().insert(id);
             }

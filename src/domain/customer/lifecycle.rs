@@ -48,8 +48,8 @@ impl Customer {
     }
 }
 
-/// How many times the end of `segment` was announced before its own end (it started again
-/// after each, when the contract's end was lifted).
+/// How many times the end of `segment` was announced (it may start again after each, when the
+/// contract's end is lifted).
 fn reopened_times(lifecycle: &Lifecycle, segment: Id) -> u64 {
     lifecycle
         .reopened
@@ -58,7 +58,7 @@ fn reopened_times(lifecycle: &Lifecycle, segment: Id) -> u64 {
         .map_or(0, |(_, n)| *n)
 }
 
-fn note_early_end(lifecycle: &mut Lifecycle, segment: Id) {
+fn note_end(lifecycle: &mut Lifecycle, segment: Id) {
     match lifecycle.reopened.iter_mut().find(|(s, _)| *s == segment) {
         Some((_, n)) => *n += 1,
         None => lifecycle.reopened.push((segment, 1)),
@@ -66,7 +66,7 @@ fn note_early_end(lifecycle: &mut Lifecycle, segment: Id) {
 }
 
 /// The id of a segment's start or end notice: the first start and end keep the ids they always
-/// had; after the segment started again (`times` early ends before), each has an id of its own,
+/// had; after the segment started again (`times` ends before), each has an id of its own,
 /// so that no id is ever sent with two bodies.
 fn lifecycle_id(segment: Id, notice_type: NoticeType, sequence: u64, times: u64) -> Id {
     if times == 0 {
@@ -180,10 +180,9 @@ fn advance(
                     ended = true;
                     let times = reopened_times(&lifecycle, segment.id);
                     let id = lifecycle_id(segment.id, end_type, end.millis() as u64, times);
-                    if end < segment.ending_before {
-                        // Ended by the contract before its own end: it may start again.
-                        note_early_end(&mut lifecycle, segment.id);
-                    }
+                    // It may start again (the contract's end lifted, which also moves the end of
+                    // a threshold commit that ran to it).
+                    note_end(&mut lifecycle, segment.id);
                     if !crate::defects::active(crate::defects::Defect::SegmentEndUnannounced) {
                         notices.push((id, end_type, end, segment_fields()));
                     }
