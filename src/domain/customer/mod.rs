@@ -733,12 +733,18 @@ impl Customer {
             }
             let shared = self.customer_commits.iter().map(|c| &c.commit);
             for commit in contract.commits.iter().chain(shared) {
-                for segment in &commit.segments {
-                    // Usage draws only what the schedule and the positive manual entries gave.
+                for (si, segment) in commit.segments.iter().enumerate() {
+                    // Usage draws only what the schedule and the positive manual entries gave
+                    // (a negative entry after a draw may leave less than was drawn: their sum is
+                    // not the bound).
+                    let given: rust_decimal::Decimal = commit
+                        .manual_entries
+                        .iter()
+                        .filter(|e| e.segment == si && e.amount.is_positive())
+                        .map(|e| e.amount.as_decimal())
+                        .sum();
                     debug_assert!(
-                        segment.drawn.as_decimal()
-                            <= segment.amount.as_decimal()
-                                + segment.manual.as_decimal().max(rust_decimal::Decimal::ZERO),
+                        segment.drawn.as_decimal() <= segment.amount.as_decimal() + given,
                         "segment overdrawn"
                     );
                     debug_assert!(!segment.drawn.is_negative(), "negative drawdown");
