@@ -369,9 +369,7 @@ impl Customer {
             let shared = self
                 .customer_commits
                 .iter()
-                .filter(|c| {
-                    c.commit.credit_type.unwrap_or(c.credit_type.id) == alert.credit_type_id
-                })
+                .filter(|c| c.commit.unit_or(c.credit_type.id) == alert.credit_type_id)
                 .map(|c| &c.commit);
             add_balances(shared, kinds, at, (&mut value, &mut total))?;
         }
@@ -386,7 +384,7 @@ impl Customer {
                     let in_unit = contract
                         .commits
                         .iter()
-                        .filter(|c| c.credit_type.unwrap_or(fiat) == alert.credit_type_id);
+                        .filter(|c| c.unit_or(fiat) == alert.credit_type_id);
                     add_balances(in_unit, kinds, at, (&mut value, &mut total))?;
                 }
                 AlertType::SpendThreshold => {

@@ -232,6 +232,12 @@ impl Commit {
                 .any(|tag| product_tags.contains(tag))
     }
 
+    /// The credit type its amounts are in: its custom pricing unit, or `fiat`, its owner's.
+    #[inline]
+    pub fn unit_or(&self, fiat: Id) -> Id {
+        self.credit_type.unwrap_or(fiat)
+    }
+
     /// Whether it pays for usage of `product` priced in `unit` (`None`: fiat): the same unit
     /// and a product its restrictions allow.
     #[inline]

@@ -397,8 +397,7 @@ async fn net_balance(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<
     for (fiat, commits) in contract_commits.chain(shared) {
         // A commit's own unit when it has one, else its owner's fiat credit type.
         for commit in commits {
-            let unit = commit.credit_type.unwrap_or(fiat.id);
-            if unit.to_string() != credit_type {
+            if commit.unit_or(fiat.id).to_string() != credit_type {
                 continue;
             }
             let included = if filters.is_empty() {

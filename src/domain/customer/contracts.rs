@@ -129,16 +129,16 @@ impl Customer {
                 return Err(Rejection::UniquenessKeyReused);
             }
         }
-        let next_configs = next_thresholds(contract, edit, ctx, profile)?;
+        let card = ctx
+            .catalog
+            .rate_card(contract.rate_card_id)
+            .ok_or_else(|| Rejection::RateCardNotFound(contract.rate_card_id.to_string()))?;
+        let next_configs = next_thresholds((contract, card), edit, ctx, profile)?;
         if let Some(end) = edit.update_ending_before {
             check_new_end(contract, end, ctx.at)?;
         }
         let additions: Vec<&CommitSpec> =
             edit.add_commits.iter().chain(&edit.add_credits).collect();
-        let card = ctx
-            .catalog
-            .rate_card(contract.rate_card_id)
-            .ok_or_else(|| Rejection::RateCardNotFound(contract.rate_card_id.to_string()))?;
         for (i, commit) in edit.add_commits.iter().enumerate() {
             validate_commit(
                 commit,
@@ -517,7 +517,7 @@ fn new_contract(
 
 /// The two threshold configurations (spend, prepaid) of `contract` after `edit`, checked.
 fn next_thresholds(
-    contract: &Contract,
+    (contract, card): (&Contract, &RateCard),
     edit: &ContractEdit,
     ctx: &Ctx<'_>,
     profile: &CustomerProfile,
@@ -545,10 +545,6 @@ fn next_thresholds(
             }
             let mut config = add.clone().fresh();
             config.kind = kind;
-            let card = ctx
-                .catalog
-                .rate_card(contract.rate_card_id)
-                .ok_or_else(|| Rejection::RateCardNotFound(contract.rate_card_id.to_string()))?;
             resolve_unit(&mut config, card, ctx)?;
             validate_threshold(&config, &contract.credit_type, ctx, profile)?;
             *slot = Some(config);
